@@ -1,0 +1,30 @@
+# The two commands of the README: `make demo` and `make test`. Both create .venv when missing.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install test demo lint bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(STAMP): $(BIN)/python pyproject.toml
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/ruff check causalrec_jax tests experiments
+	$(BIN)/python -m pytest -q
+
+demo: $(STAMP)
+	$(BIN)/python experiments/demo.py
+
+lint: $(STAMP)
+	$(BIN)/ruff check causalrec_jax tests experiments
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info

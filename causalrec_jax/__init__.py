@@ -1,0 +1,1 @@
+"""causalrec_jax."""

@@ -1,0 +1,355 @@
+"""Experiment configuration: frozen dataclasses per section, TOML loading and `--set` overrides.
+
+A config is `Config(data=..., sim=..., model=..., causal=..., train=..., eval=..., run=...)`.
+`load_config(path, overrides)` merges defaults, the file and `section.key=value` overrides
+(values parsed as TOML, falling back to a plain string) and checks every key and type:
+an unknown section or key raises `ConfigError` with a "did you mean" hint, a wrong type names
+the key and the type expected. `dump_config` writes the effective config back as TOML.
+Fields whose value is None are left out of the written file (TOML has no null), so a
+written config loads back to the same `Config`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from causalrec_jax.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the interactions come from and how they are cleaned and split."""
+
+    format: Literal[
+        "simulator", "recbole", "movielens", "coat", "yahoo_r3", "seq_lines", "csv",
+        "parquet", "dataframe",
+    ] = "simulator"
+    path: str = ""
+    # csv/parquet: which columns hold what, e.g. {user = "uid", item = "sku", rating = "stars"}.
+    columns: dict[str, str] = field(default_factory=dict)
+    sep: str = ","
+    # Duplicate (user, item) rows: keep the "last" (latest in time, else in file order),
+    # the "first", average them ("mean"), or keep them all ("keep", for sequences).
+    dedupe: Literal["last", "first", "mean", "keep"] = "last"
+    # Rows with NaN or out-of-range values: "drop" them (counted) or raise ("error").
+    invalid: Literal["drop", "error"] = "drop"
+    rating_min: float | None = None
+    rating_max: float | None = None
+    k_core_users: int = 0
+    k_core_items: int = 0
+    # Ratings >= threshold become label 1, the rest 0; None keeps ratings as they are.
+    binarize_threshold: float | None = None
+    split: Literal[
+        "random", "user_random", "temporal", "leave_one_out", "given", "mar_slice"
+    ] = "given"
+    split_ratios: list[float] = field(default_factory=lambda: [0.8, 0.1, 0.1])
+    # mar_slice: fractions of the MAR test carved into unbiased train and validation slices.
+    mar_train_fraction: float = 0.05
+    mar_valid_fraction: float = 0.05
+    max_history: int = 50
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    """A static simulated world with known ground truth (see `causalrec_jax.sim`)."""
+
+    n_users: int = 1000
+    n_items: int = 500
+    latent_dim: int = 8
+    # Spread of the item popularity/quality confounder (log-normal sigma).
+    popularity_sigma: float = 1.0
+    # How strongly the confounder raises relevance.
+    quality_effect: float = 0.5
+    # Exposure logit = base + popularity_exposure * log popularity + selection_strength * rating.
+    mean_exposure: float = 0.05
+    popularity_exposure: float = 1.0
+    selection_strength: float = 1.0
+    # True relevance sharpness; ratings are 1..5 drawn around relevance.
+    relevance_temperature: float = 1.0
+    rating_noise: float = 0.5
+    mar_items_per_user: int = 10
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Which model scores (user, item) pairs and its sizes."""
+
+    name: Literal["mf", "mlp", "neumf", "lightgcn", "sasrec", "bert4rec", "popularity"] = "mf"
+    embedding_dim: int = 64
+    hidden_dims: list[int] = field(default_factory=lambda: [64, 32])
+    n_layers: int = 2
+    n_heads: int = 2
+    dropout: float = 0.0
+
+
+@dataclass(frozen=True)
+class CausalConfig:
+    """How observation bias is modelled and corrected."""
+
+    method: str = "naive"
+    propensity: Literal[
+        "none", "given", "popularity", "naive_bayes", "logistic", "learned", "true"
+    ] = "none"
+    propensity_clip: float = 0.0
+    popularity_power: float = 0.5
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation, seeds and stopping."""
+
+    loss: str = "mse"
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.0
+    batch_size: int = 1024
+    epochs: int = 20
+    seeds: int = 1
+    cv_folds: int = 0
+    n_negatives: int = 1
+    early_stopping_metric: str = "ndcg@10"
+    patience: int = 5
+    checkpoint_every: int = 5
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Which metrics, at which cut-offs, under which ranking protocol."""
+
+    metrics: list[str] = field(
+        default_factory=lambda: ["recall", "precision", "ndcg", "hit", "mrr", "map",
+                                 "itemcoverage", "auc", "mse", "rmse", "mae"]
+    )
+    ks: list[int] = field(default_factory=lambda: [5, 10, 20])
+    # "full": rank all items with the user's training items masked; "candidates": rank only
+    # each user's test items (the protocol of the debiasing literature on Coat / Yahoo! R3).
+    protocol: Literal["full", "candidates"] = "full"
+    # Labels >= this are positives for ranking metrics and AUC on explicit ratings.
+    positive_threshold: float = 4.0
+    chunk_size: int = 256
+    mask_train: bool = True
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Seed, output folder and verbosity of a run."""
+
+    seed: int = 0
+    name: str = ""
+    out_dir: str = "runs"
+    quiet: bool = False
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole experiment configuration."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    sim: SimConfig = field(default_factory=SimConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    causal: CausalConfig = field(default_factory=CausalConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+
+SECTIONS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Config))
+_SECTION_TYPES = typing.get_type_hints(Config)
+
+
+def _hint(name: str, options: typing.Iterable[str]) -> str:
+    close = difflib.get_close_matches(name, list(options), n=1, cutoff=0.5)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(v) for v in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is list:
+        return f"a list of {_type_name(typing.get_args(tp)[0])}"
+    if origin is dict:
+        key, value = typing.get_args(tp)
+        return f"a table of {_type_name(key)} -> {_type_name(value)}"
+    if tp is type(None):
+        return "nothing (omit the key)"
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(
+        tp, getattr(tp, "__name__", str(tp))
+    )
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Checks `value` against the type hint `tp`; returns it converted (int -> float)."""
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        if value in typing.get_args(tp):
+            return value
+        options = [str(v) for v in typing.get_args(tp)]
+        raise ConfigError(
+            f"{where}: got {value!r}, expected {_type_name(tp)}{_hint(str(value), options)}"
+        )
+    if origin in (typing.Union, types.UnionType):
+        for option in typing.get_args(tp):
+            try:
+                return _coerce(value, option, where)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{where}: got {value!r}, expected {_type_name(tp)}")
+    if origin is list:
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{where}: got {value!r}, expected {_type_name(tp)}")
+        (item_type,) = typing.get_args(tp)
+        return [_coerce(v, item_type, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: got {value!r}, expected {_type_name(tp)}")
+        key_type, value_type = typing.get_args(tp)
+        return {
+            _coerce(k, key_type, where): _coerce(v, value_type, f"{where}.{k}")
+            for k, v in value.items()
+        }
+    if tp is type(None):
+        if value is None:
+            return None
+        raise ConfigError(f"{where}: got {value!r}, expected {_type_name(tp)}")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    else:
+        raise ConfigError(f"{where}: unsupported field type {tp!r}")
+    raise ConfigError(f"{where}: got {value!r} ({type(value).__name__}), expected {_type_name(tp)}")
+
+
+def _build_section(name: str, values: dict[str, Any], source: str) -> Any:
+    cls = _SECTION_TYPES[name]
+    hints = typing.get_type_hints(cls)
+    fields_by_name = {f.name for f in dataclasses.fields(cls)}
+    checked = {}
+    for key, value in values.items():
+        if key not in fields_by_name:
+            raise ConfigError(
+                f"{source}: unknown key '{name}.{key}'{_hint(key, fields_by_name)} "
+                f"(valid keys of [{name}]: {', '.join(sorted(fields_by_name))})"
+            )
+        checked[key] = _coerce(value, hints[key], f"{source}: key '{name}.{key}'")
+    return cls(**checked)
+
+
+def config_from_dict(raw: dict[str, Any], source: str = "config") -> Config:
+    """Builds a checked `Config` from nested dicts (sections -> keys -> values)."""
+    sections = {}
+    for name, values in raw.items():
+        if name not in SECTIONS:
+            raise ConfigError(
+                f"{source}: unknown section [{name}]{_hint(name, SECTIONS)} "
+                f"(valid sections: {', '.join(SECTIONS)})"
+            )
+        if not isinstance(values, dict):
+            raise ConfigError(f"{source}: [{name}] must be a table of keys, got {values!r}")
+        sections[name] = _build_section(name, values, source)
+    return Config(**sections)
+
+
+def parse_override(text: str) -> tuple[str, str, Any]:
+    """Parses `section.key=value`; the value is TOML, or a plain string when not valid TOML."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected section.key=value")
+    dotted, raw_value = text.split("=", 1)
+    parts = dotted.strip().split(".")
+    if len(parts) != 2 or not all(parts):
+        raise ConfigError(f"--set {text!r}: expected section.key=value, got key {dotted!r}")
+    try:
+        value = tomllib.loads(f"v = {raw_value.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw_value.strip()
+    return parts[0], parts[1], value
+
+
+def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> Config:
+    """Defaults, then the TOML file at `path` (if any), then `section.key=value` overrides."""
+    raw: dict[str, dict[str, Any]] = {}
+    source = "config"
+    if path is not None:
+        source = str(path)
+        try:
+            with open(path, "rb") as handle:
+                raw = tomllib.load(handle)
+        except FileNotFoundError:
+            raise ConfigError(f"config file {source} does not exist") from None
+        except tomllib.TOMLDecodeError as error:
+            raise ConfigError(f"{source}: not valid TOML: {error}") from None
+    for text in overrides:
+        section, key, value = parse_override(text)
+        if section not in SECTIONS:
+            raise ConfigError(
+                f"--set {text!r}: unknown section [{section}]{_hint(section, SECTIONS)}"
+            )
+        raw.setdefault(section, {})[key] = value
+    return config_from_dict(raw, source)
+
+
+def config_to_dict(config: Config) -> dict[str, dict[str, Any]]:
+    """Nested dicts of every field; None values left out (TOML has no null)."""
+    out = {}
+    for section in dataclasses.fields(config):
+        values = dataclasses.asdict(getattr(config, section.name))
+        out[section.name] = {k: v for k, v in values.items() if v is not None}
+    return out
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+        return f'"{escaped}"'
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        inner = ", ".join(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items())
+        return "{" + (" " + inner + " " if inner else "") + "}"
+    raise ConfigError(f"cannot write {value!r} as TOML")
+
+
+def _toml_key(key: str) -> str:
+    bare = key.replace("_", "").replace("-", "").isalnum()
+    return key if bare else _toml_value(key)
+
+
+def dumps_config(config: Config) -> str:
+    """The config as TOML text."""
+    lines = []
+    for section, values in config_to_dict(config).items():
+        lines.append(f"[{section}]")
+        lines.extend(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in values.items())
+        lines.append("")
+    return "\n".join(lines)
+
+
+def dump_config(config: Config, path: str | Path) -> None:
+    """Writes the effective config to `path` as TOML (written whole, via a temporary file)."""
+    path = Path(path)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(dumps_config(config))
+    tmp.replace(path)

@@ -1,0 +1,260 @@
+"""The one in-memory type every reader returns: interactions as numpy arrays plus id maps.
+
+A `Dataset` is immutable. Internal ids are dense integers (`0..n_users-1`, `0..n_items-1`);
+`user_ids[u]` / `item_ids[i]` give the dataset's own (external) id as a string. Splits share
+the id maps of the dataset they were cut from, so a model trained on one split scores the others.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from causalrec_jax.errors import DataFormatError
+
+# Codes of `Dataset.given_split`: which released file an interaction came from.
+GIVEN_TRAIN = 0
+GIVEN_VALID = 1
+GIVEN_TEST = 2
+
+
+@dataclass(frozen=True, eq=False)
+class Dataset:
+    """Interactions with id maps, optional features and metadata.
+
+    Attributes:
+        user: `[n]` int32 internal user ids.
+        item: `[n]` int32 internal item ids.
+        rating: `[n]` float32 rating, or label (1.0 for implicit feedback); may hold NaN
+            before cleaning.
+        timestamp: `[n]` float64 time of each interaction, or None when the format has none.
+        user_ids: `[n_users]` external user ids (str); `user_ids[u]` is the id of user `u`.
+        item_ids: `[n_items]` external item ids (str).
+        given_split: `[n]` int8 codes (`GIVEN_TRAIN`, `GIVEN_VALID`, `GIVEN_TEST`) when the
+            release fixes the split (Coat, Yahoo! R3, the simulator's MAR test), else None.
+        user_features: `[n_users, d_user]` float32, or None.
+        item_features: `[n_items, d_item]` float32, or None.
+        user_feature_names: names of the user feature columns.
+        item_feature_names: names of the item feature columns.
+        propensity_matrix: `[n_users, n_items]` float32 P(observed) as released (Coat), or None.
+        meta: free-form facts: `name`, `format`, `path`, `implicit`, `rating_scale`, and the
+            cleaning report (`cleaning`: counts of duplicates, invalid rows, k-core removals).
+    """
+
+    user: np.ndarray
+    item: np.ndarray
+    rating: np.ndarray
+    user_ids: np.ndarray
+    item_ids: np.ndarray
+    timestamp: np.ndarray | None = None
+    given_split: np.ndarray | None = None
+    user_features: np.ndarray | None = None
+    item_features: np.ndarray | None = None
+    user_feature_names: tuple[str, ...] | None = None
+    item_feature_names: tuple[str, ...] | None = None
+    propensity_matrix: np.ndarray | None = None
+    meta: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        n = len(self.user)
+        for name in ("item", "rating", "timestamp", "given_split"):
+            values = getattr(self, name)
+            if values is not None and len(values) != n:
+                raise DataFormatError(
+                    f"Dataset field {name!r} has {len(values)} rows, expected {n} (as 'user')"
+                )
+        if n:
+            if self.user.min() < 0 or self.user.max() >= len(self.user_ids):
+                raise DataFormatError("Dataset field 'user' holds ids outside 0..n_users-1")
+            if self.item.min() < 0 or self.item.max() >= len(self.item_ids):
+                raise DataFormatError("Dataset field 'item' holds ids outside 0..n_items-1")
+        if self.user_features is not None and len(self.user_features) != len(self.user_ids):
+            raise DataFormatError(
+                f"user_features has {len(self.user_features)} rows, expected n_users="
+                f"{len(self.user_ids)}"
+            )
+        if self.item_features is not None and len(self.item_features) != len(self.item_ids):
+            raise DataFormatError(
+                f"item_features has {len(self.item_features)} rows, expected n_items="
+                f"{len(self.item_ids)}"
+            )
+
+    @property
+    def n_users(self) -> int:
+        """Number of users in the id map (including users with no interaction here)."""
+        return len(self.user_ids)
+
+    @property
+    def n_items(self) -> int:
+        """Number of items in the id map."""
+        return len(self.item_ids)
+
+    @property
+    def n_interactions(self) -> int:
+        """Number of interaction rows."""
+        return len(self.user)
+
+    def __len__(self) -> int:
+        return len(self.user)
+
+    def subset(self, index: np.ndarray) -> Dataset:
+        """Rows selected by a boolean mask or an index array; id maps and features kept."""
+        index = np.asarray(index)
+
+        def take(values: np.ndarray | None) -> np.ndarray | None:
+            return None if values is None else values[index]
+
+        return dataclasses.replace(
+            self,
+            user=self.user[index],
+            item=self.item[index],
+            rating=self.rating[index],
+            timestamp=take(self.timestamp),
+            given_split=take(self.given_split),
+        )
+
+    def replace(self, **changes: Any) -> Dataset:
+        """A copy with some fields changed (a frozen dataclass cannot be mutated)."""
+        return dataclasses.replace(self, **changes)
+
+    def with_meta(self, **entries: Any) -> Dataset:
+        """A copy whose `meta` has extra entries."""
+        return dataclasses.replace(self, meta={**self.meta, **entries})
+
+    def to_frame(self):
+        """The interactions as a pandas DataFrame with external ids (for inspection)."""
+        import pandas as pd
+
+        frame = pd.DataFrame(
+            {
+                "user_id": self.user_ids[self.user],
+                "item_id": self.item_ids[self.item],
+                "rating": self.rating,
+            }
+        )
+        if self.timestamp is not None:
+            frame["timestamp"] = self.timestamp
+        return frame
+
+    def user_index(self, external_id: str) -> int:
+        """Internal id of an external user id; `KeyError` naming the id when unknown."""
+        return _lookup(self.user_ids, external_id, "user")
+
+    def item_index(self, external_id: str) -> int:
+        """Internal id of an external item id; `KeyError` naming the id when unknown."""
+        return _lookup(self.item_ids, external_id, "item")
+
+    def interaction_matrix(self, dtype=np.float32) -> np.ndarray:
+        """Dense `[n_users, n_items]` matrix of ratings (0 where nothing is observed)."""
+        matrix = np.zeros((self.n_users, self.n_items), dtype=dtype)
+        matrix[self.user, self.item] = self.rating
+        return matrix
+
+
+def _lookup(ids: np.ndarray, external_id: str, kind: str) -> int:
+    matches = np.flatnonzero(ids == str(external_id))
+    if len(matches) == 0:
+        raise KeyError(f"unknown {kind} id {external_id!r} (the dataset has {len(ids)} {kind}s)")
+    return int(matches[0])
+
+
+@dataclass(frozen=True, eq=False)
+class Split:
+    """Train, validation and test parts of one dataset, sharing its id maps.
+
+    `valid` may be None when a protocol has no validation part. `extra` holds named parts a
+    protocol adds, e.g. `mar_train` (an unbiased slice carved from the MAR test).
+    """
+
+    train: Dataset
+    valid: Dataset | None
+    test: Dataset
+    extra: Mapping[str, Dataset] = field(default_factory=dict)
+
+    def parts(self) -> dict[str, Dataset]:
+        """All non-empty parts by name."""
+        named = {"train": self.train, "valid": self.valid, "test": self.test, **self.extra}
+        return {name: part for name, part in named.items() if part is not None}
+
+
+def from_arrays(
+    user_external: np.ndarray,
+    item_external: np.ndarray,
+    rating: np.ndarray | None = None,
+    timestamp: np.ndarray | None = None,
+    *,
+    given_split: np.ndarray | None = None,
+    user_ids: np.ndarray | None = None,
+    item_ids: np.ndarray | None = None,
+    meta: Mapping[str, Any] | None = None,
+) -> Dataset:
+    """Builds a Dataset from external ids, mapping them to dense internal ids.
+
+    Args:
+        user_external: `[n]` external user ids (any type; stored as str).
+        item_external: `[n]` external item ids.
+        rating: `[n]` ratings or labels; all ones (implicit feedback) when None.
+        timestamp: `[n]` times, or None.
+        given_split: `[n]` split codes, or None.
+        user_ids: the full external user id list to use as the map (to keep users with no
+            interaction, or a released order); by default the sorted unique ids, sorted
+            numerically when all ids are integers.
+        item_ids: as `user_ids`, for items.
+        meta: metadata.
+    """
+    user_str = _as_str(user_external)
+    item_str = _as_str(item_external)
+    user_map = _sorted_ids(user_str) if user_ids is None else _as_str(user_ids)
+    item_map = _sorted_ids(item_str) if item_ids is None else _as_str(item_ids)
+    user = _encode(user_str, user_map, "user")
+    item = _encode(item_str, item_map, "item")
+    n = len(user)
+    rating_arr = (
+        np.ones(n, dtype=np.float32) if rating is None else np.asarray(rating, dtype=np.float32)
+    )
+    time_arr = None if timestamp is None else np.asarray(timestamp, dtype=np.float64)
+    split_arr = None if given_split is None else np.asarray(given_split, dtype=np.int8)
+    meta = dict(meta or {})
+    meta.setdefault("implicit", rating is None)
+    return Dataset(
+        user=user,
+        item=item,
+        rating=rating_arr,
+        timestamp=time_arr,
+        given_split=split_arr,
+        user_ids=user_map,
+        item_ids=item_map,
+        meta=meta,
+    )
+
+
+def _as_str(values) -> np.ndarray:
+    values = np.asarray(values)
+    if values.dtype.kind == "f":
+        # Ids read as floats (pandas does this with missing values) print as "3", not "3.0".
+        as_int = values.astype(np.int64)
+        if np.all(as_int == values):
+            values = as_int
+    return values.astype(str).astype(object)
+
+
+def _sorted_ids(values: np.ndarray) -> np.ndarray:
+    unique = np.unique(values.astype(str))
+    try:
+        order = np.argsort(unique.astype(np.int64), kind="stable")
+        unique = unique[order]
+    except ValueError:
+        pass
+    return unique.astype(object)
+
+
+def _encode(values: np.ndarray, id_map: np.ndarray, kind: str) -> np.ndarray:
+    lookup = {external: index for index, external in enumerate(id_map)}
+    try:
+        return np.fromiter((lookup[v] for v in values), dtype=np.int32, count=len(values))
+    except KeyError as missing:
+        raise DataFormatError(f"{kind} id {missing.args[0]!r} is not in the given {kind} id map")

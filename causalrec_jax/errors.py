@@ -1,0 +1,33 @@
+"""Exception types of causalrec_jax: one family per kind of mistake a user can make."""
+
+from __future__ import annotations
+
+
+class CausalRecError(Exception):
+    """Base class of every error this library raises on purpose."""
+
+
+class ConfigError(CausalRecError, ValueError):
+    """A config file, section, key or value is not what the schema expects."""
+
+
+class DataFormatError(CausalRecError, ValueError):
+    """A data file or table does not follow the format it was read as.
+
+    The message names the file (and line, where there is one) and what was expected.
+    """
+
+    def __init__(self, message: str, *, path: str | None = None, line: int | None = None):
+        where = ""
+        if path is not None:
+            where = f"{path}"
+            if line is not None:
+                where += f", line {line}"
+            where += ": "
+        super().__init__(f"{where}{message}")
+        self.path = path
+        self.line = line
+
+
+class SplitError(CausalRecError, ValueError):
+    """A split cannot be made from the data as configured."""
