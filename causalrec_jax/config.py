@@ -65,14 +65,17 @@ class SimConfig:
     latent_dim: int = 8
     # Spread of the item popularity/quality confounder (log-normal sigma).
     popularity_sigma: float = 1.0
-    # How strongly the confounder raises relevance.
+    # How strongly the confounder (standardized log popularity z) raises relevance logits.
     quality_effect: float = 0.5
-    # Exposure logit = base + popularity_exposure * log popularity + selection_strength * rating.
+    # Exposure logit = base + popularity_exposure * z + selection_strength * (rating - 3) / 2,
+    # with base calibrated so that the mean propensity is mean_exposure.
     mean_exposure: float = 0.05
     popularity_exposure: float = 1.0
     selection_strength: float = 1.0
-    # True relevance sharpness; ratings are 1..5 drawn around relevance.
+    # Relevance = sigmoid(factors dot / temperature + quality_effect * z + relevance_offset);
+    # ratings 1..5 = round(1 + 4 * relevance + rating_noise * normal noise), clipped.
     relevance_temperature: float = 1.0
+    relevance_offset: float = 0.0
     rating_noise: float = 0.5
     mar_items_per_user: int = 10
     seed: int = 0
@@ -250,7 +253,7 @@ def _build_section(name: str, values: dict[str, Any], source: str) -> Any:
                 f"{source}: unknown key '{name}.{key}'{_hint(key, fields_by_name)} "
                 f"(valid keys of [{name}]: {', '.join(sorted(fields_by_name))})"
             )
-        checked[key] = _coerce(value, hints[key], f"{source}: key '{name}.{key}'")
+        checked[key] = _coerce(value, hints[key], f"{source}: key {name}.{key}")
     return cls(**checked)
 
 

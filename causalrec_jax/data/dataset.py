@@ -257,4 +257,6 @@ def _encode(values: np.ndarray, id_map: np.ndarray, kind: str) -> np.ndarray:
     try:
         return np.fromiter((lookup[v] for v in values), dtype=np.int32, count=len(values))
     except KeyError as missing:
-        raise DataFormatError(f"{kind} id {missing.args[0]!r} is not in the given {kind} id map")
+        raise DataFormatError(
+            f"{kind} id {missing.args[0]!r} is not in the given {kind} id map"
+        ) from None

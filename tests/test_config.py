@@ -1,0 +1,105 @@
+"""Config loading: defaults, TOML files, --set overrides, errors with hints, round trip."""
+
+import pytest
+
+from causalrec_jax.config import (
+    Config,
+    config_from_dict,
+    dump_config,
+    dumps_config,
+    load_config,
+    parse_override,
+)
+from causalrec_jax.errors import ConfigError
+
+
+def test_defaults_without_file():
+    config = load_config()
+    assert config == Config()
+    assert config.data.format == "simulator"
+    assert config.run.seed == 0
+
+
+def test_file_then_overrides(tmp_path):
+    path = tmp_path / "x.toml"
+    path.write_text('[data]\nformat = "coat"\npath = "a"\n[train]\nseeds = 3\nlearning_rate = 1\n')
+    config = load_config(path, ["train.seeds=5", 'data.path="runs/x"', "eval.ks=[1, 2]"])
+    assert config.data.format == "coat"
+    assert config.data.path == "runs/x"
+    assert config.train.seeds == 5
+    # An integer is accepted where a float is expected, and converted.
+    assert config.train.learning_rate == 1.0 and isinstance(config.train.learning_rate, float)
+    assert config.eval.ks == [1, 2]
+
+
+def test_override_value_not_toml_is_plain_string():
+    assert parse_override("data.path=runs/x") == ("data", "path", "runs/x")
+    assert parse_override("train.seeds=5") == ("train", "seeds", 5)
+    assert parse_override('data.columns={user = "u"}') == ("data", "columns", {"user": "u"})
+    assert load_config(None, ["data.path=runs/x"]).data.path == "runs/x"
+
+
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("data.fromat=1", "did you mean 'format'"),
+        ("trian.seeds=1", "did you mean 'train'"),
+        ('data.format="coatt"', "did you mean 'coat'"),
+        ('train.seeds="five"', "key train.seeds: got 'five'"),
+        ("train.seeds=1.5", "expected an integer"),
+        ("eval.ks=[1, \"a\"]", "eval.ks[1]"),
+        ("run.quiet=1", "true or false"),
+        ("seeds=1", "section.key=value"),
+    ],
+)
+def test_bad_overrides_name_the_key(override, expected):
+    with pytest.raises(ConfigError, match=None) as error:
+        load_config(None, [override])
+    assert expected in str(error.value)
+
+
+def test_unknown_section_in_file_names_file(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_text("[modle]\nname = 'mf'\n")
+    with pytest.raises(ConfigError) as error:
+        load_config(path)
+    assert "bad.toml" in str(error.value) and "did you mean 'model'" in str(error.value)
+
+
+def test_invalid_toml_and_missing_file(tmp_path):
+    path = tmp_path / "broken.toml"
+    path.write_text("[data\nformat = 1")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(path)
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "absent.toml")
+
+
+def test_config_is_frozen():
+    config = Config()
+    with pytest.raises(AttributeError):
+        config.run.seed = 3  # type: ignore[misc]
+
+
+def test_round_trip_through_file(tmp_path):
+    config = load_config(
+        None,
+        [
+            'data.format="csv"',
+            'data.columns={user = "uid", "item id" = "sku"}',
+            "data.binarize_threshold=4",
+            'run.name="quote \\" and \\\\ slash"',
+        ],
+    )
+    path = tmp_path / "effective.toml"
+    dump_config(config, path)
+    assert load_config(path) == config
+    assert "binarize_threshold = 4.0" in dumps_config(config)
+    # None values are left out (TOML has no null) and load back as None.
+    assert "rating_min" not in dumps_config(config)
+    assert load_config(path).data.rating_min is None
+
+
+def test_config_from_dict_rejects_non_table():
+    with pytest.raises(ConfigError, match=r"\[data\] must be a table"):
+        config_from_dict({"data": 3})
