@@ -1,0 +1,5 @@
+"""`python -m causalrec_jax` runs the `causalrec` command."""
+
+from causalrec_jax.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,101 @@
+"""The `causalrec` command line (DESIGN.md §2).
+
+Subcommands so far: `data` (validate a dataset and print its statistics). Errors the user can
+fix (a malformed file, a wrong config key) print one line naming the file, line or key and
+exit with status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from causalrec_jax.errors import CausalRecError
+
+
+def _parse_columns(text: str) -> dict[str, str]:
+    """`user=uid,item=sku` -> {"user": "uid", "item": "sku"}."""
+    columns = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        if "=" not in part:
+            raise argparse.ArgumentTypeError(f"expected role=column, got {part!r}")
+        role, column = part.split("=", 1)
+        columns[role.strip()] = column.strip()
+    return columns
+
+
+def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="TOML config file")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override a config value (parsed as TOML); repeatable",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the `causalrec` command."""
+    parser = argparse.ArgumentParser(
+        prog="causalrec", description="Causal recommender systems in JAX."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    data = commands.add_parser(
+        "data", help="validate a dataset and print its statistics"
+    )
+    data.add_argument("--format", help="data format (recbole, movielens, coat, yahoo_r3, ...)")
+    data.add_argument("--path", help="file or folder of the dataset")
+    data.add_argument(
+        "--columns", type=_parse_columns, help="csv/parquet column roles: user=uid,item=sku,..."
+    )
+    data.add_argument("--sep", help="csv field separator")
+    data.add_argument("--json", action="store_true", help="print the statistics as JSON")
+    _add_config_arguments(data)
+    data.set_defaults(handler=_command_data)
+    return parser
+
+
+def _command_data(args: argparse.Namespace) -> int:
+    from causalrec_jax.config import load_config
+    from causalrec_jax.data.loader import load_dataset
+    from causalrec_jax.data.stats import dataset_statistics, format_statistics
+
+    overrides = list(args.overrides)
+    if args.format:
+        overrides.append(f'data.format="{args.format}"')
+    if args.path:
+        overrides.append(f"data.path={json.dumps(args.path)}")
+    if args.sep:
+        overrides.append(f"data.sep={json.dumps(args.sep)}")
+    if args.columns:
+        inner = ", ".join(f"{role} = {json.dumps(col)}" for role, col in args.columns.items())
+        overrides.append(f"data.columns={{ {inner} }}")
+    config = load_config(args.config, overrides)
+    if config.data.format not in ("simulator", "dataframe") and not config.data.path:
+        raise SystemExit("causalrec data: --path is required for format " + config.data.format)
+    dataset, _ = load_dataset(config.data, config.sim)
+    stats = dataset_statistics(dataset)
+    if args.json:
+        print(json.dumps(stats, indent=2, default=str))
+    else:
+        print(format_statistics(stats))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs the command line; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except CausalRecError as error:
+        print(f"causalrec {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,46 @@
+"""From a `[data]` config to a cleaned `Dataset` and its `Split`: the one entry point of data/.
+
+`load_dataset` reads the configured format (or builds the simulated world), then cleans it
+(invalid rows, duplicates, k-core, binarisation) as `clean.clean` documents. `load_split`
+adds the configured split. The simulator's ground truth travels beside the dataset, never
+inside it, so no model can read it by accident.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from causalrec_jax.config import Config, DataConfig, SimConfig
+from causalrec_jax.data.clean import clean
+from causalrec_jax.data.dataset import Dataset, Split
+from causalrec_jax.data.readers import read_dataset
+from causalrec_jax.data.split import make_split
+
+
+def read_raw(data: DataConfig, sim: SimConfig | None = None, *, frame=None) -> tuple[Dataset, Any]:
+    """Reads the configured source without cleaning; returns `(dataset, ground_truth)`.
+
+    `ground_truth` is the simulator's `GroundTruth` for `format = "simulator"`, else None.
+    `frame` is the pandas DataFrame of `format = "dataframe"`.
+    """
+    if data.format == "simulator":
+        # Imported here so that reading files never pulls in the simulator's jax code.
+        from causalrec_jax.sim.world import simulate_dataset
+
+        return simulate_dataset(sim or SimConfig())
+    columns = dict(data.columns) or None
+    return read_dataset(data.format, data.path, columns=columns, sep=data.sep, frame=frame), None
+
+
+def load_dataset(
+    data: DataConfig, sim: SimConfig | None = None, *, frame=None
+) -> tuple[Dataset, Any]:
+    """Reads and cleans the configured dataset; returns `(dataset, ground_truth or None)`."""
+    dataset, truth = read_raw(data, sim, frame=frame)
+    return clean(dataset, data), truth
+
+
+def load_split(config: Config, *, frame=None) -> tuple[Split, Any]:
+    """The cleaned dataset of `config.data`, split as configured with `config.run.seed`."""
+    dataset, truth = load_dataset(config.data, config.sim, frame=frame)
+    return make_split(dataset, config.data, seed=config.run.seed), truth
