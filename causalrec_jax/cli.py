@@ -64,6 +64,7 @@ def _command_data(args: argparse.Namespace) -> int:
     from causalrec_jax.config import load_config
     from causalrec_jax.data.loader import load_dataset
     from causalrec_jax.data.stats import dataset_statistics, format_statistics
+    from causalrec_jax.errors import ConfigError
 
     overrides = list(args.overrides)
     if args.format:
@@ -77,7 +78,7 @@ def _command_data(args: argparse.Namespace) -> int:
         overrides.append(f"data.columns={{ {inner} }}")
     config = load_config(args.config, overrides)
     if config.data.format not in ("simulator", "dataframe") and not config.data.path:
-        raise SystemExit("causalrec data: --path is required for format " + config.data.format)
+        raise ConfigError(f"--path (or data.path) is required for format {config.data.format!r}")
     dataset, _ = load_dataset(config.data, config.sim)
     stats = dataset_statistics(dataset)
     if args.json:

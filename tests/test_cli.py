@@ -1,0 +1,88 @@
+"""The `causalrec` command line: `data` on fixtures, real data and malformed files."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from causalrec_jax.cli import main
+
+
+def write_coat(folder: Path, train_rows, test_rows) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, rows in (("train.ascii", train_rows), ("test.ascii", test_rows)):
+        text = "".join(" ".join(str(v) for v in row) + "\r\n" for row in rows)
+        (folder / name).write_text(text, newline="")
+    return folder
+
+
+def test_data_prints_statistics(tmp_path, capsys):
+    folder = write_coat(tmp_path / "coat", [[5, 0, 1], [0, 4, 0]], [[0, 3, 0], [2, 0, 0]])
+    assert main(["data", "--format", "coat", "--path", str(folder)]) == 0
+    out = capsys.readouterr().out
+    assert "users             2" in out
+    assert "items             3" in out
+    assert "interactions      5" in out
+    assert "train 3, valid 0, test 2" in out
+
+
+def test_data_json(tmp_path, capsys):
+    folder = write_coat(tmp_path / "coat", [[5, 0, 1], [0, 4, 0]], [[0, 3, 0], [2, 0, 0]])
+    assert main(["data", "--format", "coat", "--path", str(folder), "--json"]) == 0
+    stats = json.loads(capsys.readouterr().out)
+    assert stats["n_users"] == 2 and stats["n_items"] == 3 and stats["n_interactions"] == 5
+
+
+def test_data_csv_with_columns_reports_duplicates_and_invalid(tmp_path, capsys):
+    path = tmp_path / "log.csv"
+    path.write_text("uid;sku;stars\na;x;5\na;x;4\nb;y;\nb;x;2\n")
+    code = main(
+        ["data", "--format", "csv", "--path", str(path), "--sep", ";",
+         "--columns", "user=uid,item=sku,rating=stars", "--json"]
+    )
+    assert code == 0
+    stats = json.loads(capsys.readouterr().out)
+    assert stats["n_interactions"] == 2
+    cleaning = stats["cleaning"]
+    assert cleaning["duplicates_removed"] == 1
+    assert cleaning["invalid_nan"] == 1
+
+
+def test_data_simulator_needs_no_files(capsys):
+    code = main(["data", "--format", "simulator", "--set", "sim.n_users=60",
+                 "--set", "sim.n_items=40", "--json"])
+    assert code == 0
+    stats = json.loads(capsys.readouterr().out)
+    assert stats["n_users"] == 60 and stats["n_items"] == 40
+
+
+def test_malformed_file_is_one_line_error(tmp_path, capsys):
+    folder = write_coat(tmp_path / "coat", [[5, 0, 1], [0, 4]], [[0, 3, 0], [2, 0, 0]])
+    assert main(["data", "--format", "coat", "--path", str(folder)]) == 2
+    err = capsys.readouterr().err
+    assert "train.ascii, line 2" in err
+    assert "Traceback" not in err
+
+
+def test_bad_config_key_and_missing_path(capsys):
+    assert main(["data", "--format", "coat", "--set", "data.pth=x"]) == 2
+    assert "did you mean 'path'" in capsys.readouterr().err
+    assert main(["data", "--format", "coat"]) == 2
+    assert "--path" in capsys.readouterr().err
+
+
+def test_data_on_real_coat(shared_data_dir, capsys):
+    assert main(["data", "--format", "coat", "--path", str(shared_data_dir / "coat"),
+                 "--json"]) == 0
+    stats = json.loads(capsys.readouterr().out)
+    assert (stats["n_users"], stats["n_items"], stats["n_interactions"]) == (290, 300, 11600)
+
+
+@pytest.mark.parametrize("entry", [[sys.executable, "-m", "causalrec_jax"],
+                                   [str(Path(sys.executable).parent / "causalrec")]])
+def test_installed_entry_points(entry):
+    result = subprocess.run(entry + ["--help"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0
+    assert "data" in result.stdout
