@@ -6,6 +6,7 @@ JSON directly.
 
 from __future__ import annotations
 
+import datetime
 import textwrap
 from typing import Any
 
@@ -137,7 +138,7 @@ def format_statistics(stats: dict[str, Any]) -> str:
             add(label, ", ".join(f"{name} {value:g}" for name, value in quantiles.items()))
     if "timestamp" in stats:
         time = stats["timestamp"]
-        add("timestamps", f"{time['min']:g} .. {time['max']:g} (span {time['span']:g})")
+        add("timestamps", _format_time_range(time["min"], time["max"]))
     if "given_split" in stats:
         add("given split", ", ".join(f"{k} {v:,}" for k, v in stats["given_split"].items()))
     if "cleaning" in stats:
@@ -145,3 +146,15 @@ def format_statistics(stats: dict[str, Any]) -> str:
         for index, line in enumerate(textwrap.wrap(entries, width=80)):
             add("cleaning" if index == 0 else "", line)
     return "\n".join(lines)
+
+
+def _format_time_range(low: float, high: float) -> str:
+    """Unix seconds (as most logs store them) also shown as UTC dates; other clocks as numbers."""
+    text = f"{low:.10g} .. {high:.10g}"
+    # 1995-01-01 .. 2100-01-01 in Unix seconds: outside it, the column is not wall-clock time.
+    if 7.8e8 <= low <= high <= 4.1e9:
+        def date(seconds: float) -> str:
+            return datetime.datetime.fromtimestamp(seconds, datetime.UTC).strftime("%Y-%m-%d")
+
+        text += f" ({date(low)} .. {date(high)} UTC, {(high - low) / 86400:.0f} days)"
+    return text
