@@ -1,0 +1,471 @@
+"""Evaluation drivers: full ranking in user chunks, per-user candidate lists, pointwise errors.
+
+Three protocols:
+
+- `evaluate_full_ranking`: every user ranks the whole catalogue with their training items
+  masked (the RecBole / "full sort" protocol; Krichene & Rendle, KDD 2020, "On Sampled Metrics
+  for Item Recommendation", on why sampled candidates are not used). Users are processed in
+  chunks of fixed size (the last one padded and masked), so the metric computation compiles
+  once and memory stays at `chunk_size * n_items`.
+- `evaluate_candidates`: each user ranks only their own test items, as in the debiasing
+  literature on Coat / Yahoo! R3 (Schnabel et al., ICML 2016; Wang et al., ICML 2019,
+  "Doubly Robust Joint Learning for Recommendation on Data Missing Not at Random").
+- `evaluate_pointwise`: rating errors and AUC over (prediction, rating) pairs.
+
+Metric definitions and the pessimistic tie rule are in `causalrec_jax.eval.metrics`. Users
+with no relevant rankable test item are left out of every average and counted
+(`n_users_no_positive`); the literature's "no positive scores NDCG = 1" convention is only
+reported under separate `literature_` keys (DESIGN §2).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from causalrec_jax.data.dataset import Dataset
+from causalrec_jax.eval import metrics as metrics_lib
+
+# Names evaluate_full_ranking / evaluate_candidates compute; pointwise names are accepted in
+# `metrics` (an EvalConfig lists them all) and left to `evaluate_pointwise`.
+RANKING_NAMES: tuple[str, ...] = metrics_lib.RANKING_METRICS + ("itemcoverage",)
+POINTWISE_NAMES: tuple[str, ...] = ("auc", "mse", "rmse", "mae")
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _check_ks(ks: Sequence[int]) -> tuple[int, ...]:
+    ks = tuple(int(k) for k in ks)
+    if not ks or any(k < 1 for k in ks):
+        raise ValueError(f"ks must be a non-empty list of positive integers, got {list(ks)}")
+    return tuple(sorted(set(ks)))
+
+
+def _split_metric_names(metrics: Sequence[str]) -> tuple[tuple[str, ...], bool]:
+    """(per-user ranking metric names, whether item coverage is asked for)."""
+    names = []
+    coverage = False
+    for name in metrics:
+        name = name.lower()
+        if name == "itemcoverage":
+            coverage = True
+        elif name in metrics_lib.RANKING_METRICS:
+            if name not in names:
+                names.append(name)
+        elif name not in POINTWISE_NAMES:
+            valid = ", ".join(RANKING_NAMES + POINTWISE_NAMES)
+            raise ValueError(f"unknown metric {name!r}; expected one of {valid}")
+    return tuple(names), coverage
+
+
+def is_positive(
+    rating: np.ndarray, positive_threshold: float | None, implicit: bool = False
+) -> np.ndarray:
+    """`[n]` bool: rating >= threshold, or rating > 0 when the threshold is None or the data
+    are implicit (labels of 1)."""
+    rating = np.asarray(rating)
+    if positive_threshold is None or implicit:
+        return rating > 0
+    return rating >= positive_threshold
+
+
+def _user_index(user: np.ndarray, item: np.ndarray, n_users: int) -> tuple[np.ndarray, ...]:
+    """CSR view of (user, item) pairs: `indptr [n_users + 1]`, `items [n]` grouped by user."""
+    order = np.argsort(user, kind="stable")
+    indptr = np.zeros(n_users + 1, dtype=np.int64)
+    np.cumsum(np.bincount(user, minlength=n_users), out=indptr[1:])
+    return indptr, np.asarray(item)[order]
+
+
+def _rows_of(
+    indptr: np.ndarray, indices: np.ndarray, users: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """(row in `users`, item) for every stored pair of the given users."""
+    starts = indptr[users]
+    counts = indptr[users + 1] - starts
+    row = np.repeat(np.arange(len(users)), counts)
+    offset = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+    return row, indices[np.repeat(starts, counts) + offset]
+
+
+@functools.partial(jax.jit, static_argnames=("ks", "names", "coverage"))
+def _chunk_metrics(
+    scores: jax.Array,
+    labels: jax.Array,
+    where: jax.Array,
+    *,
+    ks: tuple[int, ...],
+    names: tuple[str, ...],
+    coverage: bool,
+) -> tuple[dict[str, jax.Array], jax.Array, jax.Array | None]:
+    """Per-user metrics at every K, the has-positive mask and (optionally) top-K items."""
+    top = metrics_lib.ranked_topk(scores, labels, k=max(ks), where=where)
+    values = {}
+    for k in ks:
+        for name, value in metrics_lib.metrics_from_topk(top, names, k).items():
+            values[f"{name}@{k}"] = value
+    items = metrics_lib.item_topk(scores, k=max(ks), where=where) if coverage else None
+    return values, top.n_relevant > 0, items
+
+
+class _Accumulator:
+    """Collects per-user values of the valid rows of each chunk, and covered items."""
+
+    def __init__(self, ks: tuple[int, ...], n_items: int, coverage: bool):
+        self.ks = ks
+        self.values: dict[str, list[np.ndarray]] = {}
+        self.users: list[np.ndarray] = []
+        self.covered = np.zeros((len(ks), n_items), dtype=bool) if coverage else None
+
+    def add(self, users, values, valid, items, item_of=None) -> None:
+        valid = np.asarray(valid)
+        self.users.append(np.asarray(users)[valid])
+        for name, value in values.items():
+            self.values.setdefault(name, []).append(np.asarray(value)[valid])
+        if self.covered is not None:
+            items = np.asarray(items)[valid]
+            for index, k in enumerate(self.ks):
+                top = items[:, :k]
+                if item_of is not None:
+                    # Candidate positions -> catalogue items (candidates protocol).
+                    top = np.where(top >= 0, np.take_along_axis(item_of[valid], top, 1), -1)
+                self.covered[index, top[top >= 0]] = True
+
+    def result(self, names, n_items) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        users = np.concatenate(self.users) if self.users else np.zeros(0, np.int64)
+        per_user = {"user": users}
+        out: dict[str, Any] = {}
+        for name, parts in self.values.items():
+            values = np.concatenate(parts).astype(np.float64)
+            per_user[name] = values
+            # float64 host mean: identical whatever the chunking.
+            out[name] = float(values.mean()) if len(values) else math.nan
+        if self.covered is not None:
+            for index, k in enumerate(self.ks):
+                out[f"itemcoverage@{k}"] = float(self.covered[index].sum() / n_items)
+        ordered = {}
+        for k in self.ks:
+            for name in names:
+                if f"{name}@{k}" in out:
+                    ordered[f"{name}@{k}"] = out[f"{name}@{k}"]
+        return ordered, per_user
+
+
+def _as_scores(scores: Any, shape: tuple[int, ...], what: str) -> jax.Array:
+    scores = jnp.asarray(scores)
+    if scores.shape != shape:
+        raise ValueError(f"{what} returned shape {scores.shape}, expected {shape}")
+    return scores
+
+
+# ----------------------------------------------------------------------------- full ranking
+
+
+def evaluate_full_ranking(
+    score_fn: Callable[[jax.Array], Any],
+    train: Dataset,
+    test: Dataset,
+    *,
+    ks: Sequence[int],
+    metrics: Sequence[str],
+    chunk_size: int = 256,
+    mask_train: bool = True,
+    positive_threshold: float | None = None,
+    return_per_user: bool = False,
+) -> dict[str, Any]:
+    """Ranks the whole catalogue for every test user and averages ranking metrics.
+
+    Positives are the test rows with `rating >= positive_threshold` (`rating > 0` when the
+    threshold is None or `test.meta["implicit"]`). Other test items stay in the ranking as
+    ordinary candidates. With `mask_train`, each user's training items are unrankable
+    (`where=False`); a test positive that is also a training item is then not a positive.
+
+    A user is evaluated when they have at least one rankable test positive; the rest
+    (including users absent from the test split) are counted in `n_users_no_positive` and never
+    enter an average. Item coverage is the fraction of catalogue items that appear in the top K
+    of at least one evaluated user (ties to the lower item index, labels not used).
+
+    Users are scored `chunk_size` at a time; the last chunk is padded (with user 0, results
+    dropped), so `score_fn` and the metric computation always see the same shapes. Per-user
+    values do not depend on the chunking and means are taken on the host in float64, so no
+    metric depends on `chunk_size`.
+
+    Args:
+        score_fn: `user_ids [chunk_size] int32 -> scores [chunk_size, n_items]`; any callable
+            returning an array (jit it yourself to compile once).
+        train: training interactions (masked when `mask_train`).
+        test: test interactions; same id maps as `train`.
+        ks: cut-offs K.
+        metrics: names among `recall, precision, ndcg, hit, mrr, map, itemcoverage`; pointwise
+            names (`auc, mse, rmse, mae`) are accepted and ignored here.
+        chunk_size: users per chunk.
+        mask_train: mask each user's training items out of their ranking.
+        positive_threshold: rating threshold for positives, or None for `rating > 0`.
+        return_per_user: also return `"per_user": {"user": [n_eval], "ndcg@10": [n_eval], ...}`
+            (internal user ids of the evaluated users, in increasing order).
+
+    Returns:
+        `{"recall@10": mean, ..., "itemcoverage@10": ..., "n_users_evaluated": int,
+        "n_users_no_positive": int}`; means are NaN when no user is evaluated.
+    """
+    ks = _check_ks(ks)
+    names, coverage = _split_metric_names(metrics)
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    if train.n_items != test.n_items or train.n_users != test.n_users:
+        raise ValueError(
+            "train and test must share id maps: got "
+            f"{train.n_users} x {train.n_items} and {test.n_users} x {test.n_items}"
+        )
+    n_users, n_items = test.n_users, test.n_items
+    positive = is_positive(test.rating, positive_threshold, bool(test.meta.get("implicit")))
+    test_indptr, test_items = _user_index(test.user[positive], test.item[positive], n_users)
+    train_indptr, train_items = _user_index(train.user, train.item, n_users)
+    candidates = np.flatnonzero(np.diff(test_indptr) > 0)
+
+    accumulator = _Accumulator(ks, n_items, coverage)
+    for start in range(0, len(candidates), chunk_size):
+        users = candidates[start : start + chunk_size]
+        n_real = len(users)
+        padded = np.zeros(chunk_size, dtype=np.int32)
+        padded[:n_real] = users
+        labels = np.zeros((chunk_size, n_items), dtype=bool)
+        row, col = _rows_of(test_indptr, test_items, users)
+        labels[row, col] = True
+        where = np.ones((chunk_size, n_items), dtype=bool)
+        if mask_train:
+            row, col = _rows_of(train_indptr, train_items, users)
+            where[row, col] = False
+        scores = _as_scores(
+            score_fn(jnp.asarray(padded)), (chunk_size, n_items), "score_fn(user_ids)"
+        )
+        values, valid, items = _chunk_metrics(
+            scores, labels, where, ks=ks, names=names, coverage=coverage
+        )
+        valid = np.asarray(valid) & (np.arange(chunk_size) < n_real)
+        accumulator.add(padded, values, valid, items)
+
+    out, per_user = accumulator.result(names + (("itemcoverage",) if coverage else ()), n_items)
+    n_evaluated = len(per_user["user"])
+    if n_evaluated == 0:
+        warnings.warn(
+            "evaluate_full_ranking: no user has a positive test item "
+            f"(positive_threshold={positive_threshold}); every metric is NaN",
+            stacklevel=2,
+        )
+    out["n_users_evaluated"] = n_evaluated
+    out["n_users_no_positive"] = n_users - n_evaluated
+    if return_per_user:
+        out["per_user"] = per_user
+    return out
+
+
+# ----------------------------------------------------------------------------- candidates
+
+
+def _score_pairs(
+    score_fn_pairs: Callable[[jax.Array, jax.Array], Any],
+    user: np.ndarray,
+    item: np.ndarray,
+    batch_size: int,
+) -> np.ndarray:
+    """Scores of all (user, item) pairs, `batch_size` at a time with a padded last batch."""
+    n = len(user)
+    size = max(1, min(batch_size, n))
+    out = np.empty(n, dtype=np.float32)
+    for start in range(0, n, size):
+        stop = min(start + size, n)
+        users = np.zeros(size, dtype=np.int32)
+        items = np.zeros(size, dtype=np.int32)
+        users[: stop - start] = user[start:stop]
+        items[: stop - start] = item[start:stop]
+        scores = _as_scores(
+            score_fn_pairs(jnp.asarray(users), jnp.asarray(items)), (size,),
+            "score_fn_pairs(users, items)",
+        )
+        out[start:stop] = np.asarray(scores)[: stop - start]
+    return out
+
+
+def evaluate_candidates(
+    score_fn_pairs: Callable[[jax.Array, jax.Array], Any],
+    test: Dataset,
+    *,
+    ks: Sequence[int],
+    metrics: Sequence[str],
+    positive_threshold: float | None,
+    literature_ndcg: bool = False,
+    chunk_size: int = 256,
+    batch_size: int = 65536,
+    return_per_user: bool = False,
+) -> dict[str, Any]:
+    """Ranks each user's own test items (e.g. Coat's MAR test ratings) and averages metrics.
+
+    Each user's candidates are exactly their test rows (duplicate rows are separate
+    candidates; deduplicate upstream), padded to the largest count with `where=False`.
+    Positives are rows with `rating >= positive_threshold` (`> 0` when None or implicit).
+    Users with candidates but no positive are left out of every main average and counted in
+    `n_users_no_positive`; users with no test row are counted in `n_users_without_candidates`.
+
+    With `literature_ndcg=True`, `literature_ndcg@K` is also returned: the mean over all users
+    with candidates where a user with no positive scores NDCG = 1 (the convention of some
+    debiasing papers). It is never mixed into `ndcg@K`.
+
+    Args:
+        score_fn_pairs: `(users [m] int32, items [m] int32) -> scores [m]`; called on batches
+            of `min(batch_size, n_test)` pairs (the last one padded with pair (0, 0)).
+        test: the test interactions.
+        ks: cut-offs K.
+        metrics: as in `evaluate_full_ranking`.
+        positive_threshold: rating threshold, or None for `rating > 0`.
+        literature_ndcg: also report `literature_ndcg@K`.
+        chunk_size: users per metric chunk.
+        batch_size: pairs per `score_fn_pairs` call.
+        return_per_user: also return per-user arrays under `"per_user"`.
+
+    Returns:
+        `{"ndcg@5": mean, ..., "n_users_evaluated", "n_users_no_positive",
+        "n_users_without_candidates"}` plus `literature_ndcg@K` when asked.
+    """
+    ks = _check_ks(ks)
+    names, coverage = _split_metric_names(metrics)
+    n_users, n_items = test.n_users, test.n_items
+    order = np.argsort(test.user, kind="stable")
+    user = test.user[order].astype(np.int64)
+    item = test.item[order].astype(np.int64)
+    positive = is_positive(test.rating[order], positive_threshold, bool(test.meta.get("implicit")))
+    scores = _score_pairs(score_fn_pairs, user, item, batch_size)
+
+    counts = np.bincount(user, minlength=n_users)
+    candidate_users = np.flatnonzero(counts)
+    n_rows = len(candidate_users)
+    width = int(counts.max()) if len(user) else 1
+    row_of_user = np.full(n_users, -1, dtype=np.int64)
+    row_of_user[candidate_users] = np.arange(n_rows)
+    row = row_of_user[user]
+    column = np.arange(len(user)) - (np.cumsum(counts) - counts)[user]
+    # Padded tables; rows are users in increasing id order.
+    score_table = np.zeros((n_rows, width), dtype=np.float32)
+    label_table = np.zeros((n_rows, width), dtype=bool)
+    where_table = np.zeros((n_rows, width), dtype=bool)
+    item_table = np.full((n_rows, width), -1, dtype=np.int64)
+    score_table[row, column] = scores
+    label_table[row, column] = positive
+    where_table[row, column] = True
+    item_table[row, column] = item
+
+    metric_names = names
+    if literature_ndcg and "ndcg" not in metric_names:
+        metric_names = metric_names + ("ndcg",)
+    accumulator = _Accumulator(ks, n_items, coverage)
+    literature: dict[str, list[np.ndarray]] = {f"ndcg@{k}": [] for k in ks}
+    size = max(1, min(chunk_size, n_rows))
+    for start in range(0, n_rows, size):
+        stop = min(start + size, n_rows)
+        n_real = stop - start
+
+        def pad(table: np.ndarray, fill: Any, n_real: int = n_real, start: int = start):
+            out = np.full((size, width), fill, dtype=table.dtype)
+            out[:n_real] = table[start : start + n_real]
+            return out
+
+        values, valid, items = _chunk_metrics(
+            pad(score_table, 0), pad(label_table, False), pad(where_table, False),
+            ks=ks, names=metric_names, coverage=coverage,
+        )
+        valid = np.asarray(valid)[:n_real]
+        for k in ks:
+            ndcg = np.asarray(values[f"ndcg@{k}"])[:n_real] if literature_ndcg else None
+            if ndcg is not None:
+                literature[f"ndcg@{k}"].append(np.where(valid, ndcg, 1.0))
+        real = np.zeros(size, dtype=bool)
+        real[:n_real] = valid
+        values = {key: value for key, value in values.items() if key.split("@")[0] in names}
+        users = np.zeros(size, dtype=np.int64)
+        users[:n_real] = candidate_users[start:stop]
+        accumulator.add(users, values, real, items, item_of=pad(item_table, -1))
+
+    out, per_user = accumulator.result(names + (("itemcoverage",) if coverage else ()), n_items)
+    n_evaluated = len(per_user["user"])
+    out["n_users_evaluated"] = n_evaluated
+    out["n_users_no_positive"] = n_rows - n_evaluated
+    out["n_users_without_candidates"] = n_users - n_rows
+    if literature_ndcg:
+        for k in ks:
+            parts = literature[f"ndcg@{k}"]
+            values = np.concatenate(parts).astype(np.float64) if parts else np.zeros(0)
+            out[f"literature_ndcg@{k}"] = float(values.mean()) if len(values) else math.nan
+    if return_per_user:
+        out["per_user"] = per_user
+    return out
+
+
+# ----------------------------------------------------------------------------- pointwise
+
+
+def evaluate_pointwise(
+    predictions: Any,
+    ratings: Any,
+    *,
+    labels_threshold: float | None,
+    user: np.ndarray | None = None,
+    where: np.ndarray | None = None,
+) -> dict[str, float]:
+    """Rating errors and AUC of predictions against observed ratings.
+
+    Args:
+        predictions: `[n]` predicted ratings or scores.
+        ratings: `[n]` observed ratings.
+        labels_threshold: AUC labels are `ratings >= labels_threshold` (`> 0` when None).
+        user: `[n]` internal user ids; when given, also `auc_per_user`, the mean of each
+            user's AUC over the users with both a positive and a negative, and their count
+            `n_users_auc`.
+        where: `[n]` bool, which pairs count; None for all.
+
+    Returns:
+        `{"mse", "rmse", "mae", "auc"}` (plus `"auc_per_user"`, `"n_users_auc"`).
+    """
+    predictions = np.asarray(predictions, dtype=np.float32).reshape(-1)
+    ratings = np.asarray(ratings, dtype=np.float32).reshape(-1)
+    if predictions.shape != ratings.shape:
+        raise ValueError(
+            f"predictions {predictions.shape} and ratings {ratings.shape} differ in shape"
+        )
+    keep = np.ones(len(ratings), bool) if where is None else np.asarray(where, bool).reshape(-1)
+    labels = is_positive(ratings, labels_threshold)
+    out = {
+        "mse": float(metrics_lib.mse(predictions, ratings, keep)),
+        "rmse": float(metrics_lib.rmse(predictions, ratings, keep)),
+        "mae": float(metrics_lib.mae(predictions, ratings, keep)),
+        "auc": float(metrics_lib.auc(predictions, labels, keep)),
+    }
+    if user is not None:
+        user = np.asarray(user).reshape(-1)[keep]
+        predictions, labels = predictions[keep], labels[keep]
+        users, row = np.unique(user, return_inverse=True)
+        order = np.argsort(row, kind="stable")
+        row = row[order]
+        counts = np.bincount(row, minlength=len(users))
+        column = np.arange(len(row)) - (np.cumsum(counts) - counts)[row]
+        width = int(counts.max()) if len(counts) else 1
+        score_table = np.zeros((len(users), width), np.float32)
+        label_table = np.zeros((len(users), width), bool)
+        where_table = np.zeros((len(users), width), bool)
+        score_table[row, column] = predictions[order]
+        label_table[row, column] = labels[order]
+        where_table[row, column] = True
+        per_user = np.asarray(
+            metrics_lib.per_user_auc(score_table, label_table, where=where_table)
+        )
+        defined = ~np.isnan(per_user)
+        out["auc_per_user"] = float(per_user[defined].mean()) if defined.any() else math.nan
+        out["n_users_auc"] = int(defined.sum())
+    return out
