@@ -23,6 +23,12 @@ from causalrec_jax.eval.metrics import (
     recall,
     rmse,
 )
+from causalrec_jax.eval.protocol import (
+    evaluate_split,
+    evaluate_unbiased_ranking,
+    pairs_from_users,
+    positive_threshold_for,
+)
 from causalrec_jax.eval.ranking import (
     POINTWISE_NAMES,
     RANKING_NAMES,
@@ -56,6 +62,8 @@ __all__ = [
     "evaluate_candidates",
     "evaluate_full_ranking",
     "evaluate_pointwise",
+    "evaluate_split",
+    "evaluate_unbiased_ranking",
     "has_both_classes",
     "has_positive",
     "hit",
@@ -70,6 +78,8 @@ __all__ = [
     # builtin.
     "metrics_from_topk",
     "mrr",
+    "pairs_from_users",
+    "positive_threshold_for",
     "mse",
     "ndcg",
     "per_user_auc",
