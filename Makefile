@@ -17,14 +17,17 @@ $(STAMP): $(BIN)/python pyproject.toml
 install: $(STAMP)
 
 test: $(STAMP)
-	$(BIN)/ruff check causalrec_jax tests experiments
+	$(BIN)/ruff check causalrec_jax tests experiments bench
 	$(BIN)/python -m pytest -q
 
 demo: $(STAMP)
 	$(BIN)/python experiments/demo.py
 
+bench: $(STAMP)
+	$(BIN)/python bench/foundation.py
+
 lint: $(STAMP)
-	$(BIN)/ruff check causalrec_jax tests experiments
+	$(BIN)/ruff check causalrec_jax tests experiments bench
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
