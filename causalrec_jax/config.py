@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import tomllib
 import types
 import typing
@@ -21,6 +22,18 @@ from pathlib import Path
 from typing import Any, Literal
 
 from causalrec_jax.errors import ConfigError
+
+# Metric names `[eval] metrics` accepts (DESIGN §2); the eval package checks it agrees.
+RANKING_METRIC_NAMES = ("recall", "precision", "ndcg", "hit", "mrr", "map", "itemcoverage")
+POINTWISE_METRIC_NAMES = ("auc", "mse", "rmse", "mae")
+UNBIASED_METRIC_NAMES = ("ips_recall", "snips_recall", "ips_ndcg", "snips_ndcg", "ips_dcg")
+METRIC_NAMES = RANKING_METRIC_NAMES + POINTWISE_METRIC_NAMES + UNBIASED_METRIC_NAMES
+
+
+def _require(condition: bool, key: str, expected: str, value: Any) -> None:
+    """Raises ConfigError naming `key` unless `condition` holds."""
+    if not condition:
+        raise ConfigError(f"key {key}: got {value!r}, expected {expected}")
 
 
 @dataclass(frozen=True)
@@ -36,8 +49,9 @@ class DataConfig:
     columns: dict[str, str] = field(default_factory=dict)
     sep: str = ","
     # Duplicate (user, item) rows: keep the "last" (latest in time, else in file order),
-    # the "first", average them ("mean"), or keep them all ("keep", for sequences).
-    dedupe: Literal["last", "first", "mean", "keep"] = "last"
+    # the "first", average them ("mean"), or keep them all ("keep"). Unset: the format's
+    # default, "keep" for seq_lines (a repeated item is a real event) and "last" otherwise.
+    dedupe: Literal["last", "first", "mean", "keep"] | None = None
     # Rows with NaN or out-of-range values: "drop" them (counted) or raise ("error").
     invalid: Literal["drop", "error"] = "drop"
     rating_min: float | None = None
@@ -54,6 +68,35 @@ class DataConfig:
     mar_train_fraction: float = 0.05
     mar_valid_fraction: float = 0.05
     max_history: int = 50
+
+    def __post_init__(self) -> None:
+        for key in ("k_core_users", "k_core_items"):
+            _require(getattr(self, key) >= 0, f"data.{key}", "an integer >= 0", getattr(self, key))
+        _require(self.max_history >= 1, "data.max_history", "an integer >= 1", self.max_history)
+        ratios = self.split_ratios
+        _require(
+            len(ratios) in (2, 3) and all(r >= 0 for r in ratios) and abs(sum(ratios) - 1) < 1e-6,
+            "data.split_ratios",
+            "2 or 3 non-negative fractions (train, [valid,] test) summing to 1",
+            ratios,
+        )
+        fractions = (self.mar_train_fraction, self.mar_valid_fraction)
+        _require(
+            all(0 <= f < 1 for f in fractions) and sum(fractions) < 1,
+            "data.mar_train_fraction / data.mar_valid_fraction",
+            "fractions in [0, 1) whose sum is below 1",
+            fractions,
+        )
+        if self.binarize_threshold is not None:
+            _require(math.isfinite(self.binarize_threshold), "data.binarize_threshold",
+                     "a finite number", self.binarize_threshold)
+        if self.rating_min is not None and self.rating_max is not None:
+            _require(self.rating_min <= self.rating_max, "data.rating_min",
+                     f"at most data.rating_max = {self.rating_max}", self.rating_min)
+        _require(len(self.sep) >= 1, "data.sep", "a non-empty separator", self.sep)
+        unknown_roles = set(self.columns) - {"user", "item", "rating", "timestamp"}
+        _require(not unknown_roles, "data.columns",
+                 "roles among user, item, rating, timestamp", sorted(unknown_roles))
 
 
 @dataclass(frozen=True)
@@ -92,6 +135,14 @@ class ModelConfig:
     n_heads: int = 2
     dropout: float = 0.0
 
+    def __post_init__(self) -> None:
+        for key in ("embedding_dim", "n_heads"):
+            _require(getattr(self, key) >= 1, f"model.{key}", "an integer >= 1", getattr(self, key))
+        _require(self.n_layers >= 0, "model.n_layers", "an integer >= 0", self.n_layers)
+        _require(all(d >= 1 for d in self.hidden_dims), "model.hidden_dims",
+                 "positive integers", self.hidden_dims)
+        _require(0 <= self.dropout < 1, "model.dropout", "a rate in [0, 1)", self.dropout)
+
 
 @dataclass(frozen=True)
 class CausalConfig:
@@ -103,6 +154,10 @@ class CausalConfig:
     ] = "none"
     propensity_clip: float = 0.0
     popularity_power: float = 0.5
+
+    def __post_init__(self) -> None:
+        _require(0 <= self.propensity_clip < 1, "causal.propensity_clip",
+                 "a lower bound in [0, 1) (0 = no clipping)", self.propensity_clip)
 
 
 @dataclass(frozen=True)
@@ -122,6 +177,16 @@ class TrainConfig:
     patience: int = 5
     checkpoint_every: int = 5
 
+    def __post_init__(self) -> None:
+        for key in ("batch_size", "seeds", "n_negatives", "checkpoint_every"):
+            _require(getattr(self, key) >= 1, f"train.{key}", "an integer >= 1", getattr(self, key))
+        for key in ("epochs", "patience"):
+            _require(getattr(self, key) >= 0, f"train.{key}", "an integer >= 0", getattr(self, key))
+        _require(self.learning_rate > 0, "train.learning_rate", "a number > 0", self.learning_rate)
+        _require(self.weight_decay >= 0, "train.weight_decay", "a number >= 0", self.weight_decay)
+        _require(self.cv_folds == 0 or self.cv_folds >= 2, "train.cv_folds",
+                 "0 (no cross-validation) or at least 2 folds", self.cv_folds)
+
 
 @dataclass(frozen=True)
 class EvalConfig:
@@ -139,6 +204,18 @@ class EvalConfig:
     positive_threshold: float = 4.0
     chunk_size: int = 256
     mask_train: bool = True
+
+    def __post_init__(self) -> None:
+        _require(len(self.ks) > 0 and all(k >= 1 for k in self.ks), "eval.ks",
+                 "a non-empty list of cut-offs >= 1", self.ks)
+        unknown = [name for name in self.metrics if name.lower() not in METRIC_NAMES]
+        if unknown:
+            hint = _hint(unknown[0].lower(), METRIC_NAMES)
+            raise ConfigError(
+                f"key eval.metrics: unknown metric {unknown[0]!r}{hint} (known: "
+                f"{', '.join(METRIC_NAMES)}; cut-offs go in eval.ks, not in the name)"
+            )
+        _require(self.chunk_size >= 1, "eval.chunk_size", "an integer >= 1", self.chunk_size)
 
 
 @dataclass(frozen=True)
@@ -254,7 +331,10 @@ def _build_section(name: str, values: dict[str, Any], source: str) -> Any:
                 f"(valid keys of [{name}]: {', '.join(sorted(fields_by_name))})"
             )
         checked[key] = _coerce(value, hints[key], f"{source}: key {name}.{key}")
-    return cls(**checked)
+    try:
+        return cls(**checked)
+    except ConfigError as error:
+        raise ConfigError(f"{source}: {error}") from None
 
 
 def config_from_dict(raw: dict[str, Any], source: str = "config") -> Config:

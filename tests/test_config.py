@@ -86,7 +86,7 @@ def test_round_trip_through_file(tmp_path):
         None,
         [
             'data.format="csv"',
-            'data.columns={user = "uid", "item id" = "sku"}',
+            'data.columns={user = "uid", item = "item id"}',
             "data.binarize_threshold=4",
             'run.name="quote \\" and \\\\ slash"',
         ],
@@ -103,3 +103,34 @@ def test_round_trip_through_file(tmp_path):
 def test_config_from_dict_rejects_non_table():
     with pytest.raises(ConfigError, match=r"\[data\] must be a table"):
         config_from_dict({"data": 3})
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("eval.ks=[]", "eval.ks"),
+        ('eval.metrics=["ndcg@10"]', "eval.metrics"),
+        ("data.split_ratios=[0.5, 0.2]", "data.split_ratios"),
+        ("data.mar_train_fraction=0.96", "data.mar_train_fraction"),
+        ("data.k_core_users=-1", "data.k_core_users"),
+        ("data.binarize_threshold=nan", "data.binarize_threshold"),
+        ('data.columns={usr = "a"}', "data.columns"),
+        ("train.cv_folds=1", "train.cv_folds"),
+        ("train.learning_rate=0", "train.learning_rate"),
+        ("model.dropout=1.0", "model.dropout"),
+        ("causal.propensity_clip=1.5", "causal.propensity_clip"),
+    ],
+)
+def test_out_of_range_values_name_the_key(override, key):
+    with pytest.raises(ConfigError) as error:
+        load_config(None, [override])
+    assert f"key {key}" in str(error.value)
+
+
+def test_metric_names_agree_with_the_eval_package():
+    from causalrec_jax.config import METRIC_NAMES
+    from causalrec_jax.eval import POINTWISE_NAMES, RANKING_NAMES, UNBIASED_METRICS
+
+    assert set(METRIC_NAMES) == set(RANKING_NAMES) | set(POINTWISE_NAMES) | set(
+        UNBIASED_METRICS
+    )

@@ -304,7 +304,8 @@ def clean(dataset: Dataset, config: DataConfig) -> Dataset:
         on_invalid=config.invalid,
     )
     report.update(step)
-    dataset, step = deduplicate(dataset, config.dedupe)
+    policy = config.dedupe or dataset.meta.get("default_dedupe", "last")
+    dataset, step = deduplicate(dataset, policy)
     report.update(step)
     dataset, step = k_core(dataset, min_user=config.k_core_users, min_item=config.k_core_items)
     report.update(step)

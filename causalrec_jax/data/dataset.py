@@ -258,7 +258,8 @@ def _encode(
             uniques = uniques.astype(str)
             try:
                 order = np.argsort(uniques.astype(np.int64), kind="stable")
-            except ValueError:
+            except (ValueError, OverflowError):
+                # Not all integers (or beyond int64): keep the lexical order.
                 order = None
             if order is not None:
                 rank = np.empty_like(order)

@@ -190,6 +190,12 @@ def temporal_split(dataset: Dataset, ratios: Sequence[float] = (0.8, 0.1, 0.1)) 
             "a 'temporal' split needs the 'timestamp' field, which this dataset lacks; "
             'use data.split = "random" or a format with times'
         )
+    if dataset.meta.get("timestamps_are_positions"):
+        raise SplitError(
+            "a 'temporal' split needs wall-clock times, but this dataset's timestamps are "
+            "positions within each user's sequence (format seq_lines); a global cut would keep "
+            'only the tails of the longest sequences: use data.split = "leave_one_out"'
+        )
     time = dataset.timestamp
     if not np.isfinite(time).all():
         raise SplitError(

@@ -27,6 +27,7 @@ from causalrec_jax.eval.ranking import (
     evaluate_full_ranking,
     evaluate_pointwise,
     is_positive,
+    labels_are_binary,
 )
 from causalrec_jax.eval.unbiased import UNBIASED_METRICS, unbiased_ranking_metrics
 
@@ -36,7 +37,7 @@ ScorePairsFn = Callable[[jax.Array, jax.Array], Any]
 
 def positive_threshold_for(dataset: Dataset, threshold: float) -> float | None:
     """The rating threshold for positives: None (rating > 0) for implicit or binarised data."""
-    if dataset.meta.get("implicit") or dataset.meta.get("binarized_at") is not None:
+    if labels_are_binary(dataset):
         return None
     return threshold
 
@@ -101,7 +102,7 @@ def evaluate_unbiased_ranking(
     needs_truth = any(name in ("ips_recall", "ips_ndcg") for name in names)
     if needs_truth and n_relevant is None:
         raise ValueError("ips_recall / ips_ndcg need n_relevant (known in simulation only)")
-    positive = is_positive(test.rating, positive_threshold, bool(test.meta.get("implicit")))
+    positive = is_positive(test.rating, positive_threshold, labels_are_binary(test))
     test_indptr, test_items = _user_index(test.user[positive], test.item[positive], test.n_users)
     train_indptr, train_items = _user_index(train.user, train.item, test.n_users)
     observed_any = np.diff(test_indptr) > 0
@@ -161,7 +162,8 @@ def evaluate_split(
 
     Args:
         config: the `[eval]` section.
-        train: training interactions (masked in full ranking when `config.mask_train`).
+        train: interactions to mask in full ranking when `config.mask_train`: the training
+            split, or train and validation together when evaluating the test split.
         test: the evaluated interactions.
         score_users_fn: `user_ids [chunk] -> scores [chunk, n_items]`; needed by the full
             protocol and the IPS metrics.

@@ -66,6 +66,12 @@ def _split_metric_names(metrics: Sequence[str]) -> tuple[tuple[str, ...], bool]:
     return tuple(names), coverage
 
 
+def labels_are_binary(dataset: Dataset) -> bool:
+    """True for implicit feedback (all ones) and binarised ratings (0/1 labels), whose
+    positives are `rating > 0` whatever rating threshold is configured."""
+    return bool(dataset.meta.get("implicit")) or dataset.meta.get("binarized_at") is not None
+
+
 def is_positive(
     rating: np.ndarray, positive_threshold: float | None, implicit: bool = False
 ) -> np.ndarray:
@@ -187,6 +193,9 @@ def evaluate_full_ranking(
     threshold is None or `test.meta["implicit"]`). Other test items stay in the ranking as
     ordinary candidates. With `mask_train`, each user's training items are unrankable
     (`where=False`); a test positive that is also a training item is then not a positive.
+    When evaluating the test split after validation, pass the union of train and validation
+    as `train` so that both are masked (RecBole's protocol); `Dataset` rows concatenate with
+    `dataset.subset` of a common parent.
 
     A user is evaluated when they have at least one rankable test positive; the rest
     (including users absent from the test split) are counted in `n_users_no_positive` and never
@@ -226,7 +235,7 @@ def evaluate_full_ranking(
             f"{train.n_users} x {train.n_items} and {test.n_users} x {test.n_items}"
         )
     n_users, n_items = test.n_users, test.n_items
-    positive = is_positive(test.rating, positive_threshold, bool(test.meta.get("implicit")))
+    positive = is_positive(test.rating, positive_threshold, labels_are_binary(test))
     test_indptr, test_items = _user_index(test.user[positive], test.item[positive], n_users)
     train_indptr, train_items = _user_index(train.user, train.item, n_users)
     candidates = np.flatnonzero(np.diff(test_indptr) > 0)
@@ -341,7 +350,7 @@ def evaluate_candidates(
     order = np.argsort(test.user, kind="stable")
     user = test.user[order].astype(np.int64)
     item = test.item[order].astype(np.int64)
-    positive = is_positive(test.rating[order], positive_threshold, bool(test.meta.get("implicit")))
+    positive = is_positive(test.rating[order], positive_threshold, labels_are_binary(test))
     scores = _score_pairs(score_fn_pairs, user, item, batch_size)
 
     counts = np.bincount(user, minlength=n_users)

@@ -31,6 +31,8 @@ Estimators (per user; the caller averages over users):
   integers (see `metrics.ideal_dcg`). Consistent as observations grow, not unbiased for a
   finite sample; snips_ndcg of a single user may exceed 1. Defined (and averaged) only for
   users with at least one observed positive.
+  This normalises each user separately, a per-user variant: Yang et al. 2018 normalise the
+  SNIPS estimate once over all users.
 - `ips_dcg@K`: the unnormalised IPS sum, unbiased for DCG@K, no normaliser needed.
 
 hit@K and mrr@K are not sums of per-item gains (they depend on the first relevant item only),
