@@ -8,7 +8,7 @@ the id maps of the dataset they were cut from, so a model trained on one split s
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -180,6 +180,37 @@ class Split:
         """All non-empty parts by name."""
         named = {"train": self.train, "valid": self.valid, "test": self.test, **self.extra}
         return {name: part for name, part in named.items() if part is not None}
+
+
+def concatenate(parts: Sequence[Dataset]) -> Dataset:
+    """Rows of several datasets sharing id maps (e.g. train and validation), in order.
+
+    Fields absent from any part (timestamps, split codes) are dropped from the result; the
+    first part's features, propensities and metadata are kept.
+    """
+    parts = [part for part in parts if part is not None]
+    if not parts:
+        raise ValueError("concatenate needs at least one dataset")
+    first = parts[0]
+    for part in parts[1:]:
+        if not (
+            np.array_equal(part.user_ids, first.user_ids)
+            and np.array_equal(part.item_ids, first.item_ids)
+        ):
+            raise ValueError("concatenate needs datasets with the same user and item id maps")
+
+    def joined(name: str) -> np.ndarray | None:
+        values = [getattr(part, name) for part in parts]
+        return None if any(v is None for v in values) else np.concatenate(values)
+
+    return dataclasses.replace(
+        first,
+        user=joined("user"),
+        item=joined("item"),
+        rating=joined("rating"),
+        timestamp=joined("timestamp"),
+        given_split=joined("given_split"),
+    )
 
 
 def from_arrays(

@@ -194,8 +194,7 @@ def evaluate_full_ranking(
     ordinary candidates. With `mask_train`, each user's training items are unrankable
     (`where=False`); a test positive that is also a training item is then not a positive.
     When evaluating the test split after validation, pass the union of train and validation
-    as `train` so that both are masked (RecBole's protocol); `Dataset` rows concatenate with
-    `dataset.subset` of a common parent.
+    as `train` (`data.dataset.concatenate`) so that both are masked (RecBole's protocol).
 
     A user is evaluated when they have at least one rankable test positive; the rest
     (including users absent from the test split) are counted in `n_users_no_positive` and never

@@ -46,3 +46,17 @@ def test_binarised_labels_are_positives_whatever_the_threshold():
                                    ks=[1], metrics=["hit"], positive_threshold=4.0)
     assert result["n_users_evaluated"] == 2
     assert result["hit@1"] == pytest.approx(1.0)
+
+
+def test_concatenate_train_and_valid():
+    from causalrec_jax.data.dataset import concatenate
+    from causalrec_jax.data.split import random_split
+
+    dataset = from_arrays(np.arange(20) % 4, np.arange(20) % 5, timestamp=np.arange(20))
+    split = random_split(dataset, (0.6, 0.2, 0.2), seed=0)
+    both = concatenate([split.train, split.valid])
+    assert len(both) == len(split.train) + len(split.valid)
+    assert set(both.timestamp) == set(split.train.timestamp) | set(split.valid.timestamp)
+    other = from_arrays([1], [1])
+    with pytest.raises(ValueError, match="same user and item id maps"):
+        concatenate([split.train, other])
