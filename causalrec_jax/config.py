@@ -106,16 +106,20 @@ class SimConfig:
     n_users: int = 1000
     n_items: int = 500
     latent_dim: int = 8
-    # Spread of the item popularity/quality confounder (log-normal sigma).
+    # Strength of the popularity confounder: log popularity = popularity_sigma * z, z ~ N(0, 1)
+    # per item (log-normal popularity; 0 makes all items equally popular, no confounding).
     popularity_sigma: float = 1.0
-    # How strongly the confounder (standardized log popularity z) raises relevance logits.
+    # How strongly log popularity raises relevance logits.
     quality_effect: float = 0.5
-    # Exposure logit = base + popularity_exposure * z + selection_strength * (rating - 3) / 2,
-    # with base calibrated so that the mean propensity is mean_exposure.
+    # Exposure logit = base + popularity_exposure * log popularity
+    #                  + selection_strength * (rating - 3) / 2,
+    # with base calibrated so that the mean propensity is mean_exposure; at small propensities
+    # propensity ~ popularity ** popularity_exposure (a power law).
     mean_exposure: float = 0.05
     popularity_exposure: float = 1.0
     selection_strength: float = 1.0
-    # Relevance = sigmoid(factors dot / temperature + quality_effect * z + relevance_offset);
+    # Relevance = sigmoid(factors dot / temperature + quality_effect * log popularity
+    #                     + relevance_offset);
     # ratings 1..5 = round(1 + 4 * relevance + rating_noise * normal noise), clipped.
     relevance_temperature: float = 1.0
     relevance_offset: float = 0.0

@@ -12,7 +12,8 @@ ratings reach the log. Exposure is missing not at random through two paths:
   rating itself (Marlin & Zemel, RecSys 2009, "Collaborative prediction and ranking with
   non-random missing data").
 
-Item popularity also raises true relevance, so it is a confounder of exposure and outcome.
+Item popularity also raises true relevance, so it is a confounder of exposure and outcome;
+`popularity_sigma` is its strength (0 removes the popularity path from both).
 
 Exogenous noise (each an independent `jax.random.fold_in(key, stream)` stream)::
 
@@ -26,19 +27,25 @@ Structural equations (sigma_p = popularity_sigma, gamma = quality_effect, tau =
 relevance_temperature, c0 = relevance_offset, sigma_y = rating_noise, alpha =
 popularity_exposure, s = selection_strength, m = mean_exposure)::
 
-    popularity_i = exp(sigma_p * z_i)                                        (log-normal)
-    r_ui   = sigmoid(theta_u . beta_i / tau + gamma * z_i + c0)              P(relevant)
+    p_i    = sigma_p * z_i                                                   log popularity_i
+    popularity_i = exp(p_i)                                                  (log-normal)
+    r_ui   = sigmoid(theta_u . beta_i / tau + gamma * p_i + c0)              P(relevant)
     Y*_ui  = 1 + 4 r_ui + sigma_y * eps_ui
     Y_ui   = clip(round(Y*_ui), 1, 5)                                        (ordered probit)
     E[Y_ui] = 1 + sum_{k=1..4} Phi((1 + 4 r_ui - k - 1/2) / sigma_y)
-    pi_ui  = sigmoid(b + alpha * z_i + s * (Y_ui - 3) / 2)                  P(O=1 | u, i, Y_ui)
+    pi_ui  = sigmoid(b + alpha * p_i + s * (Y_ui - 3) / 2)                  P(O=1 | u, i, Y_ui)
     O_ui   = 1[u_ui < pi_ui]                                                 (Bernoulli(pi_ui))
 
 `b` is calibrated (bisection, jit-able) so that `mean_ui pi_ui = m`. At small propensities
-`pi_ui ~ popularity_i ** (alpha / sigma_p)` (Yang et al.'s power law), and `exp(s)` is the
-odds ratio of observing a 5 rather than a 3 (Marlin & Zemel's rating-dependent missingness).
-The marginal propensity `P(O=1 | u, i) = sum_k P(Y_ui = k) sigmoid(b + alpha z_i + s (k-3)/2)`
-is also returned.
+`pi_ui ~ popularity_i ** alpha` (Yang et al.'s power law with exponent alpha), and `exp(s)` is
+the odds ratio of observing a 5 rather than a 3 (Marlin & Zemel's rating-dependent
+missingness). Both popularity effects are per unit of log popularity, so `sigma_p` scales the
+confounding: the spread of popularity across items, and with it how much popularity moves
+relevance (sd `gamma sigma_p` on the logit) and exposure (sd `alpha sigma_p`). At `sigma_p = 0`
+every item is equally popular and exposure depends on the item only through its rating.
+The marginal propensity `P(O=1 | u, i) = sum_k P(Y_ui = k) sigmoid(b + alpha p_i + s (k-3)/2)`
+is also returned; it is accumulated over the five rating levels, so no `[U, I, 5]` array is
+materialised: a world needs about 60 bytes per (user, item) cell, outputs included.
 
 Because every exogenous variable has its own stream, changing only the exposure parameters
 (`mean_exposure`, `popularity_exposure`, `selection_strength`) with the same key keeps users,
@@ -122,13 +129,15 @@ class WorldParams:
     """Dynamic numbers of the world (a pytree: `jax.vmap` over it to sweep a parameter).
 
     Attributes:
-        popularity_sigma: log-normal spread of item popularity, `sigma_p`.
-        quality_effect: effect of standardized log popularity on relevance logits, `gamma`.
+        popularity_sigma: strength of the popularity confounder, `sigma_p`: log popularity is
+            `sigma_p * z_i` with `z_i ~ N(0, 1)` (0 makes every item equally popular).
+        quality_effect: effect of log popularity on relevance logits, `gamma`.
         relevance_temperature: divides the factor dot product, `tau`.
         relevance_offset: constant added to relevance logits, `c0`.
         rating_noise: standard deviation of the latent rating noise, `sigma_y`.
         mean_exposure: target mean propensity `m` in (0, 1).
-        popularity_exposure: effect of standardized log popularity on exposure logits, `alpha`.
+        popularity_exposure: effect of log popularity on exposure logits, `alpha` (the
+            exponent of the power law `propensity ~ popularity ** alpha`).
         selection_strength: effect of the centred rating `(Y - 3) / 2` on exposure logits, `s`.
     """
 
@@ -176,7 +185,8 @@ class GroundTruth:
         user_factors: `[n_users, d]` user taste `theta_u`.
         item_factors: `[n_items, d]` item attributes `beta_i`.
         item_popularity: `[n_items]` log-normal popularity (the confounder).
-        standardized_log_popularity: `[n_items]` `z_i = log(popularity_i) / sigma_p`.
+        standardized_log_popularity: `[n_items]` `z_i ~ N(0, 1)`, with
+            `log(popularity_i) = sigma_p * z_i`.
         relevance: `[n_users, n_items]` true P(relevant), `r_ui`.
         expected_rating: `[n_users, n_items]` mean of the rating distribution, `E[Y_ui]`.
         ratings: `[n_users, n_items]` int32 realised potential ratings `Y_ui` in 1..5.
@@ -302,12 +312,13 @@ def make_world(key: jax.Array, sizes: WorldSizes, params: WorldParams) -> Ground
         jax.random.fold_in(key, STREAM_ITEMS), (n_items, dim)
     )
     z = jax.random.normal(jax.random.fold_in(key, STREAM_POPULARITY), (n_items,))
-    item_popularity = jnp.exp(params.popularity_sigma * z)
+    log_popularity = params.popularity_sigma * z  # the confounder; sigma_p is its strength
+    item_popularity = jnp.exp(log_popularity)
 
     affinity = user_factors @ item_factors.T
     relevance = jax.nn.sigmoid(
         affinity / params.relevance_temperature
-        + params.quality_effect * z[None, :]
+        + params.quality_effect * log_popularity[None, :]
         + params.relevance_offset
     )
     latent_mean = RATING_MIN + (RATING_MAX - RATING_MIN) * relevance
@@ -315,23 +326,33 @@ def make_world(key: jax.Array, sizes: WorldSizes, params: WorldParams) -> Ground
     ratings = jnp.clip(
         jnp.floor(latent_mean + params.rating_noise * rating_noise + 0.5), RATING_MIN, RATING_MAX
     ).astype(jnp.int32)
-    probabilities = rating_probabilities(latent_mean, params.rating_noise)
-    rating_values = jnp.arange(RATING_MIN, RATING_MAX + 1, dtype=latent_mean.dtype)
-    expected_rating = probabilities @ rating_values
 
     # Exposure logits without the offset: popularity (Yang et al.) + self-selection (Marlin).
-    popularity_logit = params.popularity_exposure * z[None, :]
+    popularity_logit = params.popularity_exposure * log_popularity[None, :]
     selection_logit = params.selection_strength * (ratings - _RATING_MID) / _RATING_HALF_RANGE
     exposure_base = calibrate_base(popularity_logit + selection_logit, params.mean_exposure)
     propensity = jax.nn.sigmoid(exposure_base + popularity_logit + selection_logit)
 
-    per_rating_selection = (
-        params.selection_strength * (rating_values - _RATING_MID) / _RATING_HALF_RANGE
-    )
-    propensity_per_rating = jax.nn.sigmoid(
-        exposure_base + popularity_logit[..., None] + per_rating_selection
-    )
-    marginal_propensity = jnp.sum(probabilities * propensity_per_rating, axis=-1)
+    # E[Y] and P(O=1 | u, i) as sums over the five rating levels, accumulated level by level
+    # into [n_users, n_items] arrays (never a [n_users, n_items, 5] one). With C_k = P(Y <= k),
+    # P(Y = k) = C_k - C_{k-1}; summing by parts, E[Y] = 5 - sum_{k<5} C_k and
+    # P(O=1 | u, i) = pi(5) - sum_{k<5} C_k (pi(k+1) - pi(k)), pi(k) the propensity given Y = k.
+    # C_k via `lax.erf` (absolute error ~1e-7) rather than `norm.cdf`, whose tail branches XLA
+    # materialises as separate [n_users, n_items] arrays; this way each sum is one fused pass.
+    erf_scale = jnp.maximum(params.rating_noise, 1e-6) * np.sqrt(2.0)  # sigma_y = 0: a step
+
+    def propensity_given(rating):
+        selection = params.selection_strength * (rating - _RATING_MID) / _RATING_HALF_RANGE
+        return jax.nn.sigmoid(exposure_base + popularity_logit + selection)
+
+    expected_rating = jnp.full_like(latent_mean, RATING_MAX)
+    marginal_propensity = propensity_given(RATING_MAX)
+    for rating in range(RATING_MIN, RATING_MAX):
+        at_most = 0.5 + 0.5 * jax.lax.erf((rating + 0.5 - latent_mean) / erf_scale)
+        expected_rating = expected_rating - at_most
+        marginal_propensity = marginal_propensity - at_most * (
+            propensity_given(rating + 1) - propensity_given(rating)
+        )
 
     observed = sample_exposure(jax.random.fold_in(key, STREAM_EXPOSURE), propensity)
     return GroundTruth(

@@ -114,6 +114,102 @@ def test_popularity_exposure_concentrates_on_popular_items():
     assert abs(share - catalogue_share) < 4 * np.sqrt(catalogue_share * (1 - catalogue_share) / n)
 
 
+def test_popularity_sigma_scales_the_confounder():
+    key = jax.random.key(14)
+    worlds = {
+        sigma: make_world_jit(key, MEDIUM, WorldParams(popularity_sigma=sigma))
+        for sigma in (0.0, 0.5, 1.0, 2.0)
+    }
+    z = worlds[1.0].standardized_log_popularity
+    for sigma, truth in worlds.items():
+        np.testing.assert_array_equal(truth.standardized_log_popularity, z)
+        np.testing.assert_allclose(jnp.log(truth.item_popularity), sigma * z, atol=1e-5)
+        # Exogenous users and items do not move with the confounder's strength.
+        np.testing.assert_array_equal(truth.user_factors, worlds[1.0].user_factors)
+    for low, high in ((0.0, 0.5), (0.5, 1.0), (1.0, 2.0)):
+        assert np.abs(np.asarray(worlds[low].relevance - worlds[high].relevance)).max() > 0.05
+        assert not np.allclose(worlds[low].propensity, worlds[high].propensity)
+
+    # A stronger confounder spreads both relevance and exposure across items.
+    def item_spread(values):
+        return float(jnp.std(jnp.mean(values, axis=0)))
+
+    for name in ("relevance", "marginal_propensity"):
+        spreads = [item_spread(getattr(worlds[s], name)) for s in (0.0, 0.5, 1.0, 2.0)]
+        assert spreads == sorted(spreads) and spreads[-1] > 2 * spreads[0], name
+
+    # sigma_p = 0 removes the popularity path: the propensity is a function of the rating alone
+    # (no item effect), and relevance no longer depends on quality_effect.
+    flat = worlds[0.0]
+    np.testing.assert_array_equal(flat.item_popularity, 1.0)
+    ratings = np.asarray(flat.ratings)
+    propensity = np.asarray(flat.propensity)
+    for rating in np.unique(ratings):
+        values = propensity[ratings == rating]
+        np.testing.assert_allclose(values, values[0], rtol=1e-6)
+    no_quality = make_world_jit(key, MEDIUM, WorldParams(popularity_sigma=0.0, quality_effect=3.0))
+    np.testing.assert_allclose(no_quality.relevance, flat.relevance, rtol=1e-6)
+    # ... and without self-selection the propensity is constant, the MAR rate.
+    constant = make_world_jit(
+        key, MEDIUM, WorldParams(popularity_sigma=0.0, selection_strength=0.0, mean_exposure=0.1)
+    )
+    np.testing.assert_allclose(constant.propensity, 0.1, rtol=1e-5)
+    np.testing.assert_allclose(constant.marginal_propensity, 0.1, rtol=1e-5)
+
+
+def test_propensity_is_a_power_of_popularity():
+    # At small propensities pi ~ popularity ** alpha, whatever sigma_p (Yang et al.).
+    for sigma, alpha in ((1.0, 1.5), (2.0, 0.5), (0.5, 1.0)):
+        params = WorldParams(
+            popularity_sigma=sigma,
+            popularity_exposure=alpha,
+            selection_strength=0.0,
+            mean_exposure=1e-3,
+        )
+        truth = make_world_jit(jax.random.key(15), MEDIUM, params)
+        log_popularity = np.log(np.asarray(truth.item_popularity, dtype=np.float64))
+        log_propensity = np.log(np.asarray(truth.propensity[0], dtype=np.float64))
+        slope = np.polyfit(log_popularity, log_propensity, 1)[0]
+        assert abs(slope - alpha) < 0.03 * alpha, (sigma, alpha, slope)
+
+
+def test_top_decile_share_grows_with_popularity_sigma():
+    def top_decile_share(popularity_sigma):
+        config = SimConfig(selection_strength=0.0, popularity_sigma=popularity_sigma)
+        dataset, truth = simulate_dataset(config)
+        # Rank by z, which is the same for every sigma (popularity itself is flat at 0).
+        z = np.asarray(truth.standardized_log_popularity)
+        top = z >= np.quantile(z, 0.9)
+        train = dataset.given_split == GIVEN_TRAIN
+        return top[dataset.item[train]].mean(), top.mean(), train.sum()
+
+    shares = {sigma: top_decile_share(sigma) for sigma in (0.0, 0.5, 1.0, 2.0)}
+    share, catalogue_share, n = shares[0.0]
+    assert abs(share - catalogue_share) < 4 * np.sqrt(catalogue_share * (1 - catalogue_share) / n)
+    values = [shares[sigma][0] for sigma in (0.0, 0.5, 1.0, 2.0)]
+    assert all(b > a + 0.05 for a, b in zip(values, values[1:], strict=False)), values
+
+
+def test_expected_rating_and_marginal_propensity_match_rating_probabilities():
+    # The level-by-level sums in make_world against the [U, I, 5] formula.
+    for rating_noise in (0.5, 1.3, 0.0):
+        params = WorldParams(rating_noise=rating_noise, selection_strength=2.0, mean_exposure=0.2)
+        truth = make_world_jit(jax.random.key(16), SMALL, params)
+        latent_mean = 1 + 4 * truth.relevance
+        probabilities = rating_probabilities(latent_mean, rating_noise)
+        levels = jnp.arange(1, 6, dtype=jnp.float32)
+        np.testing.assert_allclose(truth.expected_rating, probabilities @ levels, atol=2e-5)
+        popularity_logit = params.popularity_exposure * jnp.log(truth.item_popularity)
+        per_level = jax.nn.sigmoid(
+            truth.exposure_base
+            + popularity_logit[None, :, None]
+            + params.selection_strength * (levels - 3) / 2
+        )
+        np.testing.assert_allclose(
+            truth.marginal_propensity, jnp.sum(probabilities * per_level, -1), atol=2e-6
+        )
+
+
 def test_exposure_frequencies_match_propensities():
     params = WorldParams(mean_exposure=0.3, selection_strength=1.5, popularity_exposure=1.0)
     truth = make_world_jit(jax.random.key(3), SMALL, params)
