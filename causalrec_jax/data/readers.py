@@ -13,12 +13,22 @@ and the 1-based line. Files may use LF or CRLF line endings.
 
 Every reader sets `meta`: `name`, `format`, `path`, `implicit`, `rating_scale` ((min, max),
 or None when unknown or implicit) and `raw_rows` (interactions read, before any cleaning).
+
+Large delimited files (RecBole `.inter`, csv) are read fast: one numpy pass over the bytes
+checks the field count of every line (so that errors name the exact line), then pandas' C
+parser converts only the columns used. Text is decoded as UTF-8, else latin-1 (never with
+replacement characters, which would merge distinct ids). Id columns are read as numbers only
+when every value is a plain integer written canonically (`7`, not `007` or `+7`), so numeric
+reading never merges ids that differ as text.
 """
 
 from __future__ import annotations
 
+import csv
 import io
 import os
+import re
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +37,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from causalrec_jax.data.dataset import GIVEN_TEST, GIVEN_TRAIN, Dataset, from_arrays
+from causalrec_jax.data.dataset import GIVEN_TEST, GIVEN_TRAIN, GIVEN_VALID, Dataset, from_arrays
 from causalrec_jax.errors import DataFormatError
 
 PathLike = str | os.PathLike
@@ -49,6 +59,11 @@ FORMATS = (
 # values are always kept so that tiny files (three users, two genders) keep their features.
 FREE_TEXT_UNIQUE_FRACTION = 0.5
 ALWAYS_KEPT_DISTINCT_VALUES = 20
+# A categorical side field with more distinct values (tokens, for token_seq) than this is
+# skipped: one-hot columns for 100k brands or categories (Amazon item files) would take
+# gigabytes and carry almost no signal per column. Skipped fields are listed in
+# `meta["skipped_feature_fields"]`.
+MAX_FEATURE_VOCABULARY = 1000
 
 # The 19 genres of MovieLens 100K, in the column order of `u.item` (used without `u.genre`).
 MOVIELENS_100K_GENRES = (
@@ -175,51 +190,91 @@ def read_recbole(path: PathLike) -> Dataset:
     tab-separated. Fields used: `user_id`, `item_id`, `rating` (else a float field whose name
     contains "rating" or "label"; none means implicit feedback) and `timestamp`.
 
+    RecBole's pre-split benchmark files `NAME.train.inter`, `NAME.test.inter` (and
+    `NAME.valid.inter`, optional) are read together, each row's file recorded in
+    `given_split` (GIVEN_TRAIN / GIVEN_VALID / GIVEN_TEST); they are used when the folder has
+    no plain `NAME.inter`, or when `path` is one of them. Their side files are still
+    `NAME.user` / `NAME.item`.
+
     Side files become features aligned to the id maps (users or items the interactions do
     not mention are ignored; ids without a side row get zeros): `token` fields one-hot
     (`field=value`), `token_seq` fields multi-hot over their space-separated tokens, `float`
-    fields as they are (empty = 0). A token or token_seq field with more distinct values than
-    half its rows (and more than 20) is an identifier or free text (zip code, movie title)
-    and is skipped; `float_seq` fields are skipped.
+    fields as they are (empty = 0). Skipped, and listed in `meta["skipped_feature_fields"]`:
+    a token or token_seq field with more distinct values than half its rows (and more than
+    20), an identifier or free text (zip code, movie title); one with more than
+    `MAX_FEATURE_VOCABULARY` distinct values (tokens); `float_seq` fields. An id on two rows
+    of a side file is an error.
 
     Args:
-        path: the folder holding `NAME.inter`, or the `.inter` file itself.
+        path: the folder holding `NAME.inter` (or the split files), or one `.inter` file.
 
     Returns:
         Dataset with `user_features` `[n_users, d_user]` and `item_features`
         `[n_items, d_item]` when side files with usable fields exist.
     """
-    inter_path = _recbole_inter_file(_existing(path))
-    header, rows = _read_recbole_file(inter_path, required=("user_id", "item_id"))
-    if not len(rows):
-        raise DataFormatError("no interactions after the header", path=str(inter_path), line=2)
-    user = _ids(rows, header.index("user_id"))
-    item = _ids(rows, header.index("item_id"))
-    rating_field = _recbole_rating_field(header)
-    rating = None
-    if rating_field is not None:
-        rating = _numbers(_column(rows, header.index(rating_field)), rows.where, rating_field)
-    timestamp = None
-    if "timestamp" in header.names:
-        timestamp = _numbers(_column(rows, header.index("timestamp")), rows.where, "timestamp")
+    name, folder, files = _recbole_files(_existing(path))
+    parts = []
+    first: tuple[Path, dict[str, str]] | None = None
+    for inter_path, split_code in files:
+        header, columns, where = _read_recbole_table(
+            inter_path, ("user_id", "item_id"), _recbole_inter_fields, ("user_id", "item_id")
+        )
+        fields = dict(zip(header.names, header.types, strict=True))
+        if first is None:
+            first = (inter_path, fields)
+        elif fields != first[1]:
+            raise DataFormatError(
+                f"header fields {_header_text(fields)} differ from those of {first[0].name} "
+                f"({_header_text(first[1])})",
+                path=str(inter_path),
+                line=1,
+            )
+        n_rows = len(where.line_numbers)
+        if not n_rows:
+            raise DataFormatError("no interactions after the header", path=str(inter_path), line=2)
+        rating_field = _recbole_rating_field(header)
+        parts.append(
+            {
+                "user": _recbole_ids(columns["user_id"], where, "user_id"),
+                "item": _recbole_ids(columns["item_id"], where, "item_id"),
+                "rating": None
+                if rating_field is None
+                else _numbers(columns[rating_field], where, rating_field),
+                "timestamp": None
+                if "timestamp" not in columns
+                else _numbers(columns["timestamp"], where, "timestamp"),
+                "given_split": None
+                if split_code is None
+                else np.full(n_rows, split_code, dtype=np.int8),
+            }
+        )
+    user = _concatenate_ids([part["user"] for part in parts])
+    item = _concatenate_ids([part["item"] for part in parts])
+    rating, timestamp, given_split = (
+        None if parts[0][key] is None else np.concatenate([part[key] for part in parts])
+        for key in ("rating", "timestamp", "given_split")
+    )
     dataset = from_arrays(
         user,
         item,
         rating,
         timestamp,
-        meta=_meta(inter_path.stem, "recbole", path, rating, len(rows)),
+        given_split=given_split,
+        meta=_meta(name, "recbole", path, rating, len(user)),
     )
+    skipped: list[str] = []
     user_features, user_names = _recbole_side_features(
-        inter_path.with_suffix(".user"), "user_id", dataset.user_ids
+        folder / f"{name}.user", "user_id", dataset.user_ids, skipped
     )
     item_features, item_names = _recbole_side_features(
-        inter_path.with_suffix(".item"), "item_id", dataset.item_ids
+        folder / f"{name}.item", "item_id", dataset.item_ids, skipped
     )
     return dataset.replace(
         user_features=user_features,
         user_feature_names=user_names,
         item_features=item_features,
         item_feature_names=item_names,
+        meta={**dataset.meta, "skipped_feature_fields": skipped},
     )
 
 
@@ -228,7 +283,9 @@ def read_movielens(path: PathLike) -> Dataset:
 
     `u.data` (ML-100K: tab-separated `user item rating timestamp`), `ratings.dat`
     (ML-1M / 10M: `user::item::rating::timestamp`) or `ratings.csv` (ML-latest / 20M / 25M:
-    header `userId,movieId,rating,timestamp`). Ids must be positive integers. When the folder
+    header `userId,movieId,rating,timestamp`). Ids must be positive integers. The rating scale
+    is 1..5 whole stars for `u.data` and 0.5..5 in half stars for `ratings.dat` (ML-10M has
+    half stars; ML-1M's whole stars lie inside that scale) and `ratings.csv`. When the folder
     also holds them, item genres become multi-hot `item_features` (`u.item` with `u.genre`,
     `movies.dat`, `movies.csv`) and user gender, age and occupation one-hot `user_features`
     (`u.user`, `users.dat`).
@@ -253,7 +310,7 @@ def read_movielens(path: PathLike) -> Dataset:
     user = _positive_ids(values[:, 0], where, "user id")
     item = _positive_ids(values[:, 1], where, "item id")
     rating, timestamp = values[:, 2], values[:, 3]
-    scale = (0.5, 5.0) if name == "ratings.csv" else (1.0, 5.0)
+    scale = (1.0, 5.0) if name == "u.data" else (0.5, 5.0)
     dataset = from_arrays(
         user,
         item,
@@ -344,23 +401,38 @@ def read_yahoo_r3(path: PathLike) -> Dataset:
     """Reads Yahoo! R3 music ratings (Marlin & Zemel, RecSys 2009).
 
     Two files of whitespace-separated `user item rating` lines, ids starting at 1, ratings
-    1..5: the train file holds ratings users chose to give (MNAR), the test file ratings of
-    10 songs drawn at random for each of the first 5,400 users (MAR).
+    whole numbers 1..5: the train file holds ratings users chose to give (MNAR), the test file
+    ratings of 10 songs drawn at random for each of the first 5,400 users (MAR).
 
     Args:
-        path: the folder holding `YAHOO_TRAIN_FILE` and `YAHOO_TEST_FILE`.
+        path: the folder holding `YAHOO_TRAIN_FILE` and `YAHOO_TEST_FILE`, or one of these
+            two files (the other is read from the same folder).
 
     Returns:
         Dataset with `given_split` GIVEN_TRAIN / GIVEN_TEST and
         `meta["mnar_train_mar_test"] = True`.
     """
     folder = _existing(path)
+    if folder.is_file():
+        if folder.name not in (YAHOO_TRAIN_FILE, YAHOO_TEST_FILE):
+            raise DataFormatError(
+                f"expected the Yahoo! R3 folder or one of its files {YAHOO_TRAIN_FILE}, "
+                f"{YAHOO_TEST_FILE}",
+                path=str(folder),
+            )
+        folder = folder.parent
     parts = []
     for file_name, split_code in ((YAHOO_TRAIN_FILE, GIVEN_TRAIN), (YAHOO_TEST_FILE, GIVEN_TEST)):
         values, where = _read_number_rows(
             _required_file(folder, file_name), None, ("user id", "item id", "rating")
         )
         _check_range(values[:, 2], where, "rating", 1.0, 5.0)
+        fractional = np.flatnonzero(values[:, 2] != np.round(values[:, 2]))
+        if fractional.size:
+            raise where.error(
+                int(fractional[0]),
+                f"rating {values[fractional[0], 2]:g} is not a whole number 1..5",
+            )
         parts.append(
             (
                 _positive_ids(values[:, 0], where, "user id"),
@@ -389,7 +461,10 @@ def read_seq_lines(path: PathLike) -> Dataset:
     """Reads one sequence per line, `user item item ...` in time order (e.g. `Beauty.txt`).
 
     Implicit feedback; the timestamp of an interaction is its position in the line
-    (0, 1, 2, ...), which keeps each user's order for temporal splits.
+    (0, 1, 2, ...), which keeps each user's order for leave-last-out splits but is no clock:
+    `meta["timestamps_are_positions"]` is True, so that a global temporal cut is refused. An
+    item repeated in a line is a real repeat event: `meta["default_dedupe"]` is "keep". A
+    user on two lines is an error (their histories would interleave).
 
     Args:
         path: the file, or a folder holding exactly one `.txt` file.
@@ -398,7 +473,8 @@ def read_seq_lines(path: PathLike) -> Dataset:
         Dataset with one row per (user, item) occurrence.
     """
     file_path = _single_txt_file(_existing(path))
-    users, items, positions, line_numbers = [], [], [], []
+    users, items, positions = [], [], []
+    line_of_user: dict[str, int] = {}
     for line_number, line in _numbered_lines(file_path):
         tokens = line.split()
         if not tokens:
@@ -409,19 +485,32 @@ def read_seq_lines(path: PathLike) -> Dataset:
                 path=str(file_path),
                 line=line_number,
             )
-        users.extend([tokens[0]] * (len(tokens) - 1))
+        user = tokens[0]
+        if user in line_of_user:
+            raise DataFormatError(
+                f"user {user!r} already has a sequence on line {line_of_user[user]}; expected "
+                "one line per user",
+                path=str(file_path),
+                line=line_number,
+            )
+        line_of_user[user] = line_number
+        users.append(np.full(len(tokens) - 1, user, dtype=object))
         items.extend(tokens[1:])
-        positions.extend(range(len(tokens) - 1))
-        line_numbers.append(line_number)
-    if not line_numbers:
+        positions.append(np.arange(len(tokens) - 1, dtype=np.float64))
+    if not line_of_user:
         raise _empty_file(file_path, "lines 'user item item ...'")
-    return from_arrays(
-        np.array(users, dtype=object),
+    dataset = from_arrays(
+        np.concatenate(users),
         np.array(items, dtype=object),
         None,
-        np.array(positions, dtype=np.float64),
-        meta=_meta(file_path.stem, "seq_lines", path, None, len(users)),
+        np.concatenate(positions),
+        meta={
+            **_meta(file_path.stem, "seq_lines", path, None, len(items)),
+            "timestamps_are_positions": True,
+            "default_dedupe": "keep",
+        },
     )
+    return dataset
 
 
 def read_table(
@@ -442,27 +531,68 @@ def read_table(
         kind: "csv" or "parquet"; None infers it from the suffix (`.parquet`, `.pq` are
             parquet, anything else csv).
 
+    A csv row with more or fewer fields than the header is an error naming its line; an
+    empty rating field is kept as NaN for cleaning. Lines that are blank (or hold only
+    separators) are skipped. Fields may be quoted (`"a,b"`). A `sep` of more than one
+    character is a regular expression, as in pandas.
+
     Returns:
-        Dataset; timestamps are numbers or, when the column holds dates, Unix seconds.
+        Dataset; timestamps are numbers or, when the column holds ISO 8601 dates, Unix
+        seconds.
     """
     file_path = _existing(path)
     kind = kind or ("parquet" if file_path.suffix.lower() in (".parquet", ".pq") else "csv")
     if kind not in ("csv", "parquet"):
         raise DataFormatError(f"unknown table kind {kind!r}; expected 'csv' or 'parquet'")
-    if kind == "csv":
-        frame = _read_csv_frame(file_path, sep)
-        # Row i of the frame is line i + 2: the header is line 1 and blank lines were kept.
-        line_numbers = np.arange(len(frame)) + 2
-        not_blank = _non_blank_rows(frame)
-        frame = frame.iloc[not_blank]
-        where = _Where(str(file_path), line_numbers=line_numbers[not_blank])
-    else:
-        frame = pd.read_parquet(file_path)
-        where = _Where(str(file_path))
-    if not len(frame):
+    if kind == "parquet":
+        frame = _read_parquet(file_path)
+        if not len(frame):
+            raise DataFormatError("the parquet file has no rows", path=str(file_path))
+        roles = _resolve_columns(
+            [str(column) for column in frame.columns], columns, f"file {file_path}"
+        )
+        return _frame_to_dataset(
+            frame,
+            roles,
+            _Where(str(file_path)),
+            name=file_path.stem,
+            format_name=kind,
+            path=path,
+        )
+    if file_path.is_dir():
+        raise DataFormatError("is a folder; expected a csv file", path=str(file_path))
+    _check_separator(sep)
+    blob = _load_bytes(file_path)
+    header = [cell.strip() for cell in _header_cells(blob, sep, "a header line of column names")]
+    try:
+        roles = _resolve_columns(header, columns, f"file {file_path}")
+    except DataFormatError as error:
+        if len(header) > 1:
+            raise
+        raise DataFormatError(
+            f"the header splits into the single column {header[0]!r} on the separator "
+            f"{sep!r}; pass the file's separator (sep=...). {error}",
+            path=str(file_path),
+            line=1,
+        ) from None
+    position = {role: header.index(name) for role, name in roles.items()}
+    kinds = {position[role]: "number" for role in ("rating", "timestamp") if role in position}
+    kinds.update({position[role]: "id" for role in ("user", "item")})
+    values, where = _read_fields(blob, sep, len(header), kinds, quoting=True)
+    if not len(where.line_numbers):
         raise DataFormatError("no rows after the header", path=str(file_path), line=2)
-    roles = _resolve_columns(frame, columns, f"file {file_path}")
-    return _frame_to_dataset(frame, roles, where, name=file_path.stem, format_name=kind, path=path)
+    user = _table_ids(values[position["user"]], where, f"column {roles['user']!r}")
+    item = _table_ids(values[position["item"]], where, f"column {roles['item']!r}")
+    rating = None
+    if "rating" in roles:
+        rating = _numbers(values[position["rating"]], where, f"column {roles['rating']!r} value")
+    timestamp = None
+    if "timestamp" in roles:
+        timestamp = _times(
+            pd.Series(values[position["timestamp"]]), where, f"column {roles['timestamp']!r}"
+        )
+    meta = _meta(file_path.stem, kind, path, rating, len(user))
+    return from_arrays(user, item, rating, timestamp, meta=meta)
 
 
 def from_dataframe(frame: pd.DataFrame, columns: Mapping[str, str] | None = None) -> Dataset:
@@ -477,7 +607,7 @@ def from_dataframe(frame: pd.DataFrame, columns: Mapping[str, str] | None = None
     """
     if not len(frame):
         raise DataFormatError("the dataframe has no rows")
-    roles = _resolve_columns(frame, columns, "the dataframe")
+    roles = _resolve_columns([str(column) for column in frame.columns], columns, "the dataframe")
     where = _Where(None, row_labels=np.asarray(frame.index))
     return _frame_to_dataset(
         frame, roles, where, name="dataframe", format_name="dataframe", path=None
@@ -511,6 +641,354 @@ def _read_text(path: Path) -> str:
     except UnicodeDecodeError:
         with open(path, encoding="latin-1") as handle:
             return handle.read()
+
+
+# --------------------------------------------------------------------------------------------
+# Delimited files read fast: a numpy pass over the bytes, then pandas' C parser.
+
+_UTF8_BOM = b"\xef\xbb\xbf"
+# Powers 10**1 .. 10**19: the decimal length of a uint64 is 1 + how many of them it reaches.
+_POWERS_OF_TEN = np.array([10**power for power in range(1, 20)], dtype=np.uint64)
+
+
+@dataclass(frozen=True)
+class _Blob:
+    """The bytes of a text file (byte-order mark removed) and how to decode them."""
+
+    path: Path
+    data: bytes
+    encoding: str
+
+    def text(self) -> str:
+        return self.data.decode(self.encoding)
+
+    def first_line(self) -> str:
+        end = self.data.find(b"\n")
+        line = self.data if end < 0 else self.data[:end]
+        return line.decode(self.encoding).rstrip("\r")
+
+
+def _load_bytes(path: Path) -> _Blob:
+    """Reads a file as bytes; UTF-8 when it decodes as such, else latin-1 (never lossy)."""
+    if path.is_dir():
+        raise DataFormatError("is a folder; expected a file", path=str(path))
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise DataFormatError(f"cannot read the file: {error}", path=str(path)) from None
+    if data.startswith(_UTF8_BOM):
+        data = data[len(_UTF8_BOM) :]
+    try:
+        data.decode("utf-8")
+        encoding = "utf-8"
+    except UnicodeDecodeError:
+        encoding = "latin-1"
+    return _Blob(path, data, encoding)
+
+
+def _check_separator(sep: str) -> None:
+    """A usable field separator: one character, or a regular expression (as in pandas)."""
+    if not isinstance(sep, str) or sep == "":
+        raise DataFormatError(
+            f"invalid field separator {sep!r}: expected a character such as ',' or '\\t'"
+        )
+    if sep in ("\n", "\r", '"'):
+        raise DataFormatError(f"invalid field separator {sep!r}: it cannot split fields")
+    if len(sep) > 1 and sep != r"\s+":
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)  # "possible nested set"
+                re.compile(sep)
+        except re.error as error:
+            raise DataFormatError(
+                f"invalid field separator {sep!r}: a separator of several characters is a "
+                f"regular expression, and this one is not valid ({error})"
+            ) from None
+
+
+def _splitter(sep: str) -> Callable[[str], list[str]]:
+    """Splits one line into fields: literally for one character, else as a regex."""
+    if len(sep) == 1:
+        return lambda line: line.split(sep)
+    if sep == r"\s+":
+        return str.split
+    pattern = re.compile(sep)
+    return pattern.split
+
+
+def _header_cells(blob: _Blob, sep: str, expected: str) -> list[str]:
+    """The fields of the first line (csv quoting honoured for one-character separators)."""
+    line = blob.first_line()
+    if not line.strip():
+        if not blob.data.strip():
+            raise _empty_file(blob.path, expected)
+        raise DataFormatError(f"line 1 is blank; expected {expected}", path=str(blob.path), line=1)
+    if len(sep) == 1 and '"' in line:
+        return next(csv.reader([line], delimiter=sep))
+    return _splitter(sep)(line)
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """Where the lines and separators of a file lie, from one numpy pass over its bytes.
+
+    Attributes:
+        starts: `[n_lines]` byte offset of each line.
+        ends: `[n_lines]` byte offset of each line's end (line terminator excluded).
+        seps: `[n_seps]` byte offset of each separator, ascending.
+        first_sep: `[n_lines]` index in `seps` of the line's first separator.
+        counts: `[n_lines]` separators in each line.
+        blank: `[n_lines]` True where a line holds only whitespace and separators.
+    """
+
+    starts: np.ndarray
+    ends: np.ndarray
+    seps: np.ndarray
+    first_sep: np.ndarray
+    counts: np.ndarray
+    blank: np.ndarray
+
+
+def _scan(data: bytes, sep: str) -> _Layout:
+    buf = np.frombuffer(data, dtype=np.uint8)
+    newlines = np.flatnonzero(buf == 10)
+    starts = np.concatenate([[0], newlines + 1])
+    ends = np.concatenate([newlines, [len(buf)]])
+    if starts[-1] == len(buf):  # the file ends with a line terminator (or is empty)
+        starts, ends = starts[:-1], ends[:-1]
+    has_cr = ends > starts
+    has_cr[has_cr] = buf[ends[has_cr] - 1] == 13
+    ends = ends - has_cr
+    separator = ord(sep)
+    seps = np.flatnonzero(buf == separator)
+    first_sep = np.searchsorted(seps, starts)
+    counts = np.searchsorted(seps, ends) - first_sep
+    # A line whose first byte is content is not blank; the others (empty lines, lines that
+    # start with whitespace or a separator) are checked byte by byte.
+    blank = ends == starts
+    first = buf[np.minimum(starts, max(len(buf) - 1, 0))] if len(buf) else buf
+    doubtful = np.flatnonzero(~blank & ((first <= 32) | (first == separator)))
+    if doubtful.size > len(starts) // 10:
+        content = buf > 32
+        if separator > 32:
+            content &= buf != separator
+        non_empty = np.flatnonzero(~blank)
+        # Each segment runs from a non-empty line to the next one; what lies between (line
+        # terminators, empty lines) is no content.
+        blank[non_empty] = ~np.logical_or.reduceat(content, starts[non_empty])
+    else:
+        strip = bytes(range(33)) + sep.encode()
+        for line in doubtful:
+            blank[line] = not data[starts[line] : ends[line]].strip(strip)
+    return _Layout(starts, ends, seps, first_sep, counts, blank)
+
+
+def _fast_separator(sep: str) -> bool:
+    return len(sep) == 1 and sep.isascii() and sep not in '\n\r"'
+
+
+def _read_fields(
+    blob: _Blob, sep: str, n_fields: int, kinds: Mapping[int, str], *, quoting: bool
+) -> tuple[dict[int, np.ndarray], _Where]:
+    """Reads fields of every data line (the lines after the header that are not blank).
+
+    Every data line must have `n_fields` fields; the first that does not is an error naming
+    its line. Blank lines (only whitespace and separators) are skipped.
+
+    Args:
+        blob: the file.
+        sep: field separator (one character, or a regex as in pandas).
+        n_fields: fields per line, as in the header.
+        kinds: field index to what it holds: "id" (int64 when every value is a canonical
+            integer, else str), "number" (numbers, or str for `_numbers` to parse and report)
+            or "text" (str). Fields not listed are not converted.
+        quoting: csv quoting (`"a,b"` is one field); RecBole files have none.
+
+    Returns:
+        `{index: [n_rows] values}` (str values stripped, empty fields "") and the line of
+        each row.
+    """
+    if _fast_separator(sep) and not (quoting and b'"' in blob.data):
+        layout = _scan(blob.data, sep)
+        data_lines = np.flatnonzero(~layout.blank[1:]) + 1
+        bad = np.flatnonzero(layout.counts[data_lines] != n_fields - 1)
+        if bad.size:
+            line = int(data_lines[bad[0]])
+            text = blob.data[layout.starts[line] : layout.ends[line]].decode(blob.encoding)
+            raise _field_count_error(blob.path, line + 1, text, sep, n_fields)
+        if not data_lines.size:
+            return _no_rows(blob, kinds)
+        fields = _pandas_fields(blob, layout, data_lines, sep, n_fields, kinds)
+        if fields is not None:
+            return fields
+    return _python_fields(blob, sep, n_fields, kinds, quoting=quoting)
+
+
+def _no_rows(blob: _Blob, kinds: Mapping[int, str]) -> tuple[dict[int, np.ndarray], _Where]:
+    columns = {index: np.empty(0, dtype=object) for index in kinds}
+    return columns, _Where(str(blob.path), line_numbers=np.empty(0, dtype=np.int64))
+
+
+def _field_count_error(
+    path: Path, line_number: int, text: str, sep: str, n_fields: int, found: int | None = None
+) -> DataFormatError:
+    """The error of a line with the wrong number of fields (`text`: the line, for a hint)."""
+    found = len(_splitter(sep)(text)) if found is None else found
+    message = (
+        f"expected {n_fields} fields separated by {_separator_name(sep)} (as in the header), "
+        f"found {found}"
+    )
+    if sep not in text and len(text.split()) == n_fields:
+        rule = "fields must be " + (
+            "tab-separated" if sep == "\t" else f"separated by {_separator_name(sep)}"
+        )
+        message += f"; the fields look separated by spaces: {rule}"
+    return DataFormatError(message, path=str(path), line=line_number)
+
+
+def _pandas_fields(
+    blob: _Blob,
+    layout: _Layout,
+    data_lines: np.ndarray,
+    sep: str,
+    n_fields: int,
+    kinds: Mapping[int, str],
+) -> tuple[dict[int, np.ndarray], _Where] | None:
+    """The fields as pandas' C parser reads them; None when its rows do not match the lines."""
+    # pandas skips lines of whitespace alone and reads every other line after the header.
+    pandas_lines = np.flatnonzero(~(layout.blank[1:] & (layout.counts[1:] == 0))) + 1
+    text_fields = {index: str for index, kind in kinds.items() if kind == "text"}
+    frame = _pandas_read(blob, sep, n_fields, sorted(kinds), text_fields)
+    if frame is None or len(frame) != len(pandas_lines):
+        return None
+    rows = np.flatnonzero(~layout.blank[pandas_lines])
+    take_all = len(rows) == len(frame)
+    columns: dict[int, np.ndarray] = {}
+    as_text = []
+    for index, kind in kinds.items():
+        series = frame[index] if take_all else frame[index].iloc[rows]
+        if kind == "text" or _is_text_dtype(series.dtype):
+            columns[index] = _clean_text(series)
+            continue
+        values = series.to_numpy()
+        if kind == "id":
+            lengths = _field_lengths(layout, data_lines, index, n_fields)
+            if values.dtype.kind not in "iu" or not np.array_equal(
+                lengths, _decimal_lengths(values)
+            ):
+                as_text.append(index)  # "007", "+7", "7.0", "1e5": ids that are not numbers
+                continue
+        if kind == "number" and values.dtype.kind not in "iuf":
+            as_text.append(index)  # pandas reads True/False as booleans: text to report
+            continue
+        columns[index] = values
+    if as_text:
+        frame = _pandas_read(blob, sep, n_fields, as_text, dict.fromkeys(as_text, str))
+        if frame is None or len(frame) != len(pandas_lines):
+            return None
+        for index in as_text:
+            columns[index] = _clean_text(frame[index] if take_all else frame[index].iloc[rows])
+    return columns, _Where(str(blob.path), line_numbers=data_lines + 1)
+
+
+def _pandas_read(
+    blob: _Blob, sep: str, n_fields: int, usecols: list[int], dtype: Mapping[int, Any]
+) -> pd.DataFrame | None:
+    try:
+        return pd.read_csv(
+            io.BytesIO(blob.data),
+            sep=sep,
+            header=None,
+            skiprows=1,
+            names=list(range(n_fields)),
+            usecols=usecols,
+            dtype=dict(dtype) or None,
+            keep_default_na=False,
+            na_values=[""],
+            quoting=csv.QUOTE_NONE,
+            encoding=blob.encoding,
+            engine="c",
+            low_memory=False,
+        )
+    except (ValueError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError):
+        return None
+
+
+def _is_text_dtype(dtype: Any) -> bool:
+    return isinstance(dtype, pd.StringDtype) or (isinstance(dtype, np.dtype) and dtype.kind == "O")
+
+
+def _clean_text(values: pd.Series | np.ndarray) -> np.ndarray:
+    """`[n]` object array of stripped str; missing values become ""."""
+    series = pd.Series(values, dtype=object) if isinstance(values, np.ndarray) else values
+    if not isinstance(series.dtype, pd.StringDtype):
+        series = series.astype(object)
+        series = series.where(series.notna(), "").astype(str)
+    return series.fillna("").str.strip().to_numpy(dtype=object)
+
+
+def _field_lengths(layout: _Layout, lines: np.ndarray, index: int, n_fields: int) -> np.ndarray:
+    """`[n]` byte length of field `index` on each of `lines` (all with `n_fields` fields)."""
+    first = layout.first_sep[lines]
+    start = layout.starts[lines] if index == 0 else layout.seps[first + index - 1] + 1
+    end = layout.ends[lines] if index == n_fields - 1 else layout.seps[first + index]
+    return end - start
+
+
+def _decimal_lengths(values: np.ndarray) -> np.ndarray:
+    """`[n]` characters of each integer written in decimal (with its minus sign)."""
+    if values.dtype.kind == "u":
+        magnitude, negative = values.astype(np.uint64), np.zeros(len(values), dtype=bool)
+    else:
+        negative = values < 0
+        # -(v + 1) + 1 is |v| without overflowing at the smallest int64.
+        magnitude = np.where(negative, -(values + 1), values).astype(np.uint64) + negative
+    return np.searchsorted(_POWERS_OF_TEN, magnitude, side="right") + 1 + negative
+
+
+def _python_fields(
+    blob: _Blob, sep: str, n_fields: int, kinds: Mapping[int, str], *, quoting: bool
+) -> tuple[dict[int, np.ndarray], _Where]:
+    """The exact line-by-line reading: quoted csv, regex separators, or pandas in doubt."""
+    text = blob.text()
+    if quoting and len(sep) == 1:
+        records = _csv_records(blob.path, text, sep)
+    else:
+        split = _splitter(sep)
+        lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+        records = ((number, split(line)) for number, line in enumerate(lines, start=1))
+    next(records, None)  # the header
+    rows, line_numbers = [], []
+    for line_number, cells in records:
+        if all(not cell.strip() for cell in cells):
+            continue
+        if len(cells) != n_fields:
+            text = sep.join(cells) if len(sep) == 1 else ""
+            raise _field_count_error(blob.path, line_number, text, sep, n_fields, len(cells))
+        rows.append(cells)
+        line_numbers.append(line_number)
+    if not rows:
+        return _no_rows(blob, kinds)
+    columns = {}
+    for index in kinds:
+        values = np.empty(len(rows), dtype=object)
+        values[:] = [row[index].strip() for row in rows]
+        columns[index] = values
+    return columns, _Where(str(blob.path), line_numbers=np.array(line_numbers, dtype=np.int64))
+
+
+def _csv_records(path: Path, text: str, sep: str):
+    """`(first line, fields)` of each csv record (a quoted field may span lines)."""
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=sep)
+    previous = 0
+    try:
+        for cells in reader:
+            yield previous + 1, cells
+            previous = reader.line_num
+    except csv.Error as error:
+        raise DataFormatError(
+            f"cannot parse the table: {error}", path=str(path), line=reader.line_num
+        ) from None
 
 
 def _numbered_lines(path: Path) -> list[tuple[int, str]]:
@@ -675,15 +1153,6 @@ def _check_range(values: np.ndarray, where: _Where, what: str, low: float, high:
         raise where.error(first, f"{what} {values[first]:g} is outside {low:g}..{high:g}")
 
 
-def _ids(rows: _Rows, index: int) -> np.ndarray:
-    """`[n]` external id strings of field `index`; an empty id is an error."""
-    values = _column(rows, index)
-    empty = np.flatnonzero(values == "")
-    if empty.size:
-        raise rows.where.error(int(empty[0]), f"empty id in field {index + 1}")
-    return values
-
-
 def _meta(
     name: str, format_name: str, path: PathLike | None, rating: np.ndarray | None, n_rows: int
 ) -> dict[str, Any]:
@@ -705,50 +1174,79 @@ def _meta(
 # Categorical features shared by RecBole and MovieLens side files.
 
 
-def _is_free_text(values: Sequence[str]) -> bool:
+def _is_free_text(values: np.ndarray) -> bool:
     """True when a field has too many distinct values to be a category (ids, titles)."""
-    distinct = len(set(values))
+    distinct = len(pd.unique(values))
     return distinct > max(FREE_TEXT_UNIQUE_FRACTION * len(values), ALWAYS_KEPT_DISTINCT_VALUES)
 
 
+def _explode(values: np.ndarray, sep: str | None) -> tuple[np.ndarray, np.ndarray]:
+    """Tokens of `[n_rows]` str values split on `sep` (None: whitespace), empty ones dropped.
+
+    Returns:
+        `[m]` row of each token and `[m]` tokens.
+    """
+    tokens = pd.Series(values, dtype=object).str.split(sep).explode()
+    keep = (tokens.notna() & (tokens.astype(str).str.strip() != "")).to_numpy()
+    return tokens.index.to_numpy()[keep], tokens.astype(str).str.strip().to_numpy(object)[keep]
+
+
+def _non_empty(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """`(rows, values)` of the non-empty values of a one-token-per-row field."""
+    rows = np.flatnonzero(values != "")
+    return rows, values[rows]
+
+
 def _multi_hot(
-    field_name: str, tokens_per_row: Sequence[Sequence[str]], target_rows: np.ndarray, n_out: int
-) -> tuple[np.ndarray, list[str]]:
+    field_name: str,
+    rows: np.ndarray,
+    tokens: np.ndarray,
+    target_rows: np.ndarray,
+    n_out: int,
+    *,
+    max_vocabulary: int | None = None,
+) -> tuple[np.ndarray, list[str]] | None:
     """Multi-hot encodes one categorical field (one-hot when each row has one token).
 
     Args:
         field_name: prefix of the column names (`field=value`).
-        tokens_per_row: `[n_rows]` tokens of each side-file row.
+        rows: `[m]` side-file row of each token.
+        tokens: `[m]` the tokens (str, non-empty).
         target_rows: `[n_rows]` output row of each side-file row, -1 to ignore it.
         n_out: rows of the output (users or items of the dataset).
+        max_vocabulary: more distinct tokens than this gives None (the field is skipped).
 
     Returns:
-        `[n_out, n_values]` float32 matrix and its column names.
+        `[n_out, n_values]` float32 matrix and its column names (values in numeric order
+        when all are integers, else text order), or None.
     """
-    vocabulary = _sorted_tokens({token for tokens in tokens_per_row for token in tokens if token})
-    column_of = {token: column for column, token in enumerate(vocabulary)}
-    matrix = np.zeros((n_out, len(vocabulary)), dtype=np.float32)
-    for target, tokens in zip(target_rows, tokens_per_row, strict=True):
-        if target >= 0:
-            matrix[target, [column_of[token] for token in tokens if token]] = 1.0
-    return matrix, [f"{field_name}={token}" for token in vocabulary]
+    codes, uniques = pd.factorize(tokens)
+    if max_vocabulary is not None and len(uniques) > max_vocabulary:
+        return None
+    uniques = np.asarray(uniques, dtype=object)
+    order = np.array(_token_order(list(uniques)), dtype=np.int64)
+    rank = np.empty(len(order), dtype=np.int64)
+    rank[order] = np.arange(len(order))
+    targets = target_rows[rows]
+    present = targets >= 0
+    matrix = np.zeros((n_out, len(uniques)), dtype=np.float32)
+    matrix[targets[present], rank[codes[present]]] = 1.0
+    return matrix, [f"{field_name}={token}" for token in uniques[order]]
 
 
-def _sorted_tokens(tokens: set[str]) -> list[str]:
-    """Tokens in numeric order when all are integers (ages: 7 before 10), else text order."""
+def _token_order(tokens: list[str]) -> list[int]:
+    """Order of tokens: numeric when all are integers (ages: 7 before 10), else text order."""
     if all(token.lstrip("-").isdigit() for token in tokens):
-        return sorted(tokens, key=int)
-    return sorted(tokens)
+        return sorted(range(len(tokens)), key=lambda index: int(tokens[index]))
+    return sorted(range(len(tokens)), key=tokens.__getitem__)
 
 
-def _target_rows(external_ids: Sequence[str], id_map: np.ndarray) -> np.ndarray:
+def _target_rows(external_ids: np.ndarray, id_map: np.ndarray) -> np.ndarray:
     """`[n_rows]` index of each side-file id in the dataset's id map, -1 when absent."""
-    index_of = {external: index for index, external in enumerate(id_map)}
-    return np.fromiter(
-        (index_of.get(external, -1) for external in external_ids),
-        dtype=np.int64,
-        count=len(external_ids),
-    )
+    external = np.asarray(external_ids)
+    if external.dtype.kind != "O":
+        external = external.astype(str).astype(object)
+    return pd.Index(np.asarray(id_map, dtype=object)).get_indexer(external).astype(np.int64)
 
 
 def _stack_features(
@@ -778,26 +1276,98 @@ class _RecboleHeader:
         return self.names.index(name)
 
 
-def _recbole_inter_file(path: Path) -> Path:
+# RecBole's benchmark files `NAME.PART.inter` and the split code of each part.
+_RECBOLE_PARTS = (("train", GIVEN_TRAIN), ("valid", GIVEN_VALID), ("test", GIVEN_TEST))
+
+
+def _recbole_part(file_name: str) -> tuple[str, str] | None:
+    """`(NAME, part)` of a file `NAME.part.inter`, else None."""
+    for part, _ in _RECBOLE_PARTS:
+        suffix = f".{part}.inter"
+        if file_name.endswith(suffix) and len(file_name) > len(suffix):
+            return file_name[: -len(suffix)], part
+    return None
+
+
+def _recbole_files(path: Path) -> tuple[str, Path, list[tuple[Path, int | None]]]:
+    """`(NAME, folder, [(file, split code or None)])` of the interactions to read."""
     if path.is_file():
-        return path
-    candidates = sorted(path.glob("*.inter"))
-    named = [candidate for candidate in candidates if candidate.stem == path.name]
-    if named:
-        return named[0]
-    if len(candidates) == 1:
-        return candidates[0]
-    if not candidates:
-        raise DataFormatError("expected a RecBole NAME.inter file in this folder", path=str(path))
-    raise DataFormatError(
-        f"several .inter files ({', '.join(c.name for c in candidates)}); pass one of them",
-        path=str(path),
-    )
+        part = _recbole_part(path.name)
+        if part is None:
+            name = path.name.removesuffix(".inter") if path.suffix == ".inter" else path.stem
+            return name, path.parent, [(path, None)]
+        return part[0], path.parent, _recbole_split_files(path.parent, part[0])
+    if not path.is_dir():
+        raise DataFormatError("no such file or folder", path=str(path))
+    plain, split = set(), set()
+    for candidate in path.glob("*.inter"):
+        part = _recbole_part(candidate.name)
+        if part is None:
+            plain.add(candidate.name.removesuffix(".inter"))
+        else:
+            split.add(part[0])
+    names = plain | split
+    if path.name in names:
+        name = path.name
+    elif len(names) == 1:
+        (name,) = names
+    elif not names:
+        raise DataFormatError(
+            "expected a RecBole NAME.inter file (or NAME.train.inter, NAME.valid.inter, "
+            "NAME.test.inter) in this folder",
+            path=str(path),
+        )
+    else:
+        raise DataFormatError(
+            f"several RecBole datasets ({', '.join(sorted(names))}); pass one .inter file",
+            path=str(path),
+        )
+    if name in plain:
+        return name, path, [(path / f"{name}.inter", None)]
+    return name, path, _recbole_split_files(path, name)
+
+
+def _recbole_split_files(folder: Path, name: str) -> list[tuple[Path, int]]:
+    """The benchmark files of NAME: train and test required, valid when present."""
+    files = []
+    for part, code in _RECBOLE_PARTS:
+        file_path = folder / f"{name}.{part}.inter"
+        if file_path.is_file():
+            files.append((file_path, code))
+        elif part != "valid":
+            raise DataFormatError(
+                f"RecBole benchmark files need {name}.train.inter and {name}.test.inter "
+                f"({name}.valid.inter optional); {file_path.name} is missing",
+                path=str(folder),
+            )
+    return files
+
+
+def _recbole_inter_fields(header: _RecboleHeader) -> list[str]:
+    fields = ["user_id", "item_id"]
+    rating_field = _recbole_rating_field(header)
+    if rating_field is not None:
+        fields.append(rating_field)
+    if "timestamp" in header.names:
+        fields.append("timestamp")
+    return fields
+
+
+def _header_text(fields: Mapping[str, str]) -> str:
+    return ", ".join(f"{name}:{type_name}" for name, type_name in fields.items())
 
 
 def _parse_recbole_header(path: Path, line: str, required: Sequence[str]) -> _RecboleHeader:
     names, types = [], []
     for cell in line.split("\t"):
+        parts = cell.split()
+        if len(parts) > 1 and all(":" in part for part in parts):
+            raise DataFormatError(
+                f"header field {cell.strip()!r} holds several 'name:type' fields separated by "
+                "spaces; fields must be tab-separated",
+                path=str(path),
+                line=1,
+            )
         name, colon, type_name = cell.strip().rpartition(":")
         if not colon or not name:
             raise DataFormatError(
@@ -810,6 +1380,8 @@ def _parse_recbole_header(path: Path, line: str, required: Sequence[str]) -> _Re
                 path=str(path),
                 line=1,
             )
+        if name in names:
+            raise DataFormatError(f"header names the field {name!r} twice", path=str(path), line=1)
         names.append(name)
         types.append(type_name)
     for name in required:
@@ -820,17 +1392,52 @@ def _parse_recbole_header(path: Path, line: str, required: Sequence[str]) -> _Re
     return _RecboleHeader(names, types)
 
 
-def _read_recbole_file(path: Path, required: Sequence[str]) -> tuple[_RecboleHeader, _Rows]:
-    numbered = _numbered_lines(path)
-    if not numbered or not numbered[0][1].strip():
+def _read_recbole_table(
+    path: Path,
+    required: Sequence[str],
+    select: Callable[[_RecboleHeader], Sequence[str]],
+    id_fields: Sequence[str],
+) -> tuple[_RecboleHeader, dict[str, np.ndarray], _Where]:
+    """Reads the fields `select(header)` of a RecBole atomic file.
+
+    Token fields in `id_fields` are int64 when every value is a canonical integer, else str;
+    float fields are numbers (or str that `_numbers` reports); other fields str.
+    """
+    blob = _load_bytes(path)
+    line = blob.first_line()
+    if not line.strip():
         raise _empty_file(path, "a header of 'name:type' fields")
-    header = _parse_recbole_header(path, numbered[0][1], required)
-    if len(numbered) == 1 or not any(line.strip() for _, line in numbered[1:]):
-        return header, _Rows(
-            np.empty((0, len(header.names)), dtype=object),
-            _Where(str(path), line_numbers=np.empty(0, dtype=np.int64)),
-        )
-    return header, _split_lines(path, "\t", n_fields=len(header.names), skip_lines=1)
+    header = _parse_recbole_header(path, line, required)
+    wanted = set(select(header))
+    kinds = {}
+    for index, (name, type_name) in enumerate(zip(header.names, header.types, strict=True)):
+        if name in wanted:
+            kinds[index] = (
+                "id" if name in id_fields else "number" if type_name == "float" else "text"
+            )
+    fields, where = _read_fields(blob, "\t", len(header.names), kinds, quoting=False)
+    return header, {header.names[index]: values for index, values in fields.items()}, where
+
+
+def _recbole_ids(values: np.ndarray, where: _Where, field: str) -> np.ndarray:
+    """`[n]` ids (int64, or stripped str); an empty id is an error."""
+    if values.dtype.kind in "iu":
+        return values
+    empty = np.flatnonzero(values == "")
+    if empty.size:
+        raise where.error(int(empty[0]), f"empty {field}")
+    return values
+
+
+def _concatenate_ids(parts: list[np.ndarray]) -> np.ndarray:
+    """Ids of several files; as str unless all are int64 (7 and "7" are one id)."""
+    if len(parts) == 1:
+        return parts[0]
+    if all(part.dtype == np.int64 for part in parts):
+        return np.concatenate(parts)
+    return np.concatenate(
+        [part if part.dtype.kind == "O" else part.astype(str).astype(object) for part in parts]
+    )
 
 
 def _recbole_rating_field(header: _RecboleHeader) -> str | None:
@@ -843,27 +1450,63 @@ def _recbole_rating_field(header: _RecboleHeader) -> str | None:
 
 
 def _recbole_side_features(
-    path: Path, id_field: str, id_map: np.ndarray
+    path: Path, id_field: str, id_map: np.ndarray, skipped: list[str]
 ) -> tuple[np.ndarray | None, tuple[str, ...] | None]:
-    """Features of a `.user` / `.item` file aligned to `id_map`; (None, None) without one."""
+    """Features of a `.user` / `.item` file aligned to `id_map`; (None, None) without one.
+
+    Appends the names of the fields not used to `skipped`.
+    """
     if not path.is_file():
         return None, None
-    header, rows = _read_recbole_file(path, required=(id_field,))
-    target_rows = _target_rows(_ids(rows, header.index(id_field)), id_map)
+    header, columns, where = _read_recbole_table(
+        path,
+        (id_field,),
+        lambda header: [
+            name
+            for name, type_name in zip(header.names, header.types, strict=True)
+            if type_name != "float_seq"
+        ],
+        (id_field,),
+    )
+    ids = _recbole_ids(columns[id_field], where, id_field)
+    if ids.dtype.kind != "O":
+        ids = ids.astype(str).astype(object)
+    duplicated = np.flatnonzero(pd.Index(ids).duplicated())
+    if duplicated.size:
+        second = int(duplicated[0])
+        first = int(np.flatnonzero(ids == ids[second])[0])
+        raise where.error(
+            second,
+            f"{id_field} {ids[second]!r} is on line {where.line_numbers[first]} too; expected "
+            "one row per id",
+        )
+    target_rows = _target_rows(ids, id_map)
     blocks = []
-    for index, (name, type_name) in enumerate(zip(header.names, header.types, strict=True)):
-        if name == id_field or type_name == "float_seq":
+    for name, type_name in zip(header.names, header.types, strict=True):
+        if name == id_field:
             continue
-        values = _column(rows, index)
+        if type_name == "float_seq":
+            skipped.append(name)
+            continue
+        values = columns[name]
         if type_name == "float":
-            numbers = np.nan_to_num(_numbers(values, rows.where, name))
+            numbers = np.nan_to_num(_numbers(values, where, name))
             column = np.zeros((len(id_map), 1), dtype=np.float32)
             present = target_rows >= 0
             column[target_rows[present], 0] = numbers[present]
             blocks.append((column, [name]))
-        elif not _is_free_text(list(values)):
-            tokens = [value.split() if type_name == "token_seq" else [value] for value in values]
-            blocks.append(_multi_hot(name, tokens, target_rows, len(id_map)))
+            continue
+        if _is_free_text(values):
+            skipped.append(name)
+            continue
+        rows, tokens = _explode(values, None) if type_name == "token_seq" else _non_empty(values)
+        block = _multi_hot(
+            name, rows, tokens, target_rows, len(id_map), max_vocabulary=MAX_FEATURE_VOCABULARY
+        )
+        if block is None:
+            skipped.append(name)
+        else:
+            blocks.append(block)
     return _stack_features(blocks)
 
 
@@ -900,25 +1543,40 @@ def _movielens_item_features(
         rows = _split_lines(folder / "u.item", "|", n_fields=5 + len(genres))
         flags = _numbers(rows.fields[:, 5:].ravel(), rows.where, "genre flag")
         flags = flags.reshape(len(rows), len(genres))
-        tokens = [[genres[j] for j in np.flatnonzero(row == 1)] for row in flags]
+        token_rows, genre_index = np.nonzero(flags == 1)
+        tokens = np.asarray(genres, dtype=object)[genre_index]
         item_column = _column(rows, 0)
     elif (folder / "movies.dat").is_file():
         rows = _split_lines(folder / "movies.dat", "::", n_fields=3)
         item_column = _column(rows, 0)
-        tokens = [value.split("|") for value in _column(rows, 2)]
+        token_rows, tokens = _explode(_column(rows, 2), "|")
     elif (folder / "movies.csv").is_file():
-        frame = _read_csv_frame(folder / "movies.csv", ",")
-        if "movieId" not in frame.columns or "genres" not in frame.columns:
+        path = folder / "movies.csv"
+        blob = _load_bytes(path)
+        header = [cell.strip() for cell in _header_cells(blob, ",", "movieId,title,genres")]
+        if "movieId" not in header or "genres" not in header:
             raise DataFormatError(
-                "expected the header movieId,title,genres", path=str(folder / "movies.csv"), line=1
+                "expected the header movieId,title,genres", path=str(path), line=1
             )
-        item_column = frame["movieId"].astype(str).str.strip().to_numpy(object)
-        tokens = [value.split("|") for value in frame["genres"].astype(str)]
+        item_index, genre_index = header.index("movieId"), header.index("genres")
+        fields, _ = _read_fields(
+            blob, ",", len(header), {item_index: "text", genre_index: "text"}, quoting=True
+        )
+        item_column = fields[item_index]
+        token_rows, tokens = _explode(fields[genre_index], "|")
     else:
         return None, None
-    tokens = [[token for token in row if token != "(no genres listed)"] for row in tokens]
+    listed = tokens != "(no genres listed)"
     return _stack_features(
-        [_multi_hot("genre", tokens, _target_rows(item_column, item_ids), len(item_ids))]
+        [
+            _multi_hot(
+                "genre",
+                token_rows[listed],
+                tokens[listed],
+                _target_rows(item_column, item_ids),
+                len(item_ids),
+            )
+        ]
     )
 
 
@@ -947,7 +1605,7 @@ def _movielens_user_features(
         return None, None
     target_rows = _target_rows(_column(rows, 0), user_ids)
     blocks = [
-        _multi_hot(name, [[value] for value in _column(rows, index)], target_rows, len(user_ids))
+        _multi_hot(name, *_non_empty(_column(rows, index)), target_rows, len(user_ids))
         for name, index in fields.items()
     ]
     return _stack_features(blocks)
@@ -1017,6 +1675,16 @@ def _coat_propensities(folder: Path, shape: tuple[int, int]) -> np.ndarray | Non
             f"{shape[0]} x {shape[1]} as train.ascii",
             path=str(path),
         )
+    bad = np.argwhere(~((matrix > 0) & (matrix <= 1)))
+    if len(bad):
+        row, column = bad[0]
+        raise DataFormatError(
+            f"propensity {matrix[row, column]:g} in column {column + 1} is not a probability "
+            "in (0, 1]",
+            # Matrix rows are the file's leading lines: only trailing blank lines are skipped.
+            path=str(path),
+            line=int(row) + 1,
+        )
     return matrix.astype(np.float32)
 
 
@@ -1067,30 +1735,28 @@ def _single_txt_file(path: Path) -> Path:
 # Tables and DataFrames.
 
 
-def _read_csv_frame(path: Path, sep: str) -> pd.DataFrame:
-    """The csv as str cells, blank lines kept (so that row i is line i + 2)."""
+def _read_parquet(path: Path) -> pd.DataFrame:
     try:
-        frame = pd.read_csv(
-            path,
-            sep=sep,
-            dtype=str,
-            keep_default_na=False,
-            skip_blank_lines=False,
-            encoding_errors="replace",
-        )
-    except pd.errors.EmptyDataError:
-        raise _empty_file(path, "a header line of column names") from None
-    except pd.errors.ParserError as error:
-        raise DataFormatError(f"cannot parse the table: {error}", path=str(path)) from None
-    frame.columns = [str(column).strip() for column in frame.columns]
-    return frame
+        import pyarrow
+    except ImportError:
+        raise DataFormatError(
+            "reading parquet needs the pyarrow package, which is not installed "
+            "(pip install pyarrow)",
+            path=str(path),
+        ) from None
+    try:
+        return pd.read_parquet(path, engine="pyarrow")
+    except ImportError as error:
+        raise DataFormatError(f"reading parquet needs pyarrow: {error}", path=str(path)) from None
+    except (ValueError, OSError, TypeError, pyarrow.ArrowException) as error:
+        # ArrowInvalid ("Parquet magic bytes not found") for a file of another kind.
+        raise DataFormatError(f"not a parquet file: {error}", path=str(path)) from None
 
 
 def _resolve_columns(
-    frame: pd.DataFrame, columns: Mapping[str, str] | None, source: str
+    present: Sequence[str], columns: Mapping[str, str] | None, source: str
 ) -> dict[str, str]:
-    """Role to column name, checked against the frame's columns."""
-    present = [str(column) for column in frame.columns]
+    """Role to column name, checked against the column names `present`."""
     if not columns:
         return _default_columns(present, source)
     unknown = [role for role in columns if role not in ROLES]
@@ -1130,16 +1796,6 @@ def _default_columns(present: Sequence[str], source: str) -> dict[str, str]:
     return roles
 
 
-def _non_blank_rows(frame: pd.DataFrame) -> np.ndarray:
-    """Indices of the csv rows that are not blank lines (every cell empty)."""
-    if not len(frame.columns):
-        return np.arange(len(frame))
-    blank = np.ones(len(frame), dtype=bool)
-    for name in frame.columns:
-        blank &= (frame[name].str.strip() == "").to_numpy()
-    return np.flatnonzero(~blank)
-
-
 def _frame_to_dataset(
     frame: pd.DataFrame,
     roles: Mapping[str, str],
@@ -1165,6 +1821,16 @@ def _frame_to_dataset(
     return from_arrays(user, item, rating, timestamp, meta=meta)
 
 
+def _table_ids(values: np.ndarray, where: _Where, what: str) -> np.ndarray:
+    """`[n]` ids of a csv column (int64, or stripped str); an empty id is an error."""
+    if values.dtype.kind in "iu":
+        return values
+    empty = np.flatnonzero(values == "")
+    if empty.size:
+        raise where.error(int(empty[0]), f"{what} has an empty id")
+    return values
+
+
 def _frame_ids(column: pd.Series, where: _Where, what: str) -> np.ndarray:
     values = column.to_numpy()
     if values.dtype.kind in "iu":
@@ -1178,18 +1844,35 @@ def _frame_ids(column: pd.Series, where: _Where, what: str) -> np.ndarray:
 
 
 def _times(column: pd.Series, where: _Where, what: str) -> np.ndarray:
-    """`[n]` float64 times: numbers as they are, dates as Unix seconds."""
+    """`[n]` float64 times: numbers as they are, ISO 8601 dates as Unix seconds.
+
+    A column of numbers and empty values is read as numbers. Otherwise every non-empty value
+    must be a date; the first that is not is reported with its own row.
+    """
     if pd.api.types.is_datetime64_any_dtype(column):
         return _datetimes_to_seconds(column)
     values = column.to_numpy()
     try:
         return _numbers(values, where, f"{what} value")
     except DataFormatError as not_numeric:
-        try:
-            dates = pd.to_datetime(column.replace("", None), format="ISO8601")
-        except (ValueError, TypeError):
-            raise not_numeric from None
-        return _datetimes_to_seconds(dates)
+        error = not_numeric
+    text = column.astype(object).where(column.notna(), "").astype(str).str.strip()
+    empty = (text == "").to_numpy()
+    try:
+        dates = pd.to_datetime(
+            text.where(~empty, None), format="ISO8601", errors="coerce", utc=True
+        )
+    except (ValueError, TypeError, OverflowError):
+        raise error from None
+    failed = np.flatnonzero(pd.isna(dates).to_numpy() & ~empty)
+    if failed.size == np.count_nonzero(~empty):
+        raise error  # no value is a date: a column of text, reported as not a number
+    if failed.size:
+        first = int(failed[0])
+        raise where.error(
+            first, f"{what} value {text.iloc[first]!r} is neither a number nor an ISO 8601 date"
+        )
+    return _datetimes_to_seconds(dates)
 
 
 def _datetimes_to_seconds(dates: pd.Series) -> np.ndarray:

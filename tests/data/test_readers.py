@@ -625,3 +625,348 @@ def test_read_dataset_rejects_unknown_formats_and_missing_paths(tmp_path):
     assert all(name in message for name in FORMATS)
     expect_error(lambda: read_dataset("coat", tmp_path / "nowhere"), "nowhere", contains="no such")
     expect_error(lambda: read_dataset("dataframe", None), "DataFrame")
+
+
+# --------------------------------------------------------------------------------------------
+# Review fixes: each malformed case is a DataFormatError naming the file and line.
+
+
+def test_movielens_ratings_dat_has_half_stars(tmp_path):
+    # ML-10M rates in half stars from 0.5; ML-1M's whole stars lie inside the same scale.
+    path = write(
+        tmp_path / "ml10m" / "ratings.dat", "1::122::0.5::838985046\n1::185::5::838983525\n"
+    )
+    dataset = read_movielens(path)
+    assert dataset.rating.tolist() == [0.5, 5.0]
+    assert dataset.meta["rating_scale"] == (0.5, 5.0)
+    whole = read_movielens(write(tmp_path / "ml1m" / "ratings.dat", "1::1193::5::978300760\n"))
+    assert whole.meta["rating_scale"] == (0.5, 5.0)
+    assert read_movielens(write(tmp_path / "ml" / "u.data", U_DATA)).meta["rating_scale"] == (
+        1.0,
+        5.0,
+    )
+
+
+def test_recbole_skips_side_fields_with_a_large_vocabulary(tmp_path):
+    # 2,400 items: brand has 1,200 values (not free text: at most half the rows) and
+    # categories 1,201 distinct tokens, both over MAX_FEATURE_VOCABULARY; colour is kept.
+    n_items = 2400
+    inter = "user_id:token\titem_id:token\n" + "".join(f"1\t{i}\n" for i in range(n_items))
+    items = "item_id:token\tbrand:token\tcategories:token_seq\tcolour:token\tv:float_seq\n"
+    items += "".join(
+        f"{i}\tb{i % 1200}\tc{i % 1200} c{(i + 1) % 1200} shared\t{'red' if i % 2 else ''}\t1 2\n"
+        for i in range(n_items)
+    )
+    write(tmp_path / "big" / "big.inter", inter)
+    write(tmp_path / "big" / "big.item", items)
+    dataset = read_recbole(tmp_path / "big")
+    assert dataset.meta["skipped_feature_fields"] == ["brand", "categories", "v"]
+    assert dataset.item_feature_names == ("colour=red",)
+    assert dataset.item_features.shape == (n_items, 1)
+    # Item ids map numerically; odd items are red, and an empty token is all zeros.
+    order = dataset.item_ids.astype(int)
+    np.testing.assert_array_equal(dataset.item_features[:, 0], order % 2)
+
+
+def test_recbole_token_seq_features_are_vectorised_multi_hot(tmp_path):
+    write(tmp_path / "t" / "t.inter", "user_id:token\titem_id:token\n1\t10\n1\t9\n2\t7\n")
+    write(
+        tmp_path / "t" / "t.item",
+        "item_id:token\ttags:token_seq\tsize:token\n"
+        "7\t b  a \t10\n"
+        "8\tz\t7\n"  # not in the interactions: ignored
+        "9\t\t7\n"
+        "10\ta a c\t10\n",
+    )
+    dataset = read_recbole(tmp_path / "t")
+    assert external(dataset.item_ids) == ["7", "9", "10"]
+    # Integer tokens order numerically (7 before 10); the vocabulary is the side file's.
+    assert dataset.item_feature_names == (
+        "tags=a",
+        "tags=b",
+        "tags=c",
+        "tags=z",
+        "size=7",
+        "size=10",
+    )
+    np.testing.assert_array_equal(
+        dataset.item_features, [[1, 1, 0, 0, 0, 1], [0, 0, 0, 0, 1, 0], [1, 0, 1, 0, 0, 1]]
+    )
+    assert dataset.meta["skipped_feature_fields"] == []
+
+
+@pytest.mark.parametrize("kind", ["user", "item"])
+def test_recbole_rejects_an_id_twice_in_a_side_file(tmp_path, kind):
+    folder = write_recbole(tmp_path / "toy")
+    if kind == "user":
+        write(folder / "toy.user", "user_id:token\tgender:token\nu1\tF\nu2\tM\n\nu1\tM\n")
+        line, first = 5, 2
+    else:
+        write(folder / "toy.item", "item_id:token\tgenres:token_seq\ni1\tA\ni1\tB\n")
+        line, first = 3, 2
+    message = expect_error(lambda: read_recbole(folder), f"toy.{kind}", line)
+    assert f"line {first}" in message
+
+
+def test_recbole_reads_a_large_inter_file_through_the_fast_path(tmp_path):
+    n = 50_000
+    rng = np.random.default_rng(0)
+    user, item = rng.integers(1, 500, n), rng.integers(1, 900, n)
+    rating, when = rng.integers(1, 6, n), rng.integers(10**9, 2 * 10**9, n)
+    lines = [f"{u}\t{i}\t{r}\t{t}\n" for u, i, r, t in zip(user, item, rating, when, strict=True)]
+    lines[1000] = "\n"  # a blank line: later rows keep their own line numbers
+    header = "user_id:token\titem_id:token\trating:float\ttimestamp:float\n"
+    path = write(tmp_path / "big" / "big.inter", header + "".join(lines), crlf=True)
+    dataset = read_recbole(path)
+    keep = np.arange(n) != 1000
+    assert dataset.n_interactions == n - 1
+    np.testing.assert_array_equal(dataset.user_ids[dataset.user].astype(int), user[keep])
+    np.testing.assert_array_equal(dataset.item_ids[dataset.item].astype(int), item[keep])
+    np.testing.assert_array_equal(dataset.rating, rating[keep])
+    np.testing.assert_array_equal(dataset.timestamp, when[keep])
+    lines[30_000] = "5\t7\tfour\t1\n"
+    path = write(tmp_path / "bad" / "bad.inter", header + "".join(lines))
+    expect_error(lambda: read_recbole(path), "bad.inter", 30_002, contains="'four'")
+    lines[20_000] = "5\t7\t1\n"
+    path = write(tmp_path / "short" / "short.inter", header + "".join(lines))
+    expect_error(lambda: read_recbole(path), "short.inter", 20_002, contains="found 3")
+
+
+def test_recbole_keeps_ids_that_differ_as_text(tmp_path):
+    # Read as numbers, 007, +7 and 7 would be one user.
+    text = "user_id:token\titem_id:token\n7\t1\n007\t1\n+7\t2\n7\t-3\n"
+    dataset = read_recbole(write(tmp_path / "z" / "z.inter", text))
+    assert sorted(external(dataset.user_ids)) == ["+7", "007", "7"]
+    assert external(dataset.item_ids) == ["-3", "1", "2"]
+    assert dataset.n_users == 3
+
+
+def test_recbole_skips_blank_and_separator_only_lines(tmp_path):
+    text = "user_id:token\titem_id:token\trating:float\n1\t2\t3\n\n  \n\t\t\n1\t3\t\n1\t4\tx\n"
+    path = write(tmp_path / "b" / "b.inter", text)
+    expect_error(lambda: read_recbole(path), "b.inter", 7, contains="'x'")
+    path = write(tmp_path / "c" / "c.inter", text.replace("1\t4\tx\n", ""))
+    dataset = read_recbole(path)
+    assert dataset.n_interactions == 2
+    assert np.isnan(dataset.rating[1])
+
+
+def test_recbole_says_fields_must_be_tab_separated(tmp_path):
+    path = write(tmp_path / "s" / "s.inter", "user_id:token item_id:token\n1 2\n")
+    expect_error(lambda: read_recbole(path), "s.inter", 1, contains="fields must be tab-separated")
+    path = write(tmp_path / "d" / "d.inter", "user_id:token\titem_id:token\n1\t2\n1 3\n")
+    expect_error(lambda: read_recbole(path), "d.inter", 3, contains="fields must be tab-separated")
+
+
+def write_benchmark(folder: Path, parts=("train", "valid", "test")) -> Path:
+    header = "user_id:token\titem_id:token\trating:float\n"
+    rows = {"train": "u1\ti1\t4\nu1\ti2\t5\n", "valid": "u2\ti1\t3\n", "test": "u2\ti3\t2\n"}
+    for part in parts:
+        write(folder / f"bench.{part}.inter", header + rows[part])
+    write(folder / "bench.item", "item_id:token\tkind:token\ni1\ta\ni2\tb\ni3\ta\n")
+    return folder
+
+
+def test_recbole_reads_benchmark_split_files(tmp_path):
+    from causalrec_jax.data.dataset import GIVEN_VALID
+
+    folder = write_benchmark(tmp_path / "bench")
+    for path in (folder, folder / "bench.valid.inter"):
+        dataset = read_recbole(path)
+        assert dataset.meta["name"] == "bench"
+        assert dataset.given_split.tolist() == [GIVEN_TRAIN, GIVEN_TRAIN, GIVEN_VALID, GIVEN_TEST]
+        assert external(dataset.user_ids[dataset.user]) == ["u1", "u1", "u2", "u2"]
+        assert dataset.rating.tolist() == [4.0, 5.0, 3.0, 2.0]
+        # Side files are bench.item, not bench.train.item.
+        assert dataset.item_feature_names == ("kind=a", "kind=b")
+        np.testing.assert_array_equal(dataset.item_features, [[1, 0], [0, 1], [1, 0]])
+    # Without a validation file, train and test alone.
+    folder = write_benchmark(tmp_path / "two", parts=("train", "test"))
+    assert read_recbole(folder).given_split.tolist() == [GIVEN_TRAIN, GIVEN_TRAIN, GIVEN_TEST]
+    # A plain bench.inter beside them is the dataset itself.
+    write(tmp_path / "two" / "bench.inter", "user_id:token\titem_id:token\nu9\ti9\n")
+    plain = read_recbole(tmp_path / "two")
+    assert plain.given_split is None and plain.n_interactions == 1
+
+
+def test_recbole_rejects_incomplete_or_inconsistent_benchmark_files(tmp_path):
+    folder = write_benchmark(tmp_path / "bench", parts=("train", "valid"))
+    expect_error(lambda: read_recbole(folder), "bench", contains="bench.test.inter is missing")
+    folder = write_benchmark(tmp_path / "other")
+    write(folder / "bench.test.inter", "user_id:token\titem_id:token\nu2\ti3\n")
+    expect_error(lambda: read_recbole(folder), "bench.test.inter", 1, contains="differ")
+
+
+def test_seq_lines_rejects_a_user_on_two_lines(tmp_path):
+    path = write(tmp_path / "s.txt", "1 5 6\n2 7 8\n\n1 9 5\n")
+    message = expect_error(lambda: read_seq_lines(path), "s.txt", 4, contains="'1'")
+    assert "line 1" in message
+
+
+def test_seq_lines_marks_positions_and_keeps_repeats(tmp_path):
+    dataset = read_seq_lines(write(tmp_path / "s.txt", "1 5 6 5\n2 7\n"))
+    assert dataset.meta["timestamps_are_positions"] is True
+    assert dataset.meta["default_dedupe"] == "keep"
+    assert dataset.item.tolist() == [0, 1, 0, 2]
+
+
+def test_read_table_names_a_file_that_is_not_parquet(tmp_path):
+    path = write(tmp_path / "log.parquet", TABLE)
+    expect_error(lambda: read_table(path, TABLE_COLUMNS), "log.parquet", contains="not a parquet")
+    path = write(tmp_path / "log.csv", TABLE)
+    expect_error(
+        lambda: read_dataset("parquet", path, columns=TABLE_COLUMNS),
+        "log.csv",
+        contains="not a parquet file",
+    )
+
+
+def test_read_table_without_pyarrow_says_so(tmp_path, monkeypatch):
+    import sys
+
+    frame = pd.DataFrame({"uid": [1], "sku": [2]})
+    frame.to_parquet(tmp_path / "log.parquet")
+    monkeypatch.setitem(sys.modules, "pyarrow", None)  # import pyarrow now fails
+    expect_error(
+        lambda: read_table(tmp_path / "log.parquet", None), "log.parquet", contains="pyarrow"
+    )
+
+
+def test_read_table_rejects_a_folder_and_bad_separators(tmp_path):
+    (tmp_path / "log.csv").mkdir()
+    expect_error(
+        lambda: read_table(tmp_path / "log.csv", TABLE_COLUMNS), "log.csv", contains="folder"
+    )
+    path = write(tmp_path / "t.csv", TABLE)
+    expect_error(lambda: read_table(path, TABLE_COLUMNS, sep=""), "''")
+    expect_error(lambda: read_table(path, TABLE_COLUMNS, sep="(("), "'(('")
+    expect_error(lambda: read_dataset("csv", path, columns=TABLE_COLUMNS, sep="\n"), "'\\n'")
+    # A separator the file does not use leaves one column: the error says so.
+    expect_error(lambda: read_table(path, TABLE_COLUMNS, sep=";"), "t.csv", 1, contains="';'")
+
+
+@pytest.mark.parametrize("quoted", [False, True])
+@pytest.mark.parametrize(("row", "found"), [("bob,y,2", 3), ("bob,y,2,20,extra", 5), ("bob", 1)])
+def test_read_table_rejects_rows_with_a_wrong_field_count(tmp_path, quoted, row, found):
+    first = '"al,ice",x,4,10' if quoted else "alice,x,4,10"  # quotes take the exact parser
+    path = write(tmp_path / "log.csv", f"uid,sku,stars,when\n{first}\n\n{row}\n", crlf=True)
+    expect_error(lambda: read_table(path, TABLE_COLUMNS), "log.csv", 4, contains=f"found {found}")
+
+
+@pytest.mark.parametrize("quoted", [False, True])
+def test_read_table_keeps_empty_ratings_and_skips_separator_only_lines(tmp_path, quoted):
+    first = '"alice",x,,10' if quoted else "alice,x,,10"
+    path = write(tmp_path / "log.csv", f"uid,sku,stars,when\n{first}\n,,,\n  \nbob,y,2,20\n")
+    dataset = read_table(path, TABLE_COLUMNS)
+    assert external(dataset.user_ids) == ["alice", "bob"]
+    np.testing.assert_array_equal(dataset.rating, [np.nan, 2.0])
+    assert dataset.meta["raw_rows"] == 2
+
+
+def test_read_table_reads_quoted_fields(tmp_path):
+    text = 'uid,sku,stars,when\n"smith, j",x,4,10\n"line\nbreak",y,2,20\nbob,z,oops,30\n'
+    path = write(tmp_path / "log.csv", text)
+    # The record that spans lines 3-4 does not shift the next line's number.
+    expect_error(lambda: read_table(path, TABLE_COLUMNS), "log.csv", 5, contains="'oops'")
+    path = write(tmp_path / "ok.csv", text.replace("oops", "1"))
+    assert sorted(external(read_table(path, TABLE_COLUMNS).user_ids)) == [
+        "bob",
+        "line\nbreak",
+        "smith, j",
+    ]
+
+
+def test_read_table_decodes_latin1_without_merging_ids(tmp_path):
+    path = tmp_path / "log.csv"
+    # Decoding with replacement would turn both ids into "caf\ufffd".
+    path.write_bytes("uid,sku\ncafé,x\ncafè,y\ncafe,z\n".encode("latin-1"))
+    dataset = read_table(path, {"user": "uid", "item": "sku"})
+    assert set(external(dataset.user_ids)) == {"cafe", "café", "cafè"}
+
+
+def test_read_table_reads_numeric_ids_as_numbers_but_keeps_text_ids(tmp_path):
+    path = write(tmp_path / "n.csv", "user,item,rating\n10,3,1\n9,3,2\n10,1,3\n")
+    dataset = read_table(path, None)
+    assert external(dataset.user_ids) == ["9", "10"]  # numeric order
+    assert dataset.user.tolist() == [1, 0, 1]
+    path = write(tmp_path / "z.csv", "user,item\n007,1\n7,1\n7.0,2\n1e1,2\n10,2\n")
+    dataset = read_table(path, None)
+    assert sorted(external(dataset.user_ids)) == ["007", "10", "1e1", "7", "7.0"]
+    path = write(tmp_path / "e.csv", "user,item\n1,1\n,2\n")
+    expect_error(lambda: read_table(path, None), "e.csv", 3, contains="empty id")
+
+
+def test_read_table_reports_the_line_of_a_bad_date(tmp_path):
+    text = "u,i,t\n1,2,2020-01-01T00:00:10\n1,3,\n1,4,2020-02-30\n1,5,2020-03-01\n"
+    path = write(tmp_path / "d.csv", text)
+    expect_error(
+        lambda: read_table(path, {"user": "u", "item": "i", "timestamp": "t"}),
+        "d.csv",
+        4,
+        contains="'2020-02-30'",
+    )
+    dataset = read_table(
+        write(tmp_path / "ok.csv", text.replace("2020-02-30", "2020-02-28")),
+        {"user": "u", "item": "i", "timestamp": "t"},
+    )
+    assert dataset.timestamp[0] == 1577836810.0 and np.isnan(dataset.timestamp[1])
+
+
+@pytest.mark.parametrize(("value", "column"), [("0", 3), ("1.5", 3), ("-0.1", 3)])
+def test_coat_rejects_propensities_outside_zero_one(tmp_path, value, column):
+    folder = write_coat(tmp_path / "coat")
+    text = COAT_PROPENSITIES.splitlines()
+    cells = text[1].split()
+    cells[column - 1] = value
+    text[1] = " ".join(cells)
+    write(folder / "propensities.ascii", "\n".join(text) + "\n")
+    message = expect_error(lambda: read_coat(folder), "propensities.ascii", 2, contains=value)
+    assert f"column {column}" in message
+
+
+@pytest.mark.parametrize("file_name", [YAHOO_TRAIN_FILE, YAHOO_TEST_FILE])
+def test_yahoo_accepts_one_of_its_files(tmp_path, file_name):
+    folder = write_yahoo(tmp_path / "yahoo", "1\t1\t5\n1\t3\t1\n", "1\t2\t3\n")
+    dataset = read_yahoo_r3(folder / file_name)
+    assert dataset.given_split.tolist() == [GIVEN_TRAIN, GIVEN_TRAIN, GIVEN_TEST]
+    other = write(tmp_path / "yahoo" / "notes.txt", "1\t1\t5\n")
+    expect_error(lambda: read_yahoo_r3(other), "notes.txt", contains=YAHOO_TRAIN_FILE)
+
+
+def test_yahoo_rejects_a_rating_that_is_not_whole(tmp_path):
+    folder = write_yahoo(tmp_path / "yahoo", "1\t1\t5\n1\t2\t3.5\n", "1\t2\t3\n")
+    expect_error(lambda: read_yahoo_r3(folder), YAHOO_TRAIN_FILE, 2, contains="3.5")
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_read_table_fast_and_exact_parsers_agree(tmp_path, seed):
+    # A quoted header cell sends the same rows through the exact (csv module) parser.
+    rng = np.random.default_rng(seed)
+    lines = []
+    for _ in range(300):
+        kind = rng.integers(0, 12)
+        if kind == 0:
+            lines.append(rng.choice(["", "   ", ",,,", " , ,\t, "]))
+        else:
+            pad = " " if rng.random() < (0.9 if seed % 2 else 0.02) else ""
+            rating = "" if kind == 1 else str(rng.integers(1, 6))
+            user = rng.choice(["7", "007", "x", "12"])
+            lines.append(f"{pad}{user},{rng.integers(1, 50)}{pad},{rating},{rng.integers(100)}")
+    body = "\n".join(lines) + "\n"
+    fast_path = write(tmp_path / "f.csv", "uid,sku,stars,when\n" + body, crlf=seed % 3 == 0)
+    fast = read_table(fast_path, TABLE_COLUMNS)
+    exact = read_table(write(tmp_path / "e.csv", '"uid",sku,stars,when\n' + body), TABLE_COLUMNS)
+    np.testing.assert_array_equal(fast.user_ids, exact.user_ids)
+    np.testing.assert_array_equal(fast.item_ids, exact.item_ids)
+    np.testing.assert_array_equal(fast.user, exact.user)
+    np.testing.assert_array_equal(fast.item, exact.item)
+    np.testing.assert_array_equal(fast.rating, exact.rating)
+    np.testing.assert_array_equal(fast.timestamp, exact.timestamp)
+    bad = rng.integers(0, len(lines))
+    lines[bad] = "7,1,2,3,4"
+    body = "\n".join(lines) + "\n"
+    for header in ("uid,sku,stars,when\n", '"uid",sku,stars,when\n'):
+        path = write(tmp_path / "b.csv", header + body)
+        expect_error(
+            lambda path=path: read_table(path, TABLE_COLUMNS), "b.csv", int(bad) + 2, contains="5"
+        )

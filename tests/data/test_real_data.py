@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from causalrec_jax.data.dataset import GIVEN_TEST, GIVEN_TRAIN
+from causalrec_jax.data.dataset import GIVEN_TEST, GIVEN_TRAIN, GIVEN_VALID
 from causalrec_jax.data.readers import read_coat, read_dataset, read_movielens, read_recbole
 
 # Counted once from the released files: nonzero entries of train.ascii and test.ascii.
@@ -65,6 +65,7 @@ def test_ml100k_recbole_real_files(shared_data_dir):
     # Titles and zip codes are identifiers, not features.
     assert not any(name.startswith("movie_title") for name in dataset.item_feature_names)
     assert not any(name.startswith("zip_code") for name in dataset.user_feature_names)
+    assert dataset.meta["skipped_feature_fields"] == ["zip_code", "movie_title"]
     # Every user has exactly one gender.
     gender = [name.startswith("gender=") for name in dataset.user_feature_names]
     assert np.all(dataset.user_features[:, gender].sum(axis=1) == 1)
@@ -86,3 +87,26 @@ def test_movielens_reads_u_data_written_from_the_recbole_file(shared_data_dir, t
     np.testing.assert_array_equal(from_u_data.item, from_recbole.item)
     np.testing.assert_array_equal(from_u_data.rating, from_recbole.rating)
     np.testing.assert_array_equal(from_u_data.timestamp, from_recbole.timestamp)
+
+
+def test_ml100k_recbole_benchmark_files_read_as_given_splits(shared_data_dir, tmp_path):
+    source = shared_data_dir / "ml-100k"
+    header, *rows = (source / "ml-100k.inter").read_text().splitlines()
+    cuts = {"train": rows[:80_000], "valid": rows[80_000:90_000], "test": rows[90_000:]}
+    for part, part_rows in cuts.items():
+        (tmp_path / f"ml-100k.{part}.inter").write_text("\n".join([header, *part_rows]) + "\n")
+    (tmp_path / "ml-100k.item").write_bytes((source / "ml-100k.item").read_bytes())
+
+    split = read_recbole(tmp_path)
+    whole = read_recbole(source)
+
+    assert split.meta["name"] == "ml-100k"
+    assert np.bincount(split.given_split).tolist() == [80_000, 10_000, 10_000]
+    assert split.given_split[80_000] == GIVEN_VALID
+    np.testing.assert_array_equal(split.user_ids, whole.user_ids)
+    np.testing.assert_array_equal(split.item_ids, whole.item_ids)
+    np.testing.assert_array_equal(split.user, whole.user)
+    np.testing.assert_array_equal(split.item, whole.item)
+    np.testing.assert_array_equal(split.rating, whole.rating)
+    np.testing.assert_array_equal(split.item_features, whole.item_features)
+    assert split.user_features is None
