@@ -1,8 +1,8 @@
 """The `causalrec` command line (DESIGN.md §2).
 
-Subcommands so far: `data` (validate a dataset and print its statistics). Errors the user can
-fix (a malformed file, a wrong config key) print one line naming the file, line or key and
-exit with status 2, never a traceback.
+Subcommands: `train`, `evaluate`, `recommend` and `data`. Errors the user can fix (a malformed
+file, a wrong config key, an unknown user id, a diverging loss) print one line naming the
+file, line or key and exit with status 2, never a traceback.
 """
 
 from __future__ import annotations
@@ -45,6 +45,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True)
 
+    train = commands.add_parser("train", help="train and evaluate a model; write a run folder")
+    train.add_argument("--out", help="run folder (default: runs/<config name>)")
+    train.add_argument("--resume", action="store_true", help="continue a stopped run")
+    train.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_config_arguments(train)
+    train.set_defaults(handler=_command_train)
+
+    evaluate = commands.add_parser("evaluate", help="evaluate a run's best parameters again")
+    evaluate.add_argument("--run", required=True, help="run folder")
+    evaluate.add_argument("--split", default="test", help="test, valid or train")
+    evaluate.set_defaults(handler=_command_evaluate)
+
+    recommend = commands.add_parser("recommend", help="top-K items for a user of a run")
+    recommend.add_argument("--run", required=True, help="run folder")
+    recommend.add_argument("--user", required=True, help="the user's id in the dataset")
+    recommend.add_argument("--k", type=int, default=10, help="number of items")
+    recommend.set_defaults(handler=_command_recommend)
+
     data = commands.add_parser(
         "data", help="validate a dataset and print its statistics"
     )
@@ -85,6 +103,54 @@ def _command_data(args: argparse.Namespace) -> int:
         print(json.dumps(stats, indent=2, default=str))
     else:
         print(format_statistics(stats))
+    return 0
+
+
+def _command_train(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from causalrec_jax.config import dumps_config, load_config
+    from causalrec_jax.runner import train_run
+
+    config = load_config(args.config, args.overrides)
+    name = config.run.name or (Path(args.config).stem if args.config else "default")
+    out = Path(args.out) if args.out else Path(config.run.out_dir) / name
+    quiet = args.quiet or config.run.quiet
+    if not quiet:
+        print(dumps_config(config))
+    metrics = train_run(config, out, resume=args.resume, quiet=quiet)
+    print(format_metrics(metrics))
+    print(f"run folder: {out}")
+    return 0
+
+
+def format_metrics(metrics: dict) -> str:
+    """A short table of test (and valid) means ± std over seeds."""
+    lines = []
+    for part in ("valid", "test"):
+        if part not in metrics:
+            continue
+        means, stds = metrics[part], metrics.get(f"{part}_std", {})
+        cells = [f"{name} {value:.4f}" + (f" ± {stds[name]:.4f}" if stds.get(name) else "")
+                 for name, value in means.items()]
+        lines.append(f"{part:<6} " + " | ".join(cells))
+    return "\n".join(lines)
+
+
+def _command_evaluate(args: argparse.Namespace) -> int:
+    from causalrec_jax.runner import evaluate_run
+
+    result = evaluate_run(args.run, args.split)
+    print(format_metrics({args.split: result[args.split],
+                          f"{args.split}_std": result.get(f"{args.split}_std", {})}))
+    return 0
+
+
+def _command_recommend(args: argparse.Namespace) -> int:
+    from causalrec_jax.runner import load_run, recommend
+
+    for rank, (item, score) in enumerate(recommend(load_run(args.run), args.user, args.k), 1):
+        print(f"{rank:>3}  {item:<20} {score:.4f}")
     return 0
 
 

@@ -1,0 +1,484 @@
+"""A whole run from a config: data → model → training → evaluation → the run folder.
+
+This is the edge of the library where files are written (DESIGN §2, "the run folder"):
+
+    runs/NAME/config.toml      the effective config (data.path made absolute)
+    runs/NAME/metrics.json     test / valid means over seeds, std, 95% intervals, per seed
+    runs/NAME/log.jsonl        one line per epoch (loss, validation metrics, seconds)
+    runs/NAME/checkpoints/     orbax checkpoints of the training loop (resume)
+    runs/NAME/model/           orbax checkpoint of each seed's best parameters
+    runs/NAME/data.npz         id maps, training pairs and side features (for recommend)
+    runs/NAME/plots/learning_curve.png
+
+Everything below is composed of the package's pure pieces: `data.loader`, `models`,
+`train.objectives`, `train.step`, `train.loop`, `eval.protocol`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import shutil
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from causalrec_jax.config import Config, dump_config, load_config
+from causalrec_jax.data.dataset import Dataset, Split, concatenate
+from causalrec_jax.data.loader import load_dataset
+from causalrec_jax.data.split import kfold_splits, make_split
+from causalrec_jax.errors import CausalRecError, ConfigError
+from causalrec_jax.eval.protocol import evaluate_split, positive_threshold_for
+from causalrec_jax.eval.ranking import is_positive, labels_are_binary
+from causalrec_jax.models.base import make_scorers
+from causalrec_jax.models.factory import init_params
+from causalrec_jax.train import checkpoint as checkpoints
+from causalrec_jax.train.loop import fit, seed_slice
+from causalrec_jax.train.objectives import POINTWISE_LOSSES, make_objective
+from causalrec_jax.train.step import init_state, make_optimizer, make_train_epoch, make_train_step
+
+# Fold-in ids of a seed's key: model initialisation and training draw from separate streams.
+_STREAM_INIT = 0
+_STREAM_TRAIN = 1
+
+
+class RunError(CausalRecError):
+    """A run folder is missing, incomplete, or does not hold what was asked for."""
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def training_arrays(train: Dataset, loss_name: str, positive_threshold: float) -> dict:
+    """The `[n_rows]` arrays a loss trains on, as numpy.
+
+    Pointwise losses (`mse`, `bce`) train on every observed row (`bce` on 0/1 labels: the
+    rating threshold, or the labels of binarised data); ranking losses train on the positive
+    rows only (`rating >= threshold`; every row of implicit or binarised data with label 1).
+    """
+    threshold = positive_threshold_for(train, positive_threshold)
+    if loss_name in POINTWISE_LOSSES:
+        ratings = train.rating.astype(np.float32)
+        if loss_name == "bce":
+            ratings = is_positive(train.rating, threshold, labels_are_binary(train)).astype(
+                np.float32
+            )
+        return {"users": train.user.astype(np.int32), "items": train.item.astype(np.int32),
+                "ratings": ratings}
+    keep = is_positive(train.rating, threshold, labels_are_binary(train))
+    return {"users": train.user[keep].astype(np.int32), "items": train.item[keep].astype(np.int32)}
+
+
+def seed_list(config: Config) -> list[int]:
+    """The seeds of a run: `run.seed, run.seed + 1, ...` (`train.seeds` of them)."""
+    return [config.run.seed + index for index in range(config.train.seeds)]
+
+
+def seed_keys(seeds: list[int]) -> jax.Array:
+    """`[n_seeds]` typed keys, one per seed."""
+    return jnp.stack([jax.random.key(seed) for seed in seeds])
+
+
+# ----------------------------------------------------------------------------- summaries
+
+
+def summarize(values: list[float]) -> dict[str, float]:
+    """Mean, sample standard deviation and a 95% Student-t interval of the mean."""
+    from scipy import stats
+
+    array = np.asarray([v for v in values if not math.isnan(v)], np.float64)
+    if len(array) == 0:
+        return {"mean": math.nan, "std": math.nan, "ci95_low": math.nan, "ci95_high": math.nan}
+    mean = float(array.mean())
+    if len(array) == 1:
+        return {"mean": mean, "std": 0.0, "ci95_low": mean, "ci95_high": mean}
+    std = float(array.std(ddof=1))
+    half = float(stats.t.ppf(0.975, len(array) - 1)) * std / math.sqrt(len(array))
+    return {"mean": mean, "std": std, "ci95_low": mean - half, "ci95_high": mean + half}
+
+
+def _numeric(values: dict[str, Any]) -> dict[str, float]:
+    """The metric values of an evaluation result (counts of users left out)."""
+    return {
+        key: float(value)
+        for key, value in values.items()
+        if isinstance(value, int | float) and "n_users" not in key
+    }
+
+
+def aggregate(per_seed: list[dict[str, Any]], part: str) -> dict[str, dict[str, float]]:
+    """`{part: means, part_std: stds, part_ci95: [low, high]}` over seeds of `per_seed[s][part]`."""
+    names = list(_numeric(per_seed[0].get(part, {})))
+    if not names:
+        return {}
+    summaries = {name: summarize([seed[part][name] for seed in per_seed]) for name in names}
+    return {
+        part: {name: s["mean"] for name, s in summaries.items()},
+        f"{part}_std": {name: s["std"] for name, s in summaries.items()},
+        f"{part}_ci95": {name: [s["ci95_low"], s["ci95_high"]] for name, s in summaries.items()},
+    }
+
+
+# ----------------------------------------------------------------------------- training
+
+
+@dataclasses.dataclass
+class Trained:
+    """A trained population of seeds on one split."""
+
+    parts: Any  # ModelParts with best params stacked over seeds
+    per_seed: list[dict[str, Any]]
+    history: list[dict[str, Any]]
+    timing: dict[str, float]
+
+
+def _model_inputs(dataset: Dataset, train: Dataset) -> dict[str, Any]:
+    item_counts = np.bincount(train.item, minlength=train.n_items).astype(np.float32)
+    global_bias = float(train.rating.mean()) if len(train) and not labels_are_binary(train) else 0.0
+    return {
+        "n_users": dataset.n_users, "n_items": dataset.n_items,
+        "user_features": dataset.user_features, "item_features": dataset.item_features,
+        "item_counts": item_counts, "global_bias": global_bias,
+    }
+
+
+def train_split(
+    config: Config,
+    split: Split,
+    *,
+    checkpoint_dir: Path | None = None,
+    resume: bool = False,
+    progress: bool = False,
+    log_fn=None,
+    propensity: np.ndarray | None = None,
+) -> Trained:
+    """Trains `train.seeds` models on `split.train` as one vmapped program; evaluates each."""
+    seeds = seed_list(config)
+    keys = seed_keys(seeds)
+    train = split.train
+    if len(train) == 0:
+        raise ConfigError("the training split is empty; check data.split and the data path")
+    inputs = _model_inputs(train, train)
+    parts = init_params(
+        config.model, keys=jax.vmap(lambda k: jax.random.fold_in(k, _STREAM_INIT))(keys), **inputs
+    )
+    scorers = make_scorers(parts.graphdef, parts.constants)
+    loss_fn = make_objective(
+        config.train.loss, scorers.score_pairs, scorers.score_all,
+        n_items=train.n_items, n_negatives=config.train.n_negatives,
+    )
+    optimizer = make_optimizer(config.train)
+    arrays = training_arrays(train, config.train.loss, config.eval.positive_threshold)
+    n_rows = len(arrays["users"])
+    if n_rows == 0:
+        raise ConfigError(
+            f"no training examples for train.loss = {config.train.loss!r}: no training row is "
+            f"a positive at eval.positive_threshold = {config.eval.positive_threshold}"
+        )
+    data = {name: jnp.asarray(values) for name, values in arrays.items()}
+    train_epoch = make_train_epoch(
+        make_train_step(loss_fn, optimizer), n_rows=n_rows,
+        batch_size=min(config.train.batch_size, n_rows),
+    )
+    states = jax.vmap(lambda params: init_state(params, optimizer))(parts.params)
+    train_keys = jax.vmap(lambda k: jax.random.fold_in(k, _STREAM_TRAIN))(keys)
+    score_all = jax.jit(scorers.score_all)
+
+    def scorer(params):
+        return lambda users: score_all(params, users)
+
+    evaluate_fn = None
+    if split.valid is not None and len(split.valid):
+        def evaluate_fn(params):
+            return evaluate_split(
+                config.eval, train=train, test=split.valid, score_users_fn=scorer(params),
+                propensity=propensity,
+            )
+
+    result = fit(
+        train_epoch=train_epoch, states=states, data=data, keys=train_keys,
+        epochs=config.train.epochs, evaluate_fn=evaluate_fn,
+        metric=config.train.early_stopping_metric, patience=config.train.patience,
+        checkpoint_dir=checkpoint_dir, checkpoint_every=config.train.checkpoint_every,
+        resume=resume, progress=progress, log_fn=log_fn,
+    )
+    tic = time.perf_counter()
+    seen = concatenate([train, split.valid]) if split.valid is not None else train
+    per_seed = []
+    for index, seed in enumerate(seeds):
+        params = seed_slice(result.best_params, index)
+        entry: dict[str, Any] = {"seed": seed, "best_epoch": result.best_epochs[index]}
+        if evaluate_fn is not None:
+            entry["valid"] = evaluate_fn(params)
+        entry["test"] = evaluate_split(
+            config.eval, train=seen, test=split.test, score_users_fn=scorer(params),
+            propensity=propensity,
+        )
+        per_seed.append(entry)
+    timing = {**result.timing, "test_eval_seconds": round(time.perf_counter() - tic, 4)}
+    best = parts._replace(params=result.best_params)
+    return Trained(parts=best, per_seed=per_seed, history=result.history, timing=timing)
+
+
+# ----------------------------------------------------------------------------- run folder
+
+
+def _versions() -> dict[str, str]:
+    names = ("causalrec_jax", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy")
+    out = {"python": sys.version.split()[0]}
+    for name in names:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def _absolute_data_path(config: Config) -> Config:
+    if not config.data.path:
+        return config
+    path = str(Path(config.data.path).expanduser().resolve())
+    return dataclasses.replace(config, data=dataclasses.replace(config.data, path=path))
+
+
+def _data_summary(split: Split, per_seed: list[dict[str, Any]]) -> dict[str, Any]:
+    summary = {
+        "n_users": split.train.n_users,
+        "n_items": split.train.n_items,
+        "n_train": len(split.train),
+        "n_valid": 0 if split.valid is None else len(split.valid),
+        "n_test": len(split.test),
+    }
+    test = per_seed[0]["test"]
+    for key in ("n_users_evaluated", "n_users_no_positive"):
+        if key in test:
+            summary[f"test_{key}"] = test[key]
+    return summary
+
+
+def _save_data(path: Path, split: Split) -> None:
+    train = split.train
+    arrays = {
+        "user_ids": train.user_ids.astype(str), "item_ids": train.item_ids.astype(str),
+        "train_user": train.user, "train_item": train.item,
+        "item_counts": np.bincount(train.item, minlength=train.n_items),
+        "global_bias": np.asarray(_model_inputs(train, train)["global_bias"]),
+    }
+    if train.user_features is not None:
+        arrays["user_features"] = train.user_features
+    if train.item_features is not None:
+        arrays["item_features"] = train.item_features
+    if split.valid is not None:
+        arrays["valid_user"], arrays["valid_item"] = split.valid.user, split.valid.item
+    np.savez_compressed(path, **arrays)
+
+
+def _plot_learning_curve(path: Path, history: list[dict[str, Any]], metric: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [record["epoch"] for record in history]
+    figure, left = plt.subplots(figsize=(6, 3.5))
+    left.plot(epochs, [record["loss"] for record in history], color="tab:blue", label="loss")
+    left.set_xlabel("epoch")
+    left.set_ylabel("training loss (mean over seeds)", color="tab:blue")
+    if history and "valid" in history[0]:
+        right = left.twinx()
+        right.plot(epochs, [r["valid"].get(metric, math.nan) for r in history],
+                   color="tab:orange", label=f"valid {metric}")
+        right.set_ylabel(f"validation {metric}", color="tab:orange")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def train_run(
+    config: Config, out_dir: str | Path, *, resume: bool = False, quiet: bool = False,
+    frame=None,
+) -> dict[str, Any]:
+    """Trains and evaluates the run `config` describes and writes its folder; returns metrics.
+
+    With `train.cv_folds = K`, trains on K folds (`data.kfold_splits`) and reports each fold
+    and the mean / std over folds; otherwise uses `data.split`.
+    """
+    out = Path(out_dir)
+    if out.exists() and not resume and any(out.iterdir()):
+        raise RunError(f"{out} already holds a run; pass --resume to continue it or another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    config = _absolute_data_path(config)
+    dump_config(config, out / "config.toml")
+    tic = time.perf_counter()
+    dataset, truth = load_dataset(config.data, config.sim, frame=frame)
+    propensity = None
+    if any(name.startswith(("ips_", "snips_")) for name in config.eval.metrics):
+        propensity = dataset.propensity_matrix
+    progress = not quiet and sys.stderr.isatty()
+    log_path = out / "log.jsonl"
+    if not resume and log_path.exists():
+        log_path.unlink()
+
+    def log_fn(record: dict[str, Any]) -> None:
+        with log_path.open("a") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+    if config.train.cv_folds:
+        folds = list(kfold_splits(dataset, config.train.cv_folds, seed=config.run.seed,
+                                  valid_fraction=0.1))
+        fold_results = []
+        for index, fold in enumerate(folds):
+            trained = train_split(config, fold, checkpoint_dir=out / "checkpoints" / f"fold{index}",
+                                  resume=resume, progress=progress, log_fn=log_fn,
+                                  propensity=propensity)
+            fold_results.append(trained)
+        per_seed = [dict(entry, fold=index) for index, trained in enumerate(fold_results)
+                    for entry in trained.per_seed]
+        trained, split = fold_results[0], folds[0]
+        timing = {key: sum(t.timing.get(key, 0.0) for t in fold_results)
+                  for key in ("train_seconds", "eval_seconds", "test_eval_seconds")}
+        timing["epoch_seconds"] = trained.timing["epoch_seconds"]
+    else:
+        split = make_split(dataset, config.data, seed=config.run.seed)
+        trained = train_split(config, split, checkpoint_dir=out / "checkpoints", resume=resume,
+                              progress=progress, log_fn=log_fn, propensity=propensity)
+        per_seed, timing = trained.per_seed, dict(trained.timing)
+    metrics: dict[str, Any] = {}
+    metrics.update(aggregate(per_seed, "test"))
+    metrics.update(aggregate(per_seed, "valid"))
+    metrics["per_seed"] = per_seed
+    metrics["seeds"] = seed_list(config)
+    if config.train.cv_folds:
+        by_fold = [
+            {name: float(np.mean([e["test"][name] for e in per_seed if e["fold"] == f]))
+             for name in _numeric(per_seed[0]["test"])}
+            for f in range(config.train.cv_folds)
+        ]
+        metrics["cv"] = {"folds": by_fold, **{
+            key: {name: s[key] for name, s in
+                  ((n, summarize([fold[n] for fold in by_fold])) for n in by_fold[0])}
+            for key in ("mean", "std")}}
+    metrics["data"] = _data_summary(split, per_seed)
+    metrics["timing"] = {**timing, "total_seconds": round(time.perf_counter() - tic, 3)}
+    metrics["versions"] = _versions()
+    if truth is not None:
+        metrics["data"]["simulator"] = True
+
+    model_dir = out / "model"
+    if model_dir.exists():
+        shutil.rmtree(model_dir)
+    checkpoints.save_checkpoint(model_dir, 0, {"params": trained.parts.params},
+                                {"seeds": seed_list(config), "model": config.model.name})
+    _save_data(out / "data.npz", split)
+    (out / "plots").mkdir(exist_ok=True)
+    _plot_learning_curve(out / "plots" / "learning_curve.png", trained.history,
+                         config.train.early_stopping_metric)
+    tmp = out / "metrics.json.tmp"
+    tmp.write_text(json.dumps(metrics, indent=2, default=float) + "\n")
+    tmp.replace(out / "metrics.json")
+    return metrics
+
+
+# ----------------------------------------------------------------------------- using a run
+
+
+@dataclasses.dataclass
+class LoadedRun:
+    """A trained run read back from its folder."""
+
+    config: Config
+    parts: Any
+    data: dict[str, np.ndarray]
+
+    @property
+    def user_ids(self) -> np.ndarray:
+        return self.data["user_ids"]
+
+    @property
+    def item_ids(self) -> np.ndarray:
+        return self.data["item_ids"]
+
+
+def load_run(run_dir: str | Path) -> LoadedRun:
+    """Reads a run folder's config, id maps and best parameters (no data files needed)."""
+    run = Path(run_dir)
+    for name in ("config.toml", "data.npz", "model"):
+        if not (run / name).exists():
+            raise RunError(f"{run} is not a finished run: {name} is missing")
+    config = load_config(run / "config.toml")
+    with np.load(run / "data.npz") as stored:
+        data = {name: stored[name] for name in stored.files}
+    seeds = seed_list(config)
+    inputs = {
+        "n_users": len(data["user_ids"]), "n_items": len(data["item_ids"]),
+        "user_features": data.get("user_features"), "item_features": data.get("item_features"),
+        "item_counts": data["item_counts"].astype(np.float32),
+        "global_bias": float(data["global_bias"]),
+    }
+    parts = init_params(config.model, keys=seed_keys(seeds), **inputs)
+    arrays, _ = checkpoints.restore_checkpoint(run / "model", {"params": parts.params})
+    return LoadedRun(config=config, parts=parts._replace(params=arrays["params"]), data=data)
+
+
+def recommend(run: LoadedRun, user_id: str, k: int = 10, seed_index: int = 0) -> list[tuple]:
+    """Top-`k` `(item_id, score)` for an external user id, excluding items they already have.
+
+    Items seen in training and validation are excluded. Scores come from the seed at
+    `seed_index` (the run's first seed by default).
+    """
+    matches = np.flatnonzero(run.user_ids == str(user_id))
+    if len(matches) == 0:
+        raise RunError(
+            f"unknown user id {user_id!r}: the run's data has {len(run.user_ids)} users "
+            f"(e.g. {', '.join(map(str, run.user_ids[:3]))})"
+        )
+    user = int(matches[0])
+    scorers = make_scorers(run.parts.graphdef, run.parts.constants)
+    params = seed_slice(run.parts.params, seed_index)
+    scores = np.asarray(scorers.score_all(params, jnp.asarray([user], jnp.int32)))[0]
+    seen = run.data["train_item"][run.data["train_user"] == user]
+    if "valid_user" in run.data:
+        seen = np.concatenate([seen, run.data["valid_item"][run.data["valid_user"] == user]])
+    scores = scores.astype(np.float64)
+    scores[seen] = -np.inf
+    k = min(k, int(np.isfinite(scores).sum()))
+    top = np.argsort(-scores, kind="stable")[:k]
+    return [(str(run.item_ids[i]), float(scores[i])) for i in top]
+
+
+def evaluate_run(run_dir: str | Path, split_name: str = "test") -> dict[str, Any]:
+    """Re-evaluates a run's best parameters on `split_name` (re-reads the data it names).
+
+    Returns `{split_name: means over seeds, split_name + "_std": ..., "per_seed": [...]}`.
+    """
+    run = load_run(run_dir)
+    config = run.config
+    dataset, _ = load_dataset(config.data, config.sim)
+    split = make_split(dataset, config.data, seed=config.run.seed)
+    parts = split.parts()
+    if split_name not in parts:
+        raise RunError(f"split {split_name!r} not in this run's data (have {', '.join(parts)})")
+    seen = split.train
+    if split_name == "test" and split.valid is not None:
+        seen = concatenate([split.train, split.valid])
+    scorers = make_scorers(run.parts.graphdef, run.parts.constants)
+    score_all = jax.jit(scorers.score_all)
+    propensity = dataset.propensity_matrix if any(
+        name.startswith(("ips_", "snips_")) for name in config.eval.metrics) else None
+    per_seed = []
+    for index, seed in enumerate(seed_list(config)):
+        params = seed_slice(run.parts.params, index)
+        values = evaluate_split(
+            config.eval, train=seen, test=parts[split_name],
+            score_users_fn=lambda users, params=params: score_all(params, users),
+            propensity=propensity,
+        )
+        per_seed.append({"seed": seed, split_name: values})
+    return {**aggregate(per_seed, split_name), "per_seed": per_seed}

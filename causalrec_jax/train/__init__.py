@@ -1,0 +1,1 @@
+"""Training: losses, objectives, the train step and the epoch loop."""

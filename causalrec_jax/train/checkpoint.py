@@ -1,0 +1,75 @@
+"""Checkpoints with orbax-checkpoint: arrays through `StandardSave`, bookkeeping as JSON.
+
+A checkpoint holds one pytree of arrays (train states, best-so-far parameters, early-stopping
+counters, the run key) and one JSON object (epoch, history, anything else the loop needs to
+carry on exactly where it stopped). Checkpoints are numbered by epoch; orbax writes each to a
+temporary folder and renames it when complete, so a run killed mid-save leaves the previous
+checkpoint intact.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+
+def _manager(directory: str | Path, max_to_keep: int | None = 2) -> ocp.CheckpointManager:
+    options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True)
+    return ocp.CheckpointManager(Path(directory).resolve(), options=options)
+
+
+def save_checkpoint(
+    directory: str | Path, epoch: int, arrays: Any, meta: dict[str, Any]
+) -> None:
+    """Writes checkpoint `epoch` (arrays pytree + JSON meta) and waits until it is complete."""
+    manager = _manager(directory)
+    try:
+        manager.save(
+            epoch,
+            args=ocp.args.Composite(
+                arrays=ocp.args.StandardSave(arrays), meta=ocp.args.JsonSave(meta)
+            ),
+            force=True,
+        )
+        manager.wait_until_finished()
+    finally:
+        manager.close()
+
+
+def latest_epoch(directory: str | Path) -> int | None:
+    """The newest complete checkpoint's epoch, or None when there is none."""
+    if not Path(directory).exists():
+        return None
+    manager = _manager(directory)
+    try:
+        return manager.latest_step()
+    finally:
+        manager.close()
+
+
+def restore_checkpoint(
+    directory: str | Path, like: Any, epoch: int | None = None
+) -> tuple[Any, dict[str, Any]]:
+    """Reads checkpoint `epoch` (default: the newest) into arrays shaped like `like`.
+
+    Returns:
+        `(arrays, meta)`.
+    """
+    manager = _manager(directory)
+    try:
+        epoch = manager.latest_step() if epoch is None else epoch
+        if epoch is None:
+            raise FileNotFoundError(f"no checkpoint in {directory}")
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
+        restored = manager.restore(
+            epoch,
+            args=ocp.args.Composite(
+                arrays=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()
+            ),
+        )
+        return restored["arrays"], dict(restored["meta"])
+    finally:
+        manager.close()

@@ -1,0 +1,245 @@
+"""The epoch loop: N seeds trained as one vmapped program, early stopping, checkpoints, resume.
+
+`fit` is generic over the model, loss and optimiser: it receives a per-seed `train_epoch`
+(see `step.make_train_epoch`), states stacked over a leading seed axis and an evaluation
+function, and returns each seed's best parameters by the validation metric. Every epoch is one
+compiled call (`jax.jit(jax.vmap(train_epoch))`, states donated); the host only reads the
+epoch's loss and health flags and runs the validation evaluation.
+
+Early stopping is per seed: a seed's best parameters are those of its best validation epoch,
+and the loop ends when every seed has gone `patience` epochs without improving (or at
+`epochs`). Since seeds never interact, each seed's result equals a run of that seed alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm.auto import tqdm
+
+from causalrec_jax.errors import CausalRecError
+from causalrec_jax.train.checkpoint import latest_epoch, restore_checkpoint, save_checkpoint
+from causalrec_jax.train.step import TrainState
+
+# Metrics where lower is better; every other validation metric is maximised.
+LOWER_IS_BETTER = ("mse", "rmse", "mae", "loss")
+
+
+class TrainingDivergedError(CausalRecError, FloatingPointError):
+    """The loss or a gradient became NaN or Inf; names the epoch, seed and batch."""
+
+
+@dataclasses.dataclass
+class FitResult:
+    """What `fit` returns.
+
+    Attributes:
+        states: final `TrainState`s stacked over seeds.
+        best_params: each seed's parameters at its best validation epoch (the final ones when
+            there is no validation), stacked over seeds.
+        best_epochs: `[n_seeds]` epoch of each seed's best parameters.
+        best_values: `[n_seeds]` validation metric at those epochs (NaN without validation).
+        history: one record per epoch (as written to `log.jsonl`).
+        timing: `first_epoch_seconds` (includes compilation), `epoch_seconds` (median of the
+            later epochs), `train_seconds`, `eval_seconds`.
+    """
+
+    states: TrainState
+    best_params: Any
+    best_epochs: list[int]
+    best_values: list[float]
+    history: list[dict[str, Any]]
+    timing: dict[str, float]
+
+
+def lower_is_better(metric: str) -> bool:
+    """True for error metrics (`mse`, `rmse`, `mae`, `loss`)."""
+    return metric.split("@")[0] in LOWER_IS_BETTER
+
+
+def seed_slice(tree: Any, seed: int) -> Any:
+    """The pytree of one seed from a pytree stacked over seeds."""
+    return jax.tree.map(lambda leaf: leaf[seed], tree)
+
+
+def _improved(value: float, best: float, lower: bool) -> bool:
+    if math.isnan(value):
+        return False
+    if math.isnan(best):
+        return True
+    return value < best if lower else value > best
+
+
+def _keep_improved(best: Any, new: Any, improved: jax.Array) -> Any:
+    """Per seed: the new parameters where `improved [n_seeds]`, else the best so far."""
+
+    def choose(best_leaf, new_leaf):
+        return jnp.where(improved.reshape((-1,) + (1,) * (new_leaf.ndim - 1)), new_leaf, best_leaf)
+
+    return jax.tree.map(choose, best, new)
+
+
+def fit(
+    *,
+    train_epoch: Callable[..., tuple[TrainState, dict[str, jax.Array]]],
+    states: TrainState,
+    data: dict[str, jax.Array],
+    keys: jax.Array,
+    epochs: int,
+    evaluate_fn: Callable[[Any], dict[str, float]] | None = None,
+    metric: str = "ndcg@10",
+    patience: int = 5,
+    checkpoint_dir: str | Path | None = None,
+    checkpoint_every: int = 5,
+    resume: bool = False,
+    progress: bool = False,
+    log_fn: Callable[[dict[str, Any]], None] | None = None,
+) -> FitResult:
+    """Trains stacked seeds epoch by epoch with early stopping on a validation metric.
+
+    Args:
+        train_epoch: `(state, data, key, epoch) -> (state, {"loss", "first_bad_batch"})` for
+            one seed (vmapped here).
+        states: initial `TrainState`s stacked over seeds (`[n_seeds, ...]` leaves).
+        data: training arrays on the device, shared by all seeds.
+        keys: `[n_seeds]` typed run keys.
+        epochs: maximum number of epochs.
+        evaluate_fn: `params of one seed -> {metric: value}` on the validation split, or
+            None (no early stopping; the final parameters are the best).
+        metric: the validation metric to select on (e.g. `ndcg@10`, `mse`).
+        patience: epochs without improvement before a seed stops counting.
+        checkpoint_dir: where to write checkpoints (None: no checkpoints).
+        checkpoint_every: write one every this many epochs, and always at the end.
+        resume: continue from the newest checkpoint in `checkpoint_dir` if there is one.
+        progress: show a progress bar.
+        log_fn: called with each epoch's record (for `log.jsonl`).
+
+    Raises:
+        TrainingDivergedError: a non-finite loss or gradient; the last checkpoint is kept.
+    """
+    n_seeds = int(keys.shape[0])
+    lower = lower_is_better(metric)
+    epoch_fn = jax.jit(
+        jax.vmap(train_epoch, in_axes=(0, None, 0, None)), donate_argnums=(0,)
+    )
+    best_params = jax.tree.map(jnp.copy, states.params)
+    best_values = [math.nan] * n_seeds
+    best_epochs = [-1] * n_seeds
+    since_best = [0] * n_seeds
+    history: list[dict[str, Any]] = []
+    start = 0
+    if resume and checkpoint_dir is not None and latest_epoch(checkpoint_dir) is not None:
+        like = {"states": states, "best_params": best_params,
+                "keys": jax.random.key_data(keys)}
+        arrays, meta = restore_checkpoint(checkpoint_dir, like)
+        states, best_params = arrays["states"], arrays["best_params"]
+        if not np.array_equal(np.asarray(arrays["keys"]), np.asarray(jax.random.key_data(keys))):
+            raise CausalRecError(
+                f"{checkpoint_dir}: the checkpoint was written with other seeds than this "
+                "config's; resume with the config the run started with"
+            )
+        best_values = [float(v) for v in meta["best_values"]]
+        best_epochs, since_best = list(meta["best_epochs"]), list(meta["since_best"])
+        history, start = list(meta["history"]), int(meta["epoch"]) + 1
+        if meta.get("finished"):
+            start = epochs
+
+    def checkpoint(epoch: int, finished: bool) -> None:
+        if checkpoint_dir is None:
+            return
+        arrays = {"states": states, "best_params": best_params,
+                  "keys": jax.random.key_data(keys)}
+        meta = {"epoch": epoch, "best_values": best_values, "best_epochs": best_epochs,
+                "since_best": since_best, "history": history, "finished": finished}
+        save_checkpoint(checkpoint_dir, epoch, arrays, meta)
+
+    epoch_times: list[float] = []
+    eval_seconds = 0.0
+    bar = tqdm(total=epochs, initial=start, disable=not progress, unit="epoch", leave=False)
+    epoch = start - 1
+    try:
+        for epoch in range(start, epochs):
+            tic = time.perf_counter()
+            states, out = epoch_fn(states, data, keys, jnp.asarray(epoch, jnp.int32))
+            losses = np.asarray(out["loss"])  # waits for the epoch to finish
+            epoch_times.append(time.perf_counter() - tic)
+            first_bad = np.asarray(out["first_bad_batch"])
+            if (first_bad >= 0).any():
+                seed = int(np.flatnonzero(first_bad >= 0)[0])
+                raise TrainingDivergedError(
+                    f"non-finite loss or gradient at epoch {epoch}, batch {int(first_bad[seed])} "
+                    f"(seed index {seed}); training stopped, the last checkpoint is kept. "
+                    "Lower train.learning_rate or clip propensities (causal.propensity_clip)."
+                )
+            record: dict[str, Any] = {
+                "epoch": epoch,
+                "loss": float(losses.mean()),
+                "loss_per_seed": [float(v) for v in losses],
+                "seconds": round(epoch_times[-1], 4),
+            }
+            if evaluate_fn is not None:
+                tic = time.perf_counter()
+                values = [evaluate_fn(seed_slice(states.params, s)) for s in range(n_seeds)]
+                eval_seconds += time.perf_counter() - tic
+                current = [float(v[metric]) for v in values]
+                improved = []
+                for s in range(n_seeds):
+                    if _improved(current[s], best_values[s], lower):
+                        best_values[s], best_epochs[s], since_best[s] = current[s], epoch, 0
+                        improved.append(True)
+                    else:
+                        since_best[s] += 1
+                        improved.append(False)
+                best_params = _keep_improved(best_params, states.params, jnp.asarray(improved))
+                record["valid"] = {
+                    name: float(np.mean([v[name] for v in values]))
+                    for name in values[0]
+                    if isinstance(values[0][name], int | float)
+                }
+                record[f"valid_{metric}_per_seed"] = current
+            else:
+                best_epochs = [epoch] * n_seeds
+            history.append(record)
+            if log_fn is not None:
+                log_fn(record)
+            postfix = {"loss": f"{record['loss']:.4f}"}
+            if "valid" in record:
+                postfix[metric] = f"{record['valid'].get(metric, math.nan):.4f}"
+            bar.set_postfix(postfix)
+            bar.update(1)
+            stop = evaluate_fn is not None and all(count >= patience for count in since_best)
+            last = stop or epoch == epochs - 1
+            if last or (epoch + 1) % checkpoint_every == 0:
+                checkpoint(epoch, finished=last)
+            if stop:
+                break
+    finally:
+        bar.close()
+    if evaluate_fn is None:
+        # Without validation the final parameters are the result (copied: the states' buffers
+        # are donated to the next epoch if the caller trains on).
+        best_params = jax.tree.map(jnp.copy, states.params)
+    steady = epoch_times[1:] or epoch_times
+    timing = {
+        "first_epoch_seconds": round(epoch_times[0], 4) if epoch_times else 0.0,
+        "epoch_seconds": round(float(np.median(steady)), 4) if steady else 0.0,
+        "train_seconds": round(float(sum(epoch_times)), 4),
+        "eval_seconds": round(eval_seconds, 4),
+        "epochs_run": len(epoch_times),
+    }
+    return FitResult(
+        states=states,
+        best_params=best_params,
+        best_epochs=best_epochs,
+        best_values=best_values,
+        history=history,
+        timing=timing,
+    )

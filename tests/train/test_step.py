@@ -1,0 +1,155 @@
+"""The pure train step, the scanned epoch and the loop: jit, vmap, keys, compilations, NaN."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from causalrec_jax.config import ModelConfig, TrainConfig
+from causalrec_jax.models.base import make_scorers
+from causalrec_jax.models.factory import init_params
+from causalrec_jax.train.loop import TrainingDivergedError, fit, seed_slice
+from causalrec_jax.train.objectives import make_objective
+from causalrec_jax.train.step import (
+    epoch_batches,
+    init_state,
+    make_optimizer,
+    make_train_epoch,
+    make_train_step,
+)
+
+N_USERS, N_ITEMS = 20, 15
+
+
+def toy_data(n=64, seed=0):
+    rng = np.random.default_rng(seed)
+    return {
+        "users": jnp.asarray(rng.integers(0, N_USERS, n), jnp.int32),
+        "items": jnp.asarray(rng.integers(0, N_ITEMS, n), jnp.int32),
+        "ratings": jnp.asarray(rng.integers(1, 6, n), jnp.float32),
+    }
+
+
+def setup(loss="mse", n_seeds=1, learning_rate=0.05):
+    keys = jnp.stack([jax.random.key(s) for s in range(n_seeds)])
+    parts = init_params(ModelConfig(name="mf", embedding_dim=4), n_users=N_USERS,
+                        n_items=N_ITEMS, keys=keys)
+    scorers = make_scorers(parts.graphdef, parts.constants)
+    loss_fn = make_objective(loss, scorers.score_pairs, scorers.score_all, n_items=N_ITEMS)
+    optimizer = make_optimizer(TrainConfig(learning_rate=learning_rate))
+    return parts, loss_fn, optimizer, keys
+
+
+def batch_of(data, size=16):
+    batch = {name: values[:size] for name, values in data.items()}
+    batch["mask"] = jnp.ones(size, bool)
+    return batch
+
+
+@pytest.mark.parametrize("loss", ["mse", "bpr"])
+def test_jit_equals_eager_for_one_step(loss):
+    parts, loss_fn, optimizer, _ = setup(loss)
+    state = init_state(seed_slice(parts.params, 0), optimizer)
+    step = make_train_step(loss_fn, optimizer)
+    key = jax.random.key(7)
+    eager_state, eager_metrics = step(state, batch_of(toy_data()), key)
+    jit_state, jit_metrics = jax.jit(step)(state, batch_of(toy_data()), key)
+    assert int(jit_state.step) == 1
+    np.testing.assert_allclose(eager_metrics["loss"], jit_metrics["loss"], rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(eager_state.params), jax.tree.leaves(jit_state.params),
+                    strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_step_folds_the_step_into_the_key():
+    parts, loss_fn, optimizer, _ = setup("bpr")
+    state = init_state(seed_slice(parts.params, 0), optimizer)
+    step = jax.jit(make_train_step(loss_fn, optimizer))
+    batch, key = batch_of(toy_data()), jax.random.key(3)
+    _, first = step(state, batch, key)
+    _, again = step(state, batch, key)
+    # Same state and key: same negatives, same loss; a later step draws other negatives.
+    assert float(first["loss"]) == float(again["loss"])
+    later = state.replace(step=jnp.asarray(5, jnp.int32))
+    _, other = step(later, batch, key)
+    assert float(other["loss"]) != float(first["loss"])
+
+
+def run_epochs(n_seeds, epochs=3, loss="bpr"):
+    parts, loss_fn, optimizer, keys = setup(loss, n_seeds)
+    data = toy_data()
+    train_epoch = make_train_epoch(make_train_step(loss_fn, optimizer), n_rows=64, batch_size=24)
+    states = jax.vmap(lambda p: init_state(p, optimizer))(parts.params)
+    return fit(train_epoch=train_epoch, states=states, data=data, keys=keys, epochs=epochs)
+
+
+def test_vmap_over_seeds_equals_a_loop_over_seeds():
+    together = run_epochs(3)
+    for seed in range(3):
+        parts, loss_fn, optimizer, keys = setup("bpr", 3)
+        alone_keys = keys[seed : seed + 1]
+        state = jax.vmap(lambda p, o=optimizer: init_state(p, o))(
+            jax.tree.map(lambda x, s=seed: x[s : s + 1], parts.params)
+        )
+        train_epoch = make_train_epoch(make_train_step(loss_fn, optimizer), n_rows=64,
+                                       batch_size=24)
+        alone = fit(train_epoch=train_epoch, states=state, data=toy_data(), keys=alone_keys,
+                    epochs=3)
+        for a, b in zip(jax.tree.leaves(seed_slice(together.best_params, seed)),
+                        jax.tree.leaves(seed_slice(alone.best_params, 0)), strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_same_seed_identical_other_seed_differs():
+    first, second = run_epochs(2), run_epochs(2)
+    leaves_1, leaves_2 = jax.tree.leaves(first.best_params), jax.tree.leaves(second.best_params)
+    for a, b in zip(leaves_1, leaves_2, strict=True):
+        np.testing.assert_array_equal(a, b)
+    user_table = [leaf for leaf in leaves_1 if leaf.ndim == 3][0]
+    assert not np.allclose(user_table[0], user_table[1])
+
+
+def test_a_run_compiles_the_epoch_once():
+    parts, loss_fn, optimizer, keys = setup("bpr", 2)
+    traces = []
+    inner = make_train_epoch(make_train_step(loss_fn, optimizer), n_rows=64, batch_size=24)
+
+    def counting_epoch(*args):
+        traces.append(1)  # runs only while tracing
+        return inner(*args)
+
+    states = jax.vmap(lambda p: init_state(p, optimizer))(parts.params)
+    result = fit(train_epoch=counting_epoch, states=states, data=toy_data(), keys=keys, epochs=4)
+    assert result.timing["epochs_run"] == 4
+    assert len(traces) == 1
+
+
+def test_epoch_batches_cover_every_row_once_with_a_padded_tail():
+    data = {"users": jnp.arange(10, dtype=jnp.int32)}
+    batches, n_batches = epoch_batches(jax.random.key(0), data, 10, 4)
+    assert n_batches == 3 and batches["users"].shape == (3, 4)
+    real = np.asarray(batches["users"])[np.asarray(batches["mask"])]
+    assert sorted(real.tolist()) == list(range(10))
+    assert int(batches["mask"].sum()) == 10
+
+
+def test_non_finite_loss_stops_with_epoch_and_batch(tmp_path):
+    parts, _, optimizer, keys = setup("mse", 1)
+    scorers = make_scorers(parts.graphdef, parts.constants)
+    data = toy_data()
+    data["ratings"] = data["ratings"].at[5].set(jnp.nan)
+
+    def loss_fn(params, batch, key):
+        scores = scorers.score_pairs(params, batch["users"], batch["items"])
+        loss = jnp.sum(jnp.where(batch["mask"], (scores - batch["ratings"]) ** 2, 0.0))
+        return loss, {"loss": loss}
+
+    train_epoch = make_train_epoch(make_train_step(loss_fn, optimizer), n_rows=64, batch_size=8)
+    states = jax.vmap(lambda p: init_state(p, optimizer))(parts.params)
+    before = [np.array(leaf) for leaf in jax.tree.leaves(states.params)]
+    with pytest.raises(TrainingDivergedError, match=r"epoch 0, batch \d+"):
+        fit(train_epoch=train_epoch, states=states, data=data, keys=keys, epochs=2,
+            checkpoint_dir=tmp_path / "ckpt")
+    # Nothing was saved for the diverged epoch.
+    assert not (tmp_path / "ckpt").exists() or not any((tmp_path / "ckpt").iterdir())
+    assert all(np.isfinite(leaf).all() for leaf in before)
