@@ -21,6 +21,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 demo: $(STAMP)
+	$(BIN)/python experiments/quickstart.py
 	$(BIN)/python experiments/demo.py
 
 bench: $(STAMP)

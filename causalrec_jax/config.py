@@ -177,6 +177,8 @@ class TrainConfig:
     seeds: int = 1
     cv_folds: int = 0
     n_negatives: int = 1
+    # Redraw sampled negatives the user has in training (as RecBole does); off = plain uniform.
+    exclude_seen_negatives: bool = True
     early_stopping_metric: str = "ndcg@10"
     patience: int = 5
     checkpoint_every: int = 5

@@ -41,7 +41,7 @@ from causalrec_jax.models.base import make_scorers
 from causalrec_jax.models.factory import init_params
 from causalrec_jax.train import checkpoint as checkpoints
 from causalrec_jax.train.loop import fit, seed_slice
-from causalrec_jax.train.objectives import POINTWISE_LOSSES, make_objective
+from causalrec_jax.train.objectives import POINTWISE_LOSSES, make_objective, seen_items_data
 from causalrec_jax.train.step import init_state, make_optimizer, make_train_epoch, make_train_step
 
 # Fold-in ids of a seed's key: model initialisation and training draw from separate streams.
@@ -183,6 +183,9 @@ def train_split(
             f"a positive at eval.positive_threshold = {config.eval.positive_threshold}"
         )
     data = {name: jnp.asarray(values) for name, values in arrays.items()}
+    if config.train.loss in ("bpr", "sampled_softmax") and config.train.exclude_seen_negatives:
+        seen = seen_items_data(train.user, train.item, train.n_users, train.n_items)
+        data.update({name: jnp.asarray(values) for name, values in seen.items()})
     train_epoch = make_train_epoch(
         make_train_step(loss_fn, optimizer), n_rows=n_rows,
         batch_size=min(config.train.batch_size, n_rows),

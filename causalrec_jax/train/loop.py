@@ -78,6 +78,22 @@ def _improved(value: float, best: float, lower: bool) -> bool:
     return value < best if lower else value > best
 
 
+def _over_seeds(train_epoch: Callable[..., Any], n_seeds: int) -> Callable[..., Any]:
+    """`train_epoch` over the leading seed axis: vmapped, or squeezed for a single seed.
+
+    A vmapped gather/scatter over a batch of one compiles to slower code on CPU (measured
+    0.25 s vs 0.13 s per ml-100k BPR epoch), so one seed runs the plain epoch.
+    """
+    if n_seeds > 1:
+        return jax.vmap(train_epoch, in_axes=(0, None, 0, None))
+
+    def single(states, data, keys, epoch):
+        state, metrics = train_epoch(seed_slice(states, 0), data, keys[0], epoch)
+        return jax.tree.map(lambda leaf: leaf[None], (state, metrics))
+
+    return single
+
+
 def _keep_improved(best: Any, new: Any, improved: jax.Array) -> Any:
     """Per seed: the new parameters where `improved [n_seeds]`, else the best so far."""
 
@@ -127,9 +143,7 @@ def fit(
     """
     n_seeds = int(keys.shape[0])
     lower = lower_is_better(metric)
-    epoch_fn = jax.jit(
-        jax.vmap(train_epoch, in_axes=(0, None, 0, None)), donate_argnums=(0,)
-    )
+    epoch_fn = jax.jit(_over_seeds(train_epoch, n_seeds), donate_argnums=(0,))
     best_params = jax.tree.map(jnp.copy, states.params)
     best_values = [math.nan] * n_seeds
     best_epochs = [-1] * n_seeds

@@ -14,6 +14,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from causalrec_jax.train import losses
 
@@ -26,6 +27,7 @@ RANKING_LOSSES = ("bpr", "softmax", "sampled_softmax")
 # Fold-in ids separating the step key's uses, so adding one never shifts another's draws.
 _STREAM_NEGATIVES = 0
 _STREAM_DROPOUT = 1
+_RESAMPLE_ROUNDS = 3
 
 
 def make_objective(
@@ -73,20 +75,95 @@ def make_objective(
             negatives, log_probs = losses.sample_negatives(
                 negative_key, n_items, (users.shape[0], n_negatives)
             )
+            negative_where = None
+            if "shared_seen_mask" in batch or "shared_seen_pairs" in batch:
+                negatives, negative_where = resample_seen(
+                    negative_key, users, negatives, n_items,
+                    seen_mask=batch.get("shared_seen_mask"),
+                    seen_pairs=batch.get("shared_seen_pairs"),
+                )
             n_candidates = 1 + n_negatives
             all_users = jnp.repeat(users[:, None], n_candidates, axis=1).reshape(-1)
             all_items = jnp.concatenate([items[:, None], negatives], axis=1).reshape(-1)
             scores = pair_scores(params, all_users, all_items, key).reshape(-1, n_candidates)
             if loss_name == "bpr":
-                loss = losses.bpr_loss(scores[:, 0], scores[:, 1:], weights=weights, where=where)
+                loss = losses.bpr_loss(
+                    scores[:, 0], scores[:, 1:], negative_where=negative_where,
+                    weights=weights, where=where,
+                )
             else:
                 loss = losses.sampled_softmax_loss(
                     scores[:, 0], scores[:, 1:], negative_log_probs=log_probs,
+                    remove_accidental_hits=(
+                        None if negative_where is None else ~negative_where
+                    ),
                     weights=weights, where=where,
                 )
         return loss, {"loss": loss}
 
     return loss_fn
+
+
+# Up to this many (user, item) cells the seen items are a dense bool mask (a fast gather);
+# beyond it, sorted pair codes searched in O(log n) (memory O(n_train)).
+DENSE_SEEN_LIMIT = 1 << 26
+
+
+def seen_items_data(users, items, n_users: int, n_items: int) -> dict[str, np.ndarray]:
+    """Shared data for `resample_seen`: `shared_seen_mask [n_users, n_items]` when small,
+    else sorted int32 `shared_seen_pairs` (`user * n_items + item`); empty when neither fits
+    (n_users * n_items >= 2^31: negatives are then drawn without excluding seen items)."""
+    users, items = np.asarray(users, np.int64), np.asarray(items, np.int64)
+    if n_users * n_items <= DENSE_SEEN_LIMIT:
+        mask = np.zeros((n_users, n_items), bool)
+        mask[users, items] = True
+        return {"shared_seen_mask": mask}
+    if n_users * n_items < 2**31:
+        return {"shared_seen_pairs": np.unique(users * n_items + items).astype(np.int32)}
+    return {}
+
+
+def resample_seen(
+    key: jax.Array,
+    users: jax.Array,
+    negatives: jax.Array,
+    n_items: int,
+    *,
+    seen_mask: jax.Array | None = None,
+    seen_pairs: jax.Array | None = None,
+    rounds: int = _RESAMPLE_ROUNDS,
+) -> tuple[jax.Array, jax.Array]:
+    """Redraws negatives that are items the user has in training (as RecBole's sampler does).
+
+    Negatives still seen after `rounds` redraws are marked False in the returned mask, so the
+    loss ignores them.
+
+    Args:
+        key: the step's negative-sampling key.
+        users: `[b]` users.
+        negatives: `[b, n_negatives]` sampled items.
+        n_items: catalogue size.
+        seen_mask: `[n_users, n_items]` bool training pairs, or None.
+        seen_pairs: sorted int32 codes `user * n_items + item` (used without `seen_mask`).
+        rounds: redraw attempts.
+
+    Returns:
+        `(negatives, valid)`, both `[b, n_negatives]`.
+    """
+
+    def is_seen(items):
+        if seen_mask is not None:
+            return seen_mask[users[:, None], items]
+        codes = users[:, None] * n_items + items
+        index = jnp.clip(jnp.searchsorted(seen_pairs, codes), 0, seen_pairs.shape[0] - 1)
+        return seen_pairs[index] == codes
+
+    for attempt in range(rounds):
+        redraw = jax.random.randint(
+            jax.random.fold_in(key, attempt + 1), negatives.shape, 0, n_items, negatives.dtype
+        )
+        negatives = jnp.where(is_seen(negatives), redraw, negatives)
+    return negatives, ~is_seen(negatives)
 
 
 def batch_fields(loss_name: str) -> tuple[str, ...]:

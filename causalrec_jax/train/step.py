@@ -22,6 +22,9 @@ from causalrec_jax.config import TrainConfig
 from causalrec_jax.errors import ConfigError
 from causalrec_jax.train.objectives import Batch, LossFn
 
+# Names of data arrays every step sees whole instead of batched.
+SHARED = "shared_"
+
 _STREAM_STEPS = 0
 _STREAM_ORDER = 1
 
@@ -130,6 +133,8 @@ def make_train_epoch(
 ) -> Callable[[TrainState, Batch, jax.Array, jax.Array], tuple[TrainState, dict[str, jax.Array]]]:
     """Builds `train_epoch(state, data, key, epoch) -> (state, metrics)`: one `lax.scan`.
 
+    `data` holds `[n_rows]` arrays, shuffled and batched, and arrays whose names start with
+    `shared_` (e.g. `shared_seen_pairs`), passed whole to every step.
     The epoch's order comes from `fold_in(key, epoch)`, so resuming at an epoch boundary
     replays the same order. After a non-finite step the remaining steps are skipped (the
     state stays at the last good one). `metrics`: `loss` (mean over the epoch's good batches)
@@ -140,11 +145,14 @@ def make_train_epoch(
         # Separate streams for the steps and the data order, so they never share a key.
         step_key = jax.random.fold_in(key, _STREAM_STEPS)
         order_key = jax.random.fold_in(jax.random.fold_in(key, _STREAM_ORDER), epoch)
-        batches, n_batches = epoch_batches(order_key, data, n_rows, batch_size)
+        rows = {name: values for name, values in data.items() if not name.startswith(SHARED)}
+        shared = {name: values for name, values in data.items() if name.startswith(SHARED)}
+        batches, n_batches = epoch_batches(order_key, rows, n_rows, batch_size)
 
         def body(carry, inputs):
             state, first_bad = carry
             index, batch = inputs
+            batch = {**batch, **shared}
             new_state, metrics = train_step(state, batch, step_key)
             healthy = first_bad < 0
             state = jax.tree.map(lambda new, old: jnp.where(healthy, new, old), new_state, state)

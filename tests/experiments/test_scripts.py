@@ -37,3 +37,18 @@ def test_demo_shows_the_bias_and_its_correction(tmp_path):
         "ndcg@5"]
     written = json.loads((tmp_path / "metrics.json").read_text())
     assert written["bias"] == pytest.approx(bias)
+
+
+def test_quickstart_trains_and_reports(tmp_path, capsys):
+    quickstart = load_script("quickstart")
+    out = tmp_path / "qs"
+    metrics = quickstart.main(["--set", "sim.n_users=120", "--set", "sim.n_items=60",
+                               "--set", "train.epochs=3", "--set", "train.seeds=2",
+                               "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert f"run folder: {out}" in printed
+    assert (out / "metrics.json").exists()
+    assert set(metrics["test"]) >= {"mse", "auc", "ndcg@5"}
+    assert len(metrics["per_seed"]) == 2
+    # Ratings live on 1..5: a fitted model's error is far below the spread of the scale.
+    assert metrics["test"]["mse"] < 4.0

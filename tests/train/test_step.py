@@ -153,3 +153,25 @@ def test_non_finite_loss_stops_with_epoch_and_batch(tmp_path):
     # Nothing was saved for the diverged epoch.
     assert not (tmp_path / "ckpt").exists() or not any((tmp_path / "ckpt").iterdir())
     assert all(np.isfinite(leaf).all() for leaf in before)
+
+
+def test_resampled_negatives_avoid_seen_items():
+    from causalrec_jax.train.objectives import resample_seen, seen_items_data
+
+    users = np.repeat(np.arange(4), 5)
+    items = np.tile(np.arange(5), 4)  # every user has seen items 0..4 of 8
+    for dense in (True, False):
+        shared = seen_items_data(users, items, 4, 8)
+        if not dense:
+            codes = np.unique(users * 8 + items).astype(np.int32)
+            shared = {"shared_seen_pairs": codes}
+        batch_users = jnp.asarray(np.repeat(np.arange(4), 50), jnp.int32)
+        negatives = jax.random.randint(jax.random.key(1), (200, 3), 0, 8)
+        resampled, valid = resample_seen(
+            jax.random.key(2), batch_users, negatives, 8,
+            seen_mask=shared.get("shared_seen_mask"), seen_pairs=shared.get("shared_seen_pairs"),
+        )
+        resampled, valid = np.asarray(resampled), np.asarray(valid)
+        # Items 5..7 are the only unseen ones; survivors of three redraws are masked out.
+        assert np.all(resampled[valid] >= 5)
+        assert valid.mean() > 0.9
