@@ -174,4 +174,5 @@ def test_resampled_negatives_avoid_seen_items():
         resampled, valid = np.asarray(resampled), np.asarray(valid)
         # Items 5..7 are the only unseen ones; survivors of three redraws are masked out.
         assert np.all(resampled[valid] >= 5)
-        assert valid.mean() > 0.9
+        # A negative stays seen after the first draw and 3 redraws with (5/8)^4 = 0.153.
+        assert 0.77 < valid.mean() < 0.93
