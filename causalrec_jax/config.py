@@ -126,6 +126,17 @@ class SimConfig:
     rating_noise: float = 0.5
     mar_items_per_user: int = 10
     seed: int = 0
+    # Worlds with more than max_dense_cells (user, item) cells are generated in blocks of users
+    # and keep only compact ground truth (a SparseGroundTruth; no propensity matrix); the
+    # exposure base of such worlds is calibrated on calibration_users seeded users.
+    max_dense_cells: int = 50_000_000
+    calibration_users: int = 2000
+
+    def __post_init__(self) -> None:
+        _require(self.max_dense_cells >= 0, "sim.max_dense_cells", "an integer >= 0",
+                 self.max_dense_cells)
+        _require(self.calibration_users >= 1, "sim.calibration_users", "an integer >= 1",
+                 self.calibration_users)
 
 
 @dataclass(frozen=True)
@@ -182,9 +193,13 @@ class TrainConfig:
     early_stopping_metric: str = "ndcg@10"
     patience: int = 5
     checkpoint_every: int = 5
+    # Training rows on the device ("device": one lax.scan per epoch), kept on the host and
+    # sent `segment_batches` batches at a time ("host"), or "auto": the device up to 2 GiB.
+    data_placement: Literal["auto", "device", "host"] = "auto"
+    segment_batches: int = 64
 
     def __post_init__(self) -> None:
-        for key in ("batch_size", "seeds", "n_negatives", "checkpoint_every"):
+        for key in ("batch_size", "seeds", "n_negatives", "checkpoint_every", "segment_batches"):
             _require(getattr(self, key) >= 1, f"train.{key}", "an integer >= 1", getattr(self, key))
         for key in ("epochs", "patience"):
             _require(getattr(self, key) >= 0, f"train.{key}", "an integer >= 0", getattr(self, key))

@@ -42,11 +42,21 @@ from causalrec_jax.models.factory import init_params
 from causalrec_jax.train import checkpoint as checkpoints
 from causalrec_jax.train.loop import fit, seed_slice
 from causalrec_jax.train.objectives import POINTWISE_LOSSES, make_objective, seen_items_data
-from causalrec_jax.train.step import init_state, make_optimizer, make_train_epoch, make_train_step
+from causalrec_jax.train.step import (
+    init_state,
+    make_optimizer,
+    make_streaming_epoch,
+    make_train_epoch,
+    make_train_step,
+)
 
 # Fold-in ids of a seed's key: model initialisation and training draw from separate streams.
 _STREAM_INIT = 0
 _STREAM_TRAIN = 1
+
+
+# Training arrays up to this size live on the device (train.data_placement = "auto").
+DEVICE_DATA_LIMIT = 2 << 30
 
 
 class RunError(CausalRecError):
@@ -182,14 +192,23 @@ def train_split(
             f"no training examples for train.loss = {config.train.loss!r}: no training row is "
             f"a positive at eval.positive_threshold = {config.eval.positive_threshold}"
         )
-    data = {name: jnp.asarray(values) for name, values in arrays.items()}
+    on_device = config.train.data_placement == "device" or (
+        config.train.data_placement == "auto"
+        and sum(values.nbytes for values in arrays.values()) <= DEVICE_DATA_LIMIT
+    )
+    data = {name: jnp.asarray(values) if on_device else values for name, values in arrays.items()}
     if config.train.loss in ("bpr", "sampled_softmax") and config.train.exclude_seen_negatives:
         seen = seen_items_data(train.user, train.item, train.n_users, train.n_items)
         data.update({name: jnp.asarray(values) for name, values in seen.items()})
-    train_epoch = make_train_epoch(
-        make_train_step(loss_fn, optimizer), n_rows=n_rows,
-        batch_size=min(config.train.batch_size, n_rows),
-    )
+    train_step = make_train_step(loss_fn, optimizer)
+    batch_size = min(config.train.batch_size, n_rows)
+    train_epoch = make_train_epoch(train_step, n_rows=n_rows, batch_size=batch_size)
+    run_epoch = None
+    if not on_device:
+        run_epoch = make_streaming_epoch(
+            train_step, n_rows=n_rows, batch_size=batch_size,
+            segment_batches=config.train.segment_batches, vmap_seeds=len(seeds) > 1,
+        )
     states = jax.vmap(lambda params: init_state(params, optimizer))(parts.params)
     train_keys = jax.vmap(lambda k: jax.random.fold_in(k, _STREAM_TRAIN))(keys)
     score_all = jax.jit(scorers.score_all)
@@ -210,7 +229,7 @@ def train_split(
         epochs=config.train.epochs, evaluate_fn=evaluate_fn,
         metric=config.train.early_stopping_metric, patience=config.train.patience,
         checkpoint_dir=checkpoint_dir, checkpoint_every=config.train.checkpoint_every,
-        resume=resume, progress=progress, log_fn=log_fn,
+        resume=resume, progress=progress, log_fn=log_fn, run_epoch=run_epoch,
     )
     tic = time.perf_counter()
     seen = concatenate([train, split.valid]) if split.valid is not None else train

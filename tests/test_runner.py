@@ -130,3 +130,10 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert "/no/such" in capsys.readouterr().err
     assert main(["evaluate", "--run", str(tmp_path / "missing")]) == 2
     assert "not a finished run" in capsys.readouterr().err
+
+
+def test_host_placement_gives_the_same_run(tmp_path):
+    device = runner.train_run(tiny_config("train.seeds=2"), tmp_path / "d", quiet=True)
+    host = runner.train_run(tiny_config("train.seeds=2", 'train.data_placement="host"',
+                                        "train.segment_batches=2"), tmp_path / "h", quiet=True)
+    assert host["test"] == pytest.approx(device["test"], rel=1e-5)

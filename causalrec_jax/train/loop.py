@@ -118,13 +118,15 @@ def fit(
     resume: bool = False,
     progress: bool = False,
     log_fn: Callable[[dict[str, Any]], None] | None = None,
+    run_epoch: Callable[..., tuple[TrainState, dict[str, jax.Array]]] | None = None,
 ) -> FitResult:
     """Trains stacked seeds epoch by epoch with early stopping on a validation metric.
 
     Args:
         train_epoch: `(state, data, key, epoch) -> (state, {"loss", "first_bad_batch"})` for
             one seed (vmapped here).
-        states: initial `TrainState`s stacked over seeds (`[n_seeds, ...]` leaves).
+        states: initial `TrainState`s stacked over seeds (`[n_seeds, ...]` leaves); their
+            buffers are donated to the first epoch (copy them to keep them).
         data: training arrays on the device, shared by all seeds.
         keys: `[n_seeds]` typed run keys.
         epochs: maximum number of epochs.
@@ -137,13 +139,16 @@ def fit(
         resume: continue from the newest checkpoint in `checkpoint_dir` if there is one.
         progress: show a progress bar.
         log_fn: called with each epoch's record (for `log.jsonl`).
+        run_epoch: `(states, data, keys, epoch) -> (states, metrics)` over all seeds, used
+            instead of compiling `train_epoch` (e.g. `step.make_streaming_epoch` for data kept
+            on the host).
 
     Raises:
         TrainingDivergedError: a non-finite loss or gradient; the last checkpoint is kept.
     """
     n_seeds = int(keys.shape[0])
     lower = lower_is_better(metric)
-    epoch_fn = jax.jit(_over_seeds(train_epoch, n_seeds), donate_argnums=(0,))
+    epoch_fn = run_epoch or jax.jit(_over_seeds(train_epoch, n_seeds), donate_argnums=(0,))
     best_params = jax.tree.map(jnp.copy, states.params)
     best_values = [math.nan] * n_seeds
     best_epochs = [-1] * n_seeds

@@ -16,6 +16,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from causalrec_jax.config import TrainConfig
@@ -106,23 +107,80 @@ def make_train_step(
     return train_step
 
 
-def epoch_batches(
-    key: jax.Array, data: Batch, n_rows: int, batch_size: int
-) -> tuple[Batch, int]:
-    """Shuffles the rows and cuts them into `[n_batches, batch_size]` with a padding mask.
+def epoch_order(key: jax.Array, epoch: jax.Array, n_rows: int, batch_size: int) -> jax.Array:
+    """`[n_batches, batch_size]` row indices of one epoch; padding slots hold `n_rows`.
 
-    `data` arrays are `[n_rows]` on the device; the permutation is drawn on the device too.
-    The padded tail repeats row 0 with `mask = False`, so every batch has the same shape.
+    The order is drawn from `fold_in(fold_in(key, order stream), epoch)`, so the device path
+    and the streaming path (and a resumed run) visit the same rows in the same batches.
     """
     n_batches = max(1, -(-n_rows // batch_size))
-    order = jax.random.permutation(key, n_rows)
-    padded = jnp.concatenate([order, jnp.zeros(n_batches * batch_size - n_rows, order.dtype)])
-    mask = jnp.arange(n_batches * batch_size) < n_rows
-    batches = {name: values[padded].reshape(n_batches, batch_size) for name, values in data.items()}
-    batches["mask"] = mask.reshape(n_batches, batch_size) & batches.get(
-        "mask", jnp.ones_like(mask).reshape(n_batches, batch_size)
-    )
-    return batches, n_batches
+    order_key = jax.random.fold_in(jax.random.fold_in(key, _STREAM_ORDER), epoch)
+    order = jax.random.permutation(order_key, n_rows).astype(jnp.int32)
+    padding = jnp.full(n_batches * batch_size - n_rows, n_rows, jnp.int32)
+    return jnp.concatenate([order, padding]).reshape(n_batches, batch_size)
+
+
+def gather_batches(rows: Batch, order: jax.Array, n_rows: int) -> Batch:
+    """Rows picked by `order [n_batches, batch_size]`, with `mask` False on padding slots."""
+    valid = order < n_rows
+    safe = jnp.where(valid, order, 0)
+    batches = {name: values[safe] for name, values in rows.items()}
+    batches["mask"] = valid & batches.get("mask", True)
+    return batches
+
+
+def epoch_batches(
+    key: jax.Array, data: Batch, n_rows: int, batch_size: int, epoch: int = 0
+) -> tuple[Batch, int]:
+    """Shuffles the rows and cuts them into `[n_batches, batch_size]` with a padding mask."""
+    order = epoch_order(key, epoch, n_rows, batch_size)
+    return gather_batches(data, order, n_rows), order.shape[0]
+
+
+def make_scan_batches(
+    train_step: Callable[..., tuple[TrainState, dict[str, jax.Array]]],
+) -> Callable[..., tuple[TrainState, jax.Array, jax.Array]]:
+    """Builds `scan_batches(state, batches, shared, key, first_bad, start) -> (state,
+    first_bad, batch_losses)`: the steps of consecutive batches as one `lax.scan`.
+
+    After a non-finite step the remaining steps are skipped, so the state stays at the last
+    good one; `first_bad` is the epoch-level index (`start` + position) of that batch, or -1.
+    """
+
+    def scan_batches(state, batches, shared, key, first_bad, start):
+        step_key = jax.random.fold_in(key, _STREAM_STEPS)
+        n_batches = jax.tree.leaves(batches)[0].shape[0]
+
+        def body(carry, inputs):
+            state, first_bad = carry
+            index, batch = inputs
+            new_state, metrics = train_step(state, {**batch, **shared}, step_key)
+            healthy = first_bad < 0
+            # An all-padding batch (streaming tail) must not count as a step.
+            apply = healthy & jnp.any(batch["mask"])
+            state = jax.tree.map(lambda new, old: jnp.where(apply, new, old), new_state, state)
+            first_bad = jnp.where(healthy & ~metrics["finite"], index, first_bad)
+            return (state, first_bad), jnp.where(healthy & metrics["finite"], metrics["loss"], 0.0)
+
+        indices = start + jnp.arange(n_batches, dtype=jnp.int32)
+        (state, first_bad), losses = jax.lax.scan(body, (state, first_bad), (indices, batches))
+        return state, first_bad, losses
+
+    return scan_batches
+
+
+def split_data(data: Batch) -> tuple[Batch, Batch]:
+    """(per-row arrays, `shared_` arrays)."""
+    rows = {name: values for name, values in data.items() if not name.startswith(SHARED)}
+    shared = {name: values for name, values in data.items() if name.startswith(SHARED)}
+    return rows, shared
+
+
+def epoch_loss(batch_losses: jax.Array, first_bad: jax.Array) -> jax.Array:
+    """Mean loss over the epoch's batches before the first non-finite one."""
+    n_batches = batch_losses.shape[-1]
+    n_good = jnp.where(first_bad < 0, n_batches, first_bad)
+    return batch_losses.sum(axis=-1) / jnp.maximum(n_good, 1)
 
 
 def make_train_epoch(
@@ -133,38 +191,82 @@ def make_train_epoch(
 ) -> Callable[[TrainState, Batch, jax.Array, jax.Array], tuple[TrainState, dict[str, jax.Array]]]:
     """Builds `train_epoch(state, data, key, epoch) -> (state, metrics)`: one `lax.scan`.
 
-    `data` holds `[n_rows]` arrays, shuffled and batched, and arrays whose names start with
-    `shared_` (e.g. `shared_seen_pairs`), passed whole to every step.
-    The epoch's order comes from `fold_in(key, epoch)`, so resuming at an epoch boundary
-    replays the same order. After a non-finite step the remaining steps are skipped (the
-    state stays at the last good one). `metrics`: `loss` (mean over the epoch's good batches)
-    and `first_bad_batch` (-1 when every batch was finite).
+    `data` holds `[n_rows]` arrays on the device, shuffled and batched, and arrays whose names
+    start with `shared_` (e.g. `shared_seen_mask`), passed whole to every step. The epoch's
+    order comes from `fold_in(key, epoch)`, so resuming at an epoch boundary replays the same
+    order. `metrics`: `loss` (mean over the epoch's good batches) and `first_bad_batch` (-1
+    when every batch was finite). For data that does not fit on the device, see
+    `make_streaming_epoch`, which gives the same numbers.
     """
+    scan_batches = make_scan_batches(train_step)
 
     def train_epoch(state: TrainState, data: Batch, key: jax.Array, epoch: jax.Array):
-        # Separate streams for the steps and the data order, so they never share a key.
-        step_key = jax.random.fold_in(key, _STREAM_STEPS)
-        order_key = jax.random.fold_in(jax.random.fold_in(key, _STREAM_ORDER), epoch)
-        rows = {name: values for name, values in data.items() if not name.startswith(SHARED)}
-        shared = {name: values for name, values in data.items() if name.startswith(SHARED)}
-        batches, n_batches = epoch_batches(order_key, rows, n_rows, batch_size)
-
-        def body(carry, inputs):
-            state, first_bad = carry
-            index, batch = inputs
-            batch = {**batch, **shared}
-            new_state, metrics = train_step(state, batch, step_key)
-            healthy = first_bad < 0
-            state = jax.tree.map(lambda new, old: jnp.where(healthy, new, old), new_state, state)
-            bad_now = healthy & ~metrics["finite"]
-            first_bad = jnp.where(bad_now, index, first_bad)
-            return (state, first_bad), jnp.where(healthy & metrics["finite"], metrics["loss"], 0.0)
-
-        (state, first_bad), batch_losses = jax.lax.scan(
-            body, (state, jnp.asarray(-1, jnp.int32)), (jnp.arange(n_batches), batches)
+        rows, shared = split_data(data)
+        batches = gather_batches(rows, epoch_order(key, epoch, n_rows, batch_size), n_rows)
+        state, first_bad, losses = scan_batches(
+            state, batches, shared, key, jnp.asarray(-1, jnp.int32), jnp.asarray(0, jnp.int32)
         )
-        n_good = jnp.where(first_bad < 0, n_batches, first_bad)
-        loss = batch_losses.sum() / jnp.maximum(n_good, 1)
-        return state, {"loss": loss, "first_bad_batch": first_bad}
+        return state, {"loss": epoch_loss(losses, first_bad), "first_bad_batch": first_bad}
 
     return train_epoch
+
+
+def make_streaming_epoch(
+    train_step: Callable[..., tuple[TrainState, dict[str, jax.Array]]],
+    *,
+    n_rows: int,
+    batch_size: int,
+    segment_batches: int,
+    vmap_seeds: bool,
+) -> Callable[..., tuple[TrainState, dict[str, jax.Array]]]:
+    """An epoch over host (numpy) data, `segment_batches` batches per device transfer.
+
+    For training data too large for the device: each epoch's order is drawn on the device (as
+    in `make_train_epoch`), brought to the host, and each segment's rows are gathered there,
+    sent over and run as one jitted `lax.scan`. States stay on the device. Same batches, same
+    keys: the parameters equal those of the all-on-device epoch.
+
+    Returns:
+        `run_epoch(states, data, keys, epoch) -> (states, metrics)` over stacked seeds (a host
+        function, not jit-able; its pieces are jitted), `data` numpy arrays.
+    """
+    scan_batches = make_scan_batches(train_step)
+    axes = (0, 0, None, 0, 0, None) if vmap_seeds else None
+    segment_fn = jax.jit(jax.vmap(scan_batches, in_axes=axes) if vmap_seeds else scan_batches,
+                         donate_argnums=(0,))
+    order_fn = jax.jit(
+        jax.vmap(lambda key, epoch: epoch_order(key, epoch, n_rows, batch_size), (0, None))
+    )
+
+    def run_epoch(states, data, keys, epoch):
+        rows, shared = split_data(data)
+        rows = {name: np.asarray(values) for name, values in rows.items()}
+        shared = {name: jnp.asarray(values) for name, values in shared.items()}
+        orders = np.asarray(order_fn(keys, jnp.asarray(epoch, jnp.int32)))  # [seeds, n_b, b]
+        n_seeds, n_batches = orders.shape[:2]
+        first_bad = jnp.full((n_seeds,), -1, jnp.int32)
+        losses = []
+        for start in range(0, n_batches, segment_batches):
+            order = orders[:, start : start + segment_batches]
+            if order.shape[1] < segment_batches:  # pad with empty batches: one compiled shape
+                pad = np.full((n_seeds, segment_batches - order.shape[1], batch_size), n_rows)
+                order = np.concatenate([order, pad.astype(order.dtype)], axis=1)
+            valid = order < n_rows
+            safe = np.where(valid, order, 0)
+            batches = {name: jnp.asarray(values[safe]) for name, values in rows.items()}
+            batches["mask"] = jnp.asarray(valid)
+            if vmap_seeds:
+                states, first_bad, segment = segment_fn(
+                    states, batches, shared, keys, first_bad, jnp.int32(start))
+            else:
+                state, bad, segment = segment_fn(
+                    jax.tree.map(lambda leaf: leaf[0], states),
+                    {name: values[0] for name, values in batches.items()},
+                    shared, keys[0], first_bad[0], jnp.int32(start))
+                states = jax.tree.map(lambda leaf: leaf[None], state)
+                first_bad, segment = bad[None], segment[None]
+            losses.append(segment)
+        batch_losses = jnp.concatenate(losses, axis=1)[:, :n_batches]
+        return states, {"loss": epoch_loss(batch_losses, first_bad), "first_bad_batch": first_bad}
+
+    return run_epoch

@@ -176,3 +176,28 @@ def test_resampled_negatives_avoid_seen_items():
         assert np.all(resampled[valid] >= 5)
         # A negative stays seen after the first draw and 3 redraws with (5/8)^4 = 0.153.
         assert 0.77 < valid.mean() < 0.93
+
+
+@pytest.mark.parametrize("n_seeds", [1, 2])
+def test_streaming_epochs_equal_device_epochs(n_seeds):
+    from causalrec_jax.train.step import make_streaming_epoch
+
+    parts, loss_fn, optimizer, keys = setup("bpr", n_seeds)
+    step = make_train_step(loss_fn, optimizer)
+    data = toy_data(70)
+    # fit donates the states' buffers, so each run gets its own copy of the parameters.
+    states = jax.vmap(lambda p: init_state(p, optimizer))(jax.tree.map(jnp.copy, parts.params))
+    device = fit(train_epoch=make_train_epoch(step, n_rows=70, batch_size=16), states=states,
+                 data=data, keys=keys, epochs=3)
+    # 5 batches per epoch in segments of 2: the last segment is padded with an empty batch.
+    stream = make_streaming_epoch(step, n_rows=70, batch_size=16, segment_batches=2,
+                                  vmap_seeds=n_seeds > 1)
+    states = jax.vmap(lambda p: init_state(p, optimizer))(parts.params)
+    host = fit(train_epoch=None, run_epoch=stream, states=states,
+               data={name: np.asarray(values) for name, values in data.items()},
+               keys=keys, epochs=3)
+    assert int(host.states.step[0]) == int(device.states.step[0]) == 15
+    for a, b in zip(jax.tree.leaves(device.best_params), jax.tree.leaves(host.best_params),
+                    strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert [r["loss"] for r in host.history] == pytest.approx([r["loss"] for r in device.history])
