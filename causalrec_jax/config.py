@@ -183,6 +183,10 @@ class TrainConfig:
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
     learning_rate: float = 1e-3
     weight_decay: float = 0.0
+    # Learning-rate schedule over the run's steps (optax): constant, cosine decay to 0, or a
+    # linear warm-up over `warmup_steps` followed by cosine decay.
+    lr_schedule: Literal["constant", "cosine", "warmup_cosine"] = "constant"
+    warmup_steps: int = 0
     batch_size: int = 1024
     epochs: int = 20
     seeds: int = 1
@@ -201,7 +205,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         for key in ("batch_size", "seeds", "n_negatives", "checkpoint_every", "segment_batches"):
             _require(getattr(self, key) >= 1, f"train.{key}", "an integer >= 1", getattr(self, key))
-        for key in ("epochs", "patience"):
+        for key in ("epochs", "patience", "warmup_steps"):
             _require(getattr(self, key) >= 0, f"train.{key}", "an integer >= 0", getattr(self, key))
         _require(self.learning_rate > 0, "train.learning_rate", "a number > 0", self.learning_rate)
         _require(self.weight_decay >= 0, "train.weight_decay", "a number >= 0", self.weight_decay)

@@ -184,9 +184,11 @@ def train_split(
         config.train.loss, scorers.score_pairs, scorers.score_all,
         n_items=train.n_items, n_negatives=config.train.n_negatives,
     )
-    optimizer = make_optimizer(config.train)
     arrays = training_arrays(train, config.train.loss, config.eval.positive_threshold)
     n_rows = len(arrays["users"])
+    batch_size = min(config.train.batch_size, max(n_rows, 1))
+    steps_per_epoch = -(-n_rows // batch_size)
+    optimizer = make_optimizer(config.train, total_steps=steps_per_epoch * config.train.epochs)
     if n_rows == 0:
         raise ConfigError(
             f"no training examples for train.loss = {config.train.loss!r}: no training row is "
@@ -201,7 +203,6 @@ def train_split(
         seen = seen_items_data(train.user, train.item, train.n_users, train.n_items)
         data.update({name: jnp.asarray(values) for name, values in seen.items()})
     train_step = make_train_step(loss_fn, optimizer)
-    batch_size = min(config.train.batch_size, n_rows)
     train_epoch = make_train_epoch(train_step, n_rows=n_rows, batch_size=batch_size)
     run_epoch = None
     if not on_device:
@@ -230,6 +231,7 @@ def train_split(
         metric=config.train.early_stopping_metric, patience=config.train.patience,
         checkpoint_dir=checkpoint_dir, checkpoint_every=config.train.checkpoint_every,
         resume=resume, progress=progress, log_fn=log_fn, run_epoch=run_epoch,
+        description=f"{len(seeds)} seed(s), {steps_per_epoch} batches/epoch",
     )
     tic = time.perf_counter()
     seen = concatenate([train, split.valid]) if split.valid is not None else train

@@ -119,6 +119,7 @@ def fit(
     progress: bool = False,
     log_fn: Callable[[dict[str, Any]], None] | None = None,
     run_epoch: Callable[..., tuple[TrainState, dict[str, jax.Array]]] | None = None,
+    description: str = "",
 ) -> FitResult:
     """Trains stacked seeds epoch by epoch with early stopping on a validation metric.
 
@@ -142,6 +143,7 @@ def fit(
         run_epoch: `(states, data, keys, epoch) -> (states, metrics)` over all seeds, used
             instead of compiling `train_epoch` (e.g. `step.make_streaming_epoch` for data kept
             on the host).
+        description: shown at the left of the progress bar (e.g. batches per epoch).
 
     Raises:
         TrainingDivergedError: a non-finite loss or gradient; the last checkpoint is kept.
@@ -182,7 +184,8 @@ def fit(
 
     epoch_times: list[float] = []
     eval_seconds = 0.0
-    bar = tqdm(total=epochs, initial=start, disable=not progress, unit="epoch", leave=False)
+    bar = tqdm(total=epochs, initial=start, disable=not progress, unit="epoch", leave=False,
+               desc=description)
     epoch = start - 1
     try:
         for epoch in range(start, epochs):

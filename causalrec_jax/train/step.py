@@ -50,15 +50,31 @@ class TrainState:
         return dataclasses.replace(self, **changes)
 
 
-def make_optimizer(config: TrainConfig, learning_rate: Any = None) -> optax.GradientTransformation:
+def make_schedule(config: TrainConfig, total_steps: int, learning_rate: Any = None) -> Any:
+    """The learning rate of `[train]` as an optax schedule over `total_steps` (or a number)."""
+    rate = config.learning_rate if learning_rate is None else learning_rate
+    if config.lr_schedule == "constant":
+        return rate
+    total_steps = max(total_steps, 1)
+    if config.lr_schedule == "cosine":
+        return optax.cosine_decay_schedule(rate, decay_steps=total_steps)
+    warmup = min(config.warmup_steps, total_steps - 1)
+    return optax.warmup_cosine_decay_schedule(
+        0.0, rate, warmup_steps=warmup, decay_steps=total_steps
+    )
+
+
+def make_optimizer(
+    config: TrainConfig, learning_rate: Any = None, total_steps: int = 1
+) -> optax.GradientTransformation:
     """The optax optimiser of `[train]`.
 
     `adam` and `sgd` add `weight_decay * params` to the gradient (L2 regularisation, as
     RecBole's `weight_decay`); `adamw` decays the weights apart from the gradient (Loshchilov &
     Hutter, ICLR 2019). `learning_rate` overrides `config.learning_rate`; it may be a traced
-    scalar, so a sweep can vmap over it.
+    scalar, so a sweep can vmap over it. `total_steps` is the length of a decaying schedule.
     """
-    rate = config.learning_rate if learning_rate is None else learning_rate
+    rate = make_schedule(config, total_steps, learning_rate)
     if config.optimizer == "adamw":
         return optax.adamw(rate, weight_decay=config.weight_decay)
     if config.optimizer == "adam":

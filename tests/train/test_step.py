@@ -201,3 +201,19 @@ def test_streaming_epochs_equal_device_epochs(n_seeds):
                     strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     assert [r["loss"] for r in host.history] == pytest.approx([r["loss"] for r in device.history])
+
+
+def test_schedules_and_weight_decay():
+    from causalrec_jax.train.step import make_schedule
+
+    config = TrainConfig(learning_rate=0.1, lr_schedule="warmup_cosine", warmup_steps=10)
+    schedule = make_schedule(config, total_steps=100)
+    assert float(schedule(0)) == 0.0
+    assert float(schedule(10)) == pytest.approx(0.1)
+    assert float(schedule(100)) == pytest.approx(0.0, abs=1e-7)
+    assert make_schedule(TrainConfig(learning_rate=0.1), 100) == 0.1
+    # L2 weight decay pulls parameters toward zero even with a zero gradient.
+    optimizer = make_optimizer(TrainConfig(optimizer="sgd", learning_rate=0.5, weight_decay=0.1))
+    params = {"w": jnp.ones(3)}
+    updates, _ = optimizer.update({"w": jnp.zeros(3)}, optimizer.init(params), params)
+    np.testing.assert_allclose(updates["w"], -0.05 * np.ones(3), rtol=1e-6)
