@@ -345,6 +345,11 @@ def train_run(
     propensity = None
     if any(name.startswith(("ips_", "snips_")) for name in config.eval.metrics):
         propensity = dataset.propensity_matrix
+        if propensity is None:
+            raise ConfigError(
+                "key eval.metrics: ips_* / snips_* metrics need a propensity matrix, which "
+                f"this dataset ({config.data.format}) does not provide"
+            )
     progress = not quiet and sys.stderr.isatty()
     log_path = out / "log.jsonl"
     if not resume and log_path.exists():

@@ -20,7 +20,9 @@ from causalrec_jax.data.split import make_split
 def read_raw(data: DataConfig, sim: SimConfig | None = None, *, frame=None) -> tuple[Dataset, Any]:
     """Reads the configured source without cleaning; returns `(dataset, ground_truth)`.
 
-    `ground_truth` is the simulator's `GroundTruth` for `format = "simulator"`, else None.
+    `ground_truth` is the simulator's `GroundTruth` (dense matrices) or `SparseGroundTruth`
+    (large worlds; rows on demand with `sim.truth_block`) for `format = "simulator"`, else
+    None.
     `frame` is the pandas DataFrame of `format = "dataframe"`.
     """
     if data.format == "simulator":

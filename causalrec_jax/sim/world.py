@@ -15,7 +15,7 @@ ratings reach the log. Exposure is missing not at random through two paths:
 Item popularity also raises true relevance, so it is a confounder of exposure and outcome;
 `popularity_sigma` is its strength (0 removes the popularity path from both).
 
-Exogenous noise (each from its own `jax.random.fold_in(key, stream)` stream)::
+Exogenous noise (from `jax.random.fold_in(key, stream)` streams)::
 
     z_i        ~ N(0, 1)                          standardized log popularity   (STREAM_POPULARITY)
     theta_u    ~ N(0, I_d / sqrt(d))              user taste                    (STREAM_USERS)
@@ -46,7 +46,7 @@ popularity_exposure, s = selection_strength, m = mean_exposure)::
 `b` is calibrated (bisection, jit-able) so that `mean_ui pi_ui = m`. The exposure logit
 takes only five values per item (one per rating level), so the mean is
 `sum_{i,k} n_ik sigmoid(b + alpha p_i + s (k-3)/2) / (n_users n_items)` with `n_ik` the number
-of users whose rating of item `i` is `k`; bisection runs on this `[n_items, 5]` table. At small
+of users whose rating of item `i` is `k`; bisection runs on this `[5, n_items]` table. At small
 propensities `pi_ui ~ popularity_i ** alpha` (Yang et al.'s power law with exponent alpha), and
 `exp(s)` is the odds ratio of observing a 5 rather than a 3 (Marlin & Zemel's rating-dependent
 missingness). Both popularity effects are per unit of log popularity, so `sigma_p` scales the
@@ -57,7 +57,7 @@ The marginal propensity `P(O=1 | u, i) = sum_k P(Y_ui = k) sigmoid(b + alpha p_i
 is also returned; it is accumulated over the five rating levels, so no `[U, I, 5]` array is
 materialised: a world needs about 60 bytes per (user, item) cell, outputs included.
 
-Because every exogenous variable has its own stream, changing only the exposure parameters
+Because no two exogenous variables share draws, changing only the exposure parameters
 (`mean_exposure`, `popularity_exposure`, `selection_strength`) with the same key keeps users,
 items and ratings identical, and the exposure draws are coupled (same uniforms): common random
 numbers for paired comparisons.
@@ -74,7 +74,8 @@ popularity, exposure base, key and parameters) from which `truth_block` recomput
 quantities of any users on demand, and a `Dataset` whose `propensity_matrix` is None. Its
 exposure base is calibrated on the rating counts of a seeded subsample of `calibration_users`
 users (all users when there are no more than that, which makes both paths give the same
-dataset); `meta["realised_mean_exposure"]` is the mean propensity over all cells.
+dataset); `meta["realised_mean_exposure"]` is the mean propensity over all cells (on either
+path) and `meta["observed_fraction"]` the fraction of cells observed.
 """
 
 from __future__ import annotations
@@ -247,7 +248,9 @@ class SparseGroundTruth:
 
     Holds what the dense matrices are functions of; `truth_block(truth, None, users)`
     recomputes the rows of any users (relevance, expected rating, realised ratings,
-    propensities, exposure), equal to those of the dense `GroundTruth` of the same world.
+    propensities, exposure) with the equations and noise of `make_world`: the same rows as the
+    dense `GroundTruth` whenever the exposure base is the same (`n_users <= calibration_users`).
+    A pytree: `jax.jit` functions can take it.
 
     Attributes:
         key: the world's `jax.random` key (the cell noise is redrawn from it).
@@ -428,6 +431,7 @@ def _unit_uniform(bits: jax.Array) -> jax.Array:
     return jax.lax.bitcast_convert_type(mantissa, jnp.float32) - 1.0
 
 
+@functools.partial(jax.jit, static_argnums=2)
 def cell_noise(key: jax.Array, users: jax.Array, n_items: int) -> tuple[jax.Array, jax.Array]:
     """The per-cell noise of `users`' rows: rating noise `eps ~ N(0, 1)`, uniforms `u ~ U(0, 1)`.
 
@@ -510,9 +514,9 @@ def _propensity_table(params, log_popularity, exposure_base):
 
 
 def _lookup(table, ratings):
-    """`table[ratings - 1, item]` for `[B, n_items]` ratings, as selects (no gather)."""
-    values = jnp.broadcast_to(table[0][None, :], ratings.shape)
-    for level in range(RATING_MIN + 1, RATING_MAX + 1):
+    """`table[ratings - 1, item]` for `[B, n_items]` ratings 1..5 (0 elsewhere), as selects."""
+    values = jnp.zeros(ratings.shape, table.dtype)
+    for level in range(RATING_MIN, RATING_MAX + 1):
         values = jnp.where(ratings == level, table[level - RATING_MIN][None, :], values)
     return values
 
@@ -736,45 +740,50 @@ def _block_extract(key, params, exposure_base, log_popularity, code, users, n_va
     Observed cells come back as flat indices into the block (row-major) in a buffer of
     `capacity` entries; `count` above `capacity` means it overflowed.
     """
-    ratings = code & 7
-    observed = code >= 8
-    propensity = _lookup(_propensity_table(params, log_popularity, exposure_base), ratings)
-    valid = (jnp.arange(users.shape[0]) < n_valid)[:, None]
-    flat = _sparse_nonzero(observed.reshape(-1), capacity)
+    ratings = code & 7  # 0 in padding rows, where the propensity lookup gives 0 as well
+    table = _propensity_table(params, log_popularity, exposure_base)
+    flat, count = _sparse_nonzero(code.reshape(-1) >= 8, capacity)
     mar_items = _mar_rows(jax.random.fold_in(key, STREAM_MAR), users, n_items, per_user)
     return {
-        "count": jnp.sum(observed, dtype=jnp.int32),
+        "count": count,
         "flat": flat,
         "rating": ratings.reshape(-1)[flat],
         "mar_items": mar_items,
         "mar_rating": jnp.take_along_axis(ratings, mar_items, axis=1),
-        "propensity_sum": jnp.sum(jnp.where(valid, propensity, 0.0)),
+        "propensity_sum": jnp.sum(jnp.sum(_lookup(table, ratings), axis=1)),
     }
 
 
 _rating_counts_jit = jax.jit(_rating_counts)
 
 
-def _sparse_nonzero(mask: jax.Array, capacity: int) -> jax.Array:
+def _sparse_nonzero(mask: jax.Array, capacity: int) -> tuple[jax.Array, jax.Array]:
     """Increasing int32 indices of the True entries of 1-d `mask`, padded to `capacity`.
 
-    Exact when `mask.sum() <= capacity` (the padding is arbitrary). For a sparse mask, finds
-    the occupied groups of `_NONZERO_GROUP` entries first and then the entries within them:
-    `jnp.nonzero` over the whole mask is a cumulative sum plus a scatter over every entry,
-    about 10x slower on CPU.
+    Exact when there are at most `capacity` (the padding is arbitrary). For a sparse mask,
+    finds the occupied groups of `_NONZERO_GROUP` entries first and then the entries within
+    them: `jnp.nonzero` over the whole mask is a cumulative sum plus a scatter over every
+    entry, about 10x slower on CPU.
+
+    Returns:
+        `([capacity] int32 indices, [] int32 count)`: the count is the number of True entries
+        when that is at most `capacity`, else a number above `capacity` (a lower bound).
     """
     size = mask.shape[0]
     if capacity * _NONZERO_GROUP >= size:
-        return jnp.nonzero(mask, size=capacity, fill_value=0)[0].astype(jnp.int32)
+        count = jnp.sum(mask, dtype=jnp.int32)
+        return jnp.nonzero(mask, size=capacity, fill_value=0)[0].astype(jnp.int32), count
     groups = jnp.pad(mask, (0, -size % _NONZERO_GROUP)).reshape(-1, _NONZERO_GROUP)
     occupied = jnp.any(groups, axis=1)
+    n_occupied = jnp.sum(occupied, dtype=jnp.int32)
     (group_index,) = jnp.nonzero(occupied, size=capacity, fill_value=0)
     # Padding slots repeat group 0: blank them so that its entries are not counted twice.
-    real = jnp.arange(capacity) < jnp.sum(occupied, dtype=jnp.int32)
-    picked = groups[group_index] & real[:, None]
+    picked = groups[group_index] & (jnp.arange(capacity) < n_occupied)[:, None]
     (within,) = jnp.nonzero(picked.reshape(-1), size=capacity, fill_value=0)
     index = group_index[within // _NONZERO_GROUP] * _NONZERO_GROUP + within % _NONZERO_GROUP
-    return index.astype(jnp.int32)
+    # All entries are in `picked` unless more groups than `capacity` are occupied.
+    count = jnp.where(n_occupied > capacity, n_occupied, jnp.sum(picked, dtype=jnp.int32))
+    return index.astype(jnp.int32), count
 
 
 def _blocks(users: np.ndarray, block_users: int):
@@ -784,6 +793,16 @@ def _blocks(users: np.ndarray, block_users: int):
         padded = np.full(block_users, part[-1], dtype=np.int32)
         padded[: len(part)] = part
         yield padded, len(part)
+
+
+def _initial_capacity(block_cells: int, mean_exposure: float) -> int:
+    """Room for a block's observed entries: the expected count plus a wide margin.
+
+    A block that overflows it is drawn again with room for at least twice its count.
+    """
+    expected = block_cells * mean_exposure
+    capacity = int(1.5 * expected + 8.0 * np.sqrt(expected) + 1024)
+    return min(block_cells, -(-capacity // 1024) * 1024)
 
 
 def simulate_chunked(
@@ -797,8 +816,8 @@ def simulate_chunked(
     """Draws a world block by block of users, never holding an `[n_users, n_items]` array.
 
     Same equations and noise as `make_world`, so a world small enough for both gives the same
-    dataset as `world_to_dataset(make_world(...))` when `n_users <= calibration_users` (the
-    exposure base is calibrated on the same cells). Otherwise the base is calibrated on the
+    dataset as the dense path of `simulate_dataset` when `n_users <= calibration_users` (the
+    exposure base is then calibrated on the same cells). Otherwise the base is calibrated on the
     rating counts of `calibration_users` users drawn without replacement under
     `fold_in(key, STREAM_CALIBRATION)`, and the realised mean propensity over all cells, in
     `meta["realised_mean_exposure"]`, is close to but not exactly `mean_exposure`.
@@ -821,6 +840,11 @@ def simulate_chunked(
     if block_users is None:
         block_users = _BLOCK_CELLS // n_items
     block_users = int(max(1, min(n_users, block_users)))
+    if block_users * n_items >= 2**31:
+        raise ConfigError(
+            f"simulate_chunked: blocks of {block_users} users x {n_items} items exceed int32 "
+            "cell indices; use smaller blocks"
+        )
     user_factors, item_factors, z, log_popularity = _exogenous_jit(key, sizes, params)
     world = (key, params)
     arrays = (user_factors, item_factors, log_popularity)
@@ -839,11 +863,7 @@ def simulate_chunked(
     )
     exposure_base = _calibrated_base_jit(params, log_popularity, counts)
 
-    # Room for the block's expected observed count plus a wide margin; a block that overflows
-    # it (its count is still exact) is drawn again with room for its count.
-    expected = block_users * n_items * float(params.mean_exposure)
-    capacity = int(1.5 * expected + 8.0 * np.sqrt(expected) + 1024)
-    capacity = min(block_users * n_items, -(-capacity // 1024) * 1024)
+    capacity = _initial_capacity(block_users * n_items, float(params.mean_exposure))
     code = functools.partial(_block_code, *world, exposure_base, *arrays)
     extract = functools.partial(
         _block_extract, *world, exposure_base, log_popularity, n_items=n_items, per_user=per_user
@@ -858,10 +878,12 @@ def simulate_chunked(
     propensity_sum = 0.0
     for (users, n_valid), result in zip(blocks, pending, strict=True):
         result = jax.device_get(result)
-        count = int(result["count"])
-        if count > capacity:
-            bigger = min(block_users * n_items, -(-2 * count // 1024) * 1024)
-            result = jax.device_get(sample(users, n_valid, capacity=bigger))
+        count, room = int(result["count"]), capacity
+        while count > room:  # overflow: `count` is a lower bound; draw the block again
+            # A power of two, so that overflowing blocks share few compilations.
+            room = min(block_users * n_items, 1 << (2 * count - 1).bit_length())
+            result = jax.device_get(sample(users, n_valid, room))
+            count = int(result["count"])
         flat = result["flat"][:count]
         train_user.append(users[flat // n_items])
         train_item.append((flat % n_items).astype(np.int32))

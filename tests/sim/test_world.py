@@ -20,6 +20,8 @@ from causalrec_jax.sim import (
     sample_exposure,
     simulate_dataset,
 )
+from causalrec_jax.sim import world as world_module
+from causalrec_jax.sim.world import GroundTruth, SparseGroundTruth, cell_noise, truth_block
 
 make_world_jit = jax.jit(make_world, static_argnums=1)
 SMALL = WorldSizes(n_users=50, n_items=40, latent_dim=4, mar_items_per_user=5)
@@ -378,8 +380,146 @@ def test_simulate_dataset_round_trip():
         {"relevance_temperature": 0.0},
         {"mar_items_per_user": 600},
         {"n_users": 0},
+        {"max_dense_cells": -1},
+        {"calibration_users": 0},
     ],
 )
 def test_invalid_config_raises(changes):
     with pytest.raises(ConfigError, match="sim."):
         simulate_dataset(SimConfig(**changes))
+
+
+# ---- large worlds: the chunked generator ----------------------------------------------------
+
+# The chunked tests share one block shape (7 users x 2000 items), hence one compilation.
+CHUNK_CONFIG = SimConfig(
+    n_users=120, n_items=2000, latent_dim=4, mar_items_per_user=5, mean_exposure=0.1,
+    selection_strength=1.5, seed=21,
+)
+DATASET_FIELDS = ("user", "item", "rating", "given_split")
+
+
+def _chunked(config, monkeypatch):
+    """The chunked world of `config`, in blocks of 7 users (the last one padded)."""
+    monkeypatch.setattr(world_module, "_BLOCK_CELLS", 7 * config.n_items)
+    return simulate_dataset(dataclasses.replace(config, max_dense_cells=0))
+
+
+def test_chunked_world_equals_dense_world(monkeypatch):
+    dense, dense_truth = simulate_dataset(CHUNK_CONFIG)
+    assert isinstance(dense_truth, GroundTruth) and dense.meta["ground_truth"] == "dense"
+    # 120 users in blocks of 7: the noise does not depend on the blocks.
+    chunked, truth = _chunked(CHUNK_CONFIG, monkeypatch)
+    assert isinstance(truth, SparseGroundTruth) and chunked.meta["ground_truth"] == "sparse"
+    assert chunked.propensity_matrix is None
+    for name in DATASET_FIELDS:
+        np.testing.assert_array_equal(getattr(chunked, name), getattr(dense, name), name)
+    assert chunked.meta["calibration_users"] == dense.meta["calibration_users"] == 120
+    assert chunked.meta["observed_fraction"] == dense.meta["observed_fraction"]
+    np.testing.assert_allclose(
+        chunked.meta["realised_mean_exposure"], dense.meta["realised_mean_exposure"], rtol=1e-5
+    )
+    np.testing.assert_allclose(dense.meta["realised_mean_exposure"], 0.1, rtol=1e-3)
+    assert float(truth.exposure_base) == float(dense_truth.exposure_base)
+    for name in ("user_factors", "item_factors", "item_popularity", "standardized_log_popularity"):
+        np.testing.assert_array_equal(getattr(truth, name), getattr(dense_truth, name), name)
+
+
+def test_truth_block_matches_dense_rows(monkeypatch):
+    _, dense = simulate_dataset(CHUNK_CONFIG)
+    _, sparse = _chunked(CHUNK_CONFIG, monkeypatch)
+    users = np.array([0, 5, 119, 64, 5])
+    rows = truth_block(sparse, None, users)
+    again = truth_block(sparse, WorldParams.from_config(CHUNK_CONFIG), users)
+    dense_rows = truth_block(dense, None, users)
+    for name, values in rows.items():
+        expected = np.asarray(getattr(dense, name))[users]
+        assert values.shape == (5, 2000) and values.dtype == expected.dtype, name
+        np.testing.assert_allclose(values, expected, rtol=1e-6, atol=1e-7, err_msg=name)
+        np.testing.assert_array_equal(dense_rows[name], expected, err_msg=name)
+        np.testing.assert_array_equal(again[name], values, err_msg=name)
+    assert set(rows) == {
+        "relevance", "expected_rating", "ratings", "propensity", "marginal_propensity", "observed"
+    }
+
+
+def test_chunked_world_calibrates_on_a_subsample(monkeypatch):
+    config = dataclasses.replace(CHUNK_CONFIG, n_users=5000, seed=4)
+    dataset, truth = _chunked(config, monkeypatch)
+    meta = dataset.meta
+    assert meta["calibration_users"] == 2000
+    # The base is calibrated on 2000 of the 5000 users, the means are over all of them.
+    assert abs(meta["realised_mean_exposure"] / config.mean_exposure - 1) < 0.02
+    assert abs(meta["observed_fraction"] / config.mean_exposure - 1) < 0.02
+    train = dataset.given_split == GIVEN_TRAIN
+    assert train.sum() == round(meta["observed_fraction"] * 5000 * 2000)
+    np.testing.assert_array_equal(np.bincount(dataset.user[~train], minlength=5000), 5)
+    # Train rows are row-major and agree with the recomputed rows of the truth.
+    codes = dataset.user[train].astype(np.int64) * 2000 + dataset.item[train]
+    assert (np.diff(codes) > 0).all()
+    first = 4995  # the padded last block
+    rows = truth_block(truth, None, np.arange(first, 5000))
+    mine = train & (dataset.user >= first)
+    np.testing.assert_array_equal(
+        np.stack(np.nonzero(np.asarray(rows["observed"]))),
+        [dataset.user[mine] - first, dataset.item[mine]],
+    )
+    test = ~train & (dataset.user >= first)
+    np.testing.assert_array_equal(
+        dataset.rating[test],
+        np.asarray(rows["ratings"])[dataset.user[test] - first, dataset.item[test]],
+    )
+
+
+def test_chunked_world_redraws_a_block_that_overflows(monkeypatch):
+    reference, _ = _chunked(CHUNK_CONFIG, monkeypatch)
+    # Blocks hold about 1400 observed entries: most overflow 1024 and are drawn again.
+    monkeypatch.setattr(world_module, "_initial_capacity", lambda cells, mean: 1024)
+    small, _ = _chunked(CHUNK_CONFIG, monkeypatch)
+    for name in DATASET_FIELDS:
+        np.testing.assert_array_equal(getattr(small, name), getattr(reference, name), name)
+
+
+def test_sparse_nonzero_matches_numpy():
+    nonzero = jax.jit(world_module._sparse_nonzero, static_argnums=1)
+    rng = np.random.default_rng(3)
+    # A sparse mask takes the two-level search (capacity * 16 < size), a dense one jnp.nonzero.
+    for density, capacity in ((0.002, 64), (0.5, 8192)):
+        mask = rng.random(10_003) < density
+        expected = np.nonzero(mask)[0]
+        index, count = nonzero(jnp.asarray(mask), capacity)
+        assert int(count) == len(expected) <= capacity
+        np.testing.assert_array_equal(np.asarray(index)[: len(expected)], expected)
+    # Too small a buffer: the count says so.
+    mask = rng.random(10_003) < 0.002
+    _, count = nonzero(jnp.asarray(mask), 8)
+    assert int(count) > 8
+
+
+def test_cell_noise_is_per_user_and_well_distributed():
+    key = jax.random.key(5)
+    eps, uniform = cell_noise(key, jnp.arange(400), 500)
+    others = jnp.asarray(np.random.default_rng(0).integers(0, 400, 400))
+    other_eps, other_uniform = cell_noise(key, others, 500)
+    np.testing.assert_array_equal(other_eps, eps[others])
+    np.testing.assert_array_equal(other_uniform, uniform[others])
+    eps, uniform = np.asarray(eps, np.float64), np.asarray(uniform, np.float64)
+    n = eps.size
+    assert abs(eps.mean()) < 5 / np.sqrt(n) and abs(eps.var() - 1) < 5 * np.sqrt(2 / n)
+    assert abs(np.mean(eps**3)) < 5 * np.sqrt(15 / n)
+    assert abs(np.mean(eps**4) - 3) < 5 * np.sqrt(96 / n)
+    assert abs(uniform.mean() - 0.5) < 5 / np.sqrt(12 * n)
+    assert 0 <= uniform.min() < uniform.max() < 1
+    assert abs(np.corrcoef(eps.ravel(), uniform.ravel())[0, 1]) < 5 / np.sqrt(n)
+    # Neighbouring users and items are uncorrelated.
+    assert abs(np.corrcoef(eps[1:].ravel(), eps[:-1].ravel())[0, 1]) < 5 / np.sqrt(n)
+    assert abs(np.corrcoef(eps[:, 1:].ravel(), eps[:, :-1].ravel())[0, 1]) < 5 / np.sqrt(n)
+
+
+def test_unrolled_threefry_is_threefry():
+    from jax.extend.random import threefry_2x32
+
+    key = jnp.array([0x12345678, 0x9ABCDEF0], jnp.uint32)
+    count = jnp.arange(64, dtype=jnp.uint32) * 7919
+    first, second = world_module._threefry2x32(key[0], key[1], count[:32], count[32:])
+    np.testing.assert_array_equal(jnp.concatenate([first, second]), threefry_2x32(key, count))
