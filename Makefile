@@ -26,6 +26,7 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/foundation.py
+	$(BIN)/python bench/training.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check causalrec_jax tests experiments bench
