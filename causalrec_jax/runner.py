@@ -48,6 +48,7 @@ from causalrec_jax.train.step import (
     make_streaming_epoch,
     make_train_epoch,
     make_train_step,
+    set_hyperparams,
 )
 
 # Fold-in ids of a seed's key: model initialisation and training draw from separate streams.
@@ -139,6 +140,14 @@ def aggregate(per_seed: list[dict[str, Any]], part: str) -> dict[str, dict[str, 
 # ----------------------------------------------------------------------------- training
 
 
+@dataclasses.dataclass(frozen=True)
+class Member:
+    """One member of a trained population: its seed and dynamic hyperparameter values."""
+
+    seed: int
+    hparams: dict[str, float] = dataclasses.field(default_factory=dict)
+
+
 @dataclasses.dataclass
 class Trained:
     """A trained population of seeds on one split."""
@@ -168,9 +177,20 @@ def train_split(
     progress: bool = False,
     log_fn=None,
     propensity: np.ndarray | None = None,
+    members: list[Member] | None = None,
+    evaluate_test: bool = True,
 ) -> Trained:
-    """Trains `train.seeds` models on `split.train` as one vmapped program; evaluates each."""
-    seeds = seed_list(config)
+    """Trains a population on `split.train` as one vmapped program; evaluates each member.
+
+    By default the population is `train.seeds` seeds of the config. `members` gives each
+    member its own seed and dynamic hyperparameters (`step.OPTIMIZER_HPARAMS`), as
+    `causalrec tune` does: members with the same seed start from the same parameters and
+    draw the same negatives, so each equals a separate run of that seed and those values.
+    With `evaluate_test=False` the test split is never read.
+    """
+    if members is None:
+        members = [Member(seed=seed) for seed in seed_list(config)]
+    seeds = [member.seed for member in members]
     keys = seed_keys(seeds)
     train = split.train
     if len(train) == 0:
@@ -211,6 +231,14 @@ def train_split(
             segment_batches=config.train.segment_batches, vmap_seeds=len(seeds) > 1,
         )
     states = jax.vmap(lambda params: init_state(params, optimizer))(parts.params)
+    hparam_names = sorted({name for member in members for name in member.hparams})
+    if hparam_names:
+        defaults = {"learning_rate": config.train.learning_rate,
+                    "weight_decay": config.train.weight_decay}
+        states = set_hyperparams(states, {
+            name: np.asarray([m.hparams.get(name, defaults[name]) for m in members], np.float32)
+            for name in hparam_names
+        })
     train_keys = jax.vmap(lambda k: jax.random.fold_in(k, _STREAM_TRAIN))(keys)
     score_all = jax.jit(scorers.score_all)
 
@@ -236,15 +264,18 @@ def train_split(
     tic = time.perf_counter()
     seen = concatenate([train, split.valid]) if split.valid is not None else train
     per_seed = []
-    for index, seed in enumerate(seeds):
+    for index, member in enumerate(members):
         params = seed_slice(result.best_params, index)
-        entry: dict[str, Any] = {"seed": seed, "best_epoch": result.best_epochs[index]}
+        entry: dict[str, Any] = {"seed": member.seed, "best_epoch": result.best_epochs[index]}
+        if member.hparams:
+            entry["hparams"] = dict(member.hparams)
         if evaluate_fn is not None:
             entry["valid"] = evaluate_fn(params)
-        entry["test"] = evaluate_split(
-            config.eval, train=seen, test=split.test, score_users_fn=scorer(params),
-            propensity=propensity,
-        )
+        if evaluate_test:
+            entry["test"] = evaluate_split(
+                config.eval, train=seen, test=split.test, score_users_fn=scorer(params),
+                propensity=propensity,
+            )
         per_seed.append(entry)
     timing = {**result.timing, "test_eval_seconds": round(time.perf_counter() - tic, 4)}
     best = parts._replace(params=result.best_params)

@@ -12,10 +12,20 @@ from causalrec_jax.config import load_config
 from causalrec_jax.train import checkpoint as checkpoints
 
 TINY = [
-    "sim.n_users=60", "sim.n_items=40", "sim.mean_exposure=0.3", 'data.split="random"',
-    "train.epochs=4", "train.batch_size=64", 'train.loss="bpr"', "train.learning_rate=0.05",
-    "train.checkpoint_every=2", "model.embedding_dim=8", "eval.ks=[5]", "eval.positive_threshold=0",
-    'eval.metrics=["ndcg", "recall", "hit"]', 'train.early_stopping_metric="ndcg@5"',
+    "sim.n_users=60",
+    "sim.n_items=40",
+    "sim.mean_exposure=0.3",
+    'data.split="random"',
+    "train.epochs=4",
+    "train.batch_size=64",
+    'train.loss="bpr"',
+    "train.learning_rate=0.05",
+    "train.checkpoint_every=2",
+    "model.embedding_dim=8",
+    "eval.ks=[5]",
+    "eval.positive_threshold=0",
+    'eval.metrics=["ndcg", "recall", "hit"]',
+    'train.early_stopping_metric="ndcg@5"',
     "train.patience=10",
 ]
 
@@ -27,8 +37,13 @@ def tiny_config(*extra):
 def test_run_folder_contract(tmp_path):
     out = tmp_path / "run"
     metrics = runner.train_run(tiny_config("train.seeds=2"), out, quiet=True)
-    for name in ("config.toml", "metrics.json", "log.jsonl", "data.npz",
-                 "plots/learning_curve.png"):
+    for name in (
+        "config.toml",
+        "metrics.json",
+        "log.jsonl",
+        "data.npz",
+        "plots/learning_curve.png",
+    ):
         assert (out / name).exists(), name
     assert checkpoints.latest_epoch(out / "checkpoints") == 3
     written = json.loads((out / "metrics.json").read_text())
@@ -86,8 +101,9 @@ def test_resume_ends_identical_to_an_uninterrupted_run(tmp_path, monkeypatch):
 
 
 def test_cross_validation_reports_folds(tmp_path):
-    metrics = runner.train_run(tiny_config("train.cv_folds=3", "train.epochs=2"),
-                               tmp_path / "cv", quiet=True)
+    metrics = runner.train_run(
+        tiny_config("train.cv_folds=3", "train.epochs=2"), tmp_path / "cv", quiet=True
+    )
     assert len(metrics["cv"]["folds"]) == 3
     values = [fold["ndcg@5"] for fold in metrics["cv"]["folds"]]
     assert metrics["cv"]["mean"]["ndcg@5"] == pytest.approx(np.mean(values))
@@ -125,8 +141,21 @@ def test_cli_train_evaluate_recommend(tmp_path, capsys):
 def test_cli_errors_are_one_line(tmp_path, capsys):
     assert main(["train", "--set", 'model.name="nope"', "--out", str(tmp_path / "x")]) == 2
     assert "model.name" in capsys.readouterr().err
-    assert main(["train", "--set", 'data.format="coat"', "--set", 'data.path="/no/such"',
-                 "--out", str(tmp_path / "y"), "--quiet"]) == 2
+    assert (
+        main(
+            [
+                "train",
+                "--set",
+                'data.format="coat"',
+                "--set",
+                'data.path="/no/such"',
+                "--out",
+                str(tmp_path / "y"),
+                "--quiet",
+            ]
+        )
+        == 2
+    )
     assert "/no/such" in capsys.readouterr().err
     assert main(["evaluate", "--run", str(tmp_path / "missing")]) == 2
     assert "not a finished run" in capsys.readouterr().err
@@ -134,6 +163,35 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
 
 def test_host_placement_gives_the_same_run(tmp_path):
     device = runner.train_run(tiny_config("train.seeds=2"), tmp_path / "d", quiet=True)
-    host = runner.train_run(tiny_config("train.seeds=2", 'train.data_placement="host"',
-                                        "train.segment_batches=2"), tmp_path / "h", quiet=True)
+    host = runner.train_run(
+        tiny_config("train.seeds=2", 'train.data_placement="host"', "train.segment_batches=2"),
+        tmp_path / "h",
+        quiet=True,
+    )
     assert host["test"] == pytest.approx(device["test"], rel=1e-5)
+
+
+def test_population_members_equal_separate_runs():
+    from causalrec_jax.data.loader import load_split
+
+    config = tiny_config("train.epochs=3")
+    split, _ = load_split(config)
+    rates, decays = [0.01, 0.05], [0.0, 1e-3]
+    members = [
+        runner.Member(seed=0, hparams={"learning_rate": lr, "weight_decay": wd})
+        for lr in rates
+        for wd in decays
+    ]
+    together = runner.train_split(config, split, members=members, evaluate_test=False)
+    for index, member in enumerate(members):
+        alone_config = tiny_config(
+            "train.epochs=3",
+            f"train.learning_rate={member.hparams['learning_rate']}",
+            f"train.weight_decay={member.hparams['weight_decay']}",
+        )
+        alone = runner.train_split(alone_config, split, evaluate_test=False)
+        assert "test" not in together.per_seed[index]
+        assert together.per_seed[index]["valid"] == pytest.approx(
+            alone.per_seed[0]["valid"], rel=1e-5
+        )
+        assert together.per_seed[index]["best_epoch"] == alone.per_seed[0]["best_epoch"]

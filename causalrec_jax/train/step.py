@@ -64,28 +64,58 @@ def make_schedule(config: TrainConfig, total_steps: int, learning_rate: Any = No
     )
 
 
+# Hyperparameters that live in the optimiser state (optax.inject_hyperparams), so each member
+# of a vmapped population can carry its own values through one compiled program.
+OPTIMIZER_HPARAMS = ("learning_rate", "weight_decay")
+
+
 def make_optimizer(
-    config: TrainConfig, learning_rate: Any = None, total_steps: int = 1
+    config: TrainConfig,
+    learning_rate: Any = None,
+    total_steps: int = 1,
+    weight_decay: Any = None,
 ) -> optax.GradientTransformation:
-    """The optax optimiser of `[train]`.
+    """The optax optimiser of `[train]`, with its hyperparameters in the optimiser state.
 
     `adam` and `sgd` add `weight_decay * params` to the gradient (L2 regularisation, as
     RecBole's `weight_decay`); `adamw` decays the weights apart from the gradient (Loshchilov &
-    Hutter, ICLR 2019). `learning_rate` overrides `config.learning_rate`; it may be a traced
-    scalar, so a sweep can vmap over it. `total_steps` is the length of a decaying schedule.
+    Hutter, ICLR 2019). The learning rate follows `train.lr_schedule` over `total_steps`.
+    `learning_rate` and `weight_decay` (defaults from the config) are injected hyperparameters
+    (`optax.inject_hyperparams`): they are arrays in `opt_state.hyperparams`, so a population
+    can give each member its own values (`set_hyperparams`) and `jax.vmap` over them.
     """
-    rate = make_schedule(config, total_steps, learning_rate)
-    if config.optimizer == "adamw":
-        return optax.adamw(rate, weight_decay=config.weight_decay)
-    if config.optimizer == "adam":
-        base = optax.adam(rate)
-    elif config.optimizer == "sgd":
-        base = optax.sgd(rate)
-    else:
+    if config.optimizer not in ("adam", "adamw", "sgd"):
         raise ConfigError(f"key train.optimizer: unknown optimiser {config.optimizer!r}")
-    if config.weight_decay:
-        return optax.chain(optax.add_decayed_weights(config.weight_decay), base)
-    return base
+    factor = make_schedule(config, total_steps, 1.0)
+
+    def build(learning_rate, weight_decay):
+        rate = (lambda count: learning_rate * factor(count)) if callable(factor) else learning_rate
+        step = optax.scale_by_learning_rate(rate)
+        if config.optimizer == "adamw":
+            return optax.chain(optax.scale_by_adam(), optax.add_decayed_weights(weight_decay), step)
+        decay = optax.add_decayed_weights(weight_decay)
+        if config.optimizer == "adam":
+            return optax.chain(decay, optax.scale_by_adam(), step)
+        return optax.chain(decay, step)
+
+    return optax.inject_hyperparams(build)(
+        learning_rate=config.learning_rate if learning_rate is None else learning_rate,
+        weight_decay=config.weight_decay if weight_decay is None else weight_decay,
+    )
+
+
+def set_hyperparams(state: TrainState, values: dict[str, Any]) -> TrainState:
+    """A state whose injected optimiser hyperparameters (`OPTIMIZER_HPARAMS`) are `values`.
+
+    Works on one state or on states stacked over a population (values `[n_members]`).
+    """
+    hyperparams = dict(state.opt_state.hyperparams)
+    for name, value in values.items():
+        if name not in hyperparams:
+            raise ConfigError(f"{name} is not an optimiser hyperparameter ({OPTIMIZER_HPARAMS})")
+        old = hyperparams[name]
+        hyperparams[name] = jnp.broadcast_to(jnp.asarray(value, old.dtype), old.shape)
+    return state.replace(opt_state=state.opt_state._replace(hyperparams=hyperparams))
 
 
 def init_state(params: Any, optimizer: optax.GradientTransformation) -> TrainState:

@@ -1,0 +1,1 @@
+"""Hyperparameter search: search spaces, samplers and population training of trials."""
