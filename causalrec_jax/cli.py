@@ -1,8 +1,8 @@
 """The `causalrec` command line (DESIGN.md §2).
 
-Subcommands: `train`, `evaluate`, `recommend` and `data`. Errors the user can fix (a malformed
-file, a wrong config key, an unknown user id, a diverging loss) print one line naming the
-file, line or key and exit with status 2, never a traceback.
+Subcommands: `train`, `tune`, `evaluate`, `recommend` and `data`. Errors the user can fix (a
+malformed file, a wrong config key, an unknown user id, a diverging loss) print one line naming
+the file, line or key and exit with status 2, never a traceback.
 """
 
 from __future__ import annotations
@@ -51,6 +51,19 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_config_arguments(train)
     train.set_defaults(handler=_command_train)
+
+    tune = commands.add_parser("tune", help="search hyperparameters (populations vmapped)")
+    tune.add_argument("--space", required=True, help="search space TOML file")
+    tune.add_argument("--out", required=True, help="search folder")
+    tune.add_argument("--sampler", default="grid", help="grid, random or optuna")
+    tune.add_argument("--trials", type=int, help="number of trials (random, optuna)")
+    tune.add_argument("--metric", help="validation metric to select on, e.g. valid.ndcg@10")
+    tune.add_argument("--seeds", type=int, help="seeds per trial (default train.seeds)")
+    tune.add_argument("--max-members", type=int, default=64,
+                      help="most (trial, seed) members in one vmapped program")
+    tune.add_argument("--resume", action="store_true", help="continue, skipping done trials")
+    _add_config_arguments(tune)
+    tune.set_defaults(handler=_command_tune)
 
     evaluate = commands.add_parser("evaluate", help="evaluate a run's best parameters again")
     evaluate.add_argument("--run", required=True, help="run folder")
@@ -135,6 +148,29 @@ def format_metrics(metrics: dict) -> str:
                  for name, value in means.items()]
         lines.append(f"{part:<6} " + " | ".join(cells))
     return "\n".join(lines)
+
+
+def _command_tune(args: argparse.Namespace) -> int:
+    from causalrec_jax.config import load_config
+    from causalrec_jax.tune.search import tune
+    from causalrec_jax.tune.space import load_space
+
+    config = load_config(args.config, args.overrides)
+    space = load_space(args.space)
+    summary = tune(
+        config, space, args.out, sampler=args.sampler, n_trials=args.trials,
+        metric=args.metric, seeds=args.seeds, max_members=args.max_members,
+        resume=args.resume, space_path=args.space,
+    )
+    best = summary["best"]
+    print(f"{summary['n_trials']} trials, selected on {summary['metric']} "
+          f"({summary['direction']}), {summary['timing']['search_seconds']:.1f} s")
+    print("best: " + ", ".join(f"{k} = {v}" for k, v in best["values"].items())
+          + f"  ({summary['metric']} {best['valid']:.4f})")
+    print(format_metrics({"test": summary["best_run"]["test"],
+                          "test_std": summary["best_run"]["test_std"]}))
+    print(f"search folder: {args.out} (best.toml, trials.csv, plots/)")
+    return 0
 
 
 def _command_evaluate(args: argparse.Namespace) -> int:

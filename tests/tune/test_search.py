@@ -1,0 +1,131 @@
+"""`causalrec tune`: population equals sequential runs, validation-only selection, resume."""
+
+import json
+
+import numpy as np
+import pytest
+
+from causalrec_jax import runner
+from causalrec_jax.cli import main
+from causalrec_jax.config import load_config
+from causalrec_jax.data.loader import load_split
+from causalrec_jax.errors import ConfigError
+from causalrec_jax.tune import search
+from causalrec_jax.tune.space import space_from_dict
+
+BASE = [
+    "sim.n_users=60",
+    "sim.n_items=40",
+    "sim.mean_exposure=0.3",
+    'data.split="random"',
+    "train.epochs=3",
+    "train.batch_size=64",
+    'train.loss="bpr"',
+    "model.embedding_dim=8",
+    "eval.ks=[5]",
+    "eval.positive_threshold=0",
+    'eval.metrics=["ndcg", "recall"]',
+    'train.early_stopping_metric="ndcg@5"',
+    "train.patience=10",
+]
+GRID = {"train": {"learning_rate": [0.01, 0.1], "weight_decay": [0.0, 1e-2]}}
+
+
+def base_config(*extra):
+    return load_config(None, BASE + list(extra))
+
+
+def test_population_and_sequential_runs_pick_the_same_configuration(tmp_path):
+    config = base_config()
+    summary = search.tune(config, space_from_dict(GRID), tmp_path / "t", seeds=1)
+    split, _ = load_split(config)
+    sequential = {}
+    for lr in GRID["train"]["learning_rate"]:
+        for wd in GRID["train"]["weight_decay"]:
+            alone = runner.train_split(
+                base_config(f"train.learning_rate={lr}", f"train.weight_decay={wd}"),
+                split,
+                evaluate_test=False,
+            )
+            sequential[(lr, wd)] = alone.per_seed[0]["valid"]["ndcg@5"]
+    best_values = summary["best"]["values"]
+    chosen = (best_values["train.learning_rate"], best_values["train.weight_decay"])
+    assert chosen == max(sequential, key=sequential.get)
+    assert summary["best"]["valid"] == pytest.approx(sequential[chosen], rel=1e-5)
+    records = [json.loads(line) for line in (tmp_path / "t" / "trials.jsonl").open()]
+    assert len(records) == 4
+    for record in records:
+        key = (record["values"]["train.learning_rate"], record["values"]["train.weight_decay"])
+        assert record["valid"] == pytest.approx(sequential[key], rel=1e-5)
+    best_toml = load_config(tmp_path / "t" / "best.toml")
+    assert best_toml.train.learning_rate == chosen[0]
+    assert (tmp_path / "t" / "trials.csv").exists()
+    assert (tmp_path / "t" / "plots" / "valid_vs_train_learning_rate.png").exists()
+    assert "ndcg@5" in summary["best_run"]["test"]
+
+
+def test_selection_never_reads_the_test_split(tmp_path, monkeypatch):
+    config = base_config()
+    clean = search.tune(config, space_from_dict(GRID), tmp_path / "clean", seeds=1)
+    original = search.make_split
+
+    def poisoned_split(*args, **kwargs):
+        split = original(*args, **kwargs)
+        rng = np.random.default_rng(0)
+        garbage = split.test.replace(
+            item=rng.integers(0, split.test.n_items, len(split.test)).astype(np.int32),
+            rating=np.zeros(len(split.test), np.float32),
+        )
+        return type(split)(train=split.train, valid=split.valid, test=garbage)
+
+    monkeypatch.setattr(search, "make_split", poisoned_split)
+    poisoned = search.tune(config, space_from_dict(GRID), tmp_path / "poisoned", seeds=1)
+    assert poisoned["best"] == clean["best"]
+
+
+def test_resume_skips_finished_trials(tmp_path, monkeypatch):
+    config = base_config()
+    out = tmp_path / "t"
+    first = search.tune(config, space_from_dict(GRID), out, seeds=1)
+    lines = (out / "trials.jsonl").read_text().splitlines()
+    (out / "trials.jsonl").write_text("\n".join(lines[:2]) + "\n")  # as if killed midway
+    trained_members = []
+    original = search.train_split
+
+    def counting(config, split, *, members, **kwargs):
+        trained_members.extend(members)
+        return original(config, split, members=members, **kwargs)
+
+    monkeypatch.setattr(search, "train_split", counting)
+    resumed = search.tune(config, space_from_dict(GRID), out, seeds=1, resume=True)
+    assert len(trained_members) == 2
+    assert resumed["best"] == first["best"]
+    assert len((out / "trials.jsonl").read_text().splitlines()) == 4
+
+
+def test_bad_metric_and_missing_validation(tmp_path):
+    with pytest.raises(ConfigError, match="does not compute 'mrr@10'"):
+        search.tune(base_config(), space_from_dict(GRID), tmp_path / "a", metric="valid.mrr@10")
+    with pytest.raises(ConfigError, match="validation split only"):
+        search.tune(base_config(), space_from_dict(GRID), tmp_path / "b", metric="test.ndcg@5")
+    with pytest.raises(ConfigError, match="validation split"):
+        search.tune(
+            base_config("data.split_ratios=[0.8, 0.2]"), space_from_dict(GRID), tmp_path / "c"
+        )
+
+
+def test_cli_tune(tmp_path, capsys):
+    space = tmp_path / "space.toml"
+    space.write_text("[train]\nlearning_rate = [0.01, 0.1]\n")
+    args = ["tune", "--space", str(space), "--out", str(tmp_path / "t"), "--seeds", "2"]
+    for item in BASE:
+        args += ["--set", item]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert (
+        "2 trials, selected on valid.ndcg@5" in printed and "best: train.learning_rate" in printed
+    )
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[train]\nlearning_rat = [0.1]\n")
+    assert main(["tune", "--space", str(bad), "--out", str(tmp_path / "u")]) == 2
+    assert "learning_rate" in capsys.readouterr().err
