@@ -27,6 +27,7 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/foundation.py
 	$(BIN)/python bench/training.py
+	$(BIN)/python bench/tune.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check causalrec_jax tests experiments bench

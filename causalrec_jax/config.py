@@ -201,14 +201,20 @@ class TrainConfig:
     # sent `segment_batches` batches at a time ("host"), or "auto": the device up to 2 GiB.
     data_placement: Literal["auto", "device", "host"] = "auto"
     segment_batches: int = 64
+    # Successive halving of a population (seeds or tuning trials): every `halving_rung`
+    # epochs keep the best `halving_keep` fraction by validation; 0 turns it off.
+    halving_rung: int = 0
+    halving_keep: float = 0.5
 
     def __post_init__(self) -> None:
         for key in ("batch_size", "seeds", "n_negatives", "checkpoint_every", "segment_batches"):
             _require(getattr(self, key) >= 1, f"train.{key}", "an integer >= 1", getattr(self, key))
-        for key in ("epochs", "patience", "warmup_steps"):
+        for key in ("epochs", "patience", "warmup_steps", "halving_rung"):
             _require(getattr(self, key) >= 0, f"train.{key}", "an integer >= 0", getattr(self, key))
         _require(self.learning_rate > 0, "train.learning_rate", "a number > 0", self.learning_rate)
         _require(self.weight_decay >= 0, "train.weight_decay", "a number >= 0", self.weight_decay)
+        _require(0 < self.halving_keep < 1, "train.halving_keep", "a fraction in (0, 1)",
+                 self.halving_keep)
         _require(self.cv_folds == 0 or self.cv_folds >= 2, "train.cv_folds",
                  "0 (no cross-validation) or at least 2 folds", self.cv_folds)
 

@@ -260,6 +260,11 @@ def train_split(
         checkpoint_dir=checkpoint_dir, checkpoint_every=config.train.checkpoint_every,
         resume=resume, progress=progress, log_fn=log_fn, run_epoch=run_epoch,
         description=f"{len(seeds)} seed(s), {steps_per_epoch} batches/epoch",
+        halving=(
+            (config.train.halving_rung, config.train.halving_keep)
+            if config.train.halving_rung and evaluate_fn is not None and len(members) > 1
+            else None
+        ),
     )
     tic = time.perf_counter()
     seen = concatenate([train, split.valid]) if split.valid is not None else train

@@ -51,18 +51,23 @@ def latest_epoch(directory: str | Path) -> int | None:
 
 
 def restore_checkpoint(
-    directory: str | Path, like: Any, epoch: int | None = None
+    directory: str | Path, like: Any, epoch: int | None = None, *, meta_only: bool = False
 ) -> tuple[Any, dict[str, Any]]:
     """Reads checkpoint `epoch` (default: the newest) into arrays shaped like `like`.
 
+    With `meta_only`, reads only the JSON part (e.g. to learn the arrays' shapes first).
+
     Returns:
-        `(arrays, meta)`.
+        `(arrays, meta)` (`arrays` is None with `meta_only`).
     """
     manager = _manager(directory)
     try:
         epoch = manager.latest_step() if epoch is None else epoch
         if epoch is None:
             raise FileNotFoundError(f"no checkpoint in {directory}")
+        if meta_only:
+            restored = manager.restore(epoch, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+            return None, dict(restored["meta"])
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
         restored = manager.restore(
             epoch,

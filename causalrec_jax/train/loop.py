@@ -94,13 +94,29 @@ def _over_seeds(train_epoch: Callable[..., Any], n_seeds: int) -> Callable[..., 
     return single
 
 
-def _keep_improved(best: Any, new: Any, improved: jax.Array) -> Any:
-    """Per seed: the new parameters where `improved [n_seeds]`, else the best so far."""
+def _rows(tree: Any, rows: Any) -> Any:
+    """The given rows (leading axis) of every leaf."""
+    rows = jnp.asarray(np.asarray(rows))
+    return jax.tree.map(lambda leaf: leaf[rows], tree)
 
-    def choose(best_leaf, new_leaf):
-        return jnp.where(improved.reshape((-1,) + (1,) * (new_leaf.ndim - 1)), new_leaf, best_leaf)
 
-    return jax.tree.map(choose, best, new)
+def _store_rows(best: Any, new: Any, rows: list[int], members: np.ndarray) -> Any:
+    """`best` (all members) with `members` set to rows `rows` of `new` (members training)."""
+    rows_array = jnp.asarray(np.asarray(rows))
+    members_array = jnp.asarray(np.asarray(members))
+    return jax.tree.map(
+        lambda best_leaf, new_leaf: best_leaf.at[members_array].set(new_leaf[rows_array]),
+        best, new,
+    )
+
+
+def _survivors(values: list[float], keep_fraction: float, lower: bool) -> np.ndarray:
+    """Rows to keep at a halving rung: the best `keep_fraction` (at least 1), in row order."""
+    keep = max(1, math.ceil(len(values) * keep_fraction))
+    worst = math.inf if lower else -math.inf
+    scores = [worst if math.isnan(v) else v for v in values]
+    order = sorted(range(len(values)), key=lambda r: (scores[r] if lower else -scores[r], r))
+    return np.asarray(sorted(order[:keep]))
 
 
 def fit(
@@ -120,6 +136,7 @@ def fit(
     log_fn: Callable[[dict[str, Any]], None] | None = None,
     run_epoch: Callable[..., tuple[TrainState, dict[str, jax.Array]]] | None = None,
     description: str = "",
+    halving: tuple[int, float] | None = None,
 ) -> FitResult:
     """Trains stacked seeds epoch by epoch with early stopping on a validation metric.
 
@@ -144,25 +161,39 @@ def fit(
             instead of compiling `train_epoch` (e.g. `step.make_streaming_epoch` for data kept
             on the host).
         description: shown at the left of the progress bar (e.g. batches per epoch).
+        halving: `(rung_epochs, keep_fraction)` for successive halving: every `rung_epochs`
+            epochs the members still training are ranked by their best validation value and
+            only the best `keep_fraction` (at least one) go on; the rest keep their best
+            parameters so far. The survivors are re-packed into a smaller vmapped program, so
+            dropped members cost nothing more. Needs `evaluate_fn`.
 
     Raises:
         TrainingDivergedError: a non-finite loss or gradient; the last checkpoint is kept.
     """
     n_seeds = int(keys.shape[0])
     lower = lower_is_better(metric)
+    if halving is not None and evaluate_fn is None:
+        raise CausalRecError("successive halving ranks members on validation: give evaluate_fn")
     epoch_fn = run_epoch or jax.jit(_over_seeds(train_epoch, n_seeds), donate_argnums=(0,))
     best_params = jax.tree.map(jnp.copy, states.params)
     best_values = [math.nan] * n_seeds
     best_epochs = [-1] * n_seeds
     since_best = [0] * n_seeds
+    # Rows of `states` / `keys` are the members still training: alive[row] = member index.
+    alive = np.arange(n_seeds)
+    all_keys = keys
     history: list[dict[str, Any]] = []
     start = 0
     if resume and checkpoint_dir is not None and latest_epoch(checkpoint_dir) is not None:
+        _, meta = restore_checkpoint(checkpoint_dir, None, meta_only=True)
+        alive = np.asarray(meta.get("alive", list(range(n_seeds))), np.int64)
+        states, keys = _rows(states, alive), all_keys[alive]
         like = {"states": states, "best_params": best_params,
-                "keys": jax.random.key_data(keys)}
+                "keys": jax.random.key_data(all_keys)}
         arrays, meta = restore_checkpoint(checkpoint_dir, like)
         states, best_params = arrays["states"], arrays["best_params"]
-        if not np.array_equal(np.asarray(arrays["keys"]), np.asarray(jax.random.key_data(keys))):
+        if not np.array_equal(np.asarray(arrays["keys"]),
+                              np.asarray(jax.random.key_data(all_keys))):
             raise CausalRecError(
                 f"{checkpoint_dir}: the checkpoint was written with other seeds than this "
                 "config's; resume with the config the run started with"
@@ -177,9 +208,10 @@ def fit(
         if checkpoint_dir is None:
             return
         arrays = {"states": states, "best_params": best_params,
-                  "keys": jax.random.key_data(keys)}
+                  "keys": jax.random.key_data(all_keys)}
         meta = {"epoch": epoch, "best_values": best_values, "best_epochs": best_epochs,
-                "since_best": since_best, "history": history, "finished": finished}
+                "since_best": since_best, "history": history, "finished": finished,
+                "alive": [int(m) for m in alive]}
         save_checkpoint(checkpoint_dir, epoch, arrays, meta)
 
     epoch_times: list[float] = []
@@ -195,11 +227,12 @@ def fit(
             epoch_times.append(time.perf_counter() - tic)
             first_bad = np.asarray(out["first_bad_batch"])
             if (first_bad >= 0).any():
-                seed = int(np.flatnonzero(first_bad >= 0)[0])
+                row = int(np.flatnonzero(first_bad >= 0)[0])
                 raise TrainingDivergedError(
-                    f"non-finite loss or gradient at epoch {epoch}, batch {int(first_bad[seed])} "
-                    f"(seed index {seed}); training stopped, the last checkpoint is kept. "
-                    "Lower train.learning_rate or clip propensities (causal.propensity_clip)."
+                    f"non-finite loss or gradient at epoch {epoch}, batch {int(first_bad[row])} "
+                    f"(seed index {int(alive[row])}); training stopped, the last checkpoint is "
+                    "kept. Lower train.learning_rate or clip propensities "
+                    "(causal.propensity_clip)."
                 )
             record: dict[str, Any] = {
                 "epoch": epoch,
@@ -207,20 +240,24 @@ def fit(
                 "loss_per_seed": [float(v) for v in losses],
                 "seconds": round(epoch_times[-1], 4),
             }
+            if len(alive) < n_seeds:
+                record["alive"] = [int(m) for m in alive]
             if evaluate_fn is not None:
                 tic = time.perf_counter()
-                values = [evaluate_fn(seed_slice(states.params, s)) for s in range(n_seeds)]
+                values = [evaluate_fn(seed_slice(states.params, row)) for row in range(len(alive))]
                 eval_seconds += time.perf_counter() - tic
                 current = [float(v[metric]) for v in values]
-                improved = []
-                for s in range(n_seeds):
-                    if _improved(current[s], best_values[s], lower):
-                        best_values[s], best_epochs[s], since_best[s] = current[s], epoch, 0
-                        improved.append(True)
+                improved_rows = []
+                for row, member in enumerate(alive):
+                    if _improved(current[row], best_values[member], lower):
+                        best_values[member], best_epochs[member] = current[row], epoch
+                        since_best[member] = 0
+                        improved_rows.append(row)
                     else:
-                        since_best[s] += 1
-                        improved.append(False)
-                best_params = _keep_improved(best_params, states.params, jnp.asarray(improved))
+                        since_best[member] += 1
+                if improved_rows:
+                    best_params = _store_rows(best_params, states.params, improved_rows,
+                                              alive[improved_rows])
                 record["valid"] = {
                     name: float(np.mean([v[name] for v in values]))
                     for name in values[0]
@@ -237,8 +274,14 @@ def fit(
                 postfix[metric] = f"{record['valid'].get(metric, math.nan):.4f}"
             bar.set_postfix(postfix)
             bar.update(1)
-            stop = evaluate_fn is not None and all(count >= patience for count in since_best)
+            stop = evaluate_fn is not None and all(since_best[m] >= patience for m in alive)
             last = stop or epoch == epochs - 1
+            if (halving is not None and not last and len(alive) > 1
+                    and (epoch + 1) % halving[0] == 0):
+                keep_rows = _survivors([best_values[m] for m in alive], halving[1], lower)
+                record["halving_dropped"] = [int(alive[r]) for r in range(len(alive))
+                                             if r not in set(keep_rows)]
+                states, keys, alive = _rows(states, keep_rows), keys[keep_rows], alive[keep_rows]
             if last or (epoch + 1) % checkpoint_every == 0:
                 checkpoint(epoch, finished=last)
             if stop:
@@ -249,6 +292,7 @@ def fit(
         # Without validation the final parameters are the result (copied: the states' buffers
         # are donated to the next epoch if the caller trains on).
         best_params = jax.tree.map(jnp.copy, states.params)
+        best_epochs = best_epochs if history else [-1] * n_seeds
     steady = epoch_times[1:] or epoch_times
     timing = {
         "first_epoch_seconds": round(epoch_times[0], 4) if epoch_times else 0.0,

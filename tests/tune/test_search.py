@@ -129,3 +129,25 @@ def test_cli_tune(tmp_path, capsys):
     bad.write_text("[train]\nlearning_rat = [0.1]\n")
     assert main(["tune", "--space", str(bad), "--out", str(tmp_path / "u")]) == 2
     assert "learning_rate" in capsys.readouterr().err
+
+
+def test_successive_halving_keeps_survivors_identical():
+    config = base_config("train.epochs=6")
+    split, _ = load_split(config)
+    members = [runner.Member(seed=0, hparams={"learning_rate": lr})
+               for lr in (0.002, 0.01, 0.05, 0.1)]
+    full = runner.train_split(config, split, members=members, evaluate_test=False)
+    halved = runner.train_split(
+        base_config("train.epochs=6", "train.halving_rung=2", "train.halving_keep=0.5"),
+        split, members=members, evaluate_test=False,
+    )
+    dropped_at_rung = [e for e in halved.history if "halving_dropped" in e]
+    assert [len(e["halving_dropped"]) for e in dropped_at_rung] == [2, 1]
+    survivor = set(range(4)) - {m for e in dropped_at_rung for m in e["halving_dropped"]}
+    (winner,) = survivor
+    # Members never interact: the one that trains to the end matches its unhalved run, and
+    # the members dropped at the first rung keep their results from epochs 0-1.
+    assert halved.per_seed[winner]["valid"] == pytest.approx(full.per_seed[winner]["valid"])
+    for member in dropped_at_rung[0]["halving_dropped"]:
+        assert halved.per_seed[member]["best_epoch"] <= 1
+    assert halved.history[-1]["alive"] == [winner]
