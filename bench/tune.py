@@ -6,7 +6,8 @@ MF-BPR on ml-100k (configs/ml100k_mf.toml), 4 learning rates x 4 weight decays
 (configs/ml100k_mf_space.toml), one seed each, validation every epoch with early stopping on
 mrr@10. The population is `train_split` with 16 members; the sequential side calls the same
 `train_split` 16 times with one member each (each compiles its own program, as separate runs
-would). Both read the data once; both choose a best configuration, which must agree.
+would). Both read the data once; both choose a best configuration, which must agree. A third
+run adds successive halving (every 5 epochs keep the better half) to the population.
 """
 
 from __future__ import annotations
@@ -59,6 +60,16 @@ def main() -> None:
         sequential_valid.append(alone.per_seed[0]["valid"][metric])
     sequential_seconds = time.perf_counter() - tic
 
+    halving_config = load_config(ROOT / "configs" / "ml100k_mf.toml", [
+        f'data.path="{ML100K}"', f"train.epochs={args.epochs}", "train.halving_rung=5",
+        "train.halving_keep=0.5"])
+    tic = time.perf_counter()
+    halved = train_split(halving_config, split, members=[members_of(t) for t in trials],
+                         evaluate_test=False)
+    halving_seconds = time.perf_counter() - tic
+    halving_valid = [entry["valid"][metric] for entry in halved.per_seed]
+    best_halving = max(range(len(trials)), key=lambda i: halving_valid[i])
+
     best_population = max(range(len(trials)), key=lambda i: population_valid[i])
     best_sequential = max(range(len(trials)), key=lambda i: sequential_valid[i])
     result = {
@@ -70,6 +81,9 @@ def main() -> None:
         "sequential_seconds": round(sequential_seconds, 2),
         "ratio_population_over_sequential": round(population_seconds / sequential_seconds, 3),
         "same_best": best_population == best_sequential,
+        "halving_population_seconds": round(halving_seconds, 2),
+        "ratio_halving_over_sequential": round(halving_seconds / sequential_seconds, 3),
+        "halving_same_best": best_halving == best_sequential,
         "best": trials[best_population],
         f"best_valid_{metric}": population_valid[best_population],
         "max_abs_valid_difference": max(abs(a - b) for a, b in
