@@ -1,0 +1,1 @@
+"""Causal inference for recommendation: propensities, weighted losses, off-policy estimators."""

@@ -1,0 +1,309 @@
+r"""Debiasing estimators of the full-information loss, as pure `jax.numpy` functions.
+
+The ideal ("full-information") loss of a recommender is the mean over ALL `N` (user, item)
+cells of a pointwise error `e_ui = error(prediction_ui, rating_ui)`, most of whose ratings are
+never seen. With `O_ui = 1` for the observed cells and `p_ui = P(O_ui = 1)` their propensities
+(Schnabel et al., "Recommendations as Treatments: Debiasing Learning and Evaluation", ICML
+2016), the estimators here are::
+
+    naive:  sum O e / sum O                                   (biased when data are MNAR)
+    ips:    (1/N) sum O e / p                                 (Horvitz–Thompson, unbiased)
+    snips:  sum (O / p) e / sum O / p                         (self-normalised, consistent)
+    dr:     (1/N) sum [ e_hat + O (e - e_hat) / p ]           (doubly robust)
+
+`dr` (Wang et al., "Doubly Robust Joint Learning for Recommendation on Data Missing Not at
+Random", ICML 2019) is unbiased when either the propensities or the imputed errors `e_hat`
+are correct. Its imputation model is trained with one of
+
+    dr_jl_imputation_loss:  (1/N) sum O (e - e_hat)^2 / p               (Wang et al. 2019)
+    mrdr_imputation_loss:   (1/N) sum O (1 - p) / p^2 (e - e_hat)^2     (Guo et al., "Enhanced
+                            Doubly Robust Learning for Debiasing Post-Click Conversion Rate
+                            Estimation", SIGIR 2021: the MRDR objective, which targets the
+                            variance of the DR estimator rather than the imputation error)
+
+Conventions shared by every function:
+
+- Inputs are arrays of cells of any (common, broadcastable) shape: a batch of cells that mixes
+  observed and unobserved ones (as DR training samples all cells), or the full `[U, I]` matrix.
+  `observed` is 0/1 or bool. `where` (bool) marks the cells that belong to the population;
+  padding is False. `N` is the number of cells with `where` True (all cells when None).
+- The reduction is `causalrec_jax.train.losses.reduce_losses`, the one rule of every loss:
+  the Horvitz–Thompson estimators divide by the number of valid cells (`normalize="count"`),
+  SNIPS by the sum of the valid weights (`normalize="weights"`).
+- Propensities are NOT clipped or validated here: clipping is a policy decision made in one
+  place, `causalrec_jax.causal.propensity.clip_propensities`, which the caller applies first
+  (and which reports how many were clipped). The losses only guarantee that cells which do not
+  contribute — masked by `where`, or unobserved for the `O / p` terms — never turn a zero or
+  non-finite propensity into NaN, in the value or in any gradient. An observed, unmasked cell
+  with propensity 0 gives inf, as the estimator itself does.
+- Errors of unobserved cells are ignored by the `O / p` terms but must be finite (fill missing
+  ratings with any finite number): a NaN error multiplied by a zero cotangent is still NaN in
+  the backward pass.
+- When an imputation model is trained with `dr_jl_imputation_loss` / `mrdr_imputation_loss`,
+  pass `jax.lax.stop_gradient(errors)` if the prediction model must not move with it (the
+  alternating updates of DR-JL).
+
+All functions are jit-, vmap- and grad-safe; everything masked gives a loss of 0 with zero,
+finite gradients.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from causalrec_jax.errors import ConfigError
+from causalrec_jax.train.losses import Normalize, reduce_losses
+
+Array = jax.Array
+ArrayLike = jax.typing.ArrayLike
+
+
+def _float_dtype(*arrays: ArrayLike) -> jnp.dtype:
+    dtype = jnp.result_type(*arrays)
+    return dtype if jnp.issubdtype(dtype, jnp.floating) else jnp.result_type(float)
+
+
+def _cells(errors: ArrayLike, *others: ArrayLike | None) -> tuple[Array, ...]:
+    """Broadcasts `errors` and `others` (None kept) to one shape; errors as floats."""
+    errors = jnp.asarray(errors)
+    shape = jnp.broadcast_shapes(errors.shape, *(jnp.shape(x) for x in others if x is not None))
+    dtype = _float_dtype(errors)
+    errors = jnp.broadcast_to(errors.astype(dtype), shape)
+    rest = tuple(None if x is None else jnp.broadcast_to(jnp.asarray(x), shape) for x in others)
+    return (errors, *rest)
+
+
+def _valid(shape: tuple[int, ...], where: ArrayLike | None) -> Array:
+    if where is None:
+        return jnp.ones(shape, bool)
+    return jnp.broadcast_to(jnp.asarray(where, bool), shape)
+
+
+def _inverse_propensity_weights(
+    observed: Array, propensities: Array, valid: Array, dtype: jnp.dtype, power: int = 1
+) -> tuple[Array, Array]:
+    """`(O / p^power, active)` with 0 wherever `O == 0` or the cell is masked.
+
+    The double `where` keeps the value AND the gradient finite for cells that do not
+    contribute (a zero propensity there would give `0 * inf = NaN` otherwise).
+    """
+    active = valid & (jnp.asarray(observed) != 0)
+    propensities = propensities.astype(dtype)
+    safe = jnp.where(active, propensities, jnp.ones_like(propensities))
+    weights = jnp.where(active, 1.0 / safe**power, jnp.zeros_like(safe))
+    return weights, active
+
+
+def squared_error(predictions: ArrayLike, ratings: ArrayLike) -> Array:
+    """Pointwise squared error `(prediction - rating)^2`, shaped like the broadcast inputs."""
+    predictions = jnp.asarray(predictions)
+    dtype = _float_dtype(predictions, ratings)
+    return jnp.square(predictions.astype(dtype) - jnp.asarray(ratings, dtype))
+
+
+def binary_cross_entropy_error(logits: ArrayLike, labels: ArrayLike) -> Array:
+    """Pointwise logistic loss `-y log sigmoid(x) - (1 - y) log sigmoid(-x)` on logits.
+
+    Stable for logits of any magnitude (through `log_sigmoid`, via optax). Labels in `[0, 1]`.
+    """
+    logits = jnp.asarray(logits)
+    dtype = _float_dtype(logits, labels)
+    return optax.sigmoid_binary_cross_entropy(logits.astype(dtype), jnp.asarray(labels, dtype))
+
+
+def naive_loss(errors: ArrayLike, observed: ArrayLike, *, where: ArrayLike | None = None) -> Array:
+    """Mean error over the observed cells, `sum O e / sum O` (biased under MNAR exposure).
+
+    Args:
+        errors: pointwise errors `e`, `[...]`.
+        observed: 0/1 or bool `O`, broadcastable to `errors`.
+        where: bool mask of valid cells; None keeps all.
+
+    Returns:
+        A scalar; 0 when no valid cell is observed.
+    """
+    errors, observed = _cells(errors, observed)
+    valid = _valid(errors.shape, where) & (observed != 0)
+    return reduce_losses(errors, where=valid, normalize="count")
+
+
+def ips_loss(
+    errors: ArrayLike,
+    observed: ArrayLike,
+    propensities: ArrayLike,
+    *,
+    where: ArrayLike | None = None,
+) -> Array:
+    """Inverse propensity score estimate `(1/N) sum O e / p` (Horvitz–Thompson; unbiased).
+
+    Args:
+        errors: pointwise errors `e`, `[...]` (finite; unobserved cells' values are ignored).
+        observed: 0/1 or bool `O`, broadcastable to `errors`.
+        propensities: `P(O = 1)` of each cell, already clipped by the caller.
+        where: bool mask of the population's cells; `N` is their number. None keeps all.
+
+    Returns:
+        A scalar; 0 when everything is masked.
+    """
+    errors, observed, propensities = _cells(errors, observed, propensities)
+    valid = _valid(errors.shape, where)
+    weights, active = _inverse_propensity_weights(observed, propensities, valid, errors.dtype)
+    errors = jnp.where(active, errors, jnp.zeros_like(errors))
+    return reduce_losses(errors, weights=weights, where=valid, normalize="count")
+
+
+def snips_loss(
+    errors: ArrayLike,
+    observed: ArrayLike,
+    propensities: ArrayLike,
+    *,
+    where: ArrayLike | None = None,
+) -> Array:
+    """Self-normalised IPS, `sum (O / p) e / sum O / p` (Swaminathan & Joachims 2015).
+
+    Biased for a finite sample but consistent, and usually of much smaller variance than IPS.
+    Arguments as `ips_loss`. Returns a scalar; 0 when no valid cell is observed.
+    """
+    errors, observed, propensities = _cells(errors, observed, propensities)
+    valid = _valid(errors.shape, where)
+    weights, active = _inverse_propensity_weights(observed, propensities, valid, errors.dtype)
+    errors = jnp.where(active, errors, jnp.zeros_like(errors))
+    return reduce_losses(errors, weights=weights, where=active, normalize="weights")
+
+
+def dr_loss(
+    errors: ArrayLike,
+    imputed_errors: ArrayLike,
+    observed: ArrayLike,
+    propensities: ArrayLike,
+    *,
+    where: ArrayLike | None = None,
+) -> Array:
+    """Doubly robust estimate `(1/N) sum [e_hat + O (e - e_hat) / p]` (Wang et al. 2019).
+
+    Unbiased when the propensities are correct (whatever `e_hat`) or when the imputed errors
+    equal `E[e]` cell by cell (whatever `p`).
+
+    Args:
+        errors: pointwise errors `e`, `[...]` (finite; unobserved cells' values are ignored).
+        imputed_errors: imputed errors `e_hat`, broadcastable to `errors`; used in every valid
+            cell, observed or not.
+        observed: 0/1 or bool `O`.
+        propensities: `P(O = 1)` of each cell, already clipped by the caller.
+        where: bool mask of the population's cells; `N` is their number. None keeps all.
+
+    Returns:
+        A scalar; 0 when everything is masked.
+    """
+    errors, imputed_errors, observed, propensities = _cells(
+        errors, imputed_errors, observed, propensities
+    )
+    imputed_errors = imputed_errors.astype(errors.dtype)
+    valid = _valid(errors.shape, where)
+    weights, active = _inverse_propensity_weights(observed, propensities, valid, errors.dtype)
+    residuals = jnp.where(active, errors - imputed_errors, jnp.zeros_like(errors))
+    return reduce_losses(imputed_errors + weights * residuals, where=valid, normalize="count")
+
+
+def dr_jl_imputation_loss(
+    errors: ArrayLike,
+    imputed_errors: ArrayLike,
+    observed: ArrayLike,
+    propensities: ArrayLike,
+    *,
+    where: ArrayLike | None = None,
+    normalize: Normalize = "count",
+) -> Array:
+    """DR-JL imputation objective `(1/N) sum O (e - e_hat)^2 / p` (Wang et al. 2019).
+
+    With `normalize="count"` (default) this is the IPS estimate of the mean squared
+    imputation error over all `N` valid cells; `normalize="weights"` divides by `sum O / p`
+    instead (its self-normalised form). Same minimiser either way within one batch.
+
+    Args:
+        errors: the prediction model's errors `e` (stop their gradient to train only the
+            imputation model).
+        imputed_errors: the imputation model's `e_hat`.
+        observed: 0/1 or bool `O`.
+        propensities: `P(O = 1)`, already clipped by the caller.
+        where: bool mask of valid cells; None keeps all.
+        normalize: "count" or "weights", as `reduce_losses`.
+
+    Returns:
+        A scalar; 0 when everything is masked.
+    """
+    return _weighted_imputation_loss(
+        errors, imputed_errors, observed, propensities, where, normalize, power=1, mrdr=False
+    )
+
+
+def mrdr_imputation_loss(
+    errors: ArrayLike,
+    imputed_errors: ArrayLike,
+    observed: ArrayLike,
+    propensities: ArrayLike,
+    *,
+    where: ArrayLike | None = None,
+    normalize: Normalize = "count",
+) -> Array:
+    """MRDR imputation objective `(1/N) sum O (1 - p) / p^2 (e - e_hat)^2` (Guo et al. 2021).
+
+    The weight `(1 - p) / p^2` makes the objective an estimate of the DR estimator's variance
+    term, so the imputation is fitted where it matters for DR (low-propensity cells). Arguments
+    and normalisation as `dr_jl_imputation_loss`.
+    """
+    return _weighted_imputation_loss(
+        errors, imputed_errors, observed, propensities, where, normalize, power=2, mrdr=True
+    )
+
+
+def _weighted_imputation_loss(
+    errors, imputed_errors, observed, propensities, where, normalize, *, power, mrdr
+) -> Array:
+    errors, imputed_errors, observed, propensities = _cells(
+        errors, imputed_errors, observed, propensities
+    )
+    imputed_errors = imputed_errors.astype(errors.dtype)
+    valid = _valid(errors.shape, where)
+    weights, active = _inverse_propensity_weights(
+        observed, propensities, valid, errors.dtype, power=power
+    )
+    if mrdr:
+        weights = weights * jnp.where(active, 1.0 - propensities.astype(errors.dtype), 0.0)
+    residuals = jnp.where(active, errors - imputed_errors, jnp.zeros_like(errors))
+    return reduce_losses(jnp.square(residuals), weights=weights, where=valid, normalize=normalize)
+
+
+Estimator = Callable[..., Array]
+
+# Estimators of the full-information loss, by the name `causal.method` uses. "dr" takes the
+# imputed errors as its second positional argument; the others take
+# `(errors, observed[, propensities])`.
+ESTIMATORS: dict[str, Estimator] = {
+    "naive": naive_loss,
+    "ips": ips_loss,
+    "snips": snips_loss,
+    "dr": dr_loss,
+}
+
+
+def get_estimator(name: str) -> Estimator:
+    """The estimator registered under `name`.
+
+    Raises:
+        ConfigError: `name` is not registered; the message lists the valid names and the
+            closest one.
+    """
+    if name in ESTIMATORS:
+        return ESTIMATORS[name]
+    valid = ", ".join(sorted(ESTIMATORS))
+    message = f"causal.method: unknown estimator {name!r}; expected one of {valid}"
+    close = difflib.get_close_matches(str(name), list(ESTIMATORS), n=1)
+    if close:
+        message += f" (did you mean {close[0]!r}?)"
+    raise ConfigError(message)
