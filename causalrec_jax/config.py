@@ -163,7 +163,9 @@ class ModelConfig:
 class CausalConfig:
     """How observation bias is modelled and corrected."""
 
-    method: str = "naive"
+    # How observed ratings are weighted in a pointwise loss: unweighted ("naive"), by inverse
+    # propensities ("ips", Schnabel et al. 2016) or self-normalised ("snips").
+    method: Literal["naive", "ips", "snips"] = "naive"
     propensity: Literal[
         "none", "given", "popularity", "naive_bayes", "logistic", "learned", "true"
     ] = "none"

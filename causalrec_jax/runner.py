@@ -156,6 +156,48 @@ class Trained:
     per_seed: list[dict[str, Any]]
     history: list[dict[str, Any]]
     timing: dict[str, float]
+    propensity_report: dict[str, Any] | None = None
+
+
+# causal.method values training supports so far: weights on the observed rows of a pointwise
+# loss. The doubly robust family (which also trains on unobserved cells) comes next.
+WEIGHTED_METHODS = ("ips", "snips")
+
+
+def inverse_propensity_weights(config: Config, split: Split, truth: Any) -> tuple:
+    """`[n_train]` weights 1 / p of the training rows, and the clipping report (a dict).
+
+    Propensities come from `causal.propensity` (`causal.propensity.estimate_propensities`) and
+    are clipped at `causal.propensity_clip` in the one clipping function.
+    """
+    from causalrec_jax.causal.propensity import clip_propensities, estimate_propensities
+
+    method = config.causal.method
+    if method not in WEIGHTED_METHODS:
+        raise ConfigError(
+            f"key causal.method: got {method!r}; training supports naive, "
+            f"{', '.join(WEIGHTED_METHODS)} so far"
+        )
+    if config.train.loss not in POINTWISE_LOSSES:
+        raise ConfigError(
+            f"key causal.method: {method} weights a pointwise loss; set train.loss to "
+            f"{' or '.join(POINTWISE_LOSSES)} (got {config.train.loss!r})"
+        )
+    if config.causal.propensity == "none":
+        raise ConfigError(
+            f"key causal.propensity: causal.method = {method!r} needs propensities "
+            "(given, popularity, naive_bayes, logistic, learned or true)"
+        )
+    train = split.train
+    matrix = estimate_propensities(
+        config.causal.propensity, train, mar=split.extra.get("mar_train"), config=config.causal,
+        key=jax.random.key(config.run.seed), truth=truth,
+    )
+    clipped, report = clip_propensities(
+        matrix[train.user, train.item], config.causal.propensity_clip or None,
+        name=f"propensities (causal.propensity = {config.causal.propensity!r})",
+    )
+    return (1.0 / clipped).astype(np.float32), report.to_dict()
 
 
 def _model_inputs(dataset: Dataset, train: Dataset) -> dict[str, Any]:
@@ -179,6 +221,7 @@ def train_split(
     propensity: np.ndarray | None = None,
     members: list[Member] | None = None,
     evaluate_test: bool = True,
+    truth: Any = None,
 ) -> Trained:
     """Trains a population on `split.train` as one vmapped program; evaluates each member.
 
@@ -203,8 +246,13 @@ def train_split(
     loss_fn = make_objective(
         config.train.loss, scorers.score_pairs, scorers.score_all,
         n_items=train.n_items, n_negatives=config.train.n_negatives,
+        normalize="weights" if config.causal.method == "snips" else "count",
     )
     arrays = training_arrays(train, config.train.loss, config.eval.positive_threshold)
+    propensity_report = None
+    if config.causal.method != "naive":
+        weights, propensity_report = inverse_propensity_weights(config, split, truth)
+        arrays["weights"] = weights
     n_rows = len(arrays["users"])
     batch_size = min(config.train.batch_size, max(n_rows, 1))
     steps_per_epoch = -(-n_rows // batch_size)
@@ -284,7 +332,8 @@ def train_split(
         per_seed.append(entry)
     timing = {**result.timing, "test_eval_seconds": round(time.perf_counter() - tic, 4)}
     best = parts._replace(params=result.best_params)
-    return Trained(parts=best, per_seed=per_seed, history=result.history, timing=timing)
+    return Trained(parts=best, per_seed=per_seed, history=result.history, timing=timing,
+                   propensity_report=propensity_report)
 
 
 # ----------------------------------------------------------------------------- run folder
@@ -402,7 +451,7 @@ def train_run(
         for index, fold in enumerate(folds):
             trained = train_split(config, fold, checkpoint_dir=out / "checkpoints" / f"fold{index}",
                                   resume=resume, progress=progress, log_fn=log_fn,
-                                  propensity=propensity)
+                                  propensity=propensity, truth=truth)
             fold_results.append(trained)
         per_seed = [dict(entry, fold=index) for index, trained in enumerate(fold_results)
                     for entry in trained.per_seed]
@@ -413,7 +462,8 @@ def train_run(
     else:
         split = make_split(dataset, config.data, seed=config.run.seed)
         trained = train_split(config, split, checkpoint_dir=out / "checkpoints", resume=resume,
-                              progress=progress, log_fn=log_fn, propensity=propensity)
+                              progress=progress, log_fn=log_fn, propensity=propensity,
+                              truth=truth)
         per_seed, timing = trained.per_seed, dict(trained.timing)
     metrics: dict[str, Any] = {}
     metrics.update(aggregate(per_seed, "test"))
@@ -431,6 +481,10 @@ def train_run(
                   ((n, summarize([fold[n] for fold in by_fold])) for n in by_fold[0])}
             for key in ("mean", "std")}}
     metrics["data"] = _data_summary(split, per_seed)
+    if trained.propensity_report is not None:
+        metrics["propensity"] = {"method": config.causal.propensity,
+                                 "clip": config.causal.propensity_clip,
+                                 **trained.propensity_report}
     metrics["timing"] = {**timing, "total_seconds": round(time.perf_counter() - tic, 3)}
     metrics["versions"] = _versions()
     if truth is not None:

@@ -37,6 +37,7 @@ def make_objective(
     *,
     n_items: int,
     n_negatives: int = 1,
+    normalize: str = "count",
 ) -> LossFn:
     """The training objective of `train.loss` for a model's pure scorers.
 
@@ -46,6 +47,8 @@ def make_objective(
         score_all: `(params, users [b]) -> [b, n_items]` (for the full softmax).
         n_items: catalogue size (negatives are drawn from `0..n_items-1`).
         n_negatives: uniform negatives per positive for `bpr` / `sampled_softmax`.
+        normalize: how weighted pointwise losses are averaged: "count" (inverse-propensity
+            weights: IPS) or "weights" (self-normalised: SNIPS); see `losses.reduce_losses`.
 
     Returns:
         `loss_fn(params, batch, key) -> (loss, {"loss": loss})`, differentiable in `params`.
@@ -61,11 +64,13 @@ def make_objective(
         users, items = batch["users"], batch["items"]
         if loss_name == "mse":
             scores = pair_scores(params, users, items, key)
-            loss = losses.mse_loss(scores, batch["ratings"], weights=weights, where=where)
+            loss = losses.mse_loss(
+                scores, batch["ratings"], weights=weights, where=where, normalize=normalize
+            )
         elif loss_name == "bce":
             scores = pair_scores(params, users, items, key)
             loss = losses.binary_cross_entropy_loss(
-                scores, batch["ratings"], weights=weights, where=where
+                scores, batch["ratings"], weights=weights, where=where, normalize=normalize
             )
         elif loss_name == "softmax":
             scores = score_all(params, users)

@@ -97,6 +97,7 @@ class _Search:
     records_path: Path
     done: dict[str, dict[str, Any]]
     quiet: bool
+    truth: Any = None
     n_asked: int = 0
     numbers: dict[str, int] = dataclasses.field(default_factory=dict)
 
@@ -124,7 +125,8 @@ class _Search:
             for seed in self.seeds
         ]
         tic = time.perf_counter()
-        trained = train_split(config, self.split, members=members, evaluate_test=False)
+        trained = train_split(config, self.split, members=members, evaluate_test=False,
+                              truth=self.truth)
         seconds = time.perf_counter() - tic
         n_seeds = len(self.seeds)
         with self.records_path.open("a") as handle:
@@ -200,7 +202,7 @@ def tune(
     dump_config(config, out / "config.toml")
     if space_path is not None:
         shutil.copyfile(space_path, out / "space.toml")
-    dataset, _ = load_dataset(config.data, config.sim, frame=frame)
+    dataset, truth = load_dataset(config.data, config.sim, frame=frame)
     split = make_split(dataset, config.data, seed=config.run.seed)
     if split.valid is None or len(split.valid) == 0:
         raise ConfigError(
@@ -213,7 +215,7 @@ def tune(
         records_path.unlink()
     search = _Search(config=config, space=space, split=split, seeds=seed_list(config),
                      metric=metric, max_members=max_members, records_path=records_path,
-                     done=done, quiet=quiet)
+                     done=done, quiet=quiet, truth=truth)
     tic = time.perf_counter()
     lower = lower_is_better(metric)
     if sampler == "optuna":
