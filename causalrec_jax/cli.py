@@ -144,8 +144,14 @@ def format_metrics(metrics: dict) -> str:
         if part not in metrics:
             continue
         means, stds = metrics[part], metrics.get(f"{part}_std", {})
-        cells = [f"{name} {value:.4f}" + (f" ± {stds[name]:.4f}" if stds.get(name) else "")
-                 for name, value in means.items()]
+        cells = [
+            f"{name} {value:.4f}" if value is not None else f"{name} n/a"
+            for name, value in means.items()
+        ]
+        cells = [
+            cell + (f" ± {stds[name]:.4f}" if stds.get(name) and stds[name] == stds[name] else "")
+            for cell, name in zip(cells, means, strict=True)
+        ]
         lines.append(f"{part:<6} " + " | ".join(cells))
     return "\n".join(lines)
 

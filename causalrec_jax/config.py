@@ -274,6 +274,28 @@ class Config:
     run: RunConfig = field(default_factory=RunConfig)
 
 
+def check_selection_metric(eval_config: EvalConfig, name: str, key: str) -> str:
+    """`name` if the evaluation computes it (`ndcg@10` needs ndcg in eval.metrics and 10 in
+    eval.ks; pointwise metrics take no @K), else a ConfigError naming `key`."""
+    base, _, k = name.partition("@")
+    computed = [metric.lower() for metric in eval_config.metrics]
+    pointwise = base in POINTWISE_METRIC_NAMES or base == "auc_per_user"
+    ok = (
+        (pointwise and not k and (base in computed or (base == "auc_per_user" and "auc" in
+                                                         computed)))
+        or (not pointwise and base in computed and k.isdigit() and int(k) in eval_config.ks)
+    )
+    if not ok:
+        options = [f"{m}@{kk}" for m in computed if m not in POINTWISE_METRIC_NAMES
+                   for kk in eval_config.ks]
+        options += [m for m in computed if m in POINTWISE_METRIC_NAMES]
+        raise ConfigError(
+            f"key {key}: the run does not compute {name!r} (eval.metrics x eval.ks give: "
+            f"{', '.join(options)})"
+        )
+    return name
+
+
 SECTIONS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Config))
 _SECTION_TYPES = typing.get_type_hints(Config)
 

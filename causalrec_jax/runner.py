@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from causalrec_jax.config import Config, dump_config, load_config
+from causalrec_jax.config import Config, check_selection_metric, dump_config, load_config
 from causalrec_jax.data.dataset import Dataset, Split, concatenate
 from causalrec_jax.data.loader import load_dataset
 from causalrec_jax.data.split import kfold_splits, make_split
@@ -231,6 +231,9 @@ def train_split(
     draw the same negatives, so each equals a separate run of that seed and those values.
     With `evaluate_test=False` the test split is never read.
     """
+    # Successive halving ranks tuning populations only: in a plain run every seed trains on,
+    # so the reported mean over seeds is not selected on validation.
+    tuning = members is not None
     if members is None:
         members = [Member(seed=seed) for seed in seed_list(config)]
     seeds = [member.seed for member in members]
@@ -311,6 +314,7 @@ def train_split(
         halving=(
             (config.train.halving_rung, config.train.halving_keep)
             if config.train.halving_rung and evaluate_fn is not None and len(members) > 1
+            and tuning
             else None
         ),
     )
@@ -365,10 +369,11 @@ def _data_summary(split: Split, per_seed: list[dict[str, Any]]) -> dict[str, Any
         "n_valid": 0 if split.valid is None else len(split.valid),
         "n_test": len(split.test),
     }
-    test = per_seed[0]["test"]
-    for key in ("n_users_evaluated", "n_users_no_positive"):
-        if key in test:
-            summary[f"test_{key}"] = test[key]
+    for part in ("valid", "test"):
+        values = per_seed[0].get(part, {})
+        for key in ("n_users_evaluated", "n_users_no_positive"):
+            if key in values:
+                summary[f"{part}_{key}"] = values[key]
     return summary
 
 
@@ -410,6 +415,40 @@ def _plot_learning_curve(path: Path, history: list[dict[str, Any]], metric: str)
     plt.close(figure)
 
 
+def _json_safe(value: Any) -> Any:
+    """NaN / Inf -> None (JSON null) and numpy scalars -> Python numbers, recursively."""
+    if isinstance(value, dict):
+        return {key: _json_safe(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(item) for item in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+# Keys a resumed run may change: they do not affect what is computed.
+_RESUME_FREE_KEYS = {("run", "quiet"), ("run", "name"), ("run", "out_dir")}
+
+
+def _check_resumable(stored: Config, new: Config, out: Path) -> None:
+    """Refuses to resume a run with a config that would compute something else."""
+    from causalrec_jax.config import config_to_dict
+
+    old_values, new_values = config_to_dict(stored), config_to_dict(new)
+    for section, values in new_values.items():
+        for key in sorted(set(values) | set(old_values.get(section, {}))):
+            if (section, key) in _RESUME_FREE_KEYS:
+                continue
+            before, after = old_values.get(section, {}).get(key), values.get(key)
+            if before != after:
+                raise RunError(
+                    f"{out}: cannot resume with {section}.{key} = {after!r}: the run was "
+                    f"started with {before!r} (resume with the same config and --set values)"
+                )
+
+
 def train_run(
     config: Config, out_dir: str | Path, *, resume: bool = False, quiet: bool = False,
     frame=None,
@@ -422,8 +461,12 @@ def train_run(
     out = Path(out_dir)
     if out.exists() and not resume and any(out.iterdir()):
         raise RunError(f"{out} already holds a run; pass --resume to continue it or another --out")
-    out.mkdir(parents=True, exist_ok=True)
     config = _absolute_data_path(config)
+    if resume and (out / "config.toml").exists():
+        _check_resumable(load_config(out / "config.toml"), config, out)
+    check_selection_metric(config.eval, config.train.early_stopping_metric,
+                           "train.early_stopping_metric")
+    out.mkdir(parents=True, exist_ok=True)
     dump_config(config, out / "config.toml")
     tic = time.perf_counter()
     dataset, truth = load_dataset(config.data, config.sim, frame=frame)
@@ -439,6 +482,12 @@ def train_run(
     log_path = out / "log.jsonl"
     if not resume and log_path.exists():
         log_path.unlink()
+    if resume and log_path.exists() and not config.train.cv_folds:
+        # Epochs after the last checkpoint are trained (and logged) again.
+        last = checkpoints.latest_epoch(out / "checkpoints")
+        kept = [line for line in log_path.read_text().splitlines()
+                if line.strip() and last is not None and json.loads(line)["epoch"] <= last]
+        log_path.write_text("".join(line + "\n" for line in kept))
 
     def log_fn(record: dict[str, Any]) -> None:
         with log_path.open("a") as handle:
@@ -449,8 +498,11 @@ def train_run(
                                   valid_fraction=0.1))
         fold_results = []
         for index, fold in enumerate(folds):
+            def fold_log(record, index=index):
+                log_fn({"fold": index, **record})
+
             trained = train_split(config, fold, checkpoint_dir=out / "checkpoints" / f"fold{index}",
-                                  resume=resume, progress=progress, log_fn=log_fn,
+                                  resume=resume, progress=progress, log_fn=fold_log,
                                   propensity=propensity, truth=truth)
             fold_results.append(trained)
         per_seed = [dict(entry, fold=index) for index, trained in enumerate(fold_results)
@@ -500,7 +552,7 @@ def train_run(
     _plot_learning_curve(out / "plots" / "learning_curve.png", trained.history,
                          config.train.early_stopping_metric)
     tmp = out / "metrics.json.tmp"
-    tmp.write_text(json.dumps(metrics, indent=2, default=float) + "\n")
+    tmp.write_text(json.dumps(_json_safe(metrics), indent=2, allow_nan=False) + "\n")
     tmp.replace(out / "metrics.json")
     return metrics
 
@@ -552,6 +604,8 @@ def recommend(run: LoadedRun, user_id: str, k: int = 10, seed_index: int = 0) ->
     Items seen in training and validation are excluded. Scores come from the seed at
     `seed_index` (the run's first seed by default).
     """
+    if k < 1:
+        raise RunError(f"--k {k}: expected at least 1 item")
     matches = np.flatnonzero(run.user_ids == str(user_id))
     if len(matches) == 0:
         raise RunError(
@@ -579,6 +633,11 @@ def evaluate_run(run_dir: str | Path, split_name: str = "test") -> dict[str, Any
     """
     run = load_run(run_dir)
     config = run.config
+    if config.train.cv_folds:
+        raise RunError(
+            f"{run_dir} is a cross-validation run ({config.train.cv_folds} folds): its "
+            "per-fold results are in metrics.json under 'cv'; evaluate re-scores single splits"
+        )
     dataset, _ = load_dataset(config.data, config.sim)
     split = make_split(dataset, config.data, seed=config.run.seed)
     parts = split.parts()

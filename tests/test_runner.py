@@ -93,6 +93,9 @@ def test_resume_ends_identical_to_an_uninterrupted_run(tmp_path, monkeypatch):
     # The last checkpoint is at epoch 1 (every 2 epochs); resume replays epochs 2..5.
     assert checkpoints.latest_epoch(tmp_path / "part" / "checkpoints") == 1
     resumed = runner.train_run(config, tmp_path / "part", resume=True, quiet=True)
+    logged = [json.loads(line)["epoch"]
+              for line in (tmp_path / "part" / "log.jsonl").read_text().splitlines()]
+    assert logged == [0, 1, 2, 3, 4, 5]  # the replayed epoch 2 is not logged twice
     assert resumed["test"] == full["test"]
     assert resumed["per_seed"] == full["per_seed"]
     full_params = runner.load_run(tmp_path / "full").parts.params
@@ -245,3 +248,33 @@ def test_weighted_methods_reject_what_they_cannot_do(tmp_path):
     with pytest.raises(ConfigError, match="pointwise loss"):
         runner.train_run(ratings_config('causal.method="snips"', 'causal.propensity="true"',
                                         'train.loss="bpr"'), tmp_path / "b", quiet=True)
+
+
+def test_resume_refuses_another_config_and_keeps_the_folder(tmp_path):
+    out = tmp_path / "run"
+    runner.train_run(tiny_config(), out, quiet=True)
+    stored = (out / "config.toml").read_text()
+    with pytest.raises(runner.RunError, match="train.seeds"):
+        runner.train_run(tiny_config("train.seeds=2"), out, resume=True, quiet=True)
+    assert (out / "config.toml").read_text() == stored
+
+
+def test_bad_requests_on_runs(tmp_path):
+    out = tmp_path / "run"
+    runner.train_run(tiny_config(), out, quiet=True)
+    with pytest.raises(runner.RunError, match="--k 0"):
+        runner.recommend(runner.load_run(out), "1", k=0)
+    with pytest.raises(ConfigError, match="train.early_stopping_metric"):
+        runner.train_run(tiny_config('train.early_stopping_metric="ndcg"'), tmp_path / "m",
+                         quiet=True)
+    cv = tmp_path / "cv"
+    runner.train_run(tiny_config("train.cv_folds=2", "train.epochs=1"), cv, quiet=True)
+    with pytest.raises(runner.RunError, match="cross-validation run"):
+        runner.evaluate_run(cv)
+    lines = [json.loads(line) for line in (cv / "log.jsonl").read_text().splitlines()]
+    assert [line["fold"] for line in lines] == [0, 1]
+
+
+def test_metrics_json_is_strict_json():
+    assert runner._json_safe({"a": float("nan"), "b": [1.0, float("inf")], "c": np.float32(2)}) \
+        == {"a": None, "b": [1.0, None], "c": 2.0}

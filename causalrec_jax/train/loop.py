@@ -266,14 +266,6 @@ def fit(
                 record[f"valid_{metric}_per_seed"] = current
             else:
                 best_epochs = [epoch] * n_seeds
-            history.append(record)
-            if log_fn is not None:
-                log_fn(record)
-            postfix = {"loss": f"{record['loss']:.4f}"}
-            if "valid" in record:
-                postfix[metric] = f"{record['valid'].get(metric, math.nan):.4f}"
-            bar.set_postfix(postfix)
-            bar.update(1)
             stop = evaluate_fn is not None and all(since_best[m] >= patience for m in alive)
             last = stop or epoch == epochs - 1
             if (halving is not None and not last and len(alive) > 1
@@ -282,6 +274,14 @@ def fit(
                 record["halving_dropped"] = [int(alive[r]) for r in range(len(alive))
                                              if r not in set(keep_rows)]
                 states, keys, alive = _rows(states, keep_rows), keys[keep_rows], alive[keep_rows]
+            history.append(record)
+            if log_fn is not None:
+                log_fn(record)
+            postfix = {"loss": f"{record['loss']:.4f}"}
+            if "valid" in record:
+                postfix[metric] = f"{record['valid'].get(metric, math.nan):.4f}"
+            bar.set_postfix(postfix)
+            bar.update(1)
             if last or (epoch + 1) % checkpoint_every == 0:
                 checkpoint(epoch, finished=last)
             if stop:

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from causalrec_jax.config import Config, dump_config
+from causalrec_jax.config import Config, check_selection_metric, dump_config
 from causalrec_jax.data.loader import load_dataset
 from causalrec_jax.data.split import make_split
 from causalrec_jax.errors import ConfigError
@@ -58,20 +58,7 @@ def resolve_metric(config: Config, metric: str | None) -> str:
     name = metric or config.train.early_stopping_metric
     if name.startswith("test."):
         raise ConfigError(f"--metric {name}: selection reads the validation split only; use valid.")
-    name = name.removeprefix("valid.")
-    base, _, k = name.partition("@")
-    computed = [m.lower() for m in config.eval.metrics]
-    if base == "auc_per_user" and "auc" in computed:
-        return name
-    if base not in computed or (k and (not k.isdigit() or int(k) not in config.eval.ks)):
-        options = [f"{m}@{kk}" for m in computed if m not in ("auc", "mse", "rmse", "mae")
-                   for kk in config.eval.ks] + [m for m in computed if m in ("auc", "mse", "rmse",
-                                                                               "mae")]
-        raise ConfigError(
-            f"--metric {metric or name}: the run does not compute {name!r} "
-            f"(eval.metrics x eval.ks give: {', '.join(options)})"
-        )
-    return name
+    return check_selection_metric(config.eval, name.removeprefix("valid."), "--metric")
 
 
 def _short(key: str) -> str:
@@ -185,6 +172,10 @@ def tune(
         space_path: the space file, copied into the search folder.
         frame: a DataFrame for `data.format = "dataframe"`.
     """
+    if n_trials is not None and n_trials < 1:
+        raise ConfigError(f"--trials {n_trials}: expected at least 1")
+    if max_members < 1:
+        raise ConfigError(f"--max-members {max_members}: expected at least 1")
     if sampler not in SAMPLERS:
         raise ConfigError(f"--sampler {sampler!r}: expected one of {', '.join(SAMPLERS)}")
     out = Path(out_dir)
