@@ -137,6 +137,16 @@ class SimConfig:
                  self.max_dense_cells)
         _require(self.calibration_users >= 1, "sim.calibration_users", "an integer >= 1",
                  self.calibration_users)
+        for key in ("n_users", "n_items", "latent_dim"):
+            _require(getattr(self, key) >= 1, f"sim.{key}", "an integer >= 1", getattr(self, key))
+        _require(0 <= self.mar_items_per_user <= self.n_items, "sim.mar_items_per_user",
+                 f"0..sim.n_items ({self.n_items})", self.mar_items_per_user)
+        _require(0.0 < self.mean_exposure < 1.0, "sim.mean_exposure", "a number in (0, 1)",
+                 self.mean_exposure)
+        for key in ("popularity_sigma", "rating_noise"):
+            _require(getattr(self, key) >= 0, f"sim.{key}", "a number >= 0", getattr(self, key))
+        _require(self.relevance_temperature > 0, "sim.relevance_temperature", "a number > 0",
+                 self.relevance_temperature)
 
 
 @dataclass(frozen=True)

@@ -415,6 +415,18 @@ def _plot_learning_curve(path: Path, history: list[dict[str, Any]], metric: str)
     plt.close(figure)
 
 
+def evaluation_propensity(config: Config, dataset: Dataset) -> np.ndarray | None:
+    """The propensity matrix `ips_*` / `snips_*` metrics read, or None when none is asked for."""
+    if not any(name.startswith(("ips_", "snips_")) for name in config.eval.metrics):
+        return None
+    if dataset.propensity_matrix is None:
+        raise ConfigError(
+            "key eval.metrics: ips_* / snips_* metrics need a propensity matrix, which "
+            f"this dataset ({config.data.format}) does not provide"
+        )
+    return dataset.propensity_matrix
+
+
 def _json_safe(value: Any) -> Any:
     """NaN / Inf -> None (JSON null) and numpy scalars -> Python numbers, recursively."""
     if isinstance(value, dict):
@@ -470,14 +482,7 @@ def train_run(
     dump_config(config, out / "config.toml")
     tic = time.perf_counter()
     dataset, truth = load_dataset(config.data, config.sim, frame=frame)
-    propensity = None
-    if any(name.startswith(("ips_", "snips_")) for name in config.eval.metrics):
-        propensity = dataset.propensity_matrix
-        if propensity is None:
-            raise ConfigError(
-                "key eval.metrics: ips_* / snips_* metrics need a propensity matrix, which "
-                f"this dataset ({config.data.format}) does not provide"
-            )
+    propensity = evaluation_propensity(config, dataset)
     progress = not quiet and sys.stderr.isatty()
     log_path = out / "log.jsonl"
     if not resume and log_path.exists():
@@ -648,8 +653,7 @@ def evaluate_run(run_dir: str | Path, split_name: str = "test") -> dict[str, Any
         seen = concatenate([split.train, split.valid])
     scorers = make_scorers(run.parts.graphdef, run.parts.constants)
     score_all = jax.jit(scorers.score_all)
-    propensity = dataset.propensity_matrix if any(
-        name.startswith(("ips_", "snips_")) for name in config.eval.metrics) else None
+    propensity = evaluation_propensity(config, dataset)
     per_seed = []
     for index, seed in enumerate(seed_list(config)):
         params = seed_slice(run.parts.params, index)

@@ -184,18 +184,7 @@ class WorldParams:
 
     @classmethod
     def from_config(cls, config: SimConfig) -> WorldParams:
-        """The dynamic part of a `SimConfig`, checked for values the model cannot take."""
-        if not 0.0 < config.mean_exposure < 1.0:
-            raise ConfigError(
-                f"key 'sim.mean_exposure': got {config.mean_exposure}, expected a number in (0, 1)"
-            )
-        for name in ("popularity_sigma", "rating_noise"):
-            if getattr(config, name) < 0:
-                raise ConfigError(f"key 'sim.{name}': got {getattr(config, name)}, expected >= 0")
-        if config.relevance_temperature <= 0:
-            raise ConfigError(
-                f"key 'sim.relevance_temperature': got {config.relevance_temperature}, expected > 0"
-            )
+        """The dynamic part of a `SimConfig` (whose values the config already checked)."""
         return cls(
             popularity_sigma=config.popularity_sigma,
             quality_effect=config.quality_effect,
