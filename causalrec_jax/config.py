@@ -171,20 +171,49 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class CausalConfig:
-    """How observation bias is modelled and corrected."""
+    """How observation bias is modelled and corrected (see `causalrec_jax.causal.training`)."""
 
-    # How observed ratings are weighted in a pointwise loss: unweighted ("naive"), by inverse
-    # propensities ("ips", Schnabel et al. 2016) or self-normalised ("snips").
-    method: Literal["naive", "ips", "snips"] = "naive"
+    # naive: unweighted; ips / snips: inverse-propensity weights on the observed rows
+    # (Schnabel et al. 2016); dr: doubly robust with a fixed imputation; dr_jl / mrdr /
+    # dr_mse: doubly robust with a jointly learned imputation model (Wang et al. 2019; Guo et
+    # al. 2021; Dai et al. 2022); rel_mf: unbiased pointwise loss for implicit feedback (Saito
+    # et al. 2020); pda / macr: popularity deconfounding (Zhang et al. 2021; Wei et al. 2021).
+    method: Literal[
+        "naive", "ips", "snips", "dr", "dr_jl", "mrdr", "dr_mse", "rel_mf", "pda", "macr"
+    ] = "naive"
     propensity: Literal[
         "none", "given", "popularity", "naive_bayes", "logistic", "learned", "true"
     ] = "none"
     propensity_clip: float = 0.0
     popularity_power: float = 0.5
+    # dr: the fixed imputed rating (label for bce) of every cell; unset = the mean training one.
+    imputation_value: float | None = None
+    # dr family and rel_mf: (user, item) cells drawn uniformly from the whole matrix per
+    # observed row of a batch (their losses sum over all cells, observed or not).
+    cells_per_row: int = 1
+    # dr_mse: weight of the bias term in the imputation objective (1 = DR-BIAS, 0 = MRDR).
+    dr_mse_lambda: float = 0.5
+    # pda: popularity exponent gamma of the training score ELU'(f) * m_i^gamma.
+    pda_gamma: float = 0.1
+    # macr: weights of the item- and user-module losses and the counterfactual reference c.
+    macr_alpha: float = 1e-3
+    macr_beta: float = 1e-3
+    macr_c: float = 0.0
 
     def __post_init__(self) -> None:
         _require(0 <= self.propensity_clip < 1, "causal.propensity_clip",
                  "a lower bound in [0, 1) (0 = no clipping)", self.propensity_clip)
+        _require(self.cells_per_row >= 1, "causal.cells_per_row", "an integer >= 1",
+                 self.cells_per_row)
+        _require(0 <= self.dr_mse_lambda <= 1, "causal.dr_mse_lambda", "a number in [0, 1]",
+                 self.dr_mse_lambda)
+        _require(self.pda_gamma >= 0, "causal.pda_gamma", "a number >= 0", self.pda_gamma)
+        for key in ("macr_alpha", "macr_beta"):
+            _require(getattr(self, key) >= 0, f"causal.{key}", "a number >= 0",
+                     getattr(self, key))
+        if self.imputation_value is not None:
+            _require(math.isfinite(self.imputation_value), "causal.imputation_value",
+                     "a finite number", self.imputation_value)
 
 
 @dataclass(frozen=True)
