@@ -366,7 +366,10 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     """Checks `value` against the type hint `tp`; returns it converted (int -> float)."""
     origin = typing.get_origin(tp)
     if origin is Literal:
-        if value in typing.get_args(tp):
+        if isinstance(value, bool) and str(value).lower() in typing.get_args(tp):
+            # `--set causal.propensity=true` parses as the TOML boolean; the string was meant.
+            return str(value).lower()
+        if not isinstance(value, bool) and value in typing.get_args(tp):
             return value
         options = [str(v) for v in typing.get_args(tp)]
         raise ConfigError(

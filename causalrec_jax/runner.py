@@ -54,6 +54,7 @@ from causalrec_jax.train.step import (
 # Fold-in ids of a seed's key: model initialisation and training draw from separate streams.
 _STREAM_INIT = 0
 _STREAM_TRAIN = 1
+_STREAM_IMPUTATION = 2
 
 
 # Training arrays up to this size live on the device (train.data_placement = "auto").
@@ -157,47 +158,80 @@ class Trained:
     history: list[dict[str, Any]]
     timing: dict[str, float]
     propensity_report: dict[str, Any] | None = None
+    # A causal method's own trained arrays besides the model (MACR's user and item modules),
+    # stacked over seeds; empty for the others.
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
-# causal.method values training supports so far: weights on the observed rows of a pointwise
-# loss. The doubly robust family (which also trains on unobserved cells) comes next.
+# causal.method values trained as weights on the observed rows of a pointwise loss.
 WEIGHTED_METHODS = ("ips", "snips")
 
 
-def inverse_propensity_weights(config: Config, split: Split, truth: Any) -> tuple:
-    """`[n_train]` weights 1 / p of the training rows, and the clipping report (a dict).
+def _row_propensities(config: Config, split: Split, truth: Any, users, items) -> tuple:
+    """`[n]` clipped propensities of the cells `(users, items)`, and the clipping report.
 
     Propensities come from `causal.propensity` (`causal.propensity.estimate_propensities`) and
     are clipped at `causal.propensity_clip` in the one clipping function.
     """
     from causalrec_jax.causal.propensity import clip_propensities, estimate_propensities
 
-    method = config.causal.method
-    if method not in WEIGHTED_METHODS:
-        raise ConfigError(
-            f"key causal.method: got {method!r}; training supports naive, "
-            f"{', '.join(WEIGHTED_METHODS)} so far"
-        )
-    if config.train.loss not in POINTWISE_LOSSES:
-        raise ConfigError(
-            f"key causal.method: {method} weights a pointwise loss; set train.loss to "
-            f"{' or '.join(POINTWISE_LOSSES)} (got {config.train.loss!r})"
-        )
-    if config.causal.propensity == "none":
-        raise ConfigError(
-            f"key causal.propensity: causal.method = {method!r} needs propensities "
-            "(given, popularity, naive_bayes, logistic, learned or true)"
-        )
     train = split.train
     matrix = estimate_propensities(
         config.causal.propensity, train, mar=split.extra.get("mar_train"), config=config.causal,
         key=jax.random.key(config.run.seed), truth=truth,
     )
     clipped, report = clip_propensities(
-        matrix[train.user, train.item], config.causal.propensity_clip or None,
+        matrix[users, items], config.causal.propensity_clip or None,
         name=f"propensities (causal.propensity = {config.causal.propensity!r})",
     )
-    return (1.0 / clipped).astype(np.float32), report.to_dict()
+    return np.asarray(clipped, np.float32), report.to_dict()
+
+
+def inverse_propensity_weights(config: Config, split: Split, truth: Any) -> tuple:
+    """`[n_train]` weights 1 / p of the training rows, and the clipping report (a dict)."""
+    from causalrec_jax.causal.checks import check_causal_setup
+
+    method = config.causal.method
+    if method not in WEIGHTED_METHODS:
+        raise ConfigError(
+            f"key causal.method: got {method!r}; inverse-propensity weights are for "
+            f"{', '.join(WEIGHTED_METHODS)}"
+        )
+    check_causal_setup(config, split)
+    train = split.train
+    clipped, report = _row_propensities(config, split, truth, train.user, train.item)
+    return (1.0 / clipped).astype(np.float32), report
+
+
+def _test_results(config: Config, seen: Dataset, test: Dataset, score_users_fn, propensity,
+                  truth) -> dict[str, Any]:
+    """`{"test": ...}`, plus `"test_literature"` (candidates protocol: the literature's
+    convention that a user without a positive test item scores NDCG = 1, under the same
+    names) and `"test_truth"` (the simulator: metrics on the true relevance of all cells)."""
+    literature = config.eval.protocol == "candidates"
+    values = evaluate_split(config.eval, train=seen, test=test, score_users_fn=score_users_fn,
+                            propensity=propensity, literature=literature)
+    out: dict[str, Any] = {"test": {k: v for k, v in values.items()
+                                    if not k.startswith("literature_")}}
+    if literature:
+        out["test_literature"] = {k.removeprefix("literature_"): v for k, v in values.items()
+                                  if k.startswith("literature_")}
+        if not out["test_literature"]:
+            del out["test_literature"]
+    if truth is not None and (hasattr(truth, "relevance") or _is_sparse_truth(truth)):
+        from causalrec_jax.eval.truth import evaluate_against_truth
+
+        out["test_truth"] = evaluate_against_truth(
+            score_users_fn, truth, ks=config.eval.ks, train=seen,
+            chunk_size=config.eval.chunk_size, rating_scale=config.train.loss == "mse",
+        )
+    return out
+
+
+def _is_sparse_truth(truth: Any) -> bool:
+    from causalrec_jax.sim.world import SparseGroundTruth
+
+    return isinstance(truth, SparseGroundTruth)
 
 
 def _model_inputs(dataset: Dataset, train: Dataset) -> dict[str, Any]:
@@ -208,6 +242,68 @@ def _model_inputs(dataset: Dataset, train: Dataset) -> dict[str, Any]:
         "user_features": dataset.user_features, "item_features": dataset.item_features,
         "item_counts": item_counts, "global_bias": global_bias,
     }
+
+
+@dataclasses.dataclass
+class _CausalSetup:
+    loss_fn: Any
+    arrays: dict[str, np.ndarray]
+    params: dict[str, Any]
+    score_all: Any
+    report: dict[str, Any] | None
+
+
+def _causal_training(config, split, truth, parts, scorers, keys, inputs) -> _CausalSetup:
+    """Objective, rows and initial parameters of a method of `causal.training`."""
+    from causalrec_jax.causal import training as causal_training
+    from causalrec_jax.causal.checks import check_causal_setup
+
+    check_causal_setup(config, split)
+    method = config.causal.method
+    train = split.train
+    threshold = positive_threshold_for(train, config.eval.positive_threshold)
+    if method in causal_training.IMPLICIT_METHODS:
+        positive = is_positive(train.rating, threshold, labels_are_binary(train))
+        users, items = train.user[positive], train.item[positive]
+        arrays = {"users": users.astype(np.int32), "items": items.astype(np.int32)}
+    else:
+        arrays = training_arrays(train, config.train.loss, config.eval.positive_threshold)
+        users, items = train.user, train.item
+    if len(users) == 0:
+        raise ConfigError(
+            f"key causal.method: {method} trains on the positive rows and none of the training "
+            f"rows is a positive at eval.positive_threshold = {config.eval.positive_threshold}"
+        )
+    report = None
+    if method in causal_training.ALL_CELL_METHODS:
+        arrays["propensities"], report = _row_propensities(config, split, truth, users, items)
+    params: dict[str, Any] = {"prediction": parts.params}
+    imputation_pairs = None
+    if method in causal_training.JOINT_METHODS:
+        imputation = init_params(
+            config.model,
+            keys=jax.vmap(lambda k: jax.random.fold_in(k, _STREAM_IMPUTATION))(keys), **inputs,
+        )
+        params["imputation"] = imputation.params
+        imputation_pairs = make_scorers(imputation.graphdef, imputation.constants).score_pairs
+    for name, value in causal_training.extra_params(method, train.n_users, train.n_items).items():
+        params[name] = jnp.tile(jnp.asarray(value)[None], (len(keys),) + (1,) * value.ndim)
+    imputation_value = config.causal.imputation_value
+    if imputation_value is None and "ratings" in arrays:
+        imputation_value = float(np.mean(arrays["ratings"]))
+    counts = np.bincount(items, minlength=train.n_items).astype(np.float64)
+    log_popularity = np.log(np.maximum(counts / max(counts.sum(), 1.0), 1e-12))
+    loss_fn = causal_training.make_causal_objective(
+        method, config.causal, config.train.loss, scorers.score_pairs,
+        n_users=train.n_users, n_items=train.n_items, n_rows=len(users),
+        imputation_score_pairs=imputation_pairs, imputation_value=imputation_value or 0.0,
+        log_popularity=log_popularity, n_negatives=config.train.n_negatives,
+    )
+    _, score_all = causal_training.inference_scorers(
+        method, config.causal, scorers.score_pairs, scorers.score_all
+    )
+    return _CausalSetup(loss_fn=loss_fn, arrays=arrays, params=params, score_all=score_all,
+                        report=report)
 
 
 def train_split(
@@ -246,16 +342,25 @@ def train_split(
         config.model, keys=jax.vmap(lambda k: jax.random.fold_in(k, _STREAM_INIT))(keys), **inputs
     )
     scorers = make_scorers(parts.graphdef, parts.constants)
-    loss_fn = make_objective(
-        config.train.loss, scorers.score_pairs, scorers.score_all,
-        n_items=train.n_items, n_negatives=config.train.n_negatives,
-        normalize="weights" if config.causal.method == "snips" else "count",
-    )
-    arrays = training_arrays(train, config.train.loss, config.eval.positive_threshold)
+    from causalrec_jax.causal.training import CAUSAL_METHODS
+
+    method = config.causal.method
     propensity_report = None
-    if config.causal.method != "naive":
-        weights, propensity_report = inverse_propensity_weights(config, split, truth)
-        arrays["weights"] = weights
+    if method in CAUSAL_METHODS:
+        setup = _causal_training(config, split, truth, parts, scorers, keys, inputs)
+        loss_fn, arrays, initial = setup.loss_fn, setup.arrays, setup.params
+        propensity_report, score_all_fn = setup.report, setup.score_all
+    else:
+        loss_fn = make_objective(
+            config.train.loss, scorers.score_pairs, scorers.score_all,
+            n_items=train.n_items, n_negatives=config.train.n_negatives,
+            normalize="weights" if method == "snips" else "count",
+        )
+        arrays = training_arrays(train, config.train.loss, config.eval.positive_threshold)
+        if method != "naive":
+            weights, propensity_report = inverse_propensity_weights(config, split, truth)
+            arrays["weights"] = weights
+        initial, score_all_fn = parts.params, scorers.score_all
     n_rows = len(arrays["users"])
     batch_size = min(config.train.batch_size, max(n_rows, 1))
     steps_per_epoch = -(-n_rows // batch_size)
@@ -270,7 +375,9 @@ def train_split(
         and sum(values.nbytes for values in arrays.values()) <= DEVICE_DATA_LIMIT
     )
     data = {name: jnp.asarray(values) if on_device else values for name, values in arrays.items()}
-    if config.train.loss in ("bpr", "sampled_softmax") and config.train.exclude_seen_negatives:
+    samples_negatives = config.train.loss in ("bpr", "sampled_softmax") or method in (
+        "pda", "macr")
+    if samples_negatives and config.train.exclude_seen_negatives:
         seen = seen_items_data(train.user, train.item, train.n_users, train.n_items)
         data.update({name: jnp.asarray(values) for name, values in seen.items()})
     train_step = make_train_step(loss_fn, optimizer)
@@ -281,7 +388,7 @@ def train_split(
             train_step, n_rows=n_rows, batch_size=batch_size,
             segment_batches=config.train.segment_batches, vmap_seeds=len(seeds) > 1,
         )
-    states = jax.vmap(lambda params: init_state(params, optimizer))(parts.params)
+    states = jax.vmap(lambda params: init_state(params, optimizer))(initial)
     hparam_names = sorted({name for member in members for name in member.hparams})
     if hparam_names:
         defaults = {"learning_rate": config.train.learning_rate,
@@ -291,7 +398,7 @@ def train_split(
             for name in hparam_names
         })
     train_keys = jax.vmap(lambda k: jax.random.fold_in(k, _STREAM_TRAIN))(keys)
-    score_all = jax.jit(scorers.score_all)
+    score_all = jax.jit(score_all_fn)
 
     def scorer(params):
         return lambda users: score_all(params, users)
@@ -329,15 +436,18 @@ def train_split(
         if evaluate_fn is not None:
             entry["valid"] = evaluate_fn(params)
         if evaluate_test:
-            entry["test"] = evaluate_split(
-                config.eval, train=seen, test=split.test, score_users_fn=scorer(params),
-                propensity=propensity,
-            )
+            entry.update(_test_results(config, seen, split.test, scorer(params), propensity,
+                                       truth))
         per_seed.append(entry)
     timing = {**result.timing, "test_eval_seconds": round(time.perf_counter() - tic, 4)}
-    best = parts._replace(params=result.best_params)
-    return Trained(parts=best, per_seed=per_seed, history=result.history, timing=timing,
-                   propensity_report=propensity_report)
+    best_params, extra = result.best_params, {}
+    if method in CAUSAL_METHODS:
+        extra = {name: value for name, value in best_params.items()
+                 if name not in ("prediction", "imputation")}
+        best_params = best_params["prediction"]
+    return Trained(parts=parts._replace(params=best_params), per_seed=per_seed,
+                   history=result.history, timing=timing, propensity_report=propensity_report,
+                   extra=extra)
 
 
 # ----------------------------------------------------------------------------- run folder
@@ -523,8 +633,9 @@ def train_run(
                               truth=truth)
         per_seed, timing = trained.per_seed, dict(trained.timing)
     metrics: dict[str, Any] = {}
-    metrics.update(aggregate(per_seed, "test"))
-    metrics.update(aggregate(per_seed, "valid"))
+    for part in ("test", "test_literature", "test_truth", "valid"):
+        if part in per_seed[0]:
+            metrics.update(aggregate(per_seed, part))
     metrics["per_seed"] = per_seed
     metrics["seeds"] = seed_list(config)
     if config.train.cv_folds:
@@ -550,7 +661,10 @@ def train_run(
     model_dir = out / "model"
     if model_dir.exists():
         shutil.rmtree(model_dir)
-    checkpoints.save_checkpoint(model_dir, 0, {"params": trained.parts.params},
+    saved = {"params": trained.parts.params}
+    if trained.extra:
+        saved["causal"] = trained.extra
+    checkpoints.save_checkpoint(model_dir, 0, saved,
                                 {"seeds": seed_list(config), "model": config.model.name})
     _save_data(out / "data.npz", split)
     (out / "plots").mkdir(exist_ok=True)
@@ -572,6 +686,21 @@ class LoadedRun:
     config: Config
     parts: Any
     data: dict[str, np.ndarray]
+    # A causal method's own arrays (MACR's modules), stacked over seeds; empty otherwise.
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def score_all_fn(self, seed_index: int = 0):
+        """`users [b] -> scores [b, n_items]` of the ranking the run serves (one seed)."""
+        from causalrec_jax.causal.training import inference_scorers
+
+        scorers = make_scorers(self.parts.graphdef, self.parts.constants)
+        params = seed_slice(self.parts.params, seed_index)
+        if not self.extra:
+            return lambda users: scorers.score_all(params, users)
+        _, score_all = inference_scorers(self.config.causal.method, self.config.causal,
+                                         scorers.score_pairs, scorers.score_all)
+        full = {"prediction": params, **seed_slice(self.extra, seed_index)}
+        return lambda users: score_all(full, users)
 
     @property
     def user_ids(self) -> np.ndarray:
@@ -599,8 +728,16 @@ def load_run(run_dir: str | Path) -> LoadedRun:
         "global_bias": float(data["global_bias"]),
     }
     parts = init_params(config.model, keys=seed_keys(seeds), **inputs)
-    arrays, _ = checkpoints.restore_checkpoint(run / "model", {"params": parts.params})
-    return LoadedRun(config=config, parts=parts._replace(params=arrays["params"]), data=data)
+    like: dict[str, Any] = {"params": parts.params}
+    from causalrec_jax.causal.training import extra_params
+
+    extra = extra_params(config.causal.method, inputs["n_users"], inputs["n_items"])
+    if extra:
+        like["causal"] = {name: jnp.zeros((len(seeds), *value.shape), value.dtype)
+                          for name, value in extra.items()}
+    arrays, _ = checkpoints.restore_checkpoint(run / "model", like)
+    return LoadedRun(config=config, parts=parts._replace(params=arrays["params"]), data=data,
+                     extra=arrays.get("causal", {}))
 
 
 def recommend(run: LoadedRun, user_id: str, k: int = 10, seed_index: int = 0) -> list[tuple]:
@@ -618,9 +755,7 @@ def recommend(run: LoadedRun, user_id: str, k: int = 10, seed_index: int = 0) ->
             f"(e.g. {', '.join(map(str, run.user_ids[:3]))})"
         )
     user = int(matches[0])
-    scorers = make_scorers(run.parts.graphdef, run.parts.constants)
-    params = seed_slice(run.parts.params, seed_index)
-    scores = np.asarray(scorers.score_all(params, jnp.asarray([user], jnp.int32)))[0]
+    scores = np.asarray(run.score_all_fn(seed_index)(jnp.asarray([user], jnp.int32)))[0]
     seen = run.data["train_item"][run.data["train_user"] == user]
     if "valid_user" in run.data:
         seen = np.concatenate([seen, run.data["valid_item"][run.data["valid_user"] == user]])
@@ -651,16 +786,12 @@ def evaluate_run(run_dir: str | Path, split_name: str = "test") -> dict[str, Any
     seen = split.train
     if split_name == "test" and split.valid is not None:
         seen = concatenate([split.train, split.valid])
-    scorers = make_scorers(run.parts.graphdef, run.parts.constants)
-    score_all = jax.jit(scorers.score_all)
     propensity = evaluation_propensity(config, dataset)
     per_seed = []
     for index, seed in enumerate(seed_list(config)):
-        params = seed_slice(run.parts.params, index)
         values = evaluate_split(
             config.eval, train=seen, test=parts[split_name],
-            score_users_fn=lambda users, params=params: score_all(params, users),
-            propensity=propensity,
+            score_users_fn=jax.jit(run.score_all_fn(index)), propensity=propensity,
         )
         per_seed.append({"seed": seed, split_name: values})
     return {**aggregate(per_seed, split_name), "per_seed": per_seed}

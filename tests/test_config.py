@@ -134,3 +134,8 @@ def test_metric_names_agree_with_the_eval_package():
     assert set(METRIC_NAMES) == set(RANKING_NAMES) | set(POINTWISE_NAMES) | set(
         UNBIASED_METRICS
     )
+
+
+def test_a_literal_string_that_toml_reads_as_a_boolean_is_accepted():
+    config = load_config(None, ["causal.propensity=true"])
+    assert config.causal.propensity == "true"

@@ -97,24 +97,36 @@ class ClipReport(NamedTuple):
 
 
 def check_propensity_matrix(
-    matrix: Any, n_users: int, n_items: int, name: str = "propensity_matrix"
+    matrix: Any,
+    n_users: int,
+    n_items: int,
+    name: str = "propensity_matrix",
+    *,
+    key: str = "causal.propensity",
 ) -> np.ndarray:
-    """The matrix as `[n_users, n_items]` float32, or a `PropensityError` naming `name`.
+    """The matrix as `[n_users, n_items]` float32, or a `PropensityError` naming `key`, `name`.
 
     Only the shape is checked here; values are checked by `clip_propensities`.
+
+    Args:
+        matrix: the propensities, array-like.
+        n_users: expected number of rows.
+        n_items: expected number of columns.
+        name: what the matrix is (a file, "dataset propensities"), for the message.
+        key: the config key that chose this matrix, for the message.
     """
     if matrix is None:
-        raise PropensityError(f"{name}: no propensity matrix (got None)")
+        raise PropensityError(f"key {key}: {name}: no propensity matrix (got None)")
     array = np.asarray(matrix)
     if array.shape != (n_users, n_items):
         raise PropensityError(
-            f"{name}: propensity matrix has shape {array.shape}, expected "
+            f"key {key}: {name}: propensity matrix has shape {array.shape}, expected "
             f"[n_users, n_items] = ({n_users}, {n_items})"
         )
     return array.astype(np.float32, copy=False)
 
 
-def _validate(values: np.ndarray, mask: np.ndarray, name: str) -> None:
+def _validate(values: np.ndarray, mask: np.ndarray, name: str, key: str) -> None:
     checks = (
         ("NaN", np.isnan(values)),
         ("<= 0", values <= 0),
@@ -126,10 +138,23 @@ def _validate(values: np.ndarray, mask: np.ndarray, name: str) -> None:
         if count:
             first = np.unravel_index(int(np.argmax(bad)), values.shape)
             first = tuple(int(i) for i in first)
-            index = first[0] if len(first) == 1 else first
+            if len(first) == 1:
+                where = f"index {first[0]}"
+            elif len(first) == 2:
+                where = f"(user, item) index {first}"
+            else:
+                where = f"index {first}"
+            remedy = ""
+            if what == "<= 0":
+                remedy = (
+                    "; a cell with propensity 0 could never have been observed and would get "
+                    "weight 1/0: fix the source named by causal.propensity (a clip, "
+                    "causal.propensity_clip, raises small positive propensities but does not "
+                    "repair zeros)"
+                )
             raise PropensityError(
-                f"{name}: {count} propensities are {what} (first at index {index}, value "
-                f"{values[first]}); propensities must lie in (0, 1]"
+                f"key {key}: {name}: {count} propensities are {what} (first at {where}, value "
+                f"{values[first]}); propensities must lie in (0, 1]{remedy}"
             )
 
 
@@ -139,6 +164,7 @@ def clip_propensities(
     *,
     where: Any = None,
     name: str = "propensities",
+    key: str = "causal.propensity",
 ) -> tuple[np.ndarray, ClipReport]:
     """The one place propensities are clipped: values below `clip` are raised to `clip`.
 
@@ -151,6 +177,7 @@ def clip_propensities(
         where: optional boolean mask of the same shape; only these entries are validated,
             clipped and reported (others are returned unchanged), e.g. padding excluded.
         name: what the propensities are, for error messages (a config key or file).
+        key: the config key that chose the propensities, named first in error messages.
 
     Returns:
         `(clipped, report)`: float32 array of the input's shape and a `ClipReport`.
@@ -163,12 +190,14 @@ def clip_propensities(
     mask = np.ones(values.shape, bool) if where is None else np.asarray(where, bool)
     if mask.shape != values.shape:
         raise PropensityError(
-            f"{name}: mask 'where' has shape {mask.shape}, expected {values.shape}"
+            f"key {key}: {name}: mask 'where' has shape {mask.shape}, expected {values.shape}"
         )
     clip = 0.0 if clip is None else float(clip)
     if not (0.0 <= clip < 1.0):
-        raise PropensityError(f"causal.propensity_clip: got {clip}, expected a value in [0, 1)")
-    _validate(values, mask, name)
+        raise PropensityError(
+            f"key causal.propensity_clip: got {clip}, expected a value in [0, 1)"
+        )
+    _validate(values, mask, name, key)
     below = mask & (values < clip)
     clipped = np.where(below, np.float32(clip), values).astype(np.float32)
     selected = clipped[mask].astype(np.float64)
@@ -485,8 +514,8 @@ def estimate_propensities(
     if method == "given":
         if train.propensity_matrix is None:
             raise PropensityError(
-                'causal.propensity = "given" needs a dataset that releases a propensity matrix '
-                "(e.g. Coat's propensities.ascii, or the simulator); this dataset has none"
+                'key causal.propensity: "given" needs a dataset that releases a propensity '
+                "matrix (e.g. Coat's propensities.ascii, or the simulator); this dataset has none"
             )
         return check_propensity_matrix(train.propensity_matrix, *shape, "dataset propensities")
     if method == "popularity":

@@ -319,8 +319,10 @@ def mar_slice_split(
         seed: seed of the carve.
 
     Raises:
-        SplitError: no `given_split`, fractions out of range, or a given validation part
-            together with `valid_fraction > 0`.
+        SplitError: no `given_split`, fractions out of range, a positive fraction that
+            rounds to an empty slice, slices that leave no test rows or a test rating for
+            fewer than half the users with MAR ratings, or a given validation part together
+            with `valid_fraction > 0`.
     """
     codes = _given_codes(dataset, "mar_slice")
     for name, value in (("train_fraction", train_fraction), ("valid_fraction", valid_fraction)):
@@ -328,8 +330,9 @@ def mar_slice_split(
             raise SplitError(f"mar_slice {name} must be in [0, 1), got {value} (data.mar_{name})")
     if train_fraction + valid_fraction >= 1:
         raise SplitError(
-            f"mar_slice fractions must leave a test part: train_fraction {train_fraction} + "
-            f"valid_fraction {valid_fraction} >= 1"
+            f"key data.mar_train_fraction / data.mar_valid_fraction: mar_slice fractions must "
+            f"leave a test part: train_fraction {train_fraction} + valid_fraction "
+            f"{valid_fraction} >= 1"
         )
     given_valid = np.flatnonzero(codes == GIVEN_VALID)
     if len(given_valid) and valid_fraction > 0:
@@ -342,6 +345,8 @@ def mar_slice_split(
     carved = test_rows[np.random.default_rng(seed).permutation(n_test)]
     n_mar_train = int(_round_half_up(train_fraction * n_test))
     n_valid = int(_round_half_up(valid_fraction * n_test))
+    _check_mar_slices(dataset, test_rows, carved, train_fraction, n_mar_train, valid_fraction,
+                      n_valid)
     mar_train = carved[:n_mar_train]
     valid_rows = carved[n_mar_train : n_mar_train + n_valid] if valid_fraction > 0 else given_valid
     test = carved[n_mar_train + n_valid :]
@@ -354,6 +359,45 @@ def mar_slice_split(
         test=_part(dataset, test, "mar_slice", "test"),
         extra=extra,
     )
+
+
+def _check_mar_slices(
+    dataset: Dataset,
+    test_rows: np.ndarray,
+    carved: np.ndarray,
+    train_fraction: float,
+    n_mar_train: int,
+    valid_fraction: float,
+    n_valid: int,
+) -> None:
+    """SplitError naming the fraction's key when a slice rounds to empty or eats the test."""
+    n_test = len(test_rows)
+    for name, fraction, count in (
+        ("train", train_fraction, n_mar_train),
+        ("valid", valid_fraction, n_valid),
+    ):
+        if fraction > 0 and count == 0:
+            raise SplitError(
+                f"key data.mar_{name}_fraction: {fraction} of the {n_test} MAR test rows rounds "
+                f"to an empty mar_{name} slice; use at least {0.5 / n_test:.3g} (one row) or 0 "
+                "for no slice"
+            )
+    n_left = n_test - n_mar_train - n_valid
+    if n_left <= 0:
+        raise SplitError(
+            f"key data.mar_train_fraction / data.mar_valid_fraction: slices of {n_mar_train} + "
+            f"{n_valid} rows leave none of the {n_test} MAR test rows for the test part; "
+            "lower the fractions"
+        )
+    users_before = np.unique(dataset.user[test_rows])
+    users_after = np.unique(dataset.user[carved[n_mar_train + n_valid :]])
+    if 2 * len(users_after) < len(users_before):
+        raise SplitError(
+            f"key data.mar_train_fraction / data.mar_valid_fraction: slices of {n_mar_train} + "
+            f"{n_valid} of the {n_test} MAR test rows leave a test rating for only "
+            f"{len(users_after)} of the {len(users_before)} users with MAR ratings (fewer than "
+            "half); lower the fractions"
+        )
 
 
 def kfold_splits(

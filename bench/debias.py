@@ -1,0 +1,176 @@
+"""Benchmark of the debiasing table: wall seconds per method on Coat, and IPS at Yahoo! R3 size.
+
+    python bench/debias.py [--out bench/results/debias.json] [--only CASE ...] [--quick]
+
+Each case runs in its own process, so that its peak memory (max RSS) is its own.
+
+Cases:
+- `coat_table`: the whole Coat table of experiments/debias_table.py, all 10 methods x 5
+  seeds (configs/coat_<method>.toml, their default epochs with early stopping; no tuning):
+  wall seconds per method (data, compilation, training, evaluation and the run folder) and in
+  total, with each method's first-epoch (compilation) and steady epoch seconds.
+- `yahoo_size_sim_ips`: IPS (configs/sim_ips.toml, true propensities) x 5 seeds on a
+  simulated world the size of Yahoo! R3: 15,400 users x 1,000 items with mean exposure
+  311,704 / (15,400 x 1,000) ~ 0.0202, so that the MNAR log holds about as many ratings as
+  Yahoo!'s, and 10 MAR ratings per user; compile (first epoch) against steady epoch seconds.
+
+A method that fails (not yet wired into training) is recorded with its error, not a crash.
+`--quick` trains 2 epochs per run to check that the bench works, and writes nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+COAT = ROOT.parent / "shared" / "data" / "coat"
+YAHOO_RATINGS = 311_704
+YAHOO_USERS, YAHOO_ITEMS = 15_400, 1_000
+SEEDS = 5
+QUICK_EPOCHS = 2
+YAHOO_SIZE = [
+    f"sim.n_users={YAHOO_USERS}", f"sim.n_items={YAHOO_ITEMS}",
+    f"sim.mean_exposure={YAHOO_RATINGS / (YAHOO_USERS * YAHOO_ITEMS):.4f}",
+    "sim.mar_items_per_user=10",
+]
+TIMING_KEYS = ("first_epoch_seconds", "epoch_seconds", "train_seconds", "eval_seconds",
+               "test_eval_seconds", "epochs_run", "total_seconds")
+
+
+def load_table_script():
+    """The experiments/debias_table.py module (its methods, protocol and `run_method`)."""
+    spec = importlib.util.spec_from_file_location(
+        "debias_table", ROOT / "experiments" / "debias_table.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _timing(metrics: dict) -> dict:
+    timing = metrics.get("timing", {})
+    return {key: timing[key] for key in TIMING_KEYS if key in timing}
+
+
+def case_coat_table(quick: bool) -> dict:
+    """Runs every method of the Coat table in turn; wall seconds per method and in total."""
+    table = load_table_script()
+    overrides = [*table.PROTOCOL_OVERRIDES, f"train.seeds={SEEDS}", f'data.path="{COAT}"']
+    if quick:
+        overrides.append(f"train.epochs={QUICK_EPOCHS}")
+    methods = {}
+    with tempfile.TemporaryDirectory() as folder:
+        tic_total = time.perf_counter()
+        for method in table.METHODS:
+            out = Path(folder) / method
+            tic = time.perf_counter()
+            row = table.run_method(table.CONFIGS / f"coat_{method}.toml", overrides, out)
+            wall = round(time.perf_counter() - tic, 3)
+            if row["status"] != "ok":
+                methods[method] = {"error": row["error"], "wall_seconds": wall}
+            else:
+                metrics = json.loads((out / "metrics.json").read_text())
+                methods[method] = {"wall_seconds": wall, **_timing(metrics),
+                                   "test_auc": row["mean"]["auc"],
+                                   "test_ndcg@5": row["mean"]["ndcg@5"]}
+            print(method, json.dumps(methods[method]), file=sys.stderr, flush=True)
+        total = round(time.perf_counter() - tic_total, 3)
+    return {"seeds": SEEDS, "total_wall_seconds": total,
+            "n_failed": sum("error" in entry for entry in methods.values()),
+            "methods": methods}
+
+
+def case_yahoo_size_sim_ips(quick: bool) -> dict:
+    """IPS x 5 seeds on a Yahoo!-R3-size simulated world; compile vs steady epoch seconds."""
+    from causalrec_jax.config import load_config
+    from causalrec_jax.errors import CausalRecError
+    from causalrec_jax.runner import train_run
+
+    table = load_table_script()
+    overrides = [*table.PROTOCOL_OVERRIDES, f"train.seeds={SEEDS}", *YAHOO_SIZE]
+    if quick:
+        overrides.append(f"train.epochs={QUICK_EPOCHS}")
+    with tempfile.TemporaryDirectory() as folder:
+        tic = time.perf_counter()
+        try:
+            config = load_config(table.CONFIGS / "sim_ips.toml", overrides)
+            metrics = train_run(config, Path(folder) / "run", quiet=True)
+        except CausalRecError as error:
+            return {"error": f"{type(error).__name__}: {error}",
+                    "wall_seconds": round(time.perf_counter() - tic, 3)}
+        wall = round(time.perf_counter() - tic, 3)
+    timing = _timing(metrics)
+    return {
+        "seeds": SEEDS, "overrides": YAHOO_SIZE, "wall_seconds": wall,
+        "n_train": metrics["data"]["n_train"], "n_test": metrics["data"]["n_test"],
+        "target_n_train": YAHOO_RATINGS,
+        "compile_seconds": timing.get("first_epoch_seconds"),
+        "steady_epoch_seconds": timing.get("epoch_seconds"),
+        **timing,
+        "best_epochs": [entry["best_epoch"] for entry in metrics["per_seed"]],
+        "test_auc": metrics["test"].get("auc"), "test_ndcg@5": metrics["test"].get("ndcg@5"),
+    }
+
+
+CASES = {"coat_table": case_coat_table, "yahoo_size_sim_ips": case_yahoo_size_sim_ips}
+
+
+def run_case(name: str, quick: bool) -> dict:
+    """Runs one case in this process; adds its peak memory."""
+    result = CASES[name](quick)
+    result["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    return result
+
+
+def main() -> None:
+    """Runs each case in a subprocess and writes bench/results/debias.json (not with --quick)."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "debias.json"))
+    parser.add_argument("--case", help="run one case in this process (internal)")
+    parser.add_argument("--only", nargs="*", choices=sorted(CASES), help="run only these cases")
+    parser.add_argument("--quick", action="store_true",
+                        help=f"{QUICK_EPOCHS} epochs per run, to check the bench; writes nothing")
+    args = parser.parse_args()
+    if args.case:
+        print(json.dumps(run_case(args.case, args.quick)))
+        return
+    results = {}
+    for name in args.only or CASES:
+        if name == "coat_table" and not COAT.exists():
+            results[name] = {"skipped": f"{COAT} not found"}
+            continue
+        command = [sys.executable, __file__, "--case", name] + (["--quick"] if args.quick else [])
+        tic = time.perf_counter()
+        done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
+        if done.returncode != 0:
+            results[name] = {"error": done.stderr.strip().splitlines()[-1:],
+                             "wall_seconds": round(time.perf_counter() - tic, 3)}
+        else:
+            results[name] = json.loads(done.stdout.strip().splitlines()[-1])
+        print(name, json.dumps(results[name]), flush=True)
+    if args.quick:
+        print(f"--quick: {QUICK_EPOCHS} epochs per run; nothing written")
+        return
+    import jax
+
+    report = {"machine": {"platform": platform.platform(), "python": sys.version.split()[0],
+                          "jax": jax.__version__, "backend": jax.default_backend(),
+                          "cpu_count": os.cpu_count()},
+              "results": results}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,333 @@
+r"""Training objectives of the debiasing methods that need more than weights on observed rows.
+
+`causal.method` = `naive`, `ips` and `snips` train the ordinary pointwise objective of
+`train.objectives` with inverse-propensity weights. The methods here change the objective
+itself, and are built by `make_causal_objective` as `loss_fn(params, batch, key) -> (loss,
+aux)`, the shape every training step takes; `params` is a dict with the prediction model's
+parameters under `"prediction"` and the method's own parameters beside them.
+
+**Losses over all cells, estimated by minibatches.** The doubly robust family and `rel_mf`
+sum over ALL `N = n_users * n_items` cells, observed or not. Each splits into a sum over all
+cells and a sum over the `n_obs` observed (or positive) rows::
+
+    L = (1/N) sum_all a_ui  +  (1/N) sum_obs b_ui
+
+and a step estimates it without bias from `cells_per_row * batch_size` cells drawn uniformly
+from the whole matrix (the first sum) and the batch of observed rows (the second)::
+
+    L_hat = mean_uniform a  +  (n_obs / N) mean_batch b
+
+so a batch has static shapes and never materialises the `[U, I]` matrix.
+
+- `dr` (fixed imputation; Wang et al., "Doubly Robust Joint Learning for Recommendation on
+  Data Missing Not at Random", ICML 2019): `a = e_hat`, `b = (e - e_hat) / p`, with `e` the
+  error of the prediction against the rating and `e_hat` its error against a fixed imputed
+  rating (`causal.imputation_value`, default the mean training rating or label).
+- `dr_jl` (the same paper): the imputed rating comes from an imputation model of the same
+  architecture, trained jointly on `(1/N) sum_obs w (e - e_hat)^2` with `w = 1 / p`. With the
+  logistic loss (`bce`, binary labels) `e_hat` is the error against the imputed probability,
+  which the error identifies; with the squared error it does not (two imputed ratings give the
+  same error), so there the imputed rating is fitted to the rating: `w (r - r_hat)^2`.
+- `mrdr` (Guo et al., "Enhanced Doubly Robust Learning for Debiasing Post-Click Conversion
+  Rate Estimation", SIGIR 2021): `w = (1 - p) / p^2`, the IPS estimate of the DR estimator's
+  variance term, so the imputation is fitted where DR's variance comes from.
+- `dr_mse` (Dai et al., "A Generalized Doubly Robust Learning Framework for Debiasing
+  Post-Click Conversion Rate Prediction", KDD 2022), our recent variant: the imputation
+  minimises an estimate of the DR estimator's mean squared error, bias and variance together::
+
+      w = lambda (1 - p)^2 / p^3  +  (1 - lambda) (1 - p) / p^2
+
+  The first term is the IPS estimate over all cells of the squared-bias contribution
+  `((O - p) / p)^2 (e - e_hat)^2` (DR-BIAS, `lambda = 1`), the second that of the variance
+  (MRDR, `lambda = 0`); `causal.dr_mse_lambda` trades them off.
+- `rel_mf` (Saito et al., "Unbiased Recommender Learning from Missing-Not-At-Random Implicit
+  Feedback", WSDM 2020): with clicks `Y` and exposure propensities `theta`, the unbiased
+  pointwise loss `sum_all [-(Y/theta) log s - (1 - Y/theta) log(1 - s)]`: `a = -log(1 - s)`,
+  `b = (-log s + log(1 - s)) / theta` over the positive rows.
+
+In joint learning the prediction and imputation models are updated in the same step from one
+scalar `L_DR(prediction; stop_gradient(imputation)) + L_imp(stop_gradient(prediction);
+imputation)`: each model receives exactly its own objective's gradient.
+
+**Popularity deconfounding** (positives with uniformly sampled negatives):
+
+- `pda` (Zhang et al., "Causal Intervention for Leveraging Popularity Bias in Recommendation",
+  SIGIR 2021): trains BPR on `ELU'(f_ui) * m_i^gamma`, with `m_i` the item's share of the
+  training interactions and `ELU'(x) = elu(x) + 1 > 0`; inference ranks by `ELU'(f_ui)`
+  (the deconfounded PD score: popularity's causal path to the click is cut).
+- `macr` (Wei et al., "Model-Agnostic Counterfactual Reasoning for Eliminating Popularity Bias
+  in Recommender System", KDD 2021): trains `y_ui = f_ui * sigmoid(y_i) * sigmoid(y_u)` with
+  binary cross-entropy, plus `alpha` and `beta` times the item-module and user-module losses
+  on `sigmoid(y_i)` and `sigmoid(y_u)`; inference removes the direct effect of the item:
+  `(f_ui - c) * sigmoid(y_i) * sigmoid(y_u)`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from causalrec_jax.config import CausalConfig
+from causalrec_jax.errors import ConfigError
+from causalrec_jax.train import losses
+from causalrec_jax.train.objectives import resample_seen
+
+# Methods whose loss sums over every cell (uniform cells are drawn each step).
+ALL_CELL_METHODS = ("dr", "dr_jl", "mrdr", "dr_mse", "rel_mf")
+# Doubly robust methods with a learned imputation model.
+JOINT_METHODS = ("dr_jl", "mrdr", "dr_mse")
+DR_METHODS = ("dr", *JOINT_METHODS)
+# Methods trained on the positive rows only (implicit feedback).
+IMPLICIT_METHODS = ("rel_mf", "pda", "macr")
+# Every method this module builds.
+CAUSAL_METHODS = (*DR_METHODS, *IMPLICIT_METHODS)
+
+_STREAM_CELLS = 2
+_STREAM_NEGATIVES = 0
+_STREAM_DROPOUT = 1
+
+Scorer = Callable[..., jax.Array]
+
+
+def imputation_weights(method: str, propensities: jax.Array, dr_mse_lambda: float = 0.5):
+    """Per observed row, the weight of `(e - e_hat)^2` in the imputation objective of `method`.
+
+    `dr_jl`: `1 / p`; `mrdr`: `(1 - p) / p^2`; `dr_mse`:
+    `lambda (1 - p)^2 / p^3 + (1 - lambda) (1 - p) / p^2`.
+    """
+    p = jnp.asarray(propensities)
+    if method == "dr_jl":
+        return 1.0 / p
+    variance = (1.0 - p) / jnp.square(p)
+    if method == "mrdr":
+        return variance
+    if method == "dr_mse":
+        bias = jnp.square(1.0 - p) / (p * jnp.square(p))
+        return dr_mse_lambda * bias + (1.0 - dr_mse_lambda) * variance
+    raise ConfigError(f"key causal.method: {method!r} has no imputation model")
+
+
+def pointwise_error(loss_name: str, predictions: jax.Array, targets: jax.Array) -> jax.Array:
+    """Per-cell error of a prediction: squared error (`mse`) or logistic loss on a logit
+    against a label or a probability in [0, 1] (`bce`)."""
+    if loss_name == "mse":
+        return jnp.square(predictions - targets)
+    return losses.binary_cross_entropy_loss(predictions, targets, reduce=False)
+
+
+def _imputed_target(loss_name: str, imputation_scores: jax.Array) -> jax.Array:
+    """An imputation model's output as a target: a rating (`mse`) or a probability (`bce`)."""
+    return imputation_scores if loss_name == "mse" else jax.nn.sigmoid(imputation_scores)
+
+
+def _masked_mean(values: jax.Array, where: jax.Array) -> jax.Array:
+    return losses.reduce_losses(values, where=where, normalize="count")
+
+
+def macr_parts(params: dict[str, Any], users: jax.Array, items: jax.Array | None):
+    """`(sigmoid(y_u) [b], sigmoid(y_i) [b] or [n_items])` of MACR's user and item modules."""
+    user_prob = jax.nn.sigmoid(params["user_logit"][users])
+    item_logit = params["item_logit"] if items is None else params["item_logit"][items]
+    return user_prob, jax.nn.sigmoid(item_logit)
+
+
+def inference_scorers(method: str, causal: CausalConfig, score_pairs: Scorer, score_all: Scorer):
+    """`(score_pairs, score_all)` of the ranking a trained model of `method` serves.
+
+    Both take the whole `params` dict of `make_causal_objective`. `macr` removes the direct
+    effect of popularity, `(f - c) sigmoid(y_i) sigmoid(y_u)`; every other method serves the
+    prediction model (`pda`'s `ELU'(f)` is increasing in `f`, so it ranks the same).
+    """
+    if method == "macr":
+        def pairs(params, users, items, key=None):
+            user_prob, item_prob = macr_parts(params, users, items)
+            f = score_pairs(params["prediction"], users, items, key=key)
+            return (f - causal.macr_c) * item_prob * user_prob
+
+        def all_items(params, users):
+            user_prob, item_prob = macr_parts(params, users, None)
+            f = score_all(params["prediction"], users)
+            return (f - causal.macr_c) * item_prob[None, :] * user_prob[:, None]
+
+        return pairs, all_items
+
+    def plain_pairs(params, users, items, key=None):
+        return score_pairs(params["prediction"], users, items, key=key)
+
+    def plain_all(params, users):
+        return score_all(params["prediction"], users)
+
+    return plain_pairs, plain_all
+
+
+def extra_params(method: str, n_users: int, n_items: int) -> dict[str, np.ndarray]:
+    """The method's own trainable arrays besides the models (MACR's user and item modules)."""
+    if method == "macr":
+        return {"user_logit": np.zeros(n_users, np.float32),
+                "item_logit": np.zeros(n_items, np.float32)}
+    return {}
+
+
+def make_causal_objective(
+    method: str,
+    causal: CausalConfig,
+    loss_name: str,
+    score_pairs: Scorer,
+    *,
+    n_users: int,
+    n_items: int,
+    n_rows: int,
+    imputation_score_pairs: Scorer | None = None,
+    imputation_value: float = 0.0,
+    log_popularity: np.ndarray | None = None,
+    n_negatives: int = 1,
+):
+    """The training objective of `causal.method` for the methods of this module.
+
+    Args:
+        method: one of `CAUSAL_METHODS`.
+        causal: the `[causal]` section (cells_per_row, dr_mse_lambda, pda_gamma, macr_*).
+        loss_name: `train.loss`: `mse` or `bce` for the DR family, `bce` for rel_mf and macr,
+            `bpr` for pda.
+        score_pairs: the prediction model's `(params, users, items, key=None) -> [b]`.
+        n_users, n_items: the matrix's shape (uniform cells are drawn from it).
+        n_rows: number of observed (DR) or positive (rel_mf) training rows, `n_obs`.
+        imputation_score_pairs: the imputation model's scorer (joint DR methods).
+        imputation_value: the fixed imputed rating / label of `dr`.
+        log_popularity: `[n_items]` log of each item's share of training interactions (pda).
+        n_negatives: sampled negatives per positive (pda, macr).
+
+    Returns:
+        `loss_fn(params, batch, key) -> (loss, {"loss": loss})`. The batch holds `users`,
+        `items`, `mask` and, per method, `ratings` (DR: ratings or 0/1 labels) and
+        `propensities` (clipped `P(O = 1)` of the rows; rel_mf: exposure propensities).
+    """
+    if method not in CAUSAL_METHODS:
+        raise ConfigError(f"key causal.method: {method!r} is not built here ({CAUSAL_METHODS})")
+    n_cells = float(n_users) * float(n_items)
+    observed_share = n_rows / n_cells
+    cells_per_row = causal.cells_per_row
+    log_popularity = None if log_popularity is None else jnp.asarray(log_popularity, jnp.float32)
+
+    def dropout_key(key):
+        return jax.random.fold_in(key, _STREAM_DROPOUT)
+
+    def uniform_cells(key, batch_size):
+        cell_key = jax.random.fold_in(key, _STREAM_CELLS)
+        n = batch_size * cells_per_row
+        user_key, item_key = jax.random.split(cell_key)
+        return (jax.random.randint(user_key, (n,), 0, n_users, jnp.int32),
+                jax.random.randint(item_key, (n,), 0, n_items, jnp.int32))
+
+    def dr_loss_fn(params, batch, key):
+        users, items, where = batch["users"], batch["items"], batch["mask"]
+        cell_users, cell_items = uniform_cells(key, users.shape[0])
+        all_users = jnp.concatenate([users, cell_users])
+        all_items = jnp.concatenate([items, cell_items])
+        predictions = score_pairs(params["prediction"], all_users, all_items,
+                                  key=dropout_key(key))
+        if method == "dr":
+            imputed = jnp.full(predictions.shape, imputation_value, predictions.dtype)
+        else:
+            imputed = _imputed_target(
+                loss_name, imputation_score_pairs(params["imputation"], all_users, all_items)
+            )
+        n = users.shape[0]
+        observed_prediction, cell_prediction = predictions[:n], predictions[n:]
+        observed_imputed, cell_imputed = imputed[:n], imputed[n:]
+        errors = pointwise_error(loss_name, observed_prediction, batch["ratings"])
+        propensities = jnp.where(where, batch["propensities"], 1.0)
+        frozen = jax.lax.stop_gradient
+        # The prediction model's DR loss, the imputation held fixed.
+        imputed_errors = pointwise_error(loss_name, observed_prediction, frozen(observed_imputed))
+        cell_imputed_errors = pointwise_error(loss_name, cell_prediction, frozen(cell_imputed))
+        loss = jnp.mean(cell_imputed_errors) + observed_share * _masked_mean(
+            (errors - imputed_errors) / propensities, where
+        )
+        if method in JOINT_METHODS:
+            # The imputation model's objective, the prediction held fixed.
+            weights = imputation_weights(method, propensities, causal.dr_mse_lambda)
+            if loss_name == "mse":
+                # Squared errors do not identify the imputed rating (q and 2 y_hat - q give the
+                # same error), so the imputed rating is fitted to the rating itself.
+                residuals = batch["ratings"] - observed_imputed
+            else:
+                # The logistic loss is linear in the soft label: its error identifies it.
+                residuals = frozen(errors) - pointwise_error(
+                    loss_name, frozen(observed_prediction), observed_imputed
+                )
+            loss = loss + observed_share * _masked_mean(weights * jnp.square(residuals), where)
+        return loss
+
+    def rel_mf_loss_fn(params, batch, key):
+        users, items, where = batch["users"], batch["items"], batch["mask"]
+        cell_users, cell_items = uniform_cells(key, users.shape[0])
+        n = users.shape[0]
+        logits = score_pairs(params["prediction"], jnp.concatenate([users, cell_users]),
+                             jnp.concatenate([items, cell_items]), key=dropout_key(key))
+        propensities = jnp.where(where, batch["propensities"], 1.0)
+        positive = logits[:n]
+        negative_part = -jax.nn.log_sigmoid(-logits[n:])  # -log(1 - s) of every cell
+        positive_part = (-jax.nn.log_sigmoid(positive) + jax.nn.log_sigmoid(-positive))
+        return jnp.mean(negative_part) + observed_share * _masked_mean(
+            positive_part / propensities, where
+        )
+
+    def sampled(params, batch, key):
+        users, items = batch["users"], batch["items"]
+        negative_key = jax.random.fold_in(key, _STREAM_NEGATIVES)
+        negatives = jax.random.randint(negative_key, (users.shape[0], n_negatives), 0, n_items,
+                                       jnp.int32)
+        negative_where = jnp.ones(negatives.shape, bool)
+        if "shared_seen_mask" in batch or "shared_seen_pairs" in batch:
+            negatives, negative_where = resample_seen(
+                negative_key, users, negatives, n_items,
+                seen_mask=batch.get("shared_seen_mask"),
+                seen_pairs=batch.get("shared_seen_pairs"),
+            )
+        width = 1 + n_negatives
+        all_users = jnp.repeat(users[:, None], width, axis=1)
+        all_items = jnp.concatenate([items[:, None], negatives], axis=1)
+        scores = score_pairs(params["prediction"], all_users.reshape(-1), all_items.reshape(-1),
+                             key=dropout_key(key)).reshape(-1, width)
+        return all_users, all_items, scores, negative_where
+
+    def pda_loss_fn(params, batch, key):
+        _, all_items, scores, negative_where = sampled(params, batch, key)
+        # ELU'(f) * m^gamma, in logs for the popularity factor (m can be tiny).
+        trained = (jax.nn.elu(scores) + 1.0) * jnp.exp(causal.pda_gamma * log_popularity[all_items])
+        return losses.bpr_loss(trained[:, 0], trained[:, 1:], negative_where=negative_where,
+                               where=batch["mask"])
+
+    def macr_loss_fn(params, batch, key):
+        all_users, all_items, scores, negative_where = sampled(params, batch, key)
+        labels = jnp.zeros(scores.shape).at[:, 0].set(1.0)
+        where = batch["mask"][:, None] & jnp.concatenate(
+            [jnp.ones((scores.shape[0], 1), bool), negative_where], axis=1
+        )
+        user_logit = params["user_logit"][all_users]
+        item_logit = params["item_logit"][all_items]
+        combined = scores * jax.nn.sigmoid(item_logit) * jax.nn.sigmoid(user_logit)
+
+        def bce(logits):
+            return losses.binary_cross_entropy_loss(
+                logits.reshape(-1), labels.reshape(-1), where=where.reshape(-1)
+            )
+
+        return bce(combined) + causal.macr_alpha * bce(item_logit) + causal.macr_beta * bce(
+            user_logit
+        )
+
+    body = {
+        "rel_mf": rel_mf_loss_fn, "pda": pda_loss_fn, "macr": macr_loss_fn,
+    }.get(method, dr_loss_fn)
+
+    def loss_fn(params, batch, key):
+        loss = body(params, batch, key)
+        return loss, {"loss": loss}
+
+    return loss_fn
