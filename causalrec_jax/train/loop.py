@@ -8,7 +8,9 @@ epoch's loss and health flags and runs the validation evaluation.
 
 Early stopping is per seed: a seed's best parameters are those of its best validation epoch,
 and the loop ends when every seed has gone `patience` epochs without improving (or at
-`epochs`). Since seeds never interact, each seed's result equals a run of that seed alone.
+`epochs`). A seed that has stopped keeps its best while the others train on: a later, higher
+validation value would be one a run of that seed alone never reaches. Since seeds never
+interact, each seed's result equals a run of that seed alone.
 """
 
 from __future__ import annotations
@@ -249,6 +251,10 @@ def fit(
                 current = [float(v[metric]) for v in values]
                 improved_rows = []
                 for row, member in enumerate(alive):
+                    if since_best[member] >= patience:
+                        # This member has stopped: alone it would have ended here, so its
+                        # best is frozen while the rest of the population trains on.
+                        continue
                     if _improved(current[row], best_values[member], lower):
                         best_values[member], best_epochs[member] = current[row], epoch
                         since_best[member] = 0

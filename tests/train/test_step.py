@@ -217,3 +217,31 @@ def test_schedules_and_weight_decay():
     params = {"w": jnp.ones(3)}
     updates, _ = optimizer.update({"w": jnp.zeros(3)}, optimizer.init(params), params)
     np.testing.assert_allclose(updates["w"], -0.05 * np.ones(3), rtol=1e-6)
+
+
+def test_a_stopped_member_keeps_its_best_while_the_population_trains_on():
+    """Member 0 peaks at epoch 0, then worsens for `patience` epochs and would improve
+    later; alone it stops, so in a population its best must stay at epoch 0."""
+    import optax
+
+    from causalrec_jax.train.step import TrainState
+
+    def train_epoch(state, data, key, epoch):
+        params = dict(state.params, w=state.params["w"] + 1.0)
+        return state.replace(params=params, step=state.step + 1), {
+            "loss": jnp.float32(0.0), "first_bad_batch": jnp.int32(-1)}
+
+    curves = {0: [0.9, 0.5, 0.4, 0.95, 0.99, 0.99], 1: [0.1, 0.2, 0.3, 0.4, 0.5, 0.6]}
+
+    def evaluate_fn(params):
+        epoch = int(params["w"]) - 1
+        member = int(round(float(params["member"])))
+        return {"auc": curves[member][epoch]}
+
+    states = TrainState(params={"w": jnp.zeros(2), "member": jnp.asarray([0.0, 1.0])},
+                        opt_state=optax.EmptyState(), step=jnp.zeros(2, jnp.int32))
+    result = fit(train_epoch=train_epoch, states=states, data={},
+                 keys=jax.random.split(jax.random.key(0), 2), epochs=6,
+                 evaluate_fn=evaluate_fn, metric="auc", patience=2)
+    assert result.best_epochs == [0, 5]
+    assert result.best_values == pytest.approx([0.9, 0.6])
