@@ -139,8 +139,9 @@ class SimConfig:
                  self.calibration_users)
         for key in ("n_users", "n_items", "latent_dim"):
             _require(getattr(self, key) >= 1, f"sim.{key}", "an integer >= 1", getattr(self, key))
-        _require(0 <= self.mar_items_per_user <= self.n_items, "sim.mar_items_per_user",
-                 f"0..sim.n_items ({self.n_items})", self.mar_items_per_user)
+        _require(1 <= self.mar_items_per_user <= self.n_items, "sim.mar_items_per_user",
+                 f"1..sim.n_items ({self.n_items}): the world's MAR test sample",
+                 self.mar_items_per_user)
         _require(0.0 < self.mean_exposure < 1.0, "sim.mean_exposure", "a number in (0, 1)",
                  self.mean_exposure)
         for key in ("popularity_sigma", "rating_noise"):

@@ -139,3 +139,8 @@ def test_metric_names_agree_with_the_eval_package():
 def test_a_literal_string_that_toml_reads_as_a_boolean_is_accepted():
     config = load_config(None, ["causal.propensity=true"])
     assert config.causal.propensity == "true"
+
+
+def test_a_world_without_a_mar_test_sample_is_refused_at_load():
+    with pytest.raises(ConfigError, match="sim.mar_items_per_user"):
+        load_config(None, ["sim.mar_items_per_user=0"])

@@ -321,3 +321,18 @@ def test_bad_requests_on_runs(tmp_path):
 def test_metrics_json_is_strict_json():
     assert runner._json_safe({"a": float("nan"), "b": [1.0, float("inf")], "c": np.float32(2)}) \
         == {"a": None, "b": [1.0, None], "c": 2.0}
+
+
+def test_literature_ndcg_scores_users_without_a_positive_as_one(tmp_path):
+    config = ratings_config('eval.metrics=["ndcg", "auc"]', "train.epochs=3", "train.seeds=2",
+                            'train.early_stopping_metric="auc"')
+    metrics = runner.train_run(config, tmp_path / "run", quiet=True)
+    for entry in metrics["per_seed"]:
+        test, literature = entry["test"], entry["test_literature"]
+        n_scored, n_none = test["n_users_evaluated"], test["n_users_no_positive"]
+        assert n_none > 0
+        expected = (test["ndcg@5"] * n_scored + n_none) / (n_scored + n_none)
+        assert literature["ndcg@5"] == pytest.approx(expected, rel=1e-5)
+        assert "auc" not in literature  # only NDCG changes under the convention
+    assert metrics["test_literature"]["ndcg@5"] > metrics["test"]["ndcg@5"]
+    assert set(metrics["test_literature_std"]) == {"ndcg@5"}
