@@ -30,7 +30,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from causalrec_jax.config import Config, check_selection_metric, dump_config, load_config
+from causalrec_jax.config import (
+    RANKING_METRIC_NAMES,
+    Config,
+    check_selection_metric,
+    dump_config,
+    load_config,
+)
 from causalrec_jax.data.dataset import Dataset, Split, concatenate
 from causalrec_jax.data.loader import load_dataset
 from causalrec_jax.data.split import kfold_splits, make_split
@@ -205,9 +211,10 @@ def inverse_propensity_weights(config: Config, split: Split, truth: Any) -> tupl
 
 def _test_results(config: Config, seen: Dataset, test: Dataset, score_users_fn, propensity,
                   truth) -> dict[str, Any]:
-    """`{"test": ...}`, plus `"test_literature"` (candidates protocol: the literature's
-    convention that a user without a positive test item scores NDCG = 1, under the same
-    names) and `"test_truth"` (the simulator: metrics on the true relevance of all cells)."""
+    """`{"test": ...}`, plus, under the candidates protocol, `"test_literature"` (the
+    literature's convention that a user without a positive test item scores NDCG = 1, under the
+    same names) and `"test_full"` (the same positives ranked among all items, seen ones
+    masked), and `"test_truth"` (the simulator: metrics on the true relevance of all cells)."""
     literature = config.eval.protocol == "candidates"
     values = evaluate_split(config.eval, train=seen, test=test, score_users_fn=score_users_fn,
                             propensity=propensity, literature=literature)
@@ -218,6 +225,12 @@ def _test_results(config: Config, seen: Dataset, test: Dataset, score_users_fn, 
                                   if k.startswith("literature_")}
         if not out["test_literature"]:
             del out["test_literature"]
+        ranking = [name for name in config.eval.metrics if name in RANKING_METRIC_NAMES]
+        if ranking:
+            # The same positives ranked against the whole catalogue (seen items masked).
+            full = dataclasses.replace(config.eval, protocol="full", metrics=ranking)
+            out["test_full"] = evaluate_split(full, train=seen, test=test,
+                                              score_users_fn=score_users_fn)
     if truth is not None and (hasattr(truth, "relevance") or _is_sparse_truth(truth)):
         from causalrec_jax.eval.truth import evaluate_against_truth
 
@@ -633,7 +646,7 @@ def train_run(
                               truth=truth)
         per_seed, timing = trained.per_seed, dict(trained.timing)
     metrics: dict[str, Any] = {}
-    for part in ("test", "test_literature", "test_truth", "valid"):
+    for part in ("test", "test_literature", "test_full", "test_truth", "valid"):
         if part in per_seed[0]:
             metrics.update(aggregate(per_seed, part))
     metrics["per_seed"] = per_seed

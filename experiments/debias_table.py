@@ -88,6 +88,7 @@ def summarize_run(metrics: dict[str, Any]) -> dict[str, Any]:
         "mean": {name: _pick(test, name) for name in METRICS},
         "std": {name: _pick(std, name) for name in METRICS},
         "literature": None,
+        "full": None,
         "truth": None,
         "train_seconds": _finite(metrics.get("timing", {}).get("train_seconds")),
         "epochs_run": metrics.get("timing", {}).get("epochs_run"),
@@ -98,6 +99,11 @@ def summarize_run(metrics: dict[str, Any]) -> dict[str, Any]:
         row["literature"] = {
             "mean": _pick(metrics["test_literature"], LITERATURE),
             "std": _pick(metrics.get("test_literature_std"), LITERATURE),
+        }
+    if metrics.get("test_full"):
+        row["full"] = {
+            "mean": _pick(metrics["test_full"], LITERATURE),
+            "std": _pick(metrics.get("test_full_std"), LITERATURE),
         }
     if metrics.get("test_truth"):
         row["truth"] = {
@@ -111,7 +117,7 @@ def failed_row(error: Exception) -> dict[str, Any]:
     """The table row of a method whose run raised `error` (a CausalRecError)."""
     return {
         "status": "failed", "mean": dict.fromkeys(METRICS), "std": dict.fromkeys(METRICS),
-        "literature": None, "truth": None, "train_seconds": None, "epochs_run": None,
+        "literature": None, "full": None, "truth": None, "train_seconds": None, "epochs_run": None,
         "seeds": [], "error": f"{type(error).__name__}: {error}",
     }
 
@@ -129,7 +135,11 @@ def run_method(config_path: Path, overrides: list[str], out: Path) -> dict[str, 
         metrics = runner.train_run(config, out, quiet=True)
     except CausalRecError as error:
         return failed_row(error)
-    return summarize_run(metrics)
+    row = summarize_run(metrics)
+    if config.train.loss != "mse":
+        # Scores of a logistic or pairwise loss are not ratings: their mse means nothing.
+        row["mean"]["mse"] = row["std"]["mse"] = None
+    return row
 
 
 def _cell(mean: float | None, std: float | None, digits: int = 4) -> str:
@@ -162,7 +172,9 @@ def protocol_text(data: str, seeds: int, path: str | None) -> str:
         "validation slice (early stopping on validation auc); the rest is the test. "
         "Candidates protocol: each user ranks their own MAR test items; ratings >= 4 are "
         "positives; users without a positive are left out of ndcg and recall under \"test\" "
-        "(`literature ndcg@5` scores them 1, the published convention). "
+        "(`literature ndcg@5` scores them 1, the published convention; `full-ranking "
+        "ndcg@5` ranks the same positives among all items, seen ones masked). mse only for "
+        "methods that predict ratings (train.loss = mse). "
         f"Mean ± std over {seeds} training seeds (vmapped in one program)."
     )
 
@@ -170,7 +182,7 @@ def protocol_text(data: str, seeds: int, path: str | None) -> str:
 def markdown_table(rows: dict[str, dict[str, Any]]) -> str:
     """One markdown row per method (failed methods carry their message)."""
     truth = has_truth(rows)
-    header = ["method", *METRICS, f"literature {LITERATURE}"]
+    header = ["method", *METRICS, f"literature {LITERATURE}", f"full-ranking {LITERATURE}"]
     if truth:
         header += [f"truth_{name}" for name in TRUTH]
     header.append("train s")
@@ -183,6 +195,8 @@ def markdown_table(rows: dict[str, dict[str, Any]]) -> str:
             cells = [method] + [_cell(row["mean"][m], row["std"][m]) for m in METRICS]
             literature = row["literature"] or {}
             cells.append(_cell(literature.get("mean"), literature.get("std")))
+            full = row["full"] or {}
+            cells.append(_cell(full.get("mean"), full.get("std")))
             if truth:
                 values = row["truth"] or {"mean": {}, "std": {}}
                 cells += [_cell(values["mean"].get(m), values["std"].get(m)) for m in TRUTH]
@@ -198,6 +212,7 @@ def csv_columns() -> list[str]:
     for name in METRICS:
         columns += [f"{name}_mean", f"{name}_std"]
     columns += [f"literature_{LITERATURE}_mean", f"literature_{LITERATURE}_std"]
+    columns += [f"full_{LITERATURE}_mean", f"full_{LITERATURE}_std"]
     for name in TRUTH:
         columns += [f"truth_{name}_mean", f"truth_{name}_std"]
     return columns + ["train_seconds", "epochs_run", "error"]
@@ -218,6 +233,9 @@ def write_csv(path: Path, rows: dict[str, dict[str, Any]]) -> None:
             literature = row["literature"] or {}
             record[f"literature_{LITERATURE}_mean"] = literature.get("mean")
             record[f"literature_{LITERATURE}_std"] = literature.get("std")
+            full = row["full"] or {}
+            record[f"full_{LITERATURE}_mean"] = full.get("mean")
+            record[f"full_{LITERATURE}_std"] = full.get("std")
             truth = row["truth"] or {"mean": {}, "std": {}}
             for name in TRUTH:
                 record[f"truth_{name}_mean"] = truth["mean"].get(name)

@@ -336,3 +336,6 @@ def test_literature_ndcg_scores_users_without_a_positive_as_one(tmp_path):
         assert "auc" not in literature  # only NDCG changes under the convention
     assert metrics["test_literature"]["ndcg@5"] > metrics["test"]["ndcg@5"]
     assert set(metrics["test_literature_std"]) == {"ndcg@5"}
+    # The same positives ranked among all 100 items instead of the user's 16 MAR items.
+    assert set(metrics["test_full"]) == {"ndcg@5"}
+    assert metrics["test_full"]["ndcg@5"] < metrics["test"]["ndcg@5"]

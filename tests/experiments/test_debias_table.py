@@ -96,13 +96,16 @@ def test_rows_read_literature_and_truth_metrics_when_present():
         "test": {"auc": 0.7, "ndcg@5": 0.5, "recall@5": 0.4, "ndcg@10": 0.6, "mse": 1.1},
         "test_std": {"auc": 0.01, "ndcg@5": 0.02, "recall@5": 0.03, "ndcg@10": 0.0, "mse": 0.1},
         "test_literature": {"ndcg@5": 0.55}, "test_literature_std": {"ndcg@5": 0.01},
+        "test_full": {"ndcg@5": 0.25}, "test_full_std": {"ndcg@5": 0.02},
         "test_truth": {"auc": 0.8, "ndcg@5": 0.6, "mse": 0.9},
         "timing": {"train_seconds": 2.5, "epochs_run": 3}, "seeds": [0, 1],
     }
     row = table.summarize_run(metrics)
     assert row["literature"] == {"mean": 0.55, "std": 0.01}
+    assert row["full"] == {"mean": 0.25, "std": 0.02}
     assert row["truth"]["mean"]["auc"] == 0.8 and row["truth"]["std"]["auc"] is None
     markdown = table.markdown_table({"naive": row, "ips": table.summarize_run(
         {k: v for k, v in metrics.items() if k not in ("test_literature", "test_truth")})})
     assert "truth_auc" in markdown and "0.5500 ± 0.0100" in markdown
+    assert "full-ranking ndcg@5" in markdown and "0.2500 ± 0.0200" in markdown
     assert "| ips |" in markdown and "—" in markdown

@@ -58,5 +58,11 @@ def test_quickstart_trains_and_reports(tmp_path, capsys):
     assert (out / "metrics.json").exists()
     assert set(metrics["test"]) >= {"mse", "auc", "ndcg@5"}
     assert len(metrics["per_seed"]) == 2
+    # naive vs IPS vs DR-JL against the simulator's truth, each with its sim_<method> config.
+    comparison = metrics["comparison"]
+    assert list(comparison) == ["naive", "ips", "dr_jl"]
+    for row in comparison.values():
+        assert row["truth_mse"] > 0 and 0 <= row["truth_auc"] <= 1
+    assert "against the simulator's truth" in printed
     # Ratings live on 1..5: a fitted model's error is far below the spread of the scale.
     assert metrics["test"]["mse"] < 4.0
