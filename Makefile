@@ -28,6 +28,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/foundation.py
 	$(BIN)/python bench/training.py
 	$(BIN)/python bench/tune.py
+	$(BIN)/python bench/debias.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check causalrec_jax tests experiments bench

@@ -74,7 +74,7 @@ import numpy as np
 from causalrec_jax.config import CausalConfig
 from causalrec_jax.errors import ConfigError
 from causalrec_jax.train import losses
-from causalrec_jax.train.objectives import resample_seen
+from causalrec_jax.train.objectives import draw_negatives
 
 # Methods whose loss sums over every cell (uniform cells are drawn each step).
 ALL_CELL_METHODS = ("dr", "dr_jl", "mrdr", "dr_mse", "rel_mf")
@@ -86,8 +86,8 @@ IMPLICIT_METHODS = ("rel_mf", "pda", "macr")
 # Every method this module builds.
 CAUSAL_METHODS = (*DR_METHODS, *IMPLICIT_METHODS)
 
+# Fold-in ids of the step key (negatives use objectives' stream 0).
 _STREAM_CELLS = 2
-_STREAM_NEGATIVES = 0
 _STREAM_DROPOUT = 1
 
 Scorer = Callable[..., jax.Array]
@@ -279,16 +279,9 @@ def make_causal_objective(
 
     def sampled(params, batch, key):
         users, items = batch["users"], batch["items"]
-        negative_key = jax.random.fold_in(key, _STREAM_NEGATIVES)
-        negatives = jax.random.randint(negative_key, (users.shape[0], n_negatives), 0, n_items,
-                                       jnp.int32)
-        negative_where = jnp.ones(negatives.shape, bool)
-        if "shared_seen_mask" in batch or "shared_seen_pairs" in batch:
-            negatives, negative_where = resample_seen(
-                negative_key, users, negatives, n_items,
-                seen_mask=batch.get("shared_seen_mask"),
-                seen_pairs=batch.get("shared_seen_pairs"),
-            )
+        negatives, _, negative_where = draw_negatives(key, batch, users, n_items, n_negatives)
+        if negative_where is None:
+            negative_where = jnp.ones(negatives.shape, bool)
         width = 1 + n_negatives
         all_users = jnp.repeat(users[:, None], width, axis=1)
         all_items = jnp.concatenate([items[:, None], negatives], axis=1)

@@ -76,17 +76,9 @@ def make_objective(
             scores = score_all(params, users)
             loss = losses.softmax_cross_entropy_loss(scores, items, weights=weights, where=where)
         else:
-            negative_key = jax.random.fold_in(key, _STREAM_NEGATIVES)
-            negatives, log_probs = losses.sample_negatives(
-                negative_key, n_items, (users.shape[0], n_negatives)
+            negatives, log_probs, negative_where = draw_negatives(
+                key, batch, users, n_items, n_negatives
             )
-            negative_where = None
-            if "shared_seen_mask" in batch or "shared_seen_pairs" in batch:
-                negatives, negative_where = resample_seen(
-                    negative_key, users, negatives, n_items,
-                    seen_mask=batch.get("shared_seen_mask"),
-                    seen_pairs=batch.get("shared_seen_pairs"),
-                )
             n_candidates = 1 + n_negatives
             all_users = jnp.repeat(users[:, None], n_candidates, axis=1).reshape(-1)
             all_items = jnp.concatenate([items[:, None], negatives], axis=1).reshape(-1)
@@ -107,6 +99,24 @@ def make_objective(
         return loss, {"loss": loss}
 
     return loss_fn
+
+
+def draw_negatives(key: jax.Array, batch: Batch, users: jax.Array, n_items: int,
+                   n_negatives: int) -> tuple[jax.Array, jax.Array, jax.Array | None]:
+    """`[b, n_negatives]` uniform negatives of the step `key`, their log-probabilities, and
+    which are valid: None, or False where a seen item survived `resample_seen` (when the
+    batch carries the shared seen-items data)."""
+    negative_key = jax.random.fold_in(key, _STREAM_NEGATIVES)
+    negatives, log_probs = losses.sample_negatives(
+        negative_key, n_items, (users.shape[0], n_negatives)
+    )
+    negative_where = None
+    if "shared_seen_mask" in batch or "shared_seen_pairs" in batch:
+        negatives, negative_where = resample_seen(
+            negative_key, users, negatives, n_items,
+            seen_mask=batch.get("shared_seen_mask"), seen_pairs=batch.get("shared_seen_pairs"),
+        )
+    return negatives, log_probs, negative_where
 
 
 # Up to this many (user, item) cells the seen items are a dense bool mask (a fast gather);
