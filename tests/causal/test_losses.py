@@ -133,6 +133,7 @@ def estimates():
             "dr": dr_loss(errors, 1.0, observed, propensity),  # wrong (constant) imputation
             "dr_wrong_propensity": dr_loss(errors, errors, observed, wrong_propensity),
             "ips_wrong_propensity": ips_loss(errors, observed, wrong_propensity),
+            "dr_both_wrong": dr_loss(errors, 1.0, observed, wrong_propensity),
         }
 
     values = estimate(jax.random.split(jax.random.key(2), N_KEYS))
@@ -167,6 +168,8 @@ def test_double_robustness(estimates):
     # Correct propensity, wrong imputation (constant 1): unbiased (test_ips_and_dr_unbiased).
     # IPS with the wrong propensity is biased. measured: 0.42463 (se 0.00038, z 22.4)
     assert abs(_z(true_loss, values["ips_wrong_propensity"])) > 4
+    # Both wrong: DR has nothing left to lean on and is biased. measured: 0.42510 (z 20.3)
+    assert abs(_z(true_loss, values["dr_both_wrong"])) > 4
 
 
 def test_snips_consistent_with_smaller_variance(estimates):
