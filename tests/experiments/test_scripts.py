@@ -60,7 +60,7 @@ def test_quickstart_trains_and_reports(tmp_path, capsys):
     assert len(metrics["per_seed"]) == 2
     # naive vs IPS vs DR-JL against the simulator's truth, each with its sim_<method> config.
     comparison = metrics["comparison"]
-    assert list(comparison) == ["naive", "ips", "dr_jl"]
+    assert list(comparison) == ["naive", "ips", "dr", "dr_jl"]
     for row in comparison.values():
         assert row["truth_mse"] > 0 and 0 <= row["truth_auc"] <= 1
     assert "against the simulator's truth" in printed
