@@ -196,6 +196,9 @@ class CausalConfig:
     dr_mse_lambda: float = 0.5
     # pda: popularity exponent gamma of the training score ELU'(f) * m_i^gamma.
     pda_gamma: float = 0.1
+    # pda at inference: 0 ranks by the deconfounded ELU'(f) (PD); > 0 re-adds the training
+    # popularity as ELU'(f) * m_i^gamma (PDA's popularity-adjusted inference).
+    pda_inference_gamma: float = 0.0
     # macr: weights of the item- and user-module losses and the counterfactual reference c.
     macr_alpha: float = 1e-3
     macr_beta: float = 1e-3
@@ -208,7 +211,9 @@ class CausalConfig:
                  self.cells_per_row)
         _require(0 <= self.dr_mse_lambda <= 1, "causal.dr_mse_lambda", "a number in [0, 1]",
                  self.dr_mse_lambda)
-        _require(self.pda_gamma >= 0, "causal.pda_gamma", "a number >= 0", self.pda_gamma)
+        for key in ("pda_gamma", "pda_inference_gamma"):
+            _require(getattr(self, key) >= 0, f"causal.{key}", "a number >= 0",
+                     getattr(self, key))
         for key in ("macr_alpha", "macr_beta"):
             _require(getattr(self, key) >= 0, f"causal.{key}", "a number >= 0",
                      getattr(self, key))

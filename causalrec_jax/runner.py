@@ -264,6 +264,8 @@ class _CausalSetup:
     params: dict[str, Any]
     score_all: Any
     report: dict[str, Any] | None
+    # Arrays the inference reads besides the parameters (PDA's training popularity).
+    constants: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 def _causal_training(config, split, truth, parts, scorers, keys, inputs) -> _CausalSetup:
@@ -304,19 +306,23 @@ def _causal_training(config, split, truth, parts, scorers, keys, inputs) -> _Cau
     imputation_value = config.causal.imputation_value
     if imputation_value is None and "ratings" in arrays:
         imputation_value = float(np.mean(arrays["ratings"]))
-    counts = np.bincount(items, minlength=train.n_items).astype(np.float64)
-    log_popularity = np.log(np.maximum(counts / max(counts.sum(), 1.0), 1e-12))
+    log_popularity = causal_training.log_popularity(items, train.n_items)
     loss_fn = causal_training.make_causal_objective(
         method, config.causal, config.train.loss, scorers.score_pairs,
         n_users=train.n_users, n_items=train.n_items, n_rows=len(users),
         imputation_score_pairs=imputation_pairs, imputation_value=imputation_value or 0.0,
         log_popularity=log_popularity, n_negatives=config.train.n_negatives,
     )
-    _, score_all = causal_training.inference_scorers(
+    _, inference_all = causal_training.inference_scorers(
         method, config.causal, scorers.score_pairs, scorers.score_all
     )
+    constants = {"log_popularity": jnp.asarray(log_popularity)} if method == "pda" else {}
+
+    def score_all(params, users):
+        return inference_all({**params, **constants}, users)
+
     return _CausalSetup(loss_fn=loss_fn, arrays=arrays, params=params, score_all=score_all,
-                        report=report)
+                        report=report, constants=constants)
 
 
 def train_split(
@@ -457,6 +463,8 @@ def train_split(
     if method in CAUSAL_METHODS:
         extra = {name: value for name, value in best_params.items()
                  if name not in ("prediction", "imputation")}
+        extra.update({name: jnp.tile(value[None], (len(members),) + (1,) * value.ndim)
+                      for name, value in setup.constants.items()})
         best_params = best_params["prediction"]
     return Trained(parts=parts._replace(params=best_params), per_seed=per_seed,
                    history=result.history, timing=timing, propensity_report=propensity_report,
@@ -742,9 +750,9 @@ def load_run(run_dir: str | Path) -> LoadedRun:
     }
     parts = init_params(config.model, keys=seed_keys(seeds), **inputs)
     like: dict[str, Any] = {"params": parts.params}
-    from causalrec_jax.causal.training import extra_params
+    from causalrec_jax.causal.training import saved_arrays
 
-    extra = extra_params(config.causal.method, inputs["n_users"], inputs["n_items"])
+    extra = saved_arrays(config.causal.method, inputs["n_users"], inputs["n_items"])
     if extra:
         like["causal"] = {name: jnp.zeros((len(seeds), *value.shape), value.dtype)
                           for name, value in extra.items()}

@@ -67,21 +67,28 @@ def compare(config, overrides, methods, out: Path) -> dict:
     for method in ["naive", *methods]:
         variant = load_config(ROOT / "configs" / f"sim_{method}.toml",
                               [f"train.seeds={config.train.seeds}", *overrides])
-        rows[method] = _truth_row(train_run(variant, out / f"compare_{method}", quiet=True))
+        metrics = train_run(variant, out / f"compare_{method}", quiet=True)
+        rows[method] = _truth_row(metrics, ratings=variant.train.loss == "mse")
     print("\nnaive vs debiased MF, each with its tuned configs/sim_<method>.toml (mean over "
           f"{config.train.seeds} seeds),\nagainst the simulator's truth: error vs the true "
           "E[rating] of all cells, ranking of all items by true relevance")
     print(f"  {'method':<8} {'MAR test mse':>12} {'MAR test auc':>12} "
           + " ".join(f"{c:>13}" for c in TRUTH_COLUMNS))
     for method, row in rows.items():
-        print(f"  {method:<8} {row['mar_test_mse']:>12.4f} {row['mar_test_auc']:>12.4f} "
-              + " ".join(f"{row[c]:>13.4f}" for c in TRUTH_COLUMNS))
+        print(f"  {method:<8} {_cell(row['mar_test_mse'], 12)} {_cell(row['mar_test_auc'], 12)} "
+              + " ".join(_cell(row[c], 13) for c in TRUTH_COLUMNS))
     return rows
 
 
-def _truth_row(metrics: dict) -> dict:
-    return {"mar_test_mse": metrics["test"]["mse"], "mar_test_auc": metrics["test"]["auc"],
-            **{name: metrics["test_truth"][name] for name in TRUTH_COLUMNS}}
+def _cell(value, width: int) -> str:
+    return f"{'—':>{width}}" if value is None else f"{value:>{width}.4f}"
+
+
+def _truth_row(metrics: dict, ratings: bool) -> dict:
+    # Scores of methods that do not predict ratings (rel_mf, pda, macr) have no mse.
+    return {"mar_test_mse": metrics["test"].get("mse") if ratings else None,
+            "mar_test_auc": metrics["test"].get("auc"),
+            **{name: metrics["test_truth"].get(name) for name in TRUTH_COLUMNS}}
 
 
 if __name__ == "__main__":

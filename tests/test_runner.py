@@ -280,9 +280,21 @@ def test_popularity_methods_train_and_serve_their_deconfounded_ranking(tmp_path)
         sig(run.extra["user_logit"][0, 0]))
     assert top[0][1] == pytest.approx(expected, rel=1e-4, abs=1e-6)
     pda = runner.train_run(ratings_config('causal.method="pda"', 'train.loss="bpr"',
+                                          "causal.pda_inference_gamma=0.3",
                                           'train.early_stopping_metric="auc"', "train.epochs=5"),
                            tmp_path / "pda", quiet=True)
     assert 0.5 < pda["test"]["auc"] <= 1.0
+    # PDA serves ELU'(f) m_i^0.3 with the training popularity it saved beside the model.
+    run = runner.load_run(tmp_path / "pda")
+    log_popularity = np.asarray(run.extra["log_popularity"][0])
+    assert np.exp(log_popularity[log_popularity > -20]).sum() == pytest.approx(1.0, rel=1e-4)
+    (item_id, score), = runner.recommend(run, run.user_ids[0], k=1)
+    params = jax.tree.map(lambda leaf: leaf[0], run.parts.params)
+    scorers = make_scorers(run.parts.graphdef, run.parts.constants)
+    f = np.asarray(scorers.score_all(params, np.asarray([0])))[0]
+    item = int(np.flatnonzero(run.item_ids == item_id)[0])
+    expected = (float(jax.nn.elu(f[item])) + 1.0) * float(np.exp(0.3 * log_popularity[item]))
+    assert score == pytest.approx(expected, rel=1e-4)
 
 
 def test_weighted_methods_reject_what_they_cannot_do(tmp_path):

@@ -9,6 +9,7 @@
 - `causal.propensity = "naive_bayes"` without a missing-at-random training slice
   (`data.split = "mar_slice"` with `data.mar_train_fraction > 0`);
 - `causal.propensity = "true"` outside the simulator;
+- `dr` with `train.loss = "bce"` and an imputed value outside [0, 1] (it is a label);
 - a split with an empty test part;
 - `causal.propensity = "given"` with a released matrix that is missing, of the wrong shape, or
   NaN, <= 0 or > 1 at a cell the training data observes (a `PropensityError`, which names the
@@ -75,6 +76,14 @@ def check_causal_setup(config: Config, split: Split) -> None:
             f"key causal.propensity: causal.method = {method!r} weights observed rows by "
             f"1 / propensity, so it needs a propensity source; got 'none', expected one of "
             f"{sources}"
+        )
+    value = causal.imputation_value
+    if method == "dr" and config.train.loss == "bce" and value is not None and not (
+        0.0 <= value <= 1.0
+    ):
+        raise ConfigError(
+            f"key causal.imputation_value: with train.loss = 'bce' the imputed value is a label "
+            f"probability in [0, 1]; got {value}"
         )
     mar_train = split.extra.get("mar_train")
     if source == "naive_bayes" and (mar_train is None or len(mar_train) == 0):

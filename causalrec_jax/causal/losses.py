@@ -20,6 +20,12 @@ are correct. Its imputation model is trained with one of
                             Doubly Robust Learning for Debiasing Post-Click Conversion Rate
                             Estimation", SIGIR 2021: the MRDR objective, which targets the
                             variance of the DR estimator rather than the imputation error)
+    dr_mse_imputation_loss: (1/N) sum O w (e - e_hat)^2 with w = lambda (1 - p)^2 / p^3
+                            + (1 - lambda) (1 - p) / p^2 (Dai et al., "A Generalized Doubly
+                            Robust Learning Framework for Debiasing Post-Click Conversion Rate
+                            Prediction", KDD 2022: DR's squared bias and variance together)
+
+and, for implicit feedback, `rel_mf_loss` (Saito et al., WSDM 2020).
 
 Conventions shared by every function:
 
@@ -210,6 +216,25 @@ def dr_loss(
     return reduce_losses(imputed_errors + weights * residuals, where=valid, normalize="count")
 
 
+def imputation_weight(method: str, propensities: ArrayLike, dr_mse_lambda: float = 0.5) -> Array:
+    """The weight of an observed cell's `(e - e_hat)^2` in `method`'s imputation objective.
+
+    `dr_jl`: `1 / p`; `mrdr`: `(1 - p) / p^2` (the IPS estimate of DR's variance term);
+    `dr_mse`: `lambda (1 - p)^2 / p^3 + (1 - lambda) (1 - p) / p^2` (DR's squared bias and
+    variance terms; Dai et al., KDD 2022). Propensities must be positive (mask the others).
+    """
+    p = jnp.asarray(propensities)
+    if method == "dr_jl":
+        return 1.0 / p
+    variance = (1.0 - p) / jnp.square(p)
+    if method == "mrdr":
+        return variance
+    if method == "dr_mse":
+        bias = jnp.square(1.0 - p) / (p * jnp.square(p))
+        return dr_mse_lambda * bias + (1.0 - dr_mse_lambda) * variance
+    raise ConfigError(f"key causal.method: {method!r} has no imputation model")
+
+
 def dr_jl_imputation_loss(
     errors: ArrayLike,
     imputed_errors: ArrayLike,
@@ -238,7 +263,7 @@ def dr_jl_imputation_loss(
         A scalar; 0 when everything is masked.
     """
     return _weighted_imputation_loss(
-        errors, imputed_errors, observed, propensities, where, normalize, power=1, mrdr=False
+        errors, imputed_errors, observed, propensities, where, normalize, "dr_jl", 0.0
     )
 
 
@@ -258,25 +283,69 @@ def mrdr_imputation_loss(
     and normalisation as `dr_jl_imputation_loss`.
     """
     return _weighted_imputation_loss(
-        errors, imputed_errors, observed, propensities, where, normalize, power=2, mrdr=True
+        errors, imputed_errors, observed, propensities, where, normalize, "mrdr", 0.0
+    )
+
+
+def dr_mse_imputation_loss(
+    errors: ArrayLike,
+    imputed_errors: ArrayLike,
+    observed: ArrayLike,
+    propensities: ArrayLike,
+    *,
+    dr_mse_lambda: float = 0.5,
+    where: ArrayLike | None = None,
+    normalize: Normalize = "count",
+) -> Array:
+    """DR-MSE imputation objective (Dai et al., KDD 2022): `(1/N) sum O w (e - e_hat)^2` with
+    `w = lambda (1 - p)^2 / p^3 + (1 - lambda) (1 - p) / p^2`, an estimate of the DR
+    estimator's squared bias (`lambda = 1`, DR-BIAS) and variance (`lambda = 0`, MRDR).
+    Arguments and normalisation as `dr_jl_imputation_loss`."""
+    return _weighted_imputation_loss(
+        errors, imputed_errors, observed, propensities, where, normalize, "dr_mse",
+        dr_mse_lambda,
     )
 
 
 def _weighted_imputation_loss(
-    errors, imputed_errors, observed, propensities, where, normalize, *, power, mrdr
+    errors, imputed_errors, observed, propensities, where, normalize, method, dr_mse_lambda
 ) -> Array:
     errors, imputed_errors, observed, propensities = _cells(
         errors, imputed_errors, observed, propensities
     )
     imputed_errors = imputed_errors.astype(errors.dtype)
     valid = _valid(errors.shape, where)
-    weights, active = _inverse_propensity_weights(
-        observed, propensities, valid, errors.dtype, power=power
-    )
-    if mrdr:
-        weights = weights * jnp.where(active, 1.0 - propensities.astype(errors.dtype), 0.0)
+    active = valid & (jnp.asarray(observed) != 0)
+    # Inactive cells get p = 1 before the division, so value and gradient stay finite.
+    safe = jnp.where(active, propensities.astype(errors.dtype), 1.0)
+    weights = jnp.where(active, imputation_weight(method, safe, dr_mse_lambda), 0.0)
     residuals = jnp.where(active, errors - imputed_errors, jnp.zeros_like(errors))
     return reduce_losses(jnp.square(residuals), weights=weights, where=valid, normalize=normalize)
+
+
+def rel_mf_loss(
+    logits: ArrayLike,
+    clicks: ArrayLike,
+    propensities: ArrayLike,
+    *,
+    where: ArrayLike | None = None,
+) -> Array:
+    """Unbiased pointwise loss for implicit feedback (Saito et al., WSDM 2020), over cells:
+
+        (1/N) sum [ -(Y / theta) log sigmoid(x) - (1 - Y / theta) log sigmoid(-x) ]
+
+    with clicks `Y` and exposure propensities `theta` (clipped by the caller). Unbiased for
+    the loss on true relevance; unbounded below where `Y / theta > 1` (clipping, weight decay
+    and early stopping keep training in range). Cells without a click ignore `theta`.
+    """
+    logits, clicks, propensities = _cells(logits, clicks, propensities)
+    valid = _valid(logits.shape, where)
+    weights, _ = _inverse_propensity_weights(clicks, propensities, valid, logits.dtype)
+    relevance = weights * clicks.astype(logits.dtype)
+    losses = -relevance * jax.nn.log_sigmoid(logits) - (1.0 - relevance) * jax.nn.log_sigmoid(
+        -logits
+    )
+    return reduce_losses(losses, where=valid, normalize="count")
 
 
 Estimator = Callable[..., Array]

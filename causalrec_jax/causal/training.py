@@ -71,6 +71,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from causalrec_jax.causal import losses as causal_losses
 from causalrec_jax.config import CausalConfig
 from causalrec_jax.errors import ConfigError
 from causalrec_jax.train import losses
@@ -94,21 +95,9 @@ Scorer = Callable[..., jax.Array]
 
 
 def imputation_weights(method: str, propensities: jax.Array, dr_mse_lambda: float = 0.5):
-    """Per observed row, the weight of `(e - e_hat)^2` in the imputation objective of `method`.
-
-    `dr_jl`: `1 / p`; `mrdr`: `(1 - p) / p^2`; `dr_mse`:
-    `lambda (1 - p)^2 / p^3 + (1 - lambda) (1 - p) / p^2`.
-    """
-    p = jnp.asarray(propensities)
-    if method == "dr_jl":
-        return 1.0 / p
-    variance = (1.0 - p) / jnp.square(p)
-    if method == "mrdr":
-        return variance
-    if method == "dr_mse":
-        bias = jnp.square(1.0 - p) / (p * jnp.square(p))
-        return dr_mse_lambda * bias + (1.0 - dr_mse_lambda) * variance
-    raise ConfigError(f"key causal.method: {method!r} has no imputation model")
+    """Per observed row, the weight of `(e - e_hat)^2` in the imputation objective of `method`
+    (`causal.losses.imputation_weight`, the one definition)."""
+    return causal_losses.imputation_weight(method, propensities, dr_mse_lambda)
 
 
 def pointwise_error(loss_name: str, predictions: jax.Array, targets: jax.Array) -> jax.Array:
@@ -138,10 +127,24 @@ def macr_parts(params: dict[str, Any], users: jax.Array, items: jax.Array | None
 def inference_scorers(method: str, causal: CausalConfig, score_pairs: Scorer, score_all: Scorer):
     """`(score_pairs, score_all)` of the ranking a trained model of `method` serves.
 
-    Both take the whole `params` dict of `make_causal_objective`. `macr` removes the direct
-    effect of popularity, `(f - c) sigmoid(y_i) sigmoid(y_u)`; every other method serves the
-    prediction model (`pda`'s `ELU'(f)` is increasing in `f`, so it ranks the same).
+    Both take the whole `params` dict of `make_causal_objective` (plus, for `pda`, the
+    `"log_popularity"` of `saved_arrays`). `macr` removes the direct effect of popularity,
+    `(f - c) sigmoid(y_i) sigmoid(y_u)`; `pda` with `causal.pda_inference_gamma > 0` serves
+    `ELU'(f) m_i^gamma` (popularity-adjusted), and with 0 the prediction model itself
+    (`ELU'(f)` is increasing in `f`, so it ranks the same: the deconfounded PD ranking); every
+    other method serves the prediction model.
     """
+    gamma = causal.pda_inference_gamma
+    if method == "pda" and gamma > 0:
+        def pda_pairs(params, users, items, key=None):
+            f = score_pairs(params["prediction"], users, items, key=key)
+            return (jax.nn.elu(f) + 1.0) * jnp.exp(gamma * params["log_popularity"][items])
+
+        def pda_all(params, users):
+            f = score_all(params["prediction"], users)
+            return (jax.nn.elu(f) + 1.0) * jnp.exp(gamma * params["log_popularity"])[None, :]
+
+        return pda_pairs, pda_all
     if method == "macr":
         def pairs(params, users, items, key=None):
             user_prob, item_prob = macr_parts(params, users, items)
@@ -170,6 +173,21 @@ def extra_params(method: str, n_users: int, n_items: int) -> dict[str, np.ndarra
         return {"user_logit": np.zeros(n_users, np.float32),
                 "item_logit": np.zeros(n_items, np.float32)}
     return {}
+
+
+def saved_arrays(method: str, n_users: int, n_items: int) -> dict[str, np.ndarray]:
+    """Zeros shaped like every array besides the model that a run of `method` saves and its
+    inference reads: the trainable `extra_params`, and PDA's training popularity."""
+    if method == "pda":
+        return {"log_popularity": np.zeros(n_items, np.float32)}
+    return extra_params(method, n_users, n_items)
+
+
+def log_popularity(items: np.ndarray, n_items: int) -> np.ndarray:
+    """`[n_items]` log of each item's share of the training rows `items` (PDA's `m_i`);
+    items never seen get the log of 1e-12 rather than -inf, so `gamma = 0` stays finite."""
+    counts = np.bincount(items, minlength=n_items).astype(np.float64)
+    return np.log(np.maximum(counts / max(counts.sum(), 1.0), 1e-12)).astype(np.float32)
 
 
 def make_causal_objective(
@@ -239,7 +257,9 @@ def make_causal_objective(
         n = users.shape[0]
         observed_prediction, cell_prediction = predictions[:n], predictions[n:]
         observed_imputed, cell_imputed = imputed[:n], imputed[n:]
-        errors = pointwise_error(loss_name, observed_prediction, batch["ratings"])
+        # Padding rows' ratings are zeroed: a NaN there would survive a zero cotangent.
+        ratings = jnp.where(where, batch["ratings"], 0.0)
+        errors = pointwise_error(loss_name, observed_prediction, ratings)
         propensities = jnp.where(where, batch["propensities"], 1.0)
         frozen = jax.lax.stop_gradient
         # The prediction model's DR loss, the imputation held fixed.
@@ -254,7 +274,7 @@ def make_causal_objective(
             if loss_name == "mse":
                 # Squared errors do not identify the imputed rating (q and 2 y_hat - q give the
                 # same error), so the imputed rating is fitted to the rating itself.
-                residuals = batch["ratings"] - observed_imputed
+                residuals = ratings - observed_imputed
             else:
                 # The logistic loss is linear in the soft label: its error identifies it.
                 residuals = frozen(errors) - pointwise_error(

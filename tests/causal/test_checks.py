@@ -231,3 +231,15 @@ def test_wrong_shape_names_key_and_shapes():
 def test_missing_given_matrix_names_key():
     with pytest.raises(PropensityError, match="key causal.propensity"):
         check_causal_setup(config("dr", "given"), given_split(dataset()))
+
+
+def test_a_bce_imputed_value_must_be_a_probability():
+    import dataclasses
+
+    base = config("dr", "popularity", "bce")
+    split = given_split(dataset())
+    bad = dataclasses.replace(base, causal=dataclasses.replace(base.causal, imputation_value=3.0))
+    with pytest.raises(ConfigError, match="causal.imputation_value"):
+        check_causal_setup(bad, split)
+    good = dataclasses.replace(base, causal=dataclasses.replace(base.causal, imputation_value=0.2))
+    check_causal_setup(good, split)

@@ -14,10 +14,12 @@ from causalrec_jax.causal.losses import (
     binary_cross_entropy_error,
     dr_jl_imputation_loss,
     dr_loss,
+    dr_mse_imputation_loss,
     get_estimator,
     ips_loss,
     mrdr_imputation_loss,
     naive_loss,
+    rel_mf_loss,
     snips_loss,
     squared_error,
 )
@@ -79,6 +81,31 @@ def test_imputation_losses_hand_computed():
     # MRDR: O (1 - p) / p^2 (e - e_hat)^2 = 0.5/0.25 * 1, 0, 0.75/0.0625 * 1, 0 * 4
     #     = 2 + 12 + 0 = 14; / 4
     assert mrdr_imputation_loss(ERRORS, IMPUTED, OBSERVED, PROPENSITIES) == pytest.approx(3.5)
+    # DR-MSE with lambda = 1 (DR-BIAS): O (1 - p)^2 / p^3 (e - e_hat)^2
+    #     = 0.25/0.125 * 1 + 0.5625/0.015625 * 1 + 0 = 2 + 36 = 38; / 4
+    assert dr_mse_imputation_loss(
+        ERRORS, IMPUTED, OBSERVED, PROPENSITIES, dr_mse_lambda=1.0
+    ) == pytest.approx(9.5)
+    # lambda = 0 is MRDR; lambda = 0.25 mixes them linearly.
+    assert dr_mse_imputation_loss(
+        ERRORS, IMPUTED, OBSERVED, PROPENSITIES, dr_mse_lambda=0.0
+    ) == pytest.approx(3.5)
+    assert dr_mse_imputation_loss(
+        ERRORS, IMPUTED, OBSERVED, PROPENSITIES, dr_mse_lambda=0.25
+    ) == pytest.approx(0.25 * 9.5 + 0.75 * 3.5)
+
+
+def test_rel_mf_loss_hand_computed():
+    logits = jnp.array([0.5, -1.0, 2.0])
+    clicks = jnp.array([1, 0, 1])
+    theta = jnp.array([0.5, 0.0, 0.25])  # an unclicked cell's propensity is never read
+    value = rel_mf_loss(logits, clicks, theta)
+    log_s, log_not_s = jax.nn.log_sigmoid(logits), jax.nn.log_sigmoid(-logits)
+    relevance = jnp.array([2.0, 0.0, 4.0])
+    expected = jnp.mean(-relevance * log_s - (1 - relevance) * log_not_s)
+    assert float(value) == pytest.approx(float(expected), rel=1e-6)
+    grads = jax.grad(lambda x: rel_mf_loss(x, clicks, theta))(logits)
+    assert np.isfinite(np.asarray(grads)).all()
 
 
 def test_pointwise_errors():

@@ -152,30 +152,35 @@ def test_rel_mf_minibatch_loss_is_unbiased_for_the_full_loss():
         n_rows=len(users),
     )
     mean, stderr = mean_over_keys(loss_fn, {"prediction": {"table": logits}}, batch, 4000)
-    weight = clicks / theta[None, :]
-    s = np.asarray(jax.nn.sigmoid(logits), np.float64)
-    full = np.mean(-weight * np.log(s) - (1 - weight) * np.log(1 - s))
+    full = float(causal_losses.rel_mf_loss(logits, clicks, np.broadcast_to(theta, (U, I))))
     assert abs(mean - full) < 4 * stderr
 
 
-def test_padding_rows_do_not_change_the_dr_loss():
-    _, _, observed, prediction, imputation, batch = world(5)
+@pytest.mark.parametrize("method", ["dr", "dr_jl", "mrdr", "dr_mse"])
+def test_padding_rows_do_not_change_the_loss_or_its_gradient(method):
+    """With prediction and imputation equal to the same constant everywhere the uniform cells
+    contribute nothing, so the loss is a deterministic function of the observed rows: padding
+    rows (mask False, propensity 0) must leave it and its gradient unchanged."""
+    _, _, observed, _, _, batch = world(5)
+    constant = {"table": jnp.full((U, I), 2.0)}
+    params = {"prediction": constant, "imputation": constant}
     loss_fn = training.make_causal_objective(
-        "mrdr", CausalConfig(), "bce", table_scorer, n_users=U, n_items=I,
-        n_rows=int(observed.sum()), imputation_score_pairs=table_scorer,
+        method, CausalConfig(), "mse", table_scorer, n_users=U, n_items=I,
+        n_rows=int(observed.sum()), imputation_score_pairs=table_scorer, imputation_value=2.0,
     )
-    params = {"prediction": prediction, "imputation": imputation}
     padded = {name: jnp.concatenate([value, value[:3]]) for name, value in batch.items()}
     padded["mask"] = padded["mask"].at[-3:].set(False)
     padded["propensities"] = padded["propensities"].at[-3:].set(0.0)
-    padded["ratings"] = (padded["ratings"] >= 4).astype(jnp.float32)
-    plain = dict(batch, ratings=(batch["ratings"] >= 4).astype(jnp.float32))
-    # Uniform cells scale with the batch, so compare the deterministic observed part only:
-    # with cells_per_row draws differing, check finiteness and the gradient of padding rows.
-    value, grads = jax.value_and_grad(lambda p: loss_fn(p, padded, jax.random.key(0))[0])(params)
-    assert np.isfinite(float(value))
-    assert all(np.isfinite(np.asarray(g)).all() for g in jax.tree.leaves(grads))
-    assert np.isfinite(float(loss_fn(params, plain, jax.random.key(0))[0]))
+    padded["ratings"] = padded["ratings"].at[-3:].set(jnp.nan)
+
+    def value_and_grad(b, key):
+        return jax.value_and_grad(lambda p: loss_fn(p, b, key)[0])(params)
+
+    plain_value, plain_grads = value_and_grad(batch, jax.random.key(0))
+    padded_value, padded_grads = value_and_grad(padded, jax.random.key(1))
+    assert float(padded_value) == pytest.approx(float(plain_value), rel=1e-6)
+    for a, b in zip(jax.tree.leaves(plain_grads), jax.tree.leaves(padded_grads), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
 
 
 def test_pda_trains_on_popularity_weighted_scores_and_ranks_by_the_deconfounded_score():
@@ -201,6 +206,15 @@ def test_pda_trains_on_popularity_weighted_scores_and_ranks_by_the_deconfounded_
     _, score_all = training.inference_scorers("pda", config, table_scorer, lambda p, u: p[
         "table"][u])
     np.testing.assert_allclose(score_all({"prediction": {"table": f}}, jnp.asarray([0])), f)
+    # Popularity-adjusted inference (PDA) re-adds m_i^gamma~ with the training popularity.
+    adjusted = CausalConfig(pda_inference_gamma=0.5)
+    pairs, score_all = training.inference_scorers("pda", adjusted, table_scorer,
+                                                  lambda p, u: p["table"][u])
+    params = {"prediction": {"table": f}, "log_popularity": jnp.asarray(log_pop, jnp.float32)}
+    expected = (jax.nn.elu(f[0]) + 1.0) * np.exp(0.5 * log_pop)
+    np.testing.assert_allclose(score_all(params, jnp.asarray([0]))[0], expected, rtol=1e-5)
+    np.testing.assert_allclose(pairs(params, jnp.asarray([0, 0]), jnp.asarray([1, 2])),
+                               expected[1:], rtol=1e-5)
 
 
 def test_macr_removes_the_direct_popularity_effect_at_inference():
