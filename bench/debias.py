@@ -9,7 +9,8 @@ Cases:
   seeds (configs/coat_<method>.toml, their default epochs with early stopping; no tuning):
   wall seconds per method (data, compilation, training, evaluation and the run folder) and in
   total, with each method's first-epoch (compilation) and steady epoch seconds.
-- `yahoo_size_sim_ips`: IPS (configs/sim_ips.toml, true propensities) x 5 seeds on a
+- `yahoo_size_sim_ips` / `yahoo_size_sim_dr_jl`: IPS / DR-JL (configs/sim_<method>.toml,
+  true propensities) x 5 seeds on a
   simulated world the size of Yahoo! R3: 15,400 users x 1,000 items with mean exposure
   311,704 / (15,400 x 1,000) ~ 0.0202, so that the MNAR log holds about as many ratings as
   Yahoo!'s, and 10 MAR ratings per user; compile (first epoch) against steady epoch seconds.
@@ -89,8 +90,9 @@ def case_coat_table(quick: bool) -> dict:
             "methods": methods}
 
 
-def case_yahoo_size_sim_ips(quick: bool) -> dict:
-    """IPS x 5 seeds on a Yahoo!-R3-size simulated world; compile vs steady epoch seconds."""
+def case_yahoo_size_sim_ips(quick: bool, method: str = "ips") -> dict:
+    """`method` (IPS by default) x 5 seeds on a Yahoo!-R3-size simulated world; compile vs
+    steady epoch seconds."""
     from causalrec_jax.config import load_config
     from causalrec_jax.errors import CausalRecError
     from causalrec_jax.runner import train_run
@@ -102,7 +104,7 @@ def case_yahoo_size_sim_ips(quick: bool) -> dict:
     with tempfile.TemporaryDirectory() as folder:
         tic = time.perf_counter()
         try:
-            config = load_config(table.CONFIGS / "sim_ips.toml", overrides)
+            config = load_config(table.CONFIGS / f"sim_{method}.toml", overrides)
             metrics = train_run(config, Path(folder) / "run", quiet=True)
         except CausalRecError as error:
             return {"error": f"{type(error).__name__}: {error}",
@@ -121,7 +123,13 @@ def case_yahoo_size_sim_ips(quick: bool) -> dict:
     }
 
 
-CASES = {"coat_table": case_coat_table, "yahoo_size_sim_ips": case_yahoo_size_sim_ips}
+def case_yahoo_size_sim_dr_jl(quick: bool) -> dict:
+    """DR-JL (two models, uniform cells each step) x 5 seeds at Yahoo! R3 size."""
+    return case_yahoo_size_sim_ips(quick, method="dr_jl")
+
+
+CASES = {"coat_table": case_coat_table, "yahoo_size_sim_ips": case_yahoo_size_sim_ips,
+         "yahoo_size_sim_dr_jl": case_yahoo_size_sim_dr_jl}
 
 
 def run_case(name: str, quick: bool) -> dict:
@@ -162,11 +170,14 @@ def main() -> None:
         return
     import jax
 
+    out = Path(args.out)
+    if args.only and out.exists():
+        # A partial run updates its cases and keeps the others' last results.
+        results = {**json.loads(out.read_text()).get("results", {}), **results}
     report = {"machine": {"platform": platform.platform(), "python": sys.version.split()[0],
                           "jax": jax.__version__, "backend": jax.default_backend(),
                           "cpu_count": os.cpu_count()},
               "results": results}
-    out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {out}")
