@@ -790,7 +790,9 @@ def recommend(run: LoadedRun, user_id: str, k: int = 10, seed_index: int = 0) ->
 def evaluate_run(run_dir: str | Path, split_name: str = "test") -> dict[str, Any]:
     """Re-evaluates a run's best parameters on `split_name` (re-reads the data it names).
 
-    Returns `{split_name: means over seeds, split_name + "_std": ..., "per_seed": [...]}`.
+    Returns `{split_name: means over seeds, split_name + "_std": ..., "per_seed": [...]}`;
+    for the test split also the `test_literature`, `test_full` and `test_truth` blocks that
+    training wrote, computed the same way.
     """
     run = load_run(run_dir)
     config = run.config
@@ -799,7 +801,7 @@ def evaluate_run(run_dir: str | Path, split_name: str = "test") -> dict[str, Any
             f"{run_dir} is a cross-validation run ({config.train.cv_folds} folds): its "
             "per-fold results are in metrics.json under 'cv'; evaluate re-scores single splits"
         )
-    dataset, _ = load_dataset(config.data, config.sim)
+    dataset, truth = load_dataset(config.data, config.sim)
     split = make_split(dataset, config.data, seed=config.run.seed)
     parts = split.parts()
     if split_name not in parts:
@@ -810,9 +812,16 @@ def evaluate_run(run_dir: str | Path, split_name: str = "test") -> dict[str, Any
     propensity = evaluation_propensity(config, dataset)
     per_seed = []
     for index, seed in enumerate(seed_list(config)):
-        values = evaluate_split(
-            config.eval, train=seen, test=parts[split_name],
-            score_users_fn=jax.jit(run.score_all_fn(index)), propensity=propensity,
-        )
-        per_seed.append({"seed": seed, split_name: values})
-    return {**aggregate(per_seed, split_name), "per_seed": per_seed}
+        score_users_fn = jax.jit(run.score_all_fn(index))
+        if split_name == "test":
+            entry = _test_results(config, seen, parts["test"], score_users_fn, propensity, truth)
+        else:
+            entry = {split_name: evaluate_split(config.eval, train=seen, test=parts[split_name],
+                                                score_users_fn=score_users_fn,
+                                                propensity=propensity)}
+        per_seed.append({"seed": seed, **entry})
+    out: dict[str, Any] = {}
+    for part in (split_name, "test_literature", "test_full", "test_truth"):
+        if part in per_seed[0]:
+            out.update(aggregate(per_seed, part))
+    return {**out, "per_seed": per_seed}

@@ -351,3 +351,7 @@ def test_literature_ndcg_scores_users_without_a_positive_as_one(tmp_path):
     # The same positives ranked among all 100 items instead of the user's 16 MAR items.
     assert set(metrics["test_full"]) == {"ndcg@5"}
     assert metrics["test_full"]["ndcg@5"] < metrics["test"]["ndcg@5"]
+    # `causalrec evaluate` recomputes every block the run wrote.
+    again = runner.evaluate_run(tmp_path / "run")
+    for part in ("test", "test_literature", "test_full", "test_truth"):
+        assert again[part] == pytest.approx(metrics[part], rel=1e-5), part
