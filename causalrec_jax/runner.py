@@ -609,7 +609,22 @@ def train_run(
         _check_resumable(load_config(out / "config.toml"), config, out)
     check_selection_metric(config.eval, config.train.early_stopping_metric,
                            "train.early_stopping_metric")
+    fresh = not out.exists() or not any(out.iterdir())
     out.mkdir(parents=True, exist_ok=True)
+    try:
+        return _write_run(config, out, resume=resume, quiet=quiet, frame=frame)
+    except CausalRecError as error:
+        # A run refused before it trained (bad data, a config the data cannot serve) leaves
+        # nothing behind; a diverged one keeps its checkpoints for --resume.
+        from causalrec_jax.train.loop import TrainingDivergedError
+
+        if fresh and not isinstance(error, TrainingDivergedError):
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+
+
+def _write_run(config: Config, out: Path, *, resume: bool, quiet: bool, frame) -> dict[str, Any]:
+    """The body of `train_run` once `out` exists: data, training, evaluation, the folder."""
     dump_config(config, out / "config.toml")
     tic = time.perf_counter()
     dataset, truth = load_dataset(config.data, config.sim, frame=frame)

@@ -355,3 +355,13 @@ def test_literature_ndcg_scores_users_without_a_positive_as_one(tmp_path):
     again = runner.evaluate_run(tmp_path / "run")
     for part in ("test", "test_literature", "test_full", "test_truth"):
         assert again[part] == pytest.approx(metrics[part], rel=1e-5), part
+
+
+def test_a_refused_run_leaves_no_folder_behind(tmp_path):
+    out = tmp_path / "refused"
+    with pytest.raises(ConfigError, match="causal.propensity"):
+        runner.train_run(ratings_config('causal.method="dr_jl"'), out, quiet=True)
+    assert not out.exists()
+    # The same folder then takes a good run without --resume.
+    runner.train_run(ratings_config("train.epochs=1"), out, quiet=True)
+    assert (out / "metrics.json").exists()
