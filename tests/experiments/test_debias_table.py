@@ -6,6 +6,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from causalrec_jax.errors import ConfigError
@@ -109,3 +110,27 @@ def test_rows_read_literature_and_truth_metrics_when_present():
     assert "truth_auc" in markdown and "0.5500 ± 0.0100" in markdown
     assert "full-ranking ndcg@5" in markdown and "0.2500 ± 0.0200" in markdown
     assert "| ips |" in markdown and "—" in markdown
+
+
+def test_yahoo_configs_run_on_a_folder_in_the_released_layout(tmp_path):
+    """The yahoo_<method> configs train on any folder laid out as Yahoo! R3 is released
+    (tab-separated `user item rating`, ids from 1; MNAR train file, MAR test file)."""
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "yahoo"
+    folder.mkdir()
+    n_users, n_items = 60, 40
+    train_rows, test_rows = [], []
+    for user in range(1, n_users + 1):
+        for item in rng.choice(n_items, 8, replace=False) + 1:
+            train_rows.append(f"{user}\t{item}\t{rng.integers(1, 6)}")
+        for item in rng.choice(n_items, 10, replace=False) + 1:
+            test_rows.append(f"{user}\t{item}\t{rng.integers(1, 6)}")
+    (folder / "ydata-ymusic-rating-study-v1_0-train.txt").write_text("\n".join(train_rows) + "\n")
+    (folder / "ydata-ymusic-rating-study-v1_0-test.txt").write_text("\n".join(test_rows) + "\n")
+    table = load_table_script()
+    rows = table.main(["--data", "yahoo_r3", "--path", str(folder), "--methods",
+                       "ips,dr_jl,rel_mf", "--seeds", "2", "--set", "train.epochs=2",
+                       "--out", str(tmp_path / "out")])
+    for method in ("ips", "dr_jl", "rel_mf"):
+        assert rows[method]["status"] == "ok", rows[method]["error"]
+        assert 0.0 <= rows[method]["mean"]["auc"] <= 1.0
