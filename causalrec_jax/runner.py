@@ -394,8 +394,10 @@ def train_split(
         and sum(values.nbytes for values in arrays.values()) <= DEVICE_DATA_LIMIT
     )
     data = {name: jnp.asarray(values) if on_device else values for name, values in arrays.items()}
-    samples_negatives = config.train.loss in ("bpr", "sampled_softmax") or method in (
-        "pda", "macr")
+    from causalrec_jax.causal.training import SAMPLED_NEGATIVE_METHODS
+
+    samples_negatives = (config.train.loss in ("bpr", "sampled_softmax")
+                         or method in SAMPLED_NEGATIVE_METHODS)
     if samples_negatives and config.train.exclude_seen_negatives:
         seen = seen_items_data(train.user, train.item, train.n_users, train.n_items)
         data.update({name: jnp.asarray(values) for name, values in seen.items()})

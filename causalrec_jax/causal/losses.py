@@ -341,11 +341,17 @@ def rel_mf_loss(
     logits, clicks, propensities = _cells(logits, clicks, propensities)
     valid = _valid(logits.shape, where)
     weights, _ = _inverse_propensity_weights(clicks, propensities, valid, logits.dtype)
+    every_cell, per_relevance = rel_mf_terms(logits)
     relevance = weights * clicks.astype(logits.dtype)
-    losses = -relevance * jax.nn.log_sigmoid(logits) - (1.0 - relevance) * jax.nn.log_sigmoid(
-        -logits
-    )
-    return reduce_losses(losses, where=valid, normalize="count")
+    return reduce_losses(every_cell + relevance * per_relevance, where=valid, normalize="count")
+
+
+def rel_mf_terms(logits: ArrayLike) -> tuple[Array, Array]:
+    """rel_mf's per-cell loss as `a + (Y / theta) b`: `(a, b) = (-log(1 - s), log(1 - s) -
+    log s)` with `s = sigmoid(logits)`; `a` is paid by every cell, `b` per unit of estimated
+    relevance (`causal.training` estimates the two sums from different samples)."""
+    logits = jnp.asarray(logits)
+    return -jax.nn.log_sigmoid(-logits), jax.nn.log_sigmoid(-logits) - jax.nn.log_sigmoid(logits)
 
 
 Estimator = Callable[..., Array]

@@ -84,6 +84,8 @@ JOINT_METHODS = ("dr_jl", "mrdr", "dr_mse")
 DR_METHODS = ("dr", *JOINT_METHODS)
 # Methods trained on the positive rows only (implicit feedback).
 IMPLICIT_METHODS = ("rel_mf", "pda", "macr")
+# Methods that train on positives with uniformly sampled negatives.
+SAMPLED_NEGATIVE_METHODS = ("pda", "macr")
 # Every method this module builds.
 CAUSAL_METHODS = (*DR_METHODS, *IMPLICIT_METHODS)
 
@@ -290,11 +292,10 @@ def make_causal_objective(
         logits = score_pairs(params["prediction"], jnp.concatenate([users, cell_users]),
                              jnp.concatenate([items, cell_items]), key=dropout_key(key))
         propensities = jnp.where(where, batch["propensities"], 1.0)
-        positive = logits[:n]
-        negative_part = -jax.nn.log_sigmoid(-logits[n:])  # -log(1 - s) of every cell
-        positive_part = (-jax.nn.log_sigmoid(positive) + jax.nn.log_sigmoid(-positive))
-        return jnp.mean(negative_part) + observed_share * _masked_mean(
-            positive_part / propensities, where
+        every_cell, _ = causal_losses.rel_mf_terms(logits[n:])
+        _, per_relevance = causal_losses.rel_mf_terms(logits[:n])
+        return jnp.mean(every_cell) + observed_share * _masked_mean(
+            per_relevance / propensities, where
         )
 
     def sampled(params, batch, key):
