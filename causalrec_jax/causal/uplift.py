@@ -1,0 +1,366 @@
+r"""Learning the causal effect (uplift) of recommending, as pure `jax.numpy` functions.
+
+Setting. Each (user, item) cell has a treatment `Z` in {0, 1} (the item was recommended or
+not), an outcome `Y` in {0, 1} (the user consumed it) and the logging policy's propensity
+`P = P(Z = 1 | user, item)`. With potential outcomes `Y(1)`, `Y(0)` the causal effect of
+recommending is
+
+    tau_ui = E[Y_ui(1) - Y_ui(0)] = mu1_ui - mu0_ui.
+
+Only one potential outcome of a cell is ever seen, so `tau` is learned from *transformed
+outcomes*, labels whose expectation over the treatment draw is `tau` (assuming `Z` is
+independent of the potential outcomes given the cell, and `0 < P < 1`):
+
+    ips label:  tau_ips = Z Y / P - (1 - Z) Y / (1 - P)
+    dr label:   tau_dr  = mu1_hat - mu0_hat + Z (Y - mu1_hat) / P - (1 - Z) (Y - mu0_hat) / (1 - P)
+
+The first is the IPS estimator of the causal effect of Sato et al., "Unbiased Learning for the
+Causal Effect of Recommendation", RecSys 2020 (their `tau_hat^IPS`; with capped propensities
+`max(P, chi_1)` and `max(1 - P, chi_0)` it becomes their capped IPS estimator, biased but of
+lower variance). The second is the augmented IPS ("doubly robust") transformed outcome:
+unbiased when either the propensities or the outcome models `mu1_hat`, `mu0_hat` are right.
+
+Losses built on them:
+
+- `uplift_regression_loss`: squared error to a transformed label (pointwise learning of tau).
+- `dlce_loss`: the pairwise DLCE objective of Sato et al. 2020 (see its docstring for the
+  formula and derivation).
+- `ulrmf_labels`: the label transformation of ULRMF / ULBPR in Sato et al., "Uplift-based
+  Evaluation and Optimization of Recommenders", RecSys 2019: cells with `(Z, Y) = (1, 1)` or
+  `(0, 0)` are positive, `(1, 0)` and `(0, 1)` negative. With `P(Z = 1) = 1/2` independent of
+  the potential outcomes, `P(positive) = (mu1 + 1 - mu0) / 2 = (1 + tau) / 2`, so a model of the
+  positive probability ranks cells by `tau`.
+
+Propensity clipping (`clip`). Both `P` and `1 - P` are divided by, so the uplift functions clip
+two-sidedly and under `jit`: `P` is moved into `[clip, 1 - clip]` (for `clip` in `[0, 1/2)`),
+i.e. the treated term divides by `max(P, clip)` and the control term by `max(1 - P, clip)`,
+the propensity capping of Sato et al. 2020 with `chi_1 = chi_0 = clip`. `None` (or 0) leaves
+the propensities as they are. Clipping trades bias for variance: a clipped label is no longer
+unbiased for the cells whose propensity was moved. (The host-side one-sided clip of a run,
+`causalrec_jax.causal.propensity.clip_propensities`, reports how many were clipped; these
+functions only apply the bound.)
+
+`where` (bool, broadcastable to the cells) marks the cells that count: masked cells get label 0
+and contribute 0 to every loss and gradient, whatever their (finite or not) propensity. Cells
+whose denominator is never used (the control term of a treated cell, and vice versa) never turn
+a propensity of 0 or 1 into NaN.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+ArrayLike = jax.typing.ArrayLike
+
+SURROGATES: tuple[str, ...] = ("logistic", "hinge")
+
+
+def _float_dtype(*arrays: ArrayLike) -> jnp.dtype:
+    dtype = jnp.result_type(*arrays)
+    return dtype if jnp.issubdtype(dtype, jnp.floating) else jnp.result_type(float)
+
+
+def _valid(shape: tuple[int, ...], where: ArrayLike | None) -> Array:
+    if where is None:
+        return jnp.ones(shape, bool)
+    return jnp.broadcast_to(jnp.asarray(where, bool), shape)
+
+
+def _treatment_weights(
+    treatments: ArrayLike,
+    propensities: ArrayLike,
+    clip: float | None,
+    valid: Array,
+    dtype: jnp.dtype,
+) -> tuple[Array, Array]:
+    """`(Z / max(P, clip), (1 - Z) / max(1 - P, clip))`, 0 where a term does not apply.
+
+    The double `where` keeps the value and the gradient finite for the unused denominator.
+    """
+    treated = jnp.asarray(treatments) != 0
+    propensities = jnp.asarray(propensities, dtype)
+    if clip is not None:
+        propensities = jnp.clip(propensities, clip, 1.0 - clip)
+    is_treated = valid & treated
+    is_control = valid & ~treated
+    safe_treated = jnp.where(is_treated, propensities, jnp.ones_like(propensities))
+    safe_control = jnp.where(is_control, 1.0 - propensities, jnp.ones_like(propensities))
+    treated_weight = jnp.where(is_treated, 1.0 / safe_treated, 0.0).astype(dtype)
+    control_weight = jnp.where(is_control, 1.0 / safe_control, 0.0).astype(dtype)
+    return treated_weight, control_weight
+
+
+def _check_clip(clip: float | None) -> None:
+    # Only Python numbers are checked: a traced clip (a swept hyperparameter) passes through.
+    if isinstance(clip, int | float) and not 0.0 <= float(clip) < 0.5:
+        raise ValueError(f"clip must be in [0, 0.5) or None, got {clip}")
+
+
+def ips_uplift_label(
+    treatments: ArrayLike,
+    outcomes: ArrayLike,
+    propensities: ArrayLike,
+    *,
+    clip: float | None = None,
+    where: ArrayLike | None = None,
+) -> Array:
+    """The IPS transformed outcome `Z Y / P - (1 - Z) Y / (1 - P)` of each cell.
+
+    Unbiased for `tau = mu1 - mu0` per cell when `Z ~ Bernoulli(P)` independently of the
+    potential outcomes and `clip` is None: `E[Z Y / P] = mu1`, `E[(1 - Z) Y / (1 - P)] = mu0`.
+
+    Args:
+        treatments: `[...]` 0/1 or bool, 1 where the item was recommended.
+        outcomes: `[...]` 0/1 (or any real outcome), broadcastable to `treatments`.
+        propensities: `[...]` `P(Z = 1)` of the logging policy.
+        clip: move `P` into `[clip, 1 - clip]` first (see the module docstring); None for none.
+        where: `[...]` bool, cells that count; masked cells get 0.
+
+    Returns:
+        `[...]` float labels, the broadcast shape of the inputs.
+    """
+    _check_clip(clip)
+    outcomes = jnp.asarray(outcomes)
+    shape = jnp.broadcast_shapes(jnp.shape(treatments), outcomes.shape, jnp.shape(propensities))
+    dtype = _float_dtype(outcomes, propensities)
+    valid = _valid(shape, where)
+    treatments = jnp.broadcast_to(jnp.asarray(treatments), shape)
+    treated_weight, control_weight = _treatment_weights(
+        treatments, jnp.broadcast_to(jnp.asarray(propensities), shape), clip, valid, dtype
+    )
+    outcomes = jnp.where(valid, jnp.broadcast_to(outcomes, shape).astype(dtype), 0.0)
+    return (treated_weight - control_weight) * outcomes
+
+
+def dr_uplift_label(
+    treatments: ArrayLike,
+    outcomes: ArrayLike,
+    propensities: ArrayLike,
+    treated_outcome_predictions: ArrayLike,
+    control_outcome_predictions: ArrayLike,
+    *,
+    clip: float | None = None,
+    where: ArrayLike | None = None,
+) -> Array:
+    """The doubly robust transformed outcome of each cell.
+
+        mu1_hat - mu0_hat + Z (Y - mu1_hat) / P - (1 - Z) (Y - mu0_hat) / (1 - P)
+
+    Unbiased for `tau` per cell when the propensities are right (any outcome models), or when
+    the outcome models are right (`mu1_hat = E[Y(1)]`, `mu0_hat = E[Y(0)]`, any propensities in
+    (0, 1)): the correction terms then have mean zero.
+
+    Args:
+        treatments: `[...]` 0/1 or bool.
+        outcomes: `[...]` observed outcomes.
+        propensities: `[...]` `P(Z = 1)`.
+        treated_outcome_predictions: `[...]` `mu1_hat`, the predicted `E[Y(1)]`.
+        control_outcome_predictions: `[...]` `mu0_hat`, the predicted `E[Y(0)]`.
+        clip: move `P` into `[clip, 1 - clip]` first; None for none.
+        where: `[...]` bool, cells that count; masked cells get 0.
+
+    Returns:
+        `[...]` float labels, the broadcast shape of the inputs.
+    """
+    _check_clip(clip)
+    inputs = (
+        treatments,
+        outcomes,
+        propensities,
+        treated_outcome_predictions,
+        control_outcome_predictions,
+    )
+    shape = jnp.broadcast_shapes(*(jnp.shape(x) for x in inputs))
+    dtype = _float_dtype(outcomes, propensities, treated_outcome_predictions)
+    valid = _valid(shape, where)
+    treatments, outcomes, propensities, mu1, mu0 = (
+        jnp.broadcast_to(jnp.asarray(x), shape) for x in inputs
+    )
+    treated_weight, control_weight = _treatment_weights(
+        treatments, propensities, clip, valid, dtype
+    )
+    outcomes = outcomes.astype(dtype)
+    mu1 = mu1.astype(dtype)
+    mu0 = mu0.astype(dtype)
+    label = mu1 - mu0 + treated_weight * (outcomes - mu1) - control_weight * (outcomes - mu0)
+    return jnp.where(valid, label, 0.0)
+
+
+def uplift_regression_loss(
+    predicted_uplift: ArrayLike,
+    labels: ArrayLike,
+    *,
+    where: ArrayLike | None = None,
+    reduce_fn: Callable[[Array], Array] | None = jnp.mean,
+) -> Array:
+    """Squared error of predicted uplift to a transformed label: pointwise learning of tau.
+
+    For an unbiased label (`E[label] = tau`) drawn independently of the prediction `f`,
+    `E[(f - label)^2] = (f - tau)^2 + Var(label)`: in expectation the loss is the squared error
+    to the true, unobservable `tau` plus a constant that does not depend on `f`, so both have
+    the same minimiser.
+
+    Args:
+        predicted_uplift: `[...]` model outputs `f_ui`.
+        labels: `[...]` transformed outcomes (`ips_uplift_label`, `dr_uplift_label`).
+        where: `[...]` bool, cells that count.
+        reduce_fn: reduction of the per-cell losses (default mean over the `where` cells);
+            None returns the per-cell losses with masked cells 0.
+
+    Returns:
+        Scalar (or `[...]` with `reduce_fn=None`). All cells masked gives 0 with zero gradients.
+    """
+    predicted_uplift = jnp.asarray(predicted_uplift)
+    dtype = _float_dtype(predicted_uplift, labels)
+    shape = jnp.broadcast_shapes(predicted_uplift.shape, jnp.shape(labels))
+    valid = _valid(shape, where)
+    error = predicted_uplift.astype(dtype) - jnp.asarray(labels, dtype)
+    losses = jnp.where(valid, jnp.square(jnp.broadcast_to(error, shape)), 0.0)
+    if reduce_fn is None:
+        return losses
+    if reduce_fn is jnp.mean:
+        count = jnp.sum(valid)
+        return jnp.sum(losses) / jnp.maximum(count, 1).astype(dtype)
+    return reduce_fn(losses)
+
+
+def _surrogate(name: str) -> Callable[[Array], Array]:
+    # An upper bound of the step 1[x <= 0] (up to a constant factor), decreasing in x.
+    if name == "logistic":
+        return lambda x: jax.nn.softplus(-x)
+    if name == "hinge":
+        return lambda x: jnp.maximum(1.0 - x, 0.0)
+    raise ValueError(f"unknown surrogate {name!r}; expected one of {', '.join(SURROGATES)}")
+
+
+def dlce_loss(
+    positive_scores: ArrayLike,
+    negative_scores: ArrayLike,
+    treatments_pos: ArrayLike,
+    outcomes_pos: ArrayLike,
+    propensities_pos: ArrayLike,
+    treatments_neg: ArrayLike,
+    outcomes_neg: ArrayLike,
+    propensities_neg: ArrayLike,
+    *,
+    clip: float | None = None,
+    where: ArrayLike | None = None,
+    surrogate: str = "logistic",
+    omega: float = 1.0,
+) -> Array:
+    r"""The DLCE pairwise objective (Sato et al. 2020) on pairs `(i, j)` of one user's items.
+
+    Sato et al., "Unbiased Learning for the Causal Effect of Recommendation", RecSys 2020,
+    learn to rank by `tau` by minimising the causal extension of the average rank: each item's
+    rank weighted by its causal effect, `sum_i tau_i sum_j 1[s_j >= s_i]` (a high-`tau` item
+    placed low costs much; a negative-`tau` item placed high is rewarded). Replacing `tau_i`
+    by its capped IPS estimate and the step by a smooth upper bound gives, per pair:
+
+        w1_i = Z_i Y_i / max(P_i, chi_1),      w0_i = (1 - Z_i) Y_i / max(1 - P_i, chi_0)
+        loss_ij = w1_i l(s_i - s_j) + w0_i l(s_j - s_i)
+
+    The second term comes from `-w0_i 1[s_j >= s_i] = w0_i 1[s_i > s_j] - w0_i`: dropping the
+    constant turns the negative weight of a consumed-without-recommendation cell into a
+    positive weight on the reversed order, so the loss stays bounded below (a consumed control
+    item is pushed *down*). With the step function `l(x) = 1[x <= 0]` this is, in expectation
+    over `Z`, the causal average rank up to a constant (unbiased); `l` here is the logistic
+    `softplus(-omega x)` (DLCE's log-loss upper bound) or the hinge `max(0, 1 - omega x)`.
+
+    This function scores both cells of a pair with their own labels (symmetrised):
+
+        loss_ij = w1_i l(d) + w0_i l(-d) + w1_j l(-d) + w0_j l(d),   d = s_i - s_j
+
+    When `(i, j)` is an ordered pair drawn uniformly, the `j` terms are the same estimator
+    with roles swapped (twice the paper's loss in expectation). The paper's own sampling —
+    `i` among the consumed cells (`Y_i = 1`, the only cells with non-zero weight), `j` a
+    uniformly drawn item of the same user — is recovered by passing `outcomes_neg = 0`. For a
+    pair, the expected logistic loss is minimised at `d = log((mu1_i + mu0_j) / (mu0_i +
+    mu1_j))`, which is positive exactly when `tau_i > tau_j`: the minimiser ranks by `tau`.
+
+    Source: the formula above is reconstructed from the paper's derivation (IPS estimate of
+    the causal effect, capping with `chi_1`, `chi_0`, the sign flip of the control term and the
+    upper-bound surrogates with the scale `omega`); the paper's equation numbers could not be
+    checked from here and are therefore not cited.
+
+    Args:
+        positive_scores: `[...]` scores `s_i` of the first cell of each pair.
+        negative_scores: `[...]` scores `s_j` of the second cell.
+        treatments_pos: `[...]` `Z_i`. outcomes_pos: `[...]` `Y_i`. propensities_pos: `P_i`.
+        treatments_neg: `[...]` `Z_j`. outcomes_neg: `[...]` `Y_j` (0 for the paper's form).
+        propensities_neg: `[...]` `P_j`.
+        clip: propensity capping, `chi_1 = chi_0 = clip` (P moved into `[clip, 1 - clip]`).
+        where: `[...]` bool, pairs that count (padding False).
+        surrogate: `"logistic"` or `"hinge"`.
+        omega: scale of the score difference inside the surrogate (> 0).
+
+    Returns:
+        Scalar mean of `loss_ij` over the `where` pairs (0, with zero gradients, if none).
+    """
+    _check_clip(clip)
+    loss_fn = _surrogate(surrogate)
+    positive_scores = jnp.asarray(positive_scores)
+    inputs = (
+        positive_scores,
+        negative_scores,
+        treatments_pos,
+        outcomes_pos,
+        propensities_pos,
+        treatments_neg,
+        outcomes_neg,
+        propensities_neg,
+    )
+    shape = jnp.broadcast_shapes(*(jnp.shape(x) for x in inputs))
+    dtype = _float_dtype(positive_scores, negative_scores)
+    valid = _valid(shape, where)
+
+    def weights(treatments, outcomes, propensities):
+        treated, control = _treatment_weights(
+            jnp.broadcast_to(jnp.asarray(treatments), shape),
+            jnp.broadcast_to(jnp.asarray(propensities), shape),
+            clip,
+            valid,
+            dtype,
+        )
+        outcomes = jnp.where(valid, jnp.broadcast_to(jnp.asarray(outcomes, dtype), shape), 0.0)
+        return treated * outcomes, control * outcomes
+
+    treated_pos, control_pos = weights(treatments_pos, outcomes_pos, propensities_pos)
+    treated_neg, control_neg = weights(treatments_neg, outcomes_neg, propensities_neg)
+    difference = omega * (positive_scores.astype(dtype) - jnp.asarray(negative_scores, dtype))
+    difference = jnp.where(valid, jnp.broadcast_to(difference, shape), 0.0)
+    up = loss_fn(difference)  # l(s_i - s_j): penalises j above i
+    down = loss_fn(-difference)  # l(s_j - s_i): penalises i above j
+    losses = (treated_pos + control_neg) * up + (control_pos + treated_neg) * down
+    losses = jnp.where(valid, losses, 0.0)
+    return jnp.sum(losses) / jnp.maximum(jnp.sum(valid), 1).astype(dtype)
+
+
+def ulrmf_labels(
+    treatments: ArrayLike, outcomes: ArrayLike, *, where: ArrayLike | None = None
+) -> Array:
+    """ULRMF / ULBPR labels (Sato et al. 2019): 1 for `(Z, Y)` in {(1, 1), (0, 0)}, else 0.
+
+    A treated-and-consumed cell may be a persuadable or a sure thing; an untreated-and-not-
+    consumed cell may be a persuadable or a lost cause; both are "positive" for uplift. The
+    transformation needs the treatment to be assigned independently of the potential outcomes
+    with probability 1/2 (a balanced randomized experiment): then `P(label = 1) = (1 + tau) / 2`,
+    increasing in `tau`. With other or varying propensities the label mixes `tau` with the
+    consumption rate (Sato et al. 2019 tune how often each kind of cell is sampled instead).
+
+    Args:
+        treatments: `[...]` 0/1 or bool.
+        outcomes: `[...]` 0/1 or bool.
+        where: `[...]` bool; masked cells get label 0.
+
+    Returns:
+        `[...]` float32 labels in {0, 1}.
+    """
+    treated = jnp.asarray(treatments) != 0
+    consumed = jnp.asarray(outcomes) != 0
+    shape = jnp.broadcast_shapes(treated.shape, consumed.shape)
+    positive = jnp.broadcast_to(treated == consumed, shape) & _valid(shape, where)
+    return positive.astype(jnp.float32)
