@@ -42,7 +42,7 @@ class DataConfig:
 
     format: Literal[
         "simulator", "recbole", "movielens", "coat", "yahoo_r3", "seq_lines", "csv",
-        "parquet", "dataframe",
+        "parquet", "dataframe", "simlog",
     ] = "simulator"
     path: str = ""
     # csv/parquet: which columns hold what, e.g. {user = "uid", item = "sku", rating = "stars"}.
@@ -297,6 +297,141 @@ class EvalConfig:
 
 
 @dataclass(frozen=True)
+class EnvConfig:
+    """The dynamic environment (`causalrec_jax.sim.env`): sizes and world parameters."""
+
+    n_users: int = 1000
+    n_items: int = 1000
+    latent_dim: int = 32
+    slate_size: int = 10
+    horizon: int = 100
+    # Log popularity (item quality) ~ N(0, popularity_sigma^2); utility adds
+    # quality_effect * log popularity; organic consumption adds organic_quality_effect more.
+    popularity_sigma: float = 1.0
+    quality_effect: float = 0.5
+    organic_quality_effect: float = 0.0
+    # Examination of slot k (from 0) is 1 / (k + 1) ** examination_power.
+    examination_power: float = 1.0
+    temperature: float = 1.0
+    click_offset: float = -1.0
+    organic_offset: float = -8.0
+    drift: float = 0.05
+    satiation_decay: float = 0.8
+    satiation_strength: float = 0.5
+    # The world's own seed (tastes, items); the log's noise comes from run.seed.
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for key in ("n_users", "n_items", "latent_dim", "slate_size", "horizon"):
+            _require(getattr(self, key) >= 1, f"env.{key}", "an integer >= 1", getattr(self, key))
+        _require(self.slate_size <= self.n_items, "env.slate_size",
+                 f"at most env.n_items ({self.n_items})", self.slate_size)
+        _require(self.temperature > 0, "env.temperature", "a number > 0", self.temperature)
+        _require(0 <= self.drift <= 1, "env.drift", "a number in [0, 1]", self.drift)
+        _require(0 <= self.satiation_decay < 1, "env.satiation_decay", "a number in [0, 1)",
+                 self.satiation_decay)
+        _require(self.popularity_sigma >= 0, "env.popularity_sigma", "a number >= 0",
+                 self.popularity_sigma)
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    """A slate policy (`causalrec_jax.sim.policies`) over the scores of some scorer.
+
+    `scores`: "oracle" (the true utilities at the start of each user's episode), "noisy_oracle"
+    (oracle plus N(0, score_noise^2) noise per (user, item), a stand-in for a fitted model),
+    "popularity" (log popularity, one row for all users), "random" (N(0, 1) per cell) or
+    "run" (the model of the run folder `run`, trained on a log of this world).
+    """
+
+    kind: Literal["softmax", "epsilon_greedy", "uniform", "top_k"] = "softmax"
+    scores: Literal["oracle", "noisy_oracle", "popularity", "random", "run"] = "noisy_oracle"
+    score_noise: float = 1.0
+    temperature: float = 1.0
+    epsilon: float = 0.1
+    shuffle: bool = False
+    run: str = ""
+    # Seed of the scorer's noise ("noisy_oracle", "random").
+    seed: int = 1
+
+    def __post_init__(self) -> None:
+        _require(self.temperature > 0, "policy.temperature", "a number > 0", self.temperature)
+        _require(0 <= self.epsilon <= 1, "policy.epsilon", "a number in [0, 1]", self.epsilon)
+        _require(self.score_noise >= 0, "policy.score_noise", "a number >= 0", self.score_noise)
+        _require(self.scores != "run" or bool(self.run), "policy.run",
+                 "a run folder when scores = \"run\"", self.run)
+
+
+OPE_ESTIMATOR_NAMES = ("ips", "snips", "dm", "dr", "sndr", "switch_dr", "dros", "pbm_ips", "iips")
+
+
+@dataclass(frozen=True)
+class OpeConfig:
+    """Off-policy evaluation (`causalrec ope`): log size, estimators, clipping, reward model.
+
+    A round is one arriving user shown one slate by the logging policy `[policy]`; the value
+    of a policy is its expected clicks per round. The truth is the mean expected reward of
+    `truth_rounds` on-policy rounds of the target policy `[target]`.
+    """
+
+    n_rounds: int = 10_000
+    truth_rounds: int = 1_000_000
+    estimators: list[str] = field(default_factory=lambda: list(OPE_ESTIMATOR_NAMES))
+    # Largest importance weight (0: no clipping).
+    clip: float = 0.0
+    switch_threshold: float = 10.0
+    dros_shrinkage: float = 10.0
+    # Reward model of dm / dr: "mf" fitted on the log (binary cross-entropy, the library's MF)
+    # or "oracle" (the true click probabilities, for checking the estimators alone).
+    reward_model: Literal["mf", "oracle"] = "mf"
+    reward_model_dim: int = 32
+    reward_model_epochs: int = 200
+    reward_model_learning_rate: float = 0.05
+    reward_model_weight_decay: float = 1e-4
+    # Monte-Carlo slates per user for the slot marginals of Plackett–Luce slates (K > 1).
+    marginal_samples: int = 2000
+    seeds: int = 5
+
+    def __post_init__(self) -> None:
+        for key in ("n_rounds", "truth_rounds", "seeds", "reward_model_dim"):
+            _require(getattr(self, key) >= 1, f"ope.{key}", "an integer >= 1", getattr(self, key))
+        unknown = [name for name in self.estimators if name not in OPE_ESTIMATOR_NAMES]
+        if unknown:
+            raise ConfigError(
+                f"key ope.estimators: unknown estimator {unknown[0]!r}"
+                f"{_hint(unknown[0], OPE_ESTIMATOR_NAMES)} "
+                f"(known: {', '.join(OPE_ESTIMATOR_NAMES)})"
+            )
+        _require(self.clip >= 0, "ope.clip", "a number >= 0 (0: no clipping)", self.clip)
+
+
+@dataclass(frozen=True)
+class UpliftConfig:
+    """Learning the causal effect of recommending from a log of the dynamic environment.
+
+    `method`: "" (not an uplift run), "ips" (regression on the IPS-transformed outcome),
+    "dr" (on the doubly robust label with fitted outcome models), "dlce" (Sato et al. 2020's
+    pairwise objective) or "consumption" (the baseline: predict consumption and recommend
+    what would be consumed).
+    """
+
+    method: Literal["", "ips", "dr", "dlce", "consumption"] = ""
+    embedding_dim: int = 32
+    epochs: int = 300
+    learning_rate: float = 0.05
+    weight_decay: float = 1e-4
+    # Propensities are clipped into [clip, 1 - clip].
+    clip: float = 0.0
+    ks: list[int] = field(default_factory=lambda: [10])
+
+    def __post_init__(self) -> None:
+        _require(self.embedding_dim >= 1, "uplift.embedding_dim", "an integer >= 1",
+                 self.embedding_dim)
+        _require(self.epochs >= 1, "uplift.epochs", "an integer >= 1", self.epochs)
+        _require(0 <= self.clip < 0.5, "uplift.clip", "a number in [0, 0.5)", self.clip)
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """Seed, output folder and verbosity of a run."""
 
@@ -317,6 +452,11 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    env: EnvConfig = field(default_factory=EnvConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    target: PolicyConfig = field(default_factory=PolicyConfig)
+    ope: OpeConfig = field(default_factory=OpeConfig)
+    uplift: UpliftConfig = field(default_factory=UpliftConfig)
 
 
 def check_selection_metric(eval_config: EvalConfig, name: str, key: str) -> str:

@@ -315,3 +315,25 @@ def inclusion_probabilities(policy: SlatePolicy, user: jax.Array) -> jax.Array:
     uniform = policy.probabilities[row] * k  # K slots, each item 1/A at each slot
     in_top = jnp.zeros(n_items).at[policy.top_items[_row(policy.top_items, user)]].set(1.0)
     return policy.epsilon * uniform + (1.0 - policy.epsilon) * in_top
+
+
+def plackett_luce_slot_frequencies(
+    key: jax.Array, policy: SlatePolicy, users: jax.Array, n_samples: int
+) -> jax.Array:
+    """`[n_users, n_items, K]` Monte-Carlo P(item at slot k) of the softmax part of `policy`.
+
+    `n_samples` Plackett–Luce slates per user, drawn under `fold_in(key, user)`; slot 0 is
+    replaced by its exact value (the softmax probability). Memory is `n_users * n_items * K`
+    floats: call it on blocks of users.
+    """
+    k = policy.top_items.shape[1]
+    n_items = policy.probabilities.shape[1]
+
+    def one(user):
+        row = _row(policy.probabilities, user)
+        keys = jax.random.split(jax.random.fold_in(key, user), n_samples)
+        draws = jax.vmap(lambda one_key: sample_plackett_luce(one_key, policy, row, k))(keys)
+        counts = jnp.zeros((n_items, k)).at[draws, jnp.arange(k)[None, :]].add(1.0 / n_samples)
+        return counts.at[:, 0].set(policy.probabilities[row])
+
+    return jax.vmap(one)(users)

@@ -1,0 +1,246 @@
+"""From `[env]` / `[policy]` configs to worlds, policies and logged bandit feedback.
+
+`simulate_log(config, key)` rolls the logging policy out for every user of the world for
+`env.horizon` steps and returns a `SimLog` of numpy arrays, one row per round (a user at a
+step) with `[K]` columns per slot: what `causalrec simulate` writes in the `simlog` format
+(`sim.simlog`) and what off-policy evaluation and uplift learning read.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from causalrec_jax.config import Config, EnvConfig, PolicyConfig
+from causalrec_jax.errors import ConfigError
+from causalrec_jax.sim import policies
+from causalrec_jax.sim.env import EnvParams, EnvSizes, make_env_params
+from causalrec_jax.sim.rollout import rollout_users, uplift_truth
+
+# fold_in stream of the policies' scorer noise ("noisy_oracle", "random").
+STREAM_SCORER = 22
+
+
+def env_from_config(env: EnvConfig) -> tuple[EnvSizes, EnvParams]:
+    """Static sizes and the drawn world of an `[env]` section (world key from `env.seed`)."""
+    sizes = EnvSizes(env.n_users, env.n_items, env.latent_dim, env.slate_size, env.horizon)
+    params = make_env_params(
+        jax.random.key(env.seed), sizes,
+        popularity_sigma=env.popularity_sigma, examination_power=env.examination_power,
+        quality_effect=env.quality_effect, temperature=env.temperature,
+        click_offset=env.click_offset, organic_offset=env.organic_offset, drift=env.drift,
+        satiation_decay=env.satiation_decay, satiation_strength=env.satiation_strength,
+        organic_quality_effect=env.organic_quality_effect,
+    )
+    return sizes, params
+
+
+def oracle_scores(params: EnvParams) -> jax.Array:
+    """`[n_users, n_items]` true utilities at the start of each user's episode."""
+    return (params.user_factors @ params.item_factors.T) / params.temperature + (
+        params.quality_effect * params.item_quality
+    )
+
+
+def policy_scores(policy: PolicyConfig, params: EnvParams) -> jax.Array:
+    """Scores `[n_users, n_items]` (or `[n_items]` shared) a `[policy]` section ranks by."""
+    n_users, n_items = params.user_factors.shape[0], params.item_factors.shape[0]
+    noise_key = jax.random.fold_in(jax.random.key(policy.seed), STREAM_SCORER)
+    if policy.scores == "oracle":
+        return oracle_scores(params)
+    if policy.scores == "noisy_oracle":
+        noise = jax.random.normal(noise_key, (n_users, n_items))
+        return oracle_scores(params) + policy.score_noise * noise
+    if policy.scores == "popularity":
+        return params.item_quality
+    if policy.scores == "random":
+        return jax.random.normal(noise_key, (n_users, n_items))
+    return _run_scores(policy.run, n_users, n_items)
+
+
+def _run_scores(run_dir: str, n_users: int, n_items: int) -> jax.Array:
+    """All scores of a trained run, mapped onto the world's users and items by their ids."""
+    from causalrec_jax.runner import load_run
+
+    run = load_run(run_dir)
+    try:
+        users = np.asarray(run.user_ids).astype(np.int64)
+        items = np.asarray(run.item_ids).astype(np.int64)
+    except ValueError:
+        raise ConfigError(
+            f"key policy.run: {run_dir} was not trained on a log of this world (its ids are not "
+            "the world's integer ids)"
+        ) from None
+    if users.max(initial=-1) >= n_users or items.max(initial=-1) >= n_items:
+        raise ConfigError(
+            f"key policy.run: {run_dir} has ids beyond the world's {n_users} users / {n_items} "
+            "items"
+        )
+    score_fn = run.score_all_fn()
+    run_scores = np.asarray(score_fn(jnp.arange(len(users), dtype=jnp.int32)))
+    scores = np.full((n_users, n_items), -1e9, np.float32)  # items the run never saw: last
+    scores[np.ix_(users, items)] = run_scores
+    return jnp.asarray(scores)
+
+
+def policy_from_config(
+    policy: PolicyConfig, params: EnvParams, slate_size: int
+) -> policies.SlatePolicy:
+    """The `SlatePolicy` of a `[policy]` (or `[target]`) section."""
+    scores = policy_scores(policy, params)
+    if policy.kind == "softmax":
+        return policies.softmax_policy(scores, slate_size, temperature=policy.temperature)
+    if policy.kind == "uniform":
+        return policies.uniform_policy(params.item_factors.shape[0], slate_size)
+    if policy.kind == "top_k":
+        return policies.top_k_policy(scores, slate_size)
+    return policies.epsilon_greedy_policy(
+        scores, slate_size, policy.epsilon, shuffle=policy.shuffle
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class SimLog:
+    """Logged bandit feedback, one row per round (user at a step), numpy arrays.
+
+    Attributes:
+        user, step: `[R]` int32.
+        slate: `[R, K]` int32 items shown, slot 0 first.
+        slate_log_prob: `[R]` the logging policy's log probability of the ordered slate.
+        slot_propensity: `[R, K]` P(the item shown at slot k is at slot k) under the logging
+            policy (the item-position marginal; estimated for Plackett–Luce slots >= 1).
+        examined, clicks, consumed_if_shown, consumed_if_not_shown: `[R, K]` bool.
+        click_probability: `[R, K]` true P(click) of each slot.
+        organic_item: `[R]` int32 the item consumed without a recommendation (-1: none).
+        reward: `[R]` clicks; expected_reward: `[R]` its expectation given the slate.
+        propensity_exact: whether `slot_propensity` is exact.
+    """
+
+    user: np.ndarray
+    step: np.ndarray
+    slate: np.ndarray
+    slate_log_prob: np.ndarray
+    slot_propensity: np.ndarray
+    examined: np.ndarray
+    clicks: np.ndarray
+    consumed_if_shown: np.ndarray
+    consumed_if_not_shown: np.ndarray
+    click_probability: np.ndarray
+    organic_item: np.ndarray
+    reward: np.ndarray
+    expected_reward: np.ndarray
+    propensity_exact: bool
+
+    @property
+    def n_rounds(self) -> int:
+        return len(self.user)
+
+
+def _flatten(values: jax.Array) -> np.ndarray:
+    values = np.asarray(values)
+    return values.reshape(values.shape[0] * values.shape[1], *values.shape[2:])
+
+
+def slot_propensities(
+    key: jax.Array, policy: policies.SlatePolicy, users: jax.Array, slates: jax.Array,
+    n_samples: int, *, block_users: int = 64,
+) -> tuple[np.ndarray, bool]:
+    """`[n_users, T, K]` P(slates[u, t, k] at slot k) under `policy`, and whether exact.
+
+    Exact for uniform, top-K and epsilon-greedy policies and for single-item slates; for
+    Plackett–Luce slots >= 1 the softmax part is estimated from `n_samples` slates per user
+    (`policies.plackett_luce_slot_frequencies`), computed in blocks of users.
+    """
+    k = slates.shape[2]
+    exact = bool(policy.flat or k == 1 or float(policy.epsilon) == 0.0)
+
+    def exact_part(user, slate):
+        return jnp.diagonal(policies.slot_probabilities(policy, user, slate).probabilities)
+
+    exact_values = jax.jit(jax.vmap(jax.vmap(exact_part, in_axes=(None, 0))))(users, slates)
+    if exact:
+        return np.asarray(exact_values), True
+    frequencies_fn = jax.jit(
+        lambda block: policies.plackett_luce_slot_frequencies(key, policy, block, n_samples)
+    )
+    # exact_values = epsilon * p(item) + (1 - epsilon) * top part; swap in the estimate.
+    epsilon = float(policy.epsilon)
+    values = np.asarray(exact_values).copy()
+    probabilities = np.asarray(policy.probabilities)
+    users_np, slates_np = np.asarray(users), np.asarray(slates)
+    rows = users_np if probabilities.shape[0] > 1 else np.zeros_like(users_np)
+    for start in range(0, len(users_np), block_users):
+        block = users_np[start:start + block_users]
+        padded = np.pad(block, (0, block_users - len(block)), mode="edge")
+        frequencies = np.asarray(frequencies_fn(jnp.asarray(padded)))[: len(block)]
+        block_slates = slates_np[start:start + block_users]
+        index = np.arange(len(block))[:, None, None]
+        estimated = frequencies[index, block_slates, np.arange(k)[None, None, :]]
+        first = probabilities[rows[start:start + block_users][:, None, None], block_slates]
+        values[start:start + block_users] += epsilon * (estimated - first)
+    return values, False
+
+
+def simulate_log(
+    config: Config, key: jax.Array, *, users: np.ndarray | None = None,
+    horizon: int | None = None, marginal_samples: int = 2000,
+) -> tuple[SimLog, dict[str, Any]]:
+    """Rolls out the `[policy]` of `config` on the `[env]` world; returns `(log, truth)`.
+
+    Args:
+        config: the experiment config (`env`, `policy`).
+        key: the log's noise (the world comes from `env.seed`).
+        users: which users (default: all, in order); horizon: steps (default `env.horizon`).
+        marginal_samples: Monte-Carlo slates per round for Plackett–Luce slot marginals.
+
+    Returns:
+        The `SimLog` and a dict of ground truth: the world's arrays, `true_uplift`
+        `[n_users, n_items]` (mean over the logged episode of the effect of showing each item),
+        and `inclusion_propensity` `[n_users, n_items]` (exact P(item in slate), only for
+        uniform / top-K / epsilon-greedy policies).
+    """
+    sizes, params = env_from_config(config.env)
+    horizon = sizes.horizon if horizon is None else horizon
+    policy = policy_from_config(config.policy, params, sizes.slate_size)
+    users = jnp.arange(sizes.n_users) if users is None else jnp.asarray(users, jnp.int32)
+    run = jax.jit(rollout_users, static_argnums=(1, 4))
+    trajectory = run(key, policies.slate_policy, policy, params, horizon, users)
+    info = trajectory.info
+    slot_prop, exact = slot_propensities(
+        jax.random.fold_in(key, 1), policy, users, trajectory.slate, marginal_samples
+    )
+    log = SimLog(
+        user=_flatten(trajectory.user).astype(np.int32),
+        step=_flatten(trajectory.step).astype(np.int32),
+        slate=_flatten(trajectory.slate).astype(np.int32),
+        slate_log_prob=_flatten(trajectory.log_prob).astype(np.float32),
+        slot_propensity=_flatten(slot_prop).astype(np.float32),
+        examined=_flatten(info["examined"]),
+        clicks=_flatten(info["clicks"]),
+        consumed_if_shown=_flatten(info["consumed_if_shown"]),
+        consumed_if_not_shown=_flatten(info["consumed_if_not_shown"]),
+        click_probability=_flatten(info["click_probability"]).astype(np.float32),
+        organic_item=_flatten(info["organic_item"]).astype(np.int32),
+        reward=_flatten(trajectory.reward).astype(np.float32),
+        expected_reward=_flatten(info["expected_reward"]).astype(np.float32),
+        propensity_exact=exact,
+    )
+    truth_fn = jax.jit(uplift_truth, static_argnums=(1, 4))
+    truth = {
+        "user_factors": np.asarray(params.user_factors),
+        "item_factors": np.asarray(params.item_factors),
+        "item_quality": np.asarray(params.item_quality),
+        "examination": np.asarray(params.examination),
+        "users": np.asarray(users),
+        "true_uplift": np.asarray(
+            truth_fn(key, policies.slate_policy, policy, params, horizon, users)
+        ),
+    }
+    if policy.flat:
+        inclusion = jax.vmap(lambda user: policies.inclusion_probabilities(policy, user))(users)
+        truth["inclusion_propensity"] = np.asarray(inclusion, np.float32)
+    return log, truth
