@@ -1,8 +1,8 @@
 """The `causalrec` command line (DESIGN.md §2).
 
-Subcommands: `train`, `tune`, `evaluate`, `recommend` and `data`. Errors the user can fix (a
-malformed file, a wrong config key, an unknown user id, a diverging loss) print one line naming
-the file, line or key and exit with status 2, never a traceback.
+Subcommands: `train`, `tune`, `evaluate`, `recommend`, `simulate` and `data`. Errors the user
+can fix (a malformed file, a wrong config key, an unknown user id, a diverging loss) print one
+line naming the file, line or key and exit with status 2, never a traceback.
 """
 
 from __future__ import annotations
@@ -75,6 +75,14 @@ def build_parser() -> argparse.ArgumentParser:
     recommend.add_argument("--user", required=True, help="the user's id in the dataset")
     recommend.add_argument("--k", type=int, default=10, help="number of items")
     recommend.set_defaults(handler=_command_recommend)
+
+    simulate = commands.add_parser(
+        "simulate", help="roll a logging policy out on a simulated world; write a simlog folder"
+    )
+    simulate.add_argument("--out", help="simlog folder (default: runs/<config name>)")
+    simulate.add_argument("--quiet", action="store_true", help="do not print the config")
+    _add_config_arguments(simulate)
+    simulate.set_defaults(handler=_command_simulate)
 
     data = commands.add_parser(
         "data", help="validate a dataset and print its statistics"
@@ -193,6 +201,39 @@ def _command_recommend(args: argparse.Namespace) -> int:
 
     for rank, (item, score) in enumerate(recommend(load_run(args.run), args.user, args.k), 1):
         print(f"{rank:>3}  {item:<20} {score:.4f}")
+    return 0
+
+
+def _command_simulate(args: argparse.Namespace) -> int:
+    import time
+    from pathlib import Path
+
+    import jax
+
+    from causalrec_jax.config import dumps_config, load_config
+    from causalrec_jax.sim.logs import simulate_log
+    from causalrec_jax.sim.simlog import check_simlog_out, write_simlog
+
+    config = load_config(args.config, args.overrides)
+    name = config.run.name or (Path(args.config).stem if args.config else "simlog")
+    out = Path(args.out) if args.out else Path(config.run.out_dir) / name
+    check_simlog_out(out)  # refuse before spending the simulation
+    if not (args.quiet or config.run.quiet):
+        print(dumps_config(config))
+    start = time.perf_counter()
+    log, truth = simulate_log(
+        config, jax.random.key(config.run.seed), marginal_samples=config.ope.marginal_samples
+    )
+    write_simlog(out, log, truth, config)
+    seconds = time.perf_counter() - start
+    click_rate = float(log.clicks.mean()) if log.clicks.size else 0.0
+    organic_rate = float((log.organic_item >= 0).mean()) if log.n_rounds else 0.0
+    print(
+        f"simulated {log.n_rounds:,} rounds ({config.env.n_users:,} users x "
+        f"{config.env.horizon} steps) on a world of {config.env.n_items:,} items, slates of "
+        f"{config.env.slate_size}: click rate {click_rate:.4f} per impression, organic "
+        f"consumption in {organic_rate:.4f} of rounds; {seconds:.1f} s; simlog folder: {out}"
+    )
     return 0
 
 

@@ -387,7 +387,10 @@ class OpeConfig:
     reward_model_dim: int = 32
     reward_model_epochs: int = 200
     reward_model_learning_rate: float = 0.05
-    reward_model_weight_decay: float = 1e-4
+    # L2 prior on the user and item parameters (sum of squares / impressions).
+    reward_model_weight_decay: float = 1.0
+    # Cross-fitting folds: the reward model of a round never saw it (>= 2).
+    reward_model_folds: int = 2
     # Monte-Carlo slates per user for the slot marginals of Plackett–Luce slates (K > 1).
     marginal_samples: int = 2000
     seeds: int = 5
@@ -403,6 +406,8 @@ class OpeConfig:
                 f"(known: {', '.join(OPE_ESTIMATOR_NAMES)})"
             )
         _require(self.clip >= 0, "ope.clip", "a number >= 0 (0: no clipping)", self.clip)
+        _require(self.reward_model_folds >= 2, "ope.reward_model_folds", "an integer >= 2",
+                 self.reward_model_folds)
 
 
 @dataclass(frozen=True)

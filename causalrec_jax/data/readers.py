@@ -52,6 +52,7 @@ FORMATS = (
     "csv",
     "parquet",
     "dataframe",
+    "simlog",
 )
 
 # A categorical side field is an identifier or free text (a zip code, a movie title), not a
@@ -173,6 +174,11 @@ def read_dataset(
     _existing(path)
     if format in ("csv", "parquet"):
         return read_table(path, columns, sep=sep, kind=format)
+    if format == "simlog":
+        # Imported here so that data/ never pulls in the simulator's jax code at import time.
+        from causalrec_jax.sim.simlog import simlog_to_dataset
+
+        return simlog_to_dataset(path)
     readers: dict[str, Callable[[PathLike], Dataset]] = {
         "recbole": read_recbole,
         "movielens": read_movielens,

@@ -337,3 +337,38 @@ def plackett_luce_slot_frequencies(
         return counts.at[:, 0].set(policy.probabilities[row])
 
     return jax.vmap(one)(users)
+
+
+def slot_marginal_table(
+    policy: SlatePolicy,
+    users: jax.Array,
+    *,
+    key: jax.Array | None = None,
+    n_samples: int = 0,
+) -> jax.Array:
+    """`[n_users, n_items, K]` P(item at slot k) under `policy` for each of `users` `[n]`.
+
+    Exact for uniform, top-K and epsilon-greedy policies and single-item slates; slots >= 1 of
+    a non-flat softmax come from `plackett_luce_slot_frequencies` (`n_samples` slates per user,
+    under `key`). Memory is `n * n_items * K` floats: call it on blocks of users.
+    """
+    users = jnp.asarray(users, jnp.int32)
+    k = policy.top_items.shape[1]
+    n_items = policy.probabilities.shape[1]
+    probability_rows = policy.probabilities[
+        jnp.zeros_like(users) if policy.probabilities.shape[0] == 1 else users
+    ]
+    if policy.flat or k == 1:
+        softmax_part = jnp.broadcast_to(probability_rows[:, :, None], (*probability_rows.shape, k))
+    else:
+        if n_samples < 1 or key is None:
+            raise ConfigError(
+                "slot marginals of a Plackett–Luce slate (K > 1) need Monte-Carlo samples "
+                "(ope.marginal_samples >= 1)"
+            )
+        softmax_part = plackett_luce_slot_frequencies(key, policy, users, n_samples)
+    top = policy.top_items[jnp.zeros_like(users) if policy.top_items.shape[0] == 1 else users]
+    at_slot = jax.nn.one_hot(top, n_items, axis=1)  # [n, n_items, K]
+    if policy.shuffle:
+        at_slot = jnp.broadcast_to(at_slot.sum(axis=2, keepdims=True) / k, at_slot.shape)
+    return policy.epsilon * softmax_part + (1.0 - policy.epsilon) * at_slot

@@ -617,7 +617,7 @@ def test_read_dataset_dispatches_every_format(tmp_path):
         assert dataset.n_interactions == n_interactions
     frame = pd.DataFrame({"user": [1], "item": [2]})
     assert read_dataset("dataframe", "", frame=frame).n_interactions == 1
-    assert set(cases) | {"dataframe"} == set(FORMATS)
+    assert set(cases) | {"dataframe", "simlog"} == set(FORMATS)  # simlog: tests/sim
 
 
 def test_read_dataset_rejects_unknown_formats_and_missing_paths(tmp_path):

@@ -1,0 +1,294 @@
+"""`causalrec ope`: off-policy evaluation on the dynamic simulator against on-policy truth.
+
+A round is one user arriving (uniformly from the population, `env.reset`) and shown one
+slate by the logging policy `[policy]`; its reward is the number of clicks. For each of
+`ope.seeds` seeds, `ope.n_rounds` rounds are logged, a reward model is fitted to them
+(`causal.reward_model`, unless `ope.reward_model = "oracle"`) with cross-fitting — the
+reward model of a round is fitted on the other `ope.reward_model_folds` folds, since a model
+that has seen a round's click predicts it too well and cancels the DR correction — and every
+estimator of
+`ope.estimators` (`causal.ope`) estimates the value of the target policy `[target]`. The truth
+is the mean expected reward of `ope.truth_rounds` on-policy rounds of the target policy
+(`truth`, with its standard error), and, where the slot marginals are exact, the exact
+expectation over users (`truth_exact`).
+
+Estimator inputs per round (slate `a_1..a_K` shown to user `u`):
+- `ips`, `snips`, `dr`, `sndr`, `switch_dr`, `dros`: slate-level probabilities
+  `pi(a_1..a_K | u)` of both policies (exact), reward = clicks of the round; `dr` family uses
+  `q_hat(u, slate) = sum_k q_hat(u, a_k, k)` and its target expectation
+  `sum_{a,k} P_target(a at k | u) q_hat(u, a, k)`. With `K = 1` these are the textbook
+  contextual-bandit estimators.
+- `iips`: per-slot clicks weighted by the item-position marginals; `pbm_ips`: by the
+  examination-weighted marginals, with the simulator's examination probabilities.
+
+`metrics.json` holds `"ope"`: for each estimator `estimate`, `stderr` (means over seeds),
+`truth`, `relative_error` (mean over seeds of |estimate - truth| / truth), its std, `n_eff`
+and per-seed values; plus `truth`, `data`, `timing`, `versions`.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from causalrec_jax.causal import ope as estimators
+from causalrec_jax.causal.reward_model import fit_reward_model, reward_table
+from causalrec_jax.config import Config, dump_config
+from causalrec_jax.sim import policies
+from causalrec_jax.sim.env import EnvParams, reset, step
+from causalrec_jax.sim.logs import env_from_config, oracle_scores, policy_from_config
+
+STREAM_LOG = 30
+STREAM_TRUTH = 31
+STREAM_MARGINALS = 32
+STREAM_REWARD_MODEL = 40  # + fold
+STREAM_FOLDS = 34
+_TRUTH_CHUNK = 65_536
+_USER_BLOCK = 128
+
+
+def _one_round(key, policy, env_params):
+    obs, state = reset(key, env_params)
+    slate, log_prob = policies.slate_policy(
+        policy, obs, jax.random.fold_in(key, 1_000_003)
+    )
+    _, _, reward, _, _, info = step(
+        jax.random.fold_in(key, 1_000_033), state, slate, env_params, log_prob=log_prob
+    )
+    return info, reward
+
+
+def log_rounds(key: jax.Array, policy, env_params: EnvParams, n_rounds: int) -> dict:
+    """`n_rounds` logged rounds (vmap over `fold_in(key, r)`): the env's `info` plus reward."""
+    keys = jax.vmap(lambda r: jax.random.fold_in(key, r))(jnp.arange(n_rounds))
+    info, reward = jax.jit(jax.vmap(_one_round, in_axes=(0, None, None)))(
+        keys, policy, env_params
+    )
+    return {**{name: np.asarray(value) for name, value in info.items()},
+            "reward": np.asarray(reward)}
+
+
+def on_policy_value(key: jax.Array, policy, env_params: EnvParams, n_rounds: int):
+    """Mean and standard error of the expected reward of `n_rounds` on-policy rounds."""
+    chunk = min(n_rounds, _TRUTH_CHUNK)
+
+    @jax.jit
+    def chunk_sums(chunk_index):
+        keys = jax.vmap(lambda r: jax.random.fold_in(key, chunk_index * chunk + r))(
+            jnp.arange(chunk)
+        )
+        info, _ = jax.vmap(_one_round, in_axes=(0, None, None))(keys, policy, env_params)
+        valid = chunk_index * chunk + jnp.arange(chunk) < n_rounds
+        expected = jnp.where(valid, info["expected_reward"], 0.0)
+        return jnp.sum(expected), jnp.sum(jnp.square(expected))
+
+    total = total_sq = 0.0
+    for index in range(-(-n_rounds // chunk)):
+        value, square = chunk_sums(index)
+        total += float(value)
+        total_sq += float(square)
+    mean = total / n_rounds
+    variance = max(total_sq / n_rounds - mean**2, 0.0)
+    return mean, (variance / max(n_rounds - 1, 1)) ** 0.5
+
+
+def _oracle_table(env_params: EnvParams, users: jax.Array) -> jax.Array:
+    values = oracle_scores(env_params)[users]
+    attraction = jax.nn.sigmoid(values + env_params.click_offset) * env_params.available
+    return attraction[:, :, None] * env_params.examination[None, None, :]
+
+
+def _block_quantities(config: Config, key, logging, target, table_fn, users: np.ndarray,
+                      rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Per-round reward-model values and slot marginals, computed over blocks of users."""
+    n_samples = config.ope.marginal_samples
+    slate = rows["slate"]
+    n, k = slate.shape
+    out = {name: np.zeros(shape, np.float32) for name, shape in (
+        ("q_logged", (n,)), ("q_target", (n,)), ("target_slot", (n, k, k)),
+        ("logging_slot", (n, k, k)), ("exact_value", (len(users),)))}
+
+    @jax.jit
+    def block_tables(block):
+        target_table = policies.slot_marginal_table(
+            target, block, key=jax.random.fold_in(key, 1), n_samples=n_samples)
+        logging_table = policies.slot_marginal_table(
+            logging, block, key=jax.random.fold_in(key, 2), n_samples=n_samples)
+        q = table_fn(block)
+        return target_table, logging_table, q, jnp.sum(target_table * q, axis=(1, 2))
+
+    positions = {int(user): index for index, user in enumerate(users)}
+    round_user_index = np.array([positions[int(u)] for u in rows["user"]])
+    for start in range(0, len(users), _USER_BLOCK):
+        block = users[start:start + _USER_BLOCK]
+        padded = np.pad(block, (0, _USER_BLOCK - len(block)), mode="edge")
+        target_table, logging_table, q, q_target = map(
+            np.asarray, block_tables(jnp.asarray(padded, jnp.int32)))
+        out["exact_value"][start:start + len(block)] = q_target[: len(block)]
+        selected = np.flatnonzero((round_user_index >= start)
+                                  & (round_user_index < start + len(block)))
+        local = round_user_index[selected] - start
+        items = slate[selected]  # [m, K]
+        out["q_target"][selected] = q_target[local]
+        out["q_logged"][selected] = q[local[:, None], items, np.arange(k)[None, :]].sum(axis=1)
+        out["target_slot"][selected] = target_table[local[:, None], items]
+        out["logging_slot"][selected] = logging_table[local[:, None], items]
+    return out
+
+
+def _estimate_all(config: Config, rows: dict, quantities: dict, target_probs: np.ndarray,
+                  logging_probs: np.ndarray, examination: np.ndarray) -> dict[str, Any]:
+    clip = config.ope.clip or None
+    rewards = jnp.asarray(rows["reward"])
+    slot_rewards = jnp.asarray(rows["clicks"], jnp.float32)
+    target_probs, logging_probs = jnp.asarray(target_probs), jnp.asarray(logging_probs)
+    q_logged, q_target = jnp.asarray(quantities["q_logged"]), jnp.asarray(quantities["q_target"])
+    target_slot = jnp.asarray(quantities["target_slot"])
+    logging_slot = jnp.asarray(quantities["logging_slot"])
+    diagonal = (jnp.diagonal(target_slot, axis1=1, axis2=2),
+                jnp.diagonal(logging_slot, axis1=1, axis2=2))
+    dr_args = (rewards, target_probs, logging_probs, q_logged, q_target)
+    calls = {
+        "ips": lambda: estimators.ips(rewards, target_probs, logging_probs, clip=clip),
+        "snips": lambda: estimators.snips(rewards, target_probs, logging_probs, clip=clip),
+        "dm": lambda: estimators.dm(q_target),
+        "dr": lambda: estimators.dr(*dr_args, clip=clip),
+        "sndr": lambda: estimators.sndr(*dr_args, clip=clip),
+        "switch_dr": lambda: estimators.switch_dr(
+            *dr_args, threshold=config.ope.switch_threshold, clip=clip),
+        "dros": lambda: estimators.dros(*dr_args, shrinkage=config.ope.dros_shrinkage, clip=clip),
+        "iips": lambda: estimators.iips(slot_rewards, *diagonal, clip=clip),
+        "pbm_ips": lambda: estimators.pbm_ips(
+            slot_rewards, target_slot, logging_slot, jnp.asarray(examination), clip=clip),
+    }
+    return {name: calls[name]() for name in config.ope.estimators}
+
+
+def _reward_table_fn(config: Config, key, env_params: EnvParams, rows: dict, fit_rows):
+    """`users [b] -> [b, n_items, K]` predicted clicks: the oracle, or MF fitted on `fit_rows`."""
+    if config.ope.reward_model == "oracle":
+        return lambda block: _oracle_table(env_params, block)
+    slate = rows["slate"][fit_rows]
+    n, k = slate.shape
+    model, _ = fit_reward_model(
+        key, np.repeat(rows["user"][fit_rows], k), slate.reshape(-1), np.tile(np.arange(k), n),
+        rows["clicks"][fit_rows].reshape(-1),
+        n_users=env_params.user_factors.shape[0], n_items=env_params.item_factors.shape[0],
+        slate_size=k, dim=config.ope.reward_model_dim, epochs=config.ope.reward_model_epochs,
+        learning_rate=config.ope.reward_model_learning_rate,
+        weight_decay=config.ope.reward_model_weight_decay,
+    )
+    return lambda block: reward_table(model, block)
+
+
+def ope_seed(config: Config, seed: int, env_params: EnvParams, logging, target) -> dict:
+    """One seed: log, fit the reward model, estimate; returns per-estimator numbers."""
+    key = jax.random.fold_in(jax.random.key(config.run.seed), seed)
+    rows = log_rounds(jax.random.fold_in(key, STREAM_LOG), logging, env_params,
+                      config.ope.n_rounds)
+    slate = rows["slate"]
+    n, k = slate.shape
+    started = time.perf_counter()
+    folds = 1 if config.ope.reward_model == "oracle" else config.ope.reward_model_folds
+    fold_of = np.asarray(jax.random.permutation(jax.random.fold_in(key, STREAM_FOLDS), n)) % folds
+    quantities = {}
+    for fold in range(folds):
+        held_out = fold_of == fold
+        fit_rows = ~held_out if folds > 1 else held_out
+        table_fn = _reward_table_fn(config, jax.random.fold_in(key, STREAM_REWARD_MODEL + fold),
+                                    env_params, rows, fit_rows)
+        part = {name: value[held_out] for name, value in rows.items()}
+        values = _block_quantities(config, jax.random.fold_in(key, STREAM_MARGINALS), logging,
+                                   target, table_fn, np.unique(part["user"]), part)
+        for name, value in values.items():
+            if name == "exact_value":
+                continue
+            quantities.setdefault(name, np.zeros((n, *value.shape[1:]), np.float32))
+            quantities[name][held_out] = value
+    reward_model_seconds = time.perf_counter() - started
+    user_jnp, slate_jnp = jnp.asarray(rows["user"]), jnp.asarray(slate)
+    target_probs = np.exp(np.asarray(jax.jit(jax.vmap(
+        lambda u, s: policies.slate_log_prob(target, u, s)))(user_jnp, slate_jnp)))
+    logging_probs = np.exp(rows["log_prob"])
+    estimates = _estimate_all(config, rows, quantities, target_probs, logging_probs,
+                              np.asarray(env_params.examination))
+    return {
+        "estimates": {name: {"estimate": float(e.value), "stderr": float(e.stderr),
+                             "n_eff": float(e.n_eff)} for name, e in estimates.items()},
+        "click_rate": float(rows["reward"].mean()),
+        "reward_model_seconds": reward_model_seconds,
+    }
+
+
+def _summary(values: list[float]) -> tuple[float, float]:
+    array = np.asarray(values, np.float64)
+    return float(array.mean()), float(array.std(ddof=1)) if len(array) > 1 else 0.0
+
+
+def run_ope(config: Config) -> dict[str, Any]:
+    """The whole `causalrec ope` computation (no files): truth and estimates over seeds."""
+    started = time.perf_counter()
+    sizes, env_params = env_from_config(config.env)
+    logging = policy_from_config(config.policy, env_params, sizes.slate_size)
+    target = policy_from_config(config.target, env_params, sizes.slate_size)
+    truth_key = jax.random.fold_in(jax.random.key(config.run.seed), STREAM_TRUTH)
+    truth, truth_stderr = on_policy_value(truth_key, target, env_params, config.ope.truth_rounds)
+    truth_seconds = time.perf_counter() - started
+    per_seed = [ope_seed(config, seed, env_params, logging, target)
+                for seed in range(config.ope.seeds)]
+    exact = None
+    if target.flat or sizes.slate_size == 1 or float(target.epsilon) == 0.0:
+        users = jnp.arange(sizes.n_users)
+        table = policies.slot_marginal_table(target, users)
+        exact = float(jnp.mean(jnp.sum(table * _oracle_table(env_params, users), axis=(1, 2))))
+    report = {}
+    for name in config.ope.estimators:
+        values = [seed["estimates"][name] for seed in per_seed]
+        estimate, estimate_std = _summary([v["estimate"] for v in values])
+        errors = [abs(v["estimate"] - truth) / abs(truth) for v in values]
+        error, error_std = _summary(errors)
+        report[name] = {
+            "estimate": estimate, "estimate_std": estimate_std,
+            "stderr": float(np.mean([v["stderr"] for v in values])),
+            "truth": truth, "relative_error": error, "relative_error_std": error_std,
+            "n_eff": float(np.mean([v["n_eff"] for v in values])),
+            "per_seed": values,
+        }
+    return {
+        "ope": report,
+        "truth": {"value": truth, "stderr": truth_stderr, "rounds": config.ope.truth_rounds,
+                  "exact": exact},
+        "data": {"n_rounds": config.ope.n_rounds, "n_users": sizes.n_users,
+                 "n_items": sizes.n_items, "slate_size": sizes.slate_size,
+                 "logging_click_rate": float(np.mean([s["click_rate"] for s in per_seed]))},
+        "seeds": list(range(config.ope.seeds)),
+        "timing": {"truth_seconds": truth_seconds,
+                   "total_seconds": time.perf_counter() - started,
+                   "reward_model_seconds": float(np.sum([s["reward_model_seconds"]
+                                                         for s in per_seed]))},
+    }
+
+
+def ope_run(config: Config, out: str | Path) -> dict[str, Any]:
+    """Runs `run_ope` and writes `out/config.toml` and `out/metrics.json` (atomically)."""
+    from causalrec_jax.runner import _json_safe, _versions
+
+    out = Path(out)
+    metrics = run_ope(config)
+    metrics["versions"] = _versions()
+    staging = out.with_name(out.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    dump_config(config, staging / "config.toml")
+    (staging / "metrics.json").write_text(json.dumps(_json_safe(metrics), indent=2))
+    if out.exists():
+        shutil.rmtree(out)
+    staging.rename(out)
+    return metrics
