@@ -84,6 +84,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_arguments(simulate)
     simulate.set_defaults(handler=_command_simulate)
 
+    ope = commands.add_parser(
+        "ope", help="off-policy evaluation on the simulator, against on-policy truth"
+    )
+    ope.add_argument("--out", help="run folder (default: runs/<config name>)")
+    _add_config_arguments(ope)
+    ope.set_defaults(handler=_command_ope)
+
     data = commands.add_parser(
         "data", help="validate a dataset and print its statistics"
     )
@@ -139,7 +146,12 @@ def _command_train(args: argparse.Namespace) -> int:
     quiet = args.quiet or config.run.quiet
     if not quiet:
         print(dumps_config(config))
-    metrics = train_run(config, out, resume=args.resume, quiet=quiet)
+    if config.uplift.method:
+        from causalrec_jax.uplift_run import uplift_run
+
+        metrics = uplift_run(config, out, quiet=quiet)
+    else:
+        metrics = train_run(config, out, resume=args.resume, quiet=quiet)
     print(format_metrics(metrics))
     print(f"run folder: {out}")
     return 0
@@ -162,6 +174,33 @@ def format_metrics(metrics: dict) -> str:
         ]
         lines.append(f"{part:<6} " + " | ".join(cells))
     return "\n".join(lines)
+
+
+def format_ope(metrics: dict) -> str:
+    """A table of each estimator's estimate, standard error and relative error."""
+    truth = metrics["truth"]
+    lines = [f"truth {truth['value']:.5f} ± {truth['stderr']:.5f} "
+             f"({truth['rounds']} on-policy rounds)",
+             f"{'estimator':<10} {'estimate':>9} {'stderr':>8} {'rel.error':>10} {'n_eff':>8}"]
+    for name, row in metrics["ope"].items():
+        lines.append(f"{name:<10} {row['estimate']:>9.5f} {row['stderr']:>8.5f} "
+                     f"{row['relative_error']:>10.4f} {row['n_eff']:>8.0f}")
+    return "\n".join(lines)
+
+
+def _command_ope(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from causalrec_jax.config import load_config
+    from causalrec_jax.ope_run import ope_run
+
+    config = load_config(args.config, args.overrides)
+    name = config.run.name or (Path(args.config).stem if args.config else "ope")
+    out = Path(args.out) if args.out else Path(config.run.out_dir) / name
+    metrics = ope_run(config, out)
+    print(format_ope(metrics))
+    print(f"run folder: {out}")
+    return 0
 
 
 def _command_tune(args: argparse.Namespace) -> int:

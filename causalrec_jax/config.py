@@ -310,6 +310,8 @@ class EnvConfig:
     popularity_sigma: float = 1.0
     quality_effect: float = 0.5
     organic_quality_effect: float = 0.0
+    # Weight of the user's utility in organic choice (0: taste does not drive it).
+    organic_taste_effect: float = 1.0
     # Examination of slot k (from 0) is 1 / (k + 1) ** examination_power.
     examination_power: float = 1.0
     temperature: float = 1.0

@@ -2,7 +2,8 @@
 
 `fit_reward_model` fits the library's biased matrix factorisation (`models.mf.MF`) plus one
 logit offset per slot (position bias) to logged impressions by full-batch Adam on the binary
-cross-entropy, one `lax.scan` over epochs:
+cross-entropy with a Gaussian prior (L2, `weight_decay * sum of squares / impressions`) on the
+user and item parameters, one `lax.scan` over epochs:
 
     q_hat(u, a, k) = sigmoid(MF(u, a) + b_k)
 
@@ -44,7 +45,7 @@ def fit_reward_model(
     dim: int = 32,
     epochs: int = 200,
     learning_rate: float = 0.05,
-    weight_decay: float = 1e-4,
+    weight_decay: float = 1.0,
 ) -> tuple[RewardModel, jax.Array]:
     """Fits `q_hat` to impressions `[n]` (user, item, slot, click); returns `(model, losses)`.
 

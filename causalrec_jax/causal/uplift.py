@@ -301,7 +301,7 @@ def dlce_loss(
         Scalar mean of `loss_ij` over the `where` pairs (0, with zero gradients, if none).
     """
     _check_clip(clip)
-    loss_fn = _surrogate(surrogate)
+    _surrogate(surrogate)  # an unknown surrogate fails before any work
     positive_scores = jnp.asarray(positive_scores)
     inputs = (
         positive_scores,
@@ -330,13 +330,50 @@ def dlce_loss(
 
     treated_pos, control_pos = weights(treatments_pos, outcomes_pos, propensities_pos)
     treated_neg, control_neg = weights(treatments_neg, outcomes_neg, propensities_neg)
-    difference = omega * (positive_scores.astype(dtype) - jnp.asarray(negative_scores, dtype))
-    difference = jnp.where(valid, jnp.broadcast_to(difference, shape), 0.0)
-    up = loss_fn(difference)  # l(s_i - s_j): penalises j above i
-    down = loss_fn(-difference)  # l(s_j - s_i): penalises i above j
-    losses = (treated_pos + control_neg) * up + (control_pos + treated_neg) * down
+    difference = positive_scores.astype(dtype) - jnp.asarray(negative_scores, dtype)
+    return dlce_pair_loss(
+        jnp.broadcast_to(difference, shape), treated_pos, control_pos, treated_neg, control_neg,
+        where=valid, surrogate=surrogate, omega=omega,
+    )
+
+
+def dlce_pair_loss(
+    differences: ArrayLike,
+    treated_pos: ArrayLike,
+    control_pos: ArrayLike,
+    treated_neg: ArrayLike,
+    control_neg: ArrayLike,
+    *,
+    where: ArrayLike | None = None,
+    surrogate: str = "logistic",
+    omega: float = 1.0,
+) -> Array:
+    """`dlce_loss` from the IPS weights directly: `(w1_i + w0_j) l(d) + (w0_i + w1_j) l(-d)`.
+
+    For weights already aggregated over time (e.g. `w1 = consumed-when-shown / (T P)`, `w0 =
+    consumed-when-not-shown / (T (1 - P))` per cell of a log of `T` steps), which `dlce_loss`
+    computes from one step's `Z`, `Y`, `P`.
+
+    Args:
+        differences: `[...]` score differences `d = s_i - s_j`.
+        treated_pos, control_pos: `[...]` `w1_i`, `w0_i`; treated_neg, control_neg: `w1_j`, `w0_j`.
+        where: `[...]` bool, pairs that count.
+        surrogate: `"logistic"` or `"hinge"`; omega: scale of `d` inside it.
+
+    Returns:
+        Scalar mean over the `where` pairs (0 if none).
+    """
+    loss_fn = _surrogate(surrogate)
+    differences = jnp.asarray(differences)
+    valid = _valid(differences.shape, where)
+    scaled = jnp.where(valid, omega * differences, 0.0)
+    up = loss_fn(scaled)  # l(s_i - s_j): penalises j above i
+    down = loss_fn(-scaled)  # l(s_j - s_i): penalises i above j
+    losses = (jnp.asarray(treated_pos) + jnp.asarray(control_neg)) * up + (
+        jnp.asarray(control_pos) + jnp.asarray(treated_neg)
+    ) * down
     losses = jnp.where(valid, losses, 0.0)
-    return jnp.sum(losses) / jnp.maximum(jnp.sum(valid), 1).astype(dtype)
+    return jnp.sum(losses) / jnp.maximum(jnp.sum(valid), 1).astype(scaled.dtype)
 
 
 def ulrmf_labels(

@@ -11,15 +11,16 @@ Structural equations for user `u` at step `t` (taste `theta`, satiation `s`, bot
     v_i       = (theta - lambda_s * s) . beta_i / tau + gamma * q_i          utility of item i
     E_k       ~ Bernoulli(e_k)                                               slot k examined
     C_k       = E_k * 1[U_k < sigmoid(v_{a_k} + c)]                          click on slot k
-    O         ~ Categorical(softmax(w_1, ..., w_I, 0)),  w_i = v_i + b + gamma_o * q_i
+    O         ~ Categorical(softmax(w_1, ..., w_I, 0)),  w_i = kappa v_i + b + gamma_o q_i
                                                               organic consumption (0: none)
     consumed  = {a_k : C_k = 1}  union  {O}
     theta'    = theta + eta * (mean beta of consumed - theta)   (if anything was consumed)
     s'        = rho * s + sum of beta over consumed
 
 `q_i` is the item's log popularity (its quality), `e_k` the examination probability of slot
-`k` (position bias), `c` the click offset, `gamma_o` how much more popular items are consumed
-organically (popular items are bought anyway): an examined item is clicked when its utility beats a
+`k` (position bias), `c` the click offset, `kappa` how much taste drives organic consumption
+and `gamma_o` how much more popular items are consumed organically (popular items are bought
+anyway): an examined item is clicked when its utility beats a
 no-choice option (a binary logit against "no click"), so clicks follow the position-based
 model (Richardson et al. 2007; Craswell et al. 2008) under which item-position estimators are
 unbiased. The organic choice happens whether or not anything is recommended: it is the
@@ -105,12 +106,13 @@ class EnvParams:
         quality_effect: `gamma`.
         temperature: `tau`, divides the taste-attribute dot product.
         click_offset: `c`, the click logit of an examined item is `v + c`.
-        organic_offset: `b`, the organic logit of item i is `v_i + b + gamma_o q_i` against 0
-            for "none".
+        organic_offset: `b`, the organic logit of item i is `kappa v_i + b + gamma_o q_i`
+            against 0 for "none".
         drift: `eta` in [0, 1], how far taste moves toward what was consumed.
         satiation_decay: `rho` in [0, 1).
         satiation_strength: `lambda_s`, how much satiation lowers similar items' utility.
         organic_quality_effect: `gamma_o`, extra weight of log popularity in organic choice.
+        organic_taste_effect: `kappa`, weight of the utility in organic choice.
     """
 
     user_factors: jax.Array
@@ -126,6 +128,7 @@ class EnvParams:
     satiation_decay: jax.typing.ArrayLike = 0.8
     satiation_strength: jax.typing.ArrayLike = 0.5
     organic_quality_effect: jax.typing.ArrayLike = 0.0
+    organic_taste_effect: jax.typing.ArrayLike = 1.0
 
 
 @jax.tree_util.register_dataclass
@@ -225,7 +228,8 @@ def utilities(state: EnvState, params: EnvParams) -> jax.Array:
 
 def organic_probabilities(values: jax.Array, params: EnvParams) -> jax.Array:
     """`[n_items]` P(organic consumption = i) from utilities `[n_items]` (the rest is "none")."""
-    logits = values + params.organic_offset + params.organic_quality_effect * params.item_quality
+    logits = (params.organic_taste_effect * values + params.organic_offset
+              + params.organic_quality_effect * params.item_quality)
     logits = jnp.where(params.available, logits, -jnp.inf)
     normaliser = jnp.logaddexp(0.0, jax.nn.logsumexp(logits))
     return jnp.exp(logits - normaliser)
@@ -265,7 +269,8 @@ def _organic_weights(values: jax.Array, params: EnvParams) -> jax.Array:
     One pass over the catalogue, no max-shift: logits are capped at 60 (a probability within
     1e-26 of one) so the exponential cannot overflow in float32.
     """
-    logits = values + params.organic_offset + params.organic_quality_effect * params.item_quality
+    logits = (params.organic_taste_effect * values + params.organic_offset
+              + params.organic_quality_effect * params.item_quality)
     logits = jnp.minimum(logits, 60.0)
     return jnp.where(params.available, jnp.exp(logits), 0.0)
 

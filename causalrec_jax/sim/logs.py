@@ -35,6 +35,7 @@ def env_from_config(env: EnvConfig) -> tuple[EnvSizes, EnvParams]:
         click_offset=env.click_offset, organic_offset=env.organic_offset, drift=env.drift,
         satiation_decay=env.satiation_decay, satiation_strength=env.satiation_strength,
         organic_quality_effect=env.organic_quality_effect,
+        organic_taste_effect=env.organic_taste_effect,
     )
     return sizes, params
 
