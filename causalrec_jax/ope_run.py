@@ -32,7 +32,7 @@ import json
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -232,22 +232,46 @@ def _summary(values: list[float]) -> tuple[float, float]:
     return float(array.mean()), float(array.std(ddof=1)) if len(array) > 1 else 0.0
 
 
-def run_ope(config: Config) -> dict[str, Any]:
-    """The whole `causalrec ope` computation (no files): truth and estimates over seeds."""
-    started = time.perf_counter()
+class OpeSetup(NamedTuple):
+    """A world, its logging and target policies, and the target's on-policy truth."""
+
+    sizes: Any
+    env_params: EnvParams
+    logging: policies.SlatePolicy
+    target: policies.SlatePolicy
+    truth: float
+    truth_stderr: float
+    exact: float | None
+
+
+def exact_value(policy: policies.SlatePolicy, env_params: EnvParams) -> float | None:
+    """The exact expected clicks per round of `policy` (None when its marginals are not exact)."""
+    if not (policy.flat or policy.top_items.shape[1] == 1 or float(policy.epsilon) == 0.0):
+        return None
+    users = jnp.arange(env_params.user_factors.shape[0])
+    table = policies.slot_marginal_table(policy, users)
+    return float(jnp.mean(jnp.sum(table * _oracle_table(env_params, users), axis=(1, 2))))
+
+
+def ope_setup(config: Config) -> OpeSetup:
+    """The `[env]` world, `[policy]` and `[target]` policies and the target's truth."""
     sizes, env_params = env_from_config(config.env)
     logging = policy_from_config(config.policy, env_params, sizes.slate_size)
     target = policy_from_config(config.target, env_params, sizes.slate_size)
     truth_key = jax.random.fold_in(jax.random.key(config.run.seed), STREAM_TRUTH)
     truth, truth_stderr = on_policy_value(truth_key, target, env_params, config.ope.truth_rounds)
+    return OpeSetup(sizes, env_params, logging, target, truth, truth_stderr,
+                    exact_value(target, env_params))
+
+
+def run_ope(config: Config) -> dict[str, Any]:
+    """The whole `causalrec ope` computation (no files): truth and estimates over seeds."""
+    started = time.perf_counter()
+    setup = ope_setup(config)
+    sizes, truth, truth_stderr, exact = setup.sizes, setup.truth, setup.truth_stderr, setup.exact
     truth_seconds = time.perf_counter() - started
-    per_seed = [ope_seed(config, seed, env_params, logging, target)
+    per_seed = [ope_seed(config, seed, setup.env_params, setup.logging, setup.target)
                 for seed in range(config.ope.seeds)]
-    exact = None
-    if target.flat or sizes.slate_size == 1 or float(target.epsilon) == 0.0:
-        users = jnp.arange(sizes.n_users)
-        table = policies.slot_marginal_table(target, users)
-        exact = float(jnp.mean(jnp.sum(table * _oracle_table(env_params, users), axis=(1, 2))))
     report = {}
     for name in config.ope.estimators:
         values = [seed["estimates"][name] for seed in per_seed]
