@@ -29,6 +29,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/training.py
 	$(BIN)/python bench/tune.py
 	$(BIN)/python bench/debias.py
+	$(BIN)/python bench/simulate.py --gpu-config
 
 lint: $(STAMP)
 	$(BIN)/ruff check causalrec_jax tests experiments bench

@@ -72,7 +72,7 @@ class EnvSizes:
         n_items: items in the catalogue.
         latent_dim: dimension `d` of tastes and item attributes.
         slate_size: items shown per step, `K`.
-        horizon: steps per episode (`truncated` is True at the last one).
+        horizon: steps per episode (the rollout's length; `step` itself never truncates).
     """
 
     n_users: int = 1000
@@ -295,8 +295,12 @@ def sample_categorical(
     uniform = uniform * (block_cumulative[-1] + rest)
     chosen = jnp.sum(block_cumulative <= uniform)  # == n_blocks: beyond every item ("none")
     safe = jnp.minimum(chosen, n_blocks - 1)
-    remainder = uniform - (block_cumulative[safe] - block_totals[safe])
-    within = jnp.sum(_inclusive_cumsum(padded[safe]) <= remainder)
+    within_cumulative = _inclusive_cumsum(padded[safe])
+    # The block's start and its inner sums round differently: keep the remainder inside the
+    # block's own (inner) total, so a zero-weight entry can never be drawn.
+    remainder = jnp.clip(uniform - (block_cumulative[safe] - block_totals[safe]), 0.0,
+                         jnp.nextafter(within_cumulative[-1], jnp.float32(0.0)))
+    within = jnp.sum(within_cumulative <= remainder)
     index = safe * block + jnp.minimum(within, block - 1)
     valid = (chosen < n_blocks) & (index < n)
     return jnp.where(valid, index, -1).astype(jnp.int32)

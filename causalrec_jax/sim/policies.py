@@ -51,6 +51,8 @@ class SlatePolicy:
         cdf_blocks: `[rows, n_blocks, block]` their cumulative sums, padded with the total and
             cut into blocks of about sqrt(n_items) entries.
         coarse: `[rows, n_blocks]` the cumulative sum at the end of each block.
+        probability_blocks: `[rows, n_blocks, block]` the probabilities in the same blocks
+            (padded with zeros); block_mass: `[rows, n_blocks]` their sums.
         top_items: `[rows, K]` the deterministic top-K list of each row.
         epsilon: probability of a softmax slate instead of the top-K list.
         shuffle: static; True shows the top-K list in a uniformly random order.
@@ -61,6 +63,8 @@ class SlatePolicy:
     probabilities: jax.Array
     cdf_blocks: jax.Array
     coarse: jax.Array
+    probability_blocks: jax.Array
+    block_mass: jax.Array
     top_items: jax.Array
     epsilon: jax.Array
     shuffle: bool = dataclasses.field(default=False, metadata=dict(static=True))
@@ -81,7 +85,12 @@ def _tables(logits: jax.Array) -> dict[str, jax.Array]:
     n_blocks = -(-n_items // block)
     padded = jnp.pad(cdf, ((0, 0), (0, n_blocks * block - n_items)), mode="edge")
     blocks = padded.reshape(rows, n_blocks, block)
-    return dict(probabilities=probabilities, cdf_blocks=blocks, coarse=blocks[:, :, -1])
+    probability_blocks = jnp.pad(
+        probabilities, ((0, 0), (0, n_blocks * block - n_items))
+    ).reshape(rows, n_blocks, block)
+    return dict(probabilities=probabilities, cdf_blocks=blocks, coarse=blocks[:, :, -1],
+                probability_blocks=probability_blocks,
+                block_mass=probability_blocks.sum(axis=2))
 
 
 def _masked(scores: jax.Array, available: jax.typing.ArrayLike | None) -> jax.Array:
@@ -143,8 +152,8 @@ def uniform_policy(n_items: int, slate_size: int, *, available=None) -> SlatePol
 
 
 def top_k_policy(scores, slate_size: int, *, available=None) -> SlatePolicy:
-    """The deterministic top-K list (log_prob 0)."""
-    return make_policy(scores, slate_size, epsilon=0.0, available=available)
+    """The deterministic top-K list (log_prob 0): epsilon-greedy with epsilon 0."""
+    return epsilon_greedy_policy(scores, slate_size, 0.0, available=available)
 
 
 def epsilon_greedy_policy(
@@ -180,7 +189,8 @@ def _search(policy: SlatePolicy, row: jax.Array, targets: jax.Array) -> jax.Arra
 
 
 def sample_plackett_luce(
-    key: jax.Array, policy: SlatePolicy, row: jax.Array, k: int, *, round_size: int | None = None
+    key: jax.Array, policy: SlatePolicy, row: jax.Array, k: int, *, round_size: int | None = None,
+    max_rounds: int = 32,
 ) -> jax.Array:
     """`[k]` distinct items drawn by Plackett–Luce from `policy`'s softmax row (successive
     sampling).
@@ -190,6 +200,10 @@ def sample_plackett_luce(
     discarding repeats is sampling without replacement with renormalised probabilities. Under
     `vmap` every user runs as many rounds as the unluckiest one, so the first round is made
     large enough that a second one is rare.
+
+    When fewer than `k` items carry float32 probability, or `max_rounds` rounds did not find
+    `k` distinct items, the missing slots take the row's highest-scored items not yet chosen
+    (`top_items`): the limit of Plackett–Luce as the remaining mass vanishes.
     """
     round_size = 2 * k if round_size is None else round_size
     total = policy.coarse[row, -1]
@@ -209,10 +223,15 @@ def sample_plackett_luce(
         return chosen, jnp.minimum(count + jnp.sum(new), k), round_index + 1
 
     chosen = jnp.full((k,), -1, jnp.int32)
-    chosen, _, _ = jax.lax.while_loop(
-        lambda carry: carry[1] < k, body, (chosen, jnp.zeros((), jnp.int32), 0)
+    chosen, count, _ = jax.lax.while_loop(
+        lambda carry: (carry[1] < k) & (carry[2] < max_rounds), body,
+        (chosen, jnp.zeros((), jnp.int32), 0),
     )
-    return chosen
+    fallback = policy.top_items[_row(policy.top_items, row)]
+    unused = ~jnp.any(fallback[:, None] == chosen[None, :], axis=1)
+    fill_slot = jnp.where(unused, count + jnp.cumsum(unused) - 1, k)
+    fill = jnp.full((k,), -1, jnp.int32).at[fill_slot].set(fallback, mode="drop")
+    return jnp.where(chosen >= 0, chosen, fill)
 
 
 def _probabilities(policy: SlatePolicy, row: jax.Array, items: jax.Array) -> jax.Array:
@@ -220,10 +239,27 @@ def _probabilities(policy: SlatePolicy, row: jax.Array, items: jax.Array) -> jax
 
 
 def plackett_luce_log_prob(policy: SlatePolicy, row: jax.Array, slate: jax.Array) -> jax.Array:
-    """Log probability of the ordered `slate` `[K]` under the softmax of `policy`'s row."""
+    """Log probability of the ordered `slate` `[K]` under the softmax of `policy`'s row.
+
+    The mass left before slot k is the mass of the items outside the slate plus that of the
+    slate's items from slot k on, both sums of positive terms: no `1 - sum` that cancels when a
+    few items hold nearly all the mass. The outside mass reads the block sums of the blocks
+    without a slate item and the other entries of the (at most K) blocks with one, not the
+    whole row.
+    """
     probabilities = _probabilities(policy, row, slate)
-    before = jnp.cumsum(probabilities) - probabilities
-    remaining = jnp.maximum(1.0 - before, 1e-30)
+    n_blocks, block = policy.probability_blocks.shape[1:]
+    slate_blocks = slate // block
+    first = ~jnp.any(jnp.tril(slate_blocks[:, None] == slate_blocks[None, :], -1), axis=1)
+    touched = jnp.zeros(n_blocks, bool).at[slate_blocks].set(True)
+    untouched_mass = jnp.sum(jnp.where(touched, 0.0, policy.block_mass[row]))
+    entries = slate_blocks[:, None] * block + jnp.arange(block)[None, :]  # [K, block]
+    others = ~jnp.any(entries[:, :, None] == slate[None, None, :], axis=2)
+    block_values = policy.probability_blocks[row, slate_blocks]  # [K, block]
+    touched_mass = jnp.sum(jnp.where(others & first[:, None], block_values, 0.0))
+    outside = untouched_mass + touched_mass
+    from_here = jnp.cumsum(probabilities[::-1])[::-1]
+    remaining = jnp.maximum(outside + from_here, 1e-38)
     return jnp.sum(jnp.log(jnp.maximum(probabilities, 1e-38)) - jnp.log(remaining))
 
 
