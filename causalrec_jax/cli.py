@@ -1,8 +1,9 @@
 """The `causalrec` command line (DESIGN.md §2).
 
 Subcommands: `train` (also uplift runs, when `uplift.method` is set), `tune`, `evaluate`,
-`recommend`, `simulate`, `ope` and `data`. Errors the user can fix (a malformed file, a wrong config key, an unknown user id, a diverging loss) print one
-line naming the file, line or key and exit with status 2, never a traceback.
+`recommend`, `simulate`, `ope` and `data`. Errors the user can fix (a malformed file, a wrong
+config key, an unknown user id, a diverging loss) print one line naming the file, line or key
+and exit with status 2, never a traceback.
 """
 
 from __future__ import annotations

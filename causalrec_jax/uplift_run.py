@@ -46,6 +46,7 @@ from causalrec_jax.eval.causal_metrics import causal_dcg, causal_precision
 from causalrec_jax.models.base import make_scorers, split_model
 from causalrec_jax.models.mf import MF
 from causalrec_jax.sim.logs import SimLog, env_from_config, policy_scores, simulate_log
+from causalrec_jax.train.loop import TrainingDivergedError
 
 STREAM_MODEL = 50
 STREAM_PAIRS = 51
@@ -96,7 +97,7 @@ def _mf_fit(key, n_users, n_items, dim, epochs, learning_rate, weight_decay, los
 
     scores, losses = fit(parts.params)
     if not bool(jnp.all(jnp.isfinite(losses))):
-        raise FloatingPointError(
+        raise TrainingDivergedError(
             "uplift training: the loss became NaN/Inf; lower uplift.learning_rate")
     return scores, losses
 

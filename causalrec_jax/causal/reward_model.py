@@ -21,6 +21,7 @@ import optax
 
 from causalrec_jax.models.base import make_scorers, split_model
 from causalrec_jax.models.mf import MF
+from causalrec_jax.train.loop import TrainingDivergedError
 
 
 class RewardModel(NamedTuple):
@@ -50,7 +51,7 @@ def fit_reward_model(
     """Fits `q_hat` to impressions `[n]` (user, item, slot, click); returns `(model, losses)`.
 
     Raises:
-        FloatingPointError: the loss became NaN or Inf.
+        TrainingDivergedError: the loss became NaN or Inf.
     """
     parts = split_model(MF(n_users, n_items, embedding_dim=dim, key=key))
     scorers = make_scorers(parts.graphdef, parts.constants)
@@ -80,7 +81,7 @@ def fit_reward_model(
     initial = {"mf": parts.params, "slot": jnp.zeros(slate_size, jnp.float32)}
     (params, _), losses = fit(initial)
     if not bool(jnp.all(jnp.isfinite(losses))):
-        raise FloatingPointError(
+        raise TrainingDivergedError(
             "reward model (ope.reward_model): the loss became NaN/Inf; lower "
             "ope.reward_model_learning_rate"
         )
