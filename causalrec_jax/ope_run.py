@@ -42,8 +42,9 @@ from causalrec_jax.causal import ope as estimators
 from causalrec_jax.causal.reward_model import fit_reward_model, reward_table
 from causalrec_jax.config import Config, dump_config
 from causalrec_jax.sim import policies
-from causalrec_jax.sim.env import EnvParams, reset, step
+from causalrec_jax.sim.env import EnvParams
 from causalrec_jax.sim.logs import env_from_config, oracle_scores, policy_from_config
+from causalrec_jax.sim.rollout import rollout
 
 STREAM_LOG = 30
 STREAM_TRUTH = 31
@@ -55,14 +56,10 @@ _USER_BLOCK = 128
 
 
 def _one_round(key, policy, env_params):
-    obs, state = reset(key, env_params)
-    slate, log_prob = policies.slate_policy(
-        policy, obs, jax.random.fold_in(key, 1_000_003)
-    )
-    _, _, reward, _, _, info = step(
-        jax.random.fold_in(key, 1_000_033), state, slate, env_params, log_prob=log_prob
-    )
-    return info, reward
+    """One round: an arriving user shown one slate (a rollout of one step)."""
+    trajectory = rollout(key, policies.slate_policy, policy, env_params, 1)
+    info = {name: value[0] for name, value in trajectory.info.items()}
+    return info, trajectory.reward[0]
 
 
 def log_rounds(key: jax.Array, policy, env_params: EnvParams, n_rounds: int) -> dict:

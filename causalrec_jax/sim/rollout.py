@@ -65,21 +65,27 @@ def _keys(key: jax.Array) -> tuple[jax.Array, jax.Array]:
     return jax.random.fold_in(key, STREAM_ENV), jax.random.fold_in(key, STREAM_POLICY)
 
 
-def _scan(key, policy_fn, policy_params, env_params, horizon, obs, state):
+def _scan(key, policy_fn, policy_params, env_params, horizon, obs, state, accumulate=None):
+    """The episode under `lax.scan`; also sums `accumulate(state)` over the steps' states."""
     env_key, policy_key = _keys(key)
 
     def body(carry, t):
-        obs, state = carry
+        obs, state, total = carry
         slate, log_prob = policy_fn(policy_params, obs, jax.random.fold_in(policy_key, t))
+        if accumulate is not None:
+            total = total + accumulate(state)
         next_obs, next_state, reward, _, _, info = step(
             jax.random.fold_in(env_key, t), state, slate, env_params, log_prob=log_prob
         )
-        return (next_obs, next_state), Trajectory(
+        return (next_obs, next_state, total), Trajectory(
             obs.user, obs.step, slate, info["log_prob"], reward, info
         )
 
-    (_, final_state), trajectory = jax.lax.scan(body, (obs, state), jnp.arange(horizon))
-    return trajectory, final_state
+    total = 0.0 if accumulate is None else jnp.zeros_like(accumulate(state))
+    (_, final_state, total), trajectory = jax.lax.scan(
+        body, (obs, state, total), jnp.arange(horizon)
+    )
+    return trajectory, final_state, total
 
 
 def rollout(
@@ -202,21 +208,11 @@ def uplift_truth(
     """
 
     def one(user):
-        user_key = jax.random.fold_in(key, user)
         obs, state = reset_user(user, env_params)
-        env_key, policy_key = _keys(user_key)
-
-        def body(carry, t):
-            obs, state, total = carry
-            slate, log_prob = policy_fn(policy_params, obs, jax.random.fold_in(policy_key, t))
-            total = total + true_uplift(state, env_params)
-            next_obs, next_state, *_ = step(
-                jax.random.fold_in(env_key, t), state, slate, env_params, log_prob=log_prob
-            )
-            return (next_obs, next_state, total), None
-
-        zeros = jnp.zeros(env_params.item_factors.shape[0], jnp.float32)
-        (_, _, total), _ = jax.lax.scan(body, (obs, state, zeros), jnp.arange(horizon))
+        _, _, total = _scan(
+            jax.random.fold_in(key, user), policy_fn, policy_params, env_params, horizon, obs,
+            state, accumulate=lambda state: true_uplift(state, env_params),
+        )
         return total / horizon
 
     return jax.vmap(one)(jnp.asarray(users, jnp.int32))
