@@ -28,6 +28,7 @@ and per-seed values; plus `truth`, `data`, `timing`, `versions`.
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 import time
@@ -62,12 +63,16 @@ def _one_round(key, policy, env_params):
     return info, trajectory.reward[0]
 
 
+@functools.partial(jax.jit, static_argnums=4)
+def _rounds(key, offset, policy, env_params, n_rounds):
+    """Rounds `offset .. offset + n_rounds - 1`, round r under `fold_in(key, r)`."""
+    keys = jax.vmap(lambda r: jax.random.fold_in(key, offset + r))(jnp.arange(n_rounds))
+    return jax.vmap(_one_round, in_axes=(0, None, None))(keys, policy, env_params)
+
+
 def log_rounds(key: jax.Array, policy, env_params: EnvParams, n_rounds: int) -> dict:
     """`n_rounds` logged rounds (vmap over `fold_in(key, r)`): the env's `info` plus reward."""
-    keys = jax.vmap(lambda r: jax.random.fold_in(key, r))(jnp.arange(n_rounds))
-    info, reward = jax.jit(jax.vmap(_one_round, in_axes=(0, None, None)))(
-        keys, policy, env_params
-    )
+    info, reward = _rounds(key, 0, policy, env_params, n_rounds)
     return {**{name: np.asarray(value) for name, value in info.items()},
             "reward": np.asarray(reward)}
 
@@ -75,22 +80,12 @@ def log_rounds(key: jax.Array, policy, env_params: EnvParams, n_rounds: int) -> 
 def on_policy_value(key: jax.Array, policy, env_params: EnvParams, n_rounds: int):
     """Mean and standard error of the expected reward of `n_rounds` on-policy rounds."""
     chunk = min(n_rounds, _TRUTH_CHUNK)
-
-    @jax.jit
-    def chunk_sums(chunk_index):
-        keys = jax.vmap(lambda r: jax.random.fold_in(key, chunk_index * chunk + r))(
-            jnp.arange(chunk)
-        )
-        info, _ = jax.vmap(_one_round, in_axes=(0, None, None))(keys, policy, env_params)
-        valid = chunk_index * chunk + jnp.arange(chunk) < n_rounds
-        expected = jnp.where(valid, info["expected_reward"], 0.0)
-        return jnp.sum(expected), jnp.sum(jnp.square(expected))
-
     total = total_sq = 0.0
-    for index in range(-(-n_rounds // chunk)):
-        value, square = chunk_sums(index)
-        total += float(value)
-        total_sq += float(square)
+    for start in range(0, n_rounds, chunk):
+        info, _ = _rounds(key, start, policy, env_params, chunk)
+        expected = np.asarray(info["expected_reward"], np.float64)[: n_rounds - start]
+        total += float(expected.sum())
+        total_sq += float(np.square(expected).sum())
     mean = total / n_rounds
     variance = max(total_sq / n_rounds - mean**2, 0.0)
     return mean, (variance / max(n_rounds - 1, 1)) ** 0.5
@@ -100,6 +95,21 @@ def _oracle_table(env_params: EnvParams, users: jax.Array) -> jax.Array:
     values = oracle_scores(env_params)[users]
     attraction = jax.nn.sigmoid(values + env_params.click_offset) * env_params.available
     return attraction[:, :, None] * env_params.examination[None, None, :]
+
+
+@functools.partial(jax.jit, static_argnames="n_samples")
+def _slot_tables(key, target, logging, block, q, *, n_samples):
+    """Target and logging slot marginals `[b, n_items, K]` of `block`, and the target's
+    expected reward model value `[b]` under `q` `[b, n_items, K]`."""
+    target_table = policies.slot_marginal_table(
+        target, block, key=jax.random.fold_in(key, 1), n_samples=n_samples)
+    logging_table = policies.slot_marginal_table(
+        logging, block, key=jax.random.fold_in(key, 2), n_samples=n_samples)
+    return target_table, logging_table, q, jnp.sum(target_table * q, axis=(1, 2))
+
+
+_slate_log_probs = jax.jit(jax.vmap(policies.slate_log_prob, in_axes=(None, 0, 0)))
+_oracle_block = jax.jit(lambda env_params, users: _oracle_table(env_params, users))
 
 
 def _block_quantities(config: Config, key, logging, target, table_fn, users: np.ndarray,
@@ -112,14 +122,9 @@ def _block_quantities(config: Config, key, logging, target, table_fn, users: np.
         ("q_logged", (n,)), ("q_target", (n,)), ("target_slot", (n, k, k)),
         ("logging_slot", (n, k, k)), ("exact_value", (len(users),)))}
 
-    @jax.jit
     def block_tables(block):
-        target_table = policies.slot_marginal_table(
-            target, block, key=jax.random.fold_in(key, 1), n_samples=n_samples)
-        logging_table = policies.slot_marginal_table(
-            logging, block, key=jax.random.fold_in(key, 2), n_samples=n_samples)
         q = table_fn(block)
-        return target_table, logging_table, q, jnp.sum(target_table * q, axis=(1, 2))
+        return _slot_tables(key, target, logging, block, q, n_samples=n_samples)
 
     positions = {int(user): index for index, user in enumerate(users)}
     round_user_index = np.array([positions[int(u)] for u in rows["user"]])
@@ -171,7 +176,7 @@ def _estimate_all(config: Config, rows: dict, quantities: dict, target_probs: np
 def _reward_table_fn(config: Config, key, env_params: EnvParams, rows: dict, fit_rows):
     """`users [b] -> [b, n_items, K]` predicted clicks: the oracle, or MF fitted on `fit_rows`."""
     if config.ope.reward_model == "oracle":
-        return lambda block: _oracle_table(env_params, block)
+        return lambda block: _oracle_block(env_params, block)
     slate = rows["slate"][fit_rows]
     n, k = slate.shape
     model, _ = fit_reward_model(
@@ -210,9 +215,8 @@ def ope_seed(config: Config, seed: int, env_params: EnvParams, logging, target) 
             quantities.setdefault(name, np.zeros((n, *value.shape[1:]), np.float32))
             quantities[name][held_out] = value
     reward_model_seconds = time.perf_counter() - started
-    user_jnp, slate_jnp = jnp.asarray(rows["user"]), jnp.asarray(slate)
-    target_probs = np.exp(np.asarray(jax.jit(jax.vmap(
-        lambda u, s: policies.slate_log_prob(target, u, s)))(user_jnp, slate_jnp)))
+    target_probs = np.exp(np.asarray(_slate_log_probs(
+        target, jnp.asarray(rows["user"]), jnp.asarray(slate))))
     logging_probs = np.exp(rows["log_prob"])
     estimates = _estimate_all(config, rows, quantities, target_probs, logging_probs,
                               np.asarray(env_params.examination))

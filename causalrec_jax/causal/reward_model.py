@@ -13,6 +13,7 @@ user and item parameters, one `lax.scan` over epochs:
 
 from __future__ import annotations
 
+import functools
 from typing import Any, NamedTuple
 
 import jax
@@ -54,10 +55,27 @@ def fit_reward_model(
         TrainingDivergedError: the loss became NaN or Inf.
     """
     parts = split_model(MF(n_users, n_items, embedding_dim=dim, key=key))
-    scorers = make_scorers(parts.graphdef, parts.constants)
+    initial = {"mf": parts.params, "slot": jnp.zeros(slate_size, jnp.float32)}
+    params, losses = _fit(
+        parts.graphdef, parts.constants, initial, jnp.asarray(users, jnp.int32),
+        jnp.asarray(items, jnp.int32), jnp.asarray(slots, jnp.int32),
+        jnp.asarray(clicks, jnp.float32), jnp.float32(weight_decay),
+        epochs=epochs, learning_rate=learning_rate,
+    )
+    if not bool(jnp.all(jnp.isfinite(losses))):
+        raise TrainingDivergedError(
+            "reward model (ope.reward_model): the loss became NaN/Inf; lower "
+            "ope.reward_model_learning_rate"
+        )
+    return RewardModel(params["mf"], params["slot"], parts.graphdef, parts.constants), losses
+
+
+@functools.partial(jax.jit, static_argnums=0, static_argnames=("epochs", "learning_rate"))
+def _fit(graphdef, constants, params, users, items, slots, clicks, weight_decay, *, epochs,
+         learning_rate):
+    """Full-batch Adam epochs under one `lax.scan` (the log is an argument, not a constant)."""
+    scorers = make_scorers(graphdef, constants)
     optimizer = optax.adam(learning_rate)
-    users, items = jnp.asarray(users, jnp.int32), jnp.asarray(items, jnp.int32)
-    slots, clicks = jnp.asarray(slots, jnp.int32), jnp.asarray(clicks, jnp.float32)
 
     def loss_fn(params):
         logits = scorers.score_pairs(params["mf"], users, items) + params["slot"][slots]
@@ -74,25 +92,20 @@ def fit_reward_model(
         updates, state = optimizer.update(grads, state, params)
         return (optax.apply_updates(params, updates), state), loss
 
-    @jax.jit
-    def fit(params):
-        return jax.lax.scan(epoch, (params, optimizer.init(params)), None, epochs)
-
-    initial = {"mf": parts.params, "slot": jnp.zeros(slate_size, jnp.float32)}
-    (params, _), losses = fit(initial)
-    if not bool(jnp.all(jnp.isfinite(losses))):
-        raise TrainingDivergedError(
-            "reward model (ope.reward_model): the loss became NaN/Inf; lower "
-            "ope.reward_model_learning_rate"
-        )
-    return RewardModel(params["mf"], params["slot"], parts.graphdef, parts.constants), losses
+    (params, _), losses = jax.lax.scan(epoch, (params, optimizer.init(params)), None, epochs)
+    return params, losses
 
 
 def reward_table(model: RewardModel, users: jax.Array) -> jax.Array:
     """`[n_users, n_items, K]` predicted click probability of every item at every slot."""
-    scorers = make_scorers(model.graphdef, model.constants)
-    logits = scorers.score_all(model.params, jnp.asarray(users, jnp.int32))
-    return jax.nn.sigmoid(logits[:, :, None] + model.slot_bias[None, None, :])
+    return _table(model.graphdef, model.constants, model.params, model.slot_bias,
+                  jnp.asarray(users, jnp.int32))
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _table(graphdef, constants, params, slot_bias, users):
+    logits = make_scorers(graphdef, constants).score_all(params, users)
+    return jax.nn.sigmoid(logits[:, :, None] + slot_bias[None, None, :])
 
 
 __all__ = ["RewardModel", "fit_reward_model", "reward_table"]
