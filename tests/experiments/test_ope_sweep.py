@@ -1,9 +1,7 @@
 """experiments/ope_sweep.py: the OPE sweep over log size and divergence runs and reports.
 
-The sweep runs as a script in a subprocess with JAX's persistent compilation cache: the core
-(`ope_run.log_rounds`, `fit_reward_model`, ...) builds fresh jitted closures on every call, so
-without the cache each `ope_seed` recompiles (~3 s on 2 CPU cores) and 12 of them would not fit
-the test budget. The cache is process-wide state, hence the subprocess.
+The sweep runs as a user runs it, a script in a subprocess, with JAX's persistent compilation
+cache in a temporary folder (process-wide state, hence the subprocess) to keep the test short.
 """
 
 import csv
