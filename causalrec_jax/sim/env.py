@@ -263,16 +263,33 @@ def _inclusive_cumsum(values: jax.Array) -> jax.Array:
     return values @ jnp.triu(jnp.ones((n, n), values.dtype))
 
 
-def _organic_weights(values: jax.Array, params: EnvParams) -> jax.Array:
-    """Unnormalised organic weights `exp(v_i + b)` (the "none" option has weight 1).
+def _organic_weights(state: EnvState, params: EnvParams) -> jax.Array:
+    """Unnormalised organic weights `exp(kappa v_i + b + gamma_o q_i)` ("none" has weight 1).
 
-    One pass over the catalogue, no max-shift: logits are capped at 60 (a probability within
-    1e-26 of one) so the exponential cannot overflow in float32.
+    One matrix-vector product straight into the logits (the taste scaled by `kappa / tau`
+    and the per-item constant folded), one exponential per item, no max-shift: logits are
+    capped at 60 (a probability within 1e-26 of one) so float32 cannot overflow. Unavailable
+    items get weight 0.
     """
-    logits = (params.organic_taste_effect * values + params.organic_offset
-              + params.organic_quality_effect * params.item_quality)
-    logits = jnp.minimum(logits, 60.0)
-    return jnp.where(params.available, jnp.exp(logits), 0.0)
+    effective = state.taste - params.satiation_strength * state.satiation
+    scale = params.organic_taste_effect / params.temperature
+    constant = (params.organic_taste_effect * params.quality_effect
+                + params.organic_quality_effect) * params.item_quality + params.organic_offset
+    logits = params.item_factors @ (scale * effective) + constant
+    return jnp.where(params.available, jnp.exp(jnp.minimum(logits, 60.0)), 0.0)
+
+
+def block_size(n: int) -> int:
+    """Entries per block of a two-level search over `n` entries: about sqrt(n).
+
+    A divisor of `n` when one lies within a factor two of sqrt(n): padding a row on every step
+    made XLA's CPU draw over 1,000 items 13x slower than over 1,024.
+    """
+    root = n**0.5
+    divisors = [d for d in range(max(1, int(root / 2)), int(2 * root) + 1) if n % d == 0]
+    if divisors:
+        return min(divisors, key=lambda d: abs(d - root))
+    return max(1, int(round(root)))
 
 
 def sample_categorical(
@@ -287,9 +304,10 @@ def sample_categorical(
     one pass over the row plus two short cumulative sums: no full cumulative sum is built.
     """
     n = weights.shape[0]
-    block = max(1, int(round(n**0.5)))
+    block = block_size(n)
     n_blocks = -(-n // block)
-    padded = jnp.pad(weights, (0, n_blocks * block - n)).reshape(n_blocks, block)
+    padded = weights if n_blocks * block == n else jnp.pad(weights, (0, n_blocks * block - n))
+    padded = padded.reshape(n_blocks, block)
     block_totals = padded.sum(axis=1)
     block_cumulative = _inclusive_cumsum(block_totals)
     uniform = uniform * (block_cumulative[-1] + rest)
@@ -332,10 +350,13 @@ def step(
     slate = jnp.asarray(action, jnp.int32)
     k = slate.shape[0]
     noise = jax.random.uniform(key, (2 * k + 1,))
-    values = utilities(state, params)
-    organic_item = sample_categorical(noise[0], _organic_weights(values, params), 1.0)
+    organic_item = sample_categorical(noise[0], _organic_weights(state, params), 1.0)
+    effective = state.taste - params.satiation_strength * state.satiation
+    slate_values = (params.item_factors[slate] @ effective) / params.temperature + (
+        params.quality_effect * params.item_quality[slate]
+    )
     examined = noise[1:k + 1] < params.examination
-    attraction = jax.nn.sigmoid(values[slate] + params.click_offset) * params.available[slate]
+    attraction = jax.nn.sigmoid(slate_values + params.click_offset) * params.available[slate]
     clicks = examined & (noise[k + 1:] < attraction)
     click_probability = params.examination * attraction
     organic_hit = slate == organic_item

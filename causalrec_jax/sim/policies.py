@@ -37,7 +37,7 @@ import jax
 import jax.numpy as jnp
 
 from causalrec_jax.errors import ConfigError
-from causalrec_jax.sim.env import Observation
+from causalrec_jax.sim.env import Observation, block_size
 
 
 @jax.tree_util.register_dataclass
@@ -58,6 +58,8 @@ class SlatePolicy:
         shuffle: static; True shows the top-K list in a uniformly random order.
         flat: static; True when the softmax is uniform over the available items (its slot
             marginals are then exact at every slot).
+        mixture: static; False for a pure softmax (`epsilon` is 1), whose steps skip the
+            top-K part. Policies stacked for `vmap` must agree on it (pass `mixture=True`).
     """
 
     probabilities: jax.Array
@@ -69,6 +71,7 @@ class SlatePolicy:
     epsilon: jax.Array
     shuffle: bool = dataclasses.field(default=False, metadata=dict(static=True))
     flat: bool = dataclasses.field(default=False, metadata=dict(static=True))
+    mixture: bool = dataclasses.field(default=True, metadata=dict(static=True))
 
 
 def _as_rows(scores: jax.typing.ArrayLike) -> jax.Array:
@@ -81,7 +84,7 @@ def _tables(logits: jax.Array) -> dict[str, jax.Array]:
     probabilities = jax.nn.softmax(logits, axis=-1)
     cdf = jnp.cumsum(probabilities, axis=-1)
     rows, n_items = cdf.shape
-    block = max(1, int(round(n_items**0.5)))
+    block = block_size(n_items)
     n_blocks = -(-n_items // block)
     padded = jnp.pad(cdf, ((0, 0), (0, n_blocks * block - n_items)), mode="edge")
     blocks = padded.reshape(rows, n_blocks, block)
@@ -108,6 +111,7 @@ def make_policy(
     shuffle: bool = False,
     available: jax.typing.ArrayLike | None = None,
     flat: bool = False,
+    mixture: bool | None = None,
 ) -> SlatePolicy:
     """A `SlatePolicy` from scores `[n_items]` or `[n_users, n_items]`.
 
@@ -119,6 +123,8 @@ def make_policy(
         shuffle: show the top-K list in random order.
         available: optional `[n_items]` bool; unavailable items are never shown.
         flat: the caller guarantees a uniform softmax (set by `uniform_policy`).
+        mixture: keep the top-K part even at `epsilon = 1` (default: only when epsilon < 1
+            or shuffle), so that policies with different epsilons stack for `vmap`.
     """
     if temperature <= 0:
         raise ConfigError(f"policy temperature: got {temperature}, expected > 0")
@@ -138,6 +144,7 @@ def make_policy(
         epsilon=jnp.float32(epsilon),
         shuffle=bool(shuffle),
         flat=flat,
+        mixture=bool(epsilon < 1.0 or shuffle) if mixture is None else bool(mixture),
     )
 
 
@@ -166,7 +173,7 @@ def epsilon_greedy_policy(
     top = make_policy(scores, slate_size, epsilon=0.0, available=available)
     return dataclasses.replace(
         flat, top_items=top.top_items, epsilon=jnp.float32(epsilon),
-        shuffle=bool(shuffle),
+        shuffle=bool(shuffle), mixture=True,
     )
 
 
@@ -266,16 +273,19 @@ def plackett_luce_log_prob(policy: SlatePolicy, row: jax.Array, slate: jax.Array
 def slate_log_prob(policy: SlatePolicy, user: jax.Array, slate: jax.Array) -> jax.Array:
     """Exact log probability that `policy` shows the ordered `slate` `[K]` to `user`."""
     row = _row(policy.probabilities, user)
+    softmax_log_prob = plackett_luce_log_prob(policy, row, slate)
+    if not policy.mixture:
+        return softmax_log_prob
     k = slate.shape[0]
     top = policy.top_items[_row(policy.top_items, user)]
-    in_order = jnp.all(slate == top)
-    same_set = jnp.all(jnp.any(slate[:, None] == top[None, :], axis=1))
     if policy.shuffle:
-        top_prob = same_set.astype(jnp.float32) / math.factorial(k)
+        same_set = jnp.all(jnp.any(slate[:, None] == top[None, :], axis=1))
+        top_log_prob = jnp.where(same_set, -math.lgamma(k + 1), -jnp.inf)
     else:
-        top_prob = in_order.astype(jnp.float32)
-    softmax_prob = jnp.exp(plackett_luce_log_prob(policy, row, slate))
-    return jnp.log(policy.epsilon * softmax_prob + (1.0 - policy.epsilon) * top_prob)
+        top_log_prob = jnp.where(jnp.all(slate == top), 0.0, -jnp.inf)
+    # In log space: a Plackett-Luce slate of 1,000 items has probability near float32's floor.
+    return jnp.logaddexp(jnp.log(policy.epsilon) + softmax_log_prob,
+                         jnp.log1p(-policy.epsilon) + top_log_prob)
 
 
 def slate_policy(
@@ -285,6 +295,9 @@ def slate_policy(
     row = _row(policy.probabilities, obs.user)
     k = policy.top_items.shape[1]
     explore_key, sample_key, shuffle_key = jax.random.split(key, 3)
+    if not policy.mixture:
+        slate = sample_plackett_luce(sample_key, policy, row, k)
+        return slate, slate_log_prob(policy, obs.user, slate)
     top = policy.top_items[_row(policy.top_items, obs.user)]
     if policy.shuffle:
         top = jax.random.permutation(shuffle_key, top)

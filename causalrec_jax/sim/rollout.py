@@ -77,14 +77,14 @@ def _scan(key, policy_fn, policy_params, env_params, horizon, obs, state, accumu
         next_obs, next_state, reward, _, _, info = step(
             jax.random.fold_in(env_key, t), state, slate, env_params, log_prob=log_prob
         )
-        return (next_obs, next_state, total), Trajectory(
-            obs.user, obs.step, slate, info["log_prob"], reward, info
-        )
+        return (next_obs, next_state, total), (obs.step, reward, info)
 
     total = 0.0 if accumulate is None else jnp.zeros_like(accumulate(state))
-    (_, final_state, total), trajectory = jax.lax.scan(
+    (_, final_state, total), (steps, rewards, info) = jax.lax.scan(
         body, (obs, state, total), jnp.arange(horizon)
     )
+    # user, slate and log_prob are info's own arrays: each is written once per step.
+    trajectory = Trajectory(info["user"], steps, info["slate"], info["log_prob"], rewards, info)
     return trajectory, final_state, total
 
 
