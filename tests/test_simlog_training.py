@@ -2,7 +2,13 @@
 
 import json
 
+import jax.numpy as jnp
+import numpy as np
+
 from causalrec_jax.cli import main
+from causalrec_jax.config import load_config
+from causalrec_jax.runner import load_run
+from causalrec_jax.sim.logs import env_from_config, policy_scores
 
 TINY = ["env.n_users=40", "env.n_items=30", "env.latent_dim=4", "env.horizon=6",
         "env.slate_size=4"]
@@ -19,3 +25,25 @@ def test_simulate_then_train_on_the_simlog(tmp_path):
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["data"]["n_users"] == 40 and metrics["data"]["n_items"] == 30
     assert 0.0 <= metrics["test"]["auc"] <= 1.0
+
+
+def test_a_trained_run_drives_the_logging_policy(tmp_path):
+    """policy.scores = "run": the softmax policy ranks by the scores of a model of the library."""
+    log, run = tmp_path / "log", tmp_path / "run"
+    sets = sum((["--set", item] for item in TINY), [])
+    assert main(["simulate", "--config", "configs/sim_log.toml", "--quiet", "--out", str(log),
+                 *sets]) == 0
+    assert main(["train", "--config", "configs/sim_log.toml", "--quiet", "--out", str(run),
+                 *sets, "--set", f'data.path="{log}"', "--set", "train.epochs=2"]) == 0
+    config = load_config("configs/sim_log.toml", TINY + ['policy.scores="run"',
+                                                          f'policy.run="{run}"'])
+    _, world = env_from_config(config.env)
+    scores = policy_scores(config.policy, world)
+    loaded = load_run(run)
+    expected = loaded.score_all_fn()(jnp.arange(40))
+    users = loaded.user_ids.astype(int)
+    items = loaded.item_ids.astype(int)
+    np.testing.assert_allclose(np.asarray(scores)[np.ix_(users, items)], expected, rtol=1e-5)
+    assert main(["simulate", "--config", "configs/sim_log.toml", "--quiet", "--out",
+                 str(tmp_path / "log2"), *sets, "--set", 'policy.scores="run"', "--set",
+                 f'policy.run="{run}"']) == 0
