@@ -46,6 +46,7 @@ from causalrec_jax.eval.causal_metrics import causal_dcg, causal_precision
 from causalrec_jax.models.base import make_scorers, split_model
 from causalrec_jax.models.mf import MF
 from causalrec_jax.sim.logs import SimLog, env_from_config, policy_scores, simulate_log
+from causalrec_jax.train.full_batch import fit_full_batch
 from causalrec_jax.train.loop import TrainingDivergedError
 
 STREAM_MODEL = 50
@@ -83,16 +84,9 @@ def _mf_fit(key, n_users, n_items, dim, epochs, learning_rate, weight_decay, los
                       if leaf.ndim > 0)
         return loss_of_scores(scores, step_key) + weight_decay * penalty / n_cells
 
-    def epoch(carry, index):
-        params, state = carry
-        loss, grads = jax.value_and_grad(loss_fn)(params, jax.random.fold_in(key, index))
-        updates, state = optimizer.update(grads, state, params)
-        return (optax.apply_updates(params, updates), state), loss
-
     @jax.jit
     def fit(params):
-        (params, _), losses = jax.lax.scan(
-            epoch, (params, optimizer.init(params)), jnp.arange(epochs))
+        params, losses = fit_full_batch(loss_fn, params, optimizer, epochs, key)
         return scorers.score_all(params, users), losses
 
     scores, losses = fit(parts.params)

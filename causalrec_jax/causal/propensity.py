@@ -55,6 +55,7 @@ import optax
 from causalrec_jax.config import CausalConfig
 from causalrec_jax.data.dataset import Dataset
 from causalrec_jax.errors import CausalRecError
+from causalrec_jax.train.full_batch import fit_full_batch
 
 PROPENSITY_METHODS = (
     "none", "given", "popularity", "naive_bayes", "logistic", "learned", "true"
@@ -363,14 +364,7 @@ def _fit(params, observed, extra, *, logits_fn, steps: int, learning_rate: float
         )
         return _bce_objective(logits_fn(params, extra), observed, penalty, l2)
 
-    def step(carry, _):
-        params, opt_state = carry
-        loss, grads = jax.value_and_grad(loss_fn)(params)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        return (optax.apply_updates(params, updates), opt_state), loss
-
-    (params, _), losses = jax.lax.scan(step, (params, optimizer.init(params)), None, steps)
-    return params, losses
+    return fit_full_batch(lambda params, _key: loss_fn(params), params, optimizer, steps)
 
 
 def _logistic_logits(params, extra):

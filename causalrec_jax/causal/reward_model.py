@@ -22,6 +22,7 @@ import optax
 
 from causalrec_jax.models.base import make_scorers, split_model
 from causalrec_jax.models.mf import MF
+from causalrec_jax.train.full_batch import fit_full_batch
 from causalrec_jax.train.loop import TrainingDivergedError
 
 
@@ -86,14 +87,7 @@ def _fit(graphdef, constants, params, users, items, slots, clicks, weight_decay,
         bce = jnp.mean(optax.sigmoid_binary_cross_entropy(logits, clicks))
         return bce + weight_decay * penalty / clicks.shape[0]
 
-    def epoch(carry, _):
-        params, state = carry
-        loss, grads = jax.value_and_grad(loss_fn)(params)
-        updates, state = optimizer.update(grads, state, params)
-        return (optax.apply_updates(params, updates), state), loss
-
-    (params, _), losses = jax.lax.scan(epoch, (params, optimizer.init(params)), None, epochs)
-    return params, losses
+    return fit_full_batch(lambda params, _key: loss_fn(params), params, optimizer, epochs)
 
 
 def reward_table(model: RewardModel, users: jax.Array) -> jax.Array:
