@@ -1,5 +1,13 @@
-"""Simulated worlds with known ground truth: a static MNAR world (`world`), dense for small
-worlds and generated in user blocks (with a compact `SparseGroundTruth`) for large ones."""
+"""Simulated worlds with known ground truth.
+
+- `world`: a static MNAR world, dense for small worlds and generated in user blocks (with a
+  compact `SparseGroundTruth`) for large ones (exported here);
+- `env`, `policies`, `rollout`: a dynamic environment in the gymnax style (slates, position
+  bias, clicks, organic consumption), slate policies with exact probabilities, and vmapped
+  rollouts with common random numbers and interventions;
+- `logs`, `simlog`: logged bandit feedback from `[env]` / `[policy]` configs and its folder
+  format (import these submodules directly).
+"""
 
 from causalrec_jax.sim.world import (
     GroundTruth,
