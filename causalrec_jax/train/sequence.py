@@ -1,0 +1,244 @@
+"""Losses and the pure training step of the sequential models (SASRec, BERT4Rec).
+
+Batches hold tokens (`data/sequences.py`: 0 = padding, item i = token i + 1). The losses work
+in item space: `targets [b, L]` are item ids `0..n_items-1` (token - 1, i.e. columns of the
+model's logits) and `mask [b, L]` bool says which positions are trained; every loss is the
+mean over trained positions (0 when there are none).
+
+- `full_softmax_loss`: cross-entropy over the whole catalogue (the default; the strongest
+  baseline in Klenitskiy & Vasilev, RecSys 2023, "Turning Dross Into Gold Loss: is BERT4Rec
+  really better than SASRec?").
+- `bce_one_negative_loss`: SASRec's own objective (Kang & McAuley 2018, eq. 5): binary
+  cross-entropy of the target against one uniformly sampled negative per position.
+- `sampled_softmax_loss`: softmax over the target and `n_negatives` uniform negatives shared
+  by the batch. With a uniform proposal the logQ correction is the same constant for every
+  item and cancels in the softmax, so none is applied.
+- `masked_item_loss`: BERT4Rec's cloze objective, on positions chosen by `mask_items`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+LOSSES = ("full_softmax", "bce_one_negative", "sampled_softmax", "masked_item")
+
+
+def _masked_mean(values: jax.Array, mask: jax.Array) -> jax.Array:
+    mask = mask.astype(values.dtype)
+    return jnp.sum(values * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+
+
+def full_softmax_loss(logits: jax.Array, targets: jax.Array, mask: jax.Array) -> jax.Array:
+    """Cross-entropy over the catalogue.
+
+    Args:
+        logits: `[b, L, n_items]`.
+        targets: `[b, L]` int item ids (any value where `mask` is False).
+        mask: `[b, L]` bool, True where a position is trained.
+
+    Returns:
+        `[]` mean cross-entropy over trained positions.
+    """
+    safe_targets = jnp.where(mask, targets, 0)
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits, safe_targets)
+    return _masked_mean(losses, mask)
+
+
+def _uniform_negatives(key: jax.Array, targets: jax.Array, n_items: int) -> jax.Array:
+    """One uniform item per position, never the target: `[b, L]`."""
+    offset = jax.random.randint(key, targets.shape, 1, max(n_items, 2))
+    return (targets + offset) % n_items
+
+
+def bce_one_negative_loss(
+    hidden: jax.Array,
+    item_embeddings: jax.Array,
+    targets: jax.Array,
+    mask: jax.Array,
+    key: jax.Array,
+) -> jax.Array:
+    """SASRec's loss: -log s(h.e_target) - log(1 - s(h.e_negative)), one negative a position.
+
+    The negative is uniform over the catalogue minus the target (the paper also excludes the
+    user's other items; at catalogue sizes this rarely matters). Never forms `[b, L, n_items]`.
+
+    Args:
+        hidden: `[b, L, d]` encoder outputs.
+        item_embeddings: `[n_items, d]` output table (`model.item_embeddings()`).
+        targets: `[b, L]` int item ids.
+        mask: `[b, L]` bool trained positions.
+        key: draws the negatives.
+
+    Returns:
+        `[]` mean loss over trained positions.
+    """
+    safe_targets = jnp.where(mask, targets, 0)
+    negatives = _uniform_negatives(key, safe_targets, item_embeddings.shape[0])
+    positive_logits = jnp.sum(hidden * item_embeddings[safe_targets], axis=-1)
+    negative_logits = jnp.sum(hidden * item_embeddings[negatives], axis=-1)
+    losses = -jax.nn.log_sigmoid(positive_logits) - jax.nn.log_sigmoid(-negative_logits)
+    return _masked_mean(losses, mask)
+
+
+def sampled_softmax_loss(
+    hidden: jax.Array,
+    item_embeddings: jax.Array,
+    targets: jax.Array,
+    mask: jax.Array,
+    key: jax.Array,
+    *,
+    n_negatives: int = 100,
+) -> jax.Array:
+    """Softmax over the target and `n_negatives` uniform negatives shared by the batch.
+
+    A negative equal to a position's target is masked out of that position's softmax.
+
+    Args:
+        hidden: `[b, L, d]` encoder outputs.
+        item_embeddings: `[n_items, d]` output table.
+        targets: `[b, L]` int item ids.
+        mask: `[b, L]` bool trained positions.
+        key: draws the negatives.
+        n_negatives: negatives per batch (static).
+
+    Returns:
+        `[]` mean loss over trained positions; forms `[b, L, 1 + n_negatives]` logits.
+    """
+    safe_targets = jnp.where(mask, targets, 0)
+    negatives = jax.random.randint(key, (n_negatives,), 0, item_embeddings.shape[0])
+    positive_logits = jnp.sum(hidden * item_embeddings[safe_targets], axis=-1)
+    negative_logits = hidden @ item_embeddings[negatives].T
+    collision = negatives[None, None, :] == safe_targets[..., None]
+    negative_logits = jnp.where(collision, -jnp.inf, negative_logits)
+    logits = jnp.concatenate([positive_logits[..., None], negative_logits], axis=-1)
+    losses = -jax.nn.log_softmax(logits, axis=-1)[..., 0]
+    return _masked_mean(losses, mask)
+
+
+def mask_items(
+    key: jax.Array,
+    sequences: jax.Array,
+    *,
+    mask_token: int,
+    mask_prob: float = 0.2,
+    last_item_prob: float = 0.0,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """BERT4Rec's cloze corruption: hides random real items behind `[mask]`.
+
+    Each non-padding position is masked with probability `mask_prob`. With probability
+    `last_item_prob` a row instead has only its last item masked (the paper's extra samples
+    that match inference, where `[mask]` follows the history).
+
+    Args:
+        key: draws the positions.
+        sequences: `[b, L]` int32 tokens, left-padded, most recent last.
+        mask_token: the `[mask]` token.
+        mask_prob: probability of masking each real position.
+        last_item_prob: probability that a row masks only its last position.
+
+    Returns:
+        `(inputs [b, L] tokens with [mask] substituted, targets [b, L] item ids (token - 1,
+        0 where not masked), masked [b, L] bool)`.
+    """
+    position_key, row_key = jax.random.split(key)
+    real = sequences != 0
+    masked = real & jax.random.bernoulli(position_key, mask_prob, sequences.shape)
+    last_only = jax.random.bernoulli(row_key, last_item_prob, sequences.shape[:1])
+    last_column = jnp.zeros_like(real).at[:, -1].set(True) & real
+    masked = jnp.where(last_only[:, None], last_column, masked)
+    inputs = jnp.where(masked, mask_token, sequences)
+    targets = jnp.where(masked, sequences - 1, 0)
+    return inputs, targets, masked
+
+
+def masked_item_loss(logits: jax.Array, targets: jax.Array, masked: jax.Array) -> jax.Array:
+    """Cross-entropy over the catalogue at the masked positions (`mask_items`' outputs).
+
+    Args:
+        logits: `[b, L, n_items]` from the corrupted inputs.
+        targets: `[b, L]` item ids of the hidden items.
+        masked: `[b, L]` bool, True where an item was hidden.
+
+    Returns:
+        `[]` mean cross-entropy over masked positions.
+    """
+    return full_softmax_loss(logits, targets, masked)
+
+
+Batch = dict[str, jax.Array]
+
+
+def make_sequence_loss(
+    graphdef: nnx.GraphDef,
+    loss_name: str = "full_softmax",
+    *,
+    n_negatives: int = 100,
+    mask_prob: float = 0.2,
+    last_item_prob: float = 0.1,
+) -> Callable[[Any, Batch, jax.Array], jax.Array]:
+    """Builds `loss(params, batch, key) -> []`, a pure function of the parameters.
+
+    Batches: next-item losses read `inputs [b, L]` and `targets [b, L]` tokens
+    (`data.sequences.training_windows`); `masked_item` reads `sequences [b, L]` tokens
+    (`item_windows`) and masks them with the key. An optional `mask [b]` bool drops padded
+    rows (a padded last batch). The key is split between dropout and sampling.
+
+    Raises:
+        ValueError: unknown `loss_name`.
+    """
+    if loss_name not in LOSSES:
+        raise ValueError(f"unknown sequence loss {loss_name!r}; expected one of {LOSSES}")
+
+    def loss_fn(params: Any, batch: Batch, key: jax.Array) -> jax.Array:
+        model = nnx.merge(graphdef, params)
+        dropout_key, sample_key = jax.random.split(key)
+        if loss_name == "masked_item":
+            inputs, targets, trained = mask_items(
+                sample_key, batch["sequences"], mask_token=model.mask_token,
+                mask_prob=mask_prob, last_item_prob=last_item_prob,
+            )
+        else:
+            inputs = batch["inputs"]
+            targets = batch["targets"] - 1
+            trained = batch["targets"] != 0
+        if "mask" in batch:
+            trained = trained & batch["mask"][:, None]
+        hidden = model(inputs, key=dropout_key)
+        if loss_name in ("full_softmax", "masked_item"):
+            return full_softmax_loss(model.logits(hidden), targets, trained)
+        item_embeddings = model.item_embeddings()
+        if loss_name == "bce_one_negative":
+            return bce_one_negative_loss(hidden, item_embeddings, targets, trained, sample_key)
+        return sampled_softmax_loss(
+            hidden, item_embeddings, targets, trained, sample_key, n_negatives=n_negatives
+        )
+
+    return loss_fn
+
+
+def make_sequence_train_step(
+    graphdef: nnx.GraphDef,
+    loss_name: str,
+    optimizer: optax.GradientTransformation,
+    **loss_options: Any,
+) -> Callable[[Any, Any, Batch, jax.Array], tuple[Any, Any, jax.Array]]:
+    """Builds `step(params, opt_state, batch, key) -> (params, opt_state, loss)`, pure.
+
+    `graphdef` comes from `nnx.split(model, nnx.Param)` (the sequence models hold only
+    parameters). The step uses `key` as given: callers fold in the step number (DESIGN §1)
+    and check the loss for NaN. `loss_options` go to `make_sequence_loss`.
+    """
+    loss_fn = make_sequence_loss(graphdef, loss_name, **loss_options)
+
+    def step(params: Any, opt_state: Any, batch: Batch, key: jax.Array):
+        loss, grads = jax.value_and_grad(loss_fn)(params, batch, key)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    return step
