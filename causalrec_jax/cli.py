@@ -147,7 +147,13 @@ def _command_train(args: argparse.Namespace) -> int:
     quiet = args.quiet or config.run.quiet
     if not quiet:
         print(dumps_config(config))
-    if config.uplift.method:
+    from causalrec_jax.sequence_run import SEQUENCE_MODELS
+
+    if config.model.name in SEQUENCE_MODELS:
+        from causalrec_jax.sequence_run import sequence_run
+
+        metrics = sequence_run(config, out, quiet=quiet)
+    elif config.uplift.method:
         from causalrec_jax.uplift_run import uplift_run
 
         metrics = uplift_run(config, out, quiet=quiet)

@@ -160,6 +160,8 @@ class ModelConfig:
     n_layers: int = 2
     n_heads: int = 2
     dropout: float = 0.0
+    # Sequential models (sasrec, bert4rec): the longest history a window holds.
+    max_len: int = 50
 
     def __post_init__(self) -> None:
         for key in ("embedding_dim", "n_heads"):

@@ -1,0 +1,220 @@
+"""Runs of the sequential models (SASRec, BERT4Rec): `causalrec train` with `model.name` one
+of `SEQUENCE_MODELS`.
+
+Protocol: `data.split = "leave_one_out"` (per user by time: last item -> test, second last ->
+validation). Training windows of `model.max_len` items from each user's training sequence, with
+every position trained at once under the causal mask (`data.sequences.training_windows`);
+BERT4Rec trains on masked items of raw windows. Evaluation ranks the whole catalogue from the
+user's history (training items for validation, training and validation items for the test), with
+the history masked (`test`) and, for comparison with RecBole's sequential protocol, unmasked
+(`test_unmasked`). Early stopping on `train.early_stopping_metric` over validation.
+
+`metrics.json` follows the train contract (`test`, `test_std`, `valid`, `per_seed`, `seeds`,
+`data`, `timing`, `versions`) plus `test_unmasked` and, per seed, `seconds_to_best`.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from causalrec_jax.config import Config, dump_config
+from causalrec_jax.data.dataset import concatenate
+from causalrec_jax.data.loader import load_split
+from causalrec_jax.data.sequences import (
+    history_matrix,
+    item_windows,
+    training_windows,
+    user_sequences,
+)
+from causalrec_jax.errors import ConfigError
+from causalrec_jax.eval.ranking import evaluate_full_ranking
+from causalrec_jax.models.bert4rec import BERT4Rec
+from causalrec_jax.models.sasrec import SASRec
+from causalrec_jax.train.loop import TrainingDivergedError
+from causalrec_jax.train.sequence import LOSSES, make_sequence_train_step
+
+SEQUENCE_MODELS = ("sasrec", "bert4rec")
+
+
+def _check(config: Config) -> str:
+    if config.data.split != "leave_one_out":
+        raise ConfigError(
+            f"key data.split: got {config.data.split!r}, expected 'leave_one_out' for the "
+            f"sequential model {config.model.name!r}")
+    loss = config.train.loss
+    if config.model.name == "bert4rec":
+        loss = "masked_item" if loss in ("mse", "masked_item") else loss
+        if loss != "masked_item":
+            raise ConfigError(f"key train.loss: got {config.train.loss!r}, expected "
+                              "'masked_item' for bert4rec")
+    elif loss not in LOSSES or loss == "masked_item":
+        raise ConfigError(f"key train.loss: got {loss!r}, expected one of full_softmax, "
+                          "bce_one_negative, sampled_softmax for sasrec")
+    return loss
+
+
+def _model(config: Config, n_items: int, key: jax.Array):
+    model_class = SASRec if config.model.name == "sasrec" else BERT4Rec
+    return model_class(
+        n_items, config.model.max_len, key=key, hidden_dim=config.model.embedding_dim,
+        n_layers=config.model.n_layers, n_heads=config.model.n_heads,
+        dropout_rate=config.model.dropout,
+    )
+
+
+def _batches(arrays: dict[str, np.ndarray], batch_size: int, rng: np.random.Generator):
+    """Shuffled batches of `batch_size` rows; the last is padded with rows masked out."""
+    n = len(next(iter(arrays.values())))
+    order = rng.permutation(n)
+    for start in range(0, n, batch_size):
+        index = order[start:start + batch_size]
+        mask = np.ones(batch_size, bool)
+        if len(index) < batch_size:
+            mask[len(index):] = False
+            index = np.concatenate([index, np.zeros(batch_size - len(index), index.dtype)])
+        yield {**{name: jnp.asarray(value[index]) for name, value in arrays.items()},
+               "mask": jnp.asarray(mask)}
+
+
+def _evaluate(score_next, history: np.ndarray, seen, target, config: Config, mask: bool):
+    history = jnp.asarray(history)
+    return evaluate_full_ranking(
+        lambda users: score_next(history[users]), seen, target, ks=config.eval.ks,
+        metrics=config.eval.metrics, chunk_size=config.eval.chunk_size, mask_train=mask,
+        positive_threshold=None,
+    )
+
+
+def _numbers(result: dict[str, Any]) -> dict[str, float]:
+    return {name: float(value) for name, value in result.items()
+            if "@" in name and isinstance(value, int | float)}
+
+
+def train_sequence_seed(config: Config, split, seed: int, *, quiet: bool = True) -> dict:
+    """Trains one seed with early stopping; returns validation, test and timing numbers."""
+    loss_name = _check(config)
+    n_items = split.train.n_items
+    max_len = config.model.max_len
+    train_sequences = user_sequences(split.train)
+    if loss_name == "masked_item":
+        windows, _ = item_windows(train_sequences, max_len)
+        arrays = {"sequences": windows}
+    else:
+        windows = training_windows(train_sequences, max_len)
+        arrays = {"inputs": windows.inputs, "targets": windows.targets}
+    key = jax.random.key(config.run.seed + seed)
+    model = _model(config, n_items, jax.random.fold_in(key, 0))
+    graphdef, params = nnx.split(model, nnx.Param)
+    optimizer = (optax.adamw(config.train.learning_rate, weight_decay=config.train.weight_decay)
+                 if config.train.weight_decay else optax.adam(config.train.learning_rate))
+    opt_state = optimizer.init(params)
+    step = jax.jit(make_sequence_train_step(graphdef, loss_name, optimizer),
+                   donate_argnums=(0, 1))
+
+    @jax.jit
+    def score_next(params, sequences):
+        return nnx.merge(graphdef, params).score_next(sequences)
+
+    valid_history = history_matrix(train_sequences, max_len)
+    metric = config.train.early_stopping_metric
+    rng = np.random.default_rng(config.run.seed + seed)
+    best, best_epoch, best_params, history, waited = -np.inf, -1, params, [], 0
+    started = time.perf_counter()
+    seconds_to_best = 0.0
+    step_index = 0
+    for epoch in range(config.train.epochs):
+        epoch_started = time.perf_counter()
+        losses = []
+        for batch in _batches(arrays, config.train.batch_size, rng):
+            params, opt_state, loss = step(params, opt_state, batch,
+                                           jax.random.fold_in(key, 1_000 + step_index))
+            step_index += 1
+            losses.append(loss)
+        mean_loss = float(jnp.mean(jnp.stack(losses)))
+        if not np.isfinite(mean_loss):
+            raise TrainingDivergedError(
+                f"{config.model.name}: the loss became NaN/Inf at epoch {epoch} (seed {seed}); "
+                "lower train.learning_rate")
+        valid = _numbers(_evaluate(lambda s, p=params: score_next(p, s), valid_history,
+                                   split.train, split.valid, config, True))
+        if metric not in valid:
+            raise ConfigError(f"key train.early_stopping_metric: {metric!r} is not computed "
+                              f"(computed: {', '.join(valid)})")
+        history.append({"epoch": epoch, "seed": seed, "loss": mean_loss, **valid,
+                        "seconds": time.perf_counter() - epoch_started})
+        if not quiet:
+            print(f"seed {seed} epoch {epoch}: loss {mean_loss:.4f} valid {metric} "
+                  f"{valid[metric]:.4f}")
+        if valid[metric] > best:
+            best, best_epoch, waited = valid[metric], epoch, 0
+            best_params = jax.tree.map(jnp.copy, params)
+            best_valid = valid
+            seconds_to_best = time.perf_counter() - started
+        else:
+            waited += 1
+            if waited > config.train.patience:
+                break
+    train_seconds = time.perf_counter() - started
+    eval_started = time.perf_counter()
+    seen = concatenate([split.train, split.valid])
+    test_history = history_matrix(user_sequences(seen), max_len)
+    score = lambda s: score_next(best_params, s)  # noqa: E731
+    test = _numbers(_evaluate(score, test_history, seen, split.test, config, True))
+    unmasked = _numbers(_evaluate(score, test_history, seen, split.test, config, False))
+    return {
+        "valid": best_valid, "test": test, "test_unmasked": unmasked, "best_epoch": best_epoch,
+        "history": history, "train_seconds": train_seconds,
+        "epoch_seconds": float(np.median([h["seconds"] for h in history])),
+        "seconds_to_best": seconds_to_best, "eval_seconds": time.perf_counter() - eval_started,
+        "n_windows": int(len(next(iter(arrays.values())))),
+    }
+
+
+def sequence_run(config: Config, out: str | Path, *, quiet: bool = True) -> dict[str, Any]:
+    """All seeds of a sequential model; writes `config.toml`, `metrics.json`, `log.jsonl`."""
+    from causalrec_jax.runner import _json_safe, _versions, aggregate
+
+    _check(config)
+    out = Path(out)
+    split, _ = load_split(config)
+    seeds = list(range(config.train.seeds))
+    per_seed = [train_sequence_seed(config, split, seed, quiet=quiet) for seed in seeds]
+    metrics: dict[str, Any] = {}
+    for part in ("test", "valid", "test_unmasked"):
+        metrics.update(aggregate([{part: s[part]} for s in per_seed], part))
+    metrics.update({
+        "per_seed": [{key: s[key] for key in ("test", "valid", "test_unmasked", "best_epoch",
+                                               "seconds_to_best")} for s in per_seed],
+        "seeds": seeds,
+        "data": {"n_users": split.train.n_users, "n_items": split.train.n_items,
+                 "n_train": len(split.train), "n_valid": len(split.valid),
+                 "n_test": len(split.test), "n_windows": per_seed[0]["n_windows"]},
+        "timing": {"train_seconds": float(sum(s["train_seconds"] for s in per_seed)),
+                   "epoch_seconds": float(np.median([s["epoch_seconds"] for s in per_seed])),
+                   "eval_seconds": float(sum(s["eval_seconds"] for s in per_seed)),
+                   "seconds_to_best": [s["seconds_to_best"] for s in per_seed]},
+        "versions": _versions(),
+    })
+    staging = out.with_name(out.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    dump_config(config, staging / "config.toml")
+    (staging / "metrics.json").write_text(json.dumps(_json_safe(metrics), indent=2))
+    with open(staging / "log.jsonl", "w") as handle:
+        for seed in per_seed:
+            for line in seed["history"]:
+                handle.write(json.dumps(_json_safe(line)) + "\n")
+    if out.exists():
+        shutil.rmtree(out)
+    staging.rename(out)
+    return metrics
