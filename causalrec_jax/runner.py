@@ -254,6 +254,8 @@ def _model_inputs(dataset: Dataset, train: Dataset) -> dict[str, Any]:
         "n_users": dataset.n_users, "n_items": dataset.n_items,
         "user_features": dataset.user_features, "item_features": dataset.item_features,
         "item_counts": item_counts, "global_bias": global_bias,
+        # The training pairs only: lightgcn's propagation graph (never valid / test pairs).
+        "train_edges": (train.user, train.item),
     }
 
 
@@ -764,6 +766,7 @@ def load_run(run_dir: str | Path) -> LoadedRun:
         "user_features": data.get("user_features"), "item_features": data.get("item_features"),
         "item_counts": data["item_counts"].astype(np.float32),
         "global_bias": float(data["global_bias"]),
+        "train_edges": (data["train_user"], data["train_item"]),
     }
     parts = init_params(config.model, keys=seed_keys(seeds), **inputs)
     like: dict[str, Any] = {"params": parts.params}

@@ -6,7 +6,7 @@
     scores = jax.jit(scorers.score_all)(params, user_ids)       # [b, n_items]
 
 One file per model: `mf` (Koren et al. 2009), `mlp` (He et al. 2017, MLP), `neumf`
-(He et al. 2017), `popularity` (the TopPop baseline).
+(He et al. 2017), `lightgcn` (He et al. 2020), `popularity` (the TopPop baseline).
 """
 
 from causalrec_jax.models.base import (
@@ -18,6 +18,7 @@ from causalrec_jax.models.base import (
     split_model,
 )
 from causalrec_jax.models.factory import MODEL_NAMES, init_params, make_model
+from causalrec_jax.models.lightgcn import LightGCN
 from causalrec_jax.models.mf import MF
 from causalrec_jax.models.mlp import MLP, MLPTower
 from causalrec_jax.models.neumf import NeuMF
@@ -28,6 +29,7 @@ __all__ = [
     "MLP",
     "MODEL_NAMES",
     "Constant",
+    "LightGCN",
     "MLPTower",
     "ModelParts",
     "NeuMF",

@@ -14,13 +14,14 @@ from flax import nnx
 from causalrec_jax.config import ModelConfig
 from causalrec_jax.errors import ConfigError
 from causalrec_jax.models.base import ModelParts, split_model
+from causalrec_jax.models.lightgcn import LightGCN
 from causalrec_jax.models.mf import MF
 from causalrec_jax.models.mlp import MLP
 from causalrec_jax.models.neumf import NeuMF
 from causalrec_jax.models.popularity import Popularity
 
 # The `model.name` values make_model builds.
-MODEL_NAMES: tuple[str, ...] = ("mf", "mlp", "neumf", "popularity")
+MODEL_NAMES: tuple[str, ...] = ("mf", "mlp", "neumf", "lightgcn", "popularity")
 
 
 def make_model(
@@ -33,6 +34,7 @@ def make_model(
     item_features: Any = None,
     item_counts: Any = None,
     global_bias: float = 0.0,
+    train_edges: tuple[Any, Any] | None = None,
 ) -> nnx.Module:
     """Builds the model `config.name` names.
 
@@ -47,6 +49,8 @@ def make_model(
         item_features: optional `[n_items, d_i]` floats, likewise.
         item_counts: `[n_items]` training interactions per item; required by popularity.
         global_bias: the initial global bias / output bias (e.g. the mean training rating).
+        train_edges: `(users [n], items [n])` int arrays of the TRAINING interactions only;
+            required by lightgcn, whose propagation graph they are (ignored by the others).
 
     Returns:
         An `nnx.Module` with the `Recommender` interface (`causalrec_jax.models.base`).
@@ -55,7 +59,7 @@ def make_model(
         ConfigError: an unknown or not yet implemented `model.name`, or `model.hidden_dims`
             empty for a model with hidden layers.
         ValueError: feature or count arrays whose shapes do not match `n_users` / `n_items`,
-            or popularity without `item_counts`.
+            popularity without `item_counts`, or lightgcn without `train_edges`.
     """
     name = config.name
     if name in ("mlp", "neumf") and not config.hidden_dims:
@@ -75,6 +79,15 @@ def make_model(
             hidden_dims=tuple(config.hidden_dims), key=key, dropout_rate=config.dropout,
             user_features=user_features, item_features=item_features,
             global_bias=global_bias,
+        )
+    if name == "lightgcn":
+        if train_edges is None:
+            raise ValueError(
+                "model.name = 'lightgcn' needs train_edges (the training (user, item) pairs)"
+            )
+        return LightGCN(
+            n_users, n_items, embedding_dim=config.embedding_dim, n_layers=config.n_layers,
+            train_edges=train_edges, key=key,
         )
     if name == "popularity":
         if item_counts is None:
@@ -99,12 +112,13 @@ def init_params(
     item_features: Any = None,
     item_counts: Any = None,
     global_bias: float = 0.0,
+    train_edges: tuple[Any, Any] | None = None,
 ) -> ModelParts:
     """Builds one model per key and stacks their parameters, for `jax.vmap` over seeds.
 
     Args:
-        config, n_users, n_items, user_features, item_features, item_counts, global_bias:
-            as in `make_model`.
+        config, n_users, n_items, user_features, item_features, item_counts, global_bias,
+            train_edges: as in `make_model`.
         keys: `[n_seeds]` initialisation keys.
 
     Returns:
@@ -118,6 +132,7 @@ def init_params(
             make_model(
                 config, n_users=n_users, n_items=n_items, key=key, user_features=user_features,
                 item_features=item_features, item_counts=item_counts, global_bias=global_bias,
+                train_edges=train_edges,
             )
         )
 

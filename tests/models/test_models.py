@@ -29,6 +29,8 @@ N_USERS, N_ITEMS = 5, 7
 USER_FEATURES = np.linspace(-1.0, 1.0, N_USERS * 2).reshape(N_USERS, 2)
 ITEM_FEATURES = np.linspace(0.0, 1.0, N_ITEMS * 3).reshape(N_ITEMS, 3)
 ITEM_COUNTS = np.array([0, 3, 1, 10, 2, 5, 0])
+# lightgcn's training graph: (user, item) pairs; user 4 and item 6 have no edge.
+TRAIN_EDGES = (np.array([0, 0, 1, 2, 3, 3]), np.array([1, 3, 3, 0, 5, 2]))
 
 
 # Dropout is on in the shared models: it acts only when a key is passed.
@@ -44,7 +46,7 @@ def _model(name: str, key: jax.Array, dropout: float = DROPOUT):
     return make_model(
         _config(name, dropout), n_users=N_USERS, n_items=N_ITEMS, key=key,
         user_features=USER_FEATURES, item_features=ITEM_FEATURES, item_counts=ITEM_COUNTS,
-        global_bias=0.5,
+        global_bias=0.5, train_edges=TRAIN_EDGES,
     )
 
 
@@ -171,7 +173,7 @@ def test_init_params_vmap_over_seeds_equals_python_loop(name):
     parts = init_params(
         _config(name), n_users=N_USERS, n_items=N_ITEMS, keys=keys,
         user_features=USER_FEATURES, item_features=ITEM_FEATURES, item_counts=ITEM_COUNTS,
-        global_bias=0.5,
+        global_bias=0.5, train_edges=TRAIN_EDGES,
     )
     scorers = make_scorers(parts.graphdef, parts.constants)
     users = jnp.arange(N_USERS, dtype=jnp.int32)
@@ -185,7 +187,7 @@ def test_init_params_vmap_over_seeds_equals_python_loop(name):
         )
 
 
-@pytest.mark.parametrize("name", ["mf", "mlp", "neumf"])
+@pytest.mark.parametrize("name", ["mf", "mlp", "neumf", "lightgcn"])
 def test_same_key_same_params_other_key_different(name):
     params = jax.tree.map(np.asarray, _split(name)[0].params)
     again = split_model(_model(name, jax.random.key(1))).params
@@ -221,7 +223,7 @@ def test_grad_finite_and_nonzero_for_every_param_and_constants_excluded(name):
 
     assert {type(v) for v in jax.tree.leaves(params, is_leaf=is_variable)} == {nnx.Param}
     assert {type(v) for v in jax.tree.leaves(constants, is_leaf=is_variable)} <= {Constant}
-    expected_constants = {"mf": 0, "mlp": 2, "neumf": 2, "popularity": 1}[name]
+    expected_constants = {"mf": 0, "mlp": 2, "neumf": 2, "lightgcn": 3, "popularity": 1}[name]
     assert len(jax.tree.leaves(constants)) == expected_constants
 
 
@@ -241,9 +243,9 @@ def test_dropout_only_with_a_key(name):
     np.testing.assert_allclose(deterministic, no_dropout(users, items), rtol=1e-6)
 
 
-def test_mf_and_popularity_ignore_the_key():
+def test_mf_lightgcn_and_popularity_ignore_the_key():
     users, items = _all_pairs()
-    for name in ("mf", "popularity"):
+    for name in ("mf", "lightgcn", "popularity"):
         parts, scorers = _split(name)
         np.testing.assert_array_equal(
             scorers.score_pairs(parts.params, users, items, jax.random.key(1)),
@@ -260,10 +262,10 @@ def test_models_also_work_in_graph_mode():
     )
 
 
-@pytest.mark.parametrize("name", ["not_a_model", "lightgcn"])
+@pytest.mark.parametrize("name", ["not_a_model"])
 def test_make_model_rejects_unknown_or_unimplemented_name(name):
     config = dataclasses.replace(ModelConfig(), name=name)
-    with pytest.raises(ConfigError, match=r"model\.name.*mf, mlp, neumf, popularity"):
+    with pytest.raises(ConfigError, match=r"model\.name.*mf, mlp, neumf, lightgcn, popularity"):
         make_model(config, n_users=2, n_items=3, key=jax.random.key(0))
 
 
