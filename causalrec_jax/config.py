@@ -160,8 +160,11 @@ class ModelConfig:
     n_layers: int = 2
     n_heads: int = 2
     dropout: float = 0.0
-    # Sequential models (sasrec, bert4rec): the longest history a window holds.
+    # Sequential models (sasrec, bert4rec): the longest history a window holds, and the step
+    # between training windows of a long sequence (0: max_len, no overlap; smaller: each
+    # target is trained once, in the window that gives it the longest context).
     max_len: int = 50
+    window_stride: int = 0
 
     def __post_init__(self) -> None:
         for key in ("embedding_dim", "n_heads"):

@@ -106,11 +106,12 @@ def train_sequence_seed(config: Config, split, seed: int, *, quiet: bool = True)
     n_items = split.train.n_items
     max_len = config.model.max_len
     train_sequences = user_sequences(split.train)
+    stride = config.model.window_stride or None
     if loss_name == "masked_item":
-        windows, _ = item_windows(train_sequences, max_len)
+        windows, _ = item_windows(train_sequences, max_len, stride=stride)
         arrays = {"sequences": windows}
     else:
-        windows = training_windows(train_sequences, max_len)
+        windows = training_windows(train_sequences, max_len, stride=stride)
         arrays = {"inputs": windows.inputs, "targets": windows.targets}
     key = jax.random.key(config.run.seed + seed)
     model = _model(config, n_items, jax.random.fold_in(key, 0))
