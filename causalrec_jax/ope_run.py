@@ -29,8 +29,6 @@ and per-seed values; plus `truth`, `data`, `timing`, `versions`.
 from __future__ import annotations
 
 import functools
-import json
-import shutil
 import time
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -41,7 +39,7 @@ import numpy as np
 
 from causalrec_jax.causal import ope as estimators
 from causalrec_jax.causal.reward_model import fit_reward_model, reward_table
-from causalrec_jax.config import Config, dump_config
+from causalrec_jax.config import Config
 from causalrec_jax.sim import policies
 from causalrec_jax.sim.env import EnvParams
 from causalrec_jax.sim.logs import env_from_config, oracle_scores, policy_from_config
@@ -303,17 +301,8 @@ def run_ope(config: Config) -> dict[str, Any]:
 
 def ope_run(config: Config, out: str | Path) -> dict[str, Any]:
     """Runs `run_ope` and writes `out/config.toml` and `out/metrics.json` (atomically)."""
-    from causalrec_jax.runner import _json_safe, _versions
+    from causalrec_jax.runner import write_run_folder
 
-    out = Path(out)
     metrics = run_ope(config)
-    metrics["versions"] = _versions()
-    staging = out.with_name(out.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    dump_config(config, staging / "config.toml")
-    (staging / "metrics.json").write_text(json.dumps(_json_safe(metrics), indent=2))
-    if out.exists():
-        shutil.rmtree(out)
-    staging.rename(out)
+    write_run_folder(out, config, metrics)
     return metrics

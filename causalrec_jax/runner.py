@@ -575,6 +575,30 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
+def write_run_folder(
+    out: str | Path, config: Config, metrics: dict[str, Any], log_lines: Any = ()
+) -> None:
+    """Writes a run folder that has no checkpoints (ope, uplift and sequential runs).
+
+    `config.toml`, `metrics.json` (with `versions` added) and `log.jsonl` (one JSON line per
+    entry of `log_lines`) go into a sibling `NAME.partial` folder that replaces `out` only when
+    complete, so a failure leaves no half-written run.
+    """
+    out = Path(out)
+    metrics.setdefault("versions", _versions())
+    staging = out.with_name(out.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    dump_config(config, staging / "config.toml")
+    (staging / "metrics.json").write_text(json.dumps(_json_safe(metrics), indent=2))
+    with open(staging / "log.jsonl", "w") as handle:
+        for line in log_lines:
+            handle.write(json.dumps(_json_safe(line)) + "\n")
+    if out.exists():
+        shutil.rmtree(out)
+    staging.rename(out)
+
+
 # Keys a resumed run may change: they do not affect what is computed.
 _RESUME_FREE_KEYS = {("run", "quiet"), ("run", "name"), ("run", "out_dir")}
 

@@ -15,8 +15,6 @@ the history masked (`test`) and, for comparison with RecBole's sequential protoc
 
 from __future__ import annotations
 
-import json
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -27,7 +25,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from causalrec_jax.config import Config, dump_config
+from causalrec_jax.config import Config
 from causalrec_jax.data.dataset import concatenate
 from causalrec_jax.data.loader import load_split
 from causalrec_jax.data.sequences import (
@@ -183,7 +181,7 @@ def train_sequence_seed(config: Config, split, seed: int, *, quiet: bool = True)
 
 def sequence_run(config: Config, out: str | Path, *, quiet: bool = True) -> dict[str, Any]:
     """All seeds of a sequential model; writes `config.toml`, `metrics.json`, `log.jsonl`."""
-    from causalrec_jax.runner import _json_safe, _versions, aggregate
+    from causalrec_jax.runner import aggregate, write_run_folder
 
     _check(config)
     out = Path(out)
@@ -204,18 +202,7 @@ def sequence_run(config: Config, out: str | Path, *, quiet: bool = True) -> dict
                    "epoch_seconds": float(np.median([s["epoch_seconds"] for s in per_seed])),
                    "eval_seconds": float(sum(s["eval_seconds"] for s in per_seed)),
                    "seconds_to_best": [s["seconds_to_best"] for s in per_seed]},
-        "versions": _versions(),
     })
-    staging = out.with_name(out.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    dump_config(config, staging / "config.toml")
-    (staging / "metrics.json").write_text(json.dumps(_json_safe(metrics), indent=2))
-    with open(staging / "log.jsonl", "w") as handle:
-        for seed in per_seed:
-            for line in seed["history"]:
-                handle.write(json.dumps(_json_safe(line)) + "\n")
-    if out.exists():
-        shutil.rmtree(out)
-    staging.rename(out)
+    write_run_folder(out, config, metrics,
+                     [line for seed in per_seed for line in seed["history"]])
     return metrics

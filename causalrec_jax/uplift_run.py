@@ -28,8 +28,6 @@ the item at a uniformly random slot): `cp@K` (mean true uplift of the top K) and
 
 from __future__ import annotations
 
-import json
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -40,7 +38,7 @@ import numpy as np
 import optax
 
 from causalrec_jax.causal.uplift import dlce_pair_loss
-from causalrec_jax.config import Config, dump_config
+from causalrec_jax.config import Config
 from causalrec_jax.errors import ConfigError
 from causalrec_jax.eval.causal_metrics import causal_dcg, causal_precision
 from causalrec_jax.models.base import make_scorers, split_model
@@ -195,7 +193,7 @@ def uplift_seed(config: Config, seed: int) -> dict[str, Any]:
 
 def uplift_run(config: Config, out: str | Path, *, quiet: bool = True) -> dict[str, Any]:
     """Runs every seed and writes `config.toml`, `metrics.json`, `log.jsonl` into `out`."""
-    from causalrec_jax.runner import _json_safe, _versions, aggregate
+    from causalrec_jax.runner import aggregate, write_run_folder
 
     out = Path(out)
     seeds = list(range(config.train.seeds))
@@ -221,17 +219,8 @@ def uplift_run(config: Config, out: str | Path, *, quiet: bool = True) -> dict[s
         **test, "per_seed": [s["test"] for s in per_seed], "seeds": seeds, "data": data,
         "timing": {"data_seconds": float(sum(s["data_seconds"] for s in per_seed)),
                    "train_seconds": float(sum(s["train_seconds"] for s in per_seed))},
-        "versions": _versions(),
     }
-    staging = out.with_name(out.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    dump_config(config, staging / "config.toml")
-    (staging / "metrics.json").write_text(json.dumps(_json_safe(metrics), indent=2))
-    with open(staging / "log.jsonl", "w") as handle:
-        for epoch, loss in enumerate(per_seed[0]["losses"]):
-            handle.write(json.dumps({"epoch": epoch, "seed": 0, "loss": loss}) + "\n")
-    if out.exists():
-        shutil.rmtree(out)
-    staging.rename(out)
+    log = [{"epoch": epoch, "seed": 0, "loss": loss}
+           for epoch, loss in enumerate(per_seed[0]["losses"])]
+    write_run_folder(out, config, metrics, log)
     return metrics
