@@ -287,6 +287,11 @@ class EvalConfig:
     positive_threshold: float = 4.0
     chunk_size: int = 256
     mask_train: bool = True
+    # Sequential runs: also rank each test item among this many sampled negatives (0: off),
+    # drawn uniformly or by training popularity from items the user never had; reported
+    # apart, as `test_sampled` with `sampled_`-prefixed names (it inflates every metric).
+    sampled_negatives: int = 0
+    sampled_by: Literal["uniform", "popularity"] = "uniform"
 
     def __post_init__(self) -> None:
         _require(len(self.ks) > 0 and all(k >= 1 for k in self.ks), "eval.ks",
@@ -299,6 +304,8 @@ class EvalConfig:
                 f"{', '.join(METRIC_NAMES)}; cut-offs go in eval.ks, not in the name)"
             )
         _require(self.chunk_size >= 1, "eval.chunk_size", "an integer >= 1", self.chunk_size)
+        _require(self.sampled_negatives >= 0, "eval.sampled_negatives", "an integer >= 0",
+                 self.sampled_negatives)
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,9 @@ every position trained at once under the causal mask (`data.sequences.training_w
 BERT4Rec trains on masked items of raw windows. Evaluation ranks the whole catalogue from the
 user's history (training items for validation, training and validation items for the test), with
 the history masked (`test`) and, for comparison with RecBole's sequential protocol, unmasked
-(`test_unmasked`). Early stopping on `train.early_stopping_metric` over validation.
+(`test_unmasked`); with `eval.sampled_negatives` set, also among that many sampled negatives
+(`test_sampled`, names prefixed `sampled_`: a different, far more lenient protocol). Early
+stopping on `train.early_stopping_metric` over validation.
 
 `metrics.json` follows the train contract (`test`, `test_std`, `valid`, `per_seed`, `seeds`,
 `data`, `timing`, `versions`) plus `test_unmasked` and, per seed, `seconds_to_best`.
@@ -35,6 +37,7 @@ from causalrec_jax.data.sequences import (
     user_sequences,
 )
 from causalrec_jax.errors import ConfigError
+from causalrec_jax.eval.metrics import RANKING_METRICS, ranking_metrics
 from causalrec_jax.eval.ranking import evaluate_full_ranking
 from causalrec_jax.models.bert4rec import BERT4Rec
 from causalrec_jax.models.sasrec import SASRec
@@ -91,6 +94,52 @@ def _evaluate(score_next, history: np.ndarray, seen, target, config: Config, mas
         metrics=config.eval.metrics, chunk_size=config.eval.chunk_size, mask_train=mask,
         positive_threshold=None,
     )
+
+
+def sampled_candidates(
+    seen: np.ndarray, n_negatives: int, weights: np.ndarray, rng: np.random.Generator
+) -> np.ndarray:
+    """`[n_users, n_items]` bool: `n_negatives` items per row drawn without replacement with
+    probability proportional to `weights` among the items a row has not `seen` (Gumbel top-k).
+
+    Raises:
+        ConfigError: a row has fewer than `n_negatives` unseen items.
+    """
+    available = ~seen
+    if (available.sum(axis=1) < n_negatives).any():
+        raise ConfigError(f"key eval.sampled_negatives: {n_negatives} negatives, but a user has "
+                          f"only {int(available.sum(axis=1).min())} unseen items")
+    keys = np.log(weights)[None, :] + rng.gumbel(size=seen.shape)
+    keys = np.where(available, keys, -np.inf)
+    chosen = np.argpartition(-keys, n_negatives - 1, axis=1)[:, :n_negatives]
+    mask = np.zeros(seen.shape, bool)
+    np.put_along_axis(mask, chosen, True, axis=1)
+    return mask
+
+
+def _sampled(score, history, seen, test, config: Config, seed: int) -> dict[str, float]:
+    """Metrics of each test item ranked among `eval.sampled_negatives` sampled negatives."""
+    n_items = seen.n_items
+    users, targets = test.user, test.item
+    had = np.zeros((len(users), n_items), bool)
+    row_of = {int(user): row for row, user in enumerate(users)}
+    rows = np.array([row_of.get(int(user), -1) for user in seen.user])
+    keep = rows >= 0
+    had[rows[keep], seen.item[keep]] = True
+    had[np.arange(len(users)), targets] = True
+    weights = (np.bincount(seen.item, minlength=n_items) + 1.0
+               if config.eval.sampled_by == "popularity" else np.ones(n_items))
+    rng = np.random.default_rng(config.run.seed + seed)
+    candidates = sampled_candidates(had, config.eval.sampled_negatives, weights, rng)
+    candidates[np.arange(len(users)), targets] = True
+    labels = np.zeros_like(candidates, np.float32)
+    labels[np.arange(len(users)), targets] = 1.0
+    scores = np.asarray(score(jnp.asarray(history)[jnp.asarray(users)]))
+    names = [name for name in config.eval.metrics if name in RANKING_METRICS]
+    result = ranking_metrics(jnp.asarray(scores), jnp.asarray(labels), ks=config.eval.ks,
+                             names=names, where=jnp.asarray(candidates))
+    return {f"sampled_{name}": float(np.mean(np.asarray(value)))
+            for name, value in result.items()}
 
 
 def _numbers(result: dict[str, Any]) -> dict[str, float]:
@@ -170,8 +219,11 @@ def train_sequence_seed(config: Config, split, seed: int, *, quiet: bool = True)
     score = lambda s: score_next(best_params, s)  # noqa: E731
     test = _numbers(_evaluate(score, test_history, seen, split.test, config, True))
     unmasked = _numbers(_evaluate(score, test_history, seen, split.test, config, False))
+    sampled = (_sampled(score, test_history, seen, split.test, config, seed)
+               if config.eval.sampled_negatives else {})
     return {
-        "valid": best_valid, "test": test, "test_unmasked": unmasked, "best_epoch": best_epoch,
+        "valid": best_valid, "test": test, "test_unmasked": unmasked, "test_sampled": sampled,
+        "best_epoch": best_epoch,
         "history": history, "train_seconds": train_seconds,
         "epoch_seconds": float(np.median([h["seconds"] for h in history])),
         "seconds_to_best": seconds_to_best, "eval_seconds": time.perf_counter() - eval_started,
@@ -189,15 +241,18 @@ def sequence_run(config: Config, out: str | Path, *, quiet: bool = True) -> dict
     seeds = list(range(config.train.seeds))
     per_seed = [train_sequence_seed(config, split, seed, quiet=quiet) for seed in seeds]
     metrics: dict[str, Any] = {}
-    for part in ("test", "valid", "test_unmasked"):
+    for part in ("test", "valid", "test_unmasked", "test_sampled"):
         metrics.update(aggregate([{part: s[part]} for s in per_seed], part))
     metrics.update({
-        "per_seed": [{key: s[key] for key in ("test", "valid", "test_unmasked", "best_epoch",
-                                               "seconds_to_best")} for s in per_seed],
+        "per_seed": [{key: s[key] for key in ("test", "valid", "test_unmasked", "test_sampled",
+                                               "best_epoch", "seconds_to_best")}
+                     for s in per_seed],
         "seeds": seeds,
         "data": {"n_users": split.train.n_users, "n_items": split.train.n_items,
                  "n_train": len(split.train), "n_valid": len(split.valid),
-                 "n_test": len(split.test), "n_windows": per_seed[0]["n_windows"]},
+                 "n_test": len(split.test), "n_windows": per_seed[0]["n_windows"],
+                 "sampled_negatives": config.eval.sampled_negatives,
+                 "sampled_by": config.eval.sampled_by},
         "timing": {"train_seconds": float(sum(s["train_seconds"] for s in per_seed)),
                    "epoch_seconds": float(np.median([s["epoch_seconds"] for s in per_seed])),
                    "eval_seconds": float(sum(s["eval_seconds"] for s in per_seed)),

@@ -56,3 +56,27 @@ def test_sequence_models_need_leave_one_out(planted_csv, tmp_path, capsys):
     status = main(_args(planted_csv, tmp_path / "x", 'data.split="random"'))
     assert status == 2
     assert "data.split" in capsys.readouterr().err
+
+
+def test_sampled_candidates_exclude_seen_items_and_follow_the_weights():
+    from causalrec_jax.sequence_run import sampled_candidates
+
+    seen = np.zeros((2000, 6), bool)
+    seen[:, 0] = True
+    weights = np.array([1.0, 1.0, 1.0, 1.0, 1.0, 5.0])
+    mask = sampled_candidates(seen, 1, weights, np.random.default_rng(0))
+    assert mask.sum(axis=1).tolist() == [1] * 2000 and not mask[:, 0].any()
+    # P(item 5) = 5 / 9 among the unseen items 1..5
+    assert abs(mask[:, 5].mean() - 5 / 9) < 4 * np.sqrt(5 / 9 * 4 / 9 / 2000)
+
+
+def test_sampled_protocol_is_reported_apart_and_is_more_lenient(planted_csv, tmp_path):
+    out = tmp_path / "sampled"
+    assert main(_args(planted_csv, out, "eval.sampled_negatives=5", "train.epochs=2",
+                      'train.early_stopping_metric="ndcg@10"')) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["test_sampled"]) == {f"sampled_{m}@{k}" for m in ("hit", "ndcg")
+                                            for k in (1, 10)}
+    assert metrics["test_sampled"]["sampled_hit@10"] == 1.0  # 6 candidates, all in the top 10
+    assert metrics["test_sampled"]["sampled_hit@1"] >= metrics["test"]["hit@1"]
+    assert metrics["data"]["sampled_negatives"] == 5
