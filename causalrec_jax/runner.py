@@ -778,6 +778,14 @@ class LoadedRun:
 def load_run(run_dir: str | Path) -> LoadedRun:
     """Reads a run folder's config, id maps and best parameters (no data files needed)."""
     run = Path(run_dir)
+    if (run / "config.toml").exists() and not (run / "model").exists():
+        stored = load_config(run / "config.toml")
+        if stored.model.name in ("sasrec", "bert4rec") or stored.uplift.method:
+            kind = (f"model.name = {stored.model.name!r}" if not stored.uplift.method
+                    else f"uplift.method = {stored.uplift.method!r}")
+            raise RunError(
+                f"{run} is a run of {kind}, which saves its metrics but no model yet: "
+                "recommend and evaluate work on runs of mf, mlp, neumf, popularity, lightgcn")
     for name in ("config.toml", "data.npz", "model"):
         if not (run / name).exists():
             raise RunError(f"{run} is not a finished run: {name} is missing")

@@ -52,6 +52,15 @@ def test_sasrec_run_learns_the_planted_rule_and_writes_the_contract(planted_csv,
     assert (out / "log.jsonl").read_text().count("\n") >= 1
 
 
+def test_recommend_on_a_sequential_run_says_why_it_cannot(planted_csv, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(_args(planted_csv, out, "train.epochs=1")) == 0
+    capsys.readouterr()
+    assert main(["recommend", "--run", str(out), "--user", "0"]) == 2
+    error = capsys.readouterr().err
+    assert "model.name = 'sasrec'" in error and "no model" in error
+
+
 def test_sequence_models_need_leave_one_out(planted_csv, tmp_path, capsys):
     status = main(_args(planted_csv, tmp_path / "x", 'data.split="random"'))
     assert status == 2

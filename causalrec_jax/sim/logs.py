@@ -146,6 +146,19 @@ def _flatten(values: jax.Array) -> np.ndarray:
     return values.reshape(values.shape[0] * values.shape[1], *values.shape[2:])
 
 
+def _exact_part(policy, user, slate):
+    return jnp.diagonal(policies.slot_probabilities(policy, user, slate).probabilities)
+
+
+# Compiled once per shape, with the policy as an argument (not baked into the program).
+_exact_slot_values = jax.jit(jax.vmap(jax.vmap(_exact_part, in_axes=(None, None, 0)),
+                                      in_axes=(None, 0, 0)))
+_slot_frequencies = jax.jit(policies.plackett_luce_slot_frequencies,
+                            static_argnames="n_samples")
+_rollout_users = jax.jit(rollout_users, static_argnums=(1, 4))
+_uplift_truth = jax.jit(uplift_truth, static_argnums=(1, 4))
+
+
 def slot_propensities(
     key: jax.Array, policy: policies.SlatePolicy, users: jax.Array, slates: jax.Array,
     n_samples: int, *, block_users: int = 64,
@@ -159,15 +172,13 @@ def slot_propensities(
     k = slates.shape[2]
     exact = bool(policy.flat or k == 1 or float(policy.epsilon) == 0.0)
 
-    def exact_part(user, slate):
-        return jnp.diagonal(policies.slot_probabilities(policy, user, slate).probabilities)
-
-    exact_values = jax.jit(jax.vmap(jax.vmap(exact_part, in_axes=(None, 0))))(users, slates)
+    exact_values = _exact_slot_values(policy, users, slates)
     if exact:
         return np.asarray(exact_values), True
-    frequencies_fn = jax.jit(
-        lambda block: policies.plackett_luce_slot_frequencies(key, policy, block, n_samples)
-    )
+
+    def frequencies_fn(block):
+        return _slot_frequencies(key, policy, block, n_samples=n_samples)
+
     # exact_values = epsilon * p(item) + (1 - epsilon) * top part; swap in the estimate.
     epsilon = float(policy.epsilon)
     values = np.asarray(exact_values).copy()
@@ -208,8 +219,7 @@ def simulate_log(
     horizon = sizes.horizon if horizon is None else horizon
     policy = policy_from_config(config.policy, params, sizes.slate_size)
     users = jnp.arange(sizes.n_users) if users is None else jnp.asarray(users, jnp.int32)
-    run = jax.jit(rollout_users, static_argnums=(1, 4))
-    trajectory = run(key, policies.slate_policy, policy, params, horizon, users)
+    trajectory = _rollout_users(key, policies.slate_policy, policy, params, horizon, users)
     info = trajectory.info
     slot_prop, exact = slot_propensities(
         jax.random.fold_in(key, 1), policy, users, trajectory.slate, marginal_samples
@@ -230,7 +240,6 @@ def simulate_log(
         expected_reward=_flatten(info["expected_reward"]).astype(np.float32),
         propensity_exact=exact,
     )
-    truth_fn = jax.jit(uplift_truth, static_argnums=(1, 4))
     truth = {
         "user_factors": np.asarray(params.user_factors),
         "item_factors": np.asarray(params.item_factors),
@@ -238,7 +247,7 @@ def simulate_log(
         "examination": np.asarray(params.examination),
         "users": np.asarray(users),
         "true_uplift": np.asarray(
-            truth_fn(key, policies.slate_policy, policy, params, horizon, users)
+            _uplift_truth(key, policies.slate_policy, policy, params, horizon, users)
         ),
     }
     if policy.flat:
