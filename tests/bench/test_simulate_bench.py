@@ -33,8 +33,9 @@ def test_bench_runs_on_a_tiny_world_and_writes_its_json(tmp_path):
     for key in ("first_call_seconds", "steady_seconds", "user_steps_per_second",
                 "flop_per_second", "peak_rss_mb"):
         assert rollout[key] > 0, key
-    assert rollout["compile_seconds"] == round(
-        rollout["first_call_seconds"] - rollout["steady_seconds"], 4)
+    # each figure is rounded on its own, so the difference may be off by a rounding step
+    assert abs(rollout["compile_seconds"]
+               - (rollout["first_call_seconds"] - rollout["steady_seconds"])) <= 2e-4
     assert rollout["user_steps"] == 50 * 5
     for key in ("seconds", "user_steps_per_second", "flop_per_second", "peak_rss_mb"):
         assert loop[key] > 0, key
