@@ -17,6 +17,7 @@ stopping on `train.early_stopping_metric` over validation.
 
 from __future__ import annotations
 
+import resource
 import time
 from pathlib import Path
 from typing import Any
@@ -256,7 +257,10 @@ def sequence_run(config: Config, out: str | Path, *, quiet: bool = True) -> dict
         "timing": {"train_seconds": float(sum(s["train_seconds"] for s in per_seed)),
                    "epoch_seconds": float(np.median([s["epoch_seconds"] for s in per_seed])),
                    "eval_seconds": float(sum(s["eval_seconds"] for s in per_seed)),
-                   "seconds_to_best": [s["seconds_to_best"] for s in per_seed]},
+                   "seconds_to_best": [s["seconds_to_best"] for s in per_seed],
+                   # the whole process's peak resident memory (Linux: ru_maxrss is in KiB)
+                   "peak_rss_mb": round(
+                       resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)},
     })
     write_run_folder(out, config, metrics,
                      [line for seed in per_seed for line in seed["history"]])

@@ -49,6 +49,8 @@ def test_sasrec_run_learns_the_planted_rule_and_writes_the_contract(planted_csv,
     assert metrics["test_unmasked"]["hit@1"] > 0.9
     assert {"valid", "test_std", "per_seed", "seeds", "data", "timing"} <= set(metrics)
     assert metrics["data"]["n_test"] == 60
+    assert metrics["timing"]["peak_rss_mb"] > 0
+    assert len(metrics["timing"]["seconds_to_best"]) == 1
     assert (out / "log.jsonl").read_text().count("\n") >= 1
 
 
