@@ -91,31 +91,42 @@ def _check(max_len: int, stride: int | None) -> int:
     return stride
 
 
+WINDOW_TARGETS = ("once", "all")
+
+
 def training_windows(
-    sequences: Sequence[np.ndarray], max_len: int, *, stride: int | None = None
+    sequences: Sequence[np.ndarray], max_len: int, *, stride: int | None = None,
+    targets: str = "once",
 ) -> Windows:
     """Next-item windows: inputs `seq[:-1]`, targets `seq[1:]`, every position trained at once.
 
     Under a causal mask the output at position t sees only `inputs[:t+1]` and is trained to
     predict `targets[t]`, so one window trains all its positions. A sequence with more than
     `max_len` targets is cut into windows ending at `n - 1`, `n - 1 - stride`, ... (n items).
-    When `stride < max_len` windows overlap; each target is then kept only in the window that
-    gives it the longest context (the earliest window holding it), i.e. only the last
-    `stride` target positions of a window are trained, so every target is trained exactly
-    once whatever the stride. Users with fewer than two items give no window.
+    When `stride < max_len` windows overlap. With `targets="once"` each target is then kept
+    only in the window that gives it the longest context (the earliest window holding it),
+    i.e. only the last `stride` target positions of a window are trained, so every target is
+    trained exactly once whatever the stride. With `targets="all"` every position of every
+    window is trained: a target recurs with shorter contexts (sliding-window augmentation, more
+    gradient signal for the same forward pass). Users with fewer than two items give no
+    window.
 
     Args:
         sequences: per-user item ids (0-based), oldest first (`user_sequences`).
         max_len: window length (columns).
         stride: distance between consecutive window ends; default (and at most) `max_len`.
+        targets: "once" or "all" (above).
 
     Returns:
         `Windows` of tokens (item id + 1), left-padded with 0.
 
     Raises:
-        ValueError: `max_len` < 1 or `stride` outside 1..max_len.
+        ValueError: `max_len` < 1, `stride` outside 1..max_len, or unknown `targets`.
     """
     stride = _check(max_len, stride)
+    if targets not in WINDOW_TARGETS:
+        raise ValueError(f"targets must be one of {WINDOW_TARGETS}, got {targets!r}")
+    train_once = targets == "once"
     inputs, targets, users = [], [], []
     for user, sequence in enumerate(sequences):
         tokens = to_tokens(sequence)
@@ -128,7 +139,7 @@ def training_windows(
             width = end - start
             row_inputs[max_len - width:] = tokens[start:end]
             row_targets[max_len - width:] = tokens[start + 1:end + 1]
-            if stride < max_len and rank + 1 < len(ends):
+            if train_once and stride < max_len and rank + 1 < len(ends):
                 # Targets before end - stride are trained by the previous window in time.
                 row_targets[: max_len - stride] = PAD
             inputs.append(row_inputs)

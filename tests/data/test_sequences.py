@@ -94,6 +94,21 @@ def test_overlapping_windows_keep_longest_context():
     np.testing.assert_array_equal(windows.targets[-1], [0, 0, 0, 2])
 
 
+def test_all_targets_trains_every_position_of_overlapping_windows():
+    # Same windows as above; "all" keeps every target, so targets recur with shorter contexts.
+    once = training_windows([np.arange(8)], 4, stride=2)
+    every = training_windows([np.arange(8)], 4, stride=2, targets="all")
+    np.testing.assert_array_equal(every.inputs, once.inputs)
+    np.testing.assert_array_equal(every.targets[0], [5, 6, 7, 8])
+    np.testing.assert_array_equal(every.targets[1], [3, 4, 5, 6])
+    assert (every.targets != 0).sum() == 4 + 4 + 3 + 1
+    # every trained target still follows its input token
+    nonzero = every.targets != 0
+    np.testing.assert_array_equal(every.targets[nonzero], every.inputs[nonzero] + 1)
+    with pytest.raises(ValueError, match="targets"):
+        training_windows([np.arange(8)], 4, targets="some")
+
+
 def test_training_windows_rejects_bad_stride():
     with pytest.raises(ValueError, match="stride"):
         training_windows([np.arange(4)], 3, stride=4)
