@@ -30,6 +30,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/tune.py
 	$(BIN)/python bench/debias.py
 	$(BIN)/python bench/simulate.py --gpu-config
+	$(BIN)/python bench/catalogue.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check causalrec_jax tests experiments bench
