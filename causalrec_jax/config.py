@@ -162,9 +162,12 @@ class ModelConfig:
     dropout: float = 0.0
     # Sequential models (sasrec, bert4rec): the longest history a window holds, and the step
     # between training windows of a long sequence (0: max_len, no overlap; smaller: each
-    # target is trained once, in the window that gives it the longest context).
+    # target is trained once, in the window that gives it the longest context, unless
+    # window_targets = "all": every position of every window trains, so overlapping windows
+    # repeat targets with shorter contexts, a sliding-window augmentation).
     max_len: int = 50
     window_stride: int = 0
+    window_targets: Literal["once", "all"] = "once"
 
     def __post_init__(self) -> None:
         for key in ("embedding_dim", "n_heads"):
@@ -173,6 +176,9 @@ class ModelConfig:
         _require(all(d >= 1 for d in self.hidden_dims), "model.hidden_dims",
                  "positive integers", self.hidden_dims)
         _require(0 <= self.dropout < 1, "model.dropout", "a rate in [0, 1)", self.dropout)
+        _require(self.max_len >= 1, "model.max_len", "an integer >= 1", self.max_len)
+        _require(0 <= self.window_stride <= self.max_len, "model.window_stride",
+                 f"0 (= max_len) or 1..max_len={self.max_len}", self.window_stride)
 
 
 @dataclass(frozen=True)

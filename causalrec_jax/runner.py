@@ -8,6 +8,7 @@ This is the edge of the library where files are written (DESIGN §2, "the run fo
     runs/NAME/checkpoints/     orbax checkpoints of the training loop (resume)
     runs/NAME/model/           orbax checkpoint of each seed's best parameters
     runs/NAME/data.npz         id maps, training pairs and side features (for recommend)
+                               (sequential runs, `sequence_run`: also test pairs, histories)
     runs/NAME/plots/learning_curve.png
 
 Everything below is composed of the package's pure pieces: `data.loader`, `models`,
@@ -22,6 +23,7 @@ import math
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -512,7 +514,9 @@ def _data_summary(split: Split, per_seed: list[dict[str, Any]]) -> dict[str, Any
     return summary
 
 
-def _save_data(path: Path, split: Split) -> None:
+def _save_data(path: Path, split: Split, extra: dict[str, np.ndarray] | None = None) -> None:
+    """Writes `data.npz`: id maps, training (and validation) pairs, item counts, side features
+    and any `extra` arrays a kind of run needs besides (sequential runs: histories)."""
     train = split.train
     arrays = {
         "user_ids": train.user_ids.astype(str), "item_ids": train.item_ids.astype(str),
@@ -526,7 +530,7 @@ def _save_data(path: Path, split: Split) -> None:
         arrays["item_features"] = train.item_features
     if split.valid is not None:
         arrays["valid_user"], arrays["valid_item"] = split.valid.user, split.valid.item
-    np.savez_compressed(path, **arrays)
+    np.savez_compressed(path, **arrays, **(extra or {}))
 
 
 def _plot_learning_curve(path: Path, history: list[dict[str, Any]], metric: str) -> None:
@@ -576,12 +580,14 @@ def _json_safe(value: Any) -> Any:
 
 
 def write_run_folder(
-    out: str | Path, config: Config, metrics: dict[str, Any], log_lines: Any = ()
+    out: str | Path, config: Config, metrics: dict[str, Any], log_lines: Any = (),
+    write_more: Callable[[Path], None] | None = None,
 ) -> None:
     """Writes a run folder that has no checkpoints (ope, uplift and sequential runs).
 
-    `config.toml`, `metrics.json` (with `versions` added) and `log.jsonl` (one JSON line per
-    entry of `log_lines`) go into a sibling `NAME.partial` folder that replaces `out` only when
+    `config.toml`, `metrics.json` (with `versions` added), `log.jsonl` (one JSON line per
+    entry of `log_lines`) and whatever `write_more(folder)` writes (a sequential run's `model/`
+    and `data.npz`) go into a sibling `NAME.partial` folder that replaces `out` only when
     complete, so a failure leaves no half-written run.
     """
     out = Path(out)
@@ -594,6 +600,8 @@ def write_run_folder(
     with open(staging / "log.jsonl", "w") as handle:
         for line in log_lines:
             handle.write(json.dumps(_json_safe(line)) + "\n")
+    if write_more is not None:
+        write_more(staging)
     if out.exists():
         shutil.rmtree(out)
     staging.rename(out)
@@ -752,11 +760,16 @@ class LoadedRun:
     data: dict[str, np.ndarray]
     # A causal method's own arrays (MACR's modules), stacked over seeds; empty otherwise.
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # A sequential run's scoring (`sequence_run.load_sequence_run`): seed index -> the
+    # function `score_all_fn` returns; None for the other runs.
+    scorer: Callable[[int], Callable] | None = None
 
     def score_all_fn(self, seed_index: int = 0):
         """`users [b] -> scores [b, n_items]` of the ranking the run serves (one seed)."""
         from causalrec_jax.causal.training import inference_scorers
 
+        if self.scorer is not None:
+            return self.scorer(seed_index)
         scorers = make_scorers(self.parts.graphdef, self.parts.constants)
         params = seed_slice(self.parts.params, seed_index)
         if not self.extra:
@@ -777,21 +790,26 @@ class LoadedRun:
 
 def load_run(run_dir: str | Path) -> LoadedRun:
     """Reads a run folder's config, id maps and best parameters (no data files needed)."""
+    from causalrec_jax.sequence_run import SEQUENCE_MODELS
+
     run = Path(run_dir)
     if (run / "config.toml").exists() and not (run / "model").exists():
         stored = load_config(run / "config.toml")
-        if stored.model.name in ("sasrec", "bert4rec") or stored.uplift.method:
-            kind = (f"model.name = {stored.model.name!r}" if not stored.uplift.method
-                    else f"uplift.method = {stored.uplift.method!r}")
+        if stored.uplift.method and stored.model.name not in SEQUENCE_MODELS:
             raise RunError(
-                f"{run} is a run of {kind}, which saves its metrics but no model yet: "
-                "recommend and evaluate work on runs of mf, mlp, neumf, popularity, lightgcn")
+                f"{run} is a run of uplift.method = {stored.uplift.method!r}, which saves its "
+                "metrics but no model: recommend and evaluate work on runs of mf, mlp, neumf, "
+                "popularity, lightgcn, sasrec, bert4rec")
     for name in ("config.toml", "data.npz", "model"):
         if not (run / name).exists():
             raise RunError(f"{run} is not a finished run: {name} is missing")
     config = load_config(run / "config.toml")
     with np.load(run / "data.npz") as stored:
         data = {name: stored[name] for name in stored.files}
+    if config.model.name in SEQUENCE_MODELS:
+        from causalrec_jax.sequence_run import load_sequence_run
+
+        return load_sequence_run(run, config, data)
     seeds = seed_list(config)
     inputs = {
         "n_users": len(data["user_ids"]), "n_items": len(data["item_ids"]),
@@ -816,7 +834,8 @@ def load_run(run_dir: str | Path) -> LoadedRun:
 def recommend(run: LoadedRun, user_id: str, k: int = 10, seed_index: int = 0) -> list[tuple]:
     """Top-`k` `(item_id, score)` for an external user id, excluding items they already have.
 
-    Items seen in training and validation are excluded. Scores come from the seed at
+    Items seen in training and validation are excluded (in a sequential run also the test
+    items: it predicts the item after all of them). Scores come from the seed at
     `seed_index` (the run's first seed by default).
     """
     if k < 1:
@@ -830,8 +849,10 @@ def recommend(run: LoadedRun, user_id: str, k: int = 10, seed_index: int = 0) ->
     user = int(matches[0])
     scores = np.asarray(run.score_all_fn(seed_index)(jnp.asarray([user], jnp.int32)))[0]
     seen = run.data["train_item"][run.data["train_user"] == user]
-    if "valid_user" in run.data:
-        seen = np.concatenate([seen, run.data["valid_item"][run.data["valid_user"] == user]])
+    for part in ("valid", "test"):
+        if f"{part}_user" in run.data:
+            part_items = run.data[f"{part}_item"][run.data[f"{part}_user"] == user]
+            seen = np.concatenate([seen, part_items])
     scores = scores.astype(np.float64)
     scores[seen] = -np.inf
     k = min(k, int(np.isfinite(scores).sum()))
@@ -844,10 +865,14 @@ def evaluate_run(run_dir: str | Path, split_name: str = "test") -> dict[str, Any
 
     Returns `{split_name: means over seeds, split_name + "_std": ..., "per_seed": [...]}`;
     for the test split also the `test_literature`, `test_full` and `test_truth` blocks that
-    training wrote, computed the same way.
+    training wrote, computed the same way (a sequential run: `test_unmasked`, `test_sampled`).
     """
     run = load_run(run_dir)
     config = run.config
+    if run.scorer is not None:
+        from causalrec_jax.sequence_run import evaluate_sequence_run
+
+        return evaluate_sequence_run(run, split_name)
     if config.train.cv_folds:
         raise RunError(
             f"{run_dir} is a cross-validation run ({config.train.cv_folds} folds): its "

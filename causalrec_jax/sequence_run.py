@@ -13,6 +13,13 @@ stopping on `train.early_stopping_metric` over validation.
 
 `metrics.json` follows the train contract (`test`, `test_std`, `valid`, `per_seed`, `seeds`,
 `data`, `timing`, `versions`) plus `test_unmasked` and, per seed, `seconds_to_best`.
+
+The run folder also holds what `causalrec recommend` and `causalrec evaluate` need, as for the
+other runs (`runner`): `model/`, an orbax checkpoint of every seed's best parameters stacked
+`[n_seeds, ...]` (the model is rebuilt from `config.toml`), and `data.npz`, the id maps and
+splits (`runner._save_data`) plus the test pairs and `next_history` `[n_users, max_len]`: the
+tokens of each user's last `max_len` items of train, validation and test in time order, the
+input from which `recommend` scores the item after everything the user has seen.
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ import optax
 from flax import nnx
 
 from causalrec_jax.config import Config
-from causalrec_jax.data.dataset import concatenate
+from causalrec_jax.data.dataset import Split, concatenate
 from causalrec_jax.data.loader import load_split
 from causalrec_jax.data.sequences import (
     history_matrix,
@@ -40,9 +47,19 @@ from causalrec_jax.data.sequences import (
 from causalrec_jax.errors import ConfigError
 from causalrec_jax.eval.metrics import RANKING_METRICS, ranking_metrics
 from causalrec_jax.eval.ranking import evaluate_full_ranking
+from causalrec_jax.models.base import ModelParts
 from causalrec_jax.models.bert4rec import BERT4Rec
 from causalrec_jax.models.sasrec import SASRec
-from causalrec_jax.train.loop import TrainingDivergedError
+from causalrec_jax.runner import (
+    LoadedRun,
+    RunError,
+    _absolute_data_path,
+    _save_data,
+    aggregate,
+    write_run_folder,
+)
+from causalrec_jax.train import checkpoint as checkpoints
+from causalrec_jax.train.loop import TrainingDivergedError, seed_slice
 from causalrec_jax.train.sequence import LOSSES, make_sequence_train_step
 
 SEQUENCE_MODELS = ("sasrec", "bert4rec")
@@ -72,6 +89,17 @@ def _model(config: Config, n_items: int, key: jax.Array):
         n_layers=config.model.n_layers, n_heads=config.model.n_heads,
         dropout_rate=config.model.dropout,
     )
+
+
+def make_score_next(graphdef: nnx.GraphDef):
+    """`score_next(params, sequences [b, max_len]) -> scores [b, n_items]`, jitted: the one
+    scorer of training, evaluation and recommendation (so they give identical numbers)."""
+
+    @jax.jit
+    def score_next(params, sequences):
+        return nnx.merge(graphdef, params).score_next(sequences)
+
+    return score_next
 
 
 def _batches(arrays: dict[str, np.ndarray], batch_size: int, rng: np.random.Generator):
@@ -148,8 +176,29 @@ def _numbers(result: dict[str, Any]) -> dict[str, float]:
             if "@" in name and isinstance(value, int | float)}
 
 
+def valid_metrics(score, config: Config, split: Split) -> dict[str, float]:
+    """Validation numbers of `score` (`sequences [b, max_len] -> [b, n_items]`): the validation
+    item ranked from the training history, training items masked."""
+    history = history_matrix(user_sequences(split.train), config.model.max_len)
+    return _numbers(_evaluate(score, history, split.train, split.valid, config, True))
+
+
+def test_metrics(score, config: Config, split: Split, seed: int) -> dict[str, dict]:
+    """`{"test", "test_unmasked", "test_sampled"}` numbers of `score` (as in `valid_metrics`)
+    from the training and validation history; `seed` is the seed's index (sampled negatives)."""
+    seen = concatenate([split.train, split.valid])
+    history = history_matrix(user_sequences(seen), config.model.max_len)
+    return {
+        "test": _numbers(_evaluate(score, history, seen, split.test, config, True)),
+        "test_unmasked": _numbers(_evaluate(score, history, seen, split.test, config, False)),
+        "test_sampled": (_sampled(score, history, seen, split.test, config, seed)
+                         if config.eval.sampled_negatives else {}),
+    }
+
+
 def train_sequence_seed(config: Config, split, seed: int, *, quiet: bool = True) -> dict:
-    """Trains one seed with early stopping; returns validation, test and timing numbers."""
+    """Trains one seed with early stopping; returns validation, test and timing numbers and
+    the best parameters (`best_params`, an `nnx.State`)."""
     loss_name = _check(config)
     n_items = split.train.n_items
     max_len = config.model.max_len
@@ -159,7 +208,8 @@ def train_sequence_seed(config: Config, split, seed: int, *, quiet: bool = True)
         windows, _ = item_windows(train_sequences, max_len, stride=stride)
         arrays = {"sequences": windows}
     else:
-        windows = training_windows(train_sequences, max_len, stride=stride)
+        windows = training_windows(train_sequences, max_len, stride=stride,
+                                   targets=config.model.window_targets)
         arrays = {"inputs": windows.inputs, "targets": windows.targets}
     key = jax.random.key(config.run.seed + seed)
     model = _model(config, n_items, jax.random.fold_in(key, 0))
@@ -170,10 +220,7 @@ def train_sequence_seed(config: Config, split, seed: int, *, quiet: bool = True)
     step = jax.jit(make_sequence_train_step(graphdef, loss_name, optimizer),
                    donate_argnums=(0, 1))
 
-    @jax.jit
-    def score_next(params, sequences):
-        return nnx.merge(graphdef, params).score_next(sequences)
-
+    score_next = make_score_next(graphdef)
     valid_history = history_matrix(train_sequences, max_len)
     metric = config.train.early_stopping_metric
     rng = np.random.default_rng(config.run.seed + seed)
@@ -215,16 +262,9 @@ def train_sequence_seed(config: Config, split, seed: int, *, quiet: bool = True)
                 break
     train_seconds = time.perf_counter() - started
     eval_started = time.perf_counter()
-    seen = concatenate([split.train, split.valid])
-    test_history = history_matrix(user_sequences(seen), max_len)
-    score = lambda s: score_next(best_params, s)  # noqa: E731
-    test = _numbers(_evaluate(score, test_history, seen, split.test, config, True))
-    unmasked = _numbers(_evaluate(score, test_history, seen, split.test, config, False))
-    sampled = (_sampled(score, test_history, seen, split.test, config, seed)
-               if config.eval.sampled_negatives else {})
+    tests = test_metrics(lambda s: score_next(best_params, s), config, split, seed)
     return {
-        "valid": best_valid, "test": test, "test_unmasked": unmasked, "test_sampled": sampled,
-        "best_epoch": best_epoch,
+        "valid": best_valid, **tests, "best_epoch": best_epoch, "best_params": best_params,
         "history": history, "train_seconds": train_seconds,
         "epoch_seconds": float(np.median([h["seconds"] for h in history])),
         "seconds_to_best": seconds_to_best, "eval_seconds": time.perf_counter() - eval_started,
@@ -232,11 +272,23 @@ def train_sequence_seed(config: Config, split, seed: int, *, quiet: bool = True)
     }
 
 
-def sequence_run(config: Config, out: str | Path, *, quiet: bool = True) -> dict[str, Any]:
-    """All seeds of a sequential model; writes `config.toml`, `metrics.json`, `log.jsonl`."""
-    from causalrec_jax.runner import aggregate, write_run_folder
+def _save_model(folder: Path, config: Config, split: Split, params: nnx.State) -> None:
+    """Writes `model/` (best parameters stacked over seeds) and `data.npz` into `folder`."""
+    checkpoints.save_checkpoint(folder / "model", 0, {"params": params},
+                                {"seeds": list(range(config.train.seeds)),
+                                 "model": config.model.name})
+    everything = concatenate([split.train, split.valid, split.test])
+    _save_data(folder / "data.npz", split, extra={
+        "test_user": split.test.user, "test_item": split.test.item,
+        "next_history": history_matrix(user_sequences(everything), config.model.max_len),
+    })
 
+
+def sequence_run(config: Config, out: str | Path, *, quiet: bool = True) -> dict[str, Any]:
+    """All seeds of a sequential model; writes `config.toml`, `metrics.json`, `log.jsonl`,
+    `model/` and `data.npz` (see the module docstring)."""
     _check(config)
+    config = _absolute_data_path(config)
     out = Path(out)
     split, _ = load_split(config)
     seeds = list(range(config.train.seeds))
@@ -262,6 +314,63 @@ def sequence_run(config: Config, out: str | Path, *, quiet: bool = True) -> dict
                    "peak_rss_mb": round(
                        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)},
     })
+    params = jax.tree.map(lambda *leaves: jnp.stack(leaves),
+                          *(s["best_params"] for s in per_seed))
     write_run_folder(out, config, metrics,
-                     [line for seed in per_seed for line in seed["history"]])
+                     [line for seed in per_seed for line in seed["history"]],
+                     write_more=lambda folder: _save_model(folder, config, split, params))
     return metrics
+
+
+# ----------------------------------------------------------------------------- using a run
+
+
+def load_sequence_run(run: Path, config: Config, data: dict[str, np.ndarray]) -> LoadedRun:
+    """A sequential run's model rebuilt from its config, with the best parameters of `model/`.
+
+    `score_all_fn(seed_index)` of the result maps internal user ids `[b]` to the scores
+    `[b, n_items]` of the item after each user's `next_history` (all they have seen).
+    """
+    if "next_history" not in data:
+        raise RunError(f"{run}: data.npz holds no next_history (written by an older version); "
+                       "train the run again")
+    n_seeds = config.train.seeds
+    model = _model(config, len(data["item_ids"]), jax.random.key(config.run.seed))
+    graphdef, params = nnx.split(model, nnx.Param)
+    like = jax.tree.map(lambda leaf: jnp.zeros((n_seeds, *leaf.shape), leaf.dtype), params)
+    arrays, _ = checkpoints.restore_checkpoint(run / "model", {"params": like})
+    score_next = make_score_next(graphdef)
+    history = jnp.asarray(data["next_history"])
+
+    def scorer(seed_index: int):
+        seed_params = seed_slice(arrays["params"], seed_index)
+        return lambda users: score_next(seed_params, history[jnp.asarray(users)])
+
+    return LoadedRun(config=config, parts=ModelParts(graphdef, arrays["params"], nnx.State({})),
+                     data=data, scorer=scorer)
+
+
+def evaluate_sequence_run(run: LoadedRun, split_name: str = "test") -> dict[str, Any]:
+    """Re-evaluates a loaded sequential run's best parameters on `split_name` (`test`: also
+    `test_unmasked` and `test_sampled`, computed as training did; `valid`), re-reading the data.
+
+    Returns:
+        `{split_name: means over seeds, split_name + "_std": ..., ..., "per_seed": [...]}`.
+    """
+    if split_name not in ("test", "valid"):
+        raise RunError(f"split {split_name!r}: a sequential run evaluates 'test' or 'valid'")
+    config = run.config
+    split, _ = load_split(config)
+    score_next = make_score_next(run.parts.graphdef)
+    per_seed = []
+    for seed in range(config.train.seeds):
+        params = seed_slice(run.parts.params, seed)
+        score = lambda s, p=params: score_next(p, s)  # noqa: E731
+        entry = (test_metrics(score, config, split, seed) if split_name == "test"
+                 else {"valid": valid_metrics(score, config, split)})
+        per_seed.append({"seed": seed, **entry})
+    out: dict[str, Any] = {}
+    for part in (split_name, "test_unmasked", "test_sampled"):
+        if part in per_seed[0]:
+            out.update(aggregate(per_seed, part))
+    return {**out, "per_seed": per_seed}

@@ -118,6 +118,9 @@ def test_config_from_dict_rejects_non_table():
         ("train.cv_folds=1", "train.cv_folds"),
         ("train.learning_rate=0", "train.learning_rate"),
         ("model.dropout=1.0", "model.dropout"),
+        ("model.window_stride=51", "model.window_stride"),
+        ("model.max_len=0", "model.max_len"),
+        ('model.window_targets="some"', "model.window_targets"),
         ("causal.propensity_clip=1.5", "causal.propensity_clip"),
     ],
 )

@@ -9,8 +9,7 @@ import pytest
 from causalrec_jax.cli import main
 
 
-@pytest.fixture
-def planted_csv(tmp_path):
+def _write_walks(folder):
     """60 users walking one 20-cycle over 20 items: the next item is f(current item)."""
     rng = np.random.default_rng(0)
     order = rng.permutation(20)
@@ -22,9 +21,15 @@ def planted_csv(tmp_path):
         for t in range(12):
             rows.append((user, item, t))
             item = int(successor[item])
-    path = tmp_path / "walks.csv"
+    path = folder / "walks.csv"
     pd.DataFrame(rows, columns=["user", "item", "time"]).to_csv(path, index=False)
     return path
+
+
+@pytest.fixture
+def planted_csv(tmp_path):
+    """The planted walks (`_write_walks`) as a CSV file."""
+    return _write_walks(tmp_path)
 
 
 def _args(path, out, *extra):
@@ -54,13 +59,105 @@ def test_sasrec_run_learns_the_planted_rule_and_writes_the_contract(planted_csv,
     assert (out / "log.jsonl").read_text().count("\n") >= 1
 
 
-def test_recommend_on_a_sequential_run_says_why_it_cannot(planted_csv, tmp_path, capsys):
-    out = tmp_path / "run"
-    assert main(_args(planted_csv, out, "train.epochs=1")) == 0
+@pytest.fixture(scope="module")
+def planted_run(tmp_path_factory):
+    """A trained SASRec run on the planted walks (the fixture's data), and its CSV path."""
+    folder = tmp_path_factory.mktemp("planted")
+    path = _write_walks(folder)
+    out = folder / "run"
+    assert main(_args(path, out, "train.epochs=25")) == 0
+    return out, path
+
+
+def _successors_and_histories(path):
+    """The planted successor of each raw item id, and each raw user's items in time order."""
+    frame = pd.read_csv(path).sort_values(["user", "time"])
+    histories = {str(user): [str(i) for i in group["item"]]
+                 for user, group in frame.groupby("user")}
+    successor = {}
+    for items in histories.values():
+        successor.update(zip(items[:-1], items[1:], strict=True))
+    return successor, histories
+
+
+def test_a_sequential_run_saves_its_model_and_data(planted_run):
+    out, _ = planted_run
+    assert (out / "model").is_dir() and (out / "data.npz").exists()
+    assert not out.with_name(out.name + ".partial").exists()
+    with np.load(out / "data.npz") as data:
+        assert data["next_history"].shape == (60, 8)
+        assert len(data["test_user"]) == 60 and len(data["user_ids"]) == 60
+
+
+def test_recommend_on_a_sequential_run_predicts_the_successor_of_the_last_item(
+        planted_run, capsys):
+    from causalrec_jax.runner import load_run, recommend
+
+    out, path = planted_run
+    successor, histories = _successors_and_histories(path)
+    run = load_run(out)
+    hits = 0
+    for user in ("0", "7", "23", "41", "59"):
+        top = recommend(run, user, k=5)
+        items = [item for item, _ in top]
+        assert len(items) == 5 == len(set(items))
+        assert not set(items) & set(histories[user])  # the whole history is masked
+        scores = [score for _, score in top]
+        assert scores == sorted(scores, reverse=True)
+        hits += items[0] == successor[histories[user][-1]]  # after the test item
+    assert hits == 5
     capsys.readouterr()
+    assert main(["recommend", "--run", str(out), "--user", "7", "--k", "3"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 3 and lines[0].split()[:2] == ["1", successor[histories["7"][-1]]]
+
+
+def test_evaluate_on_a_sequential_run_reproduces_the_stored_metrics(planted_run, capsys):
+    from causalrec_jax.runner import evaluate_run
+
+    out, _ = planted_run
+    stored = json.loads((out / "metrics.json").read_text())
+    again = evaluate_run(out, "test")
+    for part in ("test", "test_unmasked"):
+        assert set(again[part]) == set(stored[part])
+        for name, value in stored[part].items():
+            assert abs(again[part][name] - value) < 1e-6, (part, name)
+    valid = evaluate_run(out, "valid")["valid"]
+    assert all(abs(valid[name] - value) < 1e-6 for name, value in stored["valid"].items())
+    capsys.readouterr()
+    assert main(["evaluate", "--run", str(out)]) == 0
+    assert "hit@1" in capsys.readouterr().out
+
+
+def test_a_bert4rec_run_round_trips(planted_csv, tmp_path):
+    from flax import nnx
+
+    from causalrec_jax.models.bert4rec import BERT4Rec
+    from causalrec_jax.runner import evaluate_run, load_run, recommend
+    from causalrec_jax.train.loop import seed_slice
+
+    out = tmp_path / "bert"
+    assert main(_args(planted_csv, out, 'model.name="bert4rec"', 'train.loss="masked_item"',
+                      "train.epochs=2", "train.seeds=2")) == 0
+    run = load_run(out)
+    assert isinstance(nnx.merge(run.parts.graphdef, seed_slice(run.parts.params, 1)), BERT4Rec)
+    stored = json.loads((out / "metrics.json").read_text())
+    again = evaluate_run(out)
+    for seed, stored_seed in zip(again["per_seed"], stored["per_seed"], strict=True):
+        assert seed["test"] == pytest.approx(stored_seed["test"], abs=1e-6)
+    top = recommend(run, "3", k=4, seed_index=1)
+    assert len({item for item, _ in top}) == 4
+
+
+def test_recommend_on_an_uplift_run_says_why_it_cannot(tmp_path, capsys):
+    from causalrec_jax.config import dump_config, load_config
+
+    out = tmp_path / "uplift"
+    out.mkdir()
+    dump_config(load_config(None, ['uplift.method="dr"']), out / "config.toml")
     assert main(["recommend", "--run", str(out), "--user", "0"]) == 2
     error = capsys.readouterr().err
-    assert "model.name = 'sasrec'" in error and "no model" in error
+    assert "uplift.method = 'dr'" in error and "no model" in error
 
 
 def test_sequence_models_need_leave_one_out(planted_csv, tmp_path, capsys):
