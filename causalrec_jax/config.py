@@ -168,6 +168,9 @@ class ModelConfig:
     max_len: int = 50
     window_stride: int = 0
     window_targets: Literal["once", "all"] = "once"
+    # Training batches are cut to the shortest of these lengths (and max_len) their windows
+    # fit, so short sequences train on short arrays; one compilation per length. [] = off.
+    length_buckets: list[int] = field(default_factory=lambda: [8, 16, 32, 64, 128, 256])
 
     def __post_init__(self) -> None:
         for key in ("embedding_dim", "n_heads"):
@@ -177,6 +180,8 @@ class ModelConfig:
                  "positive integers", self.hidden_dims)
         _require(0 <= self.dropout < 1, "model.dropout", "a rate in [0, 1)", self.dropout)
         _require(self.max_len >= 1, "model.max_len", "an integer >= 1", self.max_len)
+        _require(all(b >= 1 for b in self.length_buckets), "model.length_buckets",
+                 "positive integers", self.length_buckets)
         _require(0 <= self.window_stride <= self.max_len, "model.window_stride",
                  f"0 (= max_len) or 1..max_len={self.max_len}", self.window_stride)
 

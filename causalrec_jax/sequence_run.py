@@ -39,6 +39,7 @@ from causalrec_jax.config import Config
 from causalrec_jax.data.dataset import Split, concatenate
 from causalrec_jax.data.loader import load_split
 from causalrec_jax.data.sequences import (
+    bucketed_batches,
     history_matrix,
     item_windows,
     training_windows,
@@ -100,20 +101,6 @@ def make_score_next(graphdef: nnx.GraphDef):
         return nnx.merge(graphdef, params).score_next(sequences)
 
     return score_next
-
-
-def _batches(arrays: dict[str, np.ndarray], batch_size: int, rng: np.random.Generator):
-    """Shuffled batches of `batch_size` rows; the last is padded with rows masked out."""
-    n = len(next(iter(arrays.values())))
-    order = rng.permutation(n)
-    for start in range(0, n, batch_size):
-        index = order[start:start + batch_size]
-        mask = np.ones(batch_size, bool)
-        if len(index) < batch_size:
-            mask[len(index):] = False
-            index = np.concatenate([index, np.zeros(batch_size - len(index), index.dtype)])
-        yield {**{name: jnp.asarray(value[index]) for name, value in arrays.items()},
-               "mask": jnp.asarray(mask)}
 
 
 def _evaluate(score_next, history: np.ndarray, seen, target, config: Config, mask: bool):
@@ -231,7 +218,9 @@ def train_sequence_seed(config: Config, split, seed: int, *, quiet: bool = True)
     for epoch in range(config.train.epochs):
         epoch_started = time.perf_counter()
         losses = []
-        for batch in _batches(arrays, config.train.batch_size, rng):
+        for batch in bucketed_batches(arrays, config.train.batch_size, rng,
+                                      config.model.length_buckets):
+            batch = {name: jnp.asarray(value) for name, value in batch.items()}
             params, opt_state, loss = step(params, opt_state, batch,
                                            jax.random.fold_in(key, 1_000 + step_index))
             step_index += 1

@@ -37,7 +37,9 @@ def test_the_ml100k_config_runs_on_seq_lines(planted_lines, tmp_path, config):
             "model.embedding_dim=16", "model.n_layers=1", "model.n_heads=1", "model.max_len=8",
             "model.dropout=0.0", "train.learning_rate=0.01", "train.batch_size=32",
             "train.epochs=60", "train.patience=60", 'train.early_stopping_metric="hit@1"',
-            "eval.ks=[1, 10]", "eval.sampled_negatives=5"]
+            "eval.ks=[1, 10]", "eval.sampled_negatives=5",
+            # overlapping windows whose earliest is short: batches of width 4 and 8
+            "model.window_stride=4", "model.length_buckets=[2, 4]"]
     status = main(["train", "--quiet", "--config", config, "--out", str(out),
                    *sum((["--set", s] for s in sets), [])])
     assert status == 0

@@ -201,24 +201,59 @@ def history_matrix(sequences: Sequence[np.ndarray], max_len: int) -> np.ndarray:
     return matrix
 
 
-def bucket_length(n: int, buckets: Sequence[int]) -> int:
-    """The smallest bucket >= n, so padded lengths take few values (few recompilations).
+def window_buckets(max_len: int, buckets: Sequence[int]) -> tuple[int, ...]:
+    """The padded lengths batches may take: the `buckets` shorter than `max_len`, and `max_len`.
 
     Args:
-        n: a length (e.g. the longest sequence in a batch or dataset).
-        buckets: allowed lengths, e.g. `(8, 16, 32, 64, 128, 200)`.
+        max_len: the window length (the longest bucket).
+        buckets: requested lengths; empty means one length, `max_len`.
 
     Returns:
-        The smallest bucket >= n, or the largest bucket when n exceeds them all (callers cut
-        longer sequences into windows of that length).
-
-    Raises:
-        ValueError: `buckets` is empty or holds a length < 1.
+        Sorted distinct lengths ending with `max_len`.
     """
-    sizes = sorted(int(b) for b in buckets)
-    if not sizes or sizes[0] < 1:
-        raise ValueError(f"buckets must be positive lengths, got {list(buckets)}")
-    for size in sizes:
-        if size >= n:
-            return size
-    return sizes[-1]
+    return tuple(sorted({int(b) for b in buckets if 1 <= b < max_len} | {max_len}))
+
+
+def bucketed_batches(
+    arrays: dict[str, np.ndarray],
+    batch_size: int,
+    rng: np.random.Generator,
+    buckets: Sequence[int] = (),
+):
+    """Shuffled batches of left-padded windows, each cut to the shortest bucket its rows fit.
+
+    Rows are grouped by the bucket of their real length (non-zero tokens of the first array),
+    shuffled within the bucket and batched; the batches of all buckets are then shuffled
+    together. A batch keeps only its last `bucket` columns, which drops padding alone (rows
+    are left-padded), so a dataset of short sequences trains on short arrays while the step
+    compiles once per bucket, not once per length. The last batch of a bucket is filled with
+    repeated rows masked out by `mask`.
+
+    Args:
+        arrays: `[n, max_len]` int32 token arrays with the same rows (e.g. inputs and
+            targets); the first one's non-zero entries define a row's length.
+        batch_size: rows per batch.
+        rng: shuffles rows and batch order.
+        buckets: padded lengths (`window_buckets`); empty: every batch is `max_len` wide.
+
+    Yields:
+        `{name: [batch_size, bucket] int32, ..., "mask": [batch_size] bool}`.
+    """
+    first = next(iter(arrays.values()))
+    n, max_len = first.shape
+    sizes = window_buckets(max_len, buckets)
+    lengths = (first != PAD).sum(axis=1)
+    bucket_of = np.searchsorted(np.asarray(sizes), lengths)
+    plan = []
+    for index, width in enumerate(sizes):
+        rows = np.flatnonzero(bucket_of == index)
+        rows = rows[rng.permutation(len(rows))]
+        plan.extend((width, rows[start:start + batch_size])
+                    for start in range(0, len(rows), batch_size))
+    for position in rng.permutation(len(plan)):
+        width, rows = plan[position]
+        mask = np.zeros(batch_size, bool)
+        mask[:len(rows)] = True
+        rows = np.resize(rows, batch_size)
+        yield {**{name: value[rows, max_len - width:] for name, value in arrays.items()},
+               "mask": mask}

@@ -7,11 +7,12 @@ import pytest
 
 from causalrec_jax.data.dataset import Dataset
 from causalrec_jax.data.sequences import (
-    bucket_length,
+    bucketed_batches,
     history_matrix,
     item_windows,
     training_windows,
     user_sequences,
+    window_buckets,
 )
 
 
@@ -128,12 +129,46 @@ def test_history_matrix_keeps_most_recent_items():
     assert history.dtype == np.int32
 
 
-def test_bucket_length():
-    buckets = (8, 32, 16)
-    assert bucket_length(1, buckets) == 8
-    assert bucket_length(8, buckets) == 8
-    assert bucket_length(9, buckets) == 16
-    assert bucket_length(17, buckets) == 32
-    assert bucket_length(500, buckets) == 32
-    with pytest.raises(ValueError):
-        bucket_length(3, ())
+def test_window_buckets_end_with_max_len():
+    assert window_buckets(50, [8, 16, 32, 64]) == (8, 16, 32, 50)
+    assert window_buckets(50, []) == (50,)
+    assert window_buckets(8, [8, 16]) == (8,)
+
+
+def test_bucketed_batches_cover_every_row_once_and_drop_only_padding():
+    rng = np.random.default_rng(0)
+    sequences = [rng.permutation(40)[:n] for n in rng.integers(2, 30, size=45)]
+    windows = training_windows(sequences, 20, stride=20)
+    arrays = {"inputs": windows.inputs, "targets": windows.targets}
+    seen = []
+    widths = set()
+    for batch in bucketed_batches(arrays, 8, np.random.default_rng(1), [4, 8]):
+        width = batch["inputs"].shape[1]
+        widths.add(width)
+        assert batch["inputs"].shape == batch["targets"].shape == (8, width)
+        assert batch["mask"].shape == (8,) and batch["mask"][0]
+        for inputs, targets in zip(batch["inputs"][batch["mask"]],
+                                   batch["targets"][batch["mask"]], strict=True):
+            # the cut row is the window's own tail: put the padding back and find the window
+            full = np.concatenate([np.zeros(20 - width, np.int32), inputs])
+            match = np.flatnonzero((windows.inputs == full).all(axis=1))
+            assert len(match) >= 1
+            row = match[0]
+            np.testing.assert_array_equal(windows.targets[row, 20 - width:], targets)
+            assert (windows.inputs[row, :20 - width] == 0).all()
+            # the smallest bucket it fits
+            length = int((inputs != 0).sum())
+            assert width == min(w for w in (4, 8, 20) if w >= length)
+            seen.append(row)
+    assert widths == {4, 8, 20}
+    assert sorted(seen) == list(range(len(windows)))
+
+
+def test_bucketed_batches_are_deterministic_for_a_seed():
+    windows = training_windows([np.arange(30), np.arange(5)], 10)
+    arrays = {"inputs": windows.inputs, "targets": windows.targets}
+    first = list(bucketed_batches(arrays, 2, np.random.default_rng(3), [4]))
+    again = list(bucketed_batches(arrays, 2, np.random.default_rng(3), [4]))
+    assert len(first) == len(again)
+    for a, b in zip(first, again, strict=True):
+        np.testing.assert_array_equal(a["inputs"], b["inputs"])
