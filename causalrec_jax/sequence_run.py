@@ -235,7 +235,12 @@ def train_sequence_seed(config: Config, split, seed: int, *, quiet: bool = True)
         if metric not in valid:
             raise ConfigError(f"key train.early_stopping_metric: {metric!r} is not computed "
                               f"(computed: {', '.join(valid)})")
+        # RecBole validates sequential models without masking the history: logged too, so
+        # time-to-quality can be compared under its protocol (experiments/compare_recbole.py)
+        unmasked = _numbers(_evaluate(lambda s, p=params: score_next(p, s), valid_history,
+                                      split.train, split.valid, config, False))
         history.append({"epoch": epoch, "seed": seed, "loss": mean_loss, **valid,
+                        **{f"unmasked_{name}": value for name, value in unmasked.items()},
                         "seconds": time.perf_counter() - epoch_started})
         if not quiet:
             print(f"seed {seed} epoch {epoch}: loss {mean_loss:.4f} valid {metric} "

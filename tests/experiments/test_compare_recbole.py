@@ -157,3 +157,20 @@ def test_write_table_reads_rows_and_writes_both_files(compare, tmp_path, general
     assert "| causalrec_jax | lightgcn | 0.3200 | 0.8300 |" in (out / "table.md").read_text()
     compare.write_table(out)  # results.json itself is not read back as a row
     assert len(json.loads((out / "results.json").read_text())) == 1
+
+
+def test_a_sequential_curve_uses_the_unmasked_validation_when_logged(compare, tmp_path):
+    metrics = {"test": {"ndcg@10": 0.1}, "test_unmasked": {"ndcg@10": 0.07},
+               "valid": {"ndcg@10": 0.12}, "timing": {"train_seconds": 20.0}}
+    lines = [{"epoch": 0, "seed": 0, "ndcg@10": 0.09, "unmasked_ndcg@10": 0.05,
+              "unmasked_hit@10": 0.1, "seconds": 12.0},
+             {"epoch": 1, "seed": 0, "ndcg@10": 0.12, "unmasked_ndcg@10": 0.075,
+              "unmasked_hit@10": 0.15, "seconds": 8.0}]
+    row = compare.read_our_run(write_run(tmp_path / "s", metrics, lines), "sasrec")
+    assert [p["ndcg@10"] for p in row["curve"]] == [0.05, 0.075]
+    assert [p["masked_ndcg@10"] for p in row["curve"]] == [0.09, 0.12]
+    assert row["valid_best"] == {"ndcg@10": 0.075}
+    assert row["valid_history_masked"] is False
+    rows = compare.add_time_to_quality([row])
+    # the masked curve crosses 0.0702 at 12 s; the unmasked one only at 20 s
+    assert rows[0]["seconds_to_threshold"] == 20.0
