@@ -133,6 +133,19 @@ def sampled_candidates(
     return mask
 
 
+def _score_in_chunks(score, sequences: np.ndarray, chunk_size: int) -> np.ndarray:
+    """`score(sequences)` for `chunk_size` rows at a time (the last chunk padded with repeats,
+    so one compiled shape): scoring every user at once would hold the encoder's activations
+    for all of them."""
+    n = len(sequences)
+    chunk_size = min(chunk_size, n)
+    out = []
+    for start in range(0, n, chunk_size):
+        rows = np.resize(np.arange(start, min(start + chunk_size, n)), chunk_size)
+        out.append(np.asarray(score(jnp.asarray(sequences[rows])))[:min(chunk_size, n - start)])
+    return np.concatenate(out)
+
+
 def _sampled(score, history, seen, test, config: Config, seed: int) -> dict[str, float]:
     """Metrics of each test item ranked among `eval.sampled_negatives` sampled negatives."""
     n_items = seen.n_items
@@ -150,7 +163,7 @@ def _sampled(score, history, seen, test, config: Config, seed: int) -> dict[str,
     candidates[np.arange(len(users)), targets] = True
     labels = np.zeros_like(candidates, np.float32)
     labels[np.arange(len(users)), targets] = 1.0
-    scores = np.asarray(score(jnp.asarray(history)[jnp.asarray(users)]))
+    scores = _score_in_chunks(score, history[users], config.eval.chunk_size)
     names = [name for name in config.eval.metrics if name in RANKING_METRICS]
     result = ranking_metrics(jnp.asarray(scores), jnp.asarray(labels), ks=config.eval.ks,
                              names=names, where=jnp.asarray(candidates))

@@ -50,6 +50,58 @@ def full_softmax_loss(logits: jax.Array, targets: jax.Array, mask: jax.Array) ->
     return _masked_mean(losses, mask)
 
 
+def chunked_softmax_loss(
+    hidden: jax.Array,
+    item_embeddings: jax.Array,
+    targets: jax.Array,
+    mask: jax.Array,
+    *,
+    chunk_rows: int = 1024,
+) -> jax.Array:
+    """`full_softmax_loss(hidden @ item_embeddings.T, targets, mask)` without holding the
+    `[b, L, n_items]` logits: positions are scored `chunk_rows` at a time under `lax.scan`, and
+    each chunk's logits are recomputed in the backward pass (`jax.checkpoint`) instead of
+    stored. Temporary memory is `O(chunk_rows * n_items)`; the price is one more logits matmul.
+
+    Args:
+        hidden: `[b, L, d]` encoder outputs.
+        item_embeddings: `[n_items, d]` output table.
+        targets: `[b, L]` int item ids.
+        mask: `[b, L]` bool trained positions.
+        chunk_rows: positions per chunk (static); the `b * L` positions are padded to a
+            multiple of it with untrained rows.
+
+    Returns:
+        `[]` mean cross-entropy over trained positions (equal to `full_softmax_loss`).
+    """
+    dim = hidden.shape[-1]
+    rows = hidden.reshape(-1, dim)
+    flat_targets = jnp.where(mask, targets, 0).reshape(-1)
+    weights = mask.reshape(-1).astype(hidden.dtype)
+    chunk_rows = min(chunk_rows, rows.shape[0])
+    pad = -rows.shape[0] % chunk_rows
+    if pad:
+        rows = jnp.pad(rows, ((0, pad), (0, 0)))
+        flat_targets = jnp.pad(flat_targets, (0, pad))
+        weights = jnp.pad(weights, (0, pad))
+    n_chunks = rows.shape[0] // chunk_rows
+
+    @jax.checkpoint
+    def chunk_loss(table, chunk_hidden, chunk_targets, chunk_weights):
+        logits = chunk_hidden @ table.T
+        losses = optax.softmax_cross_entropy_with_integer_labels(logits, chunk_targets)
+        return jnp.sum(losses * chunk_weights)
+
+    def body(total, chunk):
+        return total + chunk_loss(item_embeddings, *chunk), None
+
+    chunks = (rows.reshape(n_chunks, chunk_rows, dim),
+              flat_targets.reshape(n_chunks, chunk_rows),
+              weights.reshape(n_chunks, chunk_rows))
+    total, _ = jax.lax.scan(body, jnp.zeros((), hidden.dtype), chunks)
+    return total / jnp.maximum(jnp.sum(weights), 1.0)
+
+
 def _uniform_negatives(key: jax.Array, targets: jax.Array, n_items: int) -> jax.Array:
     """One uniform item per position, never the target: `[b, L]`."""
     offset = jax.random.randint(key, targets.shape, 1, max(n_items, 2))
@@ -181,13 +233,16 @@ def make_sequence_loss(
     n_negatives: int = 100,
     mask_prob: float = 0.2,
     last_item_prob: float = 0.1,
+    chunk_rows: int = 1024,
 ) -> Callable[[Any, Batch, jax.Array], jax.Array]:
     """Builds `loss(params, batch, key) -> []`, a pure function of the parameters.
 
     Batches: next-item losses read `inputs [b, L]` and `targets [b, L]` tokens
     (`data.sequences.training_windows`); `masked_item` reads `sequences [b, L]` tokens
     (`item_windows`) and masks them with the key. An optional `mask [b]` bool drops padded
-    rows (a padded last batch). The key is split between dropout and sampling.
+    rows (a padded last batch). The key is split between dropout and sampling. The
+    catalogue-wide losses (`full_softmax`, `masked_item`) go through `chunked_softmax_loss`
+    (`chunk_rows` positions at a time), so a step never holds the `[b, L, n_items]` logits.
 
     Raises:
         ValueError: unknown `loss_name`.
@@ -210,9 +265,10 @@ def make_sequence_loss(
         if "mask" in batch:
             trained = trained & batch["mask"][:, None]
         hidden = model(inputs, key=dropout_key)
-        if loss_name in ("full_softmax", "masked_item"):
-            return full_softmax_loss(model.logits(hidden), targets, trained)
         item_embeddings = model.item_embeddings()
+        if loss_name in ("full_softmax", "masked_item"):
+            return chunked_softmax_loss(hidden, item_embeddings, targets, trained,
+                                        chunk_rows=chunk_rows)
         if loss_name == "bce_one_negative":
             return bce_one_negative_loss(hidden, item_embeddings, targets, trained, sample_key)
         return sampled_softmax_loss(

@@ -247,3 +247,26 @@ def test_row_mask_drops_padded_rows():
     assert abs(float(loss_fn(params, unmasked, key)) - float(loss)) > 1e-4
     with pytest.raises(ValueError, match="unknown"):
         make_sequence_loss(graphdef, "nope")
+
+
+def test_chunked_softmax_loss_equals_the_full_one_with_its_gradients():
+    from causalrec_jax.train.sequence import chunked_softmax_loss
+
+    keys = jax.random.split(jax.random.key(5), 3)
+    hidden = jax.random.normal(keys[0], (3, 7, 8))
+    table = jax.random.normal(keys[1], (11, 8))
+    targets = jax.random.randint(keys[2], (3, 7), 0, 11)
+    mask = jnp.arange(21).reshape(3, 7) % 4 != 0
+
+    def full(hidden, table):
+        return full_softmax_loss(hidden @ table.T, targets, mask)
+
+    # 21 positions in chunks of 5: the last chunk is padded with untrained rows
+    def chunked(hidden, table):
+        return chunked_softmax_loss(hidden, table, targets, mask, chunk_rows=5)
+
+    np.testing.assert_allclose(chunked(hidden, table), full(hidden, table), rtol=1e-6)
+    for expected, got in zip(jax.grad(full, (0, 1))(hidden, table),
+                             jax.grad(chunked, (0, 1))(hidden, table), strict=True):
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-7)
+    assert float(chunked_softmax_loss(hidden, table, targets, jnp.zeros_like(mask))) == 0.0
