@@ -24,6 +24,7 @@ input from which `recommend` scores the item after everything the user has seen.
 
 from __future__ import annotations
 
+import functools
 import resource
 import time
 from pathlib import Path
@@ -101,6 +102,18 @@ def make_score_next(graphdef: nnx.GraphDef):
         return nnx.merge(graphdef, params).score_next(sequences)
 
     return score_next
+
+
+@functools.lru_cache(maxsize=8)
+def _programs(graphdef: nnx.GraphDef, loss_name: str, learning_rate: float,
+              weight_decay: float):
+    """The optimiser and the jitted train step and scorer of a model structure, built once:
+    every seed of a run (same graph, new values) reuses them, so it compiles nothing again."""
+    optimizer = (optax.adamw(learning_rate, weight_decay=weight_decay)
+                 if weight_decay else optax.adam(learning_rate))
+    step = jax.jit(make_sequence_train_step(graphdef, loss_name, optimizer),
+                   donate_argnums=(0, 1))
+    return optimizer, step, make_score_next(graphdef)
 
 
 def _evaluate(score_next, history: np.ndarray, seen, target, config: Config, mask: bool):
@@ -214,13 +227,10 @@ def train_sequence_seed(config: Config, split, seed: int, *, quiet: bool = True)
     key = jax.random.key(config.run.seed + seed)
     model = _model(config, n_items, jax.random.fold_in(key, 0))
     graphdef, params = nnx.split(model, nnx.Param)
-    optimizer = (optax.adamw(config.train.learning_rate, weight_decay=config.train.weight_decay)
-                 if config.train.weight_decay else optax.adam(config.train.learning_rate))
+    optimizer, step, score_next = _programs(graphdef, loss_name, config.train.learning_rate,
+                                            config.train.weight_decay)
     opt_state = optimizer.init(params)
-    step = jax.jit(make_sequence_train_step(graphdef, loss_name, optimizer),
-                   donate_argnums=(0, 1))
 
-    score_next = make_score_next(graphdef)
     valid_history = history_matrix(train_sequences, max_len)
     metric = config.train.early_stopping_metric
     rng = np.random.default_rng(config.run.seed + seed)

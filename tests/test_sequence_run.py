@@ -193,3 +193,24 @@ def test_sampled_protocol_is_reported_apart_and_is_more_lenient(planted_csv, tmp
     assert metrics["test_sampled"]["sampled_hit@10"] == 1.0  # 6 candidates, all in the top 10
     assert metrics["test_sampled"]["sampled_hit@1"] >= metrics["test"]["hit@1"]
     assert metrics["data"]["sampled_negatives"] == 5
+
+
+def test_the_seeds_of_a_run_share_one_compiled_step(planted_csv, tmp_path):
+    from causalrec_jax import sequence_run
+
+    sequence_run._programs.cache_clear()
+    assert main(_args(planted_csv, tmp_path / "r", "train.seeds=2", "train.epochs=2")) == 0
+    info = sequence_run._programs.cache_info()
+    assert (info.misses, info.hits) == (1, 1)
+    # one batch width (max_len 8 is the only bucket): one compilation served both seeds
+    import jax
+    from flax import nnx
+
+    from causalrec_jax.config import load_config
+
+    config = load_config(tmp_path / "r" / "config.toml")
+    n_items = json.loads((tmp_path / "r" / "metrics.json").read_text())["data"]["n_items"]
+    graphdef = nnx.split(sequence_run._model(config, n_items, jax.random.key(9)), nnx.Param)[0]
+    _, step, _ = sequence_run._programs(graphdef, "full_softmax", config.train.learning_rate,
+                                        config.train.weight_decay)
+    assert step._cache_size() == 1
