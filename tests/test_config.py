@@ -121,6 +121,7 @@ def test_config_from_dict_rejects_non_table():
         ("model.window_stride=51", "model.window_stride"),
         ("model.max_len=0", "model.max_len"),
         ('model.window_targets="some"', "model.window_targets"),
+        ("model.length_buckets=[8, 0]", "model.length_buckets"),
         ("causal.propensity_clip=1.5", "causal.propensity_clip"),
     ],
 )
