@@ -147,8 +147,17 @@ def _command_train(args: argparse.Namespace) -> int:
     quiet = args.quiet or config.run.quiet
     if not quiet:
         print(dumps_config(config))
+    from causalrec_jax.runner import RunError, refuse_existing_run
     from causalrec_jax.sequence_run import SEQUENCE_MODELS
 
+    if config.model.name in SEQUENCE_MODELS or config.uplift.method:
+        # these runs write their folder once, at the end, and keep no checkpoints to resume
+        if args.resume:
+            kind = (f"model.name = {config.model.name!r}" if not config.uplift.method
+                    else f"uplift.method = {config.uplift.method!r}")
+            raise RunError(f"--resume: a run of {kind} keeps no checkpoints to continue; "
+                           "train it again with a new --out")
+        refuse_existing_run(out, resumable=False)
     if config.model.name in SEQUENCE_MODELS:
         from causalrec_jax.sequence_run import sequence_run
 
@@ -200,10 +209,12 @@ def _command_ope(args: argparse.Namespace) -> int:
 
     from causalrec_jax.config import load_config
     from causalrec_jax.ope_run import ope_run
+    from causalrec_jax.runner import refuse_existing_run
 
     config = load_config(args.config, args.overrides)
     name = config.run.name or (Path(args.config).stem if args.config else "ope")
     out = Path(args.out) if args.out else Path(config.run.out_dir) / name
+    refuse_existing_run(out, resumable=False)
     metrics = ope_run(config, out)
     print(format_ope(metrics))
     print(f"run folder: {out}")

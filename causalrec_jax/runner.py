@@ -628,6 +628,14 @@ def _check_resumable(stored: Config, new: Config, out: Path) -> None:
                 )
 
 
+def refuse_existing_run(out: str | Path, resumable: bool = True) -> None:
+    """Raises RunError when `out` already holds something: a new run never overwrites one."""
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        hint = "pass --resume to continue it or" if resumable else "remove it or pass"
+        raise RunError(f"{out} already holds a run; {hint} another --out")
+
+
 def train_run(
     config: Config, out_dir: str | Path, *, resume: bool = False, quiet: bool = False,
     frame=None,
@@ -638,8 +646,8 @@ def train_run(
     and the mean / std over folds; otherwise uses `data.split`.
     """
     out = Path(out_dir)
-    if out.exists() and not resume and any(out.iterdir()):
-        raise RunError(f"{out} already holds a run; pass --resume to continue it or another --out")
+    if not resume:
+        refuse_existing_run(out)
     config = _absolute_data_path(config)
     if resume and (out / "config.toml").exists():
         _check_resumable(load_config(out / "config.toml"), config, out)

@@ -35,6 +35,7 @@ import json
 import os
 import platform
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -359,6 +360,9 @@ def run_ours(model: str, data: Path, out: Path, runs: Path, reuse: Path | None) 
         row["load_average"] = None  # trained earlier, under unknown load
     else:
         run_dir = runs / model
+        # the script's own scratch run: trained afresh each time (causalrec refuses to overwrite)
+        shutil.rmtree(ROOT / run_dir if not run_dir.is_absolute() else run_dir,
+                      ignore_errors=True)
         command = [sys.executable, "-m", "causalrec_jax", "train", "--config",
                    OUR_CONFIGS[model], "--set", f'data.path="{os.path.relpath(data, ROOT)}"',
                    "--out", _relative(run_dir), "--quiet"]

@@ -214,3 +214,16 @@ def test_the_seeds_of_a_run_share_one_compiled_step(planted_csv, tmp_path):
     _, step, _ = sequence_run._programs(graphdef, "full_softmax", config.train.learning_rate,
                                         config.train.weight_decay)
     assert step._cache_size() == 1
+
+
+def test_a_sequential_run_never_overwrites_a_run_and_cannot_resume(planted_csv, tmp_path,
+                                                                   capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "metrics.json").write_text("{}")
+    assert main(_args(planted_csv, out, "train.epochs=1")) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert (out / "metrics.json").read_text() == "{}"
+    assert main([*_args(planted_csv, tmp_path / "new", "train.epochs=1"), "--resume"]) == 2
+    assert "keeps no checkpoints" in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()
