@@ -18,6 +18,7 @@ Everything below is composed of the package's pure pieces: `data.loader`, `model
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import shutil
@@ -48,9 +49,10 @@ from causalrec_jax.eval.ranking import is_positive, labels_are_binary
 from causalrec_jax.models.base import make_scorers
 from causalrec_jax.models.factory import init_params
 from causalrec_jax.train import checkpoint as checkpoints
-from causalrec_jax.train.loop import fit, seed_slice
+from causalrec_jax.train.loop import fit, over_seeds, seed_slice
 from causalrec_jax.train.objectives import POINTWISE_LOSSES, make_objective, seen_items_data
 from causalrec_jax.train.step import (
+    OPTIMIZER_HPARAMS,
     init_state,
     make_optimizer,
     make_streaming_epoch,
@@ -171,44 +173,33 @@ class Trained:
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
-# causal.method values trained as weights on the observed rows of a pointwise loss.
-WEIGHTED_METHODS = ("ips", "snips")
+# Stream ids of the run's own draws that are not a seed's (a seed's keys are `seed_keys`).
+_STREAM_PROPENSITY_MODEL = 7919  # the learned / logistic propensity model of the run
 
 
 def _row_propensities(config: Config, split: Split, truth: Any, users, items) -> tuple:
-    """`[n]` clipped propensities of the cells `(users, items)`, and the clipping report.
+    """`[n]` unclipped (validated) propensities of the cells `(users, items)`, and the report
+    of clipping them at `causal.propensity_clip` (a dict).
 
-    Propensities come from `causal.propensity` (`causal.propensity.estimate_propensities`) and
-    are clipped at `causal.propensity_clip` in the one clipping function.
+    Propensities come from `causal.propensity` (`causal.propensity.estimate_propensities`);
+    the clip itself is applied inside the training step (`causal.clip.clip_propensities`), at
+    each member's traced `propensity_clip`, so the rows keep their raw values here.
     """
     from causalrec_jax.causal.propensity import clip_propensities, estimate_propensities
 
     train = split.train
     matrix = estimate_propensities(
         config.causal.propensity, train, mar=split.extra.get("mar_train"), config=config.causal,
-        key=jax.random.key(config.run.seed), truth=truth,
+        key=jax.random.fold_in(jax.random.key(config.run.seed), _STREAM_PROPENSITY_MODEL),
+        truth=truth,
     )
-    clipped, report = clip_propensities(
-        matrix[users, items], config.causal.propensity_clip or None,
+    raw = np.asarray(matrix[users, items], np.float32)
+    # Validation (NaN, <= 0, > 1, with the first bad cell) and the report of the config's clip.
+    _, report = clip_propensities(
+        raw, config.causal.propensity_clip or None,
         name=f"propensities (causal.propensity = {config.causal.propensity!r})",
     )
-    return np.asarray(clipped, np.float32), report.to_dict()
-
-
-def inverse_propensity_weights(config: Config, split: Split, truth: Any) -> tuple:
-    """`[n_train]` weights 1 / p of the training rows, and the clipping report (a dict)."""
-    from causalrec_jax.causal.checks import check_causal_setup
-
-    method = config.causal.method
-    if method not in WEIGHTED_METHODS:
-        raise ConfigError(
-            f"key causal.method: got {method!r}; inverse-propensity weights are for "
-            f"{', '.join(WEIGHTED_METHODS)}"
-        )
-    check_causal_setup(config, split)
-    train = split.train
-    clipped, report = _row_propensities(config, split, truth, train.user, train.item)
-    return (1.0 / clipped).astype(np.float32), report
+    return raw, report.to_dict()
 
 
 def _test_results(config: Config, seen: Dataset, test: Dataset, score_users_fn, propensity,
@@ -261,72 +252,158 @@ def _model_inputs(dataset: Dataset, train: Dataset) -> dict[str, Any]:
     }
 
 
-@dataclasses.dataclass
-class _CausalSetup:
-    loss_fn: Any
-    arrays: dict[str, np.ndarray]
-    params: dict[str, Any]
-    score_all: Any
-    report: dict[str, Any] | None
-    # Arrays the inference reads besides the parameters (PDA's training popularity).
-    constants: dict[str, Any] = dataclasses.field(default_factory=dict)
+# ----------------------------------------------------------------------------- programs
 
 
-def _causal_training(config, split, truth, parts, scorers, keys, inputs) -> _CausalSetup:
-    """Objective, rows and initial parameters of a method of `causal.training`."""
+@dataclasses.dataclass(frozen=True)
+class ProgramSpec:
+    """Everything a training program closes over: its static signature.
+
+    Two runs with equal specs (and data of equal shapes) share one compiled program; the data,
+    the model's constants (feature tables, graphs), the propensities, the popularity and every
+    traced hyperparameter are arguments, never baked in.
+    """
+
+    graphdef: Any
+    imputation_graphdef: Any
+    loss: str
+    method: str
+    cells_per_row: int
+    n_users: int
+    n_items: int
+    n_rows: int
+    batch_size: int
+    n_negatives: int
+    optimizer: str
+    lr_schedule: str
+    warmup_steps: int
+    total_steps: int
+    n_seeds: int
+
+
+def _objective(spec: ProgramSpec) -> Callable:
+    """`loss_fn(params, batch, key, *, hparams)` of the spec; the model's constants are read
+    from the batch (`shared_constants`, `shared_imputation_constants`), so nothing
+    data-dependent is closed over."""
+    from causalrec_jax.causal import training as causal_training
+
+    def loss_fn(params, batch, key, *, hparams=None):
+        scorers = make_scorers(spec.graphdef, batch["shared_constants"])
+        if spec.method not in causal_training.CAUSAL_METHODS:
+            objective = make_objective(spec.loss, scorers.score_pairs, scorers.score_all,
+                                       n_items=spec.n_items, n_negatives=spec.n_negatives)
+            return objective(params["prediction"], batch, key)
+        imputation_pairs = None
+        if spec.imputation_graphdef is not None:
+            imputation_pairs = make_scorers(spec.imputation_graphdef,
+                                            batch["shared_imputation_constants"]).score_pairs
+        from causalrec_jax.config import CausalConfig
+
+        objective = causal_training.make_causal_objective(
+            spec.method, CausalConfig(cells_per_row=spec.cells_per_row), spec.loss,
+            scorers.score_pairs, n_users=spec.n_users, n_items=spec.n_items,
+            n_rows=spec.n_rows, imputation_score_pairs=imputation_pairs,
+            n_negatives=spec.n_negatives,
+        )
+        return objective(params, batch, key, hparams=hparams)
+
+    return loss_fn
+
+
+def _optimizer(spec: ProgramSpec, train_config: Any):
+    settings = dataclasses.replace(train_config, optimizer=spec.optimizer,
+                                   lr_schedule=spec.lr_schedule, warmup_steps=spec.warmup_steps)
+    return make_optimizer(settings, total_steps=spec.total_steps)
+
+
+@functools.lru_cache(maxsize=64)
+def _programs(spec: ProgramSpec, streaming_segment: int = 0) -> tuple[Callable, Any]:
+    """`(run_epoch, optimizer)` of a spec, compiled once per process (cached by the spec).
+
+    `run_epoch(states, data, keys, epoch) -> (states, metrics)` runs one epoch of every seed
+    (vmapped over the leading axis, states donated); with `streaming_segment` > 0 the rows stay
+    on the host and are sent `streaming_segment` batches at a time (`make_streaming_epoch`).
+    """
+    from causalrec_jax.config import TrainConfig
+
+    optimizer = _optimizer(spec, TrainConfig())
+    train_step = make_train_step(_objective(spec), optimizer)
+    if streaming_segment:
+        run_epoch = make_streaming_epoch(
+            train_step, n_rows=spec.n_rows, batch_size=spec.batch_size,
+            segment_batches=streaming_segment, vmap_seeds=spec.n_seeds > 1,
+        )
+    else:
+        train_epoch = make_train_epoch(train_step, n_rows=spec.n_rows,
+                                       batch_size=spec.batch_size)
+        run_epoch = jax.jit(over_seeds(train_epoch, spec.n_seeds), donate_argnums=(0,))
+    return run_epoch, optimizer
+
+
+@functools.lru_cache(maxsize=64)
+def _score_program(graphdef: Any, method: str) -> Callable:
+    """Jitted `(params, constants, users [b]) -> [b, n_items]` of the ranking a trained model
+    of `method` serves; `params` is `{"prediction": ..., <method's arrays>, "hparams": ...}`.
+    Compiled once per model structure and method (cached)."""
+    from causalrec_jax.causal.training import inference_scorers
+    from causalrec_jax.config import CausalConfig
+
+    def score(params, constants, users):
+        scorers = make_scorers(graphdef, constants)
+        _, score_all = inference_scorers(method, CausalConfig(), scorers.score_pairs,
+                                         scorers.score_all)
+        return score_all(params, users)
+
+    return jax.jit(score)
+
+
+def _member_hparams(config: Config, members: list[Member], imputation_value: float):
+    """`(optimizer values, causal values)`, each `{name: [n_members] float32}`: the config's
+    values, overridden by each member's own (`Member.hparams`)."""
+    from causalrec_jax.causal.training import CAUSAL_HPARAMS, causal_hparams
+
+    defaults = {"learning_rate": config.train.learning_rate,
+                "weight_decay": config.train.weight_decay,
+                **causal_hparams(config.causal, imputation_value)}
+    unknown = sorted({name for m in members for name in m.hparams} - set(defaults))
+    if unknown:
+        raise ConfigError(f"{', '.join(unknown)}: not a traced hyperparameter (known: "
+                          f"{', '.join(sorted(defaults))})")
+
+    def column(name):
+        return np.asarray([m.hparams.get(name, defaults[name]) for m in members], np.float32)
+
+    optimizer_values = {name: column(name) for name in OPTIMIZER_HPARAMS}
+    causal_values = {name: column(name) for name in CAUSAL_HPARAMS}
+    return optimizer_values, causal_values
+
+
+def _training_rows(config: Config, split: Split, truth: Any) -> tuple[dict, dict | None]:
+    """The `[n_rows]` arrays the method trains on (numpy) and its propensity report."""
     from causalrec_jax.causal import training as causal_training
     from causalrec_jax.causal.checks import check_causal_setup
 
-    check_causal_setup(config, split)
-    method = config.causal.method
-    train = split.train
-    threshold = positive_threshold_for(train, config.eval.positive_threshold)
+    method, train = config.causal.method, split.train
+    if method != "naive":
+        check_causal_setup(config, split)
     if method in causal_training.IMPLICIT_METHODS:
+        threshold = positive_threshold_for(train, config.eval.positive_threshold)
         positive = is_positive(train.rating, threshold, labels_are_binary(train))
         users, items = train.user[positive], train.item[positive]
         arrays = {"users": users.astype(np.int32), "items": items.astype(np.int32)}
     else:
         arrays = training_arrays(train, config.train.loss, config.eval.positive_threshold)
-        users, items = train.user, train.item
+        users, items = arrays["users"], arrays["items"]
     if len(users) == 0:
         raise ConfigError(
-            f"key causal.method: {method} trains on the positive rows and none of the training "
-            f"rows is a positive at eval.positive_threshold = {config.eval.positive_threshold}"
+            f"no training examples for causal.method = {method!r} and train.loss = "
+            f"{config.train.loss!r}: no training row is a positive at "
+            f"eval.positive_threshold = {config.eval.positive_threshold}"
         )
     report = None
-    if method in causal_training.ALL_CELL_METHODS:
+    if method in causal_training.PROPENSITY_METHODS:
         arrays["propensities"], report = _row_propensities(config, split, truth, users, items)
-    params: dict[str, Any] = {"prediction": parts.params}
-    imputation_pairs = None
-    if method in causal_training.JOINT_METHODS:
-        imputation = init_params(
-            config.model,
-            keys=jax.vmap(lambda k: jax.random.fold_in(k, _STREAM_IMPUTATION))(keys), **inputs,
-        )
-        params["imputation"] = imputation.params
-        imputation_pairs = make_scorers(imputation.graphdef, imputation.constants).score_pairs
-    for name, value in causal_training.extra_params(method, train.n_users, train.n_items).items():
-        params[name] = jnp.tile(jnp.asarray(value)[None], (len(keys),) + (1,) * value.ndim)
-    imputation_value = config.causal.imputation_value
-    if imputation_value is None and "ratings" in arrays:
-        imputation_value = float(np.mean(arrays["ratings"]))
-    log_popularity = causal_training.log_popularity(items, train.n_items)
-    loss_fn = causal_training.make_causal_objective(
-        method, config.causal, config.train.loss, scorers.score_pairs,
-        n_users=train.n_users, n_items=train.n_items, n_rows=len(users),
-        imputation_score_pairs=imputation_pairs, imputation_value=imputation_value or 0.0,
-        log_popularity=log_popularity, n_negatives=config.train.n_negatives,
-    )
-    _, inference_all = causal_training.inference_scorers(
-        method, config.causal, scorers.score_pairs, scorers.score_all
-    )
-    constants = {"log_popularity": jnp.asarray(log_popularity)} if method == "pda" else {}
-
-    def score_all(params, users):
-        return inference_all({**params, **constants}, users)
-
-    return _CausalSetup(loss_fn=loss_fn, arrays=arrays, params=params, score_all=score_all,
-                        report=report, constants=constants)
+    return arrays, report
 
 
 def train_split(
@@ -345,11 +422,15 @@ def train_split(
     """Trains a population on `split.train` as one vmapped program; evaluates each member.
 
     By default the population is `train.seeds` seeds of the config. `members` gives each
-    member its own seed and dynamic hyperparameters (`step.OPTIMIZER_HPARAMS`), as
-    `causalrec tune` does: members with the same seed start from the same parameters and
-    draw the same negatives, so each equals a separate run of that seed and those values.
+    member its own seed and traced hyperparameters (`step.OPTIMIZER_HPARAMS` and the causal
+    knobs `causal.training.CAUSAL_HPARAMS`), as `causalrec tune` does: members with the same
+    seed start from the same parameters and draw the same negatives, so each equals a separate
+    run of that seed and those values. The compiled epoch is cached by its static signature
+    (`ProgramSpec`): a second identical call in one process compiles nothing.
     With `evaluate_test=False` the test split is never read.
     """
+    from causalrec_jax.causal import training as causal_training
+
     # Successive halving ranks tuning populations only: in a plain run every seed trains on,
     # so the reported mean over seeds is not selected on validation.
     tuning = members is not None
@@ -360,88 +441,87 @@ def train_split(
     train = split.train
     if len(train) == 0:
         raise ConfigError("the training split is empty; check data.split and the data path")
+    method = config.causal.method
+    arrays, propensity_report = _training_rows(config, split, truth)
     inputs = _model_inputs(train, train)
     parts = init_params(
         config.model, keys=jax.vmap(lambda k: jax.random.fold_in(k, _STREAM_INIT))(keys), **inputs
     )
-    scorers = make_scorers(parts.graphdef, parts.constants)
-    from causalrec_jax.causal.training import CAUSAL_METHODS
-
-    method = config.causal.method
-    propensity_report = None
-    if method in CAUSAL_METHODS:
-        setup = _causal_training(config, split, truth, parts, scorers, keys, inputs)
-        loss_fn, arrays, initial = setup.loss_fn, setup.arrays, setup.params
-        propensity_report, score_all_fn = setup.report, setup.score_all
-    else:
-        loss_fn = make_objective(
-            config.train.loss, scorers.score_pairs, scorers.score_all,
-            n_items=train.n_items, n_negatives=config.train.n_negatives,
-            normalize="weights" if method == "snips" else "count",
+    initial: dict[str, Any] = {"prediction": parts.params}
+    shared: dict[str, Any] = {"shared_constants": parts.constants}
+    imputation_graphdef = None
+    if method in causal_training.JOINT_METHODS:
+        imputation = init_params(
+            config.model,
+            keys=jax.vmap(lambda k: jax.random.fold_in(k, _STREAM_IMPUTATION))(keys), **inputs,
         )
-        arrays = training_arrays(train, config.train.loss, config.eval.positive_threshold)
-        if method != "naive":
-            weights, propensity_report = inverse_propensity_weights(config, split, truth)
-            arrays["weights"] = weights
-        initial, score_all_fn = parts.params, scorers.score_all
+        initial["imputation"] = imputation.params
+        shared["shared_imputation_constants"] = imputation.constants
+        imputation_graphdef = imputation.graphdef
+    for name, value in causal_training.extra_params(method, train.n_users, train.n_items).items():
+        initial[name] = jnp.tile(jnp.asarray(value)[None], (len(keys),) + (1,) * value.ndim)
+    constants: dict[str, Any] = {}
+    if method == "pda":
+        constants["log_popularity"] = jnp.asarray(
+            causal_training.log_popularity(arrays["items"], train.n_items))
+        shared["shared_log_popularity"] = constants["log_popularity"]
+    imputation_value = float(np.mean(arrays["ratings"])) if "ratings" in arrays else 0.0
+    optimizer_values, causal_values = _member_hparams(config, members, imputation_value)
+
     n_rows = len(arrays["users"])
     batch_size = min(config.train.batch_size, max(n_rows, 1))
     steps_per_epoch = -(-n_rows // batch_size)
-    optimizer = make_optimizer(config.train, total_steps=steps_per_epoch * config.train.epochs)
-    if n_rows == 0:
-        raise ConfigError(
-            f"no training examples for train.loss = {config.train.loss!r}: no training row is "
-            f"a positive at eval.positive_threshold = {config.eval.positive_threshold}"
-        )
     on_device = config.train.data_placement == "device" or (
         config.train.data_placement == "auto"
         and sum(values.nbytes for values in arrays.values()) <= DEVICE_DATA_LIMIT
     )
     data = {name: jnp.asarray(values) if on_device else values for name, values in arrays.items()}
-    from causalrec_jax.causal.training import SAMPLED_NEGATIVE_METHODS
-
+    data.update(shared)
     samples_negatives = (config.train.loss in ("bpr", "sampled_softmax")
-                         or method in SAMPLED_NEGATIVE_METHODS)
+                         or method in causal_training.SAMPLED_NEGATIVE_METHODS)
     if samples_negatives and config.train.exclude_seen_negatives:
         seen = seen_items_data(train.user, train.item, train.n_users, train.n_items)
         data.update({name: jnp.asarray(values) for name, values in seen.items()})
-    train_step = make_train_step(loss_fn, optimizer)
-    train_epoch = make_train_epoch(train_step, n_rows=n_rows, batch_size=batch_size)
-    run_epoch = None
-    if not on_device:
-        run_epoch = make_streaming_epoch(
-            train_step, n_rows=n_rows, batch_size=batch_size,
-            segment_batches=config.train.segment_batches, vmap_seeds=len(seeds) > 1,
-        )
-    states = jax.vmap(lambda params: init_state(params, optimizer))(initial)
-    hparam_names = sorted({name for member in members for name in member.hparams})
-    if hparam_names:
-        defaults = {"learning_rate": config.train.learning_rate,
-                    "weight_decay": config.train.weight_decay}
-        states = set_hyperparams(states, {
-            name: np.asarray([m.hparams.get(name, defaults[name]) for m in members], np.float32)
-            for name in hparam_names
-        })
+    spec = ProgramSpec(
+        graphdef=parts.graphdef, imputation_graphdef=imputation_graphdef,
+        loss=config.train.loss, method=method, cells_per_row=config.causal.cells_per_row,
+        n_users=train.n_users, n_items=train.n_items, n_rows=n_rows, batch_size=batch_size,
+        n_negatives=config.train.n_negatives, optimizer=config.train.optimizer,
+        lr_schedule=config.train.lr_schedule, warmup_steps=config.train.warmup_steps,
+        total_steps=steps_per_epoch * config.train.epochs, n_seeds=len(members),
+    )
+    run_epoch, optimizer = _programs(
+        spec, 0 if on_device else config.train.segment_batches)
+    hparams = causal_training.as_hparams(causal_values)
+    states = jax.vmap(lambda params, values: init_state(params, optimizer, values))(
+        initial, hparams)
+    states = set_hyperparams(states, optimizer_values)
     train_keys = jax.vmap(lambda k: jax.random.fold_in(k, _STREAM_TRAIN))(keys)
-    score_all = jax.jit(score_all_fn)
+    score_program = _score_program(parts.graphdef, method)
 
-    def scorer(params):
-        return lambda users: score_all(params, users)
+    def scorer(params, row):
+        served = {**params, **constants,
+                  # From the host copy: the states' own hparams are donated to each epoch.
+                  "hparams": {name: jnp.float32(values[row])
+                              for name, values in causal_values.items()}}
+        return lambda users: score_program(served, parts.constants, users)
 
     evaluate_fn = None
     if split.valid is not None and len(split.valid):
-        def evaluate_fn(params):
+        def evaluate_fn(params, member=0):
             return evaluate_split(
-                config.eval, train=train, test=split.valid, score_users_fn=scorer(params),
+                config.eval, train=train, test=split.valid,
+                score_users_fn=scorer(params, member),
                 propensity=propensity,
             )
 
     result = fit(
-        train_epoch=train_epoch, states=states, data=data, keys=train_keys,
+        train_epoch=None, states=states, data=data, keys=train_keys,
         epochs=config.train.epochs, evaluate_fn=evaluate_fn,
         metric=config.train.early_stopping_metric, patience=config.train.patience,
         checkpoint_dir=checkpoint_dir, checkpoint_every=config.train.checkpoint_every,
         resume=resume, progress=progress, log_fn=log_fn, run_epoch=run_epoch,
+        evaluate_with_member=True,
         description=f"{len(seeds)} seed(s), {steps_per_epoch} batches/epoch",
         halving=(
             (config.train.halving_rung, config.train.halving_keep)
@@ -459,20 +539,18 @@ def train_split(
         if member.hparams:
             entry["hparams"] = dict(member.hparams)
         if evaluate_fn is not None:
-            entry["valid"] = evaluate_fn(params)
+            entry["valid"] = evaluate_fn(params, index)
         if evaluate_test:
-            entry.update(_test_results(config, seen, split.test, scorer(params), propensity,
-                                       truth))
+            entry.update(_test_results(config, seen, split.test, scorer(params, index),
+                                       propensity, truth))
         per_seed.append(entry)
     timing = {**result.timing, "test_eval_seconds": round(time.perf_counter() - tic, 4)}
-    best_params, extra = result.best_params, {}
-    if method in CAUSAL_METHODS:
-        extra = {name: value for name, value in best_params.items()
-                 if name not in ("prediction", "imputation")}
-        extra.update({name: jnp.tile(value[None], (len(members),) + (1,) * value.ndim)
-                      for name, value in setup.constants.items()})
-        best_params = best_params["prediction"]
-    return Trained(parts=parts._replace(params=best_params), per_seed=per_seed,
+    best_params = result.best_params
+    extra = {name: value for name, value in best_params.items()
+             if name not in ("prediction", "imputation")}
+    extra.update({name: jnp.tile(value[None], (len(members),) + (1,) * value.ndim)
+                  for name, value in constants.items()})
+    return Trained(parts=parts._replace(params=best_params["prediction"]), per_seed=per_seed,
                    history=result.history, timing=timing, propensity_report=propensity_report,
                    extra=extra)
 

@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
+import jax
 import pytest
+
+# The JAX persistent compilation cache (DESIGN: compile once), on for the whole suite: programs
+# compiled by one test process (the suite, or a command-line subprocess it starts) are read
+# back by the next instead of compiled again. Users switch it on with the environment variable
+# JAX_COMPILATION_CACHE_DIR (README, "Speed").
+_CACHE_DIR = Path(__file__).resolve().parents[1] / ".jax_cache"
+jax.config.update("jax_compilation_cache_dir", str(_CACHE_DIR))
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(_CACHE_DIR))  # for subprocesses
 
 # The real datasets live next to the repository (../shared/data from its root); they are
 # optional, so tests that need them skip when the folder is absent.
@@ -17,3 +28,33 @@ def shared_data_dir() -> Path:
     if not SHARED_DATA_DIR.is_dir():
         pytest.skip(f"real datasets not found at {SHARED_DATA_DIR} (optional, read-only)")
     return SHARED_DATA_DIR
+
+
+class CompileCounter:
+    """Counts XLA compilations while active (`with counter:`); `counter.count` is the total."""
+
+    EVENT = "/jax/core/compile/backend_compile_duration"
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def _listener(self, event: str, duration: float, **kwargs) -> None:
+        if event == self.EVENT:
+            self.count += 1
+
+    def __enter__(self) -> CompileCounter:
+        import jax
+
+        jax.monitoring.register_event_duration_secs_listener(self._listener)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import jax
+
+        jax.monitoring.unregister_event_duration_listener(self._listener)
+
+
+@pytest.fixture
+def compile_counter() -> CompileCounter:
+    """A fresh `CompileCounter` (use as `with compile_counter: ...`)."""
+    return CompileCounter()

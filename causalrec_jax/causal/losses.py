@@ -206,6 +206,30 @@ def dr_loss(
     Returns:
         A scalar; 0 when everything is masked.
     """
+    every_cell, per_observed = dr_terms(
+        errors, imputed_errors, observed, propensities, where=where
+    )
+    valid = _valid(every_cell.shape, where)
+    return reduce_losses(every_cell + per_observed, where=valid, normalize="count")
+
+
+def dr_terms(
+    errors: ArrayLike,
+    imputed_errors: ArrayLike,
+    observed: ArrayLike,
+    propensities: ArrayLike,
+    *,
+    where: ArrayLike | None = None,
+) -> tuple[Array, Array]:
+    """The doubly robust per-cell loss split as `a + b`: `a = e_hat`, paid by every cell, and
+    `b = O (e - e_hat) / p`, nonzero only on observed valid cells.
+
+    `dr_loss` is the mean of `a + b` over the valid cells; a training step estimates the two
+    sums from different samples (`all_cells_estimate`). Arguments as `dr_loss`.
+
+    Returns:
+        `(a, b)`, both shaped like the broadcast inputs.
+    """
     errors, imputed_errors, observed, propensities = _cells(
         errors, imputed_errors, observed, propensities
     )
@@ -213,10 +237,43 @@ def dr_loss(
     valid = _valid(errors.shape, where)
     weights, active = _inverse_propensity_weights(observed, propensities, valid, errors.dtype)
     residuals = jnp.where(active, errors - imputed_errors, jnp.zeros_like(errors))
-    return reduce_losses(imputed_errors + weights * residuals, where=valid, normalize="count")
+    return imputed_errors, weights * residuals
 
 
-def imputation_weight(method: str, propensities: ArrayLike, dr_mse_lambda: float = 0.5) -> Array:
+def all_cells_estimate(
+    cell_terms: ArrayLike,
+    observed_terms: ArrayLike,
+    *,
+    observed_share: ArrayLike,
+    where: ArrayLike | None = None,
+) -> Array:
+    """Minibatch estimate of `(1/N) sum_all a + (1/N) sum_obs b` (the DR family, rel_mf).
+
+    With `cell_terms` the `a` of cells drawn uniformly from all `N` cells and `observed_terms`
+    the `b` of a batch drawn uniformly from the `n_obs` observed rows (padding masked by
+    `where`), `mean(a) + (n_obs / N) mean_where(b)` is unbiased for the all-cells loss, and
+    its gradient for the gradient: the `[U, I]` matrix is never formed and shapes stay static.
+
+    Args:
+        cell_terms: `[m]` per-cell terms `a` of the uniform cells.
+        observed_terms: `[b]` per-row terms `b` of the observed batch.
+        observed_share: `n_obs / N` (may be traced).
+        where: `[b]` bool, the batch's real rows.
+
+    Returns:
+        A scalar.
+    """
+    cell_terms = jnp.asarray(cell_terms)
+    observed_terms = jnp.asarray(observed_terms)
+    valid = _valid(observed_terms.shape, where)
+    return jnp.mean(cell_terms) + observed_share * reduce_losses(
+        observed_terms, where=valid, normalize="count"
+    )
+
+
+def imputation_weight(
+    method: str, propensities: ArrayLike, dr_mse_lambda: ArrayLike = 0.5
+) -> Array:
     """The weight of an observed cell's `(e - e_hat)^2` in `method`'s imputation objective.
 
     `dr_jl`: `1 / p`; `mrdr`: `(1 - p) / p^2` (the IPS estimate of DR's variance term);
@@ -304,6 +361,28 @@ def dr_mse_imputation_loss(
     return _weighted_imputation_loss(
         errors, imputed_errors, observed, propensities, where, normalize, "dr_mse",
         dr_mse_lambda,
+    )
+
+
+def imputation_loss(
+    method: str,
+    errors: ArrayLike,
+    imputed_errors: ArrayLike,
+    observed: ArrayLike,
+    propensities: ArrayLike,
+    *,
+    dr_mse_lambda: ArrayLike = 0.5,
+    where: ArrayLike | None = None,
+    normalize: Normalize = "count",
+) -> Array:
+    """The imputation objective of `method` (`dr_jl`, `mrdr`, `dr_mse`):
+    `(1/N) sum O w(p) (e - e_hat)^2` with `w = imputation_weight(method, p, dr_mse_lambda)`.
+
+    The three named losses above are this function; `dr_mse_lambda` may be traced.
+    Arguments and normalisation as `dr_jl_imputation_loss`.
+    """
+    return _weighted_imputation_loss(
+        errors, imputed_errors, observed, propensities, where, normalize, method, dr_mse_lambda
     )
 
 

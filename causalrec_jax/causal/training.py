@@ -1,10 +1,20 @@
 r"""Training objectives of the debiasing methods that need more than weights on observed rows.
 
-`causal.method` = `naive`, `ips` and `snips` train the ordinary pointwise objective of
-`train.objectives` with inverse-propensity weights. The methods here change the objective
-itself, and are built by `make_causal_objective` as `loss_fn(params, batch, key) -> (loss,
-aux)`, the shape every training step takes; `params` is a dict with the prediction model's
-parameters under `"prediction"` and the method's own parameters beside them.
+`causal.method = "naive"` trains the ordinary objective of `train.objectives`. Every other
+method is built here by `make_causal_objective` as `loss_fn(params, batch, key, *, hparams)
+-> (loss, aux)`, the shape every training step takes; `params` is a dict with the prediction
+model's parameters under `"prediction"` and the method's own parameters beside them.
+
+**Tested = run.** Each objective is composed of the estimators of `causal.losses` (`ips_loss`,
+`snips_loss`, `dr_terms`, `imputation_loss`, `rel_mf_terms`, `all_cells_estimate`), the
+functions whose unbiasedness the tests check on the simulator, and bounds propensities with
+the one clip, `causal.clip.clip_propensities`, inside the step. Every causal knob is a traced
+hyperparameter (`hparams`, see `CAUSAL_HPARAMS`): a vmapped population can give each member
+its own clip, imputed value, lambda, gamma, alpha, beta or c in one compiled program.
+
+- `ips` / `snips` (Schnabel et al., ICML 2016; Swaminathan & Joachims, NeurIPS 2015): the
+  pointwise error of each observed row weighted by `1 / p`, averaged over the rows (IPS) or
+  self-normalised by the sum of the weights (SNIPS).
 
 **Losses over all cells, estimated by minibatches.** The doubly robust family and `rel_mf`
 sum over ALL `N = n_users * n_items` cells, observed or not. Each splits into a sum over all
@@ -72,11 +82,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from causalrec_jax.causal import losses as causal_losses
+from causalrec_jax.causal.clip import clip_propensities
 from causalrec_jax.config import CausalConfig
 from causalrec_jax.errors import ConfigError
 from causalrec_jax.train import losses
 from causalrec_jax.train.objectives import draw_negatives
 
+# Methods that weight a pointwise loss on the observed rows by inverse propensities.
+WEIGHTED_METHODS = ("ips", "snips")
 # Methods whose loss sums over every cell (uniform cells are drawn each step).
 ALL_CELL_METHODS = ("dr", "dr_jl", "mrdr", "dr_mse", "rel_mf")
 # Doubly robust methods with a learned imputation model.
@@ -87,7 +100,15 @@ IMPLICIT_METHODS = ("rel_mf", "pda", "macr")
 # Methods that train on positives with uniformly sampled negatives.
 SAMPLED_NEGATIVE_METHODS = ("pda", "macr")
 # Every method this module builds.
-CAUSAL_METHODS = (*DR_METHODS, *IMPLICIT_METHODS)
+CAUSAL_METHODS = (*WEIGHTED_METHODS, *DR_METHODS, *IMPLICIT_METHODS)
+# Methods whose rows carry propensities (clipped in the step by `causal.propensity_clip`).
+PROPENSITY_METHODS = (*WEIGHTED_METHODS, *ALL_CELL_METHODS)
+
+# The traced causal knobs, each the `[causal]` key of the same name (`imputation_value`: the
+# mean training rating when unset). The first six shape training, the last two inference.
+CAUSAL_HPARAMS = ("propensity_clip", "imputation_value", "dr_mse_lambda", "pda_gamma",
+                  "macr_alpha", "macr_beta", "macr_c", "pda_inference_gamma")
+INFERENCE_HPARAMS = ("macr_c", "pda_inference_gamma")
 
 # Fold-in ids of the step key (negatives use objectives' stream 0).
 _STREAM_CELLS = 2
@@ -96,27 +117,37 @@ _STREAM_DROPOUT = 1
 Scorer = Callable[..., jax.Array]
 
 
-def imputation_weights(method: str, propensities: jax.Array, dr_mse_lambda: float = 0.5):
+def causal_hparams(causal: CausalConfig, imputation_value: float = 0.0) -> dict[str, float]:
+    """The traced knobs of `causal` as `{name: value}` (`CAUSAL_HPARAMS`); `imputation_value`
+    fills `causal.imputation_value` when it is unset."""
+    values = {name: getattr(causal, name) for name in CAUSAL_HPARAMS}
+    if values["imputation_value"] is None:
+        values["imputation_value"] = imputation_value
+    return {name: float(value) for name, value in values.items()}
+
+
+def as_hparams(values: dict[str, Any]) -> dict[str, jax.Array]:
+    """`{name: [] float32}` (or `[n]` for a population) for a state's `hparams`."""
+    return {name: jnp.asarray(value, jnp.float32) for name, value in values.items()}
+
+
+def imputation_weights(method: str, propensities: jax.Array, dr_mse_lambda: Any = 0.5):
     """Per observed row, the weight of `(e - e_hat)^2` in the imputation objective of `method`
     (`causal.losses.imputation_weight`, the one definition)."""
     return causal_losses.imputation_weight(method, propensities, dr_mse_lambda)
 
 
 def pointwise_error(loss_name: str, predictions: jax.Array, targets: jax.Array) -> jax.Array:
-    """Per-cell error of a prediction: squared error (`mse`) or logistic loss on a logit
-    against a label or a probability in [0, 1] (`bce`)."""
+    """Per-cell error of a prediction (`causal.losses`): squared error (`mse`) or logistic
+    loss on a logit against a label or a probability in [0, 1] (`bce`)."""
     if loss_name == "mse":
-        return jnp.square(predictions - targets)
-    return losses.binary_cross_entropy_loss(predictions, targets, reduce=False)
+        return causal_losses.squared_error(predictions, targets)
+    return causal_losses.binary_cross_entropy_error(predictions, targets)
 
 
 def _imputed_target(loss_name: str, imputation_scores: jax.Array) -> jax.Array:
     """An imputation model's output as a target: a rating (`mse`) or a probability (`bce`)."""
     return imputation_scores if loss_name == "mse" else jax.nn.sigmoid(imputation_scores)
-
-
-def _masked_mean(values: jax.Array, where: jax.Array) -> jax.Array:
-    return losses.reduce_losses(values, where=where, normalize="count")
 
 
 def macr_parts(params: dict[str, Any], users: jax.Array, items: jax.Array | None):
@@ -126,37 +157,50 @@ def macr_parts(params: dict[str, Any], users: jax.Array, items: jax.Array | None
     return user_prob, jax.nn.sigmoid(item_logit)
 
 
+def _inference_value(params: dict[str, Any], causal: CausalConfig, name: str) -> Any:
+    """An inference knob: the traced `params["hparams"][name]` if given, else the config's."""
+    return params.get("hparams", {}).get(name, getattr(causal, name))
+
+
 def inference_scorers(method: str, causal: CausalConfig, score_pairs: Scorer, score_all: Scorer):
     """`(score_pairs, score_all)` of the ranking a trained model of `method` serves.
 
     Both take the whole `params` dict of `make_causal_objective` (plus, for `pda`, the
-    `"log_popularity"` of `saved_arrays`). `macr` removes the direct effect of popularity,
-    `(f - c) sigmoid(y_i) sigmoid(y_u)`; `pda` with `causal.pda_inference_gamma > 0` serves
-    `ELU'(f) m_i^gamma` (popularity-adjusted), and with 0 the prediction model itself
-    (`ELU'(f)` is increasing in `f`, so it ranks the same: the deconfounded PD ranking); every
-    other method serves the prediction model.
+    `"log_popularity"` of `saved_arrays`, and optionally `"hparams"` with traced
+    `INFERENCE_HPARAMS`, defaulting to the config's values). `macr` removes the direct effect
+    of popularity, `(f - c) sigmoid(y_i) sigmoid(y_u)`; `pda` serves `ELU'(f) m_i^gamma` with
+    `gamma = causal.pda_inference_gamma` (PDA's popularity-adjusted inference; with 0 it is
+    `ELU'(f)`, increasing in `f`, so it ranks as the prediction model: the deconfounded PD
+    ranking); every other method serves the prediction model.
     """
-    gamma = causal.pda_inference_gamma
-    if method == "pda" and gamma > 0:
+    if method == "pda":
+        def pda_factor(params, items=None):
+            if "log_popularity" not in params:  # no popularity to re-add: the PD ranking
+                return jnp.ones(() if items is None else jnp.shape(items))
+            gamma = _inference_value(params, causal, "pda_inference_gamma")
+            log_popularity = params["log_popularity"]
+            return jnp.exp(gamma * (log_popularity if items is None else log_popularity[items]))
+
         def pda_pairs(params, users, items, key=None):
             f = score_pairs(params["prediction"], users, items, key=key)
-            return (jax.nn.elu(f) + 1.0) * jnp.exp(gamma * params["log_popularity"][items])
+            return (jax.nn.elu(f) + 1.0) * pda_factor(params, items)
 
         def pda_all(params, users):
             f = score_all(params["prediction"], users)
-            return (jax.nn.elu(f) + 1.0) * jnp.exp(gamma * params["log_popularity"])[None, :]
+            return (jax.nn.elu(f) + 1.0) * jnp.atleast_1d(pda_factor(params))[None, :]
 
         return pda_pairs, pda_all
     if method == "macr":
         def pairs(params, users, items, key=None):
             user_prob, item_prob = macr_parts(params, users, items)
             f = score_pairs(params["prediction"], users, items, key=key)
-            return (f - causal.macr_c) * item_prob * user_prob
+            return (f - _inference_value(params, causal, "macr_c")) * item_prob * user_prob
 
         def all_items(params, users):
             user_prob, item_prob = macr_parts(params, users, None)
             f = score_all(params["prediction"], users)
-            return (f - causal.macr_c) * item_prob[None, :] * user_prob[:, None]
+            c = _inference_value(params, causal, "macr_c")
+            return (f - c) * item_prob[None, :] * user_prob[:, None]
 
         return pairs, all_items
 
@@ -210,28 +254,34 @@ def make_causal_objective(
 
     Args:
         method: one of `CAUSAL_METHODS`.
-        causal: the `[causal]` section (cells_per_row, dr_mse_lambda, pda_gamma, macr_*).
-        loss_name: `train.loss`: `mse` or `bce` for the DR family, `bce` for rel_mf and macr,
-            `bpr` for pda.
+        causal: the `[causal]` section: `cells_per_row` (static) and the defaults of the
+            traced knobs (`CAUSAL_HPARAMS`) when the step passes no `hparams`.
+        loss_name: `train.loss`: `mse` or `bce` for ips / snips / the DR family, `bce` for
+            rel_mf and macr, `bpr` for pda.
         score_pairs: the prediction model's `(params, users, items, key=None) -> [b]`.
         n_users, n_items: the matrix's shape (uniform cells are drawn from it).
-        n_rows: number of observed (DR) or positive (rel_mf) training rows, `n_obs`.
+        n_rows: number of observed (DR) or positive (rel_mf) training rows, `n_obs`; a batch
+            may carry `shared_observed_share` (`n_obs / N`) instead.
         imputation_score_pairs: the imputation model's scorer (joint DR methods).
-        imputation_value: the fixed imputed rating / label of `dr`.
-        log_popularity: `[n_items]` log of each item's share of training interactions (pda).
+        imputation_value: the default fixed imputed rating / label of `dr` (when
+            `causal.imputation_value` is unset and no `hparams` are passed).
+        log_popularity: `[n_items]` log of each item's share of training interactions (pda);
+            a batch may carry `shared_log_popularity` instead.
         n_negatives: sampled negatives per positive (pda, macr).
 
     Returns:
-        `loss_fn(params, batch, key) -> (loss, {"loss": loss})`. The batch holds `users`,
-        `items`, `mask` and, per method, `ratings` (DR: ratings or 0/1 labels) and
-        `propensities` (clipped `P(O = 1)` of the rows; rel_mf: exposure propensities).
+        `loss_fn(params, batch, key, *, hparams=None) -> (loss, {"loss": loss})`. The batch
+        holds `users`, `items`, `mask` and, per method, `ratings` (ratings or 0/1 labels) and
+        `propensities` (unclipped `P(O = 1)` of the rows; rel_mf: exposure propensities),
+        clipped in the step at `hparams["propensity_clip"]`.
     """
     if method not in CAUSAL_METHODS:
         raise ConfigError(f"key causal.method: {method!r} is not built here ({CAUSAL_METHODS})")
     n_cells = float(n_users) * float(n_items)
-    observed_share = n_rows / n_cells
     cells_per_row = causal.cells_per_row
-    log_popularity = None if log_popularity is None else jnp.asarray(log_popularity, jnp.float32)
+    defaults = causal_hparams(causal, imputation_value)
+    static_popularity = (None if log_popularity is None
+                         else jnp.asarray(log_popularity, jnp.float32))
 
     def dropout_key(key):
         return jax.random.fold_in(key, _STREAM_DROPOUT)
@@ -243,7 +293,26 @@ def make_causal_objective(
         return (jax.random.randint(user_key, (n,), 0, n_users, jnp.int32),
                 jax.random.randint(item_key, (n,), 0, n_items, jnp.int32))
 
-    def dr_loss_fn(params, batch, key):
+    def observed_share(batch):
+        return batch.get("shared_observed_share", n_rows / n_cells)
+
+    def clipped_propensities(batch, hparams):
+        propensities, _ = clip_propensities(batch["propensities"], hparams["propensity_clip"],
+                                            where=batch["mask"])
+        return propensities
+
+    def weighted_loss_fn(params, batch, key, hparams):
+        where = batch["mask"]
+        scores = score_pairs(params["prediction"], batch["users"], batch["items"],
+                             key=dropout_key(key))
+        # Padding rows' ratings are zeroed: a NaN there would survive a zero cotangent.
+        ratings = jnp.where(where, batch["ratings"], 0.0)
+        errors = pointwise_error(loss_name, scores, ratings)
+        propensities = clipped_propensities(batch, hparams)
+        estimator = causal_losses.ips_loss if method == "ips" else causal_losses.snips_loss
+        return estimator(errors, where, propensities, where=where)
+
+    def dr_loss_fn(params, batch, key, hparams):
         users, items, where = batch["users"], batch["items"], batch["mask"]
         cell_users, cell_items = uniform_cells(key, users.shape[0])
         all_users = jnp.concatenate([users, cell_users])
@@ -251,7 +320,8 @@ def make_causal_objective(
         predictions = score_pairs(params["prediction"], all_users, all_items,
                                   key=dropout_key(key))
         if method == "dr":
-            imputed = jnp.full(predictions.shape, imputation_value, predictions.dtype)
+            imputed = jnp.broadcast_to(
+                hparams["imputation_value"].astype(predictions.dtype), predictions.shape)
         else:
             imputed = _imputed_target(
                 loss_name, imputation_score_pairs(params["imputation"], all_users, all_items)
@@ -259,43 +329,48 @@ def make_causal_objective(
         n = users.shape[0]
         observed_prediction, cell_prediction = predictions[:n], predictions[n:]
         observed_imputed, cell_imputed = imputed[:n], imputed[n:]
-        # Padding rows' ratings are zeroed: a NaN there would survive a zero cotangent.
         ratings = jnp.where(where, batch["ratings"], 0.0)
         errors = pointwise_error(loss_name, observed_prediction, ratings)
-        propensities = jnp.where(where, batch["propensities"], 1.0)
+        propensities = clipped_propensities(batch, hparams)
         frozen = jax.lax.stop_gradient
+        share = observed_share(batch)
         # The prediction model's DR loss, the imputation held fixed.
         imputed_errors = pointwise_error(loss_name, observed_prediction, frozen(observed_imputed))
         cell_imputed_errors = pointwise_error(loss_name, cell_prediction, frozen(cell_imputed))
-        loss = jnp.mean(cell_imputed_errors) + observed_share * _masked_mean(
-            (errors - imputed_errors) / propensities, where
-        )
+        every_cell, _ = causal_losses.dr_terms(cell_imputed_errors, cell_imputed_errors,
+                                               False, 1.0)
+        _, per_observed = causal_losses.dr_terms(errors, imputed_errors, where, propensities,
+                                                 where=where)
+        loss = causal_losses.all_cells_estimate(every_cell, per_observed, observed_share=share,
+                                                where=where)
         if method in JOINT_METHODS:
             # The imputation model's objective, the prediction held fixed.
-            weights = imputation_weights(method, propensities, causal.dr_mse_lambda)
             if loss_name == "mse":
                 # Squared errors do not identify the imputed rating (q and 2 y_hat - q give the
                 # same error), so the imputed rating is fitted to the rating itself.
-                residuals = ratings - observed_imputed
+                targets, fitted = ratings, observed_imputed
             else:
                 # The logistic loss is linear in the soft label: its error identifies it.
-                residuals = frozen(errors) - pointwise_error(
-                    loss_name, frozen(observed_prediction), observed_imputed
-                )
-            loss = loss + observed_share * _masked_mean(weights * jnp.square(residuals), where)
+                targets = frozen(errors)
+                fitted = pointwise_error(loss_name, frozen(observed_prediction), observed_imputed)
+            loss = loss + share * causal_losses.imputation_loss(
+                method, targets, fitted, where, propensities,
+                dr_mse_lambda=hparams["dr_mse_lambda"], where=where,
+            )
         return loss
 
-    def rel_mf_loss_fn(params, batch, key):
+    def rel_mf_loss_fn(params, batch, key, hparams):
         users, items, where = batch["users"], batch["items"], batch["mask"]
         cell_users, cell_items = uniform_cells(key, users.shape[0])
         n = users.shape[0]
         logits = score_pairs(params["prediction"], jnp.concatenate([users, cell_users]),
                              jnp.concatenate([items, cell_items]), key=dropout_key(key))
-        propensities = jnp.where(where, batch["propensities"], 1.0)
+        propensities = clipped_propensities(batch, hparams)
         every_cell, _ = causal_losses.rel_mf_terms(logits[n:])
         _, per_relevance = causal_losses.rel_mf_terms(logits[:n])
-        return jnp.mean(every_cell) + observed_share * _masked_mean(
-            per_relevance / propensities, where
+        return causal_losses.all_cells_estimate(
+            every_cell, per_relevance / propensities, observed_share=observed_share(batch),
+            where=where,
         )
 
     def sampled(params, batch, key):
@@ -310,14 +385,16 @@ def make_causal_objective(
                              key=dropout_key(key)).reshape(-1, width)
         return all_users, all_items, scores, negative_where
 
-    def pda_loss_fn(params, batch, key):
+    def pda_loss_fn(params, batch, key, hparams):
         _, all_items, scores, negative_where = sampled(params, batch, key)
+        popularity = batch.get("shared_log_popularity", static_popularity)
         # ELU'(f) * m^gamma, in logs for the popularity factor (m can be tiny).
-        trained = (jax.nn.elu(scores) + 1.0) * jnp.exp(causal.pda_gamma * log_popularity[all_items])
+        trained = (jax.nn.elu(scores) + 1.0) * jnp.exp(
+            hparams["pda_gamma"] * popularity[all_items])
         return losses.bpr_loss(trained[:, 0], trained[:, 1:], negative_where=negative_where,
                                where=batch["mask"])
 
-    def macr_loss_fn(params, batch, key):
+    def macr_loss_fn(params, batch, key, hparams):
         all_users, all_items, scores, negative_where = sampled(params, batch, key)
         labels = jnp.zeros(scores.shape).at[:, 0].set(1.0)
         where = batch["mask"][:, None] & jnp.concatenate(
@@ -332,16 +409,17 @@ def make_causal_objective(
                 logits.reshape(-1), labels.reshape(-1), where=where.reshape(-1)
             )
 
-        return bce(combined) + causal.macr_alpha * bce(item_logit) + causal.macr_beta * bce(
-            user_logit
-        )
+        return (bce(combined) + hparams["macr_alpha"] * bce(item_logit)
+                + hparams["macr_beta"] * bce(user_logit))
 
     body = {
+        "ips": weighted_loss_fn, "snips": weighted_loss_fn,
         "rel_mf": rel_mf_loss_fn, "pda": pda_loss_fn, "macr": macr_loss_fn,
     }.get(method, dr_loss_fn)
 
-    def loss_fn(params, batch, key):
-        loss = body(params, batch, key)
+    def loss_fn(params, batch, key, *, hparams=None):
+        values = as_hparams(defaults) if hparams is None else {**as_hparams(defaults), **hparams}
+        loss = body(params, batch, key, values)
         return loss, {"loss": loss}
 
     return loss_fn

@@ -96,6 +96,10 @@ def _over_seeds(train_epoch: Callable[..., Any], n_seeds: int) -> Callable[..., 
     return single
 
 
+# The public name (programs built outside `fit` vmap their epoch over seeds the same way).
+over_seeds = _over_seeds
+
+
 def _rows(tree: Any, rows: Any) -> Any:
     """The given rows (leading axis) of every leaf."""
     rows = jnp.asarray(np.asarray(rows))
@@ -139,6 +143,7 @@ def fit(
     run_epoch: Callable[..., tuple[TrainState, dict[str, jax.Array]]] | None = None,
     description: str = "",
     halving: tuple[int, float] | None = None,
+    evaluate_with_member: bool = False,
 ) -> FitResult:
     """Trains stacked seeds epoch by epoch with early stopping on a validation metric.
 
@@ -168,6 +173,9 @@ def fit(
             only the best `keep_fraction` (at least one) go on; the rest keep their best
             parameters so far. The survivors are re-packed into a smaller vmapped program, so
             dropped members cost nothing more. Needs `evaluate_fn`.
+        evaluate_with_member: call `evaluate_fn(params, member=index)` with the member's
+            index in the population (for members whose evaluation reads their own traced
+            hyperparameters).
 
     Raises:
         TrainingDivergedError: a non-finite loss or gradient; the last checkpoint is kept.
@@ -246,7 +254,11 @@ def fit(
                 record["alive"] = [int(m) for m in alive]
             if evaluate_fn is not None:
                 tic = time.perf_counter()
-                values = [evaluate_fn(seed_slice(states.params, row)) for row in range(len(alive))]
+                values = [
+                    evaluate_fn(seed_slice(states.params, row), member=int(alive[row]))
+                    if evaluate_with_member else evaluate_fn(seed_slice(states.params, row))
+                    for row in range(len(alive))
+                ]
                 eval_seconds += time.perf_counter() - tic
                 current = [float(v[metric]) for v in values]
                 improved_rows = []

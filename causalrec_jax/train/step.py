@@ -39,11 +39,16 @@ class TrainState:
         params: the model's trainable parameters (a pytree of arrays).
         opt_state: the optimiser's state.
         step: `[]` int32 number of updates applied.
+        hparams: traced hyperparameters passed to the loss as `hparams=` (or None).
     """
 
     params: Any
     opt_state: Any
     step: jax.Array
+    # Traced hyperparameters the loss reads (`{name: [] float32}`, e.g. the causal knobs
+    # `propensity_clip`, `dr_mse_lambda`); None for a loss that reads none. Part of the state
+    # so that each member of a vmapped population carries its own values.
+    hparams: Any = None
 
     def replace(self, **changes: Any) -> TrainState:
         """A copy with some fields changed."""
@@ -118,10 +123,13 @@ def set_hyperparams(state: TrainState, values: dict[str, Any]) -> TrainState:
     return state.replace(opt_state=state.opt_state._replace(hyperparams=hyperparams))
 
 
-def init_state(params: Any, optimizer: optax.GradientTransformation) -> TrainState:
-    """A fresh state at step 0."""
+def init_state(
+    params: Any, optimizer: optax.GradientTransformation, hparams: Any = None
+) -> TrainState:
+    """A fresh state at step 0 (with the loss's traced `hparams`, if it reads any)."""
     step = jnp.zeros((), jnp.int32)
-    return TrainState(params=params, opt_state=optimizer.init(params), step=step)
+    return TrainState(params=params, opt_state=optimizer.init(params), step=step,
+                      hparams=hparams)
 
 
 def _all_finite(tree: Any) -> jax.Array:
@@ -135,18 +143,21 @@ def make_train_step(
     """Builds `train_step(state, batch, key) -> (state, metrics)`, pure and jit-able.
 
     `metrics` has `loss` and `finite` (False when the loss or a gradient was NaN/Inf, in which
-    case the returned state is the input state).
+    case the returned state is the input state). A state carrying `hparams` passes them to
+    `loss_fn(params, batch, key, hparams=...)`; the gradient is taken in `params` only.
     """
 
     def train_step(state: TrainState, batch: Batch, key: jax.Array):
         step_key = jax.random.fold_in(key, state.step)
+        extra = {} if state.hparams is None else {"hparams": state.hparams}
         (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            state.params, batch, step_key
+            state.params, batch, step_key, **extra
         )
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         finite = jnp.isfinite(loss) & _all_finite(grads)
-        new_state = TrainState(params=params, opt_state=opt_state, step=state.step + 1)
+        new_state = TrainState(params=params, opt_state=opt_state, step=state.step + 1,
+                               hparams=state.hparams)
         state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
         return state, {**aux, "loss": loss, "finite": finite}
 
@@ -287,7 +298,7 @@ def make_streaming_epoch(
     def run_epoch(states, data, keys, epoch):
         rows, shared = split_data(data)
         rows = {name: np.asarray(values) for name, values in rows.items()}
-        shared = {name: jnp.asarray(values) for name, values in shared.items()}
+        shared = jax.tree.map(jnp.asarray, shared)
         orders = np.asarray(order_fn(keys, jnp.asarray(epoch, jnp.int32)))  # [seeds, n_b, b]
         n_seeds, n_batches = orders.shape[:2]
         first_bad = jnp.full((n_seeds,), -1, jnp.int32)

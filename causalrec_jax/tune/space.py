@@ -50,10 +50,16 @@ from causalrec_jax.config import (
     config_from_dict,
     config_to_dict,
 )
+from causalrec_jax.causal.training import CAUSAL_HPARAMS
 from causalrec_jax.errors import ConfigError
 
-# Keys whose values are traced (they vary inside one vmapped population); all others are static.
-DYNAMIC_KEYS: frozenset[str] = frozenset({"train.learning_rate", "train.weight_decay"})
+# Keys whose values are traced (they vary inside one vmapped population); all others are static:
+# the optimiser's learning rate and weight decay and every causal knob of the objectives and
+# their inference (`causal.training.CAUSAL_HPARAMS`: clip, imputed value, lambda, gamma, ...).
+DYNAMIC_KEYS: frozenset[str] = frozenset(
+    {"train.learning_rate", "train.weight_decay"}
+    | {f"causal.{name}" for name in CAUSAL_HPARAMS}
+)
 
 # Sections and keys a space may not vary, with the reason given in the error.
 UNTUNABLE_SECTIONS: dict[str, str] = {

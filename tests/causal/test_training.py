@@ -205,7 +205,10 @@ def test_pda_trains_on_popularity_weighted_scores_and_ranks_by_the_deconfounded_
     assert loss == pytest.approx(expected, rel=1e-5)
     _, score_all = training.inference_scorers("pda", config, table_scorer, lambda p, u: p[
         "table"][u])
-    np.testing.assert_allclose(score_all({"prediction": {"table": f}}, jnp.asarray([0])), f)
+    # PD (gamma~ = 0) serves ELU'(f) + ... = elu(f) + 1, increasing in f: f's ranking.
+    pd_scores = score_all({"prediction": {"table": f}}, jnp.asarray([0]))
+    np.testing.assert_allclose(pd_scores, jax.nn.elu(f) + 1.0, rtol=1e-6)
+    np.testing.assert_array_equal(np.argsort(-pd_scores[0]), np.argsort(-f[0]))
     # Popularity-adjusted inference (PDA) re-adds m_i^gamma~ with the training popularity.
     adjusted = CausalConfig(pda_inference_gamma=0.5)
     pairs, score_all = training.inference_scorers("pda", adjusted, table_scorer,
@@ -243,5 +246,5 @@ def test_macr_removes_the_direct_popularity_effect_at_inference():
 
 def test_unknown_method_is_a_config_error():
     with pytest.raises(ConfigError, match="causal.method"):
-        training.make_causal_objective("ips", CausalConfig(), "mse", table_scorer, n_users=2,
+        training.make_causal_objective("naive", CausalConfig(), "mse", table_scorer, n_users=2,
                                        n_items=2, n_rows=1)

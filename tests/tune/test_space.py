@@ -77,7 +77,21 @@ def test_load_space_parses_each_kind(tmp_path):
     assert space.static_keys == ("train.loss", "model.embedding_dim", "model.hidden_dims")
     assert learning_rate.dynamic and not loss.dynamic
     assert space.size is None  # a float range is unbounded
-    assert DYNAMIC_KEYS == frozenset({"train.learning_rate", "train.weight_decay"})
+    assert DYNAMIC_KEYS == frozenset({
+        "train.learning_rate", "train.weight_decay", "causal.propensity_clip",
+        "causal.imputation_value", "causal.dr_mse_lambda", "causal.pda_gamma",
+        "causal.macr_alpha", "causal.macr_beta", "causal.macr_c", "causal.pda_inference_gamma",
+    })
+
+
+def test_causal_knobs_take_ranges_and_group_into_one_population(tmp_path):
+    space = load_space(_write(tmp_path, """
+[causal]
+propensity_clip = { low = 0.01, high = 0.2, scale = "log" }
+dr_mse_lambda = [0.0, 0.5, 1.0]
+"""))
+    assert space.dynamic_keys == ("causal.propensity_clip", "causal.dr_mse_lambda")
+    assert space.static_keys == ()
 
 
 def test_values_are_typed_as_the_config_field():
