@@ -3,8 +3,8 @@
 Trials whose static values (shapes: embedding size, layers, loss) agree form one group; each
 group trains as few vmapped programs (chunks of at most `max_members` members), each member a
 (trial, seed) pair whose dynamic values (`space.DYNAMIC_KEYS`: learning rate, weight decay,
-the causal knobs)
-ride in the optimiser state. Every member equals a separate run of its seed and values.
+the causal knobs) ride in the training state. Every member equals a separate run of its seed
+and values.
 
 Selection reads the validation split only. The chosen configuration is written as
 `best.toml`, trained once more as an ordinary run (`OUT/best/`, the only place the test

@@ -41,6 +41,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from causalrec_jax.causal.training import CAUSAL_HPARAMS
 from causalrec_jax.config import (
     _SECTION_TYPES,
     SECTIONS,
@@ -50,7 +51,6 @@ from causalrec_jax.config import (
     config_from_dict,
     config_to_dict,
 )
-from causalrec_jax.causal.training import CAUSAL_HPARAMS
 from causalrec_jax.errors import ConfigError
 
 # Keys whose values are traced (they vary inside one vmapped population); all others are static:
