@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import tomli_w
+
 from causalrec_jax.errors import ConfigError
 
 # Metric names `[eval] metrics` accepts (DESIGN §2); the eval package checks it agrees.
@@ -28,6 +30,23 @@ RANKING_METRIC_NAMES = ("recall", "precision", "ndcg", "hit", "mrr", "map", "ite
 POINTWISE_METRIC_NAMES = ("auc", "mse", "rmse", "mae")
 UNBIASED_METRIC_NAMES = ("ips_recall", "snips_recall", "ips_ndcg", "snips_ndcg", "ips_dcg")
 METRIC_NAMES = RANKING_METRIC_NAMES + POINTWISE_METRIC_NAMES + UNBIASED_METRIC_NAMES
+
+
+class FrozenDict(dict):
+    """A read-only, hashable dict (a config table such as `data.columns`): sections stay
+    hashable, so a section can key a cache of compiled programs."""
+
+    def __hash__(self) -> int:  # type: ignore[override]
+        return hash(tuple(sorted(self.items())))
+
+    def _refuse(self, *args: Any, **kwargs: Any) -> None:
+        raise TypeError("a config table is read-only; use dataclasses.replace on its section")
+
+    __setitem__ = __delitem__ = clear = pop = popitem = setdefault = update = _refuse  # type: ignore[assignment]
+
+    def __ior__(self, other: Any) -> FrozenDict:  # type: ignore[override]
+        self._refuse()
+        return self
 
 
 def _require(condition: bool, key: str, expected: str, value: Any) -> None:
@@ -46,7 +65,7 @@ class DataConfig:
     ] = "simulator"
     path: str = ""
     # csv/parquet: which columns hold what, e.g. {user = "uid", item = "sku", rating = "stars"}.
-    columns: dict[str, str] = field(default_factory=dict)
+    columns: FrozenDict = field(default_factory=lambda: FrozenDict())
     sep: str = ","
     # Duplicate (user, item) rows: keep the "last" (latest in time, else in file order),
     # the "first", average them ("mean"), or keep them all ("keep"). Unset: the format's
@@ -63,7 +82,7 @@ class DataConfig:
     split: Literal[
         "random", "user_random", "temporal", "leave_one_out", "given", "mar_slice"
     ] = "given"
-    split_ratios: list[float] = field(default_factory=lambda: [0.8, 0.1, 0.1])
+    split_ratios: tuple[float, ...] = (0.8, 0.1, 0.1)
     # mar_slice: fractions of the MAR test carved into unbiased train and validation slices.
     mar_train_fraction: float = 0.05
     mar_valid_fraction: float = 0.05
@@ -156,7 +175,7 @@ class ModelConfig:
 
     name: Literal["mf", "mlp", "neumf", "lightgcn", "sasrec", "bert4rec", "popularity"] = "mf"
     embedding_dim: int = 64
-    hidden_dims: list[int] = field(default_factory=lambda: [64, 32])
+    hidden_dims: tuple[int, ...] = (64, 32)
     n_layers: int = 2
     n_heads: int = 2
     dropout: float = 0.0
@@ -170,7 +189,7 @@ class ModelConfig:
     window_targets: Literal["once", "all"] = "once"
     # Training batches are cut to the shortest of these lengths (and max_len) their windows
     # fit, so short sequences train on short arrays; one compilation per length. [] = off.
-    length_buckets: list[int] = field(default_factory=lambda: [8, 16, 32, 64, 128, 256])
+    length_buckets: tuple[int, ...] = (8, 16, 32, 64, 128, 256)
 
     def __post_init__(self) -> None:
         for key in ("embedding_dim", "n_heads"):
@@ -286,11 +305,9 @@ class TrainConfig:
 class EvalConfig:
     """Which metrics, at which cut-offs, under which ranking protocol."""
 
-    metrics: list[str] = field(
-        default_factory=lambda: ["recall", "precision", "ndcg", "hit", "mrr", "map",
-                                 "itemcoverage", "auc", "mse", "rmse", "mae"]
-    )
-    ks: list[int] = field(default_factory=lambda: [5, 10, 20])
+    metrics: tuple[str, ...] = ("recall", "precision", "ndcg", "hit", "mrr", "map",
+                                "itemcoverage", "auc", "mse", "rmse", "mae")
+    ks: tuple[int, ...] = (5, 10, 20)
     # "full": rank all items with the user's training items masked; "candidates": rank only
     # each user's test items (the protocol of the debiasing literature on Coat / Yahoo! R3).
     protocol: Literal["full", "candidates"] = "full"
@@ -401,7 +418,7 @@ class OpeConfig:
 
     n_rounds: int = 10_000
     truth_rounds: int = 1_000_000
-    estimators: list[str] = field(default_factory=lambda: list(OPE_ESTIMATOR_NAMES))
+    estimators: tuple[str, ...] = tuple(OPE_ESTIMATOR_NAMES)
     # Largest importance weight (0: no clipping).
     clip: float = 0.0
     switch_threshold: float = 10.0
@@ -452,7 +469,7 @@ class UpliftConfig:
     weight_decay: float = 1e-4
     # Propensities are clipped into [clip, 1 - clip].
     clip: float = 0.0
-    ks: list[int] = field(default_factory=lambda: [10])
+    ks: tuple[int, ...] = (10,)
 
     def __post_init__(self) -> None:
         _require(self.embedding_dim >= 1, "uplift.embedding_dim", "an integer >= 1",
@@ -512,6 +529,46 @@ def check_selection_metric(eval_config: EvalConfig, name: str, key: str) -> str:
 
 
 SECTIONS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Config))
+
+
+def set_keys(config: Config) -> dict[str, tuple[str, ...]]:
+    """`{section: keys}` of every key whose value differs from its section's default (what a
+    file or `--set` changed), in field order."""
+    out: dict[str, tuple[str, ...]] = {}
+    for section in SECTIONS:
+        values, default = getattr(config, section), _SECTION_TYPES[section]()
+        changed = tuple(f.name for f in dataclasses.fields(values)
+                        if getattr(values, f.name) != getattr(default, f.name))
+        if changed:
+            out[section] = changed
+    return out
+
+
+def refuse_unused(
+    config: Config, used: typing.Mapping[str, typing.Collection[str] | None], run: str
+) -> None:
+    """Refuses a key set in `config` that the run never reads: never silently ignored.
+
+    Args:
+        config: the effective config.
+        used: `{section: keys}` the run reads; `None` for every key of the section.
+        run: what the run is, for the message (e.g. "an ordinary run (model.name = 'mf')").
+
+    Raises:
+        ConfigError: naming the first such key, its value and the sections the run reads.
+    """
+    for section, keys in set_keys(config).items():
+        for key in keys:
+            if section in used and (used[section] is None or key in used[section]):
+                continue
+            value = getattr(getattr(config, section), key)
+            if section in used:
+                why = (f"{run} does not read it here (its [{section}] keys read: "
+                       f"{', '.join(sorted(used[section]))})")
+            else:
+                why = (f"{run} does not read [{section}] (it reads "
+                       f"{', '.join(f'[{name}]' for name in used)})")
+            raise ConfigError(f"key {section}.{key}: set to {value!r}, but {why}; remove it")
 _SECTION_TYPES = typing.get_type_hints(Config)
 
 
@@ -526,8 +583,10 @@ def _type_name(tp: Any) -> str:
         return "one of " + ", ".join(repr(v) for v in typing.get_args(tp))
     if origin in (typing.Union, types.UnionType):
         return " or ".join(_type_name(a) for a in typing.get_args(tp))
-    if origin is list:
+    if origin in (list, tuple):
         return f"a list of {_type_name(typing.get_args(tp)[0])}"
+    if tp is FrozenDict:
+        return "a table of strings"
     if origin is dict:
         key, value = typing.get_args(tp)
         return f"a table of {_type_name(key)} -> {_type_name(value)}"
@@ -558,19 +617,22 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             except ConfigError:
                 continue
         raise ConfigError(f"{where}: got {value!r}, expected {_type_name(tp)}")
-    if origin is list:
+    if origin in (list, tuple):
+        # Lists are stored as tuples: sections are frozen and hashable.
         if not isinstance(value, list | tuple):
             raise ConfigError(f"{where}: got {value!r}, expected {_type_name(tp)}")
-        (item_type,) = typing.get_args(tp)
-        return [_coerce(v, item_type, f"{where}[{i}]") for i, v in enumerate(value)]
+        item_type = typing.get_args(tp)[0]
+        return tuple(_coerce(v, item_type, f"{where}[{i}]") for i, v in enumerate(value))
+    if tp is FrozenDict:
+        tp, origin = dict[str, str], dict
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: got {value!r}, expected {_type_name(tp)}")
         key_type, value_type = typing.get_args(tp)
-        return {
+        return FrozenDict({
             _coerce(k, key_type, where): _coerce(v, value_type, f"{where}.{k}")
             for k, v in value.items()
-        }
+        })
     if tp is type(None):
         if value is None:
             return None
@@ -672,35 +734,19 @@ def config_to_dict(config: Config) -> dict[str, dict[str, Any]]:
     return out
 
 
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str):
-        escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-        return f'"{escaped}"'
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+def _plain(value: Any) -> Any:
+    """Tuples as lists and tables as plain dicts, for the TOML writer."""
     if isinstance(value, dict):
-        inner = ", ".join(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items())
-        return "{" + (" " + inner + " " if inner else "") + "}"
-    raise ConfigError(f"cannot write {value!r} as TOML")
-
-
-def _toml_key(key: str) -> str:
-    bare = key.replace("_", "").replace("-", "").isalnum()
-    return key if bare else _toml_value(key)
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(item) for item in value]
+    return value
 
 
 def dumps_config(config: Config) -> str:
-    """The config as TOML text."""
-    lines = []
-    for section, values in config_to_dict(config).items():
-        lines.append(f"[{section}]")
-        lines.extend(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in values.items())
-        lines.append("")
-    return "\n".join(lines)
+    """The config as TOML text (written by `tomli_w`, which escapes every string, control
+    characters included, so the text always loads back to the same `Config`)."""
+    return tomli_w.dumps(_plain(config_to_dict(config)))
 
 
 def dump_config(config: Config, path: str | Path) -> None:

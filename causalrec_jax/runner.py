@@ -33,6 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from causalrec_jax import streams
 from causalrec_jax.config import (
     RANKING_METRIC_NAMES,
     Config,
@@ -62,9 +63,9 @@ from causalrec_jax.train.step import (
 )
 
 # Fold-in ids of a seed's key: model initialisation and training draw from separate streams.
-_STREAM_INIT = 0
-_STREAM_TRAIN = 1
-_STREAM_IMPUTATION = 2
+_STREAM_INIT = streams.Run.INIT
+_STREAM_TRAIN = streams.Run.TRAIN
+_STREAM_IMPUTATION = streams.Run.IMPUTATION
 
 
 # Training arrays up to this size live on the device (train.data_placement = "auto").
@@ -173,10 +174,6 @@ class Trained:
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
-# Stream ids of the run's own draws that are not a seed's (a seed's keys are `seed_keys`).
-_STREAM_PROPENSITY_MODEL = 7919  # the learned / logistic propensity model of the run
-
-
 def _row_propensities(config: Config, split: Split, truth: Any, users, items) -> tuple:
     """`[n]` unclipped (validated) propensities of the cells `(users, items)`, and the report
     of clipping them at `causal.propensity_clip` (a dict).
@@ -190,7 +187,7 @@ def _row_propensities(config: Config, split: Split, truth: Any, users, items) ->
     train = split.train
     matrix = estimate_propensities(
         config.causal.propensity, train, mar=split.extra.get("mar_train"), config=config.causal,
-        key=jax.random.fold_in(jax.random.key(config.run.seed), _STREAM_PROPENSITY_MODEL),
+        key=streams.derive(jax.random.key(config.run.seed), streams.Run.PROPENSITY_MODEL),
         truth=truth,
     )
     raw = np.asarray(matrix[users, items], np.float32)
@@ -221,7 +218,7 @@ def _test_results(config: Config, seen: Dataset, test: Dataset, score_users_fn, 
         ranking = [name for name in config.eval.metrics if name in RANKING_METRIC_NAMES]
         if ranking:
             # The same positives ranked against the whole catalogue (seen items masked).
-            full = dataclasses.replace(config.eval, protocol="full", metrics=ranking)
+            full = dataclasses.replace(config.eval, protocol="full", metrics=tuple(ranking))
             out["test_full"] = evaluate_split(full, train=seen, test=test,
                                               score_users_fn=score_users_fn)
     if truth is not None and (hasattr(truth, "relevance") or _is_sparse_truth(truth)):
@@ -714,6 +711,23 @@ def refuse_existing_run(out: str | Path, resumable: bool = True) -> None:
         raise RunError(f"{out} already holds a run; {hint} another --out")
 
 
+def check_ordinary_keys(config: Config) -> None:
+    """Refuses a key an ordinary (or causal) run would ignore: a section it does not read
+    (`[ope]`, `[uplift]`, `[env]`, ...; `[sim]` unless `data.format = "simulator"`), a
+    `[causal]` key of another method, a `[model]` key of another model."""
+    from causalrec_jax.causal.checks import causal_keys_used
+    from causalrec_jax.config import refuse_unused
+    from causalrec_jax.models.factory import model_keys_used
+
+    used: dict[str, Any] = {"data": None, "model": model_keys_used(config.model),
+                            "causal": causal_keys_used(config.causal), "train": None,
+                            "eval": None, "run": None}
+    if config.data.format == "simulator":
+        used["sim"] = None
+    refuse_unused(config, used, f"a run of model.name = {config.model.name!r} with "
+                                f"causal.method = {config.causal.method!r}")
+
+
 def train_run(
     config: Config, out_dir: str | Path, *, resume: bool = False, quiet: bool = False,
     frame=None,
@@ -724,6 +738,7 @@ def train_run(
     and the mean / std over folds; otherwise uses `data.split`.
     """
     out = Path(out_dir)
+    check_ordinary_keys(config)
     if not resume:
         refuse_existing_run(out)
     config = _absolute_data_path(config)

@@ -1,5 +1,7 @@
 """Config loading: defaults, TOML files, --set overrides, errors with hints, round trip."""
 
+import dataclasses
+
 import pytest
 
 from causalrec_jax.config import (
@@ -29,7 +31,7 @@ def test_file_then_overrides(tmp_path):
     assert config.train.seeds == 5
     # An integer is accepted where a float is expected, and converted.
     assert config.train.learning_rate == 1.0 and isinstance(config.train.learning_rate, float)
-    assert config.eval.ks == [1, 2]
+    assert config.eval.ks == (1, 2)
 
 
 def test_override_value_not_toml_is_plain_string():
@@ -148,3 +150,66 @@ def test_a_literal_string_that_toml_reads_as_a_boolean_is_accepted():
 def test_a_world_without_a_mar_test_sample_is_refused_at_load():
     with pytest.raises(ConfigError, match="sim.mar_items_per_user"):
         load_config(None, ["sim.mar_items_per_user=0"])
+
+
+def test_sections_are_frozen_and_hashable():
+    config = load_config(overrides=["eval.ks=[5, 10]", 'data.columns={user = "u"}'])
+    assert config.eval.ks == (5, 10) and isinstance(config.model.hidden_dims, tuple)
+    # Hashable: a section (or the whole config) can key a cache of compiled programs.
+    assert hash(config) == hash(load_config(overrides=["eval.ks=[5, 10]",
+                                                       'data.columns={user = "u"}']))
+    assert {config.eval: 1}[config.eval] == 1
+    with pytest.raises(TypeError, match="read-only"):
+        config.data.columns["item"] = "i"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.eval.ks = (1,)
+
+
+@pytest.mark.parametrize("name", ["plain", "quote\"and\\backslash", "tab\there", "bell\x07",
+                                  "unicode é 中", "line\nbreak"])
+def test_written_config_loads_back_identical(tmp_path, name):
+    config = config_from_dict({"run": {"name": name}, "eval": {"ks": [1, 3]},
+                               "data": {"columns": {"user": "a b", "item": "c"}}})
+    dump_config(config, tmp_path / "config.toml")
+    again = load_config(tmp_path / "config.toml")
+    assert again == config and again.run.name == name
+
+
+def test_a_key_the_run_does_not_read_is_refused_naming_it():
+    from causalrec_jax.runner import check_ordinary_keys
+
+    def refused(*overrides):
+        with pytest.raises(ConfigError) as error:
+            check_ordinary_keys(load_config(overrides=list(overrides)))
+        return str(error.value)
+
+    message = refused("ope.estimators=['ips']")
+    assert message.startswith("key ope.estimators:") and "does not read [ope]" in message
+    assert "key causal.propensity_clip" in refused("causal.propensity_clip=0.1")  # naive
+    assert "key causal.macr_c" in refused("causal.method='ips'", "causal.propensity='true'",
+                                          "causal.macr_c=0.5")
+    assert "key model.hidden_dims" in refused("model.hidden_dims=[8]")  # mf has no MLP
+    assert "key sim.n_users" in refused("data.format='coat'", "data.path='x'",
+                                        "sim.n_users=10")
+    # What the run reads passes.
+    check_ordinary_keys(load_config(overrides=[
+        "causal.method='dr_mse'", "causal.propensity='true'", "causal.dr_mse_lambda=0.3",
+        "causal.propensity_clip=0.05", "sim.n_users=10", "model.embedding_dim=8"]))
+
+
+def test_every_shipped_config_of_an_ordinary_run_reads_all_its_keys():
+    from pathlib import Path
+
+    from causalrec_jax.runner import check_ordinary_keys
+
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    checked = 0
+    for path in sorted(configs.glob("*.toml")):
+        config = load_config(path) if not path.stem.endswith("_space") else None
+        if (config is None or config.model.name in ("sasrec", "bert4rec")
+                or config.uplift.method or path.stem.startswith(("sim_ope", "sim_log"))
+                and config.data.format != "simlog"):
+            continue
+        check_ordinary_keys(config)
+        checked += 1
+    assert checked >= 38  # coat, sim, yahoo x 12 methods, ml100k and the simlog MF

@@ -20,8 +20,8 @@ def test_simulate_then_train_on_the_simlog(tmp_path):
     assert main(["simulate", "--config", "configs/sim_log.toml", "--quiet", "--out", str(log),
                  *sets]) == 0
     run = tmp_path / "run"
-    assert main(["train", "--config", "configs/sim_log.toml", "--quiet", "--out", str(run),
-                 *sets, "--set", f'data.path="{log}"', "--set", "train.epochs=2"]) == 0
+    assert main(["train", "--config", "configs/sim_log_mf.toml", "--quiet", "--out", str(run),
+                 "--set", f'data.path="{log}"', "--set", "train.epochs=2"]) == 0
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["data"]["n_users"] == 40 and metrics["data"]["n_items"] == 30
     assert 0.0 <= metrics["test"]["auc"] <= 1.0
@@ -33,8 +33,8 @@ def test_a_trained_run_drives_the_logging_policy(tmp_path):
     sets = sum((["--set", item] for item in TINY), [])
     assert main(["simulate", "--config", "configs/sim_log.toml", "--quiet", "--out", str(log),
                  *sets]) == 0
-    assert main(["train", "--config", "configs/sim_log.toml", "--quiet", "--out", str(run),
-                 *sets, "--set", f'data.path="{log}"', "--set", "train.epochs=2"]) == 0
+    assert main(["train", "--config", "configs/sim_log_mf.toml", "--quiet", "--out", str(run),
+                 "--set", f'data.path="{log}"', "--set", "train.epochs=2"]) == 0
     config = load_config("configs/sim_log.toml", TINY + ['policy.scores="run"',
                                                           f'policy.run="{run}"'])
     _, world = env_from_config(config.env)

@@ -30,7 +30,7 @@ from causalrec_jax.causal.propensity import (
     clip_propensities,
     estimate_propensities,
 )
-from causalrec_jax.config import Config
+from causalrec_jax.config import CausalConfig, Config
 from causalrec_jax.data.dataset import Split
 from causalrec_jax.errors import ConfigError, SplitError
 from causalrec_jax.train.objectives import POINTWISE_LOSSES
@@ -132,3 +132,27 @@ def _check_given_matrix(split: Split, clip: float) -> None:
         matrix, clip, where=observed,
         name=f"dataset propensities at observed training cells (causal.propensity_clip = {clip})",
     )
+
+
+def causal_keys_used(causal: CausalConfig) -> tuple[str, ...]:
+    """The `[causal]` keys a run of `causal.method` reads (the others would be ignored, so a
+    run refuses them: `config.refuse_unused`)."""
+    from causalrec_jax.causal.training import ALL_CELL_METHODS, PROPENSITY_METHODS
+
+    method = causal.method
+    keys = ["method"]
+    if method in PROPENSITY_METHODS:
+        keys += ["propensity", "propensity_clip"]
+        if causal.propensity == "popularity":
+            keys.append("popularity_power")
+    if method == "dr":
+        keys.append("imputation_value")
+    if method in ALL_CELL_METHODS:
+        keys.append("cells_per_row")
+    if method == "dr_mse":
+        keys.append("dr_mse_lambda")
+    if method == "pda":
+        keys += ["pda_gamma", "pda_inference_gamma"]
+    if method == "macr":
+        keys += ["macr_alpha", "macr_beta", "macr_c"]
+    return tuple(keys)

@@ -81,6 +81,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from causalrec_jax import streams
 from causalrec_jax.causal import losses as causal_losses
 from causalrec_jax.causal.clip import clip_propensities
 from causalrec_jax.config import CausalConfig
@@ -110,9 +111,9 @@ CAUSAL_HPARAMS = ("propensity_clip", "imputation_value", "dr_mse_lambda", "pda_g
                   "macr_alpha", "macr_beta", "macr_c", "pda_inference_gamma")
 INFERENCE_HPARAMS = ("macr_c", "pda_inference_gamma")
 
-# Fold-in ids of the step key (negatives use objectives' stream 0).
-_STREAM_CELLS = 2
-_STREAM_DROPOUT = 1
+# Roles of the step key (negatives: `streams.Step.NEGATIVES`, drawn by train.objectives).
+_STREAM_CELLS = streams.Step.CELLS
+_STREAM_DROPOUT = streams.Step.DROPOUT
 
 Scorer = Callable[..., jax.Array]
 
@@ -284,10 +285,10 @@ def make_causal_objective(
                          else jnp.asarray(log_popularity, jnp.float32))
 
     def dropout_key(key):
-        return jax.random.fold_in(key, _STREAM_DROPOUT)
+        return streams.derive(key, _STREAM_DROPOUT)
 
     def uniform_cells(key, batch_size):
-        cell_key = jax.random.fold_in(key, _STREAM_CELLS)
+        cell_key = streams.derive(key, _STREAM_CELLS)
         n = batch_size * cells_per_row
         user_key, item_key = jax.random.split(cell_key)
         return (jax.random.randint(user_key, (n,), 0, n_users, jnp.int32),

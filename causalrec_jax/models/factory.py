@@ -5,6 +5,7 @@ Kept apart from `base.py` because it imports every model, and every model import
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import jax
@@ -142,3 +143,22 @@ def init_params(
     parts = [build(key) for key in keys]
     params = jax.tree.map(lambda *leaves: jnp.stack(leaves), *(p.params for p in parts))
     return ModelParts(parts[0].graphdef, params, parts[0].constants)
+
+
+# The `[model]` keys each model of this factory reads (besides `name`).
+_MODEL_KEYS = {
+    "mf": ("embedding_dim",),
+    "mlp": ("embedding_dim", "hidden_dims", "dropout"),
+    "neumf": ("embedding_dim", "hidden_dims", "dropout"),
+    "lightgcn": ("embedding_dim", "n_layers"),
+    "popularity": (),
+}
+
+
+def model_keys_used(config: ModelConfig) -> tuple[str, ...]:
+    """The `[model]` keys `make_model` reads for `config.name` (the others would be ignored,
+    so a run refuses them: `config.refuse_unused`); every key for a model not built here."""
+    if config.name not in _MODEL_KEYS:
+        return tuple(f.name for f in dataclasses.fields(config))
+    return ("name", *_MODEL_KEYS[config.name])
+

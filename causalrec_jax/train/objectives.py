@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from causalrec_jax import streams
 from causalrec_jax.train import losses
 
 Batch = dict[str, jax.Array]
@@ -25,8 +26,8 @@ POINTWISE_LOSSES = ("mse", "bce")
 RANKING_LOSSES = ("bpr", "softmax", "sampled_softmax")
 
 # Fold-in ids separating the step key's uses, so adding one never shifts another's draws.
-_STREAM_NEGATIVES = 0
-_STREAM_DROPOUT = 1
+_STREAM_NEGATIVES = streams.Step.NEGATIVES
+_STREAM_DROPOUT = streams.Step.DROPOUT
 _RESAMPLE_ROUNDS = 3
 
 
@@ -56,7 +57,7 @@ def make_objective(
     losses.get_loss(loss_name)  # a clear ConfigError for an unknown name
 
     def pair_scores(params, users, items, key):
-        return score_pairs(params, users, items, key=jax.random.fold_in(key, _STREAM_DROPOUT))
+        return score_pairs(params, users, items, key=streams.derive(key, _STREAM_DROPOUT))
 
     def loss_fn(params, batch: Batch, key: jax.Array):
         where = batch["mask"]
@@ -106,7 +107,7 @@ def draw_negatives(key: jax.Array, batch: Batch, users: jax.Array, n_items: int,
     """`[b, n_negatives]` uniform negatives of the step `key`, their log-probabilities, and
     which are valid: None, or False where a seen item survived `resample_seen` (when the
     batch carries the shared seen-items data)."""
-    negative_key = jax.random.fold_in(key, _STREAM_NEGATIVES)
+    negative_key = streams.derive(key, _STREAM_NEGATIVES)
     negatives, log_probs = losses.sample_negatives(
         negative_key, n_items, (users.shape[0], n_negatives)
     )

@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from causalrec_jax import streams
 from causalrec_jax.train.step import (
     TrainState,
     init_state,
@@ -31,9 +32,9 @@ from causalrec_jax.train.step import (
     set_hyperparams,
 )
 
-# Fold-in ids of a run key's two roles (as `runner`: initialisation, then training).
-STREAM_INIT = 0
-STREAM_TRAIN = 1
+# A run key's two roles (as `runner`: initialisation, then training).
+STREAM_INIT = streams.Run.INIT
+STREAM_TRAIN = streams.Run.TRAIN
 
 
 def make_train(
@@ -69,11 +70,11 @@ def make_train(
                                    batch_size=batch_size)
 
     def train(key: jax.Array, hparams: dict[str, Any], data: dict[str, Any]):
-        params = init_fn(jax.random.fold_in(key, STREAM_INIT))
+        params = init_fn(streams.derive(key, STREAM_INIT))
         state = init_state(params, optimizer, hparams.get("loss"))
         if hparams.get("optimizer"):
             state = set_hyperparams(state, hparams["optimizer"])
-        train_key = jax.random.fold_in(key, STREAM_TRAIN)
+        train_key = streams.derive(key, STREAM_TRAIN)
 
         def one_epoch(carry, epoch):
             state, healthy = carry

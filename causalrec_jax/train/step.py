@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from causalrec_jax import streams
 from causalrec_jax.config import TrainConfig
 from causalrec_jax.errors import ConfigError
 from causalrec_jax.train.objectives import Batch, LossFn
@@ -26,8 +27,8 @@ from causalrec_jax.train.objectives import Batch, LossFn
 # Names of data arrays every step sees whole instead of batched.
 SHARED = "shared_"
 
-_STREAM_STEPS = 0
-_STREAM_ORDER = 1
+_STREAM_STEPS = streams.Epoch.STEPS
+_STREAM_ORDER = streams.Epoch.ORDER
 
 
 @jax.tree_util.register_dataclass
@@ -171,7 +172,7 @@ def epoch_order(key: jax.Array, epoch: jax.Array, n_rows: int, batch_size: int) 
     and the streaming path (and a resumed run) visit the same rows in the same batches.
     """
     n_batches = max(1, -(-n_rows // batch_size))
-    order_key = jax.random.fold_in(jax.random.fold_in(key, _STREAM_ORDER), epoch)
+    order_key = streams.index(streams.derive(key, _STREAM_ORDER), epoch)
     order = jax.random.permutation(order_key, n_rows).astype(jnp.int32)
     padding = jnp.full(n_batches * batch_size - n_rows, n_rows, jnp.int32)
     return jnp.concatenate([order, padding]).reshape(n_batches, batch_size)
@@ -205,7 +206,7 @@ def make_scan_batches(
     """
 
     def scan_batches(state, batches, shared, key, first_bad, start):
-        step_key = jax.random.fold_in(key, _STREAM_STEPS)
+        step_key = streams.derive(key, _STREAM_STEPS)
         n_batches = jax.tree.leaves(batches)[0].shape[0]
 
         def body(carry, inputs):

@@ -429,10 +429,10 @@ def test_apply_trial_sets_values_and_checks_them():
              "model.hidden_dims": [8], "train.loss": "bpr"}
     new = apply_trial(config, trial)
     assert new.train.learning_rate == 1e-2 and new.model.embedding_dim == 16
-    assert new.model.hidden_dims == [8] and new.train.loss == "bpr"
+    assert new.model.hidden_dims == (8,) and new.train.loss == "bpr"
     assert new.train.epochs == config.train.epochs
     assert config.train.learning_rate == 1e-3  # the original is untouched
-    assert apply_trial(config, {"model.hidden_dims": (8, 4)}).model.hidden_dims == [8, 4]
+    assert apply_trial(config, {"model.hidden_dims": (8, 4)}).model.hidden_dims == (8, 4)
     # numpy scalars (e.g. read back from a population's arrays) become Python numbers.
     from_numpy = apply_trial(config, {"train.learning_rate": np.float32(0.5),
                                       "model.embedding_dim": np.int64(8)})
