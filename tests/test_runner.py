@@ -51,8 +51,14 @@ def test_run_folder_contract(tmp_path):
     assert written["seeds"] == [0, 1]
     assert set(written["test"]) >= {"ndcg@5", "recall@5", "hit@5"}
     assert len(written["per_seed"]) == 2
-    low, high = written["test_ci95"]["ndcg@5"]
-    assert low <= written["test"]["ndcg@5"] <= high
+    # Mean, sample std and the 95% Student-t interval over the 2 seeds, recomputed by hand.
+    values = [entry["test"]["ndcg@5"] for entry in written["per_seed"]]
+    mean, std = (values[0] + values[1]) / 2, abs(values[0] - values[1]) / 2**0.5
+    half = 12.706204736 * std / 2**0.5  # t(0.975, df = 1)
+    assert written["test"]["ndcg@5"] == pytest.approx(mean, abs=1e-9)
+    assert written["test_std"]["ndcg@5"] == pytest.approx(std, abs=1e-9)
+    assert written["test_ci95"]["ndcg@5"] == pytest.approx([mean - half, mean + half], abs=1e-6)
+    assert values[0] != values[1]  # two seeds, two models
     assert written["data"]["n_users"] == 60 and written["data"]["n_train"] > 0
     assert {"train_seconds", "epoch_seconds", "eval_seconds"} <= set(written["timing"])
     assert "jax" in written["versions"]
