@@ -289,7 +289,7 @@ def _objective(spec: ProgramSpec) -> Callable:
         if spec.method not in causal_training.CAUSAL_METHODS:
             objective = make_objective(spec.loss, scorers.score_pairs, scorers.score_all,
                                        n_items=spec.n_items, n_negatives=spec.n_negatives)
-            return objective(params["prediction"], batch, key)
+            return objective(params["prediction"], batch, key, hparams=hparams)
         imputation_pairs = None
         if spec.imputation_graphdef is not None:
             imputation_pairs = make_scorers(spec.imputation_graphdef,
@@ -355,13 +355,17 @@ def _score_program(graphdef: Any, method: str) -> Callable:
 
 
 def _member_hparams(config: Config, members: list[Member], imputation_value: float):
-    """`(optimizer values, causal values)`, each `{name: [n_members] float32}`: the config's
-    values, overridden by each member's own (`Member.hparams`)."""
-    from causalrec_jax.causal.training import CAUSAL_HPARAMS, causal_hparams
+    """`(optimizer values, loss values)`, each `{name: [n_members] float32}`: the config's
+    values, overridden by each member's own (`Member.hparams`). The loss values are the causal
+    knobs (`CAUSAL_HPARAMS`) and, for a model with dropout, its rate (`dropout`)."""
+    from causalrec_jax.causal.training import causal_hparams
+    from causalrec_jax.models.factory import model_keys_used
 
     defaults = {"learning_rate": config.train.learning_rate,
                 "weight_decay": config.train.weight_decay,
                 **causal_hparams(config.causal, imputation_value)}
+    if "dropout" in model_keys_used(config.model):
+        defaults["dropout"] = config.model.dropout
     unknown = sorted({name for m in members for name in m.hparams} - set(defaults))
     if unknown:
         raise ConfigError(f"{', '.join(unknown)}: not a traced hyperparameter (known: "
@@ -371,8 +375,8 @@ def _member_hparams(config: Config, members: list[Member], imputation_value: flo
         return np.asarray([m.hparams.get(name, defaults[name]) for m in members], np.float32)
 
     optimizer_values = {name: column(name) for name in OPTIMIZER_HPARAMS}
-    causal_values = {name: column(name) for name in CAUSAL_HPARAMS}
-    return optimizer_values, causal_values
+    loss_values = {name: column(name) for name in defaults if name not in OPTIMIZER_HPARAMS}
+    return optimizer_values, loss_values
 
 
 def _training_rows(config: Config, split: Split, truth: Any) -> tuple[dict, dict | None]:

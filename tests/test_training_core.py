@@ -185,6 +185,25 @@ def test_a_population_over_causal_knobs_equals_separate_runs(sim_split):
     assert np.abs(together[0] - together[1]).max() > 1e-3
 
 
+def test_a_population_over_dropout_rates_equals_separate_runs(sim_split):
+    split, truth = sim_split
+    config = dataclasses.replace(
+        _sim_config("naive"),
+        model=config_from_dict({"model": {"name": "mlp", "embedding_dim": 4,
+                                          "hidden_dims": [8], "dropout": 0.1}}).model)
+    members = [runner.Member(seed=0, hparams={"dropout": 0.0}),
+               runner.Member(seed=0, hparams={"dropout": 0.5})]
+    together = _final_params(runner.train_split(config, split, members=members,
+                                                evaluate_test=False, truth=truth))
+    for row, member in enumerate(members):
+        alone_config = dataclasses.replace(config, model=dataclasses.replace(
+            config.model, dropout=member.hparams["dropout"]))
+        alone = runner.train_split(alone_config, split, evaluate_test=False, truth=truth)
+        np.testing.assert_allclose(together[row], _final_params(alone)[0], rtol=2e-4,
+                                   atol=2e-5)
+    assert np.abs(together[0] - together[1]).max() > 1e-3
+
+
 def test_a_second_identical_run_compiles_nothing(sim_split, compile_counter):
     split, truth = sim_split
     config = _sim_config("ips", propensity_clip=0.05)

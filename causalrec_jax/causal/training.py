@@ -284,6 +284,10 @@ def make_causal_objective(
     static_popularity = (None if log_popularity is None
                          else jnp.asarray(log_popularity, jnp.float32))
 
+    def dropout_rate(hparams):
+        # The model's dropout rate, when a run traces it (`hparams["dropout"]`).
+        return {"dropout_rate": hparams["dropout"]} if "dropout" in hparams else {}
+
     def dropout_key(key):
         return streams.derive(key, _STREAM_DROPOUT)
 
@@ -305,7 +309,7 @@ def make_causal_objective(
     def weighted_loss_fn(params, batch, key, hparams):
         where = batch["mask"]
         scores = score_pairs(params["prediction"], batch["users"], batch["items"],
-                             key=dropout_key(key))
+                             key=dropout_key(key), **dropout_rate(hparams))
         # Padding rows' ratings are zeroed: a NaN there would survive a zero cotangent.
         ratings = jnp.where(where, batch["ratings"], 0.0)
         errors = pointwise_error(loss_name, scores, ratings)
@@ -319,7 +323,7 @@ def make_causal_objective(
         all_users = jnp.concatenate([users, cell_users])
         all_items = jnp.concatenate([items, cell_items])
         predictions = score_pairs(params["prediction"], all_users, all_items,
-                                  key=dropout_key(key))
+                                  key=dropout_key(key), **dropout_rate(hparams))
         if method == "dr":
             imputed = jnp.broadcast_to(
                 hparams["imputation_value"].astype(predictions.dtype), predictions.shape)
@@ -365,7 +369,8 @@ def make_causal_objective(
         cell_users, cell_items = uniform_cells(key, users.shape[0])
         n = users.shape[0]
         logits = score_pairs(params["prediction"], jnp.concatenate([users, cell_users]),
-                             jnp.concatenate([items, cell_items]), key=dropout_key(key))
+                             jnp.concatenate([items, cell_items]), key=dropout_key(key),
+                             **dropout_rate(hparams))
         propensities = clipped_propensities(batch, hparams)
         every_cell, _ = causal_losses.rel_mf_terms(logits[n:])
         _, per_relevance = causal_losses.rel_mf_terms(logits[:n])
@@ -374,7 +379,7 @@ def make_causal_objective(
             where=where,
         )
 
-    def sampled(params, batch, key):
+    def sampled(params, batch, key, hparams):
         users, items = batch["users"], batch["items"]
         negatives, _, negative_where = draw_negatives(key, batch, users, n_items, n_negatives)
         if negative_where is None:
@@ -383,11 +388,12 @@ def make_causal_objective(
         all_users = jnp.repeat(users[:, None], width, axis=1)
         all_items = jnp.concatenate([items[:, None], negatives], axis=1)
         scores = score_pairs(params["prediction"], all_users.reshape(-1), all_items.reshape(-1),
-                             key=dropout_key(key)).reshape(-1, width)
+                             key=dropout_key(key), **dropout_rate(hparams)
+                             ).reshape(-1, width)
         return all_users, all_items, scores, negative_where
 
     def pda_loss_fn(params, batch, key, hparams):
-        _, all_items, scores, negative_where = sampled(params, batch, key)
+        _, all_items, scores, negative_where = sampled(params, batch, key, hparams)
         popularity = batch.get("shared_log_popularity", static_popularity)
         # ELU'(f) * m^gamma, in logs for the popularity factor (m can be tiny).
         trained = (jax.nn.elu(scores) + 1.0) * jnp.exp(
@@ -396,7 +402,7 @@ def make_causal_objective(
                                where=batch["mask"])
 
     def macr_loss_fn(params, batch, key, hparams):
-        all_users, all_items, scores, negative_where = sampled(params, batch, key)
+        all_users, all_items, scores, negative_where = sampled(params, batch, key, hparams)
         labels = jnp.zeros(scores.shape).at[:, 0].set(1.0)
         where = batch["mask"][:, None] & jnp.concatenate(
             [jnp.ones((scores.shape[0], 1), bool), negative_where], axis=1

@@ -40,9 +40,11 @@ class Recommender(Protocol):
     n_items: int
 
     def __call__(
-        self, users: jax.Array, items: jax.Array, *, key: jax.Array | None = None
+        self, users: jax.Array, items: jax.Array, *, key: jax.Array | None = None,
+        dropout_rate: jax.Array | float | None = None,
     ) -> jax.Array:
-        """Scores pairs: `users [b]`, `items [b]` int32 -> `[b]` float32."""
+        """Scores pairs: `users [b]`, `items [b]` int32 -> `[b]` float32 (`dropout_rate`, may
+        be traced, overrides the model's own rate; models without dropout ignore it)."""
         ...
 
     def score_all(self, users: jax.Array) -> jax.Array:
@@ -102,11 +104,15 @@ def make_scorers(graphdef: nnx.GraphDef, constants: nnx.State) -> Scorers:
     """
 
     def score_pairs(
-        params: nnx.State, users: jax.Array, items: jax.Array, key: jax.Array | None = None
+        params: nnx.State, users: jax.Array, items: jax.Array, key: jax.Array | None = None,
+        dropout_rate: jax.Array | float | None = None,
     ) -> jax.Array:
-        """Scores pairs: `users [b]`, `items [b]` -> `[b]`; `key` enables dropout."""
+        """Scores pairs: `users [b]`, `items [b]` -> `[b]`; `key` enables dropout, at the
+        model's own rate or at `dropout_rate` (traced, for a population) when given."""
         model = nnx.merge(graphdef, params, constants)
-        return model(users, items, key=key)
+        if dropout_rate is None:
+            return model(users, items, key=key)
+        return model(users, items, key=key, dropout_rate=dropout_rate)
 
     def score_all(params: nnx.State, users: jax.Array) -> jax.Array:
         """Scores every item for each user: `users [b]` -> `[b, n_items]`."""
@@ -128,13 +134,16 @@ def embedding_table(key: jax.Array, n_rows: int, dim: int, scale: float = 0.1) -
     return nnx.Param(std * jax.random.normal(key, (n_rows, dim), jnp.float32))
 
 
-def dropout(inputs: jax.Array, rate: float, key: jax.Array | None) -> jax.Array:
+def dropout(inputs: jax.Array, rate: float | jax.Array, key: jax.Array | None) -> jax.Array:
     """Inverted dropout: zeroes entries with probability `rate`, rescales the rest.
+
+    `rate` may be traced (a hyperparameter a vmapped population varies); a traced 0 gives the
+    inputs unchanged, as a Python 0 does.
 
     Identity when `key` is None (evaluation) or `rate` is 0, so a model without a key is
     deterministic.
     """
-    if key is None or rate == 0.0:
+    if key is None or (isinstance(rate, int | float) and rate == 0.0):
         return inputs
     keep = jax.random.bernoulli(key, 1.0 - rate, inputs.shape)
     return jnp.where(keep, inputs / (1.0 - rate), 0.0)

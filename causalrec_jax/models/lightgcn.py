@@ -142,13 +142,14 @@ class LightGCN(nnx.Module):
         return user_sum * scale, item_sum * scale
 
     def __call__(
-        self, users: jax.Array, items: jax.Array, *, key: jax.Array | None = None
+        self, users: jax.Array, items: jax.Array, *, key: jax.Array | None = None,
+        dropout_rate: jax.Array | float | None = None,
     ) -> jax.Array:
         """Scores pairs: `users [b]`, `items [b]` -> `[b]`. `key` is unused (no dropout).
 
         Propagates the whole graph once per call.
         """
-        del key
+        del key, dropout_rate  # no dropout in this model
         user_final, item_final = self.propagate()
         return jnp.sum(user_final[users] * item_final[items], axis=-1)
 

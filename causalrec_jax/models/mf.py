@@ -45,10 +45,11 @@ class MF(nnx.Module):
         self.global_bias = nnx.Param(jnp.asarray(global_bias, jnp.float32))
 
     def __call__(
-        self, users: jax.Array, items: jax.Array, *, key: jax.Array | None = None
+        self, users: jax.Array, items: jax.Array, *, key: jax.Array | None = None,
+        dropout_rate: jax.Array | float | None = None,
     ) -> jax.Array:
         """Scores pairs: `users [b]`, `items [b]` -> `[b]`. `key` is unused (no dropout)."""
-        del key
+        del key, dropout_rate  # no dropout in this model
         interaction = jnp.sum(self.user_factors[users] * self.item_factors[items], axis=-1)
         return self.global_bias[...] + self.user_bias[users] + self.item_bias[items] + interaction
 

@@ -69,7 +69,8 @@ class MLPTower(nnx.Module):
         self.output_dim = hidden_dims[-1]
 
     def __call__(
-        self, user_inputs: jax.Array, item_inputs: jax.Array, *, key: jax.Array | None = None
+        self, user_inputs: jax.Array, item_inputs: jax.Array, *, key: jax.Array | None = None,
+        dropout_rate: jax.Array | float | None = None,
     ) -> jax.Array:
         """Runs the tower on broadcastable inputs.
 
@@ -78,15 +79,17 @@ class MLPTower(nnx.Module):
             item_inputs: `[..., item_dim]`; its leading axes broadcast against the user's
                 (`[b, 1, d_u]` with `[1, n_items, d_i]` scores all items).
             key: enables dropout; None is deterministic.
+            dropout_rate: overrides the tower's rate (may be traced); None keeps it.
 
         Returns:
             `[..., hidden_dims[-1]]`, the broadcast leading shape.
         """
+        rate = self.dropout_rate if dropout_rate is None else dropout_rate
         hidden = jax.nn.relu(self.user_projection(user_inputs) + self.item_projection(item_inputs))
-        hidden = dropout(hidden, self.dropout_rate, _layer_key(key, 0))
+        hidden = dropout(hidden, rate, _layer_key(key, 0))
         for index, layer in enumerate(self.layers):
             hidden = jax.nn.relu(layer(hidden))
-            hidden = dropout(hidden, self.dropout_rate, _layer_key(key, index + 1))
+            hidden = dropout(hidden, rate, _layer_key(key, index + 1))
         return hidden
 
 
@@ -134,10 +137,13 @@ class MLP(nnx.Module):
         )
 
     def __call__(
-        self, users: jax.Array, items: jax.Array, *, key: jax.Array | None = None
+        self, users: jax.Array, items: jax.Array, *, key: jax.Array | None = None,
+        dropout_rate: jax.Array | float | None = None,
     ) -> jax.Array:
-        """Scores pairs: `users [b]`, `items [b]` -> `[b]`; `key` enables dropout."""
-        hidden = self.tower(self.user_inputs(users), self.item_inputs(items), key=key)
+        """Scores pairs: `users [b]`, `items [b]` -> `[b]`; `key` enables dropout (at
+        `dropout_rate` when given, else the model's)."""
+        hidden = self.tower(self.user_inputs(users), self.item_inputs(items), key=key,
+                            dropout_rate=dropout_rate)
         return self.output(hidden)[..., 0]
 
     def score_all(self, users: jax.Array) -> jax.Array:

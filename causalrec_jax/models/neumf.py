@@ -79,14 +79,15 @@ class NeuMF(nnx.Module):
         )
 
     def __call__(
-        self, users: jax.Array, items: jax.Array, *, key: jax.Array | None = None
+        self, users: jax.Array, items: jax.Array, *, key: jax.Array | None = None,
+        dropout_rate: jax.Array | float | None = None,
     ) -> jax.Array:
         """Scores pairs: `users [b]`, `items [b]` -> `[b]`; `key` enables dropout (MLP tower)."""
         gmf = self.gmf_user_embedding[users] * self.gmf_item_embedding[items]
         mlp = self.tower(
             with_features(self.mlp_user_embedding, self.user_features, users),
             with_features(self.mlp_item_embedding, self.item_features, items),
-            key=key,
+            key=key, dropout_rate=dropout_rate,
         )
         return self.output(jnp.concatenate([gmf, mlp], axis=-1))[..., 0]
 

@@ -39,10 +39,11 @@ class Popularity(nnx.Module):
         self.bias = nnx.Param(jnp.asarray(global_bias, jnp.float32))
 
     def __call__(
-        self, users: jax.Array, items: jax.Array, *, key: jax.Array | None = None
+        self, users: jax.Array, items: jax.Array, *, key: jax.Array | None = None,
+        dropout_rate: jax.Array | float | None = None,
     ) -> jax.Array:
         """Scores pairs: `users [b]`, `items [b]` -> `[b]`. `users` and `key` are unused."""
-        del users, key
+        del users, key, dropout_rate  # no dropout in this model
         return self.bias[...] + self.log_counts[items]
 
     def score_all(self, users: jax.Array) -> jax.Array:

@@ -52,14 +52,20 @@ def make_objective(
             weights: IPS) or "weights" (self-normalised: SNIPS); see `losses.reduce_losses`.
 
     Returns:
-        `loss_fn(params, batch, key) -> (loss, {"loss": loss})`, differentiable in `params`.
+        `loss_fn(params, batch, key, *, hparams=None) -> (loss, {"loss": loss})`,
+        differentiable in `params`; `hparams["dropout"]` (traced), when given, is the model's
+        dropout rate.
     """
     losses.get_loss(loss_name)  # a clear ConfigError for an unknown name
 
-    def pair_scores(params, users, items, key):
-        return score_pairs(params, users, items, key=streams.derive(key, _STREAM_DROPOUT))
+    def loss_fn(params, batch: Batch, key: jax.Array, *, hparams=None):
+        rate = {} if not hparams or "dropout" not in hparams else {
+            "dropout_rate": hparams["dropout"]}
 
-    def loss_fn(params, batch: Batch, key: jax.Array):
+        def pair_scores(params, users, items, key):
+            return score_pairs(params, users, items, key=streams.derive(key, _STREAM_DROPOUT),
+                               **rate)
+
         where = batch["mask"]
         weights = batch.get("weights")
         users, items = batch["users"], batch["items"]

@@ -54,10 +54,11 @@ from causalrec_jax.config import (
 from causalrec_jax.errors import ConfigError
 
 # Keys whose values are traced (they vary inside one vmapped population); all others are static:
-# the optimiser's learning rate and weight decay and every causal knob of the objectives and
-# their inference (`causal.training.CAUSAL_HPARAMS`: clip, imputed value, lambda, gamma, ...).
+# the optimiser's learning rate and weight decay, the model's dropout rate, and every causal
+# knob of the objectives and their inference (`causal.training.CAUSAL_HPARAMS`: clip, imputed
+# value, lambda, gamma, ...).
 DYNAMIC_KEYS: frozenset[str] = frozenset(
-    {"train.learning_rate", "train.weight_decay"}
+    {"train.learning_rate", "train.weight_decay", "model.dropout"}
     | {f"causal.{name}" for name in CAUSAL_HPARAMS}
 )
 

@@ -78,7 +78,7 @@ def test_load_space_parses_each_kind(tmp_path):
     assert learning_rate.dynamic and not loss.dynamic
     assert space.size is None  # a float range is unbounded
     assert DYNAMIC_KEYS == frozenset({
-        "train.learning_rate", "train.weight_decay", "causal.propensity_clip",
+        "train.learning_rate", "train.weight_decay", "model.dropout", "causal.propensity_clip",
         "causal.imputation_value", "causal.dr_mse_lambda", "causal.pda_gamma",
         "causal.macr_alpha", "causal.macr_beta", "causal.macr_c", "causal.pda_inference_gamma",
     })
