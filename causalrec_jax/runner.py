@@ -47,6 +47,7 @@ from causalrec_jax.data.split import kfold_splits, make_split
 from causalrec_jax.errors import CausalRecError, ConfigError
 from causalrec_jax.eval.protocol import evaluate_split, positive_threshold_for
 from causalrec_jax.eval.ranking import is_positive, labels_are_binary
+from causalrec_jax.eval.summary import aggregate, metric_values, summarize
 from causalrec_jax.models.base import make_scorers
 from causalrec_jax.models.factory import init_params
 from causalrec_jax.train import checkpoint as checkpoints
@@ -107,46 +108,6 @@ def seed_list(config: Config) -> list[int]:
 def seed_keys(seeds: list[int]) -> jax.Array:
     """`[n_seeds]` typed keys, one per seed."""
     return jnp.stack([jax.random.key(seed) for seed in seeds])
-
-
-# ----------------------------------------------------------------------------- summaries
-
-
-def summarize(values: list[float]) -> dict[str, float]:
-    """Mean, sample standard deviation and a 95% Student-t interval of the mean."""
-    from scipy import stats
-
-    array = np.asarray([v for v in values if not math.isnan(v)], np.float64)
-    if len(array) == 0:
-        return {"mean": math.nan, "std": math.nan, "ci95_low": math.nan, "ci95_high": math.nan}
-    mean = float(array.mean())
-    if len(array) == 1:
-        return {"mean": mean, "std": 0.0, "ci95_low": mean, "ci95_high": mean}
-    std = float(array.std(ddof=1))
-    half = float(stats.t.ppf(0.975, len(array) - 1)) * std / math.sqrt(len(array))
-    return {"mean": mean, "std": std, "ci95_low": mean - half, "ci95_high": mean + half}
-
-
-def _numeric(values: dict[str, Any]) -> dict[str, float]:
-    """The metric values of an evaluation result (counts of users left out)."""
-    return {
-        key: float(value)
-        for key, value in values.items()
-        if isinstance(value, int | float) and "n_users" not in key
-    }
-
-
-def aggregate(per_seed: list[dict[str, Any]], part: str) -> dict[str, dict[str, float]]:
-    """`{part: means, part_std: stds, part_ci95: [low, high]}` over seeds of `per_seed[s][part]`."""
-    names = list(_numeric(per_seed[0].get(part, {})))
-    if not names:
-        return {}
-    summaries = {name: summarize([seed[part][name] for seed in per_seed]) for name in names}
-    return {
-        part: {name: s["mean"] for name, s in summaries.items()},
-        f"{part}_std": {name: s["std"] for name, s in summaries.items()},
-        f"{part}_ci95": {name: [s["ci95_low"], s["ci95_high"]] for name, s in summaries.items()},
-    }
 
 
 # ----------------------------------------------------------------------------- training
@@ -818,7 +779,7 @@ def _write_run(config: Config, out: Path, *, resume: bool, quiet: bool, frame) -
     if config.train.cv_folds:
         by_fold = [
             {name: float(np.mean([e["test"][name] for e in per_seed if e["fold"] == f]))
-             for name in _numeric(per_seed[0]["test"])}
+             for name in metric_values(per_seed[0]["test"])}
             for f in range(config.train.cv_folds)
         ]
         metrics["cv"] = {"folds": by_fold, **{
