@@ -22,7 +22,7 @@ from causalrec_jax.train.full_batch import fit_full_batch_jit
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "sim_uplift.toml"
 SMALL = ["env.n_users=60", "env.n_items=30", "env.latent_dim=4", "env.slate_size=3",
          "env.horizon=40", "uplift.epochs=60", "train.seeds=2"]
-N_LOGS = 400
+N_LOGS = 300
 
 
 def _cli(out, overrides):
@@ -74,8 +74,7 @@ def _cells(trajectory, n_items):
 def many_logs():
     """`N_LOGS` independent logs of a small world (vmap over keys): the cells, the policy's
     inclusion probabilities and each log's true uplift `[N_LOGS, U, I]`."""
-    config = load_config(CONFIG, SMALL + ["env.n_users=20", "env.n_items=12",
-                                          "env.horizon=20"])
+    config = load_config(CONFIG, SMALL)  # the world of the runs below: compiled once
     sizes, params = env_from_config(config.env)
     policy = policy_from_config(config.policy, params, sizes.slate_size)
     users = jnp.arange(sizes.n_users)
