@@ -26,7 +26,8 @@ under "propensity" (with `clip`, `n_cells_without_overlap`). A cell the policy n
 (`P = 0`) or always shows (`P = 1`) has no counterfactual arm: its effect is not identified
 from the log, so it is masked out of every label, regression loss and DLCE pair (the model
 still scores it from its factors); such cells are counted, never silently clipped. The
-baseline `consumption` divides by nothing and uses every cell.
+baseline `consumption` divides by nothing and uses every cell (its run still reports the
+clip of the propensities, which it does not use, so every uplift run has the same keys).
 
 Training. Every fit (the uplift model and the outcome models) is the training core's step
 scanned over `uplift.epochs` full-batch epochs (`train.full_batch.fit_full_batch_jit`),
