@@ -21,9 +21,28 @@ Estimator inputs per round (slate `a_1..a_K` shown to user `u`):
 - `iips`: per-slot clicks weighted by the item-position marginals; `pbm_ips`: by the
   examination-weighted marginals, with the simulator's examination probabilities.
 
-`metrics.json` holds `"ope"`: for each estimator `estimate`, `stderr` (means over seeds),
-`truth`, `relative_error` (mean over seeds of |estimate - truth| / truth), its std, `n_eff`
-and per-seed values; plus `truth`, `data`, `timing`, `versions`.
+Weights are clipped at `ope.clip` (0: none) by THE clip (`causal.clip.clip_weights`, inside
+every estimator); `importance_weights` gives a run the same clip's report for each kind of
+weight its estimators use: `slate` (`pi_e(slate) / pi_b(slate)`: ips, snips and the dr
+family), `item_position` (iips) and `position_based` (pbm_ips).
+
+Random streams: seed `s` (`run.seed + i`) has the root key `key(s)`, into which the log
+(`STREAM_LOG`), the slot marginals (`STREAM_MARGINALS`), the fold assignment (`STREAM_FOLDS`)
+and the reward models (`STREAM_REWARD_MODEL`, then the fold index one level down) fold their
+own ids; the truth is `fold_in(key(run.seed), STREAM_TRUTH)`, an id no seed stream uses.
+
+`metrics.json` follows the run contract: `test` / `test_std` / `test_ci95` (means over seeds of
+`<estimator>_estimate` and `<estimator>_relative_error`, |estimate - truth| / truth),
+`per_seed` (each `{seed, best_epoch, valid, test, estimates, weights, click_rate}`;
+`best_epoch` is -1: nothing is selected by epoch, and there is no validation, so `valid` is
+`{}` and there is no top-level `valid`), `seeds` (`run.seed + i`), `data`, `timing`,
+`versions`; and the kind's own blocks: `"ope"` (for each estimator `estimate`, `stderr`
+(means over seeds), `truth`, `relative_error` (mean over seeds), its std, `n_eff`, `weights`
+(the kind of weight it uses, or None) and per-seed values), `"truth"`, and `"weights"` (for
+each kind of weight, THE clip's report, each field the mean over seeds). `log.jsonl` has one
+line per reward-model epoch: `epoch`, `loss` (mean over seeds), `loss_per_seed` (mean over the
+cross-fitting folds), `seconds` (of that epoch over all seeds and folds); it is empty for
+`ope.reward_model = "oracle"`.
 """
 
 from __future__ import annotations
@@ -45,11 +64,17 @@ from causalrec_jax.sim.env import EnvParams
 from causalrec_jax.sim.logs import env_from_config, oracle_scores, policy_from_config
 from causalrec_jax.sim.rollout import rollout
 
-STREAM_LOG = 30
+# Streams folded into a seed's root key `key(seed)`.
+STREAM_LOG = 0
+STREAM_MARGINALS = 1
+STREAM_FOLDS = 2
+STREAM_REWARD_MODEL = 3  # then the fold index, one level down
+# Folded into `key(run.seed)` (seed 0's root): an id that no seed stream uses.
 STREAM_TRUTH = 31
-STREAM_MARGINALS = 32
-STREAM_REWARD_MODEL = 40  # + fold
-STREAM_FOLDS = 34
+# Which weights each estimator multiplies rewards by (None: none).
+WEIGHT_KINDS = {"ips": "slate", "snips": "slate", "dr": "slate", "sndr": "slate",
+                "switch_dr": "slate", "dros": "slate", "dm": None, "iips": "item_position",
+                "pbm_ips": "position_based"}
 _TRUTH_CHUNK = 65_536
 _USER_BLOCK = 128
 
@@ -172,12 +197,13 @@ def _estimate_all(config: Config, rows: dict, quantities: dict, target_probs: np
 
 
 def _reward_table_fn(config: Config, key, env_params: EnvParams, rows: dict, fit_rows):
-    """`users [b] -> [b, n_items, K]` predicted clicks: the oracle, or MF fitted on `fit_rows`."""
+    """`(users [b] -> [b, n_items, K] predicted clicks, losses [epochs] or None)`: the oracle,
+    or MF fitted on `fit_rows` (and its training losses)."""
     if config.ope.reward_model == "oracle":
-        return lambda block: _oracle_block(env_params, block)
+        return (lambda block: _oracle_block(env_params, block)), None
     slate = rows["slate"][fit_rows]
     n, k = slate.shape
-    model, _ = fit_reward_model(
+    model, losses = fit_reward_model(
         key, np.repeat(rows["user"][fit_rows], k), slate.reshape(-1), np.tile(np.arange(k), n),
         rows["clicks"][fit_rows].reshape(-1),
         n_users=env_params.user_factors.shape[0], n_items=env_params.item_factors.shape[0],
@@ -185,44 +211,93 @@ def _reward_table_fn(config: Config, key, env_params: EnvParams, rows: dict, fit
         learning_rate=config.ope.reward_model_learning_rate,
         weight_decay=config.ope.reward_model_weight_decay,
     )
-    return lambda block: reward_table(model, block)
+    return (lambda block: reward_table(model, block)), np.asarray(losses)
+
+
+def seed_streams(seed: int) -> dict[str, jax.Array]:
+    """The keys of one seed by role: `log`, `marginals`, `folds`, `reward_model` (whose
+    fold `f` uses `fold_in(reward_model, f)`).
+
+    Args:
+        seed: the seed (`run.seed + i`).
+    """
+    root = jax.random.key(seed)
+    return {name: jax.random.fold_in(root, stream) for name, stream in (
+        ("log", STREAM_LOG), ("marginals", STREAM_MARGINALS), ("folds", STREAM_FOLDS),
+        ("reward_model", STREAM_REWARD_MODEL))}
+
+
+def truth_key(config: Config) -> jax.Array:
+    """The key of the on-policy truth rounds: `fold_in(key(run.seed), STREAM_TRUTH)`."""
+    return jax.random.fold_in(jax.random.key(config.run.seed), STREAM_TRUTH)
+
+
+def weight_reports(config: Config, quantities: dict, target_probs: np.ndarray,
+                   logging_probs: np.ndarray, examination: np.ndarray) -> dict[str, dict]:
+    """THE clip's report (`ClipReport.to_dict()`) for each kind of weight that
+    `ope.estimators` use, clipped at `ope.clip` as the estimators clip them."""
+    clip = config.ope.clip or None
+    kinds = {WEIGHT_KINDS[name] for name in config.ope.estimators} - {None}
+    target_slot = jnp.asarray(quantities["target_slot"])
+    logging_slot = jnp.asarray(quantities["logging_slot"])
+    inputs = {
+        "slate": lambda: (target_probs, logging_probs),
+        "item_position": lambda: (jnp.diagonal(target_slot, axis1=1, axis2=2),
+                                  jnp.diagonal(logging_slot, axis1=1, axis2=2)),
+        "position_based": lambda: (
+            estimators.position_based_marginals(target_slot, examination),
+            estimators.position_based_marginals(logging_slot, examination)),
+    }
+    return {kind: estimators.importance_weights(*inputs[kind](), clip=clip)[1].to_dict()
+            for kind in sorted(kinds)}
 
 
 def ope_seed(config: Config, seed: int, env_params: EnvParams, logging, target) -> dict:
-    """One seed: log, fit the reward model, estimate; returns per-estimator numbers."""
-    key = jax.random.fold_in(jax.random.key(config.run.seed), seed)
-    rows = log_rounds(jax.random.fold_in(key, STREAM_LOG), logging, env_params,
-                      config.ope.n_rounds)
+    """One seed (`run.seed + i`): log, fit the reward model, estimate; returns per-estimator
+    numbers, THE clip's reports of the weights and the reward model's losses."""
+    keys = seed_streams(seed)
+    rows = log_rounds(keys["log"], logging, env_params, config.ope.n_rounds)
     slate = rows["slate"]
     n, k = slate.shape
     started = time.perf_counter()
     folds = 1 if config.ope.reward_model == "oracle" else config.ope.reward_model_folds
-    fold_of = np.asarray(jax.random.permutation(jax.random.fold_in(key, STREAM_FOLDS), n)) % folds
+    fold_of = np.asarray(jax.random.permutation(keys["folds"], n)) % folds
     quantities = {}
+    fold_losses = []
     for fold in range(folds):
         held_out = fold_of == fold
         fit_rows = ~held_out if folds > 1 else held_out
-        table_fn = _reward_table_fn(config, jax.random.fold_in(key, STREAM_REWARD_MODEL + fold),
-                                    env_params, rows, fit_rows)
+        table_fn, losses = _reward_table_fn(
+            config, jax.random.fold_in(keys["reward_model"], fold), env_params, rows, fit_rows)
+        if losses is not None:
+            fold_losses.append(losses)
         part = {name: value[held_out] for name, value in rows.items()}
-        values = _block_quantities(config, jax.random.fold_in(key, STREAM_MARGINALS), logging,
-                                   target, table_fn, np.unique(part["user"]), part)
+        values = _block_quantities(config, keys["marginals"], logging, target, table_fn,
+                                   np.unique(part["user"]), part)
         for name, value in values.items():
             if name == "exact_value":
                 continue
             quantities.setdefault(name, np.zeros((n, *value.shape[1:]), np.float32))
             quantities[name][held_out] = value
     reward_model_seconds = time.perf_counter() - started
+    started = time.perf_counter()
     target_probs = np.exp(np.asarray(_slate_log_probs(
         target, jnp.asarray(rows["user"]), jnp.asarray(slate))))
     logging_probs = np.exp(rows["log_prob"])
+    examination = np.asarray(env_params.examination)
     estimates = _estimate_all(config, rows, quantities, target_probs, logging_probs,
-                              np.asarray(env_params.examination))
+                              examination)
+    weights = weight_reports(config, quantities, target_probs, logging_probs, examination)
     return {
+        "seed": seed,
         "estimates": {name: {"estimate": float(e.value), "stderr": float(e.stderr),
                              "n_eff": float(e.n_eff)} for name, e in estimates.items()},
+        "weights": weights,
         "click_rate": float(rows["reward"].mean()),
+        "reward_model_losses": (np.mean(fold_losses, axis=0).tolist() if fold_losses
+                                else None),
         "reward_model_seconds": reward_model_seconds,
+        "estimate_seconds": time.perf_counter() - started,
     }
 
 
@@ -257,20 +332,36 @@ def ope_setup(config: Config) -> OpeSetup:
     sizes, env_params = env_from_config(config.env)
     logging = policy_from_config(config.policy, env_params, sizes.slate_size)
     target = policy_from_config(config.target, env_params, sizes.slate_size)
-    truth_key = jax.random.fold_in(jax.random.key(config.run.seed), STREAM_TRUTH)
-    truth, truth_stderr = on_policy_value(truth_key, target, env_params, config.ope.truth_rounds)
+    truth, truth_stderr = on_policy_value(truth_key(config), target, env_params,
+                                          config.ope.truth_rounds)
     return OpeSetup(sizes, env_params, logging, target, truth, truth_stderr,
                     exact_value(target, env_params))
 
 
+def _mean_report(reports: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each field of THE clip's report, the mean over seeds (None where a seed has none)."""
+    out = {}
+    for field in reports[0]:
+        values = [r[field] for r in reports]
+        out[field] = None if any(v is None for v in values) else float(np.mean(values))
+    return out
+
+
 def run_ope(config: Config) -> dict[str, Any]:
-    """The whole `causalrec ope` computation (no files): truth and estimates over seeds."""
+    """The whole `causalrec ope` computation (no files): truth and estimates over seeds.
+
+    Returns the `metrics.json` of the run (see the module docstring) with the reward model's
+    per-seed losses under the private key `_losses` (`[seeds][epochs]`, or None).
+    """
+    from causalrec_jax.runner import aggregate  # runner sits in an import cycle (issue 13)
+
     started = time.perf_counter()
     setup = ope_setup(config)
     sizes, truth, truth_stderr, exact = setup.sizes, setup.truth, setup.truth_stderr, setup.exact
     truth_seconds = time.perf_counter() - started
+    seeds = [config.run.seed + index for index in range(config.ope.seeds)]
     per_seed = [ope_seed(config, seed, setup.env_params, setup.logging, setup.target)
-                for seed in range(config.ope.seeds)]
+                for seed in seeds]
     report = {}
     for name in config.ope.estimators:
         values = [seed["estimates"][name] for seed in per_seed]
@@ -282,27 +373,68 @@ def run_ope(config: Config) -> dict[str, Any]:
             "stderr": float(np.mean([v["stderr"] for v in values])),
             "truth": truth, "relative_error": error, "relative_error_std": error_std,
             "n_eff": float(np.mean([v["n_eff"] for v in values])),
+            "weights": WEIGHT_KINDS[name],
             "per_seed": values,
         }
+    per_seed_entries = []
+    for seed in per_seed:
+        test = {}
+        for name, value in seed["estimates"].items():
+            test[f"{name}_estimate"] = value["estimate"]
+            test[f"{name}_relative_error"] = abs(value["estimate"] - truth) / abs(truth)
+        per_seed_entries.append({
+            "seed": seed["seed"], "best_epoch": -1, "valid": {}, "test": test,
+            "estimates": seed["estimates"], "weights": seed["weights"],
+            "click_rate": seed["click_rate"]})
+    reward_model_seconds = float(np.sum([s["reward_model_seconds"] for s in per_seed]))
+    fitted_epochs = (config.ope.seeds * config.ope.reward_model_folds
+                     * config.ope.reward_model_epochs)
+    losses = ([s["reward_model_losses"] for s in per_seed]
+              if per_seed[0]["reward_model_losses"] is not None else None)
     return {
+        **aggregate(per_seed_entries, "test"),
+        "per_seed": per_seed_entries,
+        "seeds": seeds,
         "ope": report,
         "truth": {"value": truth, "stderr": truth_stderr, "rounds": config.ope.truth_rounds,
                   "exact": exact},
+        "weights": {kind: _mean_report([s["weights"][kind] for s in per_seed])
+                    for kind in per_seed[0]["weights"]},
         "data": {"n_rounds": config.ope.n_rounds, "n_users": sizes.n_users,
                  "n_items": sizes.n_items, "slate_size": sizes.slate_size,
                  "logging_click_rate": float(np.mean([s["click_rate"] for s in per_seed]))},
-        "seeds": list(range(config.ope.seeds)),
         "timing": {"truth_seconds": truth_seconds,
                    "total_seconds": time.perf_counter() - started,
-                   "reward_model_seconds": float(np.sum([s["reward_model_seconds"]
-                                                         for s in per_seed]))},
+                   "reward_model_seconds": reward_model_seconds,
+                   "train_seconds": reward_model_seconds,
+                   "epoch_seconds": (reward_model_seconds / fitted_epochs
+                                     if losses is not None else None),
+                   "eval_seconds": float(np.sum([s["estimate_seconds"] for s in per_seed]))},
+        "_losses": losses,
     }
 
 
+def ope_log(losses: list[list[float]] | None, seconds_per_epoch: float | None) -> list[dict]:
+    """`log.jsonl` lines: one per reward-model epoch with every seed's loss (mean over folds),
+    as `train.loop.fit` writes them (`seconds`: the time of one epoch over all seeds and
+    folds, the mean over epochs: they run as compiled scans); none for the oracle model."""
+    if losses is None:
+        return []
+    values = np.asarray(losses, np.float64)  # [seeds, epochs]
+    return [{"epoch": epoch, "loss": float(values[:, epoch].mean()),
+             "loss_per_seed": [float(v) for v in values[:, epoch]],
+             "seconds": round(float(seconds_per_epoch or 0.0), 6)}
+            for epoch in range(values.shape[1])]
+
+
 def ope_run(config: Config, out: str | Path) -> dict[str, Any]:
-    """Runs `run_ope` and writes `out/config.toml` and `out/metrics.json` (atomically)."""
+    """Runs `run_ope` and writes `out/config.toml`, `out/metrics.json` and `out/log.jsonl`
+    (atomically, by `runner.write_run_folder`)."""
     from causalrec_jax.runner import write_run_folder
 
     metrics = run_ope(config)
-    write_run_folder(out, config, metrics)
+    losses = metrics.pop("_losses")
+    seconds = (metrics["timing"]["reward_model_seconds"] / config.ope.reward_model_epochs
+               if losses is not None else None)
+    write_run_folder(out, config, metrics, ope_log(losses, seconds))
     return metrics

@@ -217,7 +217,7 @@ def main(argv=None) -> dict[str, Any]:
         for n_rounds in sizes:
             sized = dataclasses.replace(config, ope=dataclasses.replace(config.ope,
                                                                         n_rounds=n_rounds))
-            for seed in range(args.seeds):
+            for seed in (config.run.seed + index for index in range(args.seeds)):
                 seed_started = time.perf_counter()
                 result = ope_seed(sized, seed, setup.env_params, setup.logging, setup.target)
                 for name, value in result["estimates"].items():

@@ -1,6 +1,7 @@
 """Off-policy evaluation on the dynamic simulator: truth, unbiasedness over many logs, the run."""
 
 import json
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -13,13 +14,14 @@ from causalrec_jax.cli import main
 from causalrec_jax.config import load_config
 from causalrec_jax.sim import policies
 
+CONFIG = Path(__file__).resolve().parents[1] / "configs" / "sim_ope.toml"
 SMALL = ["env.n_users=40", "env.n_items=25", "env.latent_dim=4"]
 N_LOGS = 2000
 ROUNDS_PER_LOG = 50
 
 
 def _setup(overrides):
-    return ope_run.ope_setup(load_config("configs/sim_ope.toml", SMALL + overrides))
+    return ope_run.ope_setup(load_config(CONFIG, SMALL + overrides))
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +41,7 @@ def slates():
 
 def _many_logs(setup, oracle_scale=1.0):
     """`N_LOGS` independent logs of `ROUNDS_PER_LOG` rounds, as `[N_LOGS, rounds]` arrays."""
-    config = load_config("configs/sim_ope.toml", SMALL)
+    config = load_config(CONFIG, SMALL)
     rows = ope_run.log_rounds(jax.random.key(7), setup.logging, setup.env_params,
                               N_LOGS * ROUNDS_PER_LOG)
     users = np.unique(rows["user"])
@@ -100,34 +102,107 @@ def test_slate_estimators_are_unbiased_under_position_based_clicks(slates):
 
 
 def test_identical_policies_give_weight_one_and_the_on_policy_mean(bandit):
-    config = load_config("configs/sim_ope.toml", SMALL)
     rows = ope_run.log_rounds(jax.random.key(0), bandit.target, bandit.env_params, 3000)
-    weights = np.exp(np.asarray(jax.vmap(lambda u, s: policies.slate_log_prob(
-        bandit.target, u, s))(jnp.asarray(rows["user"]), jnp.asarray(rows["slate"])))
-        - rows["log_prob"])
+    target_probs = np.exp(np.asarray(jax.vmap(lambda u, s: policies.slate_log_prob(
+        bandit.target, u, s))(jnp.asarray(rows["user"]), jnp.asarray(rows["slate"]))))
+    weights, report = ope.importance_weights(target_probs, np.exp(rows["log_prob"]))
     np.testing.assert_allclose(weights, 1.0, rtol=1e-5)
-    assert config.ope.n_rounds == 10_000
+    assert int(report.n_clipped) == 0
+    assert float(report.effective_sample_size) == pytest.approx(3000, rel=1e-4)
+    # With weight one, IPS is the on-policy sample mean of the rewards.
+    estimate = ope.ips(rows["reward"], target_probs, np.exp(rows["log_prob"]))
+    assert float(estimate.value) == pytest.approx(float(np.mean(rows["reward"])), rel=1e-5)
+    assert abs(float(estimate.value) - bandit.exact) < 4 * float(estimate.stderr)
 
 
-def test_causalrec_ope_writes_the_ope_block(tmp_path, capsys):
+def test_streams_of_seeds_never_meet_the_truth_stream():
+    config = load_config(CONFIG, SMALL)
+    truth = ope_run.truth_key(config)
+
+    def data(key):
+        return tuple(np.asarray(jax.random.key_data(key)).ravel())
+
+    seen = {data(truth)}
+    for seed in range(40):  # seed index 31 used to fold to the truth key
+        streams = ope_run.seed_streams(seed)
+        keys = [*streams.values(),
+                *(jax.random.fold_in(streams["reward_model"], fold) for fold in range(3))]
+        for key in keys:
+            assert data(key) not in seen
+            seen.add(data(key))
+
+
+def test_causalrec_ope_writes_the_run_contract(tmp_path, capsys):
     out = tmp_path / "ope"
-    status = main(["ope", "--config", "configs/sim_ope.toml", *sum(
+    status = main(["ope", "--config", str(CONFIG), *sum(
         (["--set", item] for item in SMALL + [
             "ope.n_rounds=500", "ope.truth_rounds=20000", "ope.seeds=2",
-            "ope.reward_model_epochs=30"]), []), "--out", str(out)])
+            "ope.reward_model_epochs=30", "ope.clip=5.0", "run.seed=4"]), []), "--out", str(out)])
     assert status == 0
     metrics = json.loads((out / "metrics.json").read_text())
+    assert {"test", "test_std", "per_seed", "seeds", "data", "timing", "versions", "ope",
+            "truth", "weights"} <= set(metrics)
+    assert "valid" not in metrics  # nothing is validated in an OPE run
+    assert metrics["seeds"] == [4, 5]  # run.seed + i
     assert set(metrics["ope"]) == set(ope.ESTIMATORS)
-    for row in metrics["ope"].values():
-        assert {"estimate", "stderr", "truth", "relative_error"} <= set(row)
-        assert np.isfinite(row["estimate"]) and row["relative_error"] >= 0
-        assert row["truth"] == metrics["truth"]["value"]
+    truth = metrics["truth"]["value"]
+    assert abs(truth - metrics["truth"]["exact"]) < 4 * metrics["truth"]["stderr"] + 1e-6
+    for name, row in metrics["ope"].items():
+        values = [seed["estimate"] for seed in row["per_seed"]]
+        assert row["estimate"] == pytest.approx(np.mean(values))
+        errors = [abs(v - truth) / truth for v in values]
+        assert row["relative_error"] == pytest.approx(np.mean(errors))
+        assert metrics["test"][f"{name}_relative_error"] == pytest.approx(np.mean(errors))
+        assert metrics["test_std"][f"{name}_estimate"] == pytest.approx(np.std(values, ddof=1))
+        assert 0.5 * truth < row["estimate"] < 1.5 * truth
+        assert row["weights"] == ope_run.WEIGHT_KINDS[name]
+    for entry, seed in zip(metrics["per_seed"], [4, 5], strict=True):
+        assert entry["seed"] == seed and entry["best_epoch"] == -1 and entry["valid"] == {}
+        assert set(entry["test"]) == set(metrics["test"])
+        for report in entry["weights"].values():
+            assert report["n"] == 500 and report["max_weight_after"] <= 5.0 + 1e-5
+    slate = metrics["weights"]["slate"]
+    assert set(metrics["weights"]) == {"slate", "item_position", "position_based"}
+    assert slate["max_weight_before"] > 5.0 and 0 < slate["fraction_clipped"] < 1
+    assert 0 < slate["effective_sample_size"] < 500
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [line["epoch"] for line in log] == list(range(30))
+    for line in log:
+        assert set(line) == {"epoch", "loss", "loss_per_seed", "seconds"}
+        assert len(line["loss_per_seed"]) == 2
+    assert log[-1]["loss"] < log[0]["loss"]  # the reward model learns
     assert (out / "config.toml").exists()
-    assert "relative" in capsys.readouterr().out.replace("rel.error", "relative")
+    assert "rel.error" in capsys.readouterr().out
 
 
-def test_ope_refuses_an_unknown_estimator(capsys):
-    status = main(["ope", "--config", "configs/sim_ope.toml", "--set",
-                   'ope.estimators=["ips", "dr_os"]'])
+def test_ope_refuses_an_unknown_estimator(tmp_path, capsys):
+    status = main(["ope", "--config", str(CONFIG), "--set", 'ope.estimators=["ips", "dr_os"]',
+                   "--out", str(tmp_path / "never")])
     assert status == 2
     assert "ope.estimators" in capsys.readouterr().err
+    assert not (tmp_path / "never").exists()
+
+
+def test_the_reward_model_fits_on_the_core_and_compiles_once_across_seeds():
+    from causalrec_jax.causal.reward_model import fit_reward_model, reward_table
+    from causalrec_jax.train.full_batch import fit_full_batch_jit
+
+    rng = np.random.default_rng(0)
+    users, items = rng.integers(0, 30, 2000), rng.integers(0, 20, 2000)
+    slots = rng.integers(0, 2, 2000)
+    clicks = (items < 5) & (slots == 0)  # items 0-4 are clicked at the first slot only
+
+    def fit(seed, learning_rate=0.05):
+        return fit_reward_model(jax.random.key(seed), users, items, slots, clicks, n_users=30,
+                                n_items=20, slate_size=2, dim=4, epochs=150,
+                                learning_rate=learning_rate, weight_decay=0.1)
+
+    model, losses = fit(0)
+    size = fit_full_batch_jit._cache_size()
+    _, other_losses = fit(1, learning_rate=0.02)  # another seed and learning rate
+    assert fit_full_batch_jit._cache_size() == size
+    assert float(losses[-1]) < 0.5 * float(losses[0])
+    assert not np.allclose(losses, other_losses)
+    table = np.asarray(reward_table(model, jnp.arange(30)))  # [users, items, slots]
+    assert table[:, :5, 0].mean() > 0.6 > 0.2 > table[:, 5:, 0].mean()
+    assert table[:, :5, 1].mean() < table[:, :5, 0].mean()

@@ -194,9 +194,11 @@ def clip_propensities(
     # double where keeps the gradient finite.
     weights = jnp.where(positive, 1.0 / jnp.where(positive, arms, 1.0), jnp.inf)
     clipped, report = clip_weights(weights, max_weight, where=arm_valid)
-    # Only the entries the clip moved are replaced (others keep their exact value).
+    # Only the entries the clip moved are replaced, by the bound itself (exactly `clip`, not
+    # the round trip `1 / (1 / clip)`); the others keep their exact value.
     moved = arm_valid & (clipped < weights)
-    bounded = jnp.where(moved, 1.0 / jnp.where(moved, clipped, 1.0), arms)
+    bound = jnp.asarray(0.0 if max_weight is None else clip, values.dtype)
+    bounded = jnp.where(moved, bound, arms)
     if two_sided:
         # Below 1/2 only the lower bound can bind, above it only the upper one (clip < 1/2).
         out = jnp.where(values < 0.5, bounded[0], 1.0 - bounded[1])

@@ -62,9 +62,10 @@ Conventions shared by every estimator:
   marginals positive for the logged slot). Nothing is checked under `jit`: call
   `check_ope_inputs` on the host first; it raises `PropensityError` naming the argument and
   the first bad row.
-- Weights are clipped in one place, `clip_weights`, which also reports how many were clipped
-  and the Kish effective sample size. Every weighting estimator takes `clip` (the largest
-  weight kept; None keeps all) and calls it.
+- Weights are clipped in one place, THE clip `causal.clip.clip_weights` (re-exported here),
+  which also reports how many were clipped and the Kish effective sample size in a
+  `ClipReport`. Every weighting estimator takes `clip` (the largest weight kept; None or 0
+  keeps all) and calls it; `weight_reports` gives a run the reports of its estimators.
 - Each returns an `Estimate(value, stderr, n_eff)`: `value` the mean of the per-round terms,
   `stderr` their sample standard deviation (`ddof=1`) over `sqrt(n)` (for the self-normalised
   estimators, of the delta-method linearised terms), `n_eff` the Kish effective sample size
@@ -77,12 +78,13 @@ All estimators are pure `jax.numpy` functions: jit-able (the scalars `clip`, `th
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from causalrec_jax.causal.clip import ClipReport, clip_weights
 from causalrec_jax.causal.propensity import PropensityError
 
 Array = jax.Array
@@ -107,33 +109,8 @@ class Estimate(NamedTuple):
     n_eff: Array
 
 
-class WeightReport(NamedTuple):
-    """What `clip_weights` did (all jnp scalars).
-
-    Attributes:
-        n: number of weights considered (those of rows where `where` is True).
-        n_clipped: how many were above `max_weight` and lowered to it.
-        fraction_clipped: `n_clipped / n` (0 when `n == 0`).
-        effective_sample_size: Kish ESS `(sum w)^2 / sum w^2` of the weights after clipping
-            (`n` when all are equal; 0 when all are 0).
-        max_weight_before: largest weight before clipping (NaN when `n == 0`).
-        max_weight_after: largest weight after clipping (NaN when `n == 0`).
-    """
-
-    n: Array
-    n_clipped: Array
-    fraction_clipped: Array
-    effective_sample_size: Array
-    max_weight_before: Array
-    max_weight_after: Array
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain python numbers (NaN as None) for `metrics.json`."""
-        out: dict[str, Any] = {}
-        for name, value in self._asdict().items():
-            item = np.asarray(value).item()
-            out[name] = None if isinstance(item, float) and np.isnan(item) else item
-        return out
+# The one report of THE clip (`causal.clip`); the old name is kept for a transition.
+WeightReport = ClipReport
 
 
 # --- helpers --------------------------------------------------------------------------------
@@ -200,6 +177,39 @@ def _bandit_weights(
     return weights
 
 
+def importance_weights(
+    target_probs: ArrayLike,
+    logging_probs: ArrayLike,
+    *,
+    clip: ArrayLike | None = None,
+    where: ArrayLike | None = None,
+) -> tuple[Array, ClipReport]:
+    """The clipped weights `min(pi_e / pi_b, clip)` the estimators use, and THE clip's report.
+
+    Args:
+        target_probs: `[n]` (slate-level) or `[n, K]` (slot-level) target probabilities.
+        logging_probs: the same under the logging policy (> 0 on real rows).
+        clip: largest weight kept; None or 0 keeps all.
+        where: optional bool `[n]`; False rows are padding (weight 0, not reported).
+
+    Returns:
+        `(weights, report)`: weights shaped like the inputs and a `ClipReport`.
+    """
+    target = jnp.asarray(target_probs)
+    dtype = _float_dtype(target, logging_probs)
+    mask = _rows(target.shape[0], where)
+    weights = _importance_weights(target, logging_probs, mask, dtype)
+    return clip_weights(weights, clip, where=mask)
+
+
+def position_based_marginals(marginals: ArrayLike, examination: ArrayLike) -> Array:
+    """`[n, K]` examination-weighted marginals `sum_j e_j pi(a_k at j)` of `[n, K, K]` ones
+    (the denominators and numerators of `pbm_ips`'s weights)."""
+    examination = jnp.asarray(examination)
+    marginals = jnp.asarray(marginals, _float_dtype(marginals, examination))
+    return jnp.einsum("nkj,j->nk", marginals, examination.astype(marginals.dtype))
+
+
 def _dr_inputs(
     rewards: ArrayLike,
     target_probs: ArrayLike,
@@ -225,58 +235,6 @@ def _doubly_robust(
     terms = baseline + weights * residuals
     value, stderr, _ = _mean_and_stderr(terms, mask)
     return Estimate(value, stderr, _kish(weights, mask))
-
-
-# --- clipping -------------------------------------------------------------------------------
-
-
-def clip_weights(
-    weights: ArrayLike, max_weight: ArrayLike | None, *, where: ArrayLike | None = None
-) -> tuple[Array, WeightReport]:
-    """Caps importance weights at `max_weight`: the one place where weights are clipped.
-
-    Args:
-        weights: importance weights `pi_e / pi_b`, `[n]` or `[n, ...]` (e.g. `[n, K]` slots).
-        max_weight: the largest weight kept (scalar, may be traced); None clips nothing.
-            Must be positive.
-        where: optional bool `[n]`; rows with False are padding, set to 0 in the output and
-            left out of the report.
-
-    Returns:
-        `(clipped, report)`: `clipped` shaped like `weights` (`min(w, max_weight)` on real
-        rows, 0 on padding) and a `WeightReport` of jnp scalars.
-    """
-    weights = jnp.asarray(weights)
-    weights = weights.astype(_float_dtype(weights))
-    if isinstance(max_weight, int | float) and not max_weight > 0:
-        raise ValueError(f"max_weight must be positive or None, got {max_weight!r}")
-    mask = _rows(weights.shape[0], where)
-    valid = jnp.broadcast_to(_expand(mask, weights.ndim), weights.shape)
-    weights = jnp.where(valid, weights, 0.0)
-    if max_weight is None:
-        clipped = weights
-        n_clipped = jnp.zeros((), jnp.int32)
-    else:
-        max_weight = jnp.asarray(max_weight, weights.dtype)
-        clipped = jnp.where(valid, jnp.minimum(weights, max_weight), 0.0)
-        n_clipped = jnp.sum(valid & (weights > max_weight)).astype(jnp.int32)
-    n = jnp.sum(valid).astype(jnp.int32)
-    nf = n.astype(weights.dtype)
-    fraction = jnp.where(n > 0, n_clipped.astype(weights.dtype) / jnp.maximum(nf, 1.0), 0.0)
-
-    def largest(array: Array) -> Array:
-        top = jnp.max(jnp.where(valid, array, -jnp.inf), initial=-jnp.inf)
-        return jnp.where(n > 0, top, jnp.nan)
-
-    report = WeightReport(
-        n=n,
-        n_clipped=n_clipped,
-        fraction_clipped=fraction,
-        effective_sample_size=_kish(clipped, valid),
-        max_weight_before=largest(weights),
-        max_weight_after=largest(clipped),
-    )
-    return clipped, report
 
 
 # --- single-action estimators ---------------------------------------------------------------
@@ -596,8 +554,8 @@ def pbm_ips(
     rewards = jnp.asarray(rewards, dtype)
     mask = _rows(rewards.shape[0], where)
     examination = jnp.asarray(examination, dtype)
-    target = jnp.einsum("nkj,j->nk", jnp.asarray(target_marginals, dtype), examination)
-    logging = jnp.einsum("nkj,j->nk", jnp.asarray(logging_marginals, dtype), examination)
+    target = position_based_marginals(jnp.asarray(target_marginals, dtype), examination)
+    logging = position_based_marginals(jnp.asarray(logging_marginals, dtype), examination)
     weights = _importance_weights(target, logging, mask, dtype)
     return _slate_estimate(rewards, weights, mask, clip)
 

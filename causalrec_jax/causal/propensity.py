@@ -35,16 +35,23 @@ propensities as a dense `[n_users, n_items]` float32 matrix with one of these me
   2016, "Modeling user exposure in recommendation").
 - `true`: the simulator's own `GroundTruth.propensity`, P(O=1 | u, i, Y_ui).
 
-Clipping is a policy decision made in exactly one function, `clip_propensities`: it raises the
-propensities below the clip to the clip and reports, in a `ClipReport`, how many it raised and
-the Kish effective sample size `(sum w)^2 / sum w^2` of the inverse-propensity weights
-`w = 1 / p`. It also rejects propensities that are NaN, not positive or above 1.
+Clipping is a policy decision made in exactly one function, THE clip of `causal.clip`. Here
+`clip_propensities` is its host wrapper for a run: it first validates the propensities
+(`check_propensities`: NaN, not positive or above 1 are refused, naming the config key and the
+first bad cell), then calls `causal.clip.clip_propensities`, which raises the propensities
+below the clip to the clip and reports, in a `ClipReport`, how many it raised, the largest
+inverse-propensity weight `1 / p` before and after, and the Kish effective sample size
+`(sum w)^2 / sum w^2` of the weights `w = 1 / p`.
+
+The `logistic` and `learned` models are fitted by the training core
+(`train.full_batch.fit_full_batch_jit`, Adam from `train.step.make_optimizer`), compiled once
+per static setting and data shape.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
@@ -52,10 +59,17 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from causalrec_jax.causal import clip as the_clip
+from causalrec_jax.causal.clip import ClipReport
 from causalrec_jax.config import CausalConfig
 from causalrec_jax.data.dataset import Dataset
 from causalrec_jax.errors import CausalRecError
-from causalrec_jax.train.full_batch import fit_full_batch
+from causalrec_jax.train.full_batch import (
+    check_finite,
+    fit_full_batch_jit,
+    full_batch_optimizer,
+    optimizer_settings,
+)
 
 PROPENSITY_METHODS = (
     "none", "given", "popularity", "naive_bayes", "logistic", "learned", "true"
@@ -69,34 +83,6 @@ class PropensityError(CausalRecError, ValueError):
     """Propensities are missing, malformed (NaN, <= 0, > 1) or of the wrong shape."""
 
 
-class ClipReport(NamedTuple):
-    """What `clip_propensities` did.
-
-    Attributes:
-        n: number of propensities considered (those where `where` is True).
-        n_clipped: how many were below the clip and raised to it.
-        fraction_clipped: `n_clipped / n` (0 when `n == 0`).
-        effective_sample_size: Kish ESS `(sum w)^2 / sum w^2` of the weights `w = 1 / p` after
-            clipping; equals `n` when all weights are equal.
-        min_propensity: smallest propensity before clipping (NaN when `n == 0`).
-        max_weight: largest weight `1 / p` after clipping (NaN when `n == 0`).
-    """
-
-    n: int
-    n_clipped: int
-    fraction_clipped: float
-    effective_sample_size: float
-    min_propensity: float
-    max_weight: float
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain python numbers (NaN as None) for `metrics.json`."""
-        return {
-            name: (None if isinstance(value, float) and np.isnan(value) else value)
-            for name, value in self._asdict().items()
-        }
-
-
 def check_propensity_matrix(
     matrix: Any,
     n_users: int,
@@ -107,7 +93,7 @@ def check_propensity_matrix(
 ) -> np.ndarray:
     """The matrix as `[n_users, n_items]` float32, or a `PropensityError` naming `key`, `name`.
 
-    Only the shape is checked here; values are checked by `clip_propensities`.
+    Only the shape is checked here; values are checked by `check_propensities`.
 
     Args:
         matrix: the propensities, array-like.
@@ -127,7 +113,27 @@ def check_propensity_matrix(
     return array.astype(np.float32, copy=False)
 
 
-def _validate(values: np.ndarray, mask: np.ndarray, name: str, key: str) -> None:
+def check_propensities(
+    values: Any, where: Any = None, name: str = "propensities",
+    key: str = "causal.propensity",
+) -> None:
+    """Refuses propensities that are NaN, `<= 0` or `> 1` (within `where`), on the host.
+
+    Args:
+        values: array of P(O=1), any shape (e.g. `[n]` or `[n_users, n_items]`).
+        where: optional boolean mask of the same shape; only these entries are checked.
+        name: what the propensities are (a file, "dataset propensities"), for the message.
+        key: the config key that chose them, named first in the message.
+
+    Raises:
+        PropensityError: naming `key`, `name`, how many are bad and the first bad index.
+    """
+    values = np.asarray(values)
+    mask = np.ones(values.shape, bool) if where is None else np.asarray(where, bool)
+    if mask.shape != values.shape:
+        raise PropensityError(
+            f"key {key}: {name}: mask 'where' has shape {mask.shape}, expected {values.shape}"
+        )
     checks = (
         ("NaN", np.isnan(values)),
         ("<= 0", values <= 0),
@@ -140,11 +146,11 @@ def _validate(values: np.ndarray, mask: np.ndarray, name: str, key: str) -> None
             first = np.unravel_index(int(np.argmax(bad)), values.shape)
             first = tuple(int(i) for i in first)
             if len(first) == 1:
-                where = f"index {first[0]}"
+                at = f"index {first[0]}"
             elif len(first) == 2:
-                where = f"(user, item) index {first}"
+                at = f"(user, item) index {first}"
             else:
-                where = f"index {first}"
+                at = f"index {first}"
             remedy = ""
             if what == "<= 0":
                 remedy = (
@@ -154,7 +160,7 @@ def _validate(values: np.ndarray, mask: np.ndarray, name: str, key: str) -> None
                     "repair zeros)"
                 )
             raise PropensityError(
-                f"key {key}: {name}: {count} propensities are {what} (first at {where}, value "
+                f"key {key}: {name}: {count} propensities are {what} (first at {at}, value "
                 f"{values[first]}); propensities must lie in (0, 1]{remedy}"
             )
 
@@ -167,7 +173,7 @@ def clip_propensities(
     name: str = "propensities",
     key: str = "causal.propensity",
 ) -> tuple[np.ndarray, ClipReport]:
-    """The one place propensities are clipped: values below `clip` are raised to `clip`.
+    """A run's propensity clip: `check_propensities`, then THE clip (`causal.clip`).
 
     Runs on the host, once per run (not under `jax.jit`), so that it can refuse bad input.
 
@@ -181,47 +187,26 @@ def clip_propensities(
         key: the config key that chose the propensities, named first in error messages.
 
     Returns:
-        `(clipped, report)`: float32 array of the input's shape and a `ClipReport`.
+        `(clipped, report)`: float32 numpy array of the input's shape (`max(p, clip)`) and the
+        `causal.clip.ClipReport` of the weights `1 / p` (its `to_dict()` is what runs write
+        under "propensity": `n, n_clipped, fraction_clipped, effective_sample_size,
+        max_weight_before, max_weight_after`).
 
     Raises:
         PropensityError: an entry (within `where`) is NaN, <= 0 or > 1, or `clip` is outside
             [0, 1).
     """
     values = np.asarray(propensities, dtype=np.float32)
-    mask = np.ones(values.shape, bool) if where is None else np.asarray(where, bool)
-    if mask.shape != values.shape:
-        raise PropensityError(
-            f"key {key}: {name}: mask 'where' has shape {mask.shape}, expected {values.shape}"
-        )
     clip = 0.0 if clip is None else float(clip)
     if not (0.0 <= clip < 1.0):
         raise PropensityError(
             f"key causal.propensity_clip: got {clip}, expected a value in [0, 1)"
         )
-    _validate(values, mask, name, key)
-    below = mask & (values < clip)
-    clipped = np.where(below, np.float32(clip), values).astype(np.float32)
-    selected = clipped[mask].astype(np.float64)
-    n = int(selected.size)
-    if n == 0:
-        report = ClipReport(0, 0, 0.0, 0.0, float("nan"), float("nan"))
-    else:
-        weights = 1.0 / selected
-        n_clipped = int(np.count_nonzero(below))
-        report = ClipReport(
-            n=n,
-            n_clipped=n_clipped,
-            fraction_clipped=n_clipped / n,
-            effective_sample_size=float(weights.sum() ** 2 / np.square(weights).sum()),
-            min_propensity=float(values[mask].min()),
-            max_weight=float(weights.max()),
-        )
+    check_propensities(values, where, name, key)
+    mask = np.ones(values.shape, bool) if where is None else np.asarray(where, bool)
+    clipped, report = the_clip.clip_propensities(values, clip or None, where=mask)
+    clipped = np.where(mask, np.asarray(clipped, np.float32), values).astype(np.float32)
     return clipped, report
-
-
-def propensity_at(matrix: Any, user: Any, item: Any) -> np.ndarray:
-    """`[n]` propensities of the cells `(user[k], item[k])` of a `[n_users, n_items]` matrix."""
-    return np.asarray(matrix)[np.asarray(user), np.asarray(item)]
 
 
 def observed_matrix(train: Dataset) -> np.ndarray:
@@ -351,20 +336,35 @@ def _bce_objective(logits: jax.Array, observed: jax.Array, penalty: jax.Array, l
     return loss + 0.5 * l2 * penalty / observed.size
 
 
-@functools.partial(jax.jit, static_argnames=("logits_fn", "steps", "learning_rate", "l2"))
+@dataclasses.dataclass(frozen=True)
+class _ObservationLoss:
+    """`loss_fn(params, batch, key)` of the training core for a logits model of exposure.
+
+    A frozen dataclass (hashed by its `logits_fn`), so `fit_full_batch_jit` compiles once per
+    model kind and data shape; the data and the prior's precision `l2` travel in `batch`.
+    """
+
+    logits_fn: Callable[[Any, Any], jax.Array]
+
+    def __call__(self, params, batch, key):
+        del key  # the objective samples nothing
+        penalty = sum(jnp.sum(jnp.square(leaf)) for name, leaf in params.items() if name != "bias")
+        logits = self.logits_fn(params, batch["extra"])
+        return _bce_objective(logits, batch["observed"], penalty, batch["l2"]), {}
+
+
 def _fit(params, observed, extra, *, logits_fn, steps: int, learning_rate: float, l2: float):
-    """Full-batch Adam on the BCE of `logits_fn(params, extra)` against `observed`."""
-    optimizer = optax.adam(learning_rate)
-
-    def loss_fn(params):
-        penalty = sum(
-            jnp.sum(jnp.square(leaf))
-            for name, leaf in params.items()
-            if name != "bias"
-        )
-        return _bce_objective(logits_fn(params, extra), observed, penalty, l2)
-
-    return fit_full_batch(lambda params, _key: loss_fn(params), params, optimizer, steps)
+    """Full-batch Adam (the core's optimiser, `learning_rate` traced) on the BCE of
+    `logits_fn(params, extra)` against `observed`; returns the fitted params."""
+    optimizer, hparams = full_batch_optimizer(
+        optimizer_settings(learning_rate=learning_rate, weight_decay=0.0), steps)
+    batch = {"observed": observed, "extra": extra, "l2": jnp.float32(l2)}
+    # The key is unused (a deterministic objective); a fixed one keeps the fit deterministic.
+    fit = fit_full_batch_jit(_ObservationLoss(logits_fn), params, batch, jax.random.key(0),
+                             hparams, optimizer=optimizer, epochs=steps)
+    check_finite(fit, "propensity model (causal.propensity)",
+                 "the observation matrix or the learning rate is unusable")
+    return fit.state.params
 
 
 def _logistic_logits(params, extra):
@@ -426,7 +426,7 @@ def logistic_propensities(
         if features is not None:
             extra[f"{kind}_features"] = jnp.asarray(features)
             params[f"{kind}_features"] = jnp.zeros(features.shape[1], jnp.float32)
-    params, _ = _fit(
+    params = _fit(
         params, jnp.asarray(observed), extra, logits_fn=_logistic_logits, steps=int(steps),
         learning_rate=float(learning_rate), l2=float(l2),
     )
@@ -465,7 +465,7 @@ def learned_propensities(
         "user_factors": init_scale * jax.random.normal(user_key, (train.n_users, rank)),
         "item_factors": init_scale * jax.random.normal(item_key, (train.n_items, rank)),
     }
-    params, _ = _fit(
+    params = _fit(
         params, jnp.asarray(observed), {}, logits_fn=_mf_logits, steps=int(steps),
         learning_rate=float(learning_rate), l2=float(l2),
     )
@@ -533,30 +533,3 @@ def estimate_propensities(
     raise PropensityError(
         f"causal.propensity: unknown method {method!r}, expected one of {PROPENSITY_METHODS}"
     )
-
-
-@dataclasses.dataclass(frozen=True)
-class PropensityParams:
-    """Fitted propensities: the `[n_users, n_items]` matrix (see `propensity`)."""
-
-    matrix: np.ndarray
-
-
-def fit_propensity(
-    key: jax.Array | None,
-    train: Dataset,
-    config: CausalConfig,
-    *,
-    mar: Dataset | None = None,
-    truth: Any = None,
-) -> PropensityParams:
-    """`estimate_propensities(config.propensity, ...)` as params for `propensity`."""
-    return PropensityParams(
-        estimate_propensities(config.propensity, train, mar=mar, config=config, key=key,
-                              truth=truth)
-    )
-
-
-def propensity(params: PropensityParams, user: Any, item: Any) -> np.ndarray:
-    """`[n]` P(O=1) of the cells `(user[k], item[k])` (context = user, action = item)."""
-    return propensity_at(params.matrix, user, item)

@@ -2,8 +2,10 @@
 
 `fit_reward_model` fits the library's biased matrix factorisation (`models.mf.MF`) plus one
 logit offset per slot (position bias) to logged impressions by full-batch Adam on the binary
-cross-entropy with a Gaussian prior (L2, `weight_decay * sum of squares / impressions`) on the
-user and item parameters, one `lax.scan` over epochs:
+cross-entropy with a Gaussian prior (`weight_decay * sum of squares / impressions`, part of the
+objective, on the user and item parameters only) — the training core's step scanned over the
+epochs (`train.full_batch.fit_full_batch_jit`, Adam from `train.step.make_optimizer` with
+the learning rate traced), compiled once per model size, log size and number of epochs:
 
     q_hat(u, a, k) = sigmoid(MF(u, a) + b_k)
 
@@ -13,6 +15,7 @@ user and item parameters, one `lax.scan` over epochs:
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Any, NamedTuple
 
@@ -22,8 +25,12 @@ import optax
 
 from causalrec_jax.models.base import make_scorers, split_model
 from causalrec_jax.models.mf import MF
-from causalrec_jax.train.full_batch import fit_full_batch
-from causalrec_jax.train.loop import TrainingDivergedError
+from causalrec_jax.train.full_batch import (
+    check_finite,
+    fit_full_batch_jit,
+    full_batch_optimizer,
+    optimizer_settings,
+)
 
 
 class RewardModel(NamedTuple):
@@ -57,37 +64,44 @@ def fit_reward_model(
     """
     parts = split_model(MF(n_users, n_items, embedding_dim=dim, key=key))
     initial = {"mf": parts.params, "slot": jnp.zeros(slate_size, jnp.float32)}
-    params, losses = _fit(
-        parts.graphdef, parts.constants, initial, jnp.asarray(users, jnp.int32),
-        jnp.asarray(items, jnp.int32), jnp.asarray(slots, jnp.int32),
-        jnp.asarray(clicks, jnp.float32), jnp.float32(weight_decay),
-        epochs=epochs, learning_rate=learning_rate,
-    )
-    if not bool(jnp.all(jnp.isfinite(losses))):
-        raise TrainingDivergedError(
-            "reward model (ope.reward_model): the loss became NaN/Inf; lower "
-            "ope.reward_model_learning_rate"
-        )
-    return RewardModel(params["mf"], params["slot"], parts.graphdef, parts.constants), losses
+    batch = {
+        "constants": parts.constants, "users": jnp.asarray(users, jnp.int32),
+        "items": jnp.asarray(items, jnp.int32), "slots": jnp.asarray(slots, jnp.int32),
+        "clicks": jnp.asarray(clicks, jnp.float32), "weight_decay": jnp.float32(weight_decay),
+    }
+    optimizer, hparams = full_batch_optimizer(
+        optimizer_settings(learning_rate=learning_rate, weight_decay=0.0), epochs)
+    # The objective samples nothing: the fit's key is unused (the model key initialised MF).
+    fit = fit_full_batch_jit(_ClickLoss(parts.graphdef), initial, batch, key, hparams,
+                             optimizer=optimizer, epochs=epochs)
+    check_finite(fit, "reward model (ope.reward_model)", "lower ope.reward_model_learning_rate")
+    params = fit.state.params
+    return (RewardModel(params["mf"], params["slot"], parts.graphdef, parts.constants),
+            fit.losses)
 
 
-@functools.partial(jax.jit, static_argnums=0, static_argnames=("epochs", "learning_rate"))
-def _fit(graphdef, constants, params, users, items, slots, clicks, weight_decay, *, epochs,
-         learning_rate):
-    """Full-batch Adam epochs under one `lax.scan` (the log is an argument, not a constant)."""
-    scorers = make_scorers(graphdef, constants)
-    optimizer = optax.adam(learning_rate)
+@dataclasses.dataclass(frozen=True)
+class _ClickLoss:
+    """`loss_fn(params, batch, key)` of the click model: mean BCE plus the Gaussian prior.
 
-    def loss_fn(params):
-        logits = scorers.score_pairs(params["mf"], users, items) + params["slot"][slots]
+    A frozen dataclass hashed by the model's structure, so every fit of one model size shares
+    one compiled program; the log and `weight_decay` travel in `batch`.
+    """
+
+    graphdef: Any
+
+    def __call__(self, params, batch, key):
+        del key
+        scorers = make_scorers(self.graphdef, batch["constants"])
+        logits = (scorers.score_pairs(params["mf"], batch["users"], batch["items"])
+                  + params["slot"][batch["slots"]])
         # A Gaussian prior on the user and item parameters (not the global and slot biases):
         # with about one impression per (user, item) an unregularised model memorises clicks.
         penalty = sum(jnp.sum(jnp.square(leaf)) for leaf in jax.tree.leaves(params["mf"])
                       if leaf.ndim > 0)
+        clicks = batch["clicks"]
         bce = jnp.mean(optax.sigmoid_binary_cross_entropy(logits, clicks))
-        return bce + weight_decay * penalty / clicks.shape[0]
-
-    return fit_full_batch(lambda params, _key: loss_fn(params), params, optimizer, epochs)
+        return bce + batch["weight_decay"] * penalty / clicks.shape[0], {}
 
 
 def reward_table(model: RewardModel, users: jax.Array) -> jax.Array:

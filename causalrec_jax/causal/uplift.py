@@ -32,13 +32,19 @@ Losses built on them:
   positive probability ranks cells by `tau`.
 
 Propensity clipping (`clip`). Both `P` and `1 - P` are divided by, so the uplift functions clip
-two-sidedly and under `jit`: `P` is moved into `[clip, 1 - clip]` (for `clip` in `[0, 1/2)`),
-i.e. the treated term divides by `max(P, clip)` and the control term by `max(1 - P, clip)`,
-the propensity capping of Sato et al. 2020 with `chi_1 = chi_0 = clip`. `None` (or 0) leaves
-the propensities as they are. Clipping trades bias for variance: a clipped label is no longer
-unbiased for the cells whose propensity was moved. (The host-side one-sided clip of a run,
-`causalrec_jax.causal.propensity.clip_propensities`, reports how many were clipped; these
-functions only apply the bound.)
+two-sidedly with THE clip, `causal.clip.clip_propensities(..., two_sided=True)` (jit-able, the
+bound may be traced): `P` is moved into `[clip, 1 - clip]` (for `clip` in `[0, 1/2)`), i.e. the
+treated term divides by `max(P, clip)` and the control term by `max(1 - P, clip)`, the
+propensity capping of Sato et al. 2020 with `chi_1 = chi_0 = clip`. `None` (or 0) leaves the
+propensities as they are. Clipping trades bias for variance: a clipped label is no longer
+unbiased for the cells whose propensity was moved. A run clips once itself to get the
+`ClipReport` it writes (`uplift_run`) and passes the clipped propensities with `clip=None`.
+
+Logs of `T` steps per user. A run aggregates each (user, item) cell over the steps: `n1` steps
+shown, `c1` of them consumed, `c0` consumed without being shown. The `*_from_counts` functions
+give the mean over the steps of the per-step labels above (`ips_uplift_label` and
+`dr_uplift_label` are their `T = 1` case, computed by the same code), and
+`ips_weights_from_counts` the weights `dlce_pair_loss` takes.
 
 `where` (bool, broadcastable to the cells) marks the cells that count: masked cells get label 0
 and contribute 0 to every loss and gradient, whatever their (finite or not) propensity. Cells
@@ -52,6 +58,8 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+
+from causalrec_jax.causal.clip import clip_propensities
 
 Array = jax.Array
 ArrayLike = jax.typing.ArrayLike
@@ -70,6 +78,38 @@ def _valid(shape: tuple[int, ...], where: ArrayLike | None) -> Array:
     return jnp.broadcast_to(jnp.asarray(where, bool), shape)
 
 
+def _bounded(
+    propensities: ArrayLike, clip: ArrayLike | None, valid: Array, dtype: jnp.dtype
+) -> Array:
+    """`P` moved into `[clip, 1 - clip]` by THE clip (two-sided); 1/2 on masked cells."""
+    propensities = jnp.asarray(propensities, dtype)
+    bounded, _ = clip_propensities(propensities, clip, where=valid, two_sided=True)
+    return bounded.astype(dtype)
+
+
+def _inverse_propensity_terms(
+    treated_numerators: ArrayLike,
+    control_numerators: ArrayLike,
+    steps: ArrayLike,
+    propensities: Array,
+    valid: Array,
+    dtype: jnp.dtype,
+) -> tuple[Array, Array]:
+    """`(a / (T P), b / (T (1 - P)))` for already clipped `P`; 0 where the numerator is 0 or
+    the cell is masked, with a finite value and gradient there (the double `where`), so a
+    propensity of 0 or 1 in the unused arm never turns into NaN."""
+    treated_numerators = jnp.asarray(treated_numerators, dtype)
+    control_numerators = jnp.asarray(control_numerators, dtype)
+    steps = jnp.asarray(steps, dtype)
+    uses_treated = valid & (treated_numerators != 0)
+    uses_control = valid & (control_numerators != 0)
+    safe_treated = jnp.where(uses_treated, steps * propensities, 1.0)
+    safe_control = jnp.where(uses_control, steps * (1.0 - propensities), 1.0)
+    treated = jnp.where(uses_treated, treated_numerators / safe_treated, 0.0)
+    control = jnp.where(uses_control, control_numerators / safe_control, 0.0)
+    return treated.astype(dtype), control.astype(dtype)
+
+
 def _treatment_weights(
     treatments: ArrayLike,
     propensities: ArrayLike,
@@ -77,27 +117,129 @@ def _treatment_weights(
     valid: Array,
     dtype: jnp.dtype,
 ) -> tuple[Array, Array]:
-    """`(Z / max(P, clip), (1 - Z) / max(1 - P, clip))`, 0 where a term does not apply.
-
-    The double `where` keeps the value and the gradient finite for the unused denominator.
-    """
-    treated = jnp.asarray(treatments) != 0
-    propensities = jnp.asarray(propensities, dtype)
-    if clip is not None:
-        propensities = jnp.clip(propensities, clip, 1.0 - clip)
-    is_treated = valid & treated
-    is_control = valid & ~treated
-    safe_treated = jnp.where(is_treated, propensities, jnp.ones_like(propensities))
-    safe_control = jnp.where(is_control, 1.0 - propensities, jnp.ones_like(propensities))
-    treated_weight = jnp.where(is_treated, 1.0 / safe_treated, 0.0).astype(dtype)
-    control_weight = jnp.where(is_control, 1.0 / safe_control, 0.0).astype(dtype)
-    return treated_weight, control_weight
+    """`(Z / max(P, clip), (1 - Z) / max(1 - P, clip))`, 0 where a term does not apply."""
+    treated = (jnp.asarray(treatments) != 0).astype(dtype)
+    return _inverse_propensity_terms(
+        treated, 1.0 - treated, 1.0, _bounded(propensities, clip, valid, dtype), valid, dtype
+    )
 
 
 def _check_clip(clip: float | None) -> None:
     # Only Python numbers are checked: a traced clip (a swept hyperparameter) passes through.
     if isinstance(clip, int | float) and not 0.0 <= float(clip) < 0.5:
         raise ValueError(f"clip must be in [0, 0.5) or None, got {clip}")
+
+
+def ips_weights_from_counts(
+    consumed_shown: ArrayLike,
+    consumed_not_shown: ArrayLike,
+    steps: ArrayLike,
+    propensities: ArrayLike,
+    *,
+    clip: ArrayLike | None = None,
+    where: ArrayLike | None = None,
+) -> tuple[Array, Array]:
+    """Time-aggregated IPS weights `(w1, w0)` of cells observed over `T` steps.
+
+        w1 = c1 / (T P),    w0 = c0 / (T (1 - P))
+
+    `c1` counts the steps the item was shown and consumed, `c0` the steps it was consumed
+    without being shown. With `Z_t ~ Bernoulli(P)` at each step, `E[w1] = mean_t mu1_t` and
+    `E[w0] = mean_t mu0_t`: `w1 - w0` (`ips_uplift_label_from_counts`) is the mean over the
+    `T` steps of the per-step label of `ips_uplift_label` (which is the case `T = 1`), and
+    `(w1, w0)` are the weights of `dlce_pair_loss`.
+
+    Args:
+        consumed_shown: `[...]` `c1`. consumed_not_shown: `[...]` `c0`.
+        steps: `[...]` `T`, broadcastable (e.g. `[n_users, 1]`).
+        propensities: `[...]` `P(shown)` per step (the logging policy's inclusion probability).
+        clip: move `P` into `[clip, 1 - clip]` first (THE clip, two-sided); None for none.
+        where: `[...]` bool, cells that count; masked cells get 0.
+
+    Returns:
+        `(w1, w0)`, each `[...]` float.
+    """
+    _check_clip(clip)
+    shape = jnp.broadcast_shapes(jnp.shape(consumed_shown), jnp.shape(consumed_not_shown),
+                                 jnp.shape(steps), jnp.shape(propensities))
+    dtype = _float_dtype(consumed_shown, propensities)
+    valid = _valid(shape, where)
+    bounded = _bounded(jnp.broadcast_to(jnp.asarray(propensities), shape), clip, valid, dtype)
+    return _inverse_propensity_terms(
+        jnp.broadcast_to(jnp.asarray(consumed_shown), shape),
+        jnp.broadcast_to(jnp.asarray(consumed_not_shown), shape),
+        jnp.broadcast_to(jnp.asarray(steps), shape), bounded, valid, dtype,
+    )
+
+
+def ips_uplift_label_from_counts(
+    consumed_shown: ArrayLike,
+    consumed_not_shown: ArrayLike,
+    steps: ArrayLike,
+    propensities: ArrayLike,
+    *,
+    clip: ArrayLike | None = None,
+    where: ArrayLike | None = None,
+) -> Array:
+    """The IPS label of cells observed over `T` steps: `c1 / (T P) - c0 / (T (1 - P))`.
+
+    Unbiased for the mean over the steps of the per-step effect `tau_t = mu1_t - mu0_t`
+    when `0 < P < 1` and `clip` is None (see `ips_weights_from_counts`).
+
+    Args: as `ips_weights_from_counts`.
+
+    Returns:
+        `[...]` float labels; 0 on masked cells.
+    """
+    treated, control = ips_weights_from_counts(
+        consumed_shown, consumed_not_shown, steps, propensities, clip=clip, where=where)
+    return treated - control
+
+
+def dr_uplift_label_from_counts(
+    consumed_shown: ArrayLike,
+    shown: ArrayLike,
+    consumed_not_shown: ArrayLike,
+    steps: ArrayLike,
+    propensities: ArrayLike,
+    treated_outcome_predictions: ArrayLike,
+    control_outcome_predictions: ArrayLike,
+    *,
+    clip: ArrayLike | None = None,
+    where: ArrayLike | None = None,
+) -> Array:
+    """The doubly robust label of cells observed over `T` steps (shown `n1` times):
+
+        mu1_hat - mu0_hat + (c1 - n1 mu1_hat) / (T P) - (c0 - (T - n1) mu0_hat) / (T (1 - P))
+
+    the mean over the steps of the per-step label of `dr_uplift_label` (the case `T = 1`).
+    Unbiased for the mean per-step effect when the propensities are right (any outcome
+    models) or the outcome models are.
+
+    Args:
+        consumed_shown: `[...]` `c1`. shown: `[...]` `n1`. consumed_not_shown: `[...]` `c0`.
+        steps: `[...]` `T`, broadcastable. propensities: `[...]` `P(shown)` per step.
+        treated_outcome_predictions: `[...]` `mu1_hat`. control_outcome_predictions: `mu0_hat`.
+        clip: move `P` into `[clip, 1 - clip]` first (THE clip, two-sided); None for none.
+        where: `[...]` bool, cells that count; masked cells get 0.
+
+    Returns:
+        `[...]` float labels.
+    """
+    _check_clip(clip)
+    inputs = (consumed_shown, shown, consumed_not_shown, steps, propensities,
+              treated_outcome_predictions, control_outcome_predictions)
+    shape = jnp.broadcast_shapes(*(jnp.shape(x) for x in inputs))
+    dtype = _float_dtype(consumed_shown, propensities, treated_outcome_predictions)
+    c1, n1, c0, steps, propensities, mu1, mu0 = (
+        jnp.broadcast_to(jnp.asarray(x), shape).astype(dtype) for x in inputs
+    )
+    valid = _valid(shape, where)
+    treated, control = _inverse_propensity_terms(
+        c1 - n1 * mu1, c0 - (steps - n1) * mu0, steps,
+        _bounded(propensities, clip, valid, dtype), valid, dtype,
+    )
+    return jnp.where(valid, mu1 - mu0 + treated - control, 0.0)
 
 
 def ips_uplift_label(
@@ -123,17 +265,12 @@ def ips_uplift_label(
     Returns:
         `[...]` float labels, the broadcast shape of the inputs.
     """
-    _check_clip(clip)
+    treated = (jnp.asarray(treatments) != 0).astype(_float_dtype(outcomes, propensities))
     outcomes = jnp.asarray(outcomes)
-    shape = jnp.broadcast_shapes(jnp.shape(treatments), outcomes.shape, jnp.shape(propensities))
-    dtype = _float_dtype(outcomes, propensities)
-    valid = _valid(shape, where)
-    treatments = jnp.broadcast_to(jnp.asarray(treatments), shape)
-    treated_weight, control_weight = _treatment_weights(
-        treatments, jnp.broadcast_to(jnp.asarray(propensities), shape), clip, valid, dtype
+    return ips_uplift_label_from_counts(
+        treated * outcomes, (1.0 - treated) * outcomes, 1.0, propensities, clip=clip,
+        where=where,
     )
-    outcomes = jnp.where(valid, jnp.broadcast_to(outcomes, shape).astype(dtype), 0.0)
-    return (treated_weight - control_weight) * outcomes
 
 
 def dr_uplift_label(
@@ -166,28 +303,13 @@ def dr_uplift_label(
     Returns:
         `[...]` float labels, the broadcast shape of the inputs.
     """
-    _check_clip(clip)
-    inputs = (
-        treatments,
-        outcomes,
-        propensities,
-        treated_outcome_predictions,
-        control_outcome_predictions,
+    treated = (jnp.asarray(treatments) != 0).astype(
+        _float_dtype(outcomes, propensities, treated_outcome_predictions))
+    outcomes = jnp.asarray(outcomes)
+    return dr_uplift_label_from_counts(
+        treated * outcomes, treated, (1.0 - treated) * outcomes, 1.0, propensities,
+        treated_outcome_predictions, control_outcome_predictions, clip=clip, where=where,
     )
-    shape = jnp.broadcast_shapes(*(jnp.shape(x) for x in inputs))
-    dtype = _float_dtype(outcomes, propensities, treated_outcome_predictions)
-    valid = _valid(shape, where)
-    treatments, outcomes, propensities, mu1, mu0 = (
-        jnp.broadcast_to(jnp.asarray(x), shape) for x in inputs
-    )
-    treated_weight, control_weight = _treatment_weights(
-        treatments, propensities, clip, valid, dtype
-    )
-    outcomes = outcomes.astype(dtype)
-    mu1 = mu1.astype(dtype)
-    mu0 = mu0.astype(dtype)
-    label = mu1 - mu0 + treated_weight * (outcomes - mu1) - control_weight * (outcomes - mu0)
-    return jnp.where(valid, label, 0.0)
 
 
 def uplift_regression_loss(

@@ -34,8 +34,12 @@ def test_clip_propensities_one_sided_by_hand():
     assert int(report.n_clipped) == 2
     assert float(report.max_weight_before) == pytest.approx(100.0)
     assert float(report.max_weight_after) == pytest.approx(20.0)
-    # Unclipped values come back exactly (no 1 / (1 / p) round trip).
+    # Unclipped values come back exactly, clipped ones are exactly the bound (no 1 / (1 / p)
+    # round trip either way).
     assert float(clipped[2]) == 0.5
+    assert clipped[0] == jnp.float32(0.05) and clipped[1] == jnp.float32(0.05)
+    two_sided, _ = clip_propensities(jnp.array([0.01, 0.99]), 0.05, two_sided=True)
+    assert two_sided[0] == jnp.float32(0.05) and two_sided[1] == 1 - jnp.float32(0.05)
 
 
 def test_clip_propensities_two_sided_bounds_both_arms():

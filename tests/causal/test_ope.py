@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from causalrec_jax.causal import clip as the_clip
 from causalrec_jax.causal.ope import (
     ESTIMATORS,
     Estimate,
@@ -22,8 +23,10 @@ from causalrec_jax.causal.ope import (
     dr,
     dros,
     iips,
+    importance_weights,
     ips,
     pbm_ips,
+    position_based_marginals,
     relative_error,
     sndr,
     snips,
@@ -275,8 +278,34 @@ def test_clip_weights_caps_and_reports():
     unclipped, report = clip_weights(weights, None)
     np.testing.assert_allclose(unclipped, weights)
     assert int(report.n_clipped) == 0 and int(report.n) == 5
+    # THE clip: 0 clips nothing (as None), a negative bound is refused.
+    zero, report = clip_weights(weights, 0.0)
+    np.testing.assert_allclose(zero, weights)
+    assert int(report.n_clipped) == 0
     with pytest.raises(ValueError, match="max_weight"):
-        clip_weights(weights, 0.0)
+        clip_weights(weights, -1.0)
+
+
+def test_ope_clips_with_the_one_clip():
+    assert clip_weights is the_clip.clip_weights
+    assert WeightReport is the_clip.ClipReport
+
+
+def test_importance_weights_are_the_estimators_weights_with_their_report():
+    target = jnp.array([0.2, 0.5, 0.9, 0.1])
+    logging = jnp.array([0.1, 0.5, 0.1, 0.4])
+    where = jnp.array([True, True, True, False])
+    weights, report = importance_weights(target, logging, clip=4.0, where=where)
+    np.testing.assert_allclose(weights, [2.0, 1.0, 4.0, 0.0], rtol=1e-6)
+    assert int(report.n) == 3 and int(report.n_clipped) == 1
+    np.testing.assert_allclose(report.max_weight_before, 9.0, rtol=1e-6)
+    rewards = jnp.array([1.0, 0.0, 1.0, 5.0])
+    estimate = ips(rewards, target, logging, clip=4.0, where=where)
+    np.testing.assert_allclose(estimate.value, (2.0 + 4.0) / 3, rtol=1e-6)
+    np.testing.assert_allclose(estimate.n_eff, report.effective_sample_size, rtol=1e-6)
+    marginals = jnp.arange(4.0).reshape(1, 2, 2)
+    np.testing.assert_allclose(position_based_marginals(marginals, jnp.array([1.0, 0.5])),
+                               [[0.5, 2.0 + 1.5]])
 
 
 def test_clip_in_estimators(data):

@@ -7,16 +7,17 @@ import numpy as np
 import pytest
 from scipy.stats import spearmanr
 
+from causalrec_jax.causal import clip as the_clip
 from causalrec_jax.causal.propensity import (
     PROPENSITY_METHODS,
     ClipReport,
     PropensityError,
+    check_propensities,
     check_propensity_matrix,
     clip_propensities,
     estimate_propensities,
-    fit_propensity,
+    learned_propensities,
     naive_bayes_table,
-    propensity,
 )
 from causalrec_jax.config import CausalConfig, SimConfig
 from causalrec_jax.data.dataset import GIVEN_TEST, GIVEN_TRAIN
@@ -69,8 +70,8 @@ def test_clip_report_hand_case():
         weights.sum() ** 2 / np.square(weights).sum(), rel=1e-6
     )
     assert report.effective_sample_size == pytest.approx(48.0**2 / 830.0, rel=1e-6)
-    assert report.min_propensity == pytest.approx(0.01)
-    assert report.max_weight == pytest.approx(20.0)
+    assert report.max_weight_before == pytest.approx(100.0)  # 1 / the smallest propensity
+    assert report.max_weight_after == pytest.approx(20.0)
     as_dict = report.to_dict()
     assert as_dict["n_clipped"] == 2 and isinstance(as_dict["n_clipped"], int)
     assert isinstance(as_dict["effective_sample_size"], float)
@@ -93,7 +94,20 @@ def test_equal_weights_give_full_ess_and_where_masks():
     assert report.n == 3 and report.n_clipped == 3
     assert report.effective_sample_size == pytest.approx(3.0)
     _, empty = clip_propensities(p, 0.1, where=np.zeros_like(where))
-    assert empty.n == 0 and empty.to_dict()["min_propensity"] is None
+    assert empty.n == 0 and empty.to_dict()["max_weight_before"] is None
+
+
+def test_the_host_wrapper_is_the_clip_after_the_check():
+    p = np.array([0.5, 0.01, 0.2, 0.04, 1.0], np.float32)
+    clipped, report = clip_propensities(p, 0.05)
+    expected, expected_report = the_clip.clip_propensities(p, 0.05)
+    assert isinstance(report, the_clip.ClipReport)
+    np.testing.assert_array_equal(clipped, np.asarray(expected))
+    assert report.to_dict() == expected_report.to_dict()
+    assert clipped.dtype == np.float32 and isinstance(clipped, np.ndarray)
+    check_propensities(p)  # valid: returns without raising
+    with pytest.raises(PropensityError, match=r"key causal\.propensity: p: 1 propensities are > 1"):
+        check_propensities(np.array([0.5, 2.0]), name="p")
 
 
 @pytest.mark.parametrize(
@@ -232,8 +246,14 @@ def test_logistic_uses_features(world):
     ) - 1e-3
 
 
-def test_fit_propensity_and_lookup(world):
-    train, _, truth = world
-    params = fit_propensity(None, train, CausalConfig(propensity="true"), truth=truth)
-    values = propensity(params, train.user, train.item)
-    np.testing.assert_allclose(values, np.asarray(truth.propensity)[train.user, train.item])
+def test_learned_propensities_compile_once_across_seeds(world):
+    from causalrec_jax.train.full_batch import fit_full_batch_jit
+
+    train, _, _ = world
+    first = learned_propensities(jax.random.key(0), train, steps=20)
+    size = fit_full_batch_jit._cache_size()
+    second = learned_propensities(jax.random.key(1), train, steps=20)
+    again = learned_propensities(jax.random.key(0), train, steps=20)
+    assert fit_full_batch_jit._cache_size() == size  # another seed: the same program
+    np.testing.assert_array_equal(first, again)
+    assert not np.array_equal(first, second)

@@ -210,3 +210,60 @@ def test_labels_jit_and_traced_clip():
     p = jnp.array([0.01, 0.99])
     jitted = jax.jit(lambda clip: U.ips_uplift_label(z, y, p, clip=clip))
     np.testing.assert_allclose(jitted(0.1), [10.0, -10.0], rtol=1e-5)
+
+
+# --- labels of cells observed over T steps (what uplift runs train on) ----------------------
+
+
+def test_count_labels_by_hand():
+    # T = 4 steps, P = 0.25: shown once and consumed (c1 = 1), consumed twice unshown (c0 = 2).
+    c1, n1, c0, steps, p = 1.0, 1.0, 2.0, 4.0, 0.25
+    w1, w0 = U.ips_weights_from_counts(c1, c0, steps, p)
+    assert float(w1) == pytest.approx(1.0 / (4 * 0.25))
+    assert float(w0) == pytest.approx(2.0 / (4 * 0.75))
+    assert float(U.ips_uplift_label_from_counts(c1, c0, steps, p)) == pytest.approx(1 - 2 / 3)
+    dr = U.dr_uplift_label_from_counts(c1, n1, c0, steps, p, 0.5, 0.2)
+    expected = 0.5 - 0.2 + (1 - 1 * 0.5) / (4 * 0.25) - (2 - 3 * 0.2) / (4 * 0.75)
+    assert float(dr) == pytest.approx(expected, rel=1e-6)
+    # THE clip, two-sided: P = 0.25 moves into [0.4, 0.6], so both arms divide by 4 * 0.4 / 0.6.
+    clipped = U.ips_uplift_label_from_counts(c1, c0, steps, p, clip=0.4)
+    assert float(clipped) == pytest.approx(1 / (4 * 0.4) - 2 / (4 * 0.6), rel=1e-6)
+
+
+def test_per_step_labels_are_the_single_step_case_of_the_count_labels():
+    treatments, outcomes = draws(jax.random.key(5))
+    ips_step = jax.vmap(lambda z, y: U.ips_uplift_label(z, y, PROPENSITY))(treatments, outcomes)
+    ips_counts = jax.vmap(lambda z, y: U.ips_uplift_label_from_counts(
+        z * y, (1 - z) * y, 1.0, PROPENSITY))(treatments, outcomes)
+    np.testing.assert_array_equal(ips_step, ips_counts)
+
+
+def test_count_labels_are_unbiased_over_many_episodes():
+    # T steps per cell, Z_t ~ Bernoulli(P) each step: the mean per-step label is unbiased for tau.
+    steps = 6
+
+    def episode(key):
+        treatments, outcomes = jax.vmap(lambda k: draw_cells(k, MU1, MU0, PROPENSITY))(
+            jax.random.split(key, steps))
+        c1, n1 = jnp.sum(treatments * outcomes, 0), jnp.sum(treatments, 0)
+        c0 = jnp.sum((1 - treatments) * outcomes, 0)
+        ips = U.ips_uplift_label_from_counts(c1, c0, steps, PROPENSITY)
+        dr = U.dr_uplift_label_from_counts(c1, n1, c0, steps, PROPENSITY, 0.5 * MU1, MU0 + 0.2)
+        return ips, dr
+
+    ips, dr = jax.jit(jax.vmap(episode))(jax.random.split(jax.random.key(8), N_DRAWS))
+    assert_mean_close(ips, TAU)
+    assert_mean_close(dr, TAU)  # wrong outcome models, right propensities
+
+
+def test_count_labels_mask_cells_without_overlap_and_jit_equals_eager():
+    p = jnp.array([0.0, 0.5, 1.0])
+    c1, n1, c0 = jnp.array([0.0, 1.0, 2.0]), jnp.array([0.0, 1.0, 2.0]), jnp.array([1.0, 0.0, 0.0])
+    where = (p > 0) & (p < 1)
+    for function in (U.ips_uplift_label_from_counts, jax.jit(U.ips_uplift_label_from_counts)):
+        label = function(c1, c0, 2.0, p, where=where)
+        np.testing.assert_allclose(label, [0.0, 1.0, 0.0])
+    dr = jax.jit(U.dr_uplift_label_from_counts)(c1, n1, c0, 2.0, p, 0.5, 0.5, where=where)
+    np.testing.assert_allclose(dr, [0.0, 1.0, 0.0])  # 0 + (1 - 0.5) / 1 - (0 - 0.5) / 1
+    grads = jax.grad(lambda q: jnp.sum(U.ips_uplift_label_from_counts(c1, c0, 2.0, q)))(p)
+    assert bool(jnp.all(jnp.isfinite(grads)))  # P = 0 and 1 in unused arms: no NaN
