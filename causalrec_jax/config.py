@@ -460,13 +460,18 @@ class UpliftConfig:
     "dr" (on the doubly robust label with fitted outcome models), "dlce" (Sato et al. 2020's
     pairwise objective) or "consumption" (the baseline: predict consumption and recommend
     what would be consumed).
+
+    `learning_rate` and `weight_decay` mean what `train.learning_rate` and
+    `train.weight_decay` mean (the one optimiser builder, `train.step.make_optimizer`, with
+    `train.optimizer`, `lr_schedule` and `warmup_steps`): `weight_decay * params` is added to
+    the gradient (decoupled with `train.optimizer = "adamw"`).
     """
 
     method: Literal["", "ips", "dr", "dlce", "consumption"] = ""
     embedding_dim: int = 32
     epochs: int = 300
     learning_rate: float = 0.05
-    weight_decay: float = 1e-4
+    weight_decay: float = 1e-7
     # Propensities are clipped into [clip, 1 - clip].
     clip: float = 0.0
     ks: tuple[int, ...] = (10,)
