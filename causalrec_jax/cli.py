@@ -267,11 +267,14 @@ def _command_simulate(args: argparse.Namespace) -> int:
 
     import jax
 
-    from causalrec_jax.config import dumps_config, load_config
+    from causalrec_jax.config import dumps_config, load_config, refuse_unused
     from causalrec_jax.sim.logs import simulate_log
     from causalrec_jax.sim.simlog import check_simlog_out, write_simlog
 
     config = load_config(args.config, args.overrides)
+    # A simulation reads the world, the logging policy, [run] and the marginals' sample size.
+    refuse_unused(config, {"env": None, "policy": None, "run": None,
+                           "ope": ("marginal_samples",)}, "causalrec simulate")
     name = config.run.name or (Path(args.config).stem if args.config else "simlog")
     out = Path(args.out) if args.out else Path(config.run.out_dir) / name
     check_simlog_out(out)  # refuse before spending the simulation

@@ -430,8 +430,12 @@ def ope_log(losses: list[list[float]] | None, seconds_per_epoch: float | None) -
 def ope_run(config: Config, out: str | Path) -> dict[str, Any]:
     """Runs `run_ope` and writes `out/config.toml`, `out/metrics.json` and `out/log.jsonl`
     (atomically, by `runner.write_run_folder`)."""
+    from causalrec_jax.config import refuse_unused
     from causalrec_jax.runner import write_run_folder
 
+    # An OPE run reads the world, both policies, [ope] and [run]; any other key is refused.
+    refuse_unused(config, {"env": None, "policy": None, "target": None, "ope": None,
+                           "run": None}, "an OPE run")
     metrics = run_ope(config)
     losses = metrics.pop("_losses")
     seconds = (metrics["timing"]["reward_model_seconds"] / config.ope.reward_model_epochs

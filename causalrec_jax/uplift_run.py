@@ -386,10 +386,24 @@ def uplift_log(per_seed: list[dict[str, Any]]) -> list[dict[str, Any]]:
              "seconds": round(seconds, 6)} for epoch in range(losses.shape[1])]
 
 
+def check_uplift_keys(config: Config) -> None:
+    """Refuses a key an uplift run would ignore (`config.refuse_unused`): it reads `[env]`,
+    `[policy]`, `[uplift]`, `[run]`, `data.format` / `data.path` (a simlog) and, of `[train]`,
+    the seeds and the optimiser's form (`uplift.learning_rate` / `weight_decay` are its
+    numbers)."""
+    from causalrec_jax.config import refuse_unused
+
+    refuse_unused(config, {
+        "env": None, "policy": None, "uplift": None, "run": None, "data": ("format", "path"),
+        "train": ("seeds", "optimizer", "lr_schedule", "warmup_steps"),
+    }, f"an uplift run (uplift.method = {config.uplift.method!r})")
+
+
 def uplift_run(config: Config, out: str | Path, *, quiet: bool = True) -> dict[str, Any]:
     """Runs every seed and writes `config.toml`, `metrics.json`, `log.jsonl` into `out`."""
     from causalrec_jax.runner import seed_list, write_run_folder
 
+    check_uplift_keys(config)
     per_seed = []
     for seed in seed_list(config):
         per_seed.append(uplift_seed(config, seed))

@@ -1,6 +1,7 @@
 """Config loading: defaults, TOML files, --set overrides, errors with hints, round trip."""
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 
@@ -213,3 +214,22 @@ def test_every_shipped_config_of_an_ordinary_run_reads_all_its_keys():
         check_ordinary_keys(config)
         checked += 1
     assert checked >= 38  # coat, sim, yahoo x 12 methods, ml100k and the simlog MF
+
+
+def test_uplift_ope_and_simulate_refuse_keys_they_do_not_read(tmp_path, capsys):
+    from causalrec_jax.cli import main
+    from causalrec_jax.ope_run import ope_run
+    from causalrec_jax.uplift_run import check_uplift_keys
+
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    check_uplift_keys(load_config(configs / "sim_uplift.toml"))
+    with pytest.raises(ConfigError, match="key train.learning_rate: .* uplift run"):
+        check_uplift_keys(load_config(configs / "sim_uplift.toml", ["train.learning_rate=0.5"]))
+    with pytest.raises(ConfigError, match=r"key model.embedding_dim: .* not read \[model\]"):
+        ope_run(load_config(configs / "sim_ope.toml", ["model.embedding_dim=8"]),
+                tmp_path / "o")
+    assert not (tmp_path / "o").exists()
+    assert main(["simulate", "--config", str(configs / "sim_log.toml"), "--set",
+                 "train.epochs=3", "--out", str(tmp_path / "s")]) == 2
+    assert "key train.epochs: set to 3, but causalrec simulate" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()
