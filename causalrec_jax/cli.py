@@ -108,7 +108,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _command_data(args: argparse.Namespace) -> int:
+    import importlib
+
     from causalrec_jax.config import load_config
+    from causalrec_jax.data.formats.registry import PROVIDERS
     from causalrec_jax.data.loader import load_dataset
     from causalrec_jax.data.stats import dataset_statistics, format_statistics
     from causalrec_jax.errors import ConfigError
@@ -126,6 +129,8 @@ def _command_data(args: argparse.Namespace) -> int:
     config = load_config(args.config, overrides)
     if config.data.format not in ("simulator", "dataframe") and not config.data.path:
         raise ConfigError(f"--path (or data.path) is required for format {config.data.format!r}")
+    if config.data.format in PROVIDERS:  # the simulator's formats: importing it registers them
+        importlib.import_module(PROVIDERS[config.data.format])
     dataset, _ = load_dataset(config.data, config.sim)
     stats = dataset_statistics(dataset)
     if args.json:
@@ -278,8 +283,14 @@ def _command_simulate(args: argparse.Namespace) -> int:
     if not (args.quiet or config.run.quiet):
         print(dumps_config(config))
     start = time.perf_counter()
+    score_table = None
+    if config.policy.scores == "run":
+        from causalrec_jax.runner import run_score_table
+
+        score_table = run_score_table(config.policy.run, config.env.n_users, config.env.n_items)
     log, truth = simulate_log(
-        config, jax.random.key(config.run.seed), marginal_samples=config.ope.marginal_samples
+        config, jax.random.key(config.run.seed), marginal_samples=config.ope.marginal_samples,
+        score_table=score_table,
     )
     write_simlog(out, log, truth, config)
     seconds = time.perf_counter() - start
