@@ -25,7 +25,7 @@ import pandas as pd
 from causalrec_jax.data.dataset import Dataset
 from causalrec_jax.data.formats.coat import read_coat
 from causalrec_jax.data.formats.common import PathLike, existing_path
-from causalrec_jax.data.formats.csv import read_csv_table
+from causalrec_jax.data.formats.csv_table import read_csv_table
 from causalrec_jax.data.formats.dataframe import from_dataframe
 from causalrec_jax.data.formats.movielens import read_movielens
 from causalrec_jax.data.formats.parquet import read_parquet_table
@@ -137,7 +137,7 @@ def read_table(
         columns: role (`user`, `item`, `rating`, `timestamp`) to column name; user and item
             are required, no rating means implicit feedback. None uses the default names
             (`user`/`user_id`, `item`/`item_id`, `rating`, `timestamp`).
-        sep: csv field separator (`csv.read_csv_table`).
+        sep: csv field separator (`csv_table.read_csv_table`).
         kind: "csv" or "parquet"; None infers it from the suffix (`.parquet`, `.pq` are
             parquet, anything else csv).
 

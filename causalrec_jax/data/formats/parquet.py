@@ -14,7 +14,7 @@ from causalrec_jax.errors import DataFormatError
 
 
 def read_parquet_table(path: PathLike, columns: Mapping[str, str] | None) -> Dataset:
-    """Reads a parquet file whose columns are mapped to roles (as `csv.read_csv_table`).
+    """Reads a parquet file whose columns are mapped to roles (as `csv_table.read_csv_table`).
 
     Errors name the file and the row index (parquet has no lines).
     """
