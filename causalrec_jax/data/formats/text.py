@@ -238,9 +238,11 @@ def _arrow_fields(
     except pa.ArrowInvalid:
         return None
     if invalid:
-        raise _first_invalid_line(blob, data, data_lines, invalid, sep, n_fields)
-    if table.num_rows != len(data_lines):
-        return None
+        error = _first_invalid_line(blob, data, data_lines, invalid, sep, n_fields)
+        if error is not None:
+            raise error
+    if invalid or table.num_rows != len(data_lines):
+        return None  # rows are not lines (a lone carriage return splits a line for pyarrow)
     where = Where(str(blob.path), line_numbers=data_lines + 1)
     columns = {
         index: _convert(table.column(names[index]), kinds[index]) for index in wanted
@@ -279,8 +281,10 @@ def _data_lines(data: bytes, sep: str) -> tuple[np.ndarray, pa.Buffer]:
 def _data_lines_bytes(
     data: bytes, starts: np.ndarray, stops: np.ndarray, keep: np.ndarray
 ) -> pa.Buffer:
-    """The bytes of the lines `keep` (ascending, with their terminators), copied only when
-    lines between them are left out."""
+    """The bytes of the lines `keep` (ascending), terminators included.
+
+    Copied only when lines between them are left out.
+    """
     view = memoryview(data)
     runs = np.split(keep, np.flatnonzero(np.diff(keep) != 1) + 1)
     if len(runs) == 1:
@@ -295,22 +299,16 @@ def _first_invalid_line(
     invalid: list[str],
     sep: str,
     n_fields: int,
-) -> DataFormatError:
-    """The error of the first data line whose text is one pyarrow found invalid."""
+) -> DataFormatError | None:
+    """The error of the first data line whose text pyarrow found invalid; None if none is."""
     starts, ends, _ = _line_bounds(data)
     texts = {text.rstrip("\r").encode() for text in invalid}
     lengths = ends[data_lines] - starts[data_lines]
-    candidates = data_lines[np.isin(lengths, [len(text) for text in texts])]
-    for line in candidates:
+    for line in data_lines[np.isin(lengths, [len(text) for text in texts])]:
         text = data[starts[line] : ends[line]]
         if text in texts:
             return field_count_error(blob.path, int(line) + 1, text.decode(), sep, n_fields)
-    # Not found by its text (it cannot happen with one row per line): name the first.
-    return DataFormatError(
-        f"expected {n_fields} fields separated by {separator_name(sep)} (as in the header) on "
-        f"every line; a line reads {invalid[0]!r}",
-        path=str(blob.path),
-    )
+    return None
 
 
 def _convert(column: pa.ChunkedArray, kind: str) -> np.ndarray:
