@@ -85,7 +85,6 @@ def read_coat(path: PathLike) -> Dataset:
     )
 
 
-
 def _read_matrix(path: Path) -> np.ndarray:
     """A whitespace-separated matrix of numbers, `[n_rows, n_columns]` float64."""
     numbered = numbered_lines(path)

@@ -65,8 +65,6 @@ class Rows:
         return len(self.fields)
 
 
-
-
 def existing_path(path: PathLike) -> Path:
     """`path` as a `Path`; an error naming it when it does not exist."""
     path = Path(path)
@@ -95,7 +93,6 @@ def read_text(path: Path) -> str:
             return handle.read()
 
 
-
 def numbered_lines(path: Path) -> list[tuple[int, str]]:
     """`(line_number, line)` of each line, 1-based, without line endings."""
     lines = read_text(path).split("\n")
@@ -105,6 +102,7 @@ def numbered_lines(path: Path) -> list[tuple[int, str]]:
 
 
 def empty_file_error(path: Path, expected: str) -> DataFormatError:
+    """The error of an empty file, naming what it should have held."""
     return DataFormatError(f"the file is empty; expected {expected}", path=str(path), line=1)
 
 
@@ -203,10 +201,12 @@ def _fast_number_rows(
 
 
 def separator_name(separator: str | None) -> str:
+    """How an error names a separator ("tabs", "commas", "whitespace" or its repr)."""
     return {None: "whitespace", "\t": "tabs", ",": "commas"}.get(separator, repr(separator))
 
 
 def expect_header(path: Path, expected: str, separator: str) -> None:
+    """Checks that line 1 is the header `expected` (cells compared stripped)."""
     numbered = numbered_lines(path)
     if not numbered or not numbered[0][1].strip():
         raise empty_file_error(path, f"the header {expected!r}")
@@ -253,6 +253,7 @@ def positive_ids(values: np.ndarray, where: Where, what: str) -> np.ndarray:
 
 
 def check_range(values: np.ndarray, where: Where, what: str, low: float, high: float) -> None:
+    """Raises an error naming the row of the first of `[n]` values outside `low..high`."""
     bad = np.flatnonzero((values < low) | (values > high))
     if bad.size:
         first = int(bad[0])

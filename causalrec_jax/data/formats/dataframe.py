@@ -35,7 +35,6 @@ def from_dataframe(frame: pd.DataFrame, columns: Mapping[str, str] | None = None
     )
 
 
-
 def resolve_columns(
     present: Sequence[str], columns: Mapping[str, str] | None, source: str
 ) -> dict[str, str]:

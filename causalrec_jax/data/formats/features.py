@@ -21,7 +21,6 @@ ALWAYS_KEPT_DISTINCT_VALUES = 20
 MAX_FEATURE_VOCABULARY = 1000
 
 
-
 def is_free_text(values: np.ndarray) -> bool:
     """True when a field has too many distinct values to be a category (ids, titles)."""
     distinct = len(pd.unique(values))
@@ -100,6 +99,7 @@ def rows_in_id_map(external_ids: np.ndarray, id_map: np.ndarray) -> np.ndarray:
 def stack_features(
     blocks: list[tuple[np.ndarray, list[str]]],
 ) -> tuple[np.ndarray | None, tuple[str, ...] | None]:
+    """`[n, d]` float32 columns of the non-empty blocks side by side and their names."""
     blocks = [(matrix, names) for matrix, names in blocks if matrix.shape[1]]
     if not blocks:
         return None, None

@@ -56,7 +56,6 @@ MOVIELENS_100K_GENRES = (
 )
 
 
-
 def read_movielens(path: PathLike) -> Dataset:
     """Reads a GroupLens MovieLens release, picking the ratings file by its name.
 

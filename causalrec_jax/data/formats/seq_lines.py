@@ -73,7 +73,6 @@ def read_seq_lines(path: PathLike) -> Dataset:
     return dataset
 
 
-
 def _single_txt_file(path: Path) -> Path:
     if path.is_file():
         return path
