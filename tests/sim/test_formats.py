@@ -1,5 +1,10 @@
 """The simulator registers its data formats, and the data layer reads them by name."""
 
+import json
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 
 from causalrec_jax.config import DataConfig, SimConfig
@@ -26,3 +31,13 @@ def test_the_loader_reads_the_simulated_world_through_the_registry():
     np.testing.assert_array_equal(np.asarray(truth.expected_rating),
                                   np.asarray(direct_truth.expected_rating))
     assert dataset.n_interactions <= direct.n_interactions  # cleaned, never more
+
+
+def test_a_fresh_command_line_registers_the_simulator_before_reading_it():
+    # A new process: nothing imported the simulator before `causalrec data` reads it.
+    root = Path(__file__).resolve().parents[2]
+    command = [sys.executable, "-m", "causalrec_jax", "data", "--format", "simulator",
+               "--set", "sim.n_users=30", "--set", "sim.n_items=20", "--json"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=root)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["n_users"] == 30
