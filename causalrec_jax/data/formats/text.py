@@ -178,25 +178,15 @@ def _line_bounds(data: bytes) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def _blank_lines(data: bytes, starts: np.ndarray, ends: np.ndarray, sep: str) -> np.ndarray:
     """`[n_lines]` True where a line holds only whitespace and separators."""
     buffer = np.frombuffer(data, dtype=np.uint8)
+    content = buffer > 32
+    if ord(sep) > 32:
+        content &= buffer != ord(sep)
     blank = ends == starts
-    if not len(buffer):
-        return blank
-    separator = ord(sep)
-    first = buffer[np.minimum(starts, len(buffer) - 1)]
-    # A line whose first byte is content is not blank; only the others are looked at.
-    doubtful = np.flatnonzero(~blank & ((first <= 32) | (first == separator)))
-    if doubtful.size > len(starts) // 10:
-        content = buffer > 32
-        if separator > 32:
-            content &= buffer != separator
-        non_empty = np.flatnonzero(~blank)
+    non_empty = np.flatnonzero(~blank)
+    if non_empty.size:
         # Each segment runs from a non-empty line to the next one; what lies between (line
         # terminators, empty lines) is no content.
         blank[non_empty] = ~np.logical_or.reduceat(content, starts[non_empty])
-    else:
-        strip = bytes(range(33)) + sep.encode()
-        for line in doubtful:
-            blank[line] = not data[starts[line] : ends[line]].strip(strip)
     return blank
 
 
