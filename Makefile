@@ -26,6 +26,7 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/foundation.py
+	$(BIN)/python bench/readers.py
 	$(BIN)/python bench/training.py
 	$(BIN)/python bench/tune.py
 	$(BIN)/python bench/debias.py

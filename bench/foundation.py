@@ -23,7 +23,7 @@ import numpy as np
 from causalrec_jax.config import DataConfig, SimConfig
 from causalrec_jax.data.clean import clean
 from causalrec_jax.data.dataset import from_arrays
-from causalrec_jax.data.readers import read_dataset
+from causalrec_jax.data.formats import read_dataset
 from causalrec_jax.data.split import leave_one_out_split, random_split
 from causalrec_jax.eval import evaluate_full_ranking
 from causalrec_jax.sim.world import simulate_dataset

@@ -33,6 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import causalrec_jax.sim  # noqa: F401  registers the data formats "simulator" and "simlog"
 from causalrec_jax import streams
 from causalrec_jax.config import (
     RANKING_METRIC_NAMES,
@@ -895,6 +896,33 @@ def load_run(run_dir: str | Path) -> LoadedRun:
     arrays, _ = checkpoints.restore_checkpoint(run / "model", like)
     return LoadedRun(config=config, parts=parts._replace(params=arrays["params"]), data=data,
                      extra=arrays.get("causal", {}))
+
+
+def run_score_table(run_dir: str | Path, n_users: int, n_items: int) -> np.ndarray:
+    """`[n_users, n_items]` float32 scores of a trained run on a simulated world's ids.
+
+    What `policy.scores = "run"` ranks by (`sim.logs.policy_scores` takes the table, never
+    the run folder): the run's users and items are mapped onto the world's by their integer
+    ids; items the run never saw score -1e9 (ranked last).
+    """
+    run = load_run(run_dir)
+    try:
+        users = np.asarray(run.user_ids).astype(np.int64)
+        items = np.asarray(run.item_ids).astype(np.int64)
+    except ValueError:
+        raise ConfigError(
+            f"key policy.run: {run_dir} was not trained on a log of this world (its ids are not "
+            "the world's integer ids)"
+        ) from None
+    if users.max(initial=-1) >= n_users or items.max(initial=-1) >= n_items:
+        raise ConfigError(
+            f"key policy.run: {run_dir} has ids beyond the world's {n_users} users / {n_items} "
+            "items"
+        )
+    run_scores = np.asarray(run.score_all_fn()(jnp.arange(len(users), dtype=jnp.int32)))
+    scores = np.full((n_users, n_items), -1e9, np.float32)
+    scores[np.ix_(users, items)] = run_scores
+    return scores
 
 
 def recommend(run: LoadedRun, user_id: str, k: int = 10, seed_index: int = 0) -> list[tuple]:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+import causalrec_jax.sim  # noqa: F401  registers the data format "simulator" this demo reads
 from causalrec_jax.config import load_config
 from causalrec_jax.data.loader import load_split
 from causalrec_jax.eval import evaluate_candidates

@@ -4,10 +4,12 @@ import json
 
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from causalrec_jax.cli import main
 from causalrec_jax.config import load_config
-from causalrec_jax.runner import load_run
+from causalrec_jax.errors import ConfigError
+from causalrec_jax.runner import load_run, run_score_table
 from causalrec_jax.sim.logs import env_from_config, policy_scores
 
 TINY = ["env.n_users=40", "env.n_items=30", "env.latent_dim=4", "env.horizon=6",
@@ -38,7 +40,12 @@ def test_a_trained_run_drives_the_logging_policy(tmp_path):
     config = load_config("configs/sim_log.toml", TINY + ['policy.scores="run"',
                                                           f'policy.run="{run}"'])
     _, world = env_from_config(config.env)
-    scores = policy_scores(config.policy, world)
+    with pytest.raises(ConfigError, match="policy.scores"):  # sim/ never reads a run folder
+        policy_scores(config.policy, world)
+    table = run_score_table(run, config.env.n_users, config.env.n_items)
+    with pytest.raises(ConfigError, match=r"\(40, 30\)"):
+        policy_scores(config.policy, world, table[:, :5])
+    scores = policy_scores(config.policy, world, table)
     loaded = load_run(run)
     expected = loaded.score_all_fn()(jnp.arange(40))
     users = loaded.user_ids.astype(int)

@@ -128,8 +128,6 @@ class Dataset:
 
     def to_frame(self):
         """The interactions as a pandas DataFrame with external ids (for inspection)."""
-        import pandas as pd
-
         frame = pd.DataFrame(
             {
                 "user_id": self.user_ids[self.user],

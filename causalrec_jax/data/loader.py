@@ -1,9 +1,12 @@
 """From a `[data]` config to a cleaned `Dataset` and its `Split`: the one entry point of data/.
 
-`load_dataset` reads the configured format (or builds the simulated world), then cleans it
-(invalid rows, duplicates, k-core, binarisation) as `clean.clean` documents. `load_split`
-adds the configured split. The simulator's ground truth travels beside the dataset, never
-inside it, so no model can read it by accident.
+`load_dataset` reads the configured format through the format registry
+(`causalrec_jax.data.formats`), then cleans it (invalid rows, duplicates, k-core,
+binarisation) as `clean.clean` documents. `load_split` adds the configured split. The
+simulator's formats (`simulator`, `simlog`) are registered by `causalrec_jax.sim` when it is
+imported (the run modules and the command line import it); data/ never imports it. The
+simulator's ground truth travels beside the dataset, never inside it, so no model can read it
+by accident.
 """
 
 from __future__ import annotations
@@ -13,25 +16,22 @@ from typing import Any
 from causalrec_jax.config import Config, DataConfig, SimConfig
 from causalrec_jax.data.clean import clean
 from causalrec_jax.data.dataset import Dataset, Split
-from causalrec_jax.data.readers import read_dataset
+from causalrec_jax.data.formats import Source, read_source
 from causalrec_jax.data.split import make_split
 
 
 def read_raw(data: DataConfig, sim: SimConfig | None = None, *, frame=None) -> tuple[Dataset, Any]:
     """Reads the configured source without cleaning; returns `(dataset, ground_truth)`.
 
-    `ground_truth` is the simulator's `GroundTruth` (dense matrices) or `SparseGroundTruth`
-    (large worlds; rows on demand with `sim.truth_block`) for `format = "simulator"`, else
-    None.
-    `frame` is the pandas DataFrame of `format = "dataframe"`.
+    `ground_truth` is what the format's reader returns beside the dataset: the simulator's
+    `GroundTruth` (dense matrices) or `SparseGroundTruth` (large worlds) for
+    `format = "simulator"`, else None. `frame` is the pandas DataFrame of
+    `format = "dataframe"`.
     """
-    if data.format == "simulator":
-        # Imported here so that reading files never pulls in the simulator's jax code.
-        from causalrec_jax.sim.world import simulate_dataset
-
-        return simulate_dataset(sim or SimConfig())
-    columns = dict(data.columns) or None
-    return read_dataset(data.format, data.path, columns=columns, sep=data.sep, frame=frame), None
+    source = Source(
+        path=data.path, columns=dict(data.columns) or None, sep=data.sep, frame=frame, sim=sim
+    )
+    return read_source(data.format, source)
 
 
 def load_dataset(

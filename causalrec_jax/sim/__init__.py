@@ -6,9 +6,12 @@
   bias, clicks, organic consumption), slate policies with exact probabilities, and vmapped
   rollouts with common random numbers and interventions;
 - `logs`, `simlog`: logged bandit feedback from `[env]` / `[policy]` configs and its folder
-  format (import these submodules directly).
+  format (import these submodules directly);
+- `formats`: registers the data formats `simulator` and `simlog` into
+  `causalrec_jax.data.formats` (done here, on import).
 """
 
+from causalrec_jax.sim import formats  # noqa: F401  registers "simulator" and "simlog"
 from causalrec_jax.sim.world import (
     GroundTruth,
     SparseGroundTruth,

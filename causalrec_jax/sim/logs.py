@@ -47,8 +47,21 @@ def oracle_scores(params: EnvParams) -> jax.Array:
     )
 
 
-def policy_scores(policy: PolicyConfig, params: EnvParams) -> jax.Array:
-    """Scores `[n_users, n_items]` (or `[n_items]` shared) a `[policy]` section ranks by."""
+def policy_scores(
+    policy: PolicyConfig, params: EnvParams, score_table: np.ndarray | jax.Array | None = None
+) -> jax.Array:
+    """Scores `[n_users, n_items]` (or `[n_items]` shared) a `[policy]` section ranks by.
+
+    Args:
+        policy: the `[policy]` (or `[target]`) section.
+        params: the world.
+        score_table: `[n_users, n_items]` the scores of `policy.scores = "run"`: a trained
+            model's, mapped onto the world's users and items by the caller (the simulator
+            never reads run folders; `runner.run_score_table` builds it). Unused otherwise.
+
+    Raises:
+        ConfigError: `scores = "run"` without a score table of the world's shape.
+    """
     n_users, n_items = params.user_factors.shape[0], params.item_factors.shape[0]
     noise_key = jax.random.fold_in(jax.random.key(policy.seed), STREAM_SCORER)
     if policy.scores == "oracle":
@@ -60,39 +73,30 @@ def policy_scores(policy: PolicyConfig, params: EnvParams) -> jax.Array:
         return params.item_quality
     if policy.scores == "random":
         return jax.random.normal(noise_key, (n_users, n_items))
-    return _run_scores(policy.run, n_users, n_items)
-
-
-def _run_scores(run_dir: str, n_users: int, n_items: int) -> jax.Array:
-    """All scores of a trained run, mapped onto the world's users and items by their ids."""
-    from causalrec_jax.runner import load_run
-
-    run = load_run(run_dir)
-    try:
-        users = np.asarray(run.user_ids).astype(np.int64)
-        items = np.asarray(run.item_ids).astype(np.int64)
-    except ValueError:
+    if score_table is None:
         raise ConfigError(
-            f"key policy.run: {run_dir} was not trained on a log of this world (its ids are not "
-            "the world's integer ids)"
-        ) from None
-    if users.max(initial=-1) >= n_users or items.max(initial=-1) >= n_items:
-        raise ConfigError(
-            f"key policy.run: {run_dir} has ids beyond the world's {n_users} users / {n_items} "
-            "items"
+            'key policy.scores: "run" needs the score table of the run policy.run, which this '
+            "command does not build (causalrec simulate does)"
         )
-    score_fn = run.score_all_fn()
-    run_scores = np.asarray(score_fn(jnp.arange(len(users), dtype=jnp.int32)))
-    scores = np.full((n_users, n_items), -1e9, np.float32)  # items the run never saw: last
-    scores[np.ix_(users, items)] = run_scores
-    return jnp.asarray(scores)
+    if tuple(np.shape(score_table)) != (n_users, n_items):
+        raise ConfigError(
+            f"key policy.run: its score table is {tuple(np.shape(score_table))}, expected the "
+            f"world's ({n_users}, {n_items})"
+        )
+    return jnp.asarray(score_table, jnp.float32)
 
 
 def policy_from_config(
-    policy: PolicyConfig, params: EnvParams, slate_size: int
+    policy: PolicyConfig,
+    params: EnvParams,
+    slate_size: int,
+    score_table: np.ndarray | jax.Array | None = None,
 ) -> policies.SlatePolicy:
-    """The `SlatePolicy` of a `[policy]` (or `[target]`) section."""
-    scores = policy_scores(policy, params)
+    """The `SlatePolicy` of a `[policy]` (or `[target]`) section.
+
+    `score_table`: the scores of `policy.scores = "run"`, as in `policy_scores`.
+    """
+    scores = policy_scores(policy, params, score_table)
     if policy.kind == "softmax":
         return policies.softmax_policy(scores, slate_size, temperature=policy.temperature)
     if policy.kind == "uniform":
@@ -200,6 +204,7 @@ def slot_propensities(
 def simulate_log(
     config: Config, key: jax.Array, *, users: np.ndarray | None = None,
     horizon: int | None = None, marginal_samples: int = 2000,
+    score_table: np.ndarray | jax.Array | None = None,
 ) -> tuple[SimLog, dict[str, Any]]:
     """Rolls out the `[policy]` of `config` on the `[env]` world; returns `(log, truth)`.
 
@@ -208,6 +213,8 @@ def simulate_log(
         key: the log's noise (the world comes from `env.seed`).
         users: which users (default: all, in order); horizon: steps (default `env.horizon`).
         marginal_samples: Monte-Carlo slates per round for Plackett–Luce slot marginals.
+        score_table: `[n_users, n_items]` the scores of `policy.scores = "run"`
+            (`policy_scores`).
 
     Returns:
         The `SimLog` and a dict of ground truth: the world's arrays, `true_uplift`
@@ -217,7 +224,7 @@ def simulate_log(
     """
     sizes, params = env_from_config(config.env)
     horizon = sizes.horizon if horizon is None else horizon
-    policy = policy_from_config(config.policy, params, sizes.slate_size)
+    policy = policy_from_config(config.policy, params, sizes.slate_size, score_table)
     users = jnp.arange(sizes.n_users) if users is None else jnp.asarray(users, jnp.int32)
     trajectory = _rollout_users(key, policies.slate_policy, policy, params, horizon, users)
     info = trajectory.info

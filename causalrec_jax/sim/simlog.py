@@ -61,6 +61,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from causalrec_jax.config import Config, dumps_config
 from causalrec_jax.data.dataset import Dataset
@@ -172,9 +174,6 @@ def _check_log(log: SimLog, config: Config) -> None:
 
 
 def _write_files(folder: Path, log: SimLog, truth: dict[str, Any], config: Config) -> None:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     n_rounds, slate_size = log.slate.shape
     rounds = np.arange(n_rounds, dtype=np.int64)
     impressions = {
@@ -312,9 +311,6 @@ def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
 
 def _read_table(file: Path, columns: dict[str, str], n_rows: int) -> dict[str, np.ndarray]:
     """The `columns` of a parquet file as numpy arrays of their documented dtypes, checked."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     if not file.is_file():
         raise DataFormatError("missing file", path=str(file))
     try:

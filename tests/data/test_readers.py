@@ -10,10 +10,11 @@ import pandas as pd
 import pytest
 
 from causalrec_jax.data.dataset import GIVEN_TEST, GIVEN_TRAIN
-from causalrec_jax.data.readers import (
+from causalrec_jax.data.formats import (
     FORMATS,
     YAHOO_TEST_FILE,
     YAHOO_TRAIN_FILE,
+    format_names,
     from_dataframe,
     read_coat,
     read_dataset,
@@ -23,7 +24,7 @@ from causalrec_jax.data.readers import (
     read_table,
     read_yahoo_r3,
 )
-from causalrec_jax.errors import DataFormatError
+from causalrec_jax.errors import ConfigError, DataFormatError
 
 
 def write(path: Path, text: str, *, crlf: bool = False) -> Path:
@@ -617,12 +618,18 @@ def test_read_dataset_dispatches_every_format(tmp_path):
         assert dataset.n_interactions == n_interactions
     frame = pd.DataFrame({"user": [1], "item": [2]})
     assert read_dataset("dataframe", "", frame=frame).n_interactions == 1
-    assert set(cases) | {"dataframe", "simlog"} == set(FORMATS)  # simlog: tests/sim
+    assert set(cases) | {"dataframe"} == set(FORMATS)  # simulator, simlog: tests/sim
+    assert set(FORMATS) <= set(format_names())
 
 
 def test_read_dataset_rejects_unknown_formats_and_missing_paths(tmp_path):
-    message = expect_error(lambda: read_dataset("excel", tmp_path), "excel")
-    assert all(name in message for name in FORMATS)
+    with pytest.raises(ConfigError) as caught:
+        read_dataset("excel", tmp_path)
+    message = str(caught.value)
+    assert message.startswith("key data.format: unknown format 'excel'")
+    assert all(name in message for name in (*FORMATS, "simulator", "simlog"))
+    with pytest.raises(ConfigError, match="did you mean 'parquet'"):
+        read_dataset("parquett", tmp_path)
     expect_error(lambda: read_dataset("coat", tmp_path / "nowhere"), "nowhere", contains="no such")
     expect_error(lambda: read_dataset("dataframe", None), "DataFrame")
 
@@ -818,17 +825,6 @@ def test_read_table_names_a_file_that_is_not_parquet(tmp_path):
         lambda: read_dataset("parquet", path, columns=TABLE_COLUMNS),
         "log.csv",
         contains="not a parquet file",
-    )
-
-
-def test_read_table_without_pyarrow_says_so(tmp_path, monkeypatch):
-    import sys
-
-    frame = pd.DataFrame({"uid": [1], "sku": [2]})
-    frame.to_parquet(tmp_path / "log.parquet")
-    monkeypatch.setitem(sys.modules, "pyarrow", None)  # import pyarrow now fails
-    expect_error(
-        lambda: read_table(tmp_path / "log.parquet", None), "log.parquet", contains="pyarrow"
     )
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from causalrec_jax.data.dataset import GIVEN_TEST, GIVEN_TRAIN, GIVEN_VALID
-from causalrec_jax.data.readers import read_coat, read_dataset, read_movielens, read_recbole
+from causalrec_jax.data.formats import read_coat, read_dataset, read_movielens, read_recbole
 
 # Counted once from the released files: nonzero entries of train.ascii and test.ascii.
 COAT_TRAIN_RATINGS = 6960

@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from causalrec_jax.config import load_config
-from causalrec_jax.data.readers import read_dataset
+from causalrec_jax.data.formats import read_dataset
 from causalrec_jax.errors import DataFormatError
 from causalrec_jax.sim import simlog
 from causalrec_jax.sim.logs import simulate_log
