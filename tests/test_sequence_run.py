@@ -320,21 +320,36 @@ def test_resume_after_an_interruption_ends_identical_to_an_uninterrupted_run(
     assert logged == [(seed, epoch) for seed in (0, 1) for epoch in range(6)]
 
 
+SAMPLED_BASE = ('train.loss="sampled_softmax"', "train.n_negatives=3", "train.weight_decay=0.1",
+                "train.epochs=2", "train.patience=2")
+
+
+def _losses(out):
+    return [json.loads(line)["loss"] for line in (out / "log.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def sampled_base(tmp_path_factory):
+    """The walks' CSV and the epoch losses of a short sampled-softmax run with weight decay."""
+    folder = tmp_path_factory.mktemp("sampled")
+    path = _write_walks(folder)
+    assert main(_small(path, folder / "base", *SAMPLED_BASE)) == 0
+    return path, _losses(folder / "base")
+
+
 @pytest.mark.parametrize("change", [
     ('train.optimizer="adamw"',),  # decoupled decay instead of L2 in the gradient
     ("train.n_negatives=8",),
     ("train.exclude_seen_negatives=false",),
     ('train.lr_schedule="warmup_cosine"', "train.warmup_steps=3"),
 ])
-def test_the_optimiser_and_negative_keys_change_the_training(planted_csv, tmp_path, change):
-    base = ('train.loss="sampled_softmax"', "train.n_negatives=3", "train.weight_decay=0.1",
-            "train.epochs=2", "train.patience=2")
-    assert main(_small(planted_csv, tmp_path / "base", *base)) == 0
-    assert main(_small(planted_csv, tmp_path / "changed", *base, *change)) == 0
-    losses = [[json.loads(line)["loss"] for line in (tmp_path / name / "log.jsonl")
-               .read_text().splitlines()] for name in ("base", "changed")]
-    assert all(np.isfinite(losses[0])) and all(np.isfinite(losses[1]))
-    assert abs(losses[0][-1] - losses[1][-1]) > 1e-4, losses
+def test_the_optimiser_and_negative_keys_change_the_training(sampled_base, tmp_path, change):
+    path, base = sampled_base
+    assert main(_small(path, tmp_path / "changed", *SAMPLED_BASE, *change)) == 0
+    changed = _losses(tmp_path / "changed")
+    assert len(base) == len(changed) == 2
+    assert all(np.isfinite(base)) and all(np.isfinite(changed))
+    assert abs(base[-1] - changed[-1]) > 1e-4, (base, changed)
 
 
 def test_a_diverging_run_stops_with_a_one_line_error_naming_epoch_and_batch(
