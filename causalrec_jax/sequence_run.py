@@ -510,6 +510,9 @@ def train_sequence_seed(
     train = split.train
     rows = training_rows(config, train, loss_name)
     buckets = bucket_rows(rows, config.model.length_buckets)
+    if not buckets:
+        raise ConfigError(f"key data.path: no training window for {config.model.name} (every "
+                          "user has fewer than two training items); check the data and split")
     bucket_sizes = tuple(len(next(iter(b.values()))) for b in buckets)
     batches_per_epoch = sum(-(-n // config.train.batch_size) for n in bucket_sizes)
     key = seed_keys([seed])
