@@ -158,18 +158,18 @@ def _command_train(args: argparse.Namespace) -> int:
     from causalrec_jax.runner import RunError, refuse_existing_run
     from causalrec_jax.sequence_run import SEQUENCE_MODELS
 
-    if config.model.name in SEQUENCE_MODELS or config.uplift.method:
+    if config.uplift.method and config.model.name not in SEQUENCE_MODELS:
         # these runs write their folder once, at the end, and keep no checkpoints to resume
         if args.resume:
-            kind = (f"model.name = {config.model.name!r}" if not config.uplift.method
-                    else f"uplift.method = {config.uplift.method!r}")
+            kind = f"uplift.method = {config.uplift.method!r}"
             raise RunError(f"--resume: a run of {kind} keeps no checkpoints to continue; "
                            "train it again with a new --out")
         refuse_existing_run(out, resumable=False)
     if config.model.name in SEQUENCE_MODELS:
         from causalrec_jax.sequence_run import sequence_run
 
-        metrics = sequence_run(config, out, quiet=quiet)
+        # checkpoints and --resume as an ordinary run (sequence_run refuses an occupied --out)
+        metrics = sequence_run(config, out, quiet=quiet, resume=args.resume)
     elif config.uplift.method:
         from causalrec_jax.uplift_run import uplift_run
 

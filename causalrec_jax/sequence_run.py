@@ -8,24 +8,43 @@ BERT4Rec trains on masked items of raw windows. Evaluation ranks the whole catal
 user's history (training items for validation, training and validation items for the test), with
 the history masked (`test`) and, for comparison with RecBole's sequential protocol, unmasked
 (`test_unmasked`); with `eval.sampled_negatives` set, also among that many sampled negatives
-(`test_sampled`, names prefixed `sampled_`: a different, far more lenient protocol). Early
-stopping on `train.early_stopping_metric` over validation.
+(`test_sampled`, names prefixed `sampled_`: a different, far more lenient protocol). Catalogues
+above `CATALOGUE_CHUNK_ITEMS` items are ranked in item chunks (`eval.catalogue`), never forming
+`[users, n_items]` scores. Early stopping on `train.early_stopping_metric` over validation.
 
-`metrics.json` follows the train contract (`test`, `test_std`, `valid`, `per_seed`, `seeds`,
-`data`, `timing`, `versions`) plus `test_unmasked` and, per seed, `seconds_to_best`.
+Training goes through the one core of every run: the pure step `train.step.make_train_step`
+(step folded into the key, NaN/Inf guard) and the host loop `train.loop.fit` (early stopping,
+orbax checkpoints every `train.checkpoint_every` epochs, `--resume`, progress bar). The
+optimiser is `train.step.make_optimizer`, so `train.optimizer`, `weight_decay`, `lr_schedule`
+and `warmup_steps` mean what they mean for every model; the sampled losses honour
+`train.n_negatives` and `train.exclude_seen_negatives`. Windows are grouped by length into
+`model.length_buckets`; an epoch runs the batches of all buckets in one shuffled order, each
+batch a compiled step of its bucket's width (`make_bucketed_epoch`: one compilation per
+width). Seeds train one after another, each through its own `fit` (checkpoints under
+`checkpoints/seed<N>/`): on CPU a step of 128 windows of 50 already keeps the cores busy, so
+vmapping seeds gains no throughput, and a vmapped population would train a seed that has
+stopped until the last one stops.
 
-The run folder also holds what `causalrec recommend` and `causalrec evaluate` need, as for the
-other runs (`runner`): `model/`, an orbax checkpoint of every seed's best parameters stacked
-`[n_seeds, ...]` (the model is rebuilt from `config.toml`), and `data.npz`, the id maps and
-splits (`runner._save_data`) plus the test pairs and `next_history` `[n_users, max_len]`: the
-tokens of each user's last `max_len` items of train, validation and test in time order, the
-input from which `recommend` scores the item after everything the user has seen.
+The run folder is an ordinary run's: `config.toml`, `metrics.json` (`seeds` = `run.seed + i`,
+every `per_seed` entry `{seed, best_epoch, valid, test, test_unmasked, test_sampled,
+seconds_to_best}`), `log.jsonl` (one line per epoch and seed with `fit`'s keys and `seed`;
+`valid` also holds the unmasked validation, `unmasked_*`), `checkpoints/`, `plots/`,
+`model/` (every seed's best parameters stacked `[n_seeds, ...]`; the model is rebuilt from
+`config.toml`) and `data.npz`, the id maps and splits (`runner._save_data`) plus the test
+pairs and `next_history` `[n_users, max_len]`: the tokens of each user's last `max_len` items
+of train, validation and test in time order, the input from which `recommend` scores the item
+after everything the user has seen. `model/` and `data.npz` are written as before this core,
+so older run folders still load.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import json
 import resource
+import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -33,38 +52,71 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from flax import nnx
 
-from causalrec_jax.config import Config
-from causalrec_jax.data.dataset import Split, concatenate
+from causalrec_jax.config import Config, dump_config, load_config
+from causalrec_jax.data.dataset import Dataset, Split, concatenate
 from causalrec_jax.data.loader import load_split
 from causalrec_jax.data.sequences import (
-    bucketed_batches,
+    PAD,
     history_matrix,
     item_windows,
     training_windows,
     user_sequences,
+    window_buckets,
 )
-from causalrec_jax.errors import ConfigError
+from causalrec_jax.errors import CausalRecError, ConfigError
+from causalrec_jax.eval.catalogue import chunked_target_rank, metrics_from_ranks
 from causalrec_jax.eval.metrics import RANKING_METRICS, ranking_metrics
 from causalrec_jax.eval.ranking import evaluate_full_ranking
 from causalrec_jax.models.base import ModelParts
-from causalrec_jax.models.bert4rec import BERT4Rec
+from causalrec_jax.models.bert4rec import BERT4Rec, append_mask_token
 from causalrec_jax.models.sasrec import SASRec
 from causalrec_jax.runner import (
     LoadedRun,
     RunError,
     _absolute_data_path,
+    _check_resumable,
+    _json_safe,
+    _plot_learning_curve,
     _save_data,
+    _versions,
     aggregate,
-    write_run_folder,
+    refuse_existing_run,
+    seed_keys,
+    seed_list,
 )
 from causalrec_jax.train import checkpoint as checkpoints
-from causalrec_jax.train.loop import TrainingDivergedError, seed_slice
-from causalrec_jax.train.sequence import LOSSES, make_sequence_train_step
+from causalrec_jax.train.loop import TrainingDivergedError, fit, seed_slice
+from causalrec_jax.train.objectives import seen_items_data
+from causalrec_jax.train.sequence import LOSSES, make_sequence_objective
+from causalrec_jax.train.step import (
+    TrainState,
+    epoch_loss,
+    epoch_order,
+    gather_batches,
+    init_state,
+    make_optimizer,
+    make_scan_batches,
+    make_train_step,
+)
 
 SEQUENCE_MODELS = ("sasrec", "bert4rec")
+
+# Sequential losses that sample negatives (train.n_negatives, train.exclude_seen_negatives).
+SAMPLED_LOSSES = ("bce_one_negative", "sampled_softmax")
+
+# Catalogues with more items than this are ranked in chunks of this many items
+# (`eval.catalogue.chunked_target_rank`) instead of scoring `[eval.chunk_size, n_items]` at once.
+CATALOGUE_CHUNK_ITEMS = 1 << 16
+
+# Fold-in ids of a seed's key (as `runner`): initialisation and training draw apart; within the
+# training key, `step` uses 0 (steps) and 1 (row order); the buckets' orders and the order of
+# the epoch's batches use the two below.
+_STREAM_INIT = 0
+_STREAM_TRAIN = 1
+_STREAM_BUCKET_ORDER = 2
+_STREAM_BATCH_ORDER = 3
 
 
 def _check(config: Config) -> str:
@@ -81,6 +133,12 @@ def _check(config: Config) -> str:
     elif loss not in LOSSES or loss == "masked_item":
         raise ConfigError(f"key train.loss: got {loss!r}, expected one of full_softmax, "
                           "bce_one_negative, sampled_softmax for sasrec")
+    if config.train.cv_folds:
+        raise ConfigError(f"key train.cv_folds: {config.train.cv_folds} folds, but sequential "
+                          "models train on the leave-one-out split only; set it to 0")
+    if config.train.data_placement == "host":
+        raise ConfigError("key train.data_placement: 'host' is not available for sequential "
+                          "models (their windows live on the device); use 'auto' or 'device'")
     return loss
 
 
@@ -93,9 +151,11 @@ def _model(config: Config, n_items: int, key: jax.Array):
     )
 
 
+@functools.lru_cache(maxsize=16)
 def make_score_next(graphdef: nnx.GraphDef):
     """`score_next(params, sequences [b, max_len]) -> scores [b, n_items]`, jitted: the one
-    scorer of training, evaluation and recommendation (so they give identical numbers)."""
+    scorer of training, evaluation and recommendation (so they give identical numbers).
+    Cached by model structure: every seed and every run of one structure share it."""
 
     @jax.jit
     def score_next(params, sequences):
@@ -104,25 +164,129 @@ def make_score_next(graphdef: nnx.GraphDef):
     return score_next
 
 
-@functools.lru_cache(maxsize=8)
-def _programs(graphdef: nnx.GraphDef, loss_name: str, learning_rate: float,
-              weight_decay: float):
-    """The optimiser and the jitted train step and scorer of a model structure, built once:
-    every seed of a run (same graph, new values) reuses them, so it compiles nothing again."""
-    optimizer = (optax.adamw(learning_rate, weight_decay=weight_decay)
-                 if weight_decay else optax.adam(learning_rate))
-    step = jax.jit(make_sequence_train_step(graphdef, loss_name, optimizer),
-                   donate_argnums=(0, 1))
-    return optimizer, step, make_score_next(graphdef)
+@functools.lru_cache(maxsize=16)
+def make_query_next(graphdef: nnx.GraphDef):
+    """`query_next(params, sequences [b, max_len]) -> (queries [b, d], item_table
+    [n_items, d])`, jitted: `score_next` is `queries @ item_table.T`, split so that a huge
+    catalogue can be ranked in item chunks (`eval.catalogue`)."""
+
+    @jax.jit
+    def query_next(params, sequences):
+        model = nnx.merge(graphdef, params)
+        if isinstance(model, BERT4Rec):
+            sequences = append_mask_token(sequences, model.mask_token)
+        return model(sequences)[:, -1], model.item_embeddings()
+
+    return query_next
 
 
-def _evaluate(score_next, history: np.ndarray, seen, target, config: Config, mask: bool):
+@dataclasses.dataclass(frozen=True)
+class Scorer:
+    """The next-item scoring of one set of parameters (one seed).
+
+    Attributes:
+        score: `sequences [b, max_len] -> [b, n_items]`.
+        query: `sequences [b, max_len] -> (queries [b, d], item_table [n_items, d])`.
+    """
+
+    score: Any
+    query: Any
+
+
+def make_scorer(graphdef: nnx.GraphDef, params: Any) -> Scorer:
+    """The `Scorer` of `params` (cached jitted programs of the model structure)."""
+    score_next, query_next = make_score_next(graphdef), make_query_next(graphdef)
+    return Scorer(score=lambda sequences: score_next(params, sequences),
+                  query=lambda sequences: query_next(params, sequences))
+
+
+def _padded_items(dataset: Dataset, users: np.ndarray) -> np.ndarray:
+    """`[len(users), m]` int32: each user's items in `dataset`, padded with -1."""
+    row_of = np.full(dataset.n_users, -1)
+    row_of[users] = np.arange(len(users))
+    rows = row_of[dataset.user]
+    keep = rows >= 0
+    rows, items = rows[keep], dataset.item[keep]
+    counts = np.bincount(rows, minlength=len(users))
+    out = np.full((len(users), max(int(counts.max(initial=0)), 1)), -1, np.int32)
+    order = np.argsort(rows, kind="stable")
+    rows, items = rows[order], items[order]
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    out[rows, np.arange(len(rows)) - starts[rows]] = items
+    return out
+
+
+def evaluate_chunked(
+    query, history: np.ndarray, seen: Dataset, target: Dataset, *, ks, metrics, chunk_size: int,
+    item_chunk: int, mask: bool,
+) -> dict[str, float]:
+    """Full-ranking metrics of one target item per user, the catalogue scored `item_chunk`
+    items at a time (`eval.catalogue.chunked_target_rank`, pessimistic ties): the same numbers
+    as `evaluate_full_ranking` on the dense scores, in `O(chunk_size * item_chunk)` memory.
+
+    Args:
+        query: `sequences [b, max_len] -> (queries [b, d], item_table [n_items, d])`.
+        history: `[n_users, max_len]` input tokens of every user.
+        seen: the interactions masked out of the ranking when `mask`.
+        target: one row per evaluated user (leave-one-out), its item the positive.
+        ks: cut-offs.
+        metrics: names among `hit, ndcg, mrr, recall, precision, map` (others ignored, as
+            pointwise ones are by `evaluate_full_ranking`; `itemcoverage` is refused).
+        chunk_size: users per chunk (`eval.chunk_size`).
+        item_chunk: items per chunk.
+        mask: exclude each user's `seen` items from their ranking.
+
+    Returns:
+        `{"ndcg@10": mean, ...}` over users whose target is rankable.
+
+    Raises:
+        ConfigError: `itemcoverage` asked for, or a user with more than one target row.
+    """
+    if "itemcoverage" in metrics:
+        raise ConfigError("key eval.metrics: itemcoverage is not computed on catalogues ranked "
+                          f"in item chunks (more than {CATALOGUE_CHUNK_ITEMS} items)")
+    names = [name for name in metrics if name in RANKING_METRICS]
+    users, targets = target.user.astype(np.int64), target.item.astype(np.int32)
+    if len(np.unique(users)) != len(users):
+        raise ConfigError("key data.split: chunked ranking expects one target item per user "
+                          "(leave_one_out)")
+    exclude = _padded_items(seen, users) if mask else None
+    if exclude is not None:
+        # a target the user already has is not a rankable positive (as in the dense path)
+        rankable = ~(exclude == targets[:, None]).any(axis=1)
+        users, targets, exclude = users[rankable], targets[rankable], exclude[rankable]
+    chunk_size = min(chunk_size, max(len(users), 1))
+    values: dict[str, list[np.ndarray]] = {}
+    for start in range(0, len(users), chunk_size):
+        rows = np.resize(np.arange(start, min(start + chunk_size, len(users))), chunk_size)
+        n_real = min(chunk_size, len(users) - start)
+        queries, table = query(jnp.asarray(history[users[rows]]))
+        ranks = chunked_target_rank(
+            queries, table, jnp.asarray(targets[rows]), chunk_size=item_chunk,
+            exclude=None if exclude is None else jnp.asarray(exclude[rows]))
+        for name, value in metrics_from_ranks(ranks, ks, names).items():
+            values.setdefault(name, []).append(np.asarray(value)[:n_real])
+    return {name: float(np.mean(np.concatenate(parts), dtype=np.float64))
+            for name, parts in values.items()}
+
+
+def _evaluate(scorer: Scorer, history: np.ndarray, seen, target, config: Config, mask: bool,
+              item_chunk: int | None = None) -> dict[str, float]:
+    """Validation or test numbers: dense below `CATALOGUE_CHUNK_ITEMS` items (or with
+    `item_chunk` None and a small catalogue), else ranked `item_chunk` items at a time."""
+    n_items = seen.n_items
+    if item_chunk is None and n_items > CATALOGUE_CHUNK_ITEMS:
+        item_chunk = CATALOGUE_CHUNK_ITEMS
+    if item_chunk is not None:
+        return evaluate_chunked(
+            scorer.query, history, seen, target, ks=config.eval.ks, metrics=config.eval.metrics,
+            chunk_size=config.eval.chunk_size, item_chunk=item_chunk, mask=mask)
     history = jnp.asarray(history)
-    return evaluate_full_ranking(
-        lambda users: score_next(history[users]), seen, target, ks=config.eval.ks,
+    return _numbers(evaluate_full_ranking(
+        lambda users: scorer.score(history[users]), seen, target, ks=config.eval.ks,
         metrics=config.eval.metrics, chunk_size=config.eval.chunk_size, mask_train=mask,
         positive_threshold=None,
-    )
+    ))
 
 
 def sampled_candidates(
@@ -160,7 +324,8 @@ def _score_in_chunks(score, sequences: np.ndarray, chunk_size: int) -> np.ndarra
 
 
 def _sampled(score, history, seen, test, config: Config, seed: int) -> dict[str, float]:
-    """Metrics of each test item ranked among `eval.sampled_negatives` sampled negatives."""
+    """Metrics of each test item ranked among `eval.sampled_negatives` sampled negatives,
+    drawn from `numpy.random.default_rng(seed)` (`seed`: the seed's value, run.seed + i)."""
     n_items = seen.n_items
     users, targets = test.user, test.item
     had = np.zeros((len(users), n_items), bool)
@@ -171,7 +336,7 @@ def _sampled(score, history, seen, test, config: Config, seed: int) -> dict[str,
     had[np.arange(len(users)), targets] = True
     weights = (np.bincount(seen.item, minlength=n_items) + 1.0
                if config.eval.sampled_by == "popularity" else np.ones(n_items))
-    rng = np.random.default_rng(config.run.seed + seed)
+    rng = np.random.default_rng(seed)
     candidates = sampled_candidates(had, config.eval.sampled_negatives, weights, rng)
     candidates[np.arange(len(users)), targets] = True
     labels = np.zeros_like(candidates, np.float32)
@@ -189,111 +354,228 @@ def _numbers(result: dict[str, Any]) -> dict[str, float]:
             if "@" in name and isinstance(value, int | float)}
 
 
-def valid_metrics(score, config: Config, split: Split) -> dict[str, float]:
-    """Validation numbers of `score` (`sequences [b, max_len] -> [b, n_items]`): the validation
-    item ranked from the training history, training items masked."""
+def valid_metrics(scorer: Scorer, config: Config, split: Split, *, mask: bool = True,
+                  item_chunk: int | None = None) -> dict[str, float]:
+    """Validation numbers of `scorer`: the validation item ranked from the training history,
+    training items masked (or not, `mask=False`: RecBole's protocol)."""
     history = history_matrix(user_sequences(split.train), config.model.max_len)
-    return _numbers(_evaluate(score, history, split.train, split.valid, config, True))
+    return _evaluate(scorer, history, split.train, split.valid, config, mask, item_chunk)
 
 
-def test_metrics(score, config: Config, split: Split, seed: int) -> dict[str, dict]:
-    """`{"test", "test_unmasked", "test_sampled"}` numbers of `score` (as in `valid_metrics`)
-    from the training and validation history; `seed` is the seed's index (sampled negatives)."""
+def test_metrics(scorer: Scorer, config: Config, split: Split, seed: int, *,
+                 item_chunk: int | None = None) -> dict[str, dict]:
+    """`{"test", "test_unmasked", "test_sampled"}` numbers of `scorer` (as in `valid_metrics`)
+    from the training and validation history; `seed` (run.seed + i) draws sampled negatives."""
     seen = concatenate([split.train, split.valid])
     history = history_matrix(user_sequences(seen), config.model.max_len)
     return {
-        "test": _numbers(_evaluate(score, history, seen, split.test, config, True)),
-        "test_unmasked": _numbers(_evaluate(score, history, seen, split.test, config, False)),
-        "test_sampled": (_sampled(score, history, seen, split.test, config, seed)
+        "test": _evaluate(scorer, history, seen, split.test, config, True, item_chunk),
+        "test_unmasked": _evaluate(scorer, history, seen, split.test, config, False, item_chunk),
+        "test_sampled": (_sampled(scorer.score, history, seen, split.test, config, seed)
                          if config.eval.sampled_negatives else {}),
     }
 
 
-def train_sequence_seed(config: Config, split, seed: int, *, quiet: bool = True) -> dict:
-    """Trains one seed with early stopping; returns validation, test and timing numbers and
-    the best parameters (`best_params`, an `nnx.State`)."""
-    loss_name = _check(config)
-    n_items = split.train.n_items
-    max_len = config.model.max_len
-    train_sequences = user_sequences(split.train)
+# ----------------------------------------------------------------------------- training
+
+
+def training_rows(config: Config, train: Dataset, loss_name: str) -> dict[str, np.ndarray]:
+    """The rows an epoch shuffles: `[n_windows, max_len]` token arrays (`inputs`, `targets`
+    for next-item losses, `sequences` for `masked_item`; the first one's non-padding tokens
+    give a row's length) and, for the sampled losses with `train.exclude_seen_negatives`,
+    `users [n_windows]` (the window's user)."""
+    sequences = user_sequences(train)
     stride = config.model.window_stride or None
     if loss_name == "masked_item":
-        windows, _ = item_windows(train_sequences, max_len, stride=stride)
-        arrays = {"sequences": windows}
+        windows, users = item_windows(sequences, config.model.max_len, stride=stride)
+        rows = {"sequences": windows}
     else:
-        windows = training_windows(train_sequences, max_len, stride=stride,
+        windows = training_windows(sequences, config.model.max_len, stride=stride,
                                    targets=config.model.window_targets)
-        arrays = {"inputs": windows.inputs, "targets": windows.targets}
-    key = jax.random.key(config.run.seed + seed)
-    model = _model(config, n_items, jax.random.fold_in(key, 0))
-    graphdef, params = nnx.split(model, nnx.Param)
-    optimizer, step, score_next = _programs(graphdef, loss_name, config.train.learning_rate,
-                                            config.train.weight_decay)
-    opt_state = optimizer.init(params)
+        rows, users = {"inputs": windows.inputs, "targets": windows.targets}, windows.users
+    if loss_name in SAMPLED_LOSSES and config.train.exclude_seen_negatives:
+        rows["users"] = users.astype(np.int32)
+    return rows
 
-    valid_history = history_matrix(train_sequences, max_len)
-    metric = config.train.early_stopping_metric
-    rng = np.random.default_rng(config.run.seed + seed)
-    best, best_epoch, best_params, history, waited = -np.inf, -1, params, [], 0
-    started = time.perf_counter()
-    seconds_to_best = 0.0
-    step_index = 0
-    for epoch in range(config.train.epochs):
-        epoch_started = time.perf_counter()
+
+def bucket_rows(rows: dict[str, np.ndarray], buckets) -> tuple[dict[str, np.ndarray], ...]:
+    """`rows` grouped by the shortest of `data.sequences.window_buckets` their length fits,
+    each group's token arrays cut to its last `width` columns (rows are left-padded, so only
+    padding is dropped); empty groups are left out. 1-D arrays (`users`) are kept whole."""
+    first = next(iter(rows.values()))
+    n_rows, max_len = first.shape
+    widths = window_buckets(max_len, buckets)
+    lengths = (first != PAD).sum(axis=1)
+    bucket_of = np.searchsorted(np.asarray(widths), lengths)
+    out = []
+    for index, width in enumerate(widths):
+        members = np.flatnonzero(bucket_of == index)
+        if len(members):
+            out.append({name: values[members][:, max_len - width:] if values.ndim == 2
+                        else values[members] for name, values in rows.items()})
+    return tuple(out)
+
+
+def make_bucketed_epoch(
+    train_step, *, bucket_sizes: tuple[int, ...], batch_size: int,
+):
+    """`run_epoch(states, data, keys, epoch) -> (states, metrics)` for `train.loop.fit` over
+    length buckets, one seed (`states` and `keys` stacked over a seed axis of length 1).
+
+    `data` is `{"buckets": (bucket rows on the device, ...), "shared": {shared_ arrays}}`.
+    Each bucket's rows are shuffled by `fold_in(fold_in(key, bucket stream), bucket)` and the
+    epoch (`step.epoch_order`, padding masked), and the batches of all buckets run in one order
+    drawn from the key and the epoch: a resumed run replays the same batches. A batch is a
+    compiled `lax.scan` of one step (`step.make_scan_batches`, the NaN/Inf guard: after a bad
+    batch the state no longer changes and `first_bad_batch` names it), gathered on the device;
+    it compiles once per bucket width.
+
+    Args:
+        train_step: `step.make_train_step(...)`.
+        bucket_sizes: rows per bucket (static).
+        batch_size: rows per batch.
+    """
+    scan_batches = make_scan_batches(train_step)
+
+    @functools.partial(jax.jit, donate_argnums=(0,))
+    def bucket_step(state, rows, order, shared, key, first_bad, index):
+        n_rows = next(iter(rows.values())).shape[0]
+        batches = gather_batches(rows, order[None], n_rows)
+        return scan_batches(state, batches, shared, key, first_bad, index)
+
+    def plan(key, epoch):
+        """`[(bucket, order [batch_size]), ...]` in the epoch's order."""
+        bucket_key = jax.random.fold_in(key, _STREAM_BUCKET_ORDER)
+        batches = []
+        for bucket, n_rows in enumerate(bucket_sizes):
+            order = np.asarray(epoch_order(jax.random.fold_in(bucket_key, bucket), epoch,
+                                           n_rows, batch_size))
+            batches.extend((bucket, row) for row in order)
+        order_key = jax.random.fold_in(jax.random.fold_in(key, _STREAM_BATCH_ORDER), epoch)
+        permutation = np.asarray(jax.random.permutation(order_key, len(batches)))
+        return [batches[i] for i in permutation]
+
+    def run_epoch(states, data, keys, epoch):
+        state, key = seed_slice(states, 0), keys[0]
+        first_bad = jnp.asarray(-1, jnp.int32)
         losses = []
-        for batch in bucketed_batches(arrays, config.train.batch_size, rng,
-                                      config.model.length_buckets):
-            batch = {name: jnp.asarray(value) for name, value in batch.items()}
-            params, opt_state, loss = step(params, opt_state, batch,
-                                           jax.random.fold_in(key, 1_000 + step_index))
-            step_index += 1
+        for index, (bucket, order) in enumerate(plan(key, epoch)):
+            state, first_bad, loss = bucket_step(
+                state, data["buckets"][bucket], jnp.asarray(order, jnp.int32), data["shared"],
+                key, first_bad, jnp.asarray(index, jnp.int32))
             losses.append(loss)
-        mean_loss = float(jnp.mean(jnp.stack(losses)))
-        if not np.isfinite(mean_loss):
-            raise TrainingDivergedError(
-                f"{config.model.name}: the loss became NaN/Inf at epoch {epoch} (seed {seed}); "
-                "lower train.learning_rate")
-        valid = _numbers(_evaluate(lambda s, p=params: score_next(p, s), valid_history,
-                                   split.train, split.valid, config, True))
+        metrics = {"loss": epoch_loss(jnp.concatenate(losses), first_bad),
+                   "first_bad_batch": first_bad}
+        return jax.tree.map(lambda leaf: leaf[None], (state, metrics))
+
+    run_epoch.bucket_step = bucket_step  # for tests: count its compilations
+    return run_epoch
+
+
+@functools.lru_cache(maxsize=8)
+def _programs(graphdef: nnx.GraphDef, loss_name: str, train: Any, n_items: int,
+              bucket_sizes: tuple[int, ...], total_steps: int):
+    """The optimiser and the epoch of a model structure and data shape, built once: every
+    seed of a run (same graph, new values), and a second identical run in the process, reuse
+    them, so they compile nothing again."""
+    optimizer = make_optimizer(train, total_steps=total_steps)
+    objective = make_sequence_objective(graphdef, loss_name,
+                                        n_negatives=train.n_negatives)
+    run_epoch = make_bucketed_epoch(make_train_step(objective, optimizer),
+                                    bucket_sizes=bucket_sizes, batch_size=train.batch_size)
+    return optimizer, run_epoch
+
+
+@dataclasses.dataclass
+class SeedResult:
+    """One trained seed: its best parameters and `per_seed` entry, its log, its timing."""
+
+    best_params: Any
+    entry: dict[str, Any]
+    history: list[dict[str, Any]]
+    timing: dict[str, float]
+
+
+def train_sequence_seed(
+    config: Config, split: Split, seed: int, *, checkpoint_dir: Path | None = None,
+    resume: bool = False, progress: bool = False, log_fn=None, item_chunk: int | None = None,
+) -> SeedResult:
+    """Trains seed `seed` (a value, run.seed + i) through `train.loop.fit` with early stopping
+    on validation, then evaluates its best parameters on the test split.
+
+    Raises:
+        TrainingDivergedError: a NaN/Inf loss or gradient (names the seed, epoch and batch).
+    """
+    loss_name = _check(config)
+    train = split.train
+    rows = training_rows(config, train, loss_name)
+    buckets = bucket_rows(rows, config.model.length_buckets)
+    if not buckets:
+        raise ConfigError(f"key data.path: no training window for {config.model.name} (every "
+                          "user has fewer than two training items); check the data and split")
+    bucket_sizes = tuple(len(next(iter(b.values()))) for b in buckets)
+    batches_per_epoch = sum(-(-n // config.train.batch_size) for n in bucket_sizes)
+    key = seed_keys([seed])
+    model = _model(config, train.n_items, jax.random.fold_in(key[0], _STREAM_INIT))
+    graphdef, params = nnx.split(model, nnx.Param)
+    optimizer, run_epoch = _programs(graphdef, loss_name, config.train, train.n_items,
+                                     bucket_sizes, batches_per_epoch * config.train.epochs)
+    states: TrainState = jax.tree.map(lambda leaf: leaf[None], init_state(params, optimizer))
+    shared = {}
+    if "users" in rows:
+        shared = {name: jnp.asarray(values) for name, values in
+                  seen_items_data(train.user, train.item, train.n_users, train.n_items).items()}
+    data = {"buckets": tuple({name: jnp.asarray(values) for name, values in bucket.items()}
+                             for bucket in buckets), "shared": shared}
+    metric = config.train.early_stopping_metric
+
+    def evaluate_fn(params):
+        scorer = make_scorer(graphdef, params)
+        valid = valid_metrics(scorer, config, split, item_chunk=item_chunk)
         if metric not in valid:
             raise ConfigError(f"key train.early_stopping_metric: {metric!r} is not computed "
                               f"(computed: {', '.join(valid)})")
         # RecBole validates sequential models without masking the history: logged too, so
         # time-to-quality can be compared under its protocol (experiments/compare_recbole.py)
-        unmasked = _numbers(_evaluate(lambda s, p=params: score_next(p, s), valid_history,
-                                      split.train, split.valid, config, False))
-        history.append({"epoch": epoch, "seed": seed, "loss": mean_loss, **valid,
-                        **{f"unmasked_{name}": value for name, value in unmasked.items()},
-                        "seconds": time.perf_counter() - epoch_started})
-        if not quiet:
-            print(f"seed {seed} epoch {epoch}: loss {mean_loss:.4f} valid {metric} "
-                  f"{valid[metric]:.4f}")
-        if valid[metric] > best:
-            best, best_epoch, waited = valid[metric], epoch, 0
-            best_params = jax.tree.map(jnp.copy, params)
-            best_valid = valid
-            seconds_to_best = time.perf_counter() - started
-        else:
-            waited += 1
-            if waited > config.train.patience:
-                break
-    train_seconds = time.perf_counter() - started
-    eval_started = time.perf_counter()
-    tests = test_metrics(lambda s: score_next(best_params, s), config, split, seed)
-    return {
-        "valid": best_valid, **tests, "best_epoch": best_epoch, "best_params": best_params,
-        "history": history, "train_seconds": train_seconds,
-        "epoch_seconds": float(np.median([h["seconds"] for h in history])),
-        "seconds_to_best": seconds_to_best, "eval_seconds": time.perf_counter() - eval_started,
-        "n_windows": int(len(next(iter(arrays.values())))),
-    }
+        unmasked = valid_metrics(scorer, config, split, mask=False, item_chunk=item_chunk)
+        return {**valid, **{f"unmasked_{name}": value for name, value in unmasked.items()}}
+
+    try:
+        result = fit(
+            train_epoch=None, run_epoch=run_epoch, states=states, data=data,
+            keys=jax.vmap(lambda k: jax.random.fold_in(k, _STREAM_TRAIN))(key),
+            epochs=config.train.epochs, evaluate_fn=evaluate_fn, metric=metric,
+            patience=config.train.patience, checkpoint_dir=checkpoint_dir,
+            checkpoint_every=config.train.checkpoint_every, resume=resume, progress=progress,
+            log_fn=None if log_fn is None else (lambda record: log_fn({**record, "seed": seed})),
+            description=f"seed {seed}, {batches_per_epoch} batches/epoch",
+        )
+    except TrainingDivergedError as error:
+        raise TrainingDivergedError(f"{config.model.name} seed {seed}: {error}") from None
+    best_params = seed_slice(result.best_params, 0)
+    best_epoch = result.best_epochs[0]
+    best_record = next(r for r in result.history if r["epoch"] == best_epoch)
+    valid = {name: value for name, value in best_record["valid"].items()
+             if not name.startswith("unmasked_")}
+    seconds_to_best = sum(r["seconds"] for r in result.history if r["epoch"] <= best_epoch)
+    tic = time.perf_counter()
+    tests = test_metrics(make_scorer(graphdef, best_params), config, split, seed,
+                         item_chunk=item_chunk)
+    timing = {**result.timing, "test_eval_seconds": round(time.perf_counter() - tic, 4)}
+    entry = {"seed": seed, "best_epoch": best_epoch, "valid": valid, **tests,
+             "seconds_to_best": round(seconds_to_best, 4)}
+    return SeedResult(best_params=best_params, entry=entry,
+                      history=[{**record, "seed": seed} for record in result.history],
+                      timing={**timing, "n_windows": len(next(iter(rows.values())))})
 
 
-def _save_model(folder: Path, config: Config, split: Split, params: nnx.State) -> None:
+def _save_model(folder: Path, config: Config, split: Split, params: Any) -> None:
     """Writes `model/` (best parameters stacked over seeds) and `data.npz` into `folder`."""
-    checkpoints.save_checkpoint(folder / "model", 0, {"params": params},
-                                {"seeds": list(range(config.train.seeds)),
-                                 "model": config.model.name})
+    model_dir = folder / "model"
+    if model_dir.exists():
+        shutil.rmtree(model_dir)
+    checkpoints.save_checkpoint(model_dir, 0, {"params": params},
+                                {"seeds": seed_list(config), "model": config.model.name})
     everything = concatenate([split.train, split.valid, split.test])
     _save_data(folder / "data.npz", split, extra={
         "test_user": split.test.user, "test_item": split.test.item,
@@ -301,41 +583,106 @@ def _save_model(folder: Path, config: Config, split: Split, params: nnx.State) -
     })
 
 
-def sequence_run(config: Config, out: str | Path, *, quiet: bool = True) -> dict[str, Any]:
-    """All seeds of a sequential model; writes `config.toml`, `metrics.json`, `log.jsonl`,
-    `model/` and `data.npz` (see the module docstring)."""
+def _kept_log_lines(log_path: Path, checkpoint_root: Path) -> list[str]:
+    """The lines of `log.jsonl` a resumed run keeps: each seed's epochs up to its newest
+    checkpoint (later epochs are trained, and logged, again)."""
+    kept = []
+    for line in log_path.read_text().splitlines():
+        if not line.strip():
+            continue
+        record = json.loads(line)
+        last = checkpoints.latest_epoch(checkpoint_root / f"seed{record.get('seed')}")
+        if last is not None and record["epoch"] <= last:
+            kept.append(line)
+    return kept
+
+
+def sequence_run(config: Config, out: str | Path, *, quiet: bool = True,
+                 resume: bool = False, item_chunk: int | None = None) -> dict[str, Any]:
+    """All seeds of a sequential model; writes the run folder (see the module docstring).
+
+    With `resume`, continues the run in `out` from each seed's newest checkpoint (its
+    `config.toml` must match `config`); a finished run is only re-evaluated and re-written.
+    `item_chunk` forces ranking the catalogue that many items at a time (default: only
+    catalogues above `CATALOGUE_CHUNK_ITEMS`).
+
+    Raises:
+        RunError: `out` holds a run and `resume` is False, or the configs differ on resume.
+        TrainingDivergedError: a NaN/Inf loss or gradient; the checkpoints are kept.
+    """
     _check(config)
-    config = _absolute_data_path(config)
     out = Path(out)
+    if not resume:
+        refuse_existing_run(out)
+    config = _absolute_data_path(config)
+    if resume and (out / "config.toml").exists():
+        _check_resumable(load_config(out / "config.toml"), config, out)
+    fresh = not out.exists() or not any(out.iterdir())
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        return _write_run(config, out, quiet=quiet, resume=resume, item_chunk=item_chunk)
+    except CausalRecError as error:
+        # refused before training: leave nothing behind; diverged: keep the checkpoints
+        if fresh and not isinstance(error, TrainingDivergedError):
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+
+
+def _write_run(config: Config, out: Path, *, quiet: bool, resume: bool,
+               item_chunk: int | None) -> dict[str, Any]:
+    tic = time.perf_counter()
+    dump_config(config, out / "config.toml")
     split, _ = load_split(config)
-    seeds = list(range(config.train.seeds))
-    per_seed = [train_sequence_seed(config, split, seed, quiet=quiet) for seed in seeds]
+    log_path = out / "log.jsonl"
+    kept = _kept_log_lines(log_path, out / "checkpoints") if resume and log_path.exists() else []
+    log_path.write_text("".join(line + "\n" for line in kept))
+
+    def log_fn(record: dict[str, Any]) -> None:
+        with log_path.open("a") as handle:
+            handle.write(json.dumps(_json_safe(record)) + "\n")
+
+    progress = not quiet and sys.stderr.isatty()
+    seeds = seed_list(config)
+    results = [
+        train_sequence_seed(config, split, seed, checkpoint_dir=out / "checkpoints" / f"seed{seed}",
+                            resume=resume, progress=progress, log_fn=log_fn,
+                            item_chunk=item_chunk)
+        for seed in seeds
+    ]
+    per_seed = [result.entry for result in results]
     metrics: dict[str, Any] = {}
     for part in ("test", "valid", "test_unmasked", "test_sampled"):
-        metrics.update(aggregate([{part: s[part]} for s in per_seed], part))
+        metrics.update(aggregate(per_seed, part))
+    timings = [result.timing for result in results]
     metrics.update({
-        "per_seed": [{key: s[key] for key in ("test", "valid", "test_unmasked", "test_sampled",
-                                               "best_epoch", "seconds_to_best")}
-                     for s in per_seed],
+        "per_seed": per_seed,
         "seeds": seeds,
         "data": {"n_users": split.train.n_users, "n_items": split.train.n_items,
                  "n_train": len(split.train), "n_valid": len(split.valid),
-                 "n_test": len(split.test), "n_windows": per_seed[0]["n_windows"],
+                 "n_test": len(split.test), "n_windows": timings[0]["n_windows"],
                  "sampled_negatives": config.eval.sampled_negatives,
                  "sampled_by": config.eval.sampled_by},
-        "timing": {"train_seconds": float(sum(s["train_seconds"] for s in per_seed)),
-                   "epoch_seconds": float(np.median([s["epoch_seconds"] for s in per_seed])),
-                   "eval_seconds": float(sum(s["eval_seconds"] for s in per_seed)),
-                   "seconds_to_best": [s["seconds_to_best"] for s in per_seed],
+        "timing": {"train_seconds": round(sum(t["train_seconds"] for t in timings), 4),
+                   "epoch_seconds": float(np.median([t["epoch_seconds"] for t in timings])),
+                   "first_epoch_seconds": timings[0]["first_epoch_seconds"],
+                   "eval_seconds": round(sum(t["eval_seconds"] for t in timings), 4),
+                   "test_eval_seconds": round(sum(t["test_eval_seconds"] for t in timings), 4),
+                   "seconds_to_best": [entry["seconds_to_best"] for entry in per_seed],
+                   "total_seconds": round(time.perf_counter() - tic, 3),
                    # the whole process's peak resident memory (Linux: ru_maxrss is in KiB)
                    "peak_rss_mb": round(
                        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)},
+        "versions": _versions(),
     })
     params = jax.tree.map(lambda *leaves: jnp.stack(leaves),
-                          *(s["best_params"] for s in per_seed))
-    write_run_folder(out, config, metrics,
-                     [line for seed in per_seed for line in seed["history"]],
-                     write_more=lambda folder: _save_model(folder, config, split, params))
+                          *(result.best_params for result in results))
+    _save_model(out, config, split, params)
+    (out / "plots").mkdir(exist_ok=True)
+    _plot_learning_curve(out / "plots" / "learning_curve.png", results[0].history,
+                         config.train.early_stopping_metric)
+    staging = out / "metrics.json.tmp"
+    staging.write_text(json.dumps(_json_safe(metrics), indent=2, allow_nan=False) + "\n")
+    staging.replace(out / "metrics.json")
     return metrics
 
 
@@ -372,19 +719,18 @@ def evaluate_sequence_run(run: LoadedRun, split_name: str = "test") -> dict[str,
     `test_unmasked` and `test_sampled`, computed as training did; `valid`), re-reading the data.
 
     Returns:
-        `{split_name: means over seeds, split_name + "_std": ..., ..., "per_seed": [...]}`.
+        `{split_name: means over seeds, split_name + "_std": ..., ..., "per_seed": [...]}`,
+        each `per_seed` entry naming its seed (run.seed + i).
     """
     if split_name not in ("test", "valid"):
         raise RunError(f"split {split_name!r}: a sequential run evaluates 'test' or 'valid'")
     config = run.config
     split, _ = load_split(config)
-    score_next = make_score_next(run.parts.graphdef)
     per_seed = []
-    for seed in range(config.train.seeds):
-        params = seed_slice(run.parts.params, seed)
-        score = lambda s, p=params: score_next(p, s)  # noqa: E731
-        entry = (test_metrics(score, config, split, seed) if split_name == "test"
-                 else {"valid": valid_metrics(score, config, split)})
+    for index, seed in enumerate(seed_list(config)):
+        scorer = make_scorer(run.parts.graphdef, seed_slice(run.parts.params, index))
+        entry = (test_metrics(scorer, config, split, seed) if split_name == "test"
+                 else {"valid": valid_metrics(scorer, config, split)})
         per_seed.append({"seed": seed, **entry})
     out: dict[str, Any] = {}
     for part in (split_name, "test_unmasked", "test_sampled"):

@@ -2,6 +2,7 @@
 
 import json
 
+import jax
 import numpy as np
 import pandas as pd
 import pytest
@@ -54,14 +55,32 @@ def test_sasrec_run_learns_the_planted_rule_and_writes_the_contract(planted_csv,
     # unmasked, the user's earlier items compete too, and early stopping watched the masked
     # validation: lower, but far above chance (1/20)
     assert metrics["test_unmasked"]["hit@1"] > 0.6
-    assert {"valid", "test_std", "per_seed", "seeds", "data", "timing"} <= set(metrics)
+    assert {"valid", "test_std", "per_seed", "seeds", "data", "timing", "versions"} <= set(metrics)
     assert metrics["data"]["n_test"] == 60
-    assert metrics["timing"]["peak_rss_mb"] > 0
-    assert len(metrics["timing"]["seconds_to_best"]) == 1
+    assert metrics["seeds"] == [0]
+    [entry] = metrics["per_seed"]
+    assert {"seed", "best_epoch", "valid", "test", "test_unmasked"} <= set(entry)
+    assert entry["seed"] == 0 and entry["test"] == metrics["test"]
+    assert 10 <= metrics["timing"]["peak_rss_mb"] < 1e6
     lines = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
-    assert len(lines) >= 1
-    # validation is logged both ways: masked (early stopping) and unmasked (RecBole's protocol)
-    assert {"hit@1", "unmasked_hit@1", "seconds"} <= set(lines[0])
+    # one line per epoch: patience 40 = epochs, so no early stop
+    assert [line["epoch"] for line in lines] == list(range(40))
+    # an ordinary run's keys, plus the seed; validation logged both ways: masked (early
+    # stopping) and unmasked (RecBole's protocol)
+    assert {"epoch", "loss", "loss_per_seed", "seconds", "valid", "valid_hit@1_per_seed",
+            "seed"} <= set(lines[0])
+    assert {"hit@1", "unmasked_hit@1"} <= set(lines[0]["valid"])
+    assert lines[-1]["loss"] < 0.5 * lines[0]["loss"]
+    best = lines[entry["best_epoch"]]
+    assert best["valid"]["hit@1"] == max(line["valid"]["hit@1"] for line in lines)
+    assert entry["valid"] == {k: v for k, v in best["valid"].items() if "unmasked" not in k}
+    assert metrics["timing"]["seconds_to_best"] == [entry["seconds_to_best"]]
+    assert entry["seconds_to_best"] == pytest.approx(
+        sum(line["seconds"] for line in lines[:entry["best_epoch"] + 1]), abs=1e-3)
+    assert (out / "plots" / "learning_curve.png").stat().st_size > 1000
+    # checkpoints every train.checkpoint_every (5) epochs and at the end (orbax keeps 2)
+    assert sorted(p.name for p in (out / "checkpoints" / "seed0").iterdir()
+                  if p.name.isdigit()) == ["34", "39"]
 
 
 @pytest.fixture(scope="module")
@@ -195,35 +214,198 @@ def test_sampled_protocol_is_reported_apart_and_is_more_lenient(planted_csv, tmp
     assert metrics["data"]["sampled_negatives"] == 5
 
 
-def test_the_seeds_of_a_run_share_one_compiled_step(planted_csv, tmp_path):
+def _small(path, out, *extra):
+    """A few quick epochs of a small SASRec on the planted walks (CLI arguments)."""
+    return _args(path, out, "train.epochs=4", "train.patience=4", "train.checkpoint_every=2",
+                 "model.embedding_dim=8", *extra)
+
+
+def _params(out):
+    from causalrec_jax.runner import load_run
+
+    return [np.asarray(leaf) for leaf in jax.tree.leaves(load_run(out).parts.params)]
+
+
+def _without_timing(per_seed):
+    return [{k: v for k, v in entry.items() if k != "seconds_to_best"} for entry in per_seed]
+
+
+def test_seeds_are_run_seed_plus_i_and_share_one_compiled_step(planted_csv, tmp_path,
+                                                               monkeypatch):
     from causalrec_jax import sequence_run
 
+    built = []
+
+    def spy(*args, **kwargs):
+        built.append(make_bucketed_epoch(*args, **kwargs))
+        return built[-1]
+
+    make_bucketed_epoch = sequence_run.make_bucketed_epoch
+    monkeypatch.setattr(sequence_run, "make_bucketed_epoch", spy)
     sequence_run._programs.cache_clear()
-    assert main(_args(planted_csv, tmp_path / "r", "train.seeds=2", "train.epochs=2")) == 0
+    out = tmp_path / "r"
+    assert main(_small(planted_csv, out, "train.seeds=2", "run.seed=5")) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["seeds"] == [5, 6]
+    assert [entry["seed"] for entry in metrics["per_seed"]] == [5, 6]
+    lines = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [(line["seed"], line["epoch"]) for line in lines] == [
+        (seed, epoch) for seed in (5, 6) for epoch in range(4)]
+    assert {p.name for p in (out / "checkpoints").iterdir()} == {"seed5", "seed6"}
+    # the two seeds start from different parameters, so they train differently
+    assert lines[0]["loss"] != lines[4]["loss"]
+    # one program for both seeds; one batch width (max_len 8 is the only bucket): one
+    # compilation served every batch of both seeds
     info = sequence_run._programs.cache_info()
     assert (info.misses, info.hits) == (1, 1)
-    # one batch width (max_len 8 is the only bucket): one compilation served both seeds
-    import jax
-    from flax import nnx
-
-    from causalrec_jax.config import load_config
-
-    config = load_config(tmp_path / "r" / "config.toml")
-    n_items = json.loads((tmp_path / "r" / "metrics.json").read_text())["data"]["n_items"]
-    graphdef = nnx.split(sequence_run._model(config, n_items, jax.random.key(9)), nnx.Param)[0]
-    _, step, _ = sequence_run._programs(graphdef, "full_softmax", config.train.learning_rate,
-                                        config.train.weight_decay)
-    assert step._cache_size() == 1
+    [run_epoch] = built
+    assert run_epoch.bucket_step._cache_size() == 1
 
 
-def test_a_sequential_run_never_overwrites_a_run_and_cannot_resume(planted_csv, tmp_path,
-                                                                   capsys):
-    out = tmp_path / "run"
-    out.mkdir()
-    (out / "metrics.json").write_text("{}")
-    assert main(_args(planted_csv, out, "train.epochs=1")) == 2
-    assert "already holds a run" in capsys.readouterr().err
-    assert (out / "metrics.json").read_text() == "{}"
-    assert main([*_args(planted_csv, tmp_path / "new", "train.epochs=1"), "--resume"]) == 2
-    assert "keeps no checkpoints" in capsys.readouterr().err
-    assert not (tmp_path / "new").exists()
+def test_the_same_seed_twice_gives_identical_metrics_and_parameters(planted_csv, tmp_path):
+    assert main(_small(planted_csv, tmp_path / "a")) == 0
+    assert main(_small(planted_csv, tmp_path / "b")) == 0
+    assert main(_small(planted_csv, tmp_path / "c", "run.seed=1")) == 0
+    a, b, c = (json.loads((tmp_path / name / "metrics.json").read_text()) for name in "abc")
+    assert a["test"] == b["test"] and a["valid"] == b["valid"]
+    assert _without_timing(a["per_seed"]) == _without_timing(b["per_seed"])
+    for left, right in zip(_params(tmp_path / "a"), _params(tmp_path / "b"), strict=True):
+        np.testing.assert_array_equal(left, right)
+    # another seed: another initialisation and order, other parameters
+    assert any(not np.array_equal(left, right) for left, right in
+               zip(_params(tmp_path / "a"), _params(tmp_path / "c"), strict=True))
+
+
+def test_resume_after_an_interruption_ends_identical_to_an_uninterrupted_run(
+        planted_csv, tmp_path, monkeypatch):
+    from causalrec_jax import sequence_run
+    from causalrec_jax.train import checkpoint as checkpoints
+
+    extra = ("train.seeds=2", "train.epochs=6", "train.patience=6")
+    assert main(_small(planted_csv, tmp_path / "full", *extra)) == 0
+    full = json.loads((tmp_path / "full" / "metrics.json").read_text())
+
+    original_fit = sequence_run.fit
+
+    def interrupted_fit(**kwargs):
+        log_fn = kwargs["log_fn"]
+
+        def stop_in_the_second_seed(record):
+            log_fn(record)
+            if record["epoch"] == 2 and kwargs["description"].startswith("seed 1"):
+                raise KeyboardInterrupt
+
+        return original_fit(**{**kwargs, "log_fn": stop_in_the_second_seed})
+
+    monkeypatch.setattr(sequence_run, "fit", interrupted_fit)
+    part = tmp_path / "part"
+    with pytest.raises(KeyboardInterrupt):
+        main(_small(planted_csv, part, *extra))
+    monkeypatch.setattr(sequence_run, "fit", original_fit)
+    assert not (part / "metrics.json").exists()
+    # seed 0 finished (epoch 5); seed 1 checkpointed at epoch 1 (every 2 epochs)
+    assert checkpoints.latest_epoch(part / "checkpoints" / "seed0") == 5
+    assert checkpoints.latest_epoch(part / "checkpoints" / "seed1") == 1
+    # a run in the folder: a plain train refuses it, --resume continues it
+    assert main(_small(planted_csv, part, *extra)) == 2
+    assert main([*_small(planted_csv, part, *extra), "--resume"]) == 0
+    resumed = json.loads((part / "metrics.json").read_text())
+    assert resumed["test"] == full["test"] and resumed["valid"] == full["valid"]
+    assert _without_timing(resumed["per_seed"]) == _without_timing(full["per_seed"])
+    for left, right in zip(_params(tmp_path / "full"), _params(part), strict=True):
+        np.testing.assert_array_equal(left, right)
+    logged = [(json.loads(line)["seed"], json.loads(line)["epoch"])
+              for line in (part / "log.jsonl").read_text().splitlines()]
+    # seed 1's epoch 2, trained before the interruption, is replayed and logged once
+    assert logged == [(seed, epoch) for seed in (0, 1) for epoch in range(6)]
+
+
+SAMPLED_BASE = ('train.loss="sampled_softmax"', "train.n_negatives=3", "train.weight_decay=0.1",
+                "train.epochs=2", "train.patience=2")
+
+
+def _losses(out):
+    return [json.loads(line)["loss"] for line in (out / "log.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def sampled_base(tmp_path_factory):
+    """The walks' CSV and the epoch losses of a short sampled-softmax run with weight decay."""
+    folder = tmp_path_factory.mktemp("sampled")
+    path = _write_walks(folder)
+    assert main(_small(path, folder / "base", *SAMPLED_BASE)) == 0
+    return path, _losses(folder / "base")
+
+
+@pytest.mark.parametrize("change", [
+    ('train.optimizer="adamw"',),  # decoupled decay instead of L2 in the gradient
+    ("train.n_negatives=8",),
+    ("train.exclude_seen_negatives=false",),
+    ('train.lr_schedule="warmup_cosine"', "train.warmup_steps=3"),
+])
+def test_the_optimiser_and_negative_keys_change_the_training(sampled_base, tmp_path, change):
+    path, base = sampled_base
+    assert main(_small(path, tmp_path / "changed", *SAMPLED_BASE, *change)) == 0
+    changed = _losses(tmp_path / "changed")
+    assert len(base) == len(changed) == 2
+    assert all(np.isfinite(base)) and all(np.isfinite(changed))
+    assert abs(base[-1] - changed[-1]) > 1e-4, (base, changed)
+
+
+def test_a_diverging_run_stops_with_a_one_line_error_naming_epoch_and_batch(
+        planted_csv, tmp_path, capsys):
+    out = tmp_path / "nan"
+    assert main(_small(planted_csv, out, "train.learning_rate=1e30")) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1
+    assert "sasrec seed 0" in error and "non-finite loss or gradient at epoch" in error
+    assert "batch" in error and "learning_rate" in error
+    assert not (out / "metrics.json").exists()
+
+
+def test_chunked_catalogue_ranking_gives_the_dense_metrics(planted_run):
+    from causalrec_jax import sequence_run
+    from causalrec_jax.data.loader import load_split
+    from causalrec_jax.runner import load_run
+    from causalrec_jax.train.loop import seed_slice
+
+    out, _ = planted_run
+    run = load_run(out)
+    split, _ = load_split(run.config)
+    scorer = sequence_run.make_scorer(run.parts.graphdef, seed_slice(run.parts.params, 0))
+    dense = sequence_run.test_metrics(scorer, run.config, split, 0)
+    for item_chunk in (7, 20):  # 20 items: chunks of 7 leave a remainder of 6
+        chunked = sequence_run.test_metrics(scorer, run.config, split, 0, item_chunk=item_chunk)
+        for part in ("test", "test_unmasked"):
+            assert set(chunked[part]) == set(dense[part])
+            for name, value in dense[part].items():
+                assert chunked[part][name] == pytest.approx(value, abs=1e-9), (part, name)
+    valid = sequence_run.valid_metrics(scorer, run.config, split)
+    assert sequence_run.valid_metrics(scorer, run.config, split, item_chunk=7) == pytest.approx(
+        valid, abs=1e-9)
+    # the model learned the rule, so these are not trivially equal zeros
+    assert dense["test"]["hit@10"] > 0.5
+
+
+def test_a_run_folder_of_the_previous_sequential_code_still_loads(planted_run, tmp_path):
+    import shutil
+
+    from causalrec_jax.runner import RunError, evaluate_run, load_run, recommend
+
+    out, _ = planted_run
+    old = tmp_path / "old"
+    shutil.copytree(out, old)
+    # the previous code wrote no checkpoints/ or plots/, and seeds 0..n-1
+    shutil.rmtree(old / "checkpoints")
+    shutil.rmtree(old / "plots")
+    stored = json.loads((out / "metrics.json").read_text())
+    again = evaluate_run(old)
+    assert again["test"] == pytest.approx(stored["test"], abs=1e-6)
+    assert len(recommend(load_run(old), "3", k=2)) == 2
+    # older still: no next_history; refused with one line saying how to retrain
+    with np.load(old / "data.npz") as data:
+        arrays = {name: data[name] for name in data.files if name != "next_history"}
+    np.savez(old / "data.npz", **arrays)
+    with pytest.raises(RunError, match="train the run again") as error:
+        load_run(old)
+    assert "\n" not in str(error.value)

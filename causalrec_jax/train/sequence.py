@@ -9,10 +9,16 @@ mean over trained positions (0 when there are none).
   baseline in Klenitskiy & Vasilev, RecSys 2023, "Turning Dross Into Gold Loss: is BERT4Rec
   really better than SASRec?").
 - `bce_one_negative_loss`: SASRec's own objective (Kang & McAuley 2018, eq. 5): binary
-  cross-entropy of the target against one uniformly sampled negative per position.
-- `sampled_softmax_loss`: softmax over the target and `n_negatives` uniform negatives shared
-  by the batch. With a uniform proposal the logQ correction is the same constant for every
-  item and cancels in the softmax, so none is applied.
+  cross-entropy of the target against uniformly sampled negatives, one per position by default
+  (`train.n_negatives` of them per position).
+- `sampled_softmax_loss`: softmax over the target and `n_negatives` uniform negatives, shared
+  by the batch, or drawn per row when the user's own items are excluded
+  (`train.exclude_seen_negatives`, as RecBole's sampler). With a uniform proposal the logQ
+  correction is the same constant for every item and cancels in the softmax, so none is
+  applied.
+
+`make_sequence_objective` turns a loss name into the `loss_fn(params, batch, key) -> (loss,
+aux)` of the one training core (`train.step.make_train_step`).
 - `masked_item_loss`: BERT4Rec's cloze objective, on positions chosen by `mask_items`.
 """
 
@@ -25,6 +31,8 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
+
+from causalrec_jax.train.objectives import resample_seen
 
 LOSSES = ("full_softmax", "bce_one_negative", "sampled_softmax", "masked_item")
 
@@ -114,27 +122,41 @@ def bce_one_negative_loss(
     targets: jax.Array,
     mask: jax.Array,
     key: jax.Array,
+    *,
+    n_negatives: int = 1,
+    negatives: jax.Array | None = None,
+    negative_where: jax.Array | None = None,
 ) -> jax.Array:
-    """SASRec's loss: -log s(h.e_target) - log(1 - s(h.e_negative)), one negative a position.
+    """SASRec's loss: -log s(h.e_target) - sum_j log(1 - s(h.e_negative_j)).
 
-    The negative is uniform over the catalogue minus the target (the paper also excludes the
-    user's other items; at catalogue sizes this rarely matters). Never forms `[b, L, n_items]`.
+    With `n_negatives = 1` (the paper's) one negative a position. Negatives are uniform over
+    the catalogue minus the target, unless given (`negatives`, e.g. redrawn away from the
+    user's items; `negative_where` False drops one). Never forms `[b, L, n_items]`.
 
     Args:
         hidden: `[b, L, d]` encoder outputs.
         item_embeddings: `[n_items, d]` output table (`model.item_embeddings()`).
         targets: `[b, L]` int item ids.
         mask: `[b, L]` bool trained positions.
-        key: draws the negatives.
+        key: draws the negatives (unused when `negatives` is given).
+        n_negatives: negatives per position (static).
+        negatives: `[b, L, n_negatives]` item ids to use instead of drawing them.
+        negative_where: `[b, L, n_negatives]` bool, False where a negative does not count.
 
     Returns:
         `[]` mean loss over trained positions.
     """
     safe_targets = jnp.where(mask, targets, 0)
-    negatives = _uniform_negatives(key, safe_targets, item_embeddings.shape[0])
+    if negatives is None:
+        negatives = _uniform_negatives(
+            key, jnp.broadcast_to(safe_targets[..., None], (*safe_targets.shape, n_negatives)),
+            item_embeddings.shape[0])
     positive_logits = jnp.sum(hidden * item_embeddings[safe_targets], axis=-1)
-    negative_logits = jnp.sum(hidden * item_embeddings[negatives], axis=-1)
-    losses = -jax.nn.log_sigmoid(positive_logits) - jax.nn.log_sigmoid(-negative_logits)
+    negative_logits = jnp.einsum("bld,blnd->bln", hidden, item_embeddings[negatives])
+    negative_losses = -jax.nn.log_sigmoid(-negative_logits)
+    if negative_where is not None:
+        negative_losses = jnp.where(negative_where, negative_losses, 0.0)
+    losses = -jax.nn.log_sigmoid(positive_logits) + jnp.sum(negative_losses, axis=-1)
     return _masked_mean(losses, mask)
 
 
@@ -146,28 +168,41 @@ def sampled_softmax_loss(
     key: jax.Array,
     *,
     n_negatives: int = 100,
+    negatives: jax.Array | None = None,
+    negative_where: jax.Array | None = None,
 ) -> jax.Array:
-    """Softmax over the target and `n_negatives` uniform negatives shared by the batch.
+    """Softmax over the target and `n_negatives` negatives.
 
-    A negative equal to a position's target is masked out of that position's softmax.
+    By default the negatives are uniform and shared by the batch (`[n_negatives]`); given
+    `negatives [b, n_negatives]`, each row has its own (e.g. redrawn away from the user's
+    items), and `negative_where [b, n_negatives]` False drops one. A negative equal to a
+    position's target is masked out of that position's softmax.
 
     Args:
         hidden: `[b, L, d]` encoder outputs.
         item_embeddings: `[n_items, d]` output table.
         targets: `[b, L]` int item ids.
         mask: `[b, L]` bool trained positions.
-        key: draws the negatives.
+        key: draws the shared negatives (unused when `negatives` is given).
         n_negatives: negatives per batch (static).
+        negatives: `[b, n_negatives]` per-row item ids, or None.
+        negative_where: `[b, n_negatives]` bool, or None.
 
     Returns:
         `[]` mean loss over trained positions; forms `[b, L, 1 + n_negatives]` logits.
     """
     safe_targets = jnp.where(mask, targets, 0)
-    negatives = jax.random.randint(key, (n_negatives,), 0, item_embeddings.shape[0])
     positive_logits = jnp.sum(hidden * item_embeddings[safe_targets], axis=-1)
-    negative_logits = hidden @ item_embeddings[negatives].T
-    collision = negatives[None, None, :] == safe_targets[..., None]
-    negative_logits = jnp.where(collision, -jnp.inf, negative_logits)
+    if negatives is None:
+        negatives = jax.random.randint(key, (n_negatives,), 0, item_embeddings.shape[0])
+        negative_logits = hidden @ item_embeddings[negatives].T
+        dropped = negatives[None, None, :] == safe_targets[..., None]
+    else:
+        negative_logits = jnp.einsum("bld,bnd->bln", hidden, item_embeddings[negatives])
+        dropped = negatives[:, None, :] == safe_targets[..., None]
+        if negative_where is not None:
+            dropped = dropped | ~negative_where[:, None, :]
+    negative_logits = jnp.where(dropped, -jnp.inf, negative_logits)
     logits = jnp.concatenate([positive_logits[..., None], negative_logits], axis=-1)
     losses = -jax.nn.log_softmax(logits, axis=-1)[..., 0]
     return _masked_mean(losses, mask)
@@ -240,7 +275,10 @@ def make_sequence_loss(
     Batches: next-item losses read `inputs [b, L]` and `targets [b, L]` tokens
     (`data.sequences.training_windows`); `masked_item` reads `sequences [b, L]` tokens
     (`item_windows`) and masks them with the key. An optional `mask [b]` bool drops padded
-    rows (a padded last batch). The key is split between dropout and sampling. The
+    rows (a padded last batch). The key is split between dropout and sampling. With the
+    shared seen-items data of `objectives.seen_items_data` (`shared_seen_mask` or
+    `shared_seen_pairs`) and the window's user `users [b]` in the batch, the sampled losses
+    redraw negatives the user has in training (`objectives.resample_seen`). The
     catalogue-wide losses (`full_softmax`, `masked_item`) go through `chunked_softmax_loss`
     (`chunk_rows` positions at a time), so a step never holds the `[b, L, n_items]` logits.
 
@@ -269,13 +307,60 @@ def make_sequence_loss(
         if loss_name in ("full_softmax", "masked_item"):
             return chunked_softmax_loss(hidden, item_embeddings, targets, trained,
                                         chunk_rows=chunk_rows)
+        negatives = negative_where = None
+        if "shared_seen_mask" in batch or "shared_seen_pairs" in batch:
+            negatives, negative_where = _unseen_negatives(
+                sample_key, batch, targets, item_embeddings.shape[0], n_negatives,
+                per_position=loss_name == "bce_one_negative")
         if loss_name == "bce_one_negative":
-            return bce_one_negative_loss(hidden, item_embeddings, targets, trained, sample_key)
+            return bce_one_negative_loss(
+                hidden, item_embeddings, targets, trained, sample_key, n_negatives=n_negatives,
+                negatives=negatives, negative_where=negative_where)
         return sampled_softmax_loss(
-            hidden, item_embeddings, targets, trained, sample_key, n_negatives=n_negatives
+            hidden, item_embeddings, targets, trained, sample_key, n_negatives=n_negatives,
+            negatives=negatives, negative_where=negative_where,
         )
 
     return loss_fn
+
+
+def _unseen_negatives(key: jax.Array, batch: Batch, targets: jax.Array, n_items: int,
+                      n_negatives: int, *, per_position: bool) -> tuple[jax.Array, jax.Array]:
+    """Uniform negatives redrawn away from each window's user's training items.
+
+    Returns `(negatives, valid)`, `[b, L, n_negatives]` when `per_position` (bce), else
+    `[b, n_negatives]` (sampled softmax: one set per row, shared by its positions).
+    """
+    batch_size, length = targets.shape
+    per_row = length * n_negatives if per_position else n_negatives
+    negatives = jax.random.randint(key, (batch_size, per_row), 0, n_items)
+    negatives, valid = resample_seen(
+        key, batch["users"], negatives, n_items, seen_mask=batch.get("shared_seen_mask"),
+        seen_pairs=batch.get("shared_seen_pairs"))
+    if per_position:
+        shape = (batch_size, length, n_negatives)
+        return negatives.reshape(shape), valid.reshape(shape)
+    return negatives, valid
+
+
+def make_sequence_objective(
+    graphdef: nnx.GraphDef, loss_name: str = "full_softmax", **loss_options: Any
+) -> Callable[[Any, Batch, jax.Array], tuple[jax.Array, dict[str, jax.Array]]]:
+    """`loss_fn(params, batch, key) -> (loss, {"loss": loss})`: `make_sequence_loss` in the
+    form of the training core's objectives (`train.step.make_train_step`).
+
+    Args:
+        graphdef: from `nnx.split(model, nnx.Param)`.
+        loss_name: one of `LOSSES`.
+        **loss_options: `n_negatives`, `mask_prob`, `last_item_prob`, `chunk_rows`.
+    """
+    loss_fn = make_sequence_loss(graphdef, loss_name, **loss_options)
+
+    def objective(params: Any, batch: Batch, key: jax.Array):
+        loss = loss_fn(params, batch, key)
+        return loss, {"loss": loss}
+
+    return objective
 
 
 def make_sequence_train_step(
