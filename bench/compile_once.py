@@ -2,11 +2,11 @@
 
     python bench/compile_once.py [--out bench/results/compile_once.json]
 
-A run's programs are cached by their static signature (`runner.ProgramSpec`), so the second of
+A run's programs are cached by their static signature (`ordinary.ProgramSpec`), so the second of
 two identical `train_split` calls in one process (a CV fold, a tuning chunk, a test) compiles
 nothing. The case trains `configs/ml100k_mf.toml` (BPR-MF, 1,682 items) for a fixed number of
 epochs, twice, and reports each call's wall time and the number of XLA compilations during
-each (JAX's monitoring events). It uses only `runner.train_split(config, split)`, so the same
+each (JAX's monitoring events). It uses only `ordinary.train_split(config, split)`, so the same
 script measures an older checkout (`PYTHONPATH=/path/to/old/checkout python
 bench/compile_once.py`) for a before/after comparison on one machine.
 """
@@ -33,10 +33,10 @@ def main(argv: list[str] | None = None) -> dict:
 
     import jax
 
-    from causalrec_jax import runner
     from causalrec_jax.config import load_config
     from causalrec_jax.data.loader import load_dataset
     from causalrec_jax.data.split import make_split
+    from causalrec_jax.tasks import ordinary
 
     config = load_config(ROOT / "configs" / "ml100k_mf.toml", [
         f"data.path={json.dumps(args.data)}", f"train.epochs={args.epochs}",
@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> dict:
     for _ in range(2):
         compiles.update(count=0, seconds=0.0)
         tic = time.perf_counter()
-        trained = runner.train_split(config, split, truth=truth)
+        trained = ordinary.train_split(config, split, truth=truth)
         calls.append({"seconds": round(time.perf_counter() - tic, 3),
                       "compilations": compiles["count"],
                       "compile_seconds": round(compiles["seconds"], 3),
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> dict:
         "first_call": calls[0], "second_call": calls[1],
         "machine": {"platform": platform.platform(), "python": platform.python_version(),
                     "jax": jax.__version__, "devices": [str(d) for d in jax.devices()]},
-        "package": runner.__file__,
+        "package": ordinary.__file__,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")

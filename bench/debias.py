@@ -95,7 +95,7 @@ def case_yahoo_size_sim_ips(quick: bool, method: str = "ips") -> dict:
     steady epoch seconds."""
     from causalrec_jax.config import load_config
     from causalrec_jax.errors import CausalRecError
-    from causalrec_jax.runner import train_run
+    from causalrec_jax.runs.train import train_run
 
     table = load_table_script()
     overrides = [*table.PROTOCOL_OVERRIDES, f"train.seeds={SEEDS}", *YAHOO_SIZE]

@@ -31,10 +31,10 @@ def case_epochs(config_path: str, overrides: list[str], epochs: int) -> dict:
     """Trains for `epochs` epochs without validation; returns timing of the loop."""
     import jax
 
-    from causalrec_jax import runner
     from causalrec_jax.config import load_config
     from causalrec_jax.data.dataset import Split
     from causalrec_jax.data.loader import load_split
+    from causalrec_jax.tasks import ordinary
 
     config = load_config(config_path, overrides + [f"train.epochs={epochs}"])
     tic = time.perf_counter()
@@ -42,7 +42,7 @@ def case_epochs(config_path: str, overrides: list[str], epochs: int) -> dict:
     data_seconds = time.perf_counter() - tic
     no_valid = Split(train=split.train, valid=None, test=split.test)
     tic = time.perf_counter()
-    trained = runner.train_split(config, no_valid)
+    trained = ordinary.train_split(config, no_valid)
     jax.block_until_ready(trained.parts.params)
     return {
         "data_seconds": round(data_seconds, 3),
@@ -57,7 +57,7 @@ def case_run(config_path: str, overrides: list[str]) -> dict:
     import tempfile
 
     from causalrec_jax.config import load_config
-    from causalrec_jax.runner import train_run
+    from causalrec_jax.runs.train import train_run
 
     config = load_config(config_path, overrides)
     with tempfile.TemporaryDirectory() as folder:

@@ -35,7 +35,7 @@ def main() -> None:
 
     from causalrec_jax.config import load_config
     from causalrec_jax.data.loader import load_split
-    from causalrec_jax.runner import Member, train_split
+    from causalrec_jax.tasks.ordinary import Member, train_split
     from causalrec_jax.tune.space import load_space, make_trials
 
     config = load_config(ROOT / "configs" / "ml100k_mf.toml",

@@ -147,7 +147,7 @@ def _command_train(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from causalrec_jax.config import dumps_config, load_config
-    from causalrec_jax.runner import train_run
+    from causalrec_jax.runs.train import train_run
 
     config = load_config(args.config, args.overrides)
     name = config.run.name or (Path(args.config).stem if args.config else "default")
@@ -155,8 +155,9 @@ def _command_train(args: argparse.Namespace) -> int:
     quiet = args.quiet or config.run.quiet
     if not quiet:
         print(dumps_config(config))
-    from causalrec_jax.runner import RunError, refuse_existing_run
-    from causalrec_jax.sequence_run import SEQUENCE_MODELS
+    from causalrec_jax.errors import RunError
+    from causalrec_jax.runs.folder import refuse_existing_run
+    from causalrec_jax.tasks.sequential import SEQUENCE_MODELS
 
     if config.uplift.method and config.model.name not in SEQUENCE_MODELS:
         # these runs write their folder once, at the end, and keep no checkpoints to resume
@@ -166,12 +167,12 @@ def _command_train(args: argparse.Namespace) -> int:
                            "train it again with a new --out")
         refuse_existing_run(out, resumable=False)
     if config.model.name in SEQUENCE_MODELS:
-        from causalrec_jax.sequence_run import sequence_run
+        from causalrec_jax.runs.train import sequence_run
 
         # checkpoints and --resume as an ordinary run (sequence_run refuses an occupied --out)
         metrics = sequence_run(config, out, quiet=quiet, resume=args.resume)
     elif config.uplift.method:
-        from causalrec_jax.uplift_run import uplift_run
+        from causalrec_jax.runs.train import uplift_run
 
         metrics = uplift_run(config, out, quiet=quiet)
     else:
@@ -216,8 +217,8 @@ def _command_ope(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from causalrec_jax.config import load_config
-    from causalrec_jax.ope_run import ope_run
-    from causalrec_jax.runner import refuse_existing_run
+    from causalrec_jax.runs.folder import refuse_existing_run
+    from causalrec_jax.runs.train import ope_run
 
     config = load_config(args.config, args.overrides)
     name = config.run.name or (Path(args.config).stem if args.config else "ope")
@@ -253,7 +254,7 @@ def _command_tune(args: argparse.Namespace) -> int:
 
 
 def _command_evaluate(args: argparse.Namespace) -> int:
-    from causalrec_jax.runner import evaluate_run
+    from causalrec_jax.runs.load import evaluate_run
 
     result = evaluate_run(args.run, args.split)
     print(format_metrics({args.split: result[args.split],
@@ -262,7 +263,7 @@ def _command_evaluate(args: argparse.Namespace) -> int:
 
 
 def _command_recommend(args: argparse.Namespace) -> int:
-    from causalrec_jax.runner import load_run, recommend
+    from causalrec_jax.runs.load import load_run, recommend
 
     for rank, (item, score) in enumerate(recommend(load_run(args.run), args.user, args.k), 1):
         print(f"{rank:>3}  {item:<20} {score:.4f}")
@@ -291,7 +292,7 @@ def _command_simulate(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     score_table = None
     if config.policy.scores == "run":
-        from causalrec_jax.runner import run_score_table
+        from causalrec_jax.runs.load import run_score_table
 
         score_table = run_score_table(config.policy.run, config.env.n_users, config.env.n_items)
     log, truth = simulate_log(

@@ -31,3 +31,7 @@ class DataFormatError(CausalRecError, ValueError):
 
 class SplitError(CausalRecError, ValueError):
     """A split cannot be made from the data as configured."""
+
+
+class RunError(CausalRecError):
+    """A run folder is missing, incomplete, or does not hold what was asked for."""

@@ -25,7 +25,7 @@ import jax
 
 @enum.unique
 class Run(enum.IntEnum):
-    """Roles of a run seed's key (`runner`, `train.program`)."""
+    """Roles of a run seed's key (`tasks.ordinary`, `train.program`)."""
 
     INIT = 0  # the prediction model's initial parameters
     TRAIN = 1  # everything the training loop draws (orders, negatives, dropout, cells)

@@ -6,7 +6,7 @@
 For each method, loads `configs/<prefix>_<method>.toml` (prefix coat, yahoo or sim), applies
 the shared protocol (below), `--path` (as `data.path`), `--seeds` (as `train.seeds`) and the
 `--set` overrides (to every method, e.g. `--set train.epochs=2`), and trains it with
-`runner.train_run` into `DIR/<method>` (seeds vmapped in one program). Writes to `DIR`
+`runs.train.train_run` into `DIR/<method>` (seeds vmapped in one program). Writes to `DIR`
 (default `runs/debias_<data>`):
 
 - `table.md`: the protocol, then one row per method: test auc, ndcg@5, recall@5, ndcg@10 and
@@ -30,9 +30,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from causalrec_jax import runner
 from causalrec_jax.config import load_config
 from causalrec_jax.errors import CausalRecError
+from causalrec_jax.runs import train as run_train
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
@@ -131,7 +131,7 @@ def run_method(config_path: Path, overrides: list[str], out: Path) -> dict[str, 
         shutil.rmtree(out)  # a table always starts afresh
     try:
         config = load_config(config_path, overrides)
-        metrics = runner.train_run(config, out, quiet=True)
+        metrics = run_train.train_run(config, out, quiet=True)
     except CausalRecError as error:
         return failed_row(error)
     row = summarize_run(metrics)

@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from causalrec_jax.config import load_config
-from causalrec_jax.ope_run import ope_seed, ope_setup
+from causalrec_jax.tasks.ope import ope_seed, ope_setup
 
 ROOT = Path(__file__).resolve().parents[1]
 LOGGING = "logging"

@@ -177,7 +177,7 @@ def test_written_config_loads_back_identical(tmp_path, name):
 
 
 def test_a_key_the_run_does_not_read_is_refused_naming_it():
-    from causalrec_jax.runner import check_ordinary_keys
+    from causalrec_jax.tasks.ordinary import check_ordinary_keys
 
     def refused(*overrides):
         with pytest.raises(ConfigError) as error:
@@ -201,7 +201,7 @@ def test_a_key_the_run_does_not_read_is_refused_naming_it():
 def test_every_shipped_config_of_an_ordinary_run_reads_all_its_keys():
     from pathlib import Path
 
-    from causalrec_jax.runner import check_ordinary_keys
+    from causalrec_jax.tasks.ordinary import check_ordinary_keys
 
     configs = Path(__file__).resolve().parents[1] / "configs"
     checked = 0
@@ -218,8 +218,8 @@ def test_every_shipped_config_of_an_ordinary_run_reads_all_its_keys():
 
 def test_uplift_ope_and_simulate_refuse_keys_they_do_not_read(tmp_path, capsys):
     from causalrec_jax.cli import main
-    from causalrec_jax.ope_run import ope_run
-    from causalrec_jax.uplift_run import check_uplift_keys
+    from causalrec_jax.runs.train import ope_run
+    from causalrec_jax.tasks.uplift import check_uplift_keys
 
     configs = Path(__file__).resolve().parents[1] / "configs"
     check_uplift_keys(load_config(configs / "sim_uplift.toml"))

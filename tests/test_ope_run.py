@@ -8,11 +8,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from causalrec_jax import ope_run
 from causalrec_jax.causal import ope
 from causalrec_jax.cli import main
 from causalrec_jax.config import load_config
 from causalrec_jax.sim import policies
+from causalrec_jax.tasks import ope as ope_run
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "sim_ope.toml"
 SMALL = ["env.n_users=40", "env.n_items=25", "env.latent_dim=4"]

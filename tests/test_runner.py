@@ -6,11 +6,16 @@ import jax
 import numpy as np
 import pytest
 
-from causalrec_jax import runner
+from causalrec_jax import errors
 from causalrec_jax.cli import main
 from causalrec_jax.config import load_config
 from causalrec_jax.errors import ConfigError
+from causalrec_jax.runs import folder as run_folder
+from causalrec_jax.runs import load as run_load
+from causalrec_jax.runs import train as run_train
+from causalrec_jax.tasks import ordinary
 from causalrec_jax.train import checkpoint as checkpoints
+from causalrec_jax.train import loop
 
 TINY = [
     "sim.n_users=60",
@@ -37,7 +42,7 @@ def tiny_config(*extra):
 
 def test_run_folder_contract(tmp_path):
     out = tmp_path / "run"
-    metrics = runner.train_run(tiny_config("train.seeds=2"), out, quiet=True)
+    metrics = run_train.train_run(tiny_config("train.seeds=2"), out, quiet=True)
     for name in (
         "config.toml",
         "metrics.json",
@@ -65,12 +70,12 @@ def test_run_folder_contract(tmp_path):
     lines = (out / "log.jsonl").read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in lines] == [0, 1, 2, 3]
     assert metrics["test"] == pytest.approx(written["test"])
-    with pytest.raises(runner.RunError, match="already holds a run"):
-        runner.train_run(tiny_config(), out, quiet=True)
+    with pytest.raises(errors.RunError, match="already holds a run"):
+        run_train.train_run(tiny_config(), out, quiet=True)
 
 
 def test_trained_model_beats_random_on_the_simulator(tmp_path):
-    metrics = runner.train_run(tiny_config("train.epochs=15"), tmp_path / "r", quiet=True)
+    metrics = run_train.train_run(tiny_config("train.epochs=15"), tmp_path / "r", quiet=True)
     # Random ranking of ~40 items at K=5 gives hit@5 well below 0.5 for users with 1-3
     # test positives; a trained BPR-MF on this popularity-confounded world beats it clearly.
     assert metrics["test"]["hit@5"] > 0.4
@@ -78,9 +83,9 @@ def test_trained_model_beats_random_on_the_simulator(tmp_path):
 
 def test_resume_ends_identical_to_an_uninterrupted_run(tmp_path, monkeypatch):
     config = tiny_config("train.epochs=6", "train.seeds=2")
-    full = runner.train_run(config, tmp_path / "full", quiet=True)
+    full = run_train.train_run(config, tmp_path / "full", quiet=True)
 
-    original_fit = runner.fit
+    original_fit = loop.fit
 
     def interrupted_fit(**kwargs):
         def stop_after_epoch_2(record):
@@ -92,26 +97,26 @@ def test_resume_ends_identical_to_an_uninterrupted_run(tmp_path, monkeypatch):
         kwargs["log_fn"] = stop_after_epoch_2
         return original_fit(**kwargs)
 
-    monkeypatch.setattr(runner, "fit", interrupted_fit)
+    monkeypatch.setattr(ordinary, "fit", interrupted_fit)
     with pytest.raises(KeyboardInterrupt):
-        runner.train_run(config, tmp_path / "part", quiet=True)
-    monkeypatch.setattr(runner, "fit", original_fit)
+        run_train.train_run(config, tmp_path / "part", quiet=True)
+    monkeypatch.setattr(ordinary, "fit", original_fit)
     # The last checkpoint is at epoch 1 (every 2 epochs); resume replays epochs 2..5.
     assert checkpoints.latest_epoch(tmp_path / "part" / "checkpoints") == 1
-    resumed = runner.train_run(config, tmp_path / "part", resume=True, quiet=True)
+    resumed = run_train.train_run(config, tmp_path / "part", resume=True, quiet=True)
     logged = [json.loads(line)["epoch"]
               for line in (tmp_path / "part" / "log.jsonl").read_text().splitlines()]
     assert logged == [0, 1, 2, 3, 4, 5]  # the replayed epoch 2 is not logged twice
     assert resumed["test"] == full["test"]
     assert resumed["per_seed"] == full["per_seed"]
-    full_params = runner.load_run(tmp_path / "full").parts.params
-    resumed_params = runner.load_run(tmp_path / "part").parts.params
+    full_params = run_load.load_run(tmp_path / "full").parts.params
+    resumed_params = run_load.load_run(tmp_path / "part").parts.params
     for a, b in zip(jax.tree.leaves(full_params), jax.tree.leaves(resumed_params), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
 def test_cross_validation_reports_folds(tmp_path):
-    metrics = runner.train_run(
+    metrics = run_train.train_run(
         tiny_config("train.cv_folds=3", "train.epochs=2"), tmp_path / "cv", quiet=True
     )
     assert len(metrics["cv"]["folds"]) == 3
@@ -172,8 +177,8 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
 
 
 def test_host_placement_gives_the_same_run(tmp_path):
-    device = runner.train_run(tiny_config("train.seeds=2"), tmp_path / "d", quiet=True)
-    host = runner.train_run(
+    device = run_train.train_run(tiny_config("train.seeds=2"), tmp_path / "d", quiet=True)
+    host = run_train.train_run(
         tiny_config("train.seeds=2", 'train.data_placement="host"', "train.segment_batches=2"),
         tmp_path / "h",
         quiet=True,
@@ -188,18 +193,18 @@ def test_population_members_equal_separate_runs():
     split, _ = load_split(config)
     rates, decays = [0.01, 0.05], [0.0, 1e-3]
     members = [
-        runner.Member(seed=0, hparams={"learning_rate": lr, "weight_decay": wd})
+        ordinary.Member(seed=0, hparams={"learning_rate": lr, "weight_decay": wd})
         for lr in rates
         for wd in decays
     ]
-    together = runner.train_split(config, split, members=members, evaluate_test=False)
+    together = ordinary.train_split(config, split, members=members, evaluate_test=False)
     for index, member in enumerate(members):
         alone_config = tiny_config(
             "train.epochs=3",
             f"train.learning_rate={member.hparams['learning_rate']}",
             f"train.weight_decay={member.hparams['weight_decay']}",
         )
-        alone = runner.train_split(alone_config, split, evaluate_test=False)
+        alone = ordinary.train_split(alone_config, split, evaluate_test=False)
         assert "test" not in together.per_seed[index]
         assert together.per_seed[index]["valid"] == pytest.approx(
             alone.per_seed[0]["valid"], rel=1e-5
@@ -222,8 +227,8 @@ def test_ips_training_with_true_propensities_removes_the_rating_inflation(tmp_pa
     from causalrec_jax.models.base import make_scorers
     from causalrec_jax.sim.world import simulate_dataset
 
-    naive = runner.train_run(ratings_config(), tmp_path / "naive", quiet=True)
-    ips = runner.train_run(ratings_config('causal.method="ips"', 'causal.propensity="true"',
+    naive = run_train.train_run(ratings_config(), tmp_path / "naive", quiet=True)
+    ips = run_train.train_run(ratings_config('causal.method="ips"', 'causal.propensity="true"',
                                           "causal.propensity_clip=0.01"),
                            tmp_path / "ips", quiet=True)
     report = ips["propensity"]
@@ -234,7 +239,7 @@ def test_ips_training_with_true_propensities_removes_the_rating_inflation(tmp_pa
     true_mean = float(np.asarray(truth.ratings).mean())
 
     def mean_prediction(run_dir):
-        run = runner.load_run(run_dir)
+        run = run_load.load_run(run_dir)
         scorers = make_scorers(run.parts.graphdef, run.parts.constants)
         params = jax.tree.map(lambda leaf: leaf[0], run.parts.params)
         return float(np.asarray(scorers.score_all(params, np.arange(300))).mean())
@@ -255,7 +260,7 @@ def test_ips_and_doubly_robust_training_beat_naive_on_the_true_ratings(tmp_path)
         extra = [] if method == "naive" else [
             f'causal.method="{method}"', 'causal.propensity="true"', "causal.propensity_clip=0.01"
         ]
-        metrics = runner.train_run(ratings_config(*extra), tmp_path / method, quiet=True)
+        metrics = run_train.train_run(ratings_config(*extra), tmp_path / method, quiet=True)
         truth_mse[method] = metrics["test_truth"]["truth_mse"]
         assert metrics["per_seed"][0]["test_truth"]["truth_n_users"] == 300
         if method != "naive":
@@ -268,11 +273,11 @@ def test_ips_and_doubly_robust_training_beat_naive_on_the_true_ratings(tmp_path)
 def test_popularity_methods_train_and_serve_their_deconfounded_ranking(tmp_path):
     config = ratings_config('causal.method="macr"', 'train.loss="bce"', "causal.macr_c=0.5",
                             'train.early_stopping_metric="auc"', "train.epochs=5")
-    metrics = runner.train_run(config, tmp_path / "macr", quiet=True)
+    metrics = run_train.train_run(config, tmp_path / "macr", quiet=True)
     assert 0.5 < metrics["test"]["auc"] <= 1.0
-    run = runner.load_run(tmp_path / "macr")
+    run = run_load.load_run(tmp_path / "macr")
     assert set(run.extra) == {"user_logit", "item_logit"}
-    top = runner.recommend(run, run.user_ids[0], k=3)
+    top = run_load.recommend(run, run.user_ids[0], k=3)
     assert len(top) == 3
     # The served score is MACR's counterfactual one, (f - c) sigmoid(y_i) sigmoid(y_u).
     from causalrec_jax.models.base import make_scorers
@@ -285,16 +290,16 @@ def test_popularity_methods_train_and_serve_their_deconfounded_ranking(tmp_path)
     expected = (f[item] - 0.5) * float(sig(run.extra["item_logit"][0, item])) * float(
         sig(run.extra["user_logit"][0, 0]))
     assert top[0][1] == pytest.approx(expected, rel=1e-4, abs=1e-6)
-    pda = runner.train_run(ratings_config('causal.method="pda"', 'train.loss="bpr"',
+    pda = run_train.train_run(ratings_config('causal.method="pda"', 'train.loss="bpr"',
                                           "causal.pda_inference_gamma=0.3",
                                           'train.early_stopping_metric="auc"', "train.epochs=5"),
                            tmp_path / "pda", quiet=True)
     assert 0.5 < pda["test"]["auc"] <= 1.0
     # PDA serves ELU'(f) m_i^0.3 with the training popularity it saved beside the model.
-    run = runner.load_run(tmp_path / "pda")
+    run = run_load.load_run(tmp_path / "pda")
     log_popularity = np.asarray(run.extra["log_popularity"][0])
     assert np.exp(log_popularity[log_popularity > -20]).sum() == pytest.approx(1.0, rel=1e-4)
-    (item_id, score), = runner.recommend(run, run.user_ids[0], k=1)
+    (item_id, score), = run_load.recommend(run, run.user_ids[0], k=1)
     params = jax.tree.map(lambda leaf: leaf[0], run.parts.params)
     scorers = make_scorers(run.parts.graphdef, run.parts.constants)
     f = np.asarray(scorers.score_all(params, np.asarray([0])))[0]
@@ -305,46 +310,46 @@ def test_popularity_methods_train_and_serve_their_deconfounded_ranking(tmp_path)
 
 def test_weighted_methods_reject_what_they_cannot_do(tmp_path):
     with pytest.raises(ConfigError, match="causal.propensity"):
-        runner.train_run(ratings_config('causal.method="ips"'), tmp_path / "a", quiet=True)
+        run_train.train_run(ratings_config('causal.method="ips"'), tmp_path / "a", quiet=True)
     with pytest.raises(ConfigError, match="pointwise loss"):
-        runner.train_run(ratings_config('causal.method="snips"', 'causal.propensity="true"',
+        run_train.train_run(ratings_config('causal.method="snips"', 'causal.propensity="true"',
                                         'train.loss="bpr"'), tmp_path / "b", quiet=True)
 
 
 def test_resume_refuses_another_config_and_keeps_the_folder(tmp_path):
     out = tmp_path / "run"
-    runner.train_run(tiny_config(), out, quiet=True)
+    run_train.train_run(tiny_config(), out, quiet=True)
     stored = (out / "config.toml").read_text()
-    with pytest.raises(runner.RunError, match="train.seeds"):
-        runner.train_run(tiny_config("train.seeds=2"), out, resume=True, quiet=True)
+    with pytest.raises(errors.RunError, match="train.seeds"):
+        run_train.train_run(tiny_config("train.seeds=2"), out, resume=True, quiet=True)
     assert (out / "config.toml").read_text() == stored
 
 
 def test_bad_requests_on_runs(tmp_path):
     out = tmp_path / "run"
-    runner.train_run(tiny_config(), out, quiet=True)
-    with pytest.raises(runner.RunError, match="--k 0"):
-        runner.recommend(runner.load_run(out), "1", k=0)
+    run_train.train_run(tiny_config(), out, quiet=True)
+    with pytest.raises(errors.RunError, match="--k 0"):
+        run_load.recommend(run_load.load_run(out), "1", k=0)
     with pytest.raises(ConfigError, match="train.early_stopping_metric"):
-        runner.train_run(tiny_config('train.early_stopping_metric="ndcg"'), tmp_path / "m",
+        run_train.train_run(tiny_config('train.early_stopping_metric="ndcg"'), tmp_path / "m",
                          quiet=True)
     cv = tmp_path / "cv"
-    runner.train_run(tiny_config("train.cv_folds=2", "train.epochs=1"), cv, quiet=True)
-    with pytest.raises(runner.RunError, match="cross-validation run"):
-        runner.evaluate_run(cv)
+    run_train.train_run(tiny_config("train.cv_folds=2", "train.epochs=1"), cv, quiet=True)
+    with pytest.raises(errors.RunError, match="cross-validation run"):
+        run_load.evaluate_run(cv)
     lines = [json.loads(line) for line in (cv / "log.jsonl").read_text().splitlines()]
     assert [line["fold"] for line in lines] == [0, 1]
 
 
 def test_metrics_json_is_strict_json():
-    assert runner._json_safe({"a": float("nan"), "b": [1.0, float("inf")], "c": np.float32(2)}) \
+    assert run_folder.json_safe({"a": float("nan"), "b": [1.0, float("inf")], "c": np.float32(2)}) \
         == {"a": None, "b": [1.0, None], "c": 2.0}
 
 
 def test_literature_ndcg_scores_users_without_a_positive_as_one(tmp_path):
     config = ratings_config('eval.metrics=["ndcg", "auc"]', "train.epochs=3", "train.seeds=2",
                             'train.early_stopping_metric="auc"')
-    metrics = runner.train_run(config, tmp_path / "run", quiet=True)
+    metrics = run_train.train_run(config, tmp_path / "run", quiet=True)
     for entry in metrics["per_seed"]:
         test, literature = entry["test"], entry["test_literature"]
         n_scored, n_none = test["n_users_evaluated"], test["n_users_no_positive"]
@@ -358,7 +363,7 @@ def test_literature_ndcg_scores_users_without_a_positive_as_one(tmp_path):
     assert set(metrics["test_full"]) == {"ndcg@5"}
     assert metrics["test_full"]["ndcg@5"] < metrics["test"]["ndcg@5"]
     # `causalrec evaluate` recomputes every block the run wrote.
-    again = runner.evaluate_run(tmp_path / "run")
+    again = run_load.evaluate_run(tmp_path / "run")
     for part in ("test", "test_literature", "test_full", "test_truth"):
         assert again[part] == pytest.approx(metrics[part], rel=1e-5), part
 
@@ -366,8 +371,8 @@ def test_literature_ndcg_scores_users_without_a_positive_as_one(tmp_path):
 def test_a_refused_run_leaves_no_folder_behind(tmp_path):
     out = tmp_path / "refused"
     with pytest.raises(ConfigError, match="causal.propensity"):
-        runner.train_run(ratings_config('causal.method="dr_jl"'), out, quiet=True)
+        run_train.train_run(ratings_config('causal.method="dr_jl"'), out, quiet=True)
     assert not out.exists()
     # The same folder then takes a good run without --resume.
-    runner.train_run(ratings_config("train.epochs=1"), out, quiet=True)
+    run_train.train_run(ratings_config("train.epochs=1"), out, quiet=True)
     assert (out / "metrics.json").exists()

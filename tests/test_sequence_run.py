@@ -115,7 +115,7 @@ def test_a_sequential_run_saves_its_model_and_data(planted_run):
 
 def test_recommend_on_a_sequential_run_predicts_the_successor_of_the_last_item(
         planted_run, capsys):
-    from causalrec_jax.runner import load_run, recommend
+    from causalrec_jax.runs.load import load_run, recommend
 
     out, path = planted_run
     successor, histories = _successors_and_histories(path)
@@ -137,7 +137,7 @@ def test_recommend_on_a_sequential_run_predicts_the_successor_of_the_last_item(
 
 
 def test_evaluate_on_a_sequential_run_reproduces_the_stored_metrics(planted_run, capsys):
-    from causalrec_jax.runner import evaluate_run
+    from causalrec_jax.runs.load import evaluate_run
 
     out, _ = planted_run
     stored = json.loads((out / "metrics.json").read_text())
@@ -157,7 +157,7 @@ def test_a_bert4rec_run_round_trips(planted_csv, tmp_path):
     from flax import nnx
 
     from causalrec_jax.models.bert4rec import BERT4Rec
-    from causalrec_jax.runner import evaluate_run, load_run, recommend
+    from causalrec_jax.runs.load import evaluate_run, load_run, recommend
     from causalrec_jax.train.loop import seed_slice
 
     out = tmp_path / "bert"
@@ -191,7 +191,7 @@ def test_sequence_models_need_leave_one_out(planted_csv, tmp_path, capsys):
 
 
 def test_sampled_candidates_exclude_seen_items_and_follow_the_weights():
-    from causalrec_jax.sequence_run import sampled_candidates
+    from causalrec_jax.tasks.sequential import sampled_candidates
 
     seen = np.zeros((2000, 6), bool)
     seen[:, 0] = True
@@ -221,7 +221,7 @@ def _small(path, out, *extra):
 
 
 def _params(out):
-    from causalrec_jax.runner import load_run
+    from causalrec_jax.runs.load import load_run
 
     return [np.asarray(leaf) for leaf in jax.tree.leaves(load_run(out).parts.params)]
 
@@ -232,7 +232,7 @@ def _without_timing(per_seed):
 
 def test_seeds_are_run_seed_plus_i_and_share_one_compiled_step(planted_csv, tmp_path,
                                                                monkeypatch):
-    from causalrec_jax import sequence_run
+    from causalrec_jax.tasks import sequential as sequence_run
 
     built = []
 
@@ -278,7 +278,7 @@ def test_the_same_seed_twice_gives_identical_metrics_and_parameters(planted_csv,
 
 def test_resume_after_an_interruption_ends_identical_to_an_uninterrupted_run(
         planted_csv, tmp_path, monkeypatch):
-    from causalrec_jax import sequence_run
+    from causalrec_jax.tasks import sequential as sequence_run
     from causalrec_jax.train import checkpoint as checkpoints
 
     extra = ("train.seeds=2", "train.epochs=6", "train.patience=6")
@@ -364,9 +364,9 @@ def test_a_diverging_run_stops_with_a_one_line_error_naming_epoch_and_batch(
 
 
 def test_chunked_catalogue_ranking_gives_the_dense_metrics(planted_run):
-    from causalrec_jax import sequence_run
     from causalrec_jax.data.loader import load_split
-    from causalrec_jax.runner import load_run
+    from causalrec_jax.runs.load import load_run
+    from causalrec_jax.tasks import sequential as sequence_run
     from causalrec_jax.train.loop import seed_slice
 
     out, _ = planted_run
@@ -390,7 +390,8 @@ def test_chunked_catalogue_ranking_gives_the_dense_metrics(planted_run):
 def test_a_run_folder_of_the_previous_sequential_code_still_loads(planted_run, tmp_path):
     import shutil
 
-    from causalrec_jax.runner import RunError, evaluate_run, load_run, recommend
+    from causalrec_jax.errors import RunError
+    from causalrec_jax.runs.load import evaluate_run, load_run, recommend
 
     out, _ = planted_run
     old = tmp_path / "old"

@@ -1,6 +1,6 @@
-"""The one training core of ordinary and causal runs (runner.ProgramSpec / _programs):
+"""The one training core of ordinary and causal runs (ordinary.ProgramSpec / _programs):
 
-- tested = run: the objective a run builds (`runner._objective`, through an MF model) is
+- tested = run: the objective a run builds (`ordinary._objective`, through an MF model) is
   unbiased for the full-information loss on the simulator, with its true propensities;
 - every causal knob is a traced hyperparameter: a population of members with different clips
   or lambdas equals separate runs with those values, in one compiled program;
@@ -16,13 +16,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from causalrec_jax import runner
 from causalrec_jax.causal.training import as_hparams, causal_hparams
 from causalrec_jax.config import CausalConfig, config_from_dict
 from causalrec_jax.data.loader import load_dataset
 from causalrec_jax.data.split import make_split
+from causalrec_jax.models import base as base_models
 from causalrec_jax.models.factory import init_params
 from causalrec_jax.sim.world import WorldParams, WorldSizes, make_world, sample_exposure
+from causalrec_jax.tasks import ordinary
 
 N_DRAWS = 3000
 
@@ -39,7 +40,7 @@ def world():
     params = jax.tree.map(lambda leaf: leaf[0] * 4.0, parts.params)  # spread the predictions
     users, items = (a.reshape(-1) for a in jnp.meshgrid(jnp.arange(30), jnp.arange(20),
                                                          indexing="ij"))
-    predictions = runner.make_scorers(parts.graphdef, parts.constants).score_pairs(
+    predictions = base_models.make_scorers(parts.graphdef, parts.constants).score_pairs(
         params, users, items)
     ratings = truth.ratings.reshape(-1)
     true_loss = float(jnp.mean(jnp.square(predictions - ratings)))
@@ -47,9 +48,9 @@ def world():
             "ratings": ratings, "true_loss": true_loss}
 
 
-def _spec(world, method: str) -> runner.ProgramSpec:
+def _spec(world, method: str) -> ordinary.ProgramSpec:
     parts = world["parts"]
-    return runner.ProgramSpec(
+    return ordinary.ProgramSpec(
         graphdef=parts.graphdef, imputation_graphdef=None, loss="mse", method=method,
         cells_per_row=1, n_users=30, n_items=20, n_rows=600, batch_size=600, n_negatives=1,
         optimizer="adam", lr_schedule="constant", warmup_steps=0, total_steps=1, n_seeds=1)
@@ -59,7 +60,7 @@ def _draws(world, method: str, imputation_value: float = 2.0) -> np.ndarray:
     """The run's objective on every cell of `N_DRAWS` exposure draws (observed ones masked
     in), scaled by the draw's observed share `n_obs / N` for the weighted methods (their batch
     mean is over observed rows), as an estimate of the full-information loss."""
-    loss_fn = runner._objective(_spec(world, method))
+    loss_fn = ordinary._objective(_spec(world, method))
     propensity = world["truth"].propensity.reshape(-1)
     hparams = as_hparams(causal_hparams(CausalConfig(), imputation_value))
 
@@ -94,8 +95,8 @@ def test_snips_run_objective_is_consistent_and_naive_is_biased(world):
     truth = world["true_loss"]
     # SNIPS (unscaled: it is a self-normalised mean) is biased only by O(1/n); the naive
     # objective (the plain mse of the observed rows) is biased by selection on the rating.
-    snips_loss_fn = runner._objective(_spec(world, "snips"))
-    naive_loss_fn = runner._objective(_spec(world, "naive"))
+    snips_loss_fn = ordinary._objective(_spec(world, "snips"))
+    naive_loss_fn = ordinary._objective(_spec(world, "naive"))
     propensity = world["truth"].propensity.reshape(-1)
     hparams = as_hparams(causal_hparams(CausalConfig(), 0.0))
 
@@ -115,7 +116,7 @@ def test_snips_run_objective_is_consistent_and_naive_is_biased(world):
 
 def test_clip_is_applied_inside_the_run_objective(world):
     """The traced clip moves the run's IPS objective exactly as clipping the inputs would."""
-    loss_fn = runner._objective(_spec(world, "ips"))
+    loss_fn = ordinary._objective(_spec(world, "ips"))
     propensity = world["truth"].propensity.reshape(-1)
     mask = jnp.ones(600, bool)
     batch = {"users": world["users"], "items": world["items"], "ratings": world["ratings"],
@@ -127,7 +128,7 @@ def test_clip_is_applied_inside_the_run_objective(world):
     for clip in (0.0, 0.3):
         hparams = as_hparams({**base, "propensity_clip": clip})
         values.append(float(loss_fn(params, batch, jax.random.key(0), hparams=hparams)[0]))
-    predictions = runner.make_scorers(world["parts"].graphdef, world["parts"].constants
+    predictions = base_models.make_scorers(world["parts"].graphdef, world["parts"].constants
                                       ).score_pairs(world["params"], world["users"],
                                                     world["items"])
     errors = np.square(np.asarray(predictions - world["ratings"], np.float64))
@@ -169,15 +170,15 @@ def _final_params(trained) -> np.ndarray:
 def test_a_population_over_causal_knobs_equals_separate_runs(sim_split):
     split, truth = sim_split
     config = _sim_config("dr_mse", propensity_clip=0.05, dr_mse_lambda=0.5)
-    members = [runner.Member(seed=0, hparams={"propensity_clip": 0.02, "dr_mse_lambda": 0.1}),
-               runner.Member(seed=0, hparams={"propensity_clip": 0.2, "dr_mse_lambda": 0.9})]
-    population = runner.train_split(config, split, members=members, evaluate_test=False,
+    members = [ordinary.Member(seed=0, hparams={"propensity_clip": 0.02, "dr_mse_lambda": 0.1}),
+               ordinary.Member(seed=0, hparams={"propensity_clip": 0.2, "dr_mse_lambda": 0.9})]
+    population = ordinary.train_split(config, split, members=members, evaluate_test=False,
                                     truth=truth)
     together = _final_params(population)
     for row, member in enumerate(members):
         alone_config = dataclasses.replace(config, causal=dataclasses.replace(
             config.causal, **member.hparams))
-        alone = runner.train_split(alone_config, split, members=[runner.Member(seed=0)],
+        alone = ordinary.train_split(alone_config, split, members=[ordinary.Member(seed=0)],
                                    evaluate_test=False, truth=truth)
         np.testing.assert_allclose(together[row], _final_params(alone)[0], rtol=2e-4,
                                    atol=2e-5)
@@ -191,14 +192,14 @@ def test_a_population_over_dropout_rates_equals_separate_runs(sim_split):
         _sim_config("naive"),
         model=config_from_dict({"model": {"name": "mlp", "embedding_dim": 4,
                                           "hidden_dims": [8], "dropout": 0.1}}).model)
-    members = [runner.Member(seed=0, hparams={"dropout": 0.0}),
-               runner.Member(seed=0, hparams={"dropout": 0.5})]
-    together = _final_params(runner.train_split(config, split, members=members,
+    members = [ordinary.Member(seed=0, hparams={"dropout": 0.0}),
+               ordinary.Member(seed=0, hparams={"dropout": 0.5})]
+    together = _final_params(ordinary.train_split(config, split, members=members,
                                                 evaluate_test=False, truth=truth))
     for row, member in enumerate(members):
         alone_config = dataclasses.replace(config, model=dataclasses.replace(
             config.model, dropout=member.hparams["dropout"]))
-        alone = runner.train_split(alone_config, split, evaluate_test=False, truth=truth)
+        alone = ordinary.train_split(alone_config, split, evaluate_test=False, truth=truth)
         np.testing.assert_allclose(together[row], _final_params(alone)[0], rtol=2e-4,
                                    atol=2e-5)
     assert np.abs(together[0] - together[1]).max() > 1e-3
@@ -207,14 +208,14 @@ def test_a_population_over_dropout_rates_equals_separate_runs(sim_split):
 def test_a_second_identical_run_compiles_nothing(sim_split, compile_counter):
     split, truth = sim_split
     config = _sim_config("ips", propensity_clip=0.05)
-    first = runner.train_split(config, split, truth=truth)
+    first = ordinary.train_split(config, split, truth=truth)
     with compile_counter:
-        second = runner.train_split(config, split, truth=truth)
+        second = ordinary.train_split(config, split, truth=truth)
         # A different traced value (learning rate, clip) reuses the same program too.
         other = dataclasses.replace(
             config, train=dataclasses.replace(config.train, learning_rate=0.05),
             causal=dataclasses.replace(config.causal, propensity_clip=0.2))
-        third = runner.train_split(other, split, truth=truth)
+        third = ordinary.train_split(other, split, truth=truth)
     assert compile_counter.count == 0
     assert first.per_seed[0]["test"] == second.per_seed[0]["test"]
     assert third.per_seed[0]["test"]["mse"] != first.per_seed[0]["test"]["mse"]

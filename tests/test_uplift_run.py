@@ -10,13 +10,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from causalrec_jax import uplift_run
 from causalrec_jax.causal import uplift
 from causalrec_jax.cli import main
 from causalrec_jax.config import load_config
+from causalrec_jax.runs.train import uplift_run as run_uplift
 from causalrec_jax.sim import policies
 from causalrec_jax.sim.logs import SimLog, env_from_config, policy_from_config, simulate_log
 from causalrec_jax.sim.rollout import rollout_users, uplift_truth
+from causalrec_jax.tasks import uplift as uplift_run
 from causalrec_jax.train.full_batch import fit_full_batch_jit
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "sim_uplift.toml"
@@ -244,7 +245,7 @@ def test_uplift_run_beats_the_consumption_baseline_and_writes_the_contract(tmp_p
 
 def test_a_second_seed_and_a_second_run_compile_nothing(tmp_path):
     config = load_config(CONFIG, SMALL + ['uplift.method="dr"', "train.seeds=1"])
-    uplift_run.uplift_run(config, tmp_path / "first")  # compiles every program once
+    run_uplift(config, tmp_path / "first")  # compiles every program once
     fits = fit_full_batch_jit._cache_size()
     compiles = []
 
@@ -255,8 +256,8 @@ def test_a_second_seed_and_a_second_run_compile_nothing(tmp_path):
     jax.monitoring.register_event_duration_secs_listener(listener)
     try:
         another_seed = dataclasses.replace(config, run=dataclasses.replace(config.run, seed=9))
-        uplift_run.uplift_run(another_seed, tmp_path / "second")
-        uplift_run.uplift_run(config, tmp_path / "third")
+        run_uplift(another_seed, tmp_path / "second")
+        run_uplift(config, tmp_path / "third")
     finally:
         jax.monitoring.unregister_event_duration_listener(listener)
     assert fit_full_batch_jit._cache_size() == fits

@@ -38,7 +38,7 @@ treated term divides by `max(P, clip)` and the control term by `max(1 - P, clip)
 propensity capping of Sato et al. 2020 with `chi_1 = chi_0 = clip`. `None` (or 0) leaves the
 propensities as they are. Clipping trades bias for variance: a clipped label is no longer
 unbiased for the cells whose propensity was moved. A run clips once itself to get the
-`ClipReport` it writes (`uplift_run`) and passes the clipped propensities with `clip=None`.
+`ClipReport` it writes (`tasks.uplift`) and passes the clipped propensities with `clip=None`.
 
 Logs of `T` steps per user. A run aggregates each (user, item) cell over the steps: `n1` steps
 shown, `c1` of them consumed, `c0` consumed without being shown. The `*_from_counts` functions

@@ -57,7 +57,7 @@ def policy_scores(
         params: the world.
         score_table: `[n_users, n_items]` the scores of `policy.scores = "run"`: a trained
             model's, mapped onto the world's users and items by the caller (the simulator
-            never reads run folders; `runner.run_score_table` builds it). Unused otherwise.
+            never reads run folders; `runs.load.run_score_table` builds it). Unused otherwise.
 
     Raises:
         ConfigError: `scores = "run"` without a score table of the world's shape.

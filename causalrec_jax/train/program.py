@@ -32,7 +32,7 @@ from causalrec_jax.train.step import (
     set_hyperparams,
 )
 
-# A run key's two roles (as `runner`: initialisation, then training).
+# A run key's two roles (as `tasks.ordinary`: initialisation, then training).
 STREAM_INIT = streams.Run.INIT
 STREAM_TRAIN = streams.Run.TRAIN
 

@@ -36,8 +36,9 @@ import numpy as np
 from causalrec_jax.config import Config, check_selection_metric, dump_config
 from causalrec_jax.data.loader import load_dataset
 from causalrec_jax.data.split import make_split
-from causalrec_jax.errors import ConfigError
-from causalrec_jax.runner import Member, RunError, seed_list, train_run, train_split
+from causalrec_jax.errors import ConfigError, RunError
+from causalrec_jax.runs.train import train_run
+from causalrec_jax.tasks.ordinary import Member, seed_list, train_split
 from causalrec_jax.train.loop import lower_is_better
 from causalrec_jax.tune.space import (
     OptunaSampler,

@@ -80,7 +80,7 @@ def test_a_failing_method_is_a_failed_row_and_other_errors_propagate(tmp_path, m
             raise ConfigError("key causal.method: not wired yet")
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr(table.runner, "train_run", not_wired)
+    monkeypatch.setattr(table.run_train, "train_run", not_wired)
     args = ["--data", "simulator", "--seeds", "1", "--out", str(tmp_path)]
     rows = table.main(args + ["--methods", "ips"])
     assert rows["ips"]["status"] == "failed" and "not wired yet" in rows["ips"]["error"]

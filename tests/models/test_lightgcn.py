@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from causalrec_jax import runner
 from causalrec_jax.cli import main
 from causalrec_jax.config import ModelConfig, load_config
 from causalrec_jax.data.loader import load_split
 from causalrec_jax.models import LightGCN, make_model, make_scorers, split_model
 from causalrec_jax.models.lightgcn import normalized_edges
+from causalrec_jax.runs import load as run_load
 
 N_USERS, N_ITEMS, DIM, N_LAYERS = 4, 5, 3, 3
 # User 3 and item 4 have no edge; (0, 1) is repeated and must count once.
@@ -143,7 +143,7 @@ def test_cli_trains_evaluates_and_recommends_with_a_training_only_graph(tmp_path
 
     # The graph of the reloaded run is the distinct training pairs: no validation or test
     # pair that is not also a training pair.
-    run = runner.load_run(out)
+    run = run_load.load_run(out)
     model = nnx.merge(run.parts.graphdef,
                       jax.tree.map(lambda leaf: leaf[0], run.parts.params), run.parts.constants)
     graph = _pairs(model.edge_users[...], model.edge_items[...])

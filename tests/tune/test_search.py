@@ -5,11 +5,11 @@ import json
 import numpy as np
 import pytest
 
-from causalrec_jax import runner
 from causalrec_jax.cli import main
 from causalrec_jax.config import load_config
 from causalrec_jax.data.loader import load_split
 from causalrec_jax.errors import ConfigError
+from causalrec_jax.tasks import ordinary
 from causalrec_jax.tune import search
 from causalrec_jax.tune.space import space_from_dict
 
@@ -42,7 +42,7 @@ def test_population_and_sequential_runs_pick_the_same_configuration(tmp_path):
     sequential = {}
     for lr in GRID["train"]["learning_rate"]:
         for wd in GRID["train"]["weight_decay"]:
-            alone = runner.train_split(
+            alone = ordinary.train_split(
                 base_config(f"train.learning_rate={lr}", f"train.weight_decay={wd}"),
                 split,
                 evaluate_test=False,
@@ -134,10 +134,10 @@ def test_cli_tune(tmp_path, capsys):
 def test_successive_halving_keeps_survivors_identical():
     config = base_config("train.epochs=6")
     split, _ = load_split(config)
-    members = [runner.Member(seed=0, hparams={"learning_rate": lr})
+    members = [ordinary.Member(seed=0, hparams={"learning_rate": lr})
                for lr in (0.002, 0.01, 0.05, 0.1)]
-    full = runner.train_split(config, split, members=members, evaluate_test=False)
-    halved = runner.train_split(
+    full = ordinary.train_split(config, split, members=members, evaluate_test=False)
+    halved = ordinary.train_split(
         base_config("train.epochs=6", "train.halving_rung=2", "train.halving_keep=0.5"),
         split, members=members, evaluate_test=False,
     )

@@ -62,7 +62,6 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from pathlib import Path
 from typing import Any
 
 import jax
@@ -80,6 +79,7 @@ from causalrec_jax.causal.uplift import (
 from causalrec_jax.config import Config
 from causalrec_jax.errors import ConfigError
 from causalrec_jax.eval.causal_metrics import causal_dcg, causal_precision
+from causalrec_jax.eval.summary import aggregate
 from causalrec_jax.models.base import make_scorers, split_model
 from causalrec_jax.models.mf import MF
 from causalrec_jax.sim.logs import SimLog, env_from_config, policy_scores, simulate_log
@@ -344,7 +344,6 @@ def uplift_seed(config: Config, seed: int) -> dict[str, Any]:
 def uplift_metrics(config: Config, per_seed: list[dict[str, Any]]) -> dict[str, Any]:
     """The `metrics.json` of an uplift run from its `uplift_seed` results (see the module
     docstring for the keys)."""
-    from causalrec_jax.runner import aggregate
 
     test = aggregate([{"test": s["test"]} for s in per_seed], "test")
     _, env_params = env_from_config(config.env)
@@ -399,17 +398,3 @@ def check_uplift_keys(config: Config) -> None:
     }, f"an uplift run (uplift.method = {config.uplift.method!r})")
 
 
-def uplift_run(config: Config, out: str | Path, *, quiet: bool = True) -> dict[str, Any]:
-    """Runs every seed and writes `config.toml`, `metrics.json`, `log.jsonl` into `out`."""
-    from causalrec_jax.runner import seed_list, write_run_folder
-
-    check_uplift_keys(config)
-    per_seed = []
-    for seed in seed_list(config):
-        per_seed.append(uplift_seed(config, seed))
-        if not quiet:
-            print(f"seed {seed}: " + ", ".join(
-                f"{name} {value:.4f}" for name, value in per_seed[-1]["test"].items()))
-    metrics = uplift_metrics(config, per_seed)
-    write_run_folder(Path(out), config, metrics, uplift_log(per_seed))
-    return metrics

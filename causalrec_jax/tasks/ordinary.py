@@ -1,31 +1,20 @@
-"""A whole run from a config: data → model → training → evaluation → the run folder.
+"""Ordinary and causal runs: a population of seeds (or tuning members) trained on one split
+through the one training core, and evaluated.
 
-This is the edge of the library where files are written (DESIGN §2, "the run folder"):
-
-    runs/NAME/config.toml      the effective config (data.path made absolute)
-    runs/NAME/metrics.json     test / valid means over seeds, std, 95% intervals, per seed
-    runs/NAME/log.jsonl        one line per epoch (loss, validation metrics, seconds)
-    runs/NAME/checkpoints/     orbax checkpoints of the training loop (resume)
-    runs/NAME/model/           orbax checkpoint of each seed's best parameters
-    runs/NAME/data.npz         id maps, training pairs and side features (for recommend)
-                               (sequential runs, `sequence_run`: also test pairs, histories)
-    runs/NAME/plots/learning_curve.png
-
-Everything below is composed of the package's pure pieces: `data.loader`, `models`,
-`train.objectives`, `train.step`, `train.loop`, `eval.protocol`.
+`train_split(config, split)` builds the static signature of the run (`ProgramSpec`), takes its
+compiled epoch from a cache (`_programs`: a second identical run compiles nothing), stacks the
+members' traced hyperparameters (optimiser, causal knobs, dropout) into their training states
+and hands the loop to `train.loop.fit` (early stopping, checkpoints, resume). The run folder is
+written above, by `runs.train`; serving a trained run (`LoadedRun`) is built here and read
+back by `runs.load`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import json
-import math
-import shutil
-import sys
 import time
 from collections.abc import Callable
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -38,17 +27,14 @@ from causalrec_jax import streams
 from causalrec_jax.config import (
     RANKING_METRIC_NAMES,
     Config,
-    check_selection_metric,
-    dump_config,
-    load_config,
 )
 from causalrec_jax.data.dataset import Dataset, Split, concatenate
 from causalrec_jax.data.loader import load_dataset
-from causalrec_jax.data.split import kfold_splits, make_split
-from causalrec_jax.errors import CausalRecError, ConfigError
+from causalrec_jax.data.split import make_split
+from causalrec_jax.errors import ConfigError, RunError
 from causalrec_jax.eval.protocol import evaluate_split, positive_threshold_for
 from causalrec_jax.eval.ranking import is_positive, labels_are_binary
-from causalrec_jax.eval.summary import aggregate, metric_values, summarize
+from causalrec_jax.eval.summary import aggregate
 from causalrec_jax.models.base import make_scorers
 from causalrec_jax.models.factory import init_params
 from causalrec_jax.train import checkpoint as checkpoints
@@ -66,20 +52,16 @@ from causalrec_jax.train.step import (
 
 # Fold-in ids of a seed's key: model initialisation and training draw from separate streams.
 _STREAM_INIT = streams.Run.INIT
+
+
 _STREAM_TRAIN = streams.Run.TRAIN
+
+
 _STREAM_IMPUTATION = streams.Run.IMPUTATION
 
 
 # Training arrays up to this size live on the device (train.data_placement = "auto").
 DEVICE_DATA_LIMIT = 2 << 30
-
-
-class RunError(CausalRecError):
-    """A run folder is missing, incomplete, or does not hold what was asked for."""
-
-
-# ----------------------------------------------------------------------------- data
-
 
 def training_arrays(train: Dataset, loss_name: str, positive_threshold: float) -> dict:
     """The `[n_rows]` arrays a loss trains on, as numpy.
@@ -109,9 +91,6 @@ def seed_list(config: Config) -> list[int]:
 def seed_keys(seeds: list[int]) -> jax.Array:
     """`[n_seeds]` typed keys, one per seed."""
     return jnp.stack([jax.random.key(seed) for seed in seeds])
-
-
-# ----------------------------------------------------------------------------- training
 
 
 @dataclasses.dataclass(frozen=True)
@@ -161,7 +140,7 @@ def _row_propensities(config: Config, split: Split, truth: Any, users, items) ->
     return raw, report.to_dict()
 
 
-def _test_results(config: Config, seen: Dataset, test: Dataset, score_users_fn, propensity,
+def test_results(config: Config, seen: Dataset, test: Dataset, score_users_fn, propensity,
                   truth) -> dict[str, Any]:
     """`{"test": ...}`, plus, under the candidates protocol, `"test_literature"` (the
     literature's convention that a user without a positive test item scores NDCG = 1, under the
@@ -199,7 +178,7 @@ def _is_sparse_truth(truth: Any) -> bool:
     return isinstance(truth, SparseGroundTruth)
 
 
-def _model_inputs(dataset: Dataset, train: Dataset) -> dict[str, Any]:
+def model_inputs(dataset: Dataset, train: Dataset) -> dict[str, Any]:
     item_counts = np.bincount(train.item, minlength=train.n_items).astype(np.float32)
     global_bias = float(train.rating.mean()) if len(train) and not labels_are_binary(train) else 0.0
     return {
@@ -209,9 +188,6 @@ def _model_inputs(dataset: Dataset, train: Dataset) -> dict[str, Any]:
         # The training pairs only: lightgcn's propagation graph (never valid / test pairs).
         "train_edges": (train.user, train.item),
     }
-
-
-# ----------------------------------------------------------------------------- programs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -406,7 +382,7 @@ def train_split(
         raise ConfigError("the training split is empty; check data.split and the data path")
     method = config.causal.method
     arrays, propensity_report = _training_rows(config, split, truth)
-    inputs = _model_inputs(train, train)
+    inputs = model_inputs(train, train)
     parts = init_params(
         config.model, keys=jax.vmap(lambda k: jax.random.fold_in(k, _STREAM_INIT))(keys), **inputs
     )
@@ -504,7 +480,7 @@ def train_split(
         if evaluate_fn is not None:
             entry["valid"] = evaluate_fn(params, index)
         if evaluate_test:
-            entry.update(_test_results(config, seen, split.test, scorer(params, index),
+            entry.update(test_results(config, seen, split.test, scorer(params, index),
                                        propensity, truth))
         per_seed.append(entry)
     timing = {**result.timing, "test_eval_seconds": round(time.perf_counter() - tic, 4)}
@@ -518,28 +494,7 @@ def train_split(
                    extra=extra)
 
 
-# ----------------------------------------------------------------------------- run folder
-
-
-def _versions() -> dict[str, str]:
-    names = ("causalrec_jax", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy")
-    out = {"python": sys.version.split()[0]}
-    for name in names:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            pass
-    return out
-
-
-def _absolute_data_path(config: Config) -> Config:
-    if not config.data.path:
-        return config
-    path = str(Path(config.data.path).expanduser().resolve())
-    return dataclasses.replace(config, data=dataclasses.replace(config.data, path=path))
-
-
-def _data_summary(split: Split, per_seed: list[dict[str, Any]]) -> dict[str, Any]:
+def data_summary(split: Split, per_seed: list[dict[str, Any]]) -> dict[str, Any]:
     summary = {
         "n_users": split.train.n_users,
         "n_items": split.train.n_items,
@@ -555,7 +510,7 @@ def _data_summary(split: Split, per_seed: list[dict[str, Any]]) -> dict[str, Any
     return summary
 
 
-def _save_data(path: Path, split: Split, extra: dict[str, np.ndarray] | None = None) -> None:
+def save_data(path: Path, split: Split, extra: dict[str, np.ndarray] | None = None) -> None:
     """Writes `data.npz`: id maps, training (and validation) pairs, item counts, side features
     and any `extra` arrays a kind of run needs besides (sequential runs: histories)."""
     train = split.train
@@ -563,7 +518,7 @@ def _save_data(path: Path, split: Split, extra: dict[str, np.ndarray] | None = N
         "user_ids": train.user_ids.astype(str), "item_ids": train.item_ids.astype(str),
         "train_user": train.user, "train_item": train.item,
         "item_counts": np.bincount(train.item, minlength=train.n_items),
-        "global_bias": np.asarray(_model_inputs(train, train)["global_bias"]),
+        "global_bias": np.asarray(model_inputs(train, train)["global_bias"]),
     }
     if train.user_features is not None:
         arrays["user_features"] = train.user_features
@@ -572,27 +527,6 @@ def _save_data(path: Path, split: Split, extra: dict[str, np.ndarray] | None = N
     if split.valid is not None:
         arrays["valid_user"], arrays["valid_item"] = split.valid.user, split.valid.item
     np.savez_compressed(path, **arrays, **(extra or {}))
-
-
-def _plot_learning_curve(path: Path, history: list[dict[str, Any]], metric: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    epochs = [record["epoch"] for record in history]
-    figure, left = plt.subplots(figsize=(6, 3.5))
-    left.plot(epochs, [record["loss"] for record in history], color="tab:blue", label="loss")
-    left.set_xlabel("epoch")
-    left.set_ylabel("training loss (mean over seeds)", color="tab:blue")
-    if history and "valid" in history[0]:
-        right = left.twinx()
-        right.plot(epochs, [r["valid"].get(metric, math.nan) for r in history],
-                   color="tab:orange", label=f"valid {metric}")
-        right.set_ylabel(f"validation {metric}", color="tab:orange")
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
 
 
 def evaluation_propensity(config: Config, dataset: Dataset) -> np.ndarray | None:
@@ -605,76 +539,6 @@ def evaluation_propensity(config: Config, dataset: Dataset) -> np.ndarray | None
             f"this dataset ({config.data.format}) does not provide"
         )
     return dataset.propensity_matrix
-
-
-def _json_safe(value: Any) -> Any:
-    """NaN / Inf -> None (JSON null) and numpy scalars -> Python numbers, recursively."""
-    if isinstance(value, dict):
-        return {key: _json_safe(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_safe(item) for item in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
-def write_run_folder(
-    out: str | Path, config: Config, metrics: dict[str, Any], log_lines: Any = (),
-    write_more: Callable[[Path], None] | None = None,
-) -> None:
-    """Writes a run folder that has no checkpoints (ope, uplift and sequential runs).
-
-    `config.toml`, `metrics.json` (with `versions` added), `log.jsonl` (one JSON line per
-    entry of `log_lines`) and whatever `write_more(folder)` writes (a sequential run's `model/`
-    and `data.npz`) go into a sibling `NAME.partial` folder that replaces `out` only when
-    complete, so a failure leaves no half-written run.
-    """
-    out = Path(out)
-    metrics.setdefault("versions", _versions())
-    staging = out.with_name(out.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    dump_config(config, staging / "config.toml")
-    (staging / "metrics.json").write_text(json.dumps(_json_safe(metrics), indent=2))
-    with open(staging / "log.jsonl", "w") as handle:
-        for line in log_lines:
-            handle.write(json.dumps(_json_safe(line)) + "\n")
-    if write_more is not None:
-        write_more(staging)
-    if out.exists():
-        shutil.rmtree(out)
-    staging.rename(out)
-
-
-# Keys a resumed run may change: they do not affect what is computed.
-_RESUME_FREE_KEYS = {("run", "quiet"), ("run", "name"), ("run", "out_dir")}
-
-
-def _check_resumable(stored: Config, new: Config, out: Path) -> None:
-    """Refuses to resume a run with a config that would compute something else."""
-    from causalrec_jax.config import config_to_dict
-
-    old_values, new_values = config_to_dict(stored), config_to_dict(new)
-    for section, values in new_values.items():
-        for key in sorted(set(values) | set(old_values.get(section, {}))):
-            if (section, key) in _RESUME_FREE_KEYS:
-                continue
-            before, after = old_values.get(section, {}).get(key), values.get(key)
-            if before != after:
-                raise RunError(
-                    f"{out}: cannot resume with {section}.{key} = {after!r}: the run was "
-                    f"started with {before!r} (resume with the same config and --set values)"
-                )
-
-
-def refuse_existing_run(out: str | Path, resumable: bool = True) -> None:
-    """Raises RunError when `out` already holds something: a new run never overwrites one."""
-    out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        hint = "pass --resume to continue it or" if resumable else "remove it or pass"
-        raise RunError(f"{out} already holds a run; {hint} another --out")
 
 
 def check_ordinary_keys(config: Config) -> None:
@@ -694,130 +558,6 @@ def check_ordinary_keys(config: Config) -> None:
                                 f"causal.method = {config.causal.method!r}")
 
 
-def train_run(
-    config: Config, out_dir: str | Path, *, resume: bool = False, quiet: bool = False,
-    frame=None,
-) -> dict[str, Any]:
-    """Trains and evaluates the run `config` describes and writes its folder; returns metrics.
-
-    With `train.cv_folds = K`, trains on K folds (`data.kfold_splits`) and reports each fold
-    and the mean / std over folds; otherwise uses `data.split`.
-    """
-    out = Path(out_dir)
-    check_ordinary_keys(config)
-    if not resume:
-        refuse_existing_run(out)
-    config = _absolute_data_path(config)
-    if resume and (out / "config.toml").exists():
-        _check_resumable(load_config(out / "config.toml"), config, out)
-    check_selection_metric(config.eval, config.train.early_stopping_metric,
-                           "train.early_stopping_metric")
-    fresh = not out.exists() or not any(out.iterdir())
-    out.mkdir(parents=True, exist_ok=True)
-    try:
-        return _write_run(config, out, resume=resume, quiet=quiet, frame=frame)
-    except CausalRecError as error:
-        # A run refused before it trained (bad data, a config the data cannot serve) leaves
-        # nothing behind; a diverged one keeps its checkpoints for --resume.
-        from causalrec_jax.train.loop import TrainingDivergedError
-
-        if fresh and not isinstance(error, TrainingDivergedError):
-            shutil.rmtree(out, ignore_errors=True)
-        raise
-
-
-def _write_run(config: Config, out: Path, *, resume: bool, quiet: bool, frame) -> dict[str, Any]:
-    """The body of `train_run` once `out` exists: data, training, evaluation, the folder."""
-    dump_config(config, out / "config.toml")
-    tic = time.perf_counter()
-    dataset, truth = load_dataset(config.data, config.sim, frame=frame)
-    propensity = evaluation_propensity(config, dataset)
-    progress = not quiet and sys.stderr.isatty()
-    log_path = out / "log.jsonl"
-    if not resume and log_path.exists():
-        log_path.unlink()
-    if resume and log_path.exists() and not config.train.cv_folds:
-        # Epochs after the last checkpoint are trained (and logged) again.
-        last = checkpoints.latest_epoch(out / "checkpoints")
-        kept = [line for line in log_path.read_text().splitlines()
-                if line.strip() and last is not None and json.loads(line)["epoch"] <= last]
-        log_path.write_text("".join(line + "\n" for line in kept))
-
-    def log_fn(record: dict[str, Any]) -> None:
-        with log_path.open("a") as handle:
-            handle.write(json.dumps(record) + "\n")
-
-    if config.train.cv_folds:
-        folds = list(kfold_splits(dataset, config.train.cv_folds, seed=config.run.seed,
-                                  valid_fraction=0.1))
-        fold_results = []
-        for index, fold in enumerate(folds):
-            def fold_log(record, index=index):
-                log_fn({"fold": index, **record})
-
-            trained = train_split(config, fold, checkpoint_dir=out / "checkpoints" / f"fold{index}",
-                                  resume=resume, progress=progress, log_fn=fold_log,
-                                  propensity=propensity, truth=truth)
-            fold_results.append(trained)
-        per_seed = [dict(entry, fold=index) for index, trained in enumerate(fold_results)
-                    for entry in trained.per_seed]
-        trained, split = fold_results[0], folds[0]
-        timing = {key: sum(t.timing.get(key, 0.0) for t in fold_results)
-                  for key in ("train_seconds", "eval_seconds", "test_eval_seconds")}
-        timing["epoch_seconds"] = trained.timing["epoch_seconds"]
-    else:
-        split = make_split(dataset, config.data, seed=config.run.seed)
-        trained = train_split(config, split, checkpoint_dir=out / "checkpoints", resume=resume,
-                              progress=progress, log_fn=log_fn, propensity=propensity,
-                              truth=truth)
-        per_seed, timing = trained.per_seed, dict(trained.timing)
-    metrics: dict[str, Any] = {}
-    for part in ("test", "test_literature", "test_full", "test_truth", "valid"):
-        if part in per_seed[0]:
-            metrics.update(aggregate(per_seed, part))
-    metrics["per_seed"] = per_seed
-    metrics["seeds"] = seed_list(config)
-    if config.train.cv_folds:
-        by_fold = [
-            {name: float(np.mean([e["test"][name] for e in per_seed if e["fold"] == f]))
-             for name in metric_values(per_seed[0]["test"])}
-            for f in range(config.train.cv_folds)
-        ]
-        metrics["cv"] = {"folds": by_fold, **{
-            key: {name: s[key] for name, s in
-                  ((n, summarize([fold[n] for fold in by_fold])) for n in by_fold[0])}
-            for key in ("mean", "std")}}
-    metrics["data"] = _data_summary(split, per_seed)
-    if trained.propensity_report is not None:
-        metrics["propensity"] = {"method": config.causal.propensity,
-                                 "clip": config.causal.propensity_clip,
-                                 **trained.propensity_report}
-    metrics["timing"] = {**timing, "total_seconds": round(time.perf_counter() - tic, 3)}
-    metrics["versions"] = _versions()
-    if truth is not None:
-        metrics["data"]["simulator"] = True
-
-    model_dir = out / "model"
-    if model_dir.exists():
-        shutil.rmtree(model_dir)
-    saved = {"params": trained.parts.params}
-    if trained.extra:
-        saved["causal"] = trained.extra
-    checkpoints.save_checkpoint(model_dir, 0, saved,
-                                {"seeds": seed_list(config), "model": config.model.name})
-    _save_data(out / "data.npz", split)
-    (out / "plots").mkdir(exist_ok=True)
-    _plot_learning_curve(out / "plots" / "learning_curve.png", trained.history,
-                         config.train.early_stopping_metric)
-    tmp = out / "metrics.json.tmp"
-    tmp.write_text(json.dumps(_json_safe(metrics), indent=2, allow_nan=False) + "\n")
-    tmp.replace(out / "metrics.json")
-    return metrics
-
-
-# ----------------------------------------------------------------------------- using a run
-
-
 @dataclasses.dataclass
 class LoadedRun:
     """A trained run read back from its folder."""
@@ -827,7 +567,7 @@ class LoadedRun:
     data: dict[str, np.ndarray]
     # A causal method's own arrays (MACR's modules), stacked over seeds; empty otherwise.
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
-    # A sequential run's scoring (`sequence_run.load_sequence_run`): seed index -> the
+    # A sequential run's scoring (`tasks.sequential.load_sequence_run`): seed index -> the
     # function `score_all_fn` returns; None for the other runs.
     scorer: Callable[[int], Callable] | None = None
 
@@ -855,28 +595,9 @@ class LoadedRun:
         return self.data["item_ids"]
 
 
-def load_run(run_dir: str | Path) -> LoadedRun:
-    """Reads a run folder's config, id maps and best parameters (no data files needed)."""
-    from causalrec_jax.sequence_run import SEQUENCE_MODELS
-
-    run = Path(run_dir)
-    if (run / "config.toml").exists() and not (run / "model").exists():
-        stored = load_config(run / "config.toml")
-        if stored.uplift.method and stored.model.name not in SEQUENCE_MODELS:
-            raise RunError(
-                f"{run} is a run of uplift.method = {stored.uplift.method!r}, which saves its "
-                "metrics but no model: recommend and evaluate work on runs of mf, mlp, neumf, "
-                "popularity, lightgcn, sasrec, bert4rec")
-    for name in ("config.toml", "data.npz", "model"):
-        if not (run / name).exists():
-            raise RunError(f"{run} is not a finished run: {name} is missing")
-    config = load_config(run / "config.toml")
-    with np.load(run / "data.npz") as stored:
-        data = {name: stored[name] for name in stored.files}
-    if config.model.name in SEQUENCE_MODELS:
-        from causalrec_jax.sequence_run import load_sequence_run
-
-        return load_sequence_run(run, config, data)
+def load_ordinary_run(run: Path, config: Config, data: dict[str, np.ndarray]) -> LoadedRun:
+    """An ordinary run's models rebuilt from its config and `data.npz`, with each seed's best
+    parameters (and a causal method's own arrays) read from `model/`."""
     seeds = seed_list(config)
     inputs = {
         "n_users": len(data["user_ids"]), "n_items": len(data["item_ids"]),
@@ -898,78 +619,13 @@ def load_run(run_dir: str | Path) -> LoadedRun:
                      extra=arrays.get("causal", {}))
 
 
-def run_score_table(run_dir: str | Path, n_users: int, n_items: int) -> np.ndarray:
-    """`[n_users, n_items]` float32 scores of a trained run on a simulated world's ids.
-
-    What `policy.scores = "run"` ranks by (`sim.logs.policy_scores` takes the table, never
-    the run folder): the run's users and items are mapped onto the world's by their integer
-    ids; items the run never saw score -1e9 (ranked last).
-    """
-    run = load_run(run_dir)
-    try:
-        users = np.asarray(run.user_ids).astype(np.int64)
-        items = np.asarray(run.item_ids).astype(np.int64)
-    except ValueError:
-        raise ConfigError(
-            f"key policy.run: {run_dir} was not trained on a log of this world (its ids are not "
-            "the world's integer ids)"
-        ) from None
-    if users.max(initial=-1) >= n_users or items.max(initial=-1) >= n_items:
-        raise ConfigError(
-            f"key policy.run: {run_dir} has ids beyond the world's {n_users} users / {n_items} "
-            "items"
-        )
-    run_scores = np.asarray(run.score_all_fn()(jnp.arange(len(users), dtype=jnp.int32)))
-    scores = np.full((n_users, n_items), -1e9, np.float32)
-    scores[np.ix_(users, items)] = run_scores
-    return scores
-
-
-def recommend(run: LoadedRun, user_id: str, k: int = 10, seed_index: int = 0) -> list[tuple]:
-    """Top-`k` `(item_id, score)` for an external user id, excluding items they already have.
-
-    Items seen in training and validation are excluded (in a sequential run also the test
-    items: it predicts the item after all of them). Scores come from the seed at
-    `seed_index` (the run's first seed by default).
-    """
-    if k < 1:
-        raise RunError(f"--k {k}: expected at least 1 item")
-    matches = np.flatnonzero(run.user_ids == str(user_id))
-    if len(matches) == 0:
-        raise RunError(
-            f"unknown user id {user_id!r}: the run's data has {len(run.user_ids)} users "
-            f"(e.g. {', '.join(map(str, run.user_ids[:3]))})"
-        )
-    user = int(matches[0])
-    scores = np.asarray(run.score_all_fn(seed_index)(jnp.asarray([user], jnp.int32)))[0]
-    seen = run.data["train_item"][run.data["train_user"] == user]
-    for part in ("valid", "test"):
-        if f"{part}_user" in run.data:
-            part_items = run.data[f"{part}_item"][run.data[f"{part}_user"] == user]
-            seen = np.concatenate([seen, part_items])
-    scores = scores.astype(np.float64)
-    scores[seen] = -np.inf
-    k = min(k, int(np.isfinite(scores).sum()))
-    top = np.argsort(-scores, kind="stable")[:k]
-    return [(str(run.item_ids[i]), float(scores[i])) for i in top]
-
-
-def evaluate_run(run_dir: str | Path, split_name: str = "test") -> dict[str, Any]:
-    """Re-evaluates a run's best parameters on `split_name` (re-reads the data it names).
-
-    Returns `{split_name: means over seeds, split_name + "_std": ..., "per_seed": [...]}`;
-    for the test split also the `test_literature`, `test_full` and `test_truth` blocks that
-    training wrote, computed the same way (a sequential run: `test_unmasked`, `test_sampled`).
-    """
-    run = load_run(run_dir)
+def evaluate_loaded_run(run: LoadedRun, split_name: str = "test") -> dict[str, Any]:
+    """Re-evaluates an ordinary run's best parameters on `split_name`, re-reading the data its
+    config names (see `runs.load.evaluate_run`)."""
     config = run.config
-    if run.scorer is not None:
-        from causalrec_jax.sequence_run import evaluate_sequence_run
-
-        return evaluate_sequence_run(run, split_name)
     if config.train.cv_folds:
         raise RunError(
-            f"{run_dir} is a cross-validation run ({config.train.cv_folds} folds): its "
+            f"this is a cross-validation run ({config.train.cv_folds} folds): its "
             "per-fold results are in metrics.json under 'cv'; evaluate re-scores single splits"
         )
     dataset, truth = load_dataset(config.data, config.sim)
@@ -985,7 +641,7 @@ def evaluate_run(run_dir: str | Path, split_name: str = "test") -> dict[str, Any
     for index, seed in enumerate(seed_list(config)):
         score_users_fn = jax.jit(run.score_all_fn(index))
         if split_name == "test":
-            entry = _test_results(config, seen, parts["test"], score_users_fn, propensity, truth)
+            entry = test_results(config, seen, parts["test"], score_users_fn, propensity, truth)
         else:
             entry = {split_name: evaluate_split(config.eval, train=seen, test=parts[split_name],
                                                 score_users_fn=score_users_fn,

@@ -49,7 +49,6 @@ from __future__ import annotations
 
 import functools
 import time
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import jax
@@ -59,6 +58,7 @@ import numpy as np
 from causalrec_jax.causal import ope as estimators
 from causalrec_jax.causal.reward_model import fit_reward_model, reward_table
 from causalrec_jax.config import Config
+from causalrec_jax.eval.summary import aggregate
 from causalrec_jax.sim import policies
 from causalrec_jax.sim.env import EnvParams
 from causalrec_jax.sim.logs import env_from_config, oracle_scores, policy_from_config
@@ -353,7 +353,6 @@ def run_ope(config: Config) -> dict[str, Any]:
     Returns the `metrics.json` of the run (see the module docstring) with the reward model's
     per-seed losses under the private key `_losses` (`[seeds][epochs]`, or None).
     """
-    from causalrec_jax.runner import aggregate  # runner sits in an import cycle (issue 13)
 
     started = time.perf_counter()
     setup = ope_setup(config)
@@ -427,18 +426,3 @@ def ope_log(losses: list[list[float]] | None, seconds_per_epoch: float | None) -
             for epoch in range(values.shape[1])]
 
 
-def ope_run(config: Config, out: str | Path) -> dict[str, Any]:
-    """Runs `run_ope` and writes `out/config.toml`, `out/metrics.json` and `out/log.jsonl`
-    (atomically, by `runner.write_run_folder`)."""
-    from causalrec_jax.config import refuse_unused
-    from causalrec_jax.runner import write_run_folder
-
-    # An OPE run reads the world, both policies, [ope] and [run]; any other key is refused.
-    refuse_unused(config, {"env": None, "policy": None, "target": None, "ope": None,
-                           "run": None}, "an OPE run")
-    metrics = run_ope(config)
-    losses = metrics.pop("_losses")
-    seconds = (metrics["timing"]["reward_model_seconds"] / config.ope.reward_model_epochs
-               if losses is not None else None)
-    write_run_folder(out, config, metrics, ope_log(losses, seconds))
-    return metrics

@@ -30,7 +30,7 @@ every `per_seed` entry `{seed, best_epoch, valid, test, test_unmasked, test_samp
 seconds_to_best}`), `log.jsonl` (one line per epoch and seed with `fit`'s keys and `seed`;
 `valid` also holds the unmasked validation, `unmasked_*`), `checkpoints/`, `plots/`,
 `model/` (every seed's best parameters stacked `[n_seeds, ...]`; the model is rebuilt from
-`config.toml`) and `data.npz`, the id maps and splits (`runner._save_data`) plus the test
+`config.toml`) and `data.npz`, the id maps and splits (`tasks.ordinary.save_data`) plus the test
 pairs and `next_history` `[n_users, max_len]`: the tokens of each user's last `max_len` items
 of train, validation and test in time order, the input from which `recommend` scores the item
 after everything the user has seen. `model/` and `data.npz` are written as before this core,
@@ -41,10 +41,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
-import resource
-import shutil
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -54,7 +50,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from causalrec_jax.config import Config, dump_config, load_config
+from causalrec_jax.config import Config
 from causalrec_jax.data.dataset import Dataset, Split, concatenate
 from causalrec_jax.data.loader import load_split
 from causalrec_jax.data.sequences import (
@@ -65,27 +61,15 @@ from causalrec_jax.data.sequences import (
     user_sequences,
     window_buckets,
 )
-from causalrec_jax.errors import CausalRecError, ConfigError
+from causalrec_jax.errors import ConfigError, RunError
 from causalrec_jax.eval.catalogue import chunked_target_rank, metrics_from_ranks
 from causalrec_jax.eval.metrics import RANKING_METRICS, ranking_metrics
 from causalrec_jax.eval.ranking import evaluate_full_ranking
+from causalrec_jax.eval.summary import aggregate
 from causalrec_jax.models.base import ModelParts
 from causalrec_jax.models.bert4rec import BERT4Rec, append_mask_token
 from causalrec_jax.models.sasrec import SASRec
-from causalrec_jax.runner import (
-    LoadedRun,
-    RunError,
-    _absolute_data_path,
-    _check_resumable,
-    _json_safe,
-    _plot_learning_curve,
-    _save_data,
-    _versions,
-    aggregate,
-    refuse_existing_run,
-    seed_keys,
-    seed_list,
-)
+from causalrec_jax.tasks.ordinary import LoadedRun, seed_keys, seed_list
 from causalrec_jax.train import checkpoint as checkpoints
 from causalrec_jax.train.loop import TrainingDivergedError, fit, seed_slice
 from causalrec_jax.train.objectives import seen_items_data
@@ -110,16 +94,16 @@ SAMPLED_LOSSES = ("bce_one_negative", "sampled_softmax")
 # (`eval.catalogue.chunked_target_rank`) instead of scoring `[eval.chunk_size, n_items]` at once.
 CATALOGUE_CHUNK_ITEMS = 1 << 16
 
-# Fold-in ids of a seed's key (as `runner`): initialisation and training draw apart; within the
-# training key, `step` uses 0 (steps) and 1 (row order); the buckets' orders and the order of
-# the epoch's batches use the two below.
+# Fold-in ids of a seed's key (as `tasks.ordinary`): initialisation and training draw apart;
+# within the training key, `step` uses 0 (steps) and 1 (row order); the buckets' orders and
+# the order of the epoch's batches use the two below.
 _STREAM_INIT = 0
 _STREAM_TRAIN = 1
 _STREAM_BUCKET_ORDER = 2
 _STREAM_BATCH_ORDER = 3
 
 
-def _check(config: Config) -> str:
+def check_sequential_config(config: Config) -> str:
     if config.data.split != "leave_one_out":
         raise ConfigError(
             f"key data.split: got {config.data.split!r}, expected 'leave_one_out' for the "
@@ -506,7 +490,7 @@ def train_sequence_seed(
     Raises:
         TrainingDivergedError: a NaN/Inf loss or gradient (names the seed, epoch and batch).
     """
-    loss_name = _check(config)
+    loss_name = check_sequential_config(config)
     train = split.train
     rows = training_rows(config, train, loss_name)
     buckets = bucket_rows(rows, config.model.length_buckets)
@@ -567,123 +551,6 @@ def train_sequence_seed(
     return SeedResult(best_params=best_params, entry=entry,
                       history=[{**record, "seed": seed} for record in result.history],
                       timing={**timing, "n_windows": len(next(iter(rows.values())))})
-
-
-def _save_model(folder: Path, config: Config, split: Split, params: Any) -> None:
-    """Writes `model/` (best parameters stacked over seeds) and `data.npz` into `folder`."""
-    model_dir = folder / "model"
-    if model_dir.exists():
-        shutil.rmtree(model_dir)
-    checkpoints.save_checkpoint(model_dir, 0, {"params": params},
-                                {"seeds": seed_list(config), "model": config.model.name})
-    everything = concatenate([split.train, split.valid, split.test])
-    _save_data(folder / "data.npz", split, extra={
-        "test_user": split.test.user, "test_item": split.test.item,
-        "next_history": history_matrix(user_sequences(everything), config.model.max_len),
-    })
-
-
-def _kept_log_lines(log_path: Path, checkpoint_root: Path) -> list[str]:
-    """The lines of `log.jsonl` a resumed run keeps: each seed's epochs up to its newest
-    checkpoint (later epochs are trained, and logged, again)."""
-    kept = []
-    for line in log_path.read_text().splitlines():
-        if not line.strip():
-            continue
-        record = json.loads(line)
-        last = checkpoints.latest_epoch(checkpoint_root / f"seed{record.get('seed')}")
-        if last is not None and record["epoch"] <= last:
-            kept.append(line)
-    return kept
-
-
-def sequence_run(config: Config, out: str | Path, *, quiet: bool = True,
-                 resume: bool = False, item_chunk: int | None = None) -> dict[str, Any]:
-    """All seeds of a sequential model; writes the run folder (see the module docstring).
-
-    With `resume`, continues the run in `out` from each seed's newest checkpoint (its
-    `config.toml` must match `config`); a finished run is only re-evaluated and re-written.
-    `item_chunk` forces ranking the catalogue that many items at a time (default: only
-    catalogues above `CATALOGUE_CHUNK_ITEMS`).
-
-    Raises:
-        RunError: `out` holds a run and `resume` is False, or the configs differ on resume.
-        TrainingDivergedError: a NaN/Inf loss or gradient; the checkpoints are kept.
-    """
-    _check(config)
-    out = Path(out)
-    if not resume:
-        refuse_existing_run(out)
-    config = _absolute_data_path(config)
-    if resume and (out / "config.toml").exists():
-        _check_resumable(load_config(out / "config.toml"), config, out)
-    fresh = not out.exists() or not any(out.iterdir())
-    out.mkdir(parents=True, exist_ok=True)
-    try:
-        return _write_run(config, out, quiet=quiet, resume=resume, item_chunk=item_chunk)
-    except CausalRecError as error:
-        # refused before training: leave nothing behind; diverged: keep the checkpoints
-        if fresh and not isinstance(error, TrainingDivergedError):
-            shutil.rmtree(out, ignore_errors=True)
-        raise
-
-
-def _write_run(config: Config, out: Path, *, quiet: bool, resume: bool,
-               item_chunk: int | None) -> dict[str, Any]:
-    tic = time.perf_counter()
-    dump_config(config, out / "config.toml")
-    split, _ = load_split(config)
-    log_path = out / "log.jsonl"
-    kept = _kept_log_lines(log_path, out / "checkpoints") if resume and log_path.exists() else []
-    log_path.write_text("".join(line + "\n" for line in kept))
-
-    def log_fn(record: dict[str, Any]) -> None:
-        with log_path.open("a") as handle:
-            handle.write(json.dumps(_json_safe(record)) + "\n")
-
-    progress = not quiet and sys.stderr.isatty()
-    seeds = seed_list(config)
-    results = [
-        train_sequence_seed(config, split, seed, checkpoint_dir=out / "checkpoints" / f"seed{seed}",
-                            resume=resume, progress=progress, log_fn=log_fn,
-                            item_chunk=item_chunk)
-        for seed in seeds
-    ]
-    per_seed = [result.entry for result in results]
-    metrics: dict[str, Any] = {}
-    for part in ("test", "valid", "test_unmasked", "test_sampled"):
-        metrics.update(aggregate(per_seed, part))
-    timings = [result.timing for result in results]
-    metrics.update({
-        "per_seed": per_seed,
-        "seeds": seeds,
-        "data": {"n_users": split.train.n_users, "n_items": split.train.n_items,
-                 "n_train": len(split.train), "n_valid": len(split.valid),
-                 "n_test": len(split.test), "n_windows": timings[0]["n_windows"],
-                 "sampled_negatives": config.eval.sampled_negatives,
-                 "sampled_by": config.eval.sampled_by},
-        "timing": {"train_seconds": round(sum(t["train_seconds"] for t in timings), 4),
-                   "epoch_seconds": float(np.median([t["epoch_seconds"] for t in timings])),
-                   "first_epoch_seconds": timings[0]["first_epoch_seconds"],
-                   "eval_seconds": round(sum(t["eval_seconds"] for t in timings), 4),
-                   "test_eval_seconds": round(sum(t["test_eval_seconds"] for t in timings), 4),
-                   "seconds_to_best": [entry["seconds_to_best"] for entry in per_seed],
-                   "total_seconds": round(time.perf_counter() - tic, 3),
-                   # the whole process's peak resident memory (Linux: ru_maxrss is in KiB)
-                   "peak_rss_mb": round(
-                       resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)},
-        "versions": _versions(),
-    })
-    params = jax.tree.map(lambda *leaves: jnp.stack(leaves),
-                          *(result.best_params for result in results))
-    _save_model(out, config, split, params)
-    (out / "plots").mkdir(exist_ok=True)
-    _plot_learning_curve(out / "plots" / "learning_curve.png", results[0].history,
-                         config.train.early_stopping_metric)
-    staging = out / "metrics.json.tmp"
-    staging.write_text(json.dumps(_json_safe(metrics), indent=2, allow_nan=False) + "\n")
-    staging.replace(out / "metrics.json")
-    return metrics
 
 
 # ----------------------------------------------------------------------------- using a run
