@@ -29,16 +29,20 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from causalrec_jax.data.dataset import Dataset
 from causalrec_jax.data.formats import read_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 
 
-def timed(read_fn: Callable[[], object], n_rows: int, repeats: int) -> dict:
-    """First-call seconds, the median of `repeats` later calls and steady rows per second."""
+def timed(read_fn: Callable[[], Dataset], n_rows: int, repeats: int) -> dict:
+    """First-call seconds, the median of `repeats` later calls and steady rows per second.
+
+    Also the interactions the reader returned (`interactions`, to check against `rows`).
+    """
     start = time.perf_counter()
-    read_fn()
+    dataset = read_fn()
     first = time.perf_counter() - start
     later = []
     for _ in range(repeats):
@@ -48,6 +52,7 @@ def timed(read_fn: Callable[[], object], n_rows: int, repeats: int) -> dict:
     steady = statistics.median(later)
     return {
         "rows": n_rows,
+        "interactions": dataset.n_interactions,
         "first_seconds": round(first, 4),
         "steady_seconds": round(steady, 4),
         "rows_per_second": round(n_rows / steady),
@@ -99,12 +104,13 @@ def write_files(folder: Path, n_rows: int) -> dict[str, tuple[str, Path, int]]:
     return cases
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict:
+    """Runs the benchmark; returns (and writes) the report."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "readers.json"))
     parser.add_argument("--rows", type=int, default=3_000_000)
     parser.add_argument("--repeats", type=int, default=3)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     results: dict = {}
     with tempfile.TemporaryDirectory() as folder:
         cases = write_files(Path(folder), args.rows)
@@ -122,6 +128,7 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {out}")
+    return report
 
 
 if __name__ == "__main__":
