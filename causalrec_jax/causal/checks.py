@@ -30,6 +30,7 @@ from causalrec_jax.causal.propensity import (
     clip_propensities,
     estimate_propensities,
 )
+from causalrec_jax.causal.training import ALL_CELL_METHODS, METHODS_WITH_PROPENSITIES
 from causalrec_jax.config import CausalConfig, Config
 from causalrec_jax.data.dataset import Split
 from causalrec_jax.errors import ConfigError, SplitError
@@ -137,11 +138,9 @@ def _check_given_matrix(split: Split, clip: float) -> None:
 def causal_keys_used(causal: CausalConfig) -> tuple[str, ...]:
     """The `[causal]` keys a run of `causal.method` reads (the others would be ignored, so a
     run refuses them: `config.refuse_unused`)."""
-    from causalrec_jax.causal.training import ALL_CELL_METHODS, PROPENSITY_METHODS
-
     method = causal.method
     keys = ["method"]
-    if method in PROPENSITY_METHODS:
+    if method in METHODS_WITH_PROPENSITIES:
         keys += ["propensity", "propensity_clip"]
         if causal.propensity == "popularity":
             keys.append("popularity_power")

@@ -103,7 +103,7 @@ SAMPLED_NEGATIVE_METHODS = ("pda", "macr")
 # Every method this module builds.
 CAUSAL_METHODS = (*WEIGHTED_METHODS, *DR_METHODS, *IMPLICIT_METHODS)
 # Methods whose rows carry propensities (clipped in the step by `causal.propensity_clip`).
-PROPENSITY_METHODS = (*WEIGHTED_METHODS, *ALL_CELL_METHODS)
+METHODS_WITH_PROPENSITIES = (*WEIGHTED_METHODS, *ALL_CELL_METHODS)
 
 # The traced causal knobs, each the `[causal]` key of the same name (`imputation_value`: the
 # mean training rating when unset). The first six shape training, the last two inference.

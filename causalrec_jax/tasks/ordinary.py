@@ -24,9 +24,16 @@ import numpy as np
 
 import causalrec_jax.sim  # noqa: F401  registers the data formats "simulator" and "simlog"
 from causalrec_jax import streams
+from causalrec_jax.causal import training as causal_training
+from causalrec_jax.causal.checks import causal_keys_used, check_causal_setup
+from causalrec_jax.causal.propensity import clip_propensities, estimate_propensities
+from causalrec_jax.causal.training import causal_hparams, inference_scorers, saved_arrays
 from causalrec_jax.config import (
     RANKING_METRIC_NAMES,
+    CausalConfig,
     Config,
+    TrainConfig,
+    refuse_unused,
 )
 from causalrec_jax.data.dataset import Dataset, Split, concatenate
 from causalrec_jax.data.loader import load_dataset
@@ -35,8 +42,10 @@ from causalrec_jax.errors import ConfigError, RunError
 from causalrec_jax.eval.protocol import evaluate_split, positive_threshold_for
 from causalrec_jax.eval.ranking import is_positive, labels_are_binary
 from causalrec_jax.eval.summary import aggregate
+from causalrec_jax.eval.truth import evaluate_against_truth
 from causalrec_jax.models.base import make_scorers
-from causalrec_jax.models.factory import init_params
+from causalrec_jax.models.factory import init_params, model_keys_used
+from causalrec_jax.sim.world import SparseGroundTruth
 from causalrec_jax.train import checkpoint as checkpoints
 from causalrec_jax.train.loop import fit, over_seeds, seed_slice
 from causalrec_jax.train.objectives import POINTWISE_LOSSES, make_objective, seen_items_data
@@ -123,8 +132,6 @@ def _row_propensities(config: Config, split: Split, truth: Any, users, items) ->
     the clip itself is applied inside the training step (`causal.clip.clip_propensities`), at
     each member's traced `propensity_clip`, so the rows keep their raw values here.
     """
-    from causalrec_jax.causal.propensity import clip_propensities, estimate_propensities
-
     train = split.train
     matrix = estimate_propensities(
         config.causal.propensity, train, mar=split.extra.get("mar_train"), config=config.causal,
@@ -163,8 +170,6 @@ def test_results(config: Config, seen: Dataset, test: Dataset, score_users_fn, p
             out["test_full"] = evaluate_split(full, train=seen, test=test,
                                               score_users_fn=score_users_fn)
     if truth is not None and (hasattr(truth, "relevance") or _is_sparse_truth(truth)):
-        from causalrec_jax.eval.truth import evaluate_against_truth
-
         out["test_truth"] = evaluate_against_truth(
             score_users_fn, truth, ks=config.eval.ks, train=seen,
             chunk_size=config.eval.chunk_size, rating_scale=config.train.loss == "mse",
@@ -173,8 +178,6 @@ def test_results(config: Config, seen: Dataset, test: Dataset, score_users_fn, p
 
 
 def _is_sparse_truth(truth: Any) -> bool:
-    from causalrec_jax.sim.world import SparseGroundTruth
-
     return isinstance(truth, SparseGroundTruth)
 
 
@@ -220,8 +223,6 @@ def _objective(spec: ProgramSpec) -> Callable:
     """`loss_fn(params, batch, key, *, hparams)` of the spec; the model's constants are read
     from the batch (`shared_constants`, `shared_imputation_constants`), so nothing
     data-dependent is closed over."""
-    from causalrec_jax.causal import training as causal_training
-
     def loss_fn(params, batch, key, *, hparams=None):
         scorers = make_scorers(spec.graphdef, batch["shared_constants"])
         if spec.method not in causal_training.CAUSAL_METHODS:
@@ -232,8 +233,6 @@ def _objective(spec: ProgramSpec) -> Callable:
         if spec.imputation_graphdef is not None:
             imputation_pairs = make_scorers(spec.imputation_graphdef,
                                             batch["shared_imputation_constants"]).score_pairs
-        from causalrec_jax.config import CausalConfig
-
         objective = causal_training.make_causal_objective(
             spec.method, CausalConfig(cells_per_row=spec.cells_per_row), spec.loss,
             scorers.score_pairs, n_users=spec.n_users, n_items=spec.n_items,
@@ -259,8 +258,6 @@ def _programs(spec: ProgramSpec, streaming_segment: int = 0) -> tuple[Callable, 
     (vmapped over the leading axis, states donated); with `streaming_segment` > 0 the rows stay
     on the host and are sent `streaming_segment` batches at a time (`make_streaming_epoch`).
     """
-    from causalrec_jax.config import TrainConfig
-
     optimizer = _optimizer(spec, TrainConfig())
     train_step = make_train_step(_objective(spec), optimizer)
     if streaming_segment:
@@ -280,9 +277,6 @@ def _score_program(graphdef: Any, method: str) -> Callable:
     """Jitted `(params, constants, users [b]) -> [b, n_items]` of the ranking a trained model
     of `method` serves; `params` is `{"prediction": ..., <method's arrays>, "hparams": ...}`.
     Compiled once per model structure and method (cached)."""
-    from causalrec_jax.causal.training import inference_scorers
-    from causalrec_jax.config import CausalConfig
-
     def score(params, constants, users):
         scorers = make_scorers(graphdef, constants)
         _, score_all = inference_scorers(method, CausalConfig(), scorers.score_pairs,
@@ -296,9 +290,6 @@ def _member_hparams(config: Config, members: list[Member], imputation_value: flo
     """`(optimizer values, loss values)`, each `{name: [n_members] float32}`: the config's
     values, overridden by each member's own (`Member.hparams`). The loss values are the causal
     knobs (`CAUSAL_HPARAMS`) and, for a model with dropout, its rate (`dropout`)."""
-    from causalrec_jax.causal.training import causal_hparams
-    from causalrec_jax.models.factory import model_keys_used
-
     defaults = {"learning_rate": config.train.learning_rate,
                 "weight_decay": config.train.weight_decay,
                 **causal_hparams(config.causal, imputation_value)}
@@ -319,9 +310,6 @@ def _member_hparams(config: Config, members: list[Member], imputation_value: flo
 
 def _training_rows(config: Config, split: Split, truth: Any) -> tuple[dict, dict | None]:
     """The `[n_rows]` arrays the method trains on (numpy) and its propensity report."""
-    from causalrec_jax.causal import training as causal_training
-    from causalrec_jax.causal.checks import check_causal_setup
-
     method, train = config.causal.method, split.train
     if method != "naive":
         check_causal_setup(config, split)
@@ -340,7 +328,7 @@ def _training_rows(config: Config, split: Split, truth: Any) -> tuple[dict, dict
             f"eval.positive_threshold = {config.eval.positive_threshold}"
         )
     report = None
-    if method in causal_training.PROPENSITY_METHODS:
+    if method in causal_training.METHODS_WITH_PROPENSITIES:
         arrays["propensities"], report = _row_propensities(config, split, truth, users, items)
     return arrays, report
 
@@ -368,8 +356,6 @@ def train_split(
     (`ProgramSpec`): a second identical call in one process compiles nothing.
     With `evaluate_test=False` the test split is never read.
     """
-    from causalrec_jax.causal import training as causal_training
-
     # Successive halving ranks tuning populations only: in a plain run every seed trains on,
     # so the reported mean over seeds is not selected on validation.
     tuning = members is not None
@@ -545,10 +531,6 @@ def check_ordinary_keys(config: Config) -> None:
     """Refuses a key an ordinary (or causal) run would ignore: a section it does not read
     (`[ope]`, `[uplift]`, `[env]`, ...; `[sim]` unless `data.format = "simulator"`), a
     `[causal]` key of another method, a `[model]` key of another model."""
-    from causalrec_jax.causal.checks import causal_keys_used
-    from causalrec_jax.config import refuse_unused
-    from causalrec_jax.models.factory import model_keys_used
-
     used: dict[str, Any] = {"data": None, "model": model_keys_used(config.model),
                             "causal": causal_keys_used(config.causal), "train": None,
                             "eval": None, "run": None}
@@ -573,8 +555,6 @@ class LoadedRun:
 
     def score_all_fn(self, seed_index: int = 0):
         """`users [b] -> scores [b, n_items]` of the ranking the run serves (one seed)."""
-        from causalrec_jax.causal.training import inference_scorers
-
         if self.scorer is not None:
             return self.scorer(seed_index)
         scorers = make_scorers(self.parts.graphdef, self.parts.constants)
@@ -608,8 +588,6 @@ def load_ordinary_run(run: Path, config: Config, data: dict[str, np.ndarray]) ->
     }
     parts = init_params(config.model, keys=seed_keys(seeds), **inputs)
     like: dict[str, Any] = {"params": parts.params}
-    from causalrec_jax.causal.training import saved_arrays
-
     extra = saved_arrays(config.causal.method, inputs["n_users"], inputs["n_items"])
     if extra:
         like["causal"] = {name: jnp.zeros((len(seeds), *value.shape), value.dtype)

@@ -76,13 +76,14 @@ from causalrec_jax.causal.uplift import (
     ips_weights_from_counts,
     uplift_regression_loss,
 )
-from causalrec_jax.config import Config
+from causalrec_jax.config import Config, refuse_unused
 from causalrec_jax.errors import ConfigError
 from causalrec_jax.eval.causal_metrics import causal_dcg, causal_precision
 from causalrec_jax.eval.summary import aggregate
 from causalrec_jax.models.base import make_scorers, split_model
 from causalrec_jax.models.mf import MF
 from causalrec_jax.sim.logs import SimLog, env_from_config, policy_scores, simulate_log
+from causalrec_jax.sim.simlog import read_simlog
 from causalrec_jax.train.full_batch import (
     FullBatchFit,
     check_finite,
@@ -301,8 +302,6 @@ def causal_metrics(scores, true_uplift, ks) -> dict[str, float]:
 
 def _log_for_seed(config: Config, log_key: jax.Array):
     if config.data.format == "simlog":
-        from causalrec_jax.sim.simlog import read_simlog
-
         return read_simlog(config.data.path)
     return simulate_log(config, log_key, marginal_samples=1)
 
@@ -390,8 +389,6 @@ def check_uplift_keys(config: Config) -> None:
     `[policy]`, `[uplift]`, `[run]`, `data.format` / `data.path` (a simlog) and, of `[train]`,
     the seeds and the optimiser's form (`uplift.learning_rate` / `weight_decay` are its
     numbers)."""
-    from causalrec_jax.config import refuse_unused
-
     refuse_unused(config, {
         "env": None, "policy": None, "uplift": None, "run": None, "data": ("format", "path"),
         "train": ("seeds", "optimizer", "lr_schedule", "warmup_steps"),
