@@ -83,3 +83,23 @@ def test_tunings_best_run_writes_the_same_contract(tmp_path):
     space = space_from_dict({"train": {"learning_rate": [0.01, 0.03]}}, "space.toml")
     tune(config, space, tmp_path / "tune", metric="valid.ndcg@5", seeds=1)
     check_contract(tmp_path / "tune" / "best", n_seeds=1, first_seed=3)
+
+
+@pytest.mark.slow
+def test_a_sequential_run_writes_the_same_contract(tmp_path):
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    rows = [(user, int(rng.integers(15)), step) for user in range(30) for step in range(8)]
+    path = tmp_path / "walks.csv"
+    pd.DataFrame(rows, columns=["user", "item", "time"]).to_csv(path, index=False)
+    sets = ['data.format="csv"', f'data.path="{path}"', 'data.split="leave_one_out"',
+            'data.columns={user = "user", item = "item", timestamp = "time"}',
+            'model.name="sasrec"', "model.embedding_dim=8", "model.n_layers=1",
+            "model.n_heads=1", "model.max_len=6", 'train.loss="full_softmax"',
+            "train.epochs=2", "train.seeds=2", "run.seed=3", 'eval.metrics=["hit", "ndcg"]',
+            "eval.ks=[5]", "eval.positive_threshold=0.0", 'train.early_stopping_metric="hit@5"']
+    out = tmp_path / "sequential"
+    assert main(["train", "--quiet", "--out", str(out), *_sets(sets)]) == 0
+    check_contract(out, n_seeds=2, first_seed=3)
