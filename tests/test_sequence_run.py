@@ -106,11 +106,18 @@ def _successors_and_histories(path):
 
 def test_a_sequential_run_saves_its_model_and_data(planted_run):
     out, _ = planted_run
-    assert (out / "model").is_dir() and (out / "data.npz").exists()
-    assert not out.with_name(out.name + ".partial").exists()
+    assert (out / "model").is_dir() and (out / "checkpoints" / "seed0").is_dir()
     with np.load(out / "data.npz") as data:
         assert data["next_history"].shape == (60, 8)
         assert len(data["test_user"]) == 60 and len(data["user_ids"]) == 60
+        # the history recommend reads ends with each user's test item (token = item + 1),
+        # after their validation item
+        last = np.zeros(60, int)
+        last[data["test_user"]] = data["test_item"] + 1
+        np.testing.assert_array_equal(data["next_history"][:, -1], last)
+        before = np.zeros(60, int)
+        before[data["valid_user"]] = data["valid_item"] + 1
+        np.testing.assert_array_equal(data["next_history"][:, -2], before)
 
 
 def test_recommend_on_a_sequential_run_predicts_the_successor_of_the_last_item(

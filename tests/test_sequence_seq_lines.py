@@ -2,6 +2,7 @@
 only `data.format` and `data.path`."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -29,7 +30,10 @@ def planted_lines(tmp_path):
     return path
 
 
-@pytest.mark.parametrize("config", ["configs/ml100k_sasrec.toml", "configs/ml100k_bert4rec.toml"])
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+@pytest.mark.parametrize("config", ["ml100k_sasrec.toml", "ml100k_bert4rec.toml"])
 def test_the_ml100k_config_runs_on_seq_lines(planted_lines, tmp_path, config):
     out = tmp_path / "run"
     sets = ['data.format="seq_lines"', f'data.path="{planted_lines}"',
@@ -40,7 +44,7 @@ def test_the_ml100k_config_runs_on_seq_lines(planted_lines, tmp_path, config):
             "eval.ks=[1, 10]", "eval.sampled_negatives=5",
             # overlapping windows whose earliest is short: batches of width 4 and 8
             "model.window_stride=4", "model.length_buckets=[2, 4]"]
-    status = main(["train", "--quiet", "--config", config, "--out", str(out),
+    status = main(["train", "--quiet", "--config", str(CONFIGS / config), "--out", str(out),
                    *sum((["--set", s] for s in sets), [])])
     assert status == 0
     metrics = json.loads((out / "metrics.json").read_text())

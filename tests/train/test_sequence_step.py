@@ -98,7 +98,8 @@ def test_jit_equals_eager(model_class, loss_name, options):
     assert len(set(eager)) == 2
 
 
-@pytest.mark.parametrize(("model_class", "loss_name", "options"), CASES)
+# full_softmax shares masked_item's chunked softmax: the sampled losses and BERT4Rec suffice
+@pytest.mark.parametrize(("model_class", "loss_name", "options"), CASES[1:])
 def test_vmap_over_seeds_equals_a_python_loop(model_class, loss_name, options):
     graphdef, optimizer, train_step = _step(model_class, loss_name, **options)
     states = [init_state(_graph_and_params(model_class, seed)[1], optimizer)
