@@ -14,7 +14,7 @@ from causalrec_jax.config import load_config
 from causalrec_jax.sim import policies
 from causalrec_jax.tasks import ope as ope_run
 
-CONFIG = Path(__file__).resolve().parents[1] / "configs" / "sim_ope.toml"
+CONFIG = Path(__file__).resolve().parents[2] / "configs" / "sim_ope.toml"
 SMALL = ["env.n_users=40", "env.n_items=25", "env.latent_dim=4"]
 N_LOGS = 2000
 ROUNDS_PER_LOG = 50

@@ -20,7 +20,7 @@ from causalrec_jax.sim.rollout import rollout_users, uplift_truth
 from causalrec_jax.tasks import uplift as uplift_run
 from causalrec_jax.train.full_batch import fit_full_batch_jit
 
-CONFIG = Path(__file__).resolve().parents[1] / "configs" / "sim_uplift.toml"
+CONFIG = Path(__file__).resolve().parents[2] / "configs" / "sim_uplift.toml"
 SMALL = ["env.n_users=60", "env.n_items=30", "env.latent_dim=4", "env.slate_size=3",
          "env.horizon=40", "uplift.epochs=60", "train.seeds=2"]
 N_LOGS = 300

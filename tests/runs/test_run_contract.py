@@ -13,7 +13,7 @@ from causalrec_jax.cli import main
 from causalrec_jax.tune.search import tune
 from causalrec_jax.tune.space import space_from_dict
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 TOP_LEVEL = {"test", "test_std", "test_ci95", "per_seed", "seeds", "data", "timing",
              "versions"}
 PER_SEED = {"seed", "best_epoch", "valid", "test"}

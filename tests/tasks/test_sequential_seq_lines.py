@@ -30,7 +30,7 @@ def planted_lines(tmp_path):
     return path
 
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 
 @pytest.mark.parametrize("config", ["ml100k_sasrec.toml", "ml100k_bert4rec.toml"])
