@@ -293,7 +293,10 @@ def _member_hparams(config: Config, members: list[Member], imputation_value: flo
     defaults = {"learning_rate": config.train.learning_rate,
                 "weight_decay": config.train.weight_decay,
                 **causal_hparams(config.causal, imputation_value)}
-    if "dropout" in model_keys_used(config.model):
+    if "dropout" in model_keys_used(config.model) and any("dropout" in m.hparams
+                                                          for m in members):
+        # Traced only when members vary it: a run at one rate keeps the model's own (static)
+        # rate, whose program XLA may simplify differently (same numbers as before the core).
         defaults["dropout"] = config.model.dropout
     unknown = sorted({name for m in members for name in m.hparams} - set(defaults))
     if unknown:
