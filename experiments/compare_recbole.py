@@ -81,11 +81,11 @@ def read_our_run(run_dir: str | Path, model: str, *, peak_mb: float | None = Non
                  command: str | None = None) -> dict[str, Any]:
     """One table row from a `causalrec train` run folder (metrics.json and log.jsonl, seed 0).
 
-    The curve's `seconds` are cumulative from the start of training. Sequential runs log
-    training plus validation seconds per epoch (the first includes compilation); the general
-    loop logs training seconds only, so there each epoch also gets an equal share of
-    `timing.eval_seconds`. Peak memory: `peak_mb` if given (measured on the child process),
-    else `timing.peak_rss_mb` from metrics.json, else None.
+    The curve's `seconds` are cumulative from the start of training. Runs log training seconds
+    per epoch (the first includes compilation), so each epoch also gets an equal share of
+    `timing.eval_seconds` (sequential runs written before the one training core logged
+    training plus validation seconds, and get none). Peak memory: `peak_mb` if given
+    (measured on the child process), else `timing.peak_rss_mb` from metrics.json, else None.
     """
     run_dir = Path(run_dir)
     metrics = json.loads((run_dir / "metrics.json").read_text())
@@ -94,10 +94,16 @@ def read_our_run(run_dir: str | Path, model: str, *, peak_mb: float | None = Non
     lines = [line for line in lines if line.get("seed", 0) == 0]
     timing = metrics.get("timing", {})
     sequential = "test_unmasked" in metrics
-    eval_share = 0.0 if sequential else timing.get("eval_seconds", 0.0) / max(len(lines), 1)
+    # Sequential runs of the one core log like the others (training seconds, validation under
+    # "valid"); runs written before it logged flat lines (validation metrics at the top) and
+    # counted validation in each epoch's seconds.
+    older_sequential = sequential and bool(lines) and "valid" not in lines[0]
+    eval_share = (0.0 if older_sequential
+                  else timing.get("eval_seconds", 0.0) / max(len(lines), 1))
     # Sequential runs also log the validation ranked without masking the history
     # (`unmasked_*`), RecBole's protocol: the curve then compares like with like.
-    unmasked = sequential and bool(lines) and "unmasked_ndcg@10" in lines[0]
+    unmasked = sequential and bool(lines) and "unmasked_ndcg@10" in lines[0].get("valid",
+                                                                                 lines[0])
     prefix = "unmasked_" if unmasked else ""
     curve, elapsed = [], 0.0
     for line in lines:
@@ -111,7 +117,7 @@ def read_our_run(run_dir: str | Path, model: str, *, peak_mb: float | None = Non
             point["masked_ndcg@10"] = valid.get("ndcg@10")
         curve.append(point)
     train_seconds = float(timing.get("train_seconds", elapsed))
-    if not sequential:
+    if not older_sequential:
         train_seconds += float(timing.get("eval_seconds", 0.0))
     if peak_mb is None:
         peak_mb = timing.get("peak_rss_mb")

@@ -174,3 +174,19 @@ def test_a_sequential_curve_uses_the_unmasked_validation_when_logged(compare, tm
     rows = compare.add_time_to_quality([row])
     # the masked curve crosses 0.0702 at 12 s; the unmasked one only at 20 s
     assert rows[0]["seconds_to_threshold"] == 20.0
+
+
+def test_a_sequential_run_of_the_one_core_reads_its_unmasked_curve(compare, tmp_path):
+    """Lines of the one core: training seconds, validation under "valid" with `unmasked_*`."""
+    metrics = {"test": {"ndcg@10": 0.09}, "test_unmasked": {"ndcg@10": 0.06},
+               "valid": {"ndcg@10": 0.08}, "data": {"n_users": 9, "n_items": 9},
+               "timing": {"train_seconds": 20.0, "eval_seconds": 2.0}}
+    lines = [{"epoch": e, "seed": 0, "loss": 1.0, "seconds": s,
+              "valid": {"ndcg@10": 0.1 + e, "unmasked_ndcg@10": 0.05 + e}}
+             for e, s in enumerate([9.0, 5.0])]
+    row = compare.read_our_run(write_run(tmp_path / "new", metrics, lines), "sasrec")
+    assert [p["ndcg@10"] for p in row["curve"]] == pytest.approx([0.05, 1.05])  # unmasked
+    assert [p["masked_ndcg@10"] for p in row["curve"]] == pytest.approx([0.1, 1.1])
+    # each epoch gets 2.0 / 2 = 1.0 s of validation on top of its training seconds
+    assert [p["seconds"] for p in row["curve"]] == pytest.approx([10.0, 16.0])
+    assert row["train_seconds"] == pytest.approx(22.0)
