@@ -217,8 +217,9 @@ def test_every_shipped_config_of_an_ordinary_run_reads_all_its_keys():
 
 
 def test_uplift_ope_and_simulate_refuse_keys_they_do_not_read(tmp_path, capsys):
-    from causalrec_jax.cli import main
     from causalrec_jax.runs.train import ope_run
+
+    from causalrec_jax.cli import main
     from causalrec_jax.tasks.uplift import check_uplift_keys
 
     configs = Path(__file__).resolve().parents[1] / "configs"
