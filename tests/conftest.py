@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 from pathlib import Path
 
@@ -60,3 +61,18 @@ class CompileCounter:
 def compile_counter() -> CompileCounter:
     """A fresh `CompileCounter` (use as `with compile_counter: ...`)."""
     return CompileCounter()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_programs():
+    """Drops JAX's compiled programs after each test module.
+
+    Every compiled XLA CPU executable keeps memory mappings; a process that compiles the whole
+    suite's programs (well over a thousand) ran into a segmentation fault inside the XLA
+    compiler late in the run, twice. Clearing the caches between modules keeps the number of
+    live executables to one module's.
+    """
+    yield
+    jax.clear_caches()
+    gc.collect()
+

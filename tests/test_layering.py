@@ -39,10 +39,6 @@ LAYERS = (
 
 # (importer, imported): upward imports left in modules other sessions own, each with why.
 ALLOWED_UPWARD_IMPORTS = {
-    ("causalrec_jax.eval.causal_metrics", "causalrec_jax.causal.uplift"):
-        "causal precision / DCG reuse the uplift helpers of causal/ (eval below causal)",
-    ("causalrec_jax.eval.truth", "causalrec_jax.sim.world"):
-        "truth metrics read the simulator's GroundTruth types; eval should take truth arrays",
 }
 
 # Strongly connected sets of modules (import cycles) left in modules other sessions own.

@@ -60,6 +60,7 @@ import jax
 import jax.numpy as jnp
 
 from causalrec_jax.causal.clip import clip_propensities
+from causalrec_jax.eval.causal_metrics import labelled_causal_dcg, labelled_causal_precision
 
 Array = jax.Array
 ArrayLike = jax.typing.ArrayLike
@@ -523,3 +524,53 @@ def ulrmf_labels(
     shape = jnp.broadcast_shapes(treated.shape, consumed.shape)
     positive = jnp.broadcast_to(treated == consumed, shape) & _valid(shape, where)
     return positive.astype(jnp.float32)
+
+
+def ips_causal_precision(
+    scores: ArrayLike,
+    treatments: ArrayLike,
+    outcomes: ArrayLike,
+    propensities: ArrayLike,
+    *,
+    k: int,
+    where: ArrayLike | None = None,
+    clip: float | None = None,
+) -> Array:
+    """CP@K of Sato et al. 2019 from logged data: the mean IPS uplift label of the top K.
+
+    Args:
+        scores: `[n_users, n_items]` float.
+        treatments: `[n_users, n_items]` 0/1, recommended by the logging policy.
+        outcomes: `[n_users, n_items]` 0/1, consumed.
+        propensities: `[n_users, n_items]` `P(Z = 1)` of the logging policy.
+        k: list length (static).
+        where: `[n_users, n_items]` bool rankable mask, or None.
+        clip: propensities moved into `[clip, 1 - clip]` (biased, lower variance); None: none.
+
+    Returns:
+        `[n_users]` estimates (`eval.causal_metrics.labelled_causal_precision` of the labels);
+        unbiased for `causal_precision` when scores are distinct, propensities right and
+        `clip` None.
+    """
+    labels = ips_uplift_label(treatments, outcomes, propensities, clip=clip, where=where)
+    return labelled_causal_precision(scores, labels, k=k, where=where)
+
+
+def ips_causal_dcg(
+    scores: ArrayLike,
+    treatments: ArrayLike,
+    outcomes: ArrayLike,
+    propensities: ArrayLike,
+    *,
+    k: int,
+    where: ArrayLike | None = None,
+    clip: float | None = None,
+) -> Array:
+    """CDCG@K from logged data with the IPS uplift label; arguments as `ips_causal_precision`.
+
+    Returns:
+        `[n_users]` estimates, unbiased for `causal_dcg` under the same conditions.
+    """
+    labels = ips_uplift_label(treatments, outcomes, propensities, clip=clip, where=where)
+    return labelled_causal_dcg(scores, labels, k=k, where=where)
+

@@ -12,8 +12,10 @@ negative (a recommendation that lowers consumption), so both metrics may be nega
 Signature: `fn(scores, true_uplift, *, k, where=None) -> [n_users]` on padded
 `[n_users, n_items]` arrays (DESIGN §1), the caller averages. `causal_precision` and
 `causal_dcg` use the true uplift (a simulator's `mu1 - mu0`); the paper computes CP@K from
-logged data with an IPS estimate of `tau` instead, which `ips_causal_precision` /
-`ips_causal_dcg` do with the label `Z Y / P - (1 - Z) Y / (1 - P)`.
+logged data with an estimate of `tau` instead: `labelled_causal_precision` /
+`labelled_causal_dcg` rank by score and average any per-cell label, and
+`causal.uplift.ips_causal_precision` / `ips_causal_dcg` give them the IPS label
+`Z Y / P - (1 - Z) Y / (1 - P)` (eval takes labels as arrays; the estimator lives in causal/).
 
 Ranking rule. Items with `where=False` (padding, masked training items) are never ranked.
 Rankable items are ordered by score, descending (NaN scores last, -0.0 equal to 0.0, as in
@@ -36,7 +38,6 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from causalrec_jax.causal.uplift import ips_uplift_label
 from causalrec_jax.eval.metrics import _clean_scores, _discounts, _rankable
 
 Array = jax.Array
@@ -100,12 +101,9 @@ def _true_metric(scores, true_uplift, where, *, k: int, name: str) -> Array:
     return _precision(gains, filled) if name == "cp" else _dcg(gains, filled, k)
 
 
-@functools.partial(jax.jit, static_argnames=("k", "name", "clip"))
-def _ips_metric(
-    scores, treatments, outcomes, propensities, where, *, k: int, name: str, clip
-) -> Array:
-    labels = ips_uplift_label(treatments, outcomes, propensities, clip=clip, where=where)
-    labels = jnp.broadcast_to(labels, scores.shape)
+@functools.partial(jax.jit, static_argnames=("k", "name"))
+def _labelled_metric(scores, labels, where, *, k: int, name: str) -> Array:
+    labels = jnp.broadcast_to(jnp.asarray(labels, jnp.float32), scores.shape)
     gains, filled = _ranked_gains(scores, labels, jnp.zeros(scores.shape), where, k)
     return _precision(gains, filled) if name == "cp" else _dcg(gains, filled, k)
 
@@ -152,71 +150,33 @@ def causal_dcg(
     return _true_metric(scores, jnp.asarray(true_uplift), where, k=k, name="cdcg")
 
 
-def ips_causal_precision(
-    scores: ArrayLike,
-    treatments: ArrayLike,
-    outcomes: ArrayLike,
-    propensities: ArrayLike,
-    *,
-    k: int,
-    where: ArrayLike | None = None,
-    clip: float | None = None,
+def labelled_causal_precision(
+    scores: ArrayLike, labels: ArrayLike, *, k: int, where: ArrayLike | None = None
 ) -> Array:
-    """CP@K of Sato et al. 2019 from logged data: the mean IPS uplift label of the top K.
+    """cp@K with an estimated effect per cell (e.g. the IPS uplift label of
+    `causal.uplift.ips_causal_precision`): the mean label of each user's top K items.
 
     Args:
         scores: `[n_users, n_items]` float.
-        treatments: `[n_users, n_items]` 0/1, recommended by the logging policy.
-        outcomes: `[n_users, n_items]` 0/1, consumed.
-        propensities: `[n_users, n_items]` `P(Z = 1)` of the logging policy.
+        labels: `[n_users, n_items]` estimated effects (masked cells' values unused).
         k: list length (static).
         where: `[n_users, n_items]` bool rankable mask, or None.
-        clip: propensities moved into `[clip, 1 - clip]` (biased, lower variance); None: none.
 
     Returns:
-        `[n_users]` estimates; ties in `scores` go to the lower index. Unbiased for
-        `causal_precision` when scores are distinct, propensities right and `clip` None.
+        `[n_users]`; ties in `scores` go to the lower index (the label is an estimate, so
+        breaking ties by it would bias the result).
     """
     scores = jnp.asarray(scores)
     k = _check(scores, k)
     where = None if where is None else jnp.asarray(where)
-    return _ips_metric(
-        scores,
-        jnp.asarray(treatments),
-        jnp.asarray(outcomes),
-        jnp.asarray(propensities),
-        where,
-        k=k,
-        name="cp",
-        clip=None if clip is None else float(clip),
-    )
+    return _labelled_metric(scores, jnp.asarray(labels), where, k=k, name="cp")
 
 
-def ips_causal_dcg(
-    scores: ArrayLike,
-    treatments: ArrayLike,
-    outcomes: ArrayLike,
-    propensities: ArrayLike,
-    *,
-    k: int,
-    where: ArrayLike | None = None,
-    clip: float | None = None,
+def labelled_causal_dcg(
+    scores: ArrayLike, labels: ArrayLike, *, k: int, where: ArrayLike | None = None
 ) -> Array:
-    """CDCG@K from logged data with the IPS uplift label; arguments as `ips_causal_precision`.
-
-    Returns:
-        `[n_users]` estimates, unbiased for `causal_dcg` under the same conditions.
-    """
+    """cdcg@K with an estimated effect per cell; arguments as `labelled_causal_precision`."""
     scores = jnp.asarray(scores)
     k = _check(scores, k)
     where = None if where is None else jnp.asarray(where)
-    return _ips_metric(
-        scores,
-        jnp.asarray(treatments),
-        jnp.asarray(outcomes),
-        jnp.asarray(propensities),
-        where,
-        k=k,
-        name="cdcg",
-        clip=None if clip is None else float(clip),
-    )
+    return _labelled_metric(scores, jnp.asarray(labels), where, k=k, name="cdcg")

@@ -5,9 +5,10 @@ every cell are known (`causalrec_jax.sim.world`), so a model can be scored on th
 `[n_users, n_items]` matrix instead of a held-out sample: the error against the truth on all
 pairs, and ranking metrics on the true relevance. `evaluate_against_truth` walks over users in
 chunks of fixed size (the last one padded and dropped), so the per-chunk computation compiles
-once and memory stays at `chunk_size * n_items` on the device; it works on the dense
-`GroundTruth` and on the `SparseGroundTruth` of large worlds (rows recomputed with
-`truth_block`).
+once and memory stays at `chunk_size * n_items` on the device. The world comes in as a
+`TruthRows` (its shape and a function of its rows), so eval never imports the simulator:
+`sim.world.truth_rows` builds one from the dense `GroundTruth` or from the `SparseGroundTruth` of
+large worlds (rows recomputed block by block).
 
 Definitions (`where` = the cells a user can be ranked on: every item, less the user's training
 items when `train` is given; labels `y_ui = 1[r_ui >= relevance_threshold]`; ranking positions
@@ -40,7 +41,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -48,7 +49,6 @@ import numpy as np
 
 from causalrec_jax.data.dataset import Dataset
 from causalrec_jax.eval.ranking import _check_ks, _rows_of, _user_index
-from causalrec_jax.sim.world import GroundTruth, SparseGroundTruth, truth_block
 
 
 def rank_auc(scores: Any, labels: Any) -> float:
@@ -200,20 +200,28 @@ def truth_chunk_metrics(
     return out
 
 
-@jax.jit
-def _truth_rows(
-    truth: GroundTruth | SparseGroundTruth, users: jax.Array
-) -> tuple[jax.Array, jax.Array]:
-    rows = truth_block(truth, None, users)
-    return rows["relevance"], rows["expected_rating"]
+class TruthRows(NamedTuple):
+    """What the truth metrics read of a world: its shape and its rows, as arrays (eval never
+    sees a simulator type; `sim.world.truth_rows(world)` builds one for a dense or a sparse
+    world).
+
+    Attributes:
+        n_users, n_items: the world's shape.
+        rows: `users [b] int32 -> (relevance [b, n_items], expected_rating [b, n_items])`,
+            jit-compiled by its builder (called once per chunk of fixed size).
+    """
+
+    n_users: int
+    n_items: int
+    rows: Callable[[jax.Array], tuple[jax.Array, jax.Array]]
 
 
-def _world_shape(truth: GroundTruth | SparseGroundTruth) -> tuple[int, int]:
-    if not isinstance(truth, GroundTruth | SparseGroundTruth):
+def _world_shape(truth: TruthRows) -> tuple[int, int]:
+    if not isinstance(truth, TruthRows):
         raise TypeError(
-            f"truth must be a GroundTruth or SparseGroundTruth, got {type(truth).__name__}"
+            f"truth must be a TruthRows (sim.world.truth_rows(world)), got {type(truth).__name__}"
         )
-    return int(truth.user_factors.shape[0]), int(truth.item_factors.shape[0])
+    return int(truth.n_users), int(truth.n_items)
 
 
 def _mean(parts: list[np.ndarray]) -> float:
@@ -223,7 +231,7 @@ def _mean(parts: list[np.ndarray]) -> float:
 
 def evaluate_against_truth(
     score_users_fn: Callable[[jax.Array], Any],
-    truth: GroundTruth | SparseGroundTruth,
+    truth: TruthRows,
     *,
     ks: Sequence[int] = (5, 10),
     train: Dataset | None = None,
@@ -242,7 +250,7 @@ def evaluate_against_truth(
     Args:
         score_users_fn: `user_ids [chunk_size] int32 -> scores [chunk_size, n_items]` (as in
             `eval.protocol`); jit it yourself to compile once.
-        truth: the world's `GroundTruth` or `SparseGroundTruth`.
+        truth: the world's shape and rows (`sim.world.truth_rows(world)`).
         ks: cut-offs K.
         train: interactions (internal ids of this world) masked out of each user's ranking, of
             the ideal list and of both AUCs; None masks nothing. `truth_mse` always covers every
@@ -291,7 +299,7 @@ def evaluate_against_truth(
                 f"score_users_fn(user_ids) returned shape {scores.shape}, expected "
                 f"{(chunk_size, n_items)}"
             )
-        relevance, expected = _truth_rows(truth, jnp.asarray(padded))
+        relevance, expected = truth.rows(jnp.asarray(padded))
         values = jax.device_get(
             truth_chunk_metrics(scores, relevance, expected, where, threshold, ks=ks)
         )

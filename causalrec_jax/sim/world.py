@@ -91,6 +91,7 @@ from jax.scipy.stats import norm
 from causalrec_jax.config import SimConfig
 from causalrec_jax.data.dataset import GIVEN_TEST, GIVEN_TRAIN, Dataset
 from causalrec_jax.errors import ConfigError
+from causalrec_jax.eval.truth import TruthRows
 
 # Stream ids for `jax.random.fold_in`: one per exogenous variable, so changing how one is used
 # never shifts the draws of another. Later modules (the dynamic environment) use ids >= 16.
@@ -962,3 +963,19 @@ def simulate_dataset(config: SimConfig) -> tuple[Dataset, GroundTruth | SparseGr
             observed_fraction=float(np.sum(dataset.given_split == GIVEN_TRAIN)) / cells,
         )
     return dataset.with_meta(seed=config.seed), truth
+
+
+@jax.jit
+def _truth_rows(truth: GroundTruth | SparseGroundTruth, users: jax.Array):
+    rows = truth_block(truth, None, users)
+    return rows["relevance"], rows["expected_rating"]
+
+
+def truth_rows(truth: GroundTruth | SparseGroundTruth) -> TruthRows:
+    """The world as `eval.truth` reads it: its shape and a jitted function of its rows
+    (`users [b] -> (relevance, expected_rating)`, each `[b, n_items]`)."""
+    return TruthRows(
+        n_users=int(truth.user_factors.shape[0]), n_items=int(truth.item_factors.shape[0]),
+        rows=lambda users: _truth_rows(truth, users),
+    )
+

@@ -45,7 +45,7 @@ from causalrec_jax.eval.summary import aggregate
 from causalrec_jax.eval.truth import evaluate_against_truth
 from causalrec_jax.models.base import make_scorers
 from causalrec_jax.models.factory import init_params, model_keys_used
-from causalrec_jax.sim.world import SparseGroundTruth
+from causalrec_jax.sim.world import SparseGroundTruth, truth_rows
 from causalrec_jax.train import checkpoint as checkpoints
 from causalrec_jax.train.loop import fit, over_seeds, seed_slice
 from causalrec_jax.train.objectives import POINTWISE_LOSSES, make_objective, seen_items_data
@@ -171,7 +171,7 @@ def test_results(config: Config, seen: Dataset, test: Dataset, score_users_fn, p
                                               score_users_fn=score_users_fn)
     if truth is not None and (hasattr(truth, "relevance") or _is_sparse_truth(truth)):
         out["test_truth"] = evaluate_against_truth(
-            score_users_fn, truth, ks=config.eval.ks, train=seen,
+            score_users_fn, truth_rows(truth), ks=config.eval.ks, train=seen,
             chunk_size=config.eval.chunk_size, rating_scale=config.train.loss == "mse",
         )
     return out

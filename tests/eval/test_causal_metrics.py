@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from causalrec_jax.causal import uplift
 from causalrec_jax.eval import causal_metrics as C
 
 # Two users x five items.
@@ -103,8 +104,8 @@ def test_ips_causal_metrics_are_unbiased():
         z = jax.random.bernoulli(key_z, propensity)
         y = jax.random.bernoulli(key_y, jnp.where(z, mu1, mu0))
         return (
-            C.ips_causal_precision(scores, z, y, propensity, k=k, where=where),
-            C.ips_causal_dcg(scores, z, y, propensity, k=k, where=where),
+            uplift.ips_causal_precision(scores, z, y, propensity, k=k, where=where),
+            uplift.ips_causal_dcg(scores, z, y, propensity, k=k, where=where),
         )
 
     cp, cdcg = jax.vmap(estimates)(jax.random.split(key_draws, n_draws))
@@ -121,6 +122,6 @@ def test_ips_causal_metrics_are_unbiased():
         )
     # Clipping changes the estimate (it is a different, biased estimator).
     z = jnp.ones((n_users, n_items))
-    clipped = C.ips_causal_precision(scores, z, z, propensity, k=k, clip=0.45)
-    plain = C.ips_causal_precision(scores, z, z, propensity, k=k)
+    clipped = uplift.ips_causal_precision(scores, z, z, propensity, k=k, clip=0.45)
+    plain = uplift.ips_causal_precision(scores, z, z, propensity, k=k)
     assert not np.allclose(clipped, plain)

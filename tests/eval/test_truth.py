@@ -13,7 +13,7 @@ from causalrec_jax.config import SimConfig
 from causalrec_jax.data.dataset import Dataset
 from causalrec_jax.eval import metrics as metrics_lib
 from causalrec_jax.eval.truth import evaluate_against_truth, rank_auc
-from causalrec_jax.sim.world import GroundTruth, SparseGroundTruth, simulate_dataset
+from causalrec_jax.sim.world import GroundTruth, SparseGroundTruth, simulate_dataset, truth_rows
 
 N_USERS, N_ITEMS = 37, 23
 KS = (1, 5, 10)
@@ -32,7 +32,8 @@ def world():
     truth = _fake_truth(relevance, 1.0 + 4.0 * relevance)
     user, item = np.nonzero(rng.random((N_USERS, N_ITEMS)) < 0.15)
     train = Dataset(
-        user=user.astype(np.int32), item=item.astype(np.int32),
+        user=user.astype(np.int32),
+        item=item.astype(np.int32),
         rating=np.ones(len(user), np.float32),
         user_ids=np.arange(N_USERS).astype(str).astype(object),
         item_ids=np.arange(N_ITEMS).astype(str).astype(object),
@@ -92,7 +93,9 @@ def _reference(scores, relevance, where, ks, threshold):
 
 def test_perfect_scorer_scores_one(world):
     _, truth = world
-    result = evaluate_against_truth(_scorer(truth.relevance), truth, ks=KS, chunk_size=CHUNK)
+    result = evaluate_against_truth(
+        _scorer(truth.relevance), truth_rows(truth), ks=KS, chunk_size=CHUNK
+    )
     for k in KS:
         assert result[f"truth_ndcg@{k}"] == pytest.approx(1.0, abs=1e-6)
     assert result["truth_auc"] == 1.0
@@ -114,16 +117,22 @@ def test_perfect_scorer_scores_one(world):
 
 def test_expected_rating_scorer_has_zero_mse_and_rating_scale_flag(world):
     _, truth = world
-    result = evaluate_against_truth(_scorer(truth.expected_rating), truth, ks=KS, chunk_size=CHUNK)
+    result = evaluate_against_truth(
+        _scorer(truth.expected_rating), truth_rows(truth), ks=KS, chunk_size=CHUNK
+    )
     assert result["truth_mse"] == pytest.approx(0.0, abs=1e-12)
     # E[Y] is increasing in r, so it ranks as well as the relevance itself.
     assert result["truth_ndcg@5"] == pytest.approx(1.0, abs=1e-6)
     shifted = evaluate_against_truth(
-        _scorer(truth.expected_rating + 0.5), truth, ks=KS, chunk_size=CHUNK
+        _scorer(truth.expected_rating + 0.5), truth_rows(truth), ks=KS, chunk_size=CHUNK
     )
     assert shifted["truth_mse"] == pytest.approx(0.25, rel=1e-5)
     unscaled = evaluate_against_truth(
-        _scorer(truth.expected_rating), truth, ks=KS, chunk_size=CHUNK, rating_scale=False
+        _scorer(truth.expected_rating),
+        truth_rows(truth),
+        ks=KS,
+        chunk_size=CHUNK,
+        rating_scale=False,
     )
     assert "truth_mse" not in unscaled
     assert unscaled["truth_ndcg@5"] == result["truth_ndcg@5"]
@@ -131,7 +140,9 @@ def test_expected_rating_scorer_has_zero_mse_and_rating_scale_flag(world):
 
 def test_reversed_scorer_is_worst(world):
     _, truth = world
-    result = evaluate_against_truth(_scorer(-truth.relevance), truth, ks=KS, chunk_size=CHUNK)
+    result = evaluate_against_truth(
+        _scorer(-truth.relevance), truth_rows(truth), ks=KS, chunk_size=CHUNK
+    )
     assert result["truth_auc"] < 0.1
     assert result["truth_auc_per_user"] < 0.1
     for k in KS:
@@ -147,8 +158,12 @@ def test_results_do_not_depend_on_chunk_size(world):
     train, truth = world
     rng = np.random.default_rng(0)
     scores = np.round(rng.normal(size=truth.relevance.shape), 1)  # many ties
-    small = evaluate_against_truth(_scorer(scores), truth, ks=KS, train=train, chunk_size=7)
-    large = evaluate_against_truth(_scorer(scores), truth, ks=KS, train=train, chunk_size=256)
+    small = evaluate_against_truth(
+        _scorer(scores), truth_rows(truth), ks=KS, train=train, chunk_size=7
+    )
+    large = evaluate_against_truth(
+        _scorer(scores), truth_rows(truth), ks=KS, train=train, chunk_size=256
+    )
     assert small.keys() == large.keys()
     for name in small:
         assert small[name] == pytest.approx(large[name], rel=1e-6, abs=1e-9), name
@@ -159,7 +174,7 @@ def test_graded_ndcg_by_hand():
     relevance = np.array([[0.9, 0.2, 0.6, 0.1], [0.3, 0.8, 0.7, 0.4]])
     scores = np.array([[1.0, 3.0, 2.0, 0.0], [5.0, 5.0, 5.0, 0.0]])
     truth = _fake_truth(relevance)
-    result = evaluate_against_truth(_scorer(scores), truth, ks=(2,), chunk_size=3)
+    result = evaluate_against_truth(_scorer(scores), truth_rows(truth), ks=(2,), chunk_size=3)
     log3 = math.log2(3)
     # User 0 ranks items 1, 2 (gains 0.2, 0.6); ideal is 0.9, 0.6.
     user0 = (0.2 + 0.6 / log3) / (0.9 + 0.6 / log3)
@@ -183,8 +198,14 @@ def test_matches_numpy_reference_with_ties_and_mask(world):
     train, truth = world
     rng = np.random.default_rng(1)
     scores = np.round(np.asarray(truth.relevance) + rng.normal(0, 0.3, truth.relevance.shape), 1)
-    result = evaluate_against_truth(_scorer(scores), truth, ks=KS, train=train,
-                                chunk_size=CHUNK, relevance_threshold=0.6)
+    result = evaluate_against_truth(
+        _scorer(scores),
+        truth_rows(truth),
+        ks=KS,
+        train=train,
+        chunk_size=CHUNK,
+        relevance_threshold=0.6,
+    )
     where = np.ones(truth.relevance.shape, bool)
     where[train.user, train.item] = False
     reference = _reference(scores, truth.relevance, where, KS, 0.6)
@@ -204,8 +225,10 @@ def test_masked_train_items_leave_the_ranking(world):
     relevance = np.asarray(truth.relevance)
     scores = relevance.copy()
     scores[train.user, train.item] = 10.0 - relevance[train.user, train.item]
-    masked = evaluate_against_truth(_scorer(scores), truth, ks=KS, train=train, chunk_size=CHUNK)
-    unmasked = evaluate_against_truth(_scorer(scores), truth, ks=KS, chunk_size=CHUNK)
+    masked = evaluate_against_truth(
+        _scorer(scores), truth_rows(truth), ks=KS, train=train, chunk_size=CHUNK
+    )
+    unmasked = evaluate_against_truth(_scorer(scores), truth_rows(truth), ks=KS, chunk_size=CHUNK)
     for k in KS:
         assert masked[f"truth_ndcg@{k}"] == pytest.approx(1.0, abs=1e-6)
         assert unmasked[f"truth_ndcg@{k}"] < 0.95
@@ -213,26 +236,37 @@ def test_masked_train_items_leave_the_ranking(world):
     assert unmasked["truth_auc"] < 1.0
     # A user whose every item is masked is not evaluated.
     everything = Dataset(
-        user=np.zeros(N_ITEMS, np.int32), item=np.arange(N_ITEMS, dtype=np.int32),
-        rating=np.ones(N_ITEMS, np.float32), user_ids=train.user_ids, item_ids=train.item_ids,
+        user=np.zeros(N_ITEMS, np.int32),
+        item=np.arange(N_ITEMS, dtype=np.int32),
+        rating=np.ones(N_ITEMS, np.float32),
+        user_ids=train.user_ids,
+        item_ids=train.item_ids,
     )
     result = evaluate_against_truth(
-        _scorer(relevance), truth, ks=KS, train=everything, chunk_size=CHUNK
+        _scorer(relevance), truth_rows(truth), ks=KS, train=everything, chunk_size=CHUNK
     )
     assert result["truth_n_users"] == N_USERS - 1
 
 
 def test_sparse_world_agrees_with_dense_world():
     # Few enough users to calibrate on all of them: both paths draw the same world.
-    config = SimConfig(n_users=19, n_items=N_ITEMS, latent_dim=4, mar_items_per_user=3,
-                       mean_exposure=0.15, seed=5, max_dense_cells=0, calibration_users=100)
+    config = SimConfig(
+        n_users=19,
+        n_items=N_ITEMS,
+        latent_dim=4,
+        mar_items_per_user=3,
+        mean_exposure=0.15,
+        seed=5,
+        max_dense_cells=0,
+        calibration_users=100,
+    )
     _, sparse = simulate_dataset(config)
     _, dense = simulate_dataset(dataclasses.replace(config, max_dense_cells=10**6))
     assert isinstance(sparse, SparseGroundTruth) and isinstance(dense, GroundTruth)
     rng = np.random.default_rng(2)
     scores = np.asarray(dense.expected_rating) + rng.normal(0, 0.5, dense.relevance.shape)
-    on_sparse = evaluate_against_truth(_scorer(scores), sparse, ks=KS, chunk_size=CHUNK)
-    on_dense = evaluate_against_truth(_scorer(scores), dense, ks=KS, chunk_size=CHUNK)
+    on_sparse = evaluate_against_truth(_scorer(scores), truth_rows(sparse), ks=KS, chunk_size=CHUNK)
+    on_dense = evaluate_against_truth(_scorer(scores), truth_rows(dense), ks=KS, chunk_size=CHUNK)
     assert on_sparse.keys() == on_dense.keys()
     for name in on_dense:
         assert on_sparse[name] == pytest.approx(on_dense[name], rel=1e-5), name
@@ -253,8 +287,10 @@ def test_rank_auc_matches_mann_whitney():
 def test_rejects_bad_inputs(world):
     train, truth = world
     with pytest.raises(ValueError, match="shape"):
-        evaluate_against_truth(lambda users: jnp.zeros((len(users), 3)), truth)
+        evaluate_against_truth(lambda users: jnp.zeros((len(users), 3)), truth_rows(truth))
     with pytest.raises(ValueError, match="chunk_size"):
-        evaluate_against_truth(_scorer(truth.relevance), truth, chunk_size=0)
-    with pytest.raises(TypeError):
+        evaluate_against_truth(_scorer(truth.relevance), truth_rows(truth), chunk_size=0)
+    with pytest.raises(TypeError, match="TruthRows"):
         evaluate_against_truth(_scorer(truth.relevance), train)
+    with pytest.raises(TypeError, match="TruthRows"):  # the simulator's type, not its rows
+        evaluate_against_truth(_scorer(truth.relevance), truth)
