@@ -438,7 +438,8 @@ class OpeConfig:
     seeds: int = 5
 
     def __post_init__(self) -> None:
-        for key in ("n_rounds", "truth_rounds", "seeds", "reward_model_dim"):
+        for key in ("n_rounds", "truth_rounds", "seeds", "reward_model_dim",
+                    "reward_model_epochs"):
             _require(getattr(self, key) >= 1, f"ope.{key}", "an integer >= 1", getattr(self, key))
         unknown = [name for name in self.estimators if name not in OPE_ESTIMATOR_NAMES]
         if unknown:

@@ -217,9 +217,8 @@ def test_every_shipped_config_of_an_ordinary_run_reads_all_its_keys():
 
 
 def test_uplift_ope_and_simulate_refuse_keys_they_do_not_read(tmp_path, capsys):
-    from causalrec_jax.runs.train import ope_run
-
     from causalrec_jax.cli import main
+    from causalrec_jax.runs.train import ope_run
     from causalrec_jax.tasks.uplift import check_uplift_keys
 
     configs = Path(__file__).resolve().parents[1] / "configs"
@@ -234,3 +233,8 @@ def test_uplift_ope_and_simulate_refuse_keys_they_do_not_read(tmp_path, capsys):
                  "train.epochs=3", "--out", str(tmp_path / "s")]) == 2
     assert "key train.epochs: set to 3, but causalrec simulate" in capsys.readouterr().err
     assert not (tmp_path / "s").exists()
+
+
+def test_ope_reward_model_epochs_must_be_positive():
+    with pytest.raises(ConfigError, match="key ope.reward_model_epochs: got 0"):
+        load_config(overrides=["ope.reward_model_epochs=0"])

@@ -107,7 +107,7 @@ def _write_run(config: Config, out: Path, *, resume: bool, quiet: bool, frame) -
 
     def log_fn(record: dict[str, Any]) -> None:
         with log_path.open("a") as handle:
-            handle.write(json.dumps(record) + "\n")
+            handle.write(json.dumps(json_safe(record)) + "\n")  # NaN as null: valid JSON
 
     if config.train.cv_folds:
         folds = list(kfold_splits(dataset, config.train.cv_folds, seed=config.run.seed,
@@ -298,6 +298,7 @@ def _write_sequence_run(config: Config, out: Path, *, quiet: bool, resume: bool,
 def uplift_run(config: Config, out: str | Path, *, quiet: bool = True) -> dict[str, Any]:
     """Runs every seed and writes `config.toml`, `metrics.json`, `log.jsonl` into `out`."""
     check_uplift_keys(config)
+    config = absolute_data_path(config)  # config.toml names the simlog wherever it is read
     per_seed = []
     for seed in seed_list(config):
         per_seed.append(uplift_seed(config, seed))

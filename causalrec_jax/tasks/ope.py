@@ -58,7 +58,7 @@ import numpy as np
 from causalrec_jax.causal import ope as estimators
 from causalrec_jax.causal.reward_model import fit_reward_model, reward_table
 from causalrec_jax.config import Config
-from causalrec_jax.eval.summary import aggregate
+from causalrec_jax.eval.summary import aggregate, summarize
 from causalrec_jax.sim import policies
 from causalrec_jax.sim.env import EnvParams
 from causalrec_jax.sim.logs import env_from_config, oracle_scores, policy_from_config
@@ -302,8 +302,9 @@ def ope_seed(config: Config, seed: int, env_params: EnvParams, logging, target) 
 
 
 def _summary(values: list[float]) -> tuple[float, float]:
-    array = np.asarray(values, np.float64)
-    return float(array.mean()), float(array.std(ddof=1)) if len(array) > 1 else 0.0
+    """(mean, sample std) over seeds, by `eval.summary.summarize` (NaN seeds left out)."""
+    summary = summarize(values)
+    return summary["mean"], summary["std"]
 
 
 class OpeSetup(NamedTuple):

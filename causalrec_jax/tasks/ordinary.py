@@ -560,14 +560,15 @@ class LoadedRun:
         """`users [b] -> scores [b, n_items]` of the ranking the run serves (one seed)."""
         if self.scorer is not None:
             return self.scorer(seed_index)
-        scorers = make_scorers(self.parts.graphdef, self.parts.constants)
-        params = seed_slice(self.parts.params, seed_index)
-        if not self.extra:
-            return lambda users: scorers.score_all(params, users)
-        _, score_all = inference_scorers(self.config.causal.method, self.config.causal,
-                                         scorers.score_pairs, scorers.score_all)
-        full = {"prediction": params, **seed_slice(self.extra, seed_index)}
-        return lambda users: score_all(full, users)
+        # The program training evaluated with (compiled once per model structure and method),
+        # with the run's own inference knobs.
+        causal = self.config.causal
+        program = _score_program(self.parts.graphdef, causal.method)
+        served = {"prediction": seed_slice(self.parts.params, seed_index),
+                  **(seed_slice(self.extra, seed_index) if self.extra else {}),
+                  "hparams": {name: jnp.float32(getattr(causal, name))
+                              for name in ("macr_c", "pda_inference_gamma")}}
+        return lambda users: program(served, self.parts.constants, users)
 
     @property
     def user_ids(self) -> np.ndarray:
@@ -620,7 +621,7 @@ def evaluate_loaded_run(run: LoadedRun, split_name: str = "test") -> dict[str, A
     propensity = evaluation_propensity(config, dataset)
     per_seed = []
     for index, seed in enumerate(seed_list(config)):
-        score_users_fn = jax.jit(run.score_all_fn(index))
+        score_users_fn = run.score_all_fn(index)  # a compiled program, cached
         if split_name == "test":
             entry = test_results(config, seen, parts["test"], score_users_fn, propensity, truth)
         else:

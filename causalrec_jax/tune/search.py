@@ -38,7 +38,7 @@ from causalrec_jax.data.loader import load_dataset
 from causalrec_jax.data.split import make_split
 from causalrec_jax.errors import ConfigError, RunError
 from causalrec_jax.runs.train import train_run
-from causalrec_jax.tasks.ordinary import Member, seed_list, train_split
+from causalrec_jax.tasks.ordinary import Member, check_ordinary_keys, seed_list, train_split
 from causalrec_jax.train.loop import lower_is_better
 from causalrec_jax.tune.space import (
     OptunaSampler,
@@ -185,6 +185,8 @@ def tune(
         raise RunError(
             f"{out} already holds a search; pass --resume to continue it or another --out"
         )
+    # A base-config key the runs would ignore is refused before the search, not after it.
+    check_ordinary_keys(config)
     metric = resolve_metric(config, metric)
     train = dataclasses.replace(
         config.train, early_stopping_metric=metric,

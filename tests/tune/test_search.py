@@ -112,6 +112,11 @@ def test_bad_metric_and_missing_validation(tmp_path):
         search.tune(
             base_config("data.split_ratios=[0.8, 0.2]"), space_from_dict(GRID), tmp_path / "c"
         )
+    # A key the runs would ignore is refused before any trial trains, naming it.
+    with pytest.raises(ConfigError, match="key causal.propensity_clip: set to 0.1"):
+        search.tune(base_config("causal.propensity_clip=0.1"), space_from_dict(GRID),
+                    tmp_path / "d")
+    assert not (tmp_path / "d").exists()
 
 
 def test_cli_tune(tmp_path, capsys):
