@@ -146,7 +146,7 @@ def _command_data(args: argparse.Namespace) -> int:
 def _command_train(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from causalrec_jax.config import dumps_config, load_config
+    from causalrec_jax.config import dumps_changes, load_config
     from causalrec_jax.runs.train import train_run
 
     config = load_config(args.config, args.overrides)
@@ -154,7 +154,7 @@ def _command_train(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path(config.run.out_dir) / name
     quiet = args.quiet or config.run.quiet
     if not quiet:
-        print(dumps_config(config))
+        print(dumps_changes(config))
     from causalrec_jax.errors import RunError
     from causalrec_jax.runs.folder import refuse_existing_run
     from causalrec_jax.tasks.sequential import SEQUENCE_MODELS
@@ -276,7 +276,7 @@ def _command_simulate(args: argparse.Namespace) -> int:
 
     import jax
 
-    from causalrec_jax.config import dumps_config, load_config, refuse_unused
+    from causalrec_jax.config import dumps_changes, load_config, refuse_unused
     from causalrec_jax.sim.logs import simulate_log
     from causalrec_jax.sim.simlog import check_simlog_out, write_simlog
 
@@ -288,7 +288,7 @@ def _command_simulate(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path(config.run.out_dir) / name
     check_simlog_out(out)  # refuse before spending the simulation
     if not (args.quiet or config.run.quiet):
-        print(dumps_config(config))
+        print(dumps_changes(config))
     start = time.perf_counter()
     score_table = None
     if config.policy.scores == "run":

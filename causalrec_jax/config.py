@@ -755,6 +755,14 @@ def dumps_config(config: Config) -> str:
     return tomli_w.dumps(_plain(config_to_dict(config)))
 
 
+def dumps_changes(config: Config) -> str:
+    """Only the keys that differ from the defaults (`set_keys`), as TOML: what a command prints
+    at start (DESIGN §2); `config.toml` holds the whole config."""
+    changed = {section: {key: getattr(getattr(config, section), key) for key in keys}
+               for section, keys in set_keys(config).items()}
+    return tomli_w.dumps(_plain(changed))
+
+
 def dump_config(config: Config, path: str | Path) -> None:
     """Writes the effective config to `path` as TOML (written whole, via a temporary file)."""
     path = Path(path)

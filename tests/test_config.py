@@ -1,6 +1,7 @@
 """Config loading: defaults, TOML files, --set overrides, errors with hints, round trip."""
 
 import dataclasses
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -238,3 +239,11 @@ def test_uplift_ope_and_simulate_refuse_keys_they_do_not_read(tmp_path, capsys):
 def test_ope_reward_model_epochs_must_be_positive():
     with pytest.raises(ConfigError, match="key ope.reward_model_epochs: got 0"):
         load_config(overrides=["ope.reward_model_epochs=0"])
+
+
+def test_a_command_prints_only_what_differs_from_the_defaults():
+    from causalrec_jax.config import dumps_changes
+
+    text = dumps_changes(load_config(overrides=["train.epochs=3", "eval.ks=[5, 10]"]))
+    assert tomllib.loads(text) == {"train": {"epochs": 3}, "eval": {"ks": [5, 10]}}
+    assert dumps_changes(load_config()) == ""
