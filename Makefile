@@ -17,7 +17,7 @@ $(STAMP): $(BIN)/python pyproject.toml
 install: $(STAMP)
 
 test: $(STAMP)
-	$(BIN)/ruff check causalrec_jax tests experiments bench
+	$(BIN)/ruff check --no-cache causalrec_jax tests experiments bench
 	$(BIN)/python -m pytest -q
 
 demo: $(STAMP)
@@ -34,7 +34,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/catalogue.py
 
 lint: $(STAMP)
-	$(BIN)/ruff check causalrec_jax tests experiments bench
+	$(BIN)/ruff check --no-cache causalrec_jax tests experiments bench
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -93,10 +93,9 @@ def case_coat_table(quick: bool) -> dict:
 def case_yahoo_size_sim_ips(quick: bool, method: str = "ips") -> dict:
     """`method` (IPS by default) x 5 seeds on a Yahoo!-R3-size simulated world; compile vs
     steady epoch seconds."""
-    from causalrec_jax.runs.train import train_run
-
     from causalrec_jax.config import load_config
     from causalrec_jax.errors import CausalRecError
+    from causalrec_jax.runs.train import train_run
 
     table = load_table_script()
     overrides = [*table.PROTOCOL_OVERRIDES, f"train.seeds={SEEDS}", *YAHOO_SIZE]

@@ -56,9 +56,8 @@ def case_run(config_path: str, overrides: list[str]) -> dict:
     """A whole `causalrec train` run (early stopping, evaluation, run folder)."""
     import tempfile
 
-    from causalrec_jax.runs.train import train_run
-
     from causalrec_jax.config import load_config
+    from causalrec_jax.runs.train import train_run
 
     config = load_config(config_path, overrides)
     with tempfile.TemporaryDirectory() as folder:

@@ -30,10 +30,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from causalrec_jax.runs import train as run_train
-
 from causalrec_jax.config import load_config
 from causalrec_jax.errors import CausalRecError
+from causalrec_jax.runs import train as run_train
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"

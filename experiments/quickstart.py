@@ -20,9 +20,8 @@ import argparse
 import shutil
 from pathlib import Path
 
-from causalrec_jax.runs.train import train_run
-
 from causalrec_jax.config import load_config
+from causalrec_jax.runs.train import train_run
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -5,11 +5,11 @@ import json
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from causalrec_jax.runs.load import load_run, run_score_table
 
 from causalrec_jax.cli import main
 from causalrec_jax.config import load_config
 from causalrec_jax.errors import ConfigError
+from causalrec_jax.runs.load import load_run, run_score_table
 from causalrec_jax.sim.logs import env_from_config, policy_scores
 
 TINY = ["env.n_users=40", "env.n_items=30", "env.latent_dim=4", "env.horizon=6",

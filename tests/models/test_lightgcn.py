@@ -8,7 +8,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from causalrec_jax.runs import load as run_load
 from flax import nnx
 
 from causalrec_jax.cli import main
@@ -16,6 +15,7 @@ from causalrec_jax.config import ModelConfig, load_config
 from causalrec_jax.data.loader import load_split
 from causalrec_jax.models import LightGCN, make_model, make_scorers, split_model
 from causalrec_jax.models.lightgcn import normalized_edges
+from causalrec_jax.runs import load as run_load
 
 N_USERS, N_ITEMS, DIM, N_LAYERS = 4, 5, 3, 3
 # User 3 and item 4 have no edge; (0, 1) is repeated and must count once.

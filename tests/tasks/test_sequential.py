@@ -161,10 +161,10 @@ def test_evaluate_on_a_sequential_run_reproduces_the_stored_metrics(planted_run,
 
 
 def test_a_bert4rec_run_round_trips(planted_csv, tmp_path):
-    from causalrec_jax.runs.load import evaluate_run, load_run, recommend
     from flax import nnx
 
     from causalrec_jax.models.bert4rec import BERT4Rec
+    from causalrec_jax.runs.load import evaluate_run, load_run, recommend
     from causalrec_jax.train.loop import seed_slice
 
     out = tmp_path / "bert"
@@ -371,9 +371,8 @@ def test_a_diverging_run_stops_with_a_one_line_error_naming_epoch_and_batch(
 
 
 def test_chunked_catalogue_ranking_gives_the_dense_metrics(planted_run):
-    from causalrec_jax.runs.load import load_run
-
     from causalrec_jax.data.loader import load_split
+    from causalrec_jax.runs.load import load_run
     from causalrec_jax.tasks import sequential as sequence_run
     from causalrec_jax.train.loop import seed_slice
 
@@ -398,9 +397,8 @@ def test_chunked_catalogue_ranking_gives_the_dense_metrics(planted_run):
 def test_a_run_folder_of_the_previous_sequential_code_still_loads(planted_run, tmp_path):
     import shutil
 
-    from causalrec_jax.runs.load import evaluate_run, load_run, recommend
-
     from causalrec_jax.errors import RunError
+    from causalrec_jax.runs.load import evaluate_run, load_run, recommend
 
     out, _ = planted_run
     old = tmp_path / "old"

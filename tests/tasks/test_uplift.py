@@ -9,11 +9,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from causalrec_jax.runs.train import uplift_run as run_uplift
 
 from causalrec_jax.causal import uplift
 from causalrec_jax.cli import main
 from causalrec_jax.config import load_config
+from causalrec_jax.runs.train import uplift_run as run_uplift
 from causalrec_jax.sim import policies
 from causalrec_jax.sim.logs import SimLog, env_from_config, policy_from_config, simulate_log
 from causalrec_jax.sim.rollout import rollout_users, uplift_truth
