@@ -59,10 +59,10 @@ def _require(condition: bool, key: str, expected: str, value: Any) -> None:
 class DataConfig:
     """Where the interactions come from and how they are cleaned and split."""
 
-    format: Literal[
-        "simulator", "recbole", "movielens", "coat", "yahoo_r3", "seq_lines", "csv",
-        "parquet", "dataframe", "simlog",
-    ] = "simulator"
+    # A name registered in `data.formats.registry`: the built-in "simulator", "recbole",
+    # "movielens", "coat", "yahoo_r3", "seq_lines", "csv", "parquet", "dataframe", "simlog",
+    # or one a user's package registered (`register_format`). Checked when the data is read.
+    format: str = "simulator"
     path: str = ""
     # csv/parquet: which columns hold what, e.g. {user = "uid", item = "sku", rating = "stars"}.
     columns: FrozenDict = field(default_factory=lambda: FrozenDict())
@@ -89,6 +89,8 @@ class DataConfig:
     max_history: int = 50
 
     def __post_init__(self) -> None:
+        _require(isinstance(self.format, str) and self.format != "", "data.format",
+                 "the name of a registered format, e.g. \"csv\"", self.format)
         for key in ("k_core_users", "k_core_items"):
             _require(getattr(self, key) >= 0, f"data.{key}", "an integer >= 0", getattr(self, key))
         _require(self.max_history >= 1, "data.max_history", "an integer >= 1", self.max_history)

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from causalrec_jax.config import DataConfig
+from causalrec_jax.config import DataConfig, load_config
 from causalrec_jax.data import loader
 from causalrec_jax.data.dataset import from_arrays
 from causalrec_jax.data.formats import (
@@ -56,6 +56,21 @@ def test_a_registered_format_is_read_by_name(scratch_registry, tmp_path):
     register_format("toy", lambda source: (dataset.replace(meta={"format": "x"}), None),
                     needs_path=False, replace=True)
     assert read_dataset("toy").meta["format"] == "x"
+
+
+def test_a_registered_format_can_be_named_in_a_config_file(scratch_registry, tmp_path):
+    register_format("toy", toy_reader, needs_path=False)
+    path = tmp_path / "toy.toml"
+    path.write_text('[data]\nformat = "toy"\n')
+    config = load_config(path)
+    assert config.data.format == "toy"
+    raw, _ = loader.read_raw(config.data)
+    assert raw.meta["format"] == "toy" and raw.n_interactions == 2
+    # An unregistered name fails when the data is read, naming the key; an empty one at once.
+    with pytest.raises(ConfigError, match="key data.format: unknown format 'tyo'.*'toy'"):
+        loader.read_raw(load_config(path, ["data.format=tyo"]).data)
+    with pytest.raises(ConfigError, match="data.format"):
+        load_config(path, ['data.format=""'])
 
 
 def test_a_format_that_needs_a_path_checks_it(scratch_registry, tmp_path):
