@@ -587,8 +587,13 @@ def test_from_dataframe_errors_name_the_column_and_row():
     frame = pd.DataFrame({"user": [1, 2], "item": [1, 2], "rating": ["4", "bad"]}, index=[10, 11])
     message = expect_error(lambda: from_dataframe(frame), "dataframe column 'rating'")
     assert "row index 11" in message
-    expect_error(lambda: from_dataframe(frame, {"user": "who", "item": "item"}), "'who'")
-    expect_error(lambda: from_dataframe(frame[["rating"]]), "no user column")
+    expect_error(lambda: from_dataframe(frame, {"user": "who", "item": "item"}), "'who'",
+                 contains="(data.columns.user)")
+    # The messages name the config key a run sets, not only the Python argument.
+    expect_error(lambda: from_dataframe(frame[["rating"]]), "no user column",
+                 contains="set data.columns.user")
+    expect_error(lambda: from_dataframe(frame, {"item": "item"}), "role 'user'",
+                 contains="data.columns.user")
 
 
 # --------------------------------------------------------------------------------------------

@@ -49,11 +49,14 @@ def resolve_columns(
         )
     for role in ("user", "item"):
         if role not in columns:
-            raise DataFormatError(f"columns must map the role {role!r} to a column of {source}")
+            raise DataFormatError(
+                f"data.columns must map the role {role!r} to a column of {source} "
+                f"(data.columns.{role} = \"...\")"
+            )
     for role, name in columns.items():
         if name not in present:
             raise DataFormatError(
-                f"column {name!r} (role {role!r}) is not in {source}; columns present: "
+                f"column {name!r} (data.columns.{role}) is not in {source}; columns present: "
                 f"{', '.join(present)}"
             )
     return dict(columns)
@@ -73,7 +76,8 @@ def _default_columns(present: Sequence[str], source: str) -> dict[str, str]:
         elif role in ("user", "item"):
             raise DataFormatError(
                 f"no {role} column in {source} (looked for {' or '.join(candidates)}); columns "
-                f"present: {', '.join(present)}; pass columns={{'{role}': ...}}"
+                f"present: {', '.join(present)}; set data.columns.{role} to the column's name "
+                f"(columns={{'{role}': ...}} in Python)"
             )
     return roles
 
