@@ -26,7 +26,7 @@ import json
 import math
 import shutil
 import sys
-import tempfile
+import uuid
 from collections.abc import Callable, Iterable, Sequence
 from importlib import metadata
 from pathlib import Path
@@ -182,7 +182,9 @@ def _write_staged(out: Path, config: Config, body: Callable[[Config, Path], dict
     """`body` into a fresh hidden folder beside `out` (never a name the user may hold),
     renamed to `out` once complete; any failure, an interruption included, removes it."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    # a fresh unique name (mkdir refuses an existing one), made with the user's umask
+    staging = out.parent / f".{out.name}.{uuid.uuid4().hex}.partial"
+    staging.mkdir()
     try:
         dump_config(config, staging / "config.toml")
         metrics = body(config, staging)

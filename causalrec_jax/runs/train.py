@@ -12,6 +12,7 @@ folder is written whole at the end or not at all.
 
 from __future__ import annotations
 
+import functools
 import resource
 import sys
 import time
@@ -81,19 +82,17 @@ def _write_run(config: Config, out: Path, *, resume: bool, quiet: bool, frame) -
     start_log(log_path, resume=resume, checkpoint_of=lambda line: (
         out / "checkpoints" / f"fold{line['fold']}" if "fold" in line else out / "checkpoints"))
 
-    def log_fn(record: dict[str, Any]) -> None:
-        append_log(log_path, fit_log_lines(record, seeds))
+    def log_fn(record: dict[str, Any], fold: int | None = None) -> None:
+        append_log(log_path, fit_log_lines(record, seeds, fold=fold))
 
     if config.train.cv_folds:
         folds = list(kfold_splits(dataset, config.train.cv_folds, seed=config.run.seed,
                                   valid_fraction=0.1))
         fold_results = []
         for index, fold in enumerate(folds):
-            def fold_log(record, index=index):
-                append_log(log_path, fit_log_lines(record, seeds, fold=index))
-
             trained = train_split(config, fold, checkpoint_dir=out / "checkpoints" / f"fold{index}",
-                                  resume=resume, progress=progress, log_fn=fold_log,
+                                  resume=resume, progress=progress,
+                                  log_fn=functools.partial(log_fn, fold=index),
                                   propensity=propensity, truth=truth)
             fold_results.append(trained)
         per_seed = [dict(entry, fold=index) for index, trained in enumerate(fold_results)
