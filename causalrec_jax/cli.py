@@ -155,26 +155,18 @@ def _command_train(args: argparse.Namespace) -> int:
     quiet = args.quiet or config.run.quiet
     if not quiet:
         print(dumps_changes(config))
-    from causalrec_jax.errors import RunError
-    from causalrec_jax.runs.folder import refuse_existing_run
     from causalrec_jax.tasks.sequential import SEQUENCE_MODELS
 
-    if config.uplift.method and config.model.name not in SEQUENCE_MODELS:
-        # these runs write their folder once, at the end, and keep no checkpoints to resume
-        if args.resume:
-            kind = f"uplift.method = {config.uplift.method!r}"
-            raise RunError(f"--resume: a run of {kind} keeps no checkpoints to continue; "
-                           "train it again with a new --out")
-        refuse_existing_run(out, resumable=False)
+    # Every kind refuses an occupied --out unless it resumes its own run (runs.folder.write_run);
+    # uplift runs keep no checkpoints, so they also refuse --resume.
     if config.model.name in SEQUENCE_MODELS:
         from causalrec_jax.runs.train import sequence_run
 
-        # checkpoints and --resume as an ordinary run (sequence_run refuses an occupied --out)
         metrics = sequence_run(config, out, quiet=quiet, resume=args.resume)
     elif config.uplift.method:
         from causalrec_jax.runs.train import uplift_run
 
-        metrics = uplift_run(config, out, quiet=quiet)
+        metrics = uplift_run(config, out, quiet=quiet, resume=args.resume)
     else:
         metrics = train_run(config, out, resume=args.resume, quiet=quiet)
     print(format_metrics(metrics))
@@ -217,14 +209,12 @@ def _command_ope(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from causalrec_jax.config import load_config
-    from causalrec_jax.runs.folder import refuse_existing_run
     from causalrec_jax.runs.train import ope_run
 
     config = load_config(args.config, args.overrides)
     name = config.run.name or (Path(args.config).stem if args.config else "ope")
     out = Path(args.out) if args.out else Path(config.run.out_dir) / name
-    refuse_existing_run(out, resumable=False)
-    metrics = ope_run(config, out)
+    metrics = ope_run(config, out)  # refuses an occupied --out
     print(format_ope(metrics))
     print(f"run folder: {out}")
     return 0

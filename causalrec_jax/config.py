@@ -437,11 +437,10 @@ class OpeConfig:
     reward_model_folds: int = 2
     # Monte-Carlo slates per user for the slot marginals of Plackett–Luce slates (K > 1).
     marginal_samples: int = 2000
-    seeds: int = 5
+    # The seeds of an OPE run are `train.seeds`, as for every run kind (`ope.seeds` is refused).
 
     def __post_init__(self) -> None:
-        for key in ("n_rounds", "truth_rounds", "seeds", "reward_model_dim",
-                    "reward_model_epochs"):
+        for key in ("n_rounds", "truth_rounds", "reward_model_dim", "reward_model_epochs"):
             _require(getattr(self, key) >= 1, f"ope.{key}", "an integer >= 1", getattr(self, key))
         unknown = [name for name in self.estimators if name not in OPE_ESTIMATOR_NAMES]
         if unknown:
@@ -662,12 +661,22 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     raise ConfigError(f"{where}: got {value!r} ({type(value).__name__}), expected {_type_name(tp)}")
 
 
+# Keys that no longer exist, and what replaces them: refused with the pointer, never ignored.
+REMOVED_KEYS = {
+    ("ope", "seeds"): "the seeds of every run kind, OPE included, are train.seeds: use "
+                      "train.seeds instead",
+}
+
+
 def _build_section(name: str, values: dict[str, Any], source: str) -> Any:
     cls = _SECTION_TYPES[name]
     hints = typing.get_type_hints(cls)
     fields_by_name = {f.name for f in dataclasses.fields(cls)}
     checked = {}
     for key, value in values.items():
+        if (name, key) in REMOVED_KEYS:
+            raise ConfigError(f"{source}: key {name}.{key}: no longer read; "
+                              f"{REMOVED_KEYS[name, key]}")
         if key not in fields_by_name:
             raise ConfigError(
                 f"{source}: unknown key '{name}.{key}'{_hint(key, fields_by_name)} "

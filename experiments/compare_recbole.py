@@ -79,7 +79,8 @@ def seconds_to_reach(curve: list[dict[str, Any]], threshold: float,
 
 def read_our_run(run_dir: str | Path, model: str, *, peak_mb: float | None = None,
                  command: str | None = None) -> dict[str, Any]:
-    """One table row from a `causalrec train` run folder (metrics.json and log.jsonl, seed 0).
+    """One table row from a `causalrec train` run folder (metrics.json and log.jsonl, the
+    first seed's lines: log.jsonl has one line per epoch and seed).
 
     The curve's `seconds` are cumulative from the start of training. Runs log training seconds
     per epoch (the first includes compilation), so each epoch also gets an equal share of
@@ -91,7 +92,8 @@ def read_our_run(run_dir: str | Path, model: str, *, peak_mb: float | None = Non
     metrics = json.loads((run_dir / "metrics.json").read_text())
     lines = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()
              if line.strip()]
-    lines = [line for line in lines if line.get("seed", 0) == 0]
+    first_seed = (metrics.get("seeds") or [0])[0]
+    lines = [line for line in lines if line.get("seed", first_seed) == first_seed]
     timing = metrics.get("timing", {})
     sequential = "test_unmasked" in metrics
     # Sequential runs of the one core log like the others (training seconds, validation under

@@ -1,6 +1,6 @@
 """Off-policy estimators against log size and policy divergence, on the dynamic simulator.
 
-    python experiments/ope_sweep.py [--config configs/sim_ope.toml] [--seeds 5]
+    python experiments/ope_sweep.py [--config configs/sim_ope.toml] [--seeds N]
         [--sizes 1000,3000,10000,30000,100000] [--temperatures 1.0,0.7,0.4]
         [--set section.key=value ...] [--out experiments/results/ope_sweep]
 
@@ -8,11 +8,13 @@ Each divergence setting is the config (with the `--set` overrides) plus
 `target.temperature=<t>`; the token `logging` instead makes the target a copy of the logging
 policy `[policy]` (KL = 0: a sanity row). Per setting: one `ope_setup` (world, policies and the
 target's on-policy truth, computed once), then for every log size and seed one `ope_seed`
-(`ope.n_rounds` = the size). The divergence of a setting is the mean over users of
-KL(target || logging) between the policies' first-slot distributions (for K = 1 slates, the
-whole action distribution: the softmax over items) and the exact effective-sample-size fraction
-of importance weighting, `1 / E_logging[w^2]`, over the same distributions; the measured Kish
-ESS of the ips weights is reported per log size. Writes to `--out`:
+(`ope.n_rounds` = the size), for the seeds `run.seed + i`, `i < --seeds` (default: the
+config's `train.seeds`, the seeds of every run kind). The divergence of a setting is the mean
+over users of KL(target || logging) between the policies' first-slot distributions (for K = 1
+slates, the whole action distribution: the softmax over items) and the exact
+effective-sample-size fraction of importance weighting, `1 / E_logging[w^2]`, over the same
+distributions; the measured Kish ESS of the ips weights is reported per log size. Writes to
+`--out`:
 
 - `ope_sweep.csv`: one line per (setting, n_rounds, estimator, seed);
 - `ope_sweep.md`: per setting, relative error |estimate - truth| / truth, mean ± std over seeds,
@@ -186,7 +188,8 @@ def main(argv=None) -> dict[str, Any]:
     """Runs the sweep, writes the four files and returns the json payload."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default=str(ROOT / "configs" / "sim_ope.toml"))
-    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--seeds", type=int, default=None,
+                        help="seeds per log size (default: the config's train.seeds)")
     parser.add_argument("--sizes", default="1000,3000,10000,30000,100000")
     parser.add_argument("--temperatures", default="1.0,0.7,0.4",
                         help="target temperatures; the token 'logging' means target = logging")
@@ -195,6 +198,8 @@ def main(argv=None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
     tokens = [t.strip() for t in args.temperatures.split(",") if t.strip()]
+    if args.seeds is None:
+        args.seeds = load_config(args.config, args.overrides).train.seeds
     if args.seeds < 1 or not sizes or min(sizes) < 1 or not tokens:
         parser.error("--seeds, --sizes and --temperatures need positive values")
     out = Path(args.out)

@@ -1,7 +1,22 @@
 """The run folder's writing: atomic files, refusal to overwrite, resume checks, versions.
 
-Every run kind writes through these functions, so every folder has the same files written the
-same way: `config.toml` (tomli-w), `metrics.json` (NaN as null), `log.jsonl`, `plots/`.
+Every run kind (ordinary and causal, sequential, uplift, OPE; tuning's best run is an
+ordinary one) writes through these functions, so every folder has the same files written the
+same way:
+
+- `write_run` is the one wrapper of a run: it checks `--out` (a non-empty folder is refused
+  unless the run resumes its own), stores an absolute `data.path`, checks a resumed run's
+  config against its `config.toml`, writes `config.toml` and hands the folder to the kind's
+  body. Resumable kinds (checkpoints) write in place and remove a fresh folder when refused
+  before training; the others write into a hidden staging folder renamed to `--out` only when
+  complete, so a failure leaves nothing half-written.
+- `log.jsonl` has one line per (epoch, seed) with the same keys for every kind (`LOG_KEYS`:
+  `seed`, `epoch`, `loss`, `seconds`; `valid` where the kind validates every epoch; `fold` in
+  cross-validation): `fit_log_lines` splits a `train.loop.fit` record, `epoch_log_lines`
+  writes a seed's losses of a compiled full-batch fit; `start_log` keeps, on resume, the lines
+  each checkpoint covers.
+- `write_metrics` writes `metrics.json` atomically (NaN as null, strict JSON); `save_model`
+  writes `model/` and `data.npz`.
 """
 
 from __future__ import annotations
@@ -11,7 +26,8 @@ import json
 import math
 import shutil
 import sys
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterable, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -23,8 +39,17 @@ from causalrec_jax.config import (
     Config,
     config_to_dict,
     dump_config,
+    load_config,
 )
-from causalrec_jax.errors import RunError
+from causalrec_jax.data.dataset import Split
+from causalrec_jax.errors import CausalRecError, RunError
+from causalrec_jax.tasks.ordinary import save_data, seed_list
+from causalrec_jax.train import checkpoint as checkpoints
+from causalrec_jax.train.loop import TrainingDivergedError
+
+# The keys of every `log.jsonl` line, whatever the run kind; `valid` (that seed's validation
+# metrics) is added where the kind validates every epoch, `fold` in cross-validation runs.
+LOG_KEYS = ("seed", "epoch", "loss", "seconds")
 
 
 def versions() -> dict[str, str]:
@@ -79,34 +104,6 @@ def json_safe(value: Any) -> Any:
     return value
 
 
-def write_run_folder(
-    out: str | Path, config: Config, metrics: dict[str, Any], log_lines: Any = (),
-    write_more: Callable[[Path], None] | None = None,
-) -> None:
-    """Writes a run folder that has no checkpoints (ope, uplift and sequential runs).
-
-    `config.toml`, `metrics.json` (with `versions` added), `log.jsonl` (one JSON line per
-    entry of `log_lines`) and whatever `write_more(folder)` writes (a sequential run's `model/`
-    and `data.npz`) go into a sibling `NAME.partial` folder that replaces `out` only when
-    complete, so a failure leaves no half-written run.
-    """
-    out = Path(out)
-    metrics.setdefault("versions", versions())
-    staging = out.with_name(out.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    dump_config(config, staging / "config.toml")
-    (staging / "metrics.json").write_text(json.dumps(json_safe(metrics), indent=2))
-    with open(staging / "log.jsonl", "w") as handle:
-        for line in log_lines:
-            handle.write(json.dumps(json_safe(line)) + "\n")
-    if write_more is not None:
-        write_more(staging)
-    if out.exists():
-        shutil.rmtree(out)
-    staging.rename(out)
-
-
 # Keys a resumed run may change: they do not affect what is computed.
 _RESUME_FREE_KEYS = {("run", "quiet"), ("run", "name"), ("run", "out_dir")}
 
@@ -132,3 +129,160 @@ def refuse_existing_run(out: str | Path, resumable: bool = True) -> None:
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         hint = "pass --resume to continue it or" if resumable else "remove it or pass"
         raise RunError(f"{out} already holds a run; {hint} another --out")
+
+
+def write_run(
+    out: str | Path, config: Config, body: Callable[[Config, Path], dict[str, Any]], *,
+    kind: str, resume: bool = False, resumable: bool = True,
+) -> dict[str, Any]:
+    """Runs `body(config, folder) -> metrics` into the run folder `out`: the one wrapper of
+    every run kind (see the module docstring); returns the metrics.
+
+    Args:
+        out: the run folder (`--out`).
+        config: the run's config, its keys already checked by the kind.
+        body: computes the run and writes its files into `folder`; `config.toml` (with an
+            absolute `data.path`, the config `body` receives) is already there.
+        kind: what the run is, for messages (e.g. "an uplift run").
+        resume: continue the run in `out` (resumable kinds only).
+        resumable: the kind keeps checkpoints and writes in place; otherwise `body` writes
+            into a staging folder beside `out` that replaces it only once complete.
+
+    Raises:
+        RunError: `out` holds something and the run does not resume its own, `--resume` for
+            a kind that keeps no checkpoints, or a resumed config that differs from the
+            stored one.
+    """
+    out = Path(out)
+    if resume and not resumable:
+        raise RunError(f"--resume: {kind} keeps no checkpoints to continue; run it again "
+                       "with a new --out")
+    if not resume:
+        refuse_existing_run(out, resumable=resumable)
+    config = absolute_data_path(config)
+    if resume and (out / "config.toml").exists():
+        check_resumable(load_config(out / "config.toml"), config, out)
+    if not resumable:
+        return _write_staged(out, config, body)
+    fresh = not out.exists() or not any(out.iterdir())
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        dump_config(config, out / "config.toml")
+        return body(config, out)
+    except CausalRecError as error:
+        # A run refused before it trained (bad data, a config the data cannot serve) leaves
+        # nothing behind; a diverged one keeps its checkpoints for --resume.
+        if fresh and not isinstance(error, TrainingDivergedError):
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+
+
+def _write_staged(out: Path, config: Config, body: Callable[[Config, Path], dict[str, Any]]
+                  ) -> dict[str, Any]:
+    """`body` into a fresh hidden folder beside `out` (never a name the user may hold),
+    renamed to `out` once complete; any failure, an interruption included, removes it."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # a fresh unique name (mkdir refuses an existing one), made with the user's umask
+    staging = out.parent / f".{out.name}.{uuid.uuid4().hex}.partial"
+    staging.mkdir()
+    try:
+        dump_config(config, staging / "config.toml")
+        metrics = body(config, staging)
+        if out.exists():
+            out.rmdir()  # empty: `refuse_existing_run` refused anything else
+        staging.rename(out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return metrics
+
+
+def write_metrics(folder: Path, metrics: dict[str, Any]) -> None:
+    """Writes `folder/metrics.json` whole (a temporary file, then renamed): strict JSON, NaN
+    and Inf as null (`json_safe`); adds `versions` when the metrics have none."""
+    metrics.setdefault("versions", versions())
+    tmp = folder / "metrics.json.tmp"
+    tmp.write_text(json.dumps(json_safe(metrics), indent=2, allow_nan=False) + "\n")
+    tmp.replace(folder / "metrics.json")
+
+
+def save_model(folder: Path, config: Config, arrays: dict[str, Any], split: Split,
+               data_extra: dict[str, np.ndarray] | None = None) -> None:
+    """Writes `folder/model/` (`arrays`, each leaf stacked over the run's seeds, with the
+    seeds and the model's name) and `folder/data.npz` (`tasks.ordinary.save_data`, plus
+    `data_extra`)."""
+    model_dir = folder / "model"
+    if model_dir.exists():
+        shutil.rmtree(model_dir)
+    checkpoints.save_checkpoint(model_dir, 0, arrays,
+                                {"seeds": seed_list(config), "model": config.model.name})
+    save_data(folder / "data.npz", split, extra=data_extra)
+
+
+def log_line(seed: int, epoch: int, loss: float, seconds: float, *,
+             valid: dict[str, Any] | None = None, fold: int | None = None) -> dict[str, Any]:
+    """One `log.jsonl` line: `LOG_KEYS`, plus `valid` and `fold` when given."""
+    line: dict[str, Any] = {"seed": int(seed), "epoch": int(epoch), "loss": float(loss),
+                            "seconds": round(float(seconds), 6)}
+    if valid is not None:
+        line["valid"] = valid
+    if fold is not None:
+        line["fold"] = int(fold)
+    return line
+
+
+def fit_log_lines(record: dict[str, Any], seeds: Sequence[int], *,
+                  fold: int | None = None) -> list[dict[str, Any]]:
+    """The lines of one `train.loop.fit` epoch record: one per seed trained that epoch.
+
+    Args:
+        record: `fit`'s record (`epoch`, `loss_per_seed`, `seconds`; `valid_per_seed` with
+            validation; `alive` when only some members still train).
+        seeds: the seed value of each member of the population (`metrics.json` "seeds").
+        fold: the cross-validation fold, if any.
+
+    `seconds` is the epoch's time, the same on every seed's line: the seeds of a population
+    train together in one vmapped program.
+    """
+    losses = record["loss_per_seed"]
+    members = record.get("alive", range(len(losses)))
+    valid = record.get("valid_per_seed")
+    return [log_line(seeds[member], record["epoch"], loss, record["seconds"],
+                     valid=None if valid is None else valid[row], fold=fold)
+            for row, (member, loss) in enumerate(zip(members, losses, strict=True))]
+
+
+def epoch_log_lines(seed: int, losses: Iterable[float], seconds: float) -> list[dict[str, Any]]:
+    """The lines of one seed's full-batch fit (uplift, the OPE reward model): one per epoch,
+    each with `seconds` the fit's time divided by its epochs (they run as one compiled scan)."""
+    losses = [float(loss) for loss in losses]
+    per_epoch = seconds / max(len(losses), 1)
+    return [log_line(seed, epoch, loss, per_epoch) for epoch, loss in enumerate(losses)]
+
+
+def append_log(path: Path, lines: Iterable[dict[str, Any]]) -> None:
+    """Appends `lines` to `log.jsonl` (NaN as null: valid JSON)."""
+    with path.open("a") as handle:
+        for line in lines:
+            handle.write(json.dumps(json_safe(line)) + "\n")
+
+
+def start_log(path: Path, *, resume: bool, checkpoint_of: Callable[[dict[str, Any]], Path]
+              ) -> None:
+    """Starts `log.jsonl`: empty for a new run; on resume, only the lines whose epoch is at
+    most the newest checkpoint of the line's own training (`checkpoint_of(line)`: the run's,
+    the seed's or the fold's checkpoint folder). Later epochs are trained, and logged, again,
+    so a resumed run's log equals an uninterrupted one's (but for `seconds`)."""
+    kept = []
+    if resume and path.exists():
+        newest: dict[Path, int | None] = {}
+        for text in path.read_text().splitlines():
+            if not text.strip():
+                continue
+            line = json.loads(text)
+            folder = checkpoint_of(line)
+            if folder not in newest:
+                newest[folder] = checkpoints.latest_epoch(folder)
+            if newest[folder] is not None and line["epoch"] <= newest[folder]:
+                kept.append(text)
+    path.write_text("".join(text + "\n" for text in kept))

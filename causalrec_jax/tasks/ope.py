@@ -2,11 +2,11 @@
 
 A round is one user arriving (uniformly from the population, `env.reset`) and shown one
 slate by the logging policy `[policy]`; its reward is the number of clicks. For each of
-`ope.seeds` seeds, `ope.n_rounds` rounds are logged, a reward model is fitted to them
-(`causal.reward_model`, unless `ope.reward_model = "oracle"`) with cross-fitting — the
-reward model of a round is fitted on the other `ope.reward_model_folds` folds, since a model
-that has seen a round's click predicts it too well and cancels the DR correction — and every
-estimator of
+`train.seeds` seeds (`run.seed + i`, as in every run kind), `ope.n_rounds` rounds are logged,
+a reward model is fitted to them (`causal.reward_model`, unless `ope.reward_model =
+"oracle"`) with cross-fitting — the reward model of a round is fitted on the other
+`ope.reward_model_folds` folds, since a model that has seen a round's click predicts it too
+well and cancels the DR correction — and every estimator of
 `ope.estimators` (`causal.ope`) estimates the value of the target policy `[target]`. The truth
 is the mean expected reward of `ope.truth_rounds` on-policy rounds of the target policy
 (`truth`, with its standard error), and, where the slot marginals are exact, the exact
@@ -39,9 +39,10 @@ own ids; the truth is `fold_in(key(run.seed), STREAM_TRUTH)`, an id no seed stre
 `versions`; and the kind's own blocks: `"ope"` (for each estimator `estimate`, `stderr`
 (means over seeds), `truth`, `relative_error` (mean over seeds), its std, `n_eff`, `weights`
 (the kind of weight it uses, or None) and per-seed values), `"truth"`, and `"weights"` (for
-each kind of weight, THE clip's report, each field the mean over seeds). `log.jsonl` has one
-line per reward-model epoch: `epoch`, `loss` (mean over seeds), `loss_per_seed` (mean over the
-cross-fitting folds), `seconds` (of that epoch over all seeds and folds); it is empty for
+each kind of weight, THE clip's report, each field the mean over seeds). `log.jsonl` (written
+by `runs.train`) has one line per reward-model epoch and seed: `seed`, `epoch`, `loss` (the
+mean over the cross-fitting folds), `seconds` (the seed's reward-model time over
+`ope.reward_model_epochs`: the epochs run as compiled scans); it is empty for
 `ope.reward_model = "oracle"`.
 """
 
@@ -63,6 +64,7 @@ from causalrec_jax.sim import policies
 from causalrec_jax.sim.env import EnvParams
 from causalrec_jax.sim.logs import env_from_config, oracle_scores, policy_from_config
 from causalrec_jax.sim.rollout import rollout
+from causalrec_jax.tasks.ordinary import seed_list
 
 # Streams folded into a seed's root key `key(seed)`.
 STREAM_LOG = 0
@@ -351,15 +353,16 @@ def _mean_report(reports: list[dict[str, Any]]) -> dict[str, Any]:
 def run_ope(config: Config) -> dict[str, Any]:
     """The whole `causalrec ope` computation (no files): truth and estimates over seeds.
 
-    Returns the `metrics.json` of the run (see the module docstring) with the reward model's
-    per-seed losses under the private key `_losses` (`[seeds][epochs]`, or None).
+    Returns the `metrics.json` of the run (see the module docstring) with, under the private
+    key `_reward_model`, each seed's `{seed, losses ([epochs], mean over folds; None for the
+    oracle), seconds}` of its reward model.
     """
 
     started = time.perf_counter()
     setup = ope_setup(config)
     sizes, truth, truth_stderr, exact = setup.sizes, setup.truth, setup.truth_stderr, setup.exact
     truth_seconds = time.perf_counter() - started
-    seeds = [config.run.seed + index for index in range(config.ope.seeds)]
+    seeds = seed_list(config)
     per_seed = [ope_seed(config, seed, setup.env_params, setup.logging, setup.target)
                 for seed in seeds]
     report = {}
@@ -387,10 +390,8 @@ def run_ope(config: Config) -> dict[str, Any]:
             "estimates": seed["estimates"], "weights": seed["weights"],
             "click_rate": seed["click_rate"]})
     reward_model_seconds = float(np.sum([s["reward_model_seconds"] for s in per_seed]))
-    fitted_epochs = (config.ope.seeds * config.ope.reward_model_folds
-                     * config.ope.reward_model_epochs)
-    losses = ([s["reward_model_losses"] for s in per_seed]
-              if per_seed[0]["reward_model_losses"] is not None else None)
+    fitted_epochs = len(seeds) * config.ope.reward_model_folds * config.ope.reward_model_epochs
+    fitted = per_seed[0]["reward_model_losses"] is not None
     return {
         **aggregate(per_seed_entries, "test"),
         "per_seed": per_seed_entries,
@@ -408,22 +409,8 @@ def run_ope(config: Config) -> dict[str, Any]:
                    "reward_model_seconds": reward_model_seconds,
                    "train_seconds": reward_model_seconds,
                    "epoch_seconds": (reward_model_seconds / fitted_epochs
-                                     if losses is not None else None),
+                                     if fitted else None),
                    "eval_seconds": float(np.sum([s["estimate_seconds"] for s in per_seed]))},
-        "_losses": losses,
+        "_reward_model": [{"seed": s["seed"], "losses": s["reward_model_losses"],
+                           "seconds": s["reward_model_seconds"]} for s in per_seed],
     }
-
-
-def ope_log(losses: list[list[float]] | None, seconds_per_epoch: float | None) -> list[dict]:
-    """`log.jsonl` lines: one per reward-model epoch with every seed's loss (mean over folds),
-    as `train.loop.fit` writes them (`seconds`: the time of one epoch over all seeds and
-    folds, the mean over epochs: they run as compiled scans); none for the oracle model."""
-    if losses is None:
-        return []
-    values = np.asarray(losses, np.float64)  # [seeds, epochs]
-    return [{"epoch": epoch, "loss": float(values[:, epoch].mean()),
-             "loss_per_seed": [float(v) for v in values[:, epoch]],
-             "seconds": round(float(seconds_per_epoch or 0.0), 6)}
-            for epoch in range(values.shape[1])]
-
-

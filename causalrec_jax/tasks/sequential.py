@@ -27,8 +27,9 @@ stopped until the last one stops.
 
 The run folder is an ordinary run's: `config.toml`, `metrics.json` (`seeds` = `run.seed + i`,
 every `per_seed` entry `{seed, best_epoch, valid, test, test_unmasked, test_sampled,
-seconds_to_best}`), `log.jsonl` (one line per epoch and seed with `fit`'s keys and `seed`;
-`valid` also holds the unmasked validation, `unmasked_*`), `checkpoints/`, `plots/`,
+seconds_to_best}`), `log.jsonl` (one line per epoch and seed with every run kind's keys,
+`runs.folder.LOG_KEYS` and `valid`, which also holds the unmasked validation, `unmasked_*`),
+`checkpoints/`, `plots/`,
 `model/` (every seed's best parameters stacked `[n_seeds, ...]`; the model is rebuilt from
 `config.toml`) and `data.npz`, the id maps and splits (`tasks.ordinary.save_data`) plus the test
 pairs and `next_history` `[n_users, max_len]`: the tokens of each user's last `max_len` items

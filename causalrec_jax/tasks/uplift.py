@@ -53,9 +53,12 @@ the item at a uniformly random slot): `cp@K` (mean true uplift of the top K) and
 `uplift.epochs - 1`: there is no early stopping and no validation, so `valid` is `{}` and there
 is no top-level `valid`), `seeds` (`run.seed + i`), `data` (with `data.ideal` the cp/cdcg of
 ranking by the true uplift and `data.logging` those of the logging policy's scores), `timing`,
-`versions` and `propensity`. `log.jsonl` has one line per epoch: `epoch`, `loss` (mean over
-seeds of the uplift model's loss), `loss_per_seed`, `seconds` (the time of one epoch over all
-seeds, the mean over epochs: the epochs run as one compiled scan).
+`versions` and `propensity`; `data.n_users`, `n_items`, `slate_size` and `horizon` are those
+of the log read, and `data.logging` ranks by the scores of the policy that wrote it, on its
+world (a simlog's own `[env]` and `[policy]`, from its manifest, whatever the config says).
+`log.jsonl` (written by `runs.train`) has one line per epoch and seed: `seed`, `epoch`, `loss`
+(the uplift model's), `seconds` (the seed's training time over `uplift.epochs`: the epochs run
+as one compiled scan).
 """
 
 from __future__ import annotations
@@ -76,14 +79,14 @@ from causalrec_jax.causal.uplift import (
     ips_weights_from_counts,
     uplift_regression_loss,
 )
-from causalrec_jax.config import Config, refuse_unused
+from causalrec_jax.config import Config, EnvConfig, PolicyConfig, config_from_dict, refuse_unused
 from causalrec_jax.errors import ConfigError
 from causalrec_jax.eval.causal_metrics import causal_dcg, causal_precision
 from causalrec_jax.eval.summary import aggregate
 from causalrec_jax.models.base import make_scorers, split_model
 from causalrec_jax.models.mf import MF
 from causalrec_jax.sim.logs import SimLog, env_from_config, policy_scores, simulate_log
-from causalrec_jax.sim.simlog import read_simlog
+from causalrec_jax.sim.simlog import read_manifest, read_simlog
 from causalrec_jax.train.full_batch import (
     FullBatchFit,
     check_finite,
@@ -306,6 +309,17 @@ def _log_for_seed(config: Config, log_key: jax.Array):
     return simulate_log(config, log_key, marginal_samples=1)
 
 
+def logged_world(config: Config) -> tuple[EnvConfig, PolicyConfig]:
+    """The `[env]` and `[policy]` that wrote the log: a simlog's own (its manifest), else the
+    config's (the log is simulated from them)."""
+    if config.data.format != "simlog":
+        return config.env, config.policy
+    manifest = read_manifest(config.data.path)
+    logged = config_from_dict({"env": manifest["env"], "policy": manifest["policy"]},
+                              f"{config.data.path} (simlog.json)")
+    return logged.env, logged.policy
+
+
 def uplift_seed(config: Config, seed: int) -> dict[str, Any]:
     """One seed (`run.seed + i`): a log, its cells, a model, and cp/cdcg against the truth."""
     started = time.perf_counter()
@@ -318,6 +332,10 @@ def uplift_seed(config: Config, seed: int) -> dict[str, Any]:
     true_uplift = truth["true_uplift"]
     n_users, n_items = true_uplift.shape
     cells = aggregate_cells(log, n_users, n_items)
+    # The sizes of the data read (a simlog's own world, not [env]).
+    sizes = {"n_users": int(n_users), "n_items": int(n_items),
+             "slate_size": int(log.slate.shape[1]),
+             "horizon": int(log.step.max()) + 1 if len(log.step) else 0}
     data_seconds = time.perf_counter() - started
     started = time.perf_counter()
     scores, losses, propensity = train_uplift(config, keys, cells,
@@ -330,6 +348,7 @@ def uplift_seed(config: Config, seed: int) -> dict[str, Any]:
     return {
         "seed": seed,
         "test": test,
+        "sizes": sizes,
         "losses": np.asarray(losses).tolist(),
         "propensity": propensity,
         "cells": {"impressions": float(cells["n1"].sum()), "consumed_shown": float(
@@ -345,14 +364,14 @@ def uplift_metrics(config: Config, per_seed: list[dict[str, Any]]) -> dict[str, 
     docstring for the keys)."""
 
     test = aggregate([{"test": s["test"]} for s in per_seed], "test")
-    _, env_params = env_from_config(config.env)
+    env, policy = logged_world(config)
+    _, env_params = env_from_config(env)
     first_truth = per_seed[0]["true_uplift"]
     data = {
-        "n_users": config.env.n_users, "n_items": config.env.n_items,
-        "slate_size": config.env.slate_size, "horizon": config.env.horizon,
+        **per_seed[0]["sizes"],
         "mean_true_uplift": float(np.mean(first_truth)),
         "ideal": causal_metrics(first_truth, first_truth, config.uplift.ks),
-        "logging": causal_metrics(policy_scores(config.policy, env_params)
+        "logging": causal_metrics(policy_scores(policy, env_params)
                                   * jnp.ones(first_truth.shape), first_truth, config.uplift.ks),
         **per_seed[0]["cells"],
     }
@@ -372,16 +391,6 @@ def uplift_metrics(config: Config, per_seed: list[dict[str, Any]]) -> dict[str, 
         # seed (each seed's own report is in per_seed).
         "propensity": per_seed[0]["propensity"],
     }
-
-
-def uplift_log(per_seed: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """`log.jsonl` lines: one per epoch, with every seed's loss (as `train.loop.fit`)."""
-    losses = np.asarray([s["losses"] for s in per_seed], np.float64)  # [seeds, epochs]
-    # The epochs of a fit run as one compiled scan: the mean time of one epoch over all seeds.
-    seconds = float(sum(s["train_seconds"] for s in per_seed)) / losses.shape[1]
-    return [{"epoch": epoch, "loss": float(losses[:, epoch].mean()),
-             "loss_per_seed": [float(v) for v in losses[:, epoch]],
-             "seconds": round(seconds, 6)} for epoch in range(losses.shape[1])]
 
 
 def check_uplift_keys(config: Config) -> None:

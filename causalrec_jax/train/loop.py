@@ -49,7 +49,12 @@ class FitResult:
             there is no validation), stacked over seeds.
         best_epochs: `[n_seeds]` epoch of each seed's best parameters.
         best_values: `[n_seeds]` validation metric at those epochs (NaN without validation).
-        history: one record per epoch (as written to `log.jsonl`).
+        history: one record per epoch: `epoch`, `loss` (mean over the members training),
+            `loss_per_seed`, `seconds` (the epoch, all members together); with validation
+            `valid` (means) and `valid_per_seed` (each member's numeric metrics); `alive` (the
+            members training) once successive halving dropped some, `halving_dropped` at a
+            rung. The per-seed lists follow `alive` (all members when absent); the run folder
+            splits each record into one `log.jsonl` line per seed (`runs.folder`).
         timing: `first_epoch_seconds` (includes compilation), `epoch_seconds` (median of the
             later epochs), `train_seconds`, `eval_seconds`.
     """
@@ -163,7 +168,7 @@ def fit(
         checkpoint_every: write one every this many epochs, and always at the end.
         resume: continue from the newest checkpoint in `checkpoint_dir` if there is one.
         progress: show a progress bar.
-        log_fn: called with each epoch's record (for `log.jsonl`).
+        log_fn: called with each epoch's record (see `FitResult.history`).
         run_epoch: `(states, data, keys, epoch) -> (states, metrics)` over all seeds, used
             instead of compiling `train_epoch` (e.g. `step.make_streaming_epoch` for data kept
             on the host).
@@ -276,12 +281,12 @@ def fit(
                 if improved_rows:
                     best_params = _store_rows(best_params, states.params, improved_rows,
                                               alive[improved_rows])
-                record["valid"] = {
-                    name: float(np.mean([v[name] for v in values]))
-                    for name in values[0]
-                    if isinstance(values[0][name], int | float)
-                }
-                record[f"valid_{metric}_per_seed"] = current
+                numeric = [name for name in values[0]
+                           if isinstance(values[0][name], int | float)]
+                record["valid"] = {name: float(np.mean([v[name] for v in values]))
+                                   for name in numeric}
+                record["valid_per_seed"] = [{name: float(v[name]) for name in numeric}
+                                            for v in values]
             else:
                 best_epochs = [epoch] * n_seeds
             stop = evaluate_fn is not None and all(since_best[m] >= patience for m in alive)

@@ -98,6 +98,19 @@ def test_general_run_spreads_eval_seconds_over_epochs(compare, general_run):
     assert row["peak_mb"] is None
 
 
+def test_a_run_with_lines_per_seed_reads_its_first_seed(compare, tmp_path):
+    """log.jsonl has one line per epoch and seed; the curve is the first listed seed's."""
+    metrics = {"test": {"ndcg@10": 0.3}, "valid": {"ndcg@10": 0.2}, "seeds": [5, 6],
+               "data": {}, "timing": {"train_seconds": 2.0, "eval_seconds": 1.0}}
+    lines = [{"seed": seed, "epoch": epoch, "loss": 0.5, "seconds": 0.5,
+              "valid": {"ndcg@10": value}}
+             for epoch in range(2) for seed, value in ((5, 0.1 + epoch), (6, 0.9))]
+    row = compare.read_our_run(write_run(tmp_path / "mf", metrics, lines), "lightgcn")
+    assert [p["ndcg@10"] for p in row["curve"]] == pytest.approx([0.1, 1.1])
+    # each of the 2 epochs gets 1.0 / 2 s of validation
+    assert [p["seconds"] for p in row["curve"]] == pytest.approx([1.0, 2.0])
+
+
 def recbole_row(model, best, curve, capped_at=None):
     return {"library": "recbole", "model": model, "protocol": "p",
             "test_recbole_protocol": {"ndcg@10": 0.0609, "hit@10": 0.1251},

@@ -67,8 +67,16 @@ def test_run_folder_contract(tmp_path):
     assert written["data"]["n_users"] == 60 and written["data"]["n_train"] > 0
     assert {"train_seconds", "epoch_seconds", "eval_seconds"} <= set(written["timing"])
     assert "jax" in written["versions"]
-    lines = (out / "log.jsonl").read_text().splitlines()
-    assert [json.loads(line)["epoch"] for line in lines] == [0, 1, 2, 3]
+    lines = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    # one line per epoch and seed, each with that seed's own loss and validation
+    assert [(line["epoch"], line["seed"]) for line in lines] == [
+        (epoch, seed) for epoch in range(4) for seed in (0, 1)]
+    assert all(set(line) == {"seed", "epoch", "loss", "seconds", "valid"} for line in lines)
+    assert lines[0]["loss"] != lines[1]["loss"]
+    for entry in written["per_seed"]:
+        [best] = [line for line in lines
+                  if (line["seed"], line["epoch"]) == (entry["seed"], entry["best_epoch"])]
+        assert best["valid"]["ndcg@5"] == pytest.approx(entry["valid"]["ndcg@5"])
     assert metrics["test"] == pytest.approx(written["test"])
     with pytest.raises(errors.RunError, match="already holds a run"):
         run_train.train_run(tiny_config(), out, quiet=True)
@@ -104,15 +112,56 @@ def test_resume_ends_identical_to_an_uninterrupted_run(tmp_path, monkeypatch):
     # The last checkpoint is at epoch 1 (every 2 epochs); resume replays epochs 2..5.
     assert checkpoints.latest_epoch(tmp_path / "part" / "checkpoints") == 1
     resumed = run_train.train_run(config, tmp_path / "part", resume=True, quiet=True)
-    logged = [json.loads(line)["epoch"]
+    logged = [json.loads(line)
               for line in (tmp_path / "part" / "log.jsonl").read_text().splitlines()]
-    assert logged == [0, 1, 2, 3, 4, 5]  # the replayed epoch 2 is not logged twice
+    # one line per epoch and seed; the replayed epoch 2 is not logged twice
+    assert [(line["epoch"], line["seed"]) for line in logged] == [
+        (epoch, seed) for epoch in range(6) for seed in (0, 1)]
+    uninterrupted = [json.loads(line)
+                     for line in (tmp_path / "full" / "log.jsonl").read_text().splitlines()]
+    assert _without_seconds(logged) == _without_seconds(uninterrupted)
     assert resumed["test"] == full["test"]
     assert resumed["per_seed"] == full["per_seed"]
     full_params = run_load.load_run(tmp_path / "full").parts.params
     resumed_params = run_load.load_run(tmp_path / "part").parts.params
     for a, b in zip(jax.tree.leaves(full_params), jax.tree.leaves(resumed_params), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def _without_seconds(lines):
+    return [{key: value for key, value in line.items() if key != "seconds"} for line in lines]
+
+
+def test_a_resumed_cross_validation_run_logs_each_fold_epoch_once(tmp_path, monkeypatch):
+    config = tiny_config("train.cv_folds=2", "train.seeds=2")
+    run_train.train_run(config, tmp_path / "full", quiet=True)
+    original_fit = loop.fit
+    calls = []
+
+    def interrupted_fit(**kwargs):
+        calls.append(None)
+        log_fn = kwargs["log_fn"]
+
+        def stop_in_the_second_fold(record):
+            log_fn(record)
+            if len(calls) == 2 and record["epoch"] == 2:
+                raise KeyboardInterrupt
+
+        return original_fit(**{**kwargs, "log_fn": stop_in_the_second_fold})
+
+    monkeypatch.setattr(ordinary, "fit", interrupted_fit)
+    with pytest.raises(KeyboardInterrupt):
+        run_train.train_run(config, tmp_path / "part", quiet=True)
+    monkeypatch.setattr(ordinary, "fit", original_fit)
+    assert checkpoints.latest_epoch(tmp_path / "part" / "checkpoints" / "fold1") == 1
+    resumed = run_train.train_run(config, tmp_path / "part", resume=True, quiet=True)
+    full = json.loads((tmp_path / "full" / "metrics.json").read_text())
+    assert resumed["per_seed"] == full["per_seed"]
+    logs = [[json.loads(line) for line in (tmp_path / name / "log.jsonl").read_text()
+             .splitlines()] for name in ("full", "part")]
+    assert [(line["fold"], line["epoch"], line["seed"]) for line in logs[1]] == [
+        (fold, epoch, seed) for fold in (0, 1) for epoch in range(4) for seed in (0, 1)]
+    assert _without_seconds(logs[1]) == _without_seconds(logs[0])
 
 
 def test_cross_validation_reports_folds(tmp_path):
@@ -338,7 +387,8 @@ def test_bad_requests_on_runs(tmp_path):
     with pytest.raises(errors.RunError, match="cross-validation run"):
         run_load.evaluate_run(cv)
     lines = [json.loads(line) for line in (cv / "log.jsonl").read_text().splitlines()]
-    assert [line["fold"] for line in lines] == [0, 1]
+    assert [(line["fold"], line["epoch"], line["seed"]) for line in lines] == [(0, 0, 0),
+                                                                             (1, 0, 0)]
 
 
 def test_metrics_json_is_strict_json():

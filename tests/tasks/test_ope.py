@@ -136,7 +136,7 @@ def test_causalrec_ope_writes_the_run_contract(tmp_path, capsys):
     out = tmp_path / "ope"
     status = main(["ope", "--config", str(CONFIG), *sum(
         (["--set", item] for item in SMALL + [
-            "ope.n_rounds=500", "ope.truth_rounds=20000", "ope.seeds=2",
+            "ope.n_rounds=500", "ope.truth_rounds=20000", "train.seeds=2",
             "ope.reward_model_epochs=30", "ope.clip=5.0", "run.seed=4"]), []), "--out", str(out)])
     assert status == 0
     metrics = json.loads((out / "metrics.json").read_text())
@@ -166,11 +166,17 @@ def test_causalrec_ope_writes_the_run_contract(tmp_path, capsys):
     assert slate["max_weight_before"] > 5.0 and 0 < slate["fraction_clipped"] < 1
     assert 0 < slate["effective_sample_size"] < 500
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
-    assert [line["epoch"] for line in log] == list(range(30))
+    # one line per reward-model epoch and seed (the seeds metrics.json lists)
+    assert [(line["seed"], line["epoch"]) for line in log] == [
+        (seed, epoch) for seed in (4, 5) for epoch in range(30)]
     for line in log:
-        assert set(line) == {"epoch", "loss", "loss_per_seed", "seconds"}
-        assert len(line["loss_per_seed"]) == 2
-    assert log[-1]["loss"] < log[0]["loss"]  # the reward model learns
+        assert set(line) == {"seed", "epoch", "loss", "seconds"}
+    for seed in (4, 5):
+        losses = [line["loss"] for line in log if line["seed"] == seed]
+        assert losses[-1] < losses[0]  # each seed's reward model learns
+    assert log[0]["loss"] != log[30]["loss"]
+    assert sum(line["seconds"] for line in log) == pytest.approx(
+        metrics["timing"]["reward_model_seconds"], rel=1e-3)
     assert (out / "config.toml").exists()
     assert "rel.error" in capsys.readouterr().out
 

@@ -232,12 +232,17 @@ def test_uplift_run_beats_the_consumption_baseline_and_writes_the_contract(tmp_p
         assert metrics["propensity"]["n"] == 2 * 200 * 100
         assert metrics["propensity"]["n_cells_without_overlap"] == 0
         log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
-        assert [line["epoch"] for line in log] == list(range(60))
+        # one line per epoch and seed, each seed's own fit
+        assert [(line["seed"], line["epoch"]) for line in log] == [
+            (seed, epoch) for seed in (3, 4) for epoch in range(60)]
         for line in log:
-            assert set(line) == {"epoch", "loss", "loss_per_seed", "seconds"}
-            assert len(line["loss_per_seed"]) == 2
-            assert line["loss"] == pytest.approx(np.mean(line["loss_per_seed"]))
-        assert log[-1]["loss"] < log[0]["loss"]
+            assert set(line) == {"seed", "epoch", "loss", "seconds"}
+        for seed in (3, 4):
+            losses = [line["loss"] for line in log if line["seed"] == seed]
+            assert losses[-1] < losses[0]
+        assert log[0]["loss"] != log[60]["loss"]
+        train_seconds = metrics["timing"]["train_seconds"]
+        assert sum(line["seconds"] for line in log) == pytest.approx(train_seconds, rel=1e-3)
         assert (out / "config.toml").exists()
         results[method] = metrics["test"]["cp@10"]
     assert results["dr"] > results["consumption"]
