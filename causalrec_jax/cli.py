@@ -78,6 +78,12 @@ def build_parser() -> argparse.ArgumentParser:
     recommend.add_argument("--run", required=True, help="run folder")
     recommend.add_argument("--user", required=True, help="the user's id in the dataset")
     recommend.add_argument("--k", type=int, default=10, help="number of items")
+    recommend.add_argument("--include-seen", action="store_true",
+                           help="also rank items the user already has (excluded by default)")
+    recommend.add_argument("--fallback", choices=["popularity"], default=None,
+                           help="serve users the run learned nothing about (unknown ids, no "
+                                "training interactions) by training popularity; refused "
+                                "without it")
     recommend.set_defaults(handler=_command_recommend)
 
     simulate = commands.add_parser(
@@ -255,7 +261,9 @@ def _command_evaluate(args: argparse.Namespace) -> int:
 def _command_recommend(args: argparse.Namespace) -> int:
     from causalrec_jax.runs.load import load_run, recommend
 
-    for rank, (item, score) in enumerate(recommend(load_run(args.run), args.user, args.k), 1):
+    top = recommend(load_run(args.run), args.user, args.k, include_seen=args.include_seen,
+                    fallback=args.fallback)
+    for rank, (item, score) in enumerate(top, 1):
         print(f"{rank:>3}  {item:<20} {score:.4f}")
     return 0
 

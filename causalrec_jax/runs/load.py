@@ -75,33 +75,70 @@ def run_score_table(run_dir: str | Path, n_users: int, n_items: int) -> np.ndarr
     return scores
 
 
-def recommend(run: LoadedRun, user_id: str, k: int = 10, seed_index: int = 0) -> list[tuple]:
-    """Top-`k` `(item_id, score)` for an external user id, excluding items they already have.
+FALLBACKS = ("popularity",)
 
-    Items seen in training and validation are excluded (in a sequential run also the test
-    items: it predicts the item after all of them). Scores come from the seed at
+
+def recommend(run: LoadedRun, user_id: str, k: int = 10, seed_index: int = 0, *,
+              include_seen: bool = False, fallback: str | None = None) -> list[tuple]:
+    """Top-`k` `(item_id, score)` for an external user id.
+
+    Everything the user is known to have interacted with — the training, validation and test
+    items of the run's split — is excluded unless `include_seen`. Scores come from the seed at
     `seed_index` (the run's first seed by default).
+
+    A user the run holds no learned representation of (an id not in its data, or a user with
+    no training interactions; for a sequential model, no history at all) is refused, unless
+    `fallback = "popularity"`: then the items are ranked by their training counts (the score
+    is the count), never by an untrained embedding.
+
+    Raises:
+        RunError: `k` < 1, an unknown or cold user without a fallback, an unknown fallback,
+            or a user with nothing left to recommend.
     """
+    user_id = str(user_id)
     if k < 1:
         raise RunError(f"--k {k}: expected at least 1 item")
-    matches = np.flatnonzero(run.user_ids == str(user_id))
-    if len(matches) == 0:
+    if fallback is not None and fallback not in FALLBACKS:
+        raise RunError(f"--fallback {fallback!r}: expected one of {', '.join(FALLBACKS)}")
+    matches = np.flatnonzero(run.user_ids == user_id)
+    user = int(matches[0]) if len(matches) else None
+    if user is None or not _has_representation(run, user):
+        if fallback is None:
+            why = (f"unknown user id {user_id!r}: the run's data has {len(run.user_ids)} "
+                   f"users (e.g. {', '.join(map(str, run.user_ids[:3]))})" if user is None else
+                   f"user {user_id!r} has no training interactions, so the run learned nothing "
+                   "about them")
+            raise RunError(f"{why}; pass --fallback popularity to serve the most popular "
+                           "items instead")
+        scores = run.data["item_counts"].astype(np.float64)
+    else:
+        scores = np.asarray(run.score_all_fn(seed_index)(jnp.asarray([user], jnp.int32)))[0]
+        scores = scores.astype(np.float64)
+    if not include_seen and user is not None:
+        scores[known_items(run, user)] = -np.inf
+    left = int(np.isfinite(scores).sum())
+    if left == 0:
         raise RunError(
-            f"unknown user id {user_id!r}: the run's data has {len(run.user_ids)} users "
-            f"(e.g. {', '.join(map(str, run.user_ids[:3]))})"
-        )
-    user = int(matches[0])
-    scores = np.asarray(run.score_all_fn(seed_index)(jnp.asarray([user], jnp.int32)))[0]
-    seen = run.data["train_item"][run.data["train_user"] == user]
-    for part in ("valid", "test"):
-        if f"{part}_user" in run.data:
-            part_items = run.data[f"{part}_item"][run.data[f"{part}_user"] == user]
-            seen = np.concatenate([seen, part_items])
-    scores = scores.astype(np.float64)
-    scores[seen] = -np.inf
-    k = min(k, int(np.isfinite(scores).sum()))
-    top = np.argsort(-scores, kind="stable")[:k]
+            f"user {user_id!r} has interacted with all {len(scores)} items of the run: nothing "
+            "is left to recommend (--include-seen ranks them all)")
+    top = np.argsort(-scores, kind="stable")[:min(k, left)]
     return [(str(run.item_ids[i]), float(scores[i])) for i in top]
+
+
+def known_items(run: LoadedRun, user: int) -> np.ndarray:
+    """The item indices user `user` is known to have interacted with in any split of the
+    run (`data.npz`: training, validation and test pairs)."""
+    parts = [run.data[f"{part}_item"][run.data[f"{part}_user"] == user]
+             for part in ("train", "valid", "test") if f"{part}_user" in run.data]
+    return np.unique(np.concatenate(parts)) if parts else np.zeros(0, np.int64)
+
+
+def _has_representation(run: LoadedRun, user: int) -> bool:
+    """Whether the run learned something of `user`: a training interaction, or for a
+    sequential model a history to read."""
+    if "next_history" in run.data:
+        return bool((run.data["next_history"][user] != 0).any())
+    return bool((run.data["train_user"] == user).any())
 
 
 def evaluate_run(run_dir: str | Path, split_name: str = "test") -> dict[str, Any]:

@@ -213,7 +213,6 @@ def _write_sequence_run(config: Config, out: Path, *, quiet: bool, resume: bool,
                           *(result.best_params for result in results))
     everything = concatenate([split.train, split.valid, split.test])
     save_model(out, config, {"params": params}, split, data_extra={
-        "test_user": split.test.user, "test_item": split.test.item,
         "next_history": history_matrix(user_sequences(everything), config.model.max_len),
     })
     (out / "plots").mkdir(exist_ok=True)

@@ -500,7 +500,7 @@ def data_summary(split: Split, per_seed: list[dict[str, Any]]) -> dict[str, Any]
 
 
 def save_data(path: Path, split: Split, extra: dict[str, np.ndarray] | None = None) -> None:
-    """Writes `data.npz`: id maps, training (and validation) pairs, item counts, side features
+    """Writes `data.npz`: id maps, training, validation and test pairs, item counts, side features
     and any `extra` arrays a kind of run needs besides (sequential runs: histories)."""
     train = split.train
     arrays = {
@@ -513,8 +513,11 @@ def save_data(path: Path, split: Split, extra: dict[str, np.ndarray] | None = No
         arrays["user_features"] = train.user_features
     if train.item_features is not None:
         arrays["item_features"] = train.item_features
-    if split.valid is not None:
-        arrays["valid_user"], arrays["valid_item"] = split.valid.user, split.valid.item
+    # Every split's pairs: serving excludes all a user is known to have (runs.load.recommend).
+    for part in ("valid", "test"):
+        pairs = getattr(split, part)
+        if pairs is not None:
+            arrays[f"{part}_user"], arrays[f"{part}_item"] = pairs.user, pairs.item
     np.savez_compressed(path, **arrays, **(extra or {}))
 
 
