@@ -35,3 +35,7 @@ class SplitError(CausalRecError, ValueError):
 
 class RunError(CausalRecError):
     """A run folder is missing, incomplete, or does not hold what was asked for."""
+
+
+class DataChangedError(RunError):
+    """The data a run names is no longer the data it was trained on (its fingerprint differs)."""

@@ -26,6 +26,7 @@ import numpy as np
 import causalrec_jax.sim  # noqa: F401  registers the data formats "simulator" and "simlog"
 from causalrec_jax.config import Config, check_selection_metric, refuse_unused
 from causalrec_jax.data.dataset import concatenate
+from causalrec_jax.data.fingerprint import fingerprint, fingerprint_array
 from causalrec_jax.data.loader import load_dataset, load_split
 from causalrec_jax.data.sequences import history_matrix, user_sequences
 from causalrec_jax.data.split import kfold_splits, make_split
@@ -75,6 +76,7 @@ def _write_run(config: Config, out: Path, *, resume: bool, quiet: bool, frame) -
     """The body of `train_run` in its folder: data, training, evaluation, the files."""
     tic = time.perf_counter()
     dataset, truth = load_dataset(config.data, config.sim, frame=frame)
+    data_fingerprint = fingerprint(dataset)  # evaluate refuses the data if it changed
     propensity = evaluation_propensity(config, dataset)
     progress = not quiet and sys.stderr.isatty()
     seeds = seed_list(config)
@@ -124,6 +126,7 @@ def _write_run(config: Config, out: Path, *, resume: bool, quiet: bool, frame) -
                   ((n, summarize([fold[n] for fold in by_fold])) for n in by_fold[0])}
             for key in ("mean", "std")}}
     metrics["data"] = data_summary(split, per_seed)
+    metrics["data"]["fingerprint"] = data_fingerprint
     if trained.propensity_report is not None:
         metrics["propensity"] = {"method": config.causal.propensity,
                                  "clip": config.causal.propensity_clip,
@@ -136,7 +139,7 @@ def _write_run(config: Config, out: Path, *, resume: bool, quiet: bool, frame) -
     saved = {"params": trained.parts.params}
     if trained.extra:
         saved["causal"] = trained.extra
-    save_model(out, config, saved, split)
+    save_model(out, config, saved, split, data_extra=fingerprint_array(data_fingerprint))
     (out / "plots").mkdir(exist_ok=True)
     plot_learning_curve(out / "plots" / "learning_curve.png", trained.history,
                          config.train.early_stopping_metric)

@@ -36,6 +36,7 @@ from causalrec_jax.config import (
     refuse_unused,
 )
 from causalrec_jax.data.dataset import Dataset, Split, concatenate
+from causalrec_jax.data.fingerprint import check_unchanged
 from causalrec_jax.data.loader import load_dataset
 from causalrec_jax.data.split import make_split
 from causalrec_jax.errors import ConfigError, RunError
@@ -614,6 +615,7 @@ def evaluate_loaded_run(run: LoadedRun, split_name: str = "test") -> dict[str, A
             "per-fold results are in metrics.json under 'cv'; evaluate re-scores single splits"
         )
     dataset, truth = load_dataset(config.data, config.sim)
+    check_unchanged(run.data, dataset, config.data.path or config.data.format)
     split = make_split(dataset, config.data, seed=config.run.seed)
     parts = split.parts()
     if split_name not in parts:

@@ -1,0 +1,68 @@
+"""A run knows its data: `evaluate` on changed data refuses in one line, saying what changed."""
+
+import json
+
+import numpy as np
+import pytest
+
+from causalrec_jax.cli import main
+from causalrec_jax.config import load_config
+from causalrec_jax.data.dataset import from_arrays
+from causalrec_jax.data.fingerprint import changes, fingerprint
+from causalrec_jax.errors import DataChangedError
+from causalrec_jax.runs import load as run_load
+from causalrec_jax.runs import train as run_train
+
+
+def test_the_fingerprint_follows_content_and_order():
+    users, items = np.array(["a", "b", "b"]), np.array(["x", "y", "x"])
+    base = from_arrays(users, items)
+    again = from_arrays(users.copy(), items.copy())
+    assert fingerprint(base) == fingerprint(again)
+    reordered = from_arrays(users[::-1], items[::-1])
+    assert fingerprint(reordered)["sha256"] != fingerprint(base)["sha256"]
+    assert changes(fingerprint(base), fingerprint(reordered)) == (
+        "the same counts, other content (edited or reordered rows)")
+    fewer = from_arrays(users[1:], items[1:])
+    assert changes(fingerprint(base), fingerprint(fewer)) == "n_interactions 3 -> 2, n_users 2 -> 1"
+    rated = from_arrays(users, items, np.array([1.0, 2.0, 3.0]))
+    assert fingerprint(rated)["sha256"] != fingerprint(base)["sha256"]
+    assert changes(fingerprint(base), fingerprint(again)) is None
+
+
+@pytest.fixture
+def csv_run(tmp_path):
+    rng = np.random.default_rng(1)
+    rows = [f"u{u},i{i},{rng.integers(1, 6)}" for u in range(40)
+            for i in rng.choice(25, size=8, replace=False)]
+    path = tmp_path / "log.csv"
+    path.write_text("user,item,rating\n" + "\n".join(rows) + "\n")
+    config = load_config(None, [
+        'data.format="csv"', f'data.path="{path}"', 'data.split="random"', "train.epochs=2",
+        'train.loss="bpr"', "model.embedding_dim=4", "eval.ks=[5]", "eval.positive_threshold=3",
+        'eval.metrics=["recall"]', 'train.early_stopping_metric="recall@5"'])
+    metrics = run_train.train_run(config, tmp_path / "run", quiet=True)
+    return path, rows, tmp_path / "run", metrics
+
+
+def test_evaluate_refuses_changed_data_and_agrees_on_the_same(csv_run, capsys):
+    path, rows, run, metrics = csv_run
+    stored = json.loads((run / "metrics.json").read_text())["data"]["fingerprint"]
+    assert stored["n_interactions"] == len(rows) and len(stored["sha256"]) == 64
+    again = run_load.evaluate_run(run)
+    assert again["test"]["recall@5"] == pytest.approx(metrics["test"]["recall@5"])
+    # Shuffled, 30 rows fewer: the split would differ; refused, saying what changed.
+    order = np.random.default_rng(2).permutation(len(rows))[30:]
+    path.write_text("user,item,rating\n" + "\n".join(rows[i] for i in order) + "\n")
+    with pytest.raises(DataChangedError, match=rf"n_interactions {len(rows)} -> {len(rows) - 30}"):
+        run_load.evaluate_run(run)
+    assert main(["evaluate", "--run", str(run)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "the data changed since the run was trained" in err[0]
+    # Only reordered: the same counts, still another split.
+    path.write_text("user,item,rating\n" + "\n".join(reversed(rows)) + "\n")
+    with pytest.raises(DataChangedError, match="reordered rows"):
+        run_load.evaluate_run(run)
+    # Put back as it was: evaluated again, the same numbers.
+    path.write_text("user,item,rating\n" + "\n".join(rows) + "\n")
+    assert run_load.evaluate_run(run)["test"] == pytest.approx(again["test"])
