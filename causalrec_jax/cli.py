@@ -14,7 +14,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from causalrec_jax.errors import CausalRecError
 
@@ -318,6 +319,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CausalRecError as error:
         print(f"causalrec {args.command}: error: {error}", file=sys.stderr)
         return 2
+
+
+def run_script(script_main: Callable[[], object], name: str | None = None) -> int:
+    """Runs an experiment script's `main()` as the command line runs a command: an error the
+    user can fix (`CausalRecError`) is one line on stderr and exit status 2, no traceback."""
+    try:
+        script_main()
+    except CausalRecError as error:
+        print(f"{name or Path(sys.argv[0]).name}: error: {error}", file=sys.stderr)
+        return 2
+    return 0
 
 
 if __name__ == "__main__":

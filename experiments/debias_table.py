@@ -26,13 +26,14 @@ import argparse
 import csv
 import json
 import math
-import shutil
 from pathlib import Path
 from typing import Any
 
+from causalrec_jax.cli import run_script
 from causalrec_jax.config import load_config
 from causalrec_jax.errors import CausalRecError
 from causalrec_jax.runs import train as run_train
+from causalrec_jax.runs.folder import fresh_out
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
@@ -122,13 +123,11 @@ def failed_row(error: Exception) -> dict[str, Any]:
 
 
 def run_method(config_path: Path, overrides: list[str], out: Path) -> dict[str, Any]:
-    """Loads `config_path` with `overrides` and trains it into `out` (emptied first).
+    """Loads `config_path` with `overrides` and trains it into `out` (a new folder).
 
     Returns its table row; a `CausalRecError` (bad config, method not wired, unreadable data)
     gives a failed row, anything else propagates.
     """
-    if out.exists():
-        shutil.rmtree(out)  # a table always starts afresh
     try:
         config = load_config(config_path, overrides)
         metrics = run_train.train_run(config, out, quiet=True)
@@ -288,7 +287,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--methods", default=",".join(METHODS),
                         help="comma-separated, among " + ", ".join(METHODS))
     parser.add_argument("--seeds", type=int, default=5, help="training seeds (train.seeds)")
-    parser.add_argument("--out", help="output folder (default runs/debias_<data>)")
+    parser.add_argument("--out", help="a new or empty folder for the runs (default: a fresh "
+                        "runs/debias_<data>-DATE-TIME)")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         help="section.key=value, applied to every method")
     args = parser.parse_args(argv)
@@ -301,7 +301,7 @@ def main(argv=None) -> dict:
         parser.error("--seeds: expected an integer >= 1")
     if args.path is not None and not Path(args.path).exists():
         parser.error(f"--path {args.path}: no such folder")
-    out = Path(args.out or f"runs/debias_{args.data}")
+    out = fresh_out(args.out, f"debias_{args.data}")  # never replaces earlier runs
     out.mkdir(parents=True, exist_ok=True)
     overrides = [*PROTOCOL_OVERRIDES, f"train.seeds={args.seeds}"]
     if args.path is not None:
@@ -332,4 +332,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run_script(main))

@@ -20,9 +20,11 @@ from pathlib import Path
 import numpy as np
 
 import causalrec_jax.sim  # noqa: F401  registers the data format "simulator" this demo reads
+from causalrec_jax.cli import run_script
 from causalrec_jax.config import load_config
 from causalrec_jax.data.loader import load_split
 from causalrec_jax.eval import evaluate_candidates
+from causalrec_jax.runs.folder import fresh_out
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "sim_demo.toml"
 
@@ -52,10 +54,12 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default=str(DEFAULT_CONFIG))
     parser.add_argument("--set", dest="overrides", action="append", default=[])
-    parser.add_argument("--out", default="runs/demo")
+    parser.add_argument("--out", help="a new or empty folder (default: a fresh "
+                        "runs/demo-DATE-TIME)")
     args = parser.parse_args(argv)
 
     config = load_config(args.config, args.overrides)
+    out = fresh_out(args.out, "demo")  # refused before any work when it holds something
     split, truth = load_split(config)
     train, test = split.train, split.test
     expected_rating = np.asarray(truth.expected_rating)
@@ -114,7 +118,6 @@ def main(argv=None) -> dict:
         "n_users": train.n_users, "n_items": train.n_items, "n_train": len(train),
         "n_test": len(test)}}
     print_report(results, config.eval.ks)
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(results, indent=2))
     print(f"\nwrote {out / 'metrics.json'}")
@@ -142,4 +145,4 @@ def print_report(results: dict, ks) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run_script(main))

@@ -37,6 +37,7 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
+from causalrec_jax.cli import run_script
 from causalrec_jax.config import load_config
 from causalrec_jax.tasks.ope import ope_seed, ope_setup
 
@@ -258,4 +259,4 @@ def main(argv=None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run_script(main))

@@ -1,7 +1,7 @@
 """Quickstart: train biased MF on the simulated MNAR world and evaluate it on MAR ratings.
 
     python experiments/quickstart.py [--config configs/quickstart.toml] [--set k=v ...]
-                                     [--out runs/quickstart] [--compare ips,dr,dr_jl]
+                                     [--out DIR] [--compare ips,dr,dr_jl]
 
 Trains `train.seeds` models in one vmapped program (see `configs/quickstart.toml`), prints a
 table of test metrics (mean ± std over seeds, 95% interval) and the run folder, which
@@ -17,10 +17,11 @@ cells, and the ranking of all items by true relevance.
 from __future__ import annotations
 
 import argparse
-import shutil
 from pathlib import Path
 
+from causalrec_jax.cli import run_script
 from causalrec_jax.config import load_config
+from causalrec_jax.runs.folder import fresh_out
 from causalrec_jax.runs.train import train_run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,15 +31,14 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default=str(ROOT / "configs" / "quickstart.toml"))
     parser.add_argument("--set", dest="overrides", action="append", default=[])
-    parser.add_argument("--out", default="runs/quickstart")
+    parser.add_argument("--out", help="a new or empty folder (default: a fresh "
+                        "runs/quickstart-DATE-TIME)")
     parser.add_argument("--compare", default="ips,dr,dr_jl",
                         help="debiasing methods to compare with naive ('' for none)")
     args = parser.parse_args(argv)
 
     config = load_config(args.config, args.overrides)
-    out = Path(args.out)
-    if out.exists():
-        shutil.rmtree(out)  # the quickstart always starts afresh
+    out = fresh_out(args.out, "quickstart")  # never replaces an earlier run or a user's file
     metrics = train_run(config, out, quiet=True)
 
     print(f"{config.model.name.upper()} ({config.train.loss} loss) on the simulated world: "
@@ -92,4 +92,4 @@ def _truth_row(metrics: dict, ratings: bool) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run_script(main))

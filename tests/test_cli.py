@@ -140,6 +140,18 @@ def test_simulate_refuses_a_folder_that_is_not_a_simlog(tmp_path, capsys):
     assert _folder_bytes(out) == {"metrics.json": b"{}"}
 
 
+def test_simulate_never_replaces_an_earlier_simlog(tmp_path, capsys):
+    out = tmp_path / "sim"
+    assert main(["simulate", *SIMULATE_SETS, "--out", str(out), "--quiet"]) == 0
+    before = _folder_bytes(out)
+    capsys.readouterr()
+    assert main(["simulate", *SIMULATE_SETS, "--set", "run.seed=3", "--out", str(out),
+                 "--quiet"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and "already holds a simlog" in error
+    assert _folder_bytes(out) == before
+
+
 def test_data_on_a_corrupted_simlog_is_one_line_error(tmp_path, capsys):
     out = tmp_path / "sim"
     assert main(["simulate", *SIMULATE_SETS, "--out", str(out), "--quiet"]) == 0

@@ -26,6 +26,7 @@ import json
 import math
 import shutil
 import sys
+import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from importlib import metadata
@@ -129,6 +130,21 @@ def refuse_existing_run(out: str | Path, resumable: bool = True) -> None:
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         hint = "pass --resume to continue it or" if resumable else "remove it or pass"
         raise RunError(f"{out} already holds a run; {hint} another --out")
+
+
+def fresh_out(out: str | Path | None, stem: str, root: str | Path = "runs") -> Path:
+    """The output folder of a script: `out`, refused (RunError) when it holds anything; or,
+    when `out` is None, a new folder `root/stem-YYYYmmdd-HHMMSS` (a suffix `-2`, `-3`, ...
+    when that exists), so running a script twice never replaces an earlier result."""
+    if out is not None:
+        refuse_existing_run(out, resumable=False)
+        return Path(out)
+    base = Path(root) / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    candidate, index = base, 1
+    while candidate.exists():
+        index += 1
+        candidate = base.with_name(f"{base.name}-{index}")
+    return candidate
 
 
 def write_run(

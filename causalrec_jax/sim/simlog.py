@@ -111,8 +111,9 @@ _ZIP_TIME = (1980, 1, 1, 0, 0, 0)
 # Writing.
 
 
-def check_simlog_out(out_dir: str | os.PathLike) -> None:
-    """Raises `DataFormatError` unless `out_dir` is absent, an empty folder or a simlog folder.
+def check_simlog_out(out_dir: str | os.PathLike, *, replace: bool = False) -> None:
+    """Raises `DataFormatError` unless `out_dir` is absent or an empty folder (or, with
+    `replace`, a simlog folder to be replaced).
 
     Call it before simulating, so a refused folder costs no simulation.
     """
@@ -135,22 +136,28 @@ def check_simlog_out(out_dir: str | os.PathLike) -> None:
             f"{FORMAT!r}); refusing to overwrite it",
             path=str(out),
         )
+    if not replace:
+        raise DataFormatError(
+            "already holds a simlog; refusing to replace it: remove it or pass another --out",
+            path=str(out),
+        )
 
 
 def write_simlog(
-    out_dir: str | os.PathLike, log: SimLog, truth: dict[str, Any], config: Config
+    out_dir: str | os.PathLike, log: SimLog, truth: dict[str, Any], config: Config, *,
+    replace: bool = False,
 ) -> None:
     """Writes `log`, `truth` and `config` as a simlog folder (format above), atomically.
 
     Args:
-        out_dir: the folder to create; an existing simlog folder is replaced, an existing
-            non-empty folder of anything else is refused (`DataFormatError`).
+        out_dir: the folder to create; an existing non-empty folder is refused
+            (`DataFormatError`), but for a simlog folder when `replace` is set.
         log: the logged rounds (`simulate_log`), `R` rounds of `K` slots.
         truth: name -> array of ground truth, all written to `truth.npz`.
         config: the effective config (`env`, `policy`, `run.seed` go into the manifest).
     """
     out = Path(out_dir)
-    check_simlog_out(out)
+    check_simlog_out(out, replace=replace)
     _check_log(log, config)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))

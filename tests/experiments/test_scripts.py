@@ -66,3 +66,30 @@ def test_quickstart_trains_and_reports(tmp_path, capsys):
     assert "against the simulator's truth" in printed
     # Ratings live on 1..5: a fitted model's error is far below the spread of the scale.
     assert metrics["test"]["mse"] < 4.0
+
+
+@pytest.mark.parametrize("name", ["quickstart", "demo", "debias_table"])
+def test_scripts_refuse_a_folder_that_holds_something(name, tmp_path, capsys):
+    from causalrec_jax.cli import run_script
+
+    script = load_script(name)
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    args = ["--out", str(out)] + (["--data", "simulator"] if name == "debias_table" else [])
+    assert run_script(lambda: script.main(args), name=name) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and error[0].startswith(f"{name}: error: {out} already holds")
+    assert [p.name for p in out.iterdir()] == ["notes.txt"]
+    assert (out / "notes.txt").read_text() == "keep me"
+
+
+def test_a_script_without_out_writes_a_fresh_folder_each_time(tmp_path):
+    from causalrec_jax.runs.folder import fresh_out
+
+    first = fresh_out(None, "quickstart", root=tmp_path)
+    first.mkdir()
+    second = fresh_out(None, "quickstart", root=tmp_path)
+    assert first != second and not second.exists()
+    assert first.name.startswith("quickstart-") and second.parent == tmp_path
+    assert fresh_out(tmp_path / "new", "quickstart") == tmp_path / "new"

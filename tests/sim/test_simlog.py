@@ -152,13 +152,16 @@ def test_existing_folder_that_is_not_a_simlog_is_refused_and_untouched(tmp_path,
         write_simlog(a_file, log, truth, config)
 
 
-def test_empty_folder_and_existing_simlog_are_written(tmp_path, simulated):
+def test_an_existing_simlog_is_only_replaced_on_request(tmp_path, simulated):
     config, log, truth = simulated
     out = tmp_path / "log"
     out.mkdir()
     write_simlog(out, log, truth, config)
     before = {p.name: p.read_bytes() for p in out.iterdir()}
-    write_simlog(out, log, truth, config)  # replaces a simlog folder
+    with pytest.raises(DataFormatError, match="already holds a simlog"):
+        write_simlog(out, log, truth, config)  # never replaced unless asked
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    write_simlog(out, log, truth, config, replace=True)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # identical bytes
     assert [p.name for p in tmp_path.iterdir()] == ["log"]
 
@@ -179,7 +182,7 @@ def test_failure_during_writing_leaves_no_folder(tmp_path, simulated, monkeypatc
     before = {p.name: p.read_bytes() for p in (tmp_path / "log").iterdir()}
     monkeypatch.setattr(simlog, "_write_npz", fail)
     with pytest.raises(RuntimeError):
-        write_simlog(tmp_path / "log", log, truth, config)
+        write_simlog(tmp_path / "log", log, truth, config, replace=True)
     assert {p.name: p.read_bytes() for p in (tmp_path / "log").iterdir()} == before
     assert [p.name for p in tmp_path.iterdir()] == ["log"]
 
