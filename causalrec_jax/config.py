@@ -30,6 +30,9 @@ RANKING_METRIC_NAMES = ("recall", "precision", "ndcg", "hit", "mrr", "map", "ite
 POINTWISE_METRIC_NAMES = ("auc", "mse", "rmse", "mae")
 UNBIASED_METRIC_NAMES = ("ips_recall", "snips_recall", "ips_ndcg", "snips_ndcg", "ips_dcg")
 METRIC_NAMES = RANKING_METRIC_NAMES + POINTWISE_METRIC_NAMES + UNBIASED_METRIC_NAMES
+# Estimators whose denominator is the true number of relevant items (known in simulation
+# only): library functions, refused in a run's eval.metrics.
+NEEDS_N_RELEVANT = ("ips_recall", "ips_ndcg")
 
 
 class FrozenDict(dict):
@@ -332,6 +335,13 @@ class EvalConfig:
             raise ConfigError(
                 f"key eval.metrics: unknown metric {unknown[0]!r}{hint} (known: "
                 f"{', '.join(METRIC_NAMES)}; cut-offs go in eval.ks, not in the name)"
+            )
+        needs_truth = [name for name in self.metrics if name.lower() in NEEDS_N_RELEVANT]
+        if needs_truth:
+            raise ConfigError(
+                f"key eval.metrics: {needs_truth[0]!r} needs each user's true number of "
+                "relevant items, which a run does not know; use snips_recall / snips_ndcg or "
+                "ips_dcg (eval.unbiased_ranking_metrics computes it given n_relevant)"
             )
         _require(self.chunk_size >= 1, "eval.chunk_size", "an integer >= 1", self.chunk_size)
         _require(self.sampled_negatives >= 0, "eval.sampled_negatives", "an integer >= 0",

@@ -48,7 +48,6 @@ def test_override_value_not_toml_is_plain_string():
     [
         ("data.fromat=1", "did you mean 'format'"),
         ("trian.seeds=1", "did you mean 'train'"),
-        ('data.format="coatt"', "did you mean 'coat'"),
         ('train.seeds="five"', "key train.seeds: got 'five'"),
         ("train.seeds=1.5", "expected an integer"),
         ("eval.ks=[1, \"a\"]", "eval.ks[1]"),
@@ -142,6 +141,14 @@ def test_metric_names_agree_with_the_eval_package():
     assert set(METRIC_NAMES) == set(RANKING_NAMES) | set(POINTWISE_NAMES) | set(
         UNBIASED_METRICS
     )
+
+
+@pytest.mark.parametrize("name", ["ips_recall", "IPS_NDCG"])
+def test_metrics_a_run_cannot_compute_are_refused_at_load(name):
+    # They need the true number of relevant items per user; a run would crash after an epoch.
+    with pytest.raises(ConfigError, match=rf"key eval.metrics: '{name}' needs each user's true"):
+        load_config(None, [f'eval.metrics=["ndcg", "{name}"]'])
+    assert load_config(None, ['eval.metrics=["snips_recall", "snips_ndcg", "ips_dcg"]'])
 
 
 def test_a_literal_string_that_toml_reads_as_a_boolean_is_accepted():

@@ -80,6 +80,8 @@ def _chunk_scores(queries, item_table, item_bias, start, size: int, precision):
     scores = jnp.matmul(queries, rows.T, precision=precision)
     if item_bias is not None:
         scores = scores + jax.lax.dynamic_slice_in_dim(item_bias, start, size)[None, :]
+    # -0.0 and +0.0 tie, as everywhere in the library (`top_k` alone orders -0.0 lower).
+    scores = jnp.where(scores == 0, jnp.zeros_like(scores), scores)
     return scores, start + jnp.arange(size, dtype=jnp.int32)
 
 

@@ -87,6 +87,20 @@ def test_top_k_with_exclusion_equals_masked_dense(m):
     np.testing.assert_array_equal(scores, want_scores)
 
 
+@pytest.mark.parametrize("chunk_size", [3, 4])
+def test_signed_zeros_tie_as_in_item_topk(chunk_size):
+    from causalrec_jax.eval.metrics import item_topk
+
+    # A zero user vector: items whose entries are negative score -0.0, the others +0.0.
+    table = jnp.asarray([[-1.0, -2.0], [1.0, 2.0], [-3.0, -1.0], [2.0, 1.0]])
+    query = jnp.zeros((1, 2))
+    scores = query @ table.T
+    assert bool(jnp.signbit(scores[0, 0])) and not bool(jnp.signbit(scores[0, 1]))
+    _, items = chunked_top_k(query, table, 3, chunk_size=chunk_size)
+    np.testing.assert_array_equal(items, item_topk(scores, k=3))
+    np.testing.assert_array_equal(items, [[0, 1, 2]])  # all tied: lower index first
+
+
 def test_top_k_jits_once_for_inputs_of_one_shape():
     before = catalogue._chunked_top_k._cache_size()
     outs = []
