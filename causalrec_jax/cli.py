@@ -52,7 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser("train", help="train and evaluate a model; write a run folder")
     train.add_argument("--out", help="run folder (default: runs/<config name>)")
-    train.add_argument("--resume", action="store_true", help="continue a stopped run")
+    train.add_argument("--resume", action="store_true",
+                       help="continue the stopped run in --out (its own config.toml)")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_config_arguments(train)
     train.set_defaults(handler=_command_train)
@@ -154,11 +155,26 @@ def _command_train(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from causalrec_jax.config import dumps_changes, load_config
+    from causalrec_jax.errors import RunError
     from causalrec_jax.runs.train import train_run
 
-    config = load_config(args.config, args.overrides)
-    name = config.run.name or (Path(args.config).stem if args.config else "default")
-    out = Path(args.out) if args.out else Path(config.run.out_dir) / name
+    if args.resume and args.config is None:
+        # --resume reads the run's own config.toml; --set may only change what
+        # runs.folder.check_resumable allows.
+        if not args.out:
+            raise RunError("--resume without --config needs --out, the run folder to continue")
+        out = Path(args.out)
+        if not (out / "config.toml").is_file():
+            raise RunError(f"--resume: {out} is not a run folder (no config.toml); train a new "
+                           "run there without --resume")
+        config = load_config(out / "config.toml", args.overrides)
+    else:
+        config = load_config(args.config, args.overrides)
+        name = config.run.name or (Path(args.config).stem if args.config else "default")
+        out = Path(args.out) if args.out else Path(config.run.out_dir) / name
+        if args.resume and not (out / "config.toml").is_file():
+            raise RunError(f"--resume: {out} is not a run folder (no config.toml); train a new "
+                           "run there without --resume")
     quiet = args.quiet or config.run.quiet
     if not quiet:
         print(dumps_changes(config))

@@ -1,6 +1,7 @@
 """Whole runs: the run folder contract, resume equivalence, seeds, folds, the CLI end to end."""
 
 import json
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -16,6 +17,8 @@ from causalrec_jax.runs import train as run_train
 from causalrec_jax.tasks import ordinary
 from causalrec_jax.train import checkpoint as checkpoints
 from causalrec_jax.train import loop
+
+ROOT = Path(__file__).resolve().parents[2]
 
 TINY = [
     "sim.n_users=60",
@@ -111,7 +114,9 @@ def test_resume_ends_identical_to_an_uninterrupted_run(tmp_path, monkeypatch):
     monkeypatch.setattr(ordinary, "fit", original_fit)
     # The last checkpoint is at epoch 1 (every 2 epochs); resume replays epochs 2..5.
     assert checkpoints.latest_epoch(tmp_path / "part" / "checkpoints") == 1
-    resumed = run_train.train_run(config, tmp_path / "part", resume=True, quiet=True)
+    # As a user resumes: the run's own config.toml, no --config and no --set again.
+    assert main(["train", "--resume", "--out", str(tmp_path / "part"), "--quiet"]) == 0
+    resumed = json.loads((tmp_path / "part" / "metrics.json").read_text())
     logged = [json.loads(line)
               for line in (tmp_path / "part" / "log.jsonl").read_text().splitlines()]
     # one line per epoch and seed; the replayed epoch 2 is not logged twice
@@ -120,8 +125,9 @@ def test_resume_ends_identical_to_an_uninterrupted_run(tmp_path, monkeypatch):
     uninterrupted = [json.loads(line)
                      for line in (tmp_path / "full" / "log.jsonl").read_text().splitlines()]
     assert _without_seconds(logged) == _without_seconds(uninterrupted)
-    assert resumed["test"] == full["test"]
-    assert resumed["per_seed"] == full["per_seed"]
+    assert resumed["test"] == pytest.approx(full["test"], rel=0, abs=0)
+    assert resumed["per_seed"] == json.loads((tmp_path / "full" / "metrics.json").read_text())[
+        "per_seed"]
     full_params = run_load.load_run(tmp_path / "full").parts.params
     resumed_params = run_load.load_run(tmp_path / "part").parts.params
     for a, b in zip(jax.tree.leaves(full_params), jax.tree.leaves(resumed_params), strict=True):
@@ -363,6 +369,21 @@ def test_weighted_methods_reject_what_they_cannot_do(tmp_path):
     with pytest.raises(ConfigError, match="pointwise loss"):
         run_train.train_run(ratings_config('causal.method="snips"', 'causal.propensity="true"',
                                         'train.loss="bpr"'), tmp_path / "b", quiet=True)
+
+
+def test_resume_refuses_a_folder_that_is_not_a_run(tmp_path, capsys):
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "a.txt").write_text("mine")
+    for argv in (["--out", str(tmp_path / "notes")], ["--out", str(tmp_path / "none")],
+                 ["--config", str(ROOT / "configs" / "quickstart.toml"), "--out",
+                  str(tmp_path / "notes")]):
+        assert main(["train", "--resume", "--quiet", *argv]) == 2
+        error = capsys.readouterr().err.strip().splitlines()
+        assert len(error) == 1 and "is not a run folder (no config.toml)" in error[0]
+    assert main(["train", "--resume", "--quiet"]) == 2
+    assert "needs --out" in capsys.readouterr().err
+    assert [p.name for p in (tmp_path / "notes").iterdir()] == ["a.txt"]
+    assert not (tmp_path / "none").exists()
 
 
 def test_resume_refuses_another_config_and_keeps_the_folder(tmp_path):
