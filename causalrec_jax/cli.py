@@ -329,12 +329,34 @@ def _command_simulate(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the command line; returns the exit status."""
+    import warnings
+
     args = build_parser().parse_args(argv)
     try:
-        return args.handler(args)
+        with warnings.catch_warnings():  # restores Python's own display on the way out
+            _one_line_warnings(f"causalrec {args.command}")
+            return args.handler(args)
     except CausalRecError as error:
         print(f"causalrec {args.command}: error: {error}", file=sys.stderr)
         return 2
+
+
+def _one_line_warnings(prog: str) -> None:
+    """Prints a `DataWarning` as one line on stderr (`prog: warning: ...`), without Python's
+    source line; other warnings keep Python's form. Call it inside `warnings.catch_warnings`."""
+    import warnings
+
+    from causalrec_jax.errors import DataWarning
+
+    default = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, DataWarning):
+            print(f"{prog}: warning: {message}", file=sys.stderr)
+        else:
+            default(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
 
 
 def run_script(script_main: Callable[[], object], name: str | None = None) -> int:

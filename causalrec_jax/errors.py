@@ -39,3 +39,8 @@ class RunError(CausalRecError):
 
 class DataChangedError(RunError):
     """The data a run names is no longer the data it was trained on (its fingerprint differs)."""
+
+
+class DataWarning(UserWarning):
+    """Data that reads, but looks wrong (e.g. one non-integer id in a file of integer ids);
+    the command line prints it as one line."""

@@ -490,6 +490,32 @@ def test_seq_lines_reads_sequences_in_order(tmp_path, crlf):
     assert dataset.meta["raw_rows"] == 5
 
 
+def test_seq_lines_warns_of_an_odd_item_id_naming_the_line(tmp_path):
+    import warnings
+
+    from causalrec_jax.errors import DataWarning
+
+    path = write(tmp_path / "Toys.txt", "1 5 6 7\n2 6 8\n3 7 5x 8\n")
+    with pytest.warns(DataWarning, match=r"Toys.txt, line 3: item '5x' is not like the others "
+                                         r"\(7 of 8 item ids are integers"):
+        dataset = read_seq_lines(path)
+    assert "5x" in external(dataset.item_ids)  # read, as its own item
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        read_seq_lines(write(tmp_path / "ok.txt", "1 5 6\n2 6 8\n"))  # all integers: silent
+        read_seq_lines(write(tmp_path / "names.txt", "a x y\nb y z\n"))  # no integer: silent
+
+
+def test_the_command_line_prints_a_data_warning_as_one_line(tmp_path, capsys):
+    from causalrec_jax.cli import main
+
+    path = write(tmp_path / "Toys.txt", "1 5 6 7\n2 6 8\n3 7 5x 8\n")
+    assert main(["data", "--format", "seq_lines", "--path", str(path)]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [line for line in err if line.startswith("causalrec data: warning: ")]
+    assert len(err) == 1 and "line 3: item '5x'" in err[0]
+
+
 def test_seq_lines_reads_the_single_txt_of_a_folder(tmp_path):
     write(tmp_path / "data" / "Sports.txt", "a x y\n")
     assert read_seq_lines(tmp_path / "data").n_interactions == 2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ from causalrec_jax.data.formats.common import (
     numbered_lines,
     reader_meta,
 )
-from causalrec_jax.errors import DataFormatError
+from causalrec_jax.errors import DataFormatError, DataWarning
 
 
 def read_seq_lines(path: PathLike) -> Dataset:
@@ -34,6 +35,8 @@ def read_seq_lines(path: PathLike) -> Dataset:
     """
     file_path = _single_txt_file(existing_path(path))
     users, items, positions = [], [], []
+    # the first line holding an integer item id and the first holding another one
+    first_line = {True: None, False: None}
     line_of_user: dict[str, int] = {}
     for line_number, line in numbered_lines(file_path):
         tokens = line.split()
@@ -56,9 +59,14 @@ def read_seq_lines(path: PathLike) -> Dataset:
         line_of_user[user] = line_number
         users.append(np.full(len(tokens) - 1, user, dtype=object))
         items.extend(tokens[1:])
+        for token in tokens[1:]:
+            kind = token.isdigit()
+            if first_line[kind] is None:
+                first_line[kind] = (line_number, token)
         positions.append(np.arange(len(tokens) - 1, dtype=np.float64))
     if not line_of_user:
         raise empty_file_error(file_path, "lines 'user item item ...'")
+    _warn_mixed_ids(file_path, items, first_line)
     dataset = from_arrays(
         np.concatenate(users),
         np.array(items, dtype=object),
@@ -71,6 +79,21 @@ def read_seq_lines(path: PathLike) -> Dataset:
         },
     )
     return dataset
+
+
+def _warn_mixed_ids(file_path: Path, items: list[str], first_line: dict) -> None:
+    """Warns (`DataWarning`, naming the line) when a file of integer item ids holds another
+    id, or the other way round: a corrupted line of a release, read silently otherwise."""
+    if first_line[True] is None or first_line[False] is None:
+        return
+    n_integer = sum(token.isdigit() for token in items)
+    majority_is_integer = n_integer * 2 >= len(items)
+    line, token = first_line[not majority_is_integer]
+    kind = "integer" if majority_is_integer else "non-integer"
+    warnings.warn(DataWarning(
+        f"{file_path}, line {line}: item {token!r} is not like the others ({n_integer:,} of "
+        f"{len(items):,} item ids are integers, the majority {kind}); a corrupted line? It is "
+        "read as an item of its own"), stacklevel=2)
 
 
 def _single_txt_file(path: Path) -> Path:
