@@ -332,26 +332,47 @@ def main(argv: Sequence[str] | None = None) -> int:
     import warnings
 
     args = build_parser().parse_args(argv)
+    prog = f"causalrec {args.command}"
     try:
         with warnings.catch_warnings():  # restores Python's own display on the way out
-            _one_line_warnings(f"causalrec {args.command}")
+            _one_line_warnings(prog)
             return args.handler(args)
     except CausalRecError as error:
-        print(f"causalrec {args.command}: error: {error}", file=sys.stderr)
+        print(f"{prog}: error: {error}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # The reader went away (`causalrec data --json | head`): stop quietly, and keep
+        # Python's exit from writing to the closed pipe again.
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except OSError as error:
+        # The file system refused (a read-only --out, an --out below a file, a full disk).
+        where = f"{error.filename}: " if error.filename else ""
+        print(f"{prog}: error: {where}{error.strerror or error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        out = getattr(args, "out", None)
+        hint = (f"; continue it with: causalrec {args.command} --resume --out {out}"
+                if args.command == "train" and out and Path(out, "checkpoints").is_dir()
+                else "")
+        print(f"{prog}: interrupted{hint}", file=sys.stderr)
+        return 130
 
 
 def _one_line_warnings(prog: str) -> None:
-    """Prints a `DataWarning` as one line on stderr (`prog: warning: ...`), without Python's
-    source line; other warnings keep Python's form. Call it inside `warnings.catch_warnings`."""
+    """Prints a `DataWarning` or `CheckpointWarning` as one line on stderr (`prog: warning:
+    ...`), without Python's source line; other warnings keep Python's form. Call it inside
+    `warnings.catch_warnings`."""
     import warnings
 
-    from causalrec_jax.errors import DataWarning
+    from causalrec_jax.errors import CheckpointWarning, DataWarning
 
     default = warnings.showwarning
 
     def show(message, category, filename, lineno, file=None, line=None):
-        if issubclass(category, DataWarning):
+        if issubclass(category, DataWarning | CheckpointWarning):
             print(f"{prog}: warning: {message}", file=sys.stderr)
         else:
             default(message, category, filename, lineno, file, line)

@@ -41,6 +41,11 @@ class DataChangedError(RunError):
     """The data a run names is no longer the data it was trained on (its fingerprint differs)."""
 
 
+class CheckpointWarning(UserWarning):
+    """A checkpoint that does not read back was set aside; the command line prints it as one
+    line."""
+
+
 class DataWarning(UserWarning):
     """Data that reads, but looks wrong (e.g. one non-integer id in a file of integer ids);
     the command line prints it as one line."""

@@ -298,7 +298,9 @@ def start_log(path: Path, *, resume: bool, checkpoint_of: Callable[[dict[str, An
             line = json.loads(text)
             folder = checkpoint_of(line)
             if folder not in newest:
-                newest[folder] = checkpoints.latest_epoch(folder)
+                # an unreadable newest checkpoint is set aside: the run resumes from the one
+                # before, and the log is trimmed to it
+                newest[folder] = checkpoints.set_aside_unreadable(folder)
             if newest[folder] is not None and line["epoch"] <= newest[folder]:
                 kept.append(text)
     path.write_text("".join(text + "\n" for text in kept))

@@ -4,6 +4,7 @@ logging policy (`run_score_table`)."""
 
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -41,11 +42,19 @@ def load_run(run_dir: str | Path) -> LoadedRun:
         if not (run / name).exists():
             raise RunError(f"{run} is not a finished run: {name} is missing")
     config = load_config(run / "config.toml")
-    with np.load(run / "data.npz") as stored:
-        data = {name: stored[name] for name in stored.files}
-    if config.model.name in SEQUENCE_MODELS:
-        return load_sequence_run(run, config, data)
-    return load_ordinary_run(run, config, data)
+    try:
+        with np.load(run / "data.npz") as stored:
+            data = {name: stored[name] for name in stored.files}
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as error:
+        raise RunError(f"{run / 'data.npz'} is unreadable ({type(error).__name__}: {error}); "
+                       "the file is damaged: train the run again") from None
+    try:
+        if config.model.name in SEQUENCE_MODELS:
+            return load_sequence_run(run, config, data)
+        return load_ordinary_run(run, config, data)
+    except (FileNotFoundError, ValueError, KeyError) as error:
+        raise RunError(f"{run / 'model'} holds no readable model ({type(error).__name__}: "
+                       f"{error}); the folder is damaged: train the run again") from None
 
 
 def run_score_table(run_dir: str | Path, n_users: int, n_items: int) -> np.ndarray:

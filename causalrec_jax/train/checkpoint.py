@@ -15,6 +15,8 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
+from causalrec_jax.errors import CheckpointWarning
+
 
 def _manager(directory: str | Path, max_to_keep: int | None = 2) -> ocp.CheckpointManager:
     options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True)
@@ -78,3 +80,33 @@ def restore_checkpoint(
         return restored["arrays"], dict(restored["meta"])
     finally:
         manager.close()
+
+
+def set_aside_unreadable(directory: str | Path, like: Any = None) -> int | None:
+    """The newest checkpoint in `directory` that reads back (its JSON part, and its arrays
+    shaped like `like` when given); newer ones that do not are renamed `corrupt-EPOCH` (kept
+    for a post-mortem, no longer seen as checkpoints), each with a `CheckpointWarning`.
+    Returns that epoch, or None when no checkpoint reads."""
+    import warnings
+
+    if not Path(directory).exists():
+        return None
+    manager = _manager(directory)
+    try:
+        steps = sorted(manager.all_steps(), reverse=True)
+    finally:
+        manager.close()
+    for index, epoch in enumerate(steps):
+        try:
+            restore_checkpoint(directory, like, epoch, meta_only=like is None)
+            return epoch
+        except Exception as error:  # orbax, JSON and tensorstore failures alike
+            older = steps[index + 1] if index + 1 < len(steps) else None
+            folder = Path(directory) / str(epoch)
+            folder.rename(folder.with_name(f"corrupt-{epoch}"))
+            then = (f"resuming from the checkpoint of epoch {older}" if older is not None
+                    else "no older checkpoint: training starts again")
+            warnings.warn(CheckpointWarning(
+                f"{folder}: the checkpoint of epoch {epoch} is unreadable "
+                f"({type(error).__name__}); set aside as corrupt-{epoch}, {then}"), stacklevel=2)
+    return None

@@ -28,7 +28,11 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from causalrec_jax.errors import CausalRecError
-from causalrec_jax.train.checkpoint import latest_epoch, restore_checkpoint, save_checkpoint
+from causalrec_jax.train.checkpoint import (
+    restore_checkpoint,
+    save_checkpoint,
+    set_aside_unreadable,
+)
 from causalrec_jax.train.step import TrainState
 
 # Metrics where lower is better; every other validation metric is maximised.
@@ -199,7 +203,7 @@ def fit(
     all_keys = keys
     history: list[dict[str, Any]] = []
     start = 0
-    if resume and checkpoint_dir is not None and latest_epoch(checkpoint_dir) is not None:
+    if resume and checkpoint_dir is not None and set_aside_unreadable(checkpoint_dir) is not None:
         _, meta = restore_checkpoint(checkpoint_dir, None, meta_only=True)
         alive = np.asarray(meta.get("alive", list(range(n_seeds))), np.int64)
         states, keys = _rows(states, alive), all_keys[alive]

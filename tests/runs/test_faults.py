@@ -1,0 +1,108 @@
+"""Faults in a user's hands end in one line, never a traceback, and leave nothing half-written:
+bad --out paths, damaged run folders, a corrupt checkpoint on --resume, Ctrl-C, a closed pipe."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from causalrec_jax.cli import main
+from causalrec_jax.tasks import ordinary
+from causalrec_jax.train import checkpoint as checkpoints
+from causalrec_jax.train import loop
+
+TINY = ["--set", "sim.n_users=40", "--set", "sim.n_items=30", "--set", "train.epochs=6",
+        "--set", "train.checkpoint_every=2", "--set", "model.embedding_dim=4", "--quiet"]
+
+
+def one_error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    return err[0]
+
+
+@pytest.fixture(scope="module")
+def good_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("faults") / "good"
+    assert main(["train", *TINY, "--out", str(out)]) == 0
+    return out
+
+
+def test_an_out_below_a_file_is_one_line(tmp_path, capsys):
+    (tmp_path / "afile").write_text("mine")
+    assert main(["train", *TINY, "--out", str(tmp_path / "afile" / "run")]) == 2
+    line = one_error_line(capsys)
+    assert line.startswith("causalrec train: error: ") and "Not a directory" in line
+    assert (tmp_path / "afile").read_text() == "mine"
+
+
+def test_a_damaged_run_folder_is_one_line(good_run, tmp_path, capsys):
+    import shutil
+
+    truncated = tmp_path / "truncated"
+    shutil.copytree(good_run, truncated)
+    data = (good_run / "data.npz").read_bytes()
+    (truncated / "data.npz").write_bytes(data[: len(data) // 3])
+    capsys.readouterr()
+    assert main(["recommend", "--run", str(truncated), "--user", "3"]) == 2
+    assert "data.npz is unreadable" in one_error_line(capsys)
+    empty = tmp_path / "empty"
+    shutil.copytree(good_run, empty)
+    shutil.rmtree(empty / "model")
+    (empty / "model").mkdir()
+    assert main(["evaluate", "--run", str(empty)]) == 2
+    assert "model holds no readable model" in one_error_line(capsys)
+
+
+def test_a_corrupt_newest_checkpoint_resumes_from_the_one_before(good_run, tmp_path,
+                                                                  monkeypatch, capsys):
+    original_fit = loop.fit
+
+    def interrupted_fit(**kwargs):
+        log = kwargs["log_fn"]
+
+        def stop_after_epoch_4(record):
+            log(record)
+            if record["epoch"] == 4:
+                raise KeyboardInterrupt
+
+        return original_fit(**{**kwargs, "log_fn": stop_after_epoch_4})
+
+    part = tmp_path / "part"
+    monkeypatch.setattr(ordinary, "fit", interrupted_fit)
+    # Ctrl-C: one line saying how to continue; the checkpoints stay.
+    assert main(["train", *TINY, "--out", str(part)]) == 130
+    line = one_error_line(capsys)
+    assert line == f"causalrec train: interrupted; continue it with: causalrec train --resume " \
+                   f"--out {part}"
+    monkeypatch.setattr(ordinary, "fit", original_fit)
+    assert checkpoints.latest_epoch(part / "checkpoints") == 3
+    for path in (part / "checkpoints" / "3").rglob("*"):
+        if path.is_file():
+            path.write_text("garbage")
+    assert main(["train", "--resume", "--out", str(part)]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("causalrec train: warning: ")
+    assert "the checkpoint of epoch 3 is unreadable" in err[0]
+    assert "resuming from the checkpoint of epoch 1" in err[0]
+    assert (part / "checkpoints" / "corrupt-3").is_dir()
+    # Ends as the uninterrupted run ended, its log without a replayed epoch twice.
+    full = json.loads((good_run / "metrics.json").read_text())
+    resumed = json.loads((part / "metrics.json").read_text())
+    assert resumed["per_seed"] == full["per_seed"]
+    lines = [json.loads(text) for text in (part / "log.jsonl").read_text().splitlines()]
+    assert [line["epoch"] for line in lines] == list(range(6))
+
+
+def test_a_closed_pipe_ends_quietly(tmp_path):
+    code = ("import sys; from causalrec_jax.cli import main; "
+            "sys.exit(main(['data', '--format', 'simulator', '--set', 'sim.n_users=50', "
+            "'--set', 'sim.n_items=20', '--json']))")
+    reader = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, cwd=tmp_path)
+    reader.stdout.close()  # the reader is gone before anything is written (`| head -c 0`)
+    stderr = reader.stderr.read().decode()
+    reader.wait(timeout=120)
+    assert "Traceback" not in stderr and "BrokenPipe" not in stderr, stderr
+    assert reader.returncode == 1
