@@ -56,7 +56,7 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
 
     config = load_config(args.config, args.overrides)
-    split, truth = load_split(config)
+    split, truth = load_split(config.data, config.sim, seed=config.run.seed)
     train, test = split.train, split.test
     expected_rating = np.asarray(truth.expected_rating)
     propensity = np.asarray(truth.propensity)
