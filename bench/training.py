@@ -38,7 +38,7 @@ def case_epochs(config_path: str, overrides: list[str], epochs: int) -> dict:
 
     config = load_config(config_path, overrides + [f"train.epochs={epochs}"])
     tic = time.perf_counter()
-    split, _ = load_split(config)
+    split, _ = load_split(config.data, config.sim, seed=config.run.seed)
     data_seconds = time.perf_counter() - tic
     no_valid = Split(train=split.train, valid=None, test=split.test)
     tic = time.perf_counter()

@@ -41,7 +41,7 @@ def main() -> None:
     config = load_config(ROOT / "configs" / "ml100k_mf.toml",
                          [f'data.path="{ML100K}"', f"train.epochs={args.epochs}"])
     trials = make_trials(load_space(ROOT / "configs" / "ml100k_mf_space.toml"), "grid", None, 0)
-    split, _ = load_split(config)
+    split, _ = load_split(config.data, config.sim, seed=config.run.seed)
     metric = config.train.early_stopping_metric
 
     def members_of(trial):

@@ -311,8 +311,8 @@ def _command_simulate(args: argparse.Namespace) -> int:
 
         score_table = run_score_table(config.policy.run, config.env.n_users, config.env.n_items)
     log, truth = simulate_log(
-        config, jax.random.key(config.run.seed), marginal_samples=config.ope.marginal_samples,
-        score_table=score_table,
+        config.env, config.policy, jax.random.key(config.run.seed),
+        marginal_samples=config.ope.marginal_samples, score_table=score_table,
     )
     write_simlog(out, log, truth, config)
     seconds = time.perf_counter() - start

@@ -60,7 +60,7 @@ def main(argv=None) -> dict:
 
     config = load_config(args.config, args.overrides)
     out = fresh_out(args.out, "demo")  # refused before any work when it holds something
-    split, truth = load_split(config)
+    split, truth = load_split(config.data, config.sim, seed=config.run.seed)
     train, test = split.train, split.test
     expected_rating = np.asarray(truth.expected_rating)
     propensity = np.asarray(truth.propensity)

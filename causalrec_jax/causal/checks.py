@@ -1,6 +1,7 @@
 """Checks, before any training, that a causal configuration can run on the split it gets.
 
-`check_causal_setup(config, split)` refuses, with an error naming the config key to change:
+`check_causal_setup(causal, data, split, loss=...)` refuses, with an error naming the config key
+to change:
 
 - a method that weights by propensities (`ips`, `snips`, the `dr` family, `rel_mf`) with
   `causal.propensity = "none"`;
@@ -31,7 +32,7 @@ from causalrec_jax.causal.propensity import (
     estimate_propensities,
 )
 from causalrec_jax.causal.training import ALL_CELL_METHODS, METHODS_WITH_PROPENSITIES
-from causalrec_jax.config import CausalConfig, Config
+from causalrec_jax.config import CausalConfig, DataConfig
 from causalrec_jax.data.dataset import Split
 from causalrec_jax.errors import ConfigError, SplitError
 from causalrec_jax.train.objectives import POINTWISE_LOSSES
@@ -52,13 +53,17 @@ _WHY_LOSS = {
 }
 
 
-def check_causal_setup(config: Config, split: Split) -> None:
-    """Raises if `config` cannot train its causal method on `split`; returns None if it can.
+def check_causal_setup(
+    causal: CausalConfig, data: DataConfig, split: Split, *, loss: str
+) -> None:
+    """Raises if `causal` cannot train its method on `split`; returns None if it can.
 
     Args:
-        config: the whole experiment configuration (`causal`, `train` and `data` are read).
+        causal: the `[causal]` section (method, propensity source, clip, imputed value).
+        data: the `[data]` section (`format`, `split`, `mar_train_fraction`: named in errors).
         split: the split the run trains on; its MAR training slice is
             `split.extra.get("mar_train")`.
+        loss: `train.loss`, the loss the method trains with.
 
     Raises:
         ConfigError: a method / loss / propensity source / MAR slice combination that cannot
@@ -67,9 +72,8 @@ def check_causal_setup(config: Config, split: Split) -> None:
         PropensityError: `causal.propensity = "given"` and the dataset's matrix is missing,
             of the wrong shape, or outside (0, 1] (NaN included) at an observed training cell.
     """
-    causal = config.causal
     method, source = causal.method, causal.propensity
-    _check_loss(method, config.train.loss)
+    _check_loss(method, loss)
     needs_propensities = method in METHODS_NEEDING_PROPENSITIES
     if needs_propensities and source == "none":
         sources = ", ".join(s for s in PROPENSITY_METHODS if s != "none")
@@ -79,7 +83,7 @@ def check_causal_setup(config: Config, split: Split) -> None:
             f"{sources}"
         )
     value = causal.imputation_value
-    if method == "dr" and config.train.loss == "bce" and value is not None and not (
+    if method == "dr" and loss == "bce" and value is not None and not (
         0.0 <= value <= 1.0
     ):
         raise ConfigError(
@@ -92,22 +96,22 @@ def check_causal_setup(config: Config, split: Split) -> None:
         raise ConfigError(
             "key data.mar_train_fraction: causal.propensity = 'naive_bayes' needs a "
             f"missing-at-random training slice, which this split lacks (it is {state}); set "
-            f"data.split = 'mar_slice' (now {config.data.split!r}) with "
-            f"data.mar_train_fraction > 0 (now {config.data.mar_train_fraction})"
+            f"data.split = 'mar_slice' (now {data.split!r}) with "
+            f"data.mar_train_fraction > 0 (now {data.mar_train_fraction})"
         )
-    if source == "true" and config.data.format != "simulator":
+    if source == "true" and data.format != "simulator":
         raise ConfigError(
             "key causal.propensity: 'true' propensities exist only for simulated data "
-            f"(data.format = 'simulator'), got data.format = {config.data.format!r}; use "
+            f"(data.format = 'simulator'), got data.format = {data.format!r}; use "
             "given, popularity, naive_bayes, logistic or learned"
         )
     if len(split.test) == 0:
         keys = (
             "data.mar_train_fraction / data.mar_valid_fraction"
-            if config.data.split == "mar_slice" else "data.split_ratios"
+            if data.split == "mar_slice" else "data.split_ratios"
         )
         raise SplitError(f"key {keys}: the split has no test rows (data.split = "
-                         f"{config.data.split!r})")
+                         f"{data.split!r})")
     if needs_propensities and source == "given":
         _check_given_matrix(split, causal.propensity_clip)
 

@@ -111,10 +111,6 @@ CAUSAL_HPARAMS = ("propensity_clip", "imputation_value", "dr_mse_lambda", "pda_g
                   "macr_alpha", "macr_beta", "macr_c", "pda_inference_gamma")
 INFERENCE_HPARAMS = ("macr_c", "pda_inference_gamma")
 
-# Roles of the step key (negatives: `streams.Step.NEGATIVES`, drawn by train.objectives).
-_STREAM_CELLS = streams.Step.CELLS
-_STREAM_DROPOUT = streams.Step.DROPOUT
-
 Scorer = Callable[..., jax.Array]
 
 
@@ -289,10 +285,10 @@ def make_causal_objective(
         return {"dropout_rate": hparams["dropout"]} if "dropout" in hparams else {}
 
     def dropout_key(key):
-        return streams.derive(key, _STREAM_DROPOUT)
+        return streams.derive(key, streams.Step.DROPOUT)
 
     def uniform_cells(key, batch_size):
-        cell_key = streams.derive(key, _STREAM_CELLS)
+        cell_key = streams.derive(key, streams.Step.CELLS)
         n = batch_size * cells_per_row
         user_key, item_key = jax.random.split(cell_key)
         return (jax.random.randint(user_key, (n,), 0, n_users, jnp.int32),

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from causalrec_jax.config import Config, DataConfig, SimConfig
+from causalrec_jax.config import DataConfig, SimConfig
 from causalrec_jax.data.clean import clean
 from causalrec_jax.data.dataset import Dataset, Split
 from causalrec_jax.data.formats import Source, read_source
@@ -42,7 +42,17 @@ def load_dataset(
     return clean(dataset, data), truth
 
 
-def load_split(config: Config, *, frame=None) -> tuple[Split, Any]:
-    """The cleaned dataset of `config.data`, split as configured with `config.run.seed`."""
-    dataset, truth = load_dataset(config.data, config.sim, frame=frame)
-    return make_split(dataset, config.data, seed=config.run.seed), truth
+def load_split(
+    data: DataConfig, sim: SimConfig | None = None, *, seed: int, frame=None
+) -> tuple[Split, Any]:
+    """The cleaned dataset of `data`, split as `data` configures; returns
+    `(split, ground_truth or None)`.
+
+    Args:
+        data: the `[data]` section (format, path, cleaning, split).
+        sim: the `[sim]` section, read only by `format = "simulator"`.
+        seed: the split's seed (a run passes `run.seed`).
+        frame: the pandas DataFrame of `format = "dataframe"`.
+    """
+    dataset, truth = load_dataset(data, sim, frame=frame)
+    return make_split(dataset, data, seed=seed), truth

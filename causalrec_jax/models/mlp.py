@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from causalrec_jax import streams
 from causalrec_jax.models.base import (
     dropout,
     embedding_table,
@@ -168,4 +169,4 @@ def _lecun_part(fraction: float) -> jax.nn.initializers.Initializer:
 
 def _layer_key(key: jax.Array | None, index: int) -> jax.Array | None:
     """A distinct dropout key per layer; None stays None (deterministic)."""
-    return None if key is None else jax.random.fold_in(key, index)
+    return None if key is None else streams.index(key, index)

@@ -170,7 +170,7 @@ def sequence_run(config: Config, out: str | Path, *, quiet: bool = True,
 def _write_sequence_run(config: Config, out: Path, *, quiet: bool, resume: bool,
                         item_chunk: int | None) -> dict[str, Any]:
     tic = time.perf_counter()
-    split, _ = load_split(config)
+    split, _ = load_split(config.data, config.sim, seed=config.run.seed)
     log_path = out / "log.jsonl"
     start_log(log_path, resume=resume,
               checkpoint_of=lambda line: out / "checkpoints" / f"seed{line['seed']}")

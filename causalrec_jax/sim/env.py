@@ -47,15 +47,8 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from causalrec_jax import streams
 from causalrec_jax.errors import ConfigError
-
-# `fold_in` streams of the dynamic environment (the static world uses ids below 16).
-STREAM_ENV = 16  # per-step exogenous noise (examination, clicks, organic choice)
-STREAM_POLICY = 17  # the policy's own noise
-STREAM_ARRIVAL = 18  # which user arrives at reset
-STREAM_ENV_USERS = 19
-STREAM_ENV_ITEMS = 20
-STREAM_ENV_POPULARITY = 21
 
 INFO_KEYS = (
     "user", "slate", "examined", "clicks", "click_probability", "organic_item",
@@ -162,7 +155,7 @@ def make_env_params(
     examination_power: float = 1.0,
     **dynamics: Any,
 ) -> EnvParams:
-    """Draws a world: tastes, item attributes and log popularity from `fold_in(key, stream)`.
+    """Draws a world: tastes, item attributes and log popularity from `streams.Env` streams.
 
     Args:
         key: a `jax.random` key.
@@ -176,13 +169,13 @@ def make_env_params(
     """
     scale = sizes.latent_dim**-0.25
     user_factors = scale * jax.random.normal(
-        jax.random.fold_in(key, STREAM_ENV_USERS), (sizes.n_users, sizes.latent_dim)
+        streams.derive(key, streams.Env.USERS), (sizes.n_users, sizes.latent_dim)
     )
     item_factors = scale * jax.random.normal(
-        jax.random.fold_in(key, STREAM_ENV_ITEMS), (sizes.n_items, sizes.latent_dim)
+        streams.derive(key, streams.Env.ITEMS), (sizes.n_items, sizes.latent_dim)
     )
     quality = popularity_sigma * jax.random.normal(
-        jax.random.fold_in(key, STREAM_ENV_POPULARITY), (sizes.n_items,)
+        streams.derive(key, streams.Env.POPULARITY), (sizes.n_items,)
     )
     unknown = set(dynamics) - {f.name for f in dataclasses.fields(EnvParams)}
     if unknown:
@@ -214,7 +207,7 @@ def reset_user(user: jax.typing.ArrayLike, params: EnvParams) -> tuple[Observati
 def reset(key: jax.Array, params: EnvParams) -> tuple[Observation, EnvState]:
     """Starts an episode: a user drawn uniformly from the population under `key`."""
     n_users = params.user_factors.shape[0]
-    user = jax.random.randint(jax.random.fold_in(key, STREAM_ARRIVAL), (), 0, n_users)
+    user = jax.random.randint(streams.derive(key, streams.Env.ARRIVAL), (), 0, n_users)
     return reset_user(user, params)
 
 

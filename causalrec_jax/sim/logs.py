@@ -1,6 +1,6 @@
 """From `[env]` / `[policy]` configs to worlds, policies and logged bandit feedback.
 
-`simulate_log(config, key)` rolls the logging policy out for every user of the world for
+`simulate_log(env, policy, key)` rolls the logging policy out for every user of the world for
 `env.horizon` steps and returns a `SimLog` of numpy arrays, one row per round (a user at a
 step) with `[K]` columns per slot: what `causalrec simulate` writes in the `simlog` format
 (`sim.simlog`) and what off-policy evaluation and uplift learning read.
@@ -15,14 +15,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from causalrec_jax.config import Config, EnvConfig, PolicyConfig
+from causalrec_jax import streams
+from causalrec_jax.config import EnvConfig, PolicyConfig
 from causalrec_jax.errors import ConfigError
 from causalrec_jax.sim import policies
 from causalrec_jax.sim.env import EnvParams, EnvSizes, make_env_params
 from causalrec_jax.sim.rollout import rollout_users, uplift_truth
-
-# fold_in stream of the policies' scorer noise ("noisy_oracle", "random").
-STREAM_SCORER = 22
 
 
 def env_from_config(env: EnvConfig) -> tuple[EnvSizes, EnvParams]:
@@ -63,7 +61,7 @@ def policy_scores(
         ConfigError: `scores = "run"` without a score table of the world's shape.
     """
     n_users, n_items = params.user_factors.shape[0], params.item_factors.shape[0]
-    noise_key = jax.random.fold_in(jax.random.key(policy.seed), STREAM_SCORER)
+    noise_key = streams.derive(jax.random.key(policy.seed), streams.Policy.SCORES)
     if policy.scores == "oracle":
         return oracle_scores(params)
     if policy.scores == "noisy_oracle":
@@ -202,15 +200,19 @@ def slot_propensities(
 
 
 def simulate_log(
-    config: Config, key: jax.Array, *, users: np.ndarray | None = None,
+    env: EnvConfig, policy: PolicyConfig, key: jax.Array, *, users: np.ndarray | None = None,
     horizon: int | None = None, marginal_samples: int = 2000,
     score_table: np.ndarray | jax.Array | None = None,
 ) -> tuple[SimLog, dict[str, Any]]:
-    """Rolls out the `[policy]` of `config` on the `[env]` world; returns `(log, truth)`.
+    """Rolls out the `[policy]` section on the `[env]` world; returns `(log, truth)`.
 
     Args:
-        config: the experiment config (`env`, `policy`).
-        key: the log's noise (the world comes from `env.seed`).
+        env: the `[env]` section (the world comes from `env.seed`).
+        policy: the `[policy]` section (the logging policy).
+        key: the log's noise. User `u`'s episode has the key `streams.index(key, u)` and the
+            slot marginals `streams.derive(key, streams.Log.SLOT_PROPENSITIES)`: the users are
+            indexed at the level of that stream id (user 1's key is the marginals' key), as
+            every published log was drawn.
         users: which users (default: all, in order); horizon: steps (default `env.horizon`).
         marginal_samples: Monte-Carlo slates per round for Plackett–Luce slot marginals.
         score_table: `[n_users, n_items]` the scores of `policy.scores = "run"`
@@ -222,14 +224,15 @@ def simulate_log(
         and `inclusion_propensity` `[n_users, n_items]` (exact P(item in slate), only for
         uniform / top-K / epsilon-greedy policies).
     """
-    sizes, params = env_from_config(config.env)
+    sizes, params = env_from_config(env)
     horizon = sizes.horizon if horizon is None else horizon
-    policy = policy_from_config(config.policy, params, sizes.slate_size, score_table)
+    logging = policy_from_config(policy, params, sizes.slate_size, score_table)
     users = jnp.arange(sizes.n_users) if users is None else jnp.asarray(users, jnp.int32)
-    trajectory = _rollout_users(key, policies.slate_policy, policy, params, horizon, users)
+    trajectory = _rollout_users(key, policies.slate_policy, logging, params, horizon, users)
     info = trajectory.info
     slot_prop, exact = slot_propensities(
-        jax.random.fold_in(key, 1), policy, users, trajectory.slate, marginal_samples
+        streams.derive(key, streams.Log.SLOT_PROPENSITIES), logging, users, trajectory.slate,
+        marginal_samples,
     )
     log = SimLog(
         user=_flatten(trajectory.user).astype(np.int32),
@@ -254,10 +257,10 @@ def simulate_log(
         "examination": np.asarray(params.examination),
         "users": np.asarray(users),
         "true_uplift": np.asarray(
-            _uplift_truth(key, policies.slate_policy, policy, params, horizon, users)
+            _uplift_truth(key, policies.slate_policy, logging, params, horizon, users)
         ),
     }
-    if policy.flat:
-        inclusion = jax.vmap(lambda user: policies.inclusion_probabilities(policy, user))(users)
+    if logging.flat:
+        inclusion = jax.vmap(lambda user: policies.inclusion_probabilities(logging, user))(users)
         truth["inclusion_propensity"] = np.asarray(inclusion, np.float32)
     return log, truth

@@ -36,6 +36,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from causalrec_jax import streams
 from causalrec_jax.errors import ConfigError
 from causalrec_jax.sim.env import Observation, block_size
 
@@ -218,7 +219,7 @@ def sample_plackett_luce(
 
     def body(carry):
         chosen, count, round_index = carry
-        uniforms = jax.random.uniform(jax.random.fold_in(key, round_index), (round_size,))
+        uniforms = jax.random.uniform(streams.index(key, round_index), (round_size,))
         candidates = _search(policy, row, jnp.minimum(uniforms * total, limit))
         seen = jnp.any(candidates[:, None] == chosen[None, :], axis=1)
         same = candidates[:, None] == candidates[None, :]
@@ -380,7 +381,7 @@ def plackett_luce_slot_frequencies(
 
     def one(user):
         row = _row(policy.probabilities, user)
-        keys = jax.random.split(jax.random.fold_in(key, user), n_samples)
+        keys = jax.random.split(streams.index(key, user), n_samples)
         draws = jax.vmap(lambda one_key: sample_plackett_luce(one_key, policy, row, k))(keys)
         counts = jnp.zeros((n_items, k)).at[draws, jnp.arange(k)[None, :]].add(1.0 / n_samples)
         return counts.at[:, 0].set(policy.probabilities[row])

@@ -2,15 +2,16 @@
 
 `rollout(key, policy_fn, policy_params, env_params, horizon)` runs one user for `horizon`
 steps under `lax.scan` and returns a `Trajectory` whose leaves are `[T, ...]`;
-`rollout_users` vmaps it over a population (user `u` gets the key `fold_in(key, u)`), and
-`counterfactual_rollouts` vmaps that over a batch of policies or worlds with one key.
+`rollout_users` vmaps it over a population (user `u` gets the key `streams.index(key, u)`:
+`key` should be a key derived for the users alone), and `counterfactual_rollouts` vmaps that
+over a batch of policies or worlds with one key.
 
 Common random numbers: the environment's noise at step `t` comes from
-`fold_in(fold_in(key, STREAM_ENV), t)` and the policy's from `fold_in(fold_in(key,
-STREAM_POLICY), t)`, so two rollouts with the same key but different policies (or a forced
-item, a removed item, a changed world parameter) meet the same user, examination and click
-uniforms and organic draws: their difference is a paired counterfactual, zero when the policies
-are the same.
+`index(derive(key, Env.NOISE), t)` and the policy's from `index(derive(key, Env.POLICY), t)`
+(`causalrec_jax.streams`), so two rollouts with the same key but different policies (or a
+forced item, a removed item, a changed world parameter) meet the same user, examination and
+click uniforms and organic draws: their difference is a paired counterfactual, zero when the
+policies are the same.
 
 Interventions: `force_item` wraps a policy so that an item is shown at a slot;
 `remove_item` takes an item out of the catalogue; `with_world` changes world parameters; a
@@ -26,9 +27,8 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from causalrec_jax import streams
 from causalrec_jax.sim.env import (
-    STREAM_ENV,
-    STREAM_POLICY,
     EnvParams,
     EnvState,
     Observation,
@@ -62,7 +62,7 @@ class Trajectory(NamedTuple):
 
 
 def _keys(key: jax.Array) -> tuple[jax.Array, jax.Array]:
-    return jax.random.fold_in(key, STREAM_ENV), jax.random.fold_in(key, STREAM_POLICY)
+    return streams.derive(key, streams.Env.NOISE), streams.derive(key, streams.Env.POLICY)
 
 
 def _scan(key, policy_fn, policy_params, env_params, horizon, obs, state, accumulate=None):
@@ -71,11 +71,11 @@ def _scan(key, policy_fn, policy_params, env_params, horizon, obs, state, accumu
 
     def body(carry, t):
         obs, state, total = carry
-        slate, log_prob = policy_fn(policy_params, obs, jax.random.fold_in(policy_key, t))
+        slate, log_prob = policy_fn(policy_params, obs, streams.index(policy_key, t))
         if accumulate is not None:
             total = total + accumulate(state)
         next_obs, next_state, reward, _, _, info = step(
-            jax.random.fold_in(env_key, t), state, slate, env_params, log_prob=log_prob
+            streams.index(env_key, t), state, slate, env_params, log_prob=log_prob
         )
         return (next_obs, next_state, total), (obs.step, reward, info)
 
@@ -110,7 +110,7 @@ def rollout_users(
     horizon: int,
     users: jax.Array,
 ) -> Trajectory:
-    """Episodes of the given `users` `[n]` (vmap; user u's key is `fold_in(key, u)`).
+    """Episodes of the given `users` `[n]` (vmap; user u's key is `streams.index(key, u)`).
 
     Leaves are `[n, T, ...]`. A user's trajectory does not depend on which other users are
     in `users`, so any block of users reproduces the same rows as the whole population.
@@ -118,7 +118,7 @@ def rollout_users(
 
     def one(user):
         return rollout(
-            jax.random.fold_in(key, user), policy_fn, policy_params, env_params, horizon,
+            streams.index(key, user), policy_fn, policy_params, env_params, horizon,
             user=user,
         )
 
@@ -210,7 +210,7 @@ def uplift_truth(
     def one(user):
         obs, state = reset_user(user, env_params)
         _, _, total = _scan(
-            jax.random.fold_in(key, user), policy_fn, policy_params, env_params, horizon, obs,
+            streams.index(key, user), policy_fn, policy_params, env_params, horizon, obs,
             state, accumulate=lambda state: true_uplift(state, env_params),
         )
         return total / horizon

@@ -15,20 +15,20 @@ ratings reach the log. Exposure is missing not at random through two paths:
 Item popularity also raises true relevance, so it is a confounder of exposure and outcome;
 `popularity_sigma` is its strength (0 removes the popularity path from both).
 
-Exogenous noise (from `jax.random.fold_in(key, stream)` streams)::
+Exogenous noise (from `streams.derive(key, streams.World.*)`, one stream per variable)::
 
-    z_i        ~ N(0, 1)                          standardized log popularity   (STREAM_POPULARITY)
-    theta_u    ~ N(0, I_d / sqrt(d))              user taste                    (STREAM_USERS)
-    beta_i     ~ N(0, I_d / sqrt(d))              item attributes               (STREAM_ITEMS)
-    eps_ui     ~ N(0, 1)                          rating noise                  (STREAM_CELLS)
-    u_ui       ~ U(0, 1)                          exposure noise                (STREAM_CELLS)
+    z_i        ~ N(0, 1)                          standardized log popularity   (World.POPULARITY)
+    theta_u    ~ N(0, I_d / sqrt(d))              user taste                    (World.USERS)
+    beta_i     ~ N(0, I_d / sqrt(d))              item attributes               (World.ITEMS)
+    eps_ui     ~ N(0, 1)                          rating noise                  (World.CELLS)
+    u_ui       ~ U(0, 1)                          exposure noise                (World.CELLS)
 
 The cell noise is a function of `(key, u, i)` alone: user `u` has the key
-`k_u = fold_in(fold_in(key, STREAM_CELLS), u)`, and the two 32-bit words of the Threefry-2x32
+`k_u = fold_in(fold_in(key, World.CELLS), u)`, and the two 32-bit words of the Threefry-2x32
 hash of counter `(i, 0)` under `k_u` give `eps_ui` (first word) and `u_ui` (second word). Any
 block of users can therefore be generated on its own and gets the same draws as in the whole
 matrix. The MAR test items of user `u` are drawn likewise under
-`fold_in(fold_in(key, STREAM_MAR), u)`.
+`fold_in(fold_in(key, World.MAR), u)`.
 
 Structural equations (sigma_p = popularity_sigma, gamma = quality_effect, tau =
 relevance_temperature, c0 = relevance_offset, sigma_y = rating_noise, alpha =
@@ -88,20 +88,11 @@ import jax.numpy as jnp
 import numpy as np
 from jax.scipy.stats import norm
 
+from causalrec_jax import streams
 from causalrec_jax.config import SimConfig
 from causalrec_jax.data.dataset import GIVEN_TEST, GIVEN_TRAIN, Dataset
 from causalrec_jax.errors import ConfigError
 from causalrec_jax.eval.truth import TruthRows
-
-# Stream ids for `jax.random.fold_in`: one per exogenous variable, so changing how one is used
-# never shifts the draws of another. Later modules (the dynamic environment) use ids >= 16.
-STREAM_USERS = 0
-STREAM_ITEMS = 1
-STREAM_POPULARITY = 2
-STREAM_CELLS = 3  # per-cell rating noise and exposure uniforms (two words of one hash)
-# 4 was a separate exposure stream before the per-cell hash; left unused.
-STREAM_MAR = 5
-STREAM_CALIBRATION = 6  # the calibration subsample of large worlds
 
 RATING_MIN = 1
 RATING_MAX = 5
@@ -364,7 +355,7 @@ def _mar_rows(key: jax.Array, users: jax.Array, n_items: int, per_user: int) -> 
     bounds = jnp.arange(first + 1, n_items + 1, dtype=jnp.int32)  # draw j: 0..first+j
 
     def one_user(user):
-        draws = jax.random.randint(jax.random.fold_in(key, user), (per_user,), 0, bounds)
+        draws = jax.random.randint(streams.index(key, user), (per_user,), 0, bounds)
 
         def take(j, chosen):
             pick = jnp.where(jnp.any(chosen == draws[j]), first + j, draws[j])
@@ -436,9 +427,9 @@ def cell_noise(key: jax.Array, users: jax.Array, n_items: int) -> tuple[jax.Arra
     Returns:
         `([B, n_items] eps, [B, n_items] u)`, both float32.
     """
-    stream = jax.random.fold_in(key, STREAM_CELLS)
+    stream = streams.derive(key, streams.World.CELLS)
     user_keys = jax.random.key_data(
-        jax.vmap(lambda user: jax.random.fold_in(stream, user))(users)
+        jax.vmap(lambda user: streams.index(stream, user))(users)
     ).reshape(users.shape[0], -1, 2)
     words = user_keys[:, 0]
     for extra in range(1, user_keys.shape[1]):  # keys of more than two words (rbg): folded
@@ -456,12 +447,12 @@ def _exogenous(key: jax.Array, sizes: WorldSizes, params: WorldParams):
     """User and item factors, standardized and scaled log popularity."""
     factor_scale = sizes.latent_dim**-0.25  # makes theta_u . beta_i have unit variance
     user_factors = factor_scale * jax.random.normal(
-        jax.random.fold_in(key, STREAM_USERS), (sizes.n_users, sizes.latent_dim)
+        streams.derive(key, streams.World.USERS), (sizes.n_users, sizes.latent_dim)
     )
     item_factors = factor_scale * jax.random.normal(
-        jax.random.fold_in(key, STREAM_ITEMS), (sizes.n_items, sizes.latent_dim)
+        streams.derive(key, streams.World.ITEMS), (sizes.n_items, sizes.latent_dim)
     )
-    z = jax.random.normal(jax.random.fold_in(key, STREAM_POPULARITY), (sizes.n_items,))
+    z = jax.random.normal(streams.derive(key, streams.World.POPULARITY), (sizes.n_items,))
     log_popularity = params.popularity_sigma * z  # the confounder; sigma_p is its strength
     return user_factors, item_factors, z, log_popularity
 
@@ -556,7 +547,7 @@ def make_world(key: jax.Array, sizes: WorldSizes, params: WorldParams) -> Ground
     about 60 bytes per (user, item) cell; `simulate_chunked` draws larger worlds.
 
     Args:
-        key: a `jax.random` key; each exogenous variable uses `fold_in(key, STREAM_*)`.
+        key: a `jax.random` key; each exogenous variable uses `streams.derive(key, World.*)`.
         sizes: static sizes.
         params: dynamic parameters.
 
@@ -639,7 +630,8 @@ def _world_and_mar(
 ) -> tuple[GroundTruth, jax.Array]:
     truth = make_world(key, sizes, params)
     mar_items = mar_sample(
-        jax.random.fold_in(key, STREAM_MAR), sizes.n_users, sizes.n_items, sizes.mar_items_per_user
+        streams.derive(key, streams.World.MAR), sizes.n_users, sizes.n_items,
+        sizes.mar_items_per_user,
     )
     return truth, mar_items
 
@@ -733,7 +725,7 @@ def _block_extract(key, params, exposure_base, log_popularity, code, users, n_va
     ratings = code & 7  # 0 in padding rows, where the propensity lookup gives 0 as well
     table = _propensity_table(params, log_popularity, exposure_base)
     flat, count = _sparse_nonzero(code.reshape(-1) >= 8, capacity)
-    mar_items = _mar_rows(jax.random.fold_in(key, STREAM_MAR), users, n_items, per_user)
+    mar_items = _mar_rows(streams.derive(key, streams.World.MAR), users, n_items, per_user)
     return {
         "count": count,
         "flat": flat,
@@ -809,7 +801,7 @@ def simulate_chunked(
     dataset as the dense path of `simulate_dataset` when `n_users <= calibration_users` (the
     exposure base is then calibrated on the same cells). Otherwise the base is calibrated on the
     rating counts of `calibration_users` users drawn without replacement under
-    `fold_in(key, STREAM_CALIBRATION)`, and the realised mean propensity over all cells, in
+    `streams.derive(key, World.CALIBRATION)`, and the realised mean propensity over all cells, in
     `meta["realised_mean_exposure"]`, is close to but not exactly `mean_exposure`.
 
     Args:
@@ -843,7 +835,7 @@ def simulate_chunked(
         calibration = np.arange(n_users, dtype=np.int32)
     else:
         chosen = jax.random.choice(
-            jax.random.fold_in(key, STREAM_CALIBRATION), n_users, (calibration_users,),
+            streams.derive(key, streams.World.CALIBRATION), n_users, (calibration_users,),
             replace=False,
         )
         calibration = np.sort(np.asarray(chosen)).astype(np.int32)

@@ -26,10 +26,11 @@ every estimator); `importance_weights` gives a run the same clip's report for ea
 weight its estimators use: `slate` (`pi_e(slate) / pi_b(slate)`: ips, snips and the dr
 family), `item_position` (iips) and `position_based` (pbm_ips).
 
-Random streams: seed `s` (`run.seed + i`) has the root key `key(s)`, into which the log
-(`STREAM_LOG`), the slot marginals (`STREAM_MARGINALS`), the fold assignment (`STREAM_FOLDS`)
-and the reward models (`STREAM_REWARD_MODEL`, then the fold index one level down) fold their
-own ids; the truth is `fold_in(key(run.seed), STREAM_TRUTH)`, an id no seed stream uses.
+Random streams (`causalrec_jax.streams`): seed `s` (`run.seed + i`) has the root key `key(s)`,
+into which the log (`Ope.LOG`, then the round index one level down), the slot marginals
+(`Ope.MARGINALS`, then `Marginals.TARGET` / `LOGGING`), the fold assignment (`Ope.FOLDS`) and
+the reward models (`Ope.REWARD_MODEL`, then the fold index one level down) fold their own ids;
+the truth is `derive(key(run.seed), Ope.TRUTH)`, an id no seed stream uses.
 
 `metrics.json` follows the run contract: `test` / `test_std` / `test_ci95` (means over seeds of
 `<estimator>_estimate` and `<estimator>_relative_error`, |estimate - truth| / truth),
@@ -56,6 +57,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from causalrec_jax import streams
 from causalrec_jax.causal import ope as estimators
 from causalrec_jax.causal.reward_model import fit_reward_model, reward_table
 from causalrec_jax.config import Config
@@ -66,13 +68,6 @@ from causalrec_jax.sim.logs import env_from_config, oracle_scores, policy_from_c
 from causalrec_jax.sim.rollout import rollout
 from causalrec_jax.tasks.ordinary import seed_list
 
-# Streams folded into a seed's root key `key(seed)`.
-STREAM_LOG = 0
-STREAM_MARGINALS = 1
-STREAM_FOLDS = 2
-STREAM_REWARD_MODEL = 3  # then the fold index, one level down
-# Folded into `key(run.seed)` (seed 0's root): an id that no seed stream uses.
-STREAM_TRUTH = 31
 # Which weights each estimator multiplies rewards by (None: none).
 WEIGHT_KINDS = {"ips": "slate", "snips": "slate", "dr": "slate", "sndr": "slate",
                 "switch_dr": "slate", "dros": "slate", "dm": None, "iips": "item_position",
@@ -90,13 +85,14 @@ def _one_round(key, policy, env_params):
 
 @functools.partial(jax.jit, static_argnums=4)
 def _rounds(key, offset, policy, env_params, n_rounds):
-    """Rounds `offset .. offset + n_rounds - 1`, round r under `fold_in(key, r)`."""
-    keys = jax.vmap(lambda r: jax.random.fold_in(key, offset + r))(jnp.arange(n_rounds))
+    """Rounds `offset .. offset + n_rounds - 1`, round r under `streams.index(key, r)`."""
+    keys = jax.vmap(lambda r: streams.index(key, offset + r))(jnp.arange(n_rounds))
     return jax.vmap(_one_round, in_axes=(0, None, None))(keys, policy, env_params)
 
 
 def log_rounds(key: jax.Array, policy, env_params: EnvParams, n_rounds: int) -> dict:
-    """`n_rounds` logged rounds (vmap over `fold_in(key, r)`): the env's `info` plus reward."""
+    """`n_rounds` logged rounds (vmap over `streams.index(key, r)`): the env's `info` plus
+    reward."""
     info, reward = _rounds(key, 0, policy, env_params, n_rounds)
     return {**{name: np.asarray(value) for name, value in info.items()},
             "reward": np.asarray(reward)}
@@ -127,9 +123,9 @@ def _slot_tables(key, target, logging, block, q, *, n_samples):
     """Target and logging slot marginals `[b, n_items, K]` of `block`, and the target's
     expected reward model value `[b]` under `q` `[b, n_items, K]`."""
     target_table = policies.slot_marginal_table(
-        target, block, key=jax.random.fold_in(key, 1), n_samples=n_samples)
+        target, block, key=streams.derive(key, streams.Marginals.TARGET), n_samples=n_samples)
     logging_table = policies.slot_marginal_table(
-        logging, block, key=jax.random.fold_in(key, 2), n_samples=n_samples)
+        logging, block, key=streams.derive(key, streams.Marginals.LOGGING), n_samples=n_samples)
     return target_table, logging_table, q, jnp.sum(target_table * q, axis=(1, 2))
 
 
@@ -218,20 +214,20 @@ def _reward_table_fn(config: Config, key, env_params: EnvParams, rows: dict, fit
 
 def seed_streams(seed: int) -> dict[str, jax.Array]:
     """The keys of one seed by role: `log`, `marginals`, `folds`, `reward_model` (whose
-    fold `f` uses `fold_in(reward_model, f)`).
+    fold `f` uses `streams.index(reward_model, f)`).
 
     Args:
         seed: the seed (`run.seed + i`).
     """
     root = jax.random.key(seed)
-    return {name: jax.random.fold_in(root, stream) for name, stream in (
-        ("log", STREAM_LOG), ("marginals", STREAM_MARGINALS), ("folds", STREAM_FOLDS),
-        ("reward_model", STREAM_REWARD_MODEL))}
+    return {name: streams.derive(root, stream) for name, stream in (
+        ("log", streams.Ope.LOG), ("marginals", streams.Ope.MARGINALS),
+        ("folds", streams.Ope.FOLDS), ("reward_model", streams.Ope.REWARD_MODEL))}
 
 
 def truth_key(config: Config) -> jax.Array:
-    """The key of the on-policy truth rounds: `fold_in(key(run.seed), STREAM_TRUTH)`."""
-    return jax.random.fold_in(jax.random.key(config.run.seed), STREAM_TRUTH)
+    """The key of the on-policy truth rounds: `derive(key(run.seed), streams.Ope.TRUTH)`."""
+    return streams.derive(jax.random.key(config.run.seed), streams.Ope.TRUTH)
 
 
 def weight_reports(config: Config, quantities: dict, target_probs: np.ndarray,
@@ -270,7 +266,7 @@ def ope_seed(config: Config, seed: int, env_params: EnvParams, logging, target) 
         held_out = fold_of == fold
         fit_rows = ~held_out if folds > 1 else held_out
         table_fn, losses = _reward_table_fn(
-            config, jax.random.fold_in(keys["reward_model"], fold), env_params, rows, fit_rows)
+            config, streams.index(keys["reward_model"], fold), env_params, rows, fit_rows)
         if losses is not None:
             fold_losses.append(losses)
         part = {name: value[held_out] for name, value in rows.items()}

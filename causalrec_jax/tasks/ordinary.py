@@ -60,16 +60,6 @@ from causalrec_jax.train.step import (
     set_hyperparams,
 )
 
-# Fold-in ids of a seed's key: model initialisation and training draw from separate streams.
-_STREAM_INIT = streams.Run.INIT
-
-
-_STREAM_TRAIN = streams.Run.TRAIN
-
-
-_STREAM_IMPUTATION = streams.Run.IMPUTATION
-
-
 # Training arrays up to this size live on the device (train.data_placement = "auto").
 DEVICE_DATA_LIMIT = 2 << 30
 
@@ -316,7 +306,7 @@ def _training_rows(config: Config, split: Split, truth: Any) -> tuple[dict, dict
     """The `[n_rows]` arrays the method trains on (numpy) and its propensity report."""
     method, train = config.causal.method, split.train
     if method != "naive":
-        check_causal_setup(config, split)
+        check_causal_setup(config.causal, config.data, split, loss=config.train.loss)
     if method in causal_training.IMPLICIT_METHODS:
         threshold = positive_threshold_for(train, config.eval.positive_threshold)
         positive = is_positive(train.rating, threshold, labels_are_binary(train))
@@ -374,7 +364,8 @@ def train_split(
     arrays, propensity_report = _training_rows(config, split, truth)
     inputs = model_inputs(train, train)
     parts = init_params(
-        config.model, keys=jax.vmap(lambda k: jax.random.fold_in(k, _STREAM_INIT))(keys), **inputs
+        config.model, keys=jax.vmap(lambda k: streams.derive(k, streams.Run.INIT))(keys),
+        **inputs,
     )
     initial: dict[str, Any] = {"prediction": parts.params}
     shared: dict[str, Any] = {"shared_constants": parts.constants}
@@ -382,7 +373,7 @@ def train_split(
     if method in causal_training.JOINT_METHODS:
         imputation = init_params(
             config.model,
-            keys=jax.vmap(lambda k: jax.random.fold_in(k, _STREAM_IMPUTATION))(keys), **inputs,
+            keys=jax.vmap(lambda k: streams.derive(k, streams.Run.IMPUTATION))(keys), **inputs,
         )
         initial["imputation"] = imputation.params
         shared["shared_imputation_constants"] = imputation.constants
@@ -425,7 +416,7 @@ def train_split(
     states = jax.vmap(lambda params, values: init_state(params, optimizer, values))(
         initial, hparams)
     states = set_hyperparams(states, optimizer_values)
-    train_keys = jax.vmap(lambda k: jax.random.fold_in(k, _STREAM_TRAIN))(keys)
+    train_keys = jax.vmap(lambda k: streams.derive(k, streams.Run.TRAIN))(keys)
     score_program = _score_program(parts.graphdef, method)
 
     def scorer(params, row):

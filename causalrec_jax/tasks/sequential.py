@@ -51,6 +51,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from causalrec_jax import streams
 from causalrec_jax.config import Config
 from causalrec_jax.data.dataset import Dataset, Split, concatenate
 from causalrec_jax.data.loader import load_split
@@ -94,14 +95,6 @@ SAMPLED_LOSSES = ("bce_one_negative", "sampled_softmax")
 # Catalogues with more items than this are ranked in chunks of this many items
 # (`eval.catalogue.chunked_target_rank`) instead of scoring `[eval.chunk_size, n_items]` at once.
 CATALOGUE_CHUNK_ITEMS = 1 << 16
-
-# Fold-in ids of a seed's key (as `tasks.ordinary`): initialisation and training draw apart;
-# within the training key, `step` uses 0 (steps) and 1 (row order); the buckets' orders and
-# the order of the epoch's batches use the two below.
-_STREAM_INIT = 0
-_STREAM_TRAIN = 1
-_STREAM_BUCKET_ORDER = 2
-_STREAM_BATCH_ORDER = 3
 
 
 def check_sequential_config(config: Config) -> str:
@@ -408,12 +401,12 @@ def make_bucketed_epoch(
     length buckets, one seed (`states` and `keys` stacked over a seed axis of length 1).
 
     `data` is `{"buckets": (bucket rows on the device, ...), "shared": {shared_ arrays}}`.
-    Each bucket's rows are shuffled by `fold_in(fold_in(key, bucket stream), bucket)` and the
+    Each bucket's rows are shuffled by `index(derive(key, Epoch.BUCKET_ORDER), bucket)` and the
     epoch (`step.epoch_order`, padding masked), and the batches of all buckets run in one order
-    drawn from the key and the epoch: a resumed run replays the same batches. A batch is a
-    compiled `lax.scan` of one step (`step.make_scan_batches`, the NaN/Inf guard: after a bad
-    batch the state no longer changes and `first_bad_batch` names it), gathered on the device;
-    it compiles once per bucket width.
+    drawn from `index(derive(key, Epoch.BATCH_ORDER), epoch)` (`causalrec_jax.streams`): a
+    resumed run replays the same batches. A batch is a compiled `lax.scan` of one step
+    (`step.make_scan_batches`, the NaN/Inf guard: after a bad batch the state no longer changes
+    and `first_bad_batch` names it), gathered on the device; it compiles once per bucket width.
 
     Args:
         train_step: `step.make_train_step(...)`.
@@ -430,13 +423,13 @@ def make_bucketed_epoch(
 
     def plan(key, epoch):
         """`[(bucket, order [batch_size]), ...]` in the epoch's order."""
-        bucket_key = jax.random.fold_in(key, _STREAM_BUCKET_ORDER)
+        bucket_key = streams.derive(key, streams.Epoch.BUCKET_ORDER)
         batches = []
         for bucket, n_rows in enumerate(bucket_sizes):
-            order = np.asarray(epoch_order(jax.random.fold_in(bucket_key, bucket), epoch,
+            order = np.asarray(epoch_order(streams.index(bucket_key, bucket), epoch,
                                            n_rows, batch_size))
             batches.extend((bucket, row) for row in order)
-        order_key = jax.random.fold_in(jax.random.fold_in(key, _STREAM_BATCH_ORDER), epoch)
+        order_key = streams.index(streams.derive(key, streams.Epoch.BATCH_ORDER), epoch)
         permutation = np.asarray(jax.random.permutation(order_key, len(batches)))
         return [batches[i] for i in permutation]
 
@@ -501,7 +494,7 @@ def train_sequence_seed(
     bucket_sizes = tuple(len(next(iter(b.values()))) for b in buckets)
     batches_per_epoch = sum(-(-n // config.train.batch_size) for n in bucket_sizes)
     key = seed_keys([seed])
-    model = _model(config, train.n_items, jax.random.fold_in(key[0], _STREAM_INIT))
+    model = _model(config, train.n_items, streams.derive(key[0], streams.Run.INIT))
     graphdef, params = nnx.split(model, nnx.Param)
     optimizer, run_epoch = _programs(graphdef, loss_name, config.train, train.n_items,
                                      bucket_sizes, batches_per_epoch * config.train.epochs)
@@ -528,7 +521,7 @@ def train_sequence_seed(
     try:
         result = fit(
             train_epoch=None, run_epoch=run_epoch, states=states, data=data,
-            keys=jax.vmap(lambda k: jax.random.fold_in(k, _STREAM_TRAIN))(key),
+            keys=jax.vmap(lambda k: streams.derive(k, streams.Run.TRAIN))(key),
             epochs=config.train.epochs, evaluate_fn=evaluate_fn, metric=metric,
             patience=config.train.patience, checkpoint_dir=checkpoint_dir,
             checkpoint_every=config.train.checkpoint_every, resume=resume, progress=progress,
@@ -593,7 +586,7 @@ def evaluate_sequence_run(run: LoadedRun, split_name: str = "test") -> dict[str,
     if split_name not in ("test", "valid"):
         raise RunError(f"split {split_name!r}: a sequential run evaluates 'test' or 'valid'")
     config = run.config
-    split, _ = load_split(config)
+    split, _ = load_split(config.data, config.sim, seed=config.run.seed)
     per_seed = []
     for index, seed in enumerate(seed_list(config)):
         scorer = make_scorer(run.parts.graphdef, seed_slice(run.parts.params, index))

@@ -39,10 +39,11 @@ added to the gradient (L2 regularisation of every parameter); `adamw` decays dec
 this, the uplift weight decay was a penalty `weight_decay * sum of squares / n_cells` in the
 loss: the old value `w` corresponds to `2 w / (n_users n_items)` now.)
 
-Random streams (named below): seed `s` (`run.seed + i`) has the root key `key(s)`; the log, the
-uplift model and the two outcome models each fold their own stream id into it, and each model
-folds `STREAM_INIT` / `STREAM_FIT` below that, so no key serves two roles (the log's users
-are folded into the log key, one level down).
+Random streams (`causalrec_jax.streams`): seed `s` (`run.seed + i`) has the root key `key(s)`;
+the log, the uplift model and the two outcome models each fold their own `streams.Uplift` id
+into it, and each model folds `streams.UpliftModel.INIT` / `FIT` below that, so no model key
+serves two roles. The log's users are folded into the log key, one level down, beside the
+log's slot-marginal stream `streams.Log.SLOT_PROPENSITIES` (`sim.logs.simulate_log`).
 
 The test is the full ranking of every user's items scored against the simulator's true
 uplift (`sim.rollout.uplift_truth`, the mean over the logged episode of the effect of showing
@@ -71,6 +72,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from causalrec_jax import streams
 from causalrec_jax.causal import clip as the_clip
 from causalrec_jax.causal.uplift import (
     dlce_pair_loss,
@@ -94,17 +96,6 @@ from causalrec_jax.train.full_batch import (
     full_batch_optimizer,
 )
 
-# Streams folded into a seed's root key `key(seed)`.
-STREAM_LOG = 0
-STREAM_MODEL = 1
-STREAM_TREATED_OUTCOME_MODEL = 2
-STREAM_CONTROL_OUTCOME_MODEL = 3
-# Streams folded into a model's key.
-STREAM_INIT = 0
-STREAM_FIT = 1
-# Streams folded into a DLCE epoch's key (the fit folds the epoch into STREAM_FIT's key).
-STREAM_PAIR_FIRST = 0
-STREAM_PAIR_SECOND = 1
 _PAIRS_PER_USER = 64
 
 
@@ -119,12 +110,13 @@ def seed_streams(seed: int) -> dict[str, jax.Array]:
         "control_fit"}` -> typed keys, all distinct.
     """
     root = jax.random.key(seed)
-    keys = {"log": jax.random.fold_in(root, STREAM_LOG)}
-    for name, stream in (("model", STREAM_MODEL), ("treated", STREAM_TREATED_OUTCOME_MODEL),
-                         ("control", STREAM_CONTROL_OUTCOME_MODEL)):
-        model_key = jax.random.fold_in(root, stream)
-        keys[f"{name}_init"] = jax.random.fold_in(model_key, STREAM_INIT)
-        keys[f"{name}_fit"] = jax.random.fold_in(model_key, STREAM_FIT)
+    keys = {"log": streams.derive(root, streams.Uplift.LOG)}
+    for name, stream in (("model", streams.Uplift.MODEL),
+                         ("treated", streams.Uplift.TREATED_OUTCOME_MODEL),
+                         ("control", streams.Uplift.CONTROL_OUTCOME_MODEL)):
+        model_key = streams.derive(root, stream)
+        keys[f"{name}_init"] = streams.derive(model_key, streams.UpliftModel.INIT)
+        keys[f"{name}_fit"] = streams.derive(model_key, streams.UpliftModel.FIT)
     return keys
 
 
@@ -187,9 +179,9 @@ def _binomial_nll(logits, successes, trials):
 def _dlce_pairs_loss(scores, w1, w0, valid, key, n_pairs):
     """`dlce_pair_loss` on `n_pairs` uniformly drawn ordered pairs of each user's items."""
     n_users, n_items = scores.shape
-    first = jax.random.randint(jax.random.fold_in(key, STREAM_PAIR_FIRST), (n_users, n_pairs),
+    first = jax.random.randint(streams.derive(key, streams.Pairs.FIRST), (n_users, n_pairs),
                                0, n_items)
-    second = jax.random.randint(jax.random.fold_in(key, STREAM_PAIR_SECOND),
+    second = jax.random.randint(streams.derive(key, streams.Pairs.SECOND),
                                 (n_users, n_pairs), 0, n_items)
     rows = jnp.arange(n_users)[:, None]
     return dlce_pair_loss(
@@ -306,7 +298,7 @@ def causal_metrics(scores, true_uplift, ks) -> dict[str, float]:
 def _log_for_seed(config: Config, log_key: jax.Array):
     if config.data.format == "simlog":
         return read_simlog(config.data.path)
-    return simulate_log(config, log_key, marginal_samples=1)
+    return simulate_log(config.env, config.policy, log_key, marginal_samples=1)
 
 
 def logged_world(config: Config) -> tuple[EnvConfig, PolicyConfig]:

@@ -25,9 +25,6 @@ LossFn = Callable[[Any, Batch, jax.Array], tuple[jax.Array, dict[str, jax.Array]
 POINTWISE_LOSSES = ("mse", "bce")
 RANKING_LOSSES = ("bpr", "softmax", "sampled_softmax")
 
-# Fold-in ids separating the step key's uses, so adding one never shifts another's draws.
-_STREAM_NEGATIVES = streams.Step.NEGATIVES
-_STREAM_DROPOUT = streams.Step.DROPOUT
 _RESAMPLE_ROUNDS = 3
 
 
@@ -63,7 +60,7 @@ def make_objective(
             "dropout_rate": hparams["dropout"]}
 
         def pair_scores(params, users, items, key):
-            return score_pairs(params, users, items, key=streams.derive(key, _STREAM_DROPOUT),
+            return score_pairs(params, users, items, key=streams.derive(key, streams.Step.DROPOUT),
                                **rate)
 
         where = batch["mask"]
@@ -113,7 +110,7 @@ def draw_negatives(key: jax.Array, batch: Batch, users: jax.Array, n_items: int,
     """`[b, n_negatives]` uniform negatives of the step `key`, their log-probabilities, and
     which are valid: None, or False where a seen item survived `resample_seen` (when the
     batch carries the shared seen-items data)."""
-    negative_key = streams.derive(key, _STREAM_NEGATIVES)
+    negative_key = streams.derive(key, streams.Step.NEGATIVES)
     negatives, log_probs = losses.sample_negatives(
         negative_key, n_items, (users.shape[0], n_negatives)
     )
@@ -182,7 +179,7 @@ def resample_seen(
 
     for attempt in range(rounds):
         redraw = jax.random.randint(
-            jax.random.fold_in(key, attempt + 1), negatives.shape, 0, n_items, negatives.dtype
+            streams.index(key, attempt + 1), negatives.shape, 0, n_items, negatives.dtype
         )
         negatives = jnp.where(is_seen(negatives), redraw, negatives)
     return negatives, ~is_seen(negatives)

@@ -32,10 +32,6 @@ from causalrec_jax.train.step import (
     set_hyperparams,
 )
 
-# A run key's two roles (as `tasks.ordinary`: initialisation, then training).
-STREAM_INIT = streams.Run.INIT
-STREAM_TRAIN = streams.Run.TRAIN
-
 
 def make_train(
     *,
@@ -70,11 +66,11 @@ def make_train(
                                    batch_size=batch_size)
 
     def train(key: jax.Array, hparams: dict[str, Any], data: dict[str, Any]):
-        params = init_fn(streams.derive(key, STREAM_INIT))
+        params = init_fn(streams.derive(key, streams.Run.INIT))
         state = init_state(params, optimizer, hparams.get("loss"))
         if hparams.get("optimizer"):
             state = set_hyperparams(state, hparams["optimizer"])
-        train_key = streams.derive(key, STREAM_TRAIN)
+        train_key = streams.derive(key, streams.Run.TRAIN)
 
         def one_epoch(carry, epoch):
             state, healthy = carry

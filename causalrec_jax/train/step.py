@@ -27,9 +27,6 @@ from causalrec_jax.train.objectives import Batch, LossFn
 # Names of data arrays every step sees whole instead of batched.
 SHARED = "shared_"
 
-_STREAM_STEPS = streams.Epoch.STEPS
-_STREAM_ORDER = streams.Epoch.ORDER
-
 
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
@@ -149,7 +146,7 @@ def make_train_step(
     """
 
     def train_step(state: TrainState, batch: Batch, key: jax.Array):
-        step_key = jax.random.fold_in(key, state.step)
+        step_key = streams.index(key, state.step)
         extra = {} if state.hparams is None else {"hparams": state.hparams}
         (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(
             state.params, batch, step_key, **extra
@@ -168,11 +165,11 @@ def make_train_step(
 def epoch_order(key: jax.Array, epoch: jax.Array, n_rows: int, batch_size: int) -> jax.Array:
     """`[n_batches, batch_size]` row indices of one epoch; padding slots hold `n_rows`.
 
-    The order is drawn from `fold_in(fold_in(key, order stream), epoch)`, so the device path
-    and the streaming path (and a resumed run) visit the same rows in the same batches.
+    The order is drawn from `index(derive(key, streams.Epoch.ORDER), epoch)`, so the device
+    path and the streaming path (and a resumed run) visit the same rows in the same batches.
     """
     n_batches = max(1, -(-n_rows // batch_size))
-    order_key = streams.index(streams.derive(key, _STREAM_ORDER), epoch)
+    order_key = streams.index(streams.derive(key, streams.Epoch.ORDER), epoch)
     order = jax.random.permutation(order_key, n_rows).astype(jnp.int32)
     padding = jnp.full(n_batches * batch_size - n_rows, n_rows, jnp.int32)
     return jnp.concatenate([order, padding]).reshape(n_batches, batch_size)
@@ -206,7 +203,7 @@ def make_scan_batches(
     """
 
     def scan_batches(state, batches, shared, key, first_bad, start):
-        step_key = streams.derive(key, _STREAM_STEPS)
+        step_key = streams.derive(key, streams.Epoch.STEPS)
         n_batches = jax.tree.leaves(batches)[0].shape[0]
 
         def body(carry, inputs):
@@ -251,10 +248,10 @@ def make_train_epoch(
 
     `data` holds `[n_rows]` arrays on the device, shuffled and batched, and arrays whose names
     start with `shared_` (e.g. `shared_seen_mask`), passed whole to every step. The epoch's
-    order comes from `fold_in(key, epoch)`, so resuming at an epoch boundary replays the same
-    order. `metrics`: `loss` (mean over the epoch's good batches) and `first_bad_batch` (-1
-    when every batch was finite). For data that does not fit on the device, see
-    `make_streaming_epoch`, which gives the same numbers.
+    order comes from the key and `epoch` (`epoch_order`), so resuming at an epoch boundary
+    replays the same order. `metrics`: `loss` (mean over the epoch's good batches) and
+    `first_bad_batch` (-1 when every batch was finite). For data that does not fit on the
+    device, see `make_streaming_epoch`, which gives the same numbers.
     """
     scan_batches = make_scan_batches(train_step)
 

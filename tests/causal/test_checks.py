@@ -49,6 +49,11 @@ def config(method="naive", propensity="none", loss="mse", clip=0.0, **data):
     )
 
 
+def check(cfg, split):
+    """`check_causal_setup` with the sections of a whole config (`config(...)`)."""
+    return check_causal_setup(cfg.causal, cfg.data, split, loss=cfg.train.loss)
+
+
 def mar_split(train_fraction=0.25):
     """A mar_slice split of dataset() with 4 copies of the MAR cells (32 rows)."""
     return mar_slice_split(
@@ -75,12 +80,12 @@ def mar_split(train_fraction=0.25):
 )
 def test_valid_setups_pass(method, propensity, loss):
     split = given_split(dataset(good_matrix()))
-    assert check_causal_setup(config(method, propensity, loss), split) is None
+    assert check(config(method, propensity, loss), split) is None
 
 
 def test_naive_bayes_with_a_mar_slice_passes():
     cfg = config("ips", "naive_bayes", split="mar_slice", mar_train_fraction=0.25)
-    check_causal_setup(cfg, mar_split())
+    check(cfg, mar_split())
 
 
 # ----------------------------------------------------------------------------- method needs
@@ -90,7 +95,7 @@ def test_naive_bayes_with_a_mar_slice_passes():
 def test_propensity_methods_need_a_propensity_source(method):
     loss = "bce" if method == "rel_mf" else "mse"
     with pytest.raises(ConfigError, match="key causal.propensity") as error:
-        check_causal_setup(config(method, "none", loss), given_split(dataset()))
+        check(config(method, "none", loss), given_split(dataset()))
     assert "given, popularity, naive_bayes, logistic, learned, true" in str(error.value)
 
 
@@ -108,36 +113,36 @@ def test_propensity_methods_need_a_propensity_source(method):
 )
 def test_method_needs_its_loss(method, loss, expected):
     with pytest.raises(ConfigError, match="key train.loss") as error:
-        check_causal_setup(config(method, "popularity", loss), given_split(dataset()))
+        check(config(method, "popularity", loss), given_split(dataset()))
     assert expected in str(error.value) and repr(loss) in str(error.value)
 
 
 def test_naive_bayes_without_mar_slice_names_mar_train_fraction():
     cfg = config("ips", "naive_bayes")  # data.split = "given": no MAR slice
     with pytest.raises(ConfigError, match="key data.mar_train_fraction.*missing"):
-        check_causal_setup(cfg, given_split(dataset()))
+        check(cfg, given_split(dataset()))
     cfg = config("ips", "naive_bayes", split="mar_slice", mar_train_fraction=0.0)
     with pytest.raises(ConfigError, match="key data.mar_train_fraction"):
-        check_causal_setup(cfg, mar_split(train_fraction=0.0))
+        check(cfg, mar_split(train_fraction=0.0))
     split = mar_split()
     empty = Split(split.train, split.valid, split.test,
                   extra={"mar_train": split.extra["mar_train"].subset(np.array([], int))})
     with pytest.raises(ConfigError, match="key data.mar_train_fraction.*empty"):
-        check_causal_setup(cfg, empty)
+        check(cfg, empty)
 
 
 def test_true_propensities_need_the_simulator():
     with pytest.raises(ConfigError, match="key causal.propensity.*simulator"):
-        check_causal_setup(config("ips", "true", format="coat"), given_split(dataset()))
+        check(config("ips", "true", format="coat"), given_split(dataset()))
 
 
 def test_empty_test_part_names_the_split_keys():
     split = given_split(dataset())
     empty = Split(split.train, None, split.test.subset(np.array([], int)))
     with pytest.raises(SplitError, match="key data.split_ratios"):
-        check_causal_setup(config(), empty)
+        check(config(), empty)
     with pytest.raises(SplitError, match="key data.mar_train_fraction"):
-        check_causal_setup(config(split="mar_slice"), empty)
+        check(config(split="mar_slice"), empty)
 
 
 # ----------------------------------------------------------------------------- MAR slices
@@ -201,14 +206,14 @@ def test_bad_given_values_name_key_and_first_cell(value, what):
         assert "causal.propensity_clip" in message
     # check_causal_setup finds the same cell.
     with pytest.raises(PropensityError, match=r"key causal.propensity.*index \(1, 2\)"):
-        check_causal_setup(config("ips", "given"), given_split(dataset(matrix)))
+        check(config("ips", "given"), given_split(dataset(matrix)))
 
 
 def test_zero_on_observed_cell_is_an_error_naming_the_clip():
     matrix = good_matrix()
     matrix[0, 0] = 0.0
     with pytest.raises(PropensityError, match="causal.propensity_clip") as error:
-        check_causal_setup(config("snips", "given", clip=0.0), given_split(dataset(matrix)))
+        check(config("snips", "given", clip=0.0), given_split(dataset(matrix)))
     assert "1/0" in str(error.value)
 
 
@@ -225,12 +230,12 @@ def test_wrong_shape_names_key_and_shapes():
     with pytest.raises(PropensityError, match=r"key causal.propensity.*\(3, 3\).*\(4, 5\)"):
         estimate_propensities("given", train)
     with pytest.raises(PropensityError, match=r"key causal.propensity.*\(3, 3\)"):
-        check_causal_setup(config("ips", "given"), given_split(dataset(np.ones((3, 3)))))
+        check(config("ips", "given"), given_split(dataset(np.ones((3, 3)))))
 
 
 def test_missing_given_matrix_names_key():
     with pytest.raises(PropensityError, match="key causal.propensity"):
-        check_causal_setup(config("dr", "given"), given_split(dataset()))
+        check(config("dr", "given"), given_split(dataset()))
 
 
 def test_a_bce_imputed_value_must_be_a_probability():
@@ -240,6 +245,6 @@ def test_a_bce_imputed_value_must_be_a_probability():
     split = given_split(dataset())
     bad = dataclasses.replace(base, causal=dataclasses.replace(base.causal, imputation_value=3.0))
     with pytest.raises(ConfigError, match="causal.imputation_value"):
-        check_causal_setup(bad, split)
+        check(bad, split)
     good = dataclasses.replace(base, causal=dataclasses.replace(base.causal, imputation_value=0.2))
-    check_causal_setup(good, split)
+    check(good, split)

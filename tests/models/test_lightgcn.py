@@ -147,7 +147,8 @@ def test_cli_trains_evaluates_and_recommends_with_a_training_only_graph(tmp_path
     model = nnx.merge(run.parts.graphdef,
                       jax.tree.map(lambda leaf: leaf[0], run.parts.params), run.parts.constants)
     graph = _pairs(model.edge_users[...], model.edge_items[...])
-    split, _ = load_split(load_config(None, TINY))
+    config = load_config(None, TINY)
+    split, _ = load_split(config.data, config.sim, seed=config.run.seed)
     train = _pairs(split.train.user, split.train.item)
     assert graph == train
     held_out = _pairs(split.valid.user, split.valid.item) | _pairs(split.test.user, split.test.item)

@@ -245,7 +245,7 @@ def test_population_members_equal_separate_runs():
     from causalrec_jax.data.loader import load_split
 
     config = tiny_config("train.epochs=3")
-    split, _ = load_split(config)
+    split, _ = load_split(config.data, config.sim, seed=config.run.seed)
     rates, decays = [0.01, 0.05], [0.0, 1e-3]
     members = [
         ordinary.Member(seed=0, hparams={"learning_rate": lr, "weight_decay": wd})

@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from causalrec_jax import streams
 from causalrec_jax.errors import ConfigError
-from causalrec_jax.sim import env
 from causalrec_jax.sim.env import (
     INFO_KEYS,
     EnvSizes,
@@ -327,6 +327,5 @@ def test_sample_categorical_never_draws_a_zero_weight():
 
 
 def test_streams_are_distinct():
-    streams = [env.STREAM_ENV, env.STREAM_POLICY, env.STREAM_ARRIVAL, env.STREAM_ENV_USERS,
-               env.STREAM_ENV_ITEMS, env.STREAM_ENV_POPULARITY]
-    assert len(set(streams)) == len(streams) and min(streams) >= 16
+    ids = [int(stream) for stream in streams.Env]
+    assert len(set(ids)) == len(ids) and min(ids) >= 16  # the static world uses ids below 16

@@ -8,8 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from causalrec_jax import streams
 from causalrec_jax.sim.env import (
-    STREAM_ENV,
     EnvSizes,
     make_env_params,
     reset_user,
@@ -272,7 +272,7 @@ def test_uplift_truth_shape_range_and_removed_item(truth, design, params, policy
 def test_uplift_truth_is_the_mean_over_the_logged_states(truth, params, log):
     # Replay user 6's logged slates with the rollout's environment keys: the same states.
     user = 6
-    env_key = jax.random.fold_in(jax.random.fold_in(KEY, user), STREAM_ENV)
+    env_key = jax.random.fold_in(jax.random.fold_in(KEY, user), streams.Env.NOISE)
     _, state = reset_user(user, params)
     total = jnp.zeros(SIZES.n_items)
     for t in range(HORIZON):

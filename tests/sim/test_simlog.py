@@ -33,7 +33,8 @@ DOCUMENTED_FILES = {"simlog.json", "impressions.parquet", "rounds.parquet", "tru
 @pytest.fixture(scope="module")
 def simulated():
     config = load_config(None, SMALL)
-    log, truth = simulate_log(config, jax.random.key(config.run.seed), marginal_samples=50)
+    log, truth = simulate_log(config.env, config.policy, jax.random.key(config.run.seed),
+                              marginal_samples=50)
     return config, log, truth
 
 

@@ -384,7 +384,7 @@ def test_chunked_catalogue_ranking_gives_the_dense_metrics(planted_run):
 
     out, _ = planted_run
     run = load_run(out)
-    split, _ = load_split(run.config)
+    split, _ = load_split(run.config.data, run.config.sim, seed=run.config.run.seed)
     scorer = sequence_run.make_scorer(run.parts.graphdef, seed_slice(run.parts.params, 0))
     dense = sequence_run.test_metrics(scorer, run.config, split, 0)
     for item_chunk in (7, 20):  # 20 items: chunks of 7 leave a remainder of 6

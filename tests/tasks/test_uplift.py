@@ -90,7 +90,7 @@ def many_logs():
     cells, truth = jax.jit(jax.vmap(one))(keys)
     inclusion = jax.vmap(lambda user: policies.inclusion_probabilities(policy, user))(users)
     # The vmapped aggregation is the run's: compare one log with `aggregate_cells`.
-    log, log_truth = simulate_log(config, keys[0], marginal_samples=1)
+    log, log_truth = simulate_log(config.env, config.policy, keys[0], marginal_samples=1)
     reference = uplift_run.aggregate_cells(log, sizes.n_users, sizes.n_items)
     for name in ("n1", "c1", "c0", "steps"):
         np.testing.assert_array_equal(np.asarray(cells[name][0]), reference[name])
@@ -144,7 +144,7 @@ def test_the_uplift_of_an_item_without_effect_is_estimated_near_zero(monkeypatch
         )
 
     monkeypatch.setattr(logs, "env_from_config", with_inert_item)
-    log, truth = simulate_log(config, jax.random.key(0))
+    log, truth = simulate_log(config.env, config.policy, jax.random.key(0))
     cells = uplift_run.aggregate_cells(log, 500, 30)
     steps = cells["steps"][:, None]
     labels = np.asarray(uplift_run.ips_uplift_label_from_counts(

@@ -8,12 +8,13 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from causalrec_jax import streams
 from causalrec_jax.causal.training import as_hparams, causal_hparams, make_causal_objective
 from causalrec_jax.config import CausalConfig, TrainConfig, config_from_dict
 from causalrec_jax.models.base import make_scorers
 from causalrec_jax.models.factory import make_model
 from causalrec_jax.train.loop import fit
-from causalrec_jax.train.program import STREAM_INIT, STREAM_TRAIN, make_train
+from causalrec_jax.train.program import make_train
 from causalrec_jax.train.step import (
     init_state,
     make_optimizer,
@@ -98,14 +99,14 @@ def test_make_train_equals_the_host_driver_without_validation():
     data = _data()
     state, history = jax.jit(TRAIN)(jax.random.key(3), _hparams(0.01, 0.05), data)
     key = jax.random.key(3)
-    params = init_fn(jax.random.fold_in(key, STREAM_INIT))
+    params = init_fn(jax.random.fold_in(key, streams.Run.INIT))
     loop_state = init_state(params, OPTIMIZER, _hparams(0.01, 0.05)["loss"])
     loop_state = set_hyperparams(loop_state, _hparams(0.01, 0.05)["optimizer"])
     states = jax.tree.map(lambda leaf: leaf[None], loop_state)
     train_epoch = make_train_epoch(make_train_step(LOSS_FN, OPTIMIZER), n_rows=N_ROWS,
                                    batch_size=32)
     result = fit(train_epoch=train_epoch, states=states, data=data,
-                 keys=jax.random.fold_in(key, STREAM_TRAIN)[None], epochs=10)
+                 keys=jax.random.fold_in(key, streams.Run.TRAIN)[None], epochs=10)
     for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(result.states.params),
                     strict=True):
         np.testing.assert_allclose(a, b[0], rtol=1e-5, atol=1e-6)
@@ -117,7 +118,7 @@ def test_a_diverging_member_stops_at_its_last_good_state():
     data["ratings"] = data["ratings"].at[5].set(jnp.nan)  # a NaN target: every epoch is bad
     state, history = jax.jit(TRAIN)(jax.random.key(0), _hparams(0.01, 0.0), data)
     assert int(history["first_bad_batch"][0]) >= 0
-    initial = init_fn(jax.random.fold_in(jax.random.key(0), STREAM_INIT))
+    initial = init_fn(jax.random.fold_in(jax.random.key(0), streams.Run.INIT))
     # The NaN row sits in some batch of epoch 0: steps before it applied, none after.
     assert all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in jax.tree.leaves(state.params))
     moved = any(not np.allclose(a, b) for a, b in zip(

@@ -38,7 +38,7 @@ def base_config(*extra):
 def test_population_and_sequential_runs_pick_the_same_configuration(tmp_path):
     config = base_config()
     summary = search.tune(config, space_from_dict(GRID), tmp_path / "t", seeds=1)
-    split, _ = load_split(config)
+    split, _ = load_split(config.data, config.sim, seed=config.run.seed)
     sequential = {}
     for lr in GRID["train"]["learning_rate"]:
         for wd in GRID["train"]["weight_decay"]:
@@ -138,7 +138,7 @@ def test_cli_tune(tmp_path, capsys):
 
 def test_successive_halving_keeps_survivors_identical():
     config = base_config("train.epochs=6")
-    split, _ = load_split(config)
+    split, _ = load_split(config.data, config.sim, seed=config.run.seed)
     members = [ordinary.Member(seed=0, hparams={"learning_rate": lr})
                for lr in (0.002, 0.01, 0.05, 0.1)]
     full = ordinary.train_split(config, split, members=members, evaluate_test=False)
