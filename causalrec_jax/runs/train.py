@@ -27,7 +27,7 @@ import causalrec_jax.sim  # noqa: F401  registers the data formats "simulator" a
 from causalrec_jax.config import Config, check_selection_metric, refuse_unused
 from causalrec_jax.data.dataset import concatenate
 from causalrec_jax.data.fingerprint import fingerprint, fingerprint_array
-from causalrec_jax.data.loader import load_dataset, load_split
+from causalrec_jax.data.loader import load_dataset
 from causalrec_jax.data.sequences import history_matrix, user_sequences
 from causalrec_jax.data.split import kfold_splits, make_split
 from causalrec_jax.eval.summary import aggregate, metric_values, summarize
@@ -170,7 +170,9 @@ def sequence_run(config: Config, out: str | Path, *, quiet: bool = True,
 def _write_sequence_run(config: Config, out: Path, *, quiet: bool, resume: bool,
                         item_chunk: int | None) -> dict[str, Any]:
     tic = time.perf_counter()
-    split, _ = load_split(config.data, config.sim, seed=config.run.seed)
+    dataset, _ = load_dataset(config.data, config.sim)
+    data_fingerprint = fingerprint(dataset)  # evaluate refuses the data if it changed
+    split = make_split(dataset, config.data, seed=config.run.seed)
     log_path = out / "log.jsonl"
     start_log(log_path, resume=resume,
               checkpoint_of=lambda line: out / "checkpoints" / f"seed{line['seed']}")
@@ -199,7 +201,7 @@ def _write_sequence_run(config: Config, out: Path, *, quiet: bool, resume: bool,
                  "n_train": len(split.train), "n_valid": len(split.valid),
                  "n_test": len(split.test), "n_windows": timings[0]["n_windows"],
                  "sampled_negatives": config.eval.sampled_negatives,
-                 "sampled_by": config.eval.sampled_by},
+                 "sampled_by": config.eval.sampled_by, "fingerprint": data_fingerprint},
         "timing": {"train_seconds": round(sum(t["train_seconds"] for t in timings), 4),
                    "epoch_seconds": float(np.median([t["epoch_seconds"] for t in timings])),
                    "first_epoch_seconds": timings[0]["first_epoch_seconds"],
@@ -217,6 +219,7 @@ def _write_sequence_run(config: Config, out: Path, *, quiet: bool, resume: bool,
     everything = concatenate([split.train, split.valid, split.test])
     save_model(out, config, {"params": params}, split, data_extra={
         "next_history": history_matrix(user_sequences(everything), config.model.max_len),
+        **fingerprint_array(data_fingerprint),
     })
     (out / "plots").mkdir(exist_ok=True)
     plot_learning_curve(out / "plots" / "learning_curve.png", results[0].history,

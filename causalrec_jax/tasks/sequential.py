@@ -54,7 +54,8 @@ from flax import nnx
 from causalrec_jax import streams
 from causalrec_jax.config import Config
 from causalrec_jax.data.dataset import Dataset, Split, concatenate
-from causalrec_jax.data.loader import load_split
+from causalrec_jax.data.fingerprint import check_unchanged
+from causalrec_jax.data.loader import load_dataset
 from causalrec_jax.data.sequences import (
     PAD,
     history_matrix,
@@ -63,6 +64,7 @@ from causalrec_jax.data.sequences import (
     user_sequences,
     window_buckets,
 )
+from causalrec_jax.data.split import make_split
 from causalrec_jax.errors import ConfigError, RunError
 from causalrec_jax.eval.catalogue import chunked_target_rank, metrics_from_ranks
 from causalrec_jax.eval.metrics import RANKING_METRICS, ranking_metrics
@@ -586,7 +588,9 @@ def evaluate_sequence_run(run: LoadedRun, split_name: str = "test") -> dict[str,
     if split_name not in ("test", "valid"):
         raise RunError(f"split {split_name!r}: a sequential run evaluates 'test' or 'valid'")
     config = run.config
-    split, _ = load_split(config.data, config.sim, seed=config.run.seed)
+    dataset, _ = load_dataset(config.data, config.sim)
+    check_unchanged(run.data, dataset, config.data.path or config.data.format)
+    split = make_split(dataset, config.data, seed=config.run.seed)
     per_seed = []
     for index, seed in enumerate(seed_list(config)):
         scorer = make_scorer(run.parts.graphdef, seed_slice(run.parts.params, index))

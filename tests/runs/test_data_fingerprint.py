@@ -66,3 +66,23 @@ def test_evaluate_refuses_changed_data_and_agrees_on_the_same(csv_run, capsys):
     # Put back as it was: evaluated again, the same numbers.
     path.write_text("user,item,rating\n" + "\n".join(rows) + "\n")
     assert run_load.evaluate_run(run)["test"] == pytest.approx(again["test"])
+
+
+def test_a_sequential_run_refuses_changed_sequences(tmp_path):
+    rng = np.random.default_rng(3)
+    lines = [" ".join([f"{user}"] + [str(i) for i in rng.choice(30, size=6, replace=False) + 1])
+             for user in range(1, 41)]
+    path = tmp_path / "Toys.txt"
+    path.write_text("\n".join(lines) + "\n")
+    config = load_config(None, [
+        'data.format="seq_lines"', f'data.path="{path}"', 'data.split="leave_one_out"',
+        'model.name="sasrec"', "model.embedding_dim=8", "model.n_layers=1", "model.max_len=8",
+        "train.epochs=1", "train.batch_size=32", 'train.loss="sampled_softmax"',
+        'eval.metrics=["ndcg"]', "eval.ks=[5]", 'train.early_stopping_metric="ndcg@5"'])
+    run_train.sequence_run(config, tmp_path / "run")
+    stored = json.loads((tmp_path / "run" / "metrics.json").read_text())["data"]["fingerprint"]
+    assert stored["n_interactions"] == 240
+    run_load.evaluate_run(tmp_path / "run")  # the same data: evaluated
+    path.write_text("\n".join(lines[:-1]) + "\n")
+    with pytest.raises(DataChangedError, match="n_interactions 240 -> 234, n_users 40 -> 39"):
+        run_load.evaluate_run(tmp_path / "run")
