@@ -16,9 +16,13 @@ $(STAMP): $(BIN)/python pyproject.toml
 
 install: $(STAMP)
 
+# Test processes (pytest-xdist; a test file stays in one process, so module fixtures are built
+# once). Most tests compile on one core; two processes keep both cores of CI busy.
+TEST_WORKERS ?= 2
+
 test: $(STAMP)
 	$(BIN)/ruff check --no-cache causalrec_jax tests experiments bench
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 demo: $(STAMP)
 	$(BIN)/python experiments/quickstart.py
