@@ -81,14 +81,14 @@ def test_a_failing_method_is_a_failed_row_and_other_errors_propagate(tmp_path, m
         raise RuntimeError("a bug")
 
     monkeypatch.setattr(table.run_train, "train_run", not_wired)
-    args = ["--data", "simulator", "--seeds", "1", "--out", str(tmp_path)]
-    rows = table.main(args + ["--methods", "ips"])
+    args = ["--data", "simulator", "--seeds", "1"]
+    rows = table.main(args + ["--methods", "ips", "--out", str(tmp_path / "a")])
     assert rows["ips"]["status"] == "failed" and "not wired yet" in rows["ips"]["error"]
     assert "failed: ConfigError: key causal.method: not wired yet" in (
-        tmp_path / "table.md").read_text()
-    assert read_csv(tmp_path / "table.csv")[0]["status"] == "failed"
+        tmp_path / "a" / "table.md").read_text()
+    assert read_csv(tmp_path / "a" / "table.csv")[0]["status"] == "failed"
     with pytest.raises(RuntimeError, match="a bug"):
-        table.main(args + ["--methods", "naive"])
+        table.main(args + ["--methods", "naive", "--out", str(tmp_path / "b")])
 
 
 def test_rows_read_literature_and_truth_metrics_when_present():

@@ -165,7 +165,8 @@ def test_start_log_keeps_each_lines_checkpointed_epochs_only(tmp_path, monkeypat
     lines = [{"seed": seed, "epoch": epoch} for seed in (0, 1) for epoch in range(4)]
     path.write_text("".join(json.dumps(line) + "\n" for line in lines))
     newest = {tmp_path / "seed0": 3, tmp_path / "seed1": 1}
-    monkeypatch.setattr(run_folder.checkpoints, "latest_epoch", lambda folder: newest[folder])
+    monkeypatch.setattr(run_folder.checkpoints, "set_aside_unreadable",
+                        lambda folder: newest[folder])
     run_folder.start_log(path, resume=True,
                          checkpoint_of=lambda line: tmp_path / f"seed{line['seed']}")
     kept = [json.loads(line) for line in path.read_text().splitlines()]
