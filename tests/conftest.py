@@ -6,8 +6,19 @@ import gc
 import os
 from pathlib import Path
 
-import jax
-import pytest
+# The suite's programs are tiny: compiling them costs more than running them. XLA's CPU
+# backend without LLVM's optimisation passes compiles about a third faster (measured on
+# tests/runs/test_train_run.py + tests/train/test_sequence_step.py: 139 s -> 90 s on 2 cores)
+# and computes the same operations. Set before JAX starts its backend, and inherited by the
+# command-line subprocesses tests start; CAUSALREC_TEST_XLA_OPT=1 keeps XLA's default.
+# Timings are measured by `make bench`, never under this flag.
+if os.environ.get("CAUSALREC_TEST_XLA_OPT") != "1":
+    _flags = os.environ.get("XLA_FLAGS", "")
+    if "xla_backend_optimization_level" not in _flags:
+        os.environ["XLA_FLAGS"] = f"{_flags} --xla_backend_optimization_level=0".strip()
+
+import jax  # noqa: E402  (after XLA_FLAGS)
+import pytest  # noqa: E402
 
 # JAX's persistent compilation cache, for the suite and the command-line subprocesses it
 # starts, when CAUSALREC_TEST_COMPILATION_CACHE=1 (programs compiled by one run are read back
