@@ -422,7 +422,10 @@ def test_chunked_world_equals_dense_world(monkeypatch):
     np.testing.assert_allclose(dense.meta["realised_mean_exposure"], 0.1, rtol=1e-3)
     assert float(truth.exposure_base) == float(dense_truth.exposure_base)
     for name in ("user_factors", "item_factors", "item_popularity", "standardized_log_popularity"):
-        np.testing.assert_array_equal(getattr(truth, name), getattr(dense_truth, name), name)
+        # Bitwise equal at XLA's default optimisation; the suite compiles without LLVM's passes
+        # (conftest), where the two programs' exp/log may differ in the last bit.
+        np.testing.assert_allclose(getattr(truth, name), getattr(dense_truth, name), rtol=1e-6,
+                                   atol=1e-7, err_msg=name)
 
 
 def test_truth_block_matches_dense_rows(monkeypatch):
