@@ -99,6 +99,25 @@ class Dataset:
         """Number of interaction rows."""
         return len(self.user)
 
+    def __repr__(self) -> str:
+        """A summary (sizes, what it carries, where it came from), never every id."""
+        parts = [f"{self.n_interactions:,} interactions", f"{self.n_users:,} users",
+                 f"{self.n_items:,} items"]
+        if self.meta.get("implicit"):
+            parts.append("implicit")
+        elif len(self.rating):
+            finite = self.rating[np.isfinite(self.rating)]
+            if finite.size:
+                parts.append(f"ratings {finite.min():g}..{finite.max():g}")
+        carried = [name for name in ("timestamp", "given_split", "user_features",
+                                     "item_features", "propensity_matrix")
+                   if getattr(self, name) is not None]
+        if carried:
+            parts.append("with " + ", ".join(carried))
+        origin = ", ".join(f"{key}={self.meta[key]!r}" for key in ("name", "format")
+                           if key in self.meta)
+        return f"Dataset({', '.join(parts)}{'; ' + origin if origin else ''})"
+
     def __len__(self) -> int:
         return len(self.user)
 
