@@ -48,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="causalrec", description="Causal recommender systems in JAX."
     )
+    parser.add_argument("--version", action="version", version=f"causalrec {_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     train = commands.add_parser("train", help="train and evaluate a model; write a run folder")
@@ -195,6 +196,15 @@ def _command_train(args: argparse.Namespace) -> int:
     print(format_metrics(metrics))
     print(f"run folder: {out}")
     return 0
+
+
+def _version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("causalrec_jax")
+    except metadata.PackageNotFoundError:
+        return "(not installed)"
 
 
 def format_metrics(metrics: dict) -> str:

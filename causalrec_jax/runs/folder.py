@@ -276,6 +276,17 @@ def epoch_log_lines(seed: int, losses: Iterable[float], seconds: float) -> list[
     return [log_line(seed, epoch, loss, per_epoch) for epoch, loss in enumerate(losses)]
 
 
+def epoch_summary(record: dict[str, Any], metric: str, *, prefix: str = "") -> str:
+    """One line for a log stream of `fit`'s epoch record (means over the seeds training):
+    `[prefix]epoch 3  loss 0.4123  valid ndcg@10 0.1180  0.21 s`. What a run prints per epoch
+    when stderr is not a terminal (no progress bar there)."""
+    line = f"{prefix}epoch {record['epoch']}  loss {record['loss']:.4f}"
+    value = record.get("valid", {}).get(metric)
+    if value is not None:
+        line += f"  valid {metric} {value:.4f}"
+    return line + f"  {record['seconds']:.2f} s"
+
+
 def append_log(path: Path, lines: Iterable[dict[str, Any]]) -> None:
     """Appends `lines` to `log.jsonl` (NaN as null: valid JSON)."""
     with path.open("a") as handle:

@@ -34,6 +34,7 @@ from causalrec_jax.eval.summary import aggregate, metric_values, summarize
 from causalrec_jax.runs.folder import (
     append_log,
     epoch_log_lines,
+    epoch_summary,
     fit_log_lines,
     plot_learning_curve,
     save_model,
@@ -86,6 +87,10 @@ def _write_run(config: Config, out: Path, *, resume: bool, quiet: bool, frame) -
 
     def log_fn(record: dict[str, Any], fold: int | None = None) -> None:
         append_log(log_path, fit_log_lines(record, seeds, fold=fold))
+        if not quiet and not progress:  # a log stream, not a terminal: a line per epoch
+            prefix = "" if fold is None else f"fold {fold} "
+            print(epoch_summary(record, config.train.early_stopping_metric, prefix=prefix),
+                  file=sys.stderr, flush=True)
 
     if config.train.cv_folds:
         folds = list(kfold_splits(dataset, config.train.cv_folds, seed=config.run.seed,
@@ -177,11 +182,15 @@ def _write_sequence_run(config: Config, out: Path, *, quiet: bool, resume: bool,
     start_log(log_path, resume=resume,
               checkpoint_of=lambda line: out / "checkpoints" / f"seed{line['seed']}")
 
+    progress = not quiet and sys.stderr.isatty()
+
     def log_fn(record: dict[str, Any]) -> None:
         # each seed trains through its own `fit` (one member), its record naming the seed
         append_log(log_path, fit_log_lines(record, [record["seed"]]))
+        if not quiet and not progress:  # a log stream, not a terminal: a line per epoch
+            print(epoch_summary(record, config.train.early_stopping_metric,
+                                prefix=f"seed {record['seed']} "), file=sys.stderr, flush=True)
 
-    progress = not quiet and sys.stderr.isatty()
     seeds = seed_list(config)
     results = [
         train_sequence_seed(config, split, seed, checkpoint_dir=out / "checkpoints" / f"seed{seed}",

@@ -106,3 +106,21 @@ def test_a_closed_pipe_ends_quietly(tmp_path):
     reader.wait(timeout=120)
     assert "Traceback" not in stderr and "BrokenPipe" not in stderr, stderr
     assert reader.returncode == 1
+
+
+def test_a_run_into_a_log_stream_prints_a_line_per_epoch(tmp_path, capsys):
+    # stderr is not a terminal under pytest: no progress bar, a line per epoch instead
+    assert main(["train", *[a for a in TINY if a != "--quiet"], "--out", str(tmp_path / "r")]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    epochs = [line for line in err if line.startswith("epoch ")]
+    assert [line.split()[1] for line in epochs] == [str(e) for e in range(6)]
+    assert all(" loss " in line and line.endswith(" s") for line in epochs)
+    assert main(["train", *TINY, "--out", str(tmp_path / "q")]) == 0
+    assert not [line for line in capsys.readouterr().err.splitlines() if line.startswith("epoch")]
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out.startswith("causalrec ")
