@@ -75,6 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("evaluate", help="evaluate a run's best parameters again")
     evaluate.add_argument("--run", required=True, help="run folder")
     evaluate.add_argument("--split", default="test", help="test, valid or train")
+    evaluate.add_argument("--write", action="store_true",
+                          help="replace the run's blocks in metrics.json with these")
     evaluate.set_defaults(handler=_command_evaluate)
 
     recommend = commands.add_parser("recommend", help="top-K items for a user of a run")
@@ -207,22 +209,49 @@ def _version() -> str:
         return "(not installed)"
 
 
+# What each block of metrics.json measures, printed beside it.
+BLOCK_PROTOCOLS = {
+    "valid": "validation split, the early-stopping criterion's",
+    "test": "test split, the library's protocol (users without a positive left out)",
+    "test_literature": "test, the debiasing literature's protocol (users without a positive "
+                       "score ndcg 1)",
+    "test_full": "test positives ranked among all items (seen ones masked)",
+    "test_truth": "against the simulator's ground truth (every cell)",
+    "test_unmasked": "test, the user's history not masked (RecBole's sequential protocol)",
+    "test_sampled": "test item among sampled negatives (inflates every metric)",
+}
+
+
 def format_metrics(metrics: dict) -> str:
-    """A short table of test (and valid) means ± std over seeds."""
+    """Every block of `metrics` (valid, test, test_literature, test_full, test_truth,
+    test_unmasked, test_sampled), means ± std over seeds, each labelled with its protocol;
+    then the best epochs, the epochs run and the time when the metrics hold them."""
     lines = []
-    for part in ("valid", "test"):
-        if part not in metrics:
+    for part, protocol in BLOCK_PROTOCOLS.items():
+        if not metrics.get(part):
             continue
         means, stds = metrics[part], metrics.get(f"{part}_std", {})
         cells = [
-            f"{name} {value:.4f}" if value is not None else f"{name} n/a"
+            f"{name} {value:.4f}" if isinstance(value, int | float) else f"{name} n/a"
             for name, value in means.items()
         ]
         cells = [
             cell + (f" ± {stds[name]:.4f}" if stds.get(name) and stds[name] == stds[name] else "")
             for cell, name in zip(cells, means, strict=True)
         ]
-        lines.append(f"{part:<6} " + " | ".join(cells))
+        lines.append(f"{part} ({protocol}):")
+        lines.append("  " + " | ".join(cells))
+    per_seed = metrics.get("per_seed") or []
+    best = [entry["best_epoch"] for entry in per_seed if "best_epoch" in entry]
+    timing = metrics.get("timing") or {}
+    if best:
+        text = f"best epoch {', '.join(map(str, best))} (per seed)"
+        if "epochs_run" in timing:
+            text += f"; {timing['epochs_run']} epochs run"
+        lines.append(text)
+    if "total_seconds" in timing:
+        lines.append(f"time {timing['total_seconds']:.1f} s (training "
+                     f"{timing.get('train_seconds', 0.0):.1f} s)")
     return "\n".join(lines)
 
 
@@ -280,8 +309,12 @@ def _command_evaluate(args: argparse.Namespace) -> int:
     from causalrec_jax.runs.load import evaluate_run
 
     result = evaluate_run(args.run, args.split)
-    print(format_metrics({args.split: result[args.split],
-                          f"{args.split}_std": result.get(f"{args.split}_std", {})}))
+    print(format_metrics({key: value for key, value in result.items() if key != "per_seed"}))
+    if args.write:
+        from causalrec_jax.runs.load import write_evaluation
+
+        path = write_evaluation(args.run, result)
+        print(f"wrote {path}")
     return 0
 
 

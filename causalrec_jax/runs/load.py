@@ -167,3 +167,26 @@ def evaluate_run(run_dir: str | Path, split_name: str = "test") -> dict[str, Any
             "per-fold results are in metrics.json under 'cv'; evaluate re-scores single splits"
         )
     return evaluate_loaded_run(run, split_name)
+
+
+def write_evaluation(run_dir: str | Path, result: dict[str, Any]) -> Path:
+    """Replaces the blocks `result` holds (e.g. `test`, `test_std`, `test_ci95`,
+    `test_literature`) and each seed's entries for them in the run's `metrics.json`,
+    atomically; returns its path."""
+    import json
+
+    from causalrec_jax.runs.folder import write_metrics
+
+    path = Path(run_dir) / "metrics.json"
+    try:
+        metrics = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise RunError(f"{path} is unreadable ({error}); train the run again") from None
+    blocks = {key: value for key, value in result.items() if key != "per_seed"}
+    metrics.update(blocks)
+    by_seed = {entry["seed"]: entry for entry in result.get("per_seed", [])}
+    for entry in metrics.get("per_seed", []):
+        update = by_seed.get(entry.get("seed"), {})
+        entry.update({key: value for key, value in update.items() if key != "seed"})
+    write_metrics(Path(run_dir), metrics)
+    return path

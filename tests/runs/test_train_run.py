@@ -190,10 +190,29 @@ def test_cli_train_evaluate_recommend(tmp_path, capsys):
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert "ndcg@5" in printed and str(out) in printed
+    # The summary: every block the run wrote, each with its protocol; best epoch; time.
+    written = json.loads((out / "metrics.json").read_text())
+    assert {"valid", "test", "test_truth"} <= set(written)
+    for block in ("valid", "test", "test_truth"):
+        assert f"\n{block} (" in "\n" + printed
+    assert "test_truth (against the simulator's ground truth (every cell)):" in printed
+    assert f"best epoch {written['per_seed'][0]['best_epoch']} (per seed); 4 epochs run" \
+        in printed
+    assert "\ntime " in printed
     assert main(["evaluate", "--run", str(out)]) == 0
     evaluated = capsys.readouterr().out
-    stored = json.loads((out / "metrics.json").read_text())["test"]["ndcg@5"]
+    stored = written["test"]["ndcg@5"]
     assert f"ndcg@5 {stored:.4f}" in evaluated
+    assert "test_truth (" in evaluated  # every block, not only `test`
+    # --write replaces the blocks in metrics.json (here with the same numbers, changed first)
+    changed = dict(written, test={**written["test"], "ndcg@5": -1.0})
+    (out / "metrics.json").write_text(json.dumps(changed))
+    assert main(["evaluate", "--run", str(out), "--write"]) == 0
+    assert f"wrote {out / 'metrics.json'}" in capsys.readouterr().out
+    rewritten = json.loads((out / "metrics.json").read_text())
+    assert rewritten["test"]["ndcg@5"] == pytest.approx(stored)
+    assert rewritten["per_seed"][0]["test"] == pytest.approx(written["per_seed"][0]["test"])
+    assert rewritten["timing"] == written["timing"]
     assert main(["recommend", "--run", str(out), "--user", "7", "--k", "5"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 5
