@@ -107,21 +107,30 @@ def json_safe(value: Any) -> Any:
 
 # Keys a resumed run may change: they do not affect what is computed.
 _RESUME_FREE_KEYS = {("run", "quiet"), ("run", "name"), ("run", "out_dir")}
+# Keys a resumed run may change that do change what is computed from then on, but no shape: the
+# optimiser's numbers (e.g. a lower learning rate after a divergence). Each change is recorded
+# in the run folder's `resumes.json` and `metrics.json` ("resumes").
+RESUME_CHANGEABLE_KEYS = {("train", "learning_rate"), ("train", "weight_decay")}
 
 
-def check_resumable(stored: Config, new: Config, out: Path) -> None:
-    """Refuses to resume a run with a config that would compute something else."""
+def check_resumable(stored: Config, new: Config, out: Path) -> dict[str, list]:
+    """Refuses to resume a run with a config that would compute something else; returns the
+    changes of `RESUME_CHANGEABLE_KEYS` as `{"section.key": [before, after]}`."""
     old_values, new_values = config_to_dict(stored), config_to_dict(new)
+    changes: dict[str, list] = {}
     for section, values in new_values.items():
         for key in sorted(set(values) | set(old_values.get(section, {}))):
             if (section, key) in _RESUME_FREE_KEYS:
                 continue
             before, after = old_values.get(section, {}).get(key), values.get(key)
-            if before != after:
+            if before != after and (section, key) in RESUME_CHANGEABLE_KEYS:
+                changes[f"{section}.{key}"] = [before, after]
+            elif before != after:
                 raise RunError(
                     f"{out}: cannot resume with {section}.{key} = {after!r}: the run was "
                     f"started with {before!r} (resume with the same config and --set values)"
                 )
+    return changes
 
 
 def refuse_existing_run(out: str | Path, resumable: bool = True) -> None:
@@ -177,7 +186,9 @@ def write_run(
         refuse_existing_run(out, resumable=resumable)
     config = absolute_data_path(config)
     if resume and (out / "config.toml").exists():
-        check_resumable(load_config(out / "config.toml"), config, out)
+        changes = check_resumable(load_config(out / "config.toml"), config, out)
+        if changes:
+            record_resume(out, changes)
     if not resumable:
         return _write_staged(out, config, body)
     fresh = not out.exists() or not any(out.iterdir())
@@ -213,10 +224,30 @@ def _write_staged(out: Path, config: Config, body: Callable[[Config, Path], dict
     return metrics
 
 
+RESUMES = "resumes.json"
+
+
+def record_resume(out: Path, changes: dict[str, list]) -> None:
+    """Appends a resume that changed `RESUME_CHANGEABLE_KEYS` to `out/resumes.json`: the
+    changes and the newest checkpoint it continues from."""
+    path = out / RESUMES
+    resumes = json.loads(path.read_text()) if path.exists() else []
+    root = out / "checkpoints"
+    folders = [root, *sorted(p for p in root.iterdir() if p.is_dir())] if root.is_dir() else []
+    epochs = [e for e in (checkpoints.latest_epoch(f) for f in folders) if e is not None]
+    resumes.append({"from_checkpoint_epoch": max(epochs) if epochs else None,
+                    "changes": changes})
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(resumes, indent=2) + "\n")
+    tmp.replace(path)
+
+
 def write_metrics(folder: Path, metrics: dict[str, Any]) -> None:
     """Writes `folder/metrics.json` whole (a temporary file, then renamed): strict JSON, NaN
     and Inf as null (`json_safe`); adds `versions` when the metrics have none."""
     metrics.setdefault("versions", versions())
+    if (folder / RESUMES).exists():
+        metrics["resumes"] = json.loads((folder / RESUMES).read_text())
     tmp = folder / "metrics.json.tmp"
     tmp.write_text(json.dumps(json_safe(metrics), indent=2, allow_nan=False) + "\n")
     tmp.replace(folder / "metrics.json")

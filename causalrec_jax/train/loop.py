@@ -29,11 +29,12 @@ from tqdm.auto import tqdm
 
 from causalrec_jax.errors import CausalRecError
 from causalrec_jax.train.checkpoint import (
+    latest_epoch,
     restore_checkpoint,
     save_checkpoint,
     set_aside_unreadable,
 )
-from causalrec_jax.train.step import TrainState
+from causalrec_jax.train.step import OPTIMIZER_HPARAMS, TrainState, set_hyperparams
 
 # Metrics where lower is better; every other validation metric is maximised.
 LOWER_IS_BETTER = ("mse", "rmse", "mae", "loss")
@@ -134,6 +135,12 @@ def _survivors(values: list[float], keep_fraction: float, lower: bool) -> np.nda
     return np.asarray(sorted(order[:keep]))
 
 
+def _optimizer_hparams(states: TrainState) -> dict[str, Any]:
+    """The injected optimiser hyperparameters of `states` (none for an optimiser without)."""
+    injected = getattr(states.opt_state, "hyperparams", None) or {}
+    return {name: injected[name] for name in OPTIMIZER_HPARAMS if name in injected}
+
+
 def fit(
     *,
     train_epoch: Callable[..., tuple[TrainState, dict[str, jax.Array]]],
@@ -207,10 +214,15 @@ def fit(
         _, meta = restore_checkpoint(checkpoint_dir, None, meta_only=True)
         alive = np.asarray(meta.get("alive", list(range(n_seeds))), np.int64)
         states, keys = _rows(states, alive), all_keys[alive]
+        # The optimiser's hyperparameters of this config, not the checkpoint's: a run resumed
+        # with another train.learning_rate / weight_decay (after a divergence) uses them.
+        current = _optimizer_hparams(states)
         like = {"states": states, "best_params": best_params,
                 "keys": jax.random.key_data(all_keys)}
         arrays, meta = restore_checkpoint(checkpoint_dir, like)
         states, best_params = arrays["states"], arrays["best_params"]
+        if current:
+            states = set_hyperparams(states, current)
         if not np.array_equal(np.asarray(arrays["keys"]),
                               np.asarray(jax.random.key_data(all_keys))):
             raise CausalRecError(
@@ -247,11 +259,19 @@ def fit(
             first_bad = np.asarray(out["first_bad_batch"])
             if (first_bad >= 0).any():
                 row = int(np.flatnonzero(first_bad >= 0)[0])
+                kept = None if checkpoint_dir is None else latest_epoch(checkpoint_dir)
+                if kept is not None:
+                    then = (f"the checkpoint of epoch {kept} is kept: continue from it with "
+                            "--resume --set train.learning_rate=<lower>")
+                elif checkpoint_dir is not None:
+                    then = ("no checkpoint was written before it: --resume --set "
+                            "train.learning_rate=<lower> trains again from the start")
+                else:
+                    then = "lower train.learning_rate"
                 raise TrainingDivergedError(
                     f"non-finite loss or gradient at epoch {epoch}, batch {int(first_bad[row])} "
-                    f"(seed index {int(alive[row])}); training stopped, the last checkpoint is "
-                    "kept. Lower train.learning_rate or clip propensities "
-                    "(causal.propensity_clip)."
+                    f"(seed index {int(alive[row])}); training stopped; {then}, or clip "
+                    "propensities (causal.propensity_clip)."
                 )
             record: dict[str, Any] = {
                 "epoch": epoch,

@@ -2,6 +2,7 @@
 bad --out paths, damaged run folders, a corrupt checkpoint on --resume, Ctrl-C, a closed pipe."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -81,7 +82,7 @@ def test_a_corrupt_newest_checkpoint_resumes_from_the_one_before(good_run, tmp_p
     for path in (part / "checkpoints" / "3").rglob("*"):
         if path.is_file():
             path.write_text("garbage")
-    assert main(["train", "--resume", "--out", str(part)]) == 0
+    assert main(["train", "--resume", "--out", str(part), "--quiet"]) == 0
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("causalrec train: warning: ")
     assert "the checkpoint of epoch 3 is unreadable" in err[0]
@@ -124,3 +125,58 @@ def test_version(capsys):
         main(["--version"])
     assert exit_.value.code == 0
     assert capsys.readouterr().out.startswith("causalrec ")
+
+
+def test_a_diverged_run_says_what_is_kept_and_resumes_with_a_lower_learning_rate(tmp_path,
+                                                                               capsys):
+    out = tmp_path / "diverged"
+    sets = [*TINY, "--set", 'train.loss="mse"', "--set", "train.learning_rate=1e30"]
+    assert main(["train", *sets, "--out", str(out)]) == 2
+    line = one_error_line(capsys)
+    assert re.search(r"non-finite loss or gradient at epoch [01], batch", line)
+    assert "no checkpoint was written before it" in line  # not "the last checkpoint is kept"
+    assert checkpoints.latest_epoch(out / "checkpoints") is None
+    # The lower learning rate the message suggests is accepted on --resume and recorded.
+    assert main(["train", "--resume", "--out", str(out), "--quiet", "--set",
+                 "train.learning_rate=0.01"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["resumes"] == [{"from_checkpoint_epoch": None,
+                                   "changes": {"train.learning_rate": [1e30, 0.01]}}]
+    assert "learning_rate = 0.01" in (out / "config.toml").read_text()
+    # A key that changes what the run is remains refused.
+    assert main(["train", "--resume", "--out", str(out), "--quiet", "--set",
+                 "model.embedding_dim=8"]) == 2
+    assert "cannot resume with model.embedding_dim" in one_error_line(capsys)
+
+
+def test_a_resumed_learning_rate_is_the_one_used_from_the_checkpoint_on(good_run, tmp_path,
+                                                                        monkeypatch):
+    original_fit = loop.fit
+
+    def interrupted_fit(**kwargs):
+        log = kwargs["log_fn"]
+
+        def stop_after_epoch_4(record):
+            log(record)
+            if record["epoch"] == 4:
+                raise KeyboardInterrupt
+
+        return original_fit(**{**kwargs, "log_fn": stop_after_epoch_4})
+
+    part = tmp_path / "part"
+    monkeypatch.setattr(ordinary, "fit", interrupted_fit)
+    assert main(["train", *TINY, "--out", str(part)]) == 130
+    monkeypatch.setattr(ordinary, "fit", original_fit)
+    assert main(["train", "--resume", "--out", str(part), "--quiet", "--set",
+                 "train.learning_rate=1e-12"]) == 0
+    lines = [json.loads(text) for text in (part / "log.jsonl").read_text().splitlines()]
+    full = [json.loads(text) for text in (good_run / "log.jsonl").read_text().splitlines()]
+    # Epochs 0..3 as the uninterrupted run (checkpoint at 3); from there a learning rate of
+    # almost zero (1e-12) leaves the parameters where they were: the loss (all rows, one batch)
+    # no longer moves.
+    assert [line["loss"] for line in lines[:4]] == [line["loss"] for line in full[:4]]
+    assert lines[4]["loss"] == pytest.approx(lines[5]["loss"], rel=1e-5)
+    assert full[4]["loss"] != pytest.approx(full[5]["loss"], rel=1e-4)
+    resumes = json.loads((part / "resumes.json").read_text())
+    assert resumes == [{"from_checkpoint_epoch": 3,
+                        "changes": {"train.learning_rate": [0.001, 1e-12]}}]
