@@ -28,6 +28,7 @@ import shutil
 import sys
 import time
 import uuid
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from importlib import metadata
 from pathlib import Path
@@ -71,22 +72,76 @@ def absolute_data_path(config: Config) -> Config:
     return dataclasses.replace(config, data=dataclasses.replace(config.data, path=path))
 
 
-def plot_learning_curve(path: Path, history: list[dict[str, Any]], metric: str) -> None:
+def seed_curves(history: list[dict[str, Any]], metric: str) -> list[dict[str, list]]:
+    """Each seed's curves from `train.loop.fit`'s epoch records: `[{"epoch": [...], "loss":
+    [...], "valid": [...]}]` in member order (a member stops appearing once halved away)."""
+    curves: dict[int, dict[str, list]] = {}
+    for record in history:
+        losses = record.get("loss_per_seed", [record["loss"]])
+        members = record.get("alive", range(len(losses)))
+        valid = record.get("valid_per_seed")
+        for row, member in enumerate(members):
+            curve = curves.setdefault(int(member), {"epoch": [], "loss": [], "valid": []})
+            curve["epoch"].append(record["epoch"])
+            curve["loss"].append(losses[row])
+            value = None if valid is None else valid[row].get(metric)
+            curve["valid"].append(math.nan if value is None else value)
+    return [curves[member] for member in sorted(curves)]
+
+
+def plot_learning_curve(path: Path, curves: list[dict[str, list]], metric: str, *,
+                        title: str = "", best_epochs: Sequence[int] = ()) -> None:
+    """The learning curves of a run's seeds: training loss (left axis) and validation
+    `metric` (right axis), one thin line per seed, the mean bold, the spread across seeds
+    shaded, each seed's best epoch marked on its validation curve."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    epochs = [record["epoch"] for record in history]
-    figure, left = plt.subplots(figsize=(6, 3.5))
-    left.plot(epochs, [record["loss"] for record in history], color="tab:blue", label="loss")
+    figure, left = plt.subplots(figsize=(7, 4))
+    epochs = sorted({e for curve in curves for e in curve["epoch"]})
+
+    def spread(key):
+        table = np.full((len(curves), len(epochs)), np.nan)
+        for row, curve in enumerate(curves):
+            for epoch, value in zip(curve["epoch"], curve[key], strict=True):
+                table[row, epochs.index(epoch)] = value
+        return table
+
+    def draw(axis, key, color, label):
+        table = spread(key)
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # an epoch no seed reached
+            mean, low, high = (np.nanmean(table, 0), np.nanmin(table, 0),
+                               np.nanmax(table, 0))
+        if len(curves) > 1:
+            axis.fill_between(epochs, low, high, color=color, alpha=0.2,
+                              label=f"{label}: min-max over {len(curves)} seeds")
+            for row in table:
+                axis.plot(epochs, row, color=color, linewidth=0.6, alpha=0.5)
+        axis.plot(epochs, mean, color=color, linewidth=2,
+                  label=f"{label}" + (" (mean over seeds)" if len(curves) > 1 else ""))
+        return table
+
+    draw(left, "loss", "tab:blue", "training loss")
     left.set_xlabel("epoch")
-    left.set_ylabel("training loss (mean over seeds)", color="tab:blue")
-    if history and "valid" in history[0]:
+    left.set_ylabel("training loss", color="tab:blue")
+    handles, labels = left.get_legend_handles_labels()
+    if any(np.isfinite(value) for curve in curves for value in curve["valid"]):
         right = left.twinx()
-        right.plot(epochs, [r["valid"].get(metric, math.nan) for r in history],
-                   color="tab:orange", label=f"valid {metric}")
+        table = draw(right, "valid", "tab:orange", f"valid {metric}")
+        for row, best in enumerate(best_epochs[:len(curves)]):
+            if best in epochs:
+                right.plot([best], [table[row, epochs.index(best)]], marker="*",
+                           markersize=12, color="tab:red", linestyle="none",
+                           label="best epoch" if row == 0 else None)
         right.set_ylabel(f"validation {metric}", color="tab:orange")
+        more_handles, more_labels = right.get_legend_handles_labels()
+        handles, labels = handles + more_handles, labels + more_labels
+    left.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=2,
+                fontsize=8, frameon=False)
+    left.set_title(title or "learning curves", fontsize=10)
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)

@@ -38,6 +38,7 @@ from causalrec_jax.runs.folder import (
     fit_log_lines,
     plot_learning_curve,
     save_model,
+    seed_curves,
     start_log,
     versions,
     write_metrics,
@@ -146,10 +147,20 @@ def _write_run(config: Config, out: Path, *, resume: bool, quiet: bool, frame) -
         saved["causal"] = trained.extra
     save_model(out, config, saved, split, data_extra=fingerprint_array(data_fingerprint))
     (out / "plots").mkdir(exist_ok=True)
-    plot_learning_curve(out / "plots" / "learning_curve.png", trained.history,
-                         config.train.early_stopping_metric)
+    metric = config.train.early_stopping_metric
+    plot_learning_curve(out / "plots" / "learning_curve.png",
+                        seed_curves(trained.history, metric), metric,
+                        title=_plot_title(config, out, per_seed),
+                        best_epochs=[entry["best_epoch"] for entry in trained.per_seed])
     write_metrics(out, metrics)
     return metrics
+
+
+def _plot_title(config: Config, out: Path, per_seed: list[dict[str, Any]]) -> str:
+    method = "" if not config.causal.method or config.causal.method == "naive" else (
+        f" {config.causal.method}")
+    return (f"{out.name}: {config.model.name}{method}, {config.train.loss} loss, "
+            f"{len({entry['seed'] for entry in per_seed})} seed(s)")
 
 
 def sequence_run(config: Config, out: str | Path, *, quiet: bool = True,
@@ -231,8 +242,12 @@ def _write_sequence_run(config: Config, out: Path, *, quiet: bool, resume: bool,
         **fingerprint_array(data_fingerprint),
     })
     (out / "plots").mkdir(exist_ok=True)
-    plot_learning_curve(out / "plots" / "learning_curve.png", results[0].history,
-                         config.train.early_stopping_metric)
+    metric = config.train.early_stopping_metric
+    plot_learning_curve(out / "plots" / "learning_curve.png",
+                        [curve for result in results
+                         for curve in seed_curves(result.history, metric)], metric,
+                        title=_plot_title(config, out, per_seed),
+                        best_epochs=[entry["best_epoch"] for entry in per_seed])
     write_metrics(out, metrics)
     return metrics
 

@@ -7,6 +7,7 @@ that cannot resume writes its folder whole or not at all."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -287,3 +288,21 @@ def test_an_uplift_run_on_a_simlog_reports_the_sizes_of_the_log(tmp_path):
         30, 12, 2, 6)
     assert data["impressions"] == 30 * 6 * 2
     assert set(data["logging"]) == {"cp@10", "cdcg@10"}
+
+
+def test_seed_curves_follow_each_member_and_the_plot_is_written(tmp_path):
+    history = [
+        {"epoch": 0, "loss": 2.0, "loss_per_seed": [1.0, 3.0], "seconds": 0.1,
+         "valid_per_seed": [{"ndcg@5": 0.1}, {"ndcg@5": 0.3}]},
+        {"epoch": 1, "loss": 2.5, "loss_per_seed": [2.5], "alive": [1], "seconds": 0.1,
+         "valid_per_seed": [{"ndcg@5": 0.4}]},
+    ]
+    curves = run_folder.seed_curves(history, "ndcg@5")
+    assert curves == [{"epoch": [0], "loss": [1.0], "valid": [0.1]},
+                      {"epoch": [0, 1], "loss": [3.0, 2.5], "valid": [0.3, 0.4]}]
+    without_validation = run_folder.seed_curves([{"epoch": 0, "loss": 1.0, "seconds": 0.1}],
+                                                "ndcg@5")
+    assert without_validation[0]["loss"] == [1.0] and math.isnan(without_validation[0]["valid"][0])
+    path = tmp_path / "curve.png"
+    run_folder.plot_learning_curve(path, curves, "ndcg@5", title="a run", best_epochs=[0, 1])
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
