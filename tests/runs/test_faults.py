@@ -23,6 +23,19 @@ def one_error_line(capsys) -> str:
     return err[0]
 
 
+def fit_stopped_after_epoch_4(**kwargs):
+    """`train.loop.fit` interrupted (Ctrl-C) once epoch 4 is logged; the last checkpoint is
+    then epoch 3 (`train.checkpoint_every = 2`)."""
+    log = kwargs["log_fn"]
+
+    def stop_after_epoch_4(record):
+        log(record)
+        if record["epoch"] == 4:
+            raise KeyboardInterrupt
+
+    return loop.fit(**{**kwargs, "log_fn": stop_after_epoch_4})
+
+
 @pytest.fixture(scope="module")
 def good_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("faults") / "good"
@@ -58,26 +71,14 @@ def test_a_damaged_run_folder_is_one_line(good_run, tmp_path, capsys):
 
 def test_a_corrupt_newest_checkpoint_resumes_from_the_one_before(good_run, tmp_path,
                                                                   monkeypatch, capsys):
-    original_fit = loop.fit
-
-    def interrupted_fit(**kwargs):
-        log = kwargs["log_fn"]
-
-        def stop_after_epoch_4(record):
-            log(record)
-            if record["epoch"] == 4:
-                raise KeyboardInterrupt
-
-        return original_fit(**{**kwargs, "log_fn": stop_after_epoch_4})
-
     part = tmp_path / "part"
-    monkeypatch.setattr(ordinary, "fit", interrupted_fit)
+    monkeypatch.setattr(ordinary, "fit", fit_stopped_after_epoch_4)
     # Ctrl-C: one line saying how to continue; the checkpoints stay.
     assert main(["train", *TINY, "--out", str(part)]) == 130
     line = one_error_line(capsys)
     assert line == f"causalrec train: interrupted; continue it with: causalrec train --resume " \
                    f"--out {part}"
-    monkeypatch.setattr(ordinary, "fit", original_fit)
+    monkeypatch.setattr(ordinary, "fit", loop.fit)
     assert checkpoints.latest_epoch(part / "checkpoints") == 3
     for path in (part / "checkpoints" / "3").rglob("*"):
         if path.is_file():
@@ -151,22 +152,10 @@ def test_a_diverged_run_says_what_is_kept_and_resumes_with_a_lower_learning_rate
 
 def test_a_resumed_learning_rate_is_the_one_used_from_the_checkpoint_on(good_run, tmp_path,
                                                                         monkeypatch):
-    original_fit = loop.fit
-
-    def interrupted_fit(**kwargs):
-        log = kwargs["log_fn"]
-
-        def stop_after_epoch_4(record):
-            log(record)
-            if record["epoch"] == 4:
-                raise KeyboardInterrupt
-
-        return original_fit(**{**kwargs, "log_fn": stop_after_epoch_4})
-
     part = tmp_path / "part"
-    monkeypatch.setattr(ordinary, "fit", interrupted_fit)
+    monkeypatch.setattr(ordinary, "fit", fit_stopped_after_epoch_4)
     assert main(["train", *TINY, "--out", str(part)]) == 130
-    monkeypatch.setattr(ordinary, "fit", original_fit)
+    monkeypatch.setattr(ordinary, "fit", loop.fit)
     assert main(["train", "--resume", "--out", str(part), "--quiet", "--set",
                  "train.learning_rate=1e-12"]) == 0
     lines = [json.loads(text) for text in (part / "log.jsonl").read_text().splitlines()]
