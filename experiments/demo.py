@@ -8,7 +8,7 @@ protocol: positives are ratings >= 4, each user ranks only their own test items)
 
     python experiments/demo.py [--config configs/sim_demo.toml] [--set sim.seed=1] [--out DIR]
 
-Writes `DIR/metrics.json` (default `runs/demo`).
+Writes `DIR/metrics.json` (default: a fresh `runs/demo-DATE-TIME`; a non-empty `--out` is refused).
 """
 
 from __future__ import annotations
