@@ -134,3 +134,27 @@ def test_yahoo_configs_run_on_a_folder_in_the_released_layout(tmp_path):
     for method in ("ips", "dr_jl", "rel_mf"):
         assert rows[method]["status"] == "ok", rows[method]["error"]
         assert 0.0 <= rows[method]["mean"]["auc"] <= 1.0
+
+
+def test_the_plot_has_truth_panels_on_the_simulator_and_untruncated_axes(tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+
+    table = load_table_script()
+    row = {"status": "ok", "mean": {"auc": 0.7, "ndcg@5": 0.6}, "std": {"auc": 0.01,
+                                                                         "ndcg@5": 0.02},
+           "truth": {"mean": {"auc": 0.68, "ndcg@5": 0.88, "mse": 1.2},
+                     "std": {"auc": 0.0, "ndcg@5": 0.0, "mse": 0.0}}}
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)  # keep the figure to inspect it
+    table.plot_table(tmp_path / "p.png", {"naive": row, "ips": dict(row, truth=None)},
+                     "simulator")
+    axes = [axis for axis in figures[0].axes if axis.get_visible()]
+    titles = [axis.get_title() for axis in axes]
+    assert [t.split(",")[0] for t in titles] == [
+        "test auc (MAR)", "test ndcg@5 (MAR)", "truth_auc (every cell)",
+        "truth_ndcg@5 (every cell)", "truth_mse (lower is better)"]
+    assert all(axis.get_ylim()[0] == 0.0 for axis in axes)
+    assert (tmp_path / "p.png").stat().st_size > 10_000
+    figures.clear()
+    table.plot_table(tmp_path / "q.png", {"naive": dict(row, truth=None)}, "coat")
+    assert len([a for a in figures[0].axes if a.get_visible()]) == 2
