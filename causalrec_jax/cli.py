@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from causalrec_jax.errors import CausalRecError
@@ -175,9 +175,6 @@ def _command_train(args: argparse.Namespace) -> int:
         config = load_config(args.config, args.overrides)
         name = config.run.name or (Path(args.config).stem if args.config else "default")
         out = Path(args.out) if args.out else Path(config.run.out_dir) / name
-        if args.resume and not (out / "config.toml").is_file():
-            raise RunError(f"--resume: {out} is not a run folder (no config.toml); train a new "
-                           "run there without --resume")
     quiet = args.quiet or config.run.quiet
     if not quiet:
         print(dumps_changes(config))
@@ -392,8 +389,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except OSError as error:
         # The file system refused (a read-only --out, an --out below a file, a full disk).
-        where = f"{error.filename}: " if error.filename else ""
-        print(f"{prog}: error: {where}{error.strerror or error}", file=sys.stderr)
+        from causalrec_jax.runs.script import error_line
+
+        print(f"{prog}: error: {error_line(error)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         out = getattr(args, "out", None)
@@ -421,17 +419,6 @@ def _one_line_warnings(prog: str) -> None:
             default(message, category, filename, lineno, file, line)
 
     warnings.showwarning = show
-
-
-def run_script(script_main: Callable[[], object], name: str | None = None) -> int:
-    """Runs an experiment script's `main()` as the command line runs a command: an error the
-    user can fix (`CausalRecError`) is one line on stderr and exit status 2, no traceback."""
-    try:
-        script_main()
-    except CausalRecError as error:
-        print(f"{name or Path(sys.argv[0]).name}: error: {error}", file=sys.stderr)
-        return 2
-    return 0
 
 
 if __name__ == "__main__":

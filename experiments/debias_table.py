@@ -29,11 +29,11 @@ import math
 from pathlib import Path
 from typing import Any
 
-from causalrec_jax.cli import run_script
 from causalrec_jax.config import load_config
 from causalrec_jax.errors import CausalRecError
 from causalrec_jax.runs import train as run_train
 from causalrec_jax.runs.folder import fresh_out
+from causalrec_jax.runs.script import run_script
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"

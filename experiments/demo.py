@@ -14,17 +14,16 @@ Writes `DIR/metrics.json` (default: a fresh `runs/demo-DATE-TIME`; a non-empty `
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
 
 import causalrec_jax.sim  # noqa: F401  registers the data format "simulator" this demo reads
-from causalrec_jax.cli import run_script
 from causalrec_jax.config import load_config
 from causalrec_jax.data.loader import load_split
 from causalrec_jax.eval import evaluate_candidates
-from causalrec_jax.runs.folder import fresh_out
+from causalrec_jax.runs.folder import fresh_out, write_metrics
+from causalrec_jax.runs.script import run_script
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "sim_demo.toml"
 
@@ -119,7 +118,7 @@ def main(argv=None) -> dict:
         "n_test": len(test)}}
     print_report(results, config.eval.ks)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps(results, indent=2))
+    write_metrics(out, results)  # atomic, strict JSON (NaN as null), with versions
     print(f"\nwrote {out / 'metrics.json'}")
     return results
 

@@ -37,8 +37,8 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
-from causalrec_jax.cli import run_script
 from causalrec_jax.config import load_config
+from causalrec_jax.runs.script import run_script
 from causalrec_jax.tasks.ope import ope_seed, ope_setup
 
 ROOT = Path(__file__).resolve().parents[1]

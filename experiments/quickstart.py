@@ -19,9 +19,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from causalrec_jax.cli import run_script
 from causalrec_jax.config import load_config
 from causalrec_jax.runs.folder import fresh_out
+from causalrec_jax.runs.script import run_script
 from causalrec_jax.runs.train import train_run
 
 ROOT = Path(__file__).resolve().parents[1]

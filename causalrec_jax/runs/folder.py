@@ -239,6 +239,9 @@ def write_run(
                        "with a new --out")
     if not resume:
         refuse_existing_run(out, resumable=resumable)
+    elif not (out / "config.toml").is_file():
+        raise RunError(f"--resume: {out} is not a run folder (no config.toml); train a new "
+                       "run there without --resume")
     config = absolute_data_path(config)
     if resume and (out / "config.toml").exists():
         changes = check_resumable(load_config(out / "config.toml"), config, out)
@@ -389,10 +392,15 @@ def start_log(path: Path, *, resume: bool, checkpoint_of: Callable[[dict[str, An
     kept = []
     if resume and path.exists():
         newest: dict[Path, int | None] = {}
-        for text in path.read_text().splitlines():
-            if not text.strip():
-                continue
-            line = json.loads(text)
+        texts = [text for text in path.read_text().splitlines() if text.strip()]
+        for number, text in enumerate(texts, 1):
+            try:
+                line = json.loads(text)
+            except ValueError:
+                if number == len(texts):
+                    break  # a line cut off by the kill that stopped the run: trained again
+                raise RunError(f"{path}, line {number}: not a JSON line; the log is damaged "
+                               "(remove the line to resume)") from None
             folder = checkpoint_of(line)
             if folder not in newest:
                 # an unreadable newest checkpoint is set aside: the run resumes from the one

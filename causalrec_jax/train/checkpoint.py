@@ -9,6 +9,7 @@ checkpoint intact.
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -103,10 +104,13 @@ def set_aside_unreadable(directory: str | Path, like: Any = None) -> int | None:
         except Exception as error:  # orbax, JSON and tensorstore failures alike
             older = steps[index + 1] if index + 1 < len(steps) else None
             folder = Path(directory) / str(epoch)
-            folder.rename(folder.with_name(f"corrupt-{epoch}"))
+            aside = folder.with_name(f"corrupt-{epoch}")
+            if aside.exists():  # set aside before, at an earlier resume
+                aside = folder.with_name(f"corrupt-{epoch}-{uuid.uuid4().hex[:8]}")
+            folder.rename(aside)
             then = (f"resuming from the checkpoint of epoch {older}" if older is not None
                     else "no older checkpoint: training starts again")
             warnings.warn(CheckpointWarning(
                 f"{folder}: the checkpoint of epoch {epoch} is unreadable "
-                f"({type(error).__name__}); set aside as corrupt-{epoch}, {then}"), stacklevel=2)
+                f"({type(error).__name__}); set aside as {aside.name}, {then}"), stacklevel=2)
     return None

@@ -70,7 +70,7 @@ def test_quickstart_trains_and_reports(tmp_path, capsys):
 
 @pytest.mark.parametrize("name", ["quickstart", "demo", "debias_table"])
 def test_scripts_refuse_a_folder_that_holds_something(name, tmp_path, capsys):
-    from causalrec_jax.cli import run_script
+    from causalrec_jax.runs.script import run_script
 
     script = load_script(name)
     out = tmp_path / "mine"

@@ -89,6 +89,15 @@ def test_a_corrupt_newest_checkpoint_resumes_from_the_one_before(good_run, tmp_p
     assert "the checkpoint of epoch 3 is unreadable" in err[0]
     assert "resuming from the checkpoint of epoch 1" in err[0]
     assert (part / "checkpoints" / "corrupt-3").is_dir()
+    # The same epoch damaged again after a later resume is set aside beside the first one.
+    from causalrec_jax.train.checkpoint import set_aside_unreadable
+
+    (part / "checkpoints" / "corrupt-5").mkdir()
+    for path in (part / "checkpoints" / "5").rglob("*"):
+        if path.is_file():
+            path.write_text("garbage")
+    with pytest.warns(UserWarning, match="set aside as corrupt-5-"):
+        assert set_aside_unreadable(part / "checkpoints") == 3
     # Ends as the uninterrupted run ended, its log without a replayed epoch twice.
     full = json.loads((good_run / "metrics.json").read_text())
     resumed = json.loads((part / "metrics.json").read_text())

@@ -306,3 +306,22 @@ def test_seed_curves_follow_each_member_and_the_plot_is_written(tmp_path):
     path = tmp_path / "curve.png"
     run_folder.plot_learning_curve(path, curves, "ndcg@5", title="a run", best_epochs=[0, 1])
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
+
+
+def test_start_log_drops_a_line_cut_off_by_a_kill_and_names_a_damaged_one(tmp_path, monkeypatch):
+    path = tmp_path / "log.jsonl"
+    monkeypatch.setattr(run_folder.checkpoints, "set_aside_unreadable", lambda folder: 5)
+    path.write_text('{"seed": 0, "epoch": 0}\n{"seed": 0, "epoch": 1}\n{"seed": 0, "ep')
+    run_folder.start_log(path, resume=True, checkpoint_of=lambda line: tmp_path)
+    assert [json.loads(line)["epoch"] for line in path.read_text().splitlines()] == [0, 1]
+    path.write_text('{"seed": 0, "epoch": 0}\nnot json\n{"seed": 0, "epoch": 1}\n')
+    with pytest.raises(errors.RunError, match=r"log.jsonl, line 2: not a JSON line"):
+        run_folder.start_log(path, resume=True, checkpoint_of=lambda line: tmp_path)
+
+
+def test_write_run_refuses_to_resume_into_a_folder_that_is_not_a_run(tmp_path):
+    (tmp_path / "mine.txt").write_text("keep")
+    with pytest.raises(errors.RunError, match="is not a run folder"):
+        run_folder.write_run(tmp_path, load_config(None), lambda config, folder: {},
+                             kind="a run", resume=True)
+    assert [p.name for p in tmp_path.iterdir()] == ["mine.txt"]
