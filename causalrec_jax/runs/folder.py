@@ -312,15 +312,17 @@ def write_metrics(folder: Path, metrics: dict[str, Any]) -> None:
 
 
 def save_model(folder: Path, config: Config, arrays: dict[str, Any], split: Split,
-               data_extra: dict[str, np.ndarray] | None = None) -> None:
+               data_extra: dict[str, np.ndarray] | None = None,
+               seeds: Sequence[int] | None = None) -> None:
     """Writes `folder/model/` (`arrays`, each leaf stacked over the run's seeds, with the
-    seeds and the model's name) and `folder/data.npz` (`tasks.ordinary.save_data`, plus
-    `data_extra`)."""
+    seeds — `seeds`, default the config's — and the model's name) and `folder/data.npz`
+    (`tasks.ordinary.save_data`, plus `data_extra`)."""
     model_dir = folder / "model"
     if model_dir.exists():
         shutil.rmtree(model_dir)
     checkpoints.save_checkpoint(model_dir, 0, arrays,
-                                {"seeds": seed_list(config), "model": config.model.name})
+                                {"seeds": [int(seed) for seed in (seeds or seed_list(config))],
+                                 "model": config.model.name})
     save_data(folder / "data.npz", split, extra=data_extra)
 
 

@@ -54,6 +54,7 @@ from causalrec_jax.tasks.ordinary import (
 )
 from causalrec_jax.tasks.sequential import check_sequential_config, train_sequence_seed
 from causalrec_jax.tasks.uplift import check_uplift_keys, uplift_metrics, uplift_seed
+from causalrec_jax.train.loop import TrainingDivergedError
 
 
 def train_run(
@@ -111,9 +112,10 @@ def _write_run(config: Config, out: Path, *, resume: bool, quiet: bool, frame) -
         timing["epoch_seconds"] = trained.timing["epoch_seconds"]
     else:
         split = make_split(dataset, config.data, seed=config.run.seed)
+        # A divergence after validated epochs still writes their best model and metrics.
         trained = train_split(config, split, checkpoint_dir=out / "checkpoints", resume=resume,
                               progress=progress, log_fn=log_fn, propensity=propensity,
-                              truth=truth)
+                              truth=truth, keep_good_epochs=True)
         per_seed, timing = trained.per_seed, dict(trained.timing)
     metrics: dict[str, Any] = {}
     for part in ("test", "test_literature", "test_full", "test_truth", "valid"):
@@ -152,8 +154,28 @@ def _write_run(config: Config, out: Path, *, resume: bool, quiet: bool, frame) -
                         seed_curves(trained.history, metric), metric,
                         title=_plot_title(config, out, per_seed),
                         best_epochs=[entry["best_epoch"] for entry in trained.per_seed])
+    if trained.diverged is not None:
+        metrics["diverged"] = diverged_record(trained.diverged)
     write_metrics(out, metrics)
+    if trained.diverged is not None:
+        raise good_epochs_written(trained.diverged, out, per_seed)
     return metrics
+
+
+def diverged_record(error: TrainingDivergedError) -> dict[str, Any]:
+    """`metrics.json` "diverged" of a run whose training diverged after validated epochs: the
+    epoch and the message; the rest of the file is the result of the epochs before it."""
+    return {"epoch": error.epoch, "message": str(error)}
+
+
+def good_epochs_written(error: TrainingDivergedError, out: Path,
+                        per_seed: list[dict[str, Any]]) -> TrainingDivergedError:
+    """The error a run raises once it has written the best model of its good epochs."""
+    best = sorted({entry["best_epoch"] for entry in per_seed})
+    return TrainingDivergedError(
+        f"{error} The best model of the epochs before it (best epoch "
+        f"{', '.join(map(str, best))}) and its metrics are written to {out}.",
+        partial=error.partial, epoch=error.epoch)
 
 
 def _plot_title(config: Config, out: Path, per_seed: list[dict[str, Any]]) -> str:
@@ -202,13 +224,16 @@ def _write_sequence_run(config: Config, out: Path, *, quiet: bool, resume: bool,
             print(epoch_summary(record, config.train.early_stopping_metric,
                                 prefix=f"seed {record['seed']} "), file=sys.stderr, flush=True)
 
-    seeds = seed_list(config)
-    results = [
-        train_sequence_seed(config, split, seed, checkpoint_dir=out / "checkpoints" / f"seed{seed}",
-                            resume=resume, progress=progress, log_fn=log_fn,
-                            item_chunk=item_chunk)
-        for seed in seeds
-    ]
+    results = []
+    for seed in seed_list(config):
+        results.append(train_sequence_seed(
+            config, split, seed, checkpoint_dir=out / "checkpoints" / f"seed{seed}",
+            resume=resume, progress=progress, log_fn=log_fn, item_chunk=item_chunk,
+            keep_good_epochs=True))
+        if results[-1].diverged is not None:
+            break  # the seeds so far are written, the last one's good epochs included
+    diverged = results[-1].diverged
+    seeds = [result.entry["seed"] for result in results]
     per_seed = [result.entry for result in results]
     metrics: dict[str, Any] = {}
     for part in ("test", "valid", "test_unmasked", "test_sampled"):
@@ -240,7 +265,7 @@ def _write_sequence_run(config: Config, out: Path, *, quiet: bool, resume: bool,
     save_model(out, config, {"params": params}, split, data_extra={
         "next_history": history_matrix(user_sequences(everything), config.model.max_len),
         **fingerprint_array(data_fingerprint),
-    })
+    }, seeds=seeds)
     (out / "plots").mkdir(exist_ok=True)
     metric = config.train.early_stopping_metric
     plot_learning_curve(out / "plots" / "learning_curve.png",
@@ -248,7 +273,11 @@ def _write_sequence_run(config: Config, out: Path, *, quiet: bool, resume: bool,
                          for curve in seed_curves(result.history, metric)], metric,
                         title=_plot_title(config, out, per_seed),
                         best_epochs=[entry["best_epoch"] for entry in per_seed])
+    if diverged is not None:
+        metrics["diverged"] = diverged_record(diverged)
     write_metrics(out, metrics)
+    if diverged is not None:
+        raise good_epochs_written(diverged, out, per_seed)
     return metrics
 
 

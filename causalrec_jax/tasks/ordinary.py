@@ -48,7 +48,7 @@ from causalrec_jax.models.base import make_scorers
 from causalrec_jax.models.factory import init_params, model_keys_used
 from causalrec_jax.sim.world import SparseGroundTruth, truth_rows
 from causalrec_jax.train import checkpoint as checkpoints
-from causalrec_jax.train.loop import fit, over_seeds, seed_slice
+from causalrec_jax.train.loop import TrainingDivergedError, fit, over_seeds, seed_slice
 from causalrec_jax.train.objectives import POINTWISE_LOSSES, make_objective, seen_items_data
 from causalrec_jax.train.step import (
     OPTIMIZER_HPARAMS,
@@ -113,6 +113,9 @@ class Trained:
     # A causal method's own trained arrays besides the model (MACR's user and item modules),
     # stacked over seeds; empty for the others.
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # The divergence that ended training early (`train_split(keep_good_epochs=True)`): the
+    # rest is then the result of the good epochs before it.
+    diverged: TrainingDivergedError | None = None
 
 
 def _row_propensities(config: Config, split: Split, truth: Any, users, items) -> tuple:
@@ -339,6 +342,7 @@ def train_split(
     members: list[Member] | None = None,
     evaluate_test: bool = True,
     truth: Any = None,
+    keep_good_epochs: bool = False,
 ) -> Trained:
     """Trains a population on `split.train` as one vmapped program; evaluates each member.
 
@@ -349,6 +353,11 @@ def train_split(
     run of that seed and those values. The compiled epoch is cached by its static signature
     (`ProgramSpec`): a second identical call in one process compiles nothing.
     With `evaluate_test=False` the test split is never read.
+
+    Raises:
+        TrainingDivergedError: a NaN/Inf loss or gradient; with `keep_good_epochs`, only when
+            some seed had no validated epoch before it: otherwise the population's best
+            parameters of the good epochs are evaluated and returned, with `Trained.diverged`.
     """
     # Successive halving ranks tuning populations only: in a plain run every seed trains on,
     # so the reported mean over seeds is not selected on validation.
@@ -435,21 +444,27 @@ def train_split(
                 propensity=propensity,
             )
 
-    result = fit(
-        train_epoch=None, states=states, data=data, keys=train_keys,
-        epochs=config.train.epochs, evaluate_fn=evaluate_fn,
-        metric=config.train.early_stopping_metric, patience=config.train.patience,
-        checkpoint_dir=checkpoint_dir, checkpoint_every=config.train.checkpoint_every,
-        resume=resume, progress=progress, log_fn=log_fn, run_epoch=run_epoch,
-        evaluate_with_member=True,
-        description=f"{len(seeds)} seed(s), {steps_per_epoch} batches/epoch",
-        halving=(
-            (config.train.halving_rung, config.train.halving_keep)
-            if config.train.halving_rung and evaluate_fn is not None and len(members) > 1
-            and tuning
-            else None
-        ),
-    )
+    diverged = None
+    try:
+        result = fit(
+            train_epoch=None, states=states, data=data, keys=train_keys,
+            epochs=config.train.epochs, evaluate_fn=evaluate_fn,
+            metric=config.train.early_stopping_metric, patience=config.train.patience,
+            checkpoint_dir=checkpoint_dir, checkpoint_every=config.train.checkpoint_every,
+            resume=resume, progress=progress, log_fn=log_fn, run_epoch=run_epoch,
+            evaluate_with_member=True,
+            description=f"{len(seeds)} seed(s), {steps_per_epoch} batches/epoch",
+            halving=(
+                (config.train.halving_rung, config.train.halving_keep)
+                if config.train.halving_rung and evaluate_fn is not None and len(members) > 1
+                and tuning
+                else None
+            ),
+        )
+    except TrainingDivergedError as error:
+        if not keep_good_epochs or error.partial is None:
+            raise
+        result, diverged = error.partial, error
     tic = time.perf_counter()
     seen = concatenate([train, split.valid]) if split.valid is not None else train
     per_seed = []
@@ -472,7 +487,7 @@ def train_split(
                   for name, value in constants.items()})
     return Trained(parts=parts._replace(params=best_params["prediction"]), per_seed=per_seed,
                    history=result.history, timing=timing, propensity_report=propensity_report,
-                   extra=extra)
+                   extra=extra, diverged=diverged)
 
 
 def data_summary(split: Split, per_seed: list[dict[str, Any]]) -> dict[str, Any]:
@@ -550,6 +565,9 @@ class LoadedRun:
     # A sequential run's scoring (`tasks.sequential.load_sequence_run`): seed index -> the
     # function `score_all_fn` returns; None for the other runs.
     scorer: Callable[[int], Callable] | None = None
+    # The seeds `model/` holds, in order (fewer than the config's when a sequential run
+    # diverged part-way and wrote the seeds it had); None: the config's.
+    seeds: list[int] | None = None
 
     def score_all_fn(self, seed_index: int = 0):
         """`users [b] -> scores [b, n_items]` of the ranking the run serves (one seed)."""

@@ -474,17 +474,23 @@ class SeedResult:
     entry: dict[str, Any]
     history: list[dict[str, Any]]
     timing: dict[str, float]
+    # The divergence that ended this seed's training early (`keep_good_epochs`): the rest is
+    # the result of its good epochs.
+    diverged: TrainingDivergedError | None = None
 
 
 def train_sequence_seed(
     config: Config, split: Split, seed: int, *, checkpoint_dir: Path | None = None,
     resume: bool = False, progress: bool = False, log_fn=None, item_chunk: int | None = None,
+    keep_good_epochs: bool = False,
 ) -> SeedResult:
     """Trains seed `seed` (a value, run.seed + i) through `train.loop.fit` with early stopping
     on validation, then evaluates its best parameters on the test split.
 
     Raises:
-        TrainingDivergedError: a NaN/Inf loss or gradient (names the seed, epoch and batch).
+        TrainingDivergedError: a NaN/Inf loss or gradient (names the seed, epoch and batch);
+            with `keep_good_epochs`, only before the first validated epoch: after it, the best
+            parameters of the good epochs are evaluated and returned with `diverged` set.
     """
     loss_name = check_sequential_config(config)
     train = split.train
@@ -530,8 +536,13 @@ def train_sequence_seed(
             log_fn=None if log_fn is None else (lambda record: log_fn({**record, "seed": seed})),
             description=f"seed {seed}, {batches_per_epoch} batches/epoch",
         )
+        diverged = None
     except TrainingDivergedError as error:
-        raise TrainingDivergedError(f"{config.model.name} seed {seed}: {error}") from None
+        diverged = TrainingDivergedError(f"{config.model.name} seed {seed}: {error}",
+                                         partial=error.partial, epoch=error.epoch)
+        if not keep_good_epochs or error.partial is None:
+            raise diverged from None
+        result = error.partial
     best_params = seed_slice(result.best_params, 0)
     best_epoch = result.best_epochs[0]
     best_record = next(r for r in result.history if r["epoch"] == best_epoch)
@@ -546,7 +557,8 @@ def train_sequence_seed(
              "seconds_to_best": round(seconds_to_best, 4)}
     return SeedResult(best_params=best_params, entry=entry,
                       history=[{**record, "seed": seed} for record in result.history],
-                      timing={**timing, "n_windows": len(next(iter(rows.values())))})
+                      timing={**timing, "n_windows": len(next(iter(rows.values())))},
+                      diverged=diverged)
 
 
 # ----------------------------------------------------------------------------- using a run
@@ -561,7 +573,9 @@ def load_sequence_run(run: Path, config: Config, data: dict[str, np.ndarray]) ->
     if "next_history" not in data:
         raise RunError(f"{run}: data.npz holds no next_history (written by an older version); "
                        "train the run again")
-    n_seeds = config.train.seeds
+    _, meta = checkpoints.restore_checkpoint(run / "model", None, meta_only=True)
+    seeds = [int(seed) for seed in meta.get("seeds", seed_list(config))]
+    n_seeds = len(seeds)
     model = _model(config, len(data["item_ids"]), jax.random.key(config.run.seed))
     graphdef, params = nnx.split(model, nnx.Param)
     like = jax.tree.map(lambda leaf: jnp.zeros((n_seeds, *leaf.shape), leaf.dtype), params)
@@ -574,7 +588,7 @@ def load_sequence_run(run: Path, config: Config, data: dict[str, np.ndarray]) ->
         return lambda users: score_next(seed_params, history[jnp.asarray(users)])
 
     return LoadedRun(config=config, parts=ModelParts(graphdef, arrays["params"], nnx.State({})),
-                     data=data, scorer=scorer)
+                     data=data, scorer=scorer, seeds=seeds)
 
 
 def evaluate_sequence_run(run: LoadedRun, split_name: str = "test") -> dict[str, Any]:
@@ -592,7 +606,7 @@ def evaluate_sequence_run(run: LoadedRun, split_name: str = "test") -> dict[str,
     check_unchanged(run.data, dataset, config.data.path or config.data.format)
     split = make_split(dataset, config.data, seed=config.run.seed)
     per_seed = []
-    for index, seed in enumerate(seed_list(config)):
+    for index, seed in enumerate(run.seeds or seed_list(config)):
         scorer = make_scorer(run.parts.graphdef, seed_slice(run.parts.params, index))
         entry = (test_metrics(scorer, config, split, seed) if split_name == "test"
                  else {"valid": valid_metrics(scorer, config, split)})

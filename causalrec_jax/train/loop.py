@@ -41,7 +41,22 @@ LOWER_IS_BETTER = ("mse", "rmse", "mae", "loss")
 
 
 class TrainingDivergedError(CausalRecError, FloatingPointError):
-    """The loss or a gradient became NaN or Inf; names the epoch, seed and batch."""
+    """The loss or a gradient became NaN or Inf; names the epoch, seed and batch.
+
+    Attributes:
+        partial: what `fit` had from the epochs before the divergence (a `FitResult`: each
+            seed's best parameters by validation — without validation, those of the last good
+            epoch —, the history, the timing); None when the first epoch trained diverged
+            (or a seed had no validated epoch yet). The run folder writes its model and
+            metrics.
+        epoch: the epoch that diverged (None where the raiser did not say).
+    """
+
+    def __init__(self, message: str, *, partial: FitResult | None = None,
+                 epoch: int | None = None) -> None:
+        super().__init__(message)
+        self.partial = partial
+        self.epoch = epoch
 
 
 @dataclasses.dataclass
@@ -194,7 +209,9 @@ def fit(
             hyperparameters).
 
     Raises:
-        TrainingDivergedError: a non-finite loss or gradient; the last checkpoint is kept.
+        TrainingDivergedError: a non-finite loss or gradient; the last checkpoint is kept, and
+            the error's `partial` holds the result of the good epochs (none when the first
+            epoch diverged).
     """
     n_seeds = int(keys.shape[0])
     lower = lower_is_better(metric)
@@ -268,11 +285,17 @@ def fit(
                             "train.learning_rate=<lower> trains again from the start")
                 else:
                     then = "lower train.learning_rate"
+                # The best parameters of the good epochs (never donated: copies) are what a
+                # run of these epochs alone would have returned.
+                good = all(e >= 0 for e in best_epochs)
+                partial = FitResult(
+                    states=states, best_params=best_params, best_epochs=list(best_epochs),
+                    best_values=list(best_values), history=list(history),
+                    timing=_timing(epoch_times, eval_seconds)) if good else None
                 raise TrainingDivergedError(
                     f"non-finite loss or gradient at epoch {epoch}, batch {int(first_bad[row])} "
                     f"(seed index {int(alive[row])}); training stopped; {then}, or clip "
-                    "propensities (causal.propensity_clip)."
-                )
+                    "propensities (causal.propensity_clip).", partial=partial, epoch=epoch)
             record: dict[str, Any] = {
                 "epoch": epoch,
                 "loss": float(losses.mean()),
@@ -312,7 +335,10 @@ def fit(
                 record["valid_per_seed"] = [{name: float(v[name]) for name in numeric}
                                             for v in values]
             else:
+                # Without validation the latest parameters are the result: copied (the states
+                # are donated to the next epoch), so a later divergence still has them.
                 best_epochs = [epoch] * n_seeds
+                best_params = jax.tree.map(jnp.copy, states.params)
             stop = evaluate_fn is not None and all(since_best[m] >= patience for m in alive)
             last = stop or epoch == epochs - 1
             if (halving is not None and not last and len(alive) > 1
@@ -340,19 +366,23 @@ def fit(
         # are donated to the next epoch if the caller trains on).
         best_params = jax.tree.map(jnp.copy, states.params)
         best_epochs = best_epochs if history else [-1] * n_seeds
-    steady = epoch_times[1:] or epoch_times
-    timing = {
-        "first_epoch_seconds": round(epoch_times[0], 4) if epoch_times else 0.0,
-        "epoch_seconds": round(float(np.median(steady)), 4) if steady else 0.0,
-        "train_seconds": round(float(sum(epoch_times)), 4),
-        "eval_seconds": round(eval_seconds, 4),
-        "epochs_run": len(epoch_times),
-    }
     return FitResult(
         states=states,
         best_params=best_params,
         best_epochs=best_epochs,
         best_values=best_values,
         history=history,
-        timing=timing,
+        timing=_timing(epoch_times, eval_seconds),
     )
+
+
+def _timing(epoch_times: list[float], eval_seconds: float) -> dict[str, float]:
+    """`FitResult.timing` of the epochs timed (the first one includes compilation)."""
+    steady = epoch_times[1:] or epoch_times
+    return {
+        "first_epoch_seconds": round(epoch_times[0], 4) if epoch_times else 0.0,
+        "epoch_seconds": round(float(np.median(steady)), 4) if steady else 0.0,
+        "train_seconds": round(float(sum(epoch_times)), 4),
+        "eval_seconds": round(eval_seconds, 4),
+        "epochs_run": len(epoch_times),
+    }

@@ -6,6 +6,7 @@ import re
 import subprocess
 import sys
 
+import jax.numpy as jnp
 import pytest
 
 from causalrec_jax.cli import main
@@ -178,3 +179,71 @@ def test_a_resumed_learning_rate_is_the_one_used_from_the_checkpoint_on(good_run
     resumes = json.loads((part / "resumes.json").read_text())
     assert resumes == [{"from_checkpoint_epoch": 3,
                         "changes": {"train.learning_rate": [0.001, 1e-12]}}]
+
+
+def fit_diverging_at_epoch(diverge_at: int):
+    """`train.loop.fit` whose epoch `diverge_at` reports a non-finite batch (0) for every seed,
+    as a NaN gradient would: the epochs before it are real."""
+
+    def diverging_fit(**kwargs):
+        run_epoch = kwargs["run_epoch"]
+
+        def epoch_fn(states, data, keys, epoch):
+            states, out = run_epoch(states, data, keys, epoch)
+            if int(epoch) == diverge_at:
+                out = {**out, "first_bad_batch": jnp.zeros_like(out["first_bad_batch"])}
+            return states, out
+
+        return loop.fit(**{**kwargs, "run_epoch": epoch_fn})
+
+    return diverging_fit
+
+
+def test_a_run_diverging_after_good_epochs_writes_their_best_model_and_metrics(
+        good_run, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "late"
+    monkeypatch.setattr(ordinary, "fit", fit_diverging_at_epoch(4))
+    assert main(["train", *TINY, "--out", str(out)]) == 2
+    line = one_error_line(capsys)
+    assert "non-finite loss or gradient at epoch 4" in line
+    assert "the checkpoint of epoch 3 is kept" in line
+    # Without validation the model of the good epochs is the last one's (epoch 3).
+    assert f"(best epoch 3) and its metrics are written to {out}" in line
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["diverged"]["epoch"] == 4
+    assert [entry["best_epoch"] for entry in metrics["per_seed"]] == [3]
+    # The epochs before the divergence are those of the uninterrupted run (the same log), and
+    # the model written is that of a run of 4 epochs: the same test metrics.
+    log = [json.loads(text) for text in (out / "log.jsonl").read_text().splitlines()]
+    full = [json.loads(text) for text in (good_run / "log.jsonl").read_text().splitlines()]
+    assert [entry["epoch"] for entry in log] == [0, 1, 2, 3]
+    assert [entry["loss"] for entry in log] == [entry["loss"] for entry in full[:4]]
+    monkeypatch.setattr(ordinary, "fit", loop.fit)
+    four = tmp_path / "four"
+    assert main(["train", *TINY, "--set", "train.epochs=4", "--out", str(four)]) == 0
+    assert metrics["test"] == json.loads((four / "metrics.json").read_text())["test"]
+    # The written model serves: evaluate reproduces the metrics, recommend answers.
+    from causalrec_jax.runs.load import evaluate_run
+
+    assert evaluate_run(out, "test")["test"] == pytest.approx(metrics["test"])
+    import numpy as np
+
+    data = np.load(out / "data.npz")
+    user = str(data["user_ids"][data["train_user"][0]])
+    assert main(["recommend", "--run", str(out), "--user", user, "--k", "3"]) == 0
+    # Resumed with a lower learning rate, it trains on from epoch 3 and ends without "diverged".
+    assert main(["train", "--resume", "--out", str(out), "--quiet", "--set",
+                 "train.learning_rate=0.0005"]) == 0
+    resumed = json.loads((out / "metrics.json").read_text())
+    assert "diverged" not in resumed
+    assert resumed["resumes"][0]["from_checkpoint_epoch"] == 3
+    assert [entry["best_epoch"] for entry in resumed["per_seed"]] == [5]
+
+
+def test_a_run_diverging_in_its_first_epoch_writes_no_model(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "early"
+    monkeypatch.setattr(ordinary, "fit", fit_diverging_at_epoch(0))
+    assert main(["train", *TINY, "--out", str(out)]) == 2
+    line = one_error_line(capsys)
+    assert "no checkpoint was written before it" in line and "best model" not in line
+    assert not (out / "metrics.json").exists() and not (out / "model").exists()

@@ -375,6 +375,48 @@ def test_a_diverging_run_stops_with_a_one_line_error_naming_epoch_and_batch(
     assert not (out / "metrics.json").exists()
 
 
+def test_a_seed_diverging_after_good_epochs_writes_the_seeds_so_far(
+        planted_csv, tmp_path, capsys, monkeypatch):
+    import jax.numpy as jnp
+
+    from causalrec_jax.runs.load import evaluate_run, load_run
+    from causalrec_jax.tasks import sequential as sequence_run
+
+    original_fit = sequence_run.fit
+
+    def diverging_fit(**kwargs):
+        run_epoch = kwargs["run_epoch"]
+
+        def epoch_fn(states, data, keys, epoch):
+            states, out = run_epoch(states, data, keys, epoch)
+            if int(epoch) == 2 and kwargs["description"].startswith("seed 0"):
+                out = {**out, "first_bad_batch": jnp.zeros_like(out["first_bad_batch"])}
+            return states, out
+
+        return original_fit(**{**kwargs, "run_epoch": epoch_fn})
+
+    monkeypatch.setattr(sequence_run, "fit", diverging_fit)
+    out = tmp_path / "late"
+    assert main(_small(planted_csv, out, "train.seeds=2")) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1
+    assert "sasrec seed 0: non-finite loss or gradient at epoch 2" in error
+    metrics = json.loads((out / "metrics.json").read_text())
+    # Seed 0's validated epochs 0 and 1 are kept; seed 1 never trained.
+    assert metrics["seeds"] == [0] and metrics["diverged"]["epoch"] == 2
+    best = metrics["per_seed"][0]["best_epoch"]
+    assert best in (0, 1) and f"(best epoch {best})" in error
+    # The model holds the one seed written, and serves it.
+    assert len(load_run(out).seeds) == 1
+    assert evaluate_run(out, "test")["test"] == pytest.approx(metrics["test"])
+    # Resumed without the fault it trains on: both seeds, no "diverged".
+    monkeypatch.setattr(sequence_run, "fit", original_fit)
+    assert main([*_small(planted_csv, out, "train.seeds=2"), "--resume"]) == 0
+    resumed = json.loads((out / "metrics.json").read_text())
+    assert resumed["seeds"] == [0, 1] and "diverged" not in resumed
+    assert len(load_run(out).seeds) == 2
+
+
 def test_chunked_catalogue_ranking_gives_the_dense_metrics(planted_run):
     from causalrec_jax.data.loader import load_split
     from causalrec_jax.runs.load import load_run
