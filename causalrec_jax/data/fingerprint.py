@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from causalrec_jax.data.dataset import Dataset
-from causalrec_jax.errors import DataChangedError
+from causalrec_jax.errors import DataChangedError, RunError
 
 # The fingerprint's form; a stored one of another version is not compared.
 VERSION = 1
@@ -74,7 +74,14 @@ def stored_fingerprint(data: dict[str, np.ndarray]) -> dict[str, Any] | None:
     """The fingerprint a run's `data.npz` arrays hold, or None (a run written before them)."""
     if "fingerprint" not in data:
         return None
-    return json.loads(str(data["fingerprint"]))
+    try:
+        stored = json.loads(str(data["fingerprint"]))
+        if not isinstance(stored, dict) or not isinstance(stored.get("sha256"), str):
+            raise ValueError("no sha256")
+    except ValueError as error:
+        raise RunError(f"data.npz: the stored data fingerprint is damaged ({error}); the run "
+                       "folder cannot say which data it was trained on: train it again") from None
+    return stored
 
 
 def check_unchanged(data: dict[str, np.ndarray], dataset: Dataset, where: str) -> None:

@@ -45,7 +45,7 @@ from causalrec_jax.config import (
 )
 from causalrec_jax.data.dataset import Split
 from causalrec_jax.errors import CausalRecError, RunError
-from causalrec_jax.tasks.ordinary import save_data, seed_list
+from causalrec_jax.tasks.ordinary import model_inputs, seed_list
 from causalrec_jax.train import checkpoint as checkpoints
 from causalrec_jax.train.loop import TrainingDivergedError
 
@@ -243,9 +243,13 @@ def write_run(
         raise RunError(f"--resume: {out} is not a run folder (no config.toml); train a new "
                        "run there without --resume")
     config = absolute_data_path(config)
+    resumes_before = config_before = None
     if resume and (out / "config.toml").exists():
+        config_before = (out / "config.toml").read_text()
         changes = check_resumable(load_config(out / "config.toml"), config, out)
         if changes:
+            path = out / RESUMES
+            resumes_before = path.read_text() if path.exists() else ""
             record_resume(out, changes)
     if not resumable:
         return _write_staged(out, config, body)
@@ -256,9 +260,15 @@ def write_run(
         return body(config, out)
     except CausalRecError as error:
         # A run refused before it trained (bad data, a config the data cannot serve) leaves
-        # nothing behind; a diverged one keeps its checkpoints for --resume.
-        if fresh and not isinstance(error, TrainingDivergedError):
-            shutil.rmtree(out, ignore_errors=True)
+        # nothing behind; a refused resume leaves the run's config and resumes as they were;
+        # a diverged run keeps its checkpoints for --resume.
+        if not isinstance(error, TrainingDivergedError):
+            if fresh:
+                shutil.rmtree(out, ignore_errors=True)
+            if config_before is not None:
+                _replace_text(out / "config.toml", config_before)
+            if resumes_before is not None:
+                _replace_text(out / RESUMES, resumes_before)
         raise
 
 
@@ -300,6 +310,17 @@ def record_resume(out: Path, changes: dict[str, list]) -> None:
     tmp.replace(path)
 
 
+def _replace_text(path: Path, text: str) -> None:
+    """`path` holding `text` again (through a renamed temporary file); removed when `text`
+    is empty (the file did not exist)."""
+    if not text:
+        path.unlink(missing_ok=True)
+        return
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
 def write_metrics(folder: Path, metrics: dict[str, Any]) -> None:
     """Writes `folder/metrics.json` whole (a temporary file, then renamed): strict JSON, NaN
     and Inf as null (`json_safe`); adds `versions` when the metrics have none."""
@@ -316,14 +337,56 @@ def save_model(folder: Path, config: Config, arrays: dict[str, Any], split: Spli
                seeds: Sequence[int] | None = None) -> None:
     """Writes `folder/model/` (`arrays`, each leaf stacked over the run's seeds, with the
     seeds — `seeds`, default the config's — and the model's name) and `folder/data.npz`
-    (`tasks.ordinary.save_data`, plus `data_extra`)."""
+    (`save_data`, plus `data_extra`).
+
+    Both replace what a resumed run had only once written whole: the model is written into a
+    hidden folder beside it and swapped in, `data.npz` into a temporary file renamed over it.
+    """
     model_dir = folder / "model"
-    if model_dir.exists():
-        shutil.rmtree(model_dir)
-    checkpoints.save_checkpoint(model_dir, 0, arrays,
-                                {"seeds": [int(seed) for seed in (seeds or seed_list(config))],
-                                 "model": config.model.name})
+    staging = folder / f".model.{uuid.uuid4().hex}.partial"
+    try:
+        checkpoints.save_checkpoint(staging, 0, arrays,
+                                    {"seeds": [int(seed) for seed in (seeds or seed_list(config))],
+                                     "model": config.model.name})
+        if model_dir.exists():
+            old = folder / f".model.{uuid.uuid4().hex}.old"
+            model_dir.rename(old)
+            staging.rename(model_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            staging.rename(model_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     save_data(folder / "data.npz", split, extra=data_extra)
+
+
+def save_data(path: Path, split: Split, extra: dict[str, np.ndarray] | None = None) -> None:
+    """Writes `data.npz` (through a temporary file renamed over it): id maps, training,
+    validation and test pairs, item counts, side features and any `extra` arrays a kind of run
+    needs besides (sequential runs: histories)."""
+    train = split.train
+    arrays = {
+        "user_ids": train.user_ids.astype(str), "item_ids": train.item_ids.astype(str),
+        "train_user": train.user, "train_item": train.item,
+        "item_counts": np.bincount(train.item, minlength=train.n_items),
+        "global_bias": np.asarray(model_inputs(train, train)["global_bias"]),
+    }
+    if train.user_features is not None:
+        arrays["user_features"] = train.user_features
+    if train.item_features is not None:
+        arrays["item_features"] = train.item_features
+    # Every split's pairs: serving excludes all a user is known to have (runs.load.recommend).
+    for part in ("valid", "test"):
+        pairs = getattr(split, part)
+        if pairs is not None:
+            arrays[f"{part}_user"], arrays[f"{part}_item"] = pairs.user, pairs.item
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.partial")
+    try:
+        with tmp.open("wb") as handle:  # a file object: numpy adds no ".npz" to its name
+            np.savez_compressed(handle, **arrays, **(extra or {}))
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def log_line(seed: int, epoch: int, loss: float, seconds: float, *,
@@ -385,6 +448,28 @@ def append_log(path: Path, lines: Iterable[dict[str, Any]]) -> None:
             handle.write(json.dumps(json_safe(line)) + "\n")
 
 
+def trim_log(path: Path, lines: Sequence[dict[str, Any]]) -> None:
+    """Removes from `log.jsonl` the lines of the trainings (seed and fold) of `lines` from
+    their first epoch in `lines` on: called before a resumed training's first new lines, so an
+    epoch trained again is logged once even when the run resumed from an older checkpoint than
+    `start_log` trimmed to (a checkpoint whose arrays, not its JSON, were unreadable)."""
+    if not path.exists() or not lines:
+        return
+    first: dict[tuple, int] = {}
+    for line in lines:
+        key = (line["seed"], line.get("fold"))
+        first[key] = min(first.get(key, line["epoch"]), line["epoch"])
+    texts = [text for text in path.read_text().splitlines() if text.strip()]
+    kept = []
+    for text in texts:
+        line = json.loads(text)
+        key = (line["seed"], line.get("fold"))
+        if key not in first or line["epoch"] < first[key]:
+            kept.append(text)
+    if len(kept) < len(texts):
+        _replace_text(path, "".join(text + "\n" for text in kept))
+
+
 def start_log(path: Path, *, resume: bool, checkpoint_of: Callable[[dict[str, Any]], Path]
               ) -> None:
     """Starts `log.jsonl`: empty for a new run; on resume, only the lines whose epoch is at
@@ -406,7 +491,8 @@ def start_log(path: Path, *, resume: bool, checkpoint_of: Callable[[dict[str, An
             folder = checkpoint_of(line)
             if folder not in newest:
                 # an unreadable newest checkpoint is set aside: the run resumes from the one
-                # before, and the log is trimmed to it
+                # before, and the log is trimmed to it (`trim_log` when only its arrays are
+                # unreadable, which `train.loop.fit` finds)
                 newest[folder] = checkpoints.set_aside_unreadable(folder)
             if newest[folder] is not None and line["epoch"] <= newest[folder]:
                 kept.append(text)

@@ -40,6 +40,7 @@ from causalrec_jax.runs.folder import (
     save_model,
     seed_curves,
     start_log,
+    trim_log,
     versions,
     write_metrics,
     write_run,
@@ -87,8 +88,14 @@ def _write_run(config: Config, out: Path, *, resume: bool, quiet: bool, frame) -
     start_log(log_path, resume=resume, checkpoint_of=lambda line: (
         out / "checkpoints" / f"fold{line['fold']}" if "fold" in line else out / "checkpoints"))
 
+    trimmed: set[int | None] = set()
+
     def log_fn(record: dict[str, Any], fold: int | None = None) -> None:
-        append_log(log_path, fit_log_lines(record, seeds, fold=fold))
+        lines = fit_log_lines(record, seeds, fold=fold)
+        if resume and fold not in trimmed:  # the first epoch this resumed training logs
+            trim_log(log_path, lines)
+            trimmed.add(fold)
+        append_log(log_path, lines)
         if not quiet and not progress:  # a log stream, not a terminal: a line per epoch
             prefix = "" if fold is None else f"fold {fold} "
             print(epoch_summary(record, config.train.early_stopping_metric, prefix=prefix),
@@ -217,9 +224,15 @@ def _write_sequence_run(config: Config, out: Path, *, quiet: bool, resume: bool,
 
     progress = not quiet and sys.stderr.isatty()
 
+    trimmed: set[int] = set()
+
     def log_fn(record: dict[str, Any]) -> None:
         # each seed trains through its own `fit` (one member), its record naming the seed
-        append_log(log_path, fit_log_lines(record, [record["seed"]]))
+        lines = fit_log_lines(record, [record["seed"]])
+        if resume and record["seed"] not in trimmed:  # its first epoch since the resume
+            trim_log(log_path, lines)
+            trimmed.add(record["seed"])
+        append_log(log_path, lines)
         if not quiet and not progress:  # a log stream, not a terminal: a line per epoch
             print(epoch_summary(record, config.train.early_stopping_metric,
                                 prefix=f"seed {record['seed']} "), file=sys.stderr, flush=True)

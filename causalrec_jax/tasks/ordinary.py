@@ -506,28 +506,6 @@ def data_summary(split: Split, per_seed: list[dict[str, Any]]) -> dict[str, Any]
     return summary
 
 
-def save_data(path: Path, split: Split, extra: dict[str, np.ndarray] | None = None) -> None:
-    """Writes `data.npz`: id maps, training, validation and test pairs, item counts, side features
-    and any `extra` arrays a kind of run needs besides (sequential runs: histories)."""
-    train = split.train
-    arrays = {
-        "user_ids": train.user_ids.astype(str), "item_ids": train.item_ids.astype(str),
-        "train_user": train.user, "train_item": train.item,
-        "item_counts": np.bincount(train.item, minlength=train.n_items),
-        "global_bias": np.asarray(model_inputs(train, train)["global_bias"]),
-    }
-    if train.user_features is not None:
-        arrays["user_features"] = train.user_features
-    if train.item_features is not None:
-        arrays["item_features"] = train.item_features
-    # Every split's pairs: serving excludes all a user is known to have (runs.load.recommend).
-    for part in ("valid", "test"):
-        pairs = getattr(split, part)
-        if pairs is not None:
-            arrays[f"{part}_user"], arrays[f"{part}_item"] = pairs.user, pairs.item
-    np.savez_compressed(path, **arrays, **(extra or {}))
-
-
 def evaluation_propensity(config: Config, dataset: Dataset) -> np.ndarray | None:
     """The propensity matrix `ips_*` / `snips_*` metrics read, or None when none is asked for."""
     if not any(name.startswith(("ips_", "snips_")) for name in config.eval.metrics):

@@ -31,7 +31,7 @@ seconds_to_best}`), `log.jsonl` (one line per epoch and seed with every run kind
 `runs.folder.LOG_KEYS` and `valid`, which also holds the unmasked validation, `unmasked_*`),
 `checkpoints/`, `plots/`,
 `model/` (every seed's best parameters stacked `[n_seeds, ...]`; the model is rebuilt from
-`config.toml`) and `data.npz`, the id maps and splits (`tasks.ordinary.save_data`) plus the test
+`config.toml`) and `data.npz`, the id maps and splits (`runs.folder.save_data`) plus the test
 pairs and `next_history` `[n_users, max_len]`: the tokens of each user's last `max_len` items
 of train, validation and test in time order, the input from which `recommend` scores the item
 after everything the user has seen. `model/` and `data.npz` are written as before this core,

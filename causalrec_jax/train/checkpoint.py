@@ -88,29 +88,40 @@ def set_aside_unreadable(directory: str | Path, like: Any = None) -> int | None:
     shaped like `like` when given); newer ones that do not are renamed `corrupt-EPOCH` (kept
     for a post-mortem, no longer seen as checkpoints), each with a `CheckpointWarning`.
     Returns that epoch, or None when no checkpoint reads."""
-    import warnings
-
     if not Path(directory).exists():
         return None
-    manager = _manager(directory)
-    try:
-        steps = sorted(manager.all_steps(), reverse=True)
-    finally:
-        manager.close()
-    for index, epoch in enumerate(steps):
+    epochs = steps(directory)
+    for index, epoch in enumerate(epochs):
         try:
             restore_checkpoint(directory, like, epoch, meta_only=like is None)
             return epoch
         except Exception as error:  # orbax, JSON and tensorstore failures alike
-            older = steps[index + 1] if index + 1 < len(steps) else None
-            folder = Path(directory) / str(epoch)
-            aside = folder.with_name(f"corrupt-{epoch}")
-            if aside.exists():  # set aside before, at an earlier resume
-                aside = folder.with_name(f"corrupt-{epoch}-{uuid.uuid4().hex[:8]}")
-            folder.rename(aside)
-            then = (f"resuming from the checkpoint of epoch {older}" if older is not None
-                    else "no older checkpoint: training starts again")
-            warnings.warn(CheckpointWarning(
-                f"{folder}: the checkpoint of epoch {epoch} is unreadable "
-                f"({type(error).__name__}); set aside as {aside.name}, {then}"), stacklevel=2)
+            set_aside(directory, epoch, error, epochs[index + 1:])
     return None
+
+
+def steps(directory: str | Path) -> list[int]:
+    """The epochs of the checkpoints in `directory`, newest first."""
+    manager = _manager(directory)
+    try:
+        return sorted(manager.all_steps(), reverse=True)
+    finally:
+        manager.close()
+
+
+def set_aside(directory: str | Path, epoch: int, error: Exception, older: list[int]) -> None:
+    """Renames the unreadable checkpoint `epoch` of `directory` to `corrupt-EPOCH` (a unique
+    name when that exists), with a `CheckpointWarning` naming `error` and what a resume then
+    continues from (the newest of the `older` epochs)."""
+    import warnings
+
+    folder = Path(directory) / str(epoch)
+    aside = folder.with_name(f"corrupt-{epoch}")
+    if aside.exists():  # set aside before, at an earlier resume
+        aside = folder.with_name(f"corrupt-{epoch}-{uuid.uuid4().hex[:8]}")
+    folder.rename(aside)
+    then = (f"resuming from the checkpoint of epoch {max(older)}" if older
+            else "no older checkpoint: training starts again")
+    warnings.warn(CheckpointWarning(
+        f"{folder}: the checkpoint of epoch {epoch} is unreadable "
+        f"({type(error).__name__}); set aside as {aside.name}, {then}"), stacklevel=3)

@@ -32,7 +32,9 @@ from causalrec_jax.train.checkpoint import (
     latest_epoch,
     restore_checkpoint,
     save_checkpoint,
+    set_aside,
     set_aside_unreadable,
+    steps,
 )
 from causalrec_jax.train.step import OPTIMIZER_HPARAMS, TrainState, set_hyperparams
 
@@ -150,6 +152,28 @@ def _survivors(values: list[float], keep_fraction: float, lower: bool) -> np.nda
     return np.asarray(sorted(order[:keep]))
 
 
+def _restore(checkpoint_dir: str | Path | None, states: TrainState, best_params: Any,
+             all_keys: jax.Array) -> tuple[dict[str, Any], dict[str, Any], np.ndarray] | None:
+    """`(arrays, meta, alive)` of the newest checkpoint of `checkpoint_dir` that reads back
+    whole, JSON and arrays (shaped by the members it says are alive); unreadable newer ones
+    are set aside (`checkpoint.set_aside`). None when there is none."""
+    if checkpoint_dir is None:
+        return None
+    while (epoch := set_aside_unreadable(checkpoint_dir)) is not None:
+        older = [step for step in steps(checkpoint_dir) if step < epoch]
+        _, meta = restore_checkpoint(checkpoint_dir, None, epoch, meta_only=True)
+        alive = np.asarray(meta.get("alive", list(range(len(all_keys)))), np.int64)
+        like = {"states": _rows(states, alive), "best_params": best_params,
+                "keys": jax.random.key_data(all_keys)}
+        try:
+            arrays, meta = restore_checkpoint(checkpoint_dir, like, epoch)
+        except Exception as error:  # orbax and tensorstore failures alike
+            set_aside(checkpoint_dir, epoch, error, older)
+            continue
+        return arrays, meta, alive
+    return None
+
+
 def _optimizer_hparams(states: TrainState) -> dict[str, Any]:
     """The injected optimiser hyperparameters of `states` (none for an optimiser without)."""
     injected = getattr(states.opt_state, "hyperparams", None) or {}
@@ -227,16 +251,13 @@ def fit(
     all_keys = keys
     history: list[dict[str, Any]] = []
     start = 0
-    if resume and checkpoint_dir is not None and set_aside_unreadable(checkpoint_dir) is not None:
-        _, meta = restore_checkpoint(checkpoint_dir, None, meta_only=True)
-        alive = np.asarray(meta.get("alive", list(range(n_seeds))), np.int64)
+    restored = _restore(checkpoint_dir, states, best_params, all_keys) if resume else None
+    if restored is not None:
+        arrays, meta, alive = restored
         states, keys = _rows(states, alive), all_keys[alive]
         # The optimiser's hyperparameters of this config, not the checkpoint's: a run resumed
         # with another train.learning_rate / weight_decay (after a divergence) uses them.
         current = _optimizer_hparams(states)
-        like = {"states": states, "best_params": best_params,
-                "keys": jax.random.key_data(all_keys)}
-        arrays, meta = restore_checkpoint(checkpoint_dir, like)
         states, best_params = arrays["states"], arrays["best_params"]
         if current:
             states = set_hyperparams(states, current)

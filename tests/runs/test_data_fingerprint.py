@@ -30,6 +30,16 @@ def test_the_fingerprint_follows_content_and_order():
     assert changes(fingerprint(base), fingerprint(again)) is None
 
 
+@pytest.mark.parametrize("stored", ["{not json", '{"version": 1}', "[1, 2]"])
+def test_a_damaged_stored_fingerprint_is_one_clear_error(stored):
+    from causalrec_jax.data.fingerprint import check_unchanged
+    from causalrec_jax.errors import RunError
+
+    base = from_arrays(np.array(["a"]), np.array(["x"]))
+    with pytest.raises(RunError, match=r"^data.npz: the stored data fingerprint is damaged"):
+        check_unchanged({"fingerprint": np.asarray(stored)}, base, "log.csv")
+
+
 @pytest.fixture
 def csv_run(tmp_path):
     rng = np.random.default_rng(1)

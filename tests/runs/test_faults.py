@@ -107,6 +107,27 @@ def test_a_corrupt_newest_checkpoint_resumes_from_the_one_before(good_run, tmp_p
     assert [line["epoch"] for line in lines] == list(range(6))
 
 
+def test_a_checkpoint_with_damaged_arrays_is_set_aside_and_the_log_stays_whole(
+        good_run, tmp_path, monkeypatch, capsys):
+    part = tmp_path / "part"
+    monkeypatch.setattr(ordinary, "fit", fit_stopped_after_epoch_4)
+    assert main(["train", *TINY, "--out", str(part)]) == 130
+    monkeypatch.setattr(ordinary, "fit", loop.fit)
+    # The JSON part of epoch 3 reads; its arrays do not.
+    damaged = [path for path in (part / "checkpoints" / "3" / "arrays").rglob("*")
+               if path.is_file()]
+    assert damaged
+    for path in damaged:
+        path.write_bytes(b"garbage")
+    capsys.readouterr()
+    assert main(["train", "--resume", "--out", str(part), "--quiet"]) == 0
+    assert "the checkpoint of epoch 3 is unreadable" in capsys.readouterr().err
+    full = json.loads((good_run / "metrics.json").read_text())
+    assert json.loads((part / "metrics.json").read_text())["per_seed"] == full["per_seed"]
+    lines = [json.loads(text) for text in (part / "log.jsonl").read_text().splitlines()]
+    assert [line["epoch"] for line in lines] == list(range(6))
+
+
 def test_a_closed_pipe_ends_quietly(tmp_path):
     code = ("import sys; from causalrec_jax.cli import main; "
             "sys.exit(main(['data', '--format', 'simulator', '--set', 'sim.n_users=50', "
@@ -247,3 +268,26 @@ def test_a_run_diverging_in_its_first_epoch_writes_no_model(tmp_path, capsys, mo
     line = one_error_line(capsys)
     assert "no checkpoint was written before it" in line and "best model" not in line
     assert not (out / "metrics.json").exists() and not (out / "model").exists()
+
+
+def test_a_resume_refused_after_it_started_leaves_config_and_resumes_as_they_were(
+        good_run, tmp_path, capsys, monkeypatch):
+    import shutil
+
+    from causalrec_jax.errors import DataFormatError
+    from causalrec_jax.runs import train as run_train
+
+    run = tmp_path / "run"
+    shutil.copytree(good_run, run)
+    config_before = (run / "config.toml").read_text()
+
+    def unreadable(*args, **kwargs):
+        raise DataFormatError("data.path: the data is gone")
+
+    monkeypatch.setattr(run_train, "load_dataset", unreadable)
+    assert main(["train", "--resume", "--out", str(run), "--quiet", "--set",
+                 "train.learning_rate=0.0005"]) == 2
+    assert "the data is gone" in one_error_line(capsys)
+    assert (run / "config.toml").read_text() == config_before
+    assert not (run / "resumes.json").exists()
+    assert not [path.name for path in run.iterdir() if path.name.startswith(".")]
