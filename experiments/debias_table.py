@@ -2,6 +2,7 @@
 
     python experiments/debias_table.py --data coat|yahoo_r3|simulator [--path DIR]
         [--methods naive,ips,...] [--seeds 5] [--out DIR] [--set section.key=value ...]
+    python experiments/debias_table.py --data coat --replot experiments/results/debias_coat.csv
 
 For each method, loads `configs/<prefix>_<method>.toml` (prefix coat, yahoo or sim), applies
 the shared protocol (below), `--path` (as `data.path`), `--seeds` (as `train.seeds`) and the
@@ -14,7 +15,13 @@ the shared protocol (below), `--path` (as `data.path`), `--seeds` (as `train.see
   published convention) where the run reports it, the simulator's truth columns where the run
   reports them, and the training seconds;
 - `table.csv` (the same with separate mean and std columns) and `table.json`;
-- `plots/debias_<data>.png`: AUC and NDCG@5 per method, error bars = std over seeds.
+- `plots/debias_<data>.png`: test AUC and NDCG@5 per method (on the simulator also
+  truth_auc, truth_ndcg@5 and truth_mse), bars from 0 with their means written, error bars =
+  std over seeds, chance and naive's level marked (`plot_table`).
+
+`--replot CSV` trains nothing: it reads a saved `table.csv` and redraws its figure as
+`<CSV stem>.png` beside it (how `experiments/results/debias_<data>.png` are drawn from
+`debias_<data>.csv`).
 
 A method whose run raises `CausalRecError` (for example one not yet wired into training) is
 reported as failed, with its message; any other exception propagates.
@@ -243,17 +250,62 @@ def write_csv(path: Path, rows: dict[str, dict[str, Any]]) -> None:
                              record.items()})
 
 
+def read_table_csv(path: Path) -> dict[str, dict[str, Any]]:
+    """The rows of a `table.csv` written by `write_csv` (the inverse of it: empty cells are
+    None, numbers floats, `truth` / `literature` / `full` None when all their cells are
+    empty); `seeds` is not in the CSV and comes back empty."""
+
+    def number(cell: str) -> float | None:
+        return float(cell) if cell != "" else None
+
+    rows: dict[str, dict[str, Any]] = {}
+    with path.open(newline="") as handle:
+        for record in csv.DictReader(handle):
+            row: dict[str, Any] = {
+                "status": record["status"],
+                "mean": {name: number(record[f"{name}_mean"]) for name in METRICS},
+                "std": {name: number(record[f"{name}_std"]) for name in METRICS},
+                "train_seconds": number(record["train_seconds"]),
+                "epochs_run": int(record["epochs_run"]) if record["epochs_run"] else None,
+                "seeds": [],
+                "error": record["error"] or None,
+            }
+            for block, prefix in (("literature", "literature"), ("full", "full")):
+                pair = {"mean": number(record[f"{prefix}_{LITERATURE}_mean"]),
+                        "std": number(record[f"{prefix}_{LITERATURE}_std"])}
+                row[block] = None if pair["mean"] is None and pair["std"] is None else pair
+            truth = {"mean": {name: number(record[f"truth_{name}_mean"]) for name in TRUTH},
+                     "std": {name: number(record[f"truth_{name}_std"]) for name in TRUTH}}
+            empty = all(v is None for part in truth.values() for v in part.values())
+            row["truth"] = None if empty else truth
+            rows[record["method"]] = row
+    return rows
+
+
+def replot(csv_path: Path, data: str) -> Path:
+    """Redraws the figure of a saved `table.csv` (no training): `<csv stem>.png` beside it."""
+    path = csv_path.with_suffix(".png")
+    plot_table(path, read_table_csv(csv_path), data)
+    return path
+
+
+DATA_NAMES = {"coat": "Coat", "yahoo_r3": "Yahoo! R3", "simulator": "the simulator"}
+
+
 def plot_table(path: Path, rows: dict[str, dict[str, Any]], data: str) -> None:
-    """Bars per method, error bars = std over seeds (failed: no bar, marked): test AUC and
-    NDCG@5 on the MAR test; on the simulator also its ground truth (truth_auc, truth_ndcg@5
-    against the true relevance of every cell, truth_mse against the true ratings). Axes start
-    at 0 (nothing truncated); AUC panels mark chance (0.5)."""
+    """Bars per method, error bars = std over seeds, each bar's mean written above it: test
+    AUC and NDCG@5 on the MAR test; on the simulator also its ground truth (truth_auc,
+    truth_ndcg@5 against the true relevance of every cell, truth_mse against the true
+    ratings). Axes start at 0 (nothing truncated); AUC panels mark chance (0.5), every panel
+    naive's level (dotted); a method without a value is marked `failed` or `n/a`."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib import patheffects
 
     methods = list(rows)
+    missing = False  # whether some panel marks a method n/a
     panels = [("mean", "auc", "test auc (MAR)"), ("mean", "ndcg@5", "test ndcg@5 (MAR)")]
     if any(row["truth"] is not None for row in rows.values()):
         panels += [("truth", "auc", "truth_auc (every cell)"),
@@ -261,8 +313,9 @@ def plot_table(path: Path, rows: dict[str, dict[str, Any]], data: str) -> None:
                    ("truth", "mse", "truth_mse (lower is better)")]
     columns = 2 if len(panels) == 2 else 3
     lines = math.ceil(len(panels) / columns)
-    fig, axes = plt.subplots(lines, columns, squeeze=False,
-                             figsize=(columns * max(3.6, 0.5 * len(methods) + 1.5), 3.4 * lines))
+    fig, axes = plt.subplots(lines, columns, squeeze=False, layout="constrained",
+                             figsize=(columns * max(4.0, 0.55 * len(methods) + 1.5),
+                                      3.6 * lines + 0.6))
     for axis, (block, metric, title) in zip(axes.flat, panels, strict=False):
         if block == "mean":
             means = [rows[m]["mean"][metric] for m in methods]
@@ -277,21 +330,42 @@ def plot_table(path: Path, rows: dict[str, dict[str, Any]], data: str) -> None:
                  yerr=[0.0 if s is None else s for s in stds], capsize=3, color=color)
         finite = [v for v in means if v is not None]
         top = max(finite) if finite else 1.0
-        axis.set_ylim(0.0, 1.0 if metric != "mse" else top * 1.15)
-        if metric == "auc":
-            axis.axhline(0.5, color="grey", linestyle="--", linewidth=1, label="chance")
-            axis.legend(loc="lower right", fontsize=7, frameon=False)
-        for index, mean in enumerate(means):
+        axis.set_ylim(0.0, 1.08 if metric != "mse" else top * 1.25)
+        # Every method keeps its slot, with or without a bar (autoscale would drop empty ones).
+        axis.set_xlim(-0.6, len(methods) - 0.4)
+        level = axis.get_yaxis_transform()  # x in axes coordinates, y in data
+        references = [(0.5, "chance", "--")] if metric == "auc" else []
+        if "naive" in rows and means[methods.index("naive")] is not None:
+            references.append((means[methods.index("naive")], "naive", ":"))
+        references.sort()
+        for order, (value, label, style) in enumerate(references):
+            axis.axhline(value, color="grey", linestyle=style, linewidth=1)
+            # Labelled outside the right edge, never over a bar; of two lines, the lower
+            # one's label hangs below it and the upper one's sits above, so they never meet.
+            axis.text(1.01, value, label, transform=level, ha="left", fontsize=7,
+                      va="center" if len(references) == 1 else ("top", "bottom")[order],
+                      color="dimgrey")
+        for index, (mean, std) in enumerate(zip(means, stds, strict=True)):
             if mean is None:
-                axis.text(index, 0.02 * axis.get_ylim()[1], "failed" if rows[methods[index]][
-                    "status"] == "failed" else "n/a", rotation=90, ha="center", va="bottom",
-                          fontsize=8, color="tab:red")
+                failed = rows[methods[index]]["status"] == "failed"
+                missing |= not failed
+                axis.text(index, 0.03 * axis.get_ylim()[1], "failed" if failed else "n/a",
+                          ha="center", va="bottom", fontsize=8,
+                          color="tab:red" if failed else "dimgrey")
+            else:
+                axis.text(index, mean + (std or 0.0) + 0.01 * axis.get_ylim()[1],
+                          f"{mean:.3f}", ha="center", va="bottom", fontsize=7,
+                          path_effects=[patheffects.withStroke(linewidth=2.5,
+                                                               foreground="white")])
         axis.set_xticks(positions, methods, rotation=45, ha="right")
         axis.set_title(f"{title}, mean ± std over seeds", fontsize=9)
     for axis in list(axes.flat)[len(panels):]:
         axis.set_visible(False)
-    fig.suptitle(f"debiasing methods on {data}")
-    fig.tight_layout()
+    note = ("trained on MNAR ratings, tested on MAR ratings (each user ranks their own test "
+            "items; ratings ≥ 4 are positives)")
+    if missing:
+        note += "; n/a: not reported for the method (mse only for rating predictors)"
+    fig.suptitle(f"Debiasing methods on {DATA_NAMES.get(data, data)}\n{note}", fontsize=10)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -313,7 +387,15 @@ def main(argv=None) -> dict:
                         "runs/debias_<data>-DATE-TIME)")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         help="section.key=value, applied to every method")
+    parser.add_argument("--replot", metavar="CSV",
+                        help="train nothing: redraw the figure of a saved table.csv into "
+                        "<CSV stem>.png beside it (e.g. experiments/results/debias_coat.csv)")
     args = parser.parse_args(argv)
+    if args.replot is not None:
+        if not Path(args.replot).is_file():
+            parser.error(f"--replot {args.replot}: no such file")
+        print(f"wrote {replot(Path(args.replot), args.data)}")
+        return read_table_csv(Path(args.replot))
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = [m for m in methods if m not in METHODS]

@@ -3,6 +3,7 @@
     python experiments/ope_sweep.py [--config configs/sim_ope.toml] [--seeds N]
         [--sizes 1000,3000,10000,30000,100000] [--temperatures 1.0,0.7,0.4]
         [--set section.key=value ...] [--out experiments/results/ope_sweep]
+    python experiments/ope_sweep.py --replot experiments/results/ope_sweep/ope_sweep.json
 
 Each divergence setting is the config (with the `--set` overrides) plus
 `target.temperature=<t>`; the token `logging` instead makes the target a copy of the logging
@@ -20,8 +21,11 @@ distributions; the measured Kish ESS of the ips weights is reported per log size
 - `ope_sweep.md`: per setting, relative error |estimate - truth| / truth, mean ± std over seeds,
   estimator × log size, with the truth and the protocol;
 - `ope_sweep.json`: the same with every per-seed number, divergences and timings;
-- `ope_sweep.png`: one panel per setting, relative error vs log size (log-log), mean over seeds
-  with a min–max band.
+- `ope_sweep.png`: relative error vs log size (log-log), one column per setting and one row
+  per estimator family, mean over seeds with ± 1 standard error bars (`plot`).
+
+`--replot JSON` runs nothing: it redraws the figure of a saved `ope_sweep.json` as
+`<JSON stem>.png` beside it.
 """
 
 from __future__ import annotations
@@ -30,6 +34,8 @@ import argparse
 import csv
 import dataclasses
 import json
+import math
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -154,35 +160,145 @@ def markdown(summary, settings, sizes, estimators, protocol: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(path: Path, summary, settings, sizes, estimators) -> None:
+# The two rows of the figure: estimators that only reweight the logged rewards, and those
+# that use a reward model. An estimator in neither goes to the second row.
+WEIGHTING = ("ips", "snips", "pbm_ips", "iips")
+STYLES = [("o", "-"), ("s", "--"), ("^", "-."), ("D", ":"), ("v", "-"), ("P", "--"),
+          ("X", "-."), ("*", ":")]
+
+
+# Estimators whose every relative-error statistic agrees to within this (i.e. estimates equal
+# to 1e-5 of the truth) are drawn as one line: float32 sums of the same weights differ in
+# the 7th digit.
+SAME_WITHIN = 1e-5
+
+
+def identical_groups(payload: dict[str, Any]) -> list[list[str]]:
+    """The estimators grouped by equal results (every mean, std, min and max of every
+    setting and size within `SAME_WITHIN`), in `payload["estimators"]` order: at K = 1
+    pbm_ips and iips ARE ips, and drawing them as three lines would hide two."""
+
+    def numbers(name: str) -> np.ndarray:
+        return np.asarray([[stats[key] for stats in payload["summary"][s["setting"]][name].values()
+                            for key in ("mean", "std", "min", "max")]
+                           for s in payload["settings"]], np.float64)
+
+    groups: list[list[str]] = []
+    for name in payload["estimators"]:
+        for group in groups:
+            if np.allclose(numbers(name), numbers(group[0]), rtol=0.0, atol=SAME_WITHIN):
+                group.append(name)
+                break
+        else:
+            groups.append([name])
+    return groups
+
+
+def _world(payload: dict[str, Any]) -> str:
+    """`1,000 users × 1,000 items` from the payload (older payloads: from the protocol)."""
+    world = payload.get("world")
+    if world is None:
+        found = re.search(r"`(\d+)` users, `(\d+)` items", payload.get("protocol", ""))
+        if found is None:
+            return ""
+        world = {"n_users": int(found[1]), "n_items": int(found[2])}
+    return f"{world['n_users']:,} users × {world['n_items']:,} items, "
+
+
+def _size_label(n: int) -> str:
+    """A log size as a tick label: 1k, 30k, 1.5M, or the number under 1,000."""
+    for scale, suffix in ((1_000_000, "M"), (1_000, "k")):
+        if n >= scale:
+            return f"{n / scale:g}{suffix}"
+    return str(n)
+
+
+def plot(path: Path, payload: dict[str, Any]) -> None:
+    """Relative error vs log size: one column per divergence setting, one row per estimator
+    family (reweighting only; with a reward model), all panels on one log-log scale. Each
+    estimator has its own marker, line style and a small horizontal offset, so no line hides
+    another; estimators with identical results are one line named after all of them. Points
+    are means over seeds, bars ± one standard error of that mean (std / sqrt(seeds)); the
+    legends sit outside the panels."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FixedFormatter, FixedLocator, NullLocator
 
-    fig, axes = plt.subplots(1, len(settings), figsize=(4.2 * len(settings), 3.8),
-                             sharey=True, squeeze=False)
+    settings, sizes = payload["settings"], payload["sizes"]
+    groups = identical_groups(payload)
+    rows = [[g for g in groups if g[0] in WEIGHTING], [g for g in groups if g[0] not in WEIGHTING]]
+    rows = [row for row in rows if row]
+    row_names = ["reweighting only", "with a reward model"] if len(rows) == 2 else [""]
+    fig, axes = plt.subplots(len(rows), len(settings), squeeze=False, sharex=True, sharey=True,
+                             figsize=(3.6 * len(settings) + 2.4, 3.3 * len(rows) + 1.0),
+                             layout="constrained")
     floor = 1e-6  # log axes: an error of exactly 0 is drawn at the floor
-    for axis, setting in zip(axes[0], settings, strict=True):
-        block = summary[setting["setting"]]
-        for name in estimators:
-            stats = [block[name][str(n)] for n in sizes]
-            mean = np.maximum([s["mean"] for s in stats], floor)
-            line, = axis.plot(sizes, mean, marker="o", markersize=3, label=name)
-            axis.fill_between(sizes, np.maximum([s["min"] for s in stats], floor),
-                              np.maximum([s["max"] for s in stats], floor),
-                              color=line.get_color(), alpha=0.12)
-        axis.set_xscale("log")
-        axis.set_yscale("log")
-        axis.set_xlabel("logged rounds")
-        axis.set_title(f"{setting['setting']}\nKL = {setting['kl']:.3f}, "
-                       f"ESS/n = {setting['ess_fraction']:.2f}", fontsize=9)
-        axis.grid(True, which="both", alpha=0.3)
-    axes[0][0].set_ylabel("relative error (mean, band = min–max over seeds)")
-    axes[0][-1].legend(fontsize=7, loc="lower left")
-    fig.tight_layout()
+    means_seen = []
+    for row_index, row in enumerate(rows):
+        # Offsets in decades, spread symmetrically around each log size.
+        offsets = np.linspace(-0.045, 0.045, len(row)) if len(row) > 1 else [0.0]
+        for column, setting in enumerate(settings):
+            axis = axes[row_index][column]
+            block = payload["summary"][setting["setting"]]
+            for index, group in enumerate(row):
+                stats = [block[group[0]][str(n)] for n in sizes]
+                mean = np.maximum([s["mean"] for s in stats], floor)
+                stderr = np.asarray([s["std"] for s in stats]) / math.sqrt(payload["seeds"])
+                low, high = np.maximum(mean - stderr, floor), mean + stderr
+                means_seen.extend(mean)
+                x = np.asarray(sizes, np.float64) * 10.0 ** offsets[index]
+                marker, style = STYLES[index % len(STYLES)]
+                label = " = ".join(group)
+                if len(group) > 1:
+                    label += f" (equal here, within {SAME_WITHIN:g})"
+                line = axis.errorbar(x, mean, yerr=[mean - low, high - mean], marker=marker,
+                                     linestyle=style, markersize=5, linewidth=1.4, capsize=0,
+                                     elinewidth=1.0, color=f"C{index}", label=label)
+                line[2][0].set_alpha(0.45)  # the bars lighter than the lines
+            axis.axhline(0.01, color="grey", linewidth=0.8, linestyle=(0, (1, 3)),
+                         label="1% error")
+            axis.set_xscale("log")
+            axis.set_yscale("log")
+            # One tick per log size, labelled as written (1k, 30k): no 3×10^2 clutter.
+            axis.xaxis.set_major_locator(FixedLocator(sizes))
+            axis.xaxis.set_major_formatter(FixedFormatter([_size_label(n) for n in sizes]))
+            axis.xaxis.set_minor_locator(NullLocator())
+            axis.grid(True, which="major", alpha=0.3)
+            if row_index == 0:
+                axis.set_title(f"{setting['setting']}: KL(target‖logging) = "
+                               f"{setting['kl']:.2f} nats,\nESS/n = "
+                               f"{setting['ess_fraction']:.2f}, truth = "
+                               f"{setting['truth']:.4f}", fontsize=9)
+            if row_index == len(rows) - 1:
+                axis.set_xlabel("logged rounds n (log scale; k = 1,000)", fontsize=9)
+            if column == 0:
+                axis.set_ylabel((f"{row_names[row_index]}\n" if row_names[row_index] else "")
+                                + "|estimate − truth| / truth", fontsize=9)
+        axes[row_index][-1].legend(loc="center left", bbox_to_anchor=(1.03, 0.5), fontsize=8,
+                                   frameon=False, title=row_names[row_index] or None,
+                                   title_fontsize=8)
+    # The axes span the means (bars below the floor of the view are cut at the bottom edge).
+    axes[0][0].set_ylim(min(means_seen) / 3.0, max(means_seen) * 2.5)
+    axes[0][0].set_xlim(min(sizes) / 1.6, max(sizes) * 1.6)
+    slate = payload.get("slate_size")
+    fig.suptitle(
+        "Off-policy estimators on the simulator: relative error vs log size and target policy\n"
+        f"{_world(payload)}"
+        + (f"slates of K = {slate}, " if slate else "")
+        + f"{payload['seeds']} seeds per point (marker: mean, bar: ± 1 standard error over "
+        "seeds); the points of one log size are offset sideways to keep them apart",
+        fontsize=10)
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def replot(json_path: Path) -> Path:
+    """Redraws the figure of a saved `ope_sweep.json` (no sweep): `<stem>.png` beside it."""
+    path = json_path.with_suffix(".png")
+    plot(path, json.loads(json_path.read_text()))
+    return path
 
 
 def main(argv=None) -> dict[str, Any]:
@@ -196,7 +312,15 @@ def main(argv=None) -> dict[str, Any]:
                         help="target temperatures; the token 'logging' means target = logging")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--out", default=str(ROOT / "experiments" / "results" / "ope_sweep"))
+    parser.add_argument("--replot", metavar="JSON",
+                        help="run nothing: redraw the figure of a saved ope_sweep.json into "
+                        "<JSON stem>.png beside it")
     args = parser.parse_args(argv)
+    if args.replot is not None:
+        if not Path(args.replot).is_file():
+            parser.error(f"--replot {args.replot}: no such file")
+        print(f"wrote {replot(Path(args.replot))}")
+        return json.loads(Path(args.replot).read_text())
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
     tokens = [t.strip() for t in args.temperatures.split(",") if t.strip()]
     if args.seeds is None:
@@ -249,10 +373,11 @@ def main(argv=None) -> dict[str, Any]:
     (out / "ope_sweep.md").write_text(text)
     payload = {"config": str(args.config), "overrides": args.overrides, "seeds": args.seeds,
                "sizes": sizes, "estimators": estimators, "slate_size": setup.sizes.slate_size,
+               "world": {"n_users": config.env.n_users, "n_items": config.env.n_items},
                "protocol": protocol, "settings": settings, "summary": summary, "rows": rows,
                "total_seconds": time.perf_counter() - started}
     (out / "ope_sweep.json").write_text(json.dumps(payload, indent=2) + "\n")
-    plot(out / "ope_sweep.png", summary, settings, sizes, estimators)
+    plot(out / "ope_sweep.png", payload)
     print(f"\n{text}\nwrote {out}/ope_sweep.{{csv,md,json,png}} in "
           f"{payload['total_seconds']:.0f} s")
     return payload

@@ -16,6 +16,9 @@ split is read) and its test metrics reported beside the validation ones. The sea
     OUT/best.toml                        the chosen configuration, ready for `causalrec train`
     OUT/tune.json                        the choice, its validation and test metrics
     OUT/plots/valid_vs_<key>.png         the validation metric against each hyperparameter
+                                         (`tune.plots`: the chosen trial marked, NaN trials
+                                         shown, categorical keys on categorical axes)
+    OUT/plots/valid_by_trial.png         the validation metric by trial, with the running best
     OUT/best/                            the run folder of the chosen configuration
 
 `--resume` reads `trials.jsonl` and skips every trial already recorded there (by its values).
@@ -40,6 +43,7 @@ from causalrec_jax.errors import ConfigError, RunError
 from causalrec_jax.runs.train import train_run
 from causalrec_jax.tasks.ordinary import Member, check_ordinary_keys, seed_list, train_split
 from causalrec_jax.train.loop import lower_is_better
+from causalrec_jax.tune.plots import plot_trials
 from causalrec_jax.tune.space import (
     OptunaSampler,
     SearchSpace,
@@ -252,7 +256,8 @@ def tune(
     }
     (out / "tune.json").write_text(json.dumps(summary, indent=2) + "\n")
     _write_table(out / "trials.csv", records)
-    _plot_trials(out / "plots", records, metric, space)
+    plot_trials(out / "plots", records, space, metric=metric, lower_is_better=lower,
+                chosen=best["trial"], sampler=sampler, name=config.run.name or out.name)
     return summary
 
 
@@ -264,33 +269,3 @@ def _write_table(path: Path, records: list[dict[str, Any]]) -> None:
              "best_epochs": " ".join(map(str, r["best_epochs"])), "seconds": r["seconds"]}
             for r in records]
     pd.DataFrame(rows).to_csv(path, index=False)
-
-
-def _plot_trials(folder: Path, records: list[dict[str, Any]], metric: str,
-                 space: SearchSpace) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    folder.mkdir(parents=True, exist_ok=True)
-    for param in space.params:
-        values = [r["values"][param.key] for r in records]
-        scores = [r["valid"] for r in records]
-        figure, axis = plt.subplots(figsize=(5, 3.5))
-        numeric = all(isinstance(v, int | float) and not isinstance(v, bool) for v in values)
-        if numeric:
-            axis.scatter(values, scores)
-            if getattr(param, "scale", None) == "log" or (
-                min(values) > 0 and max(values) / max(min(values), 1e-30) >= 100
-            ):
-                axis.set_xscale("log")
-        else:
-            labels = sorted({str(v) for v in values})
-            axis.scatter([labels.index(str(v)) for v in values], scores)
-            axis.set_xticks(range(len(labels)), labels)
-        axis.set_xlabel(param.key)
-        axis.set_ylabel(f"valid {metric} (mean over seeds)")
-        figure.tight_layout()
-        figure.savefig(folder / f"valid_vs_{param.key.replace('.', '_')}.png", dpi=100)
-        plt.close(figure)

@@ -158,3 +158,46 @@ def test_the_plot_has_truth_panels_on_the_simulator_and_untruncated_axes(tmp_pat
     figures.clear()
     table.plot_table(tmp_path / "q.png", {"naive": dict(row, truth=None)}, "coat")
     assert len([a for a in figures[0].axes if a.get_visible()]) == 2
+
+
+@pytest.mark.parametrize("data", ["coat", "simulator"])
+def test_replot_redraws_the_saved_figure_from_its_csv(tmp_path, monkeypatch, data):
+    """`--replot CSV` trains nothing: the figure of experiments/results/debias_<data>.png
+    comes back from its CSV, every bar at the CSV's mean."""
+    import shutil
+
+    import matplotlib.pyplot as plt
+
+    table = load_table_script()
+    saved = ROOT / "experiments" / "results" / f"debias_{data}.csv"
+    csv_path = tmp_path / saved.name
+    shutil.copyfile(saved, csv_path)
+    monkeypatch.setattr(table.run_train, "train_run", None)  # nothing may train
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)
+    rows = table.main(["--data", data, "--replot", str(csv_path)])
+    assert (tmp_path / f"debias_{data}.png").stat().st_size > 50_000
+    # The CSV reads back into the rows that write it again byte for byte.
+    table.write_csv(tmp_path / "again.csv", rows)
+    assert (tmp_path / "again.csv").read_text() == saved.read_text()
+    lines = read_csv(saved)
+    axes = [axis for axis in figures[0].axes if axis.get_visible()]
+    assert len(axes) == (5 if data == "simulator" else 2)
+    auc = axes[0]
+    heights = [bar.get_height() for bar in auc.patches]
+    assert heights == pytest.approx([float(line["auc_mean"]) for line in lines])
+    assert [label.get_text() for label in auc.get_xticklabels()] == [
+        line["method"] for line in lines]
+    assert all(axis.get_ylim()[0] == 0.0 for axis in axes)
+    assert any(list(line.get_ydata()) == [0.5, 0.5] for line in auc.lines)  # chance
+    texts = [text.get_text() for text in auc.texts]
+    assert "chance" in texts and "naive" in texts and f"{heights[0]:.3f}" in texts
+    if data == "simulator":  # mse of the methods that do not predict ratings: marked n/a
+        assert [t.get_text() for t in axes[4].texts].count("n/a") == 3
+
+
+def test_replot_needs_an_existing_csv(tmp_path, capsys):
+    table = load_table_script()
+    with pytest.raises(SystemExit):
+        table.main(["--data", "coat", "--replot", str(tmp_path / "missing.csv")])
+    assert "no such file" in capsys.readouterr().err

@@ -92,3 +92,51 @@ def test_slate_kl_is_over_the_first_slot():
     config = load_config(SCRIPT.parents[1] / "configs" / "sim_ope.toml", ["env.slate_size=3"])
     assert "FIRST SLOT" in sweep.protocol_text(config, 2, 3)
     assert "FIRST SLOT" not in sweep.protocol_text(dataclasses.replace(config), 2, 1)
+
+
+def test_replot_draws_every_estimator_visibly_with_legends_outside(tmp_path, monkeypatch):
+    """`--replot JSON` redraws the saved sweep's figure without running anything: estimators
+    with equal results are one line named after all of them, the others each a line with its
+    own marker and style, shifted sideways, and the legends lie outside the panels."""
+    import shutil
+
+    import matplotlib.pyplot as plt
+
+    sweep = load_sweep_script()
+    saved = ROOT / "experiments" / "results" / "ope_sweep" / "ope_sweep.json"
+    json_path = tmp_path / "ope_sweep.json"
+    shutil.copyfile(saved, json_path)
+    monkeypatch.setattr(sweep, "ope_seed", None)  # nothing may run
+    monkeypatch.setattr(sweep, "ope_setup", None)
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)
+    payload = sweep.main(["--replot", str(json_path)])
+    assert (tmp_path / "ope_sweep.png").stat().st_size > 50_000
+    # At K = 1 the slate estimators are ips itself: one line, not three on top of each other.
+    groups = sweep.identical_groups(payload)
+    assert ["ips", "pbm_ips", "iips"] in groups
+    assert sorted(name for group in groups for name in group) == sorted(payload["estimators"])
+    figure = figures[0]
+    figure.canvas.draw()
+    axes = figure.axes
+    assert len(axes) == 2 * len(payload["settings"])
+    labels = [text.get_text() for axis in axes for legend in [axis.get_legend()] if legend
+              for text in legend.get_texts()]
+    assert "ips = pbm_ips = iips (equal here, within 1e-05)" in labels
+    assert len([label for label in labels if label != "1% error"]) == len(groups)
+    for axis in axes:
+        lines = [line for line in axis.lines if line.get_marker() not in (None, "None", "")]
+        styles = {(line.get_marker(), line.get_linestyle()) for line in lines}
+        assert len(styles) == len(lines)  # no two estimators drawn alike in a panel
+        first_x = [line.get_xdata()[0] for line in lines]
+        assert len(set(first_x)) == len(lines)  # nor at the same x
+        assert axis.get_xscale() == axis.get_yscale() == "log"
+        legend = axis.get_legend()
+        if legend is not None:
+            assert legend.get_window_extent().x0 >= axis.get_window_extent().x1
+    title = figure.get_suptitle()
+    assert "1,000 users × 1,000 items" in title and "5 seeds" in title and "K = 1" in title
+    assert "KL(target‖logging)" in axes[0].get_title()
+    assert axes[-1].get_xlabel() == "logged rounds n (log scale; k = 1,000)"
+    assert [t.get_text() for t in axes[-1].get_xticklabels()] == ["1k", "3k", "10k", "30k",
+                                                                   "100k"]

@@ -60,7 +60,8 @@ def test_population_and_sequential_runs_pick_the_same_configuration(tmp_path):
     best_toml = load_config(tmp_path / "t" / "best.toml")
     assert best_toml.train.learning_rate == chosen[0]
     assert (tmp_path / "t" / "trials.csv").exists()
-    assert (tmp_path / "t" / "plots" / "valid_vs_train_learning_rate.png").exists()
+    for name in ("valid_vs_train_learning_rate", "valid_vs_train_weight_decay", "valid_by_trial"):
+        assert (tmp_path / "t" / "plots" / f"{name}.png").exists(), name
     assert "ndcg@5" in summary["best_run"]["test"]
 
 
