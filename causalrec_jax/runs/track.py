@@ -60,6 +60,7 @@ import json
 import math
 import os
 import re
+import shlex
 import shutil
 import tomllib
 import warnings
@@ -555,7 +556,7 @@ def track_run(folder: str | Path, *, tensorboard: bool = False,
     if tensorboard:
         written = export_tensorboard(record.folder)
         lines.append(f"tensorboard: {written} (rewritten; view with: tensorboard --logdir "
-                     f"{written})")
+                     f"{shlex.quote(str(written))})")
     if mlflow is not None:
         if mlflow is True and isinstance(own.get("mlflow"), str):
             mlflow = own["mlflow"]
