@@ -1,7 +1,8 @@
 """The `causalrec` command line (DESIGN.md §2).
 
 Subcommands: `train` (also uplift runs, when `uplift.method` is set), `tune`, `evaluate`,
-`recommend`, `simulate`, `ope` and `data`. Errors the user can fix (a malformed file, a wrong
+`recommend`, `simulate`, `ope`, `data` and `track` (a run folder exported to TensorBoard or
+MLflow, `runs.track`). Errors the user can fix (a malformed file, a wrong
 config key, an unknown user id, a diverging loss) print one line naming the file, line or key
 and exit with status 2, never a traceback.
 
@@ -16,8 +17,12 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from causalrec_jax.errors import CausalRecError
+
+if TYPE_CHECKING:
+    from causalrec_jax.config import Config
 
 
 def _parse_columns(text: str) -> dict[str, str]:
@@ -106,6 +111,22 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_arguments(ope)
     ope.set_defaults(handler=_command_ope)
 
+    track = commands.add_parser(
+        "track", help="export a run folder to TensorBoard and/or MLflow")
+    track.add_argument("--run", required=True, help="run folder")
+    track.add_argument("--tensorboard", action="store_true",
+                       help="write RUN/tensorboard/ (replaced whole when it exists)")
+    track.add_argument("--mlflow", nargs="?", const=True, default=None, metavar="URI",
+                       help="log to MLflow: the run's run.mlflow store, else "
+                            "MLFLOW_TRACKING_URI, else ./mlruns; or the tracking URI or "
+                            "file-store folder given")
+    track.add_argument("--experiment", help="MLflow experiment (default: the run's "
+                                            "run.mlflow_experiment)")
+    track.add_argument("--replace", action="store_true",
+                       help="delete the MLflow runs of this folder and log a new one (by "
+                            "default the newest is reused and a different value refused)")
+    track.set_defaults(handler=_command_track)
+
     data = commands.add_parser(
         "data", help="validate a dataset and print its statistics"
     )
@@ -119,6 +140,28 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_arguments(data)
     data.set_defaults(handler=_command_data)
     return parser
+
+
+def _command_track(args: argparse.Namespace) -> int:
+    from causalrec_jax.runs.track import track_run
+
+    # With neither flag, the trackers the run's own [run] keys name.
+    for line in track_run(args.run, tensorboard=args.tensorboard, mlflow=args.mlflow,
+                          experiment=args.experiment, replace=args.replace):
+        print(line)
+    return 0
+
+
+def _print_tracking(config: Config, out: Path) -> None:
+    """Where the run went besides its folder (`run.tensorboard`, `run.mlflow`); a failed
+    export is a warning line of its own."""
+    if config.run.tensorboard:
+        print(f"tensorboard: {out / 'tensorboard'}")
+    if config.run.mlflow is not False:
+        from causalrec_jax.runs.track import tracking_uri
+
+        print(f"mlflow: experiment {config.run.mlflow_experiment!r} at "
+              f"{tracking_uri(config.run.mlflow)}")
 
 
 def _command_data(args: argparse.Namespace) -> int:
@@ -194,6 +237,7 @@ def _command_train(args: argparse.Namespace) -> int:
         metrics = train_run(config, out, resume=args.resume, quiet=quiet)
     print(format_metrics(metrics))
     print(f"run folder: {out}")
+    _print_tracking(config, out)
     return 0
 
 
@@ -276,6 +320,7 @@ def _command_ope(args: argparse.Namespace) -> int:
     metrics = ope_run(config, out)  # refuses an occupied --out
     print(format_ope(metrics))
     print(f"run folder: {out}")
+    _print_tracking(config, out)
     return 0
 
 
@@ -299,6 +344,7 @@ def _command_tune(args: argparse.Namespace) -> int:
     print(format_metrics({"test": summary["best_run"]["test"],
                           "test_std": summary["best_run"]["test_std"]}))
     print(f"search folder: {args.out} (best.toml, trials.csv, plots/)")
+    _print_tracking(config, Path(args.out) / "best")
     return 0
 
 
@@ -403,17 +449,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _one_line_warnings(prog: str) -> None:
-    """Prints a `DataWarning` or `CheckpointWarning` as one line on stderr (`prog: warning:
-    ...`), without Python's source line; other warnings keep Python's form. Call it inside
-    `warnings.catch_warnings`."""
+    """Prints a `DataWarning`, `CheckpointWarning` or `TrackingWarning` as one line on stderr
+    (`prog: warning: ...`), without Python's source line; other warnings keep Python's form.
+    Call it inside `warnings.catch_warnings`."""
     import warnings
 
-    from causalrec_jax.errors import CheckpointWarning, DataWarning
+    from causalrec_jax.errors import CheckpointWarning, DataWarning, TrackingWarning
 
     default = warnings.showwarning
 
     def show(message, category, filename, lineno, file=None, line=None):
-        if issubclass(category, DataWarning | CheckpointWarning):
+        if issubclass(category, DataWarning | CheckpointWarning | TrackingWarning):
             print(f"{prog}: warning: {message}", file=sys.stderr)
         else:
             default(message, category, filename, lineno, file, line)

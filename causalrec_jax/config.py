@@ -497,12 +497,30 @@ class UpliftConfig:
 
 @dataclass(frozen=True)
 class RunConfig:
-    """Seed, output folder and verbosity of a run."""
+    """Seed, output folder, verbosity and experiment tracking of a run.
+
+    Tracking (`runs/track.py`; every run kind, exported from the run folder once it is
+    written, a diverged run's too): `tensorboard = true` writes event files under
+    `RUN/tensorboard/` (the `tensorboard` extra); `mlflow = true` logs the run to MLflow's
+    store `MLFLOW_TRACKING_URI`, else the file store `mlruns/` of the current directory, and a
+    string names the store (a tracking URI such as `"sqlite:///mlflow.db"`, or the folder of
+    a file store, stored absolute); `mlflow_experiment` is the MLflow experiment (the `mlflow`
+    extra). None of them changes what the run computes.
+    """
 
     seed: int = 0
     name: str = ""
     out_dir: str = "runs"
     quiet: bool = False
+    tensorboard: bool = False
+    mlflow: bool | str = False
+    mlflow_experiment: str = "causalrec"
+
+    def __post_init__(self) -> None:
+        _require(not isinstance(self.mlflow, str) or self.mlflow.strip() != "", "run.mlflow",
+                 "true, false, a tracking URI or a folder (not an empty string)", self.mlflow)
+        _require(self.mlflow_experiment.strip() != "", "run.mlflow_experiment",
+                 "the name of an MLflow experiment", self.mlflow_experiment)
 
 
 @dataclass(frozen=True)

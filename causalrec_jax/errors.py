@@ -46,6 +46,11 @@ class CheckpointWarning(UserWarning):
     line."""
 
 
+class TrackingWarning(UserWarning):
+    """A run's export to TensorBoard or MLflow failed after its folder was written; the command
+    line prints it as one line, with the `causalrec track` command that exports it again."""
+
+
 class DataWarning(UserWarning):
     """Data that reads, but looks wrong (e.g. one non-integer id in a file of integer ids);
     the command line prints it as one line."""

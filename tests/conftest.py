@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import os
 from pathlib import Path
+from typing import Any
 
 # The suite's programs are tiny: compiling them costs more than running them. XLA's CPU
 # backend without LLVM's optimisation passes compiles about a third faster (measured on
@@ -101,3 +102,129 @@ def _release_compiled_programs():
     if _memory_mappings() > _MAPPINGS_LIMIT:
         jax.clear_caches()
         gc.collect()
+
+
+def read_tensorboard(root: Path) -> dict[str, dict[str, list[tuple[int, Any]]]]:
+    """`{subfolder: {tag: [(step, value)]}}` of the event files under `root` (a scalar's value
+    a float, a text's its string), parsed from their TFRecord framing (8-byte length, 4-byte
+    CRC, the `Event` proto, 4-byte CRC) with the protos tensorboardX ships: what TensorBoard
+    reads, without TensorBoard."""
+    import struct
+
+    from tensorboardX.proto import event_pb2
+
+    found: dict[str, dict[str, list[tuple[int, Any]]]] = {}
+    for path in sorted(root.rglob("events.out.tfevents.*")):
+        tags = found.setdefault(path.parent.relative_to(root).as_posix(), {})
+        data, offset = path.read_bytes(), 0
+        while offset < len(data):
+            (length,) = struct.unpack("<Q", data[offset:offset + 8])
+            event = event_pb2.Event.FromString(data[offset + 12:offset + 12 + length])
+            offset += 12 + length + 4
+            for value in event.summary.value:
+                if value.WhichOneof("value") == "simple_value":
+                    tags.setdefault(value.tag, []).append((event.step, value.simple_value))
+                elif value.metadata.plugin_data.plugin_name == "text":
+                    text = value.tensor.string_val[0].decode()
+                    tags.setdefault(value.tag, []).append((event.step, text))
+    return found
+
+
+@pytest.fixture
+def tensorboard_scalars():
+    """`read_tensorboard`: the events a run folder's `tensorboard/` holds."""
+    return read_tensorboard
+
+
+@pytest.fixture
+def mlflow_client(monkeypatch):
+    """`client(uri)`: an `MlflowClient` of the store `uri`; a file store allowed as the
+    exporter allows it (MLflow 3 refuses one unless MLFLOW_ALLOW_FILE_STORE is set)."""
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    return lambda uri: MlflowClient(tracking_uri=uri)
+
+
+@pytest.fixture
+def check_tracked(tensorboard_scalars, mlflow_client):
+    """`check(folder, uri, experiment="causalrec")`: asserts that a finished run folder's
+    TensorBoard events and its one MLflow run (in the store `uri`) hold what its files say."""
+    return lambda *args, **kwargs: _check_tracked(tensorboard_scalars, mlflow_client, *args,
+                                                  **kwargs)
+
+
+def _check_tracked(read_events, client_of, folder: Path, uri: str,
+                   experiment: str = "causalrec") -> None:
+    import json
+
+    import numpy as np
+
+    from causalrec_jax.config import config_to_dict, load_config
+
+    def name(metric: str) -> str:  # trackers refuse "@"
+        return metric.replace("@", "_at_")
+
+    lines = [json.loads(text) for text in (folder / "log.jsonl").read_text().splitlines()]
+    metrics = json.loads((folder / "metrics.json").read_text())
+
+    def group(holder: dict) -> str:
+        prefix = f"fold{holder['fold']}/" if "fold" in holder else ""
+        return f"{prefix}seed{holder['seed']}"
+
+    def number(value) -> bool:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+
+    # TensorBoard: a subfolder per member, one event file each; values as float32
+    events = read_events(folder / "tensorboard")
+    members = {group(line) for line in lines} | {group(e) for e in metrics["per_seed"]}
+    assert set(events) == {"mean"} | members
+    assert all(len(list((folder / "tensorboard" / g).iterdir())) == 1 for g in events)
+    expected: dict[tuple[str, str], list] = {}  # (member or "mean", tag) -> [(step, value)]
+    for line in lines:
+        values = {"loss": line["loss"]} | {f"valid/{name(m)}": v
+                                           for m, v in line.get("valid", {}).items()}
+        for tag, value in values.items():
+            if number(value):
+                expected.setdefault((group(line), tag), []).append((line["epoch"], value))
+    for entry in metrics["per_seed"]:
+        for metric, value in entry["test"].items():
+            if number(value):
+                expected[group(entry), f"test/{name(metric)}"] = [
+                    (max(entry["best_epoch"], 0), value)]
+    for metric, value in metrics["test"].items():
+        if number(value):
+            expected["mean", f"test/{name(metric)}"] = [(0, value)]
+    for (member, tag), points in expected.items():
+        assert events[member][tag] == [(step, np.float32(value)) for step, value in points], (
+            member, tag)
+    epochs = sorted({line["epoch"] for line in lines})
+    assert [step for step, _ in events["mean"].get("loss", [])] == epochs
+    for step, value in events["mean"].get("loss", []):
+        assert value == pytest.approx(np.mean([line["loss"] for line in lines
+                                               if line["epoch"] == step]), rel=1e-6)
+    ((_, text),) = events["mean"]["config/text_summary"]
+    assert text == "".join(f"    {line}\n"
+                           for line in (folder / "config.toml").read_text().splitlines())
+
+    # MLflow: one run tagged with the folder; params = the config; metrics = the same values
+    client = client_of(uri)
+    found = client.get_experiment_by_name(experiment)
+    runs = [run for run in client.search_runs([found.experiment_id])
+            if run.data.tags["causalrec.folder"] == str(folder.resolve())]
+    assert len(runs) == 1
+    run = runs[0]
+    assert run.info.status == "FINISHED" and run.data.tags["causalrec.complete"] == "true"
+    config = config_to_dict(load_config(folder / "config.toml"))
+    assert run.data.params == {
+        f"{section}.{key}": value if isinstance(value, str) else json.dumps(
+            list(value) if isinstance(value, tuple) else value)
+        for section, values in config.items() for key, value in values.items()}
+    for (member, tag), points in expected.items():
+        key = tag if member == "mean" else f"{member}/{tag}"
+        history = client.get_metric_history(run.info.run_id, key)
+        assert [(metric.step, metric.value) for metric in history] == points, key
+    artifacts = {item.path for item in client.list_artifacts(run.info.run_id)}
+    assert artifacts == {path.name for path in folder.iterdir()} - {
+        "checkpoints", "model", "data.npz", "tensorboard"}
+    assert {"config.toml", "log.jsonl", "metrics.json"} <= artifacts

@@ -9,7 +9,9 @@ same way:
   config against its `config.toml`, writes `config.toml` and hands the folder to the kind's
   body. Resumable kinds (checkpoints) write in place and remove a fresh folder when refused
   before training; the others write into a hidden staging folder renamed to `--out` only when
-  complete, so a failure leaves nothing half-written.
+  complete, so a failure leaves nothing half-written. Once the folder is written (or kept by
+  a diverged run), it is exported to the trackers `[run]` asks for (`runs.track.export_run`:
+  TensorBoard, MLflow), whose packages are checked before the body runs.
 - `log.jsonl` has one line per (epoch, seed) with the same keys for every kind (`LOG_KEYS`:
   `seed`, `epoch`, `loss`, `seconds`; `valid` where the kind validates every epoch; `fold` in
   cross-validation): `fit_log_lines` splits a `train.loop.fit` record, `epoch_log_lines`
@@ -45,6 +47,7 @@ from causalrec_jax.config import (
 )
 from causalrec_jax.data.dataset import Split
 from causalrec_jax.errors import CausalRecError, RunError
+from causalrec_jax.runs.track import absolute_tracking, check_tracking, export_run
 from causalrec_jax.tasks.ordinary import model_inputs, seed_list
 from causalrec_jax.train import checkpoint as checkpoints
 from causalrec_jax.train.loop import TrainingDivergedError
@@ -161,7 +164,8 @@ def json_safe(value: Any) -> Any:
 
 
 # Keys a resumed run may change: they do not affect what is computed.
-_RESUME_FREE_KEYS = {("run", "quiet"), ("run", "name"), ("run", "out_dir")}
+_RESUME_FREE_KEYS = {("run", "quiet"), ("run", "name"), ("run", "out_dir"),
+                     ("run", "tensorboard"), ("run", "mlflow"), ("run", "mlflow_experiment")}
 # Keys a resumed run may change that do change what is computed from then on, but no shape: the
 # optimiser's numbers (e.g. a lower learning rate after a divergence). Each change is recorded
 # in the run folder's `resumes.json` and `metrics.json` ("resumes").
@@ -232,6 +236,11 @@ def write_run(
         RunError: `out` holds something and the run does not resume its own, `--resume` for
             a kind that keeps no checkpoints, or a resumed config that differs from the
             stored one.
+        ConfigError: `run.tensorboard` / `run.mlflow` without the tracker's package.
+
+    The trackers `[run]` asks for receive the folder once it is written, and a diverged run's
+    kept folder (`runs.track.export_run`; a tracker's failure is a `TrackingWarning`, never
+    the run's failure).
     """
     out = Path(out)
     if resume and not resumable:
@@ -242,7 +251,8 @@ def write_run(
     elif not (out / "config.toml").is_file():
         raise RunError(f"--resume: {out} is not a run folder (no config.toml); train a new "
                        "run there without --resume")
-    config = absolute_data_path(config)
+    check_tracking(config)  # a missing tracker's extra, before anything is trained
+    config = absolute_tracking(absolute_data_path(config))
     resumes_before = config_before = None
     if resume and (out / "config.toml").exists():
         config_before = (out / "config.toml").read_text()
@@ -252,17 +262,22 @@ def write_run(
             resumes_before = path.read_text() if path.exists() else ""
             record_resume(out, changes)
     if not resumable:
-        return _write_staged(out, config, body)
+        metrics = _write_staged(out, config, body)
+        export_run(out, config)
+        return metrics
     fresh = not out.exists() or not any(out.iterdir())
     out.mkdir(parents=True, exist_ok=True)
     try:
         dump_config(config, out / "config.toml")
-        return body(config, out)
+        metrics = body(config, out)
     except CausalRecError as error:
         # A run refused before it trained (bad data, a config the data cannot serve) leaves
         # nothing behind; a refused resume leaves the run's config and resumes as they were;
-        # a diverged run keeps its checkpoints for --resume.
-        if not isinstance(error, TrainingDivergedError):
+        # a diverged run keeps its checkpoints for --resume (and its model and metrics when
+        # it had good epochs), and goes to the trackers.
+        if isinstance(error, TrainingDivergedError):
+            export_run(out, config)
+        else:
             if fresh:
                 shutil.rmtree(out, ignore_errors=True)
             if config_before is not None:
@@ -270,6 +285,8 @@ def write_run(
             if resumes_before is not None:
                 _replace_text(out / RESUMES, resumes_before)
         raise
+    export_run(out, config)
+    return metrics
 
 
 def _write_staged(out: Path, config: Config, body: Callable[[Config, Path], dict[str, Any]]

@@ -20,6 +20,7 @@ split is read) and its test metrics reported beside the validation ones. The sea
                                          shown, categorical keys on categorical axes)
     OUT/plots/valid_by_trial.png         the validation metric by trial, with the running best
     OUT/best/                            the run folder of the chosen configuration
+                                         (exported to the trackers [run] asks for)
 
 `--resume` reads `trials.jsonl` and skips every trial already recorded there (by its values).
 """
@@ -40,6 +41,7 @@ from causalrec_jax.config import Config, check_selection_metric, dump_config
 from causalrec_jax.data.loader import load_dataset
 from causalrec_jax.data.split import make_split
 from causalrec_jax.errors import ConfigError, RunError
+from causalrec_jax.runs.track import check_tracking
 from causalrec_jax.runs.train import train_run
 from causalrec_jax.tasks.ordinary import Member, check_ordinary_keys, seed_list, train_split
 from causalrec_jax.train.loop import lower_is_better
@@ -189,8 +191,10 @@ def tune(
         raise RunError(
             f"{out} already holds a search; pass --resume to continue it or another --out"
         )
-    # A base-config key the runs would ignore is refused before the search, not after it.
+    # A base-config key the runs would ignore is refused before the search, not after it, and
+    # so is a tracker (exporting the best run) whose package is missing.
     check_ordinary_keys(config)
+    check_tracking(config)
     metric = resolve_metric(config, metric)
     train = dataclasses.replace(
         config.train, early_stopping_metric=metric,

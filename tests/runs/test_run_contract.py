@@ -63,28 +63,30 @@ def _walks(folder: Path) -> Path:
 
 
 def _cli_run(command, config, overrides):
-    def run(tmp_path: Path) -> Path:
+    def run(tmp_path: Path, extra: list[str] = ()) -> Path:
         out = tmp_path / "run"
         config_args = [] if config is None else ["--config", str(CONFIGS / config)]
         quiet = ["--quiet"] if command == "train" else []
-        assert main([command, *config_args, *quiet, "--out", str(out), *_sets(overrides)]) == 0
+        assert main([command, *config_args, *quiet, "--out", str(out),
+                     *_sets([*overrides, *extra])]) == 0
         return out
     return run
 
 
-def _sequential_run(tmp_path: Path) -> Path:
+def _sequential_run(tmp_path: Path, extra: list[str] = ()) -> Path:
     path = _walks(tmp_path)
-    return _cli_run("train", None, [*SEQUENTIAL, f'data.path="{path}"'])(tmp_path)
+    return _cli_run("train", None, [*SEQUENTIAL, f'data.path="{path}"'])(tmp_path, extra)
 
 
-def _tunings_best_run(tmp_path: Path) -> Path:
-    config = load_config(None, ORDINARY)
+def _tunings_best_run(tmp_path: Path, extra: list[str] = ()) -> Path:
+    config = load_config(None, [*ORDINARY, *extra])
     space = space_from_dict({"train": {"learning_rate": [0.01, 0.03]}}, "space.toml")
     tune(config, space, tmp_path / "tune", metric="valid.ndcg@5", seeds=2)
     return tmp_path / "tune" / "best"
 
 
-# kind: (writes its folder, seeds, epochs logged per seed, validates every epoch)
+# kind: (writes its folder (tmp_path, extra --set values), seeds, epochs logged per seed,
+# validates every epoch)
 KINDS = {
     "ordinary": (_cli_run("train", None, ORDINARY), [3, 4], 3, True),
     "causal": (_cli_run("train", "sim_dr_jl.toml", CAUSAL), [3, 4], 3, True),
@@ -128,10 +130,13 @@ def check_contract(folder: Path, seeds: list[int], epochs: int, validates: bool)
 
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", sorted(KINDS))
-def test_every_run_kind_writes_the_same_contract(tmp_path, kind):
+def test_every_run_kind_writes_the_same_contract(tmp_path, kind, check_tracked):
     write, seeds, epochs, validates = KINDS[kind]
-    folder = write(tmp_path)
+    # every kind exported to both trackers at its end (runs.track, from the folder)
+    store = tmp_path / "mlruns"
+    folder = write(tmp_path, ["run.tensorboard=true", f'run.mlflow="{store}"'])
     metrics = check_contract(folder, seeds, epochs, validates)
+    check_tracked(folder, store.as_uri())
     if validates:
         # the best epoch of each seed is the epoch of that seed's best validation line
         metric = load_config(folder / "config.toml").train.early_stopping_metric
