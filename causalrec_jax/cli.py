@@ -252,7 +252,8 @@ def _version() -> str:
 
 # What each block of metrics.json measures, printed beside it.
 BLOCK_PROTOCOLS = {
-    "valid": "validation split, the early-stopping criterion's",
+    "valid": "validation split, the early-stopping criterion's; per-user metrics over the "
+             "users they can rank, n/a below eval.min_ranked_users",
     "test": "test split, the library's protocol (users without a positive left out)",
     "test_literature": "test, the debiasing literature's protocol (users without a positive "
                        "score ndcg 1)",
@@ -263,23 +264,48 @@ BLOCK_PROTOCOLS = {
 }
 
 
+def users_behind(metrics: dict, part: str, name: str) -> int | None:
+    """How many users the mean `metrics[part][name]` is over, where the run says: metric@K
+    over `n_users_ranked@K`, `auc_per_user` over `n_users_auc` (from `data` or the first
+    seed's block; the same for every seed); None for a pooled metric or an older run."""
+    if "@" in name:
+        key = f"n_users_ranked@{name.split('@')[1]}"
+    elif name == "auc_per_user":
+        key = "n_users_auc"
+    else:
+        return None
+    data = metrics.get("data") or {}
+    if f"{part}_{key}" in data:
+        return data[f"{part}_{key}"]
+    per_seed = metrics.get("per_seed") or [{}]
+    return (per_seed[0].get(part) or {}).get(key)
+
+
 def format_metrics(metrics: dict) -> str:
     """Every block of `metrics` (valid, test, test_literature, test_full, test_truth,
     test_unmasked, test_sampled), means ± std over seeds, each labelled with its protocol;
-    then the best epochs, the epochs run and the time when the metrics hold them."""
+    then the best epochs, the epochs run and the time when the metrics hold them.
+
+    A value that is not a number (NaN, or null read back from `metrics.json`: a validation
+    ranking metric too few users can be ranked on) prints as `n/a`, with the number of users
+    where the run records it (`n/a (3 users)`); validation's per-user metrics always say how
+    many users they are over."""
     lines = []
     for part, protocol in BLOCK_PROTOCOLS.items():
         if not metrics.get(part):
             continue
         means, stds = metrics[part], metrics.get(f"{part}_std", {})
-        cells = [
-            f"{name} {value:.4f}" if isinstance(value, int | float) else f"{name} n/a"
-            for name, value in means.items()
-        ]
-        cells = [
-            cell + (f" ± {stds[name]:.4f}" if stds.get(name) and stds[name] == stds[name] else "")
-            for cell, name in zip(cells, means, strict=True)
-        ]
+        cells = []
+        for name, value in means.items():
+            defined = isinstance(value, int | float) and value == value
+            cell = f"{name} {value:.4f}" if defined else f"{name} n/a"
+            std = stds.get(name)
+            if defined and std and std == std:
+                cell += f" ± {std:.4f}"
+            users = users_behind(metrics, part, name)
+            if users is not None and (part == "valid" or not defined):
+                cell += f" ({users} users)"
+            cells.append(cell)
         lines.append(f"{part} ({protocol}):")
         lines.append("  " + " | ".join(cells))
     per_seed = metrics.get("per_seed") or []
@@ -352,7 +378,8 @@ def _command_evaluate(args: argparse.Namespace) -> int:
     from causalrec_jax.runs.load import evaluate_run
 
     result = evaluate_run(args.run, args.split)
-    print(format_metrics({key: value for key, value in result.items() if key != "per_seed"}))
+    # per_seed carries the user counts of each block; it has no best epochs to print
+    print(format_metrics(result))
     if args.write:
         from causalrec_jax.runs.load import write_evaluation
 

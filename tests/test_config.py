@@ -254,3 +254,26 @@ def test_a_command_prints_only_what_differs_from_the_defaults():
     text = dumps_changes(load_config(overrides=["train.epochs=3", "eval.ks=[5, 10]"]))
     assert tomllib.loads(text) == {"train": {"epochs": 3}, "eval": {"ks": [5, 10]}}
     assert dumps_changes(load_config()) == ""
+
+
+def test_configs_selecting_on_a_small_validation_slice_say_why_that_metric():
+    import re
+
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    checked = 0
+    for path in sorted(configs.glob("*.toml")):
+        if path.stem.endswith("_space"):
+            continue
+        config = load_config(path)
+        if config.data.split != "mar_slice":
+            continue
+        metric = config.train.early_stopping_metric
+        # A per-user ranking metric is null on a slice with under one rating per user.
+        assert metric in ("mse", "auc"), path.name
+        header = [line for line in path.read_text().splitlines() if line.startswith("#")]
+        reason = [line for line in header
+                  if re.match(rf"# (Why {metric}|Early stopping on validation {metric}): ", line)]
+        assert len(reason) == 1, f"{path.name}: no one-line reason for early stopping on {metric}"
+        assert "too few to rank" in reason[0] and f"{metric} pools them" in reason[0]
+        checked += 1
+    assert checked >= 31  # coat, sim, yahoo x 10 methods and the quickstart

@@ -24,10 +24,12 @@ from causalrec_jax.eval.metrics import (
     rmse,
 )
 from causalrec_jax.eval.protocol import (
+    check_validation_selection,
     evaluate_split,
     evaluate_unbiased_ranking,
     pairs_from_users,
     positive_threshold_for,
+    validation_ranked_users,
 )
 from causalrec_jax.eval.ranking import (
     POINTWISE_NAMES,
@@ -35,6 +37,7 @@ from causalrec_jax.eval.ranking import (
     evaluate_candidates,
     evaluate_full_ranking,
     evaluate_pointwise,
+    informative_lists,
     is_positive,
 )
 from causalrec_jax.eval.unbiased import (
@@ -59,6 +62,7 @@ __all__ = [
     "WeightedGains",
     "auc",
     "check_propensities",
+    "check_validation_selection",
     "evaluate_candidates",
     "evaluate_full_ranking",
     "evaluate_pointwise",
@@ -68,6 +72,7 @@ __all__ = [
     "has_positive",
     "hit",
     "ideal_dcg",
+    "informative_lists",
     "ips_dcg",
     "ips_ndcg",
     "ips_recall",
@@ -91,5 +96,6 @@ __all__ = [
     "snips_ndcg",
     "snips_recall",
     "unbiased_ranking_metrics",
+    "validation_ranked_users",
     "weighted_gains",
 ]

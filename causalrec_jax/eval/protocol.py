@@ -5,10 +5,24 @@ items masked; `candidates`: each user's own test items, as the debiasing literat
 Coat and Yahoo! R3), adds pointwise metrics (`auc`, `mse`, `rmse`, `mae`) on the test pairs and,
 when a propensity matrix is given and `ips_*` / `snips_*` names are asked for, IPS-weighted
 ranking metrics for evaluation on MNAR logs (`unbiased.py`). Metric names follow DESIGN §2.
+
+A validation split (`evaluate_split(..., validation=True)`) is read to select: there a
+per-user ranking metric counts only the users it can tell models apart on. Under the
+candidates protocol metric@K averages the users whose list is informative at K (more than K
+candidates, a positive and a negative: `ranking.informative_lists`), `auc_per_user` the users
+with a positive and a negative, and either is NaN (JSON null) when fewer than
+`eval.min_ranked_users` qualify: on Coat's or the simulator's 5% MAR slice (under one rating
+per user) no list is longer than 4, so validation recall@5 would otherwise read 1.0 beside a
+test recall@5 of 0.58. Every block says how many users each K used (`n_users_ranked@K`;
+`n_users_auc`). `check_validation_selection` refuses, before training, to early-stop on such a
+metric. Full ranking ranks the catalogue for every user with a positive and is left as it is
+(its `n_users_ranked@K` is `n_users_evaluated`); the test split keeps the published protocol
+(every user with a positive), adding the counts only.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -16,16 +30,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from causalrec_jax.config import EvalConfig
+from causalrec_jax.config import POINTWISE_METRIC_NAMES, EvalConfig
 from causalrec_jax.data.dataset import Dataset
+from causalrec_jax.errors import ConfigError
 from causalrec_jax.eval import metrics as metrics_lib
 from causalrec_jax.eval.ranking import (
     POINTWISE_NAMES,
     _rows_of,
     _user_index,
+    candidate_lists,
     evaluate_candidates,
     evaluate_full_ranking,
     evaluate_pointwise,
+    informative_lists,
     is_positive,
     labels_are_binary,
 )
@@ -157,6 +174,7 @@ def evaluate_split(
     score_pairs_fn: ScorePairsFn | None = None,
     propensity: np.ndarray | None = None,
     literature: bool = False,
+    validation: bool = False,
 ) -> dict[str, Any]:
     """Every metric `config.metrics` names, at `config.ks`, under `config.protocol`.
 
@@ -172,9 +190,15 @@ def evaluate_split(
         propensity: `[n_users, n_items]` for `ips_*` / `snips_*` names.
         literature: also return the literature's convention (`literature_ndcg@K`: users with
             no positive score 1) under its own keys (candidates protocol).
+        validation: `test` is a validation split, read to select (see the module docstring):
+            under the candidates protocol metric@K averages the users whose list is
+            informative at K; there, and for `auc_per_user` under either protocol, a mean over
+            fewer than `config.min_ranked_users` users is NaN.
 
     Returns:
-        `{"ndcg@10": ..., "auc": ..., "n_users_evaluated": ..., "n_users_no_positive": ...}`.
+        `{"ndcg@10": ..., "auc": ..., "n_users_evaluated": ..., "n_users_no_positive": ...,
+        "n_users_ranked@10": ...}` (`n_users_informative@K` too under the candidates
+        protocol, `n_users_auc` with `auc`).
     """
     names = [name.lower() for name in config.metrics]
     unbiased = [name for name in names if name in UNBIASED_METRICS]
@@ -195,6 +219,9 @@ def evaluate_split(
                     positive_threshold=threshold,
                 )
             )
+            # Every user with a positive ranks the whole catalogue, at every K.
+            out.update({f"n_users_ranked@{k}": out["n_users_evaluated"]
+                        for k in sorted(set(config.ks))})
         else:
             if score_pairs_fn is None:
                 raise ValueError("the candidates protocol needs score_pairs_fn")
@@ -202,9 +229,15 @@ def evaluate_split(
                 evaluate_candidates(
                     score_pairs_fn, test, ks=config.ks, metrics=ranking,
                     positive_threshold=threshold, literature_ndcg=literature,
-                    chunk_size=config.chunk_size,
+                    chunk_size=config.chunk_size, informative_only=validation,
                 )
             )
+            if validation:
+                for k in sorted(set(config.ks)):
+                    if out[f"n_users_ranked@{k}"] < config.min_ranked_users:
+                        for name in ranking:
+                            if f"{name}@{k}" in out:
+                                out[f"{name}@{k}"] = math.nan
     if pointwise:
         if score_pairs_fn is None:
             raise ValueError(f"{', '.join(pointwise)} need score_pairs_fn or score_users_fn")
@@ -215,6 +248,9 @@ def evaluate_split(
         out.update({name: values[name] for name in pointwise})
         if "auc" in pointwise:
             out["auc_per_user"] = values["auc_per_user"]
+            out["n_users_auc"] = values["n_users_auc"]
+            if validation and values["n_users_auc"] < config.min_ranked_users:
+                out["auc_per_user"] = math.nan
     if unbiased:
         if propensity is None or score_users_fn is None:
             raise ValueError(f"{', '.join(unbiased)} need a propensity matrix and score_users_fn")
@@ -226,3 +262,53 @@ def evaluate_split(
         values.pop("n_users_evaluated")
         out.update(values)
     return out
+
+
+def validation_ranked_users(config: EvalConfig, valid: Dataset) -> dict[str, int]:
+    """How many users each per-user ranking metric of a validation split would average,
+    known from the split alone (no scores): `{"ndcg@5": n, ..., "auc_per_user": n}` for the
+    metrics `evaluate_split(config, ..., validation=True)` restricts (metric@K under the
+    candidates protocol; `auc_per_user` when `auc` is computed)."""
+    threshold = positive_threshold_for(valid, config.positive_threshold)
+    n_candidates, n_positives = candidate_lists(valid, threshold)
+    names = [name.lower() for name in config.metrics]
+    out: dict[str, int] = {}
+    if config.protocol == "candidates":
+        informative = informative_lists(n_candidates, n_positives, config.ks)
+        for k in sorted(set(config.ks)):
+            for name in names:
+                if name not in POINTWISE_METRIC_NAMES and name not in UNBIASED_METRICS:
+                    out[f"{name}@{k}"] = int(informative[k].sum())
+    if "auc" in names:
+        out["auc_per_user"] = int(((n_positives > 0) & (n_candidates > n_positives)).sum())
+    return out
+
+
+def check_validation_selection(config: EvalConfig, valid: Dataset, metric: str, key: str
+                               ) -> None:
+    """Refuses to select on a validation metric that `evaluate_split(validation=True)` would
+    report as NaN because fewer than `config.min_ranked_users` users can be ranked on it.
+
+    Raises:
+        ConfigError: one line naming `key`, the metric, the count and what to choose instead.
+    """
+    counts = validation_ranked_users(config, valid)
+    name = metric.lower()
+    if name not in counts or counts[name] >= config.min_ranked_users:
+        return
+    _, _, k = name.partition("@")
+    if k:
+        who = (f"only {counts[name]} validation users have more than {k} candidates, a "
+               "positive and a negative")
+    else:
+        who = f"only {counts[name]} validation users have both a positive and a negative"
+    computed = [m.lower() for m in config.metrics]
+    pooled = [m for m in ("mse", "auc") if m in computed] or ["mse", "auc"]
+    instead = " or ".join(pooled)
+    if not any(m in computed for m in ("mse", "auc")):
+        instead += " (add it to eval.metrics)"
+    raise ConfigError(
+        f"{key} = {metric!r}: {who} (eval.min_ranked_users = {config.min_ranked_users}); "
+        f"select on {instead}, pooled over all validation ratings, or use a larger "
+        "validation split"
+    )

@@ -16,6 +16,14 @@ Metric definitions and the pessimistic tie rule are in `causalrec_jax.eval.metri
 with no relevant rankable test item are left out of every average and counted
 (`n_users_no_positive`); the literature's "no positive scores NDCG = 1" convention is only
 reported under separate `literature_` keys (DESIGN §2).
+
+Under the candidates protocol a user's list can be too short to rank: with at most K
+candidates every one of them is in the top K, so recall@K and hit@K are 1, precision@K is
+fixed and ndcg@K stays high whatever the model does, and a list without a negative is
+perfectly ordered by every model. `informative_lists` says which lists are worth ranking at
+K (more than K candidates, a positive and a negative); `evaluate_candidates` counts them
+(`n_users_informative@K`) and, for a validation split (`informative_only=True`), averages
+metric@K over them alone.
 """
 
 from __future__ import annotations
@@ -102,6 +110,46 @@ def _rows_of(
     return row, indices[np.repeat(starts, counts) + offset]
 
 
+def informative_lists(
+    n_candidates: np.ndarray, n_positives: np.ndarray, ks: Sequence[int]
+) -> dict[int, np.ndarray]:
+    """Which users' candidate lists a metric@K can tell models apart on.
+
+    A list is informative at K when it has more than K candidates, at least one positive and
+    at least one negative. With at most K candidates the whole list is in the top K: recall@K
+    and hit@K are 1 and precision@K is fixed by the data, while ndcg@K, mrr@K and map@K only
+    reorder a list that lies inside the cut-off, so they stay high whatever the scores (one
+    positive among two candidates: ndcg@K >= 1 / log2(3) = 0.63). A list of positives only is
+    perfectly ordered by any scorer (every metric at its maximum). Averaged in, such users pull
+    a validation mean towards a constant and make a 5% validation slice (under one item per
+    user) read `recall@5 1.0` beside a test of 0.58. The negative is required as well as more
+    than K candidates because without one no metric depends on the scores; it is also the
+    condition `auc_per_user` has. One rule for every metric@K keeps the users behind
+    `ndcg@K` and `recall@K` the same (`n_users_ranked@K`).
+
+    Args:
+        n_candidates: `[n]` candidates of each user (rankable test rows).
+        n_positives: `[n]` positives among them.
+        ks: cut-offs.
+
+    Returns:
+        `{K: [n] bool}`.
+    """
+    n_candidates = np.asarray(n_candidates)
+    n_positives = np.asarray(n_positives)
+    both = (n_positives > 0) & (n_candidates - n_positives > 0)
+    return {int(k): both & (n_candidates > int(k)) for k in ks}
+
+
+def candidate_lists(test: Dataset, positive_threshold: float | None) -> tuple[np.ndarray, ...]:
+    """`([n_users] candidates, [n_users] positives)` of each user's test rows (the lists the
+    candidates protocol ranks; no scores needed)."""
+    positive = is_positive(test.rating, positive_threshold, labels_are_binary(test))
+    n_candidates = np.bincount(test.user, minlength=test.n_users)
+    n_positives = np.bincount(test.user[positive], minlength=test.n_users)
+    return n_candidates, n_positives
+
+
 @functools.partial(jax.jit, static_argnames=("ks", "names", "coverage"))
 def _chunk_metrics(
     scores: jax.Array,
@@ -130,19 +178,27 @@ class _Accumulator:
         self.values: dict[str, list[np.ndarray]] = {}
         self.users: list[np.ndarray] = []
         self.covered = np.zeros((len(ks), n_items), dtype=bool) if coverage else None
+        self.ranked_only = False  # some rows were not ranked at some K (`add(ranked_at=)`)
 
-    def add(self, users, values, valid, items, item_of=None) -> None:
+    def add(self, users, values, valid, items, item_of=None, ranked_at=None) -> None:
+        """`ranked_at`: `{K: [chunk] bool}`, the valid rows whose metric@K counts (the rest
+        are kept as NaN in the per-user values and cover no item at K); None: every valid
+        row counts at every K."""
         valid = np.asarray(valid)
         self.users.append(np.asarray(users)[valid])
         for name, value in values.items():
-            self.values.setdefault(name, []).append(np.asarray(value)[valid])
+            value = np.asarray(value)
+            if ranked_at is not None:
+                self.ranked_only = True
+                value = np.where(ranked_at[int(name.split("@")[1])], value, np.nan)
+            self.values.setdefault(name, []).append(value[valid])
         if self.covered is not None:
-            items = np.asarray(items)[valid]
             for index, k in enumerate(self.ks):
-                top = items[:, :k]
+                rows = valid if ranked_at is None else valid & ranked_at[k]
+                top = np.asarray(items)[rows][:, :k]
                 if item_of is not None:
                     # Candidate positions -> catalogue items (candidates protocol).
-                    top = np.where(top >= 0, np.take_along_axis(item_of[valid], top, 1), -1)
+                    top = np.where(top >= 0, np.take_along_axis(item_of[rows], top, 1), -1)
                 self.covered[index, top[top >= 0]] = True
 
     def result(self, names, n_items) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
@@ -152,8 +208,10 @@ class _Accumulator:
         for name, parts in self.values.items():
             values = np.concatenate(parts).astype(np.float64)
             per_user[name] = values
+            # NaN marks a user not ranked at this K (`ranked_at`); none otherwise.
+            counted = values[~np.isnan(values)] if self.ranked_only else values
             # float64 host mean: identical whatever the chunking.
-            out[name] = float(values.mean()) if len(values) else math.nan
+            out[name] = float(counted.mean()) if len(counted) else math.nan
         if self.covered is not None:
             for index, k in enumerate(self.ks):
                 out[f"itemcoverage@{k}"] = float(self.covered[index].sum() / n_items)
@@ -314,6 +372,7 @@ def evaluate_candidates(
     chunk_size: int = 256,
     batch_size: int = 65536,
     return_per_user: bool = False,
+    informative_only: bool = False,
 ) -> dict[str, Any]:
     """Ranks each user's own test items (e.g. Coat's MAR test ratings) and averages metrics.
 
@@ -327,6 +386,14 @@ def evaluate_candidates(
     with candidates where a user with no positive scores NDCG = 1 (the convention of some
     debiasing papers). It is never mixed into `ndcg@K`.
 
+    `n_users_informative@K` counts the evaluated users whose list is informative at K
+    (`informative_lists`: more than K candidates, a positive and a negative). By default every
+    evaluated user enters metric@K (the published protocol, e.g. Coat's test, where a few
+    users have a list of positives only); with `informative_only=True` (a validation split)
+    metric@K, item coverage@K included, averages the informative users alone and their
+    per-user values elsewhere are NaN. `n_users_ranked@K` is the number of users metric@K
+    averages either way.
+
     Args:
         score_fn_pairs: `(users [m] int32, items [m] int32) -> scores [m]`; called on batches
             of `min(batch_size, n_test)` pairs (the last one padded with pair (0, 0)).
@@ -338,10 +405,12 @@ def evaluate_candidates(
         chunk_size: users per metric chunk.
         batch_size: pairs per `score_fn_pairs` call.
         return_per_user: also return per-user arrays under `"per_user"`.
+        informative_only: average metric@K over the users whose list is informative at K.
 
     Returns:
         `{"ndcg@5": mean, ..., "n_users_evaluated", "n_users_no_positive",
-        "n_users_without_candidates"}` plus `literature_ndcg@K` when asked.
+        "n_users_without_candidates", "n_users_informative@K", "n_users_ranked@K"}` plus
+        `literature_ndcg@K` when asked (never restricted: the literature's convention).
     """
     ks = _check_ks(ks)
     names, coverage = _split_metric_names(metrics)
@@ -369,6 +438,10 @@ def evaluate_candidates(
     label_table[row, column] = positive
     where_table[row, column] = True
     item_table[row, column] = item
+    # Rows are users with candidates: which lists are informative at each K.
+    n_candidates, n_positives = candidate_lists(test, positive_threshold)
+    informative = informative_lists(n_candidates[candidate_users],
+                                    n_positives[candidate_users], ks)
 
     metric_names = names
     if literature_ndcg and "ndcg" not in metric_names:
@@ -399,13 +472,26 @@ def evaluate_candidates(
         values = {key: value for key, value in values.items() if key.split("@")[0] in names}
         users = np.zeros(size, dtype=np.int64)
         users[:n_real] = candidate_users[start:stop]
-        accumulator.add(users, values, real, items, item_of=pad(item_table, -1))
+        ranked_at = None
+        if informative_only:
+            ranked_at = {}
+            for k in ks:
+                ranked_at[k] = np.zeros(size, dtype=bool)
+                ranked_at[k][:n_real] = informative[k][start:stop]
+        accumulator.add(users, values, real, items, item_of=pad(item_table, -1),
+                        ranked_at=ranked_at)
 
     out, per_user = accumulator.result(names + (("itemcoverage",) if coverage else ()), n_items)
     n_evaluated = len(per_user["user"])
     out["n_users_evaluated"] = n_evaluated
     out["n_users_no_positive"] = n_rows - n_evaluated
     out["n_users_without_candidates"] = n_users - n_rows
+    for k in ks:
+        # Informative lists have a positive, so these users are all evaluated.
+        out[f"n_users_informative@{k}"] = int(informative[k].sum())
+    for k in ks:
+        out[f"n_users_ranked@{k}"] = (out[f"n_users_informative@{k}"] if informative_only
+                                      else n_evaluated)
     if literature_ndcg:
         for k in ks:
             parts = literature[f"ndcg@{k}"]

@@ -40,7 +40,11 @@ from causalrec_jax.data.fingerprint import check_unchanged
 from causalrec_jax.data.loader import load_dataset
 from causalrec_jax.data.split import make_split
 from causalrec_jax.errors import ConfigError, RunError
-from causalrec_jax.eval.protocol import evaluate_split, positive_threshold_for
+from causalrec_jax.eval.protocol import (
+    check_validation_selection,
+    evaluate_split,
+    positive_threshold_for,
+)
 from causalrec_jax.eval.ranking import is_positive, labels_are_binary
 from causalrec_jax.eval.summary import aggregate
 from causalrec_jax.eval.truth import evaluate_against_truth
@@ -354,6 +358,11 @@ def train_split(
     (`ProgramSpec`): a second identical call in one process compiles nothing.
     With `evaluate_test=False` the test split is never read.
 
+    Validation is evaluated with `evaluate_split(..., validation=True)`: under the candidates
+    protocol a ranking metric@K there averages only the users whose list is informative at K,
+    and is NaN below `eval.min_ranked_users`; early stopping on such a metric is refused here,
+    before anything trains (`eval.protocol.check_validation_selection`).
+
     Raises:
         TrainingDivergedError: a NaN/Inf loss or gradient; with `keep_good_epochs`, only when
             some seed had no validated epoch before it: otherwise the population's best
@@ -369,6 +378,11 @@ def train_split(
     train = split.train
     if len(train) == 0:
         raise ConfigError("the training split is empty; check data.split and the data path")
+    if split.valid is not None and len(split.valid):
+        # A per-user ranking metric too few validation users can be ranked on is NaN
+        # (`eval.protocol`): refused as the criterion before anything trains.
+        check_validation_selection(config.eval, split.valid, config.train.early_stopping_metric,
+                                   "train.early_stopping_metric")
     method = config.causal.method
     arrays, propensity_report = _training_rows(config, split, truth)
     inputs = model_inputs(train, train)
@@ -441,7 +455,7 @@ def train_split(
             return evaluate_split(
                 config.eval, train=train, test=split.valid,
                 score_users_fn=scorer(params, member),
-                propensity=propensity,
+                propensity=propensity, validation=True,
             )
 
     diverged = None
@@ -499,10 +513,12 @@ def data_summary(split: Split, per_seed: list[dict[str, Any]]) -> dict[str, Any]
         "n_test": len(split.test),
     }
     for part in ("valid", "test"):
+        # How many users each block's means are over (the same for every seed): with a
+        # positive, ranked at each K, informative at each K, with both classes for auc_per_user.
         values = per_seed[0].get(part, {})
-        for key in ("n_users_evaluated", "n_users_no_positive"):
-            if key in values:
-                summary[f"{part}_{key}"] = values[key]
+        for key, value in values.items():
+            if key.startswith("n_users_"):
+                summary[f"{part}_{key}"] = value
     return summary
 
 
@@ -619,7 +635,8 @@ def evaluate_loaded_run(run: LoadedRun, split_name: str = "test") -> dict[str, A
         else:
             entry = {split_name: evaluate_split(config.eval, train=seen, test=parts[split_name],
                                                 score_users_fn=score_users_fn,
-                                                propensity=propensity)}
+                                                propensity=propensity,
+                                                validation=split_name == "valid")}
         per_seed.append({"seed": seed, **entry})
     out: dict[str, Any] = {}
     for part in (split_name, "test_literature", "test_full", "test_truth"):

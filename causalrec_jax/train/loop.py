@@ -212,7 +212,10 @@ def fit(
         epochs: maximum number of epochs.
         evaluate_fn: `params of one seed -> {metric: value}` on the validation split, or
             None (no early stopping; the final parameters are the best).
-        metric: the validation metric to select on (e.g. `ndcg@10`, `mse`).
+        metric: the validation metric to select on (e.g. `ndcg@10`, `mse`). An epoch whose
+            value is NaN never improves; the callers refuse at start a metric that is NaN by
+            construction (a per-user ranking metric too few validation users can be ranked
+            on: `eval.protocol.check_validation_selection`).
         patience: epochs without improvement before a seed stops counting.
         checkpoint_dir: where to write checkpoints (None: no checkpoints).
         checkpoint_every: write one every this many epochs, and always at the end.

@@ -41,6 +41,8 @@ from causalrec_jax.config import Config, check_selection_metric, dump_config
 from causalrec_jax.data.loader import load_dataset
 from causalrec_jax.data.split import make_split
 from causalrec_jax.errors import ConfigError, RunError
+from causalrec_jax.eval.protocol import check_validation_selection
+from causalrec_jax.runs.folder import json_safe
 from causalrec_jax.runs.track import check_tracking
 from causalrec_jax.runs.train import train_run
 from causalrec_jax.tasks.ordinary import Member, check_ordinary_keys, seed_list, train_split
@@ -144,7 +146,10 @@ class _Search:
                     "population": len(members),
                 }
                 self.done[record["key"]] = record
-                handle.write(json.dumps(record) + "\n")
+                # A validation metric too few users can be ranked on (NaN) as null, as in
+                # metrics.json; the selected metric is never one (refused above).
+                line = {**record, "valid_metrics": json_safe(record["valid_metrics"])}
+                handle.write(json.dumps(line) + "\n")
 
 
 def tune(
@@ -195,6 +200,7 @@ def tune(
     # so is a tracker (exporting the best run) whose package is missing.
     check_ordinary_keys(config)
     check_tracking(config)
+    metric_key = "--metric" if metric else "train.early_stopping_metric"
     metric = resolve_metric(config, metric)
     train = dataclasses.replace(
         config.train, early_stopping_metric=metric,
@@ -212,6 +218,9 @@ def tune(
             f"key data.split: tuning selects on a validation split, and {config.data.split!r} "
             "gives none here (use split_ratios with three parts, leave_one_out, or mar_slice)"
         )
+    # A per-user ranking metric too few validation users can be ranked on is NaN: refused
+    # before the first trial (`eval.protocol.check_validation_selection`).
+    check_validation_selection(config.eval, split.valid, metric, metric_key)
     records_path = out / "trials.jsonl"
     done = {record["key"]: record for record in _read_records(records_path)} if resume else {}
     if not resume and records_path.exists():
