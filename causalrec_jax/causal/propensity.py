@@ -209,6 +209,32 @@ def clip_propensities(
     return clipped, report
 
 
+def propensity_histogram(propensities: np.ndarray, *, bins_per_decade: int = 10
+                         ) -> dict[str, list]:
+    """Counts of propensities in bins of equal width in `log10(p)`, for a run's report
+    (`metrics.json` "propensity" "histogram"): the distribution the clip acts on, kept in the
+    run folder without its `[n]` values.
+
+    Args:
+        propensities: `[n]` values in `(0, 1]` (already validated).
+        bins_per_decade: bins per factor of 10.
+
+    Returns:
+        `{"log10_edges": [e_0, ..., e_B], "counts": [c_1, ..., c_B]}`: the edges are the
+        multiples of `1 / bins_per_decade` from the one at or below `log10` of the smallest
+        propensity up to 0 (p = 1); bin `b` counts `e_{b-1} <= log10(p) < e_b`, the last one
+        also `p = 1`. Empty lists for no propensities.
+    """
+    logs = np.log10(np.asarray(propensities, np.float64).ravel())
+    if logs.size == 0:
+        return {"log10_edges": [], "counts": []}
+    n_bins = max(int(np.ceil(-logs.min() * bins_per_decade - 1e-9)), 1)
+    edges = -np.arange(n_bins, -1, -1) / bins_per_decade
+    counts, _ = np.histogram(np.clip(logs, edges[0], 0.0), bins=edges)
+    return {"log10_edges": [round(float(edge), 6) for edge in edges],
+            "counts": [int(count) for count in counts]}
+
+
 def observed_matrix(train: Dataset) -> np.ndarray:
     """`[n_users, n_items]` float32 indicator of the cells with at least one training row."""
     _check_size(train)

@@ -26,7 +26,11 @@ import causalrec_jax.sim  # noqa: F401  registers the data formats "simulator" a
 from causalrec_jax import streams
 from causalrec_jax.causal import training as causal_training
 from causalrec_jax.causal.checks import causal_keys_used, check_causal_setup
-from causalrec_jax.causal.propensity import clip_propensities, estimate_propensities
+from causalrec_jax.causal.propensity import (
+    clip_propensities,
+    estimate_propensities,
+    propensity_histogram,
+)
 from causalrec_jax.causal.training import causal_hparams, inference_scorers, saved_arrays
 from causalrec_jax.config import (
     RANKING_METRIC_NAMES,
@@ -124,7 +128,7 @@ class Trained:
 
 def _row_propensities(config: Config, split: Split, truth: Any, users, items) -> tuple:
     """`[n]` unclipped (validated) propensities of the cells `(users, items)`, and the report
-    of clipping them at `causal.propensity_clip` (a dict).
+    of clipping them at `causal.propensity_clip` (a dict, with their `histogram`).
 
     Propensities come from `causal.propensity` (`causal.propensity.estimate_propensities`);
     the clip itself is applied inside the training step (`causal.clip.clip_propensities`), at
@@ -142,7 +146,8 @@ def _row_propensities(config: Config, split: Split, truth: Any, users, items) ->
         raw, config.causal.propensity_clip or None,
         name=f"propensities (causal.propensity = {config.causal.propensity!r})",
     )
-    return raw, report.to_dict()
+    # The distribution the clip acts on, for reports (the `[n]` values are not kept).
+    return raw, {**report.to_dict(), "histogram": propensity_histogram(raw)}
 
 
 def test_results(config: Config, seen: Dataset, test: Dataset, score_users_fn, propensity,

@@ -18,6 +18,7 @@ from causalrec_jax.causal.propensity import (
     estimate_propensities,
     learned_propensities,
     naive_bayes_table,
+    propensity_histogram,
 )
 from causalrec_jax.config import CausalConfig, SimConfig
 from causalrec_jax.data.dataset import GIVEN_TEST, GIVEN_TRAIN
@@ -257,3 +258,15 @@ def test_learned_propensities_compile_once_across_seeds(world):
     assert fit_full_batch_jit._cache_size() == size  # another seed: the same program
     np.testing.assert_array_equal(first, again)
     assert not np.array_equal(first, second)
+
+
+def test_the_propensity_histogram_counts_rows_per_tenth_of_a_decade():
+    histogram = propensity_histogram(np.asarray([1.0, 0.5, 0.1, 0.099, 0.0101], np.float32))
+    edges = histogram["log10_edges"]
+    assert edges[0] == -2.0 and edges[-1] == 0.0 and len(edges) == 21
+    counts = dict(zip(edges[:-1], histogram["counts"], strict=True))
+    # log10: 0 (the last bin holds p = 1), -0.30, -1.0, -1.004, -1.996
+    assert counts[-0.1] == 1 and counts[-0.4] == 1 and counts[-1.0] == 1
+    assert counts[-1.1] == 1 and counts[-2.0] == 1 and sum(counts.values()) == 5
+    assert propensity_histogram(np.ones(3)) == {"log10_edges": [-0.1, 0.0], "counts": [3]}
+    assert propensity_histogram(np.zeros(0)) == {"log10_edges": [], "counts": []}
