@@ -1,10 +1,10 @@
 """The `causalrec` command line (DESIGN.md §2).
 
 Subcommands: `train` (also uplift runs, when `uplift.method` is set), `tune`, `evaluate`,
-`recommend`, `simulate`, `ope`, `data` and `track` (a run folder exported to TensorBoard or
-MLflow, `runs.track`). Errors the user can fix (a malformed file, a wrong
-config key, an unknown user id, a diverging loss) print one line naming the file, line or key
-and exit with status 2, never a traceback.
+`recommend`, `simulate`, `ope`, `data`, `track` (a run folder exported to TensorBoard or
+MLflow, `runs.track`) and `report` (tables and plots comparing run folders, `report.write`).
+Errors the user can fix (a malformed file, a wrong config key, an unknown user id, a diverging
+loss) print one line naming the file, line or key and exit with status 2, never a traceback.
 
 Each subcommand imports what it uses inside its handler, on purpose: `causalrec --help` and
 `causalrec data` on a file start without loading jax (seconds saved on every call).
@@ -127,6 +127,14 @@ def build_parser() -> argparse.ArgumentParser:
                             "default the newest is reused and a different value refused)")
     track.set_defaults(handler=_command_track)
 
+    report = commands.add_parser(
+        "report", help="tables and plots comparing run folders (mean ± std, 95%% interval)")
+    report.add_argument("runs", nargs="+", metavar="RUN",
+                        help="run folders (a search folder: its best run)")
+    report.add_argument("--out", required=True,
+                        help="a new or empty folder for report.md, report.csv and the PNGs")
+    report.set_defaults(handler=_command_report)
+
     data = commands.add_parser(
         "data", help="validate a dataset and print its statistics"
     )
@@ -140,6 +148,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_arguments(data)
     data.set_defaults(handler=_command_data)
     return parser
+
+
+def _command_report(args: argparse.Namespace) -> int:
+    from causalrec_jax.report.write import write_report
+
+    result = write_report(args.runs, args.out)  # refuses an occupied --out
+    for note in result.notes:
+        print(note)
+    print(f"wrote {len(result.files)} files to {result.out}:")
+    for path in result.files:
+        print(f"  {path}")
+    return 0
 
 
 def _command_track(args: argparse.Namespace) -> int:
@@ -250,20 +270,6 @@ def _version() -> str:
         return "(not installed)"
 
 
-# What each block of metrics.json measures, printed beside it.
-BLOCK_PROTOCOLS = {
-    "valid": "validation split, the early-stopping criterion's; per-user metrics over the "
-             "users they can rank, n/a below eval.min_ranked_users",
-    "test": "test split, the library's protocol (users without a positive left out)",
-    "test_literature": "test, the debiasing literature's protocol (users without a positive "
-                       "score ndcg 1)",
-    "test_full": "test positives ranked among all items (seen ones masked)",
-    "test_truth": "against the simulator's ground truth (every cell)",
-    "test_unmasked": "test, the user's history not masked (RecBole's sequential protocol)",
-    "test_sampled": "test item among sampled negatives (inflates every metric)",
-}
-
-
 def users_behind(metrics: dict, part: str, name: str) -> int | None:
     """How many users the mean `metrics[part][name]` is over, where the run says: metric@K
     over `n_users_ranked@K`, `auc_per_user` over `n_users_auc` (from `data` or the first
@@ -290,6 +296,8 @@ def format_metrics(metrics: dict) -> str:
     ranking metric too few users can be ranked on) prints as `n/a`, with the number of users
     where the run records it (`n/a (3 users)`); validation's per-user metrics always say how
     many users they are over."""
+    from causalrec_jax.eval.summary import BLOCK_PROTOCOLS  # not at the top: loads jax
+
     lines = []
     for part, protocol in BLOCK_PROTOCOLS.items():
         if not metrics.get(part):

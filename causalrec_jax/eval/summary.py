@@ -1,7 +1,9 @@
 """Summaries of a run's seeds: mean, sample standard deviation and a 95% Student-t interval.
 
 Every run kind reports its metrics over seeds through `aggregate`, so `metrics.json` has the
-same `part`, `part_std` and `part_ci95` blocks whatever trained the seeds.
+same `part`, `part_std` and `part_ci95` blocks whatever trained the seeds. `BLOCK_PROTOCOLS`
+says what each block measures (the command line prints it, reports caption their tables
+with it).
 """
 
 from __future__ import annotations
@@ -11,6 +13,20 @@ from typing import Any
 
 import numpy as np
 from scipy import stats
+
+# What each block of metrics.json measures: `causalrec train` prints it beside the block, a
+# report states it as the caption of the block's table.
+BLOCK_PROTOCOLS = {
+    "valid": "validation split, the early-stopping criterion's; per-user metrics over the "
+             "users they can rank, n/a below eval.min_ranked_users",
+    "test": "test split, the library's protocol (users without a positive left out)",
+    "test_literature": "test, the debiasing literature's protocol (users without a positive "
+                       "score ndcg 1)",
+    "test_full": "test positives ranked among all items (seen ones masked)",
+    "test_truth": "against the simulator's ground truth (every cell)",
+    "test_unmasked": "test, the user's history not masked (RecBole's sequential protocol)",
+    "test_sampled": "test item among sampled negatives (inflates every metric)",
+}
 
 
 def summarize(values: list[float]) -> dict[str, float]:

@@ -17,6 +17,7 @@ import pytest
 from causalrec_jax import errors
 from causalrec_jax.cli import main
 from causalrec_jax.config import load_config
+from causalrec_jax.report.runs import read_run
 from causalrec_jax.runs import folder as run_folder
 from causalrec_jax.runs import train as run_train
 from causalrec_jax.tasks import ope as ope_task
@@ -98,6 +99,12 @@ KINDS = {
 }
 
 
+# kind: (what `report.runs.read_run` tells the folder is, whether it is a search's best run)
+REPORT_KINDS = {"ordinary": ("ordinary", False), "causal": ("causal", False),
+                "sequential": ("sequential", False), "uplift": ("uplift", False),
+                "ope": ("ope", False), "tune_best": ("ordinary", True)}
+
+
 def check_contract(folder: Path, seeds: list[int], epochs: int, validates: bool) -> dict:
     """Asserts the contract on a run folder; returns its metrics."""
     metrics = json.loads((folder / "metrics.json").read_text())
@@ -148,6 +155,11 @@ def test_every_run_kind_writes_the_same_contract(tmp_path, kind, check_tracked):
             assert own[entry["best_epoch"]] == best(own.values())
             assert entry["valid"][metric] == pytest.approx(own[entry["best_epoch"]])
     assert not list(tmp_path.glob(".*.partial"))  # no staging folder left behind
+    # `causalrec report` reads the folder as the kind it is
+    run = read_run(folder)
+    assert (run.kind, run.tuned) == REPORT_KINDS[kind]
+    if kind == "causal":  # the propensities the clip acts on, kept as a histogram of the rows
+        assert sum(metrics["propensity"]["histogram"]["counts"]) == metrics["propensity"]["n"]
 
 
 def test_fit_log_lines_split_a_record_by_seed_and_follow_the_members_training():
