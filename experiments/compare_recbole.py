@@ -43,6 +43,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from causalrec_jax.report.tables import markdown_table
+
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "ml-100k"
 DEFAULT_OUT = ROOT / "experiments" / "results" / "compare_recbole"
@@ -177,11 +179,12 @@ def render_table(rows: list[dict[str, Any]], header: dict[str, Any]) -> str:
             out.extend(f"  - `{item}`" for item in value)
         else:
             out.append(f"- {key}: {value}")
-    out += ["", "| library | model | test ndcg@10 (RecBole protocol) | test hit@10 (RecBole "
-            "protocol) | test ndcg@10 / hit@10 (history masked) | best valid ndcg@10 | "
-            "s/epoch (median, train+valid) | epochs run | s to valid ndcg@10 ≥ threshold | "
-            "train s (incl. validation) | peak memory MB |",
-            "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- | --- | ---: | ---: |"]
+    header = ["library", "model", "test ndcg@10 (RecBole protocol)",
+              "test hit@10 (RecBole protocol)", "test ndcg@10 / hit@10 (history masked)",
+              "best valid ndcg@10", "s/epoch (median, train+valid)", "epochs run",
+              "s to valid ndcg@10 ≥ threshold", "train s (incl. validation)", "peak memory MB"]
+    align = ["---", "---", "---:", "---:", "---:", "---:", "---:", "---", "---", "---:", "---:"]
+    cells = []
     for row in rows:
         test = row["test_recbole_protocol"] or {}
         masked = row.get("test_history_masked")
@@ -200,11 +203,11 @@ def render_table(rows: list[dict[str, Any]], header: dict[str, Any]) -> str:
             reach = f"never reached {threshold:.4f}"
         else:
             reach = f"{_seconds(row['seconds_to_threshold'])} (≥ {threshold:.4f})"
-        out.append(
-            f"| {row['library']} | {row['model']} | {_number(test.get('ndcg@10'))} | "
-            f"{_number(test.get('hit@10'))} | {masked_text} | {valid} | "
-            f"{_seconds(row['seconds_per_epoch'])} | {epochs} | {reach} | "
-            f"{_seconds(row['train_seconds'])} | {_seconds(row['peak_mb'])} |")
+        cells.append([row["library"], row["model"], _number(test.get("ndcg@10")),
+                      _number(test.get("hit@10")), masked_text, valid,
+                      _seconds(row["seconds_per_epoch"]), epochs, reach,
+                      _seconds(row["train_seconds"]), _seconds(row["peak_mb"])])
+    out += ["", markdown_table(header, cells, align)]
     out += ["", "Protocols (every column):", ""]
     out += [f"- {model}: {PROTOCOLS[model]}." for model in MODELS
             if any(r["model"] == model for r in rows)]

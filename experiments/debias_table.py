@@ -38,6 +38,8 @@ from typing import Any
 
 from causalrec_jax.config import load_config
 from causalrec_jax.errors import CausalRecError
+from causalrec_jax.report import tables as report_tables
+from causalrec_jax.report.plots import BarPanel, bar_panels
 from causalrec_jax.runs import train as run_train
 from causalrec_jax.runs.folder import fresh_out
 from causalrec_jax.runs.script import run_script
@@ -62,7 +64,6 @@ PROTOCOL_OVERRIDES = (
 METRICS = ("auc", "ndcg@5", "recall@5", "ndcg@10", "mse")
 LITERATURE = "ndcg@5"
 TRUTH = ("auc", "ndcg@5", "mse")
-MISSING = "—"
 
 
 def _finite(value: Any) -> float | None:
@@ -147,14 +148,6 @@ def run_method(config_path: Path, overrides: list[str], out: Path) -> dict[str, 
     return row
 
 
-def _cell(mean: float | None, std: float | None, digits: int = 4) -> str:
-    if mean is None:
-        return MISSING
-    if std is None:
-        return f"{mean:.{digits}f}"
-    return f"{mean:.{digits}f} ± {std:.{digits}f}"
-
-
 def has_truth(rows: dict[str, dict[str, Any]]) -> bool:
     """Whether any row reports truth metrics (simulated data)."""
     return any(row["truth"] is not None for row in rows.values())
@@ -192,24 +185,25 @@ def markdown_table(rows: dict[str, dict[str, Any]]) -> str:
     if truth:
         header += [f"truth_{name}" for name in TRUTH]
     header.append("train s")
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines = []  # rows of cells, drawn by report.tables.markdown_table
     for method, row in rows.items():
         if row["status"] != "ok":
-            message = row["error"].replace("|", "\\|").replace("\n", " ")
-            cells = [method, f"failed: {message}"] + [""] * (len(header) - 2)
+            cells = [method, f"failed: {row['error']}"] + [""] * (len(header) - 2)
         else:
-            cells = [method] + [_cell(row["mean"][m], row["std"][m]) for m in METRICS]
+            cells = [method] + [report_tables.mean_std_cell(row["mean"][m], row["std"][m])
+                                for m in METRICS]
             literature = row["literature"] or {}
-            cells.append(_cell(literature.get("mean"), literature.get("std")))
+            cells.append(report_tables.mean_std_cell(literature.get("mean"), literature.get("std")))
             full = row["full"] or {}
-            cells.append(_cell(full.get("mean"), full.get("std")))
+            cells.append(report_tables.mean_std_cell(full.get("mean"), full.get("std")))
             if truth:
                 values = row["truth"] or {"mean": {}, "std": {}}
-                cells += [_cell(values["mean"].get(m), values["std"].get(m)) for m in TRUTH]
+                cells += [report_tables.mean_std_cell(values["mean"].get(m), values["std"].get(m))
+                          for m in TRUTH]
             seconds = row["train_seconds"]
-            cells.append(MISSING if seconds is None else f"{seconds:.1f}")
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+            cells.append(report_tables.MISSING if seconds is None else f"{seconds:.1f}")
+        lines.append(cells)
+    return report_tables.markdown_table(header, lines)
 
 
 def csv_columns() -> list[str]:
@@ -297,26 +291,16 @@ def plot_table(path: Path, rows: dict[str, dict[str, Any]], data: str) -> None:
     AUC and NDCG@5 on the MAR test; on the simulator also its ground truth (truth_auc,
     truth_ndcg@5 against the true relevance of every cell, truth_mse against the true
     ratings). Axes start at 0 (nothing truncated); AUC panels mark chance (0.5), every panel
-    naive's level (dotted); a method without a value is marked `failed` or `n/a`."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib import patheffects
-
+    naive's level (dotted); a method without a value is marked `failed` or `n/a`. Drawn by
+    `report.plots.bar_panels`."""
     methods = list(rows)
-    missing = False  # whether some panel marks a method n/a
     panels = [("mean", "auc", "test auc (MAR)"), ("mean", "ndcg@5", "test ndcg@5 (MAR)")]
     if any(row["truth"] is not None for row in rows.values()):
         panels += [("truth", "auc", "truth_auc (every cell)"),
                    ("truth", "ndcg@5", "truth_ndcg@5 (every cell)"),
                    ("truth", "mse", "truth_mse (lower is better)")]
-    columns = 2 if len(panels) == 2 else 3
-    lines = math.ceil(len(panels) / columns)
-    fig, axes = plt.subplots(lines, columns, squeeze=False, layout="constrained",
-                             figsize=(columns * max(4.0, 0.55 * len(methods) + 1.5),
-                                      3.6 * lines + 0.6))
-    for axis, (block, metric, title) in zip(axes.flat, panels, strict=False):
+    bars, missing = [], False  # missing: whether some panel marks a method n/a
+    for block, metric, title in panels:
         if block == "mean":
             means = [rows[m]["mean"][metric] for m in methods]
             stds = [rows[m]["std"][metric] for m in methods]
@@ -324,51 +308,24 @@ def plot_table(path: Path, rows: dict[str, dict[str, Any]], data: str) -> None:
             truth = [rows[m]["truth"] or {"mean": {}, "std": {}} for m in methods]
             means = [t["mean"].get(metric) for t in truth]
             stds = [t["std"].get(metric) for t in truth]
-        positions = list(range(len(methods)))
-        color = "tab:green" if block == "truth" else "tab:blue"
-        axis.bar(positions, [math.nan if v is None else v for v in means],
-                 yerr=[0.0 if s is None else s for s in stds], capsize=3, color=color)
         finite = [v for v in means if v is not None]
-        top = max(finite) if finite else 1.0
-        axis.set_ylim(0.0, 1.08 if metric != "mse" else top * 1.25)
-        # Every method keeps its slot, with or without a bar (autoscale would drop empty ones).
-        axis.set_xlim(-0.6, len(methods) - 0.4)
-        level = axis.get_yaxis_transform()  # x in axes coordinates, y in data
         references = [(0.5, "chance", "--")] if metric == "auc" else []
         if "naive" in rows and means[methods.index("naive")] is not None:
             references.append((means[methods.index("naive")], "naive", ":"))
-        references.sort()
-        for order, (value, label, style) in enumerate(references):
-            axis.axhline(value, color="grey", linestyle=style, linewidth=1)
-            # Labelled outside the right edge, never over a bar; of two lines, the lower
-            # one's label hangs below it and the upper one's sits above, so they never meet.
-            axis.text(1.01, value, label, transform=level, ha="left", fontsize=7,
-                      va="center" if len(references) == 1 else ("top", "bottom")[order],
-                      color="dimgrey")
-        for index, (mean, std) in enumerate(zip(means, stds, strict=True)):
-            if mean is None:
-                failed = rows[methods[index]]["status"] == "failed"
-                missing |= not failed
-                axis.text(index, 0.03 * axis.get_ylim()[1], "failed" if failed else "n/a",
-                          ha="center", va="bottom", fontsize=8,
-                          color="tab:red" if failed else "dimgrey")
-            else:
-                axis.text(index, mean + (std or 0.0) + 0.01 * axis.get_ylim()[1],
-                          f"{mean:.3f}", ha="center", va="bottom", fontsize=7,
-                          path_effects=[patheffects.withStroke(linewidth=2.5,
-                                                               foreground="white")])
-        axis.set_xticks(positions, methods, rotation=45, ha="right")
-        axis.set_title(f"{title}, mean ± std over seeds", fontsize=9)
-    for axis in list(axes.flat)[len(panels):]:
-        axis.set_visible(False)
+        labels = ["failed" if rows[m]["status"] == "failed" else "n/a" for m in methods]
+        missing |= any(v is None and label == "n/a" for v, label in zip(means, labels,
+                                                                          strict=True))
+        bars.append(BarPanel(
+            title=f"{title}, mean ± std over seeds", values=means, errors=stds,
+            color="tab:green" if block == "truth" else "tab:blue",
+            top=1.08 if metric != "mse" else (max(finite) if finite else 1.0) * 1.25,
+            references=references, missing=labels))
     note = ("trained on MNAR ratings, tested on MAR ratings (each user ranks their own test "
             "items; ratings ≥ 4 are positives)")
     if missing:
         note += "; n/a: not reported for the method (mse only for rating predictors)"
-    fig.suptitle(f"Debiasing methods on {DATA_NAMES.get(data, data)}\n{note}", fontsize=10)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    bar_panels(path, methods, bars, title=f"Debiasing methods on {DATA_NAMES.get(data, data)}"
+               f"\n{note}")
 
 
 def main(argv=None) -> dict:

@@ -22,7 +22,8 @@ distributions; the measured Kish ESS of the ips weights is reported per log size
   estimator × log size, with the truth and the protocol;
 - `ope_sweep.json`: the same with every per-seed number, divergences and timings;
 - `ope_sweep.png`: relative error vs log size (log-log), one column per setting and one row
-  per estimator family, mean over seeds with ± 1 standard error bars (`plot`).
+  per estimator family, mean over seeds with ± 1 standard error bars (`plot`, drawn by
+  `causalrec_jax.report.plots.ope_sweep_figure`).
 
 `--replot JSON` runs nothing: it redraws the figure of a saved `ope_sweep.json` as
 `<JSON stem>.png` beside it.
@@ -34,8 +35,6 @@ import argparse
 import csv
 import dataclasses
 import json
-import math
-import re
 import time
 from pathlib import Path
 from typing import Any
@@ -44,6 +43,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from causalrec_jax.config import load_config
+
+# identical_groups: part of this script's interface (which estimators the figure merges)
+from causalrec_jax.report.plots import identical_groups, ope_sweep_figure  # noqa: F401
+from causalrec_jax.report.tables import markdown_table
 from causalrec_jax.runs.script import run_script
 from causalrec_jax.tasks.ope import ope_seed, ope_setup
 
@@ -146,152 +149,23 @@ def markdown(summary, settings, sizes, estimators, protocol: str) -> str:
                   f"ESS/n (exact) = {setting['ess_fraction']:.3f}", "",
                   f"Truth {setting['truth']:.5f} ± {setting['truth_stderr']:.5f} (stderr)"
                   + (f", exact {setting['exact']:.5f}" if setting["exact"] is not None else "")
-                  + ".", "",
-                  "| estimator | " + " | ".join(f"n = {n:,}" for n in sizes) + " |",
-                  "|---|" + "---|" * len(sizes)]
+                  + ".", ""]
         block = summary[label]
-        for name in estimators:
-            cells = [f"{block[name][str(n)]['mean']:.4f} ± {block[name][str(n)]['std']:.4f}"
-                     for n in sizes]
-            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        rows = [[name] + [f"{block[name][str(n)]['mean']:.4f} ± "
+                          f"{block[name][str(n)]['std']:.4f}" for n in sizes]
+                for name in estimators]
         if block.get("n_eff_ips"):
-            cells = [f"{block['n_eff_ips'][str(n)]['mean']:,.0f}" for n in sizes]
-            lines.append("| n_eff (ips) | " + " | ".join(cells) + " |")
+            rows.append(["n_eff (ips)"] + [f"{block['n_eff_ips'][str(n)]['mean']:,.0f}"
+                                           for n in sizes])
+        lines.append(markdown_table(["estimator", *(f"n = {n:,}" for n in sizes)], rows))
     return "\n".join(lines) + "\n"
 
 
-# The two rows of the figure: estimators that only reweight the logged rewards, and those
-# that use a reward model. An estimator in neither goes to the second row.
-WEIGHTING = ("ips", "snips", "pbm_ips", "iips")
-STYLES = [("o", "-"), ("s", "--"), ("^", "-."), ("D", ":"), ("v", "-"), ("P", "--"),
-          ("X", "-."), ("*", ":")]
-
-
-# Estimators whose every relative-error statistic agrees to within this (i.e. estimates equal
-# to 1e-5 of the truth) are drawn as one line: float32 sums of the same weights differ in
-# the 7th digit.
-SAME_WITHIN = 1e-5
-
-
-def identical_groups(payload: dict[str, Any]) -> list[list[str]]:
-    """The estimators grouped by equal results (every mean, std, min and max of every
-    setting and size within `SAME_WITHIN`), in `payload["estimators"]` order: at K = 1
-    pbm_ips and iips ARE ips, and drawing them as three lines would hide two."""
-
-    def numbers(name: str) -> np.ndarray:
-        return np.asarray([[stats[key] for stats in payload["summary"][s["setting"]][name].values()
-                            for key in ("mean", "std", "min", "max")]
-                           for s in payload["settings"]], np.float64)
-
-    groups: list[list[str]] = []
-    for name in payload["estimators"]:
-        for group in groups:
-            if np.allclose(numbers(name), numbers(group[0]), rtol=0.0, atol=SAME_WITHIN):
-                group.append(name)
-                break
-        else:
-            groups.append([name])
-    return groups
-
-
-def _world(payload: dict[str, Any]) -> str:
-    """`1,000 users × 1,000 items` from the payload (older payloads: from the protocol)."""
-    world = payload.get("world")
-    if world is None:
-        found = re.search(r"`(\d+)` users, `(\d+)` items", payload.get("protocol", ""))
-        if found is None:
-            return ""
-        world = {"n_users": int(found[1]), "n_items": int(found[2])}
-    return f"{world['n_users']:,} users × {world['n_items']:,} items, "
-
-
-def _size_label(n: int) -> str:
-    """A log size as a tick label: 1k, 30k, 1.5M, or the number under 1,000."""
-    for scale, suffix in ((1_000_000, "M"), (1_000, "k")):
-        if n >= scale:
-            return f"{n / scale:g}{suffix}"
-    return str(n)
-
-
 def plot(path: Path, payload: dict[str, Any]) -> None:
-    """Relative error vs log size: one column per divergence setting, one row per estimator
-    family (reweighting only; with a reward model), all panels on one log-log scale. Each
-    estimator has its own marker, line style and a small horizontal offset, so no line hides
-    another; estimators with identical results are one line named after all of them. Points
-    are means over seeds, bars ± one standard error of that mean (std / sqrt(seeds)); the
-    legends sit outside the panels."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import FixedFormatter, FixedLocator, NullLocator
-
-    settings, sizes = payload["settings"], payload["sizes"]
-    groups = identical_groups(payload)
-    rows = [[g for g in groups if g[0] in WEIGHTING], [g for g in groups if g[0] not in WEIGHTING]]
-    rows = [row for row in rows if row]
-    row_names = ["reweighting only", "with a reward model"] if len(rows) == 2 else [""]
-    fig, axes = plt.subplots(len(rows), len(settings), squeeze=False, sharex=True, sharey=True,
-                             figsize=(3.6 * len(settings) + 2.4, 3.3 * len(rows) + 1.0),
-                             layout="constrained")
-    floor = 1e-6  # log axes: an error of exactly 0 is drawn at the floor
-    means_seen = []
-    for row_index, row in enumerate(rows):
-        # Offsets in decades, spread symmetrically around each log size.
-        offsets = np.linspace(-0.045, 0.045, len(row)) if len(row) > 1 else [0.0]
-        for column, setting in enumerate(settings):
-            axis = axes[row_index][column]
-            block = payload["summary"][setting["setting"]]
-            for index, group in enumerate(row):
-                stats = [block[group[0]][str(n)] for n in sizes]
-                mean = np.maximum([s["mean"] for s in stats], floor)
-                stderr = np.asarray([s["std"] for s in stats]) / math.sqrt(payload["seeds"])
-                low, high = np.maximum(mean - stderr, floor), mean + stderr
-                means_seen.extend(mean)
-                x = np.asarray(sizes, np.float64) * 10.0 ** offsets[index]
-                marker, style = STYLES[index % len(STYLES)]
-                label = " = ".join(group)
-                if len(group) > 1:
-                    label += f" (equal here, within {SAME_WITHIN:g})"
-                line = axis.errorbar(x, mean, yerr=[mean - low, high - mean], marker=marker,
-                                     linestyle=style, markersize=5, linewidth=1.4, capsize=0,
-                                     elinewidth=1.0, color=f"C{index}", label=label)
-                line[2][0].set_alpha(0.45)  # the bars lighter than the lines
-            axis.axhline(0.01, color="grey", linewidth=0.8, linestyle=(0, (1, 3)),
-                         label="1% error")
-            axis.set_xscale("log")
-            axis.set_yscale("log")
-            # One tick per log size, labelled as written (1k, 30k): no 3×10^2 clutter.
-            axis.xaxis.set_major_locator(FixedLocator(sizes))
-            axis.xaxis.set_major_formatter(FixedFormatter([_size_label(n) for n in sizes]))
-            axis.xaxis.set_minor_locator(NullLocator())
-            axis.grid(True, which="major", alpha=0.3)
-            if row_index == 0:
-                axis.set_title(f"{setting['setting']}: KL(target‖logging) = "
-                               f"{setting['kl']:.2f} nats,\nESS/n = "
-                               f"{setting['ess_fraction']:.2f}, truth = "
-                               f"{setting['truth']:.4f}", fontsize=9)
-            if row_index == len(rows) - 1:
-                axis.set_xlabel("logged rounds n (log scale; k = 1,000)", fontsize=9)
-            if column == 0:
-                axis.set_ylabel((f"{row_names[row_index]}\n" if row_names[row_index] else "")
-                                + "|estimate − truth| / truth", fontsize=9)
-        axes[row_index][-1].legend(loc="center left", bbox_to_anchor=(1.03, 0.5), fontsize=8,
-                                   frameon=False, title=row_names[row_index] or None,
-                                   title_fontsize=8)
-    # The axes span the means (bars below the floor of the view are cut at the bottom edge).
-    axes[0][0].set_ylim(min(means_seen) / 3.0, max(means_seen) * 2.5)
-    axes[0][0].set_xlim(min(sizes) / 1.6, max(sizes) * 1.6)
-    slate = payload.get("slate_size")
-    fig.suptitle(
-        "Off-policy estimators on the simulator: relative error vs log size and target policy\n"
-        f"{_world(payload)}"
-        + (f"slates of K = {slate}, " if slate else "")
-        + f"{payload['seeds']} seeds per point (marker: mean, bar: ± 1 standard error over "
-        "seeds); the points of one log size are offset sideways to keep them apart",
-        fontsize=10)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    """Relative error vs log size, one column per divergence setting and one row per
+    estimator family, mean over seeds ± one standard error (`report.plots.ope_sweep_figure`,
+    which also groups estimators with identical results: `identical_groups`)."""
+    ope_sweep_figure(path, payload)
 
 
 def replot(json_path: Path) -> Path:
