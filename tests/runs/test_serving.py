@@ -318,3 +318,27 @@ def test_models_without_factor_tables_serve_every_user_as_recommend_does(model, 
     run = run_load.load_run(tmp_path / "run")
     run_serve.recommend_all(run, 5, out=tmp_path / "recs.parquet")
     assert read_lists(tmp_path / "recs.parquet") == expected_lists(run, 5)
+
+
+def test_skipped_users_are_one_line_on_stderr(run_dir, tmp_path, capsys, monkeypatch):
+    def cold_first(run):
+        represented = np.ones(len(run.user_ids), bool)
+        represented[:3] = False
+        return represented
+
+    monkeypatch.setattr(run_serve, "represented_users", cold_first)
+    out = tmp_path / "recs.parquet"
+    assert main(["recommend", "--run", str(run_dir), "--all", "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert captured.err.count("\n") == 1 and "skipped 3 user(s)" in captured.err
+    assert "--fallback popularity" in captured.err
+    user_ids = list(map(str, run_load.load_run(run_dir).user_ids))
+    assert set(pd.read_parquet(out)["user"]) == set(user_ids[3:]) - {"greedy"}
+    # Nobody to serve: a valid file with the columns and no row.
+    monkeypatch.setattr(run_serve, "represented_users",
+                        lambda run: np.zeros(len(run.user_ids), bool))
+    assert main(["recommend", "--run", str(run_dir), "--all", "--out",
+                 str(tmp_path / "none.parquet")]) == 0
+    assert "served 0 users" in capsys.readouterr().out
+    empty = pd.read_parquet(tmp_path / "none.parquet")
+    assert len(empty) == 0 and list(empty.columns) == list(run_serve.COLUMNS)
