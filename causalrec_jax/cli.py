@@ -84,16 +84,23 @@ def build_parser() -> argparse.ArgumentParser:
                           help="replace the run's blocks in metrics.json with these")
     evaluate.set_defaults(handler=_command_evaluate)
 
-    recommend = commands.add_parser("recommend", help="top-K items for a user of a run")
+    recommend = commands.add_parser(
+        "recommend", help="top-K items for a user of a run, or for every user (--all)")
     recommend.add_argument("--run", required=True, help="run folder")
-    recommend.add_argument("--user", required=True, help="the user's id in the dataset")
+    recommend.add_argument("--user", help="the user's id in the dataset (one list, printed)")
+    recommend.add_argument("--all", action="store_true",
+                           help="every user of the run, written to the parquet file --out")
+    recommend.add_argument("--out", help="with --all: the parquet file to write (refused when "
+                                         "it exists)")
     recommend.add_argument("--k", type=int, default=10, help="number of items")
+    recommend.add_argument("--seed-index", type=int, default=0,
+                           help="which of the run's seeds serves (default 0, the first)")
     recommend.add_argument("--include-seen", action="store_true",
                            help="also rank items the user already has (excluded by default)")
     recommend.add_argument("--fallback", choices=["popularity"], default=None,
                            help="serve users the run learned nothing about (unknown ids, no "
                                 "training interactions) by training popularity; refused "
-                                "without it")
+                                "(--user) or skipped (--all) without it")
     recommend.set_defaults(handler=_command_recommend)
 
     simulate = commands.add_parser(
@@ -397,12 +404,48 @@ def _command_evaluate(args: argparse.Namespace) -> int:
 
 
 def _command_recommend(args: argparse.Namespace) -> int:
+    from causalrec_jax.errors import RunError
+
+    if args.user is not None and args.all:
+        raise RunError("--user and --all exclude each other: give one")
+    if args.user is None and not args.all:
+        raise RunError("give either --user USER_ID (one user's list) or --all --out FILE "
+                       "(every user's, to parquet)")
+    if args.all and not args.out:
+        raise RunError("--all writes a parquet file: give --out FILE (a new path)")
+    if args.out and not args.all:
+        raise RunError("--out is where --all writes; --user prints its list")
+    if args.all:
+        return _recommend_all(args)
     from causalrec_jax.runs.load import load_run, recommend
 
-    top = recommend(load_run(args.run), args.user, args.k, include_seen=args.include_seen,
-                    fallback=args.fallback)
+    top = recommend(load_run(args.run), args.user, args.k, args.seed_index,
+                    include_seen=args.include_seen, fallback=args.fallback)
     for rank, (item, score) in enumerate(top, 1):
         print(f"{rank:>3}  {item:<20} {score:.4f}")
+    return 0
+
+
+def _recommend_all(args: argparse.Namespace) -> int:
+    from causalrec_jax.runs.load import load_run
+    from causalrec_jax.runs.serve import check_out, recommend_all
+
+    check_out(args.out)  # refuse before loading the run
+    summary = recommend_all(load_run(args.run), args.k, out=args.out,
+                            seed_index=args.seed_index, include_seen=args.include_seen,
+                            fallback=args.fallback)
+    if summary.skipped_users:
+        print(f"causalrec recommend: warning: skipped {summary.skipped_users:,} user(s) the run "
+              "learned nothing about (no training interactions or history); --fallback "
+              "popularity serves them", file=sys.stderr)
+    notes = [f"{summary.fallback_users:,} by popularity" if args.fallback else None,
+             f"{summary.short_users:,} with fewer than {args.k} items left"
+             if summary.short_users else None,
+             f"{summary.empty_users:,} with nothing left" if summary.empty_users else None]
+    notes = [note for note in notes if note]
+    print(f"served {summary.users:,} users{' (' + '; '.join(notes) + ')' if notes else ''}: "
+          f"{summary.rows:,} rows, top {args.k} of seed {summary.seed}, in "
+          f"{summary.seconds:.2f} s; wrote {summary.path}")
     return 0
 
 

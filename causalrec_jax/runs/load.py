@@ -1,6 +1,6 @@
 """Reading a run folder back: its models (`load_run`), recommendations for a user
-(`recommend`), its metrics recomputed (`evaluate_run`), its scores as a table for a simulated
-logging policy (`run_score_table`)."""
+(`recommend`, from `runs.serve`, which also serves every user at once), its metrics recomputed
+(`evaluate_run`), its scores as a table for a simulated logging policy (`run_score_table`)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,11 @@ from causalrec_jax.config import (
     load_config,
 )
 from causalrec_jax.errors import ConfigError, RunError
+from causalrec_jax.runs.serve import (  # noqa: F401  serving a run, re-exported here
+    FALLBACKS,
+    known_items,
+    recommend,
+)
 from causalrec_jax.tasks.ordinary import (
     LoadedRun,
     evaluate_loaded_run,
@@ -33,11 +38,16 @@ def load_run(run_dir: str | Path) -> LoadedRun:
     run = Path(run_dir)
     if (run / "config.toml").exists() and not (run / "model").exists():
         stored = load_config(run / "config.toml")
+        kind = None
         if stored.uplift.method and stored.model.name not in SEQUENCE_MODELS:
+            kind = f"a run of uplift.method = {stored.uplift.method!r}"
+        elif _is_ope_run(run):
+            kind = "an off-policy evaluation run (causalrec ope)"
+        if kind:
             raise RunError(
-                f"{run} is a run of uplift.method = {stored.uplift.method!r}, which saves its "
-                "metrics but no model: recommend and evaluate work on runs of mf, mlp, neumf, "
-                "popularity, lightgcn, sasrec, bert4rec")
+                f"{run} is {kind}, which saves its metrics but no model: recommend and "
+                "evaluate work on runs of mf, mlp, neumf, popularity, lightgcn, sasrec, "
+                "bert4rec")
     for name in ("config.toml", "data.npz", "model"):
         if not (run / name).exists():
             raise RunError(f"{run} is not a finished run: {name} is missing")
@@ -55,6 +65,16 @@ def load_run(run_dir: str | Path) -> LoadedRun:
     except (FileNotFoundError, ValueError, KeyError) as error:
         raise RunError(f"{run / 'model'} holds no readable model ({type(error).__name__}: "
                        f"{error}); the folder is damaged: train the run again") from None
+
+
+def _is_ope_run(run: Path) -> bool:
+    """Whether the folder's `metrics.json` is an OPE run's (it has the `ope` block)."""
+    import json
+
+    try:
+        return "ope" in json.loads((run / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return False
 
 
 def run_score_table(run_dir: str | Path, n_users: int, n_items: int) -> np.ndarray:
@@ -82,72 +102,6 @@ def run_score_table(run_dir: str | Path, n_users: int, n_items: int) -> np.ndarr
     scores = np.full((n_users, n_items), -1e9, np.float32)
     scores[np.ix_(users, items)] = run_scores
     return scores
-
-
-FALLBACKS = ("popularity",)
-
-
-def recommend(run: LoadedRun, user_id: str, k: int = 10, seed_index: int = 0, *,
-              include_seen: bool = False, fallback: str | None = None) -> list[tuple]:
-    """Top-`k` `(item_id, score)` for an external user id.
-
-    Everything the user is known to have interacted with — the training, validation and test
-    items of the run's split — is excluded unless `include_seen`. Scores come from the seed at
-    `seed_index` (the run's first seed by default).
-
-    A user the run holds no learned representation of (an id not in its data, or a user with
-    no training interactions; for a sequential model, no history at all) is refused, unless
-    `fallback = "popularity"`: then the items are ranked by their training counts (the score
-    is the count), never by an untrained embedding.
-
-    Raises:
-        RunError: `k` < 1, an unknown or cold user without a fallback, an unknown fallback,
-            or a user with nothing left to recommend.
-    """
-    user_id = str(user_id)
-    if k < 1:
-        raise RunError(f"--k {k}: expected at least 1 item")
-    if fallback is not None and fallback not in FALLBACKS:
-        raise RunError(f"--fallback {fallback!r}: expected one of {', '.join(FALLBACKS)}")
-    matches = np.flatnonzero(run.user_ids == user_id)
-    user = int(matches[0]) if len(matches) else None
-    if user is None or not _has_representation(run, user):
-        if fallback is None:
-            why = (f"unknown user id {user_id!r}: the run's data has {len(run.user_ids)} "
-                   f"users (e.g. {', '.join(map(str, run.user_ids[:3]))})" if user is None else
-                   f"user {user_id!r} has no training interactions, so the run learned nothing "
-                   "about them")
-            raise RunError(f"{why}; pass --fallback popularity to serve the most popular "
-                           "items instead")
-        scores = run.data["item_counts"].astype(np.float64)
-    else:
-        scores = np.asarray(run.score_all_fn(seed_index)(jnp.asarray([user], jnp.int32)))[0]
-        scores = scores.astype(np.float64)
-    if not include_seen and user is not None:
-        scores[known_items(run, user)] = -np.inf
-    left = int(np.isfinite(scores).sum())
-    if left == 0:
-        raise RunError(
-            f"user {user_id!r} has interacted with all {len(scores)} items of the run: nothing "
-            "is left to recommend (--include-seen ranks them all)")
-    top = np.argsort(-scores, kind="stable")[:min(k, left)]
-    return [(str(run.item_ids[i]), float(scores[i])) for i in top]
-
-
-def known_items(run: LoadedRun, user: int) -> np.ndarray:
-    """The item indices user `user` is known to have interacted with in any split of the
-    run (`data.npz`: training, validation and test pairs)."""
-    parts = [run.data[f"{part}_item"][run.data[f"{part}_user"] == user]
-             for part in ("train", "valid", "test") if f"{part}_user" in run.data]
-    return np.unique(np.concatenate(parts)) if parts else np.zeros(0, np.int64)
-
-
-def _has_representation(run: LoadedRun, user: int) -> bool:
-    """Whether the run learned something of `user`: a training interaction, or for a
-    sequential model a history to read."""
-    if "next_history" in run.data:
-        return bool((run.data["next_history"][user] != 0).any())
-    return bool((run.data["train_user"] == user).any())
 
 
 def evaluate_run(run_dir: str | Path, split_name: str = "test") -> dict[str, Any]:
