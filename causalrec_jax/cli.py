@@ -211,11 +211,11 @@ def _command_data(args: argparse.Namespace) -> int:
         inner = ", ".join(f"{role} = {json.dumps(col)}" for role, col in args.columns.items())
         overrides.append(f"data.columns={{ {inner} }}")
     config = load_config(args.config, overrides)
-    if config.data.format not in ("simulator", "dataframe") and not config.data.path:
+    if config.data.format not in ("simulator", "planted", "dataframe") and not config.data.path:
         raise ConfigError(f"--path (or data.path) is required for format {config.data.format!r}")
     if config.data.format in PROVIDERS:  # the simulator's formats: importing it registers them
         importlib.import_module(PROVIDERS[config.data.format])
-    dataset, _ = load_dataset(config.data, config.sim)
+    dataset, _ = load_dataset(config.data, config.sim, planted=config.planted)
     stats = dataset_statistics(dataset)
     if args.json:
         print(json.dumps(stats, indent=2, default=str))

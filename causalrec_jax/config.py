@@ -1,6 +1,8 @@
 """Experiment configuration: frozen dataclasses per section, TOML loading and `--set` overrides.
 
-A config is `Config(data=..., sim=..., model=..., causal=..., train=..., eval=..., run=...)`.
+A config is `Config(data=..., sim=..., model=..., causal=..., train=..., eval=..., run=...)`
+(and the sections of the other run kinds and worlds: `env`, `policy`, `target`, `ope`,
+`uplift`, `planted`).
 `load_config(path, overrides)` merges defaults, the file and `section.key=value` overrides
 (values parsed as TOML, falling back to a plain string) and checks every key and type:
 an unknown section or key raises `ConfigError` with a "did you mean" hint, a wrong type names
@@ -64,7 +66,8 @@ class DataConfig:
 
     # A name registered in `data.formats.registry`: the built-in "simulator", "recbole",
     # "movielens", "coat", "yahoo_r3", "seq_lines", "csv", "parquet", "dataframe", "simlog",
-    # or one a user's package registered (`register_format`). Checked when the data is read.
+    # "planted" (from [planted]), or one a user's package registered (`register_format`).
+    # Checked when the data is read.
     format: str = "simulator"
     path: str = ""
     # csv/parquet: which columns hold what, e.g. {user = "uid", item = "sku", rating = "stars"}.
@@ -172,6 +175,78 @@ class SimConfig:
             _require(getattr(self, key) >= 0, f"sim.{key}", "a number >= 0", getattr(self, key))
         _require(self.relevance_temperature > 0, "sim.relevance_temperature", "a number > 0",
                  self.relevance_temperature)
+
+
+@dataclass(frozen=True)
+class PlantedConfig:
+    """A world with planted causal rules (`causalrec_jax.sim.planted`, `data.format =
+    "planted"`): time-ordered histories in which some consumptions happen because specific
+    earlier ones did, with the minimal counterfactual explanations known.
+
+    Each user draws `history_length` items from a base process (popularity and the user's one
+    favoured topic: the distractors), then the rule items: both antecedents of every rule at
+    `antecedent_rate` (raised by `topic_strength` on the log-odds scale for the users of the
+    rule's topic), each rule's confounder as a copy of its first antecedent with probability
+    `rho` and otherwise drawn independently at that same rate, and each consequent with
+    probability `rule_strength` where its rule's condition holds (AND: both antecedents; OR:
+    either) and `consequent_rate` where it does not. Antecedents fall in the first
+    `cause_window` of the user's time line (from 0 to 1), each consequent within
+    `consequent_lag` after the later of its rule's two antecedent times, each confounder
+    before that time (so before the consequent).
+    """
+
+    n_users: int = 5000
+    n_items: int = 300
+    # Items each user draws from the base process (the rule items come on top of these).
+    history_length: int = 20
+    n_and_rules: int = 4
+    n_or_rules: int = 4
+    n_topics: int = 8
+    # Log-odds boost of a user's favoured topic (base items and the rule items of that topic).
+    topic_strength: float = 2.0
+    # Spread of the base items' log popularity (N(0, popularity_sigma^2)): popular items.
+    popularity_sigma: float = 1.0
+    # P(consequent | condition) and P(consequent | not condition).
+    rule_strength: float = 0.9
+    consequent_rate: float = 0.02
+    # P(antecedent) outside the rule's topic (each antecedent, independently).
+    antecedent_rate: float = 0.15
+    # Strength of the confounder: P(it copies the first antecedent); 1 makes it identical.
+    rho: float = 0.5
+    # Where antecedents fall (the first cause_window of the time line), and how soon after the
+    # later antecedent time the consequent comes (a fraction of the time line).
+    cause_window: float = 0.5
+    consequent_lag: float = 0.1
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for key in ("n_users", "n_items", "history_length", "n_topics"):
+            _require(getattr(self, key) >= 1, f"planted.{key}", "an integer >= 1",
+                     getattr(self, key))
+        for key in ("n_and_rules", "n_or_rules"):
+            _require(getattr(self, key) >= 0, f"planted.{key}", "an integer >= 0",
+                     getattr(self, key))
+        n_rules = self.n_and_rules + self.n_or_rules
+        _require(n_rules >= 1, "planted.n_and_rules + planted.n_or_rules",
+                 "at least one rule (a world without rules plants nothing)", n_rules)
+        _require(self.n_items >= 4 * n_rules + self.history_length, "planted.n_items",
+                 f"at least 4 items per rule plus planted.history_length base items "
+                 f"({4 * n_rules} + {self.history_length})", self.n_items)
+        for key in ("topic_strength", "popularity_sigma"):
+            _require(math.isfinite(getattr(self, key)) and getattr(self, key) >= 0,
+                     f"planted.{key}", "a finite number >= 0", getattr(self, key))
+        for key in ("antecedent_rate", "consequent_rate", "rule_strength"):
+            _require(0 < getattr(self, key) < 1, f"planted.{key}", "a probability in (0, 1)",
+                     getattr(self, key))
+        _require(self.rule_strength > self.consequent_rate, "planted.rule_strength",
+                 f"above planted.consequent_rate ({self.consequent_rate}): a rule raises the "
+                 "chance of its consequent", self.rule_strength)
+        _require(0 <= self.rho <= 1, "planted.rho", "a probability in [0, 1]", self.rho)
+        _require(0 < self.cause_window < 1, "planted.cause_window", "a fraction in (0, 1)",
+                 self.cause_window)
+        _require(0 < self.consequent_lag <= 1 - self.cause_window, "planted.consequent_lag",
+                 f"a fraction in (0, 1 - planted.cause_window = {1 - self.cause_window:g}]: "
+                 "consequents stay on the time line", self.consequent_lag)
 
 
 @dataclass(frozen=True)
@@ -548,6 +623,7 @@ class Config:
     target: PolicyConfig = field(default_factory=PolicyConfig)
     ope: OpeConfig = field(default_factory=OpeConfig)
     uplift: UpliftConfig = field(default_factory=UpliftConfig)
+    planted: PlantedConfig = field(default_factory=PlantedConfig)
 
 
 def check_selection_metric(eval_config: EvalConfig, name: str, key: str) -> str:

@@ -14,9 +14,11 @@ the level of stream ids: it is folded into a key that was first derived for that
 
 Roots. Seeds are never folded: each seed is its own root `jax.random.key(seed)`. Several
 roots can be the same key when their seeds are equal numbers (`run.seed`, `sim.seed`,
-`env.seed`, `policy.seed`, `target.seed`), so the enums folded into roots that can meet keep
-disjoint values: the static world (`World`, ids 0-6), the dynamic environment (`Env`, 16-21),
-the policies' scores (`Policy`, 22) and the truth of off-policy evaluation (`Ope.TRUTH`, 31).
+`env.seed`, `policy.seed`, `target.seed`, `planted.seed`), so the enums folded into roots
+that can meet keep disjoint values: the static world (`World`, ids 0-6), the dynamic
+environment (`Env`, 16-21), the policies' scores (`Policy`, 22), the truth of off-policy
+evaluation (`Ope.TRUTH`, 31) and the world with planted causes (`Planted`, 40-41, apart from
+every root level, `Run` included, since a run trains on that world with any `run.seed`).
 `Run` (0, 1, 2, 7919) shares ids 0-2 with `World`: a run on the simulator with
 `run.seed == sim.seed` (the defaults) initialises its model from the key of the world's user
 factors (drawn differently from it, but the same key); changing that would change every
@@ -156,6 +158,36 @@ class Pairs(enum.IntEnum):
 
     FIRST = 0  # the first item of each pair
     SECOND = 1  # the second item of each pair
+
+
+@enum.unique
+class Planted(enum.IntEnum):
+    """Roles of the planted world's key `key(planted.seed)` (`sim.planted`)."""
+
+    ITEMS = 40  # the items: topics, popularity, which items the rules use (`PlantedItems`)
+    USERS = 41  # the users' histories (user index below it, then `PlantedUser`)
+
+
+@enum.unique
+class PlantedItems(enum.IntEnum):
+    """Roles of the items' key `derive(key(planted.seed), Planted.ITEMS)` (`sim.planted`)."""
+
+    TOPICS = 0  # each base item's topic
+    POPULARITY = 1  # each item's standardised log popularity
+    RULES = 2  # the items of the rules: antecedents, consequent, confounder
+
+
+@enum.unique
+class PlantedUser(enum.IntEnum):
+    """Roles of one user's key `index(derive(key(planted.seed), Planted.USERS), user)`
+    (`sim.planted`)."""
+
+    TOPIC = 0  # the user's favoured topic
+    BASE = 1  # the base items (Gumbel noise of the draw without replacement)
+    ANTECEDENTS = 2  # each rule's two antecedent draws
+    CONFOUNDERS = 3  # each confounder's copy-or-own draws
+    CONSEQUENTS = 4  # each consequent's draw (one uniform: the structural noise of C)
+    TIMES = 5  # the times of every consumption
 
 
 def derive(key: jax.Array, stream: enum.IntEnum) -> jax.Array:

@@ -38,6 +38,10 @@ HISTORIC_VALUES = {
     "Uplift": {"LOG": 0, "MODEL": 1, "TREATED_OUTCOME_MODEL": 2, "CONTROL_OUTCOME_MODEL": 3},
     "UpliftModel": {"INIT": 0, "FIT": 1},
     "Pairs": {"FIRST": 0, "SECOND": 1},
+    "Planted": {"ITEMS": 40, "USERS": 41},
+    "PlantedItems": {"TOPICS": 0, "POPULARITY": 1, "RULES": 2},
+    "PlantedUser": {"TOPIC": 0, "BASE": 1, "ANTECEDENTS": 2, "CONFOUNDERS": 3,
+                    "CONSEQUENTS": 4, "TIMES": 5},
 }
 
 # (module, function, key variable) folding both stream ids and data indices, each with why.
@@ -76,6 +80,10 @@ def test_levels_whose_roots_can_be_the_same_key_are_disjoint():
         values = ids(*group)
         assert len(values) == len(set(values)), group
     assert streams.Ope.TRUTH not in ids(streams.World)
+    # key(planted.seed) can be any root, a run's key(run.seed) included (a run trains on it).
+    roots = ids(streams.Run, streams.World, streams.Env, streams.Policy, streams.Ope,
+                streams.Uplift)
+    assert not set(ids(streams.Planted)) & set(roots)
 
 
 def test_derive_refuses_an_unnamed_stream():

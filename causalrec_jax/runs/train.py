@@ -79,7 +79,8 @@ def train_run(
 def _write_run(config: Config, out: Path, *, resume: bool, quiet: bool, frame) -> dict[str, Any]:
     """The body of `train_run` in its folder: data, training, evaluation, the files."""
     tic = time.perf_counter()
-    dataset, truth = load_dataset(config.data, config.sim, frame=frame)
+    dataset, truth = load_dataset(config.data, config.sim, frame=frame,
+                                  planted=config.planted)
     data_fingerprint = fingerprint(dataset)  # evaluate refuses the data if it changed
     propensity = evaluation_propensity(config, dataset)
     progress = not quiet and sys.stderr.isatty()
@@ -215,7 +216,7 @@ def sequence_run(config: Config, out: str | Path, *, quiet: bool = True,
 def _write_sequence_run(config: Config, out: Path, *, quiet: bool, resume: bool,
                         item_chunk: int | None) -> dict[str, Any]:
     tic = time.perf_counter()
-    dataset, _ = load_dataset(config.data, config.sim)
+    dataset, _ = load_dataset(config.data, config.sim, planted=config.planted)
     data_fingerprint = fingerprint(dataset)  # evaluate refuses the data if it changed
     split = make_split(dataset, config.data, seed=config.run.seed)
     log_path = out / "log.jsonl"

@@ -7,11 +7,14 @@
   rollouts with common random numbers and interventions;
 - `logs`, `simlog`: logged bandit feedback from `[env]` / `[policy]` configs and its folder
   format (import these submodules directly);
-- `formats`: registers the data formats `simulator` and `simlog` into
+- `planted`: histories with planted causal rules (AND, OR, confounders, distractors) and the
+  minimal counterfactual explanations they imply, the truth explanations are scored against
+  (import the submodule directly);
+- `formats`: registers the data formats `simulator`, `simlog` and `planted` into
   `causalrec_jax.data.formats` (done here, on import).
 """
 
-from causalrec_jax.sim import formats  # noqa: F401  registers "simulator" and "simlog"
+from causalrec_jax.sim import formats  # noqa: F401  registers "simulator", "simlog", "planted"
 from causalrec_jax.sim.world import (
     GroundTruth,
     SparseGroundTruth,

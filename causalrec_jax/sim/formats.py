@@ -1,19 +1,21 @@
 """The simulator's data formats, registered into the data layer's format registry.
 
 `simulator` (a static world generated from `[sim]`, `world.simulate_dataset`, with its ground
-truth) and `simlog` (a folder written by `causalrec simulate`, `simlog.simlog_to_dataset`).
-The data layer never imports the simulator: importing `causalrec_jax.sim` registers these
-two formats (its `__init__` imports this module), so that `data.loader.load_dataset` reads
-them like any other format.
+truth), `simlog` (a folder written by `causalrec simulate`, `simlog.simlog_to_dataset`) and
+`planted` (histories with planted causal rules generated from `[planted]`,
+`planted.simulate_planted`, with its `PlantedTruth`). The data layer never imports the
+simulator: importing `causalrec_jax.sim` registers these formats (its `__init__` imports this
+module), so that `data.loader.load_dataset` reads them like any other format.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from causalrec_jax.config import SimConfig
+from causalrec_jax.config import PlantedConfig, SimConfig
 from causalrec_jax.data.dataset import Dataset
 from causalrec_jax.data.formats.registry import Source, register_format
+from causalrec_jax.sim.planted import simulate_planted
 from causalrec_jax.sim.simlog import simlog_to_dataset
 from causalrec_jax.sim.world import simulate_dataset
 
@@ -28,10 +30,16 @@ def read_simlog_folder(source: Source) -> tuple[Dataset, Any]:
     return simlog_to_dataset(source.path), None
 
 
+def read_planted(source: Source) -> tuple[Dataset, Any]:
+    """The planted world of `source.planted` (defaults when None): `(dataset, PlantedTruth)`."""
+    return simulate_planted(source.planted or PlantedConfig())
+
+
 def register_formats() -> None:
-    """Registers `simulator` and `simlog` (again: a no-op)."""
+    """Registers `simulator`, `simlog` and `planted` (again: a no-op)."""
     register_format("simulator", read_simulator, needs_path=False)
     register_format("simlog", read_simlog_folder)
+    register_format("planted", read_planted, needs_path=False)
 
 
 register_formats()

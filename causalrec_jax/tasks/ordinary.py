@@ -541,13 +541,16 @@ def evaluation_propensity(config: Config, dataset: Dataset) -> np.ndarray | None
 
 def check_ordinary_keys(config: Config) -> None:
     """Refuses a key an ordinary (or causal) run would ignore: a section it does not read
-    (`[ope]`, `[uplift]`, `[env]`, ...; `[sim]` unless `data.format = "simulator"`), a
+    (`[ope]`, `[uplift]`, `[env]`, ...; `[sim]` unless `data.format = "simulator"`,
+    `[planted]` unless `data.format = "planted"`), a
     `[causal]` key of another method, a `[model]` key of another model."""
     used: dict[str, Any] = {"data": None, "model": model_keys_used(config.model),
                             "causal": causal_keys_used(config.causal), "train": None,
                             "eval": None, "run": None}
     if config.data.format == "simulator":
         used["sim"] = None
+    if config.data.format == "planted":
+        used["planted"] = None
     refuse_unused(config, used, f"a run of model.name = {config.model.name!r} with "
                                 f"causal.method = {config.causal.method!r}")
 
@@ -622,7 +625,7 @@ def evaluate_loaded_run(run: LoadedRun, split_name: str = "test") -> dict[str, A
             f"this is a cross-validation run ({config.train.cv_folds} folds): its "
             "per-fold results are in metrics.json under 'cv'; evaluate re-scores single splits"
         )
-    dataset, truth = load_dataset(config.data, config.sim)
+    dataset, truth = load_dataset(config.data, config.sim, planted=config.planted)
     check_unchanged(run.data, dataset, config.data.path or config.data.format)
     split = make_split(dataset, config.data, seed=config.run.seed)
     parts = split.parts()

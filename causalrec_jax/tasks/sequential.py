@@ -602,7 +602,7 @@ def evaluate_sequence_run(run: LoadedRun, split_name: str = "test") -> dict[str,
     if split_name not in ("test", "valid"):
         raise RunError(f"split {split_name!r}: a sequential run evaluates 'test' or 'valid'")
     config = run.config
-    dataset, _ = load_dataset(config.data, config.sim)
+    dataset, _ = load_dataset(config.data, config.sim, planted=config.planted)
     check_unchanged(run.data, dataset, config.data.path or config.data.format)
     split = make_split(dataset, config.data, seed=config.run.seed)
     per_seed = []

@@ -211,7 +211,8 @@ def tune(
     dump_config(config, out / "config.toml")
     if space_path is not None:
         shutil.copyfile(space_path, out / "space.toml")
-    dataset, truth = load_dataset(config.data, config.sim, frame=frame)
+    dataset, truth = load_dataset(config.data, config.sim, frame=frame,
+                                  planted=config.planted)
     split = make_split(dataset, config.data, seed=config.run.seed)
     if split.valid is None or len(split.valid) == 0:
         raise ConfigError(

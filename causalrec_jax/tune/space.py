@@ -68,6 +68,8 @@ UNTUNABLE_SECTIONS: dict[str, str] = {
     "set data.* in the config and tune on one dataset",
     "sim": "sim settings change the simulated world, i.e. the dataset, so trials would not be "
     "comparable; set sim.* in the config",
+    "planted": "planted settings change the planted world, i.e. the dataset, so trials would "
+    "not be comparable; set planted.* in the config",
     "eval": "eval settings define how trials are measured and compared; set eval.* in the config",
     "run": "run settings (seed, name, output folder) are not hyperparameters",
 }

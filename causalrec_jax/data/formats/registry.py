@@ -1,10 +1,10 @@
 """The registry of dataset formats: a reader registered under each `data.format` name.
 
 The data layer registers the file formats it reads (`causalrec_jax.data.formats`); packages
-above it register their own: `causalrec_jax.sim` registers `simulator` and `simlog` when it
-is imported, so that `data/` never imports the simulator. A reader takes a `Source` and
-returns `(dataset, ground_truth)`, the ground truth being None for every format but the
-simulator's.
+above it register their own: `causalrec_jax.sim` registers `simulator`, `simlog` and
+`planted` when it is imported, so that `data/` never imports the simulator. A reader takes a
+`Source` and returns `(dataset, ground_truth)`, the ground truth being None for every format
+but the simulator's (`simulator`, `planted`).
 """
 
 from __future__ import annotations
@@ -15,14 +15,15 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from causalrec_jax.config import SimConfig
+from causalrec_jax.config import PlantedConfig, SimConfig
 from causalrec_jax.data.dataset import Dataset
 from causalrec_jax.errors import ConfigError
 
 
 @dataclass(frozen=True)
 class Source:
-    """What a format reader is asked to read (the `[data]` and `[sim]` values it may use).
+    """What a format reader is asked to read (the `[data]`, `[sim]` and `[planted]` values it
+    may use).
 
     Attributes:
         path: the file or folder (`data.path`); None or "" when there is none.
@@ -30,6 +31,7 @@ class Source:
         sep: field separator of delimited tables (`data.sep`).
         frame: the pandas DataFrame of the `dataframe` format.
         sim: the `[sim]` section of the `simulator` format.
+        planted: the `[planted]` section of the `planted` format.
     """
 
     path: str | os.PathLike | None = None
@@ -37,6 +39,7 @@ class Source:
     sep: str = ","
     frame: Any = None
     sim: SimConfig | None = None
+    planted: PlantedConfig | None = None
 
 
 ReadFn = Callable[[Source], tuple[Dataset, Any]]
@@ -58,7 +61,8 @@ class DataFormat:
 
 
 # Formats a package above data/ provides, and the module that registers them on import.
-PROVIDERS = {"simulator": "causalrec_jax.sim", "simlog": "causalrec_jax.sim"}
+PROVIDERS = {"simulator": "causalrec_jax.sim", "simlog": "causalrec_jax.sim",
+             "planted": "causalrec_jax.sim"}
 
 _REGISTRY: dict[str, DataFormat] = {}
 
@@ -99,8 +103,8 @@ def get_format(name: str) -> DataFormat:
 
     Raises:
         ConfigError: naming `data.format` and the known names (with a "did you mean"), or,
-            for `simulator` / `simlog` before `causalrec_jax.sim` registered them, the
-            module to import.
+            for `simulator` / `simlog` / `planted` before `causalrec_jax.sim` registered
+            them, the module to import.
     """
     entry = _REGISTRY.get(name)
     if entry is not None:
