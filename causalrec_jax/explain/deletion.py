@@ -23,8 +23,12 @@ compiled program serves every user of a run whose history has the same padded le
 - ID-embedding models (MF, MLP, NeuMF: `RefitDeletion`) hold a user vector fitted to the
   history: deleting history changes nothing until that vector is re-fitted on the edited
   history, with every item parameter frozen. The re-fit minimises the per-user share of the
-  objective the run trained (`train.loss` with its L2, `user_objective`) by damped Newton steps
-  (exact in one step for squared error on MF, whose objective is quadratic), vmapped over masks.
+  objective the run trained (`train.loss` with its L2, `RefitDeletion.objective`): in closed
+  form for squared error on MF (ridge regression), else by Newton or chord steps, vmapped over
+  masks. A score after a deletion is the served score plus the change from the full-history
+  re-fit to the edited one, so nothing deleted gives exactly what the run serves and the
+  optimisation error of training (early stopping, sampled negatives) cancels; for a converged
+  run the full-history re-fit is the trained user (`tests/runs/test_explain_run.py`).
 - LightGCN propagates the user's own neighbours into the user's final embedding, so a deletion
   acts twice: the user's layers 1..L are recomputed from the edited neighbour set (item layers
   and item degrees frozen: the deleted item's degree, and the user's share in its neighbours'
@@ -37,7 +41,6 @@ Influence functions (Koh & Liang, ICML 2017) give the first-order change of the 
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Callable
 from typing import Any
 
@@ -255,9 +258,10 @@ class RefitDeletion:
     `data` holds `model` (the model's state; lightgcn: `item_final [n_items, d]` and
     `history_layers [L, H, d]`), `items [H]`, `ratings [H]`, `valid [H]`, `pool_base
     [n_items]` (1 for items outside the user's training items), `l2`, `theta_start` (the
-    full-history fit), `jacobian [n_items, p]` (affine kinds), `curvature_start [p, p]`
-    (its lower Cholesky factor, for the chord solver) and, for mlp and neumf with user
-    features, `user_features [d_u]`.
+    full-history fit), `served [n_items]` and `refit_scores [n_items]` (the scores of the
+    trained and of the re-fitted user), `jacobian [n_items, p]` (affine kinds),
+    `curvature_start [p, p]` (its lower Cholesky factor, for the chord solver) and, for mlp
+    and neumf with user features, `user_features [d_u]`.
     """
 
     kind: str
@@ -463,9 +467,14 @@ class RefitDeletion:
         return unravel(flat)
 
     def __call__(self, data: Any, keep: jax.Array) -> jax.Array:
+        """The served scores plus the change the re-fit attributes to the deletion:
+        `served + s(refit(keep)) - s(refit(full history))`. With nothing deleted it is what
+        the run serves; the difference of two re-fits cancels training's own optimisation
+        error (early stopping, sampled negatives), and a converged run has `refit(full)` at
+        its trained user, where the two coincide."""
         weights = keep.astype(jnp.float32) * data["valid"]
         theta = self.refit(data, data["theta_start"], weights, self.n_steps)
-        return self.user_scores(data, theta, weights)
+        return data["served"] + self.user_scores(data, theta, weights) - data["refit_scores"]
 
     def relaxed(self, data: Any, weights: jax.Array) -> jax.Array:
         """The re-fit scores at continuous history weights (the path of integrated
@@ -543,7 +552,7 @@ def model_kind(model: nnx.Module) -> str:
 
 REFIT_SEMANTICS = {
     "mf": "re-fit: the user's factors and bias are fitted again on the edited history with "
-          "every item parameter frozen ({loss}, L2 {l2:.3g}; exact in one Newton step for mse)",
+          "every item parameter frozen ({loss}, L2 {l2:.3g}; closed form for mse)",
     "mlp": "re-fit: the user's embedding is fitted again on the edited history with the "
            "network and items frozen ({loss}, L2 {l2:.3g}; damped Newton steps)",
     "neumf": "re-fit: the user's GMF and MLP embeddings are fitted again on the edited history "
@@ -552,6 +561,9 @@ REFIT_SEMANTICS = {
                 "neighbours (item layers frozen) and the user's layer-0 embedding is fitted "
                 "again ({loss}, L2 {l2:.3g}; damped Newton steps)",
 }
+# Appended to every re-fit's semantics (`RefitDeletion.__call__`).
+ANCHORED = ("; a score after a deletion is the served score plus the change from the re-fit "
+            "on the full history to the re-fit on the edited one")
 
 
 def _user_theta(model: nnx.Module, kind: str, user: int) -> dict[str, jax.Array]:
@@ -677,7 +689,8 @@ def make_refit_model(
     data.update(_start(scorer, data, base_steps))
     return DeletionModel(
         score_fn=scorer, data=data, history=_pad(items, length, -1),
-        semantics=REFIT_SEMANTICS[kind].format(loss=loss, l2=l2), n_items=model.n_items,
+        semantics=REFIT_SEMANTICS[kind].format(loss=loss, l2=l2) + ANCHORED,
+        n_items=model.n_items,
         relaxed_fn=scorer.relaxed,
         influence_fn=scorer.influence, item_vectors=_item_vectors(model, kind),
         item_counts=None if item_counts is None else np.asarray(item_counts),
@@ -685,9 +698,9 @@ def make_refit_model(
 
 
 def _start_impl(scorer: RefitDeletion, data: Any, base_steps: int) -> dict[str, Any]:
-    """The full-history fit (`base_steps` Newton steps from the trained parameters), the
-    constant score Jacobian of the affine kinds, and the Cholesky factor of the curvature at
-    the fit (the chord solver's)."""
+    """The full-history fit (`base_steps` Newton steps from the trained parameters) and its
+    scores, the served scores (the trained parameters'), the constant score Jacobian of the
+    affine kinds, and the Cholesky factor of the curvature at the fit (the chord solver's)."""
     theta = data["theta_start"]
     full = data["valid"].astype(jnp.float32)
     flat, unravel = ravel_pytree(theta)
@@ -696,8 +709,10 @@ def _start_impl(scorer: RefitDeletion, data: Any, base_steps: int) -> dict[str, 
         out["jacobian"] = jax.jacfwd(
             lambda f: scorer.model_scores(data, unravel(f), full))(flat)
         data = {**data, **out}
+    out["served"] = scorer.model_scores(data, theta, full)
     theta = scorer.refit(data, theta, full, base_steps, solver="newton")
     out["theta_start"] = theta
+    out["refit_scores"] = scorer.user_scores(data, theta, full)
     out["curvature_start"] = jnp.linalg.cholesky(scorer.curvature(data, theta, full))
     return out
 
@@ -705,14 +720,14 @@ def _start_impl(scorer: RefitDeletion, data: Any, base_steps: int) -> dict[str, 
 _start = jax.jit(_start_impl, static_argnums=(0, 2))
 
 
-def l2_per_user(weight_decay: float, n_rows: int, batch_size: int) -> float:
+def l2_per_user(weight_decay: float, n_rows: int) -> float:
     """The L2 coefficient of the per-user objective that training's weight decay implies.
 
-    A step adds `weight_decay * theta` to the gradient of the batch's mean loss (`train.step`),
-    and an epoch takes `ceil(n_rows / batch_size)` steps while passing each row once: its
-    summed update is that of `sum_rows loss / batch_size + steps * weight_decay * theta`, whose
-    zero is the minimum of `sum_rows loss + l2 / 2 ||theta||^2` with
-    `l2 = weight_decay * batch_size * steps` (about `weight_decay * n_rows`).
+    A step adds `weight_decay * theta` to the gradient of its batch's mean loss (`train.step`,
+    `train.losses.reduce_losses`); an epoch takes `n_rows / batch_size` steps and passes each
+    row once, so its summed update is that of `sum_rows loss / batch_size + n_rows /
+    batch_size * weight_decay * theta`, whose zero is the minimum of `sum_rows loss + l2 / 2
+    ||theta||^2` with `l2 = weight_decay * n_rows` (exact for full batches and for one batch
+    holding every row; a partial last batch weighs its rows a little more).
     """
-    steps = max(1, math.ceil(n_rows / batch_size))
-    return float(weight_decay) * batch_size * steps
+    return float(weight_decay) * n_rows

@@ -120,9 +120,18 @@ def test_mse_refit_is_ridge_regression_on_the_edited_history(mf):
     x = np.concatenate([np.ones((len(kept), 1)), q], axis=1)
     offset = float(mf.global_bias[...]) + np.asarray(mf.item_bias[...])[HISTORY[kept]]
     theta = np.linalg.solve(2 * x.T @ x + 0.5 * np.eye(7), 2 * x.T @ (ratings[kept] - offset))
-    expected = (float(mf.global_bias[...]) + np.asarray(mf.item_bias[...]) + theta[0]
-                + np.asarray(mf.item_factors[...]) @ theta[1:])
-    np.testing.assert_allclose(model.scores(keep), expected, rtol=1e-4, atol=1e-4)
+    refit = np.asarray(mf.item_factors[...]) @ theta[1:] + theta[0]
+    # full-history re-fit, and the trained user's scores: the anchor of the deletion scores
+    x_all = np.concatenate([np.ones((len(HISTORY), 1)),
+                            np.asarray(mf.item_factors[...])[HISTORY]], axis=1)
+    offset_all = float(mf.global_bias[...]) + np.asarray(mf.item_bias[...])[HISTORY]
+    full = np.linalg.solve(2 * x_all.T @ x_all + 0.5 * np.eye(7),
+                           2 * x_all.T @ (ratings - offset_all))
+    refit_full = np.asarray(mf.item_factors[...]) @ full[1:] + full[0]
+    served = np.asarray(mf.score_all(jnp.asarray([1]))[0])
+    np.testing.assert_allclose(model.scores(), served, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(model.scores(keep), served + refit - refit_full, rtol=1e-4,
+                               atol=1e-4)
 
 
 def test_bpr_refit_converges():
