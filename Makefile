@@ -36,6 +36,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/debias.py
 	$(BIN)/python bench/simulate.py --gpu-config
 	$(BIN)/python bench/catalogue.py
+	$(BIN)/python bench/explain.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check --no-cache causalrec_jax tests experiments bench

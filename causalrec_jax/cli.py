@@ -110,6 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--method", default="greedy",
                          help="greedy, beam, exhaustive, effects, or a baseline: random, "
                               "popular, similar, influence, integrated_gradients")
+    explain.add_argument("--candidates", type=int, default=None,
+                         help="greedy search only among the C strongest single deletions "
+                              "(faster on long histories; default: all)")
     explain.add_argument("--causes", type=int, default=10,
                          help="rows of the table of causes (0: all)")
     explain.add_argument("--png", help="bar chart path (default explain_USER_ITEM.png)")
@@ -429,7 +432,7 @@ def _command_explain(args: argparse.Namespace) -> int:
     )
 
     result = explain_run(args.run, args.user, args.item, k=args.k, max_size=args.max_size,
-                         method=args.method)
+                         method=args.method, n_candidates=args.candidates)
     safe = re.sub(r"[^A-Za-z0-9_.-]", "_", f"{result.user_id}_{result.item_id}")
     png = plot_explanation(result, args.png or f"explain_{safe}.png")
     if args.json:

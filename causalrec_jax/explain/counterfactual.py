@@ -83,7 +83,8 @@ def default_exclude(model: DeletionModel) -> np.ndarray:
 
 def explain(model: DeletionModel, target: int, *, k: int = 10, method: str = "greedy",
             max_size: int = 10, exclude: Any = None, beam_width: int = 4,
-            key: jax.Array | None = None, chunk_size: int | None = None) -> Explanation:
+            key: jax.Array | None = None, chunk_size: int | None = None,
+            n_candidates: int | None = None) -> Explanation:
     """Explains why `target` is recommended to the user of `model`.
 
     Args:
@@ -96,7 +97,10 @@ def explain(model: DeletionModel, target: int, *, k: int = 10, method: str = "gr
             None: the history items.
         beam_width: sets kept per size by `beam`.
         key: random key of the `random` baseline (default `jax.random.key(0)`).
-        chunk_size: deletion masks per vmapped batch (None: all at once).
+        chunk_size: deletion masks per vmapped batch (None: the model's `chunk_size`).
+        n_candidates: `greedy` deletes only among the `n_candidates` strongest single
+            deletions (lowest margins), scoring that many masks per step instead of the whole
+            history; None: every past interaction (exact greedy).
 
     Returns:
         `Explanation`.
@@ -110,6 +114,7 @@ def explain(model: DeletionModel, target: int, *, k: int = 10, method: str = "gr
     if k < 1 or max_size < 1:
         raise ValueError(f"k = {k} and max_size = {max_size}: expected both >= 1")
     exclude = default_exclude(model) if exclude is None else np.asarray(exclude, bool)
+    chunk_size = model.chunk_size if chunk_size is None else chunk_size
     n_items = len(exclude)
     if not 0 <= target < n_items:
         raise ValueError(f"item index {target} is outside the catalogue of {n_items} items")
@@ -126,7 +131,13 @@ def explain(model: DeletionModel, target: int, *, k: int = 10, method: str = "gr
     causes = np.lexsort((-rank_after, deltas))  # largest drop first, then largest rank
     max_size = min(max_size, max(len(positions), 1))
     if method == "greedy":
-        result = search.greedy_search(*args, k=k, max_size=max_size, chunk_size=chunk_size)
+        candidates = None
+        if n_candidates is not None and n_candidates < len(positions):
+            margins = np.asarray(effects.after.margin)[positions]
+            candidates = jnp.asarray(positions[np.argsort(margins, kind="stable")]
+                                     [:n_candidates].astype(np.int32))
+        result = search.greedy_search(*args, k=k, max_size=max_size, chunk_size=chunk_size,
+                                      candidates=candidates)
     elif method == "beam":
         result = search.beam_search(*args, k=k, max_size=max_size, beam_width=beam_width,
                                     chunk_size=chunk_size)

@@ -71,6 +71,11 @@ HISTORY_MULTIPLE = 32
 # is cheap to re-fit by Newton steps.
 CHORD_MIN_HISTORY = 64
 
+# Deletion masks per vmapped batch for the re-fits that sum over the catalogue (measured on
+# MF-BPR, 200 history items, 1,682 items: 0.32 s for all 200 masks at once, 0.22-0.26 s in
+# batches of 4 or 8).
+CATALOGUE_CHUNK = 8
+
 # Halvings of a Newton step before giving it up (`_backtrack`).
 _HALVINGS = 12
 
@@ -93,6 +98,9 @@ class DeletionModel:
         item_vectors: `[n_items, d]` item embeddings (the most-similar-item baseline), or None.
         item_counts: `[n_items]` training interactions per item (most-popular-first), or None.
         n_items: the size of the catalogue scored.
+        chunk_size: deletion masks per vmapped batch the searches use by default (None: all
+            at once); a re-fit whose objective sums over the catalogue (BPR, softmax) holds a
+            `[H, n_items]` array per mask, and batches of a few masks keep it in cache.
     """
 
     score_fn: Callable[[Any, jax.Array], jax.Array]
@@ -104,6 +112,7 @@ class DeletionModel:
     influence_fn: Callable[[Any, jax.Array], jax.Array] | None = None
     item_vectors: np.ndarray | None = None
     item_counts: np.ndarray | None = None
+    chunk_size: int | None = None
 
     @property
     def valid(self) -> np.ndarray:
@@ -694,6 +703,7 @@ def make_refit_model(
         relaxed_fn=scorer.relaxed,
         influence_fn=scorer.influence, item_vectors=_item_vectors(model, kind),
         item_counts=None if item_counts is None else np.asarray(item_counts),
+        chunk_size=CATALOGUE_CHUNK if loss in ("bpr", "softmax", "sampled_softmax") else None,
     )
 
 

@@ -165,33 +165,43 @@ class SearchResult(NamedTuple):
 @functools.partial(jax.jit, static_argnames=("score_fn", "k", "max_size", "chunk_size"))
 def greedy_search(score_fn, data: Any, valid: jax.Array, target: jax.Array,
                   exclude: jax.Array, *, k: int, max_size: int,
-                  chunk_size: int | None = None) -> SearchResult:
+                  chunk_size: int | None = None,
+                  candidates: jax.Array | None = None) -> SearchResult:
     """Greedy minimal counterfactual set: at each step, score every remaining deletion added to
     the set (one vmapped call of H masks) and keep the one with the lowest margin; stop when
     the target leaves the top-K or after `max_size` deletions. A target already outside the
     top-K gives the empty set, found.
 
+    Args:
+        candidates: `[C]` int positions the search may delete (e.g. the C strongest single
+            deletions: each step then scores C masks instead of H); None: every position.
+
     Returns:
-        `SearchResult`; `found` False when `max_size` deletions (or the whole history) did
-        not remove the target from the top-K (`deleted` then holds the greedy path).
+        `SearchResult`; `found` False when `max_size` deletions (or every candidate) did not
+        remove the target from the top-K (`deleted` then holds the greedy path).
     """
     history_len = valid.shape[0]
-    others = ~jnp.eye(history_len, dtype=bool)
+    if candidates is None:
+        candidates = jnp.arange(history_len)
+    candidates = candidates.astype(jnp.int32)
+    # row c deletes candidate c in addition to the set
+    others = jnp.arange(history_len)[None, :] != candidates[:, None]
     base = standing(score_fn(data, valid.astype(jnp.float32)), target, exclude, k)
 
     def cond(state):
         deleted, _, size, found, _ = state
-        return (size < max_size) & ~found & jnp.any(valid & ~deleted)
+        return (size < max_size) & ~found & jnp.any((valid & ~deleted)[candidates])
 
     def body(state):
         deleted, order, size, _, _ = state
         allowed = valid & ~deleted
         keeps = (allowed[None, :] & others).astype(jnp.float32)
         results = _standings(score_fn, data, keeps, target, exclude, k, chunk_size)
-        best = jnp.argmin(jnp.where(allowed, results.margin, jnp.inf))
+        best = jnp.argmin(jnp.where(allowed[candidates], results.margin, jnp.inf))
         chosen = jax.tree.map(lambda leaf: leaf[best], results)
-        return (deleted.at[best].set(True), order.at[size].set(best.astype(jnp.int32)),
-                size + 1, chosen.rank >= k, chosen)
+        position = candidates[best]
+        return (deleted.at[position].set(True), order.at[size].set(position), size + 1,
+                chosen.rank >= k, chosen)
 
     state = (jnp.zeros(history_len, bool), jnp.full(max_size, -1, jnp.int32),
              jnp.zeros((), jnp.int32), base.rank >= k, base)

@@ -67,8 +67,10 @@ class RunExplanation:
 
 def explain_run(run_dir: str | Path, user_id: str, item_id: str | None = None, *, k: int = 10,
                 max_size: int = 10, method: str = "greedy", beam_width: int = 4,
-                seed_index: int = 0) -> RunExplanation:
-    """Explains why the run recommends `item_id` (None: the user's top item) to `user_id`.
+                seed_index: int = 0, n_candidates: int | None = None) -> RunExplanation:
+    """Explains why the run recommends `item_id` (None: the user's top item) to `user_id`
+    (`causalrec_jax.explain.explain` with `k`, `max_size`, `method`, `beam_width`,
+    `n_candidates`), with the parameters of the seed at `seed_index`.
 
     Raises:
         RunError: a run that cannot be explained (OPE, uplift, popularity, a causal method
@@ -109,8 +111,12 @@ def explain_run(run_dir: str | Path, user_id: str, item_id: str | None = None, *
                        "to explain")
     exclude = np.zeros(len(run.item_ids), bool)
     exclude[known] = True
-    explanation = explain(model, item, k=k, method=method, max_size=max_size,
-                          exclude=exclude, beam_width=beam_width)
+    try:
+        explanation = explain(model, item, k=k, method=method, max_size=max_size,
+                              exclude=exclude, beam_width=beam_width,
+                              n_candidates=n_candidates)
+    except ValueError as error:  # a baseline or search this model cannot run
+        raise RunError(f"--method {method} on a {config.model.name} run: {error}") from None
     history_ids = [str(run.item_ids[i]) for i in explanation.history]
     titles = item_titles(config)
     shown = {*history_ids, str(item_id)}

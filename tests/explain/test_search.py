@@ -16,12 +16,10 @@ from causalrec_jax.explain import (
     explain,
     greedy_search,
     make_history_model,
-    make_refit_model,
     ordered_removal,
     single_deletions,
     standing,
 )
-from causalrec_jax.models.mf import MF
 from causalrec_jax.models.sasrec import SASRec
 
 
@@ -99,18 +97,6 @@ def test_ordered_removal_deletes_a_prefix():
     assert bool(result.found) and int(result.size) == 3
     np.testing.assert_array_equal(np.asarray(result.order)[:3], [3, 4, 0])
     assert set(np.flatnonzero(np.asarray(result.deleted))) == {0, 3, 4}
-
-
-@pytest.fixture(scope="module")
-def mf_case():
-    mf = MF(3, 120, embedding_dim=6, key=jax.random.key(0), init_scale=1.0)
-    items = np.random.default_rng(0).choice(120, 30, replace=False)
-    model = make_refit_model(mf, user=0, items=items, loss="bpr", l2=1.0,
-                             item_counts=np.arange(120) % 17)
-    exclude = np.zeros(120, bool)
-    exclude[items] = True
-    target = int(np.argmax(np.where(exclude, -np.inf, model.scores())))
-    return model, target, exclude
 
 
 def rank_of(scores, target, exclude):
