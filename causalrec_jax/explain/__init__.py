@@ -18,6 +18,7 @@ from causalrec_jax.explain.counterfactual import METHODS, Explanation, explain
 from causalrec_jax.explain.deletion import (
     DeletionModel,
     compact_history,
+    feature_effects,
     keep_without,
     l2_per_user,
     make_history_model,
@@ -41,6 +42,7 @@ __all__ = [
     "compact_history",
     "exhaustive_search",
     "explain",
+    "feature_effects",
     "greedy_search",
     "influence_effects",
     "integrated_gradients",

@@ -101,6 +101,7 @@ class DeletionModel:
         chunk_size: deletion masks per vmapped batch the searches use by default (None: all
             at once); a re-fit whose objective sums over the catalogue (BPR, softmax) holds a
             `[H, n_items]` array per mask, and batches of a few masks keep it in cache.
+        feature_names: names of the user's feature columns (`feature_effects`), or None.
     """
 
     score_fn: Callable[[Any, jax.Array], jax.Array]
@@ -113,6 +114,7 @@ class DeletionModel:
     item_vectors: np.ndarray | None = None
     item_counts: np.ndarray | None = None
     chunk_size: int | None = None
+    feature_names: tuple[str, ...] | None = None
 
     @property
     def valid(self) -> np.ndarray:
@@ -267,10 +269,10 @@ class RefitDeletion:
     `data` holds `model` (the model's state; lightgcn: `item_final [n_items, d]` and
     `history_layers [L, H, d]`), `items [H]`, `ratings [H]`, `valid [H]`, `pool_base
     [n_items]` (1 for items outside the user's training items), `l2`, `theta_start` (the
-    full-history fit), `served [n_items]` and `refit_scores [n_items]` (the scores of the
-    trained and of the re-fitted user), `jacobian [n_items, p]` (affine kinds),
-    `curvature_start [p, p]` (its lower Cholesky factor, for the chord solver) and, for mlp
-    and neumf with user features, `user_features [d_u]`.
+    full-history fit), `theta_trained` (the run's), `served [n_items]` and `refit_scores
+    [n_items]` (the scores of the trained and of the re-fitted user), `jacobian [n_items, p]`
+    (affine kinds), `curvature_start [p, p]` (its lower Cholesky factor, for the chord
+    solver) and, for mlp and neumf with user features, `user_features [d_u]`.
     """
 
     kind: str
@@ -626,6 +628,7 @@ def make_refit_model(
     solver: str | None = None,
     item_counts: Any = None,
     user_features: Any = None,
+    feature_names: Any = None,
     pad_to: int | None = None,
 ) -> DeletionModel:
     """The `DeletionModel` of an ID-embedding model (MF, MLP, NeuMF, LightGCN) for one user.
@@ -654,7 +657,9 @@ def make_refit_model(
             over the catalogue (bpr, softmax) on histories of `CHORD_MIN_HISTORY` items or
             more, Newton otherwise.
         item_counts: `[n_items]` training counts (the most-popular-first baseline), or None.
-        user_features: the user's feature row `[d_u]` (mlp, neumf with user features).
+        user_features: the user's feature row `[d_u]` (mlp, neumf with user features;
+            None: the model's row of `user`).
+        feature_names: the names of those columns, or None.
         pad_to: history length H (at least `m`); None rounds `m` up (`padded_length`).
 
     Raises:
@@ -680,6 +685,7 @@ def make_refit_model(
         "valid": jnp.asarray(_pad(np.ones(len(items), bool), length, False)),
         "pool_base": jnp.asarray(pool_base), "l2": jnp.float32(l2),
         "theta_start": _user_theta(model, kind, user),
+        "theta_trained": _user_theta(model, kind, user),
     }
     if kind == "lightgcn":
         data.update(_lightgcn_arrays(model, _pad(items, length, 0)))
@@ -704,6 +710,7 @@ def make_refit_model(
         influence_fn=scorer.influence, item_vectors=_item_vectors(model, kind),
         item_counts=None if item_counts is None else np.asarray(item_counts),
         chunk_size=CATALOGUE_CHUNK if loss in ("bpr", "softmax", "sampled_softmax") else None,
+        feature_names=None if feature_names is None else tuple(map(str, feature_names)),
     )
 
 
@@ -728,6 +735,34 @@ def _start_impl(scorer: RefitDeletion, data: Any, base_steps: int) -> dict[str, 
 
 
 _start = jax.jit(_start_impl, static_argnums=(0, 2))
+
+
+def feature_effects(model: DeletionModel) -> np.ndarray | None:
+    """`[d_u, n_items]` the change of every item's score when each of the user's features is
+    set to 0 (the feature removed), or None for a model without user features (MF, LightGCN,
+    sequential models, MLP and NeuMF trained without them).
+
+    Features are inputs, not fitted, so this is their direct effect: the trained user vector
+    is kept (a feature already 0 has no effect). Every feature in one vmapped call.
+    """
+    data = model.data
+    if not isinstance(model.score_fn, RefitDeletion) or "user_features" not in data:
+        return None
+    return np.asarray(_feature_effects(model.score_fn, data))
+
+
+def _feature_effects_impl(scorer: RefitDeletion, data: Any) -> jax.Array:
+    full = data["valid"].astype(jnp.float32)
+    features = data["user_features"]
+    removed = features[None, :] * (1.0 - jnp.eye(features.shape[0], dtype=features.dtype))
+
+    def scores(row):
+        return scorer.model_scores({**data, "user_features": row}, data["theta_trained"], full)
+
+    return jax.vmap(scores)(removed) - scores(features)[None, :]
+
+
+_feature_effects = jax.jit(_feature_effects_impl, static_argnums=0)
 
 
 def l2_per_user(weight_decay: float, n_rows: int) -> float:

@@ -30,6 +30,7 @@ from causalrec_jax.errors import RunError
 from causalrec_jax.explain import METHODS, Explanation, explain, l2_per_user
 from causalrec_jax.explain.deletion import (
     DeletionModel,
+    feature_effects,
     make_history_model,
     make_refit_model,
 )
@@ -53,6 +54,9 @@ class RunExplanation:
         model: the run's `model.name`.
         served_rank: the item's 0-based rank in what the run serves the user (`recommend`).
         n_candidates: how many items the ranking holds (the catalogue less the user's items).
+        features: for a model with user features, one entry per feature the user has
+            (non-zero): `{"feature", "value", "score_change", "rank_after"}` when it is set to
+            0 (`explain.feature_effects`, the direct effect), largest drop first; else [].
     """
 
     user_id: str
@@ -63,6 +67,7 @@ class RunExplanation:
     model: str
     served_rank: int
     n_candidates: int
+    features: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
 
 def explain_run(run_dir: str | Path, user_id: str, item_id: str | None = None, *, k: int = 10,
@@ -117,6 +122,7 @@ def explain_run(run_dir: str | Path, user_id: str, item_id: str | None = None, *
                               n_candidates=n_candidates)
     except ValueError as error:  # a baseline or search this model cannot run
         raise RunError(f"--method {method} on a {config.model.name} run: {error}") from None
+    features = _feature_table(model, item, exclude)
     history_ids = [str(run.item_ids[i]) for i in explanation.history]
     titles = item_titles(config)
     shown = {*history_ids, str(item_id)}
@@ -124,7 +130,28 @@ def explain_run(run_dir: str | Path, user_id: str, item_id: str | None = None, *
         user_id=str(user_id), item_id=str(item_id), explanation=explanation,
         history_ids=history_ids, titles={i: t for i, t in titles.items() if i in shown},
         model=config.model.name, served_rank=served_rank,
-        n_candidates=int(len(run.item_ids) - len(known)))
+        n_candidates=int(len(run.item_ids) - len(known)), features=features)
+
+
+def _feature_table(model: DeletionModel, item: int,
+                   exclude: np.ndarray) -> list[dict[str, Any]]:
+    """The direct effect of removing each of the user's features on the item (see
+    `RunExplanation.features`), ranked against the served scores (pessimistic ties)."""
+    effects = feature_effects(model)
+    if effects is None:
+        return []
+    served = np.asarray(model.data["served"])
+    values = np.asarray(model.data["user_features"])
+    names = model.feature_names
+    others = ~exclude & (np.arange(len(served)) != item)
+    table = []
+    for column in np.flatnonzero(values):
+        scores = served + effects[column]
+        table.append({
+            "feature": str(names[column]) if names is not None else f"user feature {column}",
+            "value": float(values[column]), "score_change": float(effects[column, item]),
+            "rank_after": int(np.sum(others & (scores >= scores[item]))) + 1})
+    return sorted(table, key=lambda row: row["score_change"])
 
 
 def _refuse_unexplainable(run: Path) -> None:
@@ -165,7 +192,7 @@ def deletion_model(run: LoadedRun, user: int, *, seed_index: int = 0) -> Deletio
     if config.model.name in SEQUENCE_MODELS:
         return make_history_model(run.parts.graphdef, params,
                                   run.data["next_history"][user], item_counts=counts)
-    rows = training_rows(config, run.data)
+    rows, names = training_rows(config, run.data)
     mine = rows["users"] == user
     if not mine.any():
         raise RunError(f"user {str(run.user_ids[user])!r} has no training interactions under "
@@ -178,12 +205,14 @@ def deletion_model(run: LoadedRun, user: int, *, seed_index: int = 0) -> Deletio
         model, user=user, items=items, ratings=ratings, loss=train.loss,
         l2=l2_per_user(train.weight_decay, len(rows["users"])),
         seen_items=run.data["train_item"][run.data["train_user"] == user],
-        exclude_seen=train.exclude_seen_negatives, item_counts=counts)
+        exclude_seen=train.exclude_seen_negatives, item_counts=counts, feature_names=names)
 
 
-def training_rows(config: Config, stored: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def training_rows(config: Config, stored: dict[str, np.ndarray]
+                  ) -> tuple[dict[str, np.ndarray], tuple[str, ...] | None]:
     """The rows the run's loss trained on (`tasks.ordinary.training_arrays`), from its data
-    read again and checked against the fingerprint in `data.npz` (`stored`)."""
+    read again and checked against the fingerprint in `data.npz` (`stored`), and the names of
+    the dataset's user features (None without)."""
     from causalrec_jax.data.fingerprint import check_unchanged
     from causalrec_jax.data.loader import load_dataset
     from causalrec_jax.data.split import make_split
@@ -192,7 +221,8 @@ def training_rows(config: Config, stored: dict[str, np.ndarray]) -> dict[str, np
     dataset, _ = load_dataset(config.data, config.sim)
     check_unchanged(stored, dataset, config.data.path or config.data.format)
     split = make_split(dataset, config.data, seed=config.run.seed)
-    return training_arrays(split.train, config.train.loss, config.eval.positive_threshold)
+    rows = training_arrays(split.train, config.train.loss, config.eval.positive_threshold)
+    return rows, dataset.user_feature_names
 
 
 # ----------------------------------------------------------------------------- titles
@@ -283,6 +313,11 @@ def format_explanation(result: RunExplanation, n_causes: int = 10) -> str:
             f"{place:>4}{mark} {_label(result, result.history_ids[index]):<40} "
             f"{e.score_deltas[index]:>+13.4f} {e.rank_after[index] + 1:>11} "
             f"{int(e.rank_after[index]) - e.base_rank:>+12}")
+    if result.features:
+        lines.append("user features, each set to 0 alone (direct effect, the user vector kept):")
+        for row in result.features[: n_causes if n_causes > 0 else None]:
+            lines.append(f"      {row['feature'][:40]:<40} {row['score_change']:>+13.4f} "
+                         f"{row['rank_after']:>11} {row['rank_after'] - 1 - e.base_rank:>+12}")
     members = ", ".join(_label(result, result.history_ids[i], 30) for i in e.minimal_set)
     if e.base_rank >= e.k:
         lines.append(f"the item is not in the top-{e.k} (rank {e.base_rank + 1}): nothing to "
@@ -322,7 +357,7 @@ def explanation_json(result: RunExplanation) -> dict[str, Any]:
         "causes": [item(int(i)) for i in e.causes],
         "minimal_set": [result.history_ids[int(i)] for i in e.minimal_set],
         "size": e.size, "found": e.found, "score_after_set": e.score_after_set,
-        "rank_after_set": e.rank_after_set + 1,
+        "rank_after_set": e.rank_after_set + 1, "features": result.features,
     }
 
 

@@ -10,6 +10,7 @@ from jax.flatten_util import ravel_pytree
 
 from causalrec_jax.explain import (
     compact_history,
+    feature_effects,
     influence_effects,
     keep_without,
     make_history_model,
@@ -220,3 +221,23 @@ def test_bert4rec_deletion_matches_its_scorer():
     # the relaxation at weights 1 is the model
     relaxed = deletion.relaxed_fn(deletion.data, jnp.ones(10, jnp.float32))
     np.testing.assert_allclose(relaxed, deletion.scores(), rtol=1e-5, atol=1e-5)
+
+
+def test_feature_effects_remove_one_feature_at_a_time():
+    features = np.asarray([[1.0, 0.0, 2.0], [0.0, 1.0, 0.0]], np.float32)
+    mlp = MLP(2, 30, embedding_dim=4, hidden_dims=(8,), key=jax.random.key(6),
+              user_features=features)
+    model = make_refit_model(mlp, user=0, items=[1, 5, 9], loss="bce", l2=0.5,
+                             feature_names=("a", "b", "c"))
+    effects = feature_effects(model)
+    assert effects.shape == (3, 30) and model.feature_names == ("a", "b", "c")
+    np.testing.assert_allclose(effects[1], 0.0, atol=1e-6)  # the user lacks feature b
+    served = np.asarray(mlp.score_all(jnp.asarray([0]))[0])
+    np.testing.assert_allclose(model.scores(), served, rtol=1e-5, atol=1e-5)
+    without_c = MLP(2, 30, embedding_dim=4, hidden_dims=(8,), key=jax.random.key(6),
+                    user_features=features * np.asarray([1.0, 1.0, 0.0], np.float32))
+    np.testing.assert_allclose(served + effects[2],
+                               without_c.score_all(jnp.asarray([0]))[0], rtol=1e-5, atol=1e-5)
+    mf = MF(2, 30, embedding_dim=4, key=jax.random.key(0))
+    assert feature_effects(make_refit_model(mf, user=0, items=[1, 2], loss="bce",
+                                            l2=1.0)) is None
