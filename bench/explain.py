@@ -162,8 +162,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--cases", nargs="+", default=list(CASES), choices=CASES)
     args = parser.parse_args(argv)
 
+    import os
+
     import jax
 
+    load_before = os.getloadavg()
     results = {}
     for case in args.cases:
         results[case] = run_case(case, args.history, args.repeats)
@@ -175,7 +178,10 @@ def main(argv: list[str] | None = None) -> dict:
         "results": results,
         "machine": {"platform": platform.platform(), "python": platform.python_version(),
                     "jax": jax.__version__, "devices": [str(d) for d in jax.devices()],
-                    "cpu_count": __import__("os").cpu_count()},
+                    "cpu_count": os.cpu_count(),
+                    # other processes share the cores: timings grow with the load
+                    "load_average_before_after": [round(load_before[0], 2),
+                                                  round(os.getloadavg()[0], 2)]},
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(record, indent=1) + "\n")
