@@ -29,6 +29,7 @@ from causalrec_jax.explain.search import (
     exhaustive_search,
     greedy_search,
     ordered_removal,
+    pair_deletions,
     single_deletions,
     standing,
 )
@@ -51,6 +52,7 @@ __all__ = [
     "make_history_model",
     "make_refit_model",
     "ordered_removal",
+    "pair_deletions",
     "single_deletions",
     "standing",
 ]

@@ -116,6 +116,8 @@ def explain(model: DeletionModel, target: int, *, k: int = 10, method: str = "gr
     exclude = default_exclude(model) if exclude is None else np.asarray(exclude, bool)
     chunk_size = model.chunk_size if chunk_size is None else chunk_size
     n_items = len(exclude)
+    if k >= n_items:
+        raise ValueError(f"k = {k}: expected fewer than the {n_items} items of the catalogue")
     if not 0 <= target < n_items:
         raise ValueError(f"item index {target} is outside the catalogue of {n_items} items")
     if exclude[target]:

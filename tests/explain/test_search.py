@@ -17,6 +17,7 @@ from causalrec_jax.explain import (
     greedy_search,
     make_history_model,
     ordered_removal,
+    pair_deletions,
     single_deletions,
     standing,
 )
@@ -97,6 +98,16 @@ def test_ordered_removal_deletes_a_prefix():
     assert bool(result.found) and int(result.size) == 3
     np.testing.assert_array_equal(np.asarray(result.order)[:3], [3, 4, 0])
     assert set(np.flatnonzero(np.asarray(result.deleted))) == {0, 3, 4}
+
+
+def test_pair_deletions_show_the_synergy():
+    scorer, data, valid, target, exclude = toy(5.5)
+    scores = pair_deletions(scorer, data, valid, int(target), exclude, [0, 1, 2], k=1)
+    np.testing.assert_allclose(np.diag(scores), [6.0, 9.0, 9.0])  # single deletions
+    np.testing.assert_allclose(scores, scores.T)
+    singles = np.diag(scores) - 10.0
+    interaction = (scores[1, 2] - 10.0) - singles[1] - singles[2]
+    assert scores[0, 1] == 5.0 and interaction == -6.0  # {1, 2} drop 6 more together
 
 
 def rank_of(scores, target, exclude):
