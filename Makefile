@@ -37,6 +37,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/simulate.py --gpu-config
 	$(BIN)/python bench/catalogue.py
 	$(BIN)/python bench/serve.py
+	$(BIN)/python bench/explain.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check --no-cache causalrec_jax tests experiments bench

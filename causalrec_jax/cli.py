@@ -6,6 +6,8 @@ MLflow, `runs.track`) and `report` (tables and plots comparing run folders, `rep
 Errors the user can fix (a malformed file, a wrong config key, an unknown user id, a diverging
 loss) print one line naming the file, line or key and exit with status 2, never a traceback.
 
+`explain` prints why a run recommends an item (counterfactual deletions, `runs.explain`).
+
 Each subcommand imports what it uses inside its handler, on purpose: `causalrec --help` and
 `causalrec data` on a file start without loading jax (seconds saved on every call).
 """
@@ -102,6 +104,27 @@ def build_parser() -> argparse.ArgumentParser:
                                 "training interactions) by training popularity; refused "
                                 "(--user) or skipped (--all) without it")
     recommend.set_defaults(handler=_command_recommend)
+
+    explain = commands.add_parser(
+        "explain", help="why a run recommends an item to a user: counterfactual deletions")
+    explain.add_argument("--run", required=True, help="run folder")
+    explain.add_argument("--user", required=True, help="the user's id in the dataset")
+    explain.add_argument("--item", help="the item's id (default: the user's top recommendation)")
+    explain.add_argument("--k", type=int, default=10,
+                         help="the top-K the minimal set must remove the item from")
+    explain.add_argument("--max-size", type=int, default=10,
+                         help="the largest counterfactual set searched")
+    explain.add_argument("--method", default="greedy",
+                         help="greedy, beam, exhaustive, effects, or a baseline: random, "
+                              "popular, similar, influence, integrated_gradients")
+    explain.add_argument("--candidates", type=int, default=None,
+                         help="greedy search only among the C strongest single deletions "
+                              "(faster on long histories; default: all)")
+    explain.add_argument("--causes", type=int, default=10,
+                         help="rows of the table of causes (0: all)")
+    explain.add_argument("--png", help="bar chart path (default explain_USER_ITEM.png)")
+    explain.add_argument("--json", action="store_true", help="print the explanation as JSON")
+    explain.set_defaults(handler=_command_explain)
 
     simulate = commands.add_parser(
         "simulate", help="roll a logging policy out on a simulated world; write a simlog folder"
@@ -446,6 +469,28 @@ def _recommend_all(args: argparse.Namespace) -> int:
     print(f"served {summary.users:,} users{' (' + '; '.join(notes) + ')' if notes else ''}: "
           f"{summary.rows:,} rows, top {args.k} of seed {summary.seed}, in "
           f"{summary.seconds:.2f} s; wrote {summary.path}")
+    return 0
+
+
+def _command_explain(args: argparse.Namespace) -> int:
+    import re
+
+    from causalrec_jax.runs.explain import (
+        explain_run,
+        explanation_json,
+        format_explanation,
+        plot_explanation,
+    )
+
+    result = explain_run(args.run, args.user, args.item, k=args.k, max_size=args.max_size,
+                         method=args.method, n_candidates=args.candidates)
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", f"{result.user_id}_{result.item_id}")
+    png = plot_explanation(result, args.png or f"explain_{safe}.png")
+    if args.json:
+        print(json.dumps({**explanation_json(result), "png": str(png)}, indent=1))
+    else:
+        print(format_explanation(result, args.causes))
+        print(f"wrote {png}")
     return 0
 
 

@@ -113,11 +113,12 @@ class LightGCN(nnx.Module):
         self.edge_items = Constant(jnp.asarray(edge_items))
         self.edge_weights = Constant(jnp.asarray(edge_weights))
 
-    def propagate(self) -> tuple[jax.Array, jax.Array]:
-        """The final embeddings, the mean of layers 0..L.
+    def layer_embeddings(self) -> tuple[list[jax.Array], list[jax.Array]]:
+        """The embeddings of every layer, 0..L (eq. 3).
 
         Returns:
-            `(users [n_users, dim], items [n_items, dim])` float32.
+            `(users, items)`: lists of L + 1 arrays `[n_users, dim]` and `[n_items, dim]`,
+            layer 0 first (the parameters).
         """
         # The barrier keeps XLA from constant-folding the propagation when parameters and
         # graph are all closed over (a jitted scorer of a loaded run): folding scatter-adds
@@ -126,7 +127,7 @@ class LightGCN(nnx.Module):
             self.user_embedding[...], self.item_embedding[...], self.edge_users[...],
             self.edge_items[...], self.edge_weights[...][:, None],
         ))
-        user_sum, item_sum = users_k, items_k
+        user_layers, item_layers = [users_k], [items_k]
         for _ in range(self.n_layers):
             users_k, items_k = (
                 jax.ops.segment_sum(
@@ -137,6 +138,19 @@ class LightGCN(nnx.Module):
                     weights * users_k[edge_users], edge_items, num_segments=self.n_items
                 ),
             )
+            user_layers.append(users_k)
+            item_layers.append(items_k)
+        return user_layers, item_layers
+
+    def propagate(self) -> tuple[jax.Array, jax.Array]:
+        """The final embeddings, the mean of layers 0..L (eq. 4).
+
+        Returns:
+            `(users [n_users, dim], items [n_items, dim])` float32.
+        """
+        user_layers, item_layers = self.layer_embeddings()
+        user_sum, item_sum = user_layers[0], item_layers[0]
+        for users_k, items_k in zip(user_layers[1:], item_layers[1:], strict=True):
             user_sum, item_sum = user_sum + users_k, item_sum + items_k
         scale = 1.0 / (self.n_layers + 1)
         return user_sum * scale, item_sum * scale

@@ -150,18 +150,27 @@ class SequenceTransformer(nnx.Module):
         ])
         self.final_norm = nnx.LayerNorm(hidden_dim, rngs=rngs)
 
-    def __call__(self, sequences: jax.Array, *, key: jax.Array | None = None) -> jax.Array:
+    def __call__(
+        self, sequences: jax.Array, *, key: jax.Array | None = None,
+        token_weights: jax.Array | None = None,
+    ) -> jax.Array:
         """Encodes token rows: `sequences [b, L]` int32 (L <= max_len) -> hidden `[b, L, d]`.
 
         A key enables dropout (training); `key=None` is deterministic. Outputs at padding
         positions are finite but meaningless; outputs elsewhere never depend on them.
+        `token_weights [b, L]` float, when given, scales each token's item embedding (not its
+        position embedding): a continuous relaxation of removing items, for path-integrated
+        gradients (`causalrec_jax.explain`); None (the default) is the model itself.
         """
         length = sequences.shape[1]
         if length > self.max_len:
             raise ValueError(f"sequence length {length} exceeds max_len {self.max_len}")
         real = sequences != PAD
         positions = jnp.clip(jnp.cumsum(real, axis=1) - 1, 0, self.max_len - 1)
-        hidden = self.token_embedding[sequences] + self.position_embedding[positions]
+        items = self.token_embedding[sequences]
+        if token_weights is not None:
+            items = items * token_weights[..., None].astype(items.dtype)
+        hidden = items + self.position_embedding[positions]
         hidden = jnp.where(real[..., None], hidden, 0.0)
         embedding_key, *block_keys = _split(key, 1 + len(self.blocks))
         hidden = dropout(hidden, self.dropout_rate, embedding_key)

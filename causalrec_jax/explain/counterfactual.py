@@ -1,0 +1,189 @@
+"""One counterfactual explanation of one recommendation: `explain(model, target, ...)`.
+
+For a user's `DeletionModel` (`explain.deletion`) and a recommended item: the effect of each
+past interaction on the item's score and rank by single deletion (all in one vmapped call),
+the causes ranked by that effect, and a minimal counterfactual set, the fewest past
+interactions whose removal drops the item out of the top-K, by the chosen method (`METHODS`):
+
+- `greedy`, `beam`: the searches of `explain.search` (PRINCE, Ghazimatin et al. WSDM 2020;
+  ACCENT, Tran et al. SIGIR 2021; CountER, Tan et al. CIKM 2021 frame the same question);
+- `exhaustive`: the oracle (the true minimal set; small histories only);
+- `effects`: deleting in the order of the single-deletion effects (one extra vmapped call);
+- the baselines of `explain.baselines` (`random`, `popular`, `similar`, `influence`,
+  `integrated_gradients`), each an order deleted until the item leaves the top-K.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from causalrec_jax.explain import search
+from causalrec_jax.explain.baselines import BASELINES, baseline_order
+from causalrec_jax.explain.deletion import DeletionModel
+
+SEARCH_METHODS = ("greedy", "beam", "exhaustive", "effects")
+METHODS = SEARCH_METHODS + tuple(BASELINES)
+
+
+class Explanation(NamedTuple):
+    """A counterfactual explanation of why `target` is recommended.
+
+    History arrays are over the user's valid history positions, in history order (oldest
+    first), so `history[i]` is the item index of past interaction i.
+
+    Attributes:
+        target: the item explained.
+        method: how `minimal_set` was found (`METHODS`).
+        k: the cut-off: the item is "recommended" while its rank is below k.
+        base_score: the item's score with the whole history.
+        base_rank: its 0-based rank (pessimistic ties, the user's known items left out).
+        history: `[n]` item indices of the past interactions.
+        score_deltas: `[n]` the item's score after deleting each interaction alone, minus
+            `base_score`.
+        rank_after: `[n]` its rank after deleting each alone.
+        causes: `[n]` indices into `history`, the largest score drop first.
+        minimal_set: indices into `history` of the counterfactual set, in the order deleted.
+        found: whether deleting `minimal_set` removes the item from the top-K.
+        score_after_set: the item's score after deleting `minimal_set`.
+        rank_after_set: its rank after deleting `minimal_set`.
+        semantics: what deleting means for this model.
+    """
+
+    target: int
+    method: str
+    k: int
+    base_score: float
+    base_rank: int
+    history: np.ndarray
+    score_deltas: np.ndarray
+    rank_after: np.ndarray
+    causes: np.ndarray
+    minimal_set: np.ndarray
+    found: bool
+    score_after_set: float
+    rank_after_set: int
+    semantics: str
+
+    @property
+    def size(self) -> int:
+        """The number of interactions in `minimal_set`."""
+        return len(self.minimal_set)
+
+
+def default_exclude(model: DeletionModel) -> np.ndarray:
+    """`[n_items]` bool: the user's history items (what `recommend` leaves out)."""
+    exclude = np.zeros(model.n_items, bool)
+    exclude[model.history[model.valid]] = True
+    return exclude
+
+
+def explain(model: DeletionModel, target: int, *, k: int = 10, method: str = "greedy",
+            max_size: int = 10, exclude: Any = None, beam_width: int = 4,
+            key: jax.Array | None = None, chunk_size: int | None = None,
+            n_candidates: int | None = None) -> Explanation:
+    """Explains why `target` is recommended to the user of `model`.
+
+    Args:
+        model: the user's deletion model (`make_history_model`, `make_refit_model`).
+        target: the item index explained.
+        k: the cut-off of the top-K.
+        method: how to find the minimal set (`METHODS`).
+        max_size: the largest set searched.
+        exclude: `[n_items]` bool items left out of the ranking (the user's known items);
+            None: the history items.
+        beam_width: sets kept per size by `beam`.
+        key: random key of the `random` baseline (default `jax.random.key(0)`).
+        chunk_size: deletion masks per vmapped batch (None: the model's `chunk_size`).
+        n_candidates: `greedy` deletes only among the `n_candidates` strongest single
+            deletions (lowest margins), scoring that many masks per step instead of the whole
+            history; None: every past interaction (exact greedy).
+
+    Returns:
+        `Explanation`.
+
+    Raises:
+        ValueError: an unknown method, `k` or `max_size` below 1, a target out of range or
+            among the excluded items, or a baseline the model does not support.
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}: expected one of {', '.join(METHODS)}")
+    if k < 1 or max_size < 1:
+        raise ValueError(f"k = {k} and max_size = {max_size}: expected both >= 1")
+    exclude = default_exclude(model) if exclude is None else np.asarray(exclude, bool)
+    chunk_size = model.chunk_size if chunk_size is None else chunk_size
+    n_items = len(exclude)
+    if k >= n_items:
+        raise ValueError(f"k = {k}: expected fewer than the {n_items} items of the catalogue")
+    if not 0 <= target < n_items:
+        raise ValueError(f"item index {target} is outside the catalogue of {n_items} items")
+    if exclude[target]:
+        raise ValueError(f"item index {target} is one the user already has")
+    valid = model.valid
+    args = (model.score_fn, model.data, jnp.asarray(valid), jnp.asarray(target),
+            jnp.asarray(exclude))
+    effects = search.single_deletions(*args, k=k, chunk_size=chunk_size)
+    base = effects.base
+    positions = np.flatnonzero(valid)
+    deltas = (np.asarray(effects.after.score) - float(base.score))[positions]
+    rank_after = np.asarray(effects.after.rank)[positions]
+    causes = np.lexsort((-rank_after, deltas))  # largest drop first, then largest rank
+    max_size = min(max_size, max(len(positions), 1))
+    if method == "greedy":
+        candidates = None
+        if n_candidates is not None and n_candidates < len(positions):
+            margins = np.asarray(effects.after.margin)[positions]
+            candidates = jnp.asarray(positions[np.argsort(margins, kind="stable")]
+                                     [:n_candidates].astype(np.int32))
+        result = search.greedy_search(*args, k=k, max_size=max_size, chunk_size=chunk_size,
+                                      candidates=candidates)
+    elif method == "beam":
+        result = search.beam_search(*args, k=k, max_size=max_size, beam_width=beam_width,
+                                    chunk_size=chunk_size)
+    elif method == "exhaustive":
+        result = _oracle_result(model, *args[2:], k=k, max_size=max_size)
+    else:
+        if method == "effects":
+            margins = np.asarray(effects.after.margin)
+            order = np.argsort(np.where(valid, margins, np.inf), kind="stable").astype(np.int32)
+        else:
+            order = baseline_order(method, model, target,
+                                   key=jax.random.key(0) if key is None else key)
+        result = search.ordered_removal(*args, jnp.asarray(order), k=k, max_size=max_size,
+                                        chunk_size=chunk_size)
+    order = np.asarray(result.order)
+    order = order[order >= 0][: int(result.size)]
+    index_of = np.full(len(valid), -1)
+    index_of[positions] = np.arange(len(positions))
+    return Explanation(
+        target=int(target), method=method, k=k, base_score=float(base.score),
+        base_rank=int(base.rank), history=model.history[positions], score_deltas=deltas,
+        rank_after=rank_after, causes=causes, minimal_set=index_of[order],
+        found=bool(result.found), score_after_set=float(result.after.score),
+        rank_after_set=int(result.after.rank), semantics=model.semantics)
+
+
+def _oracle_result(model: DeletionModel, valid, target, exclude, *, k: int,
+                   max_size: int) -> search.SearchResult:
+    """The exhaustive search's first minimal set (the lowest margin among them) as a
+    `SearchResult`."""
+    oracle = search.exhaustive_search(model.score_fn, model.data, valid, target, exclude,
+                                      k=k, max_size=max_size)
+    valid = np.asarray(valid)
+    if oracle.size < 0:
+        full = search.evaluate_masks(model.score_fn, model.data,
+                                     jnp.asarray(valid[None].astype(np.float32)), target,
+                                     exclude, k=k)
+        after = search.Standing(*(np.asarray(leaf)[0] for leaf in full))
+        return search.set_result((), after, False, len(valid), max_size)
+    keeps = np.repeat(valid[None].astype(np.float32), len(oracle.sets), axis=0)
+    for row, chosen in enumerate(oracle.sets):
+        keeps[row, list(chosen)] = 0.0
+    results = search.evaluate_masks(model.score_fn, model.data, jnp.asarray(keeps), target,
+                                    exclude, k=k)
+    best = int(np.argmin(np.asarray(results.margin)))
+    after = search.Standing(*(np.asarray(leaf)[best] for leaf in results))
+    return search.set_result(oracle.sets[best], after, True, len(valid), max_size)

@@ -1,0 +1,374 @@
+"""Searching deletions: the effect of each past interaction, and the smallest set whose removal
+drops a recommended item out of the top-K.
+
+Every function takes a deletion model's `score_fn(data, keep [H]) -> scores [n_items]`
+(`explain.deletion`), its `data`, the `valid [H]` history positions, the `target` item and the
+items `exclude [n_items]` bool left out of the ranking (the user's known items, as `recommend`
+leaves them out), and scores many deletion masks in one vmapped call.
+
+The target's standing after a deletion (`standing`) is its 0-based rank among the items that
+are not excluded, with the pessimistic tie rule of `causalrec_jax.eval` (the target loses
+ties: rank = how many other candidates score at least as much), and its margin over the K-th
+best other candidate. The item leaves the top-K exactly when rank >= K, i.e. margin <= 0.
+
+- `single_deletions`: every one-item deletion in one vmapped call (the causal effect of each
+  past interaction on the target's score and rank); `pair_deletions` for chosen pairs.
+- `greedy_search`: deletes, one at a time, the item whose removal lowers the margin most,
+  re-scoring all remaining candidates at every step, until the item leaves the top-K (the
+  search of ACCENT, Tran, Ghazimatin & Saha Roy, SIGIR 2021, with exact re-scoring in place of
+  its influence estimate; PRINCE, Ghazimatin et al., WSDM 2020, and CountER, Tan et al., CIKM
+  2021, likewise seek the smallest such set). One compiled `lax.while_loop`.
+- `beam_search`: the same with `beam_width` distinct partial sets kept at each size.
+- `exhaustive_search`: the oracle, breadth-first over subset sizes in chunked vmapped calls:
+  the true minimal size and every minimal set, for small histories.
+- `ordered_removal`: removes items in a given order (a baseline's ranking) until the item
+  leaves the top-K, so that every baseline gets a counterfactual set comparable with ours.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import math
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+class Standing(NamedTuple):
+    """Where the target stands in a ranking (leaves may carry a leading batch axis).
+
+    Attributes:
+        score: the target's score.
+        rank: its 0-based rank among the candidates, pessimistic ties.
+        margin: its score minus that of the K-th best other candidate (<= 0: out of top-K;
+            +inf when fewer than K other candidates exist).
+    """
+
+    score: jax.Array
+    rank: jax.Array
+    margin: jax.Array
+
+
+def standing(scores: jax.Array, target: jax.Array, exclude: jax.Array, k: int) -> Standing:
+    """The target's `Standing` in `scores [n_items]`, `exclude [n_items]` bool left out."""
+    n_items = scores.shape[0]
+    others = ~exclude & (jnp.arange(n_items) != target)
+    target_score = scores[target]
+    rank = jnp.sum(others & (scores >= target_score)).astype(jnp.int32)
+    kth = jax.lax.top_k(jnp.where(others, scores, -jnp.inf), k)[0][k - 1]
+    return Standing(target_score, rank, target_score - kth)
+
+
+def _standings(score_fn, data, keeps: jax.Array, target, exclude, k: int,
+               chunk_size: int | None) -> Standing:
+    """`Standing` with leaves `[m]` of each row of `keeps [m, H]`, `chunk_size` rows per
+    vmapped batch (None: all at once)."""
+
+    def one(keep):
+        return standing(score_fn(data, keep), target, exclude, k)
+
+    if chunk_size is None or chunk_size >= keeps.shape[0]:
+        return jax.vmap(one)(keeps)
+    return jax.lax.map(one, keeps, batch_size=chunk_size)
+
+
+@functools.partial(jax.jit, static_argnames=("score_fn", "k", "chunk_size"))
+def evaluate_masks(score_fn, data: Any, keeps: jax.Array, target: jax.Array,
+                   exclude: jax.Array, *, k: int, chunk_size: int | None = None) -> Standing:
+    """The target's `Standing` after each deletion mask: `keeps [m, H]` float (1 kept) ->
+    leaves `[m]`; one compiled, vmapped call (in batches of `chunk_size` masks)."""
+    return _standings(score_fn, data, keeps, target, exclude, k, chunk_size)
+
+
+class DeletionEffects(NamedTuple):
+    """The target before and after each single deletion.
+
+    Attributes:
+        base: its `Standing` with the whole history.
+        after: `Standing` leaves `[H]`: after deleting position h alone (the base at
+            padding positions).
+    """
+
+    base: Standing
+    after: Standing
+
+
+@functools.partial(jax.jit, static_argnames=("score_fn", "k", "chunk_size"))
+def single_deletions(score_fn, data: Any, valid: jax.Array, target: jax.Array,
+                     exclude: jax.Array, *, k: int,
+                     chunk_size: int | None = None) -> DeletionEffects:
+    """Every single deletion in one vmapped call.
+
+    Args:
+        score_fn, data: the deletion model (`explain.deletion.DeletionModel`).
+        valid: `[H]` bool history positions.
+        target: the item explained (int).
+        exclude: `[n_items]` bool items left out of the ranking.
+        k: the cut-off.
+        chunk_size: masks per vmapped batch (None: all H at once).
+
+    Returns:
+        `DeletionEffects(base, after)`, `after` leaves `[H]`.
+    """
+    history_len = valid.shape[0]
+    full = valid.astype(jnp.float32)
+    base = standing(score_fn(data, full), target, exclude, k)
+    keeps = full[None, :] * (1.0 - jnp.eye(history_len, dtype=jnp.float32))
+    after = _standings(score_fn, data, keeps, target, exclude, k, chunk_size)
+    after = jax.tree.map(lambda a, b: jnp.where(valid, a, b), after, base)
+    return DeletionEffects(base, after)
+
+
+def pair_deletions(score_fn, data: Any, valid: Any, target: int, exclude: Any,
+                   positions: Any, *, k: int, chunk_size: int | None = None) -> np.ndarray:
+    """The target's score after deleting each pair of `positions` (`[m]` valid positions).
+
+    Returns:
+        `[m, m]` float scores, symmetric; the diagonal holds the single deletions. The
+        interaction of a pair is its effect minus the sum of the two single effects.
+    """
+    positions = np.asarray(positions, np.int64)
+    valid = np.asarray(valid)
+    m = len(positions)
+    rows, cols = np.triu_indices(m)
+    keeps = np.repeat(valid[None].astype(np.float32), len(rows), axis=0)
+    keeps[np.arange(len(rows)), positions[rows]] = 0.0
+    keeps[np.arange(len(rows)), positions[cols]] = 0.0
+    result = evaluate_masks(score_fn, data, jnp.asarray(keeps), jnp.asarray(target),
+                            jnp.asarray(exclude), k=k, chunk_size=chunk_size)
+    scores = np.zeros((m, m), np.float32)
+    scores[rows, cols] = scores[cols, rows] = np.asarray(result.score)
+    return scores
+
+
+class SearchResult(NamedTuple):
+    """A counterfactual set found by a search.
+
+    Attributes:
+        deleted: `[H]` bool, the positions deleted.
+        order: `[max_size]` int32 positions in the order deleted, -1 after the last.
+        size: how many were deleted.
+        found: whether the target left the top-K (rank >= K) after deleting them.
+        after: the target's `Standing` after deleting them.
+    """
+
+    deleted: Any
+    order: Any
+    size: Any
+    found: Any
+    after: Standing
+
+
+@functools.partial(jax.jit, static_argnames=("score_fn", "k", "max_size", "chunk_size"))
+def greedy_search(score_fn, data: Any, valid: jax.Array, target: jax.Array,
+                  exclude: jax.Array, *, k: int, max_size: int,
+                  chunk_size: int | None = None,
+                  candidates: jax.Array | None = None) -> SearchResult:
+    """Greedy minimal counterfactual set: at each step, score every remaining deletion added to
+    the set (one vmapped call of H masks) and keep the one with the lowest margin; stop when
+    the target leaves the top-K or after `max_size` deletions. A target already outside the
+    top-K gives the empty set, found.
+
+    Args:
+        candidates: `[C]` int positions the search may delete (e.g. the C strongest single
+            deletions: each step then scores C masks instead of H); None: every position.
+
+    Returns:
+        `SearchResult`; `found` False when `max_size` deletions (or every candidate) did not
+        remove the target from the top-K (`deleted` then holds the greedy path).
+    """
+    history_len = valid.shape[0]
+    if candidates is None:
+        candidates = jnp.arange(history_len)
+    candidates = candidates.astype(jnp.int32)
+    # row c deletes candidate c in addition to the set
+    others = jnp.arange(history_len)[None, :] != candidates[:, None]
+    base = standing(score_fn(data, valid.astype(jnp.float32)), target, exclude, k)
+
+    def cond(state):
+        deleted, _, size, found, _ = state
+        return (size < max_size) & ~found & jnp.any((valid & ~deleted)[candidates])
+
+    def body(state):
+        deleted, order, size, _, _ = state
+        allowed = valid & ~deleted
+        keeps = (allowed[None, :] & others).astype(jnp.float32)
+        results = _standings(score_fn, data, keeps, target, exclude, k, chunk_size)
+        best = jnp.argmin(jnp.where(allowed[candidates], results.margin, jnp.inf))
+        chosen = jax.tree.map(lambda leaf: leaf[best], results)
+        position = candidates[best]
+        return (deleted.at[position].set(True), order.at[size].set(position), size + 1,
+                chosen.rank >= k, chosen)
+
+    state = (jnp.zeros(history_len, bool), jnp.full(max_size, -1, jnp.int32),
+             jnp.zeros((), jnp.int32), base.rank >= k, base)
+    deleted, order, size, found, after = jax.lax.while_loop(cond, body, state)
+    return SearchResult(deleted, order, size, found, after)
+
+
+def beam_search(score_fn, data: Any, valid: Any, target: int, exclude: Any, *, k: int,
+                max_size: int, beam_width: int = 4,
+                chunk_size: int | None = None) -> SearchResult:
+    """Beam search for a minimal counterfactual set: keeps the `beam_width` distinct sets of
+    each size with the lowest margins, extends each by every remaining item (one vmapped call
+    of `beam_width * H` masks per size, compiled once), and stops at the first size where a
+    set removes the target from the top-K (the one with the lowest margin). Width 1 is
+    `greedy_search`.
+
+    Returns:
+        `SearchResult` as numpy values.
+    """
+    valid = np.asarray(valid, bool)
+    history_len = len(valid)
+    target_j, exclude_j = jnp.asarray(target), jnp.asarray(exclude)
+    n_rows = beam_width * history_len
+
+    def evaluate(deleted_sets: list[np.ndarray]) -> Standing:
+        keeps = np.repeat(valid[None].astype(np.float32), n_rows, axis=0)
+        for row, deleted in enumerate(deleted_sets):
+            keeps[row, deleted] = 0.0
+        result = evaluate_masks(score_fn, data, jnp.asarray(keeps), target_j, exclude_j, k=k,
+                                chunk_size=chunk_size)
+        return Standing(*(np.asarray(leaf)[: len(deleted_sets)] for leaf in result))
+
+    base = evaluate([np.zeros(history_len, bool)])
+    base = Standing(*(leaf[0] for leaf in base))
+    beams: list[tuple[int, ...]] = [()]
+    best: tuple[tuple[int, ...], Standing] = ((), base)
+    if base.rank >= k:
+        return set_result((), base, True, history_len, max_size)
+    for _ in range(max_size):
+        candidates, seen = [], set()
+        for beam in beams:
+            for position in np.flatnonzero(valid):
+                if position in beam:
+                    continue
+                key = frozenset((*beam, int(position)))
+                if key not in seen:
+                    seen.add(key)
+                    candidates.append((*beam, int(position)))
+        if not candidates:
+            break
+        masks = []
+        for candidate in candidates:
+            mask = np.zeros(history_len, bool)
+            mask[list(candidate)] = True
+            masks.append(mask)
+        results = evaluate(masks)
+        order = np.argsort(results.margin, kind="stable")
+        first = int(order[0])
+        best = (candidates[first], Standing(*(leaf[first] for leaf in results)))
+        if results.rank[first] >= k:
+            return set_result(best[0], best[1], True, history_len, max_size)
+        beams = [candidates[i] for i in order[:beam_width]]
+    return set_result(best[0], best[1], False, history_len, max_size)
+
+
+def set_result(chosen: tuple[int, ...], after: Standing, found: bool, history_len: int,
+               max_size: int) -> SearchResult:
+    """A `SearchResult` (numpy values) of deleting the positions `chosen`, in that order."""
+    deleted = np.zeros(history_len, bool)
+    deleted[list(chosen)] = True
+    order = np.full(max_size, -1, np.int32)
+    order[: len(chosen)] = chosen
+    return SearchResult(deleted, order, len(chosen), bool(found), after)
+
+
+class OracleResult(NamedTuple):
+    """The exhaustive search's answer.
+
+    Attributes:
+        size: the smallest number of deletions that removes the target from the top-K
+            (0 when it is not in the top-K to begin with); -1 when no set up to `max_size` does.
+        sets: every minimal set, as sorted tuples of positions.
+        evaluations: how many deletion masks were scored.
+    """
+
+    size: int
+    sets: list[tuple[int, ...]]
+    evaluations: int
+
+
+def exhaustive_search(score_fn, data: Any, valid: Any, target: int, exclude: Any, *, k: int,
+                      max_size: int, chunk_size: int = 1024,
+                      max_evaluations: int = 1_000_000) -> OracleResult:
+    """The oracle: every subset of the history, breadth-first by size (1, 2, ...), each size
+    scored in chunks of `chunk_size` masks (one compiled vmapped call per chunk), until a size
+    at which some subset removes the target from the top-K.
+
+    Raises:
+        ValueError: more than `max_evaluations` subsets up to `max_size` (the history is too
+            long for the oracle).
+    """
+    valid = np.asarray(valid, bool)
+    positions = np.flatnonzero(valid)
+    total = sum(math.comb(len(positions), size) for size in range(1, max_size + 1))
+    if total > max_evaluations:
+        raise ValueError(f"the exhaustive search would score {total} subsets of "
+                         f"{len(positions)} history items up to size {max_size} (more than "
+                         f"{max_evaluations}); lower max_size or use greedy or beam search")
+    target_j, exclude_j = jnp.asarray(target), jnp.asarray(exclude)
+    base = evaluate_masks(score_fn, data, jnp.asarray(valid[None].astype(np.float32)),
+                          target_j, exclude_j, k=k)
+    if int(base.rank[0]) >= k:
+        return OracleResult(0, [()], 1)
+    evaluations = 0
+    for size in range(1, max_size + 1):
+        found: list[tuple[int, ...]] = []
+        subsets = itertools.combinations(positions.tolist(), size)
+        while chunk := list(itertools.islice(subsets, chunk_size)):
+            keeps = np.repeat(valid[None].astype(np.float32), chunk_size, axis=0)
+            rows = np.repeat(np.arange(len(chunk)), size)
+            keeps[rows, np.asarray(chunk).reshape(-1)] = 0.0
+            result = evaluate_masks(score_fn, data, jnp.asarray(keeps), target_j, exclude_j,
+                                    k=k)
+            evaluations += len(chunk)
+            ranks = np.asarray(result.rank)[: len(chunk)]
+            found.extend(chunk[i] for i in np.flatnonzero(ranks >= k))
+        if found:
+            return OracleResult(size, found, evaluations)
+    return OracleResult(-1, [], evaluations)
+
+
+@functools.partial(jax.jit, static_argnames=("score_fn", "k", "max_size", "chunk_size"))
+def ordered_removal(score_fn, data: Any, valid: jax.Array, target: jax.Array,
+                    exclude: jax.Array, order: jax.Array, *, k: int, max_size: int,
+                    chunk_size: int | None = None) -> SearchResult:
+    """Deletes history positions in `order` until the target leaves the top-K: all prefixes
+    of sizes 1..max_size in one vmapped call, the shortest that works kept.
+
+    Args:
+        order: `[H]` int positions, most likely cause first; padding positions in it are
+            skipped (they delete nothing).
+
+    Returns:
+        `SearchResult` of the shortest prefix that removes the target from the top-K; not
+        found: the first `max_size` (or every valid) position, `found` False.
+    """
+    history_len = valid.shape[0]
+    order = order[:max_size] if order.shape[0] >= max_size else jnp.pad(
+        order, (0, max_size - order.shape[0]), constant_values=-1)
+    is_valid = (order >= 0) & valid[jnp.clip(order, 0, history_len - 1)]
+    order = jnp.where(is_valid, order, -1)
+    # prefix j deletes order[0..j]
+    hits = (order[None, :] == jnp.arange(history_len)[:, None])  # [H, max_size]
+    prefix = jnp.tril(jnp.ones((max_size, max_size), bool))  # [j, i]: i <= j
+    deleted = (prefix.astype(jnp.int32) @ hits.T.astype(jnp.int32)) > 0  # [max_size, H]
+    keeps = (valid[None, :] & ~deleted).astype(jnp.float32)
+    base = standing(score_fn(data, valid.astype(jnp.float32)), target, exclude, k)
+    results = _standings(score_fn, data, keeps, target, exclude, k, chunk_size)
+    works = (results.rank >= k) & is_valid
+    found = jnp.any(works) | (base.rank >= k)
+    last = jnp.where(base.rank >= k, -1,
+                     jnp.where(jnp.any(works), jnp.argmax(works), max_size - 1))
+    chosen = jax.tree.map(lambda leaf, b: jnp.where(last >= 0, leaf[jnp.maximum(last, 0)], b),
+                          results, base)
+    size = jnp.sum(is_valid & (jnp.arange(max_size) <= last)).astype(jnp.int32)
+    kept_order = jnp.where(jnp.arange(max_size) <= last, order, -1)
+    final = jnp.where(last >= 0, deleted[jnp.maximum(last, 0)], False)
+    # drop the skipped (padding) entries from the reported order
+    compact = jnp.argsort(kept_order < 0, stable=True)
+    return SearchResult(final, kept_order[compact], size, found, chosen)

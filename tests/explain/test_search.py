@@ -1,0 +1,173 @@
+"""Searches for counterfactual sets: the oracle on hand-built cases with known minimal sets,
+greedy and beam against it, vmapped against looped, and the sets really remove the item."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from causalrec_jax.explain import (
+    BASELINES,
+    beam_search,
+    exhaustive_search,
+    explain,
+    greedy_search,
+    make_history_model,
+    ordered_removal,
+    pair_deletions,
+    single_deletions,
+    standing,
+)
+from causalrec_jax.models.sasrec import SASRec
+
+
+@dataclasses.dataclass(frozen=True)
+class ToyScorer:
+    """Item 0's score is `base` minus what the deleted positions take away: each position its
+    own amount (`single`), and positions 1 and 2 together `synergy` more; the other items'
+    scores are fixed. The minimal sets are then known by hand."""
+
+    def __call__(self, data, keep):
+        gone = 1.0 - keep
+        drop = data["single"] @ gone + data["synergy"] * gone[1] * gone[2]
+        return data["others"].at[0].set(data["base"] - drop)
+
+
+def toy(competitor: float):
+    data = {"single": jnp.asarray([4.0, 1.0, 1.0, 0.5, 0.5]), "synergy": jnp.float32(6.0),
+            "base": jnp.float32(10.0),
+            "others": jnp.asarray([0.0, competitor, 1.0, 0.0, -1.0, -2.0])}
+    valid = jnp.ones(5, bool)
+    exclude = jnp.zeros(6, bool)
+    return ToyScorer(), data, valid, jnp.asarray(0), exclude
+
+
+def test_standing_is_pessimistic():
+    scores = jnp.asarray([2.0, 2.0, 3.0, 1.0, 5.0])
+    exclude = jnp.asarray([False, False, False, False, True])
+    result = standing(scores, jnp.asarray(0), exclude, 2)
+    assert int(result.rank) == 2  # item 2 above, item 1 ties and wins; item 4 excluded
+    assert float(result.margin) == 0.0  # the second best other scores 2.0: out of top-2
+
+
+def test_the_oracle_finds_the_known_minimal_sets():
+    # need a drop of 4.5 (item 0 at 10 against a competitor at 5.5; a tie loses): no single
+    # deletion does it; the pairs {0, j} drop 4 + 1 or 4 + 0.5 (a tie), and {1, 2} drops 8
+    oracle = exhaustive_search(*toy(5.5), k=1, max_size=3)
+    assert oracle.size == 2
+    assert sorted(oracle.sets) == [(0, 1), (0, 2), (0, 3), (0, 4), (1, 2)]
+    assert oracle.evaluations == 5 + 10
+    greedy = greedy_search(*toy(5.5), k=1, max_size=3)
+    assert bool(greedy.found) and int(greedy.size) == 2
+    assert tuple(np.asarray(greedy.order)[:2]) == (0, 1)
+
+
+def test_greedy_misses_a_synergy_that_beam_and_the_oracle_find():
+    # need a drop of 7.5: only the pair {1, 2} (8) at size 2; greedy takes 0 first (4)
+    oracle = exhaustive_search(*toy(2.5), k=1, max_size=3)
+    assert oracle.size == 2 and oracle.sets == [(1, 2)]
+    greedy = greedy_search(*toy(2.5), k=1, max_size=3)
+    assert bool(greedy.found) and int(greedy.size) == 3
+    beam = beam_search(*toy(2.5), k=1, max_size=3, beam_width=2)
+    assert beam.found and beam.size == 2 and set(np.flatnonzero(beam.deleted)) == {1, 2}
+    narrow = beam_search(*toy(2.5), k=1, max_size=3, beam_width=1)  # width 1 is greedy
+    np.testing.assert_array_equal(narrow.deleted, np.asarray(greedy.deleted))
+
+
+def test_nothing_to_remove_and_nothing_enough():
+    # already out of the top-1: the empty set
+    result = greedy_search(*toy(11.0), k=1, max_size=3)
+    assert bool(result.found) and int(result.size) == 0
+    assert exhaustive_search(*toy(11.0), k=1, max_size=3).size == 0
+    # no set of up to 2 deletions is enough
+    result = greedy_search(*toy(-0.5), k=1, max_size=2)
+    assert not bool(result.found) and int(result.size) == 2
+    assert exhaustive_search(*toy(-0.5), k=1, max_size=2).size == -1
+    with pytest.raises(ValueError, match="exhaustive search would score"):
+        exhaustive_search(*toy(5.5), k=1, max_size=3, max_evaluations=10)
+
+
+def test_ordered_removal_deletes_a_prefix():
+    scorer, data, valid, target, exclude = toy(5.5)
+    result = ordered_removal(scorer, data, valid, target, exclude,
+                             jnp.asarray([3, 4, 0, 1, 2]), k=1, max_size=5)
+    # 3, 4 drop 1; then 0: 5 >= 4.5
+    assert bool(result.found) and int(result.size) == 3
+    np.testing.assert_array_equal(np.asarray(result.order)[:3], [3, 4, 0])
+    assert set(np.flatnonzero(np.asarray(result.deleted))) == {0, 3, 4}
+
+
+def test_pair_deletions_show_the_synergy():
+    scorer, data, valid, target, exclude = toy(5.5)
+    scores = pair_deletions(scorer, data, valid, int(target), exclude, [0, 1, 2], k=1)
+    np.testing.assert_allclose(np.diag(scores), [6.0, 9.0, 9.0])  # single deletions
+    np.testing.assert_allclose(scores, scores.T)
+    singles = np.diag(scores) - 10.0
+    interaction = (scores[1, 2] - 10.0) - singles[1] - singles[2]
+    assert scores[0, 1] == 5.0 and interaction == -6.0  # {1, 2} drop 6 more together
+
+
+def rank_of(scores, target, exclude):
+    """The pessimistic rank, by numpy."""
+    others = ~exclude & (np.arange(len(scores)) != target)
+    return int(np.sum(others & (scores >= scores[target])))
+
+
+def test_vmapped_single_deletions_equal_looped(mf_case):
+    model, target, exclude = mf_case
+    effects = single_deletions(model.score_fn, model.data, jnp.asarray(model.valid),
+                               jnp.asarray(target), jnp.asarray(exclude), k=5)
+    for position in np.flatnonzero(model.valid)[:6]:
+        keep = model.valid.astype(np.float32)
+        keep[position] = 0.0
+        scores = model.scores(keep)
+        np.testing.assert_allclose(effects.after.score[position], scores[target], rtol=1e-5,
+                                   atol=1e-5)
+        assert int(effects.after.rank[position]) == rank_of(scores, target, exclude)
+    assert int(effects.base.rank) == rank_of(model.scores(), target, exclude)
+
+
+@pytest.mark.parametrize("method", ["greedy", "beam", "effects", *BASELINES])
+def test_the_minimal_explanation_applied_removes_the_item(mf_case, method):
+    model, target, exclude = mf_case
+    explanation = explain(model, target, k=5, method=method, max_size=12, exclude=exclude,
+                          key=jax.random.key(1))
+    assert explanation.base_rank < 5
+    positions = np.flatnonzero(model.valid)[explanation.minimal_set]
+    keep = model.valid.astype(np.float32)
+    keep[positions] = 0.0
+    scores = model.scores(keep)
+    rank = rank_of(scores, target, exclude)
+    assert rank == explanation.rank_after_set
+    if explanation.found:
+        assert rank >= 5
+        assert explanation.size == len(set(explanation.minimal_set.tolist()))
+    else:
+        assert rank < 5 and method in BASELINES
+    if method == "greedy":
+        assert explanation.found
+        # the causes are ranked by their single-deletion score change
+        assert np.all(np.diff(explanation.score_deltas[explanation.causes]) >= 0)
+
+
+def test_a_sequential_explanation():
+    model = SASRec(30, 8, key=jax.random.key(1), hidden_dim=8, n_layers=1, dropout_rate=0.0,
+                   init_std=0.5)
+    graphdef, params = nnx.split(model, nnx.Param)
+    tokens = np.asarray([0, 0, 4, 9, 13, 2, 21, 17])
+    deletion = make_history_model(graphdef, params, tokens)
+    exclude = np.zeros(30, bool)
+    exclude[tokens[tokens > 0] - 1] = True
+    target = int(np.argmax(np.where(exclude, -np.inf, deletion.scores())))
+    explanation = explain(deletion, target, k=3, method="greedy", max_size=6)
+    np.testing.assert_array_equal(explanation.history, tokens[2:] - 1)
+    oracle = exhaustive_search(deletion.score_fn, deletion.data, deletion.valid, target,
+                               exclude, k=3, max_size=6)
+    assert explanation.found and oracle.size >= 1
+    assert explanation.size >= oracle.size  # the oracle is minimal
+    keep = deletion.valid.astype(np.float32)
+    keep[np.flatnonzero(deletion.valid)[explanation.minimal_set]] = 0.0
+    assert rank_of(deletion.scores(keep), target, exclude) >= 3
