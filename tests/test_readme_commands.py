@@ -49,6 +49,7 @@ def test_every_causalrec_line_parses():
         parser.parse_args(shlex.split(line)[1:])  # exits (fails the test) on a bad flag
 
 
+@pytest.mark.slow  # make test-all (see Makefile)
 def test_the_fast_commands_run_as_written(tmp_path):
     commands = readme_commands()
     missing = [fast for fast in FAST if fast not in commands]

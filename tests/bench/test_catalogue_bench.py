@@ -4,6 +4,8 @@ import importlib.util
 import json
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -15,6 +17,7 @@ def load_bench():
     return module
 
 
+@pytest.mark.slow  # make test-all (see Makefile)
 def test_bench_runs_on_a_tiny_catalogue_and_writes_its_json(tmp_path):
     bench = load_bench()
     out = tmp_path / "catalogue.json"

@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from causalrec_jax.config import load_config
 from causalrec_jax.runs import train as run_train
@@ -19,6 +20,7 @@ def load_bench():
     return module
 
 
+@pytest.mark.slow  # make test-all (see Makefile)
 def test_bench_serves_a_tiny_run_and_writes_its_json(tmp_path):
     rng = np.random.default_rng(0)
     rows = ["user,item"] + [f"u{user},i{item}" for user in range(12)

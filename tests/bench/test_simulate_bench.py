@@ -8,6 +8,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -19,6 +20,7 @@ def load_bench():
     return module
 
 
+@pytest.mark.slow  # make test-all (see Makefile)
 def test_bench_runs_on_a_tiny_world_and_writes_its_json(tmp_path):
     bench = load_bench()
     out = tmp_path / "simulate.json"

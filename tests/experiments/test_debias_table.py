@@ -28,6 +28,7 @@ def read_csv(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(handle))
 
 
+@pytest.mark.slow  # make test-all (see Makefile)
 @pytest.mark.skipif(not COAT.exists(), reason=f"Coat data not found at {COAT}")
 def test_coat_table_has_one_finite_row_per_method(tmp_path, capsys):
     table = load_table_script()
@@ -56,6 +57,7 @@ def test_coat_table_has_one_finite_row_per_method(tmp_path, capsys):
     assert len(written["rows"]["naive"]["seeds"]) == 2
 
 
+@pytest.mark.slow  # make test-all (see Makefile)
 def test_simulator_table_on_a_tiny_world(tmp_path):
     table = load_table_script()
     rows = table.main(["--data", "simulator", "--methods", "naive,ips", "--seeds", "2",
@@ -112,6 +114,7 @@ def test_rows_read_literature_and_truth_metrics_when_present():
     assert "| ips |" in markdown and "—" in markdown
 
 
+@pytest.mark.slow  # make test-all (see Makefile)
 def test_yahoo_configs_run_on_a_folder_in_the_released_layout(tmp_path):
     """The yahoo_<method> configs train on any folder laid out as Yahoo! R3 is released
     (tab-separated `user item rating`, ids from 1; MNAR train file, MAR test file)."""

@@ -33,6 +33,7 @@ def load_sweep_script():
     return module
 
 
+@pytest.mark.slow  # make test-all (see Makefile)
 def test_sweep_on_a_tiny_world(tmp_path):
     env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "jax_cache"),
            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", "JAX_PLATFORMS": "cpu"}

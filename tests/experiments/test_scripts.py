@@ -47,6 +47,7 @@ def test_demo_shows_the_bias_and_its_correction(tmp_path):
     assert written["bias"] == pytest.approx(bias)
 
 
+@pytest.mark.slow  # make test-all (see Makefile)
 def test_quickstart_trains_and_reports(tmp_path, capsys):
     quickstart = load_script("quickstart")
     out = tmp_path / "qs"

@@ -135,7 +135,6 @@ def check_contract(folder: Path, seeds: list[int], epochs: int, validates: bool)
     return metrics
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("kind", sorted(KINDS))
 def test_every_run_kind_writes_the_same_contract(tmp_path, kind, check_tracked):
     write, seeds, epochs, validates = KINDS[kind]
@@ -289,6 +288,7 @@ def test_ope_reads_its_seeds_from_train_seeds_and_refuses_ope_seeds(tmp_path, ca
     assert (tmp_path / "three" / "log.jsonl").read_text() == ""  # the oracle fits nothing
 
 
+@pytest.mark.slow  # make test-all (see Makefile)
 def test_an_uplift_run_on_a_simlog_reports_the_sizes_of_the_log(tmp_path):
     simlog = tmp_path / "log"
     world = ["env.n_users=30", "env.n_items=12", "env.latent_dim=4", "env.slate_size=2",

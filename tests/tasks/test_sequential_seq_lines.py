@@ -33,6 +33,7 @@ def planted_lines(tmp_path):
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 
+@pytest.mark.slow  # make test-all (see Makefile)
 @pytest.mark.parametrize("config", ["ml100k_sasrec.toml", "ml100k_bert4rec.toml"])
 def test_the_ml100k_config_runs_on_seq_lines(planted_lines, tmp_path, config):
     out = tmp_path / "run"
