@@ -487,6 +487,22 @@ def trim_log(path: Path, lines: Sequence[dict[str, Any]]) -> None:
         _replace_text(path, "".join(text + "\n" for text in kept))
 
 
+def log_appender(path: Path, *, resume: bool) -> Callable[[list[dict[str, Any]]], None]:
+    """`append(lines)` for `log.jsonl`: `append_log`, and on a resumed run, before the first
+    lines of each training (seed and fold), `trim_log` of its later epochs."""
+    started: set[tuple] = set()
+
+    def append(lines: list[dict[str, Any]]) -> None:
+        if resume:
+            first = [line for line in lines if (line["seed"], line.get("fold")) not in started]
+            if first:  # the first epoch these trainings log since the resume
+                trim_log(path, first)
+                started.update((line["seed"], line.get("fold")) for line in first)
+        append_log(path, lines)
+
+    return append
+
+
 def start_log(path: Path, *, resume: bool, checkpoint_of: Callable[[dict[str, Any]], Path]
               ) -> None:
     """Starts `log.jsonl`: empty for a new run; on resume, only the lines whose epoch is at

@@ -36,11 +36,11 @@ from causalrec_jax.runs.folder import (
     epoch_log_lines,
     epoch_summary,
     fit_log_lines,
+    log_appender,
     plot_learning_curve,
     save_model,
     seed_curves,
     start_log,
-    trim_log,
     versions,
     write_metrics,
     write_run,
@@ -89,14 +89,10 @@ def _write_run(config: Config, out: Path, *, resume: bool, quiet: bool, frame) -
     start_log(log_path, resume=resume, checkpoint_of=lambda line: (
         out / "checkpoints" / f"fold{line['fold']}" if "fold" in line else out / "checkpoints"))
 
-    trimmed: set[int | None] = set()
+    append = log_appender(log_path, resume=resume)
 
     def log_fn(record: dict[str, Any], fold: int | None = None) -> None:
-        lines = fit_log_lines(record, seeds, fold=fold)
-        if resume and fold not in trimmed:  # the first epoch this resumed training logs
-            trim_log(log_path, lines)
-            trimmed.add(fold)
-        append_log(log_path, lines)
+        append(fit_log_lines(record, seeds, fold=fold))
         if not quiet and not progress:  # a log stream, not a terminal: a line per epoch
             prefix = "" if fold is None else f"fold {fold} "
             print(epoch_summary(record, config.train.early_stopping_metric, prefix=prefix),
@@ -225,15 +221,11 @@ def _write_sequence_run(config: Config, out: Path, *, quiet: bool, resume: bool,
 
     progress = not quiet and sys.stderr.isatty()
 
-    trimmed: set[int] = set()
+    append = log_appender(log_path, resume=resume)
 
     def log_fn(record: dict[str, Any]) -> None:
         # each seed trains through its own `fit` (one member), its record naming the seed
-        lines = fit_log_lines(record, [record["seed"]])
-        if resume and record["seed"] not in trimmed:  # its first epoch since the resume
-            trim_log(log_path, lines)
-            trimmed.add(record["seed"])
-        append_log(log_path, lines)
+        append(fit_log_lines(record, [record["seed"]]))
         if not quiet and not progress:  # a log stream, not a terminal: a line per epoch
             print(epoch_summary(record, config.train.early_stopping_metric,
                                 prefix=f"seed {record['seed']} "), file=sys.stderr, flush=True)
