@@ -61,6 +61,7 @@ from causalrec_jax.models.sasrec import SequenceTransformer
 
 # The training losses whose per-user objective a re-fit reproduces (`train.loss`).
 REFIT_LOSSES = ("mse", "bce", "bpr", "softmax", "sampled_softmax")
+POINTWISE_REFIT_LOSSES = ("mse", "bce")
 
 # Histories are padded to a multiple of this many positions (static shapes: users whose
 # histories round to the same length share compiled programs).
@@ -347,7 +348,9 @@ class RefitDeletion:
     def objective(self, data: Any, theta: Any, weights: jax.Array) -> jax.Array:
         """The user's share of the training objective with the history weighted by `weights`.
 
-        `sum_h w_h loss_h(theta) + l2 / 2 * ||theta||^2` over the valid positions h, with
+        `sum_h w_h r_h loss_h(theta) + l2 / 2 * ||theta||^2` over the valid positions h
+        (`r_h`: the row's weight in training, `data["row_weights"]`: 1, or the clipped inverse
+        propensity of an IPS / SNIPS run), with
         `loss_h` the run's per-row loss: squared error or logistic loss on the row's rating
         or label (`mse`, `bce`); for `bpr` the exact expectation over the negatives training
         samples uniformly (every item outside the kept history with `exclude_seen`, so a
@@ -373,7 +376,8 @@ class RefitDeletion:
             else:
                 row_losses = jax.nn.logsumexp(all_scores) - positive
         flat, _ = ravel_pytree(theta)
-        return jnp.sum(weights * row_losses) + 0.5 * data["l2"] * jnp.sum(jnp.square(flat))
+        return (jnp.sum(weights * data["row_weights"] * row_losses)
+                + 0.5 * data["l2"] * jnp.sum(jnp.square(flat)))
 
     def gradient(self, data: Any, theta: Any, weights: jax.Array) -> jax.Array:
         """`[p]` the objective's gradient in the flattened `theta`. Automatic differentiation,
@@ -414,10 +418,10 @@ class RefitDeletion:
         if self.loss in ("mse", "bce"):
             rows = jacobian if self.kind not in AFFINE_KINDS else jacobian[items]
             if self.loss == "mse":
-                second = 2.0 * weights
+                second = 2.0 * weights * data["row_weights"]
             else:
                 probability = jax.nn.sigmoid(self.user_scores(data, theta, weights, items))
-                second = weights * probability * (1.0 - probability)
+                second = weights * data["row_weights"] * probability * (1.0 - probability)
             curvature = (rows * second[:, None]).T @ rows
         else:
             scores = self.user_scores(data, theta, weights)
@@ -456,8 +460,9 @@ class RefitDeletion:
             offset = self.model_scores(data, unravel(jnp.zeros_like(flat)), weights,
                                        data["items"])
             rows = data["jacobian"][data["items"]]
-            gram = (rows * weights[:, None]).T @ rows
-            rhs = rows.T @ (weights * (data["ratings"] - offset))
+            row_weights = weights * data["row_weights"]
+            gram = (rows * row_weights[:, None]).T @ rows
+            rhs = rows.T @ (row_weights * (data["ratings"] - offset))
             # the objective is sum w (s - r)^2: its minimiser solves (2 G + l2 I) x = 2 b
             system = 2.0 * gram + data["l2"] * jnp.eye(flat.shape[0])
             return unravel(jnp.linalg.solve(system, 2.0 * rhs))
@@ -630,6 +635,7 @@ def make_refit_model(
     user_features: Any = None,
     feature_names: Any = None,
     pad_to: int | None = None,
+    row_weights: Any = None,
 ) -> DeletionModel:
     """The `DeletionModel` of an ID-embedding model (MF, MLP, NeuMF, LightGCN) for one user.
 
@@ -661,6 +667,8 @@ def make_refit_model(
             None: the model's row of `user`).
         feature_names: the names of those columns, or None.
         pad_to: history length H (at least `m`); None rounds `m` up (`padded_length`).
+        row_weights: `[m]` each row's weight in the training loss (an IPS or SNIPS run: the
+            clipped inverse propensity, `runs.explain`); None: 1. Pointwise losses only.
 
     Raises:
         ValueError: an unknown loss, a model without user vectors, `l2` < 0.
@@ -675,6 +683,19 @@ def make_refit_model(
     if length < len(items):
         raise ValueError(f"pad_to = {pad_to} is shorter than the history ({len(items)})")
     ratings = np.ones(len(items), np.float32) if ratings is None else np.asarray(ratings)
+    weighted = row_weights
+    if row_weights is None:
+        row_weights = np.ones(len(items), np.float32)
+    else:
+        row_weights = np.asarray(row_weights, np.float32)
+        if loss not in POINTWISE_REFIT_LOSSES:
+            raise ValueError(f"row_weights with loss {loss!r}: weighted rows are re-fitted for "
+                             f"{', '.join(POINTWISE_REFIT_LOSSES)} (the losses IPS and SNIPS "
+                             "weight)")
+        if row_weights.shape != items.shape or not np.all(np.isfinite(row_weights)) or (
+                row_weights < 0).any():
+            raise ValueError(f"row_weights: expected {len(items)} finite weights >= 0, one per "
+                             "history row")
     pool_base = np.ones(model.n_items, np.float32)
     pool_base[items] = 0.0
     if seen_items is not None:
@@ -683,6 +704,7 @@ def make_refit_model(
         "items": jnp.asarray(_pad(items, length, 0), jnp.int32),
         "ratings": jnp.asarray(_pad(ratings.astype(np.float32), length, 0.0)),
         "valid": jnp.asarray(_pad(np.ones(len(items), bool), length, False)),
+        "row_weights": jnp.asarray(_pad(row_weights, length, 0.0)),
         "pool_base": jnp.asarray(pool_base), "l2": jnp.float32(l2),
         "theta_start": _user_theta(model, kind, user),
         "theta_trained": _user_theta(model, kind, user),
@@ -704,7 +726,9 @@ def make_refit_model(
     data.update(_start(scorer, data, base_steps))
     return DeletionModel(
         score_fn=scorer, data=data, history=_pad(items, length, -1),
-        semantics=REFIT_SEMANTICS[kind].format(loss=loss, l2=l2) + ANCHORED,
+        semantics=REFIT_SEMANTICS[kind].format(
+            loss=loss if weighted is None else f"{loss} with each row's training weight",
+            l2=l2) + ANCHORED,
         n_items=model.n_items,
         relaxed_fn=scorer.relaxed,
         influence_fn=scorer.influence, item_vectors=_item_vectors(model, kind),

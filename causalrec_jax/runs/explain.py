@@ -39,6 +39,9 @@ from causalrec_jax.tasks.ordinary import LoadedRun
 from causalrec_jax.tasks.sequential import SEQUENCE_MODELS
 
 EXPLAINABLE_MODELS = ("mf", "mlp", "neumf", "lightgcn", *SEQUENCE_MODELS)
+# Causal methods whose per-user objective a re-fit reproduces: the run's own rows, each
+# weighted as training weighted it (1; the clipped inverse propensity for IPS and SNIPS).
+REFIT_METHODS = ("naive", "ips", "snips")
 
 
 @dataclasses.dataclass
@@ -94,10 +97,13 @@ def explain_run(run_dir: str | Path, user_id: str, item_id: str | None = None, *
         raise RunError(f"{run_path} is a run of model.name = {config.model.name!r}, whose "
                        "scores do not depend on a user's history: explain works on runs of "
                        f"{', '.join(EXPLAINABLE_MODELS)}")
-    if config.model.name not in SEQUENCE_MODELS and config.causal.method != "naive":
+    if (config.model.name not in SEQUENCE_MODELS
+            and config.causal.method not in REFIT_METHODS):
         raise RunError(f"{run_path} is a run of causal.method = {config.causal.method!r}: "
                        "explain re-fits a user with the run's training objective, which it "
-                       "reproduces for causal.method = 'naive' only")
+                       f"reproduces for causal.method = {', '.join(map(repr, REFIT_METHODS))} "
+                       "only (the doubly robust family, rel_mf, MACR and PDA train on cells "
+                       "or scores beyond the user's own rows)")
     user = _index_of(run.user_ids, user_id, "user", run_path)
     known = known_items(run, user)
     if item_id is None:
@@ -201,27 +207,39 @@ def deletion_model(run: LoadedRun, user: int, *, seed_index: int = 0) -> Deletio
     ratings = rows["ratings"][mine][first] if "ratings" in rows else None
     model = nnx.merge(run.parts.graphdef, params, run.parts.constants)
     train = config.train
+    row_weights, l2 = None, l2_per_user(train.weight_decay, len(rows["users"]))
+    if "weights" in rows:
+        row_weights = rows["weights"][mine][first]
+        if config.causal.method == "snips":  # self-normalised: the weight decay per weight
+            l2 = l2_per_user(train.weight_decay, 1) * float(np.sum(rows["weights"]))
     return make_refit_model(
-        model, user=user, items=items, ratings=ratings, loss=train.loss,
-        l2=l2_per_user(train.weight_decay, len(rows["users"])),
+        model, user=user, items=items, ratings=ratings, loss=train.loss, l2=l2,
+        row_weights=row_weights,
         seen_items=run.data["train_item"][run.data["train_user"] == user],
         exclude_seen=train.exclude_seen_negatives, item_counts=counts, feature_names=names)
 
 
 def training_rows(config: Config, stored: dict[str, np.ndarray]
                   ) -> tuple[dict[str, np.ndarray], tuple[str, ...] | None]:
-    """The rows the run's loss trained on (`tasks.ordinary.training_arrays`), from its data
+    """The rows the run's loss trained on (`tasks.ordinary.training_rows`), from its data
     read again and checked against the fingerprint in `data.npz` (`stored`), and the names of
-    the dataset's user features (None without)."""
+    the dataset's user features (None without). An IPS or SNIPS run's rows carry `weights`,
+    the inverse of their propensities clipped at `causal.propensity_clip`, as its loss
+    weighs them."""
+    from causalrec_jax.causal.clip import clip_propensities
     from causalrec_jax.data.fingerprint import check_unchanged
     from causalrec_jax.data.loader import load_dataset
     from causalrec_jax.data.split import make_split
-    from causalrec_jax.tasks.ordinary import training_arrays
+    from causalrec_jax.tasks.ordinary import training_rows as method_rows
 
-    dataset, _ = load_dataset(config.data, config.sim)
+    dataset, truth = load_dataset(config.data, config.sim, planted=config.planted)
     check_unchanged(stored, dataset, config.data.path or config.data.format)
     split = make_split(dataset, config.data, seed=config.run.seed)
-    rows = training_arrays(split.train, config.train.loss, config.eval.positive_threshold)
+    rows, _ = method_rows(config, split, truth)
+    if "propensities" in rows:
+        clipped, _ = clip_propensities(rows.pop("propensities"),
+                                       config.causal.propensity_clip or None)
+        rows["weights"] = 1.0 / np.asarray(clipped, np.float64)
     return rows, dataset.user_feature_names
 
 

@@ -314,7 +314,7 @@ def _member_hparams(config: Config, members: list[Member], imputation_value: flo
     return optimizer_values, loss_values
 
 
-def _training_rows(config: Config, split: Split, truth: Any) -> tuple[dict, dict | None]:
+def training_rows(config: Config, split: Split, truth: Any) -> tuple[dict, dict | None]:
     """The `[n_rows]` arrays the method trains on (numpy) and its propensity report."""
     method, train = config.causal.method, split.train
     if method != "naive":
@@ -389,7 +389,7 @@ def train_split(
         check_validation_selection(config.eval, split.valid, config.train.early_stopping_metric,
                                    "train.early_stopping_metric")
     method = config.causal.method
-    arrays, propensity_report = _training_rows(config, split, truth)
+    arrays, propensity_report = training_rows(config, split, truth)
     inputs = model_inputs(train, train)
     parts = init_params(
         config.model, keys=jax.vmap(lambda k: streams.derive(k, streams.Run.INIT))(keys),
