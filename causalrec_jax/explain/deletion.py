@@ -103,6 +103,8 @@ class DeletionModel:
             at once); a re-fit whose objective sums over the catalogue (BPR, softmax) holds a
             `[H, n_items]` array per mask, and batches of a few masks keep it in cache.
         feature_names: names of the user's feature columns (`feature_effects`), or None.
+        item_feature_names: names of the item feature columns (`item_feature_effects`), or
+            None.
     """
 
     score_fn: Callable[[Any, jax.Array], jax.Array]
@@ -116,6 +118,7 @@ class DeletionModel:
     item_counts: np.ndarray | None = None
     chunk_size: int | None = None
     feature_names: tuple[str, ...] | None = None
+    item_feature_names: tuple[str, ...] | None = None
 
     @property
     def valid(self) -> np.ndarray:
@@ -634,6 +637,7 @@ def make_refit_model(
     item_counts: Any = None,
     user_features: Any = None,
     feature_names: Any = None,
+    item_feature_names: Any = None,
     pad_to: int | None = None,
     row_weights: Any = None,
 ) -> DeletionModel:
@@ -666,6 +670,7 @@ def make_refit_model(
         user_features: the user's feature row `[d_u]` (mlp, neumf with user features;
             None: the model's row of `user`).
         feature_names: the names of those columns, or None.
+        item_feature_names: the names of the model's item feature columns, or None.
         pad_to: history length H (at least `m`); None rounds `m` up (`padded_length`).
         row_weights: `[m]` each row's weight in the training loss (an IPS or SNIPS run: the
             clipped inverse propensity, `runs.explain`); None: 1. Pointwise losses only.
@@ -735,6 +740,8 @@ def make_refit_model(
         item_counts=None if item_counts is None else np.asarray(item_counts),
         chunk_size=CATALOGUE_CHUNK if loss in ("bpr", "softmax", "sampled_softmax") else None,
         feature_names=None if feature_names is None else tuple(map(str, feature_names)),
+        item_feature_names=(None if item_feature_names is None
+                            else tuple(map(str, item_feature_names))),
     )
 
 
@@ -787,6 +794,47 @@ def _feature_effects_impl(scorer: RefitDeletion, data: Any) -> jax.Array:
 
 
 _feature_effects = jax.jit(_feature_effects_impl, static_argnums=0)
+
+
+def item_feature_effects(model: DeletionModel, target: int) -> np.ndarray | None:
+    """`[d_i]` the change of `target`'s score when each of its item features is set to 0
+    (the feature removed from the item), or None for a model without item features (MF,
+    LightGCN, sequential models, MLP and NeuMF trained without them).
+
+    Like `feature_effects`, a direct effect: the user and every learned parameter are kept, and
+    only the target's score moves (a feature the item lacks has effect 0). One vmapped call.
+    """
+    data = model.data
+    scorer = model.score_fn
+    if not isinstance(scorer, RefitDeletion) or scorer.kind not in ("mlp", "neumf"):
+        return None
+    if nnx.merge(scorer.graphdef, data["model"]).item_features is None:
+        return None
+    return np.asarray(_item_feature_effects(scorer, data, jnp.int32(target)))
+
+
+def _item_feature_effects_impl(scorer: RefitDeletion, data: Any, target: jax.Array
+                               ) -> jax.Array:
+    model = nnx.merge(scorer.graphdef, data["model"])
+    theta = data["theta_trained"]
+    features = data.get("user_features")
+    row = model.item_features[...][target]
+    removed = row[None, :] * (1.0 - jnp.eye(row.shape[0], dtype=row.dtype))
+
+    def score(item_row):
+        if scorer.kind == "mlp":
+            item_input = jnp.concatenate([model.item_embedding[...][target], item_row])
+            hidden = model.tower(_with_row(theta["embedding"], features), item_input)
+            return model.output(hidden)[0]
+        gmf = theta["gmf"] * model.gmf_item_embedding[...][target]
+        item_input = jnp.concatenate([model.mlp_item_embedding[...][target], item_row])
+        hidden = model.tower(_with_row(theta["mlp"], features), item_input)
+        return model.output(jnp.concatenate([gmf, hidden]))[0]
+
+    return jax.vmap(score)(removed) - score(row)
+
+
+_item_feature_effects = jax.jit(_item_feature_effects_impl, static_argnums=0)
 
 
 def l2_per_user(weight_decay: float, n_rows: int) -> float:

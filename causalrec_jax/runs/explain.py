@@ -31,6 +31,7 @@ from causalrec_jax.explain import METHODS, Explanation, explain, l2_per_user
 from causalrec_jax.explain.deletion import (
     DeletionModel,
     feature_effects,
+    item_feature_effects,
     make_history_model,
     make_refit_model,
 )
@@ -60,6 +61,8 @@ class RunExplanation:
         features: for a model with user features, one entry per feature the user has
             (non-zero): `{"feature", "value", "score_change", "rank_after"}` when it is set to
             0 (`explain.feature_effects`, the direct effect), largest drop first; else [].
+        item_features: likewise for the features of the explained item, for a model with item
+            features (`explain.item_feature_effects`: only the item's own score moves).
     """
 
     user_id: str
@@ -71,6 +74,7 @@ class RunExplanation:
     served_rank: int
     n_candidates: int
     features: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    item_features: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
 
 def explain_run(run_dir: str | Path, user_id: str, item_id: str | None = None, *, k: int = 10,
@@ -129,6 +133,7 @@ def explain_run(run_dir: str | Path, user_id: str, item_id: str | None = None, *
     except ValueError as error:  # a baseline or search this model cannot run
         raise RunError(f"--method {method} on a {config.model.name} run: {error}") from None
     features = _feature_table(model, item, exclude)
+    item_features = _item_feature_table(model, item, exclude)
     history_ids = [str(run.item_ids[i]) for i in explanation.history]
     titles = item_titles(config)
     shown = {*history_ids, str(item_id)}
@@ -136,7 +141,8 @@ def explain_run(run_dir: str | Path, user_id: str, item_id: str | None = None, *
         user_id=str(user_id), item_id=str(item_id), explanation=explanation,
         history_ids=history_ids, titles={i: t for i, t in titles.items() if i in shown},
         model=config.model.name, served_rank=served_rank,
-        n_candidates=int(len(run.item_ids) - len(known)), features=features)
+        n_candidates=int(len(run.item_ids) - len(known)), features=features,
+        item_features=item_features)
 
 
 def _feature_table(model: DeletionModel, item: int,
@@ -157,6 +163,30 @@ def _feature_table(model: DeletionModel, item: int,
             "feature": str(names[column]) if names is not None else f"user feature {column}",
             "value": float(values[column]), "score_change": float(effects[column, item]),
             "rank_after": int(np.sum(others & (scores >= scores[item]))) + 1})
+    return sorted(table, key=lambda row: row["score_change"])
+
+
+def _item_feature_table(model: DeletionModel, item: int,
+                        exclude: np.ndarray) -> list[dict[str, Any]]:
+    """The direct effect of removing each of the item's own features on its score and rank
+    (see `RunExplanation.item_features`); the other items' scores do not move."""
+    effects = item_feature_effects(model, item)
+    if effects is None:
+        return []
+    from flax import nnx
+
+    scorer = model.score_fn
+    values = np.asarray(nnx.merge(scorer.graphdef, model.data["model"]).item_features[...][item])
+    served = np.asarray(model.data["served"])
+    names = model.item_feature_names
+    others = ~exclude & (np.arange(len(served)) != item)
+    table = []
+    for column in np.flatnonzero(values):
+        score = served[item] + effects[column]
+        table.append({
+            "feature": str(names[column]) if names is not None else f"item feature {column}",
+            "value": float(values[column]), "score_change": float(effects[column]),
+            "rank_after": int(np.sum(others & (served >= score))) + 1})
     return sorted(table, key=lambda row: row["score_change"])
 
 
@@ -198,7 +228,7 @@ def deletion_model(run: LoadedRun, user: int, *, seed_index: int = 0) -> Deletio
     if config.model.name in SEQUENCE_MODELS:
         return make_history_model(run.parts.graphdef, params,
                                   run.data["next_history"][user], item_counts=counts)
-    rows, names = training_rows(config, run.data)
+    rows, names, item_names = training_rows(config, run.data)
     mine = rows["users"] == user
     if not mine.any():
         raise RunError(f"user {str(run.user_ids[user])!r} has no training interactions under "
@@ -216,14 +246,16 @@ def deletion_model(run: LoadedRun, user: int, *, seed_index: int = 0) -> Deletio
         model, user=user, items=items, ratings=ratings, loss=train.loss, l2=l2,
         row_weights=row_weights,
         seen_items=run.data["train_item"][run.data["train_user"] == user],
-        exclude_seen=train.exclude_seen_negatives, item_counts=counts, feature_names=names)
+        exclude_seen=train.exclude_seen_negatives, item_counts=counts, feature_names=names,
+        item_feature_names=item_names)
 
 
 def training_rows(config: Config, stored: dict[str, np.ndarray]
-                  ) -> tuple[dict[str, np.ndarray], tuple[str, ...] | None]:
+                  ) -> tuple[dict[str, np.ndarray], tuple[str, ...] | None,
+                             tuple[str, ...] | None]:
     """The rows the run's loss trained on (`tasks.ordinary.training_rows`), from its data
     read again and checked against the fingerprint in `data.npz` (`stored`), and the names of
-    the dataset's user features (None without). An IPS or SNIPS run's rows carry `weights`,
+    the dataset's user and item features (None without). An IPS or SNIPS run's rows carry `weights`,
     the inverse of their propensities clipped at `causal.propensity_clip`, as its loss
     weighs them."""
     from causalrec_jax.causal.clip import clip_propensities
@@ -240,7 +272,7 @@ def training_rows(config: Config, stored: dict[str, np.ndarray]
         clipped, _ = clip_propensities(rows.pop("propensities"),
                                        config.causal.propensity_clip or None)
         rows["weights"] = 1.0 / np.asarray(clipped, np.float64)
-    return rows, dataset.user_feature_names
+    return rows, dataset.user_feature_names, dataset.item_feature_names
 
 
 # ----------------------------------------------------------------------------- titles
@@ -336,6 +368,12 @@ def format_explanation(result: RunExplanation, n_causes: int = 10) -> str:
         for row in result.features[: n_causes if n_causes > 0 else None]:
             lines.append(f"      {row['feature'][:40]:<40} {row['score_change']:>+13.4f} "
                          f"{row['rank_after']:>11} {row['rank_after'] - 1 - e.base_rank:>+12}")
+    if result.item_features:
+        lines.append("the item's features, each set to 0 alone (direct effect, only its score "
+                     "moves):")
+        for row in result.item_features[: n_causes if n_causes > 0 else None]:
+            lines.append(f"      {row['feature'][:40]:<40} {row['score_change']:>+13.4f} "
+                         f"{row['rank_after']:>11} {row['rank_after'] - 1 - e.base_rank:>+12}")
     members = ", ".join(_label(result, result.history_ids[i], 30) for i in e.minimal_set)
     if e.base_rank >= e.k:
         lines.append(f"the item is not in the top-{e.k} (rank {e.base_rank + 1}): nothing to "
@@ -376,6 +414,7 @@ def explanation_json(result: RunExplanation) -> dict[str, Any]:
         "minimal_set": [result.history_ids[int(i)] for i in e.minimal_set],
         "size": e.size, "found": e.found, "score_after_set": e.score_after_set,
         "rank_after_set": e.rank_after_set + 1, "features": result.features,
+        "item_features": result.item_features,
     }
 
 
