@@ -139,7 +139,7 @@ def explain(model: DeletionModel, target: int, *, k: int = 10, method: str = "gr
             candidates = jnp.asarray(positions[np.argsort(margins, kind="stable")]
                                      [:n_candidates].astype(np.int32))
         result = search.greedy_search(*args, k=k, max_size=max_size, chunk_size=chunk_size,
-                                      candidates=candidates)
+                                      candidates=candidates, singles=effects)
     elif method == "beam":
         result = search.beam_search(*args, k=k, max_size=max_size, beam_width=beam_width,
                                     chunk_size=chunk_size)

@@ -166,7 +166,8 @@ class SearchResult(NamedTuple):
 def greedy_search(score_fn, data: Any, valid: jax.Array, target: jax.Array,
                   exclude: jax.Array, *, k: int, max_size: int,
                   chunk_size: int | None = None,
-                  candidates: jax.Array | None = None) -> SearchResult:
+                  candidates: jax.Array | None = None,
+                  singles: DeletionEffects | None = None) -> SearchResult:
     """Greedy minimal counterfactual set: at each step, score every remaining deletion added to
     the set (one vmapped call of H masks) and keep the one with the lowest margin; stop when
     the target leaves the top-K or after `max_size` deletions. A target already outside the
@@ -175,6 +176,9 @@ def greedy_search(score_fn, data: Any, valid: jax.Array, target: jax.Array,
     Args:
         candidates: `[C]` int positions the search may delete (e.g. the C strongest single
             deletions: each step then scores C masks instead of H); None: every position.
+        singles: the `single_deletions` of the same arguments, when already computed: the
+            first step is read from them instead of scoring the H masks again (the same
+            masks, so the same set; a greedy set of size 1 then costs no mask at all).
 
     Returns:
         `SearchResult`; `found` False when `max_size` deletions (or every candidate) did not
@@ -186,7 +190,10 @@ def greedy_search(score_fn, data: Any, valid: jax.Array, target: jax.Array,
     candidates = candidates.astype(jnp.int32)
     # row c deletes candidate c in addition to the set
     others = jnp.arange(history_len)[None, :] != candidates[:, None]
-    base = standing(score_fn(data, valid.astype(jnp.float32)), target, exclude, k)
+    if singles is None:
+        base = standing(score_fn(data, valid.astype(jnp.float32)), target, exclude, k)
+    else:
+        base = singles.base
 
     def cond(state):
         deleted, _, size, found, _ = state
@@ -205,6 +212,14 @@ def greedy_search(score_fn, data: Any, valid: jax.Array, target: jax.Array,
 
     state = (jnp.zeros(history_len, bool), jnp.full(max_size, -1, jnp.int32),
              jnp.zeros((), jnp.int32), base.rank >= k, base)
+    if singles is not None:  # the first step, from the single deletions
+        best = jnp.argmin(jnp.where(valid[candidates], singles.after.margin[candidates],
+                                    jnp.inf))
+        chosen = jax.tree.map(lambda leaf: leaf[candidates][best], singles.after)
+        position = candidates[best]
+        stepped = (state[0].at[position].set(True), state[1].at[0].set(position),
+                   jnp.ones((), jnp.int32), chosen.rank >= k, chosen)
+        state = jax.tree.map(lambda a, b: jnp.where(cond(state), a, b), stepped, state)
     deleted, order, size, found, after = jax.lax.while_loop(cond, body, state)
     return SearchResult(deleted, order, size, found, after)
 
