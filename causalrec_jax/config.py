@@ -253,7 +253,9 @@ class PlantedConfig:
 class ModelConfig:
     """Which model scores (user, item) pairs and its sizes."""
 
-    name: Literal["mf", "mlp", "neumf", "lightgcn", "sasrec", "bert4rec", "popularity"] = "mf"
+    name: Literal[
+        "mf", "mlp", "neumf", "lightgcn", "sasrec", "bert4rec", "hstu", "popularity"
+    ] = "mf"
     embedding_dim: int = 64
     hidden_dims: tuple[int, ...] = (64, 32)
     n_layers: int = 2
@@ -270,8 +272,21 @@ class ModelConfig:
     # Training batches are cut to the shortest of these lengths (and max_len) their windows
     # fit, so short sequences train on short arrays; one compilation per length. [] = off.
     length_buckets: tuple[int, ...] = (8, 16, 32, 64, 128, 256)
+    # HSTU only (Zhai et al. 2024; embedding_dim, n_layers, n_heads, dropout, max_len as for
+    # sasrec): the per-head width of queries and keys (attention_dim) and of values and gates
+    # (linear_dim), 0 = embedding_dim // n_heads; the output similarity: temperature 0 = a
+    # final layer norm and dot product, > 0 = cosine of L2-normalised outputs and items
+    # divided by it (the paper's public-dataset setting used 0.05).
+    attention_dim: int = 0
+    linear_dim: int = 0
+    temperature: float = 0.0
 
     def __post_init__(self) -> None:
+        for key in ("attention_dim", "linear_dim"):
+            _require(getattr(self, key) >= 0, f"model.{key}",
+                     "an integer >= 0 (0 = embedding_dim // n_heads)", getattr(self, key))
+        _require(math.isfinite(self.temperature) and self.temperature >= 0,
+                 "model.temperature", "a number >= 0 (0 = dot product)", self.temperature)
         for key in ("embedding_dim", "n_heads"):
             _require(getattr(self, key) >= 1, f"model.{key}", "an integer >= 1", getattr(self, key))
         _require(self.n_layers >= 0, "model.n_layers", "an integer >= 0", self.n_layers)

@@ -52,12 +52,12 @@ from flax import nnx
 from jax.flatten_util import ravel_pytree
 
 from causalrec_jax.data.sequences import PAD
+from causalrec_jax.models.base import SequenceModel
 from causalrec_jax.models.bert4rec import BERT4Rec, append_mask_token
 from causalrec_jax.models.lightgcn import LightGCN
 from causalrec_jax.models.mf import MF
 from causalrec_jax.models.mlp import MLP
 from causalrec_jax.models.neumf import NeuMF
-from causalrec_jax.models.sasrec import SequenceTransformer
 
 # The training losses whose per-user objective a re-fit reproduces (`train.loss`).
 REFIT_LOSSES = ("mse", "bce", "bpr", "softmax", "sampled_softmax")
@@ -228,8 +228,8 @@ def make_history_model(
         A `DeletionModel` whose `history` is the item index of each token (-1 at padding).
     """
     model = nnx.merge(graphdef, params)
-    if not isinstance(model, SequenceTransformer):
-        raise ValueError(f"make_history_model needs SASRec or BERT4Rec, got "
+    if not isinstance(model, SequenceModel):
+        raise ValueError(f"make_history_model needs SASRec, BERT4Rec or HSTU, got "
                          f"{type(model).__name__}")
     tokens = np.asarray(tokens, np.int32)
     scorer = SequenceDeletion(graphdef, model.max_len)

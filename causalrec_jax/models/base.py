@@ -177,3 +177,30 @@ def with_features(embedding: nnx.Param, features: Constant | None, ids: jax.Arra
     if features is None:
         return embedding[ids]
     return jnp.concatenate([embedding[ids], features[ids]], axis=-1)
+
+
+class SequenceModel(nnx.Module):
+    """What the next-item models share (SASRec, BERT4Rec, HSTU): token rows in, hidden out.
+
+    A subclass holds `n_items`, `max_len` and `token_embedding` (`[n_tokens, d]`: row 0 is
+    padding, rows `1..n_items` the items, then any special tokens) and implements
+    `__call__(sequences [b, L], *, key=None, token_weights=None) -> hidden [b, L, d]`, where
+    position t encodes the history up to `sequences[:, t]`. Training, evaluation,
+    recommendation and explanation use only this interface (`tasks.sequential`,
+    `train.sequence`, `explain.deletion.make_history_model`).
+    """
+
+    n_items: int
+    max_len: int
+
+    def item_embeddings(self) -> jax.Array:
+        """The output table `[n_items, d]`: token rows `1..n_items` (no padding, no [mask])."""
+        return self.token_embedding[1:self.n_items + 1]
+
+    def logits(self, hidden: jax.Array) -> jax.Array:
+        """Scores every item: `hidden [..., d]` -> `[..., n_items]` (column i = item i)."""
+        return hidden @ self.item_embeddings().T
+
+    def score_next(self, sequences: jax.Array) -> jax.Array:
+        """Deterministic scores of the item after each row: `[b, L]` -> `[b, n_items]`."""
+        return self.logits(self(sequences)[:, -1])

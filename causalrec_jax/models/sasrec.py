@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from causalrec_jax.models.base import dropout
+from causalrec_jax.models.base import SequenceModel, dropout
 
 PAD = 0
 
@@ -106,7 +106,7 @@ class TransformerBlock(nnx.Module):
         return hidden + dropout(self.ffn_out(inner), self.dropout_rate, ffn_out_key)
 
 
-class SequenceTransformer(nnx.Module):
+class SequenceTransformer(SequenceModel):
     """The encoder shared by SASRec (causal) and BERT4Rec (bidirectional).
 
     Token rows: 0 = padding, `1..n_items` = items, then `n_special` extra tokens (BERT4Rec's
@@ -183,18 +183,6 @@ class SequenceTransformer(nnx.Module):
         for block, block_key in zip(self.blocks, block_keys, strict=True):
             hidden = block(hidden, allowed, key=block_key)
         return self.final_norm(hidden)
-
-    def item_embeddings(self) -> jax.Array:
-        """The output table `[n_items, d]`: token rows `1..n_items` (no padding, no [mask])."""
-        return self.token_embedding[1:self.n_items + 1]
-
-    def logits(self, hidden: jax.Array) -> jax.Array:
-        """Scores every item: `hidden [..., d]` -> `[..., n_items]` (column i = item i)."""
-        return hidden @ self.item_embeddings().T
-
-    def score_next(self, sequences: jax.Array) -> jax.Array:
-        """Deterministic scores of the item after each row: `[b, L]` -> `[b, n_items]`."""
-        return self.logits(self(sequences)[:, -1])
 
 
 class SASRec(SequenceTransformer):

@@ -1,5 +1,5 @@
-"""Runs of the sequential models (SASRec, BERT4Rec): `causalrec train` with `model.name` one
-of `SEQUENCE_MODELS`.
+"""Runs of the sequential models (SASRec, BERT4Rec, HSTU): `causalrec train` with `model.name`
+one of `SEQUENCE_MODELS`.
 
 Protocol: `data.split = "leave_one_out"` (per user by time: last item -> test, second last ->
 validation). Training windows of `model.max_len` items from each user's training sequence, with
@@ -52,7 +52,7 @@ import numpy as np
 from flax import nnx
 
 from causalrec_jax import streams
-from causalrec_jax.config import Config
+from causalrec_jax.config import Config, ModelConfig
 from causalrec_jax.data.dataset import Dataset, Split, concatenate
 from causalrec_jax.data.fingerprint import check_unchanged
 from causalrec_jax.data.loader import load_dataset
@@ -72,6 +72,7 @@ from causalrec_jax.eval.ranking import evaluate_full_ranking
 from causalrec_jax.eval.summary import aggregate
 from causalrec_jax.models.base import ModelParts
 from causalrec_jax.models.bert4rec import BERT4Rec, append_mask_token
+from causalrec_jax.models.hstu import HSTU
 from causalrec_jax.models.sasrec import SASRec
 from causalrec_jax.tasks.ordinary import LoadedRun, seed_keys, seed_list
 from causalrec_jax.train import checkpoint as checkpoints
@@ -89,7 +90,10 @@ from causalrec_jax.train.step import (
     make_train_step,
 )
 
-SEQUENCE_MODELS = ("sasrec", "bert4rec")
+SEQUENCE_MODELS = ("sasrec", "bert4rec", "hstu")
+
+# `[model]` keys only HSTU reads: refused for the other sequential models.
+HSTU_KEYS = ("attention_dim", "linear_dim", "temperature")
 
 # Sequential losses that sample negatives (train.n_negatives, train.exclude_seen_negatives).
 SAMPLED_LOSSES = ("bce_one_negative", "sampled_softmax")
@@ -112,7 +116,8 @@ def check_sequential_config(config: Config) -> str:
                               "'masked_item' for bert4rec")
     elif loss not in LOSSES or loss == "masked_item":
         raise ConfigError(f"key train.loss: got {loss!r}, expected one of full_softmax, "
-                          "bce_one_negative, sampled_softmax for sasrec")
+                          f"bce_one_negative, sampled_softmax for {config.model.name}")
+    _check_model_keys(config)
     if config.train.cv_folds:
         raise ConfigError(f"key train.cv_folds: {config.train.cv_folds} folds, but sequential "
                           "models train on the leave-one-out split only; set it to 0")
@@ -122,7 +127,33 @@ def check_sequential_config(config: Config) -> str:
     return loss
 
 
+def _check_model_keys(config: Config) -> None:
+    """Refuses HSTU's keys for another model, and HSTU sizes that leave a head no width."""
+    model = config.model
+    if model.name != "hstu":
+        default = ModelConfig()
+        for name in HSTU_KEYS:
+            if getattr(model, name) != getattr(default, name):
+                raise ConfigError(f"key model.{name}: set to {getattr(model, name)!r}, but "
+                                  f"only model.name = 'hstu' reads it; remove it")
+        return
+    for name in ("attention_dim", "linear_dim"):
+        if not getattr(model, name) and model.embedding_dim % model.n_heads:
+            raise ConfigError(
+                f"key model.{name}: 0 (= embedding_dim // n_heads), but embedding_dim "
+                f"{model.embedding_dim} is not divisible by n_heads {model.n_heads}; set "
+                f"model.{name} to the width per head")
+
+
 def _model(config: Config, n_items: int, key: jax.Array):
+    if config.model.name == "hstu":
+        model = config.model
+        return HSTU(
+            n_items, model.max_len, key=key, hidden_dim=model.embedding_dim,
+            n_layers=model.n_layers, n_heads=model.n_heads,
+            attention_dim=model.attention_dim or None, linear_dim=model.linear_dim or None,
+            dropout_rate=model.dropout, temperature=model.temperature,
+        )
     model_class = SASRec if config.model.name == "sasrec" else BERT4Rec
     return model_class(
         n_items, config.model.max_len, key=key, hidden_dim=config.model.embedding_dim,
