@@ -156,9 +156,10 @@ def write_outputs(out: Path, block: dict[str, Any]) -> None:
                                                kind="sequential", path=str(out))
     for entry in block["rho_sweep"]:
         if entry["run"] != ".":
-            csv_rows += report_explain.explain_csv_rows(
+            csv_rows += [row for row in report_explain.explain_csv_rows(
                 entry, group_name="explain_rho_sweep", run=f"{out.name}/{entry['run']}",
                 kind="sequential", path=str(out / entry["run"]))
+                if row["block"].endswith(".all")]  # the sweep: all instances
     write_csv(out / "explain_table.csv", csv_rows, CSV_COLUMNS)
     report_explain.explain_bars(out / "explain_bars.png", block)
     report_explain.rho_sweep_figure(

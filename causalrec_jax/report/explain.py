@@ -109,7 +109,7 @@ def explain_csv_rows(block: dict[str, Any], *, group_name: str, run: str, kind: 
     """The block's long form (`report.tables.CSV_COLUMNS`), one row per truth, instance group,
     explainer and score (NaN / null as None)."""
     rows = []
-    protocol = protocol_text(block)
+    protocol = protocol_text(block, short=True)
     for explainer, by_truth in (block.get("scores") or {}).items():
         for truth, by_group in by_truth.items():
             for group, scores in by_group.items():
