@@ -90,6 +90,8 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--set", action="append", default=[], dest="overrides")
     args = parser.parse_args(argv)
     rhos, methods = parse_rhos(args.rho), parse_explainers(args.explainers)
+    if args.per_kind < 1 or args.k < 1:
+        raise ConfigError(f"--per-kind {args.per_kind} --k {args.k}: expected both >= 1")
     overrides = [*(QUICK if args.quick else ()), *args.overrides]
     config = load_config(args.config, overrides)
     if config.data.format != "planted":

@@ -102,7 +102,8 @@ def test_bad_input_is_one_line(tmp_path, capsys, monkeypatch):
     script = load_script()
     for argv, expected in ((["--explainers", "greedy,oracle"], "unknown explainer 'oracle'"),
                            (["--rho", "0.5,high"], "--rho '0.5,high'"),
-                           (["--rho", "1.5"], "numbers in [0, 1]")):
+                           (["--rho", "1.5"], "numbers in [0, 1]"),
+                           (["--per-kind", "0"], "expected both >= 1")):
         monkeypatch.setattr("sys.argv", ["explain_planted.py", *argv,
                                          "--out", str(tmp_path / "never")])
         assert run_script(script.main, "explain_planted.py") == 2
