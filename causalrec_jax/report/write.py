@@ -16,12 +16,17 @@ complete):
   the 95% Student-t interval of the mean), for every test block;
 - `<group>_learning_curves.png`: the runs' training loss and validation metric overlaid;
 - `<group>_propensity.png`: the runs' propensity histograms and clip reports;
-- `ope_estimates.png`: each OPE run's estimates against the truth and their relative errors.
+- `ope_estimates.png`: each OPE run's estimates against the truth and their relative errors;
+- for a run whose `metrics.json` has an `"explain"` block (`runs.planted.explain_planted_run`:
+  counterfactual explainers scored on a world with planted causes), a section with its
+  protocol and a table per truth and rule kind (explainers x scores, `report.explain`), the
+  same numbers in `report.csv` (block `explain.<truth>.<group>`, metric
+  `<explainer>.<score>`), and `explain_<run>.png`: grouped bars of recall, precision, exact
+  match and size optimality per explainer.
 
 What the report cannot show is one line of its notes each (returned, printed by the command):
 groups that no table compares with each other, a block only some runs have, a metric no run
-defines, a run without `log.jsonl`, a run whose folder stores no propensity histogram. No run
-kind writes explanations yet, so the report has no explanation section.
+defines, a run without `log.jsonl`, a run whose folder stores no propensity histogram.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from causalrec_jax.errors import RunError
+from causalrec_jax.report import explain as report_explain
 from causalrec_jax.report import plots, tables
 from causalrec_jax.report.runs import RunRecord, group_runs, read_runs, seed_curves
 
@@ -244,6 +250,40 @@ def _group_section(folder: Path, group: str, runs: Sequence[RunRecord],
     return "\n".join(lines), files
 
 
+# The explanation tables of the report (truth, group), in order.
+EXPLAIN_TABLES = (("world", "all"), ("world", "and"), ("world", "or"), ("world_strict", "all"),
+                  ("oracle", "all"))
+
+
+def _explain_section(folder: Path, runs: Sequence[RunRecord]) -> tuple[str, list[Path]]:
+    """The explanation section of the runs with an `"explain"` block (empty when none)."""
+    having = [run for run in runs if isinstance(run.metrics.get("explain"), dict)]
+    if not having:
+        return "", []
+    lines = ["## Counterfactual explanations on planted ground truth", ""]
+    files = []
+    for run in having:
+        block = run.metrics["explain"]
+        lines += [f"### {run.name}", "", "Protocol: " + report_explain.protocol_text(block)
+                  + ".", ""]
+        if block.get("skipped"):
+            lines += ["Not run: " + "; ".join(f"{method} ({reason})" for method, reason
+                                              in block["skipped"].items()) + ".", ""]
+        for truth, group in EXPLAIN_TABLES:
+            lines += [report_explain.explain_table(block, truth, group), ""]
+        path = report_explain.explain_bars(
+            folder / f"explain_{_file_name(run.name)}.png", block,
+            title=f"{run.name}: counterfactual explanations, all instances")
+        files.append(path)
+        lines += [f"![explanations of {run.name}]({path.name})", ""]
+    return "\n".join(lines), files
+
+
+def _file_name(name: str) -> str:
+    """`name` with every character but letters, digits, `-`, `_` and `.` as `_`."""
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+
+
 def _markdown(runs: Sequence[RunRecord], notes: Sequence[str], sections: Sequence[str]) -> str:
     rows = [[run.name, run.kind, run.describe(), str(run.path)] for run in runs]
     lines = [f"# Report on {len(runs)} run{'s' if len(runs) != 1 else ''}", "",
@@ -279,8 +319,18 @@ def write_report(paths: Sequence[str | Path], out: str | Path) -> ReportResult:
             section, written = _group_section(staging, group, members, notes)
             sections.append(section)
             figures += written
+        section, written = _explain_section(staging, runs)
+        if section:
+            sections.append(section)
+            figures += written
         (staging / "report.md").write_text(_markdown(runs, notes, sections))
-        tables.write_csv(staging / "report.csv", tables.csv_rows(runs))
+        csv_rows = tables.csv_rows(runs)
+        for run in runs:
+            if isinstance(run.metrics.get("explain"), dict):
+                csv_rows += report_explain.explain_csv_rows(
+                    run.metrics["explain"], group_name=run.group, run=run.name, kind=run.kind,
+                    path=str(run.path))
+        tables.write_csv(staging / "report.csv", csv_rows)
         if out.exists():
             out.rmdir()  # empty: `check_out` refused anything else
         staging.rename(out)
