@@ -178,6 +178,22 @@ def compact_history(tokens: jax.Array, keep: jax.Array) -> jax.Array:
 
 
 @dataclasses.dataclass(frozen=True)
+class BoundMethod:
+    """`owner.name(*args)`, equal to (and hashing as) any other `BoundMethod` of an equal owner.
+
+    A Python bound method equals another only when bound to the same object, so a jitted
+    function that takes `relaxed_fn` or `influence_fn` as a static argument would compile again
+    for every user's model; the scorers are frozen dataclasses compared by value, and this
+    keeps that equality."""
+
+    owner: Any
+    name: str
+
+    def __call__(self, *args: Any) -> Any:
+        return getattr(self.owner, self.name)(*args)
+
+
+@dataclasses.dataclass(frozen=True)
 class SequenceDeletion:
     """`score_fn` of a sequential model (SASRec, BERT4Rec): the scores of the next item after
     the edited history, dropped and shifted (`compact_history`), its last `max_len` tokens.
@@ -237,7 +253,8 @@ def make_history_model(
         score_fn=scorer, data={"params": params, "tokens": jnp.asarray(tokens)},
         history=tokens.astype(np.int64) - 1, semantics=SEQUENCE_SEMANTICS,
         n_items=model.n_items,
-        relaxed_fn=scorer.relaxed, item_vectors=np.asarray(model.item_embeddings()),
+        relaxed_fn=BoundMethod(scorer, "relaxed"),
+        item_vectors=np.asarray(model.item_embeddings()),
         item_counts=None if item_counts is None else np.asarray(item_counts),
     )
 
@@ -735,8 +752,8 @@ def make_refit_model(
             loss=loss if weighted is None else f"{loss} with each row's training weight",
             l2=l2) + ANCHORED,
         n_items=model.n_items,
-        relaxed_fn=scorer.relaxed,
-        influence_fn=scorer.influence, item_vectors=_item_vectors(model, kind),
+        relaxed_fn=BoundMethod(scorer, "relaxed"),
+        influence_fn=BoundMethod(scorer, "influence"), item_vectors=_item_vectors(model, kind),
         item_counts=None if item_counts is None else np.asarray(item_counts),
         chunk_size=CATALOGUE_CHUNK if loss in ("bpr", "softmax", "sampled_softmax") else None,
         feature_names=None if feature_names is None else tuple(map(str, feature_names)),

@@ -89,9 +89,8 @@ def planted_instances(run: LoadedRun, truth: PlantedTruth, *, n_per_kind: int, s
             models.append(make_history_model(run.parts.graphdef, params, tokens,
                                              item_counts=counts))
         else:
-            # the first model's functions, so that every compiled search and baseline is
-            # reused (a bound method, such as `relaxed_fn`, equals another only when bound to
-            # the same object: a new one per instance would compile once per instance)
+            # the first model with this instance's tokens: same functions and layout, so
+            # every compiled search and baseline is reused, and nothing is built again
             models.append(dataclasses.replace(
                 models[0], data={**models[0].data, "tokens": jnp.asarray(tokens)},
                 history=tokens.astype(np.int64) - 1))
