@@ -53,7 +53,15 @@ from causalrec_jax.tasks.ordinary import (
     seed_list,
     train_split,
 )
-from causalrec_jax.tasks.sequential import check_sequential_config, train_sequence_seed
+from causalrec_jax.tasks.sequential import (
+    check_sequential_config,
+    exposure_clip_report,
+    exposure_rows,
+    held_out_rounds,
+    load_slate_log,
+    slate_log_attraction,
+    train_sequence_seed,
+)
 from causalrec_jax.tasks.uplift import check_uplift_keys, uplift_metrics, uplift_seed
 from causalrec_jax.train.loop import TrainingDivergedError
 
@@ -212,7 +220,14 @@ def sequence_run(config: Config, out: str | Path, *, quiet: bool = True,
 def _write_sequence_run(config: Config, out: Path, *, quiet: bool, resume: bool,
                         item_chunk: int | None) -> dict[str, Any]:
     tic = time.perf_counter()
-    dataset, _ = load_dataset(config.data, config.sim, planted=config.planted)
+    slate_log = attraction = None
+    if config.data.format == "simlog":
+        # a slate log: the clicks are the sequences, the rounds the exposure (causal.method)
+        slate_log = load_slate_log(config)
+        dataset = slate_log.clicks
+        attraction = slate_log_attraction(slate_log)
+    else:
+        dataset, _ = load_dataset(config.data, config.sim, planted=config.planted)
     data_fingerprint = fingerprint(dataset)  # evaluate refuses the data if it changed
     split = make_split(dataset, config.data, seed=config.run.seed)
     log_path = out / "log.jsonl"
@@ -235,15 +250,21 @@ def _write_sequence_run(config: Config, out: Path, *, quiet: bool, resume: bool,
         results.append(train_sequence_seed(
             config, split, seed, checkpoint_dir=out / "checkpoints" / f"seed{seed}",
             resume=resume, progress=progress, log_fn=log_fn, item_chunk=item_chunk,
-            keep_good_epochs=True))
+            keep_good_epochs=True, slate_log=slate_log, attraction=attraction))
         if results[-1].diverged is not None:
             break  # the seeds so far are written, the last one's good epochs included
     diverged = results[-1].diverged
     seeds = [result.entry["seed"] for result in results]
     per_seed = [result.entry for result in results]
     metrics: dict[str, Any] = {}
-    for part in ("test", "valid", "test_unmasked", "test_sampled"):
-        metrics.update(aggregate(per_seed, part))
+    for part in ("test", "valid", "test_unmasked", "test_sampled", "test_truth", "test_ope"):
+        if part in per_seed[0]:
+            metrics.update(aggregate(per_seed, part))
+    if slate_log is not None:
+        rows = exposure_rows(slate_log.log, split.train, config.model.max_len,
+                             held_out_rounds(split, split.train.n_users))
+        metrics["propensity"] = exposure_clip_report(config, rows)
+        metrics["causal"] = {"method": config.causal.method, **per_seed[0].get("hparams", {})}
     timings = [result.timing for result in results]
     metrics.update({
         "per_seed": per_seed,

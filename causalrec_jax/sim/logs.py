@@ -20,7 +20,7 @@ from causalrec_jax.config import EnvConfig, PolicyConfig
 from causalrec_jax.errors import ConfigError
 from causalrec_jax.sim import policies
 from causalrec_jax.sim.env import EnvParams, EnvSizes, make_env_params
-from causalrec_jax.sim.rollout import rollout_users, uplift_truth
+from causalrec_jax.sim.rollout import attraction_path, rollout_users, uplift_truth
 
 
 def env_from_config(env: EnvConfig) -> tuple[EnvSizes, EnvParams]:
@@ -159,6 +159,7 @@ _slot_frequencies = jax.jit(policies.plackett_luce_slot_frequencies,
                             static_argnames="n_samples")
 _rollout_users = jax.jit(rollout_users, static_argnums=(1, 4))
 _uplift_truth = jax.jit(uplift_truth, static_argnums=(1, 4))
+_attraction_path = jax.jit(attraction_path, static_argnums=(1, 4))
 
 
 def slot_propensities(
@@ -264,3 +265,39 @@ def simulate_log(
         inclusion = jax.vmap(lambda user: policies.inclusion_probabilities(logging, user))(users)
         truth["inclusion_propensity"] = np.asarray(inclusion, np.float32)
     return log, truth
+
+
+def log_attraction(
+    env: EnvConfig, policy: PolicyConfig, key: jax.Array, users: np.ndarray, horizon: int,
+    *, block_users: int = 256,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The true attraction of every item at every step of the episodes `simulate_log(env,
+    policy, key, users=users, horizon=horizon)` logged (the same keys replay the same states).
+
+    Returns:
+        `(slates [n, T, K] int32, attraction [n, T + 1, n_items] float32)`: the replayed slates
+        (callers check them against the log's) and `rollout.attraction`, `sigmoid(v + c)`, of
+        each user's state before each step and after the last one.
+
+    Raises:
+        ConfigError: `policy.scores = "run"` (its score table lives in a run folder).
+    """
+    if policy.scores == "run":
+        raise ConfigError('key policy.scores: a log of a "run" policy cannot be replayed here '
+                          "(its scores live in the run folder policy.run)")
+    sizes, params = env_from_config(env)
+    logging = policy_from_config(policy, params, sizes.slate_size)
+    users = np.asarray(users, np.int32)
+    slates, paths = [], []
+    for start in range(0, len(users), block_users):
+        block = users[start:start + block_users]
+        padded = np.pad(block, (0, block_users - len(block)), mode="edge")
+        trajectory, path = _attraction_path(key, policies.slate_policy, logging, params,
+                                            horizon, jnp.asarray(padded))
+        slates.append(np.asarray(trajectory.slate)[: len(block)])
+        paths.append(np.asarray(path, np.float32)[: len(block)])
+    k, n_items = sizes.slate_size, sizes.n_items
+    if not slates:
+        return (np.zeros((0, horizon, k), np.int32),
+                np.zeros((0, horizon + 1, n_items), np.float32))
+    return np.concatenate(slates).astype(np.int32), np.concatenate(paths)

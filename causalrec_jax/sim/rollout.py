@@ -36,6 +36,7 @@ from causalrec_jax.sim.env import (
     reset_user,
     step,
     true_uplift,
+    utilities,
 )
 
 PolicyFn = Callable[[Any, Observation, jax.Array], tuple[jax.Array, jax.Array]]
@@ -218,7 +219,52 @@ def uplift_truth(
     return jax.vmap(one)(jnp.asarray(users, jnp.int32))
 
 
+def attraction(state: EnvState, env_params: EnvParams) -> jax.Array:
+    """`[n_items]` true P(click | shown at slot k, examined) = `sigmoid(v_i + c)` of every item
+    for the user in `state` (0 for unavailable items): the relevance a click model removes
+    position and exposure from. `E[click at slot k] = e_k * attraction`."""
+    values = utilities(state, env_params)
+    return jax.nn.sigmoid(values + env_params.click_offset) * env_params.available
+
+
+def attraction_path(
+    key: jax.Array,
+    policy_fn: PolicyFn,
+    policy_params: Any,
+    env_params: EnvParams,
+    horizon: int,
+    users: jax.Array,
+) -> tuple[Trajectory, jax.Array]:
+    """The episodes of `rollout_users` (same keys, so the same rows) and the true attraction
+    of every item at every step: `[n_users, horizon + 1, n_items]`, step `t` the state the
+    slate of step `t` met, step `horizon` the state after the last step (the "next step"
+    that a model trained on the episode recommends for).
+    """
+
+    def one(user):
+        obs, state = reset_user(user, env_params)
+        env_key, policy_key = _keys(streams.index(key, user))
+
+        def body(carry, t):
+            obs, state = carry
+            before = attraction(state, env_params)
+            slate, log_prob = policy_fn(policy_params, obs, streams.index(policy_key, t))
+            next_obs, next_state, reward, _, _, info = step(
+                streams.index(env_key, t), state, slate, env_params, log_prob=log_prob)
+            return (next_obs, next_state), (obs.step, reward, info, before)
+
+        (_, final), (steps, rewards, info, path) = jax.lax.scan(
+            body, (obs, state), jnp.arange(horizon))
+        trajectory = Trajectory(info["user"], steps, info["slate"], info["log_prob"], rewards,
+                                info)
+        return trajectory, jnp.concatenate([path, attraction(final, env_params)[None]])
+
+    return jax.vmap(one)(jnp.asarray(users, jnp.int32))
+
+
 __all__ = [
+    "attraction",
+    "attraction_path",
     "EnvState",
     "Forced",
     "PolicyFn",

@@ -118,6 +118,7 @@ def check_sequential_config(config: Config) -> str:
         raise ConfigError(f"key train.loss: got {loss!r}, expected one of full_softmax, "
                           f"bce_one_negative, sampled_softmax for {config.model.name}")
     _check_model_keys(config)
+    check_exposure_config(config)
     if config.train.cv_folds:
         raise ConfigError(f"key train.cv_folds: {config.train.cv_folds} folds, but sequential "
                           "models train on the leave-one-out split only; set it to 0")
@@ -513,7 +514,8 @@ class SeedResult:
 def train_sequence_seed(
     config: Config, split: Split, seed: int, *, checkpoint_dir: Path | None = None,
     resume: bool = False, progress: bool = False, log_fn=None, item_chunk: int | None = None,
-    keep_good_epochs: bool = False,
+    keep_good_epochs: bool = False, slate_log: SlateLog | None = None,
+    attraction: np.ndarray | None = None,
 ) -> SeedResult:
     """Trains seed `seed` (a value, run.seed + i) through `train.loop.fit` with early stopping
     on validation, then evaluates its best parameters on the test split.
@@ -525,8 +527,17 @@ def train_sequence_seed(
     """
     loss_name = check_sequential_config(config)
     train = split.train
-    rows = training_rows(config, train, loss_name)
-    buckets = bucket_rows(rows, config.model.length_buckets)
+    hparams = None
+    if slate_log is not None:
+        # a slate log: every logged round a target, weighted by causal.method
+        rows = exposure_rows(slate_log.log, train, config.model.max_len,
+                             held_out_rounds(split, train.n_users))
+        hparams = exposure_hparams(config, rows, train.n_items)
+        buckets = ({name: values for name, values in rows.items() if name != "round"},)
+        buckets = buckets if len(rows["inputs"]) else ()
+    else:
+        rows = training_rows(config, train, loss_name)
+        buckets = bucket_rows(rows, config.model.length_buckets)
     if not buckets:
         raise ConfigError(f"key data.path: no training window for {config.model.name} (every "
                           "user has fewer than two training items); check the data and split")
@@ -535,9 +546,16 @@ def train_sequence_seed(
     key = seed_keys([seed])
     model = _model(config, train.n_items, streams.derive(key[0], streams.Run.INIT))
     graphdef, params = nnx.split(model, nnx.Param)
-    optimizer, run_epoch = _programs(graphdef, loss_name, config.train, train.n_items,
-                                     bucket_sizes, batches_per_epoch * config.train.epochs)
-    states: TrainState = jax.tree.map(lambda leaf: leaf[None], init_state(params, optimizer))
+    if slate_log is not None:
+        optimizer, run_epoch = _exposure_programs(graphdef, config.causal.method, config.train,
+                                                  bucket_sizes[0],
+                                                  batches_per_epoch * config.train.epochs)
+        hparams = {name: jnp.asarray(value, jnp.float32) for name, value in hparams.items()}
+    else:
+        optimizer, run_epoch = _programs(graphdef, loss_name, config.train, train.n_items,
+                                         bucket_sizes, batches_per_epoch * config.train.epochs)
+    states: TrainState = jax.tree.map(lambda leaf: leaf[None],
+                                      init_state(params, optimizer, hparams))
     shared = {}
     if "users" in rows:
         shared = {name: jnp.asarray(values) for name, values in
@@ -583,9 +601,14 @@ def train_sequence_seed(
     tic = time.perf_counter()
     tests = test_metrics(make_scorer(graphdef, best_params), config, split, seed,
                          item_chunk=item_chunk)
+    if slate_log is not None:
+        tests.update(exposure_evaluation(graphdef, best_params, slate_log, split, config,
+                                         attraction=attraction))
     timing = {**result.timing, "test_eval_seconds": round(time.perf_counter() - tic, 4)}
     entry = {"seed": seed, "best_epoch": best_epoch, "valid": valid, **tests,
              "seconds_to_best": round(seconds_to_best, 4)}
+    if hparams is not None:
+        entry["hparams"] = {name: float(value) for name, value in hparams.items()}
     return SeedResult(best_params=best_params, entry=entry,
                       history=[{**record, "seed": seed} for record in result.history],
                       timing={**timing, "n_windows": len(next(iter(rows.values())))},
@@ -633,7 +656,10 @@ def evaluate_sequence_run(run: LoadedRun, split_name: str = "test") -> dict[str,
     if split_name not in ("test", "valid"):
         raise RunError(f"split {split_name!r}: a sequential run evaluates 'test' or 'valid'")
     config = run.config
-    dataset, _ = load_dataset(config.data, config.sim, planted=config.planted)
+    if config.data.format == "simlog":  # the clicks of a slate log are the sequences
+        dataset = load_slate_log(config).clicks
+    else:
+        dataset, _ = load_dataset(config.data, config.sim, planted=config.planted)
     check_unchanged(run.data, dataset, config.data.path or config.data.format)
     split = make_split(dataset, config.data, seed=config.run.seed)
     per_seed = []
@@ -647,3 +673,326 @@ def evaluate_sequence_run(run: LoadedRun, split_name: str = "test") -> dict[str,
         if part in per_seed[0]:
             out.update(aggregate(per_seed, part))
     return {**out, "per_seed": per_seed}
+
+
+# ----------------------------------------------------------------------------- slate logs
+#
+# With `data.format = "simlog"` a sequential model learns from a slate log whose exposure the
+# logging policy confounded (`causal.sequential`): the click sequences are the input, every
+# logged round (slate, clicks, the logging policy's slot propensities) a training target, and
+# `causal.method` (naive, ips, snips, dr) the estimator of the full-exposure loss. The held-out
+# clicks give the usual leave-one-out `test`; the simulator's truth gives `test_truth` and
+# `test_ope` (`exposure_evaluation`).
+
+# `[causal]` keys a sequential run on a slate log reads.
+EXPOSURE_CAUSAL_KEYS = ("method", "propensity", "propensity_clip", "imputation_value")
+
+
+@dataclasses.dataclass(frozen=True)
+class SlateLog:
+    """A simlog as a sequential run uses it: the log, its ground truth, the clicks as a
+    `Dataset`, and (for evaluation only) the true attraction of every item at every step."""
+
+    log: Any
+    truth: dict[str, np.ndarray]
+    manifest: dict[str, Any]
+    clicks: Dataset
+
+
+def check_exposure_config(config: Config) -> None:
+    """The `[causal]` checks of a sequential run (one-line errors naming the key)."""
+    from causalrec_jax.causal.sequential import PROPENSITY_METHODS, SEQUENTIAL_METHODS
+
+    causal, default = config.causal, type(config.causal)()
+    on_log = config.data.format == "simlog"
+    if not on_log:
+        for name in ("method", "propensity"):
+            if getattr(causal, name) != getattr(default, name):
+                raise ConfigError(
+                    f"key causal.{name}: set to {getattr(causal, name)!r}, but a sequential "
+                    f"model learns from exposure only on a slate log: data.format = 'simlog' "
+                    f"(got {config.data.format!r})")
+    read = ", ".join(f"causal.{name}" for name in EXPOSURE_CAUSAL_KEYS)
+    for name in dataclasses.asdict(causal):
+        if name not in EXPOSURE_CAUSAL_KEYS and getattr(causal, name) != getattr(default, name):
+            raise ConfigError(f"key causal.{name}: set to {getattr(causal, name)!r}, but a "
+                              f"sequential run reads only {read}; remove it")
+    if not on_log:
+        return
+    if causal.method not in SEQUENTIAL_METHODS:
+        raise ConfigError(f"key causal.method: {causal.method!r} cannot weight a sequential "
+                          f"model; expected one of {', '.join(SEQUENTIAL_METHODS)}")
+    if config.model.name != "sasrec":
+        raise ConfigError(f"key model.name: {config.model.name!r} on a slate log; only "
+                          "'sasrec' is trained from exposure (causal.method) so far")
+    if config.train.loss != "full_softmax":
+        raise ConfigError(f"key train.loss: {config.train.loss!r} on a slate log; "
+                          f"causal.method = {causal.method!r} weights the next-click "
+                          "'full_softmax' only")
+    if causal.method in PROPENSITY_METHODS and causal.propensity != "true":
+        raise ConfigError(f"key causal.propensity: {causal.propensity!r}, but causal.method = "
+                          f"{causal.method!r} divides by the logged propensities; set "
+                          "causal.propensity = 'true' (the log's slot_propensity)")
+    if causal.propensity not in ("none", "true"):
+        raise ConfigError(f"key causal.propensity: {causal.propensity!r}; a slate log carries "
+                          "its own propensities: 'true' (or 'none' for naive)")
+    if causal.imputation_value is not None and causal.method != "dr":
+        raise ConfigError("key causal.imputation_value: only causal.method = 'dr' reads it")
+
+
+def load_slate_log(config: Config) -> SlateLog:
+    """The simlog of `data.path`, with its clicks as the run's `Dataset` (one row per click,
+    time = round index, ties in slot order; ids are the world's)."""
+    from causalrec_jax.sim.simlog import read_manifest, read_simlog
+
+    dataset, _ = load_dataset(config.data, config.sim, planted=config.planted)
+    clicks = dataset.subset(dataset.rating > 0)
+    log, truth = read_simlog(config.data.path)
+    if config.causal.propensity == "true" and not log.propensity_exact:
+        raise ConfigError(f"key causal.propensity: the log {config.data.path} holds estimated "
+                          "(Monte-Carlo) slot propensities, not exact ones; log with a uniform, "
+                          "top-K or epsilon-greedy policy")
+    return SlateLog(log=log, truth=truth, manifest=read_manifest(config.data.path),
+                    clicks=clicks)
+
+
+def exposure_rows(log: Any, clicks: Dataset, max_len: int,
+                  cut_round: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """The rows a sequential model learns from a slate log with (`causal.sequential`).
+
+    Each user's `clicks` (time = round index) are cut into chunks of `max_len` from the first;
+    a row is one chunk's tokens with every logged round of the user whose history (the clicks
+    of the rounds before it) ends in the chunk: `query` is the column of that last click, so
+    the model reads the history before the round and never the round's own clicks. Rounds
+    before the user's first click, and rounds at or after `cut_round[user]` (the first held-out
+    round), are left out.
+
+    Returns:
+        `inputs [W, max_len]` tokens (left-padded), `query [W, R]`, `round [W, R]` (the log's
+        round index), `slate [W, R, K]`, `clicks [W, R, K]` float32, `propensity [W, R, K]`,
+        `round_mask [W, R]` bool; `R` is the most rounds of a row.
+    """
+    order = np.lexsort((np.arange(len(clicks)), clicks.timestamp, clicks.user))
+    click_users = clicks.user[order]
+    click_rounds = clicks.timestamp[order].astype(np.int64)
+    click_items = clicks.item[order].astype(np.int32)
+    click_start = np.searchsorted(click_users, np.arange(clicks.n_users + 1))
+    round_order = np.argsort(log.user, kind="stable")
+    round_start = np.searchsorted(log.user[round_order], np.arange(clicks.n_users + 1))
+    chunks: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    for user in range(clicks.n_users):
+        rounds = round_order[round_start[user]:round_start[user + 1]]
+        if cut_round is not None:
+            rounds = rounds[rounds < cut_round[user]]
+        items = click_items[click_start[user]:click_start[user + 1]]
+        before = np.searchsorted(click_rounds[click_start[user]:click_start[user + 1]],
+                                 rounds, side="left")
+        rounds, last = rounds[before > 0], before[before > 0] - 1
+        chunk_of = last // max_len
+        for chunk in np.unique(chunk_of):
+            tokens = items[chunk * max_len:(chunk + 1) * max_len] + 1
+            selected = chunk_of == chunk
+            query = max_len - len(tokens) + last[selected] - chunk * max_len
+            chunks.append((tokens, query, rounds[selected]))
+    width = max((len(rounds) for _, _, rounds in chunks), default=1)
+    n_rows, k = len(chunks), log.slate.shape[1]
+    inputs = np.zeros((n_rows, max_len), np.int32)
+    query = np.full((n_rows, width), max_len - 1, np.int32)
+    round_index = np.zeros((n_rows, width), np.int64)
+    round_mask = np.zeros((n_rows, width), bool)
+    for row, (tokens, columns, rounds) in enumerate(chunks):
+        inputs[row, max_len - len(tokens):] = tokens
+        query[row, :len(columns)] = columns
+        round_index[row, :len(rounds)] = rounds
+        round_mask[row, :len(rounds)] = True
+    return {
+        "inputs": inputs, "query": query, "round": round_index,
+        "slate": log.slate[round_index].reshape(n_rows, width, k).astype(np.int32),
+        "clicks": log.clicks[round_index].reshape(n_rows, width, k).astype(np.float32),
+        "propensity": log.slot_propensity[round_index].reshape(n_rows, width, k)
+        .astype(np.float32),
+        "round_mask": round_mask,
+    }
+
+
+def held_out_rounds(split: Split, n_users: int) -> np.ndarray:
+    """`[n_users]` the first round of each user's validation or test click (training rounds
+    are the earlier ones); the largest int64 for users with none held out."""
+    cut = np.full(n_users, np.iinfo(np.int64).max)
+    for part in (split.valid, split.test):
+        np.minimum.at(cut, part.user, part.timestamp.astype(np.int64))
+    return cut
+
+
+def exposure_hparams(config: Config, rows: dict[str, np.ndarray], n_items: int
+                     ) -> dict[str, float]:
+    """The traced knobs of the exposure objective: `propensity_clip`, `imputation_value`
+    (`causal.imputation_value`, or `causal.sequential.default_imputation` of the rows)."""
+    from causalrec_jax.causal.sequential import default_imputation
+
+    imputation = config.causal.imputation_value
+    if imputation is None:
+        where = np.broadcast_to(rows["round_mask"][..., None], rows["slate"].shape)
+        imputation = default_imputation(rows["clicks"], rows["propensity"], where, n_items)
+    return {"propensity_clip": float(config.causal.propensity_clip),
+            "imputation_value": float(imputation)}
+
+
+def exposure_clip_report(config: Config, rows: dict[str, np.ndarray]) -> dict[str, Any]:
+    """THE clip's report on the training rows' propensities at `causal.propensity_clip`."""
+    from causalrec_jax.causal.clip import clip_propensities
+
+    where = np.broadcast_to(rows["round_mask"][..., None], rows["slate"].shape)
+    _, report = clip_propensities(jnp.asarray(rows["propensity"]),
+                                  config.causal.propensity_clip or None,
+                                  where=jnp.asarray(where))
+    return {"method": config.causal.propensity, "clip": config.causal.propensity_clip,
+            **report.to_dict()}
+
+
+@functools.lru_cache(maxsize=8)
+def _exposure_programs(graphdef: nnx.GraphDef, method: str, train: Any, n_rows: int,
+                       total_steps: int):
+    """The optimiser and the epoch of the exposure objective (`_programs` for slate logs)."""
+    from causalrec_jax.causal.sequential import make_exposure_objective
+
+    optimizer = make_optimizer(train, total_steps=total_steps)
+    objective = make_exposure_objective(graphdef, method,
+                                        {"propensity_clip": 0.0, "imputation_value": 0.0})
+    run_epoch = make_bucketed_epoch(make_train_step(objective, optimizer),
+                                    bucket_sizes=(n_rows,), batch_size=train.batch_size)
+    return optimizer, run_epoch
+
+
+@functools.lru_cache(maxsize=8)
+def _round_log_probs(graphdef: nnx.GraphDef):
+    from causalrec_jax.causal.sequential import round_log_probs
+
+    @jax.jit
+    def log_probs(params, inputs, query):
+        return round_log_probs(nnx.merge(graphdef, params), inputs, query)
+
+    return log_probs
+
+
+def exposure_evaluation(
+    graphdef: nnx.GraphDef, params: Any, slate_log: SlateLog, split: Split, config: Config, *,
+    attraction: np.ndarray, k: int = 10,
+) -> dict[str, dict[str, float]]:
+    """`test_truth` and `test_ope` of a model trained on a slate log.
+
+    `test_truth` (the next step's true relevance): each user's whole click history (the
+    `next_history` of `recommend`) is scored, the clicked items masked, and the ranking compared
+    with the simulator's true attraction `sigmoid(v_i + c)` of every item in the user's state
+    after the log's last step: the relevant items are the `k` unclicked items of highest true
+    attraction (the slate a click-maximising recommender would show next), so `truth_ndcg@k`
+    (binary gains, ideal DCG over `k` items) and `truth_recall@k` (= precision) measure how much
+    of that slate the model finds; `truth_attraction@k` is the mean true attraction of the
+    model's top `k` (its expected clicks per examined slot).
+
+    `test_ope` (the model as a policy): at every logged round with a history, the model's top-K
+    slate of its scores from the clicks before the round (nothing masked); `iips`
+    (`causal.ope.iips`, weights clipped by THE clip at `1 / causal.propensity_clip` when set)
+    estimates its clicks per round from the logged clicks and slot propensities, and
+    `on_policy_value` is the exact expectation `sum_k e_k attraction(slate_k)` in the round's
+    true state (the simulator's click model), averaged over the same rounds;
+    `logging_value` the same for the logged slates.
+
+    Args:
+        attraction: `[n_users, T + 1, n_items]` from `sim.logs.log_attraction`.
+    """
+    from causalrec_jax.causal import ope as estimators
+
+    log, max_len = slate_log.log, config.model.max_len
+    everything = concatenate([split.train, split.valid, split.test])
+    n_users, n_items = everything.n_users, everything.n_items
+    history = jnp.asarray(history_matrix(user_sequences(everything), max_len))
+    score_next = make_score_next(graphdef)
+    clicked = np.zeros((n_users, n_items), bool)
+    clicked[everything.user, everything.item] = True
+    horizon = attraction.shape[1] - 1
+    values: dict[str, list[np.ndarray]] = {}
+    chunk = config.eval.chunk_size
+    for start in range(0, n_users, chunk):
+        users = np.arange(start, min(start + chunk, n_users))
+        scores = score_next(params, history[users])
+        truth = attraction[users, horizon]
+        rankable = ~clicked[users]
+        masked_truth = np.where(rankable, truth, -np.inf)
+        top_truth = np.argsort(-masked_truth, axis=1, kind="stable")[:, :k]
+        labels = np.zeros_like(rankable)
+        np.put_along_axis(labels, top_truth, True, axis=1)
+        labels &= rankable
+        per_user = ranking_metrics(scores, jnp.asarray(labels, jnp.float32), ks=(k,),
+                                   names=("ndcg", "recall"), where=jnp.asarray(rankable))
+        masked_scores = jnp.where(jnp.asarray(rankable), scores, -jnp.inf)
+        top_model = np.asarray(jax.lax.top_k(masked_scores, k)[1])
+        picked = np.take_along_axis(truth, top_model, axis=1).mean(axis=1)
+        for name, value in per_user.items():
+            values.setdefault(f"truth_{name}", []).append(np.asarray(value))
+        values.setdefault(f"truth_attraction@{k}", []).append(picked)
+    test_truth = {name: float(np.mean(np.concatenate(parts), dtype=np.float64))
+                  for name, parts in values.items()}
+
+    rows = exposure_rows(log, everything, max_len)
+    log_probs_fn = _round_log_probs(graphdef)
+    slate_size = log.slate.shape[1]
+    examination = np.asarray(slate_log.truth["examination"], np.float32)
+    target_match, logged_clicks, logged_propensity, on_policy, logging_value = [], [], [], [], []
+    steps = log.step
+    for start in range(0, len(rows["inputs"]), chunk):
+        part = slice(start, start + chunk)
+        mask = rows["round_mask"][part]
+        log_probs = log_probs_fn(params, jnp.asarray(rows["inputs"][part]),
+                                 jnp.asarray(rows["query"][part]))
+        target = np.asarray(jax.lax.top_k(log_probs, slate_size)[1])[mask]  # [m, K]
+        rounds = rows["round"][part][mask]
+        state_attraction = attraction[log.user[rounds], steps[rounds]]  # [m, n_items]
+        slate = rows["slate"][part][mask]
+        target_match.append((target == slate).astype(np.float32))
+        logged_clicks.append(rows["clicks"][part][mask])
+        logged_propensity.append(rows["propensity"][part][mask])
+        on_policy.append((np.take_along_axis(state_attraction, target, axis=1)
+                          * examination).sum(axis=1))
+        logging_value.append((np.take_along_axis(state_attraction, slate, axis=1)
+                              * examination).sum(axis=1))
+    clip = 1.0 / config.causal.propensity_clip if config.causal.propensity_clip else None
+    estimate = estimators.iips(jnp.asarray(np.concatenate(logged_clicks)),
+                               jnp.asarray(np.concatenate(target_match)),
+                               jnp.asarray(np.concatenate(logged_propensity)), clip=clip)
+    truth_value = float(np.mean(np.concatenate(on_policy), dtype=np.float64))
+    test_ope = {
+        "iips_estimate": float(estimate.value), "iips_stderr": float(estimate.stderr),
+        "iips_n_eff": float(estimate.n_eff), "on_policy_value": truth_value,
+        "iips_relative_error": abs(float(estimate.value) - truth_value) / abs(truth_value),
+        "logging_value": float(np.mean(np.concatenate(logging_value), dtype=np.float64)),
+        "n_rounds": int(sum(len(x) for x in on_policy)),
+    }
+    return {"test_truth": test_truth, "test_ope": test_ope}
+
+
+def slate_log_attraction(slate_log: SlateLog) -> np.ndarray:
+    """`[n_users, T + 1, n_items]` true attraction along the logged episodes, replayed from the
+    manifest's `[env]`, `[policy]` and seed (`sim.logs.log_attraction`); the replayed slates
+    must equal the logged ones.
+
+    Raises:
+        RunError: the replay does not reproduce the log (another version drew it).
+    """
+    from causalrec_jax.config import config_from_dict
+    from causalrec_jax.sim.logs import log_attraction
+
+    manifest, log = slate_log.manifest, slate_log.log
+    sections = config_from_dict({"env": manifest["env"], "policy": manifest["policy"]},
+                                "simlog.json")
+    users = np.asarray(slate_log.truth["users"])
+    horizon = int(manifest["horizon"])
+    slates, attraction = log_attraction(sections.env, sections.policy,
+                                        jax.random.key(int(manifest["seed"])), users, horizon)
+    logged = log.slate.reshape(len(users), horizon, -1)
+    if not np.array_equal(slates, logged):
+        raise RunError("the simlog's episodes could not be replayed from its manifest (env, "
+                       "policy, seed): its truth cannot be evaluated")
+    full = np.zeros((slate_log.clicks.n_users, horizon + 1, attraction.shape[2]), np.float32)
+    full[users] = attraction
+    return full
