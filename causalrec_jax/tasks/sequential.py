@@ -890,8 +890,10 @@ def exposure_evaluation(
     of that slate the model finds; `truth_attraction@k` is the mean true attraction of the
     model's top `k` (its expected clicks per examined slot).
 
-    `test_ope` (the model as a policy): at every logged round with a history, the model's top-K
-    slate of its scores from the clicks before the round (nothing masked); `iips`
+    `test_ope` (the model as a policy): at every held-out logged round with a history (from the
+    user's validation click on: rounds the model never trained on; on training rounds its slates
+    would be fitted to the very clicks `iips` re-weights), the model's top-K slate of its scores
+    from the clicks before the round (nothing masked); `iips`
     (`causal.ope.iips`, weights clipped by THE clip at `1 / causal.propensity_clip` when set)
     estimates its clicks per round from the logged clicks and slot propensities, and
     `on_policy_value` is the exact expectation `sum_k e_k attraction(slate_k)` in the round's
@@ -935,6 +937,10 @@ def exposure_evaluation(
                   for name, parts in values.items()}
 
     rows = exposure_rows(log, everything, max_len)
+    # only the held-out rounds (from each user's validation click on): the model never trained
+    # on them, so its slates there are not fitted to the logged clicks being re-weighted
+    cut = held_out_rounds(split, n_users)
+    rows["round_mask"] = rows["round_mask"] & (rows["round"] >= cut[log.user[rows["round"]]])
     log_probs_fn = _round_log_probs(graphdef)
     slate_size = log.slate.shape[1]
     examination = np.asarray(slate_log.truth["examination"], np.float32)
