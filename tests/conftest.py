@@ -10,13 +10,19 @@ from typing import Any
 # The suite's programs are tiny: compiling them costs more than running them. XLA's CPU
 # backend without LLVM's optimisation passes compiles about a third faster (measured on
 # tests/runs/test_train_run.py + tests/train/test_sequence_step.py: 139 s -> 90 s on 2 cores)
-# and computes the same operations. Set before JAX starts its backend, and inherited by the
-# command-line subprocesses tests start; CAUSALREC_TEST_XLA_OPT=1 keeps XLA's default.
-# Timings are measured by `make bench`, never under this flag.
+# and computes the same operations. XLA's older LLVM emitters for fusions
+# (--xla_cpu_use_fusion_emitters=false; the MLIR fusion emitters are the default) compile
+# about twice as fast again (tests/train/test_step.py: 37 s -> 20 s of CPU time). Set before
+# JAX starts its backend, and inherited by the command-line subprocesses tests start; a flag
+# already in XLA_FLAGS is left as it is, and CAUSALREC_TEST_XLA_OPT=1 keeps XLA's defaults.
+# Timings are measured by `make bench`, never under these flags.
+_TEST_XLA_FLAGS = {"xla_backend_optimization_level": "0", "xla_cpu_use_fusion_emitters": "false"}
 if os.environ.get("CAUSALREC_TEST_XLA_OPT") != "1":
     _flags = os.environ.get("XLA_FLAGS", "")
-    if "xla_backend_optimization_level" not in _flags:
-        os.environ["XLA_FLAGS"] = f"{_flags} --xla_backend_optimization_level=0".strip()
+    for _name, _value in _TEST_XLA_FLAGS.items():
+        if _name not in _flags:
+            _flags = f"{_flags} --{_name}={_value}".strip()
+    os.environ["XLA_FLAGS"] = _flags
 
 import jax  # noqa: E402  (after XLA_FLAGS)
 import pytest  # noqa: E402
@@ -35,6 +41,48 @@ if os.environ.get("CAUSALREC_TEST_COMPILATION_CACHE") == "1":
 # The real datasets live next to the repository (../shared/data from its root); they are
 # optional, so tests that need them skip when the folder is absent.
 SHARED_DATA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+# The longest test files (most compilation), longest first: collected first, so that
+# `pytest -n 2 --dist loadfile` (make test) hands them out at the start and the short files fill
+# the end of both processes, rather than one process starting a 2-minute file when the other is
+# nearly done. Measured with --durations on 2 cores; a file not listed keeps its place after
+# these, and the order inside a file never changes.
+LONG_FILES = (
+    "runs/test_train_run.py",
+    "tasks/test_sequential.py",
+    "runs/test_run_contract.py",
+    "tasks/test_uplift.py",
+    "train/test_sequence_step.py",
+    "train/test_step.py",
+    "models/test_sasrec.py",
+    "runs/test_serving.py",
+    "explain/test_deletion.py",
+    "explain/test_search.py",
+    "tune/test_search.py",
+    "runs/test_faults.py",
+    "sim/test_planted.py",
+    "tasks/test_ope.py",
+    "runs/test_explain_run.py",
+    "causal/test_training.py",
+    "tasks/test_ordinary_core.py",
+)
+
+
+def pytest_configure(config) -> None:
+    """Keeps the order below under pytest-xdist: by default `--dist loadfile` hands out the
+    files with the most tests first, which put several long files with few tests last."""
+    if hasattr(config.option, "loadscopereorder"):
+        config.option.loadscopereorder = False
+
+
+def pytest_collection_modifyitems(session, config, items) -> None:
+    """Moves the files of `LONG_FILES` to the front, in that order (a stable sort: every other
+    test keeps its collection order)."""
+    tests = Path(__file__).resolve().parent
+    rank = {(tests / name).as_posix(): index for index, name in enumerate(LONG_FILES)}
+    items.sort(key=lambda item: rank.get(Path(str(item.path)).resolve().as_posix(),
+                                         len(LONG_FILES)))
 
 
 @pytest.fixture(scope="session")

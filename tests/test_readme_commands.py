@@ -62,7 +62,9 @@ def test_the_fast_commands_run_as_written(tmp_path):
     # These commands run the README's real sizes (the simulator's 1,000-user log, 60 epochs):
     # their time goes into running programs, not compiling them, so they run with XLA's
     # default optimisation rather than the suite's (conftest.py): 47 s -> 41 s measured alone.
-    flags = os.environ.get("XLA_FLAGS", "").replace("--xla_backend_optimization_level=0", "")
+    flags = os.environ.get("XLA_FLAGS", "")
+    for suites in ("--xla_backend_optimization_level=0", "--xla_cpu_use_fusion_emitters=false"):
+        flags = flags.replace(suites, "")
     env = {**os.environ, "PYTHONPATH": str(ROOT), "XLA_FLAGS": flags.strip()}
     for line in commands:
         if line not in FAST:

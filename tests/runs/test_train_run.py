@@ -43,9 +43,24 @@ def tiny_config(*extra):
     return load_config(None, TINY + list(extra))
 
 
-def test_run_folder_contract(tmp_path):
-    out = tmp_path / "run"
-    metrics = run_train.train_run(tiny_config("train.seeds=2"), out, quiet=True)
+@pytest.fixture(scope="module")
+def tiny_runs(tmp_path_factory):
+    """`run(*extra)`: `(metrics, folder)` of `train_run(tiny_config(*extra))`, trained once for
+    the module (tests that read the same run share it; none of them changes its folder)."""
+    root = tmp_path_factory.mktemp("tiny")
+    done = {}
+
+    def run(*extra):
+        if extra not in done:
+            out = root / f"run{len(done)}"
+            done[extra] = run_train.train_run(tiny_config(*extra), out, quiet=True), out
+        return done[extra]
+
+    return run
+
+
+def test_run_folder_contract(tiny_runs):
+    metrics, out = tiny_runs("train.seeds=2")
     for name in (
         "config.toml",
         "metrics.json",
@@ -250,8 +265,8 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert "not a finished run" in capsys.readouterr().err
 
 
-def test_host_placement_gives_the_same_run(tmp_path):
-    device = run_train.train_run(tiny_config("train.seeds=2"), tmp_path / "d", quiet=True)
+def test_host_placement_gives_the_same_run(tmp_path, tiny_runs):
+    device, _ = tiny_runs("train.seeds=2")
     host = run_train.train_run(
         tiny_config("train.seeds=2", 'train.data_placement="host"', "train.segment_batches=2"),
         tmp_path / "h",
@@ -297,14 +312,30 @@ def ratings_config(*extra):
     ] + list(extra))
 
 
-def test_ips_training_with_true_propensities_removes_the_rating_inflation(tmp_path):
+@pytest.fixture(scope="module")
+def weighted_runs(tmp_path_factory):
+    """`run(method)`: `(metrics, folder)` of a `ratings_config` run of `causal.method` (with the
+    true propensities clipped at 0.01; "naive" none), trained once for the module."""
+    root = tmp_path_factory.mktemp("weighted")
+    done = {}
+
+    def run(method):
+        if method not in done:
+            extra = [] if method == "naive" else [
+                f'causal.method="{method}"', 'causal.propensity="true"',
+                "causal.propensity_clip=0.01"]
+            done[method] = run_train.train_run(ratings_config(*extra), root / method,
+                                               quiet=True), root / method
+        return done[method]
+
+    return run
+
+
+def test_ips_training_with_true_propensities_removes_the_rating_inflation(weighted_runs):
     from causalrec_jax.models.base import make_scorers
     from causalrec_jax.sim.world import simulate_dataset
 
-    naive = run_train.train_run(ratings_config(), tmp_path / "naive", quiet=True)
-    ips = run_train.train_run(ratings_config('causal.method="ips"', 'causal.propensity="true"',
-                                          "causal.propensity_clip=0.01"),
-                           tmp_path / "ips", quiet=True)
+    (naive, naive_folder), (ips, ips_folder) = weighted_runs("naive"), weighted_runs("ips")
     report = ips["propensity"]
     assert report["method"] == "true" and report["n_clipped"] > 0
     assert 0 < report["effective_sample_size"] < ips["data"]["n_train"]
@@ -319,22 +350,19 @@ def test_ips_training_with_true_propensities_removes_the_rating_inflation(tmp_pa
         return float(np.asarray(scorers.score_all(params, np.arange(300))).mean())
 
     # Self-selection inflates the observed ratings; the naive fit inherits it, IPS does not.
-    naive_bias = mean_prediction(tmp_path / "naive") - true_mean
-    ips_bias = mean_prediction(tmp_path / "ips") - true_mean
+    naive_bias = mean_prediction(naive_folder) - true_mean
+    ips_bias = mean_prediction(ips_folder) - true_mean
     # Measured: naive +0.91, IPS +0.39; MAR test mse 1.93 (naive) vs 1.34 (IPS).
     assert naive_bias > 0.5
     assert abs(ips_bias) < naive_bias / 2
     assert ips["test"]["mse"] < naive["test"]["mse"]
 
 
-def test_ips_and_doubly_robust_training_beat_naive_on_the_true_ratings(tmp_path):
+def test_ips_and_doubly_robust_training_beat_naive_on_the_true_ratings(weighted_runs):
     """Error against the true E[Y] on ALL cells of the world (metrics["test_truth"])."""
     truth_mse = {}
     for method in ("naive", "ips", "dr", "dr_jl", "mrdr", "dr_mse"):
-        extra = [] if method == "naive" else [
-            f'causal.method="{method}"', 'causal.propensity="true"', "causal.propensity_clip=0.01"
-        ]
-        metrics = run_train.train_run(ratings_config(*extra), tmp_path / method, quiet=True)
+        metrics, _ = weighted_runs(method)
         truth_mse[method] = metrics["test_truth"]["truth_mse"]
         assert metrics["per_seed"][0]["test_truth"]["truth_n_users"] == 300
         if method != "naive":
@@ -405,18 +433,16 @@ def test_resume_refuses_a_folder_that_is_not_a_run(tmp_path, capsys):
     assert not (tmp_path / "none").exists()
 
 
-def test_resume_refuses_another_config_and_keeps_the_folder(tmp_path):
-    out = tmp_path / "run"
-    run_train.train_run(tiny_config(), out, quiet=True)
+def test_resume_refuses_another_config_and_keeps_the_folder(tiny_runs):
+    _, out = tiny_runs()
     stored = (out / "config.toml").read_text()
     with pytest.raises(errors.RunError, match="train.seeds"):
         run_train.train_run(tiny_config("train.seeds=2"), out, resume=True, quiet=True)
     assert (out / "config.toml").read_text() == stored
 
 
-def test_bad_requests_on_runs(tmp_path):
-    out = tmp_path / "run"
-    run_train.train_run(tiny_config(), out, quiet=True)
+def test_bad_requests_on_runs(tmp_path, tiny_runs):
+    _, out = tiny_runs()
     with pytest.raises(errors.RunError, match="--k 0"):
         run_load.recommend(run_load.load_run(out), "1", k=0)
     with pytest.raises(ConfigError, match="train.early_stopping_metric"):
