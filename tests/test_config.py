@@ -216,7 +216,8 @@ def test_every_shipped_config_of_an_ordinary_run_reads_all_its_keys():
     for path in sorted(configs.glob("*.toml")):
         config = load_config(path) if not path.stem.endswith("_space") else None
         if (config is None or config.model.name in ("sasrec", "bert4rec", "hstu")
-                or config.uplift.method or path.stem.startswith(("sim_ope", "sim_log"))
+                or config.uplift.method
+                or path.stem.startswith(("sim_ope", "sim_log", "sim_seq_log"))
                 and config.data.format != "simlog"):
             continue
         check_ordinary_keys(config)

@@ -41,6 +41,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from causalrec_jax import streams
 from causalrec_jax.explain import search
 from causalrec_jax.explain.counterfactual import METHODS, explain
 from causalrec_jax.explain.deletion import DeletionModel
@@ -191,7 +192,7 @@ def explain_instances(instances: Instances, method: str, *, k: int, max_size: in
         explanation = explain(instances.models[index], int(instances.targets[index]), k=k,
                               method=method, max_size=max_size,
                               exclude=instances.exclude[index], beam_width=beam_width,
-                              key=jax.random.fold_in(key, int(index)))
+                              key=streams.index(key, int(index)))
         if timed:  # the first call compiles
             seconds += time.perf_counter() - tic
         timed += 1
