@@ -59,6 +59,7 @@ from causalrec_jax.runs.serve import known_items
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = {"mf": [], "neumf": [], "sasrec": ["train.epochs=6"]}
 QUICK = ["train.epochs=3", "train.patience=2"]
+QUICK_MODEL = {"sasrec": ["eval.sampled_negatives=0"]}  # tiny catalogues
 OURS = ("greedy", "effects")
 EXPLAINERS = OURS + tuple(BASELINES)
 K_R, K_E, K_RETRAIN, MAX_SET, RETRAIN_SEEDS = 5, 5, 10, 10, 5
@@ -78,6 +79,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--alone", type=int, default=0,
                         help="also retrain this many users one at a time (greedy sets)")
     parser.add_argument("--no-retrain", action="store_true")
+    parser.add_argument("--max-history", type=int, default=128,
+                        help="sample users with at most this many training items (compute)")
     args = parser.parse_args(argv)
     for name, chosen, known in (("model", args.models, MODELS),
                                 ("explainer", args.explainers, EXPLAINERS)):
@@ -93,7 +96,8 @@ def trained_run(model: str, args: argparse.Namespace) -> Path:
     folder = args.out / "runs" / model
     if (folder / "metrics.json").exists():
         return folder
-    overrides = [f'data.path="{args.data}"', *MODELS[model], *(QUICK if args.quick else [])]
+    quick = QUICK + QUICK_MODEL.get(model, []) if args.quick else []
+    overrides = [f'data.path="{args.data}"', *MODELS[model], *quick]
     config = load_config(ROOT / "configs" / f"ml100k_{model}.toml", overrides)
     if model == "sasrec":
         run_train.sequence_run(config, folder, quiet=True)
@@ -147,8 +151,13 @@ def explain_user(model, target: int, exclude: np.ndarray, names: list[str], key,
     return out
 
 
-def sample_users(n_users: int, n: int, seed: int) -> np.ndarray:
-    return np.sort(np.random.default_rng(seed).choice(n_users, min(n, n_users), replace=False))
+def sample_users(run, n: int, seed: int, max_history: int) -> np.ndarray:
+    """`n` users drawn without replacement (seeded) among those with 1..`max_history`
+    training interactions (the same users for every model of one dataset and split)."""
+    counts = np.bincount(run.data["train_user"], minlength=len(run.user_ids))
+    eligible = np.flatnonzero((counts >= 1) & (counts <= max_history))
+    chosen = np.random.default_rng(seed).choice(eligible, min(n, len(eligible)), replace=False)
+    return np.sort(chosen)
 
 
 def explain_model(model_name: str, run_dir: Path, users: np.ndarray, names: list[str],
@@ -170,6 +179,9 @@ def explain_model(model_name: str, run_dir: Path, users: np.ndarray, names: list
         if not model.valid.any():
             continue
         key = jax.random.fold_in(jax.random.key(0), int(user))
+        if row % 10 == 0:
+            print(f"{model_name}: user {row + 1} of {len(users)}, "
+                  f"{time.perf_counter() - tic:.0f} s", flush=True)
         records.append({"user": int(user), "target": target, "exclude": exclude,
                         "explainers": explain_user(model, target, exclude, names, key,
                                                    retrain_sets)})
@@ -341,7 +353,7 @@ def main(argv: list[str] | None = None) -> Path:
     for model_name in args.models.split(","):
         run_dir = trained_run(model_name, args)
         run = load_run(run_dir)
-        users = sample_users(len(run.user_ids), n_users, args.seed)
+        users = sample_users(run, n_users, args.seed, args.max_history)
         with_retrain = model_name == "mf" and not args.no_retrain
         records, seconds = explain_model(model_name, run_dir, users, names, with_retrain)
         timings[model_name] = round(seconds, 1)
@@ -356,15 +368,17 @@ def main(argv: list[str] | None = None) -> Path:
                 writer.writeheader()
                 writer.writerows(per_user)
         write_outputs(args.out, rows, curve_rows, retrain, meta, protocol_line(
-            n_users, args.seed, timings))
+            n_users, args.seed, timings, args.max_history))
     return args.out / "table.md"
 
 
-def protocol_line(n_users: int, seed: int, timings: dict[str, float]) -> str:
+def protocol_line(n_users: int, seed: int, timings: dict[str, float], max_history: int) -> str:
     return (
-        f"Protocol: ML-100K; {n_users} users sampled (seed {seed}), each user's top-1 "
-        "item over the catalogue less every item the user has (any split); histories as "
-        "each model reads them (MF/NeuMF: the training items, re-fit deletion; SASRec: its "
+        f"Protocol: ML-100K; {n_users} users sampled (seed {seed}) among those with at most "
+        f"{max_history} training interactions (compute: a greedy step re-fits H histories), "
+        "each user's top-1 item over the catalogue less every item the user has (any "
+        "split); histories as each model reads them (MF/NeuMF: the training items, re-fit "
+        "deletion; SASRec: its "
         f"window, drop and shift). Fidelity: K_r = {K_R}, K_e = 1..{K_E}; POS@{K_R},K_e at "
         f"K_e removed items, DEL/INS/CDCG@{K_E} areas over steps 1..{K_E}, probability = "
         "softmax over the candidates; lower is better except INS. Retrain (MF only): sets "
