@@ -79,6 +79,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--alone", type=int, default=0,
                         help="also retrain this many users one at a time (greedy sets)")
     parser.add_argument("--no-retrain", action="store_true")
+    parser.add_argument("--combine", nargs="+", type=Path, default=None,
+                        help="compute nothing: merge these output folders into --out")
     parser.add_argument("--max-history", type=int, default=128,
                         help="sample users with at most this many training items (compute)")
     args = parser.parse_args(argv)
@@ -345,8 +347,41 @@ def plot(path: Path, curve_rows) -> None:
     plt.close(figure)
 
 
+def combine(out: Path, folders: list[Path]) -> Path:
+    """Merges the tables, curves and retrain rows of several output folders (runs of this
+    script on different models) into `out`, protocols kept one per line."""
+    rows, curve_rows, protocols, retrain_rows, meta = [], [], [], [], {}
+    for folder in folders:
+        rows += list(csv.DictReader((folder / "table.csv").open()))
+        curve_rows += [{**r, "k_e": int(r["k_e"]), **{k: float(r[k]) for k in (
+            "pos", "removal_probability", "insertion_probability", "cdcg")}}
+                       for r in csv.DictReader((folder / "curves.csv").open())]
+        lines = (folder / "table.md").read_text().splitlines()
+        protocols.append(lines[0])
+        for line in lines:
+            if line.startswith("Retrain (MF): "):
+                meta = json.loads(line.removeprefix("Retrain (MF): "))
+        if (folder / "retrain.csv").exists():
+            retrain_rows = list(csv.DictReader((folder / "retrain.csv").open()))
+    for row in rows:
+        for name, value in row.items():
+            try:
+                row[name] = float(value) if name not in ("model", "explainer", "users") else value
+            except ValueError:
+                pass
+    write_outputs(out, rows, curve_rows, {}, meta, "\n\n".join(protocols))
+    if retrain_rows:
+        with (out / "retrain.csv").open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, list(retrain_rows[0]))
+            writer.writeheader()
+            writer.writerows(retrain_rows)
+    return out / "table.md"
+
+
 def main(argv: list[str] | None = None) -> Path:
     args = parse(argv)
+    if args.combine:
+        return combine(args.out, args.combine)
     n_users = args.users or (8 if args.quick else 100)
     names = args.explainers.split(",")
     rows, curve_rows, retrain, meta, timings = [], [], {}, {}, {}

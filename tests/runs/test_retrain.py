@@ -39,6 +39,7 @@ def two_edits(tiny):
     return removal, edits, params, bad
 
 
+@pytest.mark.slow  # trains the ordinary run too (about 45 s on the shared 2-core CPU)
 def test_nothing_removed_is_the_ordinary_runs_model(tiny, two_edits):
     config, split, setup = tiny
     trained = train_split(config, split, evaluate_test=False)
