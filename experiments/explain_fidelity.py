@@ -316,7 +316,7 @@ def plot(path: Path, curve_rows) -> None:
     import matplotlib.pyplot as plt
 
     models = list(dict.fromkeys(r["model"] for r in curve_rows))
-    figure, axes = plt.subplots(2, len(models), figsize=(4.2 * len(models), 7), squeeze=False)
+    figure, axes = plt.subplots(2, len(models), figsize=(4.6 * len(models), 7.5), squeeze=False)
     names = list(dict.fromkeys(r["explainer"] for r in curve_rows))
     colors = dict(zip(names, plt.cm.tab10.colors, strict=False))
     for column, model in enumerate(models):
@@ -331,16 +331,17 @@ def plot(path: Path, curve_rows) -> None:
                                  color=colors[name], linewidth=width, label=name)
             axes[1, column].plot(steps, [r["removal_probability"] for r in mine], style,
                                  marker="o", color=colors[name], linewidth=width, label=name)
-        axes[0, column].set_title(f"{model}: still in the top-{K_R} (POS@{K_R},K_e)")
+        axes[0, column].set_title(f"{model}: POS@{K_R},K_e", fontsize=11)
         axes[0, column].set_ylim(-0.03, 1.03)
-        axes[1, column].set_title(f"{model}: probability of the item (DEL curve)")
+        axes[1, column].set_title(f"{model}: DEL curve", fontsize=11)
         axes[1, column].set_yscale("log")
         for row in range(2):
             axes[row, column].set_xlabel("K_e: the explainer's top items removed")
             axes[row, column].set_xticks(range(1, K_E + 1))
             axes[row, column].grid(alpha=0.3)
-        axes[0, column].set_ylabel(f"share of users, item in top-{K_R}  (lower is better)")
-        axes[1, column].set_ylabel("mean softmax probability  (lower is better)")
+        axes[0, column].set_ylabel(f"share of users with the item still in top-{K_R}\n"
+                                   "(lower is better)")
+        axes[1, column].set_ylabel("item's mean softmax probability\n(lower is better)")
     axes[0, 0].legend(fontsize=8, title="explainer (solid: ours)", title_fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
