@@ -198,11 +198,15 @@ def fidelity_rows(model_name: str, records: list[dict[str, Any]], names: list[st
         if not curves:
             continue
         stacked = fidelity.stack_curves(curves)
-        row = {"model": model_name, "explainer": name, "users": len(curves)}
+        finite = np.isfinite(np.asarray(stacked.removal_probability)).all(-1) & np.isfinite(
+            np.asarray(stacked.insertion_probability)).all(-1)
+        row = {"model": model_name, "explainer": name, "users": len(curves),
+               "nonfinite": int((~finite).sum())}
         for k_e in range(1, K_E + 1):
             row[f"pos@{K_R},{k_e}"] = float(jnp.mean(fidelity.pos_at(stacked, K_R, k_e)))
-        row[f"del@{K_E}"] = float(jnp.mean(fidelity.del_at(stacked, K_E)))
-        row[f"ins@{K_E}"] = float(jnp.mean(fidelity.ins_at(stacked, K_E)))
+        # users whose re-fit diverged (non-finite scores) are left out of DEL and INS, counted
+        row[f"del@{K_E}"] = float(jnp.nanmean(fidelity.del_at(stacked, K_E)))
+        row[f"ins@{K_E}"] = float(jnp.nanmean(fidelity.ins_at(stacked, K_E)))
         row[f"cdcg@{K_E}"] = float(jnp.mean(fidelity.cdcg_at(stacked, K_E)))
         rows.append(row)
         for step in range(K_E):
@@ -280,7 +284,8 @@ def retrain_validity(run_dir: Path, records: list[dict[str, Any]], names: list[s
 
 def write_outputs(out: Path, rows, curve_rows, retrain, meta, protocol: str) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    columns = ["model", "explainer", "users", *[f"pos@{K_R},{k}" for k in range(1, K_E + 1)],
+    columns = ["model", "explainer", "users", "nonfinite",
+               *[f"pos@{K_R},{k}" for k in range(1, K_E + 1)],
                f"del@{K_E}", f"ins@{K_E}", f"cdcg@{K_E}", "retrain_left@10",
                "retrain_left@10_unedited", "set_size@10", "found@10"]
     for row in rows:
@@ -367,7 +372,8 @@ def combine(out: Path, folders: list[Path]) -> Path:
     for row in rows:
         for name, value in row.items():
             try:
-                row[name] = float(value) if name not in ("model", "explainer", "users") else value
+                text = name in ("model", "explainer", "users", "nonfinite")
+                row[name] = value if text else float(value)
             except ValueError:
                 pass
     write_outputs(out, rows, curve_rows, {}, meta, "\n\n".join(protocols))
