@@ -336,6 +336,10 @@ def plot(path: Path, curve_rows) -> None:
                                  color=colors[name], linewidth=width, label=name)
             axes[1, column].plot(steps, [r["removal_probability"] for r in mine], style,
                                  marker="o", color=colors[name], linewidth=width, label=name)
+        mine = [r["removal_probability"] for r in curve_rows if r["model"] == model]
+        if not np.isfinite(mine).any():
+            axes[1, column].text(0.5, 0.5, "no finite probability:\nthe re-fits diverged",
+                                 ha="center", va="center", transform=axes[1, column].transAxes)
         axes[0, column].set_title(f"{model}: POS@{K_R},K_e", fontsize=11)
         axes[0, column].set_ylim(-0.03, 1.03)
         axes[1, column].set_title(f"{model}: DEL curve", fontsize=11)
