@@ -224,6 +224,45 @@ def greedy_search(score_fn, data: Any, valid: jax.Array, target: jax.Array,
     return SearchResult(deleted, order, size, found, after)
 
 
+@functools.partial(jax.jit, static_argnames=("score_fn", "k", "n_steps", "chunk_size"))
+def greedy_order(score_fn, data: Any, valid: jax.Array, target: jax.Array, exclude: jax.Array,
+                 *, k: int, n_steps: int, chunk_size: int | None = None) -> jax.Array:
+    """The greedy search's path as an ordering of the whole history (for fidelity metrics,
+    `explain.fidelity`, which delete an explainer's top K_e items for K_e = 1, 2, ...).
+
+    The first `n_steps` positions are those `greedy_search` deletes (the lowest margin at the
+    cut-off `k` at each step, every remaining deletion re-scored), but the path goes on after
+    the target has left the top-K (it keeps lowering the margin); the rest of the history
+    follows by its single-deletion margins (the first step's), padding last. One compiled
+    `lax.scan` of `n_steps` vmapped calls of H masks.
+
+    Returns:
+        `[H]` int32 positions, most important first, valid positions before padding.
+    """
+    history_len = valid.shape[0]
+    others = ~jnp.eye(history_len, dtype=bool)  # row c deletes position c in addition
+
+    def step(deleted, _):
+        allowed = valid & ~deleted
+        keeps = (allowed[None, :] & others).astype(jnp.float32)
+        margins = _standings(score_fn, data, keeps, target, exclude, k, chunk_size).margin
+        margins = jnp.where(allowed, margins, jnp.inf)
+        best = jnp.argmin(margins)
+        any_left = jnp.any(allowed)
+        chosen = jnp.where(any_left, best, -1).astype(jnp.int32)
+        return deleted.at[best].set(deleted[best] | any_left), (chosen, margins)
+
+    _, (path, margins) = jax.lax.scan(step, jnp.zeros(history_len, bool), None, length=n_steps)
+    # where each position stands on the path (n_steps: not on it); -1 entries are dropped
+    place = jnp.full(history_len, n_steps, jnp.int32).at[
+        jnp.where(path >= 0, path, history_len)].set(jnp.arange(n_steps, dtype=jnp.int32),
+                                                     mode="drop")
+    on_path = place < n_steps
+    group = jnp.where(on_path, 0, jnp.where(valid, 1, 2))
+    within = jnp.where(on_path, place.astype(jnp.float32), margins[0])
+    return jnp.lexsort((within, group)).astype(jnp.int32)
+
+
 def beam_search(score_fn, data: Any, valid: Any, target: int, exclude: Any, *, k: int,
                 max_size: int, beam_width: int = 4,
                 chunk_size: int | None = None) -> SearchResult:

@@ -216,8 +216,10 @@ def _index_of(ids: np.ndarray, external: str, what: str, run: Path) -> int:
     return int(matches[0])
 
 
-def deletion_model(run: LoadedRun, user: int, *, seed_index: int = 0) -> DeletionModel:
-    """The user's `DeletionModel` for a loaded run (one seed)."""
+def deletion_model(run: LoadedRun, user: int, *, seed_index: int = 0,
+                   rows: tuple[dict[str, np.ndarray], Any, Any] | None = None) -> DeletionModel:
+    """The user's `DeletionModel` for a loaded run (one seed); `rows`: the run's
+    `training_rows` when the caller already read them (many users of one run)."""
     from flax import nnx
 
     from causalrec_jax.train.loop import seed_slice
@@ -228,7 +230,7 @@ def deletion_model(run: LoadedRun, user: int, *, seed_index: int = 0) -> Deletio
     if config.model.name in SEQUENCE_MODELS:
         return make_history_model(run.parts.graphdef, params,
                                   run.data["next_history"][user], item_counts=counts)
-    rows, names, item_names = training_rows(config, run.data)
+    rows, names, item_names = training_rows(config, run.data) if rows is None else rows
     mine = rows["users"] == user
     if not mine.any():
         raise RunError(f"user {str(run.user_ids[user])!r} has no training interactions under "

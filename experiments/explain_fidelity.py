@@ -1,0 +1,438 @@
+"""Fidelity of counterfactual explanations on ML-100K, as the field measures it.
+
+    python experiments/explain_fidelity.py --out DIR [--quick] [--users N]
+        [--models mf,neumf,sasrec] [--explainers greedy,effects,random,...]
+        [--data ../shared/data/ml-100k] [--pack N] [--alone N] [--no-retrain]
+
+For each model (trained from `configs/ml100k_<model>.toml` through the run path into
+`DIR/runs/<model>`, reused when already there; SASRec with `train.epochs=6` (an epoch took
+100 s on the shared 2-core machine), `--quick`: tiny epochs), a seeded sample of users
+(`--users`, default 100, seed 0) and each user's top-1
+recommendation (the catalogue less every item the user has, in any split):
+
+- fidelity (`causalrec_jax.explain.fidelity`; Baklanov et al. SIGIR 2025, SPINRec AAAI 2026):
+  every explainer orders the history; POS@K_r,K_e with K_r = 5 at K_e = 1..5, DEL@5, INS@5
+  and CDCG@5 (areas over steps 1..5), the deletion model of `explain.deletion` answering;
+  ours are `greedy` (the greedy search's path at the cut-off K_r, `search.greedy_order`) and
+  `effects` (the single-deletion ordering);
+- retrain validity (`causalrec_jax.runs.retrain`; ACCENT, Tran et al. SIGIR 2021), MF only:
+  each explainer's counterfactual set for the top-10 (greedy: the minimal set, the others
+  their order deleted until the item leaves the top-10 per the deletion model, at most 10
+  items) is removed from the training data and the model retrained from scratch with 5 seeds
+  (`train.seeds=5`, seeds 0-4, the run's own loss, optimiser, batches, epochs = the run's
+  selected `best_epoch + 1`); the rate at which the item really leaves the user's top-10,
+  next to the same retrain with nothing removed (same seeds). The users' removals are packed
+  into one edited training set per explainer (`--pack`, default all sampled users at once,
+  a removal being 0.01-0.4% of the rows); `--alone N` also retrains N users one at a time
+  to measure what packing changes.
+
+Writes `DIR/table.md`, `DIR/table.csv` (one row per model and explainer), `DIR/curves.csv`
+(every step), `DIR/retrain.csv` (per user and explainer), `DIR/fidelity.png`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from causalrec_jax.config import load_config
+from causalrec_jax.data.loader import load_dataset
+from causalrec_jax.data.split import make_split
+from causalrec_jax.errors import CausalRecError, ConfigError
+from causalrec_jax.explain import fidelity, search
+from causalrec_jax.explain.baselines import BASELINES, baseline_order
+from causalrec_jax.runs import retrain as retraining
+from causalrec_jax.runs import train as run_train
+from causalrec_jax.runs.explain import deletion_model, training_rows
+from causalrec_jax.runs.load import load_run
+from causalrec_jax.runs.script import run_script
+from causalrec_jax.runs.serve import known_items
+
+ROOT = Path(__file__).resolve().parents[1]
+MODELS = {"mf": [], "neumf": [], "sasrec": ["train.epochs=6"]}
+QUICK = ["train.epochs=3", "train.patience=2"]
+QUICK_MODEL = {"sasrec": ["eval.sampled_negatives=0"]}  # tiny catalogues
+OURS = ("greedy", "effects")
+EXPLAINERS = OURS + tuple(BASELINES)
+K_R, K_E, K_RETRAIN, MAX_SET, RETRAIN_SEEDS = 5, 5, 10, 10, 5
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", required=True, type=Path)
+    parser.add_argument("--quick", action="store_true", help="tiny epochs, few users")
+    parser.add_argument("--users", type=int, default=None, help="users sampled (default 100)")
+    parser.add_argument("--models", default="mf,neumf,sasrec")
+    parser.add_argument("--explainers", default=",".join(EXPLAINERS))
+    parser.add_argument("--data", default="../shared/data/ml-100k")
+    parser.add_argument("--seed", type=int, default=0, help="the user sample's seed")
+    parser.add_argument("--pack", type=int, default=0,
+                        help="users per retrained training set (0: all at once)")
+    parser.add_argument("--alone", type=int, default=0,
+                        help="also retrain this many users one at a time (greedy sets)")
+    parser.add_argument("--no-retrain", action="store_true")
+    parser.add_argument("--combine", nargs="+", type=Path, default=None,
+                        help="compute nothing: merge these output folders into --out")
+    parser.add_argument("--max-history", type=int, default=128,
+                        help="sample users with at most this many training items (compute)")
+    args = parser.parse_args(argv)
+    for name, chosen, known in (("model", args.models, MODELS),
+                                ("explainer", args.explainers, EXPLAINERS)):
+        for value in chosen.split(","):
+            if value not in known:
+                raise ConfigError(f"unknown {name} {value!r}: expected one of "
+                                  f"{', '.join(known)}")
+    return args
+
+
+def trained_run(model: str, args: argparse.Namespace) -> Path:
+    """The model's run folder under `--out`, trained through the run path unless there."""
+    folder = args.out / "runs" / model
+    if (folder / "metrics.json").exists():
+        return folder
+    quick = QUICK + QUICK_MODEL.get(model, []) if args.quick else []
+    overrides = [f'data.path="{args.data}"', *MODELS[model], *quick]
+    config = load_config(ROOT / "configs" / f"ml100k_{model}.toml", overrides)
+    if model == "sasrec":
+        run_train.sequence_run(config, folder, quiet=True)
+    else:
+        run_train.train_run(config, folder, quiet=True)
+    return folder
+
+
+def explain_user(model, target: int, exclude: np.ndarray, names: list[str], key,
+                 retrain_sets: bool) -> dict[str, dict[str, Any]]:
+    """Per explainer: its `curves` (fidelity at K_r) and, with `retrain_sets`, its
+    counterfactual `set` at the top-10 (history item indices) and whether it was `found`."""
+    args = (model.score_fn, model.data, jnp.asarray(model.valid), jnp.asarray(target),
+            jnp.asarray(exclude))
+    chunk = model.chunk_size
+    scores_fn = fidelity.batch_scorer(model)
+    orders: dict[str, np.ndarray] = {}
+    single = search.single_deletions(*args, k=K_R, chunk_size=chunk)
+    for name in names:
+        if name == "greedy":
+            orders[name] = np.asarray(search.greedy_order(*args, k=K_R, n_steps=K_E,
+                                                          chunk_size=chunk))
+        elif name == "effects":
+            margins = np.where(model.valid, np.asarray(single.after.margin), np.inf)
+            orders[name] = np.argsort(margins, kind="stable").astype(np.int32)
+        else:
+            try:
+                orders[name] = baseline_order(name, model, target, key=key)
+            except ValueError:  # influence functions on a sequential model
+                continue
+    out: dict[str, dict[str, Any]] = {}
+    for name, order in orders.items():
+        out[name] = {"curves": fidelity.fidelity_curves(
+            scores_fn, order, model.valid, target, exclude, n_steps=K_E)}
+    if retrain_sets:
+        top10 = search.single_deletions(*args, k=K_RETRAIN, chunk_size=chunk)
+        for name in orders:
+            if name == "greedy":
+                result = search.greedy_search(*args, k=K_RETRAIN, max_size=MAX_SET,
+                                              chunk_size=chunk)
+            else:
+                order = orders[name]
+                if name == "effects":
+                    margins = np.where(model.valid, np.asarray(top10.after.margin), np.inf)
+                    order = np.argsort(margins, kind="stable").astype(np.int32)
+                result = search.ordered_removal(*args, jnp.asarray(order), k=K_RETRAIN,
+                                                max_size=MAX_SET, chunk_size=chunk)
+            positions = np.asarray(result.order)[: int(result.size)]
+            out[name]["set"] = model.history[positions[positions >= 0]]
+            out[name]["found"] = bool(result.found)
+    return out
+
+
+def sample_users(run, n: int, seed: int, max_history: int) -> np.ndarray:
+    """`n` users drawn without replacement (seeded) among those with 1..`max_history`
+    training interactions (the same users for every model of one dataset and split)."""
+    counts = np.bincount(run.data["train_user"], minlength=len(run.user_ids))
+    eligible = np.flatnonzero((counts >= 1) & (counts <= max_history))
+    chosen = np.random.default_rng(seed).choice(eligible, min(n, len(eligible)), replace=False)
+    return np.sort(chosen)
+
+
+def explain_model(model_name: str, run_dir: Path, users: np.ndarray, names: list[str],
+                  retrain_sets: bool) -> tuple[list[dict[str, Any]], float]:
+    """Explanations of every sampled user's top-1 item (a record per user)."""
+    run = load_run(run_dir)
+    rows = None if model_name == "sasrec" else training_rows(run.config, run.data)
+    scores = np.asarray(run.score_all_fn(0)(jnp.asarray(users, jnp.int32)))
+    records, tic = [], time.perf_counter()
+    for row, user in enumerate(users):
+        known = known_items(run, int(user))
+        exclude = np.zeros(len(run.item_ids), bool)
+        exclude[known] = True
+        target = int(np.argmax(np.where(exclude, -np.inf, scores[row])))
+        try:
+            model = deletion_model(run, int(user), rows=rows)
+        except CausalRecError:  # no training row the model reads
+            continue
+        if not model.valid.any():
+            continue
+        key = jax.random.fold_in(jax.random.key(0), int(user))
+        if row % 10 == 0:
+            print(f"{model_name}: user {row + 1} of {len(users)}, "
+                  f"{time.perf_counter() - tic:.0f} s", flush=True)
+        records.append({"user": int(user), "target": target, "exclude": exclude,
+                        "explainers": explain_user(model, target, exclude, names, key,
+                                                   retrain_sets)})
+    return records, time.perf_counter() - tic
+
+
+def fidelity_rows(model_name: str, records: list[dict[str, Any]], names: list[str]):
+    """Table rows (means over users) and the per-step curves."""
+    rows, curve_rows = [], []
+    for name in names:
+        curves = [r["explainers"][name]["curves"] for r in records if name in r["explainers"]]
+        if not curves:
+            continue
+        stacked = fidelity.stack_curves(curves)
+        finite = np.isfinite(np.asarray(stacked.removal_probability)).all(-1) & np.isfinite(
+            np.asarray(stacked.insertion_probability)).all(-1)
+        row = {"model": model_name, "explainer": name, "users": len(curves),
+               "nonfinite": int((~finite).sum())}
+        for k_e in range(1, K_E + 1):
+            row[f"pos@{K_R},{k_e}"] = float(jnp.mean(fidelity.pos_at(stacked, K_R, k_e)))
+        # users whose re-fit diverged (non-finite scores) are left out of DEL and INS, counted
+        row[f"del@{K_E}"] = float(jnp.nanmean(fidelity.del_at(stacked, K_E)))
+        row[f"ins@{K_E}"] = float(jnp.nanmean(fidelity.ins_at(stacked, K_E)))
+        row[f"cdcg@{K_E}"] = float(jnp.mean(fidelity.cdcg_at(stacked, K_E)))
+        rows.append(row)
+        for step in range(K_E):
+            curve_rows.append({
+                "model": model_name, "explainer": name, "k_e": step + 1,
+                "pos": float(jnp.mean(stacked.removal_rank[:, step] < K_R)),
+                "removal_probability": float(jnp.mean(stacked.removal_probability[:, step])),
+                "insertion_probability": float(jnp.mean(stacked.insertion_probability[:, step])),
+                "cdcg": float(jnp.mean(1 / jnp.log2(stacked.removal_rank[:, step] + 2.0)))})
+    return rows, curve_rows
+
+
+def retrain_validity(run_dir: Path, records: list[dict[str, Any]], names: list[str],
+                     args: argparse.Namespace) -> tuple[dict[str, dict[str, float]], list, dict]:
+    """ACCENT's retrain check of every explainer's top-10 set (MF)."""
+    epochs = json.loads((run_dir / "metrics.json").read_text())["per_seed"][0]["best_epoch"] + 1
+    config = load_config(run_dir / "config.toml", [f"train.seeds={RETRAIN_SEEDS}"])
+    dataset, _ = load_dataset(config.data, config.sim)
+    split = make_split(dataset, config.data, seed=config.run.seed)
+    setup = retraining.retrain_setup(config, split)
+    known = np.stack([r["exclude"] for r in records])
+    known_all = np.zeros((setup.spec.n_users, setup.spec.n_items), bool)
+    known_all[[r["user"] for r in records]] = known
+    pack = args.pack or len(records)
+    groups = [records[i: i + pack] for i in range(0, len(records), pack)]
+    edits, queries, labels = [], [], []
+    for name in ("nothing", *names):
+        for group in groups:
+            members = [r for r in group if name == "nothing" or name in r["explainers"]]
+            removal = {} if name == "nothing" else {
+                r["user"]: r["explainers"][name]["set"] for r in members}
+            edits.append(removal)
+            queries.append([(r["user"], r["target"]) for r in members])
+            labels.append(name)
+    for r in records[: args.alone]:  # one user per training set: what packing changes
+        edits.append({r["user"]: r["explainers"]["greedy"]["set"]})
+        queries.append([(r["user"], r["target"])])
+        labels.append("greedy_alone")
+    width = max(len(q) for q in queries)
+    users = np.asarray([[u for u, _ in q] + [q[0][0]] * (width - len(q)) for q in queries])
+    targets = np.asarray([[t for _, t in q] + [q[0][1]] * (width - len(q)) for q in queries])
+    tic = time.perf_counter()
+    params, bad = retraining.retrain(setup, retraining.edit_arrays(setup, edits), epochs=epochs,
+                                     chunk_size=2)
+    ranks = retraining.target_ranks(setup, params, users, targets, known_all)  # [S, M, Q]
+    seconds = time.perf_counter() - tic
+    per_user, summary = [], {}
+    for m, (label, q) in enumerate(zip(labels, queries, strict=True)):
+        for j, (user, target) in enumerate(q):
+            for s, seed in enumerate(setup.seeds):
+                per_user.append({"explainer": label, "user": user, "target": target,
+                                 "seed": seed, "rank_after_retrain": int(ranks[s, m, j]) + 1,
+                                 "left_top10": bool(ranks[s, m, j] >= K_RETRAIN)})
+    for label in dict.fromkeys(labels):
+        left = [row["left_top10"] for row in per_user if row["explainer"] == label]
+        summary[label] = {"left": float(np.mean(left)), "n": len(left)}
+    for name in names:
+        sets = [r["explainers"][name] for r in records if name in r["explainers"]]
+        summary[name]["size"] = float(np.mean([len(s["set"]) for s in sets]))
+        summary[name]["found"] = float(np.mean([s["found"] for s in sets]))
+    seed0 = [row for row in per_user if row["explainer"] == "nothing" and row["seed"] == 0]
+    meta = {"epochs": epochs, "seeds": setup.seeds, "seconds": round(seconds, 1),
+            "models_trained": int(np.prod(bad.shape)), "non_finite": int((bad >= 0).sum()),
+            "users_per_training_set": pack,
+            "seed0_unedited_top1": float(np.mean([r["rank_after_retrain"] == 1 for r in seed0]))}
+    if args.alone:
+        alone = {(row["user"], row["seed"]): row["left_top10"] for row in per_user
+                 if row["explainer"] == "greedy_alone"}
+        packed = {(row["user"], row["seed"]): row["left_top10"] for row in per_user
+                  if row["explainer"] == "greedy" and (row["user"], row["seed"]) in alone}
+        meta["alone_vs_packed_agreement"] = float(np.mean(
+            [alone[key] == packed[key] for key in alone]))
+    return summary, per_user, meta
+
+
+def write_outputs(out: Path, rows, curve_rows, retrain, meta, protocol: str) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    columns = ["model", "explainer", "users", "nonfinite",
+               *[f"pos@{K_R},{k}" for k in range(1, K_E + 1)],
+               f"del@{K_E}", f"ins@{K_E}", f"cdcg@{K_E}", "retrain_left@10",
+               "retrain_left@10_unedited", "set_size@10", "found@10"]
+    for row in rows:
+        if row["model"] == "mf" and retrain and row["explainer"] in retrain:
+            entry = retrain[row["explainer"]]
+            row.update({"retrain_left@10": entry["left"],
+                        "retrain_left@10_unedited": retrain["nothing"]["left"],
+                        "set_size@10": entry["size"], "found@10": entry["found"]})
+    with (out / "table.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    with (out / "curves.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, list(curve_rows[0]))
+        writer.writeheader()
+        writer.writerows(curve_rows)
+    lines = [protocol, "", "| " + " | ".join(columns) + " |",
+             "|" + "---|" * len(columns)]
+    for row in rows:
+        cells = [row.get(c, "") for c in columns]
+        lines.append("| " + " | ".join(f"{c:.3f}" if isinstance(c, float) else str(c)
+                                        for c in cells) + " |")
+    if meta:
+        lines += ["", "Retrain (MF): " + json.dumps(meta)]
+    (out / "table.md").write_text("\n".join(lines) + "\n")
+    plot(out / "fidelity.png", curve_rows)
+
+
+def plot(path: Path, curve_rows) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = list(dict.fromkeys(r["model"] for r in curve_rows))
+    figure, axes = plt.subplots(2, len(models), figsize=(4.6 * len(models), 7.5), squeeze=False)
+    names = list(dict.fromkeys(r["explainer"] for r in curve_rows))
+    colors = dict(zip(names, plt.cm.tab10.colors, strict=False))
+    for column, model in enumerate(models):
+        for name in names:
+            mine = [r for r in curve_rows if r["model"] == model and r["explainer"] == name]
+            if not mine:
+                continue
+            style = "-" if name in OURS else "--"
+            width = 2.4 if name in OURS else 1.3
+            steps = [r["k_e"] for r in mine]
+            axes[0, column].plot(steps, [r["pos"] for r in mine], style, marker="o",
+                                 color=colors[name], linewidth=width, label=name)
+            axes[1, column].plot(steps, [r["removal_probability"] for r in mine], style,
+                                 marker="o", color=colors[name], linewidth=width, label=name)
+        mine = [r["removal_probability"] for r in curve_rows if r["model"] == model]
+        if not np.isfinite(mine).any():
+            axes[1, column].text(0.5, 0.5, "no finite probability:\nthe re-fits diverged",
+                                 ha="center", va="center", transform=axes[1, column].transAxes)
+        axes[0, column].set_title(f"{model}: POS@{K_R},K_e", fontsize=11)
+        axes[0, column].set_ylim(-0.03, 1.03)
+        axes[1, column].set_title(f"{model}: DEL curve", fontsize=11)
+        axes[1, column].set_yscale("log")
+        for row in range(2):
+            axes[row, column].set_xlabel("K_e: the explainer's top items removed")
+            axes[row, column].set_xticks(range(1, K_E + 1))
+            axes[row, column].grid(alpha=0.3)
+        axes[0, column].set_ylabel(f"share of users with the item still in top-{K_R}\n"
+                                   "(lower is better)")
+        axes[1, column].set_ylabel("item's mean softmax probability\n(lower is better)")
+    axes[0, 0].legend(fontsize=8, title="explainer (solid: ours)", title_fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def combine(out: Path, folders: list[Path]) -> Path:
+    """Merges the tables, curves and retrain rows of several output folders (runs of this
+    script on different models) into `out`, protocols kept one per line."""
+    rows, curve_rows, protocols, retrain_rows, meta = [], [], [], [], {}
+    for folder in folders:
+        rows += list(csv.DictReader((folder / "table.csv").open()))
+        curve_rows += [{**r, "k_e": int(r["k_e"]), **{k: float(r[k]) for k in (
+            "pos", "removal_probability", "insertion_probability", "cdcg")}}
+                       for r in csv.DictReader((folder / "curves.csv").open())]
+        lines = (folder / "table.md").read_text().splitlines()
+        protocols.append(lines[0])
+        for line in lines:
+            if line.startswith("Retrain (MF): "):
+                meta = json.loads(line.removeprefix("Retrain (MF): "))
+        if (folder / "retrain.csv").exists():
+            retrain_rows = list(csv.DictReader((folder / "retrain.csv").open()))
+    for row in rows:
+        for name, value in row.items():
+            try:
+                text = name in ("model", "explainer", "users", "nonfinite")
+                row[name] = value if text else float(value)
+            except ValueError:
+                pass
+    write_outputs(out, rows, curve_rows, {}, meta, "\n\n".join(protocols))
+    if retrain_rows:
+        with (out / "retrain.csv").open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, list(retrain_rows[0]))
+            writer.writeheader()
+            writer.writerows(retrain_rows)
+    return out / "table.md"
+
+
+def main(argv: list[str] | None = None) -> Path:
+    args = parse(argv)
+    if args.combine:
+        return combine(args.out, args.combine)
+    n_users = args.users or (8 if args.quick else 100)
+    names = args.explainers.split(",")
+    rows, curve_rows, retrain, meta, timings = [], [], {}, {}, {}
+    for model_name in args.models.split(","):
+        run_dir = trained_run(model_name, args)
+        run = load_run(run_dir)
+        users = sample_users(run, n_users, args.seed, args.max_history)
+        with_retrain = model_name == "mf" and not args.no_retrain
+        records, seconds = explain_model(model_name, run_dir, users, names, with_retrain)
+        timings[model_name] = round(seconds, 1)
+        model_rows, model_curves = fidelity_rows(model_name, records, names)
+        rows += model_rows
+        curve_rows += model_curves
+        if with_retrain:
+            retrain, per_user, meta = retrain_validity(run_dir, records, names, args)
+            args.out.mkdir(parents=True, exist_ok=True)
+            with (args.out / "retrain.csv").open("w", newline="") as handle:
+                writer = csv.DictWriter(handle, list(per_user[0]))
+                writer.writeheader()
+                writer.writerows(per_user)
+        write_outputs(args.out, rows, curve_rows, retrain, meta, protocol_line(
+            n_users, args.seed, timings, args.max_history))
+    return args.out / "table.md"
+
+
+def protocol_line(n_users: int, seed: int, timings: dict[str, float], max_history: int) -> str:
+    return (
+        f"Protocol: ML-100K; {n_users} users sampled (seed {seed}) among those with at most "
+        f"{max_history} training interactions (compute: a greedy step re-fits H histories), "
+        "each user's top-1 item over the catalogue less every item the user has (any "
+        "split); histories as each model reads them (MF/NeuMF: the training items, re-fit "
+        "deletion; SASRec: its "
+        f"window, drop and shift). Fidelity: K_r = {K_R}, K_e = 1..{K_E}; POS@{K_R},K_e at "
+        f"K_e removed items, DEL/INS/CDCG@{K_E} areas over steps 1..{K_E}, probability = "
+        "softmax over the candidates; lower is better except INS. Retrain (MF only): sets "
+        f"for the top-{K_RETRAIN} (at most {MAX_SET} items), retrained {RETRAIN_SEEDS} seeds; "
+        f"retrain_left@10: share of (user, seed) where the item left the top-{K_RETRAIN}; "
+        "_unedited: the same retrain with nothing removed. Seconds explaining: "
+        f"{json.dumps(timings)}.")
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_script(main))
