@@ -41,10 +41,10 @@ from causalrec_jax.tasks.ordinary import (
     _member_hparams,
     _objective,
     _optimizer,
-    training_rows,
     model_inputs,
     seed_keys,
     seed_list,
+    training_rows,
 )
 from causalrec_jax.train.objectives import seen_items_data
 from causalrec_jax.train.step import (
