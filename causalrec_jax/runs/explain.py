@@ -75,6 +75,7 @@ class RunExplanation:
     n_candidates: int
     features: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     item_features: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    warnings: list[str] = dataclasses.field(default_factory=list)
 
 
 def explain_run(run_dir: str | Path, user_id: str, item_id: str | None = None, *, k: int = 10,
@@ -142,7 +143,7 @@ def explain_run(run_dir: str | Path, user_id: str, item_id: str | None = None, *
         history_ids=history_ids, titles={i: t for i, t in titles.items() if i in shown},
         model=config.model.name, served_rank=served_rank,
         n_candidates=int(len(run.item_ids) - len(known)), features=features,
-        item_features=item_features)
+        item_features=item_features, warnings=_warnings(config, model))
 
 
 def _feature_table(model: DeletionModel, item: int,
@@ -164,6 +165,19 @@ def _feature_table(model: DeletionModel, item: int,
             "value": float(values[column]), "score_change": float(effects[column, item]),
             "rank_after": int(np.sum(others & (scores >= scores[item]))) + 1})
     return sorted(table, key=lambda row: row["score_change"])
+
+
+def _warnings(config: Config, model: DeletionModel) -> list[str]:
+    """What the reader of an explanation must know about its reliability."""
+    from causalrec_jax.explain.deletion import RefitDeletion
+
+    if not isinstance(model.score_fn, RefitDeletion) or float(model.data["l2"]) > 0:
+        return []
+    return [f"the run trained without weight decay (train.weight_decay = "
+            f"{config.train.weight_decay}), so the re-fit has no L2: the {config.train.loss} "
+            "objective of one user may have no finite minimum, and re-fitted effects can be "
+            "arbitrarily large (on ml-100k BPR-MF they reach 1e4-1e5); explain a run trained "
+            "with train.weight_decay > 0"]
 
 
 def _item_feature_table(model: DeletionModel, item: int,
@@ -353,6 +367,7 @@ def format_explanation(result: RunExplanation, n_causes: int = 10) -> str:
         f"({result.model}): score {e.base_score:.4f}, rank {e.base_rank + 1} of "
         f"{result.n_candidates} candidates (served at rank {result.served_rank + 1}), top-{e.k}",
         f"deletion: {e.semantics}",
+        *(f"warning: {warning}" for warning in result.warnings),
         f"causes: each past interaction deleted alone, largest score drop first "
         f"({len(e.history)} in the history)",
         f"{'#':>4}  {'item':<40} {'score change':>13} {'rank after':>11} {'rank change':>12}",
@@ -416,7 +431,7 @@ def explanation_json(result: RunExplanation) -> dict[str, Any]:
         "minimal_set": [result.history_ids[int(i)] for i in e.minimal_set],
         "size": e.size, "found": e.found, "score_after_set": e.score_after_set,
         "rank_after_set": e.rank_after_set + 1, "features": result.features,
-        "item_features": result.item_features,
+        "item_features": result.item_features, "warnings": result.warnings,
     }
 
 
