@@ -66,8 +66,10 @@ def _keys(key: jax.Array) -> tuple[jax.Array, jax.Array]:
     return streams.derive(key, streams.Env.NOISE), streams.derive(key, streams.Env.POLICY)
 
 
-def _scan(key, policy_fn, policy_params, env_params, horizon, obs, state, accumulate=None):
-    """The episode under `lax.scan`; also sums `accumulate(state)` over the steps' states."""
+def _scan(key, policy_fn, policy_params, env_params, horizon, obs, state, accumulate=None,
+          record=None):
+    """The episode under `lax.scan`; also sums `accumulate(state)` over the steps' states, and
+    stacks `record(state)` of each step's state (None when not asked)."""
     env_key, policy_key = _keys(key)
 
     def body(carry, t):
@@ -75,17 +77,20 @@ def _scan(key, policy_fn, policy_params, env_params, horizon, obs, state, accumu
         slate, log_prob = policy_fn(policy_params, obs, streams.index(policy_key, t))
         if accumulate is not None:
             total = total + accumulate(state)
+        recorded = None if record is None else record(state)
         next_obs, next_state, reward, _, _, info = step(
             streams.index(env_key, t), state, slate, env_params, log_prob=log_prob
         )
-        return (next_obs, next_state, total), (obs.step, reward, info)
+        return (next_obs, next_state, total), (obs.step, reward, info, recorded)
 
     total = 0.0 if accumulate is None else jnp.zeros_like(accumulate(state))
-    (_, final_state, total), (steps, rewards, info) = jax.lax.scan(
+    (_, final_state, total), (steps, rewards, info, records) = jax.lax.scan(
         body, (obs, state, total), jnp.arange(horizon)
     )
     # user, slate and log_prob are info's own arrays: each is written once per step.
     trajectory = Trajectory(info["user"], steps, info["slate"], info["log_prob"], rewards, info)
+    if record is not None:
+        return trajectory, final_state, total, records
     return trajectory, final_state, total
 
 
@@ -242,21 +247,11 @@ def attraction_path(
     """
 
     def one(user):
+        # rollout_users' key and reset, so the same rows; `attraction` of each step's state
         obs, state = reset_user(user, env_params)
-        env_key, policy_key = _keys(streams.index(key, user))
-
-        def body(carry, t):
-            obs, state = carry
-            before = attraction(state, env_params)
-            slate, log_prob = policy_fn(policy_params, obs, streams.index(policy_key, t))
-            next_obs, next_state, reward, _, _, info = step(
-                streams.index(env_key, t), state, slate, env_params, log_prob=log_prob)
-            return (next_obs, next_state), (obs.step, reward, info, before)
-
-        (_, final), (steps, rewards, info, path) = jax.lax.scan(
-            body, (obs, state), jnp.arange(horizon))
-        trajectory = Trajectory(info["user"], steps, info["slate"], info["log_prob"], rewards,
-                                info)
+        trajectory, final, _, path = _scan(
+            streams.index(key, user), policy_fn, policy_params, env_params, horizon, obs,
+            state, record=lambda state: attraction(state, env_params))
         return trajectory, jnp.concatenate([path, attraction(final, env_params)[None]])
 
     return jax.vmap(one)(jnp.asarray(users, jnp.int32))
