@@ -154,7 +154,7 @@ def round_log_probs(model: Any, inputs: jax.Array, query: jax.Array, *,
 
     Args:
         model: a sequential model (`model(tokens, key=) -> hidden [b, L, d]`,
-            `model.item_embeddings() -> [n_items, d]`; scores are their dot products).
+            `model.logits(hidden) -> [..., n_items]`, the scores the model serves).
         inputs: `[b, L]` click tokens, left-padded.
         query: `[b, R]` the column of the last click before each round (any valid column
             for padding rounds).
@@ -162,7 +162,7 @@ def round_log_probs(model: Any, inputs: jax.Array, query: jax.Array, *,
     """
     hidden = model(inputs, key=key)
     queries = jnp.take_along_axis(hidden, query[..., None], axis=1)
-    return jax.nn.log_softmax(queries @ model.item_embeddings().T, axis=-1)
+    return jax.nn.log_softmax(model.logits(queries), axis=-1)
 
 
 def make_exposure_objective(graphdef: nnx.GraphDef, method: str, defaults: dict[str, float]):

@@ -134,6 +134,17 @@ def embedding_table(key: jax.Array, n_rows: int, dim: int, scale: float = 0.1) -
     return nnx.Param(std * jax.random.normal(key, (n_rows, dim), jnp.float32))
 
 
+# The padding token of sequential models' inputs (item i is token i + 1).
+PAD = 0
+
+
+def split_keys(key: jax.Array | None, n: int) -> list[jax.Array | None]:
+    """`n` independent keys from `key`, or `n` Nones (deterministic)."""
+    if key is None:
+        return [None] * n
+    return list(jax.random.split(key, n))
+
+
 def dropout(inputs: jax.Array, rate: float | jax.Array, key: jax.Array | None) -> jax.Array:
     """Inverted dropout: zeroes entries with probability `rate`, rescales the rest.
 

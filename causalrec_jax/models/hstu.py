@@ -44,19 +44,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from causalrec_jax.models.base import SequenceModel, dropout
-
-PAD = 0
+from causalrec_jax.models.base import PAD, SequenceModel, dropout, split_keys
 
 # The time bias's bucket width in natural-log units (about 0.43 doublings of the time gap).
 TIME_BUCKET_WIDTH = 0.301
-
-
-def _split(key: jax.Array | None, n: int) -> list[jax.Array | None]:
-    """`n` independent keys from `key`, or `n` Nones (deterministic)."""
-    if key is None:
-        return [None] * n
-    return list(jax.random.split(key, n))
 
 
 def time_buckets(timestamps: jax.Array, n_buckets: int) -> jax.Array:
@@ -228,7 +219,7 @@ class HSTU(SequenceModel):
             items = items * token_weights[..., None].astype(items.dtype)
         hidden = items + self.position_embedding[positions]
         hidden = jnp.where(real[..., None], hidden, 0.0)
-        embedding_key, *layer_keys = _split(key, 1 + len(self.layers))
+        embedding_key, *layer_keys = split_keys(key, 1 + len(self.layers))
         hidden = dropout(hidden, self.dropout_rate, embedding_key)
         causal = jnp.tril(jnp.ones((length, length), bool))
         allowed = causal[None] & real[:, None, :] & real[:, :, None]

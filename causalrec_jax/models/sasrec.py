@@ -28,16 +28,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from causalrec_jax.models.base import SequenceModel, dropout
-
-PAD = 0
-
-
-def _split(key: jax.Array | None, n: int) -> list[jax.Array | None]:
-    """`n` independent keys from `key`, or `n` Nones (deterministic)."""
-    if key is None:
-        return [None] * n
-    return list(jax.random.split(key, n))
+from causalrec_jax.models.base import PAD, SequenceModel, dropout, split_keys
 
 
 class SelfAttention(nnx.Module):
@@ -97,7 +88,7 @@ class TransformerBlock(nnx.Module):
         self, inputs: jax.Array, allowed: jax.Array, *, key: jax.Array | None = None
     ) -> jax.Array:
         """`inputs [b, L, d]`, `allowed [b, L, L]` bool -> `[b, L, d]`."""
-        attention_key, attention_out_key, ffn_hidden_key, ffn_out_key = _split(key, 4)
+        attention_key, attention_out_key, ffn_hidden_key, ffn_out_key = split_keys(key, 4)
         attended = self.attention(self.attention_norm(inputs), allowed, key=attention_key)
         hidden = inputs + dropout(attended, self.dropout_rate, attention_out_key)
         inner = dropout(
@@ -172,7 +163,7 @@ class SequenceTransformer(SequenceModel):
             items = items * token_weights[..., None].astype(items.dtype)
         hidden = items + self.position_embedding[positions]
         hidden = jnp.where(real[..., None], hidden, 0.0)
-        embedding_key, *block_keys = _split(key, 1 + len(self.blocks))
+        embedding_key, *block_keys = split_keys(key, 1 + len(self.blocks))
         hidden = dropout(hidden, self.dropout_rate, embedding_key)
         allowed = jnp.broadcast_to(real[:, None, :], (*sequences.shape, length))
         if self.causal:

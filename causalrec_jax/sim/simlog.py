@@ -313,6 +313,14 @@ def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
             "or false",
             path=str(file),
         )
+    for field in ("env", "policy"):  # the sections a replay of the log reads
+        if not isinstance(manifest.get(field), dict):
+            raise DataFormatError(
+                f"field {field!r} is {manifest.get(field)!r}, expected the [{field}] section "
+                "the log was drawn with (an object)", path=str(file))
+    if type(manifest.get("seed")) is not int:
+        raise DataFormatError(f"field 'seed' is {manifest.get('seed')!r}, expected an integer",
+                              path=str(file))
     return manifest
 
 

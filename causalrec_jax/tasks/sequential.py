@@ -962,6 +962,10 @@ def exposure_evaluation(
                           * examination).sum(axis=1))
         logging_value.append((np.take_along_axis(state_attraction, slate, axis=1)
                               * examination).sum(axis=1))
+    if not any(len(values) for values in on_policy):
+        return {"test_truth": test_truth, "test_ope": {
+            "n_rounds": 0, "skipped": "no held-out round follows a click (each user's rounds "
+            "from the validation click on, with a history): nothing to re-weight"}}
     clip = 1.0 / config.causal.propensity_clip if config.causal.propensity_clip else None
     estimate = estimators.iips(jnp.asarray(np.concatenate(logged_clicks)),
                                jnp.asarray(np.concatenate(target_match)),
@@ -970,7 +974,8 @@ def exposure_evaluation(
     test_ope = {
         "iips_estimate": float(estimate.value), "iips_stderr": float(estimate.stderr),
         "iips_n_eff": float(estimate.n_eff), "on_policy_value": truth_value,
-        "iips_relative_error": abs(float(estimate.value) - truth_value) / abs(truth_value),
+        "iips_relative_error": (abs(float(estimate.value) - truth_value) / abs(truth_value)
+                                if truth_value else float("nan")),
         "logging_value": float(np.mean(np.concatenate(logging_value), dtype=np.float64)),
         "n_rounds": int(sum(len(x) for x in on_policy)),
     }

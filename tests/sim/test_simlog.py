@@ -238,6 +238,8 @@ CORRUPTIONS = {
     "version 2": (_edit_manifest(version=2), ["simlog.json", "'version'", "2"]),
     "wrong format": (_edit_manifest(format="csv"), ["simlog.json", "'format'"]),
     "manifest missing": (_drop("simlog.json"), ["simlog.json", "missing"]),
+    "policy section missing": (_edit_manifest(policy=None), ["simlog.json", "'policy'"]),
+    "seed not an integer": (_edit_manifest(seed="0"), ["simlog.json", "'seed'"]),
     "impressions missing": (_drop("impressions.parquet"), ["impressions.parquet", "missing"]),
     "rounds missing": (_drop("rounds.parquet"), ["rounds.parquet", "missing"]),
     "truth missing": (_drop("truth.npz"), ["truth.npz", "missing"]),
