@@ -90,6 +90,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
             if value not in known:
                 raise ConfigError(f"unknown {name} {value!r}: expected one of "
                                   f"{', '.join(known)}")
+    for flag, value, low in (("--users", args.users, 1), ("--max-history", args.max_history, 1),
+                             ("--pack", args.pack, 0), ("--alone", args.alone, 0)):
+        if value is not None and value < low:
+            raise ConfigError(f"{flag} {value}: expected an integer >= {low}")
+    if args.alone and "greedy" not in args.explainers.split(","):
+        raise ConfigError("--alone retrains without the greedy sets: add greedy to --explainers")
     return args
 
 
@@ -158,6 +164,9 @@ def sample_users(run, n: int, seed: int, max_history: int) -> np.ndarray:
     training interactions (the same users for every model of one dataset and split)."""
     counts = np.bincount(run.data["train_user"], minlength=len(run.user_ids))
     eligible = np.flatnonzero((counts >= 1) & (counts <= max_history))
+    if not len(eligible):
+        raise ConfigError(f"no user has 1 to {max_history} training interactions: raise "
+                          "--max-history")
     chosen = np.random.default_rng(seed).choice(eligible, min(n, len(eligible)), replace=False)
     return np.sort(chosen)
 

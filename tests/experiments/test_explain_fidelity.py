@@ -60,6 +60,9 @@ def test_quick_mode_writes_the_table(script, tmp_path):
 @pytest.mark.parametrize("flag, value, message", [
     ("--models", "mf,svd", "unknown model 'svd'"),
     ("--explainers", "greedy,lime", "unknown explainer 'lime'"),
+    ("--users", "-3", "--users -3: expected an integer >= 1"),
+    ("--max-history", "0", "--max-history 0: expected an integer >= 1"),
+    ("--pack", "-1", "--pack -1: expected an integer >= 0"),
 ])
 def test_bad_input_is_one_line(tmp_path, flag, value, message):
     result = subprocess.run([sys.executable, str(SCRIPT), "--out", str(tmp_path), flag, value],
