@@ -47,7 +47,7 @@ from causalrec_jax.config import load_config
 from causalrec_jax.data.loader import load_dataset
 from causalrec_jax.data.split import make_split
 from causalrec_jax.errors import CausalRecError, ConfigError
-from causalrec_jax.explain import fidelity, search
+from causalrec_jax.explain import explain, fidelity, search
 from causalrec_jax.explain.baselines import BASELINES, baseline_order
 from causalrec_jax.runs import retrain as retraining
 from causalrec_jax.runs import train as run_train
@@ -140,22 +140,12 @@ def explain_user(model, target: int, exclude: np.ndarray, names: list[str], key,
     for name, order in orders.items():
         out[name] = {"curves": fidelity.fidelity_curves(
             scores_fn, order, model.valid, target, exclude, n_steps=K_E)}
-    if retrain_sets:
-        top10 = search.single_deletions(*args, k=K_RETRAIN, chunk_size=chunk)
+    if retrain_sets:  # each explainer's minimal set at the top-10, as `explain` finds it
         for name in orders:
-            if name == "greedy":
-                result = search.greedy_search(*args, k=K_RETRAIN, max_size=MAX_SET,
-                                              chunk_size=chunk)
-            else:
-                order = orders[name]
-                if name == "effects":
-                    margins = np.where(model.valid, np.asarray(top10.after.margin), np.inf)
-                    order = np.argsort(margins, kind="stable").astype(np.int32)
-                result = search.ordered_removal(*args, jnp.asarray(order), k=K_RETRAIN,
-                                                max_size=MAX_SET, chunk_size=chunk)
-            positions = np.asarray(result.order)[: int(result.size)]
-            out[name]["set"] = model.history[positions[positions >= 0]]
-            out[name]["found"] = bool(result.found)
+            explanation = explain(model, target, k=K_RETRAIN, method=name, max_size=MAX_SET,
+                                  exclude=exclude, key=key, chunk_size=chunk)
+            out[name]["set"] = explanation.history[explanation.minimal_set]
+            out[name]["found"] = explanation.found
     return out
 
 
