@@ -120,6 +120,11 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--candidates", type=int, default=None,
                          help="greedy search only among the C strongest single deletions "
                               "(faster on long histories; default: all)")
+    explain.add_argument("--refit-l2", default="calibrated",
+                         help="ID-embedding models: the L2 of the user's re-fit: calibrated "
+                              "(default: the L2 >= the run's whose full-history re-fit lands "
+                              "nearest the trained user), run (the run's weight decay), or a "
+                              "number >= 0")
     explain.add_argument("--causes", type=int, default=10,
                          help="rows of the table of causes (0: all)")
     explain.add_argument("--png", help="bar chart path (default explain_USER_ITEM.png)")
@@ -483,7 +488,8 @@ def _command_explain(args: argparse.Namespace) -> int:
     )
 
     result = explain_run(args.run, args.user, args.item, k=args.k, max_size=args.max_size,
-                         method=args.method, n_candidates=args.candidates)
+                         method=args.method, n_candidates=args.candidates,
+                         refit_l2=args.refit_l2)
     safe = re.sub(r"[^A-Za-z0-9_.-]", "_", f"{result.user_id}_{result.item_id}")
     png = plot_explanation(result, args.png or f"explain_{safe}.png")
     if args.json:

@@ -197,15 +197,21 @@ def fidelity_rows(model_name: str, records: list[dict[str, Any]], names: list[st
         if not curves:
             continue
         stacked = fidelity.stack_curves(curves)
-        finite = np.isfinite(np.asarray(stacked.removal_probability)).all(-1) & np.isfinite(
-            np.asarray(stacked.insertion_probability)).all(-1)
+        # a user whose re-fit diverged (a non-finite score: its rank reads 0) is counted in
+        # `nonfinite` and left out of every mean
+        finite = (np.isfinite(np.asarray(stacked.removal_probability)).all(-1)
+                  & np.isfinite(np.asarray(stacked.insertion_probability)).all(-1)
+                  & np.isfinite(np.asarray(stacked.base_probability)))
         row = {"model": model_name, "explainer": name, "users": len(curves),
                "nonfinite": int((~finite).sum())}
+        if not finite.any():
+            rows.append(row)
+            continue
+        stacked = fidelity.FidelityCurves(*(leaf[finite] for leaf in stacked))
         for k_e in range(1, K_E + 1):
             row[f"pos@{K_R},{k_e}"] = float(jnp.mean(fidelity.pos_at(stacked, K_R, k_e)))
-        # users whose re-fit diverged (non-finite scores) are left out of DEL and INS, counted
-        row[f"del@{K_E}"] = float(jnp.nanmean(fidelity.del_at(stacked, K_E)))
-        row[f"ins@{K_E}"] = float(jnp.nanmean(fidelity.ins_at(stacked, K_E)))
+        row[f"del@{K_E}"] = float(jnp.mean(fidelity.del_at(stacked, K_E)))
+        row[f"ins@{K_E}"] = float(jnp.mean(fidelity.ins_at(stacked, K_E)))
         row[f"cdcg@{K_E}"] = float(jnp.mean(fidelity.cdcg_at(stacked, K_E)))
         rows.append(row)
         for step in range(K_E):

@@ -588,14 +588,14 @@ def model_kind(model: nnx.Module) -> str:
 
 REFIT_SEMANTICS = {
     "mf": "re-fit: the user's factors and bias are fitted again on the edited history with "
-          "every item parameter frozen ({loss}, L2 {l2:.3g}; closed form for mse)",
+          "every item parameter frozen ({loss}, L2 {l2}; closed form for mse)",
     "mlp": "re-fit: the user's embedding is fitted again on the edited history with the "
-           "network and items frozen ({loss}, L2 {l2:.3g}; damped Newton steps)",
+           "network and items frozen ({loss}, L2 {l2}; damped Newton steps)",
     "neumf": "re-fit: the user's GMF and MLP embeddings are fitted again on the edited history "
-             "with the network and items frozen ({loss}, L2 {l2:.3g}; damped Newton steps)",
+             "with the network and items frozen ({loss}, L2 {l2}; damped Newton steps)",
     "lightgcn": "propagate and re-fit: the user's layers 1..L are recomputed from the edited "
                 "neighbours (item layers frozen) and the user's layer-0 embedding is fitted "
-                "again ({loss}, L2 {l2:.3g}; damped Newton steps)",
+                "again ({loss}, L2 {l2}; damped Newton steps)",
 }
 # Appended to every re-fit's semantics (`RefitDeletion.__call__`).
 ANCHORED = ("; a score after a deletion is the served score plus the change from the re-fit "
@@ -657,6 +657,7 @@ def make_refit_model(
     item_feature_names: Any = None,
     pad_to: int | None = None,
     row_weights: Any = None,
+    calibrate: bool = False,
 ) -> DeletionModel:
     """The `DeletionModel` of an ID-embedding model (MF, MLP, NeuMF, LightGCN) for one user.
 
@@ -691,6 +692,11 @@ def make_refit_model(
         pad_to: history length H (at least `m`); None rounds `m` up (`padded_length`).
         row_weights: `[m]` each row's weight in the training loss (an IPS or SNIPS run: the
             clipped inverse propensity, `runs.explain`); None: 1. Pointwise losses only.
+        calibrate: replace `l2` by the L2 at least `l2` whose full-history re-fit lands
+            nearest the trained user (`calibrate_l2`): training that stops early regularises
+            more than its weight decay says, and a run without weight decay leaves a BPR or
+            softmax objective with no finite minimum. `data["fit_distance"]` holds the
+            relative distance of the full-history re-fit from the trained user either way.
 
     Raises:
         ValueError: an unknown loss, a model without user vectors, `l2` < 0.
@@ -745,12 +751,19 @@ def make_refit_model(
         catalogue_loss = loss in ("bpr", "softmax", "sampled_softmax")
         solver = "chord" if catalogue_loss and len(items) >= CHORD_MIN_HISTORY else "newton"
     scorer = RefitDeletion(kind, graphdef, loss, exclude_seen, n_steps, solver)
+    calibrated = ""
+    if calibrate:
+        chosen = calibrate_l2(scorer, data, base_steps)
+        if chosen != l2:
+            calibrated = (f", calibrated: the L2 >= the run's {l2:.3g} whose full-history "
+                          "re-fit lands nearest the trained user")
+        data["l2"] = jnp.float32(chosen)
     data.update(_start(scorer, data, base_steps))
     return DeletionModel(
         score_fn=scorer, data=data, history=_pad(items, length, -1),
         semantics=REFIT_SEMANTICS[kind].format(
             loss=loss if weighted is None else f"{loss} with each row's training weight",
-            l2=l2) + ANCHORED,
+            l2=f"{float(data['l2']):.3g}{calibrated}") + ANCHORED,
         n_items=model.n_items,
         relaxed_fn=BoundMethod(scorer, "relaxed"),
         influence_fn=BoundMethod(scorer, "influence"), item_vectors=_item_vectors(model, kind),
@@ -760,6 +773,52 @@ def make_refit_model(
         item_feature_names=(None if item_feature_names is None
                             else tuple(map(str, item_feature_names))),
     )
+
+
+# Candidate L2 of `calibrate_l2`: the curvature scale (the mean diagonal of the
+# unregularised full-history curvature at the trained user) times these.
+CALIBRATION_SCALES = 10.0 ** np.arange(-3.0, 2.01, 0.5)
+
+
+def calibrate_l2(scorer: RefitDeletion, data: Any, base_steps: int) -> float:
+    """The L2 at least `data["l2"]` whose full-history re-fit (`base_steps` Newton steps from
+    the trained user) lands nearest the trained user, relative distance in the flattened
+    parameters: `data["l2"]` itself and `max(data["l2"], s * CALIBRATION_SCALES)` with `s`
+    the curvature scale, all re-fitted in one vmapped call; ties keep the smallest.
+
+    The re-fit treats the trained user as the minimiser of its objective. Training that
+    stops early (every run with `train.patience`) is regularised more than its weight decay
+    says, and one without weight decay can leave a user objective with no finite minimum
+    (BPR on a history a direction separates), where re-fitted effects run away. The
+    calibrated L2 is the ridge that best reproduces what training did to this user."""
+    distances, candidates = _calibration(scorer, data, base_steps)
+    distances = np.where(np.isfinite(np.asarray(distances)), np.asarray(distances), np.inf)
+    return float(np.asarray(candidates)[int(np.argmin(distances))])
+
+
+def _calibration_impl(scorer: RefitDeletion, data: Any, base_steps: int
+                      ) -> tuple[jax.Array, jax.Array]:
+    theta = data["theta_trained"]
+    full = data["valid"].astype(jnp.float32)
+    flat, _ = ravel_pytree(theta)
+    if scorer.kind in AFFINE_KINDS:
+        _, unravel = ravel_pytree(theta)
+        data = {**data, "jacobian": jax.jacfwd(
+            lambda f: scorer.model_scores(data, unravel(f), full))(flat)}
+    bare = scorer.curvature({**data, "l2": jnp.float32(0.0)}, theta, full)
+    scale = jnp.trace(bare) / flat.shape[0]
+    candidates = jnp.concatenate([data["l2"][None], jnp.maximum(
+        data["l2"], scale * jnp.asarray(CALIBRATION_SCALES, jnp.float32))])
+
+    def distance(l2):
+        fitted = scorer.refit({**data, "l2": l2}, theta, full, base_steps, solver="newton")
+        moved, _ = ravel_pytree(fitted)
+        return jnp.linalg.norm(moved - flat) / jnp.maximum(jnp.linalg.norm(flat), 1e-12)
+
+    return jax.vmap(distance)(candidates), candidates
+
+
+_calibration = jax.jit(_calibration_impl, static_argnums=(0, 2))
 
 
 def _start_impl(scorer: RefitDeletion, data: Any, base_steps: int) -> dict[str, Any]:
@@ -777,6 +836,9 @@ def _start_impl(scorer: RefitDeletion, data: Any, base_steps: int) -> dict[str, 
     out["served"] = scorer.model_scores(data, theta, full)
     theta = scorer.refit(data, theta, full, base_steps, solver="newton")
     out["theta_start"] = theta
+    moved, _ = ravel_pytree(theta)
+    out["fit_distance"] = jnp.linalg.norm(moved - flat) / jnp.maximum(jnp.linalg.norm(flat),
+                                                                      1e-12)
     out["refit_scores"] = scorer.user_scores(data, theta, full)
     out["curvature_start"] = jnp.linalg.cholesky(scorer.curvature(data, theta, full))
     return out

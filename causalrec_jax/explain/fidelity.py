@@ -56,6 +56,7 @@ import jax
 import jax.numpy as jnp
 
 from causalrec_jax.explain.deletion import DeletionModel
+from causalrec_jax.explain.search import pessimistic_rank
 
 ScoresFn = Callable[[jax.Array], jax.Array]
 
@@ -111,12 +112,9 @@ def target_standing(scores: jax.Array, target: jax.Array, exclude: jax.Array
                     ) -> tuple[jax.Array, jax.Array]:
     """The target's 0-based rank (pessimistic ties) and softmax probability over the
     candidates (not excluded, target included) of `scores [n_items]`; vmap for batches."""
-    others = ~exclude & (jnp.arange(scores.shape[0]) != target)
-    target_score = scores[target]
-    rank = jnp.sum(others & (scores >= target_score)).astype(jnp.int32)
-    candidates = others.at[target].set(True)
+    candidates = ~exclude | (jnp.arange(scores.shape[0]) == target)
     log_norm = jax.nn.logsumexp(jnp.where(candidates, scores, -jnp.inf))
-    return rank, jnp.exp(target_score - log_norm)
+    return pessimistic_rank(scores, target, exclude), jnp.exp(scores[target] - log_norm)
 
 
 def fidelity_curves(scores_fn: ScoresFn, order: Any, valid: Any, target: Any, exclude: Any,

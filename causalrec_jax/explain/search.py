@@ -52,14 +52,20 @@ class Standing(NamedTuple):
     margin: jax.Array
 
 
+def pessimistic_rank(scores: jax.Array, target: jax.Array, exclude: jax.Array) -> jax.Array:
+    """The target's 0-based rank in `scores [n_items]` among the items not in `exclude
+    [n_items]` (bool), ties counted against it: the number of other candidates scoring at
+    least as high. The one rank of `explain`, its fidelity metrics and the retrain check."""
+    others = ~exclude & (jnp.arange(scores.shape[0]) != target)
+    return jnp.sum(others & (scores >= scores[target])).astype(jnp.int32)
+
+
 def standing(scores: jax.Array, target: jax.Array, exclude: jax.Array, k: int) -> Standing:
     """The target's `Standing` in `scores [n_items]`, `exclude [n_items]` bool left out."""
-    n_items = scores.shape[0]
-    others = ~exclude & (jnp.arange(n_items) != target)
+    others = ~exclude & (jnp.arange(scores.shape[0]) != target)
     target_score = scores[target]
-    rank = jnp.sum(others & (scores >= target_score)).astype(jnp.int32)
     kth = jax.lax.top_k(jnp.where(others, scores, -jnp.inf), k)[0][k - 1]
-    return Standing(target_score, rank, target_score - kth)
+    return Standing(target_score, pessimistic_rank(scores, target, exclude), target_score - kth)
 
 
 def _standings(score_fn, data, keeps: jax.Array, target, exclude, k: int,
@@ -162,6 +168,19 @@ class SearchResult(NamedTuple):
     after: Standing
 
 
+def _next_deletions(score_fn, data: Any, valid: jax.Array, deleted: jax.Array,
+                    candidates: jax.Array, target: jax.Array, exclude: jax.Array, k: int,
+                    chunk_size: int | None) -> tuple[Standing, jax.Array]:
+    """One greedy step: the target's `Standing` (leaves `[C]`) with each of `candidates [C]`
+    deleted in addition to `deleted [H]`, and the margins with the candidates already
+    deleted (or padding) at +inf; its argmin is the step's choice."""
+    allowed = valid & ~deleted
+    others = jnp.arange(valid.shape[0])[None, :] != candidates[:, None]
+    keeps = (allowed[None, :] & others).astype(jnp.float32)
+    results = _standings(score_fn, data, keeps, target, exclude, k, chunk_size)
+    return results, jnp.where(allowed[candidates], results.margin, jnp.inf)
+
+
 @functools.partial(jax.jit, static_argnames=("score_fn", "k", "max_size", "chunk_size"))
 def greedy_search(score_fn, data: Any, valid: jax.Array, target: jax.Array,
                   exclude: jax.Array, *, k: int, max_size: int,
@@ -188,8 +207,6 @@ def greedy_search(score_fn, data: Any, valid: jax.Array, target: jax.Array,
     if candidates is None:
         candidates = jnp.arange(history_len)
     candidates = candidates.astype(jnp.int32)
-    # row c deletes candidate c in addition to the set
-    others = jnp.arange(history_len)[None, :] != candidates[:, None]
     if singles is None:
         base = standing(score_fn(data, valid.astype(jnp.float32)), target, exclude, k)
     else:
@@ -201,10 +218,9 @@ def greedy_search(score_fn, data: Any, valid: jax.Array, target: jax.Array,
 
     def body(state):
         deleted, order, size, _, _ = state
-        allowed = valid & ~deleted
-        keeps = (allowed[None, :] & others).astype(jnp.float32)
-        results = _standings(score_fn, data, keeps, target, exclude, k, chunk_size)
-        best = jnp.argmin(jnp.where(allowed[candidates], results.margin, jnp.inf))
+        results, margins = _next_deletions(score_fn, data, valid, deleted, candidates, target,
+                                           exclude, k, chunk_size)
+        best = jnp.argmin(margins)
         chosen = jax.tree.map(lambda leaf: leaf[best], results)
         position = candidates[best]
         return (deleted.at[position].set(True), order.at[size].set(position), size + 1,
@@ -240,15 +256,13 @@ def greedy_order(score_fn, data: Any, valid: jax.Array, target: jax.Array, exclu
         `[H]` int32 positions, most important first, valid positions before padding.
     """
     history_len = valid.shape[0]
-    others = ~jnp.eye(history_len, dtype=bool)  # row c deletes position c in addition
+    positions = jnp.arange(history_len, dtype=jnp.int32)
 
     def step(deleted, _):
-        allowed = valid & ~deleted
-        keeps = (allowed[None, :] & others).astype(jnp.float32)
-        margins = _standings(score_fn, data, keeps, target, exclude, k, chunk_size).margin
-        margins = jnp.where(allowed, margins, jnp.inf)
+        _, margins = _next_deletions(score_fn, data, valid, deleted, positions, target,
+                                     exclude, k, chunk_size)
         best = jnp.argmin(margins)
-        any_left = jnp.any(allowed)
+        any_left = jnp.any(valid & ~deleted)
         chosen = jnp.where(any_left, best, -1).astype(jnp.int32)
         return deleted.at[best].set(deleted[best] | any_left), (chosen, margins)
 

@@ -76,20 +76,25 @@ class RunExplanation:
     features: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     item_features: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     warnings: list[str] = dataclasses.field(default_factory=list)
+    refit: dict[str, float] | None = None
 
 
 def explain_run(run_dir: str | Path, user_id: str, item_id: str | None = None, *, k: int = 10,
                 max_size: int = 10, method: str = "greedy", beam_width: int = 4,
-                seed_index: int = 0, n_candidates: int | None = None) -> RunExplanation:
+                seed_index: int = 0, n_candidates: int | None = None,
+                refit_l2: str | float = "calibrated") -> RunExplanation:
     """Explains why the run recommends `item_id` (None: the user's top item) to `user_id`
     (`causalrec_jax.explain.explain` with `k`, `max_size`, `method`, `beam_width`,
-    `n_candidates`), with the parameters of the seed at `seed_index`.
+    `n_candidates`), with the parameters of the seed at `seed_index`; `refit_l2` as
+    `deletion_model` (a string of a number counts as the number).
 
     Raises:
         RunError: a run that cannot be explained (OPE, uplift, popularity, a causal method
             other than naive), an unknown user or item, an item the user already has, a
-            user the run learned nothing about, a bad `k`, `max_size` or `method`.
+            user the run learned nothing about, a bad `k`, `max_size`, `method` or
+            `refit_l2`.
     """
+    refit_l2 = _refit_l2(refit_l2)
     if method not in METHODS:
         raise RunError(f"--method {method!r}: expected one of {', '.join(METHODS)}")
     if k < 1 or max_size < 1:
@@ -121,7 +126,7 @@ def explain_run(run_dir: str | Path, user_id: str, item_id: str | None = None, *
                        "does not have is recommended")
     served = recommend(run, user_id, k=len(run.item_ids), seed_index=seed_index)
     served_rank = next(i for i, (candidate, _) in enumerate(served) if candidate == item_id)
-    model = deletion_model(run, user, seed_index=seed_index)
+    model = deletion_model(run, user, seed_index=seed_index, refit_l2=refit_l2)
     if not model.valid.any():
         raise RunError(f"user {user_id!r} has no past interaction the model reads: nothing "
                        "to explain")
@@ -143,7 +148,30 @@ def explain_run(run_dir: str | Path, user_id: str, item_id: str | None = None, *
         history_ids=history_ids, titles={i: t for i, t in titles.items() if i in shown},
         model=config.model.name, served_rank=served_rank,
         n_candidates=int(len(run.item_ids) - len(known)), features=features,
-        item_features=item_features, warnings=_warnings(config, model))
+        item_features=item_features, warnings=_warnings(config, model),
+        refit=_refit_facts(model))
+
+
+def _refit_facts(model: DeletionModel) -> dict[str, float] | None:
+    """A re-fit's L2 and the relative distance of its full-history fit from the trained
+    user; None for a model that takes the edited history directly."""
+    if "fit_distance" not in model.data:
+        return None
+    return {"l2": float(model.data["l2"]), "fit_distance": float(model.data["fit_distance"])}
+
+
+def _refit_l2(value: str | float) -> str | float:
+    """`--refit-l2` read: one of `REFIT_L2`, or a number >= 0 (a string of one counts)."""
+    if isinstance(value, str) and value in REFIT_L2:
+        return value
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = float("nan")
+    if not np.isfinite(number) or number < 0:
+        raise RunError(f"--refit-l2 {value!r}: expected {' or '.join(REFIT_L2)} or a number "
+                       ">= 0")
+    return number
 
 
 def _feature_table(model: DeletionModel, item: int,
@@ -171,13 +199,19 @@ def _warnings(config: Config, model: DeletionModel) -> list[str]:
     """What the reader of an explanation must know about its reliability."""
     from causalrec_jax.explain.deletion import RefitDeletion
 
-    if not isinstance(model.score_fn, RefitDeletion) or float(model.data["l2"]) > 0:
+    if not isinstance(model.score_fn, RefitDeletion):
         return []
-    return [f"the run trained without weight decay (train.weight_decay = "
-            f"{config.train.weight_decay}), so the re-fit has no L2: the {config.train.loss} "
-            "objective of one user may have no finite minimum, and re-fitted effects can be "
-            "arbitrarily large (on ml-100k BPR-MF they reach 1e4-1e5); explain a run trained "
-            "with train.weight_decay > 0"]
+    if float(model.data["l2"]) == 0:
+        return [f"the re-fit has no L2 (train.weight_decay = {config.train.weight_decay} and "
+                f"--refit-l2 not calibrated): the {config.train.loss} objective of one user may "
+                "have no finite minimum, and re-fitted effects can be arbitrarily large (on "
+                "ml-100k BPR-MF they reach 1e4-1e5); use --refit-l2 calibrated"]
+    distance = float(model.data["fit_distance"])
+    if not distance <= FIT_DISTANCE_WARNING:
+        return [f"the full-history re-fit lands {distance:.0%} (relative distance) from the "
+                "trained user: the run's training did not end at the minimum of the objective "
+                "the re-fit reproduces, so its effects approximate the run's"]
+    return []
 
 
 def _item_feature_table(model: DeletionModel, item: int,
@@ -230,10 +264,22 @@ def _index_of(ids: np.ndarray, external: str, what: str, run: Path) -> int:
     return int(matches[0])
 
 
+REFIT_L2 = ("calibrated", "run")
+# `explain` warns when the full-history re-fit lands farther than this from the trained user.
+FIT_DISTANCE_WARNING = 0.25
+
+
 def deletion_model(run: LoadedRun, user: int, *, seed_index: int = 0,
-                   rows: tuple[dict[str, np.ndarray], Any, Any] | None = None) -> DeletionModel:
+                   rows: tuple[dict[str, np.ndarray], Any, Any] | None = None,
+                   refit_l2: str | float = "calibrated") -> DeletionModel:
     """The user's `DeletionModel` for a loaded run (one seed); `rows`: the run's
-    `training_rows` when the caller already read them (many users of one run)."""
+    `training_rows` when the caller already read them (many users of one run).
+
+    `refit_l2` (ID-embedding models): `"run"`, the L2 the run's weight decay implies
+    (`l2_per_user`); `"calibrated"`, the L2 at least that one whose full-history re-fit
+    lands nearest the trained user (`explain.deletion.calibrate_l2`: early stopping
+    regularises beyond the weight decay, and without weight decay a BPR user objective may
+    have no finite minimum); a number >= 0: that L2."""
     from flax import nnx
 
     from causalrec_jax.train.loop import seed_slice
@@ -258,9 +304,14 @@ def deletion_model(run: LoadedRun, user: int, *, seed_index: int = 0,
         row_weights = rows["weights"][mine][first]
         if config.causal.method == "snips":  # self-normalised: the weight decay per weight
             l2 = l2_per_user(train.weight_decay, 1) * float(np.sum(rows["weights"]))
+    if not isinstance(refit_l2, str):
+        l2 = float(refit_l2)
+    elif refit_l2 not in REFIT_L2:
+        raise ValueError(f"refit_l2 = {refit_l2!r}: expected one of {', '.join(REFIT_L2)} "
+                         "or a number >= 0")
     return make_refit_model(
         model, user=user, items=items, ratings=ratings, loss=train.loss, l2=l2,
-        row_weights=row_weights,
+        row_weights=row_weights, calibrate=refit_l2 == "calibrated",
         seen_items=run.data["train_item"][run.data["train_user"] == user],
         exclude_seen=train.exclude_seen_negatives, item_counts=counts, feature_names=names,
         item_feature_names=item_names)
@@ -367,6 +418,9 @@ def format_explanation(result: RunExplanation, n_causes: int = 10) -> str:
         f"({result.model}): score {e.base_score:.4f}, rank {e.base_rank + 1} of "
         f"{result.n_candidates} candidates (served at rank {result.served_rank + 1}), top-{e.k}",
         f"deletion: {e.semantics}",
+        *([] if result.refit is None else [
+            f"re-fit: L2 {result.refit['l2']:.3g}; the full-history re-fit lands "
+            f"{result.refit['fit_distance']:.1%} (relative distance) from the trained user"]),
         *(f"warning: {warning}" for warning in result.warnings),
         f"causes: each past interaction deleted alone, largest score drop first "
         f"({len(e.history)} in the history)",
@@ -432,6 +486,7 @@ def explanation_json(result: RunExplanation) -> dict[str, Any]:
         "size": e.size, "found": e.found, "score_after_set": e.score_after_set,
         "rank_after_set": e.rank_after_set + 1, "features": result.features,
         "item_features": result.item_features, "warnings": result.warnings,
+        "refit": result.refit,
     }
 
 

@@ -28,30 +28,20 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from causalrec_jax import streams
-from causalrec_jax.causal import training as causal_training
 from causalrec_jax.config import Config, TrainConfig
 from causalrec_jax.data.dataset import Split
 from causalrec_jax.errors import ConfigError
+from causalrec_jax.explain.search import pessimistic_rank
 from causalrec_jax.models.base import make_scorers
-from causalrec_jax.models.factory import init_params
 from causalrec_jax.tasks.ordinary import (
-    Member,
     ProgramSpec,
-    _member_hparams,
     _objective,
     _optimizer,
-    model_inputs,
-    seed_keys,
-    seed_list,
-    training_rows,
+    program_setup,
 )
-from causalrec_jax.train.objectives import seen_items_data
 from causalrec_jax.train.step import (
-    init_state,
     make_train_epoch,
     make_train_step,
-    set_hyperparams,
 )
 
 
@@ -92,42 +82,20 @@ def retrain_setup(config: Config, split: Split) -> RetrainSetup:
     if config.causal.method != "naive":
         raise ConfigError(f"causal.method = {config.causal.method!r}: retraining repeats naive "
                           "runs only")
-    members = [Member(seed=seed) for seed in seed_list(config)]
-    seeds = [member.seed for member in members]
-    keys = seed_keys(seeds)
-    train = split.train
-    arrays, _ = training_rows(config, split, None)
-    parts = init_params(config.model,
-                        keys=jax.vmap(lambda k: streams.derive(k, streams.Run.INIT))(keys),
-                        **model_inputs(train, train))
-    imputation_value = float(np.mean(arrays["ratings"])) if "ratings" in arrays else 0.0
-    optimizer_values, causal_values = _member_hparams(config, members, imputation_value)
-    n_rows = len(arrays["users"])
-    batch_size = min(config.train.batch_size, max(n_rows, 1))
-    data: dict[str, Any] = dict(arrays)
-    data["shared_constants"] = parts.constants
-    if config.train.loss in ("bpr", "sampled_softmax") and config.train.exclude_seen_negatives:
-        seen = seen_items_data(train.user, train.item, train.n_users, train.n_items)
-        if "shared_seen_mask" not in seen:
-            raise ConfigError(f"{train.n_users} users x {train.n_items} items: retraining edits "
-                              "a dense seen-item mask, too large here")
-        data.update(seen)
-    spec = ProgramSpec(
-        graphdef=parts.graphdef, imputation_graphdef=None, loss=config.train.loss,
-        method="naive", cells_per_row=config.causal.cells_per_row, n_users=train.n_users,
-        n_items=train.n_items, n_rows=n_rows, batch_size=batch_size,
-        n_negatives=config.train.n_negatives, optimizer=config.train.optimizer,
-        lr_schedule=config.train.lr_schedule, warmup_steps=config.train.warmup_steps,
-        total_steps=-(-n_rows // batch_size) * config.train.epochs, n_seeds=len(members))
-    optimizer = _optimizer(spec, TrainConfig())
-    hparams = causal_training.as_hparams(causal_values)
-    states = jax.vmap(lambda params, values: init_state(params, optimizer, values))(
-        {"prediction": parts.params}, hparams)
-    states = set_hyperparams(states, optimizer_values)
-    train_keys = jax.vmap(lambda k: streams.derive(k, streams.Run.TRAIN))(keys)
-    return RetrainSetup(spec=spec, graphdef=parts.graphdef, constants=parts.constants,
-                        states=states, keys=train_keys, seeds=seeds, data=data,
-                        users=np.asarray(arrays["users"]), items=np.asarray(arrays["items"]))
+    setup = program_setup(config, split)
+    data: dict[str, Any] = {name: value for name, value in setup.data.items()
+                            if name not in setup.arrays}
+    data.update(setup.arrays)  # numpy rows: an edit masks them
+    if "shared_seen_mask" in data:
+        data["shared_seen_mask"] = np.asarray(data["shared_seen_mask"])
+    elif any(name.startswith("shared_seen") for name in data):
+        train = split.train
+        raise ConfigError(f"{train.n_users} users x {train.n_items} items: retraining edits "
+                          "a dense seen-item mask, too large here")
+    return RetrainSetup(spec=setup.spec, graphdef=setup.parts.graphdef,
+                        constants=setup.parts.constants, states=setup.states, keys=setup.keys,
+                        seeds=setup.seeds, data=data, users=np.asarray(setup.arrays["users"]),
+                        items=np.asarray(setup.arrays["items"]))
 
 
 def edit_arrays(setup: RetrainSetup, removals: list[dict[int, Any]]) -> dict[str, np.ndarray]:
@@ -228,8 +196,7 @@ def _ranks(graphdef, params, constants, users, targets, known):
         scores = make_scorers(graphdef, constants).score_all(model_params, users)  # [Q, n]
 
         def rank(row, target, user):
-            others = ~known[user] & (jnp.arange(row.shape[0]) != target)
-            return jnp.sum(others & (row >= row[target])).astype(jnp.int32)
+            return pessimistic_rank(row, target, known[user])
 
         return jax.vmap(rank)(scores, targets, users)
 

@@ -339,55 +339,51 @@ def training_rows(config: Config, split: Split, truth: Any) -> tuple[dict, dict 
     return arrays, report
 
 
-def train_split(
-    config: Config,
-    split: Split,
-    *,
-    checkpoint_dir: Path | None = None,
-    resume: bool = False,
-    progress: bool = False,
-    log_fn=None,
-    propensity: np.ndarray | None = None,
-    members: list[Member] | None = None,
-    evaluate_test: bool = True,
-    truth: Any = None,
-    keep_good_epochs: bool = False,
-) -> Trained:
-    """Trains a population on `split.train` as one vmapped program; evaluates each member.
+@dataclasses.dataclass
+class ProgramSetup:
+    """A population's training before its first epoch, as `train_split` starts it
+    (`program_setup`); `runs.retrain` repeats it on edited data.
 
-    By default the population is `train.seeds` seeds of the config. `members` gives each
-    member its own seed and traced hyperparameters (`step.OPTIMIZER_HPARAMS` and the causal
-    knobs `causal.training.CAUSAL_HPARAMS`), as `causalrec tune` does: members with the same
-    seed start from the same parameters and draw the same negatives, so each equals a separate
-    run of that seed and those values. The compiled epoch is cached by its static signature
-    (`ProgramSpec`): a second identical call in one process compiles nothing.
-    With `evaluate_test=False` the test split is never read.
-
-    Validation is evaluated with `evaluate_split(..., validation=True)`: under the candidates
-    protocol a ranking metric@K there averages only the users whose list is informative at K,
-    and is NaN below `eval.min_ranked_users`; early stopping on such a metric is refused here,
-    before anything trains (`eval.protocol.check_validation_selection`).
-
-    Raises:
-        TrainingDivergedError: a NaN/Inf loss or gradient; with `keep_good_epochs`, only when
-            some seed had no validated epoch before it: otherwise the population's best
-            parameters of the good epochs are evaluated and returned, with `Trained.diverged`.
+    Attributes:
+        spec: the program's static signature.
+        parts: the model (`init_params`: graphdef, params stacked over members, constants).
+        states: `TrainState`s stacked over members.
+        keys: `[n_members]` training keys (`streams.Run.TRAIN` of each seed's key).
+        seeds: each member's seed.
+        arrays: the `[n_rows]` training rows, numpy (`training_rows`).
+        data: what an epoch reads: the rows (on the device when `on_device`), the model's
+            constants and the method's `shared_` arrays (seen-item mask, popularity).
+        constants: arrays the served scores read besides the parameters (PDA's popularity).
+        causal_values: the members' traced loss knobs, `{name: [n_members]}`.
+        propensity_report: the method's propensity report, or None.
+        on_device: whether the rows live on the device (else streamed in segments).
+        steps_per_epoch: batches per epoch.
     """
-    # Successive halving ranks tuning populations only: in a plain run every seed trains on,
-    # so the reported mean over seeds is not selected on validation.
-    tuning = members is not None
+
+    spec: ProgramSpec
+    parts: Any
+    states: Any
+    keys: jax.Array
+    seeds: list[int]
+    arrays: dict[str, np.ndarray]
+    data: dict[str, Any]
+    constants: dict[str, Any]
+    causal_values: dict[str, np.ndarray]
+    propensity_report: Any
+    on_device: bool
+    steps_per_epoch: int
+
+
+def program_setup(config: Config, split: Split, truth: Any = None,
+                  members: list[Member] | None = None) -> ProgramSetup:
+    """The rows, initial states, keys and static signature of a population (`members`, None:
+    the config's seeds) on `split.train`: everything `train_split` builds before its first
+    epoch."""
     if members is None:
         members = [Member(seed=seed) for seed in seed_list(config)]
     seeds = [member.seed for member in members]
     keys = seed_keys(seeds)
     train = split.train
-    if len(train) == 0:
-        raise ConfigError("the training split is empty; check data.split and the data path")
-    if split.valid is not None and len(split.valid):
-        # A per-user ranking metric too few validation users can be ranked on is NaN
-        # (`eval.protocol`): refused as the criterion before anything trains.
-        check_validation_selection(config.eval, split.valid, config.train.early_stopping_metric,
-                                   "train.early_stopping_metric")
     method = config.causal.method
     arrays, propensity_report = training_rows(config, split, truth)
     inputs = model_inputs(train, train)
@@ -438,13 +434,74 @@ def train_split(
         lr_schedule=config.train.lr_schedule, warmup_steps=config.train.warmup_steps,
         total_steps=steps_per_epoch * config.train.epochs, n_seeds=len(members),
     )
-    run_epoch, optimizer = _programs(
-        spec, 0 if on_device else config.train.segment_batches)
+    optimizer = _optimizer(spec, TrainConfig())
     hparams = causal_training.as_hparams(causal_values)
     states = jax.vmap(lambda params, values: init_state(params, optimizer, values))(
         initial, hparams)
     states = set_hyperparams(states, optimizer_values)
     train_keys = jax.vmap(lambda k: streams.derive(k, streams.Run.TRAIN))(keys)
+    return ProgramSetup(
+        spec=spec, parts=parts, states=states, keys=train_keys, seeds=seeds, arrays=arrays,
+        data=data, constants=constants, causal_values=causal_values,
+        propensity_report=propensity_report, on_device=on_device,
+        steps_per_epoch=steps_per_epoch)
+
+
+def train_split(
+    config: Config,
+    split: Split,
+    *,
+    checkpoint_dir: Path | None = None,
+    resume: bool = False,
+    progress: bool = False,
+    log_fn=None,
+    propensity: np.ndarray | None = None,
+    members: list[Member] | None = None,
+    evaluate_test: bool = True,
+    truth: Any = None,
+    keep_good_epochs: bool = False,
+) -> Trained:
+    """Trains a population on `split.train` as one vmapped program; evaluates each member.
+
+    By default the population is `train.seeds` seeds of the config. `members` gives each
+    member its own seed and traced hyperparameters (`step.OPTIMIZER_HPARAMS` and the causal
+    knobs `causal.training.CAUSAL_HPARAMS`), as `causalrec tune` does: members with the same
+    seed start from the same parameters and draw the same negatives, so each equals a separate
+    run of that seed and those values. The compiled epoch is cached by its static signature
+    (`ProgramSpec`): a second identical call in one process compiles nothing.
+    With `evaluate_test=False` the test split is never read.
+
+    Validation is evaluated with `evaluate_split(..., validation=True)`: under the candidates
+    protocol a ranking metric@K there averages only the users whose list is informative at K,
+    and is NaN below `eval.min_ranked_users`; early stopping on such a metric is refused here,
+    before anything trains (`eval.protocol.check_validation_selection`).
+
+    Raises:
+        TrainingDivergedError: a NaN/Inf loss or gradient; with `keep_good_epochs`, only when
+            some seed had no validated epoch before it: otherwise the population's best
+            parameters of the good epochs are evaluated and returned, with `Trained.diverged`.
+    """
+    # Successive halving ranks tuning populations only: in a plain run every seed trains on,
+    # so the reported mean over seeds is not selected on validation.
+    tuning = members is not None
+    if members is None:
+        members = [Member(seed=seed) for seed in seed_list(config)]
+    seeds = [member.seed for member in members]
+    train = split.train
+    if len(train) == 0:
+        raise ConfigError("the training split is empty; check data.split and the data path")
+    if split.valid is not None and len(split.valid):
+        # A per-user ranking metric too few validation users can be ranked on is NaN
+        # (`eval.protocol`): refused as the criterion before anything trains.
+        check_validation_selection(config.eval, split.valid, config.train.early_stopping_metric,
+                                   "train.early_stopping_metric")
+    method = config.causal.method
+    setup = program_setup(config, split, truth, members)
+    parts, constants, causal_values = setup.parts, setup.constants, setup.causal_values
+    propensity_report, states, data = setup.propensity_report, setup.states, setup.data
+    train_keys, steps_per_epoch = setup.keys, setup.steps_per_epoch
+    run_epoch, _ = _programs(
+        setup.spec, 0 if setup.on_device else config.train.segment_batches)
     score_program = _score_program(parts.graphdef, method)
 
     def scorer(params, row):
