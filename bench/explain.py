@@ -9,9 +9,12 @@ gives one user a history of `--history` random items, and explains the user's to
 `causalrec_jax.explain.explain(method="greedy", k=10, max_size=10)`: every single deletion in
 one vmapped call, then the greedy search (each step re-scores every remaining deletion). It
 reports the time to build the user's deletion model (the full-history re-fit; compiled on the
-first call), the first `explain` (compilation included) and the steady one (median and fastest
-of `--repeats`, after compilation), the single deletions alone, and the greedy set's size (the
-number of greedy steps, each `history` deletion masks). The target of issue 15: under one
+first call) and, for the re-fitted models, the steady time to build it with the L2 calibrated
+as `causalrec explain` does (`calibrated_build_seconds`: the grid of full-history re-fits of
+`explain.deletion.calibrate_l2`, then the re-fit), the first `explain` (compilation
+included) and the steady one (median and fastest of `--repeats`, after compilation), the
+single deletions alone, and the greedy set's size (the number of greedy steps, each `history`
+deletion masks). The target of issue 15: under one
 second on CPU after compilation. Each case also times the greedy search restricted to the 32
 strongest single deletions (`explain(n_candidates=32)`, `--candidates 32`), and says whether it
 found the same set.
@@ -45,8 +48,9 @@ N_USERS, N_ITEMS, DIM = 943, 1682, 64
 CANDIDATES = 32
 
 
-def build(case: str, history: int):
-    """`(deletion model, exclude [n_items] bool)` of one case."""
+def build(case: str, history: int, calibrate: bool = False):
+    """`(deletion model, exclude [n_items] bool)` of one case; `calibrate`: the re-fit L2
+    calibrated (`make_refit_model(calibrate=True)`, as `causalrec explain` builds it)."""
     import jax
     import numpy as np
     from flax import nnx
@@ -82,7 +86,7 @@ def build(case: str, history: int):
         loss = case.split("_")[1]
         ratings = rng.integers(1, 6, history).astype(np.float32)
         deletion = make_refit_model(model, user=0, items=items, ratings=ratings, loss=loss,
-                                    l2=1.0, item_counts=counts)
+                                    l2=1.0, item_counts=counts, calibrate=calibrate)
     exclude = np.zeros(N_ITEMS, bool)
     exclude[items] = True
     return deletion, exclude
@@ -145,6 +149,16 @@ def run_case(case: str, history: int, repeats: int) -> dict:
             "same_set": sorted(pruned_result.minimal_set.tolist())
             == sorted(result.minimal_set.tolist())},
     }
+    if not case.startswith("sasrec"):  # the calibrated build, after its compilation
+        build(case, history, calibrate=True)
+        calibrated = []
+        for _ in range(repeats):
+            tic = time.perf_counter()
+            built, _ = build(case, history, calibrate=True)
+            jax.block_until_ready(built.data["theta_start"])
+            calibrated.append(time.perf_counter() - tic)
+        out["calibrated_build_seconds"] = {"median": round(statistics.median(calibrated), 4),
+                                           "min": round(min(calibrated), 4)}
     if deletion.influence_fn is not None and case in ("mf_bpr", "mlp_bpr"):
         exact = result.score_deltas
         estimate = influence_effects(deletion, target)[deletion.valid]

@@ -1,13 +1,14 @@
 """Fidelity of counterfactual explanations on ML-100K, as the field measures it.
 
-    python experiments/explain_fidelity.py --out DIR [--quick] [--users N]
+    python experiments/explain_fidelity.py --out DIR [--runs OLD/runs] [--quick] [--users N]
         [--models mf,neumf,sasrec] [--explainers greedy,effects,random,...]
         [--data ../shared/data/ml-100k] [--pack N] [--alone N] [--no-retrain]
 
 For each model (trained from `configs/ml100k_<model>.toml` through the run path into
-`DIR/runs/<model>`, reused when already there; SASRec with `train.epochs=6` (an epoch took
-100 s on the shared 2-core machine), `--quick`: tiny epochs), a seeded sample of users
-(`--users`, default 100, seed 0) and each user's top-1
+`DIR/runs/<model>`, SASRec with `train.epochs=6` (an epoch took 100 s on the shared 2-core
+machine), `--quick`: tiny epochs; with `--runs OLD/runs` the runs an earlier call trained
+are reused when their config and data match, else a one-line error; DIR must be new or
+empty), a seeded sample of users (`--users`, default 100, seed 0) and each user's top-1
 recommendation (the catalogue less every item the user has, in any split):
 
 - fidelity (`causalrec_jax.explain.fidelity`; Baklanov et al. SIGIR 2025, SPINRec AAAI 2026):
@@ -36,6 +37,7 @@ import argparse
 import csv
 import json
 import time
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -43,15 +45,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from causalrec_jax.config import load_config
+from causalrec_jax.config import dumps_config, load_config
+from causalrec_jax.data.fingerprint import check_unchanged
 from causalrec_jax.data.loader import load_dataset
 from causalrec_jax.data.split import make_split
 from causalrec_jax.errors import CausalRecError, ConfigError
 from causalrec_jax.explain import explain, fidelity, search
 from causalrec_jax.explain.baselines import BASELINES, baseline_order
+from causalrec_jax.report.tables import write_csv
 from causalrec_jax.runs import retrain as retraining
 from causalrec_jax.runs import train as run_train
 from causalrec_jax.runs.explain import deletion_model, training_rows
+from causalrec_jax.runs.folder import fresh_out
 from causalrec_jax.runs.load import load_run
 from causalrec_jax.runs.script import run_script
 from causalrec_jax.runs.serve import known_items
@@ -62,7 +67,7 @@ QUICK = ["train.epochs=3", "train.patience=2"]
 QUICK_MODEL = {"sasrec": ["eval.sampled_negatives=0"]}  # tiny catalogues
 OURS = ("greedy", "effects")
 EXPLAINERS = OURS + tuple(BASELINES)
-K_R, K_E, K_RETRAIN, MAX_SET, RETRAIN_SEEDS = 5, 5, 10, 10, 5
+K_R, K_E, K_RETRAIN, RETRAIN_SEEDS = 5, 5, 10, 5
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -79,6 +84,15 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--alone", type=int, default=0,
                         help="also retrain this many users one at a time (greedy sets)")
     parser.add_argument("--no-retrain", action="store_true")
+    parser.add_argument("--max-set", type=int, default=20,
+                        help="the largest counterfactual set searched for the retrain check")
+    parser.add_argument("--set-k", type=int, default=K_RETRAIN,
+                        help="the sets of the retrain check remove the item from this top-K "
+                             f"(>= {K_RETRAIN}; above it: robust sets, checked at the top-"
+                             f"{K_RETRAIN})")
+    parser.add_argument("--runs", type=Path, default=None,
+                        help="reuse the trained runs in RUNS/<model> (e.g. an earlier "
+                             "OUT/runs) when they match this script's configs")
     parser.add_argument("--combine", nargs="+", type=Path, default=None,
                         help="compute nothing: merge these output folders into --out")
     parser.add_argument("--max-history", type=int, default=128,
@@ -91,7 +105,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                 raise ConfigError(f"unknown {name} {value!r}: expected one of "
                                   f"{', '.join(known)}")
     for flag, value, low in (("--users", args.users, 1), ("--max-history", args.max_history, 1),
-                             ("--pack", args.pack, 0), ("--alone", args.alone, 0)):
+                             ("--pack", args.pack, 0), ("--alone", args.alone, 0),
+                             ("--max-set", args.max_set, 1), ("--set-k", args.set_k, K_RETRAIN)):
         if value is not None and value < low:
             raise ConfigError(f"{flag} {value}: expected an integer >= {low}")
     if args.alone and "greedy" not in args.explainers.split(","):
@@ -100,13 +115,17 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 
 def trained_run(model: str, args: argparse.Namespace) -> Path:
-    """The model's run folder under `--out`, trained through the run path unless there."""
-    folder = args.out / "runs" / model
-    if (folder / "metrics.json").exists():
-        return folder
+    """The model's run folder: `--runs/<model>` reused when it holds a finished run of the
+    config this script trains (checked key by key, and the data by its fingerprint);
+    otherwise trained through the run path into `--out/runs/<model>`."""
     quick = QUICK + QUICK_MODEL.get(model, []) if args.quick else []
     overrides = [f'data.path="{args.data}"', *MODELS[model], *quick]
     config = load_config(ROOT / "configs" / f"ml100k_{model}.toml", overrides)
+    if args.runs is not None and (args.runs / model / "metrics.json").exists():
+        folder = args.runs / model
+        check_reused(folder, config)
+        return folder
+    folder = args.out / "runs" / model
     if model == "sasrec":
         run_train.sequence_run(config, folder, quiet=True)
     else:
@@ -114,10 +133,30 @@ def trained_run(model: str, args: argparse.Namespace) -> Path:
     return folder
 
 
+def check_reused(folder: Path, config) -> None:
+    """ConfigError (one line) when the run in `folder` was trained with another config than
+    `config` (data.path aside) or on data that changed since."""
+    stored = tomllib.loads((folder / "config.toml").read_text())
+    wanted = tomllib.loads(dumps_config(config))
+    differ = sorted(f"{section}.{key}" for section in wanted.keys() | stored.keys()
+                    for key in wanted.get(section, {}).keys() | stored.get(section, {}).keys()
+                    if (section, key) != ("data", "path")
+                    and wanted.get(section, {}).get(key) != stored.get(section, {}).get(key))
+    if differ:
+        raise ConfigError(f"{folder}: trained with other values of {', '.join(differ[:5])} "
+                          "than this script trains; remove it or pass another --runs")
+    run = load_run(folder)
+    dataset, _ = load_dataset(run.config.data, run.config.sim)
+    check_unchanged(run.data, dataset, str(folder / "config.toml"))
+
+
 def explain_user(model, target: int, exclude: np.ndarray, names: list[str], key,
-                 retrain_sets: bool) -> dict[str, dict[str, Any]]:
+                 retrain_sets: bool, max_set: int = 20, set_k: int = K_RETRAIN
+                 ) -> dict[str, dict[str, Any]]:
     """Per explainer: its `curves` (fidelity at K_r) and, with `retrain_sets`, its
-    counterfactual `set` at the top-10 (history item indices) and whether it was `found`."""
+    counterfactual `set` at the top-`set_k` (history item indices, at most `max_set`), whether it
+    was `found` and the target's 1-based rank the deletion model gives without it
+    (`refit_rank`)."""
     args = (model.score_fn, model.data, jnp.asarray(model.valid), jnp.asarray(target),
             jnp.asarray(exclude))
     chunk = model.chunk_size
@@ -142,10 +181,11 @@ def explain_user(model, target: int, exclude: np.ndarray, names: list[str], key,
             scores_fn, order, model.valid, target, exclude, n_steps=K_E)}
     if retrain_sets:  # each explainer's minimal set at the top-10, as `explain` finds it
         for name in orders:
-            explanation = explain(model, target, k=K_RETRAIN, method=name, max_size=MAX_SET,
+            explanation = explain(model, target, k=set_k, method=name, max_size=max_set,
                                   exclude=exclude, key=key, chunk_size=chunk)
             out[name]["set"] = explanation.history[explanation.minimal_set]
             out[name]["found"] = explanation.found
+            out[name]["refit_rank"] = explanation.rank_after_set + 1
     return out
 
 
@@ -162,7 +202,8 @@ def sample_users(run, n: int, seed: int, max_history: int) -> np.ndarray:
 
 
 def explain_model(model_name: str, run_dir: Path, users: np.ndarray, names: list[str],
-                  retrain_sets: bool) -> tuple[list[dict[str, Any]], float]:
+                  retrain_sets: bool, max_set: int = 20, set_k: int = K_RETRAIN
+                  ) -> tuple[list[dict[str, Any]], float]:
     """Explanations of every sampled user's top-1 item (a record per user)."""
     run = load_run(run_dir)
     rows = None if model_name == "sasrec" else training_rows(run.config, run.data)
@@ -183,9 +224,11 @@ def explain_model(model_name: str, run_dir: Path, users: np.ndarray, names: list
         if row % 10 == 0:
             print(f"{model_name}: user {row + 1} of {len(users)}, "
                   f"{time.perf_counter() - tic:.0f} s", flush=True)
-        records.append({"user": int(user), "target": target, "exclude": exclude,
+        refit = ({} if "fit_distance" not in model.data else {
+            "fit_distance": float(model.data["fit_distance"]), "l2": float(model.data["l2"])})
+        records.append({"user": int(user), "target": target, "exclude": exclude, **refit,
                         "explainers": explain_user(model, target, exclude, names, key,
-                                                   retrain_sets)})
+                                                   retrain_sets, max_set, set_k)})
     return records, time.perf_counter() - tic
 
 
@@ -259,15 +302,24 @@ def retrain_validity(run_dir: Path, records: list[dict[str, Any]], names: list[s
     ranks = retraining.target_ranks(setup, params, users, targets, known_all)  # [S, M, Q]
     seconds = time.perf_counter() - tic
     per_user, summary = [], {}
+    by_user = {r["user"]: r for r in records}
     for m, (label, q) in enumerate(zip(labels, queries, strict=True)):
         for j, (user, target) in enumerate(q):
+            found = by_user[user]["explainers"].get(label.removesuffix("_alone"))
             for s, seed in enumerate(setup.seeds):
-                per_user.append({"explainer": label, "user": user, "target": target,
-                                 "seed": seed, "rank_after_retrain": int(ranks[s, m, j]) + 1,
-                                 "left_top10": bool(ranks[s, m, j] >= K_RETRAIN)})
+                per_user.append({
+                    "explainer": label, "user": user, "target": target, "seed": seed,
+                    "set_size": 0 if found is None else len(found["set"]),
+                    "found": True if found is None else bool(found["found"]),
+                    "refit_rank_after": 1 if found is None else int(found["refit_rank"]),
+                    "rank_after_retrain": int(ranks[s, m, j]) + 1,
+                    "left_top10": bool(ranks[s, m, j] >= K_RETRAIN)})
     for label in dict.fromkeys(labels):
-        left = [row["left_top10"] for row in per_user if row["explainer"] == label]
-        summary[label] = {"left": float(np.mean(left)), "n": len(left)}
+        mine = [row for row in per_user if row["explainer"] == label]
+        left = [row["left_top10"] for row in mine]
+        left_found = [row["left_top10"] for row in mine if row["found"]]
+        summary[label] = {"left": float(np.mean(left)), "n": len(left),
+                          "left_found": float(np.mean(left_found)) if left_found else None}
     for name in names:
         sets = [r["explainers"][name] for r in records if name in r["explainers"]]
         summary[name]["size"] = float(np.mean([len(s["set"]) for s in sets]))
@@ -292,21 +344,16 @@ def write_outputs(out: Path, rows, curve_rows, retrain, meta, protocol: str) -> 
     columns = ["model", "explainer", "users", "nonfinite",
                *[f"pos@{K_R},{k}" for k in range(1, K_E + 1)],
                f"del@{K_E}", f"ins@{K_E}", f"cdcg@{K_E}", "retrain_left@10",
-               "retrain_left@10_unedited", "set_size@10", "found@10"]
+               "retrain_left@10_found", "retrain_left@10_unedited", "set_size@10", "found@10"]
     for row in rows:
         if row["model"] == "mf" and retrain and row["explainer"] in retrain:
             entry = retrain[row["explainer"]]
             row.update({"retrain_left@10": entry["left"],
+                        "retrain_left@10_found": entry["left_found"],
                         "retrain_left@10_unedited": retrain["nothing"]["left"],
                         "set_size@10": entry["size"], "found@10": entry["found"]})
-    with (out / "table.csv").open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, columns, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-    with (out / "curves.csv").open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, list(curve_rows[0]))
-        writer.writeheader()
-        writer.writerows(curve_rows)
+    write_csv(out / "table.csv", rows, columns)
+    write_csv(out / "curves.csv", curve_rows, list(curve_rows[0]))
     lines = [protocol, "", "| " + " | ".join(columns) + " |",
              "|" + "---|" * len(columns)]
     for row in rows:
@@ -387,56 +434,61 @@ def combine(out: Path, folders: list[Path]) -> Path:
                 pass
     write_outputs(out, rows, curve_rows, {}, meta, "\n\n".join(protocols))
     if retrain_rows:
-        with (out / "retrain.csv").open("w", newline="") as handle:
-            writer = csv.DictWriter(handle, list(retrain_rows[0]))
-            writer.writeheader()
-            writer.writerows(retrain_rows)
+        write_csv(out / "retrain.csv", retrain_rows, list(retrain_rows[0]))
     return out / "table.md"
 
 
 def main(argv: list[str] | None = None) -> Path:
     args = parse(argv)
+    args.out = fresh_out(args.out, "explain_fidelity")
     if args.combine:
         return combine(args.out, args.combine)
     n_users = args.users or (8 if args.quick else 100)
     names = args.explainers.split(",")
-    rows, curve_rows, retrain, meta, timings = [], [], {}, {}, {}
+    rows, curve_rows, retrain, meta, timings, refits = [], [], {}, {}, {}, {}
     for model_name in args.models.split(","):
         run_dir = trained_run(model_name, args)
         run = load_run(run_dir)
         users = sample_users(run, n_users, args.seed, args.max_history)
         with_retrain = model_name == "mf" and not args.no_retrain
-        records, seconds = explain_model(model_name, run_dir, users, names, with_retrain)
+        records, seconds = explain_model(model_name, run_dir, users, names, with_retrain,
+                                         args.max_set, args.set_k)
         timings[model_name] = round(seconds, 1)
+        if records and "fit_distance" in records[0]:
+            refits[model_name] = {
+                name: float(f"{np.median([r[name] for r in records]):.3g}")
+                for name in ("fit_distance", "l2")}
         model_rows, model_curves = fidelity_rows(model_name, records, names)
         rows += model_rows
         curve_rows += model_curves
         if with_retrain:
             retrain, per_user, meta = retrain_validity(run_dir, records, names, args)
             args.out.mkdir(parents=True, exist_ok=True)
-            with (args.out / "retrain.csv").open("w", newline="") as handle:
-                writer = csv.DictWriter(handle, list(per_user[0]))
-                writer.writeheader()
-                writer.writerows(per_user)
+            write_csv(args.out / "retrain.csv", per_user, list(per_user[0]))
         write_outputs(args.out, rows, curve_rows, retrain, meta, protocol_line(
-            n_users, args.seed, timings, args.max_history))
+            n_users, args.seed, timings, args.max_history, args.max_set, refits, args.set_k))
     return args.out / "table.md"
 
 
-def protocol_line(n_users: int, seed: int, timings: dict[str, float], max_history: int) -> str:
+def protocol_line(n_users: int, seed: int, timings: dict[str, float], max_history: int,
+                  max_set: int, refits: dict[str, dict[str, float]] | None = None,
+                  set_k: int = K_RETRAIN) -> str:
     return (
         f"Protocol: ML-100K; {n_users} users sampled (seed {seed}) among those with at most "
         f"{max_history} training interactions (compute: a greedy step re-fits H histories), "
         "each user's top-1 item over the catalogue less every item the user has (any "
         "split); histories as each model reads them (MF/NeuMF: the training items, re-fit "
-        "deletion; SASRec: its "
+        "deletion with the calibrated L2 of `explain --refit-l2 calibrated`; SASRec: its "
         f"window, drop and shift). Fidelity: K_r = {K_R}, K_e = 1..{K_E}; POS@{K_R},K_e at "
         f"K_e removed items, DEL/INS/CDCG@{K_E} areas over steps 1..{K_E}, probability = "
         "softmax over the candidates; lower is better except INS. Retrain (MF only): sets "
-        f"for the top-{K_RETRAIN} (at most {MAX_SET} items), retrained {RETRAIN_SEEDS} seeds; "
+        f"for the top-{set_k} (at most {max_set} items), retrained {RETRAIN_SEEDS} seeds; "
         f"retrain_left@10: share of (user, seed) where the item left the top-{K_RETRAIN}; "
+        "_found: the same over the users whose set removes the item from the top-"
+        f"{set_k} per the deletion model (found@10 of them); "
         "_unedited: the same retrain with nothing removed. Seconds explaining: "
-        f"{json.dumps(timings)}.")
+        f"{json.dumps(timings)}. Re-fits, medians over the users (relative distance of the "
+        f"full-history re-fit from the trained user; L2): {json.dumps(refits or {})}.")
 
 
 if __name__ == "__main__":

@@ -70,3 +70,38 @@ def test_bad_input_is_one_line(tmp_path, flag, value, message):
     assert result.returncode == 2
     assert message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--set-k", "5", "--set-k 5: expected an integer >= 10"),
+    ("--max-set", "0", "--max-set 0: expected an integer >= 1"),
+])
+def test_bad_set_flags_are_one_line(tmp_path, flag, value, message):
+    result = subprocess.run([sys.executable, str(SCRIPT), "--out", str(tmp_path), flag, value],
+                            capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_an_output_folder_in_use_is_refused(tmp_path):
+    (tmp_path / "table.md").write_text("an earlier result\n")
+    result = subprocess.run([sys.executable, str(SCRIPT), "--out", str(tmp_path), "--quick"],
+                            capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode != 0
+    assert "already holds" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert (tmp_path / "table.md").read_text() == "an earlier result\n"
+
+
+def test_a_reused_run_of_another_config_is_refused(script, tmp_path):
+    from causalrec_jax.config import dump_config, load_config
+    from causalrec_jax.errors import ConfigError
+
+    runs = tmp_path / "old" / "runs"
+    (runs / "mf").mkdir(parents=True)
+    config = load_config(ROOT / "configs" / "ml100k_mf.toml",
+                         ['data.path="../shared/data/ml-100k"', "train.epochs=7"])
+    dump_config(config, runs / "mf" / "config.toml")
+    (runs / "mf" / "metrics.json").write_text("{}")
+    with pytest.raises(ConfigError, match=r"trained with other values of train\.epochs"):
+        script.main(["--out", str(tmp_path / "new"), "--runs", str(runs), "--models", "mf"])
