@@ -135,8 +135,12 @@ def trained_run(model: str, args: argparse.Namespace) -> Path:
 
 def check_reused(folder: Path, config) -> None:
     """ConfigError (one line) when the run in `folder` was trained with another config than
-    `config` (data.path aside) or on data that changed since."""
-    stored = tomllib.loads((folder / "config.toml").read_text())
+    `config` (data.path aside) or on other data than `config.data` reads (the fingerprint)."""
+    try:
+        stored = tomllib.loads((folder / "config.toml").read_text())
+    except (OSError, tomllib.TOMLDecodeError) as error:
+        raise ConfigError(f"{folder / 'config.toml'}: not a readable run config ({error}); "
+                          "remove the run or pass another --runs") from None
     wanted = tomllib.loads(dumps_config(config))
     differ = sorted(f"{section}.{key}" for section in wanted.keys() | stored.keys()
                     for key in wanted.get(section, {}).keys() | stored.get(section, {}).keys()
@@ -146,8 +150,8 @@ def check_reused(folder: Path, config) -> None:
         raise ConfigError(f"{folder}: trained with other values of {', '.join(differ[:5])} "
                           "than this script trains; remove it or pass another --runs")
     run = load_run(folder)
-    dataset, _ = load_dataset(run.config.data, run.config.sim)
-    check_unchanged(run.data, dataset, str(folder / "config.toml"))
+    dataset, _ = load_dataset(config.data, config.sim)  # the data this call reads (--data)
+    check_unchanged(run.data, dataset, str(folder))
 
 
 def explain_user(model, target: int, exclude: np.ndarray, names: list[str], key,
@@ -247,8 +251,12 @@ def fidelity_rows(model_name: str, records: list[dict[str, Any]], names: list[st
                   & np.isfinite(np.asarray(stacked.base_probability)))
         row = {"model": model_name, "explainer": name, "users": len(curves),
                "nonfinite": int((~finite).sum())}
-        if not finite.any():
+        if not finite.any():  # every re-fit diverged: a row and curves of NaN
             rows.append(row)
+            curve_rows += [{"model": model_name, "explainer": name, "k_e": step + 1,
+                            **dict.fromkeys(("pos", "removal_probability",
+                                             "insertion_probability", "cdcg"), float("nan"))}
+                           for step in range(K_E)]
             continue
         stacked = fidelity.FidelityCurves(*(leaf[finite] for leaf in stacked))
         for k_e in range(1, K_E + 1):

@@ -188,6 +188,17 @@ def _chunked_top_k(queries, item_table, exclude, item_bias, *, k, chunk_size, pr
 # ----------------------------------------------------------------------------- target rank
 
 
+def pessimistic_rank(scores: jax.Array, target: jax.Array, exclude: jax.Array) -> jax.Array:
+    """The 0-based rank of item `target` in one user's `scores [n_items]` among the items not
+    in `exclude [n_items]` (bool), ties counted against it: the number of other candidates
+    scoring at least as high, NaN scores counted as -inf (as everywhere in `eval`). The one
+    dense rank of `explain`, its fidelity metrics and the retrain check; vmap for batches
+    (`chunked_target_rank` does the same over a catalogue too large to score at once)."""
+    scores = _clean_scores(scores)
+    others = ~exclude & (jnp.arange(scores.shape[0]) != target)
+    return jnp.sum(others & (scores >= scores[target])).astype(jnp.int32)
+
+
 def chunked_target_rank(
     queries: jax.Array,
     item_table: jax.Array,

@@ -753,8 +753,8 @@ def make_refit_model(
     scorer = RefitDeletion(kind, graphdef, loss, exclude_seen, n_steps, solver)
     calibrated = ""
     if calibrate:
-        chosen = calibrate_l2(scorer, data, base_steps)
-        if chosen != l2:
+        chosen, index = calibrate_l2(scorer, data, base_steps)
+        if index > 0:  # candidate 0 is the L2 given
             calibrated = (f", calibrated: the L2 >= the run's {l2:.3g} whose full-history "
                           "re-fit lands nearest the trained user")
         data["l2"] = jnp.float32(chosen)
@@ -780,7 +780,7 @@ def make_refit_model(
 CALIBRATION_SCALES = 10.0 ** np.arange(-3.0, 2.01, 0.5)
 
 
-def calibrate_l2(scorer: RefitDeletion, data: Any, base_steps: int) -> float:
+def calibrate_l2(scorer: RefitDeletion, data: Any, base_steps: int) -> tuple[float, int]:
     """The L2 at least `data["l2"]` whose full-history re-fit (`base_steps` Newton steps from
     the trained user) lands nearest the trained user, relative distance in the flattened
     parameters: `data["l2"]` itself and `max(data["l2"], s * CALIBRATION_SCALES)` with `s`
@@ -790,10 +790,15 @@ def calibrate_l2(scorer: RefitDeletion, data: Any, base_steps: int) -> float:
     stops early (every run with `train.patience`) is regularised more than its weight decay
     says, and one without weight decay can leave a user objective with no finite minimum
     (BPR on a history a direction separates), where re-fitted effects run away. The
-    calibrated L2 is the ridge that best reproduces what training did to this user."""
+    calibrated L2 is the ridge that best reproduces what training did to this user.
+
+    Returns:
+        `(l2, index)`: the chosen L2 and its candidate's index (0: `data["l2"]` itself).
+    """
     distances, candidates = _calibration(scorer, data, base_steps)
     distances = np.where(np.isfinite(np.asarray(distances)), np.asarray(distances), np.inf)
-    return float(np.asarray(candidates)[int(np.argmin(distances))])
+    index = int(np.argmin(distances))
+    return float(np.asarray(candidates)[index]), index
 
 
 def _calibration_impl(scorer: RefitDeletion, data: Any, base_steps: int

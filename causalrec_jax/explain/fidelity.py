@@ -55,8 +55,8 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from causalrec_jax.eval.catalogue import pessimistic_rank
 from causalrec_jax.explain.deletion import DeletionModel
-from causalrec_jax.explain.search import pessimistic_rank
 
 ScoresFn = Callable[[jax.Array], jax.Array]
 

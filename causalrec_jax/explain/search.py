@@ -36,6 +36,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from causalrec_jax.eval.catalogue import pessimistic_rank
+
 
 class Standing(NamedTuple):
     """Where the target stands in a ranking (leaves may carry a leading batch axis).
@@ -52,20 +54,15 @@ class Standing(NamedTuple):
     margin: jax.Array
 
 
-def pessimistic_rank(scores: jax.Array, target: jax.Array, exclude: jax.Array) -> jax.Array:
-    """The target's 0-based rank in `scores [n_items]` among the items not in `exclude
-    [n_items]` (bool), ties counted against it: the number of other candidates scoring at
-    least as high. The one rank of `explain`, its fidelity metrics and the retrain check."""
-    others = ~exclude & (jnp.arange(scores.shape[0]) != target)
-    return jnp.sum(others & (scores >= scores[target])).astype(jnp.int32)
-
-
 def standing(scores: jax.Array, target: jax.Array, exclude: jax.Array, k: int) -> Standing:
-    """The target's `Standing` in `scores [n_items]`, `exclude [n_items]` bool left out."""
+    """The target's `Standing` in `scores [n_items]`, `exclude [n_items]` bool left out. A
+    non-finite target score (a diverged re-fit) stands at rank 0: a deletion the model cannot
+    score removes nothing, so it never makes a counterfactual set."""
     others = ~exclude & (jnp.arange(scores.shape[0]) != target)
     target_score = scores[target]
     kth = jax.lax.top_k(jnp.where(others, scores, -jnp.inf), k)[0][k - 1]
-    return Standing(target_score, pessimistic_rank(scores, target, exclude), target_score - kth)
+    rank = jnp.where(jnp.isfinite(target_score), pessimistic_rank(scores, target, exclude), 0)
+    return Standing(target_score, rank, target_score - kth)
 
 
 def _standings(score_fn, data, keeps: jax.Array, target, exclude, k: int,
@@ -173,12 +170,14 @@ def _next_deletions(score_fn, data: Any, valid: jax.Array, deleted: jax.Array,
                     chunk_size: int | None) -> tuple[Standing, jax.Array]:
     """One greedy step: the target's `Standing` (leaves `[C]`) with each of `candidates [C]`
     deleted in addition to `deleted [H]`, and the margins with the candidates already
-    deleted (or padding) at +inf; its argmin is the step's choice."""
+    deleted (or padding, or NaN) at +inf; its argmin is the step's choice."""
     allowed = valid & ~deleted
     others = jnp.arange(valid.shape[0])[None, :] != candidates[:, None]
     keeps = (allowed[None, :] & others).astype(jnp.float32)
     results = _standings(score_fn, data, keeps, target, exclude, k, chunk_size)
-    return results, jnp.where(allowed[candidates], results.margin, jnp.inf)
+    # a mask the model cannot score (NaN margin) is never chosen
+    usable = allowed[candidates] & ~jnp.isnan(results.margin)
+    return results, jnp.where(usable, results.margin, jnp.inf)
 
 
 @functools.partial(jax.jit, static_argnames=("score_fn", "k", "max_size", "chunk_size"))

@@ -114,6 +114,9 @@ def explain_run(run_dir: str | Path, user_id: str, item_id: str | None = None, *
                        f"reproduces for causal.method = {', '.join(map(repr, REFIT_METHODS))} "
                        "only (the doubly robust family, rel_mf, MACR and PDA train on cells "
                        "or scores beyond the user's own rows)")
+    if config.model.name in SEQUENCE_MODELS and refit_l2 != "calibrated":
+        raise RunError(f"--refit-l2 {refit_l2}: {run_path} is a run of {config.model.name}, "
+                       "which takes the edited history directly and re-fits nothing")
     user = _index_of(run.user_ids, user_id, "user", run_path)
     known = known_items(run, user)
     if item_id is None:
@@ -148,7 +151,7 @@ def explain_run(run_dir: str | Path, user_id: str, item_id: str | None = None, *
         history_ids=history_ids, titles={i: t for i, t in titles.items() if i in shown},
         model=config.model.name, served_rank=served_rank,
         n_candidates=int(len(run.item_ids) - len(known)), features=features,
-        item_features=item_features, warnings=_warnings(config, model),
+        item_features=item_features, warnings=_warnings(config, model, refit_l2),
         refit=_refit_facts(model))
 
 
@@ -195,17 +198,18 @@ def _feature_table(model: DeletionModel, item: int,
     return sorted(table, key=lambda row: row["score_change"])
 
 
-def _warnings(config: Config, model: DeletionModel) -> list[str]:
+def _warnings(config: Config, model: DeletionModel, refit_l2: str | float) -> list[str]:
     """What the reader of an explanation must know about its reliability."""
     from causalrec_jax.explain.deletion import RefitDeletion
 
     if not isinstance(model.score_fn, RefitDeletion):
         return []
     if float(model.data["l2"]) == 0:
-        return [f"the re-fit has no L2 (train.weight_decay = {config.train.weight_decay} and "
-                f"--refit-l2 not calibrated): the {config.train.loss} objective of one user may "
+        return [f"the re-fit has no L2 (train.weight_decay = {config.train.weight_decay}, "
+                f"--refit-l2 {refit_l2}): the {config.train.loss} objective of one user may "
                 "have no finite minimum, and re-fitted effects can be arbitrarily large (on "
-                "ml-100k BPR-MF they reach 1e4-1e5); use --refit-l2 calibrated"]
+                "ml-100k BPR-MF they reach 1e4-1e5)"
+                + ("" if refit_l2 == "calibrated" else "; use --refit-l2 calibrated")]
     distance = float(model.data["fit_distance"])
     if not distance <= FIT_DISTANCE_WARNING:
         return [f"the full-history re-fit lands {distance:.0%} (relative distance) from the "

@@ -31,7 +31,7 @@ import numpy as np
 from causalrec_jax.config import Config, TrainConfig
 from causalrec_jax.data.dataset import Split
 from causalrec_jax.errors import ConfigError
-from causalrec_jax.explain.search import pessimistic_rank
+from causalrec_jax.eval.catalogue import pessimistic_rank
 from causalrec_jax.models.base import make_scorers
 from causalrec_jax.tasks.ordinary import (
     ProgramSpec,

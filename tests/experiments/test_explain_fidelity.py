@@ -51,8 +51,14 @@ def test_quick_mode_writes_the_table(script, tmp_path):
     assert float(mf_greedy["retrain_left@10_unedited"]) >= 0.0
     for value in ("pos@5,1", "del@5", "ins@5", "cdcg@5"):
         assert 0.0 <= float(mf_greedy[value]) <= 1.0
+    assert 0.0 <= float(mf_greedy["found@10"]) <= 1.0
     retrained = list(csv.DictReader((out / "retrain.csv").open()))
     assert {r["seed"] for r in retrained} == {"0", "1", "2", "3", "4"}
+    for row in retrained:  # a found set drops the item out of the top-10 per the re-fit
+        if row["explainer"] != "nothing" and row["found"] == "True":
+            assert int(row["refit_rank_after"]) > 10
+        assert int(row["set_size"]) <= 20
+    assert "Re-fits, medians over the users" in text and '"fit_distance"' in text
     assert (out / "fidelity.png").stat().st_size > 10_000
     assert len(list(csv.DictReader((out / "curves.csv").open()))) == 5 * len(rows)
 
@@ -88,7 +94,7 @@ def test_an_output_folder_in_use_is_refused(tmp_path):
     (tmp_path / "table.md").write_text("an earlier result\n")
     result = subprocess.run([sys.executable, str(SCRIPT), "--out", str(tmp_path), "--quick"],
                             capture_output=True, text=True, cwd=ROOT)
-    assert result.returncode != 0
+    assert result.returncode == 2
     assert "already holds" in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert (tmp_path / "table.md").read_text() == "an earlier result\n"
 

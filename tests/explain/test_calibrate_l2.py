@@ -45,6 +45,13 @@ def test_calibration_recovers_the_ridge_that_made_the_user():
                              l2=4 * planted, calibrate=True)
     assert float(floor.data["l2"]) == np.float32(4 * planted)
     assert "calibrated" not in floor.semantics
+    # a run's L2 float32 cannot hold exactly (0.8), kept: not called calibrated
+    kept = _with_user(mf, make_refit_model(mf, user=0, items=HISTORY, ratings=ratings,
+                                           loss="mse", l2=0.8).data["theta_start"])
+    run_l2 = make_refit_model(kept, user=0, items=HISTORY, ratings=ratings, loss="mse",
+                              l2=0.8, calibrate=True)
+    assert float(run_l2.data["l2"]) == np.float32(0.8)
+    assert "calibrated" not in run_l2.semantics and "L2 0.8;" in run_l2.semantics
     # uncalibrated: the L2 given, and its fit lands away from the user
     plain = make_refit_model(trained, user=0, items=HISTORY, ratings=ratings, loss="mse",
                              l2=0.01 * planted)

@@ -95,3 +95,10 @@ def test_the_command_explains_a_sequential_run_as_json(sasrec_run, capsys):
     assert "drop" in payload["semantics"]
     assert [row["item"] for row in payload["causes"]][:3] == [
         result.history_ids[i] for i in result.explanation.causes[:3]]
+
+
+def test_a_refit_l2_on_a_sequential_run_is_refused(sasrec_run):
+    from causalrec_jax.errors import RunError
+
+    with pytest.raises(RunError, match="--refit-l2 run: .* re-fits nothing"):
+        explain_run(sasrec_run, "u4", k=K, refit_l2="run")
