@@ -309,7 +309,7 @@ def retrain_validity(run_dir: Path, records: list[dict[str, Any]], names: list[s
                                      chunk_size=2)
     ranks = retraining.target_ranks(setup, params, users, targets, known_all)  # [S, M, Q]
     seconds = time.perf_counter() - tic
-    per_user, summary = [], {}
+    per_user = []
     by_user = {r["user"]: r for r in records}
     for m, (label, q) in enumerate(zip(labels, queries, strict=True)):
         for j, (user, target) in enumerate(q):
@@ -322,16 +322,7 @@ def retrain_validity(run_dir: Path, records: list[dict[str, Any]], names: list[s
                     "refit_rank_after": 1 if found is None else int(found["refit_rank"]),
                     "rank_after_retrain": int(ranks[s, m, j]) + 1,
                     "left_top10": bool(ranks[s, m, j] >= K_RETRAIN)})
-    for label in dict.fromkeys(labels):
-        mine = [row for row in per_user if row["explainer"] == label]
-        left = [row["left_top10"] for row in mine]
-        left_found = [row["left_top10"] for row in mine if row["found"]]
-        summary[label] = {"left": float(np.mean(left)), "n": len(left),
-                          "left_found": float(np.mean(left_found)) if left_found else None}
-    for name in names:
-        sets = [r["explainers"][name] for r in records if name in r["explainers"]]
-        summary[name]["size"] = float(np.mean([len(s["set"]) for s in sets]))
-        summary[name]["found"] = float(np.mean([s["found"] for s in sets]))
+    summary = retrain_summary(per_user)
     seed0 = [row for row in per_user if row["explainer"] == "nothing" and row["seed"] == 0]
     meta = {"epochs": epochs, "seeds": setup.seeds, "seconds": round(seconds, 1),
             "models_trained": int(np.prod(bad.shape)), "non_finite": int((bad >= 0).sum()),
@@ -347,17 +338,41 @@ def retrain_validity(run_dir: Path, records: list[dict[str, Any]], names: list[s
     return summary, per_user, meta
 
 
+def retrain_summary(per_user: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per explainer, from the rows of `retrain.csv` (values may be the CSV's strings):
+    `left` (share of (user, seed) where the item left the top-10), `left_found` (the same
+    over the users whose set was found), `valid` (share of (user, seed) with a found set
+    after which the item left: the cases an explainer's explanation holds), `found`, `size`
+    (mean set size), `n`."""
+    def flag(value) -> bool:
+        return value is True or value == "True"
+
+    summary: dict[str, dict[str, Any]] = {}
+    for label in dict.fromkeys(row["explainer"] for row in per_user):
+        mine = [row for row in per_user if row["explainer"] == label]
+        left = np.asarray([flag(row["left_top10"]) for row in mine])
+        found = np.asarray([flag(row["found"]) for row in mine])
+        summary[label] = {
+            "left": float(left.mean()), "n": len(mine),
+            "left_found": float(left[found].mean()) if found.any() else None,
+            "valid": float((left & found).mean()), "found": float(found.mean()),
+            "size": float(np.mean([int(row["set_size"]) for row in mine]))}
+    return summary
+
+
 def write_outputs(out: Path, rows, curve_rows, retrain, meta, protocol: str) -> None:
     out.mkdir(parents=True, exist_ok=True)
     columns = ["model", "explainer", "users", "nonfinite",
                *[f"pos@{K_R},{k}" for k in range(1, K_E + 1)],
                f"del@{K_E}", f"ins@{K_E}", f"cdcg@{K_E}", "retrain_left@10",
-               "retrain_left@10_found", "retrain_left@10_unedited", "set_size@10", "found@10"]
+               "retrain_left@10_found", "retrain_valid@10", "retrain_left@10_unedited",
+               "set_size@10", "found@10"]
     for row in rows:
         if row["model"] == "mf" and retrain and row["explainer"] in retrain:
             entry = retrain[row["explainer"]]
             row.update({"retrain_left@10": entry["left"],
                         "retrain_left@10_found": entry["left_found"],
+                        "retrain_valid@10": entry["valid"],
                         "retrain_left@10_unedited": retrain["nothing"]["left"],
                         "set_size@10": entry["size"], "found@10": entry["found"]})
     write_csv(out / "table.csv", rows, columns)
@@ -440,7 +455,10 @@ def combine(out: Path, folders: list[Path]) -> Path:
                 row[name] = value if text else float(value)
             except ValueError:
                 pass
-    write_outputs(out, rows, curve_rows, {}, meta, "\n\n".join(protocols))
+    # the retrain columns recomputed from the rows (the same numbers, and `valid` for folders
+    # written before it)
+    summary = retrain_summary(retrain_rows) if retrain_rows and "found" in retrain_rows[0] else {}
+    write_outputs(out, rows, curve_rows, summary, meta, "\n\n".join(protocols))
     if retrain_rows:
         write_csv(out / "retrain.csv", retrain_rows, list(retrain_rows[0]))
     return out / "table.md"

@@ -52,6 +52,9 @@ def test_quick_mode_writes_the_table(script, tmp_path):
     for value in ("pos@5,1", "del@5", "ins@5", "cdcg@5"):
         assert 0.0 <= float(mf_greedy[value]) <= 1.0
     assert 0.0 <= float(mf_greedy["found@10"]) <= 1.0
+    # the cases an explanation holds: found and left, so at most each
+    assert float(mf_greedy["retrain_valid@10"]) <= min(float(mf_greedy["found@10"]),
+                                                        float(mf_greedy["retrain_left@10"]))
     retrained = list(csv.DictReader((out / "retrain.csv").open()))
     assert {r["seed"] for r in retrained} == {"0", "1", "2", "3", "4"}
     for row in retrained:  # a found set drops the item out of the top-10 per the re-fit
