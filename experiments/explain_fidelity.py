@@ -343,7 +343,7 @@ def retrain_summary(per_user: list[dict[str, Any]]) -> dict[str, dict[str, Any]]
     `left` (share of (user, seed) where the item left the top-10), `left_found` (the same
     over the users whose set was found), `valid` (share of (user, seed) with a found set
     after which the item left: the cases an explainer's explanation holds), `found`, `size`
-    (mean set size), `n`."""
+    (mean set size), `found_size` (over the found sets), `n`."""
     def flag(value) -> bool:
         return value is True or value == "True"
 
@@ -356,7 +356,9 @@ def retrain_summary(per_user: list[dict[str, Any]]) -> dict[str, dict[str, Any]]
             "left": float(left.mean()), "n": len(mine),
             "left_found": float(left[found].mean()) if found.any() else None,
             "valid": float((left & found).mean()), "found": float(found.mean()),
-            "size": float(np.mean([int(row["set_size"]) for row in mine]))}
+            "size": float(np.mean([int(row["set_size"]) for row in mine])),
+            "found_size": (float(np.mean([int(row["set_size"]) for row, hit in zip(
+                mine, found, strict=True) if hit])) if found.any() else None)}
     return summary
 
 
@@ -366,7 +368,7 @@ def write_outputs(out: Path, rows, curve_rows, retrain, meta, protocol: str) -> 
                *[f"pos@{K_R},{k}" for k in range(1, K_E + 1)],
                f"del@{K_E}", f"ins@{K_E}", f"cdcg@{K_E}", "retrain_left@10",
                "retrain_left@10_found", "retrain_valid@10", "retrain_left@10_unedited",
-               "set_size@10", "found@10"]
+               "set_size@10", "found@10", "found_set_size@10"]
     for row in rows:
         if row["model"] == "mf" and retrain and row["explainer"] in retrain:
             entry = retrain[row["explainer"]]
@@ -374,7 +376,8 @@ def write_outputs(out: Path, rows, curve_rows, retrain, meta, protocol: str) -> 
                         "retrain_left@10_found": entry["left_found"],
                         "retrain_valid@10": entry["valid"],
                         "retrain_left@10_unedited": retrain["nothing"]["left"],
-                        "set_size@10": entry["size"], "found@10": entry["found"]})
+                        "set_size@10": entry["size"], "found@10": entry["found"],
+                        "found_set_size@10": entry["found_size"]})
     write_csv(out / "table.csv", rows, columns)
     write_csv(out / "curves.csv", curve_rows, list(curve_rows[0]))
     lines = [protocol, "", "| " + " | ".join(columns) + " |",
