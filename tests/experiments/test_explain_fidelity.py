@@ -63,6 +63,7 @@ def test_quick_mode_writes_the_table(script, tmp_path):
         assert int(row["set_size"]) <= 20
     assert "Re-fits, medians over the users" in text and '"fit_distance"' in text
     assert (out / "fidelity.png").stat().st_size > 10_000
+    assert (out / "retrain.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert len(list(csv.DictReader((out / "curves.csv").open()))) == 5 * len(rows)
 
 
