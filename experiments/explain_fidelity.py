@@ -17,18 +17,21 @@ recommendation (the catalogue less every item the user has, in any split):
   ours are `greedy` (the greedy search's path at the cut-off K_r, `search.greedy_order`) and
   `effects` (the single-deletion ordering);
 - retrain validity (`causalrec_jax.runs.retrain`; ACCENT, Tran et al. SIGIR 2021), MF only:
-  each explainer's counterfactual set for the top-10 (greedy: the minimal set, the others
-  their order deleted until the item leaves the top-10 per the deletion model, at most 10
-  items) is removed from the training data and the model retrained from scratch with 5 seeds
-  (`train.seeds=5`, seeds 0-4, the run's own loss, optimiser, batches, epochs = the run's
-  selected `best_epoch + 1`); the rate at which the item really leaves the user's top-10,
-  next to the same retrain with nothing removed (same seeds). The users' removals are packed
-  into one edited training set per explainer (`--pack`, default all sampled users at once,
-  a removal being 0.01-0.4% of the rows); `--alone N` also retrains N users one at a time
-  to measure what packing changes.
+  each explainer's counterfactual set for the top-`--set-k` (default 10; 20 gives robust
+  sets; greedy: the minimal set, the others their order deleted until the item leaves the
+  top-K per the deletion model, at most `--max-set` = 20 items) is removed from the training
+  data and the model retrained from scratch with 5 seeds (`train.seeds=5`, seeds 0-4, the
+  run's own loss, optimiser, batches, epochs = the run's selected `best_epoch + 1`); the rate
+  at which the item really leaves the user's top-10, over all users and over those whose set
+  was found, and the share of cases where a found set held (`valid`), next to the same
+  retrain with nothing removed (same seeds). The users' removals are packed into one edited
+  training set per explainer (`--pack`, default all sampled users at once, a removal being
+  0.01-0.7% of the rows); `--alone N` also retrains N users one at a time to measure what
+  packing changes.
 
 Writes `DIR/table.md`, `DIR/table.csv` (one row per model and explainer), `DIR/curves.csv`
-(every step), `DIR/retrain.csv` (per user and explainer), `DIR/fidelity.png`.
+(every step), `DIR/retrain.csv` (per user, explainer and seed), `DIR/fidelity.png` and, with
+the retrain, `DIR/retrain.png`. `--combine A B ...` merges earlier output folders into DIR.
 """
 
 from __future__ import annotations
