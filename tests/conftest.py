@@ -137,6 +137,17 @@ _MAPPINGS_LIMIT = 20_000
 
 
 @pytest.fixture(autouse=True, scope="module")
+def _close_figures():
+    """Closes the pyplot figures a test module left open (a figure a function returns for its
+    caller to save is not closed by it): a worker process runs many modules."""
+    yield
+    import sys
+
+    if "matplotlib.pyplot" in sys.modules:
+        sys.modules["matplotlib.pyplot"].close("all")
+
+
+@pytest.fixture(autouse=True, scope="module")
 def _release_compiled_programs():
     """Drops JAX's compiled programs after a test module once the process holds many
     memory mappings.
