@@ -2,7 +2,8 @@
 
 `explain_run(run_dir, user_id, item_id)` loads the run, builds the user's deletion model
 (`causalrec_jax.explain.deletion`: drop and shift for SASRec and BERT4Rec, a re-fit of the
-user's parameters with the run's own loss and L2 for MF, MLP, NeuMF and LightGCN), and runs
+user's parameters with the run's own loss for MF, MLP, NeuMF and LightGCN, and an L2
+calibrated per user by default: `deletion_model`'s `refit_l2`), and runs
 `causalrec_jax.explain.explain`. External ids come from the run's id maps; titles from the
 dataset's item file when it has one (RecBole `NAME.item` with a `*title*` field, MovieLens
 `u.item`, `movies.dat`, `movies.csv`). `format_explanation`, `explanation_json` and
