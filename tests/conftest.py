@@ -287,3 +287,30 @@ def _check_tracked(read_events, client_of, folder: Path, uri: str,
     assert artifacts == {path.name for path in folder.iterdir()} - {
         "checkpoints", "model", "data.npz", "tensorboard"}
     assert {"config.toml", "log.jsonl", "metrics.json"} <= artifacts
+
+
+def _write_walks(folder: Path) -> tuple[Path, dict[str, str]]:
+    """60 users walking one 20-cycle over 20 items (the next item is f(current item)), as
+    `folder/walks.csv` (user, item, time); returns its path and the rule `{item: next item}`."""
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    order = rng.permutation(20)
+    successor = np.empty(20, int)
+    successor[order] = np.roll(order, -1)
+    rows = []
+    for user in range(60):
+        item = int(rng.integers(20))
+        for t in range(12):
+            rows.append((user, item, t))
+            item = int(successor[item])
+    path = folder / "walks.csv"
+    pd.DataFrame(rows, columns=["user", "item", "time"]).to_csv(path, index=False)
+    return path, {str(order[i]): str(order[(i + 1) % 20]) for i in range(20)}
+
+
+@pytest.fixture(scope="session")
+def write_walks():
+    """The planted walks' writer (`_write_walks`): `write_walks(folder) -> (path, rule)`."""
+    return _write_walks

@@ -212,29 +212,13 @@ def test_negative_sizes_are_refused_when_the_config_loads(override):
 # ----------------------------------------------------------------------------- a run
 
 
-def _write_walks(folder):
-    """60 users walking one 20-cycle over 20 items: the next item is f(current item)."""
-    rng = np.random.default_rng(0)
-    order = rng.permutation(20)
-    successor = np.empty(20, int)
-    successor[order] = np.roll(order, -1)
-    rows = []
-    for user in range(60):
-        item = int(rng.integers(20))
-        for t in range(12):
-            rows.append((user, item, t))
-            item = int(successor[item])
-    path = folder / "walks.csv"
-    pd.DataFrame(rows, columns=["user", "item", "time"]).to_csv(path, index=False)
-    return path, {str(order[i]): str(order[(i + 1) % 20]) for i in range(20)}
-
-
-def test_an_hstu_run_learns_the_planted_rule_round_trips_and_recommends(tmp_path, capsys):
+def test_an_hstu_run_learns_the_planted_rule_round_trips_and_recommends(tmp_path, capsys,
+                                                                     write_walks):
     from causalrec_jax.cli import main
     from causalrec_jax.runs.load import evaluate_run, load_run, recommend
     from causalrec_jax.train.loop import seed_slice
 
-    path, successor = _write_walks(tmp_path)
+    path, successor = write_walks(tmp_path)
     out = tmp_path / "run"
     sets = ['data.format="csv"', f'data.path="{path}"', 'data.split="leave_one_out"',
             'data.columns={user = "user", item = "item", timestamp = "time"}',

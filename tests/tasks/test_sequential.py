@@ -10,27 +10,10 @@ import pytest
 from causalrec_jax.cli import main
 
 
-def _write_walks(folder):
-    """60 users walking one 20-cycle over 20 items: the next item is f(current item)."""
-    rng = np.random.default_rng(0)
-    order = rng.permutation(20)
-    successor = np.empty(20, int)
-    successor[order] = np.roll(order, -1)
-    rows = []
-    for user in range(60):
-        item = int(rng.integers(20))
-        for t in range(12):
-            rows.append((user, item, t))
-            item = int(successor[item])
-    path = folder / "walks.csv"
-    pd.DataFrame(rows, columns=["user", "item", "time"]).to_csv(path, index=False)
-    return path
-
-
 @pytest.fixture
-def planted_csv(tmp_path):
-    """The planted walks (`_write_walks`) as a CSV file."""
-    return _write_walks(tmp_path)
+def planted_csv(tmp_path, write_walks):
+    """The planted walks (`write_walks`) as a CSV file."""
+    return write_walks(tmp_path)[0]
 
 
 def _args(path, out, *extra):
@@ -46,11 +29,11 @@ def _args(path, out, *extra):
 
 
 @pytest.fixture(scope="module")
-def planted_run(tmp_path_factory):
+def planted_run(tmp_path_factory, write_walks):
     """A trained SASRec run (`_args` as they are: 40 epochs) on the planted walks, and its CSV
     path; trained once for the module, the tests below only read it."""
     folder = tmp_path_factory.mktemp("planted")
-    path = _write_walks(folder)
+    path = write_walks(folder)[0]
     out = folder / "run"
     assert main(_args(path, out)) == 0
     return out, path
@@ -341,10 +324,10 @@ def _losses(out):
 
 
 @pytest.fixture(scope="module")
-def sampled_base(tmp_path_factory):
+def sampled_base(tmp_path_factory, write_walks):
     """The walks' CSV and the epoch losses of a short sampled-softmax run with weight decay."""
     folder = tmp_path_factory.mktemp("sampled")
-    path = _write_walks(folder)
+    path = write_walks(folder)[0]
     assert main(_small(path, folder / "base", *SAMPLED_BASE)) == 0
     return path, _losses(folder / "base")
 
