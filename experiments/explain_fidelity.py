@@ -20,15 +20,18 @@ the user has, in any split):
 - retrain validity (`causalrec_jax.runs.retrain`; ACCENT, Tran et al. SIGIR 2021), MF only:
   each explainer's counterfactual set for the top-`--set-k` (default 10; 20 gives robust
   sets; greedy: the minimal set, the others their order deleted until the item leaves the
-  top-K per the deletion model, at most `--max-set` = 20 items) is removed from the training
-  data and the model retrained from scratch with 5 seeds (`train.seeds=5`, seeds 0-4, the
-  run's own loss, optimiser, batches, epochs = the run's selected `best_epoch + 1`); the rate
-  at which the item really leaves the user's top-10, over all users and over those whose set
-  was found, and the share of cases where a found set held (`valid`), next to the same
-  retrain with nothing removed (same seeds). The users' removals are packed into one edited
-  training set per explainer (`--pack`, default all sampled users at once, a removal being
-  0.01-0.7% of the rows); `--alone N` also retrains N users one at a time to measure what
-  packing changes.
+  top-K per the deletion model, of any size up to the whole history unless `--max-set`
+  caps it) is removed from the training data and the model retrained from scratch with 5
+  seeds (`train.seeds=5`, seeds 0-4, the run's own loss, optimiser, batches, epochs = the
+  run's selected `best_epoch + 1`); the rate at which the item really leaves the user's
+  top-10, over all users and over those whose set was found, and the share of cases where a
+  found set held (`valid`), next to the same retrain with nothing removed (same seeds). A
+  larger set holds more often whoever chose it, so every baseline is also retrained with
+  its top items cut to the size of the greedy set of the same user (`<name>@greedy_size`,
+  users whose greedy set was found): at equal size, whose items matter. The users' removals
+  are packed into one edited training set per explainer (`--pack`, default all sampled
+  users at once, a removal being 0.01-0.7% of the rows); `--alone N` also retrains N users
+  one at a time to measure what packing changes.
 
 Writes `DIR/table.md`, `DIR/table.csv` (one row per model and explainer), `DIR/curves.csv`
 (every step), `DIR/retrain.csv` (per user, explainer and seed), `DIR/fidelity.png` and, with
@@ -72,6 +75,7 @@ QUICK_MODEL = {"sasrec": ["eval.sampled_negatives=0"]}  # tiny catalogues
 OURS = ("greedy", "effects")
 EXPLAINERS = OURS + tuple(BASELINES)
 K_R, K_E, K_RETRAIN, RETRAIN_SEEDS = 5, 5, 10, 5
+AT_GREEDY_SIZE = "@greedy_size"  # a baseline's top items, as many as the greedy set holds
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -90,8 +94,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-retrain", action="store_true")
     parser.add_argument("--as-shipped", action="store_true",
                         help="train each model as its config ships (SASRec: no 6-epoch cap)")
-    parser.add_argument("--max-set", type=int, default=20,
-                        help="the largest counterfactual set searched for the retrain check")
+    parser.add_argument("--max-set", type=int, default=None,
+                        help="the largest counterfactual set searched for the retrain check "
+                             "(default: the whole history)")
     parser.add_argument("--set-k", type=int, default=K_RETRAIN,
                         help="the sets of the retrain check remove the item from this top-K "
                              f"(>= {K_RETRAIN}; above it: robust sets, checked at the top-"
@@ -162,12 +167,13 @@ def check_reused(folder: Path, config) -> None:
 
 
 def explain_user(model, target: int, exclude: np.ndarray, names: list[str], key,
-                 retrain_sets: bool, max_set: int = 20, set_k: int = K_RETRAIN
+                 retrain_sets: bool, max_set: int | None = None, set_k: int = K_RETRAIN
                  ) -> dict[str, dict[str, Any]]:
     """Per explainer: its `curves` (fidelity at K_r) and, with `retrain_sets`, its
-    counterfactual `set` at the top-`set_k` (history item indices, at most `max_set`), whether it
-    was `found` and the target's 1-based rank the deletion model gives without it
-    (`refit_rank`)."""
+    counterfactual `set` at the top-`set_k` (history item indices, at most `max_set`, None:
+    the whole history), whether it was `found`, the target's 1-based rank the deletion model
+    gives without it (`refit_rank`) and the explainer's `ranking` of the history (item
+    indices, most explaining first: the size-matched sets)."""
     args = (model.score_fn, model.data, jnp.asarray(model.valid), jnp.asarray(target),
             jnp.asarray(exclude))
     chunk = model.chunk_size
@@ -179,8 +185,7 @@ def explain_user(model, target: int, exclude: np.ndarray, names: list[str], key,
             orders[name] = np.asarray(search.greedy_order(*args, k=K_R, n_steps=K_E,
                                                           chunk_size=chunk))
         elif name == "effects":
-            margins = np.where(model.valid, np.asarray(single.after.margin), np.inf)
-            orders[name] = np.argsort(margins, kind="stable").astype(np.int32)
+            orders[name] = np.asarray(search.strongest_first(single.after, model.valid))
         else:
             try:
                 orders[name] = baseline_order(name, model, target, key=key)
@@ -192,11 +197,14 @@ def explain_user(model, target: int, exclude: np.ndarray, names: list[str], key,
             scores_fn, order, model.valid, target, exclude, n_steps=K_E)}
     if retrain_sets:  # each explainer's minimal set at the top-10, as `explain` finds it
         for name in orders:
-            explanation = explain(model, target, k=set_k, method=name, max_size=max_set,
+            explanation = explain(model, target, k=set_k, method=name,
+                                  max_size=max_set or len(model.valid),
                                   exclude=exclude, key=key, chunk_size=chunk)
             out[name]["set"] = explanation.history[explanation.minimal_set]
             out[name]["found"] = explanation.found
             out[name]["refit_rank"] = explanation.rank_after_set + 1
+            order = orders[name]
+            out[name]["ranking"] = model.history[order[model.valid[order]]]
     return out
 
 
@@ -213,7 +221,7 @@ def sample_users(run, n: int, seed: int, max_history: int) -> np.ndarray:
 
 
 def explain_model(model_name: str, run_dir: Path, users: np.ndarray, names: list[str],
-                  retrain_sets: bool, max_set: int = 20, set_k: int = K_RETRAIN
+                  retrain_sets: bool, max_set: int | None = None, set_k: int = K_RETRAIN
                   ) -> tuple[list[dict[str, Any]], float]:
     """Explanations of every sampled user's top-1 item (a record per user)."""
     run = load_run(run_dir)
@@ -304,6 +312,15 @@ def retrain_validity(run_dir: Path, records: list[dict[str, Any]], names: list[s
             edits.append(removal)
             queries.append([(r["user"], r["target"]) for r in members])
             labels.append(name)
+    for name in names if "greedy" in names else ():  # each baseline at greedy's set size
+        for group in groups:
+            members = [r for r in group if name != "greedy" and name in r["explainers"]
+                       and r["explainers"]["greedy"]["found"]]
+            if members:
+                edits.append({r["user"]: r["explainers"][name]["ranking"][
+                    : len(r["explainers"]["greedy"]["set"])] for r in members})
+                queries.append([(r["user"], r["target"]) for r in members])
+                labels.append(f"{name}{AT_GREEDY_SIZE}")
     for r in records[: args.alone]:  # one user per training set: what packing changes
         edits.append({r["user"]: r["explainers"]["greedy"]["set"]})
         queries.append([(r["user"], r["target"])])
@@ -320,13 +337,16 @@ def retrain_validity(run_dir: Path, records: list[dict[str, Any]], names: list[s
     by_user = {r["user"]: r for r in records}
     for m, (label, q) in enumerate(zip(labels, queries, strict=True)):
         for j, (user, target) in enumerate(q):
-            found = by_user[user]["explainers"].get(label.removesuffix("_alone"))
+            matched = label.endswith(AT_GREEDY_SIZE)  # greedy's size; the rank not computed
+            found = by_user[user]["explainers"].get(
+                "greedy" if matched else label.removesuffix("_alone"))
             for s, seed in enumerate(setup.seeds):
                 per_user.append({
                     "explainer": label, "user": user, "target": target, "seed": seed,
                     "set_size": 0 if found is None else len(found["set"]),
                     "found": True if found is None else bool(found["found"]),
-                    "refit_rank_after": 1 if found is None else int(found["refit_rank"]),
+                    "refit_rank_after": ("" if matched else 1 if found is None
+                                         else int(found["refit_rank"])),
                     "rank_after_retrain": int(ranks[s, m, j]) + 1,
                     "left_top10": bool(ranks[s, m, j] >= K_RETRAIN)})
     summary = retrain_summary(per_user)
@@ -375,7 +395,8 @@ def write_outputs(out: Path, rows, curve_rows, retrain, meta, protocol: str) -> 
                *[f"pos@{K_R},{k}" for k in range(1, K_E + 1)],
                f"del@{K_E}", f"ins@{K_E}", f"cdcg@{K_E}", "retrain_left@10",
                "retrain_left@10_found", "retrain_valid@10", "retrain_left@10_unedited",
-               "set_size@10", "found@10", "found_set_size@10"]
+               "set_size@10", "found@10", "found_set_size@10",
+               "retrain_left@10_at_greedy_size"]
     for row in rows:
         if row["model"] == "mf" and retrain and row["explainer"] in retrain:
             entry = retrain[row["explainer"]]
@@ -384,7 +405,10 @@ def write_outputs(out: Path, rows, curve_rows, retrain, meta, protocol: str) -> 
                         "retrain_valid@10": entry["valid"],
                         "retrain_left@10_unedited": retrain["nothing"]["left"],
                         "set_size@10": entry["size"], "found@10": entry["found"],
-                        "found_set_size@10": entry["found_size"]})
+                        "found_set_size@10": entry["found_size"],
+                        "retrain_left@10_at_greedy_size": (
+                            entry["left_found"] if row["explainer"] == "greedy" else
+                            retrain.get(row["explainer"] + AT_GREEDY_SIZE, {}).get("left"))})
     write_csv(out / "table.csv", rows, columns)
     write_csv(out / "curves.csv", curve_rows, list(curve_rows[0]))
     lines = [protocol, "", "| " + " | ".join(columns) + " |",
@@ -406,7 +430,8 @@ def plot_retrain(path: Path, summary: dict[str, dict[str, Any]]) -> None:
     it finds a set, with the rate of the retrain with nothing removed as a reference line."""
     from causalrec_jax.report.plots import BarPanel, bar_panels
 
-    names = [name for name in summary if name != "nothing" and not name.endswith("_alone")]
+    names = [name for name in summary if name != "nothing" and not name.endswith("_alone")
+             and not name.endswith(AT_GREEDY_SIZE)]
     colors = ["tab:blue" if name in OURS else "tab:grey" for name in names]
     unedited = summary["nothing"]["left"]
     reference = [(unedited, "nothing removed", ":")]
@@ -420,6 +445,11 @@ def plot_retrain(path: Path, summary: dict[str, dict[str, Any]]) -> None:
         BarPanel("valid: found, and the item left\n(over all users)",
                  [summary[n]["valid"] for n in names], color=colors, top=1.1,
                  references=reference, ylabel="share of (user, seed)"),
+        BarPanel("item left, the explainer's top items\nat the greedy set's size",
+                 [summary["greedy"]["left_found"] if n == "greedy" else
+                  summary.get(n + AT_GREEDY_SIZE, {}).get("left") for n in names],
+                 color=colors, top=1.1, references=reference,
+                 ylabel="share of (user, seed)"),
     ], title=f"Retrain validity (ACCENT), MF: sets removed from the training data, retrained "
              f"{RETRAIN_SEEDS} seeds; blue: ours")
 
@@ -532,8 +562,9 @@ def main(argv: list[str] | None = None) -> Path:
 
 
 def protocol_line(n_users: int, seed: int, timings: dict[str, float], max_history: int,
-                  max_set: int, refits: dict[str, dict[str, float]] | None = None,
+                  max_set: int | None, refits: dict[str, dict[str, float]] | None = None,
                   set_k: int = K_RETRAIN) -> str:
+    size = "any size" if max_set is None else f"at most {max_set} items"
     return (
         f"Protocol: ML-100K; {n_users} users sampled (seed {seed}) among those with at most "
         f"{max_history} training interactions (compute: a greedy step re-fits H histories), "
@@ -543,11 +574,13 @@ def protocol_line(n_users: int, seed: int, timings: dict[str, float], max_histor
         f"window, drop and shift). Fidelity: K_r = {K_R}, K_e = 1..{K_E}; POS@{K_R},K_e at "
         f"K_e removed items, DEL/INS/CDCG@{K_E} areas over steps 1..{K_E}, probability = "
         "softmax over the candidates; lower is better except INS. Retrain (MF only): sets "
-        f"for the top-{set_k} (at most {max_set} items), retrained {RETRAIN_SEEDS} seeds; "
+        f"for the top-{set_k} ({size}), retrained {RETRAIN_SEEDS} seeds; "
         f"retrain_left@10: share of (user, seed) where the item left the top-{K_RETRAIN}; "
         "_found: the same over the users whose set removes the item from the top-"
         f"{set_k} per the deletion model (found@10 of them); "
-        "_unedited: the same retrain with nothing removed. Seconds explaining: "
+        "_unedited: the same retrain with nothing removed; _at_greedy_size: each "
+        "explainer's top items, as many as the greedy set of the same user holds (users "
+        "whose greedy set was found). Seconds explaining: "
         f"{json.dumps(timings)}. Re-fits, medians over the users (relative distance of the "
         f"full-history re-fit from the trained user; L2): {json.dumps(refits or {})}.")
 

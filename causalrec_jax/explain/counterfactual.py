@@ -8,7 +8,8 @@ interactions whose removal drops the item out of the top-K, by the chosen method
 - `greedy`, `beam`: the searches of `explain.search` (PRINCE, Ghazimatin et al. WSDM 2020;
   ACCENT, Tran et al. SIGIR 2021; CountER, Tan et al. CIKM 2021 frame the same question);
 - `exhaustive`: the oracle (the true minimal set; small histories only);
-- `effects`: deleting in the order of the single-deletion effects (one extra vmapped call);
+- `effects`: deleting in the order of the single-deletion effects (`search.strongest_first`:
+  the largest rank after the deletion, then the lowest margin; no extra model call);
 - the baselines of `explain.baselines` (`random`, `popular`, `similar`, `influence`,
   `integrated_gradients`), each an order deleted until the item leaves the top-K.
 """
@@ -99,8 +100,8 @@ def explain(model: DeletionModel, target: int, *, k: int = 10, method: str = "gr
         key: random key of the `random` baseline (default `jax.random.key(0)`).
         chunk_size: deletion masks per vmapped batch (None: the model's `chunk_size`).
         n_candidates: `greedy` deletes only among the `n_candidates` strongest single
-            deletions (lowest margins), scoring that many masks per step instead of the whole
-            history; None: every past interaction (exact greedy).
+            deletions (`search.strongest_first`), scoring that many masks per step instead
+            of the whole history; None: every past interaction (exact greedy).
 
     Returns:
         `Explanation`.
@@ -135,9 +136,7 @@ def explain(model: DeletionModel, target: int, *, k: int = 10, method: str = "gr
     if method == "greedy":
         candidates = None
         if n_candidates is not None and n_candidates < len(positions):
-            margins = np.asarray(effects.after.margin)[positions]
-            candidates = jnp.asarray(positions[np.argsort(margins, kind="stable")]
-                                     [:n_candidates].astype(np.int32))
+            candidates = search.strongest_first(effects.after, valid)[:n_candidates]
         result = search.greedy_search(*args, k=k, max_size=max_size, chunk_size=chunk_size,
                                       candidates=candidates, singles=effects)
     elif method == "beam":
@@ -147,8 +146,7 @@ def explain(model: DeletionModel, target: int, *, k: int = 10, method: str = "gr
         result = _oracle_result(model, *args[2:], k=k, max_size=max_size)
     else:
         if method == "effects":
-            margins = np.asarray(effects.after.margin)
-            order = np.argsort(np.where(valid, margins, np.inf), kind="stable").astype(np.int32)
+            order = np.asarray(search.strongest_first(effects.after, valid))
         else:
             order = baseline_order(method, model, target,
                                    key=jax.random.key(0) if key is None else key)
@@ -168,8 +166,8 @@ def explain(model: DeletionModel, target: int, *, k: int = 10, method: str = "gr
 
 def _oracle_result(model: DeletionModel, valid, target, exclude, *, k: int,
                    max_size: int) -> search.SearchResult:
-    """The exhaustive search's first minimal set (the lowest margin among them) as a
-    `SearchResult`."""
+    """The exhaustive search's first minimal set (by `search.step_choice`'s rule: the item's
+    largest rank, then its lowest margin) as a `SearchResult`."""
     oracle = search.exhaustive_search(model.score_fn, model.data, valid, target, exclude,
                                       k=k, max_size=max_size)
     valid = np.asarray(valid)
@@ -184,6 +182,6 @@ def _oracle_result(model: DeletionModel, valid, target, exclude, *, k: int,
         keeps[row, list(chosen)] = 0.0
     results = search.evaluate_masks(model.score_fn, model.data, jnp.asarray(keeps), target,
                                     exclude, k=k)
-    best = int(np.argmin(np.asarray(results.margin)))
+    best = int(np.lexsort((np.asarray(results.margin), -np.asarray(results.rank)))[0])
     after = search.Standing(*(np.asarray(leaf)[best] for leaf in results))
     return search.set_result(oracle.sets[best], after, True, len(valid), max_size)

@@ -13,7 +13,8 @@ best other candidate. The item leaves the top-K exactly when rank >= K, i.e. mar
 
 - `single_deletions`: every one-item deletion in one vmapped call (the causal effect of each
   past interaction on the target's score and rank); `pair_deletions` for chosen pairs.
-- `greedy_search`: deletes, one at a time, the item whose removal lowers the margin most,
+- `greedy_search`: deletes, one at a time, the item whose removal pushes the target furthest
+  down the ranking (`step_choice`: the largest rank, ties broken by the lowest margin),
   re-scoring all remaining candidates at every step, until the item leaves the top-K (the
   search of ACCENT, Tran, Ghazimatin & Saha Roy, SIGIR 2021, with exact re-scoring in place of
   its influence estimate; PRINCE, Ghazimatin et al., WSDM 2020, and CountER, Tan et al., CIKM
@@ -84,6 +85,30 @@ def evaluate_masks(score_fn, data: Any, keeps: jax.Array, target: jax.Array,
     """The target's `Standing` after each deletion mask: `keeps [m, H]` float (1 kept) ->
     leaves `[m]`; one compiled, vmapped call (in batches of `chunk_size` masks)."""
     return _standings(score_fn, data, keeps, target, exclude, k, chunk_size)
+
+
+def step_choice(rank: jax.Array, margin: jax.Array, usable: jax.Array) -> jax.Array:
+    """The index a greedy step deletes among candidates with standings `rank [C]`, `margin
+    [C]` (`usable [C]` bool: the candidates it may choose): the one that leaves the target
+    lowest in the ranking, ties in rank broken by the lowest margin. Rank first because the
+    question is where the item ends up (the fidelity metrics read its rank; a margin against
+    the K-th item alone ignores how many items pass it); on ML-100K BPR-MF this rule finds
+    smaller top-10 sets than the margin alone (17.7 against 18.7 items on 38 users) and a
+    lower CDCG@5 (0.754 against 0.789, 100 users). No usable candidate: index 0."""
+    usable = usable & ~jnp.isnan(margin)
+    top = jnp.max(jnp.where(usable, rank, -1))
+    return jnp.argmin(jnp.where(usable & (rank == top), margin, jnp.inf))
+
+
+def strongest_first(after: Standing, valid: jax.Array) -> jax.Array:
+    """`[H]` int32 history positions ordered by `step_choice`'s rule on the single deletions
+    `after` (leaves `[H]`): the largest rank first, then the lowest margin; deletions the
+    model cannot score (NaN margin) after them, padding last."""
+    margin = jnp.asarray(after.margin)
+    unscored = jnp.isnan(margin)
+    group = jnp.where(jnp.asarray(valid, bool), unscored.astype(jnp.int32), 2)
+    return jnp.lexsort((jnp.where(unscored, 0.0, margin), -jnp.asarray(after.rank),
+                        group)).astype(jnp.int32)
 
 
 class DeletionEffects(NamedTuple):
@@ -169,15 +194,14 @@ def _next_deletions(score_fn, data: Any, valid: jax.Array, deleted: jax.Array,
                     candidates: jax.Array, target: jax.Array, exclude: jax.Array, k: int,
                     chunk_size: int | None) -> tuple[Standing, jax.Array]:
     """One greedy step: the target's `Standing` (leaves `[C]`) with each of `candidates [C]`
-    deleted in addition to `deleted [H]`, and the margins with the candidates already
-    deleted (or padding, or NaN) at +inf; its argmin is the step's choice."""
+    deleted in addition to `deleted [H]`, and the index of the step's choice
+    (`step_choice`; candidates already deleted, padding and NaN margins are never chosen)."""
     allowed = valid & ~deleted
     others = jnp.arange(valid.shape[0])[None, :] != candidates[:, None]
     keeps = (allowed[None, :] & others).astype(jnp.float32)
     results = _standings(score_fn, data, keeps, target, exclude, k, chunk_size)
     # a mask the model cannot score (NaN margin) is never chosen
-    usable = allowed[candidates] & ~jnp.isnan(results.margin)
-    return results, jnp.where(usable, results.margin, jnp.inf)
+    return results, step_choice(results.rank, results.margin, allowed[candidates])
 
 
 @functools.partial(jax.jit, static_argnames=("score_fn", "k", "max_size", "chunk_size"))
@@ -187,7 +211,8 @@ def greedy_search(score_fn, data: Any, valid: jax.Array, target: jax.Array,
                   candidates: jax.Array | None = None,
                   singles: DeletionEffects | None = None) -> SearchResult:
     """Greedy minimal counterfactual set: at each step, score every remaining deletion added to
-    the set (one vmapped call of H masks) and keep the one with the lowest margin; stop when
+    the set (one vmapped call of H masks) and keep `step_choice`'s (the target's largest rank,
+    then its lowest margin); stop when
     the target leaves the top-K or after `max_size` deletions. A target already outside the
     top-K gives the empty set, found.
 
@@ -217,9 +242,8 @@ def greedy_search(score_fn, data: Any, valid: jax.Array, target: jax.Array,
 
     def body(state):
         deleted, order, size, _, _ = state
-        results, margins = _next_deletions(score_fn, data, valid, deleted, candidates, target,
-                                           exclude, k, chunk_size)
-        best = jnp.argmin(margins)
+        results, best = _next_deletions(score_fn, data, valid, deleted, candidates, target,
+                                        exclude, k, chunk_size)
         chosen = jax.tree.map(lambda leaf: leaf[best], results)
         position = candidates[best]
         return (deleted.at[position].set(True), order.at[size].set(position), size + 1,
@@ -228,8 +252,8 @@ def greedy_search(score_fn, data: Any, valid: jax.Array, target: jax.Array,
     state = (jnp.zeros(history_len, bool), jnp.full(max_size, -1, jnp.int32),
              jnp.zeros((), jnp.int32), base.rank >= k, base)
     if singles is not None:  # the first step, from the single deletions
-        best = jnp.argmin(jnp.where(valid[candidates], singles.after.margin[candidates],
-                                    jnp.inf))
+        best = step_choice(singles.after.rank[candidates], singles.after.margin[candidates],
+                           valid[candidates])
         chosen = jax.tree.map(lambda leaf: leaf[candidates][best], singles.after)
         position = candidates[best]
         stepped = (state[0].at[position].set(True), state[1].at[0].set(position),
@@ -245,10 +269,11 @@ def greedy_order(score_fn, data: Any, valid: jax.Array, target: jax.Array, exclu
     """The greedy search's path as an ordering of the whole history (for fidelity metrics,
     `explain.fidelity`, which delete an explainer's top K_e items for K_e = 1, 2, ...).
 
-    The first `n_steps` positions are those `greedy_search` deletes (the lowest margin at the
+    The first `n_steps` positions are those `greedy_search` deletes (`step_choice` at the
     cut-off `k` at each step, every remaining deletion re-scored), but the path goes on after
-    the target has left the top-K (it keeps lowering the margin); the rest of the history
-    follows by its single-deletion margins (the first step's), padding last. One compiled
+    the target has left the top-K (it keeps pushing the target down); the rest of the history
+    follows by its single deletions (the first step's: largest rank, then lowest margin),
+    padding last. One compiled
     `lax.scan` of `n_steps` vmapped calls of H masks.
 
     Returns:
@@ -258,31 +283,36 @@ def greedy_order(score_fn, data: Any, valid: jax.Array, target: jax.Array, exclu
     positions = jnp.arange(history_len, dtype=jnp.int32)
 
     def step(deleted, _):
-        _, margins = _next_deletions(score_fn, data, valid, deleted, positions, target,
-                                     exclude, k, chunk_size)
-        best = jnp.argmin(margins)
+        results, best = _next_deletions(score_fn, data, valid, deleted, positions, target,
+                                        exclude, k, chunk_size)
         any_left = jnp.any(valid & ~deleted)
         chosen = jnp.where(any_left, best, -1).astype(jnp.int32)
-        return deleted.at[best].set(deleted[best] | any_left), (chosen, margins)
+        return (deleted.at[best].set(deleted[best] | any_left),
+                (chosen, results.rank, results.margin))
 
-    _, (path, margins) = jax.lax.scan(step, jnp.zeros(history_len, bool), None, length=n_steps)
+    _, (path, ranks, margins) = jax.lax.scan(step, jnp.zeros(history_len, bool), None,
+                                             length=n_steps)
     # where each position stands on the path (n_steps: not on it); -1 entries are dropped
     place = jnp.full(history_len, n_steps, jnp.int32).at[
         jnp.where(path >= 0, path, history_len)].set(jnp.arange(n_steps, dtype=jnp.int32),
                                                      mode="drop")
     on_path = place < n_steps
+    # the rest in `strongest_first` order of the first step (its single deletions)
+    rest = jnp.zeros(history_len, jnp.int32).at[strongest_first(
+        Standing(ranks[0], ranks[0], margins[0]), valid)].set(
+        jnp.arange(history_len, dtype=jnp.int32))
     group = jnp.where(on_path, 0, jnp.where(valid, 1, 2))
-    within = jnp.where(on_path, place.astype(jnp.float32), margins[0])
-    return jnp.lexsort((within, group)).astype(jnp.int32)
+    return jnp.lexsort((jnp.where(on_path, place, rest), group)).astype(jnp.int32)
 
 
 def beam_search(score_fn, data: Any, valid: Any, target: int, exclude: Any, *, k: int,
                 max_size: int, beam_width: int = 4,
                 chunk_size: int | None = None) -> SearchResult:
     """Beam search for a minimal counterfactual set: keeps the `beam_width` distinct sets of
-    each size with the lowest margins, extends each by every remaining item (one vmapped call
-    of `beam_width * H` masks per size, compiled once), and stops at the first size where a
-    set removes the target from the top-K (the one with the lowest margin). Width 1 is
+    each size that leave the target lowest (largest rank, then lowest margin: `step_choice`),
+    extends each by every remaining item (one vmapped call of `beam_width * H` masks per
+    size, compiled once), and stops at the first size where a set removes the target from
+    the top-K (the first of them by the same rule). Width 1 is
     `greedy_search`.
 
     Returns:
@@ -325,7 +355,7 @@ def beam_search(score_fn, data: Any, valid: Any, target: int, exclude: Any, *, k
             mask[list(candidate)] = True
             masks.append(mask)
         results = evaluate(masks)
-        order = np.argsort(results.margin, kind="stable")
+        order = np.lexsort((results.margin, -results.rank))  # `step_choice`'s rule
         first = int(order[0])
         best = (candidates[first], Standing(*(leaf[first] for leaf in results)))
         if results.rank[first] >= k:

@@ -57,10 +57,18 @@ def test_quick_mode_writes_the_table(script, tmp_path):
                                                         float(mf_greedy["retrain_left@10"]))
     retrained = list(csv.DictReader((out / "retrain.csv").open()))
     assert {r["seed"] for r in retrained} == {"0", "1", "2", "3", "4"}
+    greedy_sizes = {r["user"]: r["set_size"] for r in retrained
+                    if r["explainer"] == "greedy" and r["found"] == "True"}
+    matched = [r for r in retrained if r["explainer"].endswith("@greedy_size")]
+    assert {r["explainer"] for r in matched} == {"effects@greedy_size", "random@greedy_size",
+                                                 "influence@greedy_size"}
     for row in retrained:  # a found set drops the item out of the top-10 per the re-fit
-        if row["explainer"] != "nothing" and row["found"] == "True":
+        if row in matched:  # a baseline's top items, as many as the greedy set of the user
+            assert row["set_size"] == greedy_sizes[row["user"]]
+        elif row["explainer"] != "nothing" and row["found"] == "True":
             assert int(row["refit_rank_after"]) > 10
-        assert int(row["set_size"]) <= 20
+        assert int(row["set_size"]) <= 12  # the whole history at most
+    assert 0.0 <= float(mf_greedy["retrain_left@10_at_greedy_size"]) <= 1.0
     assert "Re-fits, medians over the users" in text and '"fit_distance"' in text
     assert (out / "fidelity.png").stat().st_size > 10_000
     assert (out / "retrain.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -21,6 +21,7 @@ from causalrec_jax.explain import (
     single_deletions,
     standing,
 )
+from causalrec_jax.explain.search import Standing, step_choice, strongest_first
 from causalrec_jax.models.sasrec import SASRec
 
 
@@ -51,6 +52,18 @@ def test_standing_is_pessimistic():
     result = standing(scores, jnp.asarray(0), exclude, 2)
     assert int(result.rank) == 2  # item 2 above, item 1 ties and wins; item 4 excluded
     assert float(result.margin) == 0.0  # the second best other scores 2.0: out of top-2
+
+
+def test_a_step_deletes_what_leaves_the_item_lowest_then_the_lowest_margin():
+    rank = jnp.asarray([2, 5, 5, 7, 9])
+    margin = jnp.asarray([-3.0, 0.9, 0.5, jnp.nan, 0.1])
+    usable = jnp.asarray([True, True, True, True, False])
+    # 4 is not usable, 3 cannot be scored: of the rank-5 pair, the lower margin; not 0, whose
+    # margin is the lowest but which leaves the item higher
+    assert int(step_choice(rank, margin, usable)) == 2
+    assert int(step_choice(rank, margin, usable.at[2].set(False))) == 1
+    order = strongest_first(Standing(margin, rank, margin), usable)  # padding: position 4
+    np.testing.assert_array_equal(np.asarray(order), [2, 1, 0, 3, 4])
 
 
 def test_the_oracle_finds_the_known_minimal_sets():
