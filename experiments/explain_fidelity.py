@@ -147,11 +147,14 @@ def trained_run(model: str, args: argparse.Namespace) -> Path:
 
 def check_reused(folder: Path, config) -> None:
     """ConfigError (one line) when the run in `folder` was trained with another config than
-    `config` (data.path aside) or on other data than `config.data` reads (the fingerprint)."""
+    `config` (data.path aside) or on other data than `config.data` reads (the fingerprint).
+    The stored config is read through `load_config`, so a key added to the schema after the
+    run was trained counts at its default (the value the run trained with)."""
     try:
-        stored = tomllib.loads((folder / "config.toml").read_text())
-    except (OSError, tomllib.TOMLDecodeError) as error:
-        raise ConfigError(f"{folder / 'config.toml'}: not a readable run config ({error}); "
+        stored = tomllib.loads(dumps_config(load_config(folder / "config.toml")))
+    except (OSError, tomllib.TOMLDecodeError, ConfigError) as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise ConfigError(f"{folder / 'config.toml'}: not a readable run config ({reason}); "
                           "remove the run or pass another --runs") from None
     wanted = tomllib.loads(dumps_config(config))
     differ = sorted(f"{section}.{key}" for section in wanted.keys() | stored.keys()
