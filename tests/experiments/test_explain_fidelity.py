@@ -113,3 +113,41 @@ def test_a_reused_run_of_another_config_is_refused(script, tmp_path):
     (runs / "mf" / "metrics.json").write_text("{}")
     with pytest.raises(ConfigError, match=r"trained with other values of train\.epochs"):
         script.main(["--out", str(tmp_path / "new"), "--runs", str(runs), "--models", "mf"])
+
+
+def test_a_reused_run_from_before_a_key_was_added_is_accepted(script, tmp_path, monkeypatch):
+    from causalrec_jax.config import dumps_config, load_config
+
+    folder = tmp_path / "runs" / "mf"
+    folder.mkdir(parents=True)
+    config = load_config(ROOT / "configs" / "ml100k_mf.toml",
+                         ['data.path="../shared/data/ml-100k"'])
+    # a run written before `model.attention_dim` existed: the key is absent, at its default
+    text = dumps_config(config)
+    assert "attention_dim = 0\n" in text
+    (folder / "config.toml").write_text(text.replace("attention_dim = 0\n", ""))
+    checked = []
+    monkeypatch.setattr(script, "load_run", lambda path: checked.append(path) or config)
+    monkeypatch.setattr(script, "check_unchanged", lambda *args: None)
+    script.check_reused(folder, config)
+    assert checked == [folder]  # past the config check, on to the data's fingerprint
+    (folder / "config.toml").write_text(text.replace("attention_dim = 0\n",
+                                                     "attention_dim = 8\n"))
+    from causalrec_jax.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"other values of model\.attention_dim"):
+        script.check_reused(folder, config)
+
+
+@pytest.mark.parametrize("text", ["[model\nname = ", '[model]\nname = "mf"\nno_such_key = 1\n'])
+def test_a_reused_run_with_an_unreadable_config_is_refused(script, tmp_path, text):
+    from causalrec_jax.config import load_config
+    from causalrec_jax.errors import ConfigError
+
+    folder = tmp_path / "runs" / "mf"
+    folder.mkdir(parents=True)
+    (folder / "config.toml").write_text(text)
+    config = load_config(ROOT / "configs" / "ml100k_mf.toml")
+    with pytest.raises(ConfigError, match="not a readable run config") as error:
+        script.check_reused(folder, config)
+    assert "\n" not in str(error.value)
