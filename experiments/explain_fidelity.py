@@ -23,15 +23,17 @@ the user has, in any split):
   top-K per the deletion model, of any size up to the whole history unless `--max-set`
   caps it) is removed from the training data and the model retrained from scratch with 5
   seeds (`train.seeds=5`, seeds 0-4, the run's own loss, optimiser, batches, epochs = the
-  run's selected `best_epoch + 1`); the rate at which the item really leaves the user's
-  top-10, over all users and over those whose set was found, and the share of cases where a
-  found set held (`valid`), next to the same retrain with nothing removed (same seeds). A
+  run's selected `best_epoch + 1`); only found sets are removed (an explainer that found
+  none gave nothing to check), so each training set loses explanations and nothing else;
+  the rate at which the item really leaves the user's top-10 over the found sets, and the
+  share of all (user, seed) cases where a found set held (`valid`), next to the same
+  retrain with nothing removed (same seeds). A
   larger set holds more often whoever chose it, so every baseline is also retrained with
   its top items cut to the size of the greedy set of the same user (`<name>@greedy_size`,
   users whose greedy set was found): at equal size, whose items matter. The users' removals
   are packed into one edited training set per explainer (`--pack`, default all sampled
-  users at once, a removal being 0.01-0.7% of the rows); `--alone N` also retrains N users
-  one at a time to measure what packing changes.
+  users at once); `--alone N` also retrains N users' greedy sets one user at a time to
+  measure what packing changes.
 
 Writes `DIR/table.md`, `DIR/table.csv` (one row per model and explainer), `DIR/curves.csv`
 (every step), `DIR/retrain.csv` (per user, explainer and seed), `DIR/fidelity.png` and, with
@@ -188,7 +190,8 @@ def explain_user(model, target: int, exclude: np.ndarray, names: list[str], key,
             orders[name] = np.asarray(search.greedy_order(*args, k=K_R, n_steps=K_E,
                                                           chunk_size=chunk))
         elif name == "effects":
-            orders[name] = np.asarray(search.strongest_first(single.after, model.valid))
+            orders[name] = np.asarray(search.strongest_first(
+                single.after.rank, single.after.margin, model.valid))
         else:
             try:
                 orders[name] = baseline_order(name, model, target, key=key)
@@ -199,14 +202,18 @@ def explain_user(model, target: int, exclude: np.ndarray, names: list[str], key,
         out[name] = {"curves": fidelity.fidelity_curves(
             scores_fn, order, model.valid, target, exclude, n_steps=K_E)}
     if retrain_sets:  # each explainer's minimal set at the top-10, as `explain` finds it
+        # the effects order of the sets is the one at the sets' cut-off, as `explain` has it
+        at_set_k = search.single_deletions(*args, k=set_k, chunk_size=chunk).after
         for name in orders:
             explanation = explain(model, target, k=set_k, method=name,
-                                  max_size=max_set or len(model.valid),
+                                  max_size=len(model.valid) if max_set is None else max_set,
                                   exclude=exclude, key=key, chunk_size=chunk)
             out[name]["set"] = explanation.history[explanation.minimal_set]
             out[name]["found"] = explanation.found
             out[name]["refit_rank"] = explanation.rank_after_set + 1
-            order = orders[name]
+            order = (np.asarray(search.strongest_first(at_set_k.rank, at_set_k.margin,
+                                                       model.valid))
+                     if name == "effects" else orders[name])
             out[name]["ranking"] = model.history[order[model.valid[order]]]
     return out
 
@@ -306,25 +313,32 @@ def retrain_validity(run_dir: Path, records: list[dict[str, Any]], names: list[s
     known_all[[r["user"] for r in records]] = known
     pack = args.pack or len(records)
     groups = [records[i: i + pack] for i in range(0, len(records), pack)]
+    # only found sets are removed (an explainer that found none gave no explanation to
+    # check), so every training set loses explanations and nothing else
     edits, queries, labels = [], [], []
-    for name in ("nothing", *names):
-        for group in groups:
-            members = [r for r in group if name == "nothing" or name in r["explainers"]]
-            removal = {} if name == "nothing" else {
-                r["user"]: r["explainers"][name]["set"] for r in members}
+
+    def add(label: str, removal: dict[int, np.ndarray], members) -> None:
+        if members:
             edits.append(removal)
             queries.append([(r["user"], r["target"]) for r in members])
-            labels.append(name)
-    for name in names if "greedy" in names else ():  # each baseline at greedy's set size
+            labels.append(label)
+
+    for group in groups:
+        add("nothing", {}, group)
+    for name in names:
         for group in groups:
-            members = [r for r in group if name != "greedy" and name in r["explainers"]
+            members = [r for r in group if name in r["explainers"]
+                       and r["explainers"][name]["found"]]
+            add(name, {r["user"]: r["explainers"][name]["set"] for r in members}, members)
+    baselines = [name for name in names if name != "greedy"] if "greedy" in names else []
+    for name in baselines:  # each baseline's top items, as many as greedy's set holds
+        for group in groups:
+            members = [r for r in group if name in r["explainers"]
                        and r["explainers"]["greedy"]["found"]]
-            if members:
-                edits.append({r["user"]: r["explainers"][name]["ranking"][
-                    : len(r["explainers"]["greedy"]["set"])] for r in members})
-                queries.append([(r["user"], r["target"]) for r in members])
-                labels.append(f"{name}{AT_GREEDY_SIZE}")
-    for r in records[: args.alone]:  # one user per training set: what packing changes
+            add(f"{name}{AT_GREEDY_SIZE}", {r["user"]: r["explainers"][name]["ranking"][
+                : len(r["explainers"]["greedy"]["set"])] for r in members}, members)
+    alone = [r for r in records if r["explainers"]["greedy"]["found"]][: args.alone]
+    for r in alone:  # one user per training set: what packing changes
         edits.append({r["user"]: r["explainers"]["greedy"]["set"]})
         queries.append([(r["user"], r["target"])])
         labels.append("greedy_alone")
@@ -340,18 +354,25 @@ def retrain_validity(run_dir: Path, records: list[dict[str, Any]], names: list[s
     by_user = {r["user"]: r for r in records}
     for m, (label, q) in enumerate(zip(labels, queries, strict=True)):
         for j, (user, target) in enumerate(q):
-            matched = label.endswith(AT_GREEDY_SIZE)  # greedy's size; the rank not computed
-            found = by_user[user]["explainers"].get(
-                "greedy" if matched else label.removesuffix("_alone"))
+            entry = by_user[user]["explainers"].get(label.removesuffix("_alone"))
+            # the size-matched sets: the deletion model's rank was not computed for them
+            matched = label.endswith(AT_GREEDY_SIZE)
             for s, seed in enumerate(setup.seeds):
                 per_user.append({
                     "explainer": label, "user": user, "target": target, "seed": seed,
-                    "set_size": 0 if found is None else len(found["set"]),
-                    "found": True if found is None else bool(found["found"]),
-                    "refit_rank_after": ("" if matched else 1 if found is None
-                                         else int(found["refit_rank"])),
+                    "set_size": len(edits[m].get(user, ())), "found": True,
+                    "refit_rank_after": ("" if matched else 1 if entry is None
+                                         else int(entry["refit_rank"])),
                     "rank_after_retrain": int(ranks[s, m, j]) + 1,
                     "left_top10": bool(ranks[s, m, j] >= K_RETRAIN)})
+    for name in names:  # the users an explainer found no set for: nothing retrained
+        for r in records:
+            if name in r["explainers"] and not r["explainers"][name]["found"]:
+                per_user += [{"explainer": name, "user": r["user"], "target": r["target"],
+                              "seed": seed, "set_size": len(r["explainers"][name]["set"]),
+                              "found": False, "refit_rank_after": "",
+                              "rank_after_retrain": "", "left_top10": ""}
+                             for seed in setup.seeds]
     summary = retrain_summary(per_user)
     seed0 = [row for row in per_user if row["explainer"] == "nothing" and row["seed"] == 0]
     meta = {"epochs": epochs, "seeds": setup.seeds, "seconds": round(seconds, 1),
@@ -369,11 +390,13 @@ def retrain_validity(run_dir: Path, records: list[dict[str, Any]], names: list[s
 
 
 def retrain_summary(per_user: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Per explainer, from the rows of `retrain.csv` (values may be the CSV's strings):
-    `left` (share of (user, seed) where the item left the top-10), `left_found` (the same
-    over the users whose set was found), `valid` (share of (user, seed) with a found set
-    after which the item left: the cases an explainer's explanation holds), `found`, `size`
-    (mean set size), `found_size` (over the found sets), `n`."""
+    """Per explainer, from the rows of `retrain.csv` (values may be the CSV's strings; a user
+    without a found set has rows with nothing retrained): `left_found` (share of (user, seed)
+    with a found set where the item left the top-10 after retraining), `valid` (the same
+    over every user: the cases an explainer's explanation holds), `found`, `size` (mean set
+    size), `found_size` (over the found sets), `at_greedy_size` (`left_found` of the
+    explainer's `@greedy_size` rows; greedy: its own), `n`; `left` is `valid` (the share of
+    all (user, seed) where the item left)."""
     def flag(value) -> bool:
         return value is True or value == "True"
 
@@ -389,6 +412,9 @@ def retrain_summary(per_user: list[dict[str, Any]]) -> dict[str, dict[str, Any]]
             "size": float(np.mean([int(row["set_size"]) for row in mine])),
             "found_size": (float(np.mean([int(row["set_size"]) for row, hit in zip(
                 mine, found, strict=True) if hit])) if found.any() else None)}
+    for label, entry in summary.items():
+        entry["at_greedy_size"] = (entry["left_found"] if label == "greedy" else
+                                   summary.get(label + AT_GREEDY_SIZE, {}).get("left_found"))
     return summary
 
 
@@ -396,22 +422,19 @@ def write_outputs(out: Path, rows, curve_rows, retrain, meta, protocol: str) -> 
     out.mkdir(parents=True, exist_ok=True)
     columns = ["model", "explainer", "users", "nonfinite",
                *[f"pos@{K_R},{k}" for k in range(1, K_E + 1)],
-               f"del@{K_E}", f"ins@{K_E}", f"cdcg@{K_E}", "retrain_left@10",
-               "retrain_left@10_found", "retrain_valid@10", "retrain_left@10_unedited",
+               f"del@{K_E}", f"ins@{K_E}", f"cdcg@{K_E}", "retrain_left@10_found",
+               "retrain_valid@10", "retrain_left@10_unedited",
                "set_size@10", "found@10", "found_set_size@10",
                "retrain_left@10_at_greedy_size"]
     for row in rows:
         if row["model"] == "mf" and retrain and row["explainer"] in retrain:
             entry = retrain[row["explainer"]]
-            row.update({"retrain_left@10": entry["left"],
-                        "retrain_left@10_found": entry["left_found"],
+            row.update({"retrain_left@10_found": entry["left_found"],
                         "retrain_valid@10": entry["valid"],
                         "retrain_left@10_unedited": retrain["nothing"]["left"],
                         "set_size@10": entry["size"], "found@10": entry["found"],
                         "found_set_size@10": entry["found_size"],
-                        "retrain_left@10_at_greedy_size": (
-                            entry["left_found"] if row["explainer"] == "greedy" else
-                            retrain.get(row["explainer"] + AT_GREEDY_SIZE, {}).get("left"))})
+                        "retrain_left@10_at_greedy_size": entry["at_greedy_size"]})
     write_csv(out / "table.csv", rows, columns)
     write_csv(out / "curves.csv", curve_rows, list(curve_rows[0]))
     lines = [protocol, "", "| " + " | ".join(columns) + " |",
@@ -449,8 +472,7 @@ def plot_retrain(path: Path, summary: dict[str, dict[str, Any]]) -> None:
                  [summary[n]["valid"] for n in names], color=colors, top=1.1,
                  references=reference, ylabel="share of (user, seed)"),
         BarPanel("item left, the explainer's top items\nat the greedy set's size",
-                 [summary["greedy"]["left_found"] if n == "greedy" else
-                  summary.get(n + AT_GREEDY_SIZE, {}).get("left") for n in names],
+                 [summary[n]["at_greedy_size"] for n in names],
                  color=colors, top=1.1, references=reference,
                  ylabel="share of (user, seed)"),
     ], title=f"Retrain validity (ACCENT), MF: sets removed from the training data, retrained "
@@ -578,9 +600,10 @@ def protocol_line(n_users: int, seed: int, timings: dict[str, float], max_histor
         f"K_e removed items, DEL/INS/CDCG@{K_E} areas over steps 1..{K_E}, probability = "
         "softmax over the candidates; lower is better except INS. Retrain (MF only): sets "
         f"for the top-{set_k} ({size}), retrained {RETRAIN_SEEDS} seeds; "
-        f"retrain_left@10: share of (user, seed) where the item left the top-{K_RETRAIN}; "
-        "_found: the same over the users whose set removes the item from the top-"
-        f"{set_k} per the deletion model (found@10 of them); "
+        "only found sets are removed (found@10: the users whose set removes the item from "
+        f"the top-{set_k} per the deletion model); retrain_left@10_found: share of (user, "
+        f"seed) with a found set where the item left the top-{K_RETRAIN} after retraining; "
+        "retrain_valid@10: the same over every user (found and left); "
         "_unedited: the same retrain with nothing removed; _at_greedy_size: each "
         "explainer's top items, as many as the greedy set of the same user holds (users "
         "whose greedy set was found). Seconds explaining: "

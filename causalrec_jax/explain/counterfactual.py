@@ -132,11 +132,14 @@ def explain(model: DeletionModel, target: int, *, k: int = 10, method: str = "gr
     deltas = (np.asarray(effects.after.score) - float(base.score))[positions]
     rank_after = np.asarray(effects.after.rank)[positions]
     causes = np.lexsort((-rank_after, deltas))  # largest drop first, then largest rank
-    max_size = min(max_size, max(len(positions), 1))
+    # capped at the padded length, not the count of valid positions: users whose histories
+    # pad alike share the compiled search (`max_size` is static)
+    max_size = min(max_size, max(len(valid), 1))
     if method == "greedy":
         candidates = None
         if n_candidates is not None and n_candidates < len(positions):
-            candidates = search.strongest_first(effects.after, valid)[:n_candidates]
+            candidates = search.strongest_first(effects.after.rank, effects.after.margin,
+                                                valid)[:n_candidates]
         result = search.greedy_search(*args, k=k, max_size=max_size, chunk_size=chunk_size,
                                       candidates=candidates, singles=effects)
     elif method == "beam":
@@ -146,7 +149,8 @@ def explain(model: DeletionModel, target: int, *, k: int = 10, method: str = "gr
         result = _oracle_result(model, *args[2:], k=k, max_size=max_size)
     else:
         if method == "effects":
-            order = np.asarray(search.strongest_first(effects.after, valid))
+            order = np.asarray(search.strongest_first(effects.after.rank,
+                                                      effects.after.margin, valid))
         else:
             order = baseline_order(method, model, target,
                                    key=jax.random.key(0) if key is None else key)
@@ -182,6 +186,7 @@ def _oracle_result(model: DeletionModel, valid, target, exclude, *, k: int,
         keeps[row, list(chosen)] = 0.0
     results = search.evaluate_masks(model.score_fn, model.data, jnp.asarray(keeps), target,
                                     exclude, k=k)
-    best = int(np.lexsort((np.asarray(results.margin), -np.asarray(results.rank)))[0])
+    best = int(search.strongest_first(results.rank, results.margin,
+                                      np.ones(len(oracle.sets), bool))[0])
     after = search.Standing(*(np.asarray(leaf)[best] for leaf in results))
     return search.set_result(oracle.sets[best], after, True, len(valid), max_size)

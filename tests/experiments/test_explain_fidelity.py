@@ -47,14 +47,14 @@ def test_quick_mode_writes_the_table(script, tmp_path):
     assert {row["explainer"] for row in rows if row["model"] == "sasrec"} == {
         "greedy", "effects", "random"}  # no influence functions for a sequential model
     mf_greedy = next(r for r in rows if r["model"] == "mf" and r["explainer"] == "greedy")
-    assert 0.0 <= float(mf_greedy["retrain_left@10"]) <= 1.0
+    assert 0.0 <= float(mf_greedy["retrain_left@10_found"]) <= 1.0
     assert float(mf_greedy["retrain_left@10_unedited"]) >= 0.0
     for value in ("pos@5,1", "del@5", "ins@5", "cdcg@5"):
         assert 0.0 <= float(mf_greedy[value]) <= 1.0
     assert 0.0 <= float(mf_greedy["found@10"]) <= 1.0
-    # the cases an explanation holds: found and left, so at most each
-    assert float(mf_greedy["retrain_valid@10"]) <= min(float(mf_greedy["found@10"]),
-                                                        float(mf_greedy["retrain_left@10"]))
+    # the cases an explanation holds: found, and left over the found ones
+    assert float(mf_greedy["retrain_valid@10"]) == pytest.approx(
+        float(mf_greedy["found@10"]) * float(mf_greedy["retrain_left@10_found"]))
     retrained = list(csv.DictReader((out / "retrain.csv").open()))
     assert {r["seed"] for r in retrained} == {"0", "1", "2", "3", "4"}
     greedy_sizes = {r["user"]: r["set_size"] for r in retrained
@@ -62,11 +62,13 @@ def test_quick_mode_writes_the_table(script, tmp_path):
     matched = [r for r in retrained if r["explainer"].endswith("@greedy_size")]
     assert {r["explainer"] for r in matched} == {"effects@greedy_size", "random@greedy_size",
                                                  "influence@greedy_size"}
-    for row in retrained:  # a found set drops the item out of the top-10 per the re-fit
-        if row in matched:  # a baseline's top items, as many as the greedy set of the user
+    for row in retrained:
+        if row in matched:  # the removal applied: as many items as the user's greedy set
             assert row["set_size"] == greedy_sizes[row["user"]]
-        elif row["explainer"] != "nothing" and row["found"] == "True":
-            assert int(row["refit_rank_after"]) > 10
+        elif row["found"] == "False":  # no set, nothing retrained
+            assert row["left_top10"] == "" and row["rank_after_retrain"] == ""
+        elif row["explainer"] != "nothing":  # a found set drops the item per the re-fit
+            assert int(row["refit_rank_after"]) > 10 and row["left_top10"] in ("True", "False")
         assert int(row["set_size"]) <= 12  # the whole history at most
     assert 0.0 <= float(mf_greedy["retrain_left@10_at_greedy_size"]) <= 1.0
     assert "Re-fits, medians over the users" in text and '"fit_distance"' in text

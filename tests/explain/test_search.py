@@ -21,7 +21,8 @@ from causalrec_jax.explain import (
     single_deletions,
     standing,
 )
-from causalrec_jax.explain.search import Standing, step_choice, strongest_first
+from causalrec_jax.explain.deletion import DeletionModel
+from causalrec_jax.explain.search import greedy_order, step_choice, strongest_first
 from causalrec_jax.models.sasrec import SASRec
 
 
@@ -62,8 +63,43 @@ def test_a_step_deletes_what_leaves_the_item_lowest_then_the_lowest_margin():
     # margin is the lowest but which leaves the item higher
     assert int(step_choice(rank, margin, usable)) == 2
     assert int(step_choice(rank, margin, usable.at[2].set(False))) == 1
-    order = strongest_first(Standing(margin, rank, margin), usable)  # padding: position 4
+    order = strongest_first(rank, margin, usable)  # position 4 is padding here
     np.testing.assert_array_equal(np.asarray(order), [2, 1, 0, 3, 4])
+
+
+@dataclasses.dataclass(frozen=True)
+class PassingScorer:
+    """Deleting position 0 lifts items 1 and 2 past the target (rank 2) but leaves its margin
+    over the 3rd item large; deleting 1 lowers the target itself (rank 1, a small margin);
+    deleting 2 lifts item 3. Rank first: {0, 2} (item 3 passes too: out of the top-3);
+    the margin alone would take 1 first and need 3 deletions."""
+
+    def __call__(self, data, keep):
+        gone = 1.0 - keep
+        return jnp.stack([10.0 - 4.0 * gone[1], 9.0 + 2.0 * gone[0], 5.0 + 6.0 * gone[0],
+                          4.0 + 7.0 * gone[2], jnp.float32(0.0)])
+
+
+def test_every_search_follows_the_rank_first_rule():
+    args = (PassingScorer(), {}, jnp.ones(3, bool), jnp.asarray(0), jnp.zeros(5, bool))
+    singles = single_deletions(*args, k=3)
+    np.testing.assert_array_equal(np.asarray(singles.after.rank), [2, 1, 1])
+    np.testing.assert_allclose(np.asarray(singles.after.margin), [6.0, 2.0, 5.0])
+    greedy = greedy_search(*args, k=3, max_size=3)
+    assert bool(greedy.found) and int(greedy.size) == 2
+    assert tuple(np.asarray(greedy.order)[:2]) == (0, 2)
+    beam = beam_search(*args, k=3, max_size=3, beam_width=1)
+    assert beam.found and list(np.asarray(beam.order)[:2]) == [0, 2]
+    assert int(greedy_order(*args, k=3, n_steps=1)[0]) == 0
+    model = DeletionModel(score_fn=PassingScorer(), data={}, history=np.arange(3),
+                          semantics="toy", n_items=5)
+    effects = explain(model, 4, k=3, method="effects", exclude=np.zeros(5, bool))
+    assert effects.size == 0  # item 4 is already out of the top-3
+    effects = explain(model, 0, k=3, method="effects", max_size=3,
+                      exclude=np.zeros(5, bool))
+    # single deletions: ranks 2, 1, 1 and margins 6, 2, 5, so 0 first, then 1 (the margin
+    # alone would order 1, 2, 0)
+    assert list(effects.minimal_set) == [0, 1, 2]
 
 
 def test_the_oracle_finds_the_known_minimal_sets():
