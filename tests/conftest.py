@@ -289,25 +289,43 @@ def _check_tracked(read_events, client_of, folder: Path, uri: str,
     assert {"config.toml", "log.jsonl", "metrics.json"} <= artifacts
 
 
+def _cycle_walks(n_users: int, n_items: int, length: int, seed: int):
+    """`n_users` walks of `length` items along one random `n_items`-cycle (the next item is a
+    function of the current one), each from a random start; returns `(walks, order)`, `order`
+    the cycle (item `order[i]` is followed by `order[i + 1]`)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(n_items)
+    successor = np.empty(n_items, int)
+    successor[order] = np.roll(order, -1)
+    walks = []
+    for _ in range(n_users):
+        item, walk = int(rng.integers(n_items)), []
+        for _ in range(length):
+            walk.append(item)
+            item = int(successor[item])
+        walks.append(walk)
+    return walks, order
+
+
 def _write_walks(folder: Path) -> tuple[Path, dict[str, str]]:
     """60 users walking one 20-cycle over 20 items (the next item is f(current item)), as
     `folder/walks.csv` (user, item, time); returns its path and the rule `{item: next item}`."""
-    import numpy as np
     import pandas as pd
 
-    rng = np.random.default_rng(0)
-    order = rng.permutation(20)
-    successor = np.empty(20, int)
-    successor[order] = np.roll(order, -1)
-    rows = []
-    for user in range(60):
-        item = int(rng.integers(20))
-        for t in range(12):
-            rows.append((user, item, t))
-            item = int(successor[item])
+    walks, order = _cycle_walks(60, 20, 12, seed=0)
+    rows = [(user, item, t) for user, walk in enumerate(walks) for t, item in enumerate(walk)]
     path = folder / "walks.csv"
     pd.DataFrame(rows, columns=["user", "item", "time"]).to_csv(path, index=False)
     return path, {str(order[i]): str(order[(i + 1) % 20]) for i in range(20)}
+
+
+@pytest.fixture(scope="session")
+def cycle_walks():
+    """The planted cycle walks (`_cycle_walks`): `cycle_walks(n_users, n_items, length, seed)
+    -> (walks, order)`."""
+    return _cycle_walks
 
 
 @pytest.fixture(scope="session")

@@ -4,27 +4,17 @@ only `data.format` and `data.path`."""
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from causalrec_jax.cli import main
 
 
 @pytest.fixture
-def planted_lines(tmp_path):
+def planted_lines(tmp_path, cycle_walks):
     """50 users walking one 30-cycle (raw ids "i0".."i29"), one `user item item ...` line each."""
-    rng = np.random.default_rng(1)
-    order = rng.permutation(30)
-    successor = np.empty(30, int)
-    successor[order] = np.roll(order, -1)
-    lines = []
-    for user in range(50):
-        item = int(rng.integers(30))
-        walk = []
-        for _ in range(14):
-            walk.append(f"i{item}")
-            item = int(successor[item])
-        lines.append(f"u{user} " + " ".join(walk))
+    walks, _ = cycle_walks(50, 30, 14, seed=1)
+    lines = [f"u{user} " + " ".join(f"i{item}" for item in walk)
+             for user, walk in enumerate(walks)]
     path = tmp_path / "Planted.txt"
     path.write_text("\n".join(lines) + "\n")
     return path
