@@ -125,6 +125,10 @@ def build_parser() -> argparse.ArgumentParser:
                               "(default: the L2 >= the run's whose full-history re-fit lands "
                               "nearest the trained user), run (the run's weight decay), or a "
                               "number >= 0")
+    explain.add_argument("--hold-seeds", action="store_true",
+                         help="extend the set until it removes the item from the top-K under "
+                              "every seed the run trained (train.seeds >= 2): a set that does "
+                              "not lean on one seed's noise")
     explain.add_argument("--causes", type=int, default=10,
                          help="rows of the table of causes (0: all)")
     explain.add_argument("--png", help="bar chart path (default explain_USER_ITEM.png)")
@@ -489,7 +493,7 @@ def _command_explain(args: argparse.Namespace) -> int:
 
     result = explain_run(args.run, args.user, args.item, k=args.k, max_size=args.max_size,
                          method=args.method, n_candidates=args.candidates,
-                         refit_l2=args.refit_l2)
+                         refit_l2=args.refit_l2, hold_seeds=args.hold_seeds)
     safe = re.sub(r"[^A-Za-z0-9_.-]", "_", f"{result.user_id}_{result.item_id}")
     png = plot_explanation(result, args.png or f"explain_{safe}.png")
     if args.json:

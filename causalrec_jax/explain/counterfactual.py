@@ -12,10 +12,16 @@ interactions whose removal drops the item out of the top-K, by the chosen method
   the largest rank after the deletion, then the lowest margin; no extra model call);
 - the baselines of `explain.baselines` (`random`, `popular`, `similar`, `influence`,
   `integrated_gradients`), each an order deleted until the item leaves the top-K.
+
+With `seeds` (the deletion models of the same user under the run's other seeds), the set is
+extended until it removes the item from the top-K under every seed (`search.held_prefix`):
+the explained model's minimal set stops where that one model just lets the item go, while a
+retrained model lands elsewhere by its seed alone.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -52,6 +58,8 @@ class Explanation(NamedTuple):
         score_after_set: the item's score after deleting `minimal_set`.
         rank_after_set: its rank after deleting `minimal_set`.
         semantics: what deleting means for this model.
+        seeds: how many models `found` was checked under: 1, the explained one; more, with
+            the run's other seeds (`explain(..., seeds=...)`), under every one of them.
     """
 
     target: int
@@ -68,6 +76,7 @@ class Explanation(NamedTuple):
     score_after_set: float
     rank_after_set: int
     semantics: str
+    seeds: int = 1
 
     @property
     def size(self) -> int:
@@ -85,7 +94,8 @@ def default_exclude(model: DeletionModel) -> np.ndarray:
 def explain(model: DeletionModel, target: int, *, k: int = 10, method: str = "greedy",
             max_size: int = 10, exclude: Any = None, beam_width: int = 4,
             key: jax.Array | None = None, chunk_size: int | None = None,
-            n_candidates: int | None = None) -> Explanation:
+            n_candidates: int | None = None,
+            seeds: Sequence[DeletionModel] = ()) -> Explanation:
     """Explains why `target` is recommended to the user of `model`.
 
     Args:
@@ -102,13 +112,21 @@ def explain(model: DeletionModel, target: int, *, k: int = 10, method: str = "gr
         n_candidates: `greedy` deletes only among the `n_candidates` strongest single
             deletions (`search.strongest_first`), scoring that many masks per step instead
             of the whole history; None: every past interaction (exact greedy).
+        seeds: the same user's deletion models under the run's other seeds (same history):
+            the method's set is then extended until deleting it removes the item from the
+            top-K under `model` and every one of them (`search.held_prefix`), in the method's
+            own order for the ordered methods (`effects`, the baselines), else by one more
+            deletion's effect on `model` after the set (`search.order_after`); `found` says
+            whether one did, within the whole history (`max_size` bounds the method's own
+            search only).
 
     Returns:
         `Explanation`.
 
     Raises:
         ValueError: an unknown method, `k` or `max_size` below 1, a target out of range or
-            among the excluded items, or a baseline the model does not support.
+            among the excluded items, a baseline the model does not support, or `seeds` with
+            another history than `model`'s.
     """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}: expected one of {', '.join(METHODS)}")
@@ -124,6 +142,10 @@ def explain(model: DeletionModel, target: int, *, k: int = 10, method: str = "gr
     if exclude[target]:
         raise ValueError(f"item index {target} is one the user already has")
     valid = model.valid
+    for other in seeds:
+        if not np.array_equal(other.history, model.history):
+            raise ValueError("seeds: every model must hold the explained user's history "
+                             f"({int(valid.sum())} interactions), in the same positions")
     args = (model.score_fn, model.data, jnp.asarray(valid), jnp.asarray(target),
             jnp.asarray(exclude))
     effects = search.single_deletions(*args, k=k, chunk_size=chunk_size)
@@ -149,13 +171,16 @@ def explain(model: DeletionModel, target: int, *, k: int = 10, method: str = "gr
         result = _oracle_result(model, *args[2:], k=k, max_size=max_size)
     else:
         if method == "effects":
-            order = np.asarray(search.strongest_first(effects.after.rank,
-                                                      effects.after.margin, valid))
+            full_order = np.asarray(search.strongest_first(effects.after.rank,
+                                                           effects.after.margin, valid))
         else:
-            order = baseline_order(method, model, target,
-                                   key=jax.random.key(0) if key is None else key)
-        result = search.ordered_removal(*args, jnp.asarray(order), k=k, max_size=max_size,
-                                        chunk_size=chunk_size)
+            full_order = baseline_order(method, model, target,
+                                        key=jax.random.key(0) if key is None else key)
+        result = search.ordered_removal(*args, jnp.asarray(full_order), k=k,
+                                        max_size=max_size, chunk_size=chunk_size)
+    if seeds:
+        result = _held(model, seeds, result, args, k=k, chunk_size=chunk_size,
+                       order=None if method in ("greedy", "beam", "exhaustive") else full_order)
     order = np.asarray(result.order)
     order = order[order >= 0][: int(result.size)]
     index_of = np.full(len(valid), -1)
@@ -165,7 +190,29 @@ def explain(model: DeletionModel, target: int, *, k: int = 10, method: str = "gr
         base_rank=int(base.rank), history=model.history[positions], score_deltas=deltas,
         rank_after=rank_after, causes=causes, minimal_set=index_of[order],
         found=bool(result.found), score_after_set=float(result.after.score),
-        rank_after_set=int(result.after.rank), semantics=model.semantics)
+        rank_after_set=int(result.after.rank), semantics=model.semantics,
+        seeds=1 + len(seeds))
+
+
+def _held(model: DeletionModel, seeds: Sequence[DeletionModel], result: search.SearchResult,
+          args: tuple, *, k: int, chunk_size: int | None,
+          order: np.ndarray | None) -> search.SearchResult:
+    """`result`'s set extended until it holds under `model` and every model of `seeds`: in
+    `order` (the method's own, whose prefix the set is), else the set followed by the rest
+    by one more deletion's effect after it (`search.order_after`)."""
+    chosen = np.asarray(result.order)
+    chosen = chosen[chosen >= 0][: int(result.size)]
+    if order is None:
+        deleted = np.zeros(len(model.valid), bool)
+        deleted[chosen] = True
+        rest = np.asarray(search.order_after(args[0], args[1], args[2], jnp.asarray(deleted),
+                                             *args[3:], k=k, chunk_size=chunk_size))
+        order = np.concatenate([chosen, rest[~deleted[rest]]])
+    order = np.asarray(order, np.int32)
+    order = np.concatenate([chosen, order[~np.isin(order, chosen)]])
+    return search.held_prefix(args[0], [model.data, *(other.data for other in seeds)],
+                              model.valid, int(args[3]), np.asarray(args[4]), order, k=k,
+                              start=len(chosen), chunk_size=chunk_size)
 
 
 def _oracle_result(model: DeletionModel, valid, target, exclude, *, k: int,

@@ -24,6 +24,8 @@ best other candidate. The item leaves the top-K exactly when rank >= K, i.e. mar
   the true minimal size and every minimal set, for small histories.
 - `ordered_removal`: removes items in a given order (a baseline's ranking) until the item
   leaves the top-K, so that every baseline gets a counterfactual set comparable with ours.
+- `held_prefix`: the shortest prefix of an order that removes the item from the top-K under
+  several models at once (the seeds of one run: a set that holds whichever seed trained).
 """
 
 from __future__ import annotations
@@ -471,3 +473,93 @@ def ordered_removal(score_fn, data: Any, valid: jax.Array, target: jax.Array,
     # drop the skipped (padding) entries from the reported order
     compact = jnp.argsort(kept_order < 0, stable=True)
     return SearchResult(final, kept_order[compact], size, found, chosen)
+
+
+def _prefix_keeps(valid: jax.Array, order: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """`keeps [L + 1, H]` float32 deleting the first 0..L entries of `order [L]` (entries that
+    are padding or out of range delete nothing) and `counts [L + 1]` int32, how many
+    positions each deletes."""
+    history_len = valid.shape[0]
+    usable = (order >= 0) & (order < history_len)
+    usable = usable & valid[jnp.clip(order, 0, history_len - 1)]
+    hits = usable[:, None] & (order[:, None] == jnp.arange(history_len)[None, :])  # [L, H]
+    deleted = jnp.cumsum(hits.astype(jnp.int32), axis=0) > 0
+    deleted = jnp.concatenate([jnp.zeros((1, history_len), bool), deleted])
+    counts = jnp.concatenate([jnp.zeros(1, jnp.int32),
+                              jnp.cumsum(usable.astype(jnp.int32))])
+    return (valid[None, :] & ~deleted).astype(jnp.float32), counts
+
+
+@functools.partial(jax.jit, static_argnames=("score_fn", "k", "chunk_size"))
+def prefix_standings(score_fn, data: Any, valid: jax.Array, target: jax.Array,
+                     exclude: jax.Array, order: jax.Array, *, k: int,
+                     chunk_size: int | None = None) -> tuple[Standing, jax.Array]:
+    """The target's `Standing` after deleting each prefix of `order [L]` (distinct history
+    positions; -1 and padding positions delete nothing), prefix 0 (nothing deleted) included:
+    leaves `[L + 1]`, and `[L + 1]` how many positions each prefix deletes. One compiled,
+    vmapped call."""
+    keeps, counts = _prefix_keeps(valid, order)
+    return _standings(score_fn, data, keeps, target, exclude, k, chunk_size), counts
+
+
+def held_prefix(score_fn, datas: list[Any], valid: Any, target: int, exclude: Any,
+                order: Any, *, k: int, start: int = 0,
+                chunk_size: int | None = None) -> SearchResult:
+    """The shortest prefix of `order` deleting at least `start` positions whose deletion
+    removes the target from the top-K under every model in `datas` (data pytrees of one
+    `score_fn`: the seeds of a run, each re-fitted to the same history).
+
+    A set that one model's search finds minimal stops where that model's ranking just lets
+    the item go, and another seed of the same training puts it elsewhere (on ML-100K BPR-MF a
+    set minimal for the explained seed held in 80% of retrains of that seed but 60% of other
+    seeds', `experiments/results/explain_fidelity`); a set that holds under every seed
+    does not lean on one seed's noise.
+
+    Args:
+        datas: the models' data (the first is the one the result's `after` reads).
+        order: `[L]` int history positions, most likely cause first (e.g. a minimal set
+            followed by the rest of the history).
+        start: the fewest positions deleted (the size of the set being extended).
+
+    Returns:
+        `SearchResult` (numpy values): `found` when some prefix holds under every model
+        (`after`: the target's standing in the first model there); else the whole order,
+        `found` False.
+    """
+    valid = jnp.asarray(valid, bool)
+    order = np.asarray(order, np.int32)
+    # a repeated entry deletes nothing more: dropped (the length stays, a static shape)
+    unique = [int(p) for p in dict.fromkeys(order.tolist()) if p >= 0]
+    order = np.full(len(order), -1, np.int32)
+    order[: len(unique)] = unique
+    out, standings = None, []
+    for data in datas:
+        after, counts = prefix_standings(score_fn, data, valid, jnp.asarray(target),
+                                         jnp.asarray(exclude), jnp.asarray(order), k=k,
+                                         chunk_size=chunk_size)
+        left = np.asarray(after.rank) >= k
+        out = left if out is None else out & left
+        standings.append(after)
+    counts = np.asarray(counts)
+    # the first prefix of each size (a padding entry repeats the size before it)
+    first = np.concatenate([[True], counts[1:] > counts[:-1]])
+    works = out & first & (counts >= start)
+    found = bool(works.any())
+    last = int(np.argmax(works)) if found else len(order)
+    prefix = order[:last]
+    chosen = [int(p) for p in prefix if 0 <= p < valid.shape[0] and bool(valid[p])]
+    chosen = list(dict.fromkeys(chosen))
+    after = Standing(*(np.asarray(leaf)[last] for leaf in standings[0]))
+    return set_result(tuple(chosen), after, found, valid.shape[0], max(len(order), 1))
+
+
+@functools.partial(jax.jit, static_argnames=("score_fn", "k", "chunk_size"))
+def order_after(score_fn, data: Any, valid: jax.Array, deleted: jax.Array, target: jax.Array,
+                exclude: jax.Array, *, k: int, chunk_size: int | None = None) -> jax.Array:
+    """`[H]` int32: the positions not in `deleted [H]`, strongest first by one more deletion
+    on top of `deleted` (`strongest_first`: one vmapped call of H masks), then the deleted and
+    padding positions (what a set is extended by, one step of look-ahead)."""
+    positions = jnp.arange(valid.shape[0], dtype=jnp.int32)
+    results, _ = _next_deletions(score_fn, data, valid, deleted, positions, target, exclude,
+                                 k, chunk_size)
+    return strongest_first(results.rank, results.margin, valid & ~deleted)

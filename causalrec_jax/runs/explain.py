@@ -37,6 +37,7 @@ from causalrec_jax.explain.deletion import (
     make_refit_model,
 )
 from causalrec_jax.runs.load import known_items, load_run, recommend
+from causalrec_jax.runs.serve import check_seed_index, served_seeds
 from causalrec_jax.tasks.ordinary import LoadedRun
 from causalrec_jax.tasks.sequential import SEQUENCE_MODELS
 
@@ -83,17 +84,20 @@ class RunExplanation:
 def explain_run(run_dir: str | Path, user_id: str, item_id: str | None = None, *, k: int = 10,
                 max_size: int = 10, method: str = "greedy", beam_width: int = 4,
                 seed_index: int = 0, n_candidates: int | None = None,
-                refit_l2: str | float = "calibrated") -> RunExplanation:
+                refit_l2: str | float = "calibrated", hold_seeds: bool = False
+                ) -> RunExplanation:
     """Explains why the run recommends `item_id` (None: the user's top item) to `user_id`
     (`causalrec_jax.explain.explain` with `k`, `max_size`, `method`, `beam_width`,
     `n_candidates`), with the parameters of the seed at `seed_index`; `refit_l2` as
-    `deletion_model` (a string of a number counts as the number).
+    `deletion_model` (a string of a number counts as the number). With `hold_seeds`, the set
+    is extended until it removes the item from the top-K under every seed the run trained
+    (`explain(..., seeds=...)`; the item is the one the seed at `seed_index` serves).
 
     Raises:
         RunError: a run that cannot be explained (OPE, uplift, popularity, a causal method
             other than naive), an unknown user or item, an item the user already has, a
             user the run learned nothing about, a bad `k`, `max_size`, `method` or
-            `refit_l2`.
+            `refit_l2`, or `hold_seeds` on a run of one seed.
     """
     refit_l2 = _refit_l2(refit_l2)
     if method not in METHODS:
@@ -118,6 +122,11 @@ def explain_run(run_dir: str | Path, user_id: str, item_id: str | None = None, *
     if config.model.name in SEQUENCE_MODELS and refit_l2 != "calibrated":
         raise RunError(f"--refit-l2 {refit_l2}: {run_path} is a run of {config.model.name}, "
                        "which takes the edited history directly and re-fits nothing")
+    seeds = served_seeds(run)
+    if hold_seeds and len(seeds) < 2:
+        raise RunError(f"--hold-seeds: {run_path} holds one seed ({seeds[0]}); a set that holds "
+                       "across seeds needs a run trained with train.seeds >= 2")
+    check_seed_index(run, seed_index)
     user = _index_of(run.user_ids, user_id, "user", run_path)
     known = known_items(run, user)
     if item_id is None:
@@ -130,7 +139,11 @@ def explain_run(run_dir: str | Path, user_id: str, item_id: str | None = None, *
                        "does not have is recommended")
     served = recommend(run, user_id, k=len(run.item_ids), seed_index=seed_index)
     served_rank = next(i for i, (candidate, _) in enumerate(served) if candidate == item_id)
-    model = deletion_model(run, user, seed_index=seed_index, refit_l2=refit_l2)
+    rows = (training_rows(config, run.data)
+            if hold_seeds and config.model.name not in SEQUENCE_MODELS else None)
+    model = deletion_model(run, user, seed_index=seed_index, refit_l2=refit_l2, rows=rows)
+    others = [deletion_model(run, user, seed_index=index, refit_l2=refit_l2, rows=rows)
+              for index in range(len(seeds)) if hold_seeds and index != seed_index]
     if not model.valid.any():
         raise RunError(f"user {user_id!r} has no past interaction the model reads: nothing "
                        "to explain")
@@ -139,7 +152,7 @@ def explain_run(run_dir: str | Path, user_id: str, item_id: str | None = None, *
     try:
         explanation = explain(model, item, k=k, method=method, max_size=max_size,
                               exclude=exclude, beam_width=beam_width,
-                              n_candidates=n_candidates)
+                              n_candidates=n_candidates, seeds=others)
     except ValueError as error:  # a baseline or search this model cannot run
         raise RunError(f"--method {method} on a {config.model.name} run: {error}") from None
     features = _feature_table(model, item, exclude)
@@ -455,10 +468,18 @@ def format_explanation(result: RunExplanation, n_causes: int = 10) -> str:
         lines.append(f"the item is not in the top-{e.k} (rank {e.base_rank + 1}): nothing to "
                      "remove it from")
     elif e.found:
+        held = f", in all {e.seeds} seeds of the run" if e.seeds > 1 else ""
+        title = ("counterfactual explanation held across seeds" if e.seeds > 1
+                 else "minimal counterfactual explanation")
         lines.append(
-            f"minimal counterfactual explanation ({e.method}): {e.size} past "
+            f"{title} ({e.method}): {e.size} past "
             f"interaction{'s' if e.size != 1 else ''} (* above): {members}; without them the "
-            f"item falls to rank {e.rank_after_set + 1} (score {e.score_after_set:.4f})")
+            f"item falls to rank {e.rank_after_set + 1} (score {e.score_after_set:.4f}{held})")
+    elif e.seeds > 1:
+        lines.append(
+            f"no set removes the item from the top-{e.k} in all {e.seeds} seeds of the run "
+            f"({e.method}, extended over the whole history): after deleting "
+            f"{members or 'nothing'} it is at rank {e.rank_after_set + 1} in the explained seed")
     else:
         lines.append(
             f"no counterfactual set of at most {len(e.minimal_set)} interactions found "
@@ -488,7 +509,8 @@ def explanation_json(result: RunExplanation) -> dict[str, Any]:
         "n_candidates": result.n_candidates,
         "causes": [item(int(i)) for i in e.causes],
         "minimal_set": [result.history_ids[int(i)] for i in e.minimal_set],
-        "size": e.size, "found": e.found, "score_after_set": e.score_after_set,
+        "size": e.size, "found": e.found, "seeds": e.seeds,
+        "score_after_set": e.score_after_set,
         "rank_after_set": e.rank_after_set + 1, "features": result.features,
         "item_features": result.item_features, "warnings": result.warnings,
         "refit": result.refit,

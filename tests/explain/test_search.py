@@ -21,8 +21,15 @@ from causalrec_jax.explain import (
     single_deletions,
     standing,
 )
+from causalrec_jax.explain.baselines import baseline_order
 from causalrec_jax.explain.deletion import DeletionModel
-from causalrec_jax.explain.search import greedy_order, step_choice, strongest_first
+from causalrec_jax.explain.search import (
+    greedy_order,
+    held_prefix,
+    prefix_standings,
+    step_choice,
+    strongest_first,
+)
 from causalrec_jax.models.sasrec import SASRec
 
 
@@ -147,6 +154,54 @@ def test_ordered_removal_deletes_a_prefix():
     assert bool(result.found) and int(result.size) == 3
     np.testing.assert_array_equal(np.asarray(result.order)[:3], [3, 4, 0])
     assert set(np.flatnonzero(np.asarray(result.deleted))) == {0, 3, 4}
+
+
+def test_a_prefix_held_under_every_seed():
+    scorer, data, valid, target, exclude = toy(5.5)
+    stiff = {**data, "others": data["others"].at[1].set(3.0)}  # a drop of 7 needed
+    order = np.asarray([3, 4, 0, 1, 2])
+    after, counts = prefix_standings(scorer, data, valid, target, exclude, jnp.asarray(order),
+                                     k=1)
+    np.testing.assert_array_equal(np.asarray(counts), [0, 1, 2, 3, 4, 5])
+    # drops 0, 0.5, 1, 5, 6, 13 from a score of 10
+    np.testing.assert_allclose(np.asarray(after.score), [10.0, 9.5, 9.0, 5.0, 4.0, -3.0])
+    one = held_prefix(scorer, [data], valid, 0, exclude, order, k=1)
+    assert one.found and one.size == 3  # as ordered_removal finds it
+    both = held_prefix(scorer, [data, stiff], valid, 0, exclude, order, k=1)
+    assert both.found and both.size == 5 and list(both.order[:5]) == [3, 4, 0, 1, 2]
+    np.testing.assert_allclose(both.after.score, -3.0)  # read from the first model
+    assert held_prefix(scorer, [data], valid, 0, exclude, order, k=1, start=4).size == 4
+    # repeated and padding entries delete nothing more: the prefix counts positions
+    padded = held_prefix(scorer, [data], valid, 0, exclude, [3, 3, -1, 4, 0, 1], k=1)
+    assert padded.found and list(padded.order[:3]) == [3, 4, 0] and padded.size == 3
+    never = {**data, "others": jnp.full(6, -10.0)}  # -3 after every deletion: still first
+    none = held_prefix(scorer, [data, never], valid, 0, exclude, order, k=1)
+    assert not none.found and none.size == 5
+
+
+def test_explain_extends_the_set_until_every_seed_agrees():
+    scorer, data, _, _, exclude = toy(5.5)
+    stiff = {**data, "others": data["others"].at[1].set(3.0)}
+    model = DeletionModel(score_fn=scorer, data=data, history=np.arange(5), semantics="toy",
+                          n_items=6)
+    other = dataclasses.replace(model, data=stiff)
+    alone = explain(model, 0, k=1, exclude=np.asarray(exclude))
+    assert alone.found and list(alone.minimal_set) == [0, 1] and alone.seeds == 1
+    # under the stiff seed {0, 1} drops 5 < 7: one more deletion, the strongest after the
+    # set (2: the synergy with 1)
+    held = explain(model, 0, k=1, exclude=np.asarray(exclude), seeds=[other])
+    assert held.found and list(held.minimal_set) == [0, 1, 2] and held.seeds == 2
+    assert held.rank_after_set >= 1
+    same = explain(model, 0, k=1, exclude=np.asarray(exclude), seeds=[model])
+    assert list(same.minimal_set) == [0, 1] and same.found  # the same model: nothing added
+    # an ordered method goes on in its own order
+    ordered = explain(model, 0, k=1, method="random", exclude=np.asarray(exclude),
+                      key=jax.random.key(3), seeds=[other])
+    full = np.asarray(baseline_order("random", model, 0, key=jax.random.key(3)))
+    assert list(ordered.minimal_set) == list(full[: ordered.size]) and ordered.found
+    with pytest.raises(ValueError, match="same positions"):
+        explain(model, 0, k=1, exclude=np.asarray(exclude),
+                seeds=[dataclasses.replace(model, history=np.arange(1, 6))])
 
 
 def test_pair_deletions_show_the_synergy():

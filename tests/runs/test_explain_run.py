@@ -108,6 +108,49 @@ def test_the_run_level_explanation_applied_removes_the_item(bpr_run):
     assert (rank >= 3) == explanation.found
 
 
+def test_a_set_held_across_seeds_removes_the_item_under_every_seed(data_dir, tmp_path,
+                                                                    capsys):
+    out = tmp_path / "three_seeds"
+    config = load_config(None, [
+        'data.format="recbole"', f'data.path="{data_dir}"', 'data.split="user_random"',
+        "train.epochs=3", 'train.loss="bpr"', "model.embedding_dim=4", "eval.ks=[5]",
+        'eval.metrics=["recall"]', 'train.early_stopping_metric="recall@5"',
+        "train.weight_decay=0.001", "eval.positive_threshold=0.0", "train.seeds=3"])
+    run_train.train_run(config, out, quiet=True)
+    run = load_run(out)
+    held_any = False
+    for user_id in ("u1", "u4", "u7", "u9"):
+        minimal = explain_run(out, user_id, k=3, max_size=10).explanation
+        held = explain_run(out, user_id, k=3, max_size=10, hold_seeds=True).explanation
+        assert held.seeds == 3 and held.target == minimal.target
+        # the held set extends the minimal one
+        assert list(held.minimal_set[: minimal.size]) == list(minimal.minimal_set)
+        user = int(np.flatnonzero(run.user_ids == user_id)[0])
+        exclude = np.zeros(N_ITEMS, bool)
+        exclude[known_items(run, user)] = True
+        others = ~exclude & (np.arange(N_ITEMS) != held.target)
+        ranks = []
+        for seed_index in range(3):
+            model = deletion_model(run, user, seed_index=seed_index)
+            keep = model.valid.astype(np.float32)
+            keep[np.flatnonzero(model.valid)[held.minimal_set]] = 0.0
+            scores = model.scores(keep)
+            ranks.append(int(np.sum(others & (scores >= scores[held.target]))))
+        assert ranks[0] == held.rank_after_set
+        assert held.found == all(rank >= 3 for rank in ranks)
+        held_any |= held.found and held.size > minimal.size
+    assert held_any  # some set needed more than the explained seed's minimal one
+    assert main(["explain", "--run", str(out), "--user", "u4", "--k", "3", "--hold-seeds",
+                 "--png", str(tmp_path / "held.png")]) == 0
+    assert "seeds" in capsys.readouterr().out
+
+
+def test_holding_across_seeds_needs_a_run_of_several(bpr_run, capsys):
+    assert main(["explain", "--run", str(bpr_run), "--user", "u1", "--hold-seeds"]) == 2
+    error = capsys.readouterr().err
+    assert "--hold-seeds" in error and "train.seeds >= 2" in error and error.count("\n") == 1
+
+
 @pytest.mark.parametrize("args, message", [
     (["--user", "nobody"], "unknown user id 'nobody'"),
     (["--user", "u1", "--item", "i999"], "unknown item id 'i999'"),
