@@ -3,6 +3,7 @@
     python experiments/explain_fidelity.py --out DIR [--runs OLD/runs] [--quick] [--users N]
         [--models mf,neumf,sasrec] [--explainers greedy,effects,random,...]
         [--data ../shared/data/ml-100k] [--pack N] [--alone N] [--no-retrain]
+        [--set-k K] [--max-set N] [--run-seeds N]
 
 For each model (trained from `configs/ml100k_<model>.toml` through the run path into
 `DIR/runs/<model>`, SASRec with `train.epochs=6` (an epoch took 100 s on the shared 2-core
@@ -22,8 +23,13 @@ the user has, in any split):
   sets; greedy: the minimal set, the others their order deleted until the item leaves the
   top-K per the deletion model, of any size up to the whole history unless `--max-set`
   caps it) is removed from the training data and the model retrained from scratch with 5
-  seeds (`train.seeds=5`, seeds 0-4, the run's own loss, optimiser, batches, epochs = the
-  run's selected `best_epoch + 1`); only found sets are removed (an explainer that found
+  seeds the run did not train (`train.seeds=5` from the seed after the run's last: a
+  one-seed run's seed 0 is explained and seeds 1-5 retrain; the run's own loss, optimiser,
+  batches, epochs = the run's selected `best_epoch + 1`); `--run-seeds N` trains the MF run
+  with N seeds and extends every explainer's set (greedy: by one more deletion's effect
+  after its set; the others: their own order) until it removes the item under all N seeds'
+  re-fits (`explain(..., seeds=...)`), the greedy set minimal for seed 0 alone retrained
+  beside it (`greedy_one_seed`); only found sets are removed (an explainer that found
   none gave nothing to check), so each training set loses explanations and nothing else;
   the rate at which the item really leaves the user's top-10 over the found sets, and the
   share of all (user, seed) cases where a found set held (`valid`), next to the same
@@ -68,7 +74,7 @@ from causalrec_jax.runs.explain import deletion_model, training_rows
 from causalrec_jax.runs.folder import fresh_out
 from causalrec_jax.runs.load import load_run
 from causalrec_jax.runs.script import run_script
-from causalrec_jax.runs.serve import known_items
+from causalrec_jax.runs.serve import known_items, served_seeds
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = {"mf": [], "neumf": [], "sasrec": ["train.epochs=6"]}
@@ -78,6 +84,9 @@ OURS = ("greedy", "effects")
 EXPLAINERS = OURS + tuple(BASELINES)
 K_R, K_E, K_RETRAIN, RETRAIN_SEEDS = 5, 5, 10, 5
 AT_GREEDY_SIZE = "@greedy_size"  # a baseline's top items, as many as the greedy set holds
+# with --run-seeds: the greedy set minimal for the explained seed alone, retrained beside the
+# held one
+ONE_SEED = "greedy_one_seed"
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -103,6 +112,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                         help="the sets of the retrain check remove the item from this top-K "
                              f"(>= {K_RETRAIN}; above it: robust sets, checked at the top-"
                              f"{K_RETRAIN})")
+    parser.add_argument("--run-seeds", type=int, default=1,
+                        help="train the MF run with this many seeds; above 1 every retrained "
+                             "set is extended until it holds under all of them")
     parser.add_argument("--runs", type=Path, default=None,
                         help="reuse the trained runs in RUNS/<model> (e.g. an earlier "
                              "OUT/runs) when they match this script's configs")
@@ -119,7 +131,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                                   f"{', '.join(known)}")
     for flag, value, low in (("--users", args.users, 1), ("--max-history", args.max_history, 1),
                              ("--pack", args.pack, 0), ("--alone", args.alone, 0),
-                             ("--max-set", args.max_set, 1), ("--set-k", args.set_k, K_RETRAIN)):
+                             ("--max-set", args.max_set, 1), ("--set-k", args.set_k, K_RETRAIN),
+                             ("--run-seeds", args.run_seeds, 1)):
         if value is not None and value < low:
             raise ConfigError(f"{flag} {value}: expected an integer >= {low}")
     if args.alone and "greedy" not in args.explainers.split(","):
@@ -133,7 +146,8 @@ def trained_run(model: str, args: argparse.Namespace) -> Path:
     otherwise trained through the run path into `--out/runs/<model>`."""
     quick = QUICK + QUICK_MODEL.get(model, []) if args.quick else []
     capped = [] if args.as_shipped else MODELS[model]
-    overrides = [f'data.path="{args.data}"', *capped, *quick]
+    seeds = [f"train.seeds={args.run_seeds}"] if model == "mf" and args.run_seeds > 1 else []
+    overrides = [f'data.path="{args.data}"', *capped, *quick, *seeds]
     config = load_config(ROOT / "configs" / f"ml100k_{model}.toml", overrides)
     if args.runs is not None and (args.runs / model / "metrics.json").exists():
         folder = args.runs / model
@@ -172,13 +186,15 @@ def check_reused(folder: Path, config) -> None:
 
 
 def explain_user(model, target: int, exclude: np.ndarray, names: list[str], key,
-                 retrain_sets: bool, max_set: int | None = None, set_k: int = K_RETRAIN
-                 ) -> dict[str, dict[str, Any]]:
+                 retrain_sets: bool, max_set: int | None = None, set_k: int = K_RETRAIN,
+                 seed_models: list | None = None) -> dict[str, dict[str, Any]]:
     """Per explainer: its `curves` (fidelity at K_r) and, with `retrain_sets`, its
     counterfactual `set` at the top-`set_k` (history item indices, at most `max_set`, None:
-    the whole history), whether it was `found`, the target's 1-based rank the deletion model
-    gives without it (`refit_rank`) and the explainer's `ranking` of the history (item
-    indices, most explaining first: the size-matched sets)."""
+    the whole history; with `seed_models`, the user's deletion models under the run's other
+    seeds, extended until it holds under all of them), whether it was `found`, the target's
+    1-based rank the deletion model gives without it (`refit_rank`) and the explainer's
+    `ranking` of the history (item indices, most explaining first: the size-matched sets).
+    With `seed_models`, `ONE_SEED` holds greedy's set minimal for `model` alone."""
     args = (model.score_fn, model.data, jnp.asarray(model.valid), jnp.asarray(target),
             jnp.asarray(exclude))
     chunk = model.chunk_size
@@ -204,18 +220,25 @@ def explain_user(model, target: int, exclude: np.ndarray, names: list[str], key,
     if retrain_sets:  # each explainer's minimal set at the top-10, as `explain` finds it
         # the effects order of the sets is the one at the sets' cut-off, as `explain` has it
         at_set_k = search.single_deletions(*args, k=set_k, chunk_size=chunk).after
+        size = len(model.valid) if max_set is None else max_set
         for name in orders:
-            explanation = explain(model, target, k=set_k, method=name,
-                                  max_size=len(model.valid) if max_set is None else max_set,
-                                  exclude=exclude, key=key, chunk_size=chunk)
-            out[name]["set"] = explanation.history[explanation.minimal_set]
-            out[name]["found"] = explanation.found
-            out[name]["refit_rank"] = explanation.rank_after_set + 1
+            explanation = explain(model, target, k=set_k, method=name, max_size=size,
+                                  exclude=exclude, key=key, chunk_size=chunk,
+                                  seeds=seed_models or ())
+            out[name].update(_set_record(explanation))
             order = (np.asarray(search.strongest_first(at_set_k.rank, at_set_k.margin,
                                                        model.valid))
                      if name == "effects" else orders[name])
             out[name]["ranking"] = model.history[order[model.valid[order]]]
+        if seed_models and "greedy" in orders:
+            out[ONE_SEED] = _set_record(explain(model, target, k=set_k, max_size=size,
+                                                exclude=exclude, chunk_size=chunk))
     return out
+
+
+def _set_record(explanation) -> dict[str, Any]:
+    return {"set": explanation.history[explanation.minimal_set], "found": explanation.found,
+            "refit_rank": explanation.rank_after_set + 1}
 
 
 def sample_users(run, n: int, seed: int, max_history: int) -> np.ndarray:
@@ -233,8 +256,10 @@ def sample_users(run, n: int, seed: int, max_history: int) -> np.ndarray:
 def explain_model(model_name: str, run_dir: Path, users: np.ndarray, names: list[str],
                   retrain_sets: bool, max_set: int | None = None, set_k: int = K_RETRAIN
                   ) -> tuple[list[dict[str, Any]], float]:
-    """Explanations of every sampled user's top-1 item (a record per user)."""
+    """Explanations of every sampled user's top-1 item under the run's first seed (a record
+    per user); the retrain sets of a run of several seeds hold under all of them."""
     run = load_run(run_dir)
+    n_seeds = len(served_seeds(run)) if retrain_sets else 1
     rows = None if model_name == "sasrec" else training_rows(run.config, run.data)
     scores = np.asarray(run.score_all_fn(0)(jnp.asarray(users, jnp.int32)))
     records, tic = [], time.perf_counter()
@@ -255,9 +280,11 @@ def explain_model(model_name: str, run_dir: Path, users: np.ndarray, names: list
                   f"{time.perf_counter() - tic:.0f} s", flush=True)
         refit = ({} if "fit_distance" not in model.data else {
             "fit_distance": float(model.data["fit_distance"]), "l2": float(model.data["l2"])})
+        others = [deletion_model(run, int(user), rows=rows, seed_index=index)
+                  for index in range(1, n_seeds)]
         records.append({"user": int(user), "target": target, "exclude": exclude, **refit,
                         "explainers": explain_user(model, target, exclude, names, key,
-                                                   retrain_sets, max_set, set_k)})
+                                                   retrain_sets, max_set, set_k, others)})
     return records, time.perf_counter() - tic
 
 
@@ -302,11 +329,16 @@ def fidelity_rows(model_name: str, records: list[dict[str, Any]], names: list[st
 
 def retrain_validity(run_dir: Path, records: list[dict[str, Any]], names: list[str],
                      args: argparse.Namespace) -> tuple[dict[str, dict[str, float]], list, dict]:
-    """ACCENT's retrain check of every explainer's top-10 set (MF)."""
-    epochs = json.loads((run_dir / "metrics.json").read_text())["per_seed"][0]["best_epoch"] + 1
-    config = load_config(run_dir / "config.toml", [f"train.seeds={RETRAIN_SEEDS}"])
+    """ACCENT's retrain check of every explainer's top-10 set (MF), with `RETRAIN_SEEDS`
+    seeds the run did not train (those after its own: no explanation saw their models)."""
+    per_seed = json.loads((run_dir / "metrics.json").read_text())["per_seed"]
+    epochs = per_seed[0]["best_epoch"] + 1
+    config = load_config(run_dir / "config.toml")
     dataset, _ = load_dataset(config.data, config.sim)
-    split = make_split(dataset, config.data, seed=config.run.seed)
+    split = make_split(dataset, config.data, seed=config.run.seed)  # the run's split
+    first = config.run.seed + len(per_seed)
+    config = load_config(run_dir / "config.toml", [f"train.seeds={RETRAIN_SEEDS}",
+                                                   f"run.seed={first}"])
     setup = retraining.retrain_setup(config, split)
     known = np.stack([r["exclude"] for r in records])
     known_all = np.zeros((setup.spec.n_users, setup.spec.n_items), bool)
@@ -325,12 +357,15 @@ def retrain_validity(run_dir: Path, records: list[dict[str, Any]], names: list[s
 
     for group in groups:
         add("nothing", {}, group)
+    if any(ONE_SEED in r["explainers"] for r in records):
+        names = [*names, ONE_SEED]
     for name in names:
         for group in groups:
             members = [r for r in group if name in r["explainers"]
                        and r["explainers"][name]["found"]]
             add(name, {r["user"]: r["explainers"][name]["set"] for r in members}, members)
-    baselines = [name for name in names if name != "greedy"] if "greedy" in names else []
+    baselines = ([name for name in names if name not in ("greedy", ONE_SEED)]
+                 if "greedy" in names else [])
     for name in baselines:  # each baseline's top items, as many as greedy's set holds
         for group in groups:
             members = [r for r in group if name in r["explainers"]
@@ -374,11 +409,13 @@ def retrain_validity(run_dir: Path, records: list[dict[str, Any]], names: list[s
                               "rank_after_retrain": "", "left_top10": ""}
                              for seed in setup.seeds]
     summary = retrain_summary(per_user)
-    seed0 = [row for row in per_user if row["explainer"] == "nothing" and row["seed"] == 0]
-    meta = {"epochs": epochs, "seeds": setup.seeds, "seconds": round(seconds, 1),
+    unedited = [row for row in per_user if row["explainer"] == "nothing"]
+    meta = {"epochs": epochs, "run_seeds": [config.run.seed - len(per_seed) + i
+                                            for i in range(len(per_seed))],
+            "retrain_seeds": setup.seeds, "seconds": round(seconds, 1),
             "models_trained": int(np.prod(bad.shape)), "non_finite": int((bad >= 0).sum()),
             "users_per_training_set": pack,
-            "seed0_unedited_top1": float(np.mean([r["rank_after_retrain"] == 1 for r in seed0]))}
+            "unedited_top1": float(np.mean([r["rank_after_retrain"] == 1 for r in unedited]))}
     if args.alone:
         alone = {(row["user"], row["seed"]): row["left_top10"] for row in per_user
                  if row["explainer"] == "greedy_alone"}
@@ -426,6 +463,10 @@ def write_outputs(out: Path, rows, curve_rows, retrain, meta, protocol: str) -> 
                "retrain_valid@10", "retrain_left@10_unedited",
                "set_size@10", "found@10", "found_set_size@10",
                "retrain_left@10_at_greedy_size"]
+    shown = {row["explainer"] for row in rows if row["model"] == "mf"}
+    rows = [*rows, *({"model": "mf", "explainer": label} for label in retrain
+                     if label not in shown and label != "nothing"
+                     and not label.endswith(("_alone", AT_GREEDY_SIZE)))]
     for row in rows:
         if row["model"] == "mf" and retrain and row["explainer"] in retrain:
             entry = retrain[row["explainer"]]
@@ -458,7 +499,7 @@ def plot_retrain(path: Path, summary: dict[str, dict[str, Any]]) -> None:
 
     names = [name for name in summary if name != "nothing" and not name.endswith("_alone")
              and not name.endswith(AT_GREEDY_SIZE)]
-    colors = ["tab:blue" if name in OURS else "tab:grey" for name in names]
+    colors = ["tab:blue" if name in (*OURS, ONE_SEED) else "tab:grey" for name in names]
     unedited = summary["nothing"]["left"]
     reference = [(unedited, "nothing removed", ":")]
     bar_panels(path, names, [
@@ -582,14 +623,19 @@ def main(argv: list[str] | None = None) -> Path:
             args.out.mkdir(parents=True, exist_ok=True)
             write_csv(args.out / "retrain.csv", per_user, list(per_user[0]))
         write_outputs(args.out, rows, curve_rows, retrain, meta, protocol_line(
-            n_users, args.seed, timings, args.max_history, args.max_set, refits, args.set_k))
+            n_users, args.seed, timings, args.max_history, args.max_set, refits, args.set_k,
+            args.run_seeds))
     return args.out / "table.md"
 
 
 def protocol_line(n_users: int, seed: int, timings: dict[str, float], max_history: int,
                   max_set: int | None, refits: dict[str, dict[str, float]] | None = None,
-                  set_k: int = K_RETRAIN) -> str:
+                  set_k: int = K_RETRAIN, run_seeds: int = 1) -> str:
     size = "any size" if max_set is None else f"at most {max_set} items"
+    held = (f"; MF trained with {run_seeds} seeds (vmapped), every explainer's set extended "
+            f"(its own order; greedy: by one more deletion's effect) until it removes the "
+            f"item under all {run_seeds} seeds' re-fits, {ONE_SEED}: greedy's set minimal "
+            "for seed 0 alone" if run_seeds > 1 else "")
     return (
         f"Protocol: ML-100K; {n_users} users sampled (seed {seed}) among those with at most "
         f"{max_history} training interactions (compute: a greedy step re-fits H histories), "
@@ -599,7 +645,8 @@ def protocol_line(n_users: int, seed: int, timings: dict[str, float], max_histor
         f"window, drop and shift). Fidelity: K_r = {K_R}, K_e = 1..{K_E}; POS@{K_R},K_e at "
         f"K_e removed items, DEL/INS/CDCG@{K_E} areas over steps 1..{K_E}, probability = "
         "softmax over the candidates; lower is better except INS. Retrain (MF only): sets "
-        f"for the top-{set_k} ({size}), retrained {RETRAIN_SEEDS} seeds; "
+        f"for the top-{set_k} ({size}){held}, retrained with {RETRAIN_SEEDS} seeds the run "
+        "did not train (the ones after its own); "
         "only found sets are removed (found@10: the users whose set removes the item from "
         f"the top-{set_k} per the deletion model); retrain_left@10_found: share of (user, "
         f"seed) with a found set where the item left the top-{K_RETRAIN} after retraining; "

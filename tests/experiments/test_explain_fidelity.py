@@ -56,7 +56,8 @@ def test_quick_mode_writes_the_table(script, tmp_path):
     assert float(mf_greedy["retrain_valid@10"]) == pytest.approx(
         float(mf_greedy["found@10"]) * float(mf_greedy["retrain_left@10_found"]))
     retrained = list(csv.DictReader((out / "retrain.csv").open()))
-    assert {r["seed"] for r in retrained} == {"0", "1", "2", "3", "4"}
+    # seeds the run (seed 0) did not train
+    assert {r["seed"] for r in retrained} == {"1", "2", "3", "4", "5"}
     greedy_sizes = {r["user"]: r["set_size"] for r in retrained
                     if r["explainer"] == "greedy" and r["found"] == "True"}
     matched = [r for r in retrained if r["explainer"].endswith("@greedy_size")]
@@ -77,6 +78,31 @@ def test_quick_mode_writes_the_table(script, tmp_path):
     assert len(list(csv.DictReader((out / "curves.csv").open()))) == 5 * len(rows)
 
 
+@pytest.mark.slow
+def test_sets_held_across_the_run_seeds_are_retrained_beside_the_minimal_ones(script,
+                                                                           tmp_path):
+    data = tiny_recbole(tmp_path / "tiny")
+    out = tmp_path / "out"
+    table = script.main(["--out", str(out), "--quick", "--users", "4", "--data", str(data),
+                         "--models", "mf", "--explainers", "greedy,random", "--run-seeds",
+                         "3"])
+    assert "MF trained with 3 seeds" in table.read_text()
+    retrained = list(csv.DictReader((out / "retrain.csv").open()))
+    assert {r["seed"] for r in retrained} == {"3", "4", "5", "6", "7"}  # after seeds 0-2
+    labels = {r["explainer"] for r in retrained}
+    assert {"greedy", "greedy_one_seed", "random", "random@greedy_size"} <= labels
+    sizes = {(r["explainer"], r["user"]): (int(r["set_size"]), r["found"])
+             for r in retrained}
+    for (label, user), (size, found) in sizes.items():
+        if label == "greedy" and found == "True":
+            # the held set extends the set minimal for seed 0, which it found too
+            one_size, one_found = sizes[("greedy_one_seed", user)]
+            assert one_found == "True" and size >= one_size
+    rows = list(csv.DictReader((out / "table.csv").open()))
+    one_seed = next(r for r in rows if r["explainer"] == "greedy_one_seed")
+    assert one_seed["pos@5,1"] == "" and 0.0 <= float(one_seed["found@10"]) <= 1.0
+
+
 @pytest.mark.parametrize("flag, value, message", [
     ("--models", "mf,svd", "unknown model 'svd'"),
     ("--explainers", "greedy,lime", "unknown explainer 'lime'"),
@@ -84,6 +110,7 @@ def test_quick_mode_writes_the_table(script, tmp_path):
     ("--max-history", "0", "--max-history 0: expected an integer >= 1"),
     ("--pack", "-1", "--pack -1: expected an integer >= 0"),
     ("--set-k", "5", "--set-k 5: expected an integer >= 10"),
+    ("--run-seeds", "0", "--run-seeds 0: expected an integer >= 1"),
     ("--max-set", "0", "--max-set 0: expected an integer >= 1"),
 ])
 def test_bad_input_is_one_line(tmp_path, flag, value, message):
