@@ -127,8 +127,11 @@ def build_parser() -> argparse.ArgumentParser:
                               "number >= 0")
     explain.add_argument("--hold-seeds", action="store_true",
                          help="extend the set until it removes the item from the top-K under "
-                              "every seed the run trained (train.seeds >= 2): a set that does "
-                              "not lean on one seed's noise")
+                              "a majority of the seeds the run trained (train.seeds >= 2): a "
+                              "set that does not lean on one seed's noise")
+    explain.add_argument("--quorum", type=int, default=None,
+                         help="with --hold-seeds: how many seeds must agree (default: a "
+                              "majority)")
     explain.add_argument("--causes", type=int, default=10,
                          help="rows of the table of causes (0: all)")
     explain.add_argument("--png", help="bar chart path (default explain_USER_ITEM.png)")
@@ -493,7 +496,8 @@ def _command_explain(args: argparse.Namespace) -> int:
 
     result = explain_run(args.run, args.user, args.item, k=args.k, max_size=args.max_size,
                          method=args.method, n_candidates=args.candidates,
-                         refit_l2=args.refit_l2, hold_seeds=args.hold_seeds)
+                         refit_l2=args.refit_l2, hold_seeds=args.hold_seeds,
+                         quorum=args.quorum)
     safe = re.sub(r"[^A-Za-z0-9_.-]", "_", f"{result.user_id}_{result.item_id}")
     png = plot_explanation(result, args.png or f"explain_{safe}.png")
     if args.json:

@@ -27,8 +27,9 @@ the user has, in any split):
   one-seed run's seed 0 is explained and seeds 1-5 retrain; the run's own loss, optimiser,
   batches, epochs = the run's selected `best_epoch + 1`); `--run-seeds N` trains the MF run
   with N seeds and extends every explainer's set (greedy: by one more deletion's effect
-  after its set; the others: their own order) until it removes the item under all N seeds'
-  re-fits (`explain(..., seeds=...)`), the greedy set minimal for seed 0 alone retrained
+  after its set; the others: their own order) until it removes the item under seed 0's
+  re-fit and `--quorum` of the N seeds' (default a majority; `explain(..., seeds=...)`),
+  the greedy set minimal for seed 0 alone retrained
   beside it (`greedy_one_seed`); only found sets are removed (an explainer that found
   none gave nothing to check), so each training set loses explanations and nothing else;
   the rate at which the item really leaves the user's top-10 over the found sets, and the
@@ -114,7 +115,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                              f"{K_RETRAIN})")
     parser.add_argument("--run-seeds", type=int, default=1,
                         help="train the MF run with this many seeds; above 1 every retrained "
-                             "set is extended until it holds under all of them")
+                             "set is extended until it holds under seed 0 and --quorum of them")
+    parser.add_argument("--quorum", type=int, default=None,
+                        help="with --run-seeds: how many seeds must agree (default: a "
+                             "majority)")
     parser.add_argument("--runs", type=Path, default=None,
                         help="reuse the trained runs in RUNS/<model> (e.g. an earlier "
                              "OUT/runs) when they match this script's configs")
@@ -135,6 +139,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                              ("--run-seeds", args.run_seeds, 1)):
         if value is not None and value < low:
             raise ConfigError(f"{flag} {value}: expected an integer >= {low}")
+    if args.quorum is not None and not 1 <= args.quorum <= args.run_seeds:
+        raise ConfigError(f"--quorum {args.quorum}: expected 1 to --run-seeds "
+                          f"({args.run_seeds})")
     if args.alone and "greedy" not in args.explainers.split(","):
         raise ConfigError("--alone retrains without the greedy sets: add greedy to --explainers")
     return args
@@ -187,11 +194,13 @@ def check_reused(folder: Path, config) -> None:
 
 def explain_user(model, target: int, exclude: np.ndarray, names: list[str], key,
                  retrain_sets: bool, max_set: int | None = None, set_k: int = K_RETRAIN,
-                 seed_models: list | None = None) -> dict[str, dict[str, Any]]:
+                 seed_models: list | None = None, quorum: int | None = None
+                 ) -> dict[str, dict[str, Any]]:
     """Per explainer: its `curves` (fidelity at K_r) and, with `retrain_sets`, its
     counterfactual `set` at the top-`set_k` (history item indices, at most `max_set`, None:
     the whole history; with `seed_models`, the user's deletion models under the run's other
-    seeds, extended until it holds under all of them), whether it was `found`, the target's
+    seeds, extended until it holds under `model` and `quorum` of all, None: a majority),
+    whether it was `found`, the target's
     1-based rank the deletion model gives without it (`refit_rank`) and the explainer's
     `ranking` of the history (item indices, most explaining first: the size-matched sets).
     With `seed_models`, `ONE_SEED` holds greedy's set minimal for `model` alone."""
@@ -224,7 +233,7 @@ def explain_user(model, target: int, exclude: np.ndarray, names: list[str], key,
         for name in orders:
             explanation = explain(model, target, k=set_k, method=name, max_size=size,
                                   exclude=exclude, key=key, chunk_size=chunk,
-                                  seeds=seed_models or ())
+                                  seeds=seed_models or (), quorum=quorum)
             out[name].update(_set_record(explanation))
             order = (np.asarray(search.strongest_first(at_set_k.rank, at_set_k.margin,
                                                        model.valid))
@@ -254,10 +263,11 @@ def sample_users(run, n: int, seed: int, max_history: int) -> np.ndarray:
 
 
 def explain_model(model_name: str, run_dir: Path, users: np.ndarray, names: list[str],
-                  retrain_sets: bool, max_set: int | None = None, set_k: int = K_RETRAIN
-                  ) -> tuple[list[dict[str, Any]], float]:
+                  retrain_sets: bool, max_set: int | None = None, set_k: int = K_RETRAIN,
+                  quorum: int | None = None) -> tuple[list[dict[str, Any]], float]:
     """Explanations of every sampled user's top-1 item under the run's first seed (a record
-    per user); the retrain sets of a run of several seeds hold under all of them."""
+    per user); the retrain sets of a run of several seeds hold under the first and `quorum`
+    of them (None: a majority)."""
     run = load_run(run_dir)
     n_seeds = len(served_seeds(run)) if retrain_sets else 1
     rows = None if model_name == "sasrec" else training_rows(run.config, run.data)
@@ -284,7 +294,8 @@ def explain_model(model_name: str, run_dir: Path, users: np.ndarray, names: list
                   for index in range(1, n_seeds)]
         records.append({"user": int(user), "target": target, "exclude": exclude, **refit,
                         "explainers": explain_user(model, target, exclude, names, key,
-                                                   retrain_sets, max_set, set_k, others)})
+                                                   retrain_sets, max_set, set_k, others,
+                                                   quorum)})
     return records, time.perf_counter() - tic
 
 
@@ -609,7 +620,7 @@ def main(argv: list[str] | None = None) -> Path:
         users = sample_users(run, n_users, args.seed, args.max_history)
         with_retrain = model_name == "mf" and not args.no_retrain
         records, seconds = explain_model(model_name, run_dir, users, names, with_retrain,
-                                         args.max_set, args.set_k)
+                                         args.max_set, args.set_k, args.quorum)
         timings[model_name] = round(seconds, 1)
         if records and "fit_distance" in records[0]:
             refits[model_name] = {
@@ -624,18 +635,21 @@ def main(argv: list[str] | None = None) -> Path:
             write_csv(args.out / "retrain.csv", per_user, list(per_user[0]))
         write_outputs(args.out, rows, curve_rows, retrain, meta, protocol_line(
             n_users, args.seed, timings, args.max_history, args.max_set, refits, args.set_k,
-            args.run_seeds))
+            args.run_seeds, args.quorum))
     return args.out / "table.md"
 
 
 def protocol_line(n_users: int, seed: int, timings: dict[str, float], max_history: int,
                   max_set: int | None, refits: dict[str, dict[str, float]] | None = None,
-                  set_k: int = K_RETRAIN, run_seeds: int = 1) -> str:
+                  set_k: int = K_RETRAIN, run_seeds: int = 1, quorum: int | None = None
+                  ) -> str:
     size = "any size" if max_set is None else f"at most {max_set} items"
+    agree = run_seeds // 2 + 1 if quorum is None else quorum
     held = (f"; MF trained with {run_seeds} seeds (vmapped), every explainer's set extended "
             f"(its own order; greedy: by one more deletion's effect) until it removes the "
-            f"item under all {run_seeds} seeds' re-fits, {ONE_SEED}: greedy's set minimal "
-            "for seed 0 alone" if run_seeds > 1 else "")
+            f"item under seed 0's re-fit and {agree} of the {run_seeds} seeds' "
+            f"({'a majority' if quorum is None else '--quorum'}), {ONE_SEED}: greedy's set "
+            "minimal for seed 0 alone" if run_seeds > 1 else "")
     return (
         f"Protocol: ML-100K; {n_users} users sampled (seed {seed}) among those with at most "
         f"{max_history} training interactions (compute: a greedy step re-fits H histories), "

@@ -14,9 +14,9 @@ interactions whose removal drops the item out of the top-K, by the chosen method
   `integrated_gradients`), each an order deleted until the item leaves the top-K.
 
 With `seeds` (the deletion models of the same user under the run's other seeds), the set is
-extended until it removes the item from the top-K under every seed (`search.held_prefix`):
-the explained model's minimal set stops where that one model just lets the item go, while a
-retrained model lands elsewhere by its seed alone.
+extended until it removes the item from the top-K under the explained model and a majority
+of all (`search.held_prefix`, `quorum`): the explained model's minimal set stops where that
+one model just lets the item go, while a retrained model lands elsewhere by its seed alone.
 """
 
 from __future__ import annotations
@@ -59,7 +59,9 @@ class Explanation(NamedTuple):
         rank_after_set: its rank after deleting `minimal_set`.
         semantics: what deleting means for this model.
         seeds: how many models `found` was checked under: 1, the explained one; more, with
-            the run's other seeds (`explain(..., seeds=...)`), under every one of them.
+            the run's other seeds (`explain(..., seeds=...)`).
+        agree: under how many of them deleting `minimal_set` removes the item from the top-K
+            (`found` with seeds: the explained one and at least the quorum).
     """
 
     target: int
@@ -77,6 +79,7 @@ class Explanation(NamedTuple):
     rank_after_set: int
     semantics: str
     seeds: int = 1
+    agree: int = 1
 
     @property
     def size(self) -> int:
@@ -95,7 +98,7 @@ def explain(model: DeletionModel, target: int, *, k: int = 10, method: str = "gr
             max_size: int = 10, exclude: Any = None, beam_width: int = 4,
             key: jax.Array | None = None, chunk_size: int | None = None,
             n_candidates: int | None = None,
-            seeds: Sequence[DeletionModel] = ()) -> Explanation:
+            seeds: Sequence[DeletionModel] = (), quorum: int | None = None) -> Explanation:
     """Explains why `target` is recommended to the user of `model`.
 
     Args:
@@ -114,7 +117,8 @@ def explain(model: DeletionModel, target: int, *, k: int = 10, method: str = "gr
             of the whole history; None: every past interaction (exact greedy).
         seeds: the same user's deletion models under the run's other seeds (same history):
             the method's set is then extended until deleting it removes the item from the
-            top-K under `model` and every one of them (`search.held_prefix`), in the method's
+            top-K under `model` and `quorum` models in all (`search.held_prefix`; None: a
+            majority of the 1 + len(seeds)), in the method's
             own order for the ordered methods (`effects`, the baselines), else by one more
             deletion's effect on `model` after the set (`search.order_after`); `found` says
             whether one did, within the whole history (`max_size` bounds the method's own
@@ -126,7 +130,7 @@ def explain(model: DeletionModel, target: int, *, k: int = 10, method: str = "gr
     Raises:
         ValueError: an unknown method, `k` or `max_size` below 1, a target out of range or
             among the excluded items, a baseline the model does not support, or `seeds` with
-            another history than `model`'s.
+            another history than `model`'s, or a quorum outside 1..1 + len(seeds).
     """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}: expected one of {', '.join(METHODS)}")
@@ -146,6 +150,9 @@ def explain(model: DeletionModel, target: int, *, k: int = 10, method: str = "gr
         if not np.array_equal(other.history, model.history):
             raise ValueError("seeds: every model must hold the explained user's history "
                              f"({int(valid.sum())} interactions), in the same positions")
+    if quorum is not None and not 1 <= quorum <= 1 + len(seeds):
+        raise ValueError(f"quorum = {quorum}: expected 1 to {1 + len(seeds)} (the explained "
+                         "model and its seeds)")
     args = (model.score_fn, model.data, jnp.asarray(valid), jnp.asarray(target),
             jnp.asarray(exclude))
     effects = search.single_deletions(*args, k=k, chunk_size=chunk_size)
@@ -178,9 +185,11 @@ def explain(model: DeletionModel, target: int, *, k: int = 10, method: str = "gr
                                         key=jax.random.key(0) if key is None else key)
         result = search.ordered_removal(*args, jnp.asarray(full_order), k=k,
                                         max_size=max_size, chunk_size=chunk_size)
+    agree = int(result.after.rank >= k)
     if seeds:
-        result = _held(model, seeds, result, args, k=k, chunk_size=chunk_size,
-                       order=None if method in ("greedy", "beam", "exhaustive") else full_order)
+        result, agree = _held(
+            model, seeds, result, args, k=k, chunk_size=chunk_size, quorum=quorum,
+            order=None if method in ("greedy", "beam", "exhaustive") else full_order)
     order = np.asarray(result.order)
     order = order[order >= 0][: int(result.size)]
     index_of = np.full(len(valid), -1)
@@ -191,13 +200,13 @@ def explain(model: DeletionModel, target: int, *, k: int = 10, method: str = "gr
         rank_after=rank_after, causes=causes, minimal_set=index_of[order],
         found=bool(result.found), score_after_set=float(result.after.score),
         rank_after_set=int(result.after.rank), semantics=model.semantics,
-        seeds=1 + len(seeds))
+        seeds=1 + len(seeds), agree=agree)
 
 
 def _held(model: DeletionModel, seeds: Sequence[DeletionModel], result: search.SearchResult,
-          args: tuple, *, k: int, chunk_size: int | None,
-          order: np.ndarray | None) -> search.SearchResult:
-    """`result`'s set extended until it holds under `model` and every model of `seeds`: in
+          args: tuple, *, k: int, chunk_size: int | None, quorum: int | None,
+          order: np.ndarray | None) -> tuple[search.SearchResult, int]:
+    """`result`'s set extended until it holds under `model` and a quorum of all: in
     `order` (the method's own, whose prefix the set is), else the set followed by the rest
     by one more deletion's effect after it (`search.order_after`)."""
     chosen = np.asarray(result.order)
@@ -212,7 +221,7 @@ def _held(model: DeletionModel, seeds: Sequence[DeletionModel], result: search.S
     order = np.concatenate([chosen, order[~np.isin(order, chosen)]])
     return search.held_prefix(args[0], [model.data, *(other.data for other in seeds)],
                               model.valid, int(args[3]), np.asarray(args[4]), order, k=k,
-                              start=len(chosen), chunk_size=chunk_size)
+                              start=len(chosen), quorum=quorum, chunk_size=chunk_size)
 
 
 def _oracle_result(model: DeletionModel, valid, target, exclude, *, k: int,

@@ -84,20 +84,21 @@ class RunExplanation:
 def explain_run(run_dir: str | Path, user_id: str, item_id: str | None = None, *, k: int = 10,
                 max_size: int = 10, method: str = "greedy", beam_width: int = 4,
                 seed_index: int = 0, n_candidates: int | None = None,
-                refit_l2: str | float = "calibrated", hold_seeds: bool = False
-                ) -> RunExplanation:
+                refit_l2: str | float = "calibrated", hold_seeds: bool = False,
+                quorum: int | None = None) -> RunExplanation:
     """Explains why the run recommends `item_id` (None: the user's top item) to `user_id`
     (`causalrec_jax.explain.explain` with `k`, `max_size`, `method`, `beam_width`,
     `n_candidates`), with the parameters of the seed at `seed_index`; `refit_l2` as
     `deletion_model` (a string of a number counts as the number). With `hold_seeds`, the set
-    is extended until it removes the item from the top-K under every seed the run trained
-    (`explain(..., seeds=...)`; the item is the one the seed at `seed_index` serves).
+    is extended until it removes the item from the top-K under the seed at `seed_index` (whose
+    recommendation is explained) and `quorum` of the seeds the run trained (None: a
+    majority; `explain(..., seeds=..., quorum=...)`).
 
     Raises:
         RunError: a run that cannot be explained (OPE, uplift, popularity, a causal method
             other than naive), an unknown user or item, an item the user already has, a
             user the run learned nothing about, a bad `k`, `max_size`, `method` or
-            `refit_l2`, or `hold_seeds` on a run of one seed.
+            `refit_l2`, `hold_seeds` on a run of one seed, or a `quorum` outside 1..seeds.
     """
     refit_l2 = _refit_l2(refit_l2)
     if method not in METHODS:
@@ -127,6 +128,9 @@ def explain_run(run_dir: str | Path, user_id: str, item_id: str | None = None, *
         raise RunError(f"--hold-seeds: {run_path} holds one seed ({seeds[0]}); a set that holds "
                        "across seeds needs a run trained with train.seeds >= 2")
     check_seed_index(run, seed_index)
+    if quorum is not None and not (hold_seeds and 1 <= quorum <= len(seeds)):
+        raise RunError(f"--quorum {quorum}: expected --hold-seeds and 1 to {len(seeds)} (the "
+                       "run's seeds)")
     user = _index_of(run.user_ids, user_id, "user", run_path)
     known = known_items(run, user)
     if item_id is None:
@@ -152,7 +156,7 @@ def explain_run(run_dir: str | Path, user_id: str, item_id: str | None = None, *
     try:
         explanation = explain(model, item, k=k, method=method, max_size=max_size,
                               exclude=exclude, beam_width=beam_width,
-                              n_candidates=n_candidates, seeds=others)
+                              n_candidates=n_candidates, seeds=others, quorum=quorum)
     except ValueError as error:  # a baseline or search this model cannot run
         raise RunError(f"--method {method} on a {config.model.name} run: {error}") from None
     features = _feature_table(model, item, exclude)
@@ -468,7 +472,7 @@ def format_explanation(result: RunExplanation, n_causes: int = 10) -> str:
         lines.append(f"the item is not in the top-{e.k} (rank {e.base_rank + 1}): nothing to "
                      "remove it from")
     elif e.found:
-        held = f", in all {e.seeds} seeds of the run" if e.seeds > 1 else ""
+        held = f", in {e.agree} of the run's {e.seeds} seeds" if e.seeds > 1 else ""
         title = ("counterfactual explanation held across seeds" if e.seeds > 1
                  else "minimal counterfactual explanation")
         lines.append(
@@ -477,7 +481,7 @@ def format_explanation(result: RunExplanation, n_causes: int = 10) -> str:
             f"item falls to rank {e.rank_after_set + 1} (score {e.score_after_set:.4f}{held})")
     elif e.seeds > 1:
         lines.append(
-            f"no set removes the item from the top-{e.k} in all {e.seeds} seeds of the run "
+            f"no set removes the item from the top-{e.k} in a quorum of the {e.seeds} seeds "
             f"({e.method}, extended over the whole history): after deleting "
             f"{members or 'nothing'} it is at rank {e.rank_after_set + 1} in the explained seed")
     else:
@@ -509,7 +513,7 @@ def explanation_json(result: RunExplanation) -> dict[str, Any]:
         "n_candidates": result.n_candidates,
         "causes": [item(int(i)) for i in e.causes],
         "minimal_set": [result.history_ids[int(i)] for i in e.minimal_set],
-        "size": e.size, "found": e.found, "seeds": e.seeds,
+        "size": e.size, "found": e.found, "seeds": e.seeds, "agree": e.agree,
         "score_after_set": e.score_after_set,
         "rank_after_set": e.rank_after_set + 1, "features": result.features,
         "item_features": result.item_features, "warnings": result.warnings,

@@ -86,7 +86,8 @@ def test_sets_held_across_the_run_seeds_are_retrained_beside_the_minimal_ones(sc
     table = script.main(["--out", str(out), "--quick", "--users", "4", "--data", str(data),
                          "--models", "mf", "--explainers", "greedy,random", "--run-seeds",
                          "3"])
-    assert "MF trained with 3 seeds" in table.read_text()
+    text = table.read_text()
+    assert "MF trained with 3 seeds" in text and "2 of the 3 seeds" in text
     retrained = list(csv.DictReader((out / "retrain.csv").open()))
     assert {r["seed"] for r in retrained} == {"3", "4", "5", "6", "7"}  # after seeds 0-2
     labels = {r["explainer"] for r in retrained}
@@ -111,6 +112,7 @@ def test_sets_held_across_the_run_seeds_are_retrained_beside_the_minimal_ones(sc
     ("--pack", "-1", "--pack -1: expected an integer >= 0"),
     ("--set-k", "5", "--set-k 5: expected an integer >= 10"),
     ("--run-seeds", "0", "--run-seeds 0: expected an integer >= 1"),
+    ("--quorum", "2", "--quorum 2: expected 1 to --run-seeds (1)"),
     ("--max-set", "0", "--max-set 0: expected an integer >= 1"),
 ])
 def test_bad_input_is_one_line(tmp_path, flag, value, message):

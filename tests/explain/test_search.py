@@ -165,18 +165,28 @@ def test_a_prefix_held_under_every_seed():
     np.testing.assert_array_equal(np.asarray(counts), [0, 1, 2, 3, 4, 5])
     # drops 0, 0.5, 1, 5, 6, 13 from a score of 10
     np.testing.assert_allclose(np.asarray(after.score), [10.0, 9.5, 9.0, 5.0, 4.0, -3.0])
-    one = held_prefix(scorer, [data], valid, 0, exclude, order, k=1)
-    assert one.found and one.size == 3  # as ordered_removal finds it
-    both = held_prefix(scorer, [data, stiff], valid, 0, exclude, order, k=1)
+    one, agree = held_prefix(scorer, [data], valid, 0, exclude, order, k=1)
+    assert one.found and one.size == 3 and agree == 1  # as ordered_removal finds it
+    both, agree = held_prefix(scorer, [data, stiff], valid, 0, exclude, order, k=1)
     assert both.found and both.size == 5 and list(both.order[:5]) == [3, 4, 0, 1, 2]
+    assert agree == 2  # a majority of 2 is both
     np.testing.assert_allclose(both.after.score, -3.0)  # read from the first model
-    assert held_prefix(scorer, [data], valid, 0, exclude, order, k=1, start=4).size == 4
+    assert held_prefix(scorer, [data], valid, 0, exclude, order, k=1, start=4)[0].size == 4
     # repeated and padding entries delete nothing more: the prefix counts positions
-    padded = held_prefix(scorer, [data], valid, 0, exclude, [3, 3, -1, 4, 0, 1], k=1)
+    padded, _ = held_prefix(scorer, [data], valid, 0, exclude, [3, 3, -1, 4, 0, 1], k=1)
     assert padded.found and list(padded.order[:3]) == [3, 4, 0] and padded.size == 3
     never = {**data, "others": jnp.full(6, -10.0)}  # -3 after every deletion: still first
-    none = held_prefix(scorer, [data, never], valid, 0, exclude, order, k=1)
-    assert not none.found and none.size == 5
+    none, agree = held_prefix(scorer, [data, never], valid, 0, exclude, order, k=1)
+    assert not none.found and none.size == 5 and agree == 1
+    # a majority of three: the stiff model is outvoted; the first model must agree
+    three, agree = held_prefix(scorer, [data, stiff, data], valid, 0, exclude, order, k=1)
+    assert three.found and three.size == 3 and agree == 2
+    assert held_prefix(scorer, [data, stiff, data], valid, 0, exclude, order, k=1,
+                       quorum=3)[0].size == 5
+    first_out, _ = held_prefix(scorer, [stiff, data, data], valid, 0, exclude, order, k=1)
+    assert first_out.size == 5  # two agree at 3, but not the explained one
+    with pytest.raises(ValueError, match="quorum = 4: expected 1 to 3"):
+        held_prefix(scorer, [data, stiff, data], valid, 0, exclude, order, k=1, quorum=4)
 
 
 def test_explain_extends_the_set_until_every_seed_agrees():
@@ -191,6 +201,7 @@ def test_explain_extends_the_set_until_every_seed_agrees():
     # set (2: the synergy with 1)
     held = explain(model, 0, k=1, exclude=np.asarray(exclude), seeds=[other])
     assert held.found and list(held.minimal_set) == [0, 1, 2] and held.seeds == 2
+    assert held.agree == 2
     assert held.rank_after_set >= 1
     same = explain(model, 0, k=1, exclude=np.asarray(exclude), seeds=[model])
     assert list(same.minimal_set) == [0, 1] and same.found  # the same model: nothing added
@@ -199,6 +210,11 @@ def test_explain_extends_the_set_until_every_seed_agrees():
                       key=jax.random.key(3), seeds=[other])
     full = np.asarray(baseline_order("random", model, 0, key=jax.random.key(3)))
     assert list(ordered.minimal_set) == list(full[: ordered.size]) and ordered.found
+    outvoted = explain(model, 0, k=1, exclude=np.asarray(exclude), seeds=[other, model])
+    assert list(outvoted.minimal_set) == [0, 1] and outvoted.agree == 2
+    assert outvoted.seeds == 3 and outvoted.found
+    with pytest.raises(ValueError, match="quorum = 3"):
+        explain(model, 0, k=1, exclude=np.asarray(exclude), seeds=[other], quorum=3)
     with pytest.raises(ValueError, match="same positions"):
         explain(model, 0, k=1, exclude=np.asarray(exclude),
                 seeds=[dataclasses.replace(model, history=np.arange(1, 6))])

@@ -11,6 +11,7 @@ from jax.flatten_util import ravel_pytree
 
 from causalrec_jax.cli import main
 from causalrec_jax.config import dump_config, load_config
+from causalrec_jax.errors import RunError
 from causalrec_jax.runs import train as run_train
 from causalrec_jax.runs.explain import deletion_model, explain_run
 from causalrec_jax.runs.load import known_items, load_run
@@ -119,9 +120,10 @@ def test_a_set_held_across_seeds_removes_the_item_under_every_seed(data_dir, tmp
     run_train.train_run(config, out, quiet=True)
     run = load_run(out)
     held_any = False
-    for user_id in ("u1", "u4", "u7", "u9"):
+    for user_id, quorum in (("u1", 3), ("u4", None), ("u7", 3), ("u9", None)):
         minimal = explain_run(out, user_id, k=3, max_size=10).explanation
-        held = explain_run(out, user_id, k=3, max_size=10, hold_seeds=True).explanation
+        held = explain_run(out, user_id, k=3, max_size=10, hold_seeds=True,
+                           quorum=quorum).explanation
         assert held.seeds == 3 and held.target == minimal.target
         # the held set extends the minimal one
         assert list(held.minimal_set[: minimal.size]) == list(minimal.minimal_set)
@@ -137,9 +139,13 @@ def test_a_set_held_across_seeds_removes_the_item_under_every_seed(data_dir, tmp
             scores = model.scores(keep)
             ranks.append(int(np.sum(others & (scores >= scores[held.target]))))
         assert ranks[0] == held.rank_after_set
-        assert held.found == all(rank >= 3 for rank in ranks)
+        assert held.agree == sum(rank >= 3 for rank in ranks)
+        # the explained seed and a quorum (default: a majority, 2 of 3)
+        assert held.found == (ranks[0] >= 3 and held.agree >= (quorum or 2))
         held_any |= held.found and held.size > minimal.size
     assert held_any  # some set needed more than the explained seed's minimal one
+    with pytest.raises(RunError, match="--quorum 4: expected --hold-seeds and 1 to 3"):
+        explain_run(out, "u1", k=3, hold_seeds=True, quorum=4)
     assert main(["explain", "--run", str(out), "--user", "u4", "--k", "3", "--hold-seeds",
                  "--png", str(tmp_path / "held.png")]) == 0
     assert "seeds" in capsys.readouterr().out
