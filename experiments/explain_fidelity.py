@@ -24,7 +24,8 @@ the user has, in any split):
   top-K per the deletion model, of any size up to the whole history unless `--max-set`
   caps it) is removed from the training data and the model retrained from scratch with 5
   seeds the run did not train (`train.seeds=5` from the seed after the run's last: a
-  one-seed run's seed 0 is explained and seeds 1-5 retrain; the run's own loss, optimiser,
+  one-seed run's seed 0 is explained and seeds 1-5 retrain; `--retrain-seed S`: from S;
+  the run's own loss, optimiser,
   batches, epochs = the run's selected `best_epoch + 1`); `--run-seeds N` trains the MF run
   with N seeds and extends every explainer's set (greedy: by one more deletion's effect
   after its set; the others: their own order) until it removes the item under seed 0's
@@ -119,6 +120,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--quorum", type=int, default=None,
                         help="with --run-seeds: how many seeds must agree (default: a "
                              "majority)")
+    parser.add_argument("--retrain-seed", type=int, default=None,
+                        help="the first of the 5 retrain seeds (default: the seed after the "
+                             "run's last, so no explanation saw their models; 0: the explained "
+                             "seed among them, as releases before --run-seeds did)")
     parser.add_argument("--runs", type=Path, default=None,
                         help="reuse the trained runs in RUNS/<model> (e.g. an earlier "
                              "OUT/runs) when they match this script's configs")
@@ -136,7 +141,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     for flag, value, low in (("--users", args.users, 1), ("--max-history", args.max_history, 1),
                              ("--pack", args.pack, 0), ("--alone", args.alone, 0),
                              ("--max-set", args.max_set, 1), ("--set-k", args.set_k, K_RETRAIN),
-                             ("--run-seeds", args.run_seeds, 1)):
+                             ("--run-seeds", args.run_seeds, 1),
+                             ("--retrain-seed", args.retrain_seed, 0)):
         if value is not None and value < low:
             raise ConfigError(f"{flag} {value}: expected an integer >= {low}")
     if args.quorum is not None and not 1 <= args.quorum <= args.run_seeds:
@@ -346,8 +352,10 @@ def retrain_validity(run_dir: Path, records: list[dict[str, Any]], names: list[s
     epochs = per_seed[0]["best_epoch"] + 1
     config = load_config(run_dir / "config.toml")
     dataset, _ = load_dataset(config.data, config.sim)
-    split = make_split(dataset, config.data, seed=config.run.seed)  # the run's split
-    first = config.run.seed + len(per_seed)
+    run_seed = config.run.seed
+    split = make_split(dataset, config.data, seed=run_seed)  # the run's split
+    first = (run_seed + len(per_seed) if args.retrain_seed is None
+             else args.retrain_seed)
     config = load_config(run_dir / "config.toml", [f"train.seeds={RETRAIN_SEEDS}",
                                                    f"run.seed={first}"])
     setup = retraining.retrain_setup(config, split)
@@ -421,8 +429,7 @@ def retrain_validity(run_dir: Path, records: list[dict[str, Any]], names: list[s
                              for seed in setup.seeds]
     summary = retrain_summary(per_user)
     unedited = [row for row in per_user if row["explainer"] == "nothing"]
-    meta = {"epochs": epochs, "run_seeds": [config.run.seed - len(per_seed) + i
-                                            for i in range(len(per_seed))],
+    meta = {"epochs": epochs, "run_seeds": [run_seed + i for i in range(len(per_seed))],
             "retrain_seeds": setup.seeds, "seconds": round(seconds, 1),
             "models_trained": int(np.prod(bad.shape)), "non_finite": int((bad >= 0).sum()),
             "users_per_training_set": pack,
@@ -635,16 +642,18 @@ def main(argv: list[str] | None = None) -> Path:
             write_csv(args.out / "retrain.csv", per_user, list(per_user[0]))
         write_outputs(args.out, rows, curve_rows, retrain, meta, protocol_line(
             n_users, args.seed, timings, args.max_history, args.max_set, refits, args.set_k,
-            args.run_seeds, args.quorum))
+            args.run_seeds, args.quorum, args.retrain_seed))
     return args.out / "table.md"
 
 
 def protocol_line(n_users: int, seed: int, timings: dict[str, float], max_history: int,
                   max_set: int | None, refits: dict[str, dict[str, float]] | None = None,
-                  set_k: int = K_RETRAIN, run_seeds: int = 1, quorum: int | None = None
-                  ) -> str:
+                  set_k: int = K_RETRAIN, run_seeds: int = 1, quorum: int | None = None,
+                  retrain_seed: int | None = None) -> str:
     size = "any size" if max_set is None else f"at most {max_set} items"
     agree = run_seeds // 2 + 1 if quorum is None else quorum
+    retrain = ("the ones after the run's: no explanation saw them" if retrain_seed is None
+               else f"from {retrain_seed}")
     held = (f"; MF trained with {run_seeds} seeds (vmapped), every explainer's set extended "
             f"(its own order; greedy: by one more deletion's effect) until it removes the "
             f"item under seed 0's re-fit and {agree} of the {run_seeds} seeds' "
@@ -659,8 +668,8 @@ def protocol_line(n_users: int, seed: int, timings: dict[str, float], max_histor
         f"window, drop and shift). Fidelity: K_r = {K_R}, K_e = 1..{K_E}; POS@{K_R},K_e at "
         f"K_e removed items, DEL/INS/CDCG@{K_E} areas over steps 1..{K_E}, probability = "
         "softmax over the candidates; lower is better except INS. Retrain (MF only): sets "
-        f"for the top-{set_k} ({size}){held}, retrained with {RETRAIN_SEEDS} seeds the run "
-        "did not train (the ones after its own); "
+        f"for the top-{set_k} ({size}){held}, retrained with {RETRAIN_SEEDS} seeds "
+        f"({retrain}); "
         "only found sets are removed (found@10: the users whose set removes the item from "
         f"the top-{set_k} per the deletion model); retrain_left@10_found: share of (user, "
         f"seed) with a found set where the item left the top-{K_RETRAIN} after retraining; "

@@ -40,7 +40,7 @@ def test_quick_mode_writes_the_table(script, tmp_path):
     out = tmp_path / "out"
     table = script.main(["--out", str(out), "--quick", "--users", "3", "--data", str(data),
                          "--models", "mf,sasrec", "--explainers",
-                         "greedy,effects,random,influence"])
+                         "greedy,effects,random,influence", "--retrain-seed", "0"])
     text = table.read_text()
     assert "K_r = 5" in text and "| mf | greedy |" in text and "| sasrec | greedy |" in text
     rows = list(csv.DictReader((out / "table.csv").open()))
@@ -56,8 +56,11 @@ def test_quick_mode_writes_the_table(script, tmp_path):
     assert float(mf_greedy["retrain_valid@10"]) == pytest.approx(
         float(mf_greedy["found@10"]) * float(mf_greedy["retrain_left@10_found"]))
     retrained = list(csv.DictReader((out / "retrain.csv").open()))
-    # seeds the run (seed 0) did not train
-    assert {r["seed"] for r in retrained} == {"1", "2", "3", "4", "5"}
+    # from seed 0, the explained one: retrained with nothing removed it is the explained
+    # model, whose top item is each user's explained item
+    assert {r["seed"] for r in retrained} == {"0", "1", "2", "3", "4"}
+    assert {r["rank_after_retrain"] for r in retrained
+            if r["explainer"] == "nothing" and r["seed"] == "0"} == {"1"}
     greedy_sizes = {r["user"]: r["set_size"] for r in retrained
                     if r["explainer"] == "greedy" and r["found"] == "True"}
     matched = [r for r in retrained if r["explainer"].endswith("@greedy_size")]
@@ -113,6 +116,7 @@ def test_sets_held_across_the_run_seeds_are_retrained_beside_the_minimal_ones(sc
     ("--set-k", "5", "--set-k 5: expected an integer >= 10"),
     ("--run-seeds", "0", "--run-seeds 0: expected an integer >= 1"),
     ("--quorum", "2", "--quorum 2: expected 1 to --run-seeds (1)"),
+    ("--retrain-seed", "-1", "--retrain-seed -1: expected an integer >= 0"),
     ("--max-set", "0", "--max-set 0: expected an integer >= 1"),
 ])
 def test_bad_input_is_one_line(tmp_path, flag, value, message):
