@@ -117,10 +117,10 @@ def explain(model: DeletionModel, target: int, *, k: int = 10, method: str = "gr
             of the whole history; None: every past interaction (exact greedy).
         seeds: the same user's deletion models under the run's other seeds (same history):
             the method's set is then extended until deleting it removes the item from the
-            top-K under `model` and `quorum` models in all (`search.held_prefix`; None: a
-            majority of the 1 + len(seeds)), in the method's
-            own order for the ordered methods (`effects`, the baselines), else by one more
-            deletion's effect on `model` after the set (`search.order_after`); `found` says
+            top-K under `model` and `quorum` models in all (None: a majority of the
+            1 + len(seeds)), in the method's own order for the ordered methods (`effects`,
+            the baselines: `search.held_prefix`), else by greedy steps on the standing across
+            the seeds (`search.held_greedy`); `found` says
             whether one did, within the whole history (`max_size` bounds the method's own
             search only).
 
@@ -207,21 +207,20 @@ def _held(model: DeletionModel, seeds: Sequence[DeletionModel], result: search.S
           args: tuple, *, k: int, chunk_size: int | None, quorum: int | None,
           order: np.ndarray | None) -> tuple[search.SearchResult, int]:
     """`result`'s set extended until it holds under `model` and a quorum of all: in
-    `order` (the method's own, whose prefix the set is), else the set followed by the rest
-    by one more deletion's effect after it (`search.order_after`)."""
+    `order` (the method's own, whose prefix the set is), else by greedy steps on the standing
+    across the seeds (`search.held_greedy`)."""
     chosen = np.asarray(result.order)
     chosen = chosen[chosen >= 0][: int(result.size)]
-    if order is None:
-        deleted = np.zeros(len(model.valid), bool)
-        deleted[chosen] = True
-        rest = np.asarray(search.order_after(args[0], args[1], args[2], jnp.asarray(deleted),
-                                             *args[3:], k=k, chunk_size=chunk_size))
-        order = np.concatenate([chosen, rest[~deleted[rest]]])
+    datas = [model.data, *(other.data for other in seeds)]
+    if order is None:  # a search: greedy steps on the standing across the seeds
+        return search.held_greedy(args[0], datas, model.valid, int(args[3]),
+                                  np.asarray(args[4]), chosen, k=k, quorum=quorum,
+                                  chunk_size=chunk_size)
     order = np.asarray(order, np.int32)
     order = np.concatenate([chosen, order[~np.isin(order, chosen)]])
-    return search.held_prefix(args[0], [model.data, *(other.data for other in seeds)],
-                              model.valid, int(args[3]), np.asarray(args[4]), order, k=k,
-                              start=len(chosen), quorum=quorum, chunk_size=chunk_size)
+    return search.held_prefix(args[0], datas, model.valid, int(args[3]), np.asarray(args[4]),
+                              order, k=k, start=len(chosen), quorum=quorum,
+                              chunk_size=chunk_size)
 
 
 def _oracle_result(model: DeletionModel, valid, target, exclude, *, k: int,

@@ -24,9 +24,9 @@ best other candidate. The item leaves the top-K exactly when rank >= K, i.e. mar
   the true minimal size and every minimal set, for small histories.
 - `ordered_removal`: removes items in a given order (a baseline's ranking) until the item
   leaves the top-K, so that every baseline gets a counterfactual set comparable with ours.
-- `held_prefix`: the shortest prefix of an order that removes the item from the top-K under
-  the first model and a quorum of several (the seeds of one run: a set that holds under most
-  trainings, not one seed's noise).
+- `held_prefix`, `held_greedy`: the shortest prefix of an order, or the greedy search's set,
+  that removes the item from the top-K under the first model and a quorum of several (the
+  seeds of one run: a set that holds under most trainings, not one seed's noise).
 """
 
 from __future__ import annotations
@@ -568,13 +568,84 @@ def held_prefix(score_fn, datas: list[Any], valid: Any, target: int, exclude: An
             int(agree[last]))
 
 
-@functools.partial(jax.jit, static_argnames=("score_fn", "k", "chunk_size"))
-def order_after(score_fn, data: Any, valid: jax.Array, deleted: jax.Array, target: jax.Array,
-                exclude: jax.Array, *, k: int, chunk_size: int | None = None) -> jax.Array:
-    """`[H]` int32: the positions not in `deleted [H]`, strongest first by one more deletion
-    on top of `deleted` (`strongest_first`: one vmapped call of H masks), then the deleted and
-    padding positions (what a set is extended by, one step of look-ahead)."""
+def held_standing(rank: Any, margin: Any, quorum: int) -> tuple[jax.Array, jax.Array]:
+    """The standing that decides whether a deletion holds across models: `rank [S, C]`,
+    `margin [S, C]` of the target under S models (the first explained) -> `[C]` rank and
+    margin, each the worse of the first model's and the `quorum`-th model's (the `quorum`-th
+    largest rank, the `quorum`-th smallest margin, a NaN margin counting as not out), so
+    that the target is out of the top-K under the first model and `quorum` of all exactly when
+    the rank is >= K, i.e. the margin <= 0."""
+    rank, margin = jnp.asarray(rank), jnp.asarray(margin)
+    kth_rank = -jnp.sort(-rank, axis=0)[quorum - 1]
+    kth_margin = jnp.sort(jnp.where(jnp.isnan(margin), jnp.inf, margin), axis=0)[quorum - 1]
+    return jnp.minimum(rank[0], kth_rank), jnp.maximum(margin[0], kth_margin)
+
+
+@functools.partial(jax.jit, static_argnames=("score_fn", "k", "quorum", "chunk_size"))
+def _held_step(score_fn, stacked: Any, valid: jax.Array, deleted: jax.Array,
+               target: jax.Array, exclude: jax.Array, *, k: int, quorum: int,
+               chunk_size: int | None) -> tuple[jax.Array, jax.Array]:
+    """One greedy step across models: the `held_standing` (rank, margin `[H]`) of deleting
+    each position in addition to `deleted`, every model (`stacked` data, leading axis S)."""
     positions = jnp.arange(valid.shape[0], dtype=jnp.int32)
-    results, _ = _next_deletions(score_fn, data, valid, deleted, positions, target, exclude,
-                                 k, chunk_size)
-    return strongest_first(results.rank, results.margin, valid & ~deleted)
+
+    def one(data):
+        return _next_deletions(score_fn, data, valid, deleted, positions, target, exclude, k,
+                               chunk_size)[0]
+
+    results = jax.vmap(one)(stacked)
+    return held_standing(results.rank, results.margin, quorum)
+
+
+def held_greedy(score_fn, datas: list[Any], valid: Any, target: int, exclude: Any,
+                start: Any, *, k: int, quorum: int | None = None,
+                chunk_size: int | None = None) -> tuple[SearchResult, int]:
+    """The greedy search on the standing across models: from the set `start` (positions, in
+    order: e.g. the explained model's minimal set), delete one position at a time by
+    `step_choice` on the `held_standing` of the first model of `datas` and `quorum` of all
+    (None: `majority`), every remaining deletion re-scored under every model at each step (one
+    vmapped call of S x H masks), until the target is out of the top-K under the first model
+    and `quorum` of all. `datas`: data pytrees of one `score_fn` and one structure (the seeds
+    of a run), the first the one explained.
+
+    Returns:
+        `SearchResult` (numpy values; `after`: the target's standing under the first model)
+        with `found` False when the whole history is not enough, and how many of the models
+        the returned set removes the target under.
+
+    Raises:
+        ValueError: a quorum outside 1..len(datas).
+    """
+    quorum = majority(len(datas)) if quorum is None else quorum
+    if not 1 <= quorum <= len(datas):
+        raise ValueError(f"quorum = {quorum}: expected 1 to {len(datas)} (the models given)")
+    valid = np.asarray(valid, bool)
+    stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves), *datas)
+    order = [int(p) for p in dict.fromkeys(np.asarray(start).tolist()) if valid[p]]
+    deleted = np.zeros(len(valid), bool)
+    deleted[order] = True
+
+    def standings(mask: np.ndarray) -> list[Standing]:
+        keep = jnp.asarray((valid & ~mask)[None].astype(np.float32))
+        return [Standing(*(np.asarray(leaf)[0] for leaf in evaluate_masks(
+            score_fn, data, keep, jnp.asarray(target), jnp.asarray(exclude), k=k)))
+            for data in datas]
+
+    def held(now: list[Standing]) -> bool:
+        out = [bool(s.rank >= k) for s in now]
+        return out[0] and sum(out) >= quorum
+
+    now = standings(deleted)
+    while not held(now) and (valid & ~deleted).any():
+        rank, margin = _held_step(score_fn, stacked, jnp.asarray(valid), jnp.asarray(deleted),
+                                  jnp.asarray(target), jnp.asarray(exclude), k=k,
+                                  quorum=quorum, chunk_size=chunk_size)
+        best = int(step_choice(rank, margin, jnp.asarray(valid & ~deleted)))
+        if not valid[best] or deleted[best]:  # nothing usable (every margin NaN)
+            break
+        deleted[best] = True
+        order.append(best)
+        now = standings(deleted)
+    agree = sum(bool(s.rank >= k) for s in now)
+    return (set_result(tuple(order), now[0], held(now), len(valid), max(len(valid), 1)),
+            agree)

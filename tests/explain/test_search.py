@@ -25,7 +25,9 @@ from causalrec_jax.explain.baselines import baseline_order
 from causalrec_jax.explain.deletion import DeletionModel
 from causalrec_jax.explain.search import (
     greedy_order,
+    held_greedy,
     held_prefix,
+    held_standing,
     prefix_standings,
     step_choice,
     strongest_first,
@@ -187,6 +189,27 @@ def test_a_prefix_held_under_every_seed():
     assert first_out.size == 5  # two agree at 3, but not the explained one
     with pytest.raises(ValueError, match="quorum = 4: expected 1 to 3"):
         held_prefix(scorer, [data, stiff, data], valid, 0, exclude, order, k=1, quorum=4)
+
+
+def test_the_greedy_search_across_seeds():
+    scorer, data, valid, target, exclude = toy(5.5)
+    stiff = {**data, "others": data["others"].at[1].set(3.0)}
+    # from {0}: under the stiff model a deletion of 1 or 2 alone leaves the item first (held
+    # margin 2) and 3 or 4 leave it 2.5 ahead; 1 first, then 2 (the synergy) takes both out
+    held, agree = held_greedy(scorer, [data, stiff], valid, 0, exclude, [0], k=1)
+    assert held.found and list(held.order[:3]) == [0, 1, 2] and held.size == 3 and agree == 2
+    np.testing.assert_allclose(held.after.score, -2.0)
+    alone, agree = held_greedy(scorer, [data, stiff], valid, 0, exclude, [0], k=1, quorum=1)
+    assert alone.found and alone.size == 2 and agree == 1  # the explained model alone
+    never = {**data, "others": jnp.full(6, -10.0)}
+    none, agree = held_greedy(scorer, [data, never], valid, 0, exclude, [], k=1)
+    assert not none.found and none.size == 5 and agree == 1
+    rank, margin = held_standing(jnp.asarray([[3, 0], [1, 5], [2, 5]]),
+                                 jnp.asarray([[-1.0, 2.0], [1.0, -3.0], [jnp.nan, -2.0]]), 2)
+    # column 0: the 2nd largest rank 2, the first model's 3 -> 2; margins -1, 1, NaN (+inf):
+    # the 2nd smallest 1 -> max(-1, 1) = 1. Column 1: the first model holds it in (rank 0)
+    np.testing.assert_array_equal(np.asarray(rank), [2, 0])
+    np.testing.assert_allclose(np.asarray(margin), [1.0, 2.0])
 
 
 def test_explain_extends_the_set_until_every_seed_agrees():
