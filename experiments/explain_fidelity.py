@@ -27,8 +27,8 @@ the user has, in any split):
   one-seed run's seed 0 is explained and seeds 1-5 retrain; `--retrain-seed S`: from S;
   the run's own loss, optimiser,
   batches, epochs = the run's selected `best_epoch + 1`); `--run-seeds N` trains the MF run
-  with N seeds and extends every explainer's set (greedy: by one more deletion's effect
-  after its set; the others: their own order) until it removes the item under seed 0's
+  with N seeds and extends every explainer's set (greedy: by greedy steps on the standing
+  across the seeds; the others: their own order) until it removes the item under seed 0's
   re-fit and `--quorum` of the N seeds' (default a majority; `explain(..., seeds=...)`),
   the greedy set minimal for seed 0 alone retrained
   beside it (`greedy_one_seed`); only found sets are removed (an explainer that found
@@ -655,7 +655,7 @@ def protocol_line(n_users: int, seed: int, timings: dict[str, float], max_histor
     retrain = ("the ones after the run's: no explanation saw them" if retrain_seed is None
                else f"from {retrain_seed}")
     held = (f"; MF trained with {run_seeds} seeds (vmapped), every explainer's set extended "
-            f"(its own order; greedy: by one more deletion's effect) until it removes the "
+            f"(its own order; greedy: by greedy steps across the seeds) until it removes the "
             f"item under seed 0's re-fit and {agree} of the {run_seeds} seeds' "
             f"({'a majority' if quorum is None else '--quorum'}), {ONE_SEED}: greedy's set "
             "minimal for seed 0 alone" if run_seeds > 1 else "")
