@@ -508,6 +508,14 @@ def majority(n_models: int) -> int:
     return n_models // 2 + 1
 
 
+def _quorum(quorum: int | None, n_models: int) -> int:
+    """`quorum` checked against `n_models` (None: `majority`)."""
+    quorum = majority(n_models) if quorum is None else quorum
+    if not 1 <= quorum <= n_models:
+        raise ValueError(f"quorum = {quorum}: expected 1 to {n_models} (the models given)")
+    return quorum
+
+
 def held_prefix(score_fn, datas: list[Any], valid: Any, target: int, exclude: Any,
                 order: Any, *, k: int, start: int = 0, quorum: int | None = None,
                 chunk_size: int | None = None) -> tuple[SearchResult, int]:
@@ -537,9 +545,7 @@ def held_prefix(score_fn, datas: list[Any], valid: Any, target: int, exclude: An
     Raises:
         ValueError: a quorum outside 1..len(datas).
     """
-    quorum = majority(len(datas)) if quorum is None else quorum
-    if not 1 <= quorum <= len(datas):
-        raise ValueError(f"quorum = {quorum}: expected 1 to {len(datas)} (the models given)")
+    quorum = _quorum(quorum, len(datas))
     valid = jnp.asarray(valid, bool)
     order = np.asarray(order, np.int32)
     # a repeated entry deletes nothing more: dropped (the length stays, a static shape)
@@ -616,9 +622,7 @@ def held_greedy(score_fn, datas: list[Any], valid: Any, target: int, exclude: An
     Raises:
         ValueError: a quorum outside 1..len(datas).
     """
-    quorum = majority(len(datas)) if quorum is None else quorum
-    if not 1 <= quorum <= len(datas):
-        raise ValueError(f"quorum = {quorum}: expected 1 to {len(datas)} (the models given)")
+    quorum = _quorum(quorum, len(datas))
     valid = np.asarray(valid, bool)
     stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves), *datas)
     order = [int(p) for p in dict.fromkeys(np.asarray(start).tolist()) if valid[p]]
