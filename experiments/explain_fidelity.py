@@ -145,9 +145,17 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                              ("--retrain-seed", args.retrain_seed, 0)):
         if value is not None and value < low:
             raise ConfigError(f"{flag} {value}: expected an integer >= {low}")
-    if args.quorum is not None and not 1 <= args.quorum <= args.run_seeds:
-        raise ConfigError(f"--quorum {args.quorum}: expected 1 to --run-seeds "
-                          f"({args.run_seeds})")
+    if args.quorum is not None and not (args.run_seeds > 1
+                                        and 1 <= args.quorum <= args.run_seeds):
+        raise ConfigError(f"--quorum {args.quorum}: expected --run-seeds above 1 and 1 to "
+                          f"--run-seeds ({args.run_seeds})")
+    if args.run_seeds > 1 and ("mf" not in args.models.split(",") or args.no_retrain):
+        raise ConfigError(f"--run-seeds {args.run_seeds}: the seeds serve the retrain check, "
+                          "which runs on mf without --no-retrain")
+    if (args.run_seeds > 1 and args.retrain_seed is not None
+            and args.retrain_seed < args.run_seeds):
+        raise ConfigError(f"--retrain-seed {args.retrain_seed}: the explanations saw seeds 0 to "
+                          f"{args.run_seeds - 1} (--run-seeds); expected >= {args.run_seeds}")
     if args.alone and "greedy" not in args.explainers.split(","):
         raise ConfigError("--alone retrains without the greedy sets: add greedy to --explainers")
     return args

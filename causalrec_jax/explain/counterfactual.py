@@ -120,9 +120,10 @@ def explain(model: DeletionModel, target: int, *, k: int = 10, method: str = "gr
             top-K under `model` and `quorum` models in all (None: a majority of the
             1 + len(seeds)), in the method's own order for the ordered methods (`effects`,
             the baselines: `search.held_prefix`), else by greedy steps on the standing across
-            the seeds (`search.held_greedy`); `found` says
-            whether one did, within the whole history (`max_size` bounds the method's own
-            search only).
+            the seeds (`search.held_greedy`, over the whole history whatever
+            `n_candidates`); `found` says whether one did, within the whole history
+            (`max_size` bounds the method's own search only). An item already outside the
+            top-K under `model` gets the empty set, as without seeds.
 
     Returns:
         `Explanation`.
@@ -150,6 +151,10 @@ def explain(model: DeletionModel, target: int, *, k: int = 10, method: str = "gr
         if not np.array_equal(other.history, model.history):
             raise ValueError("seeds: every model must hold the explained user's history "
                              f"({int(valid.sum())} interactions), in the same positions")
+        if (other.score_fn != model.score_fn
+                or jax.tree.structure(other.data) != jax.tree.structure(model.data)):
+            raise ValueError("seeds: every model must be the explained model's kind (the same "
+                             "score_fn and data structure: another seed of the same run)")
     if quorum is not None and not 1 <= quorum <= 1 + len(seeds):
         raise ValueError(f"quorum = {quorum}: expected 1 to {1 + len(seeds)} (the explained "
                          "model and its seeds)")
@@ -186,7 +191,7 @@ def explain(model: DeletionModel, target: int, *, k: int = 10, method: str = "gr
         result = search.ordered_removal(*args, jnp.asarray(full_order), k=k,
                                         max_size=max_size, chunk_size=chunk_size)
     agree = int(result.after.rank >= k)
-    if seeds:
+    if seeds and base.rank < k:  # an item outside the top-K already: nothing to extend
         result, agree = _held(
             model, seeds, result, args, k=k, chunk_size=chunk_size, quorum=quorum,
             order=None if method in ("greedy", "beam", "exhaustive") else full_order)

@@ -578,7 +578,8 @@ def held_standing(rank: Any, margin: Any, quorum: int) -> tuple[jax.Array, jax.A
     """The standing that decides whether a deletion holds across models: `rank [S, C]`,
     `margin [S, C]` of the target under S models (the first explained) -> `[C]` rank and
     margin, each the worse of the first model's and the `quorum`-th model's (the `quorum`-th
-    largest rank, the `quorum`-th smallest margin, a NaN margin counting as not out), so
+    largest rank, the `quorum`-th smallest margin, another model's NaN margin counting as not
+    out; the first model's NaN margin stays NaN, so `step_choice` never picks it), so
     that the target is out of the top-K under the first model and `quorum` of all exactly when
     the rank is >= K, i.e. the margin <= 0."""
     rank, margin = jnp.asarray(rank), jnp.asarray(margin)
@@ -625,7 +626,8 @@ def held_greedy(score_fn, datas: list[Any], valid: Any, target: int, exclude: An
     quorum = _quorum(quorum, len(datas))
     valid = np.asarray(valid, bool)
     stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves), *datas)
-    order = [int(p) for p in dict.fromkeys(np.asarray(start).tolist()) if valid[p]]
+    order = [int(p) for p in dict.fromkeys(np.asarray(start).tolist())
+             if 0 <= p < len(valid) and valid[p]]
     deleted = np.zeros(len(valid), bool)
     deleted[order] = True
 
@@ -644,9 +646,10 @@ def held_greedy(score_fn, datas: list[Any], valid: Any, target: int, exclude: An
         rank, margin = _held_step(score_fn, stacked, jnp.asarray(valid), jnp.asarray(deleted),
                                   jnp.asarray(target), jnp.asarray(exclude), k=k,
                                   quorum=quorum, chunk_size=chunk_size)
-        best = int(step_choice(rank, margin, jnp.asarray(valid & ~deleted)))
-        if not valid[best] or deleted[best]:  # nothing usable (every margin NaN)
+        usable = valid & ~deleted & ~np.isnan(np.asarray(margin))
+        if not usable.any():  # every remaining deletion unscorable (NaN margins)
             break
+        best = int(step_choice(rank, margin, jnp.asarray(usable)))
         deleted[best] = True
         order.append(best)
         now = standings(deleted)

@@ -3,6 +3,7 @@ table, curves, retrain rows and plot; unknown models and explainers are one-line
 
 import csv
 import importlib.util
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -107,6 +108,20 @@ def test_sets_held_across_the_run_seeds_are_retrained_beside_the_minimal_ones(sc
     assert one_seed["pos@5,1"] == "" and 0.0 <= float(one_seed["found@10"]) <= 1.0
 
 
+@pytest.mark.parametrize("args, message", [
+    (["--run-seeds", "3", "--no-retrain"], "--run-seeds 3: the seeds serve the retrain check"),
+    (["--run-seeds", "3", "--models", "sasrec"], "which runs on mf without --no-retrain"),
+    (["--run-seeds", "3", "--retrain-seed", "1"],
+     "--retrain-seed 1: the explanations saw seeds 0 to 2 (--run-seeds); expected >= 3"),
+    (["--run-seeds", "3", "--quorum", "4"], "--quorum 4: expected --run-seeds above 1"),
+])
+def test_held_seed_flags_that_would_be_ignored_are_refused(script, tmp_path, args, message):
+    from causalrec_jax.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        script.parse(["--out", str(tmp_path), *args])
+
+
 @pytest.mark.parametrize("flag, value, message", [
     ("--models", "mf,svd", "unknown model 'svd'"),
     ("--explainers", "greedy,lime", "unknown explainer 'lime'"),
@@ -115,7 +130,7 @@ def test_sets_held_across_the_run_seeds_are_retrained_beside_the_minimal_ones(sc
     ("--pack", "-1", "--pack -1: expected an integer >= 0"),
     ("--set-k", "5", "--set-k 5: expected an integer >= 10"),
     ("--run-seeds", "0", "--run-seeds 0: expected an integer >= 1"),
-    ("--quorum", "2", "--quorum 2: expected 1 to --run-seeds (1)"),
+    ("--quorum", "2", "--quorum 2: expected --run-seeds above 1 and 1 to --run-seeds (1)"),
     ("--retrain-seed", "-1", "--retrain-seed -1: expected an integer >= 0"),
     ("--max-set", "0", "--max-set 0: expected an integer >= 1"),
 ])

@@ -199,6 +199,8 @@ def test_the_greedy_search_across_seeds():
     held, agree = held_greedy(scorer, [data, stiff], valid, 0, exclude, [0], k=1)
     assert held.found and list(held.order[:3]) == [0, 1, 2] and held.size == 3 and agree == 2
     np.testing.assert_allclose(held.after.score, -2.0)
+    padded, _ = held_greedy(scorer, [data, stiff], valid, 0, exclude, [0, -1], k=1)
+    assert list(padded.order[:3]) == [0, 1, 2]  # -1 is padding, not the last position
     alone, agree = held_greedy(scorer, [data, stiff], valid, 0, exclude, [0], k=1, quorum=1)
     assert alone.found and alone.size == 2 and agree == 1  # the explained model alone
     never = {**data, "others": jnp.full(6, -10.0)}
@@ -238,6 +240,14 @@ def test_explain_extends_the_set_until_every_seed_agrees():
     assert outvoted.seeds == 3 and outvoted.found
     with pytest.raises(ValueError, match="quorum = 3"):
         explain(model, 0, k=1, exclude=np.asarray(exclude), seeds=[other], quorum=3)
+    # an item already outside the top-K: the empty set, nothing extended
+    competitor = {**data, "others": data["others"].at[1].set(11.0)}
+    out = explain(dataclasses.replace(model, data=competitor), 0, k=1,
+                  exclude=np.asarray(exclude), seeds=[other])
+    assert out.size == 0 and out.found and out.base_rank >= 1
+    with pytest.raises(ValueError, match="the explained model's kind"):
+        explain(model, 0, k=1, exclude=np.asarray(exclude),
+                seeds=[dataclasses.replace(other, score_fn=PassingScorer())])
     with pytest.raises(ValueError, match="same positions"):
         explain(model, 0, k=1, exclude=np.asarray(exclude),
                 seeds=[dataclasses.replace(model, history=np.arange(1, 6))])
