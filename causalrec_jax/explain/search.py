@@ -455,11 +455,8 @@ def ordered_removal(score_fn, data: Any, valid: jax.Array, target: jax.Array,
         order, (0, max_size - order.shape[0]), constant_values=-1)
     is_valid = (order >= 0) & valid[jnp.clip(order, 0, history_len - 1)]
     order = jnp.where(is_valid, order, -1)
-    # prefix j deletes order[0..j]
-    hits = (order[None, :] == jnp.arange(history_len)[:, None])  # [H, max_size]
-    prefix = jnp.tril(jnp.ones((max_size, max_size), bool))  # [j, i]: i <= j
-    deleted = (prefix.astype(jnp.int32) @ hits.T.astype(jnp.int32)) > 0  # [max_size, H]
-    keeps = (valid[None, :] & ~deleted).astype(jnp.float32)
+    keeps = _prefix_keeps(valid, order)[0][1:]  # prefix j deletes order[0..j]
+    deleted = valid[None, :] & (keeps < 0.5)
     base = standing(score_fn(data, valid.astype(jnp.float32)), target, exclude, k)
     results = _standings(score_fn, data, keeps, target, exclude, k, chunk_size)
     works = (results.rank >= k) & is_valid
@@ -589,19 +586,43 @@ def held_standing(rank: Any, margin: Any, quorum: int) -> tuple[jax.Array, jax.A
 
 
 @functools.partial(jax.jit, static_argnames=("score_fn", "k", "quorum", "chunk_size"))
-def _held_step(score_fn, stacked: Any, valid: jax.Array, deleted: jax.Array,
-               target: jax.Array, exclude: jax.Array, *, k: int, quorum: int,
-               chunk_size: int | None) -> tuple[jax.Array, jax.Array]:
-    """One greedy step across models: the `held_standing` (rank, margin `[H]`) of deleting
-    each position in addition to `deleted`, every model (`stacked` data, leading axis S)."""
+def _held_greedy(score_fn, stacked: Any, valid: jax.Array, deleted: jax.Array,
+                 order: jax.Array, size: jax.Array, target: jax.Array, exclude: jax.Array, *,
+                 k: int, quorum: int, chunk_size: int | None
+                 ) -> tuple[jax.Array, jax.Array, jax.Array, Standing]:
+    """`held_greedy`'s search, one compiled `lax.while_loop` (see there): from `deleted [H]`
+    (in `order [H]`, `size` of them), the final `deleted`, `order`, `size` and the target's
+    `Standing` under every model (leaves `[S]`)."""
     positions = jnp.arange(valid.shape[0], dtype=jnp.int32)
 
-    def one(data):
-        return _next_deletions(score_fn, data, valid, deleted, positions, target, exclude, k,
-                               chunk_size)[0]
+    def under_all(deleted):
+        keep = (valid & ~deleted).astype(jnp.float32)
+        return jax.vmap(lambda data: standing(score_fn(data, keep), target, exclude, k))(
+            stacked)
 
-    results = jax.vmap(one)(stacked)
-    return held_standing(results.rank, results.margin, quorum)
+    def holds(now: Standing) -> jax.Array:
+        return held_standing(now.rank[:, None], now.margin[:, None], quorum)[0][0] >= k
+
+    def cond(state):
+        deleted, _, _, held, stuck = state
+        return ~held & ~stuck & jnp.any(valid & ~deleted)
+
+    def body(state):
+        deleted, order, size, _, _ = state
+        results = jax.vmap(lambda data: _next_deletions(
+            score_fn, data, valid, deleted, positions, target, exclude, k, chunk_size)[0])(
+            stacked)  # leaves [S, H]
+        rank, margin = held_standing(results.rank, results.margin, quorum)
+        usable = valid & ~deleted & ~jnp.isnan(margin)
+        stuck = ~jnp.any(usable)  # every remaining deletion unscorable (NaN margins)
+        best = step_choice(rank, margin, usable)
+        return (jnp.where(stuck, deleted, deleted.at[best].set(True)),
+                jnp.where(stuck, order, order.at[size].set(best)),
+                size + (~stuck).astype(jnp.int32), ~stuck & (rank[best] >= k), stuck)
+
+    state = (deleted, order, size, holds(under_all(deleted)), jnp.zeros((), bool))
+    deleted, order, size, _, _ = jax.lax.while_loop(cond, body, state)
+    return deleted, order, size, under_all(deleted)
 
 
 def held_greedy(score_fn, datas: list[Any], valid: Any, target: int, exclude: Any,
@@ -611,9 +632,9 @@ def held_greedy(score_fn, datas: list[Any], valid: Any, target: int, exclude: An
     order: e.g. the explained model's minimal set), delete one position at a time by
     `step_choice` on the `held_standing` of the first model of `datas` and `quorum` of all
     (None: `majority`), every remaining deletion re-scored under every model at each step (one
-    vmapped call of S x H masks), until the target is out of the top-K under the first model
-    and `quorum` of all. `datas`: data pytrees of one `score_fn` and one structure (the seeds
-    of a run), the first the one explained.
+    vmapped call of S x H masks; the steps one compiled `lax.while_loop`), until the target
+    is out of the top-K under the first model and `quorum` of all. `datas`: data pytrees of
+    one `score_fn` and one structure (the seeds of a run), the first the one explained.
 
     Returns:
         `SearchResult` (numpy values; `after`: the target's standing under the first model)
@@ -626,33 +647,18 @@ def held_greedy(score_fn, datas: list[Any], valid: Any, target: int, exclude: An
     quorum = _quorum(quorum, len(datas))
     valid = np.asarray(valid, bool)
     stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves), *datas)
-    order = [int(p) for p in dict.fromkeys(np.asarray(start).tolist())
-             if 0 <= p < len(valid) and valid[p]]
+    chosen = [int(p) for p in dict.fromkeys(np.asarray(start).tolist())
+              if 0 <= p < len(valid) and valid[p]]
     deleted = np.zeros(len(valid), bool)
-    deleted[order] = True
-
-    def standings(mask: np.ndarray) -> list[Standing]:
-        keep = jnp.asarray((valid & ~mask)[None].astype(np.float32))
-        return [Standing(*(np.asarray(leaf)[0] for leaf in evaluate_masks(
-            score_fn, data, keep, jnp.asarray(target), jnp.asarray(exclude), k=k)))
-            for data in datas]
-
-    def held(now: list[Standing]) -> bool:
-        out = [bool(s.rank >= k) for s in now]
-        return out[0] and sum(out) >= quorum
-
-    now = standings(deleted)
-    while not held(now) and (valid & ~deleted).any():
-        rank, margin = _held_step(score_fn, stacked, jnp.asarray(valid), jnp.asarray(deleted),
-                                  jnp.asarray(target), jnp.asarray(exclude), k=k,
-                                  quorum=quorum, chunk_size=chunk_size)
-        usable = valid & ~deleted & ~np.isnan(np.asarray(margin))
-        if not usable.any():  # every remaining deletion unscorable (NaN margins)
-            break
-        best = int(step_choice(rank, margin, jnp.asarray(usable)))
-        deleted[best] = True
-        order.append(best)
-        now = standings(deleted)
-    agree = sum(bool(s.rank >= k) for s in now)
-    return (set_result(tuple(order), now[0], held(now), len(valid), max(len(valid), 1)),
-            agree)
+    deleted[chosen] = True
+    order = np.full(len(valid), -1, np.int32)
+    order[: len(chosen)] = chosen
+    deleted, order, size, now = _held_greedy(
+        score_fn, stacked, jnp.asarray(valid), jnp.asarray(deleted), jnp.asarray(order),
+        jnp.asarray(len(chosen), jnp.int32), jnp.asarray(target), jnp.asarray(exclude), k=k,
+        quorum=quorum, chunk_size=chunk_size)
+    out = np.asarray(now.rank) >= k
+    held = bool(out[0] and out.sum() >= quorum)
+    first = Standing(*(np.asarray(leaf)[0] for leaf in now))
+    return (set_result(tuple(np.asarray(order)[: int(size)].tolist()), first, held,
+                       len(valid), max(len(valid), 1)), int(out.sum()))
