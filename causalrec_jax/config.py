@@ -280,6 +280,11 @@ class ModelConfig:
     attention_dim: int = 0
     linear_dim: int = 0
     temperature: float = 0.0
+    # SASRec and BERT4Rec only: the layer ("transformer": pre-LN blocks with a GELU FFN;
+    # "ligr": LiGR gated residual blocks with a SwiGLU FFN, as eSASRec) and the FFN's width as
+    # a multiple of embedding_dim.
+    block: Literal["transformer", "ligr"] = "transformer"
+    ffn_multiplier: int = 4
 
     def __post_init__(self) -> None:
         for key in ("attention_dim", "linear_dim"):
@@ -287,7 +292,7 @@ class ModelConfig:
                      "an integer >= 0 (0 = embedding_dim // n_heads)", getattr(self, key))
         _require(math.isfinite(self.temperature) and self.temperature >= 0,
                  "model.temperature", "a number >= 0 (0 = dot product)", self.temperature)
-        for key in ("embedding_dim", "n_heads"):
+        for key in ("embedding_dim", "n_heads", "ffn_multiplier"):
             _require(getattr(self, key) >= 1, f"model.{key}", "an integer >= 1", getattr(self, key))
         _require(self.n_layers >= 0, "model.n_layers", "an integer >= 0", self.n_layers)
         _require(all(d >= 1 for d in self.hidden_dims), "model.hidden_dims",
@@ -352,6 +357,10 @@ class CausalConfig:
                      "a finite number", self.imputation_value)
 
 
+# `[train]` keys only the sequential models read (refused by the other runs).
+SEQUENCE_TRAIN_KEYS = ("negative_sampler", "logq_correction", "gbce_t")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Optimisation, seeds and stopping."""
@@ -371,6 +380,13 @@ class TrainConfig:
     n_negatives: int = 1
     # Redraw sampled negatives the user has in training (as RecBole does); off = plain uniform.
     exclude_seen_negatives: bool = True
+    # Sequential models only (SEQUENCE_TRAIN_KEYS): the proposal of sampled_softmax's shared
+    # negatives ("popularity": in proportion to training counts, which needs
+    # exclude_seen_negatives = false), the logQ correction of that proposal, and gbce's
+    # calibration t (gSASRec: 0 = plain BCE, 1 = calibrated like the full softmax).
+    negative_sampler: Literal["uniform", "popularity"] = "uniform"
+    logq_correction: bool = False
+    gbce_t: float = 0.75
     early_stopping_metric: str = "ndcg@10"
     patience: int = 5
     checkpoint_every: int = 5
@@ -390,6 +406,7 @@ class TrainConfig:
             _require(getattr(self, key) >= 0, f"train.{key}", "an integer >= 0", getattr(self, key))
         _require(self.learning_rate > 0, "train.learning_rate", "a number > 0", self.learning_rate)
         _require(self.weight_decay >= 0, "train.weight_decay", "a number >= 0", self.weight_decay)
+        _require(0 <= self.gbce_t <= 1, "train.gbce_t", "a number in [0, 1]", self.gbce_t)
         _require(0 < self.halving_keep < 1, "train.halving_keep", "a fraction in (0, 1)",
                  self.halving_keep)
         _require(self.cv_folds == 0 or self.cv_folds >= 2, "train.cv_folds",

@@ -36,11 +36,12 @@ class BERT4Rec(SequenceTransformer):
         ffn_dim: int | None = None,
         dropout_rate: float = 0.1,
         init_std: float = 0.02,
+        block: str = "transformer",
     ):
         super().__init__(
             n_items, max_len, key=key, causal=False, n_special=1, hidden_dim=hidden_dim,
             n_layers=n_layers, n_heads=n_heads, ffn_dim=ffn_dim, dropout_rate=dropout_rate,
-            init_std=init_std,
+            init_std=init_std, block=block,
         )
         self.mask_token = n_items + 1
 

@@ -97,11 +97,57 @@ class TransformerBlock(nnx.Module):
         return hidden + dropout(self.ffn_out(inner), self.dropout_rate, ffn_out_key)
 
 
+class LiGRBlock(nnx.Module):
+    """LiGR block (LinkedIn's gated residual layer, as eSASRec uses it; Tikhonovich et al.,
+    RecSys 2025): each sublayer's output enters the residual stream through a sigmoid gate
+    computed from the stream itself, and the FFN is a bias-free SwiGLU:
+
+        h = x + s(W_a x + b_a) * Attn(LN(x))
+        y = h + s(W_f h + b_f) * W_2 (SiLU(W_1 LN(h)) * W_3 LN(h))
+
+    dropout after the attention, inside the FFN and on both sublayer outputs."""
+
+    def __init__(
+        self, hidden_dim: int, n_heads: int, ffn_dim: int, *, dropout_rate: float,
+        rngs: nnx.Rngs,
+    ):
+        self.attention_norm = nnx.LayerNorm(hidden_dim, rngs=rngs)
+        self.attention = SelfAttention(
+            hidden_dim, n_heads, dropout_rate=dropout_rate, rngs=rngs
+        )
+        self.attention_gate = nnx.Linear(hidden_dim, hidden_dim, rngs=rngs)
+        self.ffn_norm = nnx.LayerNorm(hidden_dim, rngs=rngs)
+        self.ffn_in = nnx.Linear(hidden_dim, ffn_dim, use_bias=False, rngs=rngs)
+        self.ffn_value = nnx.Linear(hidden_dim, ffn_dim, use_bias=False, rngs=rngs)
+        self.ffn_out = nnx.Linear(ffn_dim, hidden_dim, use_bias=False, rngs=rngs)
+        self.ffn_gate = nnx.Linear(hidden_dim, hidden_dim, rngs=rngs)
+        self.dropout_rate = dropout_rate
+
+    def __call__(
+        self, inputs: jax.Array, allowed: jax.Array, *, key: jax.Array | None = None
+    ) -> jax.Array:
+        """`inputs [b, L, d]`, `allowed [b, L, L]` bool -> `[b, L, d]`."""
+        attention_key, attention_out_key, ffn_hidden_key, ffn_out_key = split_keys(key, 4)
+        attended = self.attention(self.attention_norm(inputs), allowed, key=attention_key)
+        hidden = inputs + jax.nn.sigmoid(self.attention_gate(inputs)) * dropout(
+            attended, self.dropout_rate, attention_out_key)
+        normed = self.ffn_norm(hidden)
+        inner = dropout(jax.nn.silu(self.ffn_in(normed)) * self.ffn_value(normed),
+                        self.dropout_rate, ffn_hidden_key)
+        return hidden + jax.nn.sigmoid(self.ffn_gate(hidden)) * dropout(
+            self.ffn_out(inner), self.dropout_rate, ffn_out_key)
+
+
+BLOCKS = {"transformer": TransformerBlock, "ligr": LiGRBlock}
+
+
 class SequenceTransformer(SequenceModel):
     """The encoder shared by SASRec (causal) and BERT4Rec (bidirectional).
 
     Token rows: 0 = padding, `1..n_items` = items, then `n_special` extra tokens (BERT4Rec's
-    `[mask]`). Output logits cover the items only.
+    `[mask]`). Output logits cover the items only. `block`: `"transformer"` (pre-LN blocks,
+    GELU FFN of `ffn_dim`, a final LayerNorm) or `"ligr"` (`LiGRBlock`s, SwiGLU of
+    `ffn_dim`, no final norm, as in eSASRec).
     """
 
     def __init__(
@@ -118,7 +164,10 @@ class SequenceTransformer(SequenceModel):
         ffn_dim: int | None = None,
         dropout_rate: float = 0.2,
         init_std: float = 0.02,
+        block: str = "transformer",
     ):
+        if block not in BLOCKS:
+            raise ValueError(f"unknown block {block!r}: expected one of {', '.join(BLOCKS)}")
         item_key, position_key, layer_key = jax.random.split(key, 3)
         rngs = nnx.Rngs(params=layer_key)
         self.n_items = n_items
@@ -133,13 +182,14 @@ class SequenceTransformer(SequenceModel):
             init_std * jax.random.normal(position_key, (max_len, hidden_dim), jnp.float32)
         )
         self.blocks = nnx.List([
-            TransformerBlock(
+            BLOCKS[block](
                 hidden_dim, n_heads, ffn_dim or 4 * hidden_dim, dropout_rate=dropout_rate,
                 rngs=rngs,
             )
             for _ in range(n_layers)
         ])
-        self.final_norm = nnx.LayerNorm(hidden_dim, rngs=rngs)
+        self.final_norm = (nnx.LayerNorm(hidden_dim, rngs=rngs) if block == "transformer"
+                           else None)
 
     def __call__(
         self, sequences: jax.Array, *, key: jax.Array | None = None,
@@ -173,7 +223,7 @@ class SequenceTransformer(SequenceModel):
         allowed = allowed | jnp.eye(length, dtype=bool)
         for block, block_key in zip(self.blocks, block_keys, strict=True):
             hidden = block(hidden, allowed, key=block_key)
-        return self.final_norm(hidden)
+        return hidden if self.final_norm is None else self.final_norm(hidden)
 
 
 class SASRec(SequenceTransformer):
@@ -195,8 +245,10 @@ class SASRec(SequenceTransformer):
         ffn_dim: int | None = None,
         dropout_rate: float = 0.2,
         init_std: float = 0.02,
+        block: str = "transformer",
     ):
         super().__init__(
             n_items, max_len, key=key, causal=True, hidden_dim=hidden_dim, n_layers=n_layers,
             n_heads=n_heads, ffn_dim=ffn_dim, dropout_rate=dropout_rate, init_std=init_std,
+            block=block,
         )

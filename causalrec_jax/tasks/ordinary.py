@@ -34,6 +34,7 @@ from causalrec_jax.causal.propensity import (
 from causalrec_jax.causal.training import causal_hparams, inference_scorers, saved_arrays
 from causalrec_jax.config import (
     RANKING_METRIC_NAMES,
+    SEQUENCE_TRAIN_KEYS,
     CausalConfig,
     Config,
     TrainConfig,
@@ -602,7 +603,9 @@ def check_ordinary_keys(config: Config) -> None:
     `[planted]` unless `data.format = "planted"`), a
     `[causal]` key of another method, a `[model]` key of another model."""
     used: dict[str, Any] = {"data": None, "model": model_keys_used(config.model),
-                            "causal": causal_keys_used(config.causal), "train": None,
+                            "causal": causal_keys_used(config.causal),
+                            "train": [f.name for f in dataclasses.fields(config.train)
+                                      if f.name not in SEQUENCE_TRAIN_KEYS],
                             "eval": None, "run": None}
     if config.data.format == "simulator":
         used["sim"] = None

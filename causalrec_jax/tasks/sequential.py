@@ -52,7 +52,7 @@ import numpy as np
 from flax import nnx
 
 from causalrec_jax import streams
-from causalrec_jax.config import Config, ModelConfig
+from causalrec_jax.config import Config, ModelConfig, TrainConfig
 from causalrec_jax.data.dataset import Dataset, Split, concatenate
 from causalrec_jax.data.fingerprint import check_unchanged
 from causalrec_jax.data.loader import load_dataset
@@ -94,9 +94,11 @@ SEQUENCE_MODELS = ("sasrec", "bert4rec", "hstu")
 
 # `[model]` keys only HSTU reads: refused for the other sequential models.
 HSTU_KEYS = ("attention_dim", "linear_dim", "temperature")
+# `[model]` keys only the Transformer models (SASRec, BERT4Rec) read: refused for HSTU.
+TRANSFORMER_KEYS = ("block", "ffn_multiplier")
 
 # Sequential losses that sample negatives (train.n_negatives, train.exclude_seen_negatives).
-SAMPLED_LOSSES = ("bce_one_negative", "sampled_softmax")
+SAMPLED_LOSSES = ("bce_one_negative", "sampled_softmax", "gbce")
 
 # Catalogues with more items than this are ranked in chunks of this many items
 # (`eval.catalogue.chunked_target_rank`) instead of scoring `[eval.chunk_size, n_items]` at once.
@@ -116,7 +118,8 @@ def check_sequential_config(config: Config) -> str:
                               "'masked_item' for bert4rec")
     elif loss not in LOSSES or loss == "masked_item":
         raise ConfigError(f"key train.loss: got {loss!r}, expected one of full_softmax, "
-                          f"bce_one_negative, sampled_softmax for {config.model.name}")
+                          f"bce_one_negative, sampled_softmax, gbce for {config.model.name}")
+    _check_sampler_keys(config, loss)
     _check_model_keys(config)
     check_exposure_config(config)
     if config.train.cv_folds:
@@ -128,15 +131,39 @@ def check_sequential_config(config: Config) -> str:
     return loss
 
 
+def _check_sampler_keys(config: Config, loss: str) -> None:
+    """Refuses a sampler key the loss would ignore, and popularity negatives redrawn per user."""
+    train = config.train
+    if train.negative_sampler != "uniform":
+        if loss != "sampled_softmax":
+            raise ConfigError(f"key train.negative_sampler: {train.negative_sampler!r} draws "
+                              f"sampled_softmax's negatives, but train.loss is {loss!r}; "
+                              "remove it")
+        if train.exclude_seen_negatives:
+            raise ConfigError("key train.exclude_seen_negatives: true redraws negatives per "
+                              "user uniformly, so train.negative_sampler = 'popularity' "
+                              "would not be the proposal; set it to false")
+    if train.logq_correction and train.negative_sampler == "uniform":
+        raise ConfigError("key train.logq_correction: true, but the uniform proposal shifts "
+                          "every logit alike (nothing to correct); set train.negative_sampler "
+                          "= 'popularity' or remove it")
+    if train.gbce_t != TrainConfig().gbce_t and loss != "gbce":
+        raise ConfigError(f"key train.gbce_t: set to {train.gbce_t}, but only train.loss = "
+                          f"'gbce' reads it (train.loss is {loss!r}); remove it")
+
+
 def _check_model_keys(config: Config) -> None:
-    """Refuses HSTU's keys for another model, and HSTU sizes that leave a head no width."""
+    """Refuses HSTU's keys for another model and the Transformer blocks' keys for HSTU, and
+    HSTU sizes that leave a head no width."""
     model = config.model
+    default = ModelConfig()
+    foreign = HSTU_KEYS if model.name != "hstu" else TRANSFORMER_KEYS
+    for name in foreign:
+        if getattr(model, name) != getattr(default, name):
+            readers = "'hstu'" if model.name != "hstu" else "'sasrec' or 'bert4rec'"
+            raise ConfigError(f"key model.{name}: set to {getattr(model, name)!r}, but only "
+                              f"model.name = {readers} reads it; remove it")
     if model.name != "hstu":
-        default = ModelConfig()
-        for name in HSTU_KEYS:
-            if getattr(model, name) != getattr(default, name):
-                raise ConfigError(f"key model.{name}: set to {getattr(model, name)!r}, but "
-                                  f"only model.name = 'hstu' reads it; remove it")
         return
     for name in ("attention_dim", "linear_dim"):
         if not getattr(model, name) and model.embedding_dim % model.n_heads:
@@ -159,7 +186,8 @@ def _model(config: Config, n_items: int, key: jax.Array):
     return model_class(
         n_items, config.model.max_len, key=key, hidden_dim=config.model.embedding_dim,
         n_layers=config.model.n_layers, n_heads=config.model.n_heads,
-        dropout_rate=config.model.dropout,
+        ffn_dim=config.model.ffn_multiplier * config.model.embedding_dim,
+        dropout_rate=config.model.dropout, block=config.model.block,
     )
 
 
@@ -228,28 +256,68 @@ def _padded_items(dataset: Dataset, users: np.ndarray) -> np.ndarray:
     return out
 
 
-def evaluate_chunked(
-    query, history: np.ndarray, seen: Dataset, target: Dataset, *, ks, metrics, chunk_size: int,
-    item_chunk: int, mask: bool,
-) -> dict[str, float]:
-    """Full-ranking metrics of one target item per user, the catalogue scored `item_chunk`
-    items at a time (`eval.catalogue.chunked_target_rank`, pessimistic ties): the same numbers
-    as `evaluate_full_ranking` on the dense scores, in `O(chunk_size * item_chunk)` memory.
+def user_queries(query, history: np.ndarray, users: np.ndarray, *, chunk_size: int,
+                 buckets: tuple[int, ...] = ()) -> tuple[np.ndarray, jax.Array]:
+    """Each user's query vector (`[len(users), d]`, on the host) and the item table: users
+    grouped by history length into the `window_buckets` widths, each row cut to its last
+    `width` columns (rows are left-padded and the models' outputs do not depend on padding),
+    `chunk_size` rows a call (a short last chunk padded with repeats): one compilation per
+    width, and short histories never pay for `max_len` positions.
 
     Args:
-        query: `sequences [b, max_len] -> (queries [b, d], item_table [n_items, d])`.
+        query: `sequences [b, width] -> (queries [b, d], item_table [n_items, d])`.
+        history: `[n_users, max_len]` left-padded input tokens.
+        users: the rows of `history` to encode.
+        chunk_size: rows per call.
+        buckets: widths (`model.length_buckets`); () encodes every row at `max_len`.
+    """
+    rows = history[users]
+    max_len = rows.shape[1]
+    widths = window_buckets(max_len, buckets)
+    bucket_of = np.searchsorted(np.asarray(widths), (rows != PAD).sum(axis=1))
+    queries, table = None, None
+    for index, width in enumerate(widths):
+        members = np.flatnonzero(bucket_of == index)
+        for start in range(0, len(members), chunk_size):
+            part = members[start:start + chunk_size]
+            tokens = rows[np.resize(part, chunk_size)][:, max_len - width:]
+            chunk, table = query(jnp.asarray(tokens))
+            chunk = np.asarray(chunk)
+            if queries is None:
+                queries = np.zeros((len(users), chunk.shape[1]), chunk.dtype)
+            queries[part] = chunk[:len(part)]
+    if queries is None:  # no user: the table alone
+        _, table = query(jnp.asarray(history[:1]))
+        queries = np.zeros((0, table.shape[1]), np.float32)
+    return queries, table
+
+
+def evaluate_chunked(
+    query, history: np.ndarray, seen: Dataset, target: Dataset, *, ks, metrics, chunk_size: int,
+    item_chunk: int, masks: tuple[bool, ...] = (True,), buckets: tuple[int, ...] = (),
+) -> list[dict[str, float]]:
+    """Full-ranking metrics of one target item per user, the catalogue scored `item_chunk`
+    items at a time (`eval.catalogue.chunked_target_rank`, pessimistic ties): the same numbers
+    as `evaluate_full_ranking` on the dense scores, in `O(chunk_size * item_chunk)` memory,
+    without sorting a row. The users are encoded once (`user_queries`, by length bucket) for
+    every entry of `masks`.
+
+    Args:
+        query: `sequences [b, width] -> (queries [b, d], item_table [n_items, d])`.
         history: `[n_users, max_len]` input tokens of every user.
-        seen: the interactions masked out of the ranking when `mask`.
+        seen: the interactions masked out of the ranking when a mask is True.
         target: one row per evaluated user (leave-one-out), its item the positive.
         ks: cut-offs.
         metrics: names among `hit, ndcg, mrr, recall, precision, map` (others ignored, as
             pointwise ones are by `evaluate_full_ranking`; `itemcoverage` is refused).
         chunk_size: users per chunk (`eval.chunk_size`).
         item_chunk: items per chunk.
-        mask: exclude each user's `seen` items from their ranking.
+        masks: for each result, whether each user's `seen` items are excluded from the ranking.
+        buckets: history widths of the encoding (`model.length_buckets`).
 
     Returns:
-        `{"ndcg@10": mean, ...}` over users whose target is rankable.
+        `[{"ndcg@10": mean, ...}]`, one per entry of `masks`, over the users whose target is
+        rankable (with the mask: not among their `seen` items).
 
     Raises:
         ConfigError: `itemcoverage` asked for, or a user with more than one target row.
@@ -262,43 +330,57 @@ def evaluate_chunked(
     if len(np.unique(users)) != len(users):
         raise ConfigError("key data.split: chunked ranking expects one target item per user "
                           "(leave_one_out)")
-    exclude = _padded_items(seen, users) if mask else None
-    if exclude is not None:
-        # a target the user already has is not a rankable positive (as in the dense path)
-        rankable = ~(exclude == targets[:, None]).any(axis=1)
-        users, targets, exclude = users[rankable], targets[rankable], exclude[rankable]
-    chunk_size = min(chunk_size, max(len(users), 1))
-    values: dict[str, list[np.ndarray]] = {}
-    for start in range(0, len(users), chunk_size):
-        rows = np.resize(np.arange(start, min(start + chunk_size, len(users))), chunk_size)
-        n_real = min(chunk_size, len(users) - start)
-        queries, table = query(jnp.asarray(history[users[rows]]))
-        ranks = chunked_target_rank(
-            queries, table, jnp.asarray(targets[rows]), chunk_size=item_chunk,
-            exclude=None if exclude is None else jnp.asarray(exclude[rows]))
-        for name, value in metrics_from_ranks(ranks, ks, names).items():
-            values.setdefault(name, []).append(np.asarray(value)[:n_real])
-    return {name: float(np.mean(np.concatenate(parts), dtype=np.float64))
-            for name, parts in values.items()}
+    queries, table = user_queries(query, history, users, chunk_size=chunk_size,
+                                  buckets=buckets)
+    exclude_all = _padded_items(seen, users) if any(masks) else None
+    results = []
+    for mask in masks:
+        rankable = np.arange(len(users))
+        exclude = None
+        if mask:
+            # a target the user already has is not a rankable positive (as in the dense path)
+            rankable = np.flatnonzero(~(exclude_all == targets[:, None]).any(axis=1))
+            exclude = exclude_all[rankable]
+        size = min(chunk_size, max(len(rankable), 1))
+        values: dict[str, list[np.ndarray]] = {}
+        for start in range(0, len(rankable), size):
+            rows = np.resize(np.arange(start, min(start + size, len(rankable))), size)
+            n_real = min(size, len(rankable) - start)
+            ranks = chunked_target_rank(
+                jnp.asarray(queries[rankable[rows]]), table,
+                jnp.asarray(targets[rankable[rows]]), chunk_size=item_chunk,
+                exclude=None if exclude is None else jnp.asarray(exclude[rows]))
+            for name, value in metrics_from_ranks(ranks, ks, names).items():
+                values.setdefault(name, []).append(np.asarray(value)[:n_real])
+        results.append({name: float(np.mean(np.concatenate(parts), dtype=np.float64))
+                        for name, parts in values.items()})
+    return results
 
 
-def _evaluate(scorer: Scorer, history: np.ndarray, seen, target, config: Config, mask: bool,
-              item_chunk: int | None = None) -> dict[str, float]:
-    """Validation or test numbers: dense below `CATALOGUE_CHUNK_ITEMS` items (or with
-    `item_chunk` None and a small catalogue), else ranked `item_chunk` items at a time."""
-    n_items = seen.n_items
-    if item_chunk is None and n_items > CATALOGUE_CHUNK_ITEMS:
+def _evaluate(scorer: Scorer, history: np.ndarray, seen, target, config: Config,
+              masks: tuple[bool, ...], item_chunk: int | None = None) -> list[dict[str, float]]:
+    """Validation or test numbers, one dict per entry of `masks` (exclude the `seen` items or
+    not). One target per user (leave-one-out) and no `itemcoverage`: the target's rank alone,
+    the catalogue scored `item_chunk` items at a time (default `CATALOGUE_CHUNK_ITEMS`, so a
+    catalogue up to that size in one chunk), the users encoded once by length bucket
+    (`evaluate_chunked`: the numbers of the dense ranking). Otherwise the dense ranking of
+    `evaluate_full_ranking`."""
+    one_target = len(np.unique(target.user)) == len(target.user)
+    if item_chunk is None and seen.n_items > CATALOGUE_CHUNK_ITEMS:
         item_chunk = CATALOGUE_CHUNK_ITEMS
-    if item_chunk is not None:
+    if item_chunk is not None or ("itemcoverage" not in config.eval.metrics and one_target):
+        # refuses itemcoverage and several targets a user on a catalogue too large for dense
         return evaluate_chunked(
             scorer.query, history, seen, target, ks=config.eval.ks, metrics=config.eval.metrics,
-            chunk_size=config.eval.chunk_size, item_chunk=item_chunk, mask=mask)
+            chunk_size=config.eval.chunk_size,
+            item_chunk=min(item_chunk or CATALOGUE_CHUNK_ITEMS, seen.n_items), masks=masks,
+            buckets=config.model.length_buckets)
     history = jnp.asarray(history)
-    return _numbers(evaluate_full_ranking(
+    return [_numbers(evaluate_full_ranking(
         lambda users: scorer.score(history[users]), seen, target, ks=config.eval.ks,
         metrics=config.eval.metrics, chunk_size=config.eval.chunk_size, mask_train=mask,
         positive_threshold=None,
-    ))
+    )) for mask in masks]
 
 
 def sampled_candidates(
@@ -370,8 +452,13 @@ def valid_metrics(scorer: Scorer, config: Config, split: Split, *, mask: bool = 
                   item_chunk: int | None = None) -> dict[str, float]:
     """Validation numbers of `scorer`: the validation item ranked from the training history,
     training items masked (or not, `mask=False`: RecBole's protocol)."""
+    return _valid(scorer, config, split, (mask,), item_chunk)[0]
+
+
+def _valid(scorer: Scorer, config: Config, split: Split, masks: tuple[bool, ...],
+           item_chunk: int | None = None) -> list[dict[str, float]]:
     history = history_matrix(user_sequences(split.train), config.model.max_len)
-    return _evaluate(scorer, history, split.train, split.valid, config, mask, item_chunk)
+    return _evaluate(scorer, history, split.train, split.valid, config, masks, item_chunk)
 
 
 def test_metrics(scorer: Scorer, config: Config, split: Split, seed: int, *,
@@ -380,9 +467,11 @@ def test_metrics(scorer: Scorer, config: Config, split: Split, seed: int, *,
     from the training and validation history; `seed` (run.seed + i) draws sampled negatives."""
     seen = concatenate([split.train, split.valid])
     history = history_matrix(user_sequences(seen), config.model.max_len)
+    masked, unmasked = _evaluate(scorer, history, seen, split.test, config, (True, False),
+                                 item_chunk)
     return {
-        "test": _evaluate(scorer, history, seen, split.test, config, True, item_chunk),
-        "test_unmasked": _evaluate(scorer, history, seen, split.test, config, False, item_chunk),
+        "test": masked,
+        "test_unmasked": unmasked,
         "test_sampled": (_sampled(scorer.score, history, seen, split.test, config, seed)
                          if config.eval.sampled_negatives else {}),
     }
@@ -491,8 +580,8 @@ def _programs(graphdef: nnx.GraphDef, loss_name: str, train: Any, n_items: int,
     seed of a run (same graph, new values), and a second identical run in the process, reuse
     them, so they compile nothing again."""
     optimizer = make_optimizer(train, total_steps=total_steps)
-    objective = make_sequence_objective(graphdef, loss_name,
-                                        n_negatives=train.n_negatives)
+    objective = make_sequence_objective(graphdef, loss_name, n_negatives=train.n_negatives,
+                                        logq=train.logq_correction, gbce_t=train.gbce_t)
     run_epoch = make_bucketed_epoch(make_train_step(objective, optimizer),
                                     bucket_sizes=bucket_sizes, batch_size=train.batch_size)
     return optimizer, run_epoch
@@ -560,19 +649,21 @@ def train_sequence_seed(
     if "users" in rows:
         shared = {name: jnp.asarray(values) for name, values in
                   seen_items_data(train.user, train.item, train.n_users, train.n_items).items()}
+    if config.train.negative_sampler == "popularity" and slate_log is None:
+        shared["shared_item_probs"] = jnp.asarray(
+            np.bincount(train.item, minlength=train.n_items), jnp.float32)
     data = {"buckets": tuple({name: jnp.asarray(values) for name, values in bucket.items()}
                              for bucket in buckets), "shared": shared}
     metric = config.train.early_stopping_metric
 
     def evaluate_fn(params):
         scorer = make_scorer(graphdef, params)
-        valid = valid_metrics(scorer, config, split, item_chunk=item_chunk)
+        # RecBole validates sequential models without masking the history: logged too, so
+        # time-to-quality can be compared under its protocol (experiments/compare_recbole.py)
+        valid, unmasked = _valid(scorer, config, split, (True, False), item_chunk)
         if metric not in valid:
             raise ConfigError(f"key train.early_stopping_metric: {metric!r} is not computed "
                               f"(computed: {', '.join(valid)})")
-        # RecBole validates sequential models without masking the history: logged too, so
-        # time-to-quality can be compared under its protocol (experiments/compare_recbole.py)
-        unmasked = valid_metrics(scorer, config, split, mask=False, item_chunk=item_chunk)
         return {**valid, **{f"unmasked_{name}": value for name, value in unmasked.items()}}
 
     try:

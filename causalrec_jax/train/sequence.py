@@ -11,11 +11,13 @@ mean over trained positions (0 when there are none).
 - `bce_one_negative_loss`: SASRec's own objective (Kang & McAuley 2018, eq. 5): binary
   cross-entropy of the target against uniformly sampled negatives, one per position by default
   (`train.n_negatives` of them per position).
-- `sampled_softmax_loss`: softmax over the target and `n_negatives` uniform negatives, shared
-  by the batch, or drawn per row when the user's own items are excluded
-  (`train.exclude_seen_negatives`, as RecBole's sampler). With a uniform proposal the logQ
-  correction is the same constant for every item and cancels in the softmax, so none is
-  applied.
+- `sampled_softmax_loss`: softmax over the target and `n_negatives` negatives, shared by the
+  batch (uniform, or by training popularity with an optional logQ correction), or drawn per
+  row when the user's own items are excluded (`train.exclude_seen_negatives`, as RecBole's
+  sampler). With a uniform proposal the logQ correction is the same constant for every item
+  and cancels in the softmax.
+- `gbce_loss`: gSASRec's generalised BCE over the target and shared negatives (Petrov &
+  Macdonald, RecSys 2023), the positive's probability raised to a calibration power beta.
 
 `make_sequence_objective` turns a loss name into the `loss_fn(params, batch, key) -> (loss,
 aux)` of the one training core (`train.step.make_train_step`).
@@ -32,9 +34,10 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from causalrec_jax.train import losses
 from causalrec_jax.train.objectives import resample_seen
 
-LOSSES = ("full_softmax", "bce_one_negative", "sampled_softmax", "masked_item")
+LOSSES = ("full_softmax", "bce_one_negative", "sampled_softmax", "gbce", "masked_item")
 
 
 def _masked_mean(values: jax.Array, mask: jax.Array) -> jax.Array:
@@ -160,6 +163,29 @@ def bce_one_negative_loss(
     return _masked_mean(losses, mask)
 
 
+def _shared_negatives(key: jax.Array, n_items: int, n_negatives: int,
+                      item_probs: jax.Array | None) -> tuple[jax.Array, jax.Array]:
+    """`n_negatives` items shared by a batch, uniform or in proportion to `item_probs`, and
+    the log-probability of drawing each (`losses.sample_negatives`)."""
+    return losses.sample_negatives(key, n_items, (n_negatives,), item_probs=item_probs)
+
+
+def _candidate_logits(hidden, item_embeddings, safe_targets, negatives, negative_where):
+    """The positive's logit `[b, L]`, the negatives' `[b, L, n]` and which negatives drop out
+    of each position (`[b, L, n]` bool: equal to its target, or `negative_where` False).
+    `negatives`: `[n]` shared by the batch or `[b, n]` per row."""
+    positive_logits = jnp.sum(hidden * item_embeddings[safe_targets], axis=-1)
+    if negatives.ndim == 1:
+        negative_logits = hidden @ item_embeddings[negatives].T
+        dropped = negatives[None, None, :] == safe_targets[..., None]
+    else:
+        negative_logits = jnp.einsum("bld,bnd->bln", hidden, item_embeddings[negatives])
+        dropped = negatives[:, None, :] == safe_targets[..., None]
+        if negative_where is not None:
+            dropped = dropped | ~negative_where[:, None, :]
+    return positive_logits, negative_logits, dropped
+
+
 def sampled_softmax_loss(
     hidden: jax.Array,
     item_embeddings: jax.Array,
@@ -170,13 +196,22 @@ def sampled_softmax_loss(
     n_negatives: int = 100,
     negatives: jax.Array | None = None,
     negative_where: jax.Array | None = None,
+    item_probs: jax.Array | None = None,
+    logq: bool = False,
 ) -> jax.Array:
     """Softmax over the target and `n_negatives` negatives.
 
-    By default the negatives are uniform and shared by the batch (`[n_negatives]`); given
-    `negatives [b, n_negatives]`, each row has its own (e.g. redrawn away from the user's
-    items), and `negative_where [b, n_negatives]` False drops one. A negative equal to a
-    position's target is masked out of that position's softmax.
+    By default the negatives are shared by the batch (`[n_negatives]`), drawn uniformly or,
+    given `item_probs [n_items]`, in proportion to it (e.g. training popularity). Given
+    `negatives` (`[n_negatives]` shared or `[b, n_negatives]` per row, e.g. redrawn away from
+    the user's items), those are used, and `negative_where [b, n_negatives]` False drops one.
+    A negative equal to a position's target is dropped from that position's softmax (an
+    accidental hit), so with every item as a negative this is the full softmax.
+
+    `logq`: the logQ correction (Bengio & Senecal 2008; Yi et al. 2019): every candidate's
+    logit, the target's included, minus the log-probability of drawing it under `item_probs`,
+    which makes the sampled softmax a consistent estimate of the full one under a non-uniform
+    proposal. Under the uniform proposal it shifts every logit equally and changes nothing.
 
     Args:
         hidden: `[b, L, d]` encoder outputs.
@@ -185,27 +220,74 @@ def sampled_softmax_loss(
         mask: `[b, L]` bool trained positions.
         key: draws the shared negatives (unused when `negatives` is given).
         n_negatives: negatives per batch (static).
-        negatives: `[b, n_negatives]` per-row item ids, or None.
+        negatives: `[n_negatives]` or `[b, n_negatives]` item ids, or None.
         negative_where: `[b, n_negatives]` bool, or None.
+        item_probs: `[n_items]` non-negative sampling weights (None: uniform).
+        logq: subtract the log sampling probabilities (needs `item_probs`).
 
     Returns:
         `[]` mean loss over trained positions; forms `[b, L, 1 + n_negatives]` logits.
     """
+    n_items = item_embeddings.shape[0]
     safe_targets = jnp.where(mask, targets, 0)
-    positive_logits = jnp.sum(hidden * item_embeddings[safe_targets], axis=-1)
     if negatives is None:
-        negatives = jax.random.randint(key, (n_negatives,), 0, item_embeddings.shape[0])
-        negative_logits = hidden @ item_embeddings[negatives].T
-        dropped = negatives[None, None, :] == safe_targets[..., None]
-    else:
-        negative_logits = jnp.einsum("bld,bnd->bln", hidden, item_embeddings[negatives])
-        dropped = negatives[:, None, :] == safe_targets[..., None]
-        if negative_where is not None:
-            dropped = dropped | ~negative_where[:, None, :]
-    negative_logits = jnp.where(dropped, -jnp.inf, negative_logits)
-    logits = jnp.concatenate([positive_logits[..., None], negative_logits], axis=-1)
-    losses = -jax.nn.log_softmax(logits, axis=-1)[..., 0]
-    return _masked_mean(losses, mask)
+        negatives, _ = _shared_negatives(key, n_items, n_negatives, item_probs)
+    positive_logits, negative_logits, dropped = _candidate_logits(
+        hidden, item_embeddings, safe_targets, negatives, negative_where)
+    positive_log_q = negative_log_q = None
+    if logq and item_probs is not None:
+        log_q = jnp.log(item_probs) - jnp.log(jnp.sum(item_probs))
+        positive_log_q, negative_log_q = log_q[safe_targets], log_q[negatives]
+        if negatives.ndim == 2:
+            negative_log_q = negative_log_q[:, None, :]
+    per_position = losses.sampled_softmax_loss(
+        positive_logits, negative_logits, negative_log_probs=negative_log_q,
+        positive_log_probs=positive_log_q, remove_accidental_hits=dropped, reduce=False)
+    return _masked_mean(per_position, mask)
+
+
+def gbce_beta(n_negatives: int, n_items: int, t: float) -> float:
+    """gSASRec's calibration power of the positive: `alpha (t (1 - 1/alpha) + 1/alpha)` with
+    `alpha = n_negatives / (n_items - 1)`, the sampling rate of the negatives (Petrov &
+    Macdonald, RecSys 2023, eq. 9); `t = 1` makes the sampled BCE calibrated like the full
+    one, `t = 0` is plain BCE (beta = 1)."""
+    alpha = n_negatives / max(n_items - 1, 1)
+    return alpha * (t * (1.0 - 1.0 / alpha) + 1.0 / alpha)
+
+
+def gbce_loss(
+    hidden: jax.Array,
+    item_embeddings: jax.Array,
+    targets: jax.Array,
+    mask: jax.Array,
+    key: jax.Array,
+    *,
+    n_negatives: int = 256,
+    t: float = 0.75,
+    negatives: jax.Array | None = None,
+    negative_where: jax.Array | None = None,
+) -> jax.Array:
+    """gSASRec's generalised binary cross-entropy (Petrov & Macdonald, RecSys 2023):
+    `-(log s(x+)^beta + sum_j log(1 - s(x-_j))) / (1 + k)` over the target and `k =
+    n_negatives` negatives, `beta = gbce_beta(k, n_items, t)`. Written as `beta
+    softplus(-x+) + sum_j softplus(x-_j)`, which is stable in float32. Like the reference
+    implementation, the sum is divided by the `1 + k` candidates. Negatives as in
+    `sampled_softmax_loss` (shared uniform by default; one equal to the target is dropped).
+
+    Returns:
+        `[]` mean loss over trained positions.
+    """
+    n_items = item_embeddings.shape[0]
+    safe_targets = jnp.where(mask, targets, 0)
+    if negatives is None:
+        negatives, _ = _shared_negatives(key, n_items, n_negatives, None)
+    positive_logits, negative_logits, dropped = _candidate_logits(
+        hidden, item_embeddings, safe_targets, negatives, negative_where)
+    beta = gbce_beta(n_negatives, n_items, t)
+    negative_terms = jnp.where(dropped, 0.0, jax.nn.softplus(negative_logits))
+    per_position = ((beta * jax.nn.softplus(-positive_logits) + jnp.sum(negative_terms, -1))
+                    / (1 + n_negatives))
+    return _masked_mean(per_position, mask)
 
 
 def mask_items(
@@ -269,6 +351,8 @@ def make_sequence_loss(
     mask_prob: float = 0.2,
     last_item_prob: float = 0.1,
     chunk_rows: int = 1024,
+    logq: bool = False,
+    gbce_t: float = 0.75,
 ) -> Callable[[Any, Batch, jax.Array], jax.Array]:
     """Builds `loss(params, batch, key) -> []`, a pure function of the parameters.
 
@@ -281,6 +365,9 @@ def make_sequence_loss(
     redraw negatives the user has in training (`objectives.resample_seen`). The
     catalogue-wide losses (`full_softmax`, `masked_item`) go through `chunked_softmax_loss`
     (`chunk_rows` positions at a time), so a step never holds the `[b, L, n_items]` logits.
+    With `shared_item_probs [n_items]` in the batch (training popularity), `sampled_softmax`
+    draws its shared negatives in proportion to it, with the logQ correction when `logq`;
+    `gbce` is `gbce_loss` with calibration `gbce_t`.
 
     Raises:
         ValueError: unknown `loss_name`.
@@ -316,9 +403,14 @@ def make_sequence_loss(
             return bce_one_negative_loss(
                 hidden, item_embeddings, targets, trained, sample_key, n_negatives=n_negatives,
                 negatives=negatives, negative_where=negative_where)
+        if loss_name == "gbce":
+            return gbce_loss(hidden, item_embeddings, targets, trained, sample_key,
+                             n_negatives=n_negatives, t=gbce_t, negatives=negatives,
+                             negative_where=negative_where)
         return sampled_softmax_loss(
             hidden, item_embeddings, targets, trained, sample_key, n_negatives=n_negatives,
             negatives=negatives, negative_where=negative_where,
+            item_probs=batch.get("shared_item_probs"), logq=logq,
         )
 
     return loss_fn
@@ -352,7 +444,8 @@ def make_sequence_objective(
     Args:
         graphdef: from `nnx.split(model, nnx.Param)`.
         loss_name: one of `LOSSES`.
-        **loss_options: `n_negatives`, `mask_prob`, `last_item_prob`, `chunk_rows`.
+        **loss_options: `n_negatives`, `mask_prob`, `last_item_prob`, `chunk_rows`,
+            `logq`, `gbce_t`.
     """
     loss_fn = make_sequence_loss(graphdef, loss_name, **loss_options)
 

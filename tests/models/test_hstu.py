@@ -184,7 +184,7 @@ def test_history_deletion_works_on_hstu():
 @pytest.mark.parametrize(("overrides", "message"), [
     (['model.name="hstu"', 'train.loss="masked_item"'],
      "key train.loss: got 'masked_item', expected one of full_softmax, bce_one_negative, "
-     "sampled_softmax for hstu"),
+     "sampled_softmax, gbce for hstu"),
     (['model.name="sasrec"', 'train.loss="full_softmax"', "model.attention_dim=8"],
      "key model.attention_dim: set to 8, but only model.name = 'hstu' reads it; remove it"),
     (['model.name="bert4rec"', 'train.loss="masked_item"', "model.temperature=0.05"],
