@@ -8,16 +8,20 @@ BERT4Rec trains on masked items of raw windows. Evaluation ranks the whole catal
 user's history (training items for validation, training and validation items for the test), with
 the history masked (`test`) and, for comparison with RecBole's sequential protocol, unmasked
 (`test_unmasked`); with `eval.sampled_negatives` set, also among that many sampled negatives
-(`test_sampled`, names prefixed `sampled_`: a different, far more lenient protocol). Catalogues
-above `CATALOGUE_CHUNK_ITEMS` items are ranked in item chunks (`eval.catalogue`), never forming
-`[users, n_items]` scores. Early stopping on `train.early_stopping_metric` over validation.
+(`test_sampled`, names prefixed `sampled_`: a different, far more lenient protocol). With one
+target per user and no `itemcoverage`, the numbers come from the target's rank alone (items in
+chunks of up to `CATALOGUE_CHUNK_ITEMS`, `eval.catalogue`), never forming `[users, n_items]`
+scores or sorting a row, each user encoded once for the masked and unmasked numbers, by length
+bucket. Early stopping on `train.early_stopping_metric` over validation.
 
 Training goes through the one core of every run: the pure step `train.step.make_train_step`
 (step folded into the key, NaN/Inf guard) and the host loop `train.loop.fit` (early stopping,
 orbax checkpoints every `train.checkpoint_every` epochs, `--resume`, progress bar). The
 optimiser is `train.step.make_optimizer`, so `train.optimizer`, `weight_decay`, `lr_schedule`
 and `warmup_steps` mean what they mean for every model; the sampled losses honour
-`train.n_negatives` and `train.exclude_seen_negatives`. Windows are grouped by length into
+`train.n_negatives` and `train.exclude_seen_negatives` (`sampled_softmax` also
+`train.negative_sampler` and `train.logq_correction`, `gbce` `train.gbce_t`; each refused
+where the loss would ignore it). Windows are grouped by length into
 `model.length_buckets`; an epoch runs the batches of all buckets in one shuffled order, each
 batch a compiled step of its bucket's width (`make_bucketed_epoch`: one compilation per
 width). Seeds train one after another, each through its own `fit` (checkpoints under
