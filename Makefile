@@ -44,6 +44,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/debias.py
 	$(BIN)/python bench/simulate.py --gpu-config
 	$(BIN)/python bench/catalogue.py
+	$(BIN)/python bench/seq_eval.py
 	$(BIN)/python bench/serve.py
 	$(BIN)/python bench/explain.py
 

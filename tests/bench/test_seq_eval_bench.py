@@ -1,0 +1,21 @@
+"""bench/seq_eval.py runs at a tiny size, and its two validation paths give the same numbers."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_bench_runs_small_and_both_paths_agree(tmp_path):
+    spec = importlib.util.spec_from_file_location("seq_eval_bench", ROOT / "bench" / "seq_eval.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "seq_eval.json"
+    assert bench.main(["--out", str(out), "--users", "300", "--items", "97", "--max-len", "20",
+                       "--dim", "8", "--repeats", "1"]) == 0
+    result = json.loads(out.read_text())
+    assert result["same_numbers"] is True
+    assert result["dense"]["median_seconds"] > 0 and result["target_rank"]["median_seconds"] > 0
+    assert 0 < result["valid_ndcg@10_masked"] < 1
+    assert result["config"]["mean_history"] > 5
