@@ -68,21 +68,28 @@ class SelfAttention(nnx.Module):
         return self.output_layer(attended.reshape(batch, length, hidden))
 
 
-class TransformerBlock(nnx.Module):
+class _PreNormBlock(nnx.Module):
+    """The parts every block has: a normalised self-attention and the FFN's input norm."""
+
+    def __init__(self, hidden_dim: int, n_heads: int, *, dropout_rate: float, rngs: nnx.Rngs):
+        self.attention_norm = nnx.LayerNorm(hidden_dim, rngs=rngs)
+        self.attention = SelfAttention(
+            hidden_dim, n_heads, dropout_rate=dropout_rate, rngs=rngs
+        )
+        self.ffn_norm = nnx.LayerNorm(hidden_dim, rngs=rngs)
+        self.dropout_rate = dropout_rate
+
+
+class TransformerBlock(_PreNormBlock):
     """Pre-LN block: `x + Attn(LN(x))`, then `+ FFN(LN(.))` (GELU), dropout after each."""
 
     def __init__(
         self, hidden_dim: int, n_heads: int, ffn_dim: int, *, dropout_rate: float,
         rngs: nnx.Rngs,
     ):
-        self.attention_norm = nnx.LayerNorm(hidden_dim, rngs=rngs)
-        self.attention = SelfAttention(
-            hidden_dim, n_heads, dropout_rate=dropout_rate, rngs=rngs
-        )
-        self.ffn_norm = nnx.LayerNorm(hidden_dim, rngs=rngs)
+        super().__init__(hidden_dim, n_heads, dropout_rate=dropout_rate, rngs=rngs)
         self.ffn_in = nnx.Linear(hidden_dim, ffn_dim, rngs=rngs)
         self.ffn_out = nnx.Linear(ffn_dim, hidden_dim, rngs=rngs)
-        self.dropout_rate = dropout_rate
 
     def __call__(
         self, inputs: jax.Array, allowed: jax.Array, *, key: jax.Array | None = None
@@ -97,7 +104,7 @@ class TransformerBlock(nnx.Module):
         return hidden + dropout(self.ffn_out(inner), self.dropout_rate, ffn_out_key)
 
 
-class LiGRBlock(nnx.Module):
+class LiGRBlock(_PreNormBlock):
     """LiGR block (LinkedIn's gated residual layer, as eSASRec uses it; Tikhonovich et al.,
     RecSys 2025): each sublayer's output enters the residual stream through a sigmoid gate
     computed from the stream itself, and the FFN is a bias-free SwiGLU:
@@ -111,17 +118,12 @@ class LiGRBlock(nnx.Module):
         self, hidden_dim: int, n_heads: int, ffn_dim: int, *, dropout_rate: float,
         rngs: nnx.Rngs,
     ):
-        self.attention_norm = nnx.LayerNorm(hidden_dim, rngs=rngs)
-        self.attention = SelfAttention(
-            hidden_dim, n_heads, dropout_rate=dropout_rate, rngs=rngs
-        )
+        super().__init__(hidden_dim, n_heads, dropout_rate=dropout_rate, rngs=rngs)
         self.attention_gate = nnx.Linear(hidden_dim, hidden_dim, rngs=rngs)
-        self.ffn_norm = nnx.LayerNorm(hidden_dim, rngs=rngs)
         self.ffn_in = nnx.Linear(hidden_dim, ffn_dim, use_bias=False, rngs=rngs)
         self.ffn_value = nnx.Linear(hidden_dim, ffn_dim, use_bias=False, rngs=rngs)
         self.ffn_out = nnx.Linear(ffn_dim, hidden_dim, use_bias=False, rngs=rngs)
         self.ffn_gate = nnx.Linear(hidden_dim, hidden_dim, rngs=rngs)
-        self.dropout_rate = dropout_rate
 
     def __call__(
         self, inputs: jax.Array, allowed: jax.Array, *, key: jax.Array | None = None

@@ -170,10 +170,15 @@ def _shared_negatives(key: jax.Array, n_items: int, n_negatives: int,
     return losses.sample_negatives(key, n_items, (n_negatives,), item_probs=item_probs)
 
 
-def _candidate_logits(hidden, item_embeddings, safe_targets, negatives, negative_where):
-    """The positive's logit `[b, L]`, the negatives' `[b, L, n]` and which negatives drop out
-    of each position (`[b, L, n]` bool: equal to its target, or `negative_where` False).
-    `negatives`: `[n]` shared by the batch or `[b, n]` per row."""
+def _candidate_logits(hidden, item_embeddings, targets, mask, key, n_negatives, negatives,
+                      negative_where, item_probs=None):
+    """The targets (0 where untrained), the negatives (given, or `n_negatives` shared ones
+    drawn with `key` by `item_probs`), the positive's logit `[b, L]`, the negatives' `[b, L,
+    n]` and which negatives drop out of each position (`[b, L, n]` bool: equal to its target,
+    or `negative_where` False). `negatives`: `[n]` shared by the batch or `[b, n]` per row."""
+    safe_targets = jnp.where(mask, targets, 0)
+    if negatives is None:
+        negatives, _ = _shared_negatives(key, item_embeddings.shape[0], n_negatives, item_probs)
     positive_logits = jnp.sum(hidden * item_embeddings[safe_targets], axis=-1)
     if negatives.ndim == 1:
         negative_logits = hidden @ item_embeddings[negatives].T
@@ -183,7 +188,7 @@ def _candidate_logits(hidden, item_embeddings, safe_targets, negatives, negative
         dropped = negatives[:, None, :] == safe_targets[..., None]
         if negative_where is not None:
             dropped = dropped | ~negative_where[:, None, :]
-    return positive_logits, negative_logits, dropped
+    return safe_targets, negatives, positive_logits, negative_logits, dropped
 
 
 def sampled_softmax_loss(
@@ -228,12 +233,9 @@ def sampled_softmax_loss(
     Returns:
         `[]` mean loss over trained positions; forms `[b, L, 1 + n_negatives]` logits.
     """
-    n_items = item_embeddings.shape[0]
-    safe_targets = jnp.where(mask, targets, 0)
-    if negatives is None:
-        negatives, _ = _shared_negatives(key, n_items, n_negatives, item_probs)
-    positive_logits, negative_logits, dropped = _candidate_logits(
-        hidden, item_embeddings, safe_targets, negatives, negative_where)
+    safe_targets, negatives, positive_logits, negative_logits, dropped = _candidate_logits(
+        hidden, item_embeddings, targets, mask, key, n_negatives, negatives, negative_where,
+        item_probs)
     positive_log_q = negative_log_q = None
     if logq and item_probs is not None:
         log_q = jnp.log(item_probs) - jnp.log(jnp.sum(item_probs))
@@ -277,13 +279,9 @@ def gbce_loss(
     Returns:
         `[]` mean loss over trained positions.
     """
-    n_items = item_embeddings.shape[0]
-    safe_targets = jnp.where(mask, targets, 0)
-    if negatives is None:
-        negatives, _ = _shared_negatives(key, n_items, n_negatives, None)
-    positive_logits, negative_logits, dropped = _candidate_logits(
-        hidden, item_embeddings, safe_targets, negatives, negative_where)
-    beta = gbce_beta(n_negatives, n_items, t)
+    *_, positive_logits, negative_logits, dropped = _candidate_logits(
+        hidden, item_embeddings, targets, mask, key, n_negatives, negatives, negative_where)
+    beta = gbce_beta(n_negatives, item_embeddings.shape[0], t)
     negative_terms = jnp.where(dropped, 0.0, jax.nn.softplus(negative_logits))
     per_position = ((beta * jax.nn.softplus(-positive_logits) + jnp.sum(negative_terms, -1))
                     / (1 + n_negatives))
