@@ -14,7 +14,7 @@ yields the masked and the unmasked (RecBole's protocol) numbers:
   per mask (the path before this release);
 - `target_rank`: `evaluate_chunked` with both masks from one encoding of every user, histories
   grouped by `model.length_buckets` (the default 8, 16, ..., max_len), items in chunks of
-  `TARGET_RANK_ITEM_CHUNK` (4,096).
+  `target_rank_item_chunk()` (4,096 on a CPU).
 Each path runs once to compile, then `--repeats` times; the median and fastest seconds are
 written, with whether both paths give the same numbers.
 """
@@ -42,9 +42,9 @@ from causalrec_jax.data.sequences import history_matrix, user_sequences  # noqa:
 from causalrec_jax.eval.ranking import evaluate_full_ranking  # noqa: E402
 from causalrec_jax.models.sasrec import SASRec  # noqa: E402
 from causalrec_jax.tasks.sequential import (  # noqa: E402
-    TARGET_RANK_ITEM_CHUNK,
     evaluate_chunked,
     make_scorer,
+    target_rank_item_chunk,
 )
 
 METRICS, KS, CHUNK = ("hit", "ndcg", "recall"), (10, 20), 256
@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     def target_rank():
         return evaluate_chunked(
             scorer.query, history, train, valid, ks=KS, metrics=METRICS, chunk_size=CHUNK,
-            item_chunk=min(TARGET_RANK_ITEM_CHUNK, train.n_items), masks=(True, False),
+            item_chunk=min(target_rank_item_chunk(), train.n_items), masks=(True, False),
             buckets=BUCKETS)
 
     dense_numbers, dense_time = _timed(dense, args.repeats)

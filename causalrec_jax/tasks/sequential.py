@@ -10,7 +10,7 @@ the history masked (`test`) and, for comparison with RecBole's sequential protoc
 (`test_unmasked`); with `eval.sampled_negatives` set, also among that many sampled negatives
 (`test_sampled`, names prefixed `sampled_`: a different, far more lenient protocol). With one
 target per user and no `itemcoverage`, the numbers come from the target's rank alone (items in
-chunks of `TARGET_RANK_ITEM_CHUNK`, `eval.catalogue`), never forming `[users, n_items]`
+chunks of `target_rank_item_chunk()`, `eval.catalogue`), never forming `[users, n_items]`
 scores or sorting a row, each user encoded once for the masked and unmasked numbers, by length
 bucket. Early stopping on `train.early_stopping_metric` over validation.
 
@@ -107,10 +107,17 @@ SAMPLED_LOSSES = ("bce_one_negative", "sampled_softmax", "gbce")
 # Catalogues with more items than this are ranked in chunks of this many items
 # (`eval.catalogue.chunked_target_rank`) instead of scoring `[eval.chunk_size, n_items]` at once.
 CATALOGUE_CHUNK_ITEMS = 1 << 16
-# Items per chunk when only the target's rank is counted (`evaluate_chunked` by default):
-# `[eval.chunk_size, 4096]` scores stay in cache; one chunk of a Sports-sized catalogue (18,357
-# items) took 2.8x as long on the 2-core CPU.
+# Items per chunk when only the target's rank is counted (`evaluate_chunked` by default) on a
+# CPU: `[eval.chunk_size, 4096]` scores stay in cache; one chunk of a Sports-sized catalogue
+# (18,357 items) took 2.8x as long on the 2-core CPU. Other backends take
+# `CATALOGUE_CHUNK_ITEMS` (`target_rank_item_chunk`).
 TARGET_RANK_ITEM_CHUNK = 1 << 12
+
+
+def target_rank_item_chunk() -> int:
+    """The default item chunk of `evaluate_chunked` on this backend (the numbers do not
+    depend on it)."""
+    return TARGET_RANK_ITEM_CHUNK if jax.default_backend() == "cpu" else CATALOGUE_CHUNK_ITEMS
 
 
 def check_sequential_config(config: Config) -> str:
@@ -268,7 +275,9 @@ def user_queries(query, history: np.ndarray, users: np.ndarray, *, chunk_size: i
                  buckets: tuple[int, ...] = ()) -> tuple[np.ndarray, jax.Array]:
     """Each user's query vector (`[len(users), d]`, on the host) and the item table: users
     grouped by history length into the `window_buckets` widths, each row cut to its last
-    `width` columns (rows are left-padded and the models' outputs do not depend on padding),
+    `width` columns with at least one column of padding to spare (rows are left-padded, the
+    models' outputs do not depend on padding, and BERT4Rec's query shifts the row left to
+    append its mask token),
     `chunk_size` rows a call (a short last chunk padded with repeats): one compilation per
     width, and short histories never pay for `max_len` positions.
 
@@ -282,7 +291,9 @@ def user_queries(query, history: np.ndarray, users: np.ndarray, *, chunk_size: i
     rows = history[users]
     max_len = rows.shape[1]
     widths = window_buckets(max_len, buckets)
-    bucket_of = np.searchsorted(np.asarray(widths), (rows != PAD).sum(axis=1))
+    # one spare column: BERT4Rec's query appends its mask token, dropping the first column
+    needed = np.minimum((rows != PAD).sum(axis=1) + 1, max_len)
+    bucket_of = np.searchsorted(np.asarray(widths), needed)
     queries, table = None, None
     for index, width in enumerate(widths):
         members = np.flatnonzero(bucket_of == index)
@@ -334,6 +345,8 @@ def evaluate_chunked(
         raise ConfigError("key eval.metrics: itemcoverage is not computed on catalogues ranked "
                           f"in item chunks (more than {CATALOGUE_CHUNK_ITEMS} items)")
     names = [name for name in metrics if name in RANKING_METRICS]
+    if target.rating is not None:  # as the dense path: positives are ratings > 0
+        target = target.subset(np.flatnonzero(target.rating > 0))
     users, targets = target.user.astype(np.int64), target.item.astype(np.int32)
     if len(np.unique(users)) != len(users):
         raise ConfigError("key data.split: chunked ranking expects one target item per user "
@@ -354,14 +367,19 @@ def evaluate_chunked(
         for start in range(0, len(rankable), size):
             rows = np.resize(np.arange(start, min(start + size, len(rankable))), size)
             n_real = min(size, len(rankable) - start)
+            # the catalogue's scores at full float32 precision, as the target's own (no TF32
+            # matmul on a GPU: ranks equal the dense ranking's)
             ranks = chunked_target_rank(
                 jnp.asarray(queries[rankable[rows]]), table,
                 jnp.asarray(targets[rankable[rows]]), chunk_size=item_chunk,
-                exclude=None if exclude is None else jnp.asarray(exclude[rows]))
+                exclude=None if exclude is None else jnp.asarray(exclude[rows]),
+                precision=jax.lax.Precision.HIGHEST)
             for name, value in metrics_from_ranks(ranks, ks, names).items():
                 values.setdefault(name, []).append(np.asarray(value)[:n_real])
-        results.append({name: float(np.mean(np.concatenate(parts), dtype=np.float64))
-                        for name, parts in values.items()})
+        # no rankable user: NaN, as the dense path reports
+        results.append({name: (float(np.mean(np.concatenate(values[name]), dtype=np.float64))
+                               if name in values else float("nan"))
+                        for name in (f"{m}@{k}" for m in names for k in ks)})
     return results
 
 
@@ -369,7 +387,7 @@ def _evaluate(scorer: Scorer, history: np.ndarray, seen, target, config: Config,
               masks: tuple[bool, ...], item_chunk: int | None = None) -> list[dict[str, float]]:
     """Validation or test numbers, one dict per entry of `masks` (exclude the `seen` items or
     not). One target per user (leave-one-out) and no `itemcoverage`: the target's rank alone,
-    the catalogue scored `item_chunk` items at a time (default `TARGET_RANK_ITEM_CHUNK`), the
+    the catalogue scored `item_chunk` items at a time (default `target_rank_item_chunk()`), the
     users encoded once by length bucket (`evaluate_chunked`: the numbers of the dense
     ranking). Otherwise the dense ranking of `evaluate_full_ranking`."""
     one_target = len(np.unique(target.user)) == len(target.user)
@@ -380,7 +398,7 @@ def _evaluate(scorer: Scorer, history: np.ndarray, seen, target, config: Config,
         return evaluate_chunked(
             scorer.query, history, seen, target, ks=config.eval.ks, metrics=config.eval.metrics,
             chunk_size=config.eval.chunk_size,
-            item_chunk=min(item_chunk or TARGET_RANK_ITEM_CHUNK, seen.n_items), masks=masks,
+            item_chunk=min(item_chunk or target_rank_item_chunk(), seen.n_items), masks=masks,
             buckets=config.model.length_buckets)
     history = jnp.asarray(history)
     return [_numbers(evaluate_full_ranking(

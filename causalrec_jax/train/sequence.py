@@ -239,7 +239,9 @@ def sampled_softmax_loss(
     positive_log_q = negative_log_q = None
     if logq and item_probs is not None:
         log_q = jnp.log(item_probs) - jnp.log(jnp.sum(item_probs))
-        positive_log_q, negative_log_q = log_q[safe_targets], log_q[negatives]
+        # an untrained position reads item 0, which may never be drawn (log q = -inf)
+        positive_log_q = jnp.where(mask, log_q[safe_targets], 0.0)
+        negative_log_q = log_q[negatives]
         if negatives.ndim == 2:
             negative_log_q = negative_log_q[:, None, :]
     per_position = losses.sampled_softmax_loss(
@@ -251,9 +253,9 @@ def sampled_softmax_loss(
 def gbce_beta(n_negatives: int, n_items: int, t: float) -> float:
     """gSASRec's calibration power of the positive: `alpha (t (1 - 1/alpha) + 1/alpha)` with
     `alpha = n_negatives / (n_items - 1)`, the sampling rate of the negatives (Petrov &
-    Macdonald, RecSys 2023, eq. 9); `t = 1` makes the sampled BCE calibrated like the full
-    one, `t = 0` is plain BCE (beta = 1)."""
-    alpha = n_negatives / max(n_items - 1, 1)
+    Macdonald, RecSys 2023, eq. 9), capped at 1 (as many negatives as other items); `t = 1`
+    makes the sampled BCE calibrated like the full one, `t = 0` is plain BCE (beta = 1)."""
+    alpha = min(n_negatives / max(n_items - 1, 1), 1.0)  # more negatives than items: 1
     return alpha * (t * (1.0 - 1.0 / alpha) + 1.0 / alpha)
 
 

@@ -157,6 +157,23 @@ def test_gbce_matches_its_formula():
         np.testing.assert_allclose(float(got), total / count, rtol=1e-5)
     assert gbce_beta(k, N_ITEMS, 0.0) == 1.0  # t = 0: plain BCE
     assert math.isclose(gbce_beta(k, N_ITEMS, 1.0), k / (N_ITEMS - 1))
+    assert gbce_beta(5 * N_ITEMS, N_ITEMS, 0.75) == 1.0  # more negatives than items: alpha 1
+
+
+def test_logq_is_finite_when_an_untrained_position_reads_a_never_drawn_item():
+    """Untrained positions read item 0; with item 0 absent from training its log q is -inf,
+    which must not reach the loss or its gradient."""
+    hidden, table, targets, mask = _case()
+    targets = jnp.where(targets == 0, 1, targets)
+    mask = mask.at[1, :2].set(False)
+    counts = jnp.ones(N_ITEMS).at[0].set(0.0)
+
+    def loss(hidden):
+        return sampled_softmax_loss(hidden, table, targets, mask, jax.random.key(0),
+                                    n_negatives=8, item_probs=counts, logq=True)
+
+    assert np.isfinite(float(loss(hidden)))
+    assert np.isfinite(np.asarray(jax.grad(loss)(hidden))).all()
 
 
 @pytest.mark.parametrize("model_class", [SASRec, BERT4Rec])
