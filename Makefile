@@ -45,6 +45,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/simulate.py --gpu-config
 	$(BIN)/python bench/catalogue.py
 	$(BIN)/python bench/seq_eval.py
+	$(BIN)/python bench/seq_eval.py --users 35598 --items 18357 --out bench/results/seq_eval_sports.json
 	$(BIN)/python bench/serve.py
 	$(BIN)/python bench/explain.py
 

@@ -14,7 +14,8 @@ The split is the runs' own (`data.split = "leave_one_out"`): the counts come fro
 part; validation ranks the second-to-last item from the training history, the test the last item
 from the training and validation history (the validation transitions are not counted: the
 models never train on them either). Ranks are pessimistic (an item scoring the same as the
-target beats it), as in every run; users whose target is in their history are not ranked.
+target beats it), through the runs' own `evaluate_full_ranking`; users whose target is in their
+history are not ranked.
 Prints and, with `--out`, writes `{"valid": {...}, "test": {...}}` per baseline.
 """
 
@@ -35,6 +36,7 @@ from causalrec_jax.data.dataset import concatenate  # noqa: E402
 from causalrec_jax.data.loader import load_dataset  # noqa: E402
 from causalrec_jax.data.sequences import user_sequences  # noqa: E402
 from causalrec_jax.data.split import make_split  # noqa: E402
+from causalrec_jax.eval.ranking import evaluate_full_ranking  # noqa: E402
 
 KS = (10, 20)
 CHUNK = 1024
@@ -47,35 +49,32 @@ def transition_counts(sequences: list[np.ndarray], n_items: int) -> sparse.csr_m
     return sparse.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(n_items, n_items))
 
 
-def ranks(scores: np.ndarray, targets: np.ndarray, history: list[np.ndarray]) -> np.ndarray:
-    """0-based pessimistic ranks of `targets` in `scores [b, n_items]`, history masked."""
-    scores = scores.copy()
-    for row, items in enumerate(history):
-        scores[row, items] = -np.inf
-    target_scores = scores[np.arange(len(targets)), targets]
-    return (scores >= target_scores[:, None]).sum(axis=1) - 1
+def score_fn(kind: str, sequences: list[np.ndarray], popularity: np.ndarray,
+             transitions: sparse.csr_matrix):
+    """`users [b] -> scores [b, n_items]` of a baseline: training popularity, or the counts of
+    each item after the user's most recent item in `sequences`, ties broken by popularity."""
+    last = np.asarray([s[-1] if len(s) else 0 for s in sequences])
+    has_history = np.asarray([len(s) > 0 for s in sequences])
 
-
-def evaluate(sequences, targets_by_user, popularity, transitions, kind: str) -> dict[str, float]:
-    users = np.asarray(sorted(targets_by_user))
-    users = np.asarray([u for u in users if len(sequences[u])
-                        and targets_by_user[u] not in set(sequences[u].tolist())])
-    all_ranks = []
-    for start in range(0, len(users), CHUNK):
-        part = users[start:start + CHUNK]
-        scores = np.tile(popularity, (len(part), 1))
+    def scores(users):
+        users = np.asarray(users)
+        out = np.tile(popularity / (popularity.max() + 1), (len(users), 1))
         if kind == "transition":
-            last = np.asarray([sequences[u][-1] for u in part])
-            scores = transitions[last].toarray() + scores / (popularity.max() + 1)
-        targets = np.asarray([targets_by_user[u] for u in part])
-        all_ranks.append(ranks(scores, targets, [sequences[u] for u in part]))
-    rank = np.concatenate(all_ranks)
-    out = {"users": int(len(rank))}
-    for k in KS:
-        hit = rank < k
-        out[f"ndcg@{k}"] = float(np.mean(np.where(hit, 1 / np.log2(rank + 2), 0.0)))
-        out[f"recall@{k}"] = float(np.mean(hit))
-    return out
+            out += transitions[last[users]].toarray() * has_history[users, None]
+        return out
+
+    return scores
+
+
+def evaluate(kind: str, seen, target, popularity, transitions) -> dict[str, float]:
+    """The runs' full ranking (`evaluate_full_ranking`: pessimistic ties, `seen` masked, users
+    whose target they already have not ranked) of a baseline from the `seen` history."""
+    result = evaluate_full_ranking(
+        score_fn(kind, user_sequences(seen), popularity, transitions), seen, target, ks=KS,
+        metrics=("ndcg", "recall"), chunk_size=CHUNK)
+    return {"users": int(result["n_users_evaluated"]),
+            **{name: float(result[name]) for name in (f"{m}@{k}" for m in ("ndcg", "recall")
+                                                      for k in KS)}}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -89,16 +88,12 @@ def main(argv: list[str] | None = None) -> int:
     split = make_split(dataset, data, seed=0)
     train = split.train
     popularity = np.bincount(train.item, minlength=train.n_items).astype(np.float64)
-    train_sequences = user_sequences(train)
-    transitions = transition_counts(train_sequences, train.n_items)
-    seen_sequences = user_sequences(concatenate([train, split.valid]))
-    valid_targets = dict(zip(split.valid.user.tolist(), split.valid.item.tolist(), strict=True))
-    test_targets = dict(zip(split.test.user.tolist(), split.test.item.tolist(), strict=True))
+    transitions = transition_counts(user_sequences(train), train.n_items)
+    seen = concatenate([train, split.valid])
     result = {}
     for kind in ("popular", "transition"):
-        result[kind] = {
-            "valid": evaluate(train_sequences, valid_targets, popularity, transitions, kind),
-            "test": evaluate(seen_sequences, test_targets, popularity, transitions, kind)}
+        result[kind] = {"valid": evaluate(kind, train, split.valid, popularity, transitions),
+                        "test": evaluate(kind, seen, split.test, popularity, transitions)}
         print(f"{kind}: valid ndcg@10 {result[kind]['valid']['ndcg@10']:.4f}, test ndcg@10 "
               f"{result[kind]['test']['ndcg@10']:.4f}, recall@10 "
               f"{result[kind]['test']['recall@10']:.4f} ({result[kind]['test']['users']} users)")

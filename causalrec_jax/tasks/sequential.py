@@ -72,7 +72,7 @@ from causalrec_jax.data.split import make_split
 from causalrec_jax.errors import ConfigError, RunError
 from causalrec_jax.eval.catalogue import chunked_target_rank, metrics_from_ranks
 from causalrec_jax.eval.metrics import RANKING_METRICS, ranking_metrics
-from causalrec_jax.eval.ranking import evaluate_full_ranking
+from causalrec_jax.eval.ranking import evaluate_full_ranking, is_positive
 from causalrec_jax.eval.summary import aggregate
 from causalrec_jax.models.base import ModelParts
 from causalrec_jax.models.bert4rec import BERT4Rec, append_mask_token
@@ -108,9 +108,10 @@ SAMPLED_LOSSES = ("bce_one_negative", "sampled_softmax", "gbce")
 # (`eval.catalogue.chunked_target_rank`) instead of scoring `[eval.chunk_size, n_items]` at once.
 CATALOGUE_CHUNK_ITEMS = 1 << 16
 # Items per chunk when only the target's rank is counted (`evaluate_chunked` by default) on a
-# CPU: `[eval.chunk_size, 4096]` scores stay in cache; one chunk of a Sports-sized catalogue
-# (18,357 items) took 2.8x as long on the 2-core CPU. Other backends take
-# `CATALOGUE_CHUNK_ITEMS` (`target_rank_item_chunk`).
+# CPU: `[eval.chunk_size, 4096]` scores stay in cache. A Sports-sized validation (35,598 users,
+# 18,357 items) took 2.1 s so and 5.3 s with the catalogue in one chunk on the 2-core CPU
+# (`bench/results/seq_eval_sports.json`); at Toys' 11,924 items the two are level. Other
+# backends take `CATALOGUE_CHUNK_ITEMS` (`target_rank_item_chunk`).
 TARGET_RANK_ITEM_CHUNK = 1 << 12
 
 
@@ -345,8 +346,8 @@ def evaluate_chunked(
         raise ConfigError("key eval.metrics: itemcoverage is not computed on catalogues ranked "
                           f"in item chunks (more than {CATALOGUE_CHUNK_ITEMS} items)")
     names = [name for name in metrics if name in RANKING_METRICS]
-    if target.rating is not None:  # as the dense path: positives are ratings > 0
-        target = target.subset(np.flatnonzero(target.rating > 0))
+    if target.rating is not None:  # the dense path's positives (threshold None: rating > 0)
+        target = target.subset(np.flatnonzero(is_positive(target.rating, None)))
     users, targets = target.user.astype(np.int64), target.item.astype(np.int32)
     if len(np.unique(users)) != len(users):
         raise ConfigError("key data.split: chunked ranking expects one target item per user "
