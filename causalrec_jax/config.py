@@ -281,10 +281,15 @@ class ModelConfig:
     linear_dim: int = 0
     temperature: float = 0.0
     # SASRec and BERT4Rec only: the layer ("transformer": pre-LN blocks with a GELU FFN;
-    # "ligr": LiGR gated residual blocks with a SwiGLU FFN, as eSASRec) and the FFN's width as
-    # a multiple of embedding_dim.
-    block: Literal["transformer", "ligr"] = "transformer"
+    # "sasrec": Kang & McAuley's original block, a normalised query as the attention's
+    # residual and a ReLU FFN around its normalised input; "ligr": LiGR gated residual blocks
+    # with a SwiGLU FFN, as eSASRec), the FFN's width as a multiple of embedding_dim, and
+    # which end of the history the position embeddings count from ("from_start": the oldest
+    # item is position 0; "from_end": the newest is, so the item a ranking follows always has
+    # the same position, as RecTools' SASRec).
+    block: Literal["transformer", "sasrec", "ligr"] = "transformer"
     ffn_multiplier: int = 4
+    positions: Literal["from_start", "from_end"] = "from_start"
 
     def __post_init__(self) -> None:
         for key in ("attention_dim", "linear_dim"):
@@ -358,7 +363,7 @@ class CausalConfig:
 
 
 # `[train]` keys only the sequential models read (refused by the other runs).
-SEQUENCE_TRAIN_KEYS = ("negative_sampler", "logq_correction", "gbce_t")
+SEQUENCE_TRAIN_KEYS = ("negative_sampler", "logq_correction", "gbce_t", "negatives_per_row")
 
 
 @dataclass(frozen=True)
@@ -369,6 +374,9 @@ class TrainConfig:
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
     learning_rate: float = 1e-3
     weight_decay: float = 0.0
+    # Adam's (and AdamW's) decay of its second-moment estimate (optax's b2; RecTools'
+    # Transformers use 0.98).
+    adam_beta2: float = 0.999
     # Learning-rate schedule over the run's steps (optax): constant, cosine decay to 0, or a
     # linear warm-up over `warmup_steps` followed by cosine decay.
     lr_schedule: Literal["constant", "cosine", "warmup_cosine"] = "constant"
@@ -387,6 +395,10 @@ class TrainConfig:
     negative_sampler: Literal["uniform", "popularity"] = "uniform"
     logq_correction: bool = False
     gbce_t: float = 0.75
+    # sampled_softmax and gbce: draw n_negatives for each sequence (shared by its positions)
+    # rather than one set shared by the batch. Negatives redrawn away from the user's items
+    # (exclude_seen_negatives) are per sequence anyway.
+    negatives_per_row: bool = False
     early_stopping_metric: str = "ndcg@10"
     patience: int = 5
     checkpoint_every: int = 5
@@ -406,6 +418,11 @@ class TrainConfig:
             _require(getattr(self, key) >= 0, f"train.{key}", "an integer >= 0", getattr(self, key))
         _require(self.learning_rate > 0, "train.learning_rate", "a number > 0", self.learning_rate)
         _require(self.weight_decay >= 0, "train.weight_decay", "a number >= 0", self.weight_decay)
+        _require(0 < self.adam_beta2 < 1, "train.adam_beta2", "a number in (0, 1)",
+                 self.adam_beta2)
+        _require(self.optimizer != "sgd" or self.adam_beta2 == 0.999, "train.adam_beta2",
+                 "unset with train.optimizer = 'sgd' (only adam and adamw read it)",
+                 self.adam_beta2)
         _require(0 <= self.gbce_t <= 1, "train.gbce_t", "a number in [0, 1]", self.gbce_t)
         _require(0 < self.halving_keep < 1, "train.halving_keep", "a fraction in (0, 1)",
                  self.halving_keep)

@@ -37,11 +37,12 @@ class BERT4Rec(SequenceTransformer):
         dropout_rate: float = 0.1,
         init_std: float = 0.02,
         block: str = "transformer",
+        positions: str = "from_start",
     ):
         super().__init__(
             n_items, max_len, key=key, causal=False, n_special=1, hidden_dim=hidden_dim,
             n_layers=n_layers, n_heads=n_heads, ffn_dim=ffn_dim, dropout_rate=dropout_rate,
-            init_std=init_std, block=block,
+            init_std=init_std, block=block, positions=positions,
         )
         self.mask_token = n_items + 1
 

@@ -6,6 +6,8 @@ Kang & McAuley, "Self-Attentive Sequential Recommendation", ICDM 2018. A user's 
     e_t = E[s_t] + P[p_t]                                (item + learned position embedding)
     h = LayerNorm(Block_L(... Block_1(e)))               (pre-LN Transformer blocks)
     Block(x) = x' + FFN(LN(x')),  x' = x + Attn(LN(x))   (causal multi-head self-attention)
+
+(or Kang's own block, `KangBlock`, or LiGR's gated one, `LiGRBlock`)
     logits_t = h_t E[1:n_items+1]^T                      (tied item embeddings)
 
 so `logits[b, t, i]` scores item i as the item after `s[b, t]`. The padding row (and
@@ -14,7 +16,10 @@ BERT4Rec's `[mask]` row) are not output columns, so they can never be recommende
 Positions: `p_t` counts the row's real items from the oldest (0, 1, ...), not columns. For a
 full window this is SASRec's absolute position; for a left-padded row it makes the outputs
 independent of how much padding there is (a history padded to a bucket of 32 or 64 gives the
-same scores), and under the causal mask `p_t` depends only on items up to t.
+same scores), and under the causal mask `p_t` depends only on items up to t. With
+`positions="from_end"` (RecTools' SASRec) `p_t` counts from the newest item instead, so the
+item a ranking follows is always position 0; `p_t` then also tells position t how many items
+follow it (not which), so a prefix's outputs change when an item is appended.
 
 The attention is written out here rather than taken from `nnx.MultiHeadAttention`: the model
 needs one mask combining causal order with key padding, and dropout driven by an explicit key
@@ -45,22 +50,25 @@ class SelfAttention(nnx.Module):
         self.dropout_rate = dropout_rate
 
     def __call__(
-        self, inputs: jax.Array, allowed: jax.Array, *, key: jax.Array | None = None
+        self, inputs: jax.Array, allowed: jax.Array, *, key: jax.Array | None = None,
+        context: jax.Array | None = None,
     ) -> jax.Array:
         """Attends `inputs [b, L, d]` under `allowed [b, L_query, L_key]` bool -> `[b, L, d]`.
 
-        Every query must be allowed at least one key (the model always allows the diagonal),
-        so no softmax row is empty.
+        Queries come from `inputs`, keys and values from `context [b, L, d]` (default:
+        `inputs`). Every query must be allowed at least one key (the model always allows the
+        diagonal), so no softmax row is empty.
         """
         batch, length, hidden = inputs.shape
         head_dim = hidden // self.n_heads
+        context = inputs if context is None else context
 
         def heads(values: jax.Array) -> jax.Array:
             return values.reshape(batch, length, self.n_heads, head_dim)
 
         query = heads(self.query_layer(inputs))
-        keys = heads(self.key_layer(inputs))
-        value = heads(self.value_layer(inputs))
+        keys = heads(self.key_layer(context))
+        value = heads(self.value_layer(context))
         scores = jnp.einsum("bqhd,bkhd->bhqk", query, keys) / jnp.sqrt(head_dim)
         scores = jnp.where(allowed[:, None], scores, jnp.finfo(scores.dtype).min)
         weights = dropout(jax.nn.softmax(scores, axis=-1), self.dropout_rate, key)
@@ -104,6 +112,36 @@ class TransformerBlock(_PreNormBlock):
         return hidden + dropout(self.ffn_out(inner), self.dropout_rate, ffn_out_key)
 
 
+class KangBlock(_PreNormBlock):
+    """SASRec's own block (Kang & McAuley 2018, as their code and RecTools' SASRec run it):
+    the normalised stream queries the raw one and is the attention's residual, and the ReLU
+    FFN's residual is its normalised input:
+
+        q = LN(x),  h = q + Attn(queries q, keys and values x)
+        f = LN(h),  y = f + W_2 ReLU(W_1 f)
+
+    dropout on the attention weights, inside the FFN and on its output."""
+
+    def __init__(
+        self, hidden_dim: int, n_heads: int, ffn_dim: int, *, dropout_rate: float,
+        rngs: nnx.Rngs,
+    ):
+        super().__init__(hidden_dim, n_heads, dropout_rate=dropout_rate, rngs=rngs)
+        self.ffn_in = nnx.Linear(hidden_dim, ffn_dim, rngs=rngs)
+        self.ffn_out = nnx.Linear(ffn_dim, hidden_dim, rngs=rngs)
+
+    def __call__(
+        self, inputs: jax.Array, allowed: jax.Array, *, key: jax.Array | None = None
+    ) -> jax.Array:
+        """`inputs [b, L, d]`, `allowed [b, L, L]` bool -> `[b, L, d]`."""
+        attention_key, ffn_hidden_key, ffn_out_key = split_keys(key, 3)
+        query = self.attention_norm(inputs)
+        hidden = query + self.attention(query, allowed, key=attention_key, context=inputs)
+        normed = self.ffn_norm(hidden)
+        inner = dropout(jax.nn.relu(self.ffn_in(normed)), self.dropout_rate, ffn_hidden_key)
+        return normed + dropout(self.ffn_out(inner), self.dropout_rate, ffn_out_key)
+
+
 class LiGRBlock(_PreNormBlock):
     """LiGR block (LinkedIn's gated residual layer, as eSASRec uses it; Tikhonovich et al.,
     RecSys 2025): each sublayer's output enters the residual stream through a sigmoid gate
@@ -140,7 +178,8 @@ class LiGRBlock(_PreNormBlock):
             self.ffn_out(inner), self.dropout_rate, ffn_out_key)
 
 
-BLOCKS = {"transformer": TransformerBlock, "ligr": LiGRBlock}
+BLOCKS = {"transformer": TransformerBlock, "sasrec": KangBlock, "ligr": LiGRBlock}
+POSITIONS = ("from_start", "from_end")
 
 
 class SequenceTransformer(SequenceModel):
@@ -148,8 +187,10 @@ class SequenceTransformer(SequenceModel):
 
     Token rows: 0 = padding, `1..n_items` = items, then `n_special` extra tokens (BERT4Rec's
     `[mask]`). Output logits cover the items only. `block`: `"transformer"` (pre-LN blocks,
-    GELU FFN of `ffn_dim`, a final LayerNorm) or `"ligr"` (`LiGRBlock`s, SwiGLU of
-    `ffn_dim`, no final norm, as in eSASRec).
+    GELU FFN of `ffn_dim`, a final LayerNorm), `"sasrec"` (`KangBlock`s, ReLU FFN of
+    `ffn_dim`, a final LayerNorm) or `"ligr"` (`LiGRBlock`s, SwiGLU of `ffn_dim`, no final
+    norm, as in eSASRec). `positions`: `"from_start"` numbers a row's real items from the
+    oldest, `"from_end"` from the newest (RecTools' inverse positions).
     """
 
     def __init__(
@@ -167,9 +208,14 @@ class SequenceTransformer(SequenceModel):
         dropout_rate: float = 0.2,
         init_std: float = 0.02,
         block: str = "transformer",
+        positions: str = "from_start",
     ):
         if block not in BLOCKS:
             raise ValueError(f"unknown block {block!r}: expected one of {', '.join(BLOCKS)}")
+        if positions not in POSITIONS:
+            raise ValueError(f"unknown positions {positions!r}: expected one of "
+                             f"{', '.join(POSITIONS)}")
+        self.from_end = positions == "from_end"
         item_key, position_key, layer_key = jax.random.split(key, 3)
         rngs = nnx.Rngs(params=layer_key)
         self.n_items = n_items
@@ -190,8 +236,7 @@ class SequenceTransformer(SequenceModel):
             )
             for _ in range(n_layers)
         ])
-        self.final_norm = (nnx.LayerNorm(hidden_dim, rngs=rngs) if block == "transformer"
-                           else None)
+        self.final_norm = (nnx.LayerNorm(hidden_dim, rngs=rngs) if block != "ligr" else None)
 
     def __call__(
         self, sequences: jax.Array, *, key: jax.Array | None = None,
@@ -209,7 +254,9 @@ class SequenceTransformer(SequenceModel):
         if length > self.max_len:
             raise ValueError(f"sequence length {length} exceeds max_len {self.max_len}")
         real = sequences != PAD
-        positions = jnp.clip(jnp.cumsum(real, axis=1) - 1, 0, self.max_len - 1)
+        counted = jnp.cumsum(real[:, ::-1], axis=1)[:, ::-1] if self.from_end else jnp.cumsum(
+            real, axis=1)
+        positions = jnp.clip(counted - 1, 0, self.max_len - 1)
         items = self.token_embedding[sequences]
         if token_weights is not None:
             items = items * token_weights[..., None].astype(items.dtype)
@@ -248,9 +295,10 @@ class SASRec(SequenceTransformer):
         dropout_rate: float = 0.2,
         init_std: float = 0.02,
         block: str = "transformer",
+        positions: str = "from_start",
     ):
         super().__init__(
             n_items, max_len, key=key, causal=True, hidden_dim=hidden_dim, n_layers=n_layers,
             n_heads=n_heads, ffn_dim=ffn_dim, dropout_rate=dropout_rate, init_std=init_std,
-            block=block,
+            block=block, positions=positions,
         )

@@ -99,7 +99,7 @@ SEQUENCE_MODELS = ("sasrec", "bert4rec", "hstu")
 # `[model]` keys only HSTU reads: refused for the other sequential models.
 HSTU_KEYS = ("attention_dim", "linear_dim", "temperature")
 # `[model]` keys only the Transformer models (SASRec, BERT4Rec) read: refused for HSTU.
-TRANSFORMER_KEYS = ("block", "ffn_multiplier")
+TRANSFORMER_KEYS = ("block", "ffn_multiplier", "positions")
 
 # Sequential losses that sample negatives (train.n_negatives, train.exclude_seen_negatives).
 SAMPLED_LOSSES = ("bce_one_negative", "sampled_softmax", "gbce")
@@ -163,6 +163,10 @@ def _check_sampler_keys(config: Config, loss: str) -> None:
         raise ConfigError("key train.logq_correction: true, but the uniform proposal shifts "
                           "every logit alike (nothing to correct); set train.negative_sampler "
                           "= 'popularity' or remove it")
+    if train.negatives_per_row and loss not in ("sampled_softmax", "gbce"):
+        raise ConfigError(f"key train.negatives_per_row: true, but only train.loss = "
+                          f"'sampled_softmax' or 'gbce' draws shared negatives (train.loss is "
+                          f"{loss!r}); remove it")
     if train.gbce_t != TrainConfig().gbce_t and loss != "gbce":
         raise ConfigError(f"key train.gbce_t: set to {train.gbce_t}, but only train.loss = "
                           f"'gbce' reads it (train.loss is {loss!r}); remove it")
@@ -204,6 +208,7 @@ def _model(config: Config, n_items: int, key: jax.Array):
         n_layers=config.model.n_layers, n_heads=config.model.n_heads,
         ffn_dim=config.model.ffn_multiplier * config.model.embedding_dim,
         dropout_rate=config.model.dropout, block=config.model.block,
+        positions=config.model.positions,
     )
 
 
@@ -607,7 +612,8 @@ def _programs(graphdef: nnx.GraphDef, loss_name: str, train: Any, n_items: int,
     them, so they compile nothing again."""
     optimizer = make_optimizer(train, total_steps=total_steps)
     objective = make_sequence_objective(graphdef, loss_name, n_negatives=train.n_negatives,
-                                        logq=train.logq_correction, gbce_t=train.gbce_t)
+                                        logq=train.logq_correction, gbce_t=train.gbce_t,
+                                        negatives_per_row=train.negatives_per_row)
     run_epoch = make_bucketed_epoch(make_train_step(objective, optimizer),
                                     bucket_sizes=bucket_sizes, batch_size=train.batch_size)
     return optimizer, run_epoch

@@ -353,6 +353,7 @@ def make_sequence_loss(
     chunk_rows: int = 1024,
     logq: bool = False,
     gbce_t: float = 0.75,
+    negatives_per_row: bool = False,
 ) -> Callable[[Any, Batch, jax.Array], jax.Array]:
     """Builds `loss(params, batch, key) -> []`, a pure function of the parameters.
 
@@ -367,7 +368,10 @@ def make_sequence_loss(
     (`chunk_rows` positions at a time), so a step never holds the `[b, L, n_items]` logits.
     With `shared_item_probs [n_items]` in the batch (training popularity), `sampled_softmax`
     draws its shared negatives in proportion to it, with the logQ correction when `logq`;
-    `gbce` is `gbce_loss` with calibration `gbce_t`.
+    `gbce` is `gbce_loss` with calibration `gbce_t`. `negatives_per_row`: `sampled_softmax`
+    and `gbce` draw `n_negatives` for each row (shared by its positions) instead of one set
+    for the batch, by the same proposal (negatives redrawn away from the user's items are
+    always per row).
 
     Raises:
         ValueError: unknown `loss_name`.
@@ -399,6 +403,10 @@ def make_sequence_loss(
             negatives, negative_where = _unseen_negatives(
                 sample_key, batch, targets, item_embeddings.shape[0], n_negatives,
                 per_position=loss_name == "bce_one_negative")
+        elif negatives_per_row and loss_name in ("sampled_softmax", "gbce"):
+            negatives, _ = losses.sample_negatives(
+                sample_key, item_embeddings.shape[0], (targets.shape[0], n_negatives),
+                item_probs=batch.get("shared_item_probs"))
         if loss_name == "bce_one_negative":
             return bce_one_negative_loss(
                 hidden, item_embeddings, targets, trained, sample_key, n_negatives=n_negatives,
@@ -445,7 +453,7 @@ def make_sequence_objective(
         graphdef: from `nnx.split(model, nnx.Param)`.
         loss_name: one of `LOSSES`.
         **loss_options: `n_negatives`, `mask_prob`, `last_item_prob`, `chunk_rows`,
-            `logq`, `gbce_t`.
+            `logq`, `gbce_t`, `negatives_per_row`.
     """
     loss_fn = make_sequence_loss(graphdef, loss_name, **loss_options)
 

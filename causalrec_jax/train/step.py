@@ -80,9 +80,10 @@ def make_optimizer(
 ) -> optax.GradientTransformation:
     """The optax optimiser of `[train]`, with its hyperparameters in the optimiser state.
 
-    `adam` and `sgd` add `weight_decay * params` to the gradient (L2 regularisation, as
-    RecBole's `weight_decay`); `adamw` decays the weights apart from the gradient (Loshchilov &
-    Hutter, ICLR 2019). The learning rate follows `train.lr_schedule` over `total_steps`.
+    Adam's second-moment decay is `train.adam_beta2`. `adam` and `sgd` add `weight_decay *
+    params` to the gradient (L2 regularisation, as RecBole's `weight_decay`); `adamw` decays the
+    weights apart from the gradient (Loshchilov & Hutter, ICLR 2019). The learning rate follows
+    `train.lr_schedule` over `total_steps`.
     `learning_rate` and `weight_decay` (defaults from the config) are injected hyperparameters
     (`optax.inject_hyperparams`): they are arrays in `opt_state.hyperparams`, so a population
     can give each member its own values (`set_hyperparams`) and `jax.vmap` over them.
@@ -95,10 +96,11 @@ def make_optimizer(
         rate = (lambda count: learning_rate * factor(count)) if callable(factor) else learning_rate
         step = optax.scale_by_learning_rate(rate)
         if config.optimizer == "adamw":
-            return optax.chain(optax.scale_by_adam(), optax.add_decayed_weights(weight_decay), step)
+            return optax.chain(optax.scale_by_adam(b2=config.adam_beta2),
+                               optax.add_decayed_weights(weight_decay), step)
         decay = optax.add_decayed_weights(weight_decay)
         if config.optimizer == "adam":
-            return optax.chain(decay, optax.scale_by_adam(), step)
+            return optax.chain(decay, optax.scale_by_adam(b2=config.adam_beta2), step)
         return optax.chain(decay, step)
 
     return optax.inject_hyperparams(build)(

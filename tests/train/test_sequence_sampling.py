@@ -208,7 +208,8 @@ def test_a_ligr_sasrec_learns_with_gbce_and_with_popularity_logq():
     batch = {"inputs": jnp.asarray(sequences[:, :-1]), "targets": jnp.asarray(sequences[:, 1:]),
              "shared_item_probs": jnp.asarray(np.bincount(sequences.ravel() - 1,
                                                           minlength=N_ITEMS), jnp.float32)}
-    for loss_name, options in (("gbce", {"gbce_t": 0.75}), ("sampled_softmax", {"logq": True})):
+    for loss_name, options in (("gbce", {"gbce_t": 0.75}), ("sampled_softmax", {"logq": True}),
+                               ("sampled_softmax", {"negatives_per_row": True})):
         loss_fn = make_sequence_loss(graphdef, loss_name, n_negatives=8, **options)
         optimizer = optax.adam(0.02)
 
@@ -239,6 +240,9 @@ def test_a_ligr_sasrec_learns_with_gbce_and_with_popularity_logq():
     (['train.loss="sampled_softmax"', "train.gbce_t=0.5"],
      "key train.gbce_t: set to 0.5, but only train.loss = 'gbce' reads it (train.loss is "
      "'sampled_softmax'); remove it"),
+    (['train.loss="full_softmax"', "train.negatives_per_row=true"],
+     "key train.negatives_per_row: true, but only train.loss = 'sampled_softmax' or 'gbce' "
+     "draws shared negatives (train.loss is 'full_softmax'); remove it"),
     (['model.name="hstu"', 'train.loss="sampled_softmax"', 'model.block="ligr"'],
      "key model.block: set to 'ligr', but only model.name = 'sasrec' or 'bert4rec' reads it; "
      "remove it"),
@@ -262,3 +266,28 @@ def test_an_ordinary_run_refuses_the_sequential_keys():
     for bad in ("train.gbce_t=1.5", "model.ffn_multiplier=0"):
         with pytest.raises(ConfigError, match=bad.split("=")[0]):
             load_config(overrides=[bad])
+
+
+@pytest.mark.parametrize("loss_name", ["sampled_softmax", "gbce"])
+def test_negatives_per_row_draw_one_set_for_each_sequence(loss_name):
+    """`negatives_per_row`: the loss of a run equals the loss over `[b, n]` negatives drawn
+    for each row with the sampling key (a different set per row), not the batch's one set."""
+    from causalrec_jax.train import losses
+
+    model = SASRec(N_ITEMS, 5, key=jax.random.key(0), hidden_dim=8, n_layers=1, n_heads=1,
+                   ffn_dim=8, dropout_rate=0.0)
+    graphdef, params = nnx.split(model, nnx.Param)
+    sequences = jnp.asarray(np.arange(24).reshape(4, 6) % N_ITEMS + 1)
+    batch = {"inputs": sequences[:, :-1], "targets": sequences[:, 1:]}
+    key = jax.random.key(3)
+    got = make_sequence_loss(graphdef, loss_name, n_negatives=6, negatives_per_row=True)(
+        params, batch, key)
+    negatives, _ = losses.sample_negatives(jax.random.split(key)[1], N_ITEMS, (4, 6))
+    assert len({tuple(row) for row in np.asarray(negatives)}) == 4
+    hidden, table = model(batch["inputs"]), model.item_embeddings()
+    loss = sampled_softmax_loss if loss_name == "sampled_softmax" else gbce_loss
+    want = loss(hidden, table, batch["targets"] - 1, batch["targets"] != 0, key,
+                n_negatives=6, negatives=negatives)
+    np.testing.assert_allclose(float(got), float(want), rtol=1e-6)
+    shared = make_sequence_loss(graphdef, loss_name, n_negatives=6)(params, batch, key)
+    assert not np.isclose(float(got), float(shared))
