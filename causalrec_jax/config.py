@@ -363,7 +363,8 @@ class CausalConfig:
 
 
 # `[train]` keys only the sequential models read (refused by the other runs).
-SEQUENCE_TRAIN_KEYS = ("negative_sampler", "logq_correction", "gbce_t", "negatives_per_row")
+SEQUENCE_TRAIN_KEYS = ("negative_sampler", "logq_correction", "gbce_t", "negatives_per_row",
+                       "position_weighting")
 
 
 @dataclass(frozen=True)
@@ -399,6 +400,11 @@ class TrainConfig:
     # rather than one set shared by the batch. Negatives redrawn away from the user's items
     # (exclude_seen_negatives) are per sequence anyway.
     negatives_per_row: bool = False
+    # Next-item losses: "per_batch" averages a step's loss over its batch's trained positions
+    # (with length buckets, a position of a batch of short sequences then weighs more than one
+    # of long ones); "uniform" sums it and divides by the epoch's mean positions per batch, so
+    # every position weighs the same, as with unbucketed batches.
+    position_weighting: Literal["per_batch", "uniform"] = "per_batch"
     early_stopping_metric: str = "ndcg@10"
     patience: int = 5
     checkpoint_every: int = 5

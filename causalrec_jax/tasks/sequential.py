@@ -167,6 +167,10 @@ def _check_sampler_keys(config: Config, loss: str) -> None:
         raise ConfigError(f"key train.negatives_per_row: true, but only train.loss = "
                           f"'sampled_softmax' or 'gbce' draws shared negatives (train.loss is "
                           f"{loss!r}); remove it")
+    if train.position_weighting != "per_batch" and loss == "masked_item":
+        raise ConfigError(f"key train.position_weighting: {train.position_weighting!r} weighs "
+                          "next-item targets, but train.loss is 'masked_item' (its masked "
+                          "positions are drawn per step); remove it")
     if train.gbce_t != TrainConfig().gbce_t and loss != "gbce":
         raise ConfigError(f"key train.gbce_t: set to {train.gbce_t}, but only train.loss = "
                           f"'gbce' reads it (train.loss is {loss!r}); remove it")
@@ -681,6 +685,9 @@ def train_sequence_seed(
     if "users" in rows:
         shared = {name: jnp.asarray(values) for name, values in
                   seen_items_data(train.user, train.item, train.n_users, train.n_items).items()}
+    if config.train.position_weighting == "uniform" and slate_log is None:
+        shared["shared_positions_per_batch"] = jnp.asarray(
+            np.count_nonzero(rows["targets"]) / batches_per_epoch, jnp.float32)
     if config.train.negative_sampler == "popularity" and slate_log is None:
         shared["shared_item_probs"] = jnp.asarray(
             np.bincount(train.item, minlength=train.n_items), jnp.float32)
@@ -861,6 +868,9 @@ def check_exposure_config(config: Config) -> None:
                           "its own propensities: 'true' (or 'none' for naive)")
     if causal.imputation_value is not None and causal.method != "dr":
         raise ConfigError("key causal.imputation_value: only causal.method = 'dr' reads it")
+    if config.train.position_weighting != "per_batch":
+        raise ConfigError(f"key train.position_weighting: {config.train.position_weighting!r} "
+                          "on a slate log, whose rounds are weighted by causal.method; remove it")
 
 
 def load_slate_log(config: Config) -> SlateLog:

@@ -371,7 +371,10 @@ def make_sequence_loss(
     `gbce` is `gbce_loss` with calibration `gbce_t`. `negatives_per_row`: `sampled_softmax`
     and `gbce` draw `n_negatives` for each row (shared by its positions) instead of one set
     for the batch, by the same proposal (negatives redrawn away from the user's items are
-    always per row).
+    always per row). With `shared_positions_per_batch []` in the batch (next-item losses), the
+    loss is the sum over the batch's trained positions divided by it (the mean number of
+    trained positions per batch of the epoch) instead of their mean, so every position of the
+    epoch weighs the same whatever the length bucket of its batch.
 
     Raises:
         ValueError: unknown `loss_name`.
@@ -380,6 +383,16 @@ def make_sequence_loss(
         raise ValueError(f"unknown sequence loss {loss_name!r}; expected one of {LOSSES}")
 
     def loss_fn(params: Any, batch: Batch, key: jax.Array) -> jax.Array:
+        value = batch_mean_loss(params, batch, key)
+        if "shared_positions_per_batch" not in batch:
+            return value
+        # uniform position weights: the batch's sum over the epoch's mean positions a batch
+        trained = batch["targets"] != 0
+        if "mask" in batch:
+            trained = trained & batch["mask"][:, None]
+        return value * jnp.sum(trained) / batch["shared_positions_per_batch"]
+
+    def batch_mean_loss(params: Any, batch: Batch, key: jax.Array) -> jax.Array:
         model = nnx.merge(graphdef, params)
         dropout_key, sample_key = jax.random.split(key)
         if loss_name == "masked_item":

@@ -243,6 +243,9 @@ def test_a_ligr_sasrec_learns_with_gbce_and_with_popularity_logq():
     (['train.loss="full_softmax"', "train.negatives_per_row=true"],
      "key train.negatives_per_row: true, but only train.loss = 'sampled_softmax' or 'gbce' "
      "draws shared negatives (train.loss is 'full_softmax'); remove it"),
+    (['model.name="bert4rec"', 'train.position_weighting="uniform"'],
+     "key train.position_weighting: 'uniform' weighs next-item targets, but train.loss is "
+     "'masked_item' (its masked positions are drawn per step); remove it"),
     (['model.name="hstu"', 'train.loss="sampled_softmax"', 'model.block="ligr"'],
      "key model.block: set to 'ligr', but only model.name = 'sasrec' or 'bert4rec' reads it; "
      "remove it"),
@@ -291,3 +294,29 @@ def test_negatives_per_row_draw_one_set_for_each_sequence(loss_name):
     np.testing.assert_allclose(float(got), float(want), rtol=1e-6)
     shared = make_sequence_loss(graphdef, loss_name, n_negatives=6)(params, batch, key)
     assert not np.isclose(float(got), float(shared))
+
+
+def test_uniform_position_weighting_sums_over_the_epochs_mean_positions_per_batch():
+    """With `shared_positions_per_batch`, a step's loss is the sum over its trained positions
+    divided by it: a batch of long sequences then weighs each position as one of short ones."""
+    model = SASRec(N_ITEMS, 6, key=jax.random.key(0), hidden_dim=8, n_layers=1, n_heads=1,
+                   ffn_dim=8, dropout_rate=0.0)
+    graphdef, params = nnx.split(model, nnx.Param)
+    sequences = np.arange(28).reshape(4, 7) % N_ITEMS + 1
+    sequences[0, :4] = 0  # a short row (items 5, 6, 7): 2 trained positions
+    inputs, targets = sequences[:, :-1], sequences[:, 1:].copy()
+    targets[inputs == 0] = 0
+    batch = {"inputs": jnp.asarray(inputs), "targets": jnp.asarray(targets),
+             "mask": jnp.asarray([True, True, True, False])}  # padded row 3 trains none
+    loss_fn = make_sequence_loss(graphdef, "full_softmax")
+    mean = float(loss_fn(params, batch, jax.random.key(1)))
+    trained = 2 + 6 + 6
+    uniform = float(loss_fn(params, {**batch, "shared_positions_per_batch": jnp.float32(7.0)},
+                            jax.random.key(1)))
+    np.testing.assert_allclose(uniform, mean * trained / 7.0, rtol=1e-6)
+    hidden = np.asarray(model(batch["inputs"]))
+    logits = hidden @ np.asarray(model.item_embeddings()).T
+    log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    total = sum(-log_probs[b, t, targets[b, t] - 1] for b in range(3) for t in range(6)
+                if targets[b, t] != 0)
+    np.testing.assert_allclose(uniform, total / 7.0, rtol=1e-5)
