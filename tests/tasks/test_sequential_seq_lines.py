@@ -54,10 +54,14 @@ def test_the_ml100k_config_runs_on_seq_lines(planted_lines, tmp_path, config):
     # the shared negatives by training popularity, logQ-corrected, through a whole run
     ("toys_sasrec.toml", ['train.negative_sampler="popularity"', "train.logq_correction=true"]),
     ("toys_sasrec.toml", ['train.loss="gbce"', "train.n_negatives=8", 'model.block="ligr"']),
+    # per-sequence negatives, the Transformer block with positions from the start
+    ("sports_sasrec.toml", ["train.negatives_per_row=true", "train.n_negatives=64",
+                            'model.block="transformer"', 'model.positions="from_start"']),
 ])
 def test_the_amazon_configs_run_and_learn_the_planted_rule(planted_lines, tmp_path, config,
                                                            extra):
-    """The Amazon recipe (1,024 shared negatives: here with replacement from 30 items, so a
+    """The Amazon recipe (SASRec's own block, positions from the newest item, uniform
+    position weights, 4,096 shared negatives: here with replacement from 30 items, so a
     target's own copies drop out) learns a successor rule, and so do its variants; sizes are
     the config's but the width, to be quick."""
     out = tmp_path / "run"
