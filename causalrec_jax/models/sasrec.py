@@ -6,12 +6,12 @@ Kang & McAuley, "Self-Attentive Sequential Recommendation", ICDM 2018. A user's 
     e_t = E[s_t] + P[p_t]                                (item + learned position embedding)
     h = LayerNorm(Block_L(... Block_1(e)))               (pre-LN Transformer blocks)
     Block(x) = x' + FFN(LN(x')),  x' = x + Attn(LN(x))   (causal multi-head self-attention)
-
-(or Kang's own block, `KangBlock`, or LiGR's gated one, `LiGRBlock`)
     logits_t = h_t E[1:n_items+1]^T                      (tied item embeddings)
 
 so `logits[b, t, i]` scores item i as the item after `s[b, t]`. The padding row (and
-BERT4Rec's `[mask]` row) are not output columns, so they can never be recommended.
+BERT4Rec's `[mask]` row) are not output columns, so they can never be recommended. That is
+the default block; `KangBlock` (SASRec's own layer) and `LiGRBlock` (gated, no final
+LayerNorm) are the alternatives.
 
 Positions: `p_t` counts the row's real items from the oldest (0, 1, ...), not columns. For a
 full window this is SASRec's absolute position; for a left-padded row it makes the outputs
@@ -113,7 +113,8 @@ class TransformerBlock(_PreNormBlock):
 
 
 class KangBlock(_PreNormBlock):
-    """SASRec's own block (Kang & McAuley 2018, as their code and RecTools' SASRec run it):
+    """SASRec's own block (Kang & McAuley 2018, as RecTools' SASRec runs it; their TF code
+    has no output projection after the attention):
     the normalised stream queries the raw one and is the attention's residual, and the ReLU
     FFN's residual is its normalised input:
 

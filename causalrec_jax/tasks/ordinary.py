@@ -221,6 +221,7 @@ class ProgramSpec:
     warmup_steps: int
     total_steps: int
     n_seeds: int
+    adam_beta2: float = 0.999
 
 
 def _objective(spec: ProgramSpec) -> Callable:
@@ -250,7 +251,8 @@ def _objective(spec: ProgramSpec) -> Callable:
 
 def _optimizer(spec: ProgramSpec, train_config: Any):
     settings = dataclasses.replace(train_config, optimizer=spec.optimizer,
-                                   lr_schedule=spec.lr_schedule, warmup_steps=spec.warmup_steps)
+                                   lr_schedule=spec.lr_schedule, warmup_steps=spec.warmup_steps,
+                                   adam_beta2=spec.adam_beta2)
     return make_optimizer(settings, total_steps=spec.total_steps)
 
 
@@ -434,6 +436,7 @@ def program_setup(config: Config, split: Split, truth: Any = None,
         n_negatives=config.train.n_negatives, optimizer=config.train.optimizer,
         lr_schedule=config.train.lr_schedule, warmup_steps=config.train.warmup_steps,
         total_steps=steps_per_epoch * config.train.epochs, n_seeds=len(members),
+        adam_beta2=config.train.adam_beta2,
     )
     optimizer = _optimizer(spec, TrainConfig())
     hparams = causal_training.as_hparams(causal_values)

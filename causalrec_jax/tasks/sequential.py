@@ -167,6 +167,10 @@ def _check_sampler_keys(config: Config, loss: str) -> None:
         raise ConfigError(f"key train.negatives_per_row: true, but only train.loss = "
                           f"'sampled_softmax' or 'gbce' draws shared negatives (train.loss is "
                           f"{loss!r}); remove it")
+    if train.negatives_per_row and train.exclude_seen_negatives:
+        raise ConfigError("key train.negatives_per_row: true, but train.exclude_seen_negatives "
+                          "= true already draws negatives per row; set exclude_seen_negatives "
+                          "to false or remove negatives_per_row")
     if train.position_weighting != "per_batch" and loss == "masked_item":
         raise ConfigError(f"key train.position_weighting: {train.position_weighting!r} weighs "
                           "next-item targets, but train.loss is 'masked_item' (its masked "
@@ -552,6 +556,14 @@ def bucket_rows(rows: dict[str, np.ndarray], buckets) -> tuple[dict[str, np.ndar
     return tuple(out)
 
 
+def positions_per_batch(buckets: tuple[dict[str, np.ndarray], ...], batch_size: int) -> float:
+    """The mean number of trained positions (non-padding `targets`) in a batch of an epoch
+    over `buckets` (each bucket's last batch padded): `train.position_weighting = "uniform"`
+    divides each batch's summed loss by it."""
+    n_batches = sum(-(-len(bucket["targets"]) // batch_size) for bucket in buckets)
+    return sum(np.count_nonzero(bucket["targets"]) for bucket in buckets) / n_batches
+
+
 def make_bucketed_epoch(
     train_step, *, bucket_sizes: tuple[int, ...], batch_size: int,
 ):
@@ -687,7 +699,7 @@ def train_sequence_seed(
                   seen_items_data(train.user, train.item, train.n_users, train.n_items).items()}
     if config.train.position_weighting == "uniform" and slate_log is None:
         shared["shared_positions_per_batch"] = jnp.asarray(
-            np.count_nonzero(rows["targets"]) / batches_per_epoch, jnp.float32)
+            positions_per_batch(buckets, config.train.batch_size), jnp.float32)
     if config.train.negative_sampler == "popularity" and slate_log is None:
         shared["shared_item_probs"] = jnp.asarray(
             np.bincount(train.item, minlength=train.n_items), jnp.float32)
@@ -871,6 +883,10 @@ def check_exposure_config(config: Config) -> None:
     if config.train.position_weighting != "per_batch":
         raise ConfigError(f"key train.position_weighting: {config.train.position_weighting!r} "
                           "on a slate log, whose rounds are weighted by causal.method; remove it")
+    if config.model.positions != "from_start":
+        raise ConfigError(f"key model.positions: {config.model.positions!r} on a slate log, "
+                          "whose rows hold later rounds' clicks too (a position counted from "
+                          "the newest would tell a round how many follow); set 'from_start'")
 
 
 def load_slate_log(config: Config) -> SlateLog:

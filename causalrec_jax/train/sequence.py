@@ -387,6 +387,9 @@ def make_sequence_loss(
         if "shared_positions_per_batch" not in batch:
             return value
         # uniform position weights: the batch's sum over the epoch's mean positions a batch
+        if loss_name == "masked_item":
+            raise ValueError("shared_positions_per_batch weighs next-item targets; "
+                             "masked_item draws its positions per step")
         trained = batch["targets"] != 0
         if "mask" in batch:
             trained = trained & batch["mask"][:, None]

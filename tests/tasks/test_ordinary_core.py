@@ -219,3 +219,15 @@ def test_a_second_identical_run_compiles_nothing(sim_split, compile_counter):
     assert compile_counter.count == 0
     assert first.per_seed[0]["test"] == second.per_seed[0]["test"]
     assert third.per_seed[0]["test"]["mse"] != first.per_seed[0]["test"]["mse"]
+
+
+def test_an_ordinary_run_trains_with_the_configs_adam_beta2(sim_split):
+    """`train.adam_beta2` reaches the optimiser of an ordinary run (part of its static spec):
+    beta2 0.5 trains to other parameters than the default 0.999."""
+    split, truth = sim_split
+    config = _sim_config("naive")
+    default = _final_params(ordinary.train_split(config, split, evaluate_test=False,
+                                                 truth=truth))
+    fast = dataclasses.replace(config, train=dataclasses.replace(config.train, adam_beta2=0.5))
+    other = _final_params(ordinary.train_split(fast, split, evaluate_test=False, truth=truth))
+    assert np.abs(default - other).max() > 1e-3

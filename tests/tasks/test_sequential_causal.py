@@ -49,6 +49,8 @@ def _config(**sections):
      "causal.imputation_value"),
     ({"data": {"format": "movielens"}}, "causal.method"),
     ({"data": {"format": "movielens"}, "causal": {"method": None}}, "causal.propensity"),
+    ({"train": {"position_weighting": "uniform"}}, "train.position_weighting"),
+    ({"model": {"positions": "from_end"}}, "model.positions"),
 ])
 def test_config_errors_name_the_key(sections, key):
     with pytest.raises(ConfigError, match=f"key {key}") as error:

@@ -243,6 +243,10 @@ def test_a_ligr_sasrec_learns_with_gbce_and_with_popularity_logq():
     (['train.loss="full_softmax"', "train.negatives_per_row=true"],
      "key train.negatives_per_row: true, but only train.loss = 'sampled_softmax' or 'gbce' "
      "draws shared negatives (train.loss is 'full_softmax'); remove it"),
+    (['train.loss="sampled_softmax"', "train.negatives_per_row=true"],
+     "key train.negatives_per_row: true, but train.exclude_seen_negatives = true already "
+     "draws negatives per row; set exclude_seen_negatives to false or remove "
+     "negatives_per_row"),
     (['model.name="bert4rec"', 'train.position_weighting="uniform"'],
      "key train.position_weighting: 'uniform' weighs next-item targets, but train.loss is "
      "'masked_item' (its masked positions are drawn per step); remove it"),
@@ -320,3 +324,16 @@ def test_uniform_position_weighting_sums_over_the_epochs_mean_positions_per_batc
     total = sum(-log_probs[b, t, targets[b, t] - 1] for b in range(3) for t in range(6)
                 if targets[b, t] != 0)
     np.testing.assert_allclose(uniform, total / 7.0, rtol=1e-5)
+
+
+def test_positions_per_batch_counts_trained_targets_over_the_bucketed_batches():
+    from causalrec_jax.tasks.sequential import bucket_rows, positions_per_batch
+
+    lengths = [2, 3, 3, 7, 8, 8, 8]  # trained positions of each window
+    targets = np.zeros((len(lengths), 8), np.int32)
+    for row, length in enumerate(lengths):
+        targets[row, 8 - length:] = 1 + np.arange(length)
+    buckets = bucket_rows({"inputs": targets, "targets": targets}, (4, 8))
+    assert [len(bucket["targets"]) for bucket in buckets] == [3, 4]
+    # batches of 2: the bucket of 3 rows makes 2 batches, the bucket of 4 makes 2
+    assert positions_per_batch(buckets, 2) == sum(lengths) / 4
