@@ -88,8 +88,8 @@ class _PreNormBlock(nnx.Module):
         self.dropout_rate = dropout_rate
 
 
-class TransformerBlock(_PreNormBlock):
-    """Pre-LN block: `x + Attn(LN(x))`, then `+ FFN(LN(.))` (GELU), dropout after each."""
+class _TwoLayerFFNBlock(_PreNormBlock):
+    """A normalised self-attention and a two-layer FFN with biases (`ffn_in`, `ffn_out`)."""
 
     def __init__(
         self, hidden_dim: int, n_heads: int, ffn_dim: int, *, dropout_rate: float,
@@ -98,6 +98,10 @@ class TransformerBlock(_PreNormBlock):
         super().__init__(hidden_dim, n_heads, dropout_rate=dropout_rate, rngs=rngs)
         self.ffn_in = nnx.Linear(hidden_dim, ffn_dim, rngs=rngs)
         self.ffn_out = nnx.Linear(ffn_dim, hidden_dim, rngs=rngs)
+
+
+class TransformerBlock(_TwoLayerFFNBlock):
+    """Pre-LN block: `x + Attn(LN(x))`, then `+ FFN(LN(.))` (GELU), dropout after each."""
 
     def __call__(
         self, inputs: jax.Array, allowed: jax.Array, *, key: jax.Array | None = None
@@ -112,7 +116,7 @@ class TransformerBlock(_PreNormBlock):
         return hidden + dropout(self.ffn_out(inner), self.dropout_rate, ffn_out_key)
 
 
-class KangBlock(_PreNormBlock):
+class KangBlock(_TwoLayerFFNBlock):
     """SASRec's own block (Kang & McAuley 2018, as RecTools' SASRec runs it; their TF code
     has no output projection after the attention):
     the normalised stream queries the raw one and is the attention's residual, and the ReLU
@@ -122,14 +126,6 @@ class KangBlock(_PreNormBlock):
         f = LN(h),  y = f + W_2 ReLU(W_1 f)
 
     dropout on the attention weights, inside the FFN and on its output."""
-
-    def __init__(
-        self, hidden_dim: int, n_heads: int, ffn_dim: int, *, dropout_rate: float,
-        rngs: nnx.Rngs,
-    ):
-        super().__init__(hidden_dim, n_heads, dropout_rate=dropout_rate, rngs=rngs)
-        self.ffn_in = nnx.Linear(hidden_dim, ffn_dim, rngs=rngs)
-        self.ffn_out = nnx.Linear(ffn_dim, hidden_dim, rngs=rngs)
 
     def __call__(
         self, inputs: jax.Array, allowed: jax.Array, *, key: jax.Array | None = None
