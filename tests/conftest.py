@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import importlib.util
 import os
 from pathlib import Path
 from typing import Any
@@ -332,3 +333,22 @@ def cycle_walks():
 def write_walks():
     """The planted walks' writer (`_write_walks`): `write_walks(folder) -> (path, rule)`."""
     return _write_walks
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _load_repo_script(relative: str):
+    """A script of the repository (`experiments/x.py`, `bench/x.py`) loaded as a module, so a
+    test calls its `main` and helpers in-process."""
+    path = REPO / relative
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def load_repo_script():
+    """`load(relative_path) -> module`: a repository script loaded as a module."""
+    return _load_repo_script

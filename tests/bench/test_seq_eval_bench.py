@@ -1,16 +1,10 @@
 """bench/seq_eval.py runs at a tiny size, and its two validation paths give the same numbers."""
 
-import importlib.util
 import json
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_bench_runs_small_and_both_paths_agree(tmp_path):
-    spec = importlib.util.spec_from_file_location("seq_eval_bench", ROOT / "bench" / "seq_eval.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+def test_bench_runs_small_and_both_paths_agree(tmp_path, load_repo_script):
+    bench = load_repo_script("bench/seq_eval.py")
     out = tmp_path / "seq_eval.json"
     assert bench.main(["--out", str(out), "--users", "300", "--items", "97", "--max-len", "20",
                        "--dim", "8", "--repeats", "1"]) == 0
