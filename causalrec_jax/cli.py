@@ -125,6 +125,12 @@ def build_parser() -> argparse.ArgumentParser:
                               "(default: the L2 >= the run's whose full-history re-fit lands "
                               "nearest the trained user), run (the run's weight decay), or a "
                               "number >= 0")
+    explain.add_argument("--residual", default="kept",
+                         help="ID-embedding models: what deleting does to the part of the "
+                              "served score the full-history re-fit does not reproduce: kept "
+                              "(default: it stays whole) or shared (shared evenly among the "
+                              "history's interactions; deleting everything leaves the re-fit "
+                              "on nothing)")
     explain.add_argument("--hold-seeds", action="store_true",
                          help="extend the set until it removes the item from the top-K under "
                               "a majority of the seeds the run trained (train.seeds >= 2): a "
@@ -497,7 +503,7 @@ def _command_explain(args: argparse.Namespace) -> int:
     result = explain_run(args.run, args.user, args.item, k=args.k, max_size=args.max_size,
                          method=args.method, n_candidates=args.candidates,
                          refit_l2=args.refit_l2, hold_seeds=args.hold_seeds,
-                         quorum=args.quorum)
+                         quorum=args.quorum, residual=args.residual)
     safe = re.sub(r"[^A-Za-z0-9_.-]", "_", f"{result.user_id}_{result.item_id}")
     png = plot_explanation(result, args.png or f"explain_{safe}.png")
     if args.json:

@@ -69,6 +69,7 @@ from causalrec_jax.data.split import make_split
 from causalrec_jax.errors import CausalRecError, ConfigError
 from causalrec_jax.explain import explain, fidelity, search
 from causalrec_jax.explain.baselines import BASELINES, baseline_order
+from causalrec_jax.explain.deletion import RESIDUALS
 from causalrec_jax.report.tables import write_csv
 from causalrec_jax.runs import retrain as retraining
 from causalrec_jax.runs import train as run_train
@@ -129,6 +130,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                              "OUT/runs) when they match this script's configs")
     parser.add_argument("--combine", nargs="+", type=Path, default=None,
                         help="compute nothing: merge these output folders into --out")
+    parser.add_argument("--residual", default="kept", choices=RESIDUALS,
+                        help="MF/NeuMF deletion model: the part of the served score the "
+                             "re-fit does not reproduce is kept whole or shared among the "
+                             "history (`causalrec explain --residual`)")
     parser.add_argument("--max-history", type=int, default=128,
                         help="sample users with at most this many training items (compute)")
     args = parser.parse_args(argv)
@@ -278,7 +283,8 @@ def sample_users(run, n: int, seed: int, max_history: int) -> np.ndarray:
 
 def explain_model(model_name: str, run_dir: Path, users: np.ndarray, names: list[str],
                   retrain_sets: bool, max_set: int | None = None, set_k: int = K_RETRAIN,
-                  quorum: int | None = None) -> tuple[list[dict[str, Any]], float]:
+                  quorum: int | None = None, residual: str = "kept"
+                  ) -> tuple[list[dict[str, Any]], float]:
     """Explanations of every sampled user's top-1 item under the run's first seed (a record
     per user); the retrain sets of a run of several seeds hold under the first and `quorum`
     of them (None: a majority)."""
@@ -293,7 +299,7 @@ def explain_model(model_name: str, run_dir: Path, users: np.ndarray, names: list
         exclude[known] = True
         target = int(np.argmax(np.where(exclude, -np.inf, scores[row])))
         try:
-            model = deletion_model(run, int(user), rows=rows)
+            model = deletion_model(run, int(user), rows=rows, residual=residual)
         except CausalRecError:  # no training row the model reads
             continue
         if not model.valid.any():
@@ -304,7 +310,8 @@ def explain_model(model_name: str, run_dir: Path, users: np.ndarray, names: list
                   f"{time.perf_counter() - tic:.0f} s", flush=True)
         refit = ({} if "fit_distance" not in model.data else {
             "fit_distance": float(model.data["fit_distance"]), "l2": float(model.data["l2"])})
-        others = [deletion_model(run, int(user), rows=rows, seed_index=index)
+        others = [deletion_model(run, int(user), rows=rows, seed_index=index,
+                                 residual=residual)
                   for index in range(1, n_seeds)]
         records.append({"user": int(user), "target": target, "exclude": exclude, **refit,
                         "explainers": explain_user(model, target, exclude, names, key,
@@ -635,7 +642,8 @@ def main(argv: list[str] | None = None) -> Path:
         users = sample_users(run, n_users, args.seed, args.max_history)
         with_retrain = model_name == "mf" and not args.no_retrain
         records, seconds = explain_model(model_name, run_dir, users, names, with_retrain,
-                                         args.max_set, args.set_k, args.quorum)
+                                         args.max_set, args.set_k, args.quorum,
+                                         args.residual)
         timings[model_name] = round(seconds, 1)
         if records and "fit_distance" in records[0]:
             refits[model_name] = {
@@ -650,14 +658,14 @@ def main(argv: list[str] | None = None) -> Path:
             write_csv(args.out / "retrain.csv", per_user, list(per_user[0]))
         write_outputs(args.out, rows, curve_rows, retrain, meta, protocol_line(
             n_users, args.seed, timings, args.max_history, args.max_set, refits, args.set_k,
-            args.run_seeds, args.quorum, args.retrain_seed))
+            args.run_seeds, args.quorum, args.retrain_seed, args.residual))
     return args.out / "table.md"
 
 
 def protocol_line(n_users: int, seed: int, timings: dict[str, float], max_history: int,
                   max_set: int | None, refits: dict[str, dict[str, float]] | None = None,
                   set_k: int = K_RETRAIN, run_seeds: int = 1, quorum: int | None = None,
-                  retrain_seed: int | None = None) -> str:
+                  retrain_seed: int | None = None, residual: str = "kept") -> str:
     size = "any size" if max_set is None else f"at most {max_set} items"
     agree = run_seeds // 2 + 1 if quorum is None else quorum
     retrain = ("the ones after the run's: no explanation saw them" if retrain_seed is None
@@ -672,7 +680,9 @@ def protocol_line(n_users: int, seed: int, timings: dict[str, float], max_histor
         f"{max_history} training interactions (compute: a greedy step re-fits H histories), "
         "each user's top-1 item over the catalogue less every item the user has (any "
         "split); histories as each model reads them (MF/NeuMF: the training items, re-fit "
-        "deletion with the calibrated L2 of `explain --refit-l2 calibrated`; SASRec: its "
+        "deletion with the calibrated L2 of `explain --refit-l2 calibrated`, the served "
+        f"score's residual {'kept whole' if residual == 'kept' else 'shared among the history'}"
+        f" (`--residual {residual}`); SASRec: its "
         f"window, drop and shift). Fidelity: K_r = {K_R}, K_e = 1..{K_E}; POS@{K_R},K_e at "
         f"K_e removed items, DEL/INS/CDCG@{K_E} areas over steps 1..{K_E}, probability = "
         "softmax over the candidates; lower is better except INS. Retrain (MF only): sets "

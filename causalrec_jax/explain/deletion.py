@@ -286,6 +286,13 @@ class RefitDeletion:
             costs one gradient (the right choice for BPR and softmax, whose curvature sums
             over the whole catalogue); a deletion moves the optimum little, so chord steps
             from the full-history fit converge fast.
+        residual: what becomes of the part of the served score the full-history re-fit does
+            not reproduce (`served - refit(full)`: early stopping, sampled negatives). `kept`:
+            it stays whole whatever is deleted (the score moves by the difference of two
+            re-fits); `shared`: it is shared evenly among the history's interactions, so a
+            deletion removes its share, and deleting the whole history leaves the re-fit on
+            nothing, as retraining a user with no interactions would. Equal with nothing
+            deleted.
 
     `data` holds `model` (the model's state; lightgcn: `item_final [n_items, d]` and
     `history_layers [L, H, d]`), `items [H]`, `ratings [H]`, `valid [H]`, `pool_base
@@ -302,6 +309,7 @@ class RefitDeletion:
     exclude_seen: bool = True
     n_steps: int = 2
     solver: str = "newton"
+    residual: str = "kept"
 
     # ------------------------------------------------------------------- the user's scores
 
@@ -504,13 +512,23 @@ class RefitDeletion:
 
     def __call__(self, data: Any, keep: jax.Array) -> jax.Array:
         """The served scores plus the change the re-fit attributes to the deletion:
-        `served + s(refit(keep)) - s(refit(full history))`. With nothing deleted it is what
-        the run serves; the difference of two re-fits cancels training's own optimisation
-        error (early stopping, sampled negatives), and a converged run has `refit(full)` at
-        its trained user, where the two coincide."""
+        `served + s(refit(keep)) - s(refit(full history))` (`residual = "kept"`). With
+        nothing deleted it is what the run serves; the difference of two re-fits cancels
+        training's own optimisation error (early stopping, sampled negatives), and a converged
+        run has `refit(full)` at its trained user, where the two coincide. With `residual =
+        "shared"`: `s(refit(keep)) + f (served - s(refit(full)))`, `f` the share of the
+        history kept (weights summed over the valid positions)."""
         weights = keep.astype(jnp.float32) * data["valid"]
         theta = self.refit(data, data["theta_start"], weights, self.n_steps)
-        return data["served"] + self.user_scores(data, theta, weights) - data["refit_scores"]
+        residual = data["served"] - data["refit_scores"]
+        return self.user_scores(data, theta, weights) + self._share(data, weights) * residual
+
+    def _share(self, data: Any, weights: jax.Array) -> jax.Array:
+        """The fraction of the residual a history weighted by `weights` keeps (`residual`)."""
+        if self.residual == "kept":
+            return jnp.ones((), jnp.float32)
+        valid = data["valid"].astype(jnp.float32)
+        return jnp.sum(weights * valid) / jnp.maximum(jnp.sum(valid), 1.0)
 
     def relaxed(self, data: Any, weights: jax.Array) -> jax.Array:
         """The re-fit scores at continuous history weights (the path of integrated
@@ -537,7 +555,10 @@ class RefitDeletion:
         shift = jnp.linalg.solve(hessian, mixed)
         through_theta = jax.grad(target_score)(flat, full) @ shift
         direct = jax.grad(target_score, argnums=1)(flat, full)
-        return (through_theta - direct) * data["valid"]
+        # the residual's share (`residual = "shared"`): linear in the weights, so exact
+        residual = (data["served"] - data["refit_scores"])[target]
+        lost = jax.grad(lambda w: self._share(data, w))(full) * residual
+        return (through_theta - direct - lost) * data["valid"]
 
     def gradient_norm(self, data: Any, theta: Any, weights: jax.Array) -> jax.Array:
         """`||grad_theta objective||` at `theta` (a converged re-fit has it near 0)."""
@@ -600,6 +621,11 @@ REFIT_SEMANTICS = {
 # Appended to every re-fit's semantics (`RefitDeletion.__call__`).
 ANCHORED = ("; a score after a deletion is the served score plus the change from the re-fit "
             "on the full history to the re-fit on the edited one")
+SHARED = ("; a score after a deletion is the re-fit on the edited history plus what the "
+          "served score adds to the full-history re-fit, shared evenly among the history's "
+          "interactions (all of it with nothing deleted, none with everything deleted)")
+# `make_refit_model(residual=)`: the part of the served score a re-fit does not reproduce.
+RESIDUALS = {"kept": ANCHORED, "shared": SHARED}
 
 
 def _user_theta(model: nnx.Module, kind: str, user: int) -> dict[str, jax.Array]:
@@ -658,6 +684,7 @@ def make_refit_model(
     pad_to: int | None = None,
     row_weights: Any = None,
     calibrate: bool = False,
+    residual: str = "kept",
 ) -> DeletionModel:
     """The `DeletionModel` of an ID-embedding model (MF, MLP, NeuMF, LightGCN) for one user.
 
@@ -697,14 +724,19 @@ def make_refit_model(
             more than its weight decay says, and a run without weight decay leaves a BPR or
             softmax objective with no finite minimum. `data["fit_distance"]` holds the
             relative distance of the full-history re-fit from the trained user either way.
+        residual: `kept` or `shared` (`RefitDeletion.residual`): whether the part of the
+            served score the full-history re-fit does not reproduce survives every deletion
+            or is shared among the history's interactions.
 
     Raises:
-        ValueError: an unknown loss, a model without user vectors, `l2` < 0.
+        ValueError: an unknown loss or residual, a model without user vectors, `l2` < 0.
     """
     if loss not in REFIT_LOSSES:
         raise ValueError(f"loss {loss!r}: a re-fit reproduces one of {', '.join(REFIT_LOSSES)}")
     if l2 < 0:
         raise ValueError(f"l2 = {l2}: expected >= 0")
+    if residual not in RESIDUALS:
+        raise ValueError(f"residual {residual!r}: expected one of {', '.join(RESIDUALS)}")
     kind = model_kind(model)
     items = np.asarray(items, np.int64)
     length = padded_length(len(items)) if pad_to is None else int(pad_to)
@@ -750,7 +782,7 @@ def make_refit_model(
     if solver is None:
         catalogue_loss = loss in ("bpr", "softmax", "sampled_softmax")
         solver = "chord" if catalogue_loss and len(items) >= CHORD_MIN_HISTORY else "newton"
-    scorer = RefitDeletion(kind, graphdef, loss, exclude_seen, n_steps, solver)
+    scorer = RefitDeletion(kind, graphdef, loss, exclude_seen, n_steps, solver, residual)
     calibrated = ""
     if calibrate:
         chosen, index = calibrate_l2(scorer, data, base_steps)
@@ -763,7 +795,7 @@ def make_refit_model(
         score_fn=scorer, data=data, history=_pad(items, length, -1),
         semantics=REFIT_SEMANTICS[kind].format(
             loss=loss if weighted is None else f"{loss} with each row's training weight",
-            l2=f"{float(data['l2']):.3g}{calibrated}") + ANCHORED,
+            l2=f"{float(data['l2']):.3g}{calibrated}") + RESIDUALS[residual],
         n_items=model.n_items,
         relaxed_fn=BoundMethod(scorer, "relaxed"),
         influence_fn=BoundMethod(scorer, "influence"), item_vectors=_item_vectors(model, kind),

@@ -30,6 +30,7 @@ from causalrec_jax.config import Config, load_config
 from causalrec_jax.errors import RunError
 from causalrec_jax.explain import METHODS, Explanation, explain, l2_per_user
 from causalrec_jax.explain.deletion import (
+    RESIDUALS,
     DeletionModel,
     feature_effects,
     item_feature_effects,
@@ -85,22 +86,25 @@ def explain_run(run_dir: str | Path, user_id: str, item_id: str | None = None, *
                 max_size: int = 10, method: str = "greedy", beam_width: int = 4,
                 seed_index: int = 0, n_candidates: int | None = None,
                 refit_l2: str | float = "calibrated", hold_seeds: bool = False,
-                quorum: int | None = None) -> RunExplanation:
+                quorum: int | None = None, residual: str = "kept") -> RunExplanation:
     """Explains why the run recommends `item_id` (None: the user's top item) to `user_id`
     (`causalrec_jax.explain.explain` with `k`, `max_size`, `method`, `beam_width`,
     `n_candidates`), with the parameters of the seed at `seed_index`; `refit_l2` as
-    `deletion_model` (a string of a number counts as the number). With `hold_seeds`, the set
-    is extended until it removes the item from the top-K under the seed at `seed_index` (whose
-    recommendation is explained) and `quorum` of the seeds the run trained (None: a
-    majority; `explain(..., seeds=..., quorum=...)`).
+    `deletion_model` (a string of a number counts as the number), and `residual` too. With
+    `hold_seeds`, the set is extended until it removes the item from the top-K under the seed
+    at `seed_index` (whose recommendation is explained) and `quorum` of the seeds the run
+    trained (None: a majority; `explain(..., seeds=..., quorum=...)`).
 
     Raises:
         RunError: a run that cannot be explained (OPE, uplift, popularity, a causal method
             other than naive), an unknown user or item, an item the user already has, a
             user the run learned nothing about, a bad `k`, `max_size`, `method` or
-            `refit_l2`, `hold_seeds` on a run of one seed, or a `quorum` outside 1..seeds.
+            `refit_l2` or `residual`, `hold_seeds` on a run of one seed, or a `quorum`
+            outside 1..seeds.
     """
     refit_l2 = _refit_l2(refit_l2)
+    if residual not in RESIDUALS:
+        raise RunError(f"--residual {residual!r}: expected one of {', '.join(RESIDUALS)}")
     if method not in METHODS:
         raise RunError(f"--method {method!r}: expected one of {', '.join(METHODS)}")
     if k < 1 or max_size < 1:
@@ -120,8 +124,11 @@ def explain_run(run_dir: str | Path, user_id: str, item_id: str | None = None, *
                        f"reproduces for causal.method = {', '.join(map(repr, REFIT_METHODS))} "
                        "only (the doubly robust family, rel_mf, MACR and PDA train on cells "
                        "or scores beyond the user's own rows)")
-    if config.model.name in SEQUENCE_MODELS and refit_l2 != "calibrated":
-        raise RunError(f"--refit-l2 {refit_l2}: {run_path} is a run of {config.model.name}, "
+    if config.model.name in SEQUENCE_MODELS and (refit_l2 != "calibrated"
+                                                 or residual != "kept"):
+        flag = (f"--refit-l2 {refit_l2}" if refit_l2 != "calibrated"
+                else f"--residual {residual}")
+        raise RunError(f"{flag}: {run_path} is a run of {config.model.name}, "
                        "which takes the edited history directly and re-fits nothing")
     seeds = served_seeds(run)
     if hold_seeds and len(seeds) < 2:
@@ -145,8 +152,10 @@ def explain_run(run_dir: str | Path, user_id: str, item_id: str | None = None, *
     served_rank = next(i for i, (candidate, _) in enumerate(served) if candidate == item_id)
     rows = (training_rows(config, run.data)
             if hold_seeds and config.model.name not in SEQUENCE_MODELS else None)
-    model = deletion_model(run, user, seed_index=seed_index, refit_l2=refit_l2, rows=rows)
-    others = [deletion_model(run, user, seed_index=index, refit_l2=refit_l2, rows=rows)
+    model = deletion_model(run, user, seed_index=seed_index, refit_l2=refit_l2, rows=rows,
+                           residual=residual)
+    others = [deletion_model(run, user, seed_index=index, refit_l2=refit_l2, rows=rows,
+                             residual=residual)
               for index in range(len(seeds)) if hold_seeds and index != seed_index]
     if not model.valid.any():
         raise RunError(f"user {user_id!r} has no past interaction the model reads: nothing "
@@ -293,9 +302,11 @@ FIT_DISTANCE_WARNING = 0.25
 
 def deletion_model(run: LoadedRun, user: int, *, seed_index: int = 0,
                    rows: tuple[dict[str, np.ndarray], Any, Any] | None = None,
-                   refit_l2: str | float = "calibrated") -> DeletionModel:
+                   refit_l2: str | float = "calibrated",
+                   residual: str = "kept") -> DeletionModel:
     """The user's `DeletionModel` for a loaded run (one seed); `rows`: the run's
-    `training_rows` when the caller already read them (many users of one run).
+    `training_rows` when the caller already read them (many users of one run); `residual`
+    as `make_refit_model` (ID-embedding models).
 
     `refit_l2` (ID-embedding models): `"run"`, the L2 the run's weight decay implies
     (`l2_per_user`); `"calibrated"`, the L2 at least that one whose full-history re-fit
@@ -333,7 +344,7 @@ def deletion_model(run: LoadedRun, user: int, *, seed_index: int = 0,
                          "or a number >= 0")
     return make_refit_model(
         model, user=user, items=items, ratings=ratings, loss=train.loss, l2=l2,
-        row_weights=row_weights, calibrate=refit_l2 == "calibrated",
+        row_weights=row_weights, calibrate=refit_l2 == "calibrated", residual=residual,
         seen_items=run.data["train_item"][run.data["train_user"] == user],
         exclude_seen=train.exclude_seen_negatives, item_counts=counts, feature_names=names,
         item_feature_names=item_names)

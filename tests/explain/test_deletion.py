@@ -138,6 +138,33 @@ def test_mse_refit_is_ridge_regression_on_the_edited_history(mf):
                                atol=1e-4)
 
 
+def test_a_shared_residual_leaves_the_refit_on_nothing_when_everything_is_deleted(mf):
+    rng = np.random.default_rng(1)
+    ratings = rng.normal(size=len(HISTORY)).astype(np.float32)
+    kept, shared = (make_refit_model(mf, user=1, items=HISTORY, ratings=ratings, loss="mse",
+                                     l2=0.5, residual=residual)
+                    for residual in ("kept", "shared"))
+    served = np.asarray(mf.score_all(jnp.asarray([1]))[0])
+    # what the served score adds to the full-history re-fit (an untrained MF: far from 0)
+    residual = served - np.asarray(kept.data["refit_scores"])
+    assert np.abs(residual).max() > 0.5
+    np.testing.assert_allclose(shared.scores(), served, rtol=1e-5, atol=1e-5)
+    keep = kept.valid.astype(np.float32)
+    keep[[0, 5]] = 0.0
+    # 6 of the 8 interactions kept: 6/8 of the residual
+    np.testing.assert_allclose(shared.scores(keep), kept.scores(keep) - 0.25 * residual,
+                               rtol=1e-4, atol=1e-4)
+    # nothing left: the ridge re-fit on no rows is theta = 0, the score mu + b_i
+    nothing = np.zeros_like(keep)
+    bias_only = float(mf.global_bias[...]) + np.asarray(mf.item_bias[...])
+    np.testing.assert_allclose(shared.scores(nothing), bias_only, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(kept.scores(nothing), bias_only + residual, rtol=1e-4,
+                               atol=1e-4)
+    assert "shared" in shared.semantics and "served score plus" in kept.semantics
+    with pytest.raises(ValueError, match="residual 'half': expected one of kept, shared"):
+        make_refit_model(mf, user=1, items=HISTORY, loss="mse", l2=0.5, residual="half")
+
+
 def test_bpr_refit_converges(mf_case):
     model, _, _ = mf_case
     scorer, data = model.score_fn, model.data
@@ -154,7 +181,10 @@ def test_bpr_refit_converges(mf_case):
 def test_influence_agrees_with_exact_refitting_on_a_convex_case(mf_user, mf_case):
     mf, items, ratings = mf_user
     mse = make_refit_model(mf, user=0, items=items, ratings=ratings, loss="mse", l2=20.0)
-    for model in (mse, mf_case[0]):  # squared error and BPR: convex in the user vector
+    shared = make_refit_model(mf, user=0, items=items, loss="bpr", l2=2.0, residual="shared")
+    # squared error and BPR: convex in the user vector; the shared residual adds a term
+    # linear in the history weights (an untrained MF: a large one)
+    for model in (mse, mf_case[0], shared):
         _, target, exclude = mf_case
         exact = single_deletions(model.score_fn, model.data, jnp.asarray(model.valid),
                                  jnp.asarray(target), jnp.asarray(exclude), k=5)

@@ -102,3 +102,5 @@ def test_a_refit_l2_on_a_sequential_run_is_refused(sasrec_run):
 
     with pytest.raises(RunError, match="--refit-l2 run: .* re-fits nothing"):
         explain_run(sasrec_run, "u4", k=K, refit_l2="run")
+    with pytest.raises(RunError, match="--residual shared: .* re-fits nothing"):
+        explain_run(sasrec_run, "u4", k=K, residual="shared")

@@ -72,3 +72,17 @@ def test_a_bad_refit_l2_is_one_line(runs, value, capsys):
                  "--refit-l2", value]) != 0
     err = capsys.readouterr().err.strip()
     assert "--refit-l2" in err and len(err.splitlines()) == 1
+
+
+def test_a_shared_residual_is_taken_and_a_bad_one_is_one_line(runs, capsys):
+    shared = explain_run(runs[0.001], "u3", k=3, residual="shared")
+    assert "shared evenly among the history's interactions" in shared.explanation.semantics
+    assert main(["explain", "--run", str(runs[0.001]), "--user", "u3", "--k", "3",
+                 "--residual", "shared", "--json"]) == 0
+    assert "shared evenly" in json.loads(capsys.readouterr().out)["semantics"]
+    with pytest.raises(RunError, match="--residual 'half': expected one of kept, shared"):
+        explain_run(runs[0.001], "u3", k=3, residual="half")
+    assert main(["explain", "--run", str(runs[0.001]), "--user", "u3",
+                 "--residual", "half"]) != 0
+    err = capsys.readouterr().err.strip()
+    assert "--residual 'half'" in err and len(err.splitlines()) == 1
