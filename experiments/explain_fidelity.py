@@ -130,7 +130,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                              "OUT/runs) when they match this script's configs")
     parser.add_argument("--combine", nargs="+", type=Path, default=None,
                         help="compute nothing: merge these output folders into --out")
-    parser.add_argument("--residual", default="kept", choices=RESIDUALS,
+    parser.add_argument("--residual", default="kept",
                         help="MF/NeuMF deletion model: the part of the served score the "
                              "re-fit does not reproduce is kept whole or shared among the "
                              "history (`causalrec explain --residual`)")
@@ -150,6 +150,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                              ("--retrain-seed", args.retrain_seed, 0)):
         if value is not None and value < low:
             raise ConfigError(f"{flag} {value}: expected an integer >= {low}")
+    if args.residual not in RESIDUALS:
+        raise ConfigError(f"--residual {args.residual!r}: expected one of "
+                          f"{', '.join(RESIDUALS)}")
     if args.quorum is not None and not (args.run_seeds > 1
                                         and 1 <= args.quorum <= args.run_seeds):
         raise ConfigError(f"--quorum {args.quorum}: expected --run-seeds above 1 and 1 to "

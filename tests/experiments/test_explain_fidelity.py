@@ -44,6 +44,7 @@ def test_quick_mode_writes_the_table(script, tmp_path):
                          "greedy,effects,random,influence", "--retrain-seed", "0"])
     text = table.read_text()
     assert "K_r = 5" in text and "| mf | greedy |" in text and "| sasrec | greedy |" in text
+    assert "residual kept whole (`--residual kept`)" in text
     rows = list(csv.DictReader((out / "table.csv").open()))
     assert {row["explainer"] for row in rows if row["model"] == "sasrec"} == {
         "greedy", "effects", "random"}  # no influence functions for a sequential model
@@ -133,6 +134,7 @@ def test_held_seed_flags_that_would_be_ignored_are_refused(script, tmp_path, arg
     ("--quorum", "2", "--quorum 2: expected --run-seeds above 1 and 1 to --run-seeds (1)"),
     ("--retrain-seed", "-1", "--retrain-seed -1: expected an integer >= 0"),
     ("--max-set", "0", "--max-set 0: expected an integer >= 1"),
+    ("--residual", "half", "--residual 'half': expected one of kept, shared"),
 ])
 def test_bad_input_is_one_line(tmp_path, flag, value, message):
     result = subprocess.run([sys.executable, str(SCRIPT), "--out", str(tmp_path), flag, value],
