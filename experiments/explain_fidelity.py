@@ -3,7 +3,7 @@
     python experiments/explain_fidelity.py --out DIR [--runs OLD/runs] [--quick] [--users N]
         [--models mf,neumf,sasrec] [--explainers greedy,effects,random,...]
         [--data ../shared/data/ml-100k] [--pack N] [--alone N] [--no-retrain]
-        [--set-k K] [--max-set N] [--run-seeds N]
+        [--set-k K] [--max-set N] [--run-seeds N] [--residual kept|shared]
 
 For each model (trained from `configs/ml100k_<model>.toml` through the run path into
 `DIR/runs/<model>`, SASRec with `train.epochs=6` (an epoch took 100 s on the shared 2-core
@@ -153,6 +153,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     if args.residual not in RESIDUALS:
         raise ConfigError(f"--residual {args.residual!r}: expected one of "
                           f"{', '.join(RESIDUALS)}")
+    if args.residual != "kept" and not {"mf", "neumf"} & set(args.models.split(",")):
+        raise ConfigError(f"--residual {args.residual}: the re-fit's residual applies to mf "
+                          "and neumf, and --models has neither")
     if args.quorum is not None and not (args.run_seeds > 1
                                         and 1 <= args.quorum <= args.run_seeds):
         raise ConfigError(f"--quorum {args.quorum}: expected --run-seeds above 1 and 1 to "

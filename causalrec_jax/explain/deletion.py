@@ -28,7 +28,9 @@ compiled program serves every user of a run whose history has the same padded le
   masks. A score after a deletion is the served score plus the change from the full-history
   re-fit to the edited one, so nothing deleted gives exactly what the run serves and the
   optimisation error of training (early stopping, sampled negatives) cancels; for a converged
-  run the full-history re-fit is the trained user (`tests/runs/test_explain_run.py`).
+  run the full-history re-fit is the trained user (`tests/runs/test_explain_run.py`). With
+  `residual = "shared"` that unreproduced part of the served score is instead shared evenly
+  among the history's interactions, so deleting everything leaves the re-fit on nothing.
 - LightGCN propagates the user's own neighbours into the user's final embedding, so a deletion
   acts twice: the user's layers 1..L are recomputed from the edited neighbour set (item layers
   and item degrees frozen: the deleted item's degree, and the user's share in its neighbours'
@@ -311,6 +313,11 @@ class RefitDeletion:
     solver: str = "newton"
     residual: str = "kept"
 
+    def __post_init__(self):
+        if self.residual not in RESIDUALS:
+            raise ValueError(f"residual {self.residual!r}: expected one of "
+                             f"{', '.join(RESIDUALS)}")
+
     # ------------------------------------------------------------------- the user's scores
 
     def model_scores(self, data: Any, theta: Any, weights: jax.Array,
@@ -517,7 +524,7 @@ class RefitDeletion:
         training's own optimisation error (early stopping, sampled negatives), and a converged
         run has `refit(full)` at its trained user, where the two coincide. With `residual =
         "shared"`: `s(refit(keep)) + f (served - s(refit(full)))`, `f` the share of the
-        history kept (weights summed over the valid positions)."""
+        history kept (the weights summed over the valid positions, divided by their count)."""
         weights = keep.astype(jnp.float32) * data["valid"]
         theta = self.refit(data, data["theta_start"], weights, self.n_steps)
         residual = data["served"] - data["refit_scores"]
@@ -531,8 +538,8 @@ class RefitDeletion:
         return jnp.sum(weights * valid) / jnp.maximum(jnp.sum(valid), 1.0)
 
     def relaxed(self, data: Any, weights: jax.Array) -> jax.Array:
-        """The re-fit scores at continuous history weights (the path of integrated
-        gradients): a weight of w counts the row's loss w times."""
+        """The deletion model's scores (`__call__`) at continuous history weights (the path
+        of integrated gradients): a weight of w counts the row's loss w times."""
         return self(data, weights)
 
     def influence(self, data: Any, target: jax.Array) -> jax.Array:
@@ -555,10 +562,11 @@ class RefitDeletion:
         shift = jnp.linalg.solve(hessian, mixed)
         through_theta = jax.grad(target_score)(flat, full) @ shift
         direct = jax.grad(target_score, argnums=1)(flat, full)
-        # the residual's share (`residual = "shared"`): linear in the weights, so exact
-        residual = (data["served"] - data["refit_scores"])[target]
-        lost = jax.grad(lambda w: self._share(data, w))(full) * residual
-        return (through_theta - direct - lost) * data["valid"]
+        change = through_theta - direct
+        if self.residual == "shared":  # the residual's share: linear in the weights, exact
+            residual = (data["served"] - data["refit_scores"])[target]
+            change = change - jax.grad(lambda w: self._share(data, w))(full) * residual
+        return change * data["valid"]
 
     def gradient_norm(self, data: Any, theta: Any, weights: jax.Array) -> jax.Array:
         """`||grad_theta objective||` at `theta` (a converged re-fit has it near 0)."""

@@ -320,7 +320,12 @@ def deletion_model(run: LoadedRun, user: int, *, seed_index: int = 0,
     config = run.config
     params = seed_slice(run.parts.params, seed_index)
     counts = run.data["item_counts"]
+    if residual not in RESIDUALS:
+        raise ValueError(f"residual {residual!r}: expected one of {', '.join(RESIDUALS)}")
     if config.model.name in SEQUENCE_MODELS:
+        if residual != "kept":
+            raise ValueError(f"residual {residual!r}: a {config.model.name} run takes the "
+                             "edited history directly and re-fits nothing")
         return make_history_model(run.parts.graphdef, params,
                                   run.data["next_history"][user], item_counts=counts)
     rows, names, item_names = training_rows(config, run.data) if rows is None else rows

@@ -112,6 +112,9 @@ def test_sets_held_across_the_run_seeds_are_retrained_beside_the_minimal_ones(sc
 @pytest.mark.parametrize("args, message", [
     (["--run-seeds", "3", "--no-retrain"], "--run-seeds 3: the seeds serve the retrain check"),
     (["--run-seeds", "3", "--models", "sasrec"], "which runs on mf without --no-retrain"),
+    (["--residual", "shared", "--models", "sasrec"],
+     "--residual shared: the re-fit's residual applies to mf and neumf, and --models has "
+     "neither"),
     (["--run-seeds", "3", "--retrain-seed", "1"],
      "--retrain-seed 1: the explanations saw seeds 0 to 2 (--run-seeds); expected >= 3"),
     (["--run-seeds", "3", "--quorum", "4"], "--quorum 4: expected --run-seeds above 1"),

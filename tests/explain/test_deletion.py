@@ -1,6 +1,8 @@
 """Counterfactual deletion per model: drop and shift for sequential models, the user re-fit of
 ID models (closed form, Newton, chord), LightGCN's propagation, influence functions."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -194,6 +196,16 @@ def test_influence_agrees_with_exact_refitting_on_a_convex_case(mf_user, mf_case
         assert np.corrcoef(exact, estimate)[0, 1] > 0.99, loss
         # first order: the items of high leverage are off by more
         assert np.abs(exact - estimate).mean() < 0.05 * np.abs(exact).max(), loss
+    # the shared residual's term, exactly: deleting one of n positions loses r_target / n
+    model, target, _ = mf_case
+    residual = float(model.data["served"][target] - model.data["refit_scores"][target])
+    lost = residual / model.valid.sum()
+    assert abs(lost) > 0.01
+    np.testing.assert_allclose(
+        (influence_effects(shared, target) - influence_effects(model, target))[model.valid],
+        -lost, rtol=1e-3, atol=1e-5)
+    with pytest.raises(ValueError, match="residual 'Shared': expected one of kept, shared"):
+        dataclasses.replace(shared.score_fn, residual="Shared")
 
 
 def test_lightgcn_propagation_of_the_full_history_is_the_model():

@@ -104,3 +104,8 @@ def test_a_refit_l2_on_a_sequential_run_is_refused(sasrec_run):
         explain_run(sasrec_run, "u4", k=K, refit_l2="run")
     with pytest.raises(RunError, match="--residual shared: .* re-fits nothing"):
         explain_run(sasrec_run, "u4", k=K, residual="shared")
+    from causalrec_jax.runs.explain import deletion_model
+    from causalrec_jax.runs.load import load_run
+
+    with pytest.raises(ValueError, match="residual 'shared': a sasrec run .* re-fits nothing"):
+        deletion_model(load_run(sasrec_run), 0, residual="shared")
