@@ -498,3 +498,30 @@ def ope_sweep_figure(path: Path, payload: dict[str, Any]):
         "seeds); the points of one log size are offset sideways to keep them apart",
         fontsize=10)
     return _save(fig, path)
+
+
+def scaling_figure(path: Path, rows: Sequence[dict[str, Any]], metric: str, title: str):
+    """Test `metric` against the parameter count (log scale), one line per `rows[i]["model"]`
+    with each row's `test_<metric>_std` as error bars and its width (`embedding_dim`) beside
+    its point (`experiments/scaling.py`). Writes `path`; returns the figure."""
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(6.4, 4.4))
+    for model in dict.fromkeys(row["model"] for row in rows):
+        mine = sorted((row for row in rows if row["model"] == model),
+                      key=lambda row: row["parameters"])
+        axis.errorbar([row["parameters"] for row in mine],
+                      [row[f"test_{metric}"] for row in mine],
+                      yerr=[row[f"test_{metric}_std"] for row in mine], marker="o",
+                      capsize=3, label=model)
+        for row in mine:
+            axis.annotate(f"d={row['embedding_dim']}",
+                          (row["parameters"], row[f"test_{metric}"]),
+                          textcoords="offset points", xytext=(4, -12), fontsize=8)
+    axis.set_xscale("log")
+    axis.set_xlabel("learned parameters (one seed, item table included; log scale)")
+    axis.set_ylabel(f"test {metric} (full ranking, history masked)")
+    axis.set_title(wrap_title(title, 6.4), fontsize=10)
+    axis.grid(alpha=0.3)
+    axis.legend()
+    figure.tight_layout()
+    return _save(figure, path)

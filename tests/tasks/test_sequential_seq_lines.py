@@ -57,6 +57,8 @@ def test_the_ml100k_config_runs_on_seq_lines(planted_lines, tmp_path, config):
     # per-sequence negatives, the Transformer block with positions from the start
     ("sports_sasrec.toml", ["train.negatives_per_row=true", "train.n_negatives=64",
                             'model.block="transformer"', 'model.positions="from_start"']),
+    # HSTU's encoder under the same training (two layers, the cosine head)
+    ("toys_hstu.toml", []),
 ])
 def test_the_amazon_configs_run_and_learn_the_planted_rule(planted_lines, tmp_path, config,
                                                            extra):
@@ -87,4 +89,5 @@ def test_every_shipped_sequential_config_passes_the_sequential_checks():
                if not path.stem.endswith("_space")
                and load_config(path).model.name in SEQUENCE_MODELS
                and check_sequential_config(load_config(path))]
-    assert {"toys_sasrec.toml", "sports_sasrec.toml", "ml100k_sasrec.toml"} <= set(checked)
+    assert {"toys_sasrec.toml", "sports_sasrec.toml", "ml100k_sasrec.toml", "toys_hstu.toml",
+            "sports_hstu.toml"} <= set(checked)

@@ -1,0 +1,83 @@
+"""experiments/scaling.py: the shipped Amazon configs (SASRec and HSTU) trained at two widths on
+a planted file; the parameter counts are the models', the table and the plot are written, a
+resumed call reads finished runs back, and bad input is one line."""
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import pytest
+from flax import nnx
+
+SCRIPT = "experiments/scaling.py"
+ROOT = Path(__file__).resolve().parents[2]
+QUICK = ["model.max_len=8", "train.epochs=2", "train.batch_size=16", "eval.ks=[1, 10]",
+         'train.early_stopping_metric="ndcg@10"']
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory, cycle_walks):
+    walks, _ = cycle_walks(40, 30, 12, seed=2)
+    path = tmp_path_factory.mktemp("scaling") / "Planted.txt"
+    path.write_text("\n".join(f"u{user} " + " ".join(f"i{item}" for item in walk)
+                              for user, walk in enumerate(walks)) + "\n")
+    return path
+
+
+def count(model) -> int:
+    return sum(leaf.size for leaf in jax.tree.leaves(nnx.state(model, nnx.Param)))
+
+
+def test_two_models_at_two_widths(planted, tmp_path, load_repo_script):
+    from causalrec_jax.models.hstu import HSTU
+    from causalrec_jax.models.sasrec import SASRec
+
+    script = load_repo_script(SCRIPT)
+    out = tmp_path / "out"
+    args = ["--config", str(ROOT / "configs/sports_sasrec.toml"), "--config",
+            str(ROOT / "configs/sports_hstu.toml"), "--dims", "8,16", "--out", str(out),
+            "--set", f'data.path="{planted}"', *sum((["--set", s] for s in QUICK), [])]
+    table = script.main(args)
+    rows = list(csv.DictReader((out / "table.csv").open()))
+    assert [(row["model"], row["embedding_dim"]) for row in rows] == [
+        ("sasrec", "8"), ("sasrec", "16"), ("hstu", "8"), ("hstu", "16")]
+    key = jax.random.key(0)
+    # the shipped configs' structures at each width, counted independently
+    expected = {("sasrec", d): count(SASRec(30, 8, key=key, hidden_dim=d, n_layers=1, n_heads=1,
+                                            ffn_dim=d, block="sasrec", positions="from_end"))
+                for d in (8, 16)}
+    expected |= {("hstu", d): count(HSTU(30, 8, key=key, hidden_dim=d, n_layers=2, n_heads=1,
+                                         temperature=0.05)) for d in (8, 16)}
+    for row in rows:
+        assert int(row["parameters"]) == expected[row["model"], int(row["embedding_dim"])]
+        assert 0.0 <= float(row["test_ndcg@10"]) <= 1.0 and row["seeds"] == "1"
+    text = table.read_text()
+    assert "full ranking over all items" in text and "| hstu | 16 |" in text
+    image = (out / "scaling.png").read_bytes()
+    assert image[:8] == b"\x89PNG\r\n\x1a\n" and len(image) > 10_000
+    # resumed: the finished runs are read back, not trained again
+    stamps = {path: path.stat().st_mtime_ns for path in out.glob("runs/*/metrics.json")}
+    assert len(stamps) == 4
+    script.main([*args, "--resume"])
+    assert {path: path.stat().st_mtime_ns for path in stamps} == stamps
+    assert list(csv.DictReader((out / "table.csv").open())) == rows
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--dims", "64"], "--dims 64: expected at least 2 distinct integers >= 1"),
+    (["--dims", "64,x"], "--dims '64,x': expected comma-separated integers"),
+    (["--config", "configs/ml100k_mf.toml"], "model.name = 'mf'; the scaling script trains "
+                                             "sequential models"),
+    (["--dims", "30,64", "--config", "configs/sports_sasrec.toml", "--set",
+      "model.n_heads=4"], "model.embedding_dim 30 is not divisible by model.n_heads 4"),
+])
+def test_bad_input_is_one_line(tmp_path, args, message):
+    if "--config" not in args:
+        args = [*args, "--config", "configs/sports_sasrec.toml"]
+    result = subprocess.run([sys.executable, SCRIPT, "--out", str(tmp_path / "out"), *args],
+                            capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 2
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
