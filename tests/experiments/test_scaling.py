@@ -14,7 +14,7 @@ from flax import nnx
 SCRIPT = "experiments/scaling.py"
 ROOT = Path(__file__).resolve().parents[2]
 QUICK = ["model.max_len=8", "train.epochs=2", "train.batch_size=16", "eval.ks=[1, 10]",
-         'train.early_stopping_metric="ndcg@10"']
+         'train.early_stopping_metric="ndcg@10"', "train.seeds=2"]
 
 
 @pytest.fixture(scope="module")
@@ -52,9 +52,11 @@ def test_two_models_at_two_widths(planted, tmp_path, load_repo_script):
                                          temperature=0.05)) for d in (8, 16)}
     for row in rows:
         assert int(row["parameters"]) == expected[row["model"], int(row["embedding_dim"])]
-        assert 0.0 <= float(row["test_ndcg@10"]) <= 1.0 and row["seeds"] == "1"
+        # two seeds: the count is one seed's, and the table gives their spread
+        assert 0.0 < float(row["test_ndcg@10"]) <= 1.0 and row["seeds"] == "2"
+        assert float(row["test_ndcg@10_std"]) >= 0.0 and len(row["best_epochs"].split()) == 2
     text = table.read_text()
-    assert "full ranking over all items" in text and "| hstu | 16 |" in text
+    assert "every item ranked with the user's history masked" in text and "| hstu | 16 |" in text
     image = (out / "scaling.png").read_bytes()
     assert image[:8] == b"\x89PNG\r\n\x1a\n" and len(image) > 10_000
     # resumed: the finished runs are read back, not trained again
@@ -63,6 +65,18 @@ def test_two_models_at_two_widths(planted, tmp_path, load_repo_script):
     script.main([*args, "--resume"])
     assert {path: path.stat().st_mtime_ns for path in stamps} == stamps
     assert list(csv.DictReader((out / "table.csv").open())) == rows
+    # a resumed call with other settings, or into a folder this script did not make: refused
+    from causalrec_jax.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="made with other --config, --dims or --set"):
+        script.main([*args, "--resume", "--set", "train.epochs=3"])
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("the user's\n")
+    with pytest.raises(ConfigError, match="holds no readable scaling.json"):
+        script.main([*(str(foreign) if value == str(out) else value for value in args),
+                     "--resume"])
+    assert sorted(p.name for p in foreign.iterdir()) == ["notes.txt"]
 
 
 @pytest.mark.parametrize(("args", "message"), [
@@ -72,9 +86,14 @@ def test_two_models_at_two_widths(planted, tmp_path, load_repo_script):
                                              "sequential models"),
     (["--dims", "30,64", "--config", "configs/sports_sasrec.toml", "--set",
       "model.n_heads=4"], "model.embedding_dim 30 is not divisible by model.n_heads 4"),
+    (["--metric", "ndcg@5"], "--metric 'ndcg@5': configs/sports_sasrec.toml evaluates"),
+    (["--set", "model.embedding_dim=64"], "--set model.embedding_dim: the widths come from"),
+    (["--config", "configs/toys_hstu.toml"], "the --config files read different data"),
+    # the data is read when the first run starts: nothing finished, no folder left behind
+    (["--set", 'data.path="no/such/file.txt"'], "no/such/file.txt"),
 ])
 def test_bad_input_is_one_line(tmp_path, args, message):
-    if "--config" not in args:
+    if "--config" not in args or "toys_hstu" in " ".join(args):
         args = [*args, "--config", "configs/sports_sasrec.toml"]
     result = subprocess.run([sys.executable, SCRIPT, "--out", str(tmp_path / "out"), *args],
                             capture_output=True, text=True, cwd=ROOT)
