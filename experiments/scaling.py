@@ -98,9 +98,6 @@ def run_configs(args: argparse.Namespace) -> list[tuple[str, int, Any]]:
                               f"{', '.join(known)}")
         for dim in args.dims:
             config = load_config(path, [*args.overrides, f"model.embedding_dim={dim}"])
-            if config.model.embedding_dim % config.model.n_heads:
-                raise ConfigError(f"{path}: model.embedding_dim {dim} is not divisible by "
-                                  f"model.n_heads {config.model.n_heads}")
             check_sequential_config(config)
             runs.append((f"{config.model.name}_{dim}", dim, config))
     names = [name for name, _, _ in runs]

@@ -743,8 +743,6 @@ def make_refit_model(
         raise ValueError(f"loss {loss!r}: a re-fit reproduces one of {', '.join(REFIT_LOSSES)}")
     if l2 < 0:
         raise ValueError(f"l2 = {l2}: expected >= 0")
-    if residual not in RESIDUALS:
-        raise ValueError(f"residual {residual!r}: expected one of {', '.join(RESIDUALS)}")
     kind = model_kind(model)
     items = np.asarray(items, np.int64)
     length = padded_length(len(items)) if pad_to is None else int(pad_to)

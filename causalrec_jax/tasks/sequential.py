@@ -182,7 +182,7 @@ def _check_sampler_keys(config: Config, loss: str) -> None:
 
 def _check_model_keys(config: Config) -> None:
     """Refuses HSTU's keys for another model and the Transformer blocks' keys for HSTU, and
-    HSTU sizes that leave a head no width."""
+    sizes that leave a head no width."""
     model = config.model
     default = ModelConfig()
     foreign = HSTU_KEYS if model.name != "hstu" else TRANSFORMER_KEYS
@@ -192,6 +192,10 @@ def _check_model_keys(config: Config) -> None:
             raise ConfigError(f"key model.{name}: set to {getattr(model, name)!r}, but only "
                               f"model.name = {readers} reads it; remove it")
     if model.name != "hstu":
+        if model.embedding_dim % model.n_heads:
+            raise ConfigError(f"key model.n_heads: model.embedding_dim {model.embedding_dim} "
+                              f"is not divisible by model.n_heads {model.n_heads} (each head "
+                              "takes embedding_dim // n_heads)")
         return
     for name in ("attention_dim", "linear_dim"):
         if not getattr(model, name) and model.embedding_dim % model.n_heads:

@@ -189,6 +189,11 @@ def test_history_deletion_works_on_hstu():
      "key model.attention_dim: set to 8, but only model.name = 'hstu' reads it; remove it"),
     (['model.name="bert4rec"', 'train.loss="masked_item"', "model.temperature=0.05"],
      "key model.temperature: set to 0.05, but only model.name = 'hstu' reads it; remove it"),
+    # a Transformer whose heads would not split the width: one line, before any run folder
+    (['model.name="sasrec"', 'train.loss="full_softmax"', "model.embedding_dim=30",
+      "model.n_heads=4"],
+     "key model.n_heads: model.embedding_dim 30 is not divisible by model.n_heads 4 (each "
+     "head takes embedding_dim // n_heads)"),
     (['model.name="hstu"', 'train.loss="sampled_softmax"', "model.embedding_dim=10",
       "model.n_heads=3"],
      "key model.attention_dim: 0 (= embedding_dim // n_heads), but embedding_dim 10 is not "
