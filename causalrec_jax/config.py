@@ -92,6 +92,10 @@ class DataConfig:
     # mar_slice: fractions of the MAR test carved into unbiased train and validation slices.
     mar_train_fraction: float = 0.05
     mar_valid_fraction: float = 0.05
+    # mar_slice: the test is the MAR rows left after the slices ("rest", protocol (a) of the
+    # AutoDebias line) or every MAR row, slices included ("all", protocol (b) of the StableDR
+    # line, whose test is not reduced; the slices then overlap the test).
+    mar_test: Literal["rest", "all"] = "rest"
     max_history: int = 50
 
     def __post_init__(self) -> None:

@@ -1,11 +1,13 @@
 """The debiasing table: every causal method on one dataset, mean ± std over seeds on MAR ratings.
 
     python experiments/debias_table.py --data coat|yahoo_r3|simulator [--path DIR]
-        [--methods naive,ips,...] [--seeds 5] [--out DIR] [--set section.key=value ...]
+        [--protocol a|b] [--methods naive,ips,...] [--seeds 5] [--out DIR]
+        [--set section.key=value ...]
     python experiments/debias_table.py --data coat --replot experiments/results/debias_coat.csv
 
 For each method, loads `configs/<prefix>_<method>.toml` (prefix coat, yahoo or sim), applies
-the shared protocol (below), `--path` (as `data.path`), `--seeds` (as `train.seeds`) and the
+the shared protocol (`--protocol`: (a), the default, or (b), the presets of
+`causalrec_jax.causal.protocols`), `--path` (as `data.path`), `--seeds` (as `train.seeds`) and the
 `--set` overrides (to every method, e.g. `--set train.epochs=2`), and trains it with
 `runs.train.train_run` into `DIR/<method>` (seeds vmapped in one program). Writes to `DIR`
 (default `runs/debias_<data>`):
@@ -36,6 +38,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from causalrec_jax.causal import protocols
 from causalrec_jax.config import load_config
 from causalrec_jax.errors import CausalRecError
 from causalrec_jax.report import tables as report_tables
@@ -49,14 +52,10 @@ CONFIGS = ROOT / "configs"
 
 METHODS = ("naive", "ips", "snips", "dr", "dr_jl", "mrdr", "dr_mse", "rel_mf", "pda", "macr")
 PREFIX = {"coat": "coat", "yahoo_r3": "yahoo", "simulator": "sim"}
-# Applied to every method before --set, so that the rows share one protocol. Early stopping
-# stays each config's own: validation mse for rating predictors, auc for implicit methods.
-PROTOCOL_OVERRIDES = (
-    'data.split="mar_slice"',
-    "data.mar_train_fraction=0.05",
-    "data.mar_valid_fraction=0.05",
-    'eval.protocol="candidates"',
-    "eval.positive_threshold=4.0",
+# Applied to every method before --set, so that the rows share one protocol: the preset of
+# `--protocol` (causal/protocols.py) and the table's metrics. Early stopping stays each
+# config's own: validation mse for rating predictors, auc for implicit methods.
+TABLE_OVERRIDES = (
     'eval.metrics=["mse", "auc", "ndcg", "recall"]',
     "eval.ks=[5, 10]",
 )
@@ -153,8 +152,8 @@ def has_truth(rows: dict[str, dict[str, Any]]) -> bool:
     return any(row["truth"] is not None for row in rows.values())
 
 
-def protocol_text(data: str, seeds: int, path: str | None) -> str:
-    """The protocol paragraph at the top of table.md."""
+def protocol_text(data: str, seeds: int, path: str | None, name: str = "a") -> str:
+    """The protocol paragraph at the top of table.md, for the preset `name` ("a" or "b")."""
     source = {
         "coat": "Coat (Schnabel et al. 2016)",
         "yahoo_r3": "Yahoo! R3 (Marlin & Zemel 2009)",
@@ -163,17 +162,27 @@ def protocol_text(data: str, seeds: int, path: str | None) -> str:
     where = f" from `{path}`" if path else ""
     mar = ("the simulator's MAR ratings are" if data == "simulator"
            else "the MAR test of the released data is")
+    preset = protocols.protocol(name)
+    threshold = f"{preset.positive_threshold:g}"
+    if name == "a":
+        test = ("the rest is the test (the slices are held out of it). ")
+        ndcg = ("users without a positive are left out of ndcg and recall under \"test\" "
+                "(`literature ndcg@5` scores them 1")
+    else:
+        test = ("the test is every MAR rating, the two slices included (as published under "
+                "this protocol: the test is not reduced). ")
+        ndcg = ("the protocol's ndcg@5 is `literature ndcg@5`, where users without a positive "
+                "score 1 (under \"test\" they are left out")
     return (
-        f"Protocol: {source}{where}. Train on the MNAR ratings; {mar} carved (seeded by "
-        "`run.seed`: the same carve for every method) into a 5% MAR train slice (held out of "
-        "the test; only propensity models such as naive_bayes read it) and a 5% MAR "
-        "validation slice (early stopping and tuning on validation mse for the rating predictors, "
-        "auc for rel_mf, pda and macr, which do not predict ratings); the rest is the test. "
-        "Candidates protocol: each user ranks their own MAR test items; ratings >= 4 are "
-        "positives; users without a positive are left out of ndcg and recall under \"test\" "
-        "(`literature ndcg@5` scores them 1, the published convention; `full-ranking "
-        "ndcg@5` ranks the same positives among all items, seen ones masked). mse only for "
-        "methods that predict ratings (train.loss = mse). "
+        f"Protocol ({name}): {source}{where}. Train on the MNAR ratings; {mar} carved (seeded "
+        "by `run.seed`: the same carve for every method) into a 5% MAR train slice (only "
+        "propensity models such as naive_bayes read it) and a 5% MAR validation slice (early "
+        "stopping and tuning on validation mse for the rating predictors, auc for rel_mf, pda "
+        f"and macr, which do not predict ratings); {test}"
+        f"Candidates protocol: each user ranks their own MAR test items; ratings >= {threshold} "
+        f"are positives; AUC pooled over all test pairs; {ndcg}; `full-ranking ndcg@5` ranks "
+        "the same positives among all items, seen ones masked). mse only for methods that "
+        "predict ratings (train.loss = mse). "
         f"Mean ± std over {seeds} training seeds (vmapped in one program)."
     )
 
@@ -276,25 +285,31 @@ def read_table_csv(path: Path) -> dict[str, dict[str, Any]]:
     return rows
 
 
-def replot(csv_path: Path, data: str) -> Path:
-    """Redraws the figure of a saved `table.csv` (no training): `<csv stem>.png` beside it."""
+def replot(csv_path: Path, data: str, name: str = "a") -> Path:
+    """Redraws the figure of a saved `table.csv` (no training): `<csv stem>.png` beside it,
+    under the protocol `name` it was made with."""
     path = csv_path.with_suffix(".png")
-    plot_table(path, read_table_csv(csv_path), data)
+    plot_table(path, read_table_csv(csv_path), data, name)
     return path
 
 
 DATA_NAMES = {"coat": "Coat", "yahoo_r3": "Yahoo! R3", "simulator": "the simulator"}
 
 
-def plot_table(path: Path, rows: dict[str, dict[str, Any]], data: str) -> None:
+def plot_table(path: Path, rows: dict[str, dict[str, Any]], data: str,
+               name: str = "a") -> None:
     """Bars per method, error bars = std over seeds, each bar's mean written above it: test
     AUC and NDCG@5 on the MAR test; on the simulator also its ground truth (truth_auc,
     truth_ndcg@5 against the true relevance of every cell, truth_mse against the true
     ratings). Axes start at 0 (nothing truncated); AUC panels mark chance (0.5), every panel
-    naive's level (dotted); a method without a value is marked `failed` or `n/a`. Drawn by
-    `report.plots.bar_panels`."""
+    naive's level (dotted); a method without a value is marked `failed` or `n/a`. Under
+    protocol (b) the NDCG@5 panel is its published convention (users without a positive score
+    1). Drawn by `report.plots.bar_panels`."""
     methods = list(rows)
+    preset = protocols.protocol(name)
     panels = [("mean", "auc", "test auc (MAR)"), ("mean", "ndcg@5", "test ndcg@5 (MAR)")]
+    if preset.ndcg_block == "test_literature":
+        panels[1] = ("literature", "ndcg@5", "test ndcg@5 (MAR, no positive = 1)")
     if any(row["truth"] is not None for row in rows.values()):
         panels += [("truth", "auc", "truth_auc (every cell)"),
                    ("truth", "ndcg@5", "truth_ndcg@5 (every cell)"),
@@ -304,6 +319,10 @@ def plot_table(path: Path, rows: dict[str, dict[str, Any]], data: str) -> None:
         if block == "mean":
             means = [rows[m]["mean"][metric] for m in methods]
             stds = [rows[m]["std"][metric] for m in methods]
+        elif block == "literature":
+            pairs = [rows[m]["literature"] or {} for m in methods]
+            means = [pair.get("mean") for pair in pairs]
+            stds = [pair.get("std") for pair in pairs]
         else:
             truth = [rows[m]["truth"] or {"mean": {}, "std": {}} for m in methods]
             means = [t["mean"].get(metric) for t in truth]
@@ -321,7 +340,7 @@ def plot_table(path: Path, rows: dict[str, dict[str, Any]], data: str) -> None:
             top=1.08 if metric != "mse" else (max(finite) if finite else 1.0) * 1.25,
             references=references, missing=labels))
     note = ("trained on MNAR ratings, tested on MAR ratings (each user ranks their own test "
-            "items; ratings ≥ 4 are positives)")
+            f"items; ratings ≥ {preset.positive_threshold:g} are positives; protocol ({name}))")
     if missing:
         note += "; n/a: not reported for the method (mse only for rating predictors)"
     bar_panels(path, methods, bars, title=f"Debiasing methods on {DATA_NAMES.get(data, data)}"
@@ -337,6 +356,10 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", required=True, choices=sorted(PREFIX))
     parser.add_argument("--path", help="the dataset folder (data.path); default: the config's")
+    parser.add_argument("--protocol", choices=sorted(protocols.PROTOCOLS), default="a",
+                        help="the published protocol: (a) AutoDebias/CDR, ratings >= 4, test = "
+                        "the MAR rows left after two 5%% slices; (b) StableDR line, ratings >= 3, "
+                        "the whole MAR test, users without a positive NDCG = 1")
     parser.add_argument("--methods", default=",".join(METHODS),
                         help="comma-separated, among " + ", ".join(METHODS))
     parser.add_argument("--seeds", type=int, default=5, help="training seeds (train.seeds)")
@@ -351,7 +374,7 @@ def main(argv=None) -> dict:
     if args.replot is not None:
         if not Path(args.replot).is_file():
             parser.error(f"--replot {args.replot}: no such file")
-        print(f"wrote {replot(Path(args.replot), args.data)}")
+        print(f"wrote {replot(Path(args.replot), args.data, args.protocol)}")
         return read_table_csv(Path(args.replot))
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -362,9 +385,11 @@ def main(argv=None) -> dict:
         parser.error("--seeds: expected an integer >= 1")
     if args.path is not None and not Path(args.path).exists():
         parser.error(f"--path {args.path}: no such folder")
-    out = fresh_out(args.out, f"debias_{args.data}")  # never replaces earlier runs
+    suffix = "" if args.protocol == "a" else f"_{args.protocol}"
+    out = fresh_out(args.out, f"debias_{args.data}{suffix}")  # never replaces earlier runs
     out.mkdir(parents=True, exist_ok=True)
-    overrides = [*PROTOCOL_OVERRIDES, f"train.seeds={args.seeds}"]
+    overrides = [*protocols.overrides(args.protocol), *TABLE_OVERRIDES,
+                 f"train.seeds={args.seeds}"]
     if args.path is not None:
         overrides.append(f"data.path={json.dumps(str(args.path))}")
     overrides += args.overrides
@@ -379,14 +404,15 @@ def main(argv=None) -> dict:
         print(f"{method}: {status}", flush=True)
 
     table = markdown_table(rows)
-    protocol = protocol_text(args.data, args.seeds, args.path)
+    protocol = protocol_text(args.data, args.seeds, args.path, args.protocol)
     title = f"# Debiasing methods on {args.data}"
     (out / "table.md").write_text(f"{title}\n\n{protocol}\n\n{table}\n")
     write_csv(out / "table.csv", rows)
     (out / "table.json").write_text(json.dumps(
-        {"data": args.data, "path": args.path, "seeds": args.seeds, "protocol": protocol,
+        {"data": args.data, "path": args.path, "seeds": args.seeds,
+         "preset": args.protocol, "protocol": protocol,
          "overrides": overrides, "rows": rows}, indent=2) + "\n")
-    plot_table(out / "plots" / f"debias_{args.data}.png", rows, args.data)
+    plot_table(out / "plots" / f"debias_{args.data}.png", rows, args.data, args.protocol)
     print(f"\n{protocol}\n\n{table}\n\nwrote {out / 'table.md'}, table.csv, table.json, "
           f"plots/debias_{args.data}.png")
     return rows

@@ -186,12 +186,22 @@ class Split:
 
     `valid` may be None when a protocol has no validation part. `extra` holds named parts a
     protocol adds, e.g. `mar_train` (an unbiased slice carved from the MAR test).
+    `valid_in_test`: the validation rows are also test rows (the MAR protocol whose test is not
+    reduced, `data.mar_test = "all"`), so they are not masked when the test is ranked.
     """
 
     train: Dataset
     valid: Dataset | None
     test: Dataset
     extra: Mapping[str, Dataset] = field(default_factory=dict)
+    valid_in_test: bool = False
+
+    def seen_before_test(self) -> Dataset:
+        """What a user has before the test: the training part and, unless its rows are test
+        rows too (`valid_in_test`), the validation part; full ranking masks these items."""
+        if self.valid is None or self.valid_in_test:
+            return self.train
+        return concatenate([self.train, self.valid])
 
     def parts(self) -> dict[str, Dataset]:
         """All non-empty parts by name."""

@@ -37,6 +37,8 @@ if TYPE_CHECKING:
     from causalrec_jax.config import DataConfig
 
 SPLITS = ("random", "user_random", "temporal", "leave_one_out", "given", "mar_slice")
+# What the MAR test keeps under `mar_slice` (`data.mar_test`).
+MAR_TESTS = ("rest", "all")
 
 # Guards half-up rounding against float error: a cumulative ratio such as 0.7 + 0.2 is
 # 0.8999999999999999, so 5 * (0.7 + 0.2) lands a hair below the 4.5 it means.
@@ -300,6 +302,7 @@ def mar_slice_split(
     train_fraction: float = 0.05,
     valid_fraction: float = 0.05,
     seed: int,
+    test: str = "rest",
 ) -> Split:
     """The release's split with uniform slices of the MAR test carved out.
 
@@ -309,6 +312,10 @@ def mar_slice_split(
     rest stay `test`. The carve depends only on the seed and the MAR rows, so it is identical
     whatever else is configured, and `mar_train` does not change with `valid_fraction`.
 
+    With `test = "all"` the test is every MAR row, the slices included, as the StableDR line
+    of papers evaluates (their "protocol (b)": the test is not reduced); the slices are carved
+    the same way, so they overlap the test and `Split.valid_in_test` is set.
+
     A release with its own validation rows keeps them as `valid` only when
     `valid_fraction == 0` (mixing them with MAR rows would mix protocols).
 
@@ -317,6 +324,7 @@ def mar_slice_split(
         train_fraction: share of MAR test rows moved to `extra["mar_train"]`, in [0, 1).
         valid_fraction: share moved to `valid`, in [0, 1); the two sum to less than 1.
         seed: seed of the carve.
+        test: "rest" (the MAR rows left after the slices) or "all" (every MAR row).
 
     Raises:
         SplitError: no `given_split`, fractions out of range, a positive fraction that
@@ -325,6 +333,8 @@ def mar_slice_split(
             with `valid_fraction > 0`.
     """
     codes = _given_codes(dataset, "mar_slice")
+    if test not in MAR_TESTS:
+        raise SplitError(f"key data.mar_test: expected one of {', '.join(MAR_TESTS)}, got {test!r}")
     for name, value in (("train_fraction", train_fraction), ("valid_fraction", valid_fraction)):
         if not (math.isfinite(value) and 0 <= value < 1):
             raise SplitError(f"mar_slice {name} must be in [0, 1), got {value} (data.mar_{name})")
@@ -349,15 +359,16 @@ def mar_slice_split(
                       n_valid)
     mar_train = carved[:n_mar_train]
     valid_rows = carved[n_mar_train : n_mar_train + n_valid] if valid_fraction > 0 else given_valid
-    test = carved[n_mar_train + n_valid :]
+    test_rows_kept = test_rows if test == "all" else carved[n_mar_train + n_valid :]
     extra = {}
     if train_fraction > 0:
         extra["mar_train"] = _part(dataset, mar_train, "mar_slice", "mar_train")
     return Split(
         train=_part(dataset, np.flatnonzero(codes == GIVEN_TRAIN), "mar_slice", "train"),
         valid=None if len(valid_rows) == 0 else _part(dataset, valid_rows, "mar_slice", "valid"),
-        test=_part(dataset, test, "mar_slice", "test"),
+        test=_part(dataset, test_rows_kept, "mar_slice", "test"),
         extra=extra,
+        valid_in_test=test == "all" and valid_fraction > 0,
     )
 
 
@@ -462,7 +473,7 @@ def make_split(dataset: Dataset, config: DataConfig, *, seed: int) -> Split:
     Args:
         dataset: the (cleaned) interactions.
         config: the `[data]` section (`split`, `split_ratios`, `mar_train_fraction`,
-            `mar_valid_fraction`).
+            `mar_valid_fraction`, `mar_test`).
         seed: seed for the protocols that sample.
 
     Raises:
@@ -484,6 +495,7 @@ def make_split(dataset: Dataset, config: DataConfig, *, seed: int) -> Split:
             dataset,
             train_fraction=config.mar_train_fraction,
             valid_fraction=config.mar_valid_fraction,
+            test=config.mar_test,
             seed=seed,
         )
     raise SplitError(f"unknown data.split {name!r}; expected one of {SPLITS}")

@@ -40,7 +40,7 @@ from causalrec_jax.config import (
     TrainConfig,
     refuse_unused,
 )
-from causalrec_jax.data.dataset import Dataset, Split, concatenate
+from causalrec_jax.data.dataset import Dataset, Split
 from causalrec_jax.data.fingerprint import check_unchanged
 from causalrec_jax.data.loader import load_dataset
 from causalrec_jax.data.split import make_split
@@ -546,7 +546,7 @@ def train_split(
             raise
         result, diverged = error.partial, error
     tic = time.perf_counter()
-    seen = concatenate([train, split.valid]) if split.valid is not None else train
+    seen = split.seen_before_test()
     per_seed = []
     for index, member in enumerate(members):
         params = seed_slice(result.best_params, index)
@@ -694,9 +694,7 @@ def evaluate_loaded_run(run: LoadedRun, split_name: str = "test") -> dict[str, A
     parts = split.parts()
     if split_name not in parts:
         raise RunError(f"split {split_name!r} not in this run's data (have {', '.join(parts)})")
-    seen = split.train
-    if split_name == "test" and split.valid is not None:
-        seen = concatenate([split.train, split.valid])
+    seen = split.seen_before_test() if split_name == "test" else split.train
     propensity = evaluation_propensity(config, dataset)
     per_seed = []
     for index, seed in enumerate(seed_list(config)):

@@ -219,6 +219,25 @@ def test_mar_slice_split_depends_only_on_seed():
     assert no_valid.valid is None
 
 
+def test_mar_slice_split_with_the_whole_test_keeps_every_mar_row():
+    """Protocol (b) (`data.mar_test = "all"`): the same slices, but the test is not reduced,
+    and the validation rows, being test rows, are not masked as seen before the test."""
+    dataset = given_table()
+    rest = mar_slice_split(dataset, train_fraction=0.05, valid_fraction=0.1, seed=7)
+    whole = mar_slice_split(dataset, train_fraction=0.05, valid_fraction=0.1, seed=7, test="all")
+    assert len(whole.test) == 1000 and len(rest.test) == 850
+    assert set(row_ids(whole.test)) == set(row_ids(rest.test)) | set(row_ids(rest.valid)) | set(
+        row_ids(rest.extra["mar_train"]))
+    np.testing.assert_array_equal(row_ids(whole.valid), row_ids(rest.valid))
+    np.testing.assert_array_equal(row_ids(whole.extra["mar_train"]),
+                                  row_ids(rest.extra["mar_train"]))
+    assert whole.valid_in_test and not rest.valid_in_test
+    assert len(whole.seen_before_test()) == len(whole.train)
+    assert len(rest.seen_before_test()) == len(rest.train) + len(rest.valid)
+    with pytest.raises(SplitError, match="key data.mar_test"):
+        mar_slice_split(dataset, seed=7, test="most")
+
+
 def test_mar_slice_split_errors():
     with pytest.raises(SplitError, match="given_split"):
         mar_slice_split(table(n=10), seed=0)

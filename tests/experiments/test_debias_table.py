@@ -204,3 +204,23 @@ def test_replot_needs_an_existing_csv(tmp_path, capsys):
     with pytest.raises(SystemExit):
         table.main(["--data", "coat", "--replot", str(tmp_path / "missing.csv")])
     assert "no such file" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not COAT.exists(), reason=f"Coat data not found at {COAT}")
+def test_protocol_b_runs_the_stabledr_preset(tmp_path):
+    """`--protocol b`: ratings >= 3 positive, the whole MAR test (4,640 Coat ratings, the
+    slices included), the literature NDCG (no positive = 1) as the protocol's figure."""
+    table = load_table_script()
+    rows = table.main(["--data", "coat", "--path", str(COAT), "--protocol", "b",
+                       "--methods", "naive", "--seeds", "1", "--set", "train.epochs=2",
+                       "--out", str(tmp_path / "b")])
+    assert rows["naive"]["status"] == "ok" and rows["naive"]["literature"]["mean"] is not None
+    written = json.loads((tmp_path / "b" / "table.json").read_text())
+    assert written["preset"] == "b" and "ratings >= 3 are positives" in written["protocol"]
+    assert 'data.mar_test="all"' in written["overrides"]
+    metrics = json.loads((tmp_path / "b" / "naive" / "metrics.json").read_text())
+    counts = metrics["per_seed"][0]["test"]
+    # Every Coat user is tested; 9 have no rating >= 3 (under (a), >= 4, 63 of 281 would not).
+    assert counts["n_users_evaluated"] + counts["n_users_no_positive"] == 290
+    assert counts["n_users_no_positive"] == 9
+    assert (tmp_path / "b" / "plots" / "debias_coat.png").stat().st_size > 10_000
