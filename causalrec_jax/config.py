@@ -322,9 +322,12 @@ class CausalConfig:
     # (Schnabel et al. 2016); dr: doubly robust with a fixed imputation; dr_jl / mrdr /
     # dr_mse: doubly robust with a jointly learned imputation model (Wang et al. 2019; Guo et
     # al. 2021; Dai et al. 2022); rel_mf: unbiased pointwise loss for implicit feedback (Saito
-    # et al. 2020); pda / macr: popularity deconfounding (Zhang et al. 2021; Wei et al. 2021).
+    # et al. 2020); pda / macr: popularity deconfounding (Zhang et al. 2021; Wei et al. 2021);
+    # d_ips / d_dr / d_dr_jl: the dynamic estimators, 1 / f(p)^alpha(p) for 1 / p (Ha et al.
+    # NeurIPS 2024).
     method: Literal[
-        "naive", "ips", "snips", "dr", "dr_jl", "mrdr", "dr_mse", "rel_mf", "pda", "macr"
+        "naive", "ips", "snips", "dr", "dr_jl", "mrdr", "dr_mse", "d_ips", "d_dr", "d_dr_jl",
+        "rel_mf", "pda", "macr"
     ] = "naive"
     propensity: Literal[
         "none", "given", "popularity", "naive_bayes", "logistic", "learned", "true"
@@ -338,6 +341,10 @@ class CausalConfig:
     cells_per_row: int = 1
     # dr_mse: weight of the bias term in the imputation objective (1 = DR-BIAS, 0 = MRDR).
     dr_mse_lambda: float = 0.5
+    # d_ips / d_dr / d_dr_jl: w2 / w1, the weight of the variance against the bias in each
+    # cell's exponent alpha(p) (Ha et al. 2024, Eq. (5); theirs: 0.1), and the function f.
+    dynamic_ratio: float = 0.1
+    dynamic_function: Literal["log", "sin", "tanh", "identity"] = "log"
     # pda: popularity exponent gamma of the training score ELU'(f) * m_i^gamma.
     pda_gamma: float = 0.1
     # pda at inference: 0 ranks by the deconfounded ELU'(f) (PD); > 0 re-adds the training
@@ -355,6 +362,8 @@ class CausalConfig:
                  self.cells_per_row)
         _require(0 <= self.dr_mse_lambda <= 1, "causal.dr_mse_lambda", "a number in [0, 1]",
                  self.dr_mse_lambda)
+        _require(self.dynamic_ratio > 0 and math.isfinite(self.dynamic_ratio),
+                 "causal.dynamic_ratio", "a number > 0 (w2 / w1)", self.dynamic_ratio)
         for key in ("pda_gamma", "pda_inference_gamma"):
             _require(getattr(self, key) >= 0, f"causal.{key}", "a number >= 0",
                      getattr(self, key))

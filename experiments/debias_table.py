@@ -1,16 +1,17 @@
 """The debiasing table: every causal method on one dataset, mean ± std over seeds on MAR ratings.
 
     python experiments/debias_table.py --data coat|yahoo_r3|simulator [--path DIR]
-        [--protocol a|b] [--methods naive,ips,...] [--seeds 5] [--out DIR]
+        [--protocol a|b|a,b] [--methods naive,ips,...] [--seeds 5] [--out DIR]
         [--set section.key=value ...]
     python experiments/debias_table.py --data coat --replot experiments/results/debias_coat.csv
 
 For each method, loads `configs/<prefix>_<method>.toml` (prefix coat, yahoo or sim), applies
 the shared protocol (`--protocol`: (a), the default, or (b), the presets of
-`causalrec_jax.causal.protocols`), `--path` (as `data.path`), `--seeds` (as `train.seeds`) and the
-`--set` overrides (to every method, e.g. `--set train.epochs=2`), and trains it with
-`runs.train.train_run` into `DIR/<method>` (seeds vmapped in one program). Writes to `DIR`
-(default `runs/debias_<data>`):
+`causalrec_jax.causal.protocols`; `a,b` runs both in one process, into `DIR/a` and `DIR/b`,
+so each compiled training program serves both), `--path` (as `data.path`), `--seeds` (as
+`train.seeds`) and the `--set` overrides (to every method, e.g. `--set train.epochs=2`), and
+trains it with `runs.train.train_run` into `DIR/<method>` (seeds vmapped in one program).
+Writes to `DIR` (default `runs/debias_<data>`):
 
 - `table.md`: the protocol, then one row per method: test auc, ndcg@5, recall@5, ndcg@10 and
   mse as mean ± std over seeds, `literature ndcg@5` (users without a positive score 1, the
@@ -50,7 +51,8 @@ from causalrec_jax.runs.script import run_script
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
 
-METHODS = ("naive", "ips", "snips", "dr", "dr_jl", "mrdr", "dr_mse", "rel_mf", "pda", "macr")
+METHODS = ("naive", "ips", "snips", "dr", "dr_jl", "mrdr", "dr_mse", "d_ips", "d_dr", "d_dr_jl",
+           "rel_mf", "pda", "macr")
 PREFIX = {"coat": "coat", "yahoo_r3": "yahoo", "simulator": "sim"}
 # Applied to every method before --set, so that the rows share one protocol: the preset of
 # `--protocol` (causal/protocols.py) and the table's metrics. Early stopping stays each
@@ -356,10 +358,11 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", required=True, choices=sorted(PREFIX))
     parser.add_argument("--path", help="the dataset folder (data.path); default: the config's")
-    parser.add_argument("--protocol", choices=sorted(protocols.PROTOCOLS), default="a",
-                        help="the published protocol: (a) AutoDebias/CDR, ratings >= 4, test = "
-                        "the MAR rows left after two 5%% slices; (b) StableDR line, ratings >= 3, "
-                        "the whole MAR test, users without a positive NDCG = 1")
+    parser.add_argument("--protocol", default="a",
+                        help="the published protocol, or both as a,b (each into DIR/<p>/ in one "
+                        "process): (a) AutoDebias/CDR, ratings >= 4, test = the MAR rows left "
+                        "after two 5%% slices; (b) StableDR line, ratings >= 3, the whole MAR "
+                        "test, users without a positive NDCG = 1")
     parser.add_argument("--methods", default=",".join(METHODS),
                         help="comma-separated, among " + ", ".join(METHODS))
     parser.add_argument("--seeds", type=int, default=5, help="training seeds (train.seeds)")
@@ -371,10 +374,16 @@ def main(argv=None) -> dict:
                         help="train nothing: redraw the figure of a saved table.csv into "
                         "<CSV stem>.png beside it (e.g. experiments/results/debias_coat.csv)")
     args = parser.parse_args(argv)
+    presets = [name.strip() for name in args.protocol.split(",") if name.strip()]
+    if not presets or any(name not in protocols.PROTOCOLS for name in presets) or len(
+            set(presets)) < len(presets):
+        parser.error(f"--protocol {args.protocol}: expected a, b or a,b")
     if args.replot is not None:
         if not Path(args.replot).is_file():
             parser.error(f"--replot {args.replot}: no such file")
-        print(f"wrote {replot(Path(args.replot), args.data, args.protocol)}")
+        if len(presets) > 1:
+            parser.error("--replot redraws one table: give its --protocol, a or b")
+        print(f"wrote {replot(Path(args.replot), args.data, presets[0])}")
         return read_table_csv(Path(args.replot))
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -385,11 +394,19 @@ def main(argv=None) -> dict:
         parser.error("--seeds: expected an integer >= 1")
     if args.path is not None and not Path(args.path).exists():
         parser.error(f"--path {args.path}: no such folder")
-    suffix = "" if args.protocol == "a" else f"_{args.protocol}"
+    suffix = "" if presets == ["a"] else "_" + "".join(presets)
     out = fresh_out(args.out, f"debias_{args.data}{suffix}")  # never replaces earlier runs
     out.mkdir(parents=True, exist_ok=True)
-    overrides = [*protocols.overrides(args.protocol), *TABLE_OVERRIDES,
-                 f"train.seeds={args.seeds}"]
+    if len(presets) == 1:
+        return run_table(args, methods, presets[0], out)
+    # Both protocols in one process: each compiled training program serves both.
+    return {name: run_table(args, methods, name, out / name) for name in presets}
+
+
+def run_table(args: argparse.Namespace, methods: list[str], name: str, out: Path) -> dict:
+    """Trains `methods` under the protocol `name` into `out`; writes and prints its table."""
+    out.mkdir(parents=True, exist_ok=True)
+    overrides = [*protocols.overrides(name), *TABLE_OVERRIDES, f"train.seeds={args.seeds}"]
     if args.path is not None:
         overrides.append(f"data.path={json.dumps(str(args.path))}")
     overrides += args.overrides
@@ -401,18 +418,18 @@ def main(argv=None) -> dict:
         row = rows[method]
         status = (f"auc {row['mean']['auc']:.4f}" if row["status"] == "ok" and
                   row["mean"]["auc"] is not None else row["status"])
-        print(f"{method}: {status}", flush=True)
+        print(f"({name}) {method}: {status}", flush=True)
 
     table = markdown_table(rows)
-    protocol = protocol_text(args.data, args.seeds, args.path, args.protocol)
-    title = f"# Debiasing methods on {args.data}"
+    protocol = protocol_text(args.data, args.seeds, args.path, name)
+    title = f"# Debiasing methods on {args.data}, protocol ({name})"
     (out / "table.md").write_text(f"{title}\n\n{protocol}\n\n{table}\n")
     write_csv(out / "table.csv", rows)
     (out / "table.json").write_text(json.dumps(
         {"data": args.data, "path": args.path, "seeds": args.seeds,
-         "preset": args.protocol, "protocol": protocol,
+         "preset": name, "protocol": protocol,
          "overrides": overrides, "rows": rows}, indent=2) + "\n")
-    plot_table(out / "plots" / f"debias_{args.data}.png", rows, args.data, args.protocol)
+    plot_table(out / "plots" / f"debias_{args.data}.png", rows, args.data, name)
     print(f"\n{protocol}\n\n{table}\n\nwrote {out / 'table.md'}, table.csv, table.json, "
           f"plots/debias_{args.data}.png")
     return rows

@@ -31,17 +31,24 @@ from causalrec_jax.causal.propensity import (
     clip_propensities,
     estimate_propensities,
 )
-from causalrec_jax.causal.training import ALL_CELL_METHODS, METHODS_WITH_PROPENSITIES
+from causalrec_jax.causal.training import (
+    ALL_CELL_METHODS,
+    DYNAMIC_METHODS,
+    FIXED_IMPUTATION_METHODS,
+    METHODS_WITH_PROPENSITIES,
+)
 from causalrec_jax.config import CausalConfig, DataConfig
 from causalrec_jax.data.dataset import Split
 from causalrec_jax.errors import ConfigError, SplitError
 from causalrec_jax.train.objectives import POINTWISE_LOSSES
 
 # Methods whose estimator divides observed rows by their propensity.
-METHODS_NEEDING_PROPENSITIES = ("ips", "snips", "dr", "dr_jl", "mrdr", "dr_mse", "rel_mf")
+METHODS_NEEDING_PROPENSITIES = ("ips", "snips", "dr", "dr_jl", "mrdr", "dr_mse", "d_ips",
+                                "d_dr", "d_dr_jl", "rel_mf")
 # The losses each method is defined for (methods not listed accept any loss).
 METHOD_LOSSES: dict[str, tuple[str, ...]] = {
-    **{method: POINTWISE_LOSSES for method in ("ips", "snips", "dr", "dr_jl", "mrdr", "dr_mse")},
+    **{method: POINTWISE_LOSSES for method in ("ips", "snips", "dr", "dr_jl", "mrdr", "dr_mse",
+                                               "d_ips", "d_dr", "d_dr_jl")},
     "rel_mf": ("bce",),
     "macr": ("bce",),
     "pda": ("bpr",),
@@ -148,8 +155,10 @@ def causal_keys_used(causal: CausalConfig) -> tuple[str, ...]:
         keys += ["propensity", "propensity_clip"]
         if causal.propensity == "popularity":
             keys.append("popularity_power")
-    if method == "dr":
+    if method in FIXED_IMPUTATION_METHODS:
         keys.append("imputation_value")
+    if method in DYNAMIC_METHODS:
+        keys += ["dynamic_ratio", "dynamic_function"]
     if method in ALL_CELL_METHODS:
         keys.append("cells_per_row")
     if method == "dr_mse":

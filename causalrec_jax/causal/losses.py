@@ -27,6 +27,22 @@ are correct. Its imputation model is trained with one of
 
 and, for implicit feedback, `rel_mf_loss` (Saito et al., WSDM 2020).
 
+**Dynamic estimators** (Ha et al., "Fine-Grained Dynamic Framework for Bias-Variance Joint
+Optimization on Data Missing Not at Random", NeurIPS 2024, Eq. (2)): D-IPS and D-DR divide by
+`f(p)^alpha` instead of `p`, with `f` increasing, `f(0) = 0`, `f(1) = 1`, `f(p) > p` (their
+Table 1: `log(p + 1) / log 2`, `sin(p) / sin 1`, `tanh(p) / tanh 1`; `p` itself gives the
+plain estimators at `alpha = 1`), and a per-cell exponent in [0, 1] that minimises
+`w1 * bias + w2 * variance` of the cell's term when `p` is right (their Eq. (5), Theorem 3.5)::
+
+    alpha(p) = min(max(ln(2 (w2 / w1) (1 - p)) / ln f(p), 0), 1)
+
+`dynamic_propensities` returns `f(p)^alpha(p)`: pass it where `ips_loss` / `dr_terms` take
+propensities. The estimators are then biased even with the true propensities — the
+expectation of D-DR is the truth minus `(1/N) sum (1 - p / f(p)^alpha) (e - e_hat)` (the
+absolute value of this is their Lemma D.1's bias), of D-IPS the same with `e` for
+`e - e_hat` — in exchange for a bounded variance as `p -> 0` (`dynamic_bias_weights` gives
+the factor `1 - p / f(p)^alpha`; the tests check both against simulated exposure).
+
 Conventions shared by every function:
 
 - Inputs are arrays of cells of any (common, broadcastable) shape: a batch of cells that mixes
@@ -276,12 +292,13 @@ def imputation_weight(
 ) -> Array:
     """The weight of an observed cell's `(e - e_hat)^2` in `method`'s imputation objective.
 
-    `dr_jl`: `1 / p`; `mrdr`: `(1 - p) / p^2` (the IPS estimate of DR's variance term);
+    `dr_jl` (and `d_dr_jl`, whose imputation is DR-JL's: Ha et al. 2024 leave it as the base
+    method's): `1 / p`; `mrdr`: `(1 - p) / p^2` (the IPS estimate of DR's variance term);
     `dr_mse`: `lambda (1 - p)^2 / p^3 + (1 - lambda) (1 - p) / p^2` (DR's squared bias and
     variance terms; Dai et al., KDD 2022). Propensities must be positive (mask the others).
     """
     p = jnp.asarray(propensities)
-    if method == "dr_jl":
+    if method in ("dr_jl", "d_dr_jl"):
         return 1.0 / p
     variance = (1.0 - p) / jnp.square(p)
     if method == "mrdr":
@@ -290,6 +307,56 @@ def imputation_weight(
         bias = jnp.square(1.0 - p) / (p * jnp.square(p))
         return dr_mse_lambda * bias + (1.0 - dr_mse_lambda) * variance
     raise ConfigError(f"key causal.method: {method!r} has no imputation model")
+
+
+# The functions `f` of the dynamic estimators (Ha et al. 2024, Table 1).
+DYNAMIC_FUNCTIONS = ("log", "sin", "tanh", "identity")
+
+
+def _dynamic_f(p: Array, function: str) -> Array:
+    if function == "log":
+        return jnp.log1p(p) / jnp.log(2.0)
+    if function == "sin":
+        return jnp.sin(p) / jnp.sin(1.0)
+    if function == "tanh":
+        return jnp.tanh(p) / jnp.tanh(1.0)
+    if function == "identity":
+        return p
+    raise ConfigError(
+        f"key causal.dynamic_function: expected one of {', '.join(DYNAMIC_FUNCTIONS)}, "
+        f"got {function!r}"
+    )
+
+
+def dynamic_exponent(propensities: ArrayLike, ratio: ArrayLike = 0.1,
+                     function: str = "log") -> Array:
+    """Per-cell `alpha(p) = min(max(ln(2 r (1 - p)) / ln f(p), 0), 1)` with `r = w2 / w1`
+    (Ha et al. 2024, Eq. (5)); 1 where `f(p) = 1` (there `f^alpha = 1` whatever `alpha`).
+    Propensities in (0, 1]; `ratio` may be traced."""
+    p = jnp.asarray(propensities)
+    log_f = jnp.log(_dynamic_f(p, function))
+    numerator = jnp.log(jnp.maximum(2.0 * ratio * (1.0 - p), jnp.finfo(p.dtype).tiny))
+    safe = jnp.where(log_f < 0, log_f, -1.0)
+    return jnp.where(log_f < 0, jnp.clip(numerator / safe, 0.0, 1.0), 1.0)
+
+
+def dynamic_propensities(propensities: ArrayLike, ratio: ArrayLike = 0.1,
+                         function: str = "log") -> Array:
+    """`f(p)^alpha(p)`, the denominators of D-IPS and D-DR (Ha et al. 2024, Eq. (2) with the
+    exponent of Eq. (5)): the propensities to hand `ips_loss` / `dr_terms` in place of `p`.
+    At least `p` cell by cell when `f(p) >= p` (every `f` but identity), so the weights are
+    never larger than IPS's. Propensities in (0, 1], already clipped by the caller."""
+    p = jnp.asarray(propensities)
+    return _dynamic_f(p, function) ** dynamic_exponent(p, ratio, function)
+
+
+def dynamic_bias_weights(propensities: ArrayLike, ratio: ArrayLike = 0.1,
+                         function: str = "log") -> Array:
+    """`1 - p / f(p)^alpha(p)` per cell: with the true propensities, D-DR's expectation is the
+    truth minus the mean over all cells of this factor times `e - e_hat` (D-IPS's: times `e`;
+    Ha et al. 2024, Lemma D.1, which states its absolute value)."""
+    p = jnp.asarray(propensities)
+    return 1.0 - p / dynamic_propensities(p, ratio, function)
 
 
 def dr_jl_imputation_loss(

@@ -90,12 +90,16 @@ from causalrec_jax.train import losses
 from causalrec_jax.train.objectives import draw_negatives
 
 # Methods that weight a pointwise loss on the observed rows by inverse propensities.
-WEIGHTED_METHODS = ("ips", "snips")
+WEIGHTED_METHODS = ("ips", "snips", "d_ips")
 # Methods whose loss sums over every cell (uniform cells are drawn each step).
-ALL_CELL_METHODS = ("dr", "dr_jl", "mrdr", "dr_mse", "rel_mf")
+ALL_CELL_METHODS = ("dr", "dr_jl", "mrdr", "dr_mse", "d_dr", "d_dr_jl", "rel_mf")
 # Doubly robust methods with a learned imputation model.
-JOINT_METHODS = ("dr_jl", "mrdr", "dr_mse")
-DR_METHODS = ("dr", *JOINT_METHODS)
+JOINT_METHODS = ("dr_jl", "mrdr", "dr_mse", "d_dr_jl")
+DR_METHODS = ("dr", "d_dr", *JOINT_METHODS)
+# The dynamic estimators (Ha et al. 2024): 1 / f(p)^alpha(p) in place of 1 / p.
+DYNAMIC_METHODS = ("d_ips", "d_dr", "d_dr_jl")
+# Methods with a fixed imputed rating (`causal.imputation_value`).
+FIXED_IMPUTATION_METHODS = ("dr", "d_dr")
 # Methods trained on the positive rows only (implicit feedback).
 IMPLICIT_METHODS = ("rel_mf", "pda", "macr")
 # Methods that train on positives with uniformly sampled negatives.
@@ -106,9 +110,9 @@ CAUSAL_METHODS = (*WEIGHTED_METHODS, *DR_METHODS, *IMPLICIT_METHODS)
 METHODS_WITH_PROPENSITIES = (*WEIGHTED_METHODS, *ALL_CELL_METHODS)
 
 # The traced causal knobs, each the `[causal]` key of the same name (`imputation_value`: the
-# mean training rating when unset). The first six shape training, the last two inference.
-CAUSAL_HPARAMS = ("propensity_clip", "imputation_value", "dr_mse_lambda", "pda_gamma",
-                  "macr_alpha", "macr_beta", "macr_c", "pda_inference_gamma")
+# mean training rating when unset). The first seven shape training, the last two inference.
+CAUSAL_HPARAMS = ("propensity_clip", "imputation_value", "dr_mse_lambda", "dynamic_ratio",
+                  "pda_gamma", "macr_alpha", "macr_beta", "macr_c", "pda_inference_gamma")
 INFERENCE_HPARAMS = ("macr_c", "pda_inference_gamma")
 
 Scorer = Callable[..., jax.Array]
@@ -302,6 +306,13 @@ def make_causal_objective(
                                             where=batch["mask"])
         return propensities
 
+    def weighting_propensities(propensities, hparams):
+        # What the estimator divides by: p, or f(p)^alpha(p) for the dynamic methods.
+        if method not in DYNAMIC_METHODS:
+            return propensities
+        return causal_losses.dynamic_propensities(
+            propensities, hparams["dynamic_ratio"], causal.dynamic_function)
+
     def weighted_loss_fn(params, batch, key, hparams):
         where = batch["mask"]
         scores = score_pairs(params["prediction"], batch["users"], batch["items"],
@@ -309,8 +320,9 @@ def make_causal_objective(
         # Padding rows' ratings are zeroed: a NaN there would survive a zero cotangent.
         ratings = jnp.where(where, batch["ratings"], 0.0)
         errors = pointwise_error(loss_name, scores, ratings)
-        propensities = clipped_propensities(batch, hparams)
-        estimator = causal_losses.ips_loss if method == "ips" else causal_losses.snips_loss
+        propensities = weighting_propensities(clipped_propensities(batch, hparams), hparams)
+        estimator = (causal_losses.snips_loss if method == "snips"
+                     else causal_losses.ips_loss)
         return estimator(errors, where, propensities, where=where)
 
     def dr_loss_fn(params, batch, key, hparams):
@@ -320,7 +332,7 @@ def make_causal_objective(
         all_items = jnp.concatenate([items, cell_items])
         predictions = score_pairs(params["prediction"], all_users, all_items,
                                   key=dropout_key(key), **dropout_rate(hparams))
-        if method == "dr":
+        if method in FIXED_IMPUTATION_METHODS:
             imputed = jnp.broadcast_to(
                 hparams["imputation_value"].astype(predictions.dtype), predictions.shape)
         else:
@@ -340,8 +352,9 @@ def make_causal_objective(
         cell_imputed_errors = pointwise_error(loss_name, cell_prediction, frozen(cell_imputed))
         every_cell, _ = causal_losses.dr_terms(cell_imputed_errors, cell_imputed_errors,
                                                False, 1.0)
-        _, per_observed = causal_losses.dr_terms(errors, imputed_errors, where, propensities,
-                                                 where=where)
+        _, per_observed = causal_losses.dr_terms(
+            errors, imputed_errors, where, weighting_propensities(propensities, hparams),
+            where=where)
         loss = causal_losses.all_cells_estimate(every_cell, per_observed, observed_share=share,
                                                 where=where)
         if method in JOINT_METHODS:
@@ -416,7 +429,7 @@ def make_causal_objective(
                 + hparams["macr_beta"] * bce(user_logit))
 
     body = {
-        "ips": weighted_loss_fn, "snips": weighted_loss_fn,
+        **dict.fromkeys(WEIGHTED_METHODS, weighted_loss_fn),
         "rel_mf": rel_mf_loss_fn, "pda": pda_loss_fn, "macr": macr_loss_fn,
     }.get(method, dr_loss_fn)
 

@@ -15,6 +15,9 @@ from causalrec_jax.causal.losses import (
     dr_jl_imputation_loss,
     dr_loss,
     dr_mse_imputation_loss,
+    dynamic_bias_weights,
+    dynamic_exponent,
+    dynamic_propensities,
     get_estimator,
     ips_loss,
     mrdr_imputation_loss,
@@ -204,6 +207,72 @@ def test_snips_consistent_with_smaller_variance(estimates):
     # measured: snips 0.41632 (sd 0.048) vs ips sd 0.061
     assert values["snips"].std() < values["ips"].std()
     assert abs(values["snips"].mean() - true_loss) < 0.01 * true_loss
+
+
+# --- the dynamic estimators (Ha et al. 2024) ---------------------------------------------------
+
+
+def test_dynamic_exponent_and_denominators_hand_computed():
+    p = jnp.array([0.01, 0.1, 0.5, 1.0])
+    # alpha = ln(2 * 0.1 * (1 - p)) / ln(log2(1 + p)), clipped to [0, 1]:
+    # p = 0.01: ln(0.198) / ln(0.014355) = -1.6195 / -4.2436 = 0.3816; p = 0.5: 1 (clipped).
+    np.testing.assert_allclose(dynamic_exponent(p), [0.38163, 0.86427, 1.0, 1.0], rtol=1e-4)
+    # Where alpha is interior, f(p)^alpha = 2 r (1 - p): the weight is at most 1 / (2 r (1 - p)).
+    np.testing.assert_allclose(dynamic_propensities(p)[:2], [0.198, 0.18], rtol=1e-4)
+    np.testing.assert_allclose(dynamic_propensities(p)[2:], [np.log2(1.5), 1.0], rtol=1e-6)
+    # f = identity with a vanishing variance weight is plain IPS: f(p)^alpha = p.
+    np.testing.assert_allclose(dynamic_propensities(p, 1e-9, "identity"), p, rtol=1e-6)
+    # A larger variance weight r (> 0.5 / (1 - p)) gives alpha = 0: no weighting at all.
+    np.testing.assert_allclose(dynamic_propensities(jnp.array([0.2]), 1.0), [1.0])
+    np.testing.assert_allclose(dynamic_bias_weights(p), 1 - p / dynamic_propensities(p),
+                               rtol=1e-6)
+    with pytest.raises(ConfigError, match="key causal.dynamic_function"):
+        dynamic_propensities(p, 0.1, "cos")
+
+
+@pytest.fixture(scope="module")
+def dynamic_estimates():
+    """D-IPS, D-DR and DR over `N_KEYS` exposure draws of the world of `estimates`, with the
+    true propensities, and the bias Lemma D.1 of Ha et al. (2024) predicts for each."""
+    sizes = WorldSizes(n_users=60, n_items=40)
+    params = WorldParams(mean_exposure=0.2, selection_strength=1.5)
+    truth = jax.jit(make_world, static_argnums=1)(jax.random.key(0), sizes, params)
+    noise = 0.3 * jax.random.normal(jax.random.key(1), truth.ratings.shape)
+    errors = squared_error(truth.expected_rating + noise, truth.ratings)
+    propensity = truth.propensity
+    dynamic = dynamic_propensities(propensity)
+    bias_weights = dynamic_bias_weights(propensity)
+
+    @jax.jit
+    @jax.vmap
+    def estimate(key):
+        observed = sample_exposure(key, propensity)
+        return {
+            "dr": dr_loss(errors, 1.0, observed, propensity),
+            "d_dr": dr_loss(errors, 1.0, observed, dynamic),
+            "d_dr_right_imputation": dr_loss(errors, errors, observed, dynamic),
+            "d_ips": ips_loss(errors, observed, dynamic),
+        }
+
+    values = estimate(jax.random.split(jax.random.key(2), N_KEYS))
+    values = {name: np.asarray(value, np.float64) for name, value in values.items()}
+    predicted_bias = {"d_dr": float(jnp.mean(bias_weights * (errors - 1.0))),
+                      "d_ips": float(jnp.mean(bias_weights * errors))}
+    return float(jnp.mean(errors)), values, predicted_bias
+
+
+def test_dynamic_estimators_trade_the_predicted_bias_for_variance(dynamic_estimates):
+    """With the true propensities D-DR and D-IPS are biased, by exactly the bias of Lemma D.1
+    (mean of (1 - p / f^alpha) times e - e_hat, or e), and D-DR's variance is below DR's."""
+    true_loss, values, bias = dynamic_estimates
+    for name in ("d_dr", "d_ips"):
+        # E[estimate] = truth - mean((1 - p / f^alpha) (e - e_hat)): weights below 1 / p
+        # under-count the observed residuals.
+        assert abs(_z(true_loss - bias[name], values[name])) < 4, name
+        assert abs(_z(true_loss, values[name])) > 4, name  # the bias is real
+    assert values["d_dr"].std() < 0.8 * values["dr"].std()
+    # With the right imputation (e_hat = e) D-DR is exact in every draw, as DR.
+    np.testing.assert_allclose(values["d_dr_right_imputation"], true_loss, rtol=1e-5)
 
 
 # --- jit, vmap and gradient safety -------------------------------------------------------------

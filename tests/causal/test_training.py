@@ -58,6 +58,33 @@ def test_dr_minibatch_loss_is_unbiased_for_the_full_dr_loss():
     assert stderr < 0.05 * abs(full)
 
 
+@pytest.mark.parametrize("method", ["d_dr", "d_ips"])
+def test_dynamic_objectives_estimate_the_dynamic_estimators(method):
+    """The objective a D-DR / D-IPS run trains is, in expectation over its uniform cells, the
+    estimator of `causal.losses` with f(p)^alpha(p) (Ha et al. 2024) in place of p."""
+    ratings, propensities, observed, prediction, _, batch = world(3)
+    causal = CausalConfig(cells_per_row=2, dynamic_ratio=0.3)
+    loss_fn = training.make_causal_objective(
+        method, causal, "mse", table_scorer, n_users=U, n_items=I,
+        n_rows=int(observed.sum()), imputation_value=2.5,
+    )
+    mean, stderr = mean_over_keys(loss_fn, {"prediction": prediction}, batch, 4000)
+    predictions = np.asarray(prediction["table"])
+    dynamic = causal_losses.dynamic_propensities(propensities, 0.3)
+    errors = (predictions - ratings) ** 2
+    if method == "d_dr":
+        expected = float(causal_losses.dr_loss(errors, (predictions - 2.5) ** 2, observed,
+                                               dynamic))
+        plain = float(causal_losses.dr_loss(errors, (predictions - 2.5) ** 2, observed,
+                                            propensities))
+        assert abs(mean - expected) < 4 * stderr
+        assert abs(plain - expected) > 8 * stderr  # the dynamic weights do change the loss
+    else:
+        # D-IPS averages the batch's weighted rows, as IPS does (deterministic).
+        expected = float(causal_losses.ips_loss(errors[observed], True, dynamic[observed]))
+        assert mean == pytest.approx(expected, rel=1e-5)
+
+
 def test_dr_minibatch_gradient_is_unbiased():
     ratings, propensities, observed, prediction, _, batch = world(1)
     loss_fn = training.make_causal_objective(
@@ -156,7 +183,7 @@ def test_rel_mf_minibatch_loss_is_unbiased_for_the_full_loss():
     assert abs(mean - full) < 4 * stderr
 
 
-@pytest.mark.parametrize("method", ["dr", "dr_jl", "mrdr", "dr_mse"])
+@pytest.mark.parametrize("method", ["dr", "dr_jl", "mrdr", "dr_mse", "d_dr", "d_dr_jl"])
 def test_padding_rows_do_not_change_the_loss_or_its_gradient(method):
     """With prediction and imputation equal to the same constant everywhere the uniform cells
     contribute nothing, so the loss is a deterministic function of the observed rows: padding

@@ -79,7 +79,8 @@ def test_load_space_parses_each_kind(tmp_path):
     assert space.size is None  # a float range is unbounded
     assert DYNAMIC_KEYS == frozenset({
         "train.learning_rate", "train.weight_decay", "model.dropout", "causal.propensity_clip",
-        "causal.imputation_value", "causal.dr_mse_lambda", "causal.pda_gamma",
+        "causal.imputation_value", "causal.dr_mse_lambda", "causal.dynamic_ratio",
+        "causal.pda_gamma",
         "causal.macr_alpha", "causal.macr_beta", "causal.macr_c", "causal.pda_inference_gamma",
     })
 
