@@ -71,7 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--out", required=True, help="search folder")
     tune.add_argument("--sampler", default="grid", help="grid, random or optuna")
     tune.add_argument("--trials", type=int, help="number of trials (random, optuna)")
-    tune.add_argument("--metric", help="validation metric to select on, e.g. valid.ndcg@10")
+    tune.add_argument("--metric", help="validation metric to select on, e.g. valid.ndcg@10; "
+                      "auto: valid.auc when the validation split has at least 200 positive and "
+                      "200 negative ratings, else valid.mse")
     tune.add_argument("--seeds", type=int, help="seeds per trial (default train.seeds)")
     tune.add_argument("--max-members", type=int, default=64,
                       help="most (trial, seed) members in one vmapped program")
@@ -419,6 +421,8 @@ def _command_tune(args: argparse.Namespace) -> int:
         resume=args.resume, space_path=args.space,
     )
     best = summary["best"]
+    if summary.get("metric_rule"):
+        print(summary["metric_rule"])
     print(f"{summary['n_trials']} trials, selected on {summary['metric']} "
           f"({summary['direction']}), {summary['timing']['search_seconds']:.1f} s")
     print("best: " + ", ".join(f"{k} = {v}" for k, v in best["values"].items())

@@ -156,6 +156,12 @@ class SimConfig:
     relevance_offset: float = 0.0
     rating_noise: float = 0.5
     mar_items_per_user: int = 10
+    # Users with a MAR test sample: users 1..mar_users (exchangeable, so a uniform subset);
+    # 0 = every user.
+    mar_users: int = 0
+    # Log-odds added to the exposure logit of a cell rated 1..5 (rating-dependent
+    # missingness of any shape, beside the linear selection_strength); zeros by default.
+    selection_by_rating: tuple[float, ...] = (0.0, 0.0, 0.0, 0.0, 0.0)
     seed: int = 0
     # Worlds with more than max_dense_cells (user, item) cells are generated in blocks of users
     # and keep only compact ground truth (a SparseGroundTruth; no propensity matrix); the
@@ -170,6 +176,13 @@ class SimConfig:
                  self.calibration_users)
         for key in ("n_users", "n_items", "latent_dim"):
             _require(getattr(self, key) >= 1, f"sim.{key}", "an integer >= 1", getattr(self, key))
+        _require(0 <= self.mar_users <= self.n_users, "sim.mar_users",
+                 f"an integer in 0..sim.n_users ({self.n_users}); 0 = every user",
+                 self.mar_users)
+        _require(len(self.selection_by_rating) == 5
+                 and all(math.isfinite(v) for v in self.selection_by_rating),
+                 "sim.selection_by_rating", "5 finite log-odds, one per rating 1..5",
+                 self.selection_by_rating)
         _require(1 <= self.mar_items_per_user <= self.n_items, "sim.mar_items_per_user",
                  f"1..sim.n_items ({self.n_items}): the world's MAR test sample",
                  self.mar_items_per_user)

@@ -40,7 +40,7 @@ popularity_exposure, s = selection_strength, m = mean_exposure)::
     Y*_ui  = 1 + 4 r_ui + sigma_y * eps_ui
     Y_ui   = clip(round(Y*_ui), 1, 5)                                        (ordered probit)
     E[Y_ui] = 1 + sum_{k=1..4} Phi((1 + 4 r_ui - k - 1/2) / sigma_y)
-    pi_ui  = sigmoid(b + alpha * p_i + s * (Y_ui - 3) / 2)                  P(O=1 | u, i, Y_ui)
+    pi_ui  = sigmoid(b + alpha * p_i + s * (Y_ui - 3) / 2 + s_{Y_ui})       P(O=1 | u, i, Y_ui)
     O_ui   = 1[u_ui < pi_ui]                                                 (Bernoulli(pi_ui))
 
 `b` is calibrated (bisection, jit-able) so that `mean_ui pi_ui = m`. The exposure logit
@@ -62,8 +62,12 @@ Because no two exogenous variables share draws, changing only the exposure param
 items and ratings identical, and the exposure draws are coupled (same uniforms): common random
 numbers for paired comparisons.
 
+(`s_k` = `selection_by_rating[k - 1]`, zeros by default.)
+
 The MNAR log of observed ratings is the training split; a missing-at-random test draws
-`mar_items_per_user` distinct items per user uniformly (as the Coat and Yahoo! R3 test sets).
+`mar_items_per_user` distinct items per user uniformly (as the Coat and Yahoo! R3 test sets),
+for every user or, with `sim.mar_users = n`, for users 1..n only (users are exchangeable, so
+they are a uniform subset; Yahoo! R3 has MAR ratings for 5,400 of its 15,400 users).
 
 Large worlds. `simulate_dataset` builds the dense `GroundTruth` (about 60 bytes per cell) when
 `n_users * n_items <= SimConfig.max_dense_cells`; a larger world (say 100,000 x 10,000) is
@@ -163,6 +167,9 @@ class WorldParams:
         popularity_exposure: effect of log popularity on exposure logits, `alpha` (the
             exponent of the power law `propensity ~ popularity ** alpha`).
         selection_strength: effect of the centred rating `(Y - 3) / 2` on exposure logits, `s`.
+        selection_by_rating: `[5]` log-odds added to the exposure logit of a cell rated 1..5,
+            `s_k` (Marlin & Zemel's rating-dependent missingness in any shape, e.g. Yahoo! R3's
+            U: people rate what they love and, less, what they hate); zeros by default.
     """
 
     popularity_sigma: jax.typing.ArrayLike = 1.0
@@ -173,6 +180,7 @@ class WorldParams:
     mean_exposure: jax.typing.ArrayLike = 0.05
     popularity_exposure: jax.typing.ArrayLike = 1.0
     selection_strength: jax.typing.ArrayLike = 1.0
+    selection_by_rating: jax.typing.ArrayLike = (0.0, 0.0, 0.0, 0.0, 0.0)
 
     @classmethod
     def from_config(cls, config: SimConfig) -> WorldParams:
@@ -186,6 +194,7 @@ class WorldParams:
             mean_exposure=config.mean_exposure,
             popularity_exposure=config.popularity_exposure,
             selection_strength=config.selection_strength,
+            selection_by_rating=jnp.asarray(config.selection_by_rating, jnp.float32),
         )
 
 
@@ -486,7 +495,8 @@ def _level_logits(params, log_popularity):
     levels = jnp.arange(RATING_MIN, RATING_MAX + 1, dtype=jnp.float32)[:, None]
     popularity_logit = params.popularity_exposure * log_popularity[None, :]
     selection_logit = params.selection_strength * (levels - _RATING_MID) / _RATING_HALF_RANGE
-    return popularity_logit + selection_logit
+    by_rating = jnp.asarray(params.selection_by_rating, jnp.float32)[:, None]
+    return popularity_logit + selection_logit + by_rating
 
 
 def _propensity_table(params, log_popularity, exposure_base):
@@ -954,6 +964,9 @@ def simulate_dataset(config: SimConfig) -> tuple[Dataset, GroundTruth | SparseGr
             ),
             observed_fraction=float(np.sum(dataset.given_split == GIVEN_TRAIN)) / cells,
         )
+    if 0 < config.mar_users < sizes.n_users:
+        keep = (dataset.given_split != GIVEN_TEST) | (dataset.user < config.mar_users)
+        dataset = dataset.subset(np.flatnonzero(keep)).with_meta(mar_users=config.mar_users)
     return dataset.with_meta(seed=config.seed), truth
 
 

@@ -41,7 +41,7 @@ from causalrec_jax.config import Config, check_selection_metric, dump_config
 from causalrec_jax.data.loader import load_dataset
 from causalrec_jax.data.split import make_split
 from causalrec_jax.errors import ConfigError, RunError
-from causalrec_jax.eval.protocol import check_validation_selection
+from causalrec_jax.eval.protocol import auto_selection_metric, check_validation_selection
 from causalrec_jax.runs.folder import json_safe
 from causalrec_jax.runs.track import check_tracking
 from causalrec_jax.runs.train import train_run
@@ -176,7 +176,10 @@ def tune(
         out_dir: the search folder.
         sampler: `grid`, `random` or `optuna` (TPE, ask-and-tell in batches of `batch_size`).
         n_trials: number of trials (random, optuna; grid: all combinations when None).
-        metric: validation metric to select on (default `train.early_stopping_metric`).
+        metric: validation metric to select on (default `train.early_stopping_metric`);
+            `auto`: pooled AUC when the validation split holds at least
+            `eval.protocol.AUTO_AUC_MIN_PER_CLASS` positive and negative ratings, else mse
+            (the rule and the counts go to the summary's `metric_rule`).
         seeds: seeds per trial (default `train.seeds`); a trial's value is the mean over them.
         max_members: the most (trial, seed) members in one vmapped program (memory).
         batch_size: trials asked of optuna at a time (one population).
@@ -201,7 +204,23 @@ def tune(
     check_ordinary_keys(config)
     check_tracking(config)
     metric_key = "--metric" if metric else "train.early_stopping_metric"
-    metric = resolve_metric(config, metric)
+    auto = metric in ("auto", "valid.auto")
+    if not auto:
+        metric = resolve_metric(config, metric)
+    dataset, truth = load_dataset(config.data, config.sim, frame=frame,
+                                  planted=config.planted)
+    split = make_split(dataset, config.data, seed=config.run.seed)
+    if split.valid is None or len(split.valid) == 0:
+        raise ConfigError(
+            f"key data.split: tuning selects on a validation split, and {config.data.split!r} "
+            "gives none here (use split_ratios with three parts, leave_one_out, or mar_slice)"
+        )
+    auto_reason = None
+    if auto:
+        # Pooled AUC where the validation split is large enough to rank trials, mse where not.
+        metric, auto_reason = auto_selection_metric(config.eval, split.valid)
+        if not quiet:
+            print(auto_reason, flush=True)
     train = dataclasses.replace(
         config.train, early_stopping_metric=metric,
         seeds=config.train.seeds if seeds is None else seeds,
@@ -211,14 +230,6 @@ def tune(
     dump_config(config, out / "config.toml")
     if space_path is not None:
         shutil.copyfile(space_path, out / "space.toml")
-    dataset, truth = load_dataset(config.data, config.sim, frame=frame,
-                                  planted=config.planted)
-    split = make_split(dataset, config.data, seed=config.run.seed)
-    if split.valid is None or len(split.valid) == 0:
-        raise ConfigError(
-            f"key data.split: tuning selects on a validation split, and {config.data.split!r} "
-            "gives none here (use split_ratios with three parts, leave_one_out, or mar_slice)"
-        )
     # A per-user ranking metric too few validation users can be ranked on is NaN: refused
     # before the first trial (`eval.protocol.check_validation_selection`).
     check_validation_selection(config.eval, split.valid, metric, metric_key)
@@ -258,6 +269,7 @@ def tune(
     best_run = train_run(best_config, best_dir, quiet=True, frame=frame)
     summary = {
         "metric": f"valid.{metric}",
+        "metric_rule": auto_reason,
         "direction": "min" if lower else "max",
         "sampler": sampler,
         "n_trials": len(records),

@@ -224,3 +224,23 @@ def test_protocol_b_runs_the_stabledr_preset(tmp_path):
     assert counts["n_users_evaluated"] + counts["n_users_no_positive"] == 290
     assert counts["n_users_no_positive"] == 9
     assert (tmp_path / "b" / "plots" / "debias_coat.png").stat().st_size > 10_000
+
+
+def test_the_yahoo_proxy_trains_the_shipped_yahoo_configs_on_the_simulated_world(tmp_path,
+                                                                                capsys):
+    """`--data yahoo_proxy`: configs/yahoo_<method>.toml on the simulated Yahoo! R3 world
+    (shrunk here by later --set values); --path is refused, it reads no folder."""
+    table = load_table_script()
+    rows = table.main(["--data", "yahoo_proxy", "--methods", "naive,dr_jl", "--seeds", "1",
+                       "--set", "sim.n_users=600", "--set", "sim.mar_users=200",
+                       "--set", "sim.n_items=120", "--set", "train.epochs=2",
+                       "--out", str(tmp_path / "proxy")])
+    assert all(row["status"] == "ok" for row in rows.values()), rows
+    assert rows["naive"]["truth"] is not None  # the ground truth is known
+    written = json.loads((tmp_path / "proxy" / "table.json").read_text())
+    assert 'data.format="simulator"' in written["overrides"]
+    assert "Yahoo! R3 proxy" in written["protocol"]
+    with pytest.raises(SystemExit):
+        table.main(["--data", "yahoo_proxy", "--path", str(tmp_path), "--out",
+                    str(tmp_path / "x")])
+    assert "reads no folder" in capsys.readouterr().err

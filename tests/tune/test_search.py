@@ -157,3 +157,32 @@ def test_successive_halving_keeps_survivors_identical():
     for member in dropped_at_rung[0]["halving_dropped"]:
         assert halved.per_seed[member]["best_epoch"] <= 1
     assert halved.history[-1]["alive"] == [winner]
+
+
+def test_auto_metric_selects_auc_on_a_large_validation_split_and_mse_on_a_small_one(tmp_path):
+    """`--metric auto`: pooled AUC when the validation split holds at least 200 positive and
+    200 negative ratings, mse otherwise; the rule and its counts are in the summary."""
+    from causalrec_jax.eval.protocol import AUTO_AUC_MIN_PER_CLASS, auto_selection_metric
+
+    rating_base = ["sim.mean_exposure=0.2", 'data.split="mar_slice"', "train.epochs=2",
+                   'train.loss="mse"', "model.embedding_dim=4", "eval.positive_threshold=4",
+                   'eval.metrics=["mse", "auc"]', 'train.early_stopping_metric="mse"']
+    space = space_from_dict({"train": {"learning_rate": [0.01, 0.05]}})
+    for users, mar_fraction, expected in ((100, 0.05, "mse"), (600, 0.3, "auc")):
+        config = load_config(None, [*rating_base, f"sim.n_users={users}", "sim.n_items=60",
+                                    "sim.mar_items_per_user=20",
+                                    f"data.mar_valid_fraction={mar_fraction}"])
+        split, _ = load_split(config.data, config.sim, seed=config.run.seed)
+        name, why = auto_selection_metric(config.eval, split.valid)
+        positives = int((split.valid.rating >= 4).sum())
+        assert name == expected, why
+        assert (min(positives, len(split.valid) - positives) >= AUTO_AUC_MIN_PER_CLASS) == (
+            expected == "auc")
+        assert f"{positives} positive" in why
+        summary = search.tune(config, space, tmp_path / expected, metric="auto")
+        assert summary["metric"] == f"valid.{expected}" and summary["metric_rule"] == why
+    with pytest.raises(ConfigError, match="which eval.metrics does not compute; add 'mse'"):
+        config = load_config(None, [*rating_base, "sim.n_users=100", "sim.n_items=60",
+                                    'eval.metrics=["auc"]', 'train.early_stopping_metric="auc"'])
+        search.tune(config, space, tmp_path / "none", metric="auto")
+    assert not (tmp_path / "none").exists()
