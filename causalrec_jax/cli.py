@@ -72,8 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--sampler", default="grid", help="grid, random or optuna")
     tune.add_argument("--trials", type=int, help="number of trials (random, optuna)")
     tune.add_argument("--metric", help="validation metric to select on, e.g. valid.ndcg@10; "
-                      "auto: valid.auc when the validation split has at least 200 positive and "
-                      "200 negative ratings, else valid.mse")
+                      "auto: valid.auc when the validation split's AUC has a standard error of "
+                      "at most 0.03 (or the loss is not mse), else valid.mse")
     tune.add_argument("--seeds", type=int, help="seeds per trial (default train.seeds)")
     tune.add_argument("--max-members", type=int, default=64,
                       help="most (trial, seed) members in one vmapped program")

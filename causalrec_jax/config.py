@@ -707,6 +707,19 @@ class Config:
     planted: PlantedConfig = field(default_factory=PlantedConfig)
 
 
+# `[data]` keys only the `mar_slice` split reads.
+MAR_SLICE_KEYS = ("mar_train_fraction", "mar_valid_fraction", "mar_test")
+
+
+def data_keys_used(data: DataConfig) -> tuple[str, ...]:
+    """The `[data]` keys a run reads: all of them, but the `mar_slice` keys only under
+    `data.split = "mar_slice"` (elsewhere setting them would do nothing)."""
+    names = [f.name for f in dataclasses.fields(data)]
+    if data.split == "mar_slice":
+        return tuple(names)
+    return tuple(name for name in names if name not in MAR_SLICE_KEYS)
+
+
 def check_selection_metric(eval_config: EvalConfig, name: str, key: str) -> str:
     """`name` if the evaluation computes it (`ndcg@10` needs ndcg in eval.metrics and 10 in
     eval.ks; pointwise metrics take no @K), else a ConfigError naming `key`."""

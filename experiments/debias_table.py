@@ -383,16 +383,16 @@ def main(argv=None) -> dict:
                         help="train nothing: redraw the figure of a saved table.csv into "
                         "<CSV stem>.png beside it (e.g. experiments/results/debias_coat.csv)")
     args = parser.parse_args(argv)
-    presets = [name.strip() for name in args.protocol.split(",") if name.strip()]
-    if not presets or any(name not in protocols.PROTOCOLS for name in presets) or len(
-            set(presets)) < len(presets):
+    names = [name.strip() for name in args.protocol.split(",") if name.strip()]
+    if not names or any(name not in protocols.PROTOCOLS for name in names) or len(
+            set(names)) < len(names):
         parser.error(f"--protocol {args.protocol}: expected a, b or a,b")
     if args.replot is not None:
         if not Path(args.replot).is_file():
             parser.error(f"--replot {args.replot}: no such file")
-        if len(presets) > 1:
+        if len(names) > 1:
             parser.error("--replot redraws one table: give its --protocol, a or b")
-        print(f"wrote {replot(Path(args.replot), args.data, presets[0])}")
+        print(f"wrote {replot(Path(args.replot), args.data, names[0])}")
         return read_table_csv(Path(args.replot))
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -405,13 +405,13 @@ def main(argv=None) -> dict:
         parser.error(f"--path: --data {args.data} is simulated; it reads no folder")
     if args.path is not None and not Path(args.path).exists():
         parser.error(f"--path {args.path}: no such folder")
-    suffix = "" if presets == ["a"] else "_" + "".join(presets)
+    suffix = "" if names == ["a"] else "_" + "".join(names)
     out = fresh_out(args.out, f"debias_{args.data}{suffix}")  # never replaces earlier runs
     out.mkdir(parents=True, exist_ok=True)
-    if len(presets) == 1:
-        return run_table(args, methods, presets[0], out)
+    if len(names) == 1:
+        return run_table(args, methods, names[0], out)
     # Both protocols in one process: each compiled training program serves both.
-    return {name: run_table(args, methods, name, out / name) for name in presets}
+    return {name: run_table(args, methods, name, out / name) for name in names}
 
 
 def run_table(args: argparse.Namespace, methods: list[str], name: str, out: Path) -> dict:

@@ -278,3 +278,14 @@ def test_configs_selecting_on_a_small_validation_slice_say_why_that_metric():
         assert "too few to rank" in reason[0] and f"{metric} pools them" in reason[0]
         checked += 1
     assert checked >= 31  # coat, sim, yahoo x 10 methods and the quickstart
+
+
+def test_mar_slice_keys_are_refused_under_another_split():
+    """`data.mar_test` (and the slice fractions) act only under data.split = "mar_slice":
+    set under another split they are refused in one line rather than ignored."""
+    from causalrec_jax.tasks.ordinary import check_ordinary_keys
+
+    config = load_config(None, ['data.split="random"', 'data.mar_test="all"'])
+    with pytest.raises(ConfigError, match="key data.mar_test: set to 'all'"):
+        check_ordinary_keys(config)
+    check_ordinary_keys(load_config(None, ['data.split="mar_slice"', 'data.mar_test="all"']))

@@ -90,7 +90,7 @@ def check_causal_setup(
             f"{sources}"
         )
     value = causal.imputation_value
-    if method == "dr" and loss == "bce" and value is not None and not (
+    if method in FIXED_IMPUTATION_METHODS and loss == "bce" and value is not None and not (
         0.0 <= value <= 1.0
     ):
         raise ConfigError(

@@ -356,7 +356,7 @@ def mar_slice_split(
     n_mar_train = int(_round_half_up(train_fraction * n_test))
     n_valid = int(_round_half_up(valid_fraction * n_test))
     _check_mar_slices(dataset, test_rows, carved, train_fraction, n_mar_train, valid_fraction,
-                      n_valid)
+                      n_valid, reduced=test != "all")
     mar_train = carved[:n_mar_train]
     valid_rows = carved[n_mar_train : n_mar_train + n_valid] if valid_fraction > 0 else given_valid
     test_rows_kept = test_rows if test == "all" else carved[n_mar_train + n_valid :]
@@ -380,8 +380,10 @@ def _check_mar_slices(
     n_mar_train: int,
     valid_fraction: float,
     n_valid: int,
+    reduced: bool = True,
 ) -> None:
-    """SplitError naming the fraction's key when a slice rounds to empty or eats the test."""
+    """SplitError naming the fraction's key when a slice rounds to empty or (when the slices
+    leave the test, `reduced`) eats the test."""
     n_test = len(test_rows)
     for name, fraction, count in (
         ("train", train_fraction, n_mar_train),
@@ -393,6 +395,8 @@ def _check_mar_slices(
                 f"to an empty mar_{name} slice; use at least {0.5 / n_test:.3g} (one row) or 0 "
                 "for no slice"
             )
+    if not reduced:
+        return
     n_left = n_test - n_mar_train - n_valid
     if n_left <= 0:
         raise SplitError(

@@ -284,25 +284,46 @@ def validation_ranked_users(config: EvalConfig, valid: Dataset) -> dict[str, int
     return out
 
 
-# `--metric auto` selects on pooled validation AUC when the validation split holds at least
-# this many positive and this many negative ratings, else on mse: the standard error of an
-# AUC near 0.75 is then at most about 0.02 (Hanley & McNeil 1982), below the gaps between
-# the configurations a search compares; with fewer, AUC ranks trials by noise.
-AUTO_AUC_MIN_PER_CLASS = 200
+# `--metric auto` selects a rating predictor on pooled validation AUC when the AUC of the
+# validation split is precise enough to rank trials, else on mse: when its standard error at
+# an AUC of 0.75 (Hanley & McNeil, Radiology 1982) is at most this. Coat's 5% slice (about
+# 55 positive and 177 negative ratings at >= 4) gives 0.041: mse; Yahoo! R3's (about 240 and
+# 2,460) 0.018: AUC. A model that does not predict ratings (train.loss not mse) is always
+# selected on AUC: its scores are not on the rating scale.
+AUTO_AUC_MAX_STDERR = 0.03
 
 
-def auto_selection_metric(config: EvalConfig, valid: Dataset) -> tuple[str, str]:
-    """`("auc" or "mse", why)`: the pointwise criterion `--metric auto` selects on, decided by
-    the size of the validation split (`AUTO_AUC_MIN_PER_CLASS` positives and negatives by
-    `config.positive_threshold`). Raises ConfigError (naming `--metric`) when the evaluation
-    computes neither metric the rule could choose."""
+def auc_standard_error(n_positive: int, n_negative: int, auc: float = 0.75) -> float:
+    """Hanley & McNeil's (1982) standard error of an AUC estimated from `n_positive` and
+    `n_negative` examples; infinite when either is 0."""
+    if n_positive < 1 or n_negative < 1:
+        return math.inf
+    q1, q2 = auc / (2 - auc), 2 * auc * auc / (1 + auc)
+    variance = (auc * (1 - auc) + (n_positive - 1) * (q1 - auc * auc)
+                + (n_negative - 1) * (q2 - auc * auc)) / (n_positive * n_negative)
+    return math.sqrt(variance)
+
+
+def auto_selection_metric(config: EvalConfig, valid: Dataset, loss: str = "mse"
+                          ) -> tuple[str, str]:
+    """`("auc" or "mse", why)`: the pointwise criterion `--metric auto` selects on. A rating
+    predictor (`loss == "mse"`) gets AUC when the validation split's AUC standard error is at
+    most `AUTO_AUC_MAX_STDERR` (positives by `config.positive_threshold`), else mse; any
+    other loss gets AUC. Raises ConfigError (naming eval.metrics) when the evaluation does not
+    compute the chosen metric."""
     threshold = positive_threshold_for(valid, config.positive_threshold)
     positive = is_positive(valid.rating, threshold, labels_are_binary(valid))
     n_pos, n_neg = int(positive.sum()), int((~positive).sum())
-    name = "auc" if min(n_pos, n_neg) >= AUTO_AUC_MIN_PER_CLASS else "mse"
-    why = (f"--metric auto: the validation split has {n_pos} positive and {n_neg} negative "
-           f"ratings, {'at least' if name == 'auc' else 'fewer than'} "
-           f"{AUTO_AUC_MIN_PER_CLASS} of each: selecting on valid.{name}")
+    stderr = auc_standard_error(n_pos, n_neg)
+    counts = f"the validation split has {n_pos} positive and {n_neg} negative ratings"
+    if loss != "mse":
+        name = "auc"
+        why = f"--metric auto: train.loss = {loss!r} does not predict ratings: valid.auc"
+    else:
+        name = "auc" if stderr <= AUTO_AUC_MAX_STDERR else "mse"
+        why = (f"--metric auto: {counts}, so AUC has a standard error of {stderr:.3f} "
+               f"({'at most' if name == 'auc' else 'above'} {AUTO_AUC_MAX_STDERR}): "
+               f"selecting on valid.{name}")
     computed = [metric.lower() for metric in config.metrics]
     if name not in computed:
         raise ConfigError(f"{why}, which eval.metrics does not compute; add {name!r}")

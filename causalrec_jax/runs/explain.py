@@ -123,7 +123,7 @@ def explain_run(run_dir: str | Path, user_id: str, item_id: str | None = None, *
                        "explain re-fits a user with the run's training objective, which it "
                        f"reproduces for causal.method = {', '.join(map(repr, REFIT_METHODS))} "
                        "only (the doubly robust family, rel_mf, MACR and PDA train on cells "
-                       "or scores beyond the user's own rows)")
+                       "or scores beyond the user's own rows, and D-IPS on reweighted ones)")
     if config.model.name in SEQUENCE_MODELS and (refit_l2 != "calibrated"
                                                  or residual != "kept"):
         flag = (f"--refit-l2 {refit_l2}" if refit_l2 != "calibrated"

@@ -38,6 +38,7 @@ from causalrec_jax.config import (
     CausalConfig,
     Config,
     TrainConfig,
+    data_keys_used,
     refuse_unused,
 )
 from causalrec_jax.data.dataset import Dataset, Split
@@ -222,6 +223,7 @@ class ProgramSpec:
     total_steps: int
     n_seeds: int
     adam_beta2: float = 0.999
+    dynamic_function: str = "log"
 
 
 def _objective(spec: ProgramSpec) -> Callable:
@@ -239,7 +241,8 @@ def _objective(spec: ProgramSpec) -> Callable:
             imputation_pairs = make_scorers(spec.imputation_graphdef,
                                             batch["shared_imputation_constants"]).score_pairs
         objective = causal_training.make_causal_objective(
-            spec.method, CausalConfig(cells_per_row=spec.cells_per_row), spec.loss,
+            spec.method, CausalConfig(cells_per_row=spec.cells_per_row,
+                                      dynamic_function=spec.dynamic_function), spec.loss,
             scorers.score_pairs, n_users=spec.n_users, n_items=spec.n_items,
             n_rows=spec.n_rows, imputation_score_pairs=imputation_pairs,
             n_negatives=spec.n_negatives,
@@ -436,7 +439,7 @@ def program_setup(config: Config, split: Split, truth: Any = None,
         n_negatives=config.train.n_negatives, optimizer=config.train.optimizer,
         lr_schedule=config.train.lr_schedule, warmup_steps=config.train.warmup_steps,
         total_steps=steps_per_epoch * config.train.epochs, n_seeds=len(members),
-        adam_beta2=config.train.adam_beta2,
+        adam_beta2=config.train.adam_beta2, dynamic_function=config.causal.dynamic_function,
     )
     optimizer = _optimizer(spec, TrainConfig())
     hparams = causal_training.as_hparams(causal_values)
@@ -605,7 +608,8 @@ def check_ordinary_keys(config: Config) -> None:
     (`[ope]`, `[uplift]`, `[env]`, ...; `[sim]` unless `data.format = "simulator"`,
     `[planted]` unless `data.format = "planted"`), a
     `[causal]` key of another method, a `[model]` key of another model."""
-    used: dict[str, Any] = {"data": None, "model": model_keys_used(config.model),
+    used: dict[str, Any] = {"data": data_keys_used(config.data),
+                            "model": model_keys_used(config.model),
                             "causal": causal_keys_used(config.causal),
                             "train": [f.name for f in dataclasses.fields(config.train)
                                       if f.name not in SEQUENCE_TRAIN_KEYS],

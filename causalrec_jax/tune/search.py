@@ -37,11 +37,13 @@ from typing import Any
 
 import numpy as np
 
+from causalrec_jax.causal.checks import causal_keys_used
 from causalrec_jax.config import Config, check_selection_metric, dump_config
 from causalrec_jax.data.loader import load_dataset
 from causalrec_jax.data.split import make_split
 from causalrec_jax.errors import ConfigError, RunError
 from causalrec_jax.eval.protocol import auto_selection_metric, check_validation_selection
+from causalrec_jax.models.factory import model_keys_used
 from causalrec_jax.runs.folder import json_safe
 from causalrec_jax.runs.track import check_tracking
 from causalrec_jax.runs.train import train_run
@@ -69,6 +71,19 @@ def resolve_metric(config: Config, metric: str | None) -> str:
     if name.startswith("test."):
         raise ConfigError(f"--metric {name}: selection reads the validation split only; use valid.")
     return check_selection_metric(config.eval, name.removeprefix("valid."), "--metric")
+
+
+def _check_space_keys_used(config: Config, space: SearchSpace) -> None:
+    """Refuses, before any trial trains, a `[causal]` or `[model]` key the space sweeps but
+    the configured method or model never reads (every trial would ignore it)."""
+    used = {"causal": causal_keys_used(config.causal), "model": model_keys_used(config.model)}
+    for key in space.keys:
+        section, _, name = key.partition(".")
+        if section in used and name not in used[section]:
+            owner = (f"causal.method = {config.causal.method!r}" if section == "causal"
+                     else f"model.name = {config.model.name!r}")
+            raise ConfigError(f"key {key}: the space sweeps it, but {owner} does not read it; "
+                              "remove it from the space")
 
 
 def _short(key: str) -> str:
@@ -177,9 +192,9 @@ def tune(
         sampler: `grid`, `random` or `optuna` (TPE, ask-and-tell in batches of `batch_size`).
         n_trials: number of trials (random, optuna; grid: all combinations when None).
         metric: validation metric to select on (default `train.early_stopping_metric`);
-            `auto`: pooled AUC when the validation split holds at least
-            `eval.protocol.AUTO_AUC_MIN_PER_CLASS` positive and negative ratings, else mse
-            (the rule and the counts go to the summary's `metric_rule`).
+            `auto`: pooled AUC when the validation split's AUC is precise enough
+            (`eval.protocol.auto_selection_metric`), else mse (the rule and the counts go to
+            the summary's `metric_rule`).
         seeds: seeds per trial (default `train.seeds`); a trial's value is the mean over them.
         max_members: the most (trial, seed) members in one vmapped program (memory).
         batch_size: trials asked of optuna at a time (one population).
@@ -202,6 +217,7 @@ def tune(
     # A base-config key the runs would ignore is refused before the search, not after it, and
     # so is a tracker (exporting the best run) whose package is missing.
     check_ordinary_keys(config)
+    _check_space_keys_used(config, space)
     check_tracking(config)
     metric_key = "--metric" if metric else "train.early_stopping_metric"
     auto = metric in ("auto", "valid.auto")
@@ -218,7 +234,8 @@ def tune(
     auto_reason = None
     if auto:
         # Pooled AUC where the validation split is large enough to rank trials, mse where not.
-        metric, auto_reason = auto_selection_metric(config.eval, split.valid)
+        metric, auto_reason = auto_selection_metric(config.eval, split.valid,
+                                                    config.train.loss)
         if not quiet:
             print(auto_reason, flush=True)
     train = dataclasses.replace(

@@ -224,8 +224,10 @@ def test_dynamic_exponent_and_denominators_hand_computed():
     np.testing.assert_allclose(dynamic_propensities(p, 1e-9, "identity"), p, rtol=1e-6)
     # A larger variance weight r (> 0.5 / (1 - p)) gives alpha = 0: no weighting at all.
     np.testing.assert_allclose(dynamic_propensities(jnp.array([0.2]), 1.0), [1.0])
-    np.testing.assert_allclose(dynamic_bias_weights(p), 1 - p / dynamic_propensities(p),
-                               rtol=1e-6)
+    # 1 - p / f^alpha: 1 - 0.01 / 0.198 and, where alpha = 1, 1 - 0.5 / log2(1.5).
+    np.testing.assert_allclose(np.asarray(dynamic_bias_weights(p))[[0, 2, 3]],
+                               [1 - 0.01 / 0.198, 1 - 0.5 / np.log2(1.5), 0.0], rtol=1e-4,
+                               atol=1e-7)
     with pytest.raises(ConfigError, match="key causal.dynamic_function"):
         dynamic_propensities(p, 0.1, "cos")
 

@@ -231,3 +231,19 @@ def test_an_ordinary_run_trains_with_the_configs_adam_beta2(sim_split):
     fast = dataclasses.replace(config, train=dataclasses.replace(config.train, adam_beta2=0.5))
     other = _final_params(ordinary.train_split(fast, split, evaluate_test=False, truth=truth))
     assert np.abs(default - other).max() > 1e-3
+
+
+def test_the_dynamic_function_reaches_the_compiled_training_program(sim_split):
+    """`causal.dynamic_function` is part of the program's static signature: a D-IPS run with
+    f = identity trains other parameters than one with f = log (it used to be dropped when
+    the program was built)."""
+    split, truth = sim_split
+    final = {}
+    for function in ("log", "identity"):
+        # A small w2 / w1 keeps alpha = 1 (where alpha is interior f^alpha = 2 r (1 - p) for
+        # every f), so the weights are 1 / f(p): log2(1 + p) against p.
+        config = _sim_config("d_ips", dynamic_function=function, dynamic_ratio=0.005)
+        trained = ordinary.train_split(config, split, members=[ordinary.Member(seed=0)],
+                                       evaluate_test=False, truth=truth)
+        final[function] = _final_params(trained)[0]
+    assert np.abs(final["log"] - final["identity"]).max() > 1e-3

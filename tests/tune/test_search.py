@@ -160,9 +160,16 @@ def test_successive_halving_keeps_survivors_identical():
 
 
 def test_auto_metric_selects_auc_on_a_large_validation_split_and_mse_on_a_small_one(tmp_path):
-    """`--metric auto`: pooled AUC when the validation split holds at least 200 positive and
-    200 negative ratings, mse otherwise; the rule and its counts are in the summary."""
-    from causalrec_jax.eval.protocol import AUTO_AUC_MIN_PER_CLASS, auto_selection_metric
+    """`--metric auto`: pooled AUC when the validation AUC's standard error is at most 0.03
+    (Hanley & McNeil), mse otherwise; the rule and its counts are in the summary."""
+    from causalrec_jax.eval.protocol import (
+        AUTO_AUC_MAX_STDERR,
+        auc_standard_error,
+        auto_selection_metric,
+    )
+
+    # Coat's 5% slice (about 55 positive, 177 negative ratings) is too small, Yahoo!'s not.
+    assert auc_standard_error(55, 177) > AUTO_AUC_MAX_STDERR > auc_standard_error(240, 2460)
 
     rating_base = ["sim.mean_exposure=0.2", 'data.split="mar_slice"', "train.epochs=2",
                    'train.loss="mse"', "model.embedding_dim=4", "eval.positive_threshold=4",
@@ -176,13 +183,27 @@ def test_auto_metric_selects_auc_on_a_large_validation_split_and_mse_on_a_small_
         name, why = auto_selection_metric(config.eval, split.valid)
         positives = int((split.valid.rating >= 4).sum())
         assert name == expected, why
-        assert (min(positives, len(split.valid) - positives) >= AUTO_AUC_MIN_PER_CLASS) == (
-            expected == "auc")
+        assert (auc_standard_error(positives, len(split.valid) - positives)
+                <= AUTO_AUC_MAX_STDERR) == (expected == "auc")
         assert f"{positives} positive" in why
         summary = search.tune(config, space, tmp_path / expected, metric="auto")
         assert summary["metric"] == f"valid.{expected}" and summary["metric_rule"] == why
+    # A model that does not predict ratings is selected on AUC whatever the split's size.
+    bce = load_config(None, [*rating_base[:3], 'train.loss="bce"', *rating_base[4:],
+                             "sim.n_users=100", "sim.n_items=60"])
+    split, _ = load_split(bce.data, bce.sim, seed=bce.run.seed)
+    assert auto_selection_metric(bce.eval, split.valid, "bce")[0] == "auc"
     with pytest.raises(ConfigError, match="which eval.metrics does not compute; add 'mse'"):
         config = load_config(None, [*rating_base, "sim.n_users=100", "sim.n_items=60",
                                     'eval.metrics=["auc"]', 'train.early_stopping_metric="auc"'])
         search.tune(config, space, tmp_path / "none", metric="auto")
     assert not (tmp_path / "none").exists()
+
+
+def test_a_space_key_the_method_does_not_read_is_refused_before_any_trial(tmp_path):
+    config = base_config()
+    space = space_from_dict({"causal": {"dynamic_ratio": [0.1, 0.2]}})
+    with pytest.raises(ConfigError, match="key causal.dynamic_ratio: the space sweeps it, but "
+                       "causal.method = 'naive' does not read it"):
+        search.tune(config, space, tmp_path / "s")
+    assert not (tmp_path / "s").exists()
