@@ -5,7 +5,7 @@
 Each case runs in its own process, so that its peak memory (max RSS) is its own.
 
 Cases:
-- `coat_table`: the whole Coat table of experiments/debias_table.py, all 10 methods x 5
+- `coat_table`: the whole Coat table of experiments/debias_table.py, every method x 5
   seeds (configs/coat_<method>.toml, their default epochs with early stopping; no tuning):
   wall seconds per method (data, compilation, training, evaluation and the run folder) and in
   total, with each method's first-epoch (compilation) and steady epoch seconds.

@@ -207,3 +207,18 @@ def test_a_space_key_the_method_does_not_read_is_refused_before_any_trial(tmp_pa
                        "causal.method = 'naive' does not read it"):
         search.tune(config, space, tmp_path / "s")
     assert not (tmp_path / "s").exists()
+
+
+def test_every_shipped_space_sweeps_only_keys_its_config_reads():
+    """Each configs/<name>_space.toml beside configs/<name>.toml passes the check `tune` runs
+    before its first trial (a key the method or model never reads is refused)."""
+    from pathlib import Path
+
+    from causalrec_jax.tune.space import load_space
+
+    configs = Path(__file__).resolve().parents[2] / "configs"
+    spaces = sorted(configs.glob("*_space.toml"))
+    assert len(spaces) > 30
+    for space_path in spaces:
+        config = load_config(configs / space_path.name.replace("_space.toml", ".toml"))
+        search._check_space_keys_used(config, load_space(space_path))
