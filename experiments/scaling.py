@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import jax  # noqa: E402
 
-from causalrec_jax.config import load_config  # noqa: E402
+from causalrec_jax.config import load_config, parse_override  # noqa: E402
 from causalrec_jax.errors import ConfigError  # noqa: E402
 from causalrec_jax.report.plots import scaling_figure  # noqa: E402
 from causalrec_jax.report.runs import read_run  # noqa: E402
@@ -115,14 +115,20 @@ def check_marker(out: Path, args: argparse.Namespace) -> dict[str, Any]:
     """`OUT/scaling.json`, what this call trains; with `--resume`, refused unless OUT holds
     one of the same configs, widths and overrides (so a resumed call writes only into its own
     output and never mixes runs of another setting)."""
+    # Overrides as parsed values, so that `data.path=X` and `data.path="X"` are one setting.
+    sets = [list(parse_override(setting)) for setting in args.overrides]
     marker = {"configs": [str(path.resolve()) for path in args.config], "dims": args.dims,
-              "sets": args.overrides}
+              "sets": sets}
     if args.resume:
         try:
             stored = json.loads((out / MARKER).read_text())
         except (OSError, json.JSONDecodeError):
             raise ConfigError(f"--resume: {out} holds no readable {MARKER}, so it is not the "
                               "output of this script") from None
+        if isinstance(stored, dict) and all(isinstance(item, str)
+                                            for item in stored.get("sets", [])):
+            # A marker written before overrides were stored parsed.
+            stored["sets"] = [list(parse_override(item)) for item in stored["sets"]]
         if stored != marker:
             raise ConfigError(f"--resume: {out} was made with other --config, --dims or --set "
                               f"values ({out / MARKER}); use another --out")

@@ -289,3 +289,11 @@ def test_mar_slice_keys_are_refused_under_another_split():
     with pytest.raises(ConfigError, match="key data.mar_test: set to 'all'"):
         check_ordinary_keys(config)
     check_ordinary_keys(load_config(None, ['data.split="mar_slice"', 'data.mar_test="all"']))
+    # A sequential run (leave-one-out) refuses them the same way, through the same key list.
+    from causalrec_jax.tasks.sequential import check_sequential_config
+
+    sequential = load_config(None, ['model.name="sasrec"', 'data.split="leave_one_out"',
+                                    "data.mar_valid_fraction=0.1"])
+    with pytest.raises(ConfigError, match="key data.mar_valid_fraction: set to 0.1, but a "
+                       "sequential run does not read it"):
+        check_sequential_config(sequential)

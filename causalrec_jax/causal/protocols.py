@@ -28,48 +28,29 @@ from causalrec_jax.errors import ConfigError
 
 @dataclass(frozen=True)
 class MnarProtocol:
-    """One published protocol: its config overrides and how to read its numbers."""
+    """One published protocol: what it sets, and where its published NDCG convention is."""
 
     name: str
-    overrides: tuple[str, ...]
     positive_threshold: float
+    # `data.mar_test`: the MAR rows left after the slices ("rest") or all of them ("all").
+    mar_test: str
     # The metrics.json block holding the published NDCG convention for this protocol.
     ndcg_block: str
-    description: str
 
+    @property
+    def overrides(self) -> tuple[str, ...]:
+        """The `--set` strings of the preset: the shared 5% / 5% carve and candidates
+        protocol, then this protocol's test and threshold."""
+        return ('data.split="mar_slice"', "data.mar_train_fraction=0.05",
+                "data.mar_valid_fraction=0.05", 'eval.protocol="candidates"',
+                f'data.mar_test="{self.mar_test}"',
+                f"eval.positive_threshold={self.positive_threshold}")
 
-_SHARED = (
-    'data.split="mar_slice"',
-    "data.mar_train_fraction=0.05",
-    "data.mar_valid_fraction=0.05",
-    'eval.protocol="candidates"',
-)
 
 PROTOCOLS = {
-    "a": MnarProtocol(
-        name="a",
-        overrides=(*_SHARED, 'data.mar_test="rest"', "eval.positive_threshold=4.0"),
-        positive_threshold=4.0,
-        ndcg_block="test",
-        description=(
-            "protocol (a), AutoDebias / CDR lineage: ratings >= 4 positive; the MAR ratings "
-            "split 5/5/90 into a MAR train slice (read only by methods that need unbiased "
-            "data), a validation slice and the test (the 90% left); users without a positive "
-            "are left out of ndcg and recall"
-        ),
-    ),
-    "b": MnarProtocol(
-        name="b",
-        overrides=(*_SHARED, 'data.mar_test="all"', "eval.positive_threshold=3.0"),
-        positive_threshold=3.0,
-        ndcg_block="test_literature",
-        description=(
-            "protocol (b), StableDR lineage: ratings >= 3 positive; a 5% MAR slice for the "
-            "methods that need unbiased data and a 5% validation slice, but the test is not "
-            "reduced (every MAR rating, the slices included, as published); users without a "
-            "positive score NDCG = 1; AUC pooled over all test pairs"
-        ),
-    ),
+    "a": MnarProtocol("a", positive_threshold=4.0, mar_test="rest", ndcg_block="test"),
+    "b": MnarProtocol("b", positive_threshold=3.0, mar_test="all",
+                      ndcg_block="test_literature"),
 }
 
 

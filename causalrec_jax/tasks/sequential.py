@@ -56,7 +56,13 @@ import numpy as np
 from flax import nnx
 
 from causalrec_jax import streams
-from causalrec_jax.config import Config, ModelConfig, TrainConfig
+from causalrec_jax.config import (
+    Config,
+    ModelConfig,
+    TrainConfig,
+    data_keys_used,
+    refuse_unused,
+)
 from causalrec_jax.data.dataset import Dataset, Split, concatenate
 from causalrec_jax.data.fingerprint import check_unchanged
 from causalrec_jax.data.loader import load_dataset
@@ -122,6 +128,9 @@ def target_rank_item_chunk() -> int:
 
 
 def check_sequential_config(config: Config) -> str:
+    # A `mar_slice` key under this run's split would do nothing: refused, as ordinary runs do.
+    refuse_unused(dataclasses.replace(Config(), data=config.data),
+                  {"data": data_keys_used(config.data)}, "a sequential run")
     if config.data.split != "leave_one_out":
         raise ConfigError(
             f"key data.split: got {config.data.split!r}, expected 'leave_one_out' for the "

@@ -100,3 +100,29 @@ def test_bad_input_is_one_line(tmp_path, args, message):
     assert result.returncode == 2
     assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists()
+
+
+def test_resume_reads_an_override_as_its_value_not_its_spelling(tmp_path, load_repo_script):
+    """`--set data.path=X` and `--set data.path="X"` are one setting: a resume spelled the
+    other way is accepted, also against a marker that stored the raw strings; another value
+    is still refused."""
+    import argparse
+    import json
+
+    from causalrec_jax.errors import ConfigError
+
+    script = load_repo_script("experiments/scaling.py")
+    configs = [Path("configs/sports_sasrec.toml")]
+
+    def args(setting, resume):
+        return argparse.Namespace(config=configs, dims=[32, 64], overrides=[setting],
+                                  resume=resume)
+
+    marker = script.check_marker(tmp_path, args('data.path="a/b.txt"', False))
+    (tmp_path / "scaling.json").write_text(json.dumps(marker))
+    assert script.check_marker(tmp_path, args("data.path=a/b.txt", True)) == marker
+    old = dict(marker, sets=['data.path="a/b.txt"'])  # the raw strings of an older marker
+    (tmp_path / "scaling.json").write_text(json.dumps(old))
+    assert script.check_marker(tmp_path, args("data.path=a/b.txt", True)) == marker
+    with pytest.raises(ConfigError, match="made with other --config, --dims or --set"):
+        script.check_marker(tmp_path, args("data.path=a/c.txt", True))
