@@ -661,6 +661,45 @@ class UpliftConfig:
 
 
 @dataclass(frozen=True)
+class PrivacyConfig:
+    """Differentially private training (`privacy/`): DP-SGD with an accounted budget.
+
+    `level`: "" (not private), "user" (a user's whole history, capped at
+    `max_examples_per_user` rows, is the unit one neighbouring dataset adds or removes) or
+    "example" (one training row). Each step samples units with probability
+    `train.batch_size / n_units` (so `train.batch_size` counts users at user level), clips
+    each unit's gradient to norm `clip` and adds Gaussian noise of std `noise * clip`; or,
+    with `target_epsilon` > 0, the noise multiplier is calibrated so that `train.epochs`
+    epochs spend `target_epsilon` at `delta`. `delta` 0 means 1/n_users, the largest
+    accepted. `accountant`: "pld" (privacy loss distributions, tight) or "rdp" (Renyi DP).
+    """
+
+    level: Literal["", "user", "example"] = ""
+    clip: float = 1.0
+    noise: float = 0.0
+    target_epsilon: float = 0.0
+    delta: float = 0.0
+    max_examples_per_user: int = 64
+    accountant: Literal["pld", "rdp"] = "pld"
+    # "local": the users' own rows are trained without noise and never published (joint DP,
+    # as private matrix completion and federated training have it); "noised": every
+    # parameter is private (see `privacy.dpsgd.DPSpec.user_rows`).
+    user_rows: Literal["local", "noised"] = "local"
+
+    def __post_init__(self) -> None:
+        _require(self.clip > 0, "privacy.clip", "a number > 0", self.clip)
+        _require(self.noise >= 0, "privacy.noise", "a number >= 0", self.noise)
+        _require(self.target_epsilon >= 0, "privacy.target_epsilon",
+                 "a number > 0 (or 0: use privacy.noise)", self.target_epsilon)
+        _require(self.target_epsilon == 0 or self.noise == 0, "privacy.noise",
+                 "unset with privacy.target_epsilon (which sets the noise)", self.noise)
+        _require(0 <= self.delta < 1, "privacy.delta", "a number in (0, 1/n_users] (or 0: "
+                 "1/n_users)", self.delta)
+        _require(self.max_examples_per_user >= 1, "privacy.max_examples_per_user",
+                 "an integer >= 1", self.max_examples_per_user)
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """Seed, output folder, verbosity and experiment tracking of a run.
 
@@ -704,6 +743,7 @@ class Config:
     target: PolicyConfig = field(default_factory=PolicyConfig)
     ope: OpeConfig = field(default_factory=OpeConfig)
     uplift: UpliftConfig = field(default_factory=UpliftConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     planted: PlantedConfig = field(default_factory=PlantedConfig)
 
 

@@ -66,6 +66,9 @@ class Step(enum.IntEnum):
     NEGATIVES = 0  # sampled negative items (redraw attempts are indexed below it)
     DROPOUT = 1  # the model's dropout masks (layers are indexed below it)
     CELLS = 2  # cells drawn uniformly from the whole matrix (the all-cells losses)
+    UNITS = 3  # DP-SGD: which privacy units the step samples (`privacy.dpsgd`)
+    UNIT = 4  # DP-SGD: each sampled unit's loss key (unit index below it; its Step roles below)
+    NOISE = 5  # DP-SGD: the Gaussian noise added to the summed clipped gradients
 
 
 @enum.unique

@@ -27,7 +27,7 @@ ROOT = Path(streams.__file__).resolve().parent
 HISTORIC_VALUES = {
     "Run": {"INIT": 0, "TRAIN": 1, "IMPUTATION": 2, "PROPENSITY_MODEL": 7919},
     "Epoch": {"STEPS": 0, "ORDER": 1, "BUCKET_ORDER": 2, "BATCH_ORDER": 3},
-    "Step": {"NEGATIVES": 0, "DROPOUT": 1, "CELLS": 2},
+    "Step": {"NEGATIVES": 0, "DROPOUT": 1, "CELLS": 2, "UNITS": 3, "UNIT": 4, "NOISE": 5},
     "World": {"USERS": 0, "ITEMS": 1, "POPULARITY": 2, "CELLS": 3, "MAR": 5, "CALIBRATION": 6},
     "Env": {"NOISE": 16, "POLICY": 17, "ARRIVAL": 18, "USERS": 19, "ITEMS": 20,
             "POPULARITY": 21},

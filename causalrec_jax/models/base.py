@@ -122,6 +122,19 @@ def make_scorers(graphdef: nnx.GraphDef, constants: nnx.State) -> Scorers:
     return Scorers(score_pairs, score_all)
 
 
+def row_tables(graphdef: nnx.GraphDef) -> dict[str, str] | None:
+    """`{attribute: "users" | "items"}`: the model's tables whose row r belongs to user (or
+    item) r and is read only where that id is scored (embeddings, biases, feature tables), as
+    the model class declares them in `ROW_TABLES`; None for a model that declares none, whose
+    score of one user reads other users' rows (LightGCN's propagation) or no row table at all.
+
+    What reads it: per-user gradients that gather a user's rows instead of differentiating
+    whole tables (`privacy.dpsgd`), and row-sharded tables.
+    """
+    declared = getattr(graphdef.nodes[0].type, "ROW_TABLES", None)
+    return None if declared is None else dict(declared)
+
+
 def embedding_table(key: jax.Array, n_rows: int, dim: int, scale: float = 0.1) -> nnx.Param:
     """A `[n_rows, dim]` embedding table drawn from N(0, (scale / sqrt(dim))^2).
 

@@ -11,6 +11,8 @@ Q [n_items, dim]. Regularisation is the loss's or optimiser's business, not the 
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -25,6 +27,10 @@ class MF(nnx.Module):
     user and item biases at zero and the global bias at `global_bias` (e.g. the mean training
     rating, so a rating model starts at the right level). All four are trainable.
     """
+
+    # The tables indexed by user or item id, row by row (see `models.base.row_tables`).
+    ROW_TABLES: ClassVar[dict[str, str]] = {"user_factors": "users", "user_bias": "users",
+                                            "item_factors": "items", "item_bias": "items"}
 
     def __init__(
         self,

@@ -14,7 +14,7 @@ with user and item features x_u, y_i (when the dataset has them) held as constan
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -104,6 +104,10 @@ class MLP(nnx.Module):
     smaller later layers): 4 * b * n_items * hidden_dims[0] bytes, e.g. 655 MB for b = 256,
     10^4 items and width 64; pick the evaluation chunk size accordingly.
     """
+
+    # The tables indexed by user or item id, row by row (see `models.base.row_tables`).
+    ROW_TABLES: ClassVar[dict[str, str]] = {"user_embedding": "users", "user_features": "users",
+                                            "item_embedding": "items", "item_features": "items"}
 
     def __init__(
         self,

@@ -15,7 +15,7 @@ User and item features, when given, are concatenated to the MLP tower's embeddin
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -41,6 +41,11 @@ class NeuMF(nnx.Module):
     matmul. Its memory is the MLP tower's, `[b, n_items, hidden_dims[0]]` float32
     activations (see `causalrec_jax.models.mlp.MLP`).
     """
+
+    # The tables indexed by user or item id, row by row (see `models.base.row_tables`).
+    ROW_TABLES: ClassVar[dict[str, str]] = {
+        "gmf_user_embedding": "users", "mlp_user_embedding": "users", "user_features": "users",
+        "gmf_item_embedding": "items", "mlp_item_embedding": "items", "item_features": "items"}
 
     def __init__(
         self,

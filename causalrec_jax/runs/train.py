@@ -151,6 +151,8 @@ def _write_run(config: Config, out: Path, *, resume: bool, quiet: bool, frame) -
         metrics["propensity"] = {"method": config.causal.propensity,
                                  "clip": config.causal.propensity_clip,
                                  **trained.propensity_report}
+    if trained.privacy is not None:
+        metrics["privacy"] = trained.privacy
     metrics["timing"] = {**timing, "total_seconds": round(time.perf_counter() - tic, 3)}
     metrics["versions"] = versions()
     if truth is not None:

@@ -56,6 +56,9 @@ from causalrec_jax.eval.summary import aggregate
 from causalrec_jax.eval.truth import evaluate_against_truth
 from causalrec_jax.models.base import make_scorers
 from causalrec_jax.models.factory import init_params, model_keys_used
+from causalrec_jax.privacy import dpsgd
+from causalrec_jax.privacy.accounting import calibrate_noise, check_delta, epsilon
+from causalrec_jax.privacy.dpsgd import overflow_probability
 from causalrec_jax.sim.world import SparseGroundTruth, truth_rows
 from causalrec_jax.train import checkpoint as checkpoints
 from causalrec_jax.train.loop import TrainingDivergedError, fit, over_seeds, seed_slice
@@ -126,6 +129,8 @@ class Trained:
     # The divergence that ended training early (`train_split(keep_good_epochs=True)`): the
     # rest is then the result of the good epochs before it.
     diverged: TrainingDivergedError | None = None
+    # The `"privacy"` object of metrics.json (`privacy_report`) of a DP-SGD run; else None.
+    privacy: dict[str, Any] | None = None
 
 
 def _row_propensities(config: Config, split: Split, truth: Any, users, items) -> tuple:
@@ -224,6 +229,8 @@ class ProgramSpec:
     n_seeds: int
     adam_beta2: float = 0.999
     dynamic_function: str = "log"
+    # DP-SGD (`privacy.dpsgd`): the step's static description, or None for ordinary training.
+    privacy: Any = None
 
 
 def _objective(spec: ProgramSpec) -> Callable:
@@ -268,6 +275,12 @@ def _programs(spec: ProgramSpec, streaming_segment: int = 0) -> tuple[Callable, 
     on the host and are sent `streaming_segment` batches at a time (`make_streaming_epoch`).
     """
     optimizer = _optimizer(spec, TrainConfig())
+    if spec.privacy is not None:
+        dp_step = dpsgd.make_dp_train_step(
+            spec.graphdef, spec.loss, optimizer, spec.privacy, n_users=spec.n_users,
+            n_items=spec.n_items, n_negatives=spec.n_negatives)
+        dp_epoch = dpsgd.make_dp_epoch(dp_step, spec.privacy)
+        return jax.jit(over_seeds(dp_epoch, spec.n_seeds), donate_argnums=(0,)), optimizer
     train_step = make_train_step(_objective(spec), optimizer)
     if streaming_segment:
         run_epoch = make_streaming_epoch(
@@ -343,6 +356,68 @@ def training_rows(config: Config, split: Split, truth: Any) -> tuple[dict, dict 
     if method in causal_training.METHODS_WITH_PROPENSITIES:
         arrays["propensities"], report = _row_propensities(config, split, truth, users, items)
     return arrays, report
+
+
+def private_spec(config: Config, graphdef: Any, *, n_users: int, n_rows: int) -> dpsgd.DPSpec:
+    """The DP-SGD step of `[privacy]` for this run: its units (users or rows), the expected
+    batch (`train.batch_size` units), and the noise multiplier (`privacy.noise`, or calibrated
+    to `privacy.target_epsilon` over `train.epochs` epochs). A one-line ConfigError names the
+    key of a setting DP-SGD cannot honour."""
+    privacy = config.privacy
+    if config.causal.method != "naive":
+        raise ConfigError(f"key causal.method: {config.causal.method!r} with privacy.level "
+                          f"= {privacy.level!r}; DP-SGD trains causal.method = 'naive' so far")
+    if config.train.loss == "softmax":
+        raise ConfigError("key train.loss: 'softmax' scores every item for every row, so a "
+                          "user's gradient reads the whole item table; use bpr or "
+                          "sampled_softmax with privacy.level set")
+    if config.train.data_placement == "host":
+        raise ConfigError("key train.data_placement: DP-SGD samples its units on the device; "
+                          "use 'auto' or 'device' with privacy.level set")
+    if config.train.cv_folds:
+        raise ConfigError("key train.cv_folds: every fold trains on most of the same users, "
+                          "so the folds' budgets would compose; unset it with privacy.level set")
+    if config.train.halving_rung:
+        raise ConfigError("key train.halving_rung: successive halving selects members on "
+                          "validation without noise; unset it with privacy.level set")
+    dpsgd.make_unit_gradient(graphdef, config.train.loss, n_users=n_users, n_items=1,
+                             n_negatives=1)  # refuses a model without row tables
+    n_units = n_users if privacy.level == "user" else n_rows
+    delta = privacy.delta or 1.0 / n_users
+    check_delta(delta, n_users)
+    expected = float(min(config.train.batch_size, n_units))
+    steps = max(1, -(-n_units // int(expected))) * config.train.epochs
+    noise = privacy.noise
+    if privacy.target_epsilon:
+        noise = calibrate_noise(privacy.target_epsilon, expected / n_units, steps, delta,
+                                privacy.accountant)
+    return dpsgd.make_spec(
+        privacy.level, clip=privacy.clip, noise_multiplier=noise, n_units=n_units,
+        expected_batch=expected,
+        examples_per_unit=privacy.max_examples_per_user if privacy.level == "user" else 1,
+        user_rows=privacy.user_rows)
+
+
+def privacy_report(config: Config, spec: dpsgd.DPSpec, epochs_trained: int,
+                   n_users: int) -> dict[str, Any]:
+    """The `"privacy"` object of `metrics.json`: the guarantee of the steps actually run."""
+    delta = config.privacy.delta or 1.0 / n_users
+    steps = epochs_trained * spec.steps_per_epoch
+    truncation = steps * overflow_probability(spec.n_units, spec.sampling_rate, spec.capacity)
+    return {
+        "epsilon": epsilon(spec.noise_multiplier, spec.sampling_rate, steps, delta,
+                           config.privacy.accountant),
+        "delta": delta, "noise_multiplier": spec.noise_multiplier, "clip_norm": spec.clip,
+        "level": spec.level, "accountant": config.privacy.accountant, "steps": steps,
+        "user_rows": spec.user_rows,
+        "guarantee": ("joint DP: every output but each user's own rows, which only that user "
+                      "sees" if spec.user_rows == "local" else "DP of every parameter"),
+        "sampling_rate": spec.sampling_rate, "expected_batch": spec.expected_batch,
+        "capacity": spec.capacity, "truncation_delta": truncation,
+        "max_examples_per_user": spec.examples_per_unit if spec.level == "user" else None,
+        "target_epsilon": config.privacy.target_epsilon or None,
+        "not_private": "the logged training loss and the best epoch chosen on validation",
+    }
 
 
 @dataclasses.dataclass
@@ -425,6 +500,13 @@ def program_setup(config: Config, split: Split, truth: Any = None,
         config.train.data_placement == "auto"
         and sum(values.nbytes for values in arrays.values()) <= DEVICE_DATA_LIMIT
     )
+    dp_spec = None
+    if config.privacy.level:
+        dp_spec = private_spec(config, parts.graphdef, n_users=train.n_users, n_rows=n_rows)
+        steps_per_epoch = dp_spec.steps_per_epoch
+        arrays = dpsgd.unit_arrays(arrays, train.n_users, dp_spec.level,
+                                   dp_spec.examples_per_unit, config.run.seed)
+        on_device = True
     data = {name: jnp.asarray(values) if on_device else values for name, values in arrays.items()}
     data.update(shared)
     samples_negatives = (config.train.loss in ("bpr", "sampled_softmax")
@@ -440,6 +522,7 @@ def program_setup(config: Config, split: Split, truth: Any = None,
         lr_schedule=config.train.lr_schedule, warmup_steps=config.train.warmup_steps,
         total_steps=steps_per_epoch * config.train.epochs, n_seeds=len(members),
         adam_beta2=config.train.adam_beta2, dynamic_function=config.causal.dynamic_function,
+        privacy=dp_spec,
     )
     optimizer = _optimizer(spec, TrainConfig())
     hparams = causal_training.as_hparams(causal_values)
@@ -568,9 +651,13 @@ def train_split(
              if name not in ("prediction", "imputation")}
     extra.update({name: jnp.tile(value[None], (len(members),) + (1,) * value.ndim)
                   for name, value in constants.items()})
+    privacy = None
+    if setup.spec.privacy is not None:
+        privacy = privacy_report(config, setup.spec.privacy, len(result.history),
+                                 train.n_users)
     return Trained(parts=parts._replace(params=best_params["prediction"]), per_seed=per_seed,
                    history=result.history, timing=timing, propensity_report=propensity_report,
-                   extra=extra, diverged=diverged)
+                   extra=extra, diverged=diverged, privacy=privacy)
 
 
 def data_summary(split: Split, per_seed: list[dict[str, Any]]) -> dict[str, Any]:
@@ -613,7 +700,8 @@ def check_ordinary_keys(config: Config) -> None:
                             "causal": causal_keys_used(config.causal),
                             "train": [f.name for f in dataclasses.fields(config.train)
                                       if f.name not in SEQUENCE_TRAIN_KEYS],
-                            "eval": None, "run": None}
+                            "eval": None, "run": None,
+                            "privacy": None if config.privacy.level else ("level",)}
     if config.data.format == "simulator":
         used["sim"] = None
     if config.data.format == "planted":

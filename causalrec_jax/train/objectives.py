@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from causalrec_jax import streams
+from causalrec_jax.errors import ConfigError
 from causalrec_jax.train import losses
 
 Batch = dict[str, jax.Array]
@@ -80,13 +81,9 @@ def make_objective(
             scores = score_all(params, users)
             loss = losses.softmax_cross_entropy_loss(scores, items, weights=weights, where=where)
         else:
-            negatives, log_probs, negative_where = draw_negatives(
-                key, batch, users, n_items, n_negatives
-            )
-            n_candidates = 1 + n_negatives
-            all_users = jnp.repeat(users[:, None], n_candidates, axis=1).reshape(-1)
-            all_items = jnp.concatenate([items[:, None], negatives], axis=1).reshape(-1)
-            scores = pair_scores(params, all_users, all_items, key).reshape(-1, n_candidates)
+            all_users, all_items, log_probs, negative_where = ranking_pairs(
+                key, batch, n_items, n_negatives)
+            scores = pair_scores(params, all_users, all_items, key).reshape(-1, 1 + n_negatives)
             if loss_name == "bpr":
                 loss = losses.bpr_loss(
                     scores[:, 0], scores[:, 1:], negative_where=negative_where,
@@ -103,6 +100,36 @@ def make_objective(
         return loss, {"loss": loss}
 
     return loss_fn
+
+
+def scored_pairs(loss_name: str, batch: Batch, key: jax.Array, n_items: int,
+                 n_negatives: int) -> tuple[jax.Array, jax.Array]:
+    """`(users [m], items [m])`: every (user, item) pair `make_objective`'s loss scores on
+    `batch` with the step `key`: the rows themselves (pointwise losses), or each positive
+    followed by its sampled negatives (`ranking_pairs`). The full softmax scores every item,
+    so it has no such list (a ConfigError). What reads it: per-user gradients over the rows
+    the loss touches (`privacy.dpsgd`)."""
+    if loss_name in POINTWISE_LOSSES:
+        return batch["users"], batch["items"]
+    if loss_name == "softmax":
+        raise ConfigError("key train.loss: 'softmax' scores the whole catalogue for every "
+                          "row, so no row's gradient touches only its own items")
+    users, items, _, _ = ranking_pairs(key, batch, n_items, n_negatives)
+    return users, items
+
+
+def ranking_pairs(key: jax.Array, batch: Batch, n_items: int, n_negatives: int
+                  ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array | None]:
+    """A ranking loss's scored pairs: `(users, items)`, both `[b * (1 + n_negatives)]`, row
+    by row the positive then its negatives (`draw_negatives` of the step `key`), with the
+    negatives' log-probabilities and validity."""
+    users, items = batch["users"], batch["items"]
+    negatives, log_probs, negative_where = draw_negatives(key, batch, users, n_items,
+                                                          n_negatives)
+    n_candidates = 1 + n_negatives
+    all_users = jnp.repeat(users[:, None], n_candidates, axis=1).reshape(-1)
+    all_items = jnp.concatenate([items[:, None], negatives], axis=1).reshape(-1)
+    return all_users, all_items, log_probs, negative_where
 
 
 def draw_negatives(key: jax.Array, batch: Batch, users: jax.Array, n_items: int,

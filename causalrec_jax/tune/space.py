@@ -72,6 +72,8 @@ UNTUNABLE_SECTIONS: dict[str, str] = {
     "not be comparable; set planted.* in the config",
     "eval": "eval settings define how trials are measured and compared; set eval.* in the config",
     "run": "run settings (seed, name, output folder) are not hyperparameters",
+    "privacy": "privacy settings set the guarantee (and every trial spends it); set "
+    "privacy.* in the config",
 }
 UNTUNABLE_KEYS: dict[str, str] = {
     "train.seeds": "the number of seeds is set by `causalrec tune --seeds`, not searched",

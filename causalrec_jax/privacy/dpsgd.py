@@ -1,0 +1,404 @@
+"""DP-SGD for the models of the one core, user-level by default (Abadi et al., CCS 2016;
+user-level: McMahan et al., ICLR 2018, "Learning Differentially Private Recurrent Language
+Models").
+
+A privacy unit is a user (`level = "user"`: every training row of one user, capped at
+`max_examples_per_user`, is what one neighbouring dataset adds or removes) or one training row
+(`level = "example"`). Each step
+
+1. samples every unit independently with probability `q = expected_batch / n_units` (Poisson
+   sampling), padded to a fixed `capacity` with a mask, so the step has one static shape;
+2. takes each sampled unit's gradient of the *sum* of its rows' losses, over the rows of the
+   embedding tables the unit's loss reads (its user's rows, its items' and its sampled
+   negatives' rows: `models.base.row_tables`) and the dense parameters, never whole tables
+   per unit. The rows are gathered per unit after de-duplicating the ids (`jnp.unique`), so
+   an item a unit reads twice gets one gradient row, the sum of both uses: its norm is the
+   norm of what the unit adds to the table (summing repeated rows after the norm would
+   understate it);
+3. clips each unit's whole gradient to norm `clip` (C) and sums the clipped gradients: rows
+   scattered back into full-size tables, dense parameters added;
+4. adds `N(0, (noise_multiplier * C)^2)` to every coordinate of every parameter (every row of
+   every table: which rows a batch touched is itself private), and divides by the *expected*
+   batch `q * n_units` (dividing by the realised count would leak it);
+5. hands the result to the run's optimiser, like the ordinary step.
+
+Capacity: a step holds at most `capacity` sampled units; more are dropped (truncated Poisson
+sampling). `capacity` is the least count a Binomial(n_units, q) exceeds with probability at
+most `OVERFLOW_PROBABILITY` per step; the run's report adds `steps * P(overflow)` to delta
+(`truncation_delta`), as the guarantee of the exactly Poisson-sampled mechanism then holds for
+this one up to that probability.
+
+Not private (and so reported as such): the training loss a run logs and the choice of the best
+epoch on validation data read the data without noise.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from scipy import stats
+
+from causalrec_jax import streams
+from causalrec_jax.errors import ConfigError
+from causalrec_jax.models.base import make_scorers, row_tables
+from causalrec_jax.train.objectives import make_objective, scored_pairs
+from causalrec_jax.train.step import TrainState, epoch_loss
+
+LEVELS = ("user", "example")
+USER_ROWS = ("local", "noised")
+
+# Per step, the probability that more units are sampled than the step holds (`capacity`).
+OVERFLOW_PROBABILITY = 1e-12
+
+@dataclasses.dataclass(frozen=True)
+class DPSpec:
+    """The static description of a DP-SGD step (hashable: part of a program's signature).
+
+    Attributes:
+        level: `user` or `example`.
+        clip: C, the bound on each unit's gradient norm.
+        noise_multiplier: sigma; the noise's standard deviation is sigma * C.
+        n_units: privacy units (users, or training rows).
+        expected_batch: `q * n_units`, units sampled per step on average (the divisor).
+        capacity: sampled units a step holds (static).
+        examples_per_unit: rows per unit (`max_examples_per_user`; 1 at example level).
+        steps_per_epoch: steps in one pass (`ceil(n_units / expected_batch)`).
+        user_rows: `local`: the users' own rows (embeddings, biases) are trained on their
+            own data without clipping or noise, and only the shared parameters (item rows,
+            dense layers) are private: joint differential privacy (Kearns et al., ITCS
+            2014), where what user u is shown depends on other users' data only through the
+            private shared parameters (the billboard lemma, Hsu et al., STOC 2014), as in
+            private matrix completion (Jain et al., COLT 2018; Chien et al., NeurIPS 2021)
+            and as federated training keeps user vectors on the client. `noised`: every
+            parameter, user rows included, is clipped and noised (the whole model may be
+            published).
+    """
+
+    level: str
+    clip: float
+    noise_multiplier: float
+    n_units: int
+    expected_batch: float
+    capacity: int
+    examples_per_unit: int
+    steps_per_epoch: int
+    user_rows: str = "local"
+
+    @property
+    def sampling_rate(self) -> float:
+        return self.expected_batch / self.n_units
+
+
+def capacity_for(n_units: int, sampling_rate: float,
+                 overflow: float = OVERFLOW_PROBABILITY) -> int:
+    """The least c with P(Binomial(n_units, sampling_rate) > c) <= `overflow`."""
+    if sampling_rate >= 1.0:
+        return n_units
+    return int(min(n_units, stats.binom.isf(overflow, n_units, sampling_rate) + 1))
+
+
+def overflow_probability(n_units: int, sampling_rate: float, capacity: int) -> float:
+    """P(Binomial(n_units, sampling_rate) > capacity): one step dropping sampled units."""
+    return float(stats.binom.sf(capacity, n_units, sampling_rate))
+
+
+def make_spec(level: str, *, clip: float, noise_multiplier: float, n_units: int,
+              expected_batch: float, examples_per_unit: int, user_rows: str = "local"
+              ) -> DPSpec:
+    """A `DPSpec`, its capacity and steps per epoch derived; a ConfigError names the key of
+    a value out of range."""
+    if level not in LEVELS:
+        raise ConfigError(f"key privacy.level: got {level!r}, expected one of "
+                          f"{', '.join(LEVELS)}")
+    if not clip > 0:
+        raise ConfigError(f"key privacy.clip: got {clip!r}, expected a number > 0")
+    if not noise_multiplier >= 0:
+        raise ConfigError(f"key privacy.noise: got {noise_multiplier!r}, expected a number "
+                          ">= 0")
+    if user_rows not in USER_ROWS:
+        raise ConfigError(f"key privacy.user_rows: got {user_rows!r}, expected one of "
+                          f"{', '.join(USER_ROWS)}")
+    if n_units < 1:
+        raise ConfigError("no privacy units: the training split has no rows")
+    expected_batch = float(min(expected_batch, n_units))
+    rate = expected_batch / n_units
+    return DPSpec(level=level, clip=float(clip), noise_multiplier=float(noise_multiplier),
+                  n_units=int(n_units), expected_batch=expected_batch,
+                  capacity=capacity_for(n_units, rate), examples_per_unit=int(examples_per_unit),
+                  steps_per_epoch=max(1, math.ceil(n_units / expected_batch)),
+                  user_rows=user_rows)
+
+
+# ----------------------------------------------------------------------------- units
+
+
+def unit_arrays(rows: dict[str, np.ndarray], n_users: int, level: str, max_examples: int,
+                seed: int) -> dict[str, np.ndarray]:
+    """The training rows grouped into privacy units (numpy, built once per run).
+
+    Args:
+        rows: `[n_rows]` arrays with `users` and `items` (and `ratings`, `weights`, ... as the
+            loss reads them).
+        n_users: users of the dataset (every user is a unit at user level, those without
+            rows empty).
+        level: `user` (a unit holds up to `max_examples` of one user's rows, a uniform draw
+            of `seed` when the user has more) or `example` (a unit is one row).
+        max_examples: the cap on a user's rows.
+        seed: the draw of the kept rows.
+
+    Returns:
+        `unit_users [n_units]` and, for every row array, `[n_units, k]` (`k = max_examples`
+        at user level, 1 at example level) with `unit_mask [n_units, k]`.
+    """
+    users = np.asarray(rows["users"], np.int64)
+    if level == "example":
+        out = {name: np.asarray(values)[:, None] for name, values in rows.items()}
+        out["unit_users"] = users.astype(np.int32)
+        out["unit_mask"] = np.ones((len(users), 1), bool)
+        return out
+    rng = np.random.default_rng(seed)
+    # each user's rows in a random order, then the first max_examples of each user
+    order = np.lexsort((rng.random(len(users)), users))
+    sorted_users = users[order]
+    starts = np.searchsorted(sorted_users, np.arange(n_users))
+    rank = np.arange(len(order)) - starts[sorted_users]
+    keep = rank < max_examples
+    picked, slot = order[keep], rank[keep]
+    out = {}
+    for name, values in rows.items():
+        values = np.asarray(values)
+        table = np.zeros((n_users, max_examples) + values.shape[1:], values.dtype)
+        table[users[picked], slot] = values[picked]
+        out[name] = table
+    out["unit_mask"] = np.zeros((n_users, max_examples), bool)
+    out["unit_mask"][users[picked], slot] = True
+    out["unit_users"] = np.arange(n_users, dtype=np.int32)
+    return out
+
+
+def sample_units(key: jax.Array, spec: DPSpec) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Poisson sampling: `(units [capacity], valid [capacity], n_sampled [])`: each unit is
+    in with probability `spec.sampling_rate`; the first `capacity` sampled are kept, padding
+    slots hold unit 0 with `valid` False."""
+    sampled = jax.random.uniform(key, (spec.n_units,)) < spec.sampling_rate
+    (units,) = jnp.nonzero(sampled, size=spec.capacity, fill_value=spec.n_units)
+    valid = units < spec.n_units
+    return jnp.where(valid, units, 0), valid, jnp.sum(sampled)
+
+
+# ----------------------------------------------------------------------------- gradients
+
+
+def _table_kinds(state: Any, tables: dict[str, str]) -> list[str]:
+    """For each leaf of a model state, the id kind of its rows ("users", "items") or ""."""
+    paths = jax.tree_util.tree_flatten_with_path(state)[0]
+    return [tables.get(getattr(path[0], "key", None), "") for path, _ in paths]
+
+
+def gather_rows(state: Any, tables: dict[str, str], ids: dict[str, jax.Array]) -> Any:
+    """The state with each row table cut to the rows `ids[kind]` (an id past the table's end,
+    the padding of `jnp.unique`, reads its last row: a row no score will read)."""
+    leaves, treedef = jax.tree_util.tree_flatten(state)
+    kinds = _table_kinds(state, tables)
+    out = [leaf[jnp.minimum(ids[kind], leaf.shape[0] - 1)] if kind else leaf
+           for leaf, kind in zip(leaves, kinds, strict=True)]
+    return jax.tree_util.tree_unflatten(treedef, out)
+
+
+def scatter_rows(like: Any, tables: dict[str, str], grads: Any,
+                 ids: dict[str, jax.Array]) -> Any:
+    """Summed per-unit gradients back in full-size tables: `grads` leaves `[units, ...]`
+    (row tables `[units, m, ...]` at the ids `ids[kind] [units, m]`, padding ids dropped),
+    summed over the units."""
+    leaves, treedef = jax.tree_util.tree_flatten(grads)
+    full = jax.tree_util.tree_leaves(like)
+    kinds = _table_kinds(like, tables)
+    out = []
+    for leaf, target, kind in zip(leaves, full, kinds, strict=True):
+        if not kind:
+            out.append(leaf.sum(axis=0))
+            continue
+        rows = leaf.reshape((-1,) + target.shape[1:])
+        out.append(jnp.zeros_like(target).at[ids[kind].reshape(-1)].add(rows, mode="drop"))
+    return jax.tree_util.tree_unflatten(treedef, out)
+
+
+def private_leaves(state: Any, tables: dict[str, str], user_rows: str) -> list[bool]:
+    """For each leaf of a model state, whether DP-SGD clips and noises it: every leaf, or
+    (`user_rows = "local"`) every leaf but the user row tables."""
+    return [not (user_rows == "local" and kind == "users")
+            for kind in _table_kinds(state, tables)]
+
+
+def global_norm(leaves: list[jax.Array]) -> jax.Array:
+    return jnp.sqrt(sum(jnp.sum(jnp.square(leaf)) for leaf in leaves))
+
+
+def make_unit_gradient(graphdef: Any, loss_name: str, *, n_users: int, n_items: int,
+                       n_negatives: int, user_rows: str = "noised") -> Callable[..., Any]:
+    """Builds `unit_gradient(params, constants, batch, key, hparams) -> (grads, ids, loss,
+    norm)`: one unit's gradient of the sum of its rows' losses (`train.objectives.
+    make_objective`, the loss of the ordinary step, on `batch [k]`), unclipped, over its
+    gathered rows (`grads` row tables `[m, ...]` at `ids[kind] [m]`) and the dense
+    parameters; `loss` that sum and `norm` the norm of its private part (`private_leaves`:
+    without the user rows when `user_rows = "local"`).
+
+    Raises:
+        ConfigError: a model that declares no row tables (`models.base.row_tables`), whose
+            per-user gradient is not a function of the user's own rows.
+    """
+    tables = row_tables(graphdef)
+    if tables is None:
+        raise ConfigError(
+            f"key model.name: {graphdef.nodes[0].type.__name__} scores a user from other "
+            "users' rows (or from no row table), so a user's gradient is not bounded by "
+            "clipping that user's own; DP-SGD covers mf, mlp and neumf")
+    sizes = {"users": n_users, "items": n_items}
+
+    def unit_gradient(params, constants, batch, key, hparams=None):
+        users, items = scored_pairs(loss_name, batch, key, n_items, n_negatives)
+        touched = {"users": users, "items": items}
+        # sorted unique ids, padded past the table's end (still sorted, never looked up)
+        ids = {kind: jnp.unique(values, size=values.shape[0], fill_value=sizes[kind])
+               for kind, values in touched.items()}
+        local_params = gather_rows(params, tables, ids)
+        local_scorers = make_scorers(graphdef, gather_rows(constants, tables, ids))
+
+        def score_pairs(p, users, items, key=None, dropout_rate=None):
+            return local_scorers.score_pairs(
+                p, jnp.searchsorted(ids["users"], users), jnp.searchsorted(ids["items"], items),
+                key=key, dropout_rate=dropout_rate)
+
+        objective = make_objective(loss_name, score_pairs, None, n_items=n_items,
+                                   n_negatives=n_negatives)
+        n_rows = jnp.sum(batch["mask"])
+
+        def summed(p):
+            loss, _ = objective(p, batch, key, hparams=hparams)
+            return loss * n_rows  # the objective is the mean over the unit's rows
+
+        loss, grads = jax.value_and_grad(summed)(local_params)
+        private = private_leaves(params, tables, user_rows)
+        norm = global_norm([leaf for leaf, keep in zip(jax.tree.leaves(grads), private,
+                                                       strict=True) if keep])
+        return grads, ids, loss, norm
+
+    return unit_gradient
+
+
+def make_dp_train_step(graphdef: Any, loss_name: str, optimizer: optax.GradientTransformation,
+                       spec: DPSpec, *, n_users: int, n_items: int, n_negatives: int
+                       ) -> Callable[[TrainState, dict[str, Any], jax.Array],
+                                     tuple[TrainState, dict[str, jax.Array]]]:
+    """Builds `dp_step(state, data, key) -> (state, metrics)`, the private counterpart of
+    `train.step.make_train_step`'s step, for a state whose params are `{"prediction":
+    model state}` (an ordinary run of causal.method = "naive").
+
+    `data` holds the units (`unit_arrays`, on the device) and the `shared_` arrays of the
+    ordinary epoch (`shared_constants`, `shared_seen_mask`, ...). The step folds `state.step`
+    into `key` as the ordinary step does, samples its units, and applies
+    `optimizer.update` to the noisy mean of the clipped gradients (the module doc).
+    `metrics`: `loss` (the sampled units' mean row loss: NOT private), `finite`, `sampled`
+    (units Poisson drew), `dropped` (beyond `capacity`), `clipped` (units whose norm
+    exceeded C) and `mean_norm`.
+    """
+    tables = row_tables(graphdef)
+    unit_gradient = make_unit_gradient(graphdef, loss_name, n_users=n_users, n_items=n_items,
+                                       n_negatives=n_negatives, user_rows=spec.user_rows)
+    row_names = ("users", "items", "ratings", "weights", "propensities")
+
+    def dp_step(state: TrainState, data: dict[str, Any], key: jax.Array):
+        step_key = streams.index(key, state.step)
+        units, valid, n_sampled = sample_units(streams.derive(step_key, streams.Step.UNITS),
+                                               spec)
+        shared = {name: value for name, value in data.items() if name.startswith("shared_")}
+        params = state.params["prediction"]
+        private = private_leaves(params, tables, spec.user_rows)
+        constants = data["shared_constants"]
+        extra = {} if state.hparams is None else {"hparams": state.hparams}
+
+        def one_unit(unit, is_valid, unit_key):
+            batch = {name: data[name][unit] for name in row_names if name in data}
+            batch["users"] = jnp.full(spec.examples_per_unit, data["unit_users"][unit])
+            batch["mask"] = data["unit_mask"][unit] & is_valid
+            grads, ids, loss, norm = unit_gradient(params, constants, {**batch, **shared},
+                                                   unit_key, **extra)
+            factor = jnp.minimum(1.0, spec.clip / jnp.maximum(norm, 1e-12))
+            leaves, treedef = jax.tree_util.tree_flatten(grads)
+            leaves = [jnp.where(is_valid, leaf * factor if keep else leaf, 0.0)
+                      for leaf, keep in zip(leaves, private, strict=True)]
+            grads = jax.tree_util.tree_unflatten(treedef, leaves)
+            return grads, ids, loss, norm, jnp.sum(batch["mask"])
+
+        # each unit's loss draws from its own key (its negatives and dropout)
+        unit_stream = streams.derive(step_key, streams.Step.UNIT)
+        unit_keys = jax.vmap(lambda u: streams.index(unit_stream, u))(units)
+        grads, ids, losses, norms, counts = jax.vmap(one_unit)(units, valid, unit_keys)
+        summed = scatter_rows(params, tables, grads, ids)
+        noise_key = streams.derive(step_key, streams.Step.NOISE)
+        leaves, treedef = jax.tree_util.tree_flatten(summed)
+        noise_keys = jax.random.split(noise_key, len(leaves))
+        std = spec.noise_multiplier * spec.clip
+        noisy = [(leaf + std * jax.random.normal(k, leaf.shape, leaf.dtype) if keep else leaf)
+                 / spec.expected_batch
+                 for leaf, k, keep in zip(leaves, noise_keys, private, strict=True)]
+        gradient = {"prediction": jax.tree_util.tree_unflatten(treedef, noisy)}
+        updates, opt_state = optimizer.update(gradient, state.opt_state, state.params)
+        new_params = optax.apply_updates(state.params, updates)
+        loss = jnp.sum(losses) / jnp.maximum(jnp.sum(counts), 1)
+        finite = jnp.isfinite(loss) & jnp.all(jnp.stack(
+            [jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(gradient)]))
+        new_state = TrainState(params=new_params, opt_state=opt_state, step=state.step + 1,
+                               hparams=state.hparams)
+        state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
+        n_valid = jnp.sum(valid)
+        metrics = {
+            "loss": loss, "finite": finite, "sampled": n_sampled,
+            "dropped": n_sampled - n_valid,
+            "clipped": jnp.sum(valid & (norms > spec.clip)),
+            "mean_norm": jnp.sum(jnp.where(valid, norms, 0.0)) / jnp.maximum(n_valid, 1),
+        }
+        return state, metrics
+
+    return dp_step
+
+
+def make_dp_epoch(dp_step: Callable[..., Any], spec: DPSpec) -> Callable[..., Any]:
+    """`dp_epoch(state, data, key, epoch) -> (state, metrics)`: `spec.steps_per_epoch` steps
+    under one `lax.scan`, the interface of `train.step.make_train_epoch` (the run key's
+    `streams.Epoch.STEPS` stream, with the step count folded in by each step, so a resumed
+    run replays the same samples). After a non-finite step the epoch stops updating and
+    reports it in `first_bad_batch`. `metrics` adds `dropped` (sampled units beyond the
+    capacity, summed over the epoch) and `clipped_fraction`."""
+
+    def dp_epoch(state, data, key, epoch):
+        del epoch  # each step's sample comes from the step count
+        step_key = streams.derive(key, streams.Epoch.STEPS)
+
+        def body(carry, index):
+            state, first_bad = carry
+            new_state, metrics = dp_step(state, data, step_key)
+            healthy = first_bad < 0
+            state = jax.tree.map(lambda new, old: jnp.where(healthy, new, old), new_state,
+                                 state)
+            first_bad = jnp.where(healthy & ~metrics["finite"], index, first_bad)
+            good = healthy & metrics["finite"]
+            return (state, first_bad), (jnp.where(good, metrics["loss"], 0.0),
+                                        metrics["dropped"], metrics["clipped"],
+                                        metrics["sampled"] - metrics["dropped"])
+
+        (state, first_bad), (losses, dropped, clipped, kept) = jax.lax.scan(
+            body, (state, jnp.asarray(-1, jnp.int32)),
+            jnp.arange(spec.steps_per_epoch, dtype=jnp.int32))
+        return state, {"loss": epoch_loss(losses, first_bad), "first_bad_batch": first_bad,
+                       "dropped": jnp.sum(dropped),
+                       "clipped_fraction": jnp.sum(clipped) / jnp.maximum(jnp.sum(kept), 1)}
+
+    return dp_epoch

@@ -1,0 +1,98 @@
+"""Private runs through the one core: the run folder's `"privacy"` object, its epsilon from
+the accountant for the steps run, determinism, and one-line refusals naming the key."""
+
+import json
+
+import pytest
+
+from causalrec_jax.cli import main
+from causalrec_jax.config import load_config
+from causalrec_jax.errors import ConfigError
+from causalrec_jax.privacy import accounting
+from causalrec_jax.runs import train as run_train
+
+TINY = [
+    "sim.n_users=60", "sim.n_items=40", "sim.mean_exposure=0.3", 'data.split="random"',
+    "train.epochs=3", "train.batch_size=16", 'train.loss="bpr"', "train.learning_rate=0.05",
+    "model.embedding_dim=8", "eval.ks=[5]", "eval.positive_threshold=0",
+    'eval.metrics=["ndcg", "recall"]', 'train.early_stopping_metric="ndcg@5"',
+    "train.patience=10", 'privacy.level="user"', "privacy.max_examples_per_user=8",
+]
+KEYS = {"epsilon", "delta", "noise_multiplier", "clip_norm", "level", "accountant", "steps",
+        "sampling_rate"}
+
+
+def config(*extra):
+    return load_config(None, TINY + list(extra))
+
+
+@pytest.fixture(scope="module")
+def private_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("private") / "run"
+    metrics = run_train.train_run(config("privacy.target_epsilon=4.0"), out, quiet=True)
+    return metrics, out
+
+
+def test_a_private_run_reports_its_accounted_budget(private_run):
+    metrics, out = private_run
+    written = json.loads((out / "metrics.json").read_text())
+    privacy = written["privacy"]
+    assert KEYS <= set(privacy)
+    assert privacy["level"] == "user" and privacy["accountant"] == "pld"
+    assert privacy["delta"] == pytest.approx(1 / 60)
+    assert privacy["sampling_rate"] == pytest.approx(16 / 60)
+    assert privacy["steps"] == 3 * 4  # ceil(60 / 16) steps an epoch, 3 epochs
+    assert privacy["epsilon"] <= 4.0 * 1.001
+    assert privacy["epsilon"] == pytest.approx(accounting.epsilon(
+        privacy["noise_multiplier"], privacy["sampling_rate"], privacy["steps"],
+        privacy["delta"]))
+    assert privacy["noise_multiplier"] > 0.5 and privacy["truncation_delta"] < 1e-9
+    assert 0 <= written["test"]["ndcg@5"] <= 1
+
+
+def test_a_private_run_is_deterministic(private_run, tmp_path):
+    metrics, _ = private_run
+    again = run_train.train_run(config("privacy.target_epsilon=4.0"), tmp_path / "again",
+                                quiet=True)
+    assert again["test"] == metrics["test"]
+
+
+def test_example_level_with_a_fixed_noise(tmp_path):
+    metrics = run_train.train_run(config('privacy.level="example"', "privacy.noise=1.5",
+                                         "privacy.max_examples_per_user=64",
+                                         'privacy.accountant="rdp"'),
+                                  tmp_path / "example", quiet=True)
+    privacy = metrics["privacy"]
+    assert privacy["level"] == "example" and privacy["noise_multiplier"] == 1.5
+    assert privacy["epsilon"] == pytest.approx(accounting.epsilon(
+        1.5, privacy["sampling_rate"], privacy["steps"], privacy["delta"], "rdp"))
+    assert privacy["max_examples_per_user"] is None
+
+
+@pytest.mark.parametrize("extra,key", [
+    (["privacy.clip=0"], "privacy.clip"),
+    (["privacy.delta=0.5"], "privacy.delta"),
+    (['model.name="lightgcn"'], "model.name"),
+    (['train.loss="softmax"'], "train.loss"),
+    (["privacy.target_epsilon=0.0001", "privacy.delta=0.00001", "train.epochs=200",
+      "train.batch_size=60"],
+     "privacy.target_epsilon"),
+    (['train.data_placement="host"'], "train.data_placement"),
+])
+def test_bad_privacy_settings_are_one_line_errors_naming_the_key(tmp_path, capsys, extra, key):
+    out = tmp_path / "refused"
+    args = ["train", "--quiet", "--out", str(out)]
+    for setting in TINY + extra:
+        args += ["--set", setting]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert key in err and len(err.splitlines()) == 1, err
+    assert not out.exists()
+
+
+def test_privacy_keys_without_a_level_and_causal_methods_are_refused():
+    with pytest.raises(ConfigError, match="privacy.clip"):
+        run_train.train_run(load_config(None, TINY[:-2] + ["privacy.clip=2.0"]), "unused",
+                            quiet=True)
+    with pytest.raises(ConfigError, match="causal.method"):
+        run_train.train_run(config('causal.method="pda"'), "unused", quiet=True)
