@@ -28,7 +28,8 @@ import tomli_w
 from causalrec_jax.errors import ConfigError
 
 # Metric names `[eval] metrics` accepts (DESIGN §2); the eval package checks it agrees.
-RANKING_METRIC_NAMES = ("recall", "precision", "ndcg", "hit", "mrr", "map", "itemcoverage")
+RANKING_METRIC_NAMES = ("recall", "precision", "ndcg", "hit", "mrr", "map", "itemcoverage",
+                        "averagepopularity", "giniindex")
 POINTWISE_METRIC_NAMES = ("auc", "mse", "rmse", "mae")
 UNBIASED_METRIC_NAMES = ("ips_recall", "snips_recall", "ips_ndcg", "snips_ndcg", "ips_dcg")
 METRIC_NAMES = RANKING_METRIC_NAMES + POINTWISE_METRIC_NAMES + UNBIASED_METRIC_NAMES
@@ -685,6 +686,11 @@ class PrivacyConfig:
     # as private matrix completion and federated training have it); "noised": every
     # parameter is private (see `privacy.dpsgd.DPSpec.user_rows`).
     user_rows: Literal["local", "noised"] = "local"
+    # 0: every item row trains; N > 0: only the N items with the largest counts of users after
+    # Gaussian noise of multiplier `selection_noise` (DP-FEST's filtering, accounted; see
+    # `privacy.dpsgd.DPSpec.item_rows`).
+    item_rows: int = 0
+    selection_noise: float = 10.0
 
     def __post_init__(self) -> None:
         _require(self.clip > 0, "privacy.clip", "a number > 0", self.clip)
@@ -697,6 +703,23 @@ class PrivacyConfig:
                  "1/n_users)", self.delta)
         _require(self.max_examples_per_user >= 1, "privacy.max_examples_per_user",
                  "an integer >= 1", self.max_examples_per_user)
+        _require(self.item_rows >= 0, "privacy.item_rows", "an integer >= 0 (0: every item)",
+                 self.item_rows)
+        _require(self.selection_noise > 0, "privacy.selection_noise", "a number > 0",
+                 self.selection_noise)
+
+
+def privacy_keys_used(privacy: PrivacyConfig) -> tuple[str, ...]:
+    """The `[privacy]` keys a run reads: `level` alone when it is "" (not private), the
+    selection's noise only with `item_rows` > 0, the per-user cap only at user level."""
+    if not privacy.level:
+        return ("level",)
+    unused = set()
+    if not privacy.item_rows:
+        unused.add("selection_noise")
+    if privacy.level != "user":
+        unused.add("max_examples_per_user")
+    return tuple(f.name for f in dataclasses.fields(privacy) if f.name not in unused)
 
 
 @dataclass(frozen=True)

@@ -43,7 +43,12 @@ from causalrec_jax.eval import metrics as metrics_lib
 
 # Names evaluate_full_ranking / evaluate_candidates compute; pointwise names are accepted in
 # `metrics` (an EvalConfig lists them all) and left to `evaluate_pointwise`.
-RANKING_NAMES: tuple[str, ...] = metrics_lib.RANKING_METRICS + ("itemcoverage",)
+# Metrics of the recommended lists as a whole, from every user's top-K items (RecBole's
+# names): the share of the catalogue recommended to someone, the mean training popularity of
+# the recommended items (per list, then over lists), and the Gini index of how often each
+# item is recommended (0: every item equally, towards 1: a few items to everyone).
+LIST_NAMES: tuple[str, ...] = ("itemcoverage", "averagepopularity", "giniindex")
+RANKING_NAMES: tuple[str, ...] = metrics_lib.RANKING_METRICS + LIST_NAMES
 POINTWISE_NAMES: tuple[str, ...] = ("auc", "mse", "rmse", "mae")
 
 
@@ -57,21 +62,22 @@ def _check_ks(ks: Sequence[int]) -> tuple[int, ...]:
     return tuple(sorted(set(ks)))
 
 
-def _split_metric_names(metrics: Sequence[str]) -> tuple[tuple[str, ...], bool]:
-    """(per-user ranking metric names, whether item coverage is asked for)."""
+def _split_metric_names(metrics: Sequence[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(per-user ranking metric names, the list metrics asked for: `LIST_NAMES`)."""
     names = []
-    coverage = False
+    lists = []
     for name in metrics:
         name = name.lower()
-        if name == "itemcoverage":
-            coverage = True
+        if name in LIST_NAMES:
+            if name not in lists:
+                lists.append(name)
         elif name in metrics_lib.RANKING_METRICS:
             if name not in names:
                 names.append(name)
         elif name not in POINTWISE_NAMES:
             valid = ", ".join(RANKING_NAMES + POINTWISE_NAMES)
             raise ValueError(f"unknown metric {name!r}; expected one of {valid}")
-    return tuple(names), coverage
+    return tuple(names), tuple(name for name in LIST_NAMES if name in lists)
 
 
 def labels_are_binary(dataset: Dataset) -> bool:
@@ -171,13 +177,18 @@ def _chunk_metrics(
 
 
 class _Accumulator:
-    """Collects per-user values of the valid rows of each chunk, and covered items."""
+    """Collects per-user values of the valid rows of each chunk, and the recommended items
+    (how often each item is in a top-K list; the lists' mean popularity)."""
 
-    def __init__(self, ks: tuple[int, ...], n_items: int, coverage: bool):
+    def __init__(self, ks: tuple[int, ...], n_items: int, lists: tuple[str, ...],
+                 popularity: np.ndarray | None = None):
         self.ks = ks
         self.values: dict[str, list[np.ndarray]] = {}
         self.users: list[np.ndarray] = []
-        self.covered = np.zeros((len(ks), n_items), dtype=bool) if coverage else None
+        self.lists = lists
+        self.counts = np.zeros((len(ks), n_items), dtype=np.int64) if lists else None
+        self.popularity = popularity
+        self.list_popularity: list[list[np.ndarray]] = [[] for _ in ks]
         self.ranked_only = False  # some rows were not ranked at some K (`add(ranked_at=)`)
 
     def add(self, users, values, valid, items, item_of=None, ranked_at=None) -> None:
@@ -192,14 +203,19 @@ class _Accumulator:
                 self.ranked_only = True
                 value = np.where(ranked_at[int(name.split("@")[1])], value, np.nan)
             self.values.setdefault(name, []).append(value[valid])
-        if self.covered is not None:
+        if self.counts is not None:
             for index, k in enumerate(self.ks):
                 rows = valid if ranked_at is None else valid & ranked_at[k]
                 top = np.asarray(items)[rows][:, :k]
                 if item_of is not None:
                     # Candidate positions -> catalogue items (candidates protocol).
                     top = np.where(top >= 0, np.take_along_axis(item_of[rows], top, 1), -1)
-                self.covered[index, top[top >= 0]] = True
+                np.add.at(self.counts[index], top[top >= 0], 1)
+                if self.popularity is not None:
+                    filled = top >= 0
+                    popular = np.where(filled, self.popularity[np.maximum(top, 0)], 0.0)
+                    self.list_popularity[index].append(
+                        popular.sum(1) / np.maximum(filled.sum(1), 1))
 
     def result(self, names, n_items) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         users = np.concatenate(self.users) if self.users else np.zeros(0, np.int64)
@@ -212,15 +228,43 @@ class _Accumulator:
             counted = values[~np.isnan(values)] if self.ranked_only else values
             # float64 host mean: identical whatever the chunking.
             out[name] = float(counted.mean()) if len(counted) else math.nan
-        if self.covered is not None:
+        if self.counts is not None:
             for index, k in enumerate(self.ks):
-                out[f"itemcoverage@{k}"] = float(self.covered[index].sum() / n_items)
+                counts = self.counts[index]
+                if "itemcoverage" in self.lists:
+                    out[f"itemcoverage@{k}"] = float((counts > 0).sum() / n_items)
+                if "averagepopularity" in self.lists:
+                    means = (np.concatenate(self.list_popularity[index])
+                             if self.list_popularity[index] else np.zeros(0))
+                    out[f"averagepopularity@{k}"] = (float(means.mean()) if len(means)
+                                                     else math.nan)
+                if "giniindex" in self.lists:
+                    out[f"giniindex@{k}"] = gini_index(counts)
         ordered = {}
         for k in self.ks:
             for name in names:
                 if f"{name}@{k}" in out:
                     ordered[f"{name}@{k}"] = out[f"{name}@{k}"]
         return ordered, per_user
+
+
+def gini_index(counts: np.ndarray) -> float:
+    """The Gini index of how often each item is recommended (`counts [n_items]`, zeros
+    included), as RecBole's GiniIndex: `sum_i (2i - n - 1) c_(i) / (n sum c)` over the
+    counts sorted ascending (i = 1..n); NaN when nothing was recommended."""
+    ordered = np.sort(np.asarray(counts, np.float64))
+    n, total = len(ordered), ordered.sum()
+    if total == 0:
+        return math.nan
+    index = np.arange(1, n + 1)
+    return float(np.sum((2 * index - n - 1) * ordered) / (n * total))
+
+
+def _item_popularity(train: Dataset, lists: tuple[str, ...]) -> np.ndarray | None:
+    """Training interactions per item, when `averagepopularity` is asked for."""
+    if "averagepopularity" not in lists:
+        return None
+    return np.bincount(train.item, minlength=train.n_items).astype(np.float64)
 
 
 def _as_scores(scores: Any, shape: tuple[int, ...], what: str) -> jax.Array:
@@ -270,7 +314,8 @@ def evaluate_full_ranking(
         train: training interactions (masked when `mask_train`).
         test: test interactions; same id maps as `train`.
         ks: cut-offs K.
-        metrics: names among `recall, precision, ndcg, hit, mrr, map, itemcoverage`; pointwise
+        metrics: names among `recall, precision, ndcg, hit, mrr, map` and the list metrics
+            `itemcoverage, averagepopularity, giniindex` (`LIST_NAMES`); pointwise
             names (`auc, mse, rmse, mae`) are accepted and ignored here.
         chunk_size: users per chunk.
         mask_train: mask each user's training items out of their ranking.
@@ -283,7 +328,8 @@ def evaluate_full_ranking(
         "n_users_no_positive": int}`; means are NaN when no user is evaluated.
     """
     ks = _check_ks(ks)
-    names, coverage = _split_metric_names(metrics)
+    names, lists = _split_metric_names(metrics)
+    coverage = bool(lists)
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     if train.n_items != test.n_items or train.n_users != test.n_users:
@@ -297,7 +343,7 @@ def evaluate_full_ranking(
     train_indptr, train_items = _user_index(train.user, train.item, n_users)
     candidates = np.flatnonzero(np.diff(test_indptr) > 0)
 
-    accumulator = _Accumulator(ks, n_items, coverage)
+    accumulator = _Accumulator(ks, n_items, lists, _item_popularity(train, lists))
     for start in range(0, len(candidates), chunk_size):
         users = candidates[start : start + chunk_size]
         n_real = len(users)
@@ -319,7 +365,7 @@ def evaluate_full_ranking(
         valid = np.asarray(valid) & (np.arange(chunk_size) < n_real)
         accumulator.add(padded, values, valid, items)
 
-    out, per_user = accumulator.result(names + (("itemcoverage",) if coverage else ()), n_items)
+    out, per_user = accumulator.result(names + lists, n_items)
     n_evaluated = len(per_user["user"])
     if n_evaluated == 0:
         warnings.warn(
@@ -413,7 +459,8 @@ def evaluate_candidates(
         `literature_ndcg@K` when asked (never restricted: the literature's convention).
     """
     ks = _check_ks(ks)
-    names, coverage = _split_metric_names(metrics)
+    names, lists = _split_metric_names(metrics)
+    coverage = bool(lists)
     n_users, n_items = test.n_users, test.n_items
     order = np.argsort(test.user, kind="stable")
     user = test.user[order].astype(np.int64)
@@ -446,7 +493,10 @@ def evaluate_candidates(
     metric_names = names
     if literature_ndcg and "ndcg" not in metric_names:
         metric_names = metric_names + ("ndcg",)
-    accumulator = _Accumulator(ks, n_items, coverage)
+    if "averagepopularity" in lists:
+        raise ValueError("averagepopularity reads the training counts, which the candidates "
+                         "protocol does not take; use eval.protocol = 'full'")
+    accumulator = _Accumulator(ks, n_items, lists)
     literature: dict[str, list[np.ndarray]] = {f"ndcg@{k}": [] for k in ks}
     size = max(1, min(chunk_size, n_rows))
     for start in range(0, n_rows, size):
@@ -481,7 +531,7 @@ def evaluate_candidates(
         accumulator.add(users, values, real, items, item_of=pad(item_table, -1),
                         ranked_at=ranked_at)
 
-    out, per_user = accumulator.result(names + (("itemcoverage",) if coverage else ()), n_items)
+    out, per_user = accumulator.result(names + lists, n_items)
     n_evaluated = len(per_user["user"])
     out["n_users_evaluated"] = n_evaluated
     out["n_users_no_positive"] = n_rows - n_evaluated

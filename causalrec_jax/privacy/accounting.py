@@ -41,12 +41,18 @@ def _accountant(name: str) -> dp_accounting.PrivacyAccountant:
                       f"{', '.join(ACCOUNTANTS)}")
 
 
-def dp_sgd_event(noise_multiplier: float, sampling_rate: float,
-                 steps: int) -> dp_accounting.DpEvent:
-    """The `DpEvent` of `steps` Poisson-subsampled Gaussian steps."""
-    return dp_accounting.SelfComposedDpEvent(
-        dp_accounting.PoissonSampledDpEvent(
-            sampling_rate, dp_accounting.GaussianDpEvent(noise_multiplier)), steps)
+def dp_sgd_event(noise_multiplier: float, sampling_rate: float, steps: int,
+                 selection_noise: float = 0.0) -> dp_accounting.DpEvent:
+    """The `DpEvent` of `steps` Poisson-subsampled Gaussian steps, after (when
+    `selection_noise` > 0) one Gaussian mechanism of that noise multiplier on the whole data:
+    the noisy item counts that choose which item rows train (`dpsgd.select_items`)."""
+    events = []
+    if selection_noise > 0:
+        events.append(dp_accounting.GaussianDpEvent(selection_noise))
+    if steps > 0:
+        events.append(dp_accounting.SelfComposedDpEvent(dp_accounting.PoissonSampledDpEvent(
+            sampling_rate, dp_accounting.GaussianDpEvent(noise_multiplier)), steps))
+    return events[0] if len(events) == 1 else dp_accounting.ComposedDpEvent(events)
 
 
 def check_delta(delta: float, n_units: int) -> None:
@@ -66,22 +72,25 @@ def _check(sampling_rate: float, steps: int) -> None:
 
 
 def epsilon(noise_multiplier: float, sampling_rate: float, steps: int, delta: float,
-            accountant: str = "pld") -> float:
-    """The epsilon at `delta` of `steps` DP-SGD steps (inf without noise; 0 without steps)."""
+            accountant: str = "pld", selection_noise: float = 0.0) -> float:
+    """The epsilon at `delta` of `steps` DP-SGD steps (inf without noise; 0 without steps and
+    selection), after a selection of noise multiplier `selection_noise` when > 0."""
     _check(sampling_rate, steps)
-    if steps == 0:
+    if steps == 0 and selection_noise <= 0:
         return 0.0
     if noise_multiplier <= 0:
         return math.inf
     account = _accountant(accountant)
-    account.compose(dp_sgd_event(noise_multiplier, sampling_rate, steps))
+    account.compose(dp_sgd_event(noise_multiplier, sampling_rate, steps, selection_noise))
     return float(account.get_epsilon(delta))
 
 
 def calibrate_noise(target_epsilon: float, sampling_rate: float, steps: int, delta: float,
-                    accountant: str = "pld", tolerance: float = 1e-3) -> float:
+                    accountant: str = "pld", tolerance: float = 1e-3,
+                    selection_noise: float = 0.0) -> float:
     """The smallest noise multiplier (within `tolerance`) whose `steps` steps spend at most
-    `target_epsilon` at `delta`; `MIN_NOISE_MULTIPLIER` when that one already does.
+    `target_epsilon` at `delta` (after the selection of noise `selection_noise`, when > 0);
+    `MIN_NOISE_MULTIPLIER` when that one already does.
 
     Renyi DP bounds the epsilon of the privacy loss distribution from above, so the RDP
     calibration (fast) brackets the PLD one from above; the PLD search runs inside it.
@@ -97,31 +106,37 @@ def calibrate_noise(target_epsilon: float, sampling_rate: float, steps: int, del
     _accountant(accountant)
     if steps == 0:
         return MIN_NOISE_MULTIPLIER
-    if epsilon(MAX_NOISE_MULTIPLIER, sampling_rate, steps, delta, accountant) > target_epsilon:
+    if epsilon(MAX_NOISE_MULTIPLIER, sampling_rate, steps, delta, accountant,
+               selection_noise) > target_epsilon:
         raise ConfigError(
             f"key privacy.target_epsilon: epsilon = {target_epsilon} cannot be reached in "
             f"{steps} steps at sampling rate {sampling_rate:.4g} and delta = {delta:.3g} "
-            f"(even noise multiplier {MAX_NOISE_MULTIPLIER:g} spends more); train fewer "
-            "steps, sample fewer units per step or allow a larger epsilon")
+            f"(even noise multiplier {MAX_NOISE_MULTIPLIER:g} spends more"
+            + (f", after the item selection of noise {selection_noise:g}" if selection_noise
+               else "") + "); train fewer steps, sample fewer units per step or allow a "
+            "larger epsilon")
     upper = _search("rdp", target_epsilon, sampling_rate, steps, delta,
-                    MIN_NOISE_MULTIPLIER, MAX_NOISE_MULTIPLIER, tolerance)
+                    MIN_NOISE_MULTIPLIER, MAX_NOISE_MULTIPLIER, tolerance, selection_noise)
     if accountant == "rdp" or upper <= MIN_NOISE_MULTIPLIER:
         return upper
     lower = upper
     while True:  # widen downwards until the PLD epsilon exceeds the target
         lower = max(MIN_NOISE_MULTIPLIER, 0.8 * lower)
-        if epsilon(lower, sampling_rate, steps, delta, "pld") > target_epsilon:
+        if epsilon(lower, sampling_rate, steps, delta, "pld", selection_noise) > target_epsilon:
             break
         if lower == MIN_NOISE_MULTIPLIER:
             return lower
-    return _search("pld", target_epsilon, sampling_rate, steps, delta, lower, upper, tolerance)
+    return _search("pld", target_epsilon, sampling_rate, steps, delta, lower, upper, tolerance,
+                   selection_noise)
 
 
 def _search(accountant: str, target_epsilon: float, sampling_rate: float, steps: int,
-            delta: float, lower: float, upper: float, tolerance: float) -> float:
+            delta: float, lower: float, upper: float, tolerance: float,
+            selection_noise: float) -> float:
     """The noise multiplier in `[lower, upper]` spending `target_epsilon` (the least one
     meeting it when `lower` already does)."""
-    if epsilon(lower, sampling_rate, steps, delta, accountant) <= target_epsilon:
+    if epsilon(lower, sampling_rate, steps, delta, accountant,
+               selection_noise) <= target_epsilon:
         return lower
     quiet = logging.getLogger("absl")  # RDP warns of orders it drops at small sigma
     level = quiet.level
@@ -129,7 +144,7 @@ def _search(accountant: str, target_epsilon: float, sampling_rate: float, steps:
     try:
         return float(dp_accounting.calibrate_dp_mechanism(
             lambda: _accountant(accountant),
-            lambda sigma: dp_sgd_event(sigma, sampling_rate, steps),
+            lambda sigma: dp_sgd_event(sigma, sampling_rate, steps, selection_noise),
             target_epsilon, delta,
             bracket_interval=dp_accounting.ExplicitBracketInterval(lower, upper),
             tol=tolerance,

@@ -52,7 +52,12 @@ from causalrec_jax.train.objectives import make_objective, scored_pairs
 from causalrec_jax.train.step import TrainState, epoch_loss
 
 LEVELS = ("user", "example")
+# The `shared_` array of the item rows a run trains (`select_items`), when it selects some.
+TRAINED_ITEMS = "shared_trained_items"
 USER_ROWS = ("local", "noised")
+
+# A step takes its units' gradients this many chunks at a time, on average (`DPSpec.chunk`).
+CHUNKS_PER_STEP = 8
 
 # Per step, the probability that more units are sampled than the step holds (`capacity`).
 OVERFLOW_PROBABILITY = 1e-12
@@ -79,6 +84,18 @@ class DPSpec:
             and as federated training keeps user vectors on the client. `noised`: every
             parameter, user rows included, is clipped and noised (the whole model may be
             published).
+        chunk: units whose gradients are taken together (one vmapped call); a step runs
+            only the chunks that hold sampled units (`capacity` is a multiple of it).
+        item_rows: 0: every item row trains (and is noised every step); N > 0: only the N
+            items that `select_items` chooses once, under DP, from noisy counts of the units
+            holding each item (the filtering of DP-FEST, Ghazi et al., NeurIPS 2023, "Sparsity-
+            Preserving Differentially Private Training of Large Embedding Models"): the other
+            item rows stay at their initial values and get neither gradient nor noise, so
+            rare items do not random-walk on pure noise. Accounted as one more Gaussian
+            mechanism (`accounting.dp_sgd_event`).
+        selection_noise: the noise multiplier of that selection (std `selection_noise *
+            sqrt(examples_per_unit)` on each count: a user adds 1 to each of at most
+            `examples_per_unit` counts).
     """
 
     level: str
@@ -90,6 +107,9 @@ class DPSpec:
     examples_per_unit: int
     steps_per_epoch: int
     user_rows: str = "local"
+    chunk: int = 1
+    item_rows: int = 0
+    selection_noise: float = 0.0
 
     @property
     def sampling_rate(self) -> float:
@@ -110,8 +130,8 @@ def overflow_probability(n_units: int, sampling_rate: float, capacity: int) -> f
 
 
 def make_spec(level: str, *, clip: float, noise_multiplier: float, n_units: int,
-              expected_batch: float, examples_per_unit: int, user_rows: str = "local"
-              ) -> DPSpec:
+              expected_batch: float, examples_per_unit: int, user_rows: str = "local",
+              item_rows: int = 0, selection_noise: float = 0.0) -> DPSpec:
     """A `DPSpec`, its capacity and steps per epoch derived; a ConfigError names the key of
     a value out of range."""
     if level not in LEVELS:
@@ -127,13 +147,20 @@ def make_spec(level: str, *, clip: float, noise_multiplier: float, n_units: int,
                           f"{', '.join(USER_ROWS)}")
     if n_units < 1:
         raise ConfigError("no privacy units: the training split has no rows")
+    if item_rows < 0 or (item_rows and not selection_noise > 0):
+        raise ConfigError(f"key privacy.item_rows: got {item_rows!r} with "
+                          f"privacy.selection_noise = {selection_noise!r}; expected 0 (every "
+                          "item row trains) or N > 0 with a selection noise > 0")
     expected_batch = float(min(expected_batch, n_units))
     rate = expected_batch / n_units
+    chunk = max(1, math.ceil(expected_batch / CHUNKS_PER_STEP))
+    capacity = chunk * math.ceil(capacity_for(n_units, rate) / chunk)
     return DPSpec(level=level, clip=float(clip), noise_multiplier=float(noise_multiplier),
-                  n_units=int(n_units), expected_batch=expected_batch,
-                  capacity=capacity_for(n_units, rate), examples_per_unit=int(examples_per_unit),
+                  n_units=int(n_units), expected_batch=expected_batch, capacity=capacity,
+                  examples_per_unit=int(examples_per_unit), chunk=chunk,
                   steps_per_epoch=max(1, math.ceil(n_units / expected_batch)),
-                  user_rows=user_rows)
+                  user_rows=user_rows, item_rows=int(item_rows),
+                  selection_noise=float(selection_noise) if item_rows else 0.0)
 
 
 # ----------------------------------------------------------------------------- units
@@ -181,6 +208,28 @@ def unit_arrays(rows: dict[str, np.ndarray], n_users: int, level: str, max_examp
     out["unit_mask"][users[picked], slot] = True
     out["unit_users"] = np.arange(n_users, dtype=np.int32)
     return out
+
+
+def item_counts(units: dict[str, np.ndarray], n_items: int) -> np.ndarray:
+    """`[n_items]` how many units hold each item (once per unit, whatever its repeats)."""
+    items = np.asarray(units["items"])
+    mask = np.asarray(units["unit_mask"])
+    unit = np.broadcast_to(np.arange(items.shape[0])[:, None], items.shape)
+    pairs = np.unique(unit[mask].astype(np.int64) * n_items + items[mask])
+    return np.bincount(pairs % n_items, minlength=n_items)
+
+
+def select_items(key: jax.Array, counts: np.ndarray, spec: DPSpec) -> np.ndarray:
+    """`[n_items]` float32, 1 on the `spec.item_rows` items whose counts are largest after
+    Gaussian noise of std `spec.selection_noise * sqrt(examples_per_unit)` (the counts' L2
+    sensitivity to one unit), 0 elsewhere; a post-processing of the noisy counts, so the
+    choice costs the one Gaussian mechanism the accountant composes."""
+    sensitivity = math.sqrt(spec.examples_per_unit)
+    noise = np.asarray(jax.random.normal(key, counts.shape), np.float64)
+    noisy = counts + spec.selection_noise * sensitivity * noise
+    chosen = np.zeros(len(counts), np.float32)
+    chosen[np.argsort(-noisy, kind="stable")[: spec.item_rows]] = 1.0
+    return chosen
 
 
 def sample_units(key: jax.Array, spec: DPSpec) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -237,6 +286,16 @@ def private_leaves(state: Any, tables: dict[str, str], user_rows: str) -> list[b
             for kind in _table_kinds(state, tables)]
 
 
+def _rows_times(tree: Any, state: Any, tables: dict[str, str], kind: str,
+                weights: jax.Array) -> Any:
+    """`tree` (shaped like `state`, or its gathered rows) with the rows of each `kind` table
+    multiplied by `weights [rows]`."""
+    leaves, treedef = jax.tree_util.tree_flatten(tree)
+    out = [leaf * weights.reshape((-1,) + (1,) * (leaf.ndim - 1)) if table == kind else leaf
+           for leaf, table in zip(leaves, _table_kinds(state, tables), strict=True)]
+    return jax.tree_util.tree_unflatten(treedef, out)
+
+
 def global_norm(leaves: list[jax.Array]) -> jax.Array:
     return jnp.sqrt(sum(jnp.sum(jnp.square(leaf)) for leaf in leaves))
 
@@ -285,6 +344,9 @@ def make_unit_gradient(graphdef: Any, loss_name: str, *, n_users: int, n_items: 
             return loss * n_rows  # the objective is the mean over the unit's rows
 
         loss, grads = jax.value_and_grad(summed)(local_params)
+        if TRAINED_ITEMS in batch:  # item rows outside the selection get no gradient
+            chosen = batch[TRAINED_ITEMS][jnp.minimum(ids["items"], n_items - 1)]
+            grads = _rows_times(grads, params, tables, "items", chosen)
         private = private_leaves(params, tables, user_rows)
         norm = global_norm([leaf for leaf, keep in zip(jax.tree.leaves(grads), private,
                                                        strict=True) if keep])
@@ -340,16 +402,35 @@ def make_dp_train_step(graphdef: Any, loss_name: str, optimizer: optax.GradientT
         # each unit's loss draws from its own key (its negatives and dropout)
         unit_stream = streams.derive(step_key, streams.Step.UNIT)
         unit_keys = jax.vmap(lambda u: streams.index(unit_stream, u))(units)
-        grads, ids, losses, norms, counts = jax.vmap(one_unit)(units, valid, unit_keys)
-        summed = scatter_rows(params, tables, grads, ids)
+        n_valid = jnp.sum(valid)
+
+        def chunk(index, carry):
+            """Units `index * chunk .. + chunk`, vmapped, added to the running sums."""
+            summed, losses, norms, counts = carry
+            at = index * spec.chunk + jnp.arange(spec.chunk)
+            grads, ids, loss, norm, count = jax.vmap(one_unit)(units[at], valid[at],
+                                                               unit_keys[at])
+            summed = jax.tree.map(jnp.add, summed, scatter_rows(params, tables, grads, ids))
+            return (summed, losses.at[at].set(loss), norms.at[at].set(norm),
+                    counts.at[at].set(count))
+
+        # The sampled units come first (`sample_units`): only the chunks holding some run,
+        # so the padding up to `capacity` costs at most one chunk's work.
+        empty = (jax.tree.map(jnp.zeros_like, params), jnp.zeros(spec.capacity),
+                 jnp.zeros(spec.capacity), jnp.zeros(spec.capacity, jnp.int32))
+        summed, losses, norms, counts = jax.lax.fori_loop(
+            0, (n_valid + spec.chunk - 1) // spec.chunk, chunk, empty)
         noise_key = streams.derive(step_key, streams.Step.NOISE)
         leaves, treedef = jax.tree_util.tree_flatten(summed)
         noise_keys = jax.random.split(noise_key, len(leaves))
         std = spec.noise_multiplier * spec.clip
-        noisy = [(leaf + std * jax.random.normal(k, leaf.shape, leaf.dtype) if keep else leaf)
-                 / spec.expected_batch
+        noise = [std * jax.random.normal(k, leaf.shape, leaf.dtype) if keep else 0.0
                  for leaf, k, keep in zip(leaves, noise_keys, private, strict=True)]
-        gradient = {"prediction": jax.tree_util.tree_unflatten(treedef, noisy)}
+        noise = jax.tree_util.tree_unflatten(treedef, noise)
+        if TRAINED_ITEMS in data:  # rows outside the selection get no noise either
+            noise = _rows_times(noise, params, tables, "items", data[TRAINED_ITEMS])
+        gradient = {"prediction": jax.tree.map(
+            lambda total, added: (total + added) / spec.expected_batch, summed, noise)}
         updates, opt_state = optimizer.update(gradient, state.opt_state, state.params)
         new_params = optax.apply_updates(state.params, updates)
         loss = jnp.sum(losses) / jnp.maximum(jnp.sum(counts), 1)
@@ -358,7 +439,6 @@ def make_dp_train_step(graphdef: Any, loss_name: str, optimizer: optax.GradientT
         new_state = TrainState(params=new_params, opt_state=opt_state, step=state.step + 1,
                                hparams=state.hparams)
         state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
-        n_valid = jnp.sum(valid)
         metrics = {
             "loss": loss, "finite": finite, "sampled": n_sampled,
             "dropped": n_sampled - n_valid,

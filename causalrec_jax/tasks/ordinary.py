@@ -39,6 +39,7 @@ from causalrec_jax.config import (
     Config,
     TrainConfig,
     data_keys_used,
+    privacy_keys_used,
     refuse_unused,
 )
 from causalrec_jax.data.dataset import Dataset, Split
@@ -388,14 +389,15 @@ def private_spec(config: Config, graphdef: Any, *, n_users: int, n_rows: int) ->
     expected = float(min(config.train.batch_size, n_units))
     steps = max(1, -(-n_units // int(expected))) * config.train.epochs
     noise = privacy.noise
+    selection = privacy.selection_noise if privacy.item_rows else 0.0
     if privacy.target_epsilon:
         noise = calibrate_noise(privacy.target_epsilon, expected / n_units, steps, delta,
-                                privacy.accountant)
+                                privacy.accountant, selection_noise=selection)
     return dpsgd.make_spec(
         privacy.level, clip=privacy.clip, noise_multiplier=noise, n_units=n_units,
         expected_batch=expected,
         examples_per_unit=privacy.max_examples_per_user if privacy.level == "user" else 1,
-        user_rows=privacy.user_rows)
+        user_rows=privacy.user_rows, item_rows=privacy.item_rows, selection_noise=selection)
 
 
 def privacy_report(config: Config, spec: dpsgd.DPSpec, epochs_trained: int,
@@ -406,7 +408,7 @@ def privacy_report(config: Config, spec: dpsgd.DPSpec, epochs_trained: int,
     truncation = steps * overflow_probability(spec.n_units, spec.sampling_rate, spec.capacity)
     return {
         "epsilon": epsilon(spec.noise_multiplier, spec.sampling_rate, steps, delta,
-                           config.privacy.accountant),
+                           config.privacy.accountant, spec.selection_noise),
         "delta": delta, "noise_multiplier": spec.noise_multiplier, "clip_norm": spec.clip,
         "level": spec.level, "accountant": config.privacy.accountant, "steps": steps,
         "user_rows": spec.user_rows,
@@ -416,6 +418,8 @@ def privacy_report(config: Config, spec: dpsgd.DPSpec, epochs_trained: int,
         "capacity": spec.capacity, "truncation_delta": truncation,
         "max_examples_per_user": spec.examples_per_unit if spec.level == "user" else None,
         "target_epsilon": config.privacy.target_epsilon or None,
+        "item_rows": spec.item_rows or None,
+        "selection_noise": spec.selection_noise or None,
         "not_private": "the logged training loss and the best epoch chosen on validation",
     }
 
@@ -506,6 +510,10 @@ def program_setup(config: Config, split: Split, truth: Any = None,
         steps_per_epoch = dp_spec.steps_per_epoch
         arrays = dpsgd.unit_arrays(arrays, train.n_users, dp_spec.level,
                                    dp_spec.examples_per_unit, config.run.seed)
+        if dp_spec.item_rows:
+            shared[dpsgd.TRAINED_ITEMS] = jnp.asarray(dpsgd.select_items(
+                streams.derive(jax.random.key(config.run.seed), streams.Run.PRIVATE_ITEMS),
+                dpsgd.item_counts(arrays, train.n_items), dp_spec))
         on_device = True
     data = {name: jnp.asarray(values) if on_device else values for name, values in arrays.items()}
     data.update(shared)
@@ -701,7 +709,7 @@ def check_ordinary_keys(config: Config) -> None:
                             "train": [f.name for f in dataclasses.fields(config.train)
                                       if f.name not in SEQUENCE_TRAIN_KEYS],
                             "eval": None, "run": None,
-                            "privacy": None if config.privacy.level else ("level",)}
+                            "privacy": privacy_keys_used(config.privacy)}
     if config.data.format == "simulator":
         used["sim"] = None
     if config.data.format == "planted":

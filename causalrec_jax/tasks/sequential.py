@@ -78,7 +78,7 @@ from causalrec_jax.data.split import make_split
 from causalrec_jax.errors import ConfigError, RunError
 from causalrec_jax.eval.catalogue import chunked_target_rank, metrics_from_ranks
 from causalrec_jax.eval.metrics import RANKING_METRICS, ranking_metrics
-from causalrec_jax.eval.ranking import evaluate_full_ranking, is_positive
+from causalrec_jax.eval.ranking import LIST_NAMES, evaluate_full_ranking, is_positive
 from causalrec_jax.eval.summary import aggregate
 from causalrec_jax.models.base import ModelParts
 from causalrec_jax.models.bert4rec import BERT4Rec, append_mask_token
@@ -355,7 +355,8 @@ def evaluate_chunked(
         target: one row per evaluated user (leave-one-out), its item the positive.
         ks: cut-offs.
         metrics: names among `hit, ndcg, mrr, recall, precision, map` (others ignored, as
-            pointwise ones are by `evaluate_full_ranking`; `itemcoverage` is refused).
+            pointwise ones are by `evaluate_full_ranking`; the list metrics, `itemcoverage`
+            and the like, are refused).
         chunk_size: users per chunk (`eval.chunk_size`).
         item_chunk: items per chunk.
         masks: for each result, whether each user's `seen` items are excluded from the ranking.
@@ -366,10 +367,12 @@ def evaluate_chunked(
         rankable (with the mask: not among their `seen` items).
 
     Raises:
-        ConfigError: `itemcoverage` asked for, or a user with more than one target row.
+        ConfigError: a list metric (`itemcoverage`, ...) asked for, or a user with more than
+            one target row.
     """
-    if "itemcoverage" in metrics:
-        raise ConfigError("key eval.metrics: itemcoverage is not computed on catalogues ranked "
+    lists = [name for name in metrics if name in LIST_NAMES]
+    if lists:
+        raise ConfigError(f"key eval.metrics: {lists[0]} is not computed on catalogues ranked "
                           f"in item chunks (more than {CATALOGUE_CHUNK_ITEMS} items)")
     names = [name for name in metrics if name in RANKING_METRICS]
     if target.rating is not None:  # the dense path's positives (threshold None: rating > 0)
@@ -420,7 +423,8 @@ def _evaluate(scorer: Scorer, history: np.ndarray, seen, target, config: Config,
     one_target = len(np.unique(target.user)) == len(target.user)
     # a catalogue too large for dense scores goes the chunked way whatever is asked (which
     # refuses itemcoverage and several targets a user)
-    if (("itemcoverage" not in config.eval.metrics and one_target) or item_chunk is not None
+    lists = any(name in LIST_NAMES for name in config.eval.metrics)
+    if ((not lists and one_target) or item_chunk is not None
             or seen.n_items > CATALOGUE_CHUNK_ITEMS):
         return evaluate_chunked(
             scorer.query, history, seen, target, ks=config.eval.ks, metrics=config.eval.metrics,

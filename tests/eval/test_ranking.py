@@ -15,6 +15,7 @@ from causalrec_jax.eval.ranking import (
     evaluate_candidates,
     evaluate_full_ranking,
     evaluate_pointwise,
+    gini_index,
 )
 
 ALL = ["recall", "precision", "ndcg", "hit", "mrr", "map", "itemcoverage"]
@@ -78,6 +79,26 @@ def test_full_ranking_by_hand():
     assert got["n_users_no_positive"] == 1
     # Keys come grouped by K, in the order of `metrics`, then the counts.
     assert list(got)[:7] == [f"{name}@2" for name in ALL]
+
+
+def test_popularity_list_metrics_by_hand():
+    got = evaluate_full_ranking(
+        table_score_fn, TRAIN, TEST, ks=[2], positive_threshold=4.0,
+        metrics=["ndcg", "itemcoverage", "averagepopularity", "giniindex"],
+    )
+    # top-2 lists of the evaluated users: user 0 {2, 3}, user 1 {3, 0}; training counts
+    # item 0: 1, item 1: 1, item 2: 1, items 3, 4: 0 -> mean popularity per list (1 + 0) / 2
+    # and (0 + 1) / 2: 0.5. Recommendation counts [1, 0, 1, 2, 0], sorted [0, 0, 1, 1, 2]:
+    # Gini = sum((2i - 6) c_i) / (5 * 4) over i = 1..5 = (0 + 0 + 0 + 2 + 8) / 20 = 0.5.
+    assert got["averagepopularity@2"] == pytest.approx(0.5)
+    assert got["giniindex@2"] == pytest.approx(0.5)
+    assert got["itemcoverage@2"] == pytest.approx(0.6)
+    assert list(got)[:4] == ["ndcg@2", "itemcoverage@2", "averagepopularity@2", "giniindex@2"]
+    assert gini_index(np.array([3, 3, 3])) == pytest.approx(0.0)  # every item equally
+    assert gini_index(np.array([0, 0, 0, 9])) == pytest.approx(0.75)  # one item: (n - 1) / n
+    with pytest.raises(ValueError, match="averagepopularity"):
+        evaluate_candidates(lambda u, i: SCORES[u, i], TEST, ks=[2], positive_threshold=4.0,
+                            metrics=["averagepopularity"])
 
 
 def test_full_ranking_without_masking_and_threshold():

@@ -40,3 +40,14 @@ def test_bad_input_names_the_key():
     accounting.check_delta(0.1, 10)  # 1/n itself is accepted
     with pytest.raises(ConfigError, match="privacy.accountant"):
         accounting.epsilon(1.0, 0.1, 10, 1e-5, "moments")
+
+
+def test_the_item_selection_is_composed_into_the_budget():
+    alone = accounting.epsilon(1.0, 0.05, 500, 1e-5)
+    with_selection = accounting.epsilon(1.0, 0.05, 500, 1e-5, selection_noise=10.0)
+    assert with_selection > alone
+    # a Gaussian mechanism of noise 10 alone spends about 0.5 at delta 1e-5
+    assert 0.3 < accounting.epsilon(1.0, 0.05, 0, 1e-5, selection_noise=10.0) < 0.7
+    sigma = accounting.calibrate_noise(4.0, 0.05, 500, 1e-5, selection_noise=10.0)
+    assert sigma > accounting.calibrate_noise(4.0, 0.05, 500, 1e-5)
+    assert accounting.epsilon(sigma, 0.05, 500, 1e-5, selection_noise=10.0) <= 4.0 * 1.001

@@ -3,6 +3,8 @@
 sigma = 0 without clipping is the ordinary step, the noise has std sigma * C, Poisson sampling
 keeps its rate, and models or losses without per-user gradients are refused."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -251,3 +253,41 @@ def test_the_dp_epoch_is_one_scan_and_replays_from_the_step_count():
     for a, b in _pairs(once.params, looped.params):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6)
     assert optax is not None
+
+
+def test_item_selection_counts_units_once_and_keeps_the_largest_noisy_counts():
+    units = {"items": np.array([[2, 2, 5], [1, 2, 0], [2, 7, 7]]),
+             "unit_mask": np.array([[True, True, True], [True, True, False],
+                                    [True, True, False]])}
+    counts = dpsgd.item_counts(units, 9)
+    assert counts.tolist() == [0, 1, 3, 0, 0, 1, 0, 1, 0]  # unit 0's two 2s count once
+    spec = dpsgd.make_spec("user", clip=1.0, noise_multiplier=1.0, n_units=3,
+                           expected_batch=1, examples_per_unit=3, item_rows=2,
+                           selection_noise=1e-6)
+    chosen = dpsgd.select_items(jax.random.key(0), counts, spec)
+    assert chosen.sum() == 2 and chosen[2] == 1  # the most held item; then one of the 1s
+    noisy = dataclasses.replace(spec, selection_noise=50.0)
+    picks = {tuple(np.flatnonzero(dpsgd.select_items(jax.random.key(s), counts, noisy)))
+             for s in range(20)}
+    assert len(picks) > 1  # the noise moves the choice
+    with pytest.raises(ConfigError, match="privacy.item_rows"):
+        dpsgd.make_spec("user", clip=1.0, noise_multiplier=1.0, n_units=3, expected_batch=1,
+                        examples_per_unit=3, item_rows=2, selection_noise=0.0)
+
+
+def test_unselected_item_rows_get_neither_gradient_nor_noise():
+    parts, params, spec, data, step, state, _ = _setup("bpr", clip=0.5, noise=2.0,
+                                                       user_rows="local")
+    chosen = jnp.zeros(N_ITEMS).at[jnp.array([2, 5])].set(1.0)
+    update, _ = _summed_update(step, state, {**data, dpsgd.TRAINED_ITEMS: chosen},
+                               jax.random.key(8), spec)
+    moved = np.flatnonzero(np.abs(np.asarray(update["item_factors"])).sum(1) > 0)
+    assert moved.tolist() == [2, 5]
+    assert np.flatnonzero(np.asarray(update["item_bias"])).tolist() == [2, 5]
+    # without noise, each unit's clipped norm is over its selected rows (and dense ones) only
+    quiet = _setup("bpr", clip=1e6, user_rows="local")
+    full, _ = _summed_update(quiet[4], quiet[5], {**quiet[3], dpsgd.TRAINED_ITEMS: chosen},
+                             jax.random.key(8), quiet[2])
+    plain, _ = _summed_update(quiet[4], quiet[5], quiet[3], jax.random.key(8), quiet[2])
+    np.testing.assert_allclose(np.asarray(full["item_factors"])[[2, 5]],
+                               np.asarray(plain["item_factors"])[[2, 5]], rtol=1e-5)

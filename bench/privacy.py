@@ -1,0 +1,142 @@
+"""Benchmark of DP-SGD: the cost of a private step against the ordinary step, side by side.
+
+    make bench            (or: python bench/privacy.py [--out bench/results/privacy.json])
+
+BPR-MF at MovieLens-100K's size (943 users, 1,682 items, 64 dimensions, 4 negatives per
+positive, 80,000 training rows drawn at random) on the CPU, in one process, one case after the
+other: the ordinary step on batches of 2,048 rows (`train.step.make_train_step`), and the DP
+step (`privacy.dpsgd.make_dp_train_step`) at example level with 2,048 rows expected per step
+and at user level with 2,048 rows expected per step (32 users of up to 64 rows). Each case
+runs `--steps` steps as one scanned epoch; compilation (the first call) is timed apart from
+the steady state (the median of `--repeats` further calls). Issue 18's target: a DP step
+costs at most 3x an ordinary one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from causalrec_jax.config import ModelConfig, TrainConfig
+from causalrec_jax.models.base import make_scorers
+from causalrec_jax.models.factory import init_params
+from causalrec_jax.privacy import dpsgd
+from causalrec_jax.train.objectives import make_objective, seen_items_data
+from causalrec_jax.train.step import (
+    init_state,
+    make_optimizer,
+    make_train_epoch,
+    make_train_step,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+N_USERS, N_ITEMS, N_ROWS, DIM, NEGATIVES, BATCH = 943, 1682, 80_000, 64, 4, 2048
+
+
+def _rows(seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    # users with ml-100k's skew: a few heavy users, many light ones
+    weights = rng.pareto(1.5, N_USERS) + 1
+    users = rng.choice(N_USERS, N_ROWS, p=weights / weights.sum()).astype(np.int32)
+    items = rng.zipf(1.3, N_ROWS) % N_ITEMS
+    return {"users": users, "items": items.astype(np.int32)}
+
+
+def _timed(fn, args, repeats: int) -> dict[str, float]:
+    tic = time.perf_counter()
+    out = fn(*args)
+    jax.block_until_ready(out)
+    first = time.perf_counter() - tic
+    times = []
+    for _ in range(repeats):
+        tic = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        times.append(time.perf_counter() - tic)
+    return {"first_call_seconds": round(first, 3),
+            "steady_seconds": round(statistics.median(times), 4)}
+
+
+def run(steps: int, repeats: int) -> dict:
+    rows = _rows()
+    parts = init_params(ModelConfig(name="mf", embedding_dim=DIM), n_users=N_USERS,
+                        n_items=N_ITEMS, keys=jax.random.key(0)[None])
+    params = {"prediction": jax.tree.map(lambda leaf: leaf[0], parts.params)}
+    optimizer = make_optimizer(TrainConfig(learning_rate=1e-3))
+    seen = {k: jnp.asarray(v) for k, v in seen_items_data(rows["users"], rows["items"],
+                                                          N_USERS, N_ITEMS).items()}
+    key = jax.random.key(1)
+    results = {}
+
+    scorers = make_scorers(parts.graphdef, parts.constants)
+    objective = make_objective("bpr", scorers.score_pairs, scorers.score_all, n_items=N_ITEMS,
+                               n_negatives=NEGATIVES)
+    step = make_train_step(lambda p, b, k: objective(p["prediction"], b, k), optimizer)
+    n_rows = steps * BATCH
+    epoch = jax.jit(make_train_epoch(step, n_rows=n_rows, batch_size=BATCH))
+    data = {"users": jnp.asarray(rows["users"][:n_rows]),
+            "items": jnp.asarray(rows["items"][:n_rows]), **seen}
+    state = init_state(params, optimizer)
+    timing = _timed(epoch, (state, data, key, jnp.int32(0)), repeats)
+    results["ordinary"] = {**timing, "rows_per_step": BATCH,
+                           "step_seconds": round(timing["steady_seconds"] / steps, 5)}
+
+    for level, expected, per_user in (("example", BATCH, 1), ("user", BATCH // 64, 64)):
+        n_units = N_ROWS if level == "example" else N_USERS
+        spec = dpsgd.make_spec(level, clip=1.0, noise_multiplier=1.0, n_units=n_units,
+                               expected_batch=expected, examples_per_unit=per_user)
+        spec = dpsgd.DPSpec(**{**spec.__dict__, "steps_per_epoch": steps})
+        units = dpsgd.unit_arrays(rows, N_USERS, level, per_user, seed=0)
+        unit_data = {k: jnp.asarray(v) for k, v in units.items()}
+        unit_data.update(seen, shared_constants=parts.constants)
+        dp_step = dpsgd.make_dp_train_step(parts.graphdef, "bpr", optimizer, spec,
+                                           n_users=N_USERS, n_items=N_ITEMS,
+                                           n_negatives=NEGATIVES)
+        dp_epoch = jax.jit(dpsgd.make_dp_epoch(dp_step, spec))
+        timing = _timed(dp_epoch, (state, unit_data, key, jnp.int32(0)), repeats)
+        rows_per_step = float(units["unit_mask"].sum()) * spec.sampling_rate
+        step_seconds = timing["steady_seconds"] / steps
+        results[f"dp_{level}"] = {
+            **timing, "expected_units": expected, "capacity": spec.capacity,
+            "expected_rows_per_step": round(rows_per_step, 1),
+            "step_seconds": round(step_seconds, 5),
+            "ratio_to_ordinary": round(step_seconds / results["ordinary"]["step_seconds"], 2),
+        }
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "privacy.json"))
+    args = parser.parse_args()
+    load = os.getloadavg()[0]
+    results = run(args.steps, args.repeats)
+    out = {
+        "case": f"BPR-MF, {N_USERS} users x {N_ITEMS} items, dim {DIM}, {NEGATIVES} negatives, "
+                f"{BATCH} rows per step (expected, for DP), {args.steps} steps per call",
+        "results": results,
+        "target": "a DP step costs <= 3x an ordinary step (issue 18)",
+        "met": all(r["ratio_to_ordinary"] <= 3 for name, r in results.items()
+                   if name.startswith("dp_")),
+        "machine": {"platform": platform.platform(), "jax": jax.__version__,
+                    "devices": [str(d) for d in jax.devices()], "cpu_count": os.cpu_count(),
+                    "load_average_before_after": [round(load, 2),
+                                                  round(os.getloadavg()[0], 2)]},
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
+    print(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()
