@@ -691,6 +691,12 @@ class PrivacyConfig:
     # `privacy.dpsgd.DPSpec.item_rows`).
     item_rows: int = 0
     selection_noise: float = 10.0
+    # "dp_sgd" (the step above) or "fedavg": each user a client that takes `local_steps`
+    # steps of SGD at `client_learning_rate` on its own rows per round and sends the change of
+    # the shared parameters (DP-FedAvg with noise; `privacy.federated`).
+    mechanism: Literal["dp_sgd", "fedavg"] = "dp_sgd"
+    local_steps: int = 1
+    client_learning_rate: float = 0.1
 
     def __post_init__(self) -> None:
         _require(self.clip > 0, "privacy.clip", "a number > 0", self.clip)
@@ -707,6 +713,15 @@ class PrivacyConfig:
                  self.item_rows)
         _require(self.selection_noise > 0, "privacy.selection_noise", "a number > 0",
                  self.selection_noise)
+        _require(self.local_steps >= 1, "privacy.local_steps", "an integer >= 1",
+                 self.local_steps)
+        _require(self.client_learning_rate > 0, "privacy.client_learning_rate",
+                 "a number > 0", self.client_learning_rate)
+
+    @property
+    def noised(self) -> bool:
+        """Whether the run adds noise (and so clips): `noise` or `target_epsilon` set."""
+        return self.noise > 0 or self.target_epsilon > 0
 
 
 def privacy_keys_used(privacy: PrivacyConfig) -> tuple[str, ...]:
@@ -719,6 +734,10 @@ def privacy_keys_used(privacy: PrivacyConfig) -> tuple[str, ...]:
         unused.add("selection_noise")
     if privacy.level != "user":
         unused.add("max_examples_per_user")
+    if not privacy.noised:  # nothing clipped, nothing accounted
+        unused.update({"clip", "delta", "accountant"})
+    if privacy.mechanism != "fedavg":
+        unused.update({"local_steps", "client_learning_rate"})
     return tuple(f.name for f in dataclasses.fields(privacy) if f.name not in unused)
 
 

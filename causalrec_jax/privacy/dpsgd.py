@@ -96,6 +96,8 @@ class DPSpec:
         selection_noise: the noise multiplier of that selection (std `selection_noise *
             sqrt(examples_per_unit)` on each count: a user adds 1 to each of at most
             `examples_per_unit` counts).
+        local_steps: 0 for DP-SGD; federated training (`privacy.federated`): the steps each
+            client takes on its own data in a round. A client keeps its own user rows.
     """
 
     level: str
@@ -110,6 +112,7 @@ class DPSpec:
     chunk: int = 1
     item_rows: int = 0
     selection_noise: float = 0.0
+    local_steps: int = 0
 
     @property
     def sampling_rate(self) -> float:
@@ -131,7 +134,8 @@ def overflow_probability(n_units: int, sampling_rate: float, capacity: int) -> f
 
 def make_spec(level: str, *, clip: float, noise_multiplier: float, n_units: int,
               expected_batch: float, examples_per_unit: int, user_rows: str = "local",
-              item_rows: int = 0, selection_noise: float = 0.0) -> DPSpec:
+              item_rows: int = 0, selection_noise: float = 0.0, local_steps: int = 0
+              ) -> DPSpec:
     """A `DPSpec`, its capacity and steps per epoch derived; a ConfigError names the key of
     a value out of range."""
     if level not in LEVELS:
@@ -142,6 +146,10 @@ def make_spec(level: str, *, clip: float, noise_multiplier: float, n_units: int,
     if not noise_multiplier >= 0:
         raise ConfigError(f"key privacy.noise: got {noise_multiplier!r}, expected a number "
                           ">= 0")
+    if local_steps < 0 or (local_steps and (level != "user" or user_rows != "local")):
+        raise ConfigError(f"key privacy.local_steps: got {local_steps!r} at level {level!r} "
+                          f"with user rows {user_rows!r}; federated clients are users who "
+                          "keep their own rows (level 'user', user_rows 'local')")
     if user_rows not in USER_ROWS:
         raise ConfigError(f"key privacy.user_rows: got {user_rows!r}, expected one of "
                           f"{', '.join(USER_ROWS)}")
@@ -160,7 +168,8 @@ def make_spec(level: str, *, clip: float, noise_multiplier: float, n_units: int,
                   examples_per_unit=int(examples_per_unit), chunk=chunk,
                   steps_per_epoch=max(1, math.ceil(n_units / expected_batch)),
                   user_rows=user_rows, item_rows=int(item_rows),
-                  selection_noise=float(selection_noise) if item_rows else 0.0)
+                  selection_noise=float(selection_noise) if item_rows else 0.0,
+                  local_steps=int(local_steps))
 
 
 # ----------------------------------------------------------------------------- units
@@ -245,7 +254,7 @@ def sample_units(key: jax.Array, spec: DPSpec) -> tuple[jax.Array, jax.Array, ja
 # ----------------------------------------------------------------------------- gradients
 
 
-def _table_kinds(state: Any, tables: dict[str, str]) -> list[str]:
+def table_kinds(state: Any, tables: dict[str, str]) -> list[str]:
     """For each leaf of a model state, the id kind of its rows ("users", "items") or ""."""
     paths = jax.tree_util.tree_flatten_with_path(state)[0]
     return [tables.get(getattr(path[0], "key", None), "") for path, _ in paths]
@@ -255,7 +264,7 @@ def gather_rows(state: Any, tables: dict[str, str], ids: dict[str, jax.Array]) -
     """The state with each row table cut to the rows `ids[kind]` (an id past the table's end,
     the padding of `jnp.unique`, reads its last row: a row no score will read)."""
     leaves, treedef = jax.tree_util.tree_flatten(state)
-    kinds = _table_kinds(state, tables)
+    kinds = table_kinds(state, tables)
     out = [leaf[jnp.minimum(ids[kind], leaf.shape[0] - 1)] if kind else leaf
            for leaf, kind in zip(leaves, kinds, strict=True)]
     return jax.tree_util.tree_unflatten(treedef, out)
@@ -268,7 +277,7 @@ def scatter_rows(like: Any, tables: dict[str, str], grads: Any,
     summed over the units."""
     leaves, treedef = jax.tree_util.tree_flatten(grads)
     full = jax.tree_util.tree_leaves(like)
-    kinds = _table_kinds(like, tables)
+    kinds = table_kinds(like, tables)
     out = []
     for leaf, target, kind in zip(leaves, full, kinds, strict=True):
         if not kind:
@@ -283,7 +292,7 @@ def private_leaves(state: Any, tables: dict[str, str], user_rows: str) -> list[b
     """For each leaf of a model state, whether DP-SGD clips and noises it: every leaf, or
     (`user_rows = "local"`) every leaf but the user row tables."""
     return [not (user_rows == "local" and kind == "users")
-            for kind in _table_kinds(state, tables)]
+            for kind in table_kinds(state, tables)]
 
 
 def _rows_times(tree: Any, state: Any, tables: dict[str, str], kind: str,
@@ -291,8 +300,10 @@ def _rows_times(tree: Any, state: Any, tables: dict[str, str], kind: str,
     """`tree` (shaped like `state`, or its gathered rows) with the rows of each `kind` table
     multiplied by `weights [rows]`."""
     leaves, treedef = jax.tree_util.tree_flatten(tree)
-    out = [leaf * weights.reshape((-1,) + (1,) * (leaf.ndim - 1)) if table == kind else leaf
-           for leaf, table in zip(leaves, _table_kinds(state, tables), strict=True)]
+    # (a scalar leaf is a zero standing for a whole table: nothing to weight)
+    out = [leaf * weights.reshape((-1,) + (1,) * (leaf.ndim - 1))
+           if table == kind and jnp.ndim(leaf) else leaf
+           for leaf, table in zip(leaves, table_kinds(state, tables), strict=True)]
     return jax.tree_util.tree_unflatten(treedef, out)
 
 
@@ -300,43 +311,69 @@ def global_norm(leaves: list[jax.Array]) -> jax.Array:
     return jnp.sqrt(sum(jnp.sum(jnp.square(leaf)) for leaf in leaves))
 
 
-def make_unit_gradient(graphdef: Any, loss_name: str, *, n_users: int, n_items: int,
-                       n_negatives: int, user_rows: str = "noised") -> Callable[..., Any]:
-    """Builds `unit_gradient(params, constants, batch, key, hparams) -> (grads, ids, loss,
-    norm)`: one unit's gradient of the sum of its rows' losses (`train.objectives.
-    make_objective`, the loss of the ordinary step, on `batch [k]`), unclipped, over its
-    gathered rows (`grads` row tables `[m, ...]` at `ids[kind] [m]`) and the dense
-    parameters; `loss` that sum and `norm` the norm of its private part (`private_leaves`:
-    without the user rows when `user_rows = "local"`).
+def check_row_tables(graphdef: Any) -> dict[str, str]:
+    """The model's row tables (`models.base.row_tables`).
 
     Raises:
-        ConfigError: a model that declares no row tables (`models.base.row_tables`), whose
-            per-user gradient is not a function of the user's own rows.
+        ConfigError: a model that declares none, whose per-user gradient is not a function of
+            the user's own rows.
     """
     tables = row_tables(graphdef)
     if tables is None:
         raise ConfigError(
             f"key model.name: {graphdef.nodes[0].type.__name__} scores a user from other "
             "users' rows (or from no row table), so a user's gradient is not bounded by "
-            "clipping that user's own; DP-SGD covers mf, mlp and neumf")
+            "clipping that user's own; private training covers mf, mlp and neumf")
+    return tables
+
+
+def unique_ids(touched: dict[str, jax.Array], sizes: dict[str, int]) -> dict[str, jax.Array]:
+    """Sorted unique ids of each kind, padded past the table's end (still sorted; a padding
+    id is never looked up: `searchsorted` finds every real id first)."""
+    return {kind: jnp.unique(values, size=values.shape[0], fill_value=sizes[kind])
+            for kind, values in touched.items()}
+
+
+def local_objective(graphdef: Any, tables: dict[str, str], loss_name: str, params: Any,
+                    constants: Any, ids: dict[str, jax.Array], *, n_items: int,
+                    n_negatives: int) -> tuple[Any, Callable[..., Any]]:
+    """`(local_params, objective)`: the model state cut to the rows `ids` and the ordinary
+    objective (`train.objectives.make_objective`) over it, its global ids mapped to the
+    gathered rows, so a gradient or a local step touches `ids`' rows alone."""
+    local_params = gather_rows(params, tables, ids)
+    local_scorers = make_scorers(graphdef, gather_rows(constants, tables, ids))
+
+    def score_pairs(p, users, items, key=None, dropout_rate=None):
+        return local_scorers.score_pairs(
+            p, jnp.searchsorted(ids["users"], users), jnp.searchsorted(ids["items"], items),
+            key=key, dropout_rate=dropout_rate)
+
+    return local_params, make_objective(loss_name, score_pairs, None, n_items=n_items,
+                                        n_negatives=n_negatives)
+
+
+def make_unit_gradient(graphdef: Any, loss_name: str, *, n_users: int, n_items: int,
+                       n_negatives: int, user_rows: str = "noised") -> Callable[..., Any]:
+    """Builds `unit_gradient(params, constants, batch, key, hparams) -> (grads, ids, loss,
+    norm, None)`: one unit's gradient of the sum of its rows' losses (`train.objectives.
+    make_objective`, the loss of the ordinary step, on `batch [k]`), unclipped, over its
+    gathered rows (`grads` row tables `[m, ...]` at `ids[kind] [m]`) and the dense
+    parameters; `loss` that sum and `norm` the norm of its private part (`private_leaves`:
+    without the user rows when `user_rows = "local"`). The `unit_fn` of
+    `make_private_step`.
+
+    Raises:
+        ConfigError: a model that declares no row tables (`check_row_tables`).
+    """
+    tables = check_row_tables(graphdef)
     sizes = {"users": n_users, "items": n_items}
 
     def unit_gradient(params, constants, batch, key, hparams=None):
         users, items = scored_pairs(loss_name, batch, key, n_items, n_negatives)
-        touched = {"users": users, "items": items}
-        # sorted unique ids, padded past the table's end (still sorted, never looked up)
-        ids = {kind: jnp.unique(values, size=values.shape[0], fill_value=sizes[kind])
-               for kind, values in touched.items()}
-        local_params = gather_rows(params, tables, ids)
-        local_scorers = make_scorers(graphdef, gather_rows(constants, tables, ids))
-
-        def score_pairs(p, users, items, key=None, dropout_rate=None):
-            return local_scorers.score_pairs(
-                p, jnp.searchsorted(ids["users"], users), jnp.searchsorted(ids["items"], items),
-                key=key, dropout_rate=dropout_rate)
-
-        objective = make_objective(loss_name, score_pairs, None, n_items=n_items,
-                                   n_negatives=n_negatives)
+        ids = unique_ids({"users": users, "items": items}, sizes)
+        local_params, objective = local_objective(graphdef, tables, loss_name, params,
+                                                  constants, ids, n_items=n_items,
+                                                  n_negatives=n_negatives)
         n_rows = jnp.sum(batch["mask"])
 
         def summed(p):
@@ -344,15 +381,27 @@ def make_unit_gradient(graphdef: Any, loss_name: str, *, n_users: int, n_items: 
             return loss * n_rows  # the objective is the mean over the unit's rows
 
         loss, grads = jax.value_and_grad(summed)(local_params)
-        if TRAINED_ITEMS in batch:  # item rows outside the selection get no gradient
-            chosen = batch[TRAINED_ITEMS][jnp.minimum(ids["items"], n_items - 1)]
-            grads = _rows_times(grads, params, tables, "items", chosen)
-        private = private_leaves(params, tables, user_rows)
-        norm = global_norm([leaf for leaf, keep in zip(jax.tree.leaves(grads), private,
-                                                       strict=True) if keep])
-        return grads, ids, loss, norm
+        grads = only_trained_items(grads, params, tables, batch, ids, n_items)
+        return grads, ids, loss, private_norm(grads, params, tables, user_rows), None
 
     return unit_gradient
+
+
+def only_trained_items(tree: Any, params: Any, tables: dict[str, str], batch: dict[str, Any],
+                       ids: dict[str, jax.Array], n_items: int) -> Any:
+    """`tree` (gathered rows) with the item rows outside the selection (`TRAINED_ITEMS`, when
+    the batch carries it) set to 0."""
+    if TRAINED_ITEMS not in batch:
+        return tree
+    chosen = batch[TRAINED_ITEMS][jnp.minimum(ids["items"], n_items - 1)]
+    return _rows_times(tree, params, tables, "items", chosen)
+
+
+def private_norm(tree: Any, params: Any, tables: dict[str, str], user_rows: str) -> jax.Array:
+    """The norm of the leaves DP clips (`private_leaves`)."""
+    private = private_leaves(params, tables, user_rows)
+    return global_norm([leaf for leaf, keep in zip(jax.tree.leaves(tree), private, strict=True)
+                        if keep])
 
 
 def make_dp_train_step(graphdef: Any, loss_name: str, optimizer: optax.GradientTransformation,
@@ -361,22 +410,37 @@ def make_dp_train_step(graphdef: Any, loss_name: str, optimizer: optax.GradientT
                                      tuple[TrainState, dict[str, jax.Array]]]:
     """Builds `dp_step(state, data, key) -> (state, metrics)`, the private counterpart of
     `train.step.make_train_step`'s step, for a state whose params are `{"prediction":
-    model state}` (an ordinary run of causal.method = "naive").
+    model state}` (an ordinary run of causal.method = "naive"): `make_private_step` over
+    each unit's gradient (`make_unit_gradient`)."""
+    unit_gradient = make_unit_gradient(graphdef, loss_name, n_users=n_users, n_items=n_items,
+                                       n_negatives=n_negatives, user_rows=spec.user_rows)
+    return make_private_step(unit_gradient, optimizer, spec, check_row_tables(graphdef))
+
+
+def make_private_step(unit_fn: Callable[..., Any], optimizer: optax.GradientTransformation,
+                      spec: DPSpec, tables: dict[str, str]
+                      ) -> Callable[[TrainState, dict[str, Any], jax.Array],
+                                    tuple[TrainState, dict[str, jax.Array]]]:
+    """Builds `step(state, data, key) -> (state, metrics)`: one private step (DP-SGD) or
+    round (DP-FedAvg) over Poisson-sampled units.
+
+    `unit_fn(params, constants, batch, key, hparams) -> (update, ids, loss, norm, kept)`
+    gives one unit's contribution over its gathered rows (`update`, a gradient or a client's
+    pseudo-gradient, at `ids`), its loss, the norm of its private part and, for a client that
+    keeps its own rows (`kept`, gathered rows: federated training), their new values, set
+    into the state as they are (never summed, clipped or noised); None otherwise.
 
     `data` holds the units (`unit_arrays`, on the device) and the `shared_` arrays of the
     ordinary epoch (`shared_constants`, `shared_seen_mask`, ...). The step folds `state.step`
     into `key` as the ordinary step does, samples its units, and applies
-    `optimizer.update` to the noisy mean of the clipped gradients (the module doc).
+    `optimizer.update` to the noisy mean of the clipped updates (the module doc).
     `metrics`: `loss` (the sampled units' mean row loss: NOT private), `finite`, `sampled`
     (units Poisson drew), `dropped` (beyond `capacity`), `clipped` (units whose norm
     exceeded C) and `mean_norm`.
     """
-    tables = row_tables(graphdef)
-    unit_gradient = make_unit_gradient(graphdef, loss_name, n_users=n_users, n_items=n_items,
-                                       n_negatives=n_negatives, user_rows=spec.user_rows)
     row_names = ("users", "items", "ratings", "weights", "propensities")
 
-    def dp_step(state: TrainState, data: dict[str, Any], key: jax.Array):
+    def step(state: TrainState, data: dict[str, Any], key: jax.Array):
         step_key = streams.index(key, state.step)
         units, valid, n_sampled = sample_units(streams.derive(step_key, streams.Step.UNITS),
                                                spec)
@@ -390,14 +454,16 @@ def make_dp_train_step(graphdef: Any, loss_name: str, optimizer: optax.GradientT
             batch = {name: data[name][unit] for name in row_names if name in data}
             batch["users"] = jnp.full(spec.examples_per_unit, data["unit_users"][unit])
             batch["mask"] = data["unit_mask"][unit] & is_valid
-            grads, ids, loss, norm = unit_gradient(params, constants, {**batch, **shared},
-                                                   unit_key, **extra)
+            update, ids, loss, norm, kept = unit_fn(params, constants, {**batch, **shared},
+                                                    unit_key, **extra)
             factor = jnp.minimum(1.0, spec.clip / jnp.maximum(norm, 1e-12))
-            leaves, treedef = jax.tree_util.tree_flatten(grads)
+            leaves, treedef = jax.tree_util.tree_flatten(update)
             leaves = [jnp.where(is_valid, leaf * factor if keep else leaf, 0.0)
                       for leaf, keep in zip(leaves, private, strict=True)]
-            grads = jax.tree_util.tree_unflatten(treedef, leaves)
-            return grads, ids, loss, norm, jnp.sum(batch["mask"])
+            update = jax.tree_util.tree_unflatten(treedef, leaves)
+            if kept is not None:  # a padding unit sets no row
+                ids = dict(ids, users=jnp.where(is_valid, ids["users"], spec.n_units + 1))
+            return update, ids, loss, norm, jnp.sum(batch["mask"]), kept
 
         # each unit's loss draws from its own key (its negatives and dropout)
         unit_stream = streams.derive(step_key, streams.Step.UNIT)
@@ -406,25 +472,27 @@ def make_dp_train_step(graphdef: Any, loss_name: str, optimizer: optax.GradientT
 
         def chunk(index, carry):
             """Units `index * chunk .. + chunk`, vmapped, added to the running sums."""
-            summed, losses, norms, counts = carry
+            summed, kept_rows, losses, norms, counts = carry
             at = index * spec.chunk + jnp.arange(spec.chunk)
-            grads, ids, loss, norm, count = jax.vmap(one_unit)(units[at], valid[at],
-                                                               unit_keys[at])
-            summed = jax.tree.map(jnp.add, summed, scatter_rows(params, tables, grads, ids))
-            return (summed, losses.at[at].set(loss), norms.at[at].set(norm),
+            update, ids, loss, norm, count, kept = jax.vmap(one_unit)(
+                units[at], valid[at], unit_keys[at])
+            summed = jax.tree.map(jnp.add, summed, scatter_rows(params, tables, update, ids))
+            if kept is not None:
+                kept_rows = set_rows(kept_rows, tables, "users", kept, ids["users"])
+            return (summed, kept_rows, losses.at[at].set(loss), norms.at[at].set(norm),
                     counts.at[at].set(count))
 
         # The sampled units come first (`sample_units`): only the chunks holding some run,
         # so the padding up to `capacity` costs at most one chunk's work.
-        empty = (jax.tree.map(jnp.zeros_like, params), jnp.zeros(spec.capacity),
+        empty = (jax.tree.map(jnp.zeros_like, params), params, jnp.zeros(spec.capacity),
                  jnp.zeros(spec.capacity), jnp.zeros(spec.capacity, jnp.int32))
-        summed, losses, norms, counts = jax.lax.fori_loop(
+        summed, kept_rows, losses, norms, counts = jax.lax.fori_loop(
             0, (n_valid + spec.chunk - 1) // spec.chunk, chunk, empty)
         noise_key = streams.derive(step_key, streams.Step.NOISE)
         leaves, treedef = jax.tree_util.tree_flatten(summed)
         noise_keys = jax.random.split(noise_key, len(leaves))
-        std = spec.noise_multiplier * spec.clip
-        noise = [std * jax.random.normal(k, leaf.shape, leaf.dtype) if keep else 0.0
+        std = spec.noise_multiplier * spec.clip if spec.noise_multiplier > 0 else 0.0
+        noise = [std * jax.random.normal(k, leaf.shape, leaf.dtype) if keep and std else 0.0
                  for leaf, k, keep in zip(leaves, noise_keys, private, strict=True)]
         noise = jax.tree_util.tree_unflatten(treedef, noise)
         if TRAINED_ITEMS in data:  # rows outside the selection get no noise either
@@ -433,9 +501,12 @@ def make_dp_train_step(graphdef: Any, loss_name: str, optimizer: optax.GradientT
             lambda total, added: (total + added) / spec.expected_batch, summed, noise)}
         updates, opt_state = optimizer.update(gradient, state.opt_state, state.params)
         new_params = optax.apply_updates(state.params, updates)
+        if spec.local_steps:  # the clients' own rows, as they left them
+            new_params = {**new_params, "prediction": _with_kind(
+                new_params["prediction"], kept_rows, tables, "users")}
         loss = jnp.sum(losses) / jnp.maximum(jnp.sum(counts), 1)
         finite = jnp.isfinite(loss) & jnp.all(jnp.stack(
-            [jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(gradient)]))
+            [jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(new_params)]))
         new_state = TrainState(params=new_params, opt_state=opt_state, step=state.step + 1,
                                hparams=state.hparams)
         state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
@@ -447,7 +518,31 @@ def make_dp_train_step(graphdef: Any, loss_name: str, optimizer: optax.GradientT
         }
         return state, metrics
 
-    return dp_step
+    return step
+
+
+def set_rows(state: Any, tables: dict[str, str], kind: str, rows: Any,
+             ids: jax.Array) -> Any:
+    """`state` with the rows `ids [units, m]` of each `kind` table set to `rows` (gathered
+    `[units, m, ...]`; ids past the table's end dropped)."""
+    leaves, treedef = jax.tree_util.tree_flatten(state)
+    new = jax.tree_util.tree_leaves(rows)
+    out = []
+    for leaf, values, table in zip(leaves, new, table_kinds(state, tables), strict=True):
+        if table == kind:
+            leaf = leaf.at[ids.reshape(-1)].set(
+                values.reshape((-1,) + leaf.shape[1:]), mode="drop")
+        out.append(leaf)
+    return jax.tree_util.tree_unflatten(treedef, out)
+
+
+def _with_kind(state: Any, source: Any, tables: dict[str, str], kind: str) -> Any:
+    """`state` with its `kind` tables taken from `source` (same structure)."""
+    leaves, treedef = jax.tree_util.tree_flatten(state)
+    out = [new if table == kind else leaf
+           for leaf, new, table in zip(leaves, jax.tree_util.tree_leaves(source),
+                                       table_kinds(state, tables), strict=True)]
+    return jax.tree_util.tree_unflatten(treedef, out)
 
 
 def make_dp_epoch(dp_step: Callable[..., Any], spec: DPSpec) -> Callable[..., Any]:

@@ -525,3 +525,35 @@ def scaling_figure(path: Path, rows: Sequence[dict[str, Any]], metric: str, titl
     axis.legend()
     figure.tight_layout()
     return _save(figure, path)
+
+
+def privacy_figure(path: Path, rows: Sequence[dict[str, Any]], metrics: Sequence[str],
+                   title: str):
+    """One panel per name of `metrics`: its test mean (error bars: std over seeds) against
+    epsilon (log scale), one line per `rows[i]["mechanism"]`; rows with epsilon inf (not
+    private) are drawn as a dashed level across each panel (`experiments/privacy_utility.py`).
+    Writes `path`; returns the figure."""
+    plt = _pyplot()
+    figure, axes = plt.subplots(1, len(metrics), figsize=(5.2 * len(metrics), 4.2),
+                                squeeze=False)
+    for axis, metric in zip(axes[0], metrics, strict=True):
+        for mechanism in dict.fromkeys(row["mechanism"] for row in rows):
+            mine = sorted((row for row in rows if row["mechanism"] == mechanism
+                           and math.isfinite(row["epsilon"]) and _finite(row.get(metric))),
+                          key=lambda row: row["epsilon"])
+            if mine:
+                axis.errorbar([row["epsilon"] for row in mine], [row[metric] for row in mine],
+                              yerr=[row.get(f"{metric}_std") or 0.0 for row in mine],
+                              marker="o", capsize=3, label=mechanism)
+        for row in rows:
+            if not math.isfinite(row["epsilon"]) and _finite(row.get(metric)):
+                axis.axhline(row[metric], linestyle="--", color="0.4",
+                             label=f"{row['mechanism']} (not private)")
+        axis.set_xscale("log")
+        axis.set_xlabel("epsilon (delta = 1/n_users)")
+        axis.set_ylabel(f"test {metric}")
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=8)
+    figure.suptitle(wrap_title(title, 5.2 * len(metrics)), fontsize=10)
+    figure.tight_layout()
+    return _save(figure, path)

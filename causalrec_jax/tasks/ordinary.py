@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -57,7 +58,7 @@ from causalrec_jax.eval.summary import aggregate
 from causalrec_jax.eval.truth import evaluate_against_truth
 from causalrec_jax.models.base import make_scorers
 from causalrec_jax.models.factory import init_params, model_keys_used
-from causalrec_jax.privacy import dpsgd
+from causalrec_jax.privacy import dpsgd, federated
 from causalrec_jax.privacy.accounting import calibrate_noise, check_delta, epsilon
 from causalrec_jax.privacy.dpsgd import overflow_probability
 from causalrec_jax.sim.world import SparseGroundTruth, truth_rows
@@ -232,6 +233,8 @@ class ProgramSpec:
     dynamic_function: str = "log"
     # DP-SGD (`privacy.dpsgd`): the step's static description, or None for ordinary training.
     privacy: Any = None
+    # Federated rounds (`privacy.federated`): the clients' SGD learning rate.
+    client_learning_rate: float = 0.0
 
 
 def _objective(spec: ProgramSpec) -> Callable:
@@ -276,10 +279,16 @@ def _programs(spec: ProgramSpec, streaming_segment: int = 0) -> tuple[Callable, 
     on the host and are sent `streaming_segment` batches at a time (`make_streaming_epoch`).
     """
     optimizer = _optimizer(spec, TrainConfig())
-    if spec.privacy is not None:
+    if spec.privacy is not None and spec.privacy.local_steps:
+        dp_step = federated.make_federated_round(
+            spec.graphdef, spec.loss, optimizer, spec.privacy, n_users=spec.n_users,
+            n_items=spec.n_items, n_negatives=spec.n_negatives,
+            client_learning_rate=spec.client_learning_rate)
+    elif spec.privacy is not None:
         dp_step = dpsgd.make_dp_train_step(
             spec.graphdef, spec.loss, optimizer, spec.privacy, n_users=spec.n_users,
             n_items=spec.n_items, n_negatives=spec.n_negatives)
+    if spec.privacy is not None:
         dp_epoch = dpsgd.make_dp_epoch(dp_step, spec.privacy)
         return jax.jit(over_seeds(dp_epoch, spec.n_seeds), donate_argnums=(0,)), optimizer
     train_step = make_train_step(_objective(spec), optimizer)
@@ -367,7 +376,11 @@ def private_spec(config: Config, graphdef: Any, *, n_users: int, n_rows: int) ->
     privacy = config.privacy
     if config.causal.method != "naive":
         raise ConfigError(f"key causal.method: {config.causal.method!r} with privacy.level "
-                          f"= {privacy.level!r}; DP-SGD trains causal.method = 'naive' so far")
+                          f"= {privacy.level!r}; private training covers causal.method = "
+                          "'naive' so far")
+    if privacy.mechanism == "fedavg" and privacy.level != "user":
+        raise ConfigError(f"key privacy.level: {privacy.level!r} with privacy.mechanism = "
+                          "'fedavg'; federated clients are users (level 'user')")
     if config.train.loss == "softmax":
         raise ConfigError("key train.loss: 'softmax' scores every item for every row, so a "
                           "user's gradient reads the whole item table; use bpr or "
@@ -385,7 +398,8 @@ def private_spec(config: Config, graphdef: Any, *, n_users: int, n_rows: int) ->
                              n_negatives=1)  # refuses a model without row tables
     n_units = n_users if privacy.level == "user" else n_rows
     delta = privacy.delta or 1.0 / n_users
-    check_delta(delta, n_users)
+    if privacy.noised:
+        check_delta(delta, n_users)
     expected = float(min(config.train.batch_size, n_units))
     steps = max(1, -(-n_units // int(expected))) * config.train.epochs
     noise = privacy.noise
@@ -394,10 +408,12 @@ def private_spec(config: Config, graphdef: Any, *, n_users: int, n_rows: int) ->
         noise = calibrate_noise(privacy.target_epsilon, expected / n_units, steps, delta,
                                 privacy.accountant, selection_noise=selection)
     return dpsgd.make_spec(
-        privacy.level, clip=privacy.clip, noise_multiplier=noise, n_units=n_units,
+        privacy.level, clip=privacy.clip if privacy.noised else math.inf,
+        noise_multiplier=noise, n_units=n_units,
         expected_batch=expected,
         examples_per_unit=privacy.max_examples_per_user if privacy.level == "user" else 1,
-        user_rows=privacy.user_rows, item_rows=privacy.item_rows, selection_noise=selection)
+        user_rows=privacy.user_rows, item_rows=privacy.item_rows, selection_noise=selection,
+        local_steps=privacy.local_steps if privacy.mechanism == "fedavg" else 0)
 
 
 def privacy_report(config: Config, spec: dpsgd.DPSpec, epochs_trained: int,
@@ -406,14 +422,21 @@ def privacy_report(config: Config, spec: dpsgd.DPSpec, epochs_trained: int,
     delta = config.privacy.delta or 1.0 / n_users
     steps = epochs_trained * spec.steps_per_epoch
     truncation = steps * overflow_probability(spec.n_units, spec.sampling_rate, spec.capacity)
+    noised = config.privacy.noised
     return {
-        "epsilon": epsilon(spec.noise_multiplier, spec.sampling_rate, steps, delta,
-                           config.privacy.accountant, spec.selection_noise),
-        "delta": delta, "noise_multiplier": spec.noise_multiplier, "clip_norm": spec.clip,
-        "level": spec.level, "accountant": config.privacy.accountant, "steps": steps,
+        "mechanism": config.privacy.mechanism,
+        "epsilon": (epsilon(spec.noise_multiplier, spec.sampling_rate, steps, delta,
+                            config.privacy.accountant, spec.selection_noise)
+                    if noised else math.inf),
+        "delta": delta if noised else None, "noise_multiplier": spec.noise_multiplier,
+        "clip_norm": spec.clip if noised else None,
+        "level": spec.level, "accountant": config.privacy.accountant if noised else None,
+        "steps": steps,
+        "local_steps": spec.local_steps or None,
         "user_rows": spec.user_rows,
-        "guarantee": ("joint DP: every output but each user's own rows, which only that user "
-                      "sees" if spec.user_rows == "local" else "DP of every parameter"),
+        "guarantee": (("joint DP: every output but each user's own rows, which only that "
+                       "user sees" if spec.user_rows == "local" else "DP of every parameter")
+                      if noised else "none: no noise is added"),
         "sampling_rate": spec.sampling_rate, "expected_batch": spec.expected_batch,
         "capacity": spec.capacity, "truncation_delta": truncation,
         "max_examples_per_user": spec.examples_per_unit if spec.level == "user" else None,
@@ -531,6 +554,8 @@ def program_setup(config: Config, split: Split, truth: Any = None,
         total_steps=steps_per_epoch * config.train.epochs, n_seeds=len(members),
         adam_beta2=config.train.adam_beta2, dynamic_function=config.causal.dynamic_function,
         privacy=dp_spec,
+        client_learning_rate=(config.privacy.client_learning_rate
+                              if dp_spec is not None and dp_spec.local_steps else 0.0),
     )
     optimizer = _optimizer(spec, TrainConfig())
     hparams = causal_training.as_hparams(causal_values)

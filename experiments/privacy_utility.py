@@ -1,0 +1,172 @@
+"""Utility of private training against epsilon: full-ranking quality and popularity side
+effects of DP-SGD, user level and example level, on one config.
+
+    python experiments/privacy_utility.py --config configs/ml100k_mf_dp.toml \\
+        [--epsilons 1,2,4,8,inf] [--levels user,example] [--seeds 3] [--out DIR] \\
+        [--set section.key=value ...]
+
+For each level and each epsilon, trains the config with `privacy.level` and
+`privacy.target_epsilon` set (the noise calibrated so that the run's `train.epochs` epochs
+spend epsilon at delta = 1/n_users; `inf` trains the same config without `[privacy]`), with
+`--seeds` seeds in one vmapped program, through `runs.train.train_run` into
+`DIR/<level>_eps<epsilon>` (the non-private run once, into `DIR/not_private`). The example
+level counts `train.batch_size` in rows, not users: `--example-batch` sets it (default 4096).
+Writes to `DIR` (default `runs/privacy_utility`):
+
+- `table.md` / `table.csv` / `table.json`: per run, the test ndcg@10 and recall@10 (mean and
+  std over seeds), the share of the non-private ndcg@10 kept, the popularity of what is
+  recommended (mean training popularity of the top-10 items, their Gini index, the share of
+  the catalogue recommended), the accounted epsilon and the noise multiplier;
+- `privacy_utility.png`: ndcg@10 and the mean popularity of the top-10 against epsilon.
+
+Protocol: the config's (for `configs/ml100k_mf_dp.toml`, RecBole's: random 80/10/10 split per
+user, every rating a positive, full ranking with training and validation items masked, users
+without a test item left out); the best epoch is chosen on validation ndcg, which reads the
+validation data without noise (said in every run's `metrics.json`, `privacy.not_private`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from causalrec_jax.config import PrivacyConfig, load_config, set_keys
+from causalrec_jax.report import tables as report_tables
+from causalrec_jax.report.plots import privacy_figure
+from causalrec_jax.runs import train as run_train
+from causalrec_jax.runs.folder import fresh_out
+from causalrec_jax.runs.script import run_script
+
+ROOT = Path(__file__).resolve().parents[1]
+LEVELS = ("user", "example")
+COLUMNS = ("ndcg@10", "recall@10", "averagepopularity@10", "giniindex@10", "itemcoverage@10")
+LIST_METRICS = ("averagepopularity", "giniindex", "itemcoverage")
+
+
+def _epsilons(text: str) -> list[float]:
+    values = []
+    for part in text.split(","):
+        part = part.strip().lower()
+        value = math.inf if part in ("inf", "infinity") else float(part)
+        if not value > 0:
+            raise ValueError(f"--epsilons: {part!r} is not a number > 0 (or inf)")
+        values.append(value)
+    return values
+
+
+def run_one(config_path: str, overrides: list[str], out: Path, mechanism: str,
+            epsilon: float) -> dict[str, Any]:
+    """Trains one setting; returns its table row."""
+    config = load_config(config_path, overrides)
+    metrics = run_train.train_run(config, out, quiet=True)
+    row: dict[str, Any] = {"mechanism": mechanism, "epsilon": epsilon, "run": out.name,
+                           "seeds": len(metrics["per_seed"]),
+                           "train_seconds": metrics["timing"].get("train_seconds")}
+    for name in COLUMNS:
+        row[name] = metrics["test"].get(name)
+        row[f"{name}_std"] = metrics.get("test_std", {}).get(name)
+    privacy = metrics.get("privacy") or {}
+    row["accounted_epsilon"] = privacy.get("epsilon", math.inf)
+    row["noise_multiplier"] = privacy.get("noise_multiplier")
+    row["delta"] = privacy.get("delta")
+    return row
+
+
+def _cell(value: Any, std: Any = None, digits: int = 4) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "inf" if value == math.inf else "n/a"
+    text = f"{value:.{digits}f}"
+    return text if std is None else f"{text} ± {std:.{digits}f}"
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+    header = ["mechanism", "epsilon", "ndcg@10", "kept", "recall@10", "mean popularity@10",
+              "gini@10", "coverage@10", "accounted epsilon", "noise multiplier"]
+    body = [[row["mechanism"], _cell(row["epsilon"], digits=0),
+             _cell(row["ndcg@10"], row["ndcg@10_std"]),
+             _cell(row.get("kept"), digits=3), _cell(row["recall@10"], row["recall@10_std"]),
+             _cell(row["averagepopularity@10"], digits=1), _cell(row["giniindex@10"], digits=3),
+             _cell(row["itemcoverage@10"], digits=3), _cell(row["accounted_epsilon"], digits=3),
+             _cell(row["noise_multiplier"], digits=3)] for row in rows]
+    return report_tables.markdown_table(header, body)
+
+
+def main(argv=None) -> list[dict[str, Any]]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", required=True, help="a config of an ordinary run")
+    parser.add_argument("--epsilons", default="1,2,4,8,inf")
+    parser.add_argument("--levels", default="user,example")
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--example-batch", type=int, default=4096,
+                        help="train.batch_size (rows) of the example-level runs")
+    parser.add_argument("--out", help="a new or empty folder (default: a fresh "
+                        "runs/privacy_utility-DATE-TIME)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        help="section.key=value, applied to every run")
+    args = parser.parse_args(argv)
+    if not Path(args.config).is_file():
+        parser.error(f"--config {args.config}: no such file")
+    try:
+        epsilons = _epsilons(args.epsilons)
+    except ValueError as error:
+        parser.error(str(error))
+    levels = [level.strip() for level in args.levels.split(",") if level.strip()]
+    if not levels or any(level not in LEVELS for level in levels):
+        parser.error(f"--levels {args.levels}: expected some of {', '.join(LEVELS)}")
+    if args.seeds < 1:
+        parser.error("--seeds: expected an integer >= 1")
+    out = fresh_out(args.out, "privacy_utility")
+    out.mkdir(parents=True, exist_ok=True)
+    base = load_config(args.config, args.overrides)
+    metrics = [m for m in base.eval.metrics if m.lower() not in LIST_METRICS]
+    shared = [f"train.seeds={args.seeds}",
+              f"eval.metrics={json.dumps(metrics + list(LIST_METRICS))}", *args.overrides]
+    # the config's own [privacy] keys: all back to their defaults for the run without
+    # privacy, the per-user cap for the example level (neither reads them)
+    defaults = PrivacyConfig()
+
+    def reset(*keys):
+        return [f"privacy.{key}={json.dumps(getattr(defaults, key))}" for key in keys]
+
+    rows = []
+    if math.inf in epsilons:
+        rows.append(run_one(args.config, shared + reset(*set_keys(base).get("privacy", ())),
+                            out / "not_private", "not private", math.inf))
+        print(f"not private: ndcg@10 {_cell(rows[-1]['ndcg@10'])}", flush=True)
+    for level in levels:
+        batch = ([f"train.batch_size={args.example_batch}", *reset("max_examples_per_user")]
+                 if level == "example" else [])
+        for epsilon in sorted(e for e in epsilons if math.isfinite(e)):
+            settings = [f'privacy.level="{level}"', f"privacy.target_epsilon={epsilon}",
+                        "privacy.noise=0"]
+            row = run_one(args.config, shared + batch + settings,
+                          out / f"{level}_eps{epsilon:g}", f"DP-SGD, {level} level", epsilon)
+            rows.append(row)
+            print(f"{level} eps={epsilon:g}: ndcg@10 {_cell(row['ndcg@10'])}", flush=True)
+    reference = next((row["ndcg@10"] for row in rows if row["mechanism"] == "not private"),
+                     None)
+    for row in rows:
+        row["kept"] = (row["ndcg@10"] / reference if reference and row["ndcg@10"] is not None
+                       else None)
+    table = markdown(rows)
+    (out / "table.md").write_text(f"# Private training on {args.config}\n\n{table}\n")
+    with (out / "table.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    (out / "table.json").write_text(json.dumps(
+        {"config": args.config, "seeds": args.seeds, "overrides": args.overrides,
+         "rows": [{k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+                   for k, v in row.items()} for row in rows]}, indent=2) + "\n")
+    privacy_figure(out / "privacy_utility.png", rows, ["ndcg@10", "averagepopularity@10"],
+                   f"{Path(args.config).name}: DP-SGD, {args.seeds} seeds")
+    print(f"\n{table}\n\nwrote {out / 'table.md'}, table.csv, table.json, privacy_utility.png")
+    return rows
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_script(main))
