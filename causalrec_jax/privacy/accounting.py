@@ -13,6 +13,7 @@ default: tight; Koskela et al. 2020, Doroshenko et al. 2022) or from Renyi DP (`
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 
@@ -81,8 +82,9 @@ def epsilon(noise_multiplier: float, sampling_rate: float, steps: int, delta: fl
     if noise_multiplier <= 0:
         return math.inf
     account = _accountant(accountant)
-    account.compose(dp_sgd_event(noise_multiplier, sampling_rate, steps, selection_noise))
-    return float(account.get_epsilon(delta))
+    with _quiet():
+        account.compose(dp_sgd_event(noise_multiplier, sampling_rate, steps, selection_noise))
+        return float(account.get_epsilon(delta))
 
 
 def calibrate_noise(target_epsilon: float, sampling_rate: float, steps: int, delta: float,
@@ -138,10 +140,7 @@ def _search(accountant: str, target_epsilon: float, sampling_rate: float, steps:
     if epsilon(lower, sampling_rate, steps, delta, accountant,
                selection_noise) <= target_epsilon:
         return lower
-    quiet = logging.getLogger("absl")  # RDP warns of orders it drops at small sigma
-    level = quiet.level
-    quiet.setLevel(logging.ERROR)
-    try:
+    with _quiet():
         return float(dp_accounting.calibrate_dp_mechanism(
             lambda: _accountant(accountant),
             lambda sigma: dp_sgd_event(sigma, sampling_rate, steps, selection_noise),
@@ -149,5 +148,16 @@ def _search(accountant: str, target_epsilon: float, sampling_rate: float, steps:
             bracket_interval=dp_accounting.ExplicitBracketInterval(lower, upper),
             tol=tolerance,
         ))
+
+
+@contextlib.contextmanager
+def _quiet():
+    """absl's warnings off: RDP warns of each Renyi order it drops at small sigma (the bound
+    is still valid, from the orders left)."""
+    logger = logging.getLogger("absl")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
     finally:
-        quiet.setLevel(level)
+        logger.setLevel(level)

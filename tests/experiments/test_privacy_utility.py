@@ -1,0 +1,88 @@
+"""experiments/privacy_utility.py on a small simulated world: one row per mechanism and
+epsilon with the accounted budget, the non-private reference, the popularity columns, the
+figure; bad input is one line."""
+
+import csv
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = "experiments/privacy_utility.py"
+ROOT = Path(__file__).resolve().parents[2]
+CONFIG = """
+[data]
+format = "simulator"
+split = "random"
+[sim]
+n_users = 60
+n_items = 40
+mean_exposure = 0.3
+[model]
+name = "mf"
+embedding_dim = 8
+[train]
+loss = "bpr"
+learning_rate = 0.05
+batch_size = 16
+epochs = 2
+early_stopping_metric = "ndcg@10"
+[eval]
+metrics = ["ndcg", "recall"]
+ks = [10]
+positive_threshold = 0.0
+[privacy]
+level = "user"
+target_epsilon = 8.0
+max_examples_per_user = 8
+"""
+
+
+@pytest.fixture(scope="module")
+def table(tmp_path_factory, load_repo_script):
+    folder = tmp_path_factory.mktemp("privacy_utility")
+    config = folder / "dp.toml"
+    config.write_text(CONFIG)
+    out = folder / "out"
+    rows = load_repo_script(SCRIPT).main(
+        ["--config", str(config), "--epsilons", "2,inf", "--seeds", "2",
+         "--example-batch", "64", "--out", str(out)])
+    return rows, out
+
+
+def test_one_row_per_mechanism_and_epsilon(table):
+    rows, out = table
+    assert [(row["mechanism"], row["epsilon"]) for row in rows] == [
+        ("not private", math.inf), ("DP-SGD, user level", 2.0),
+        ("DP-SGD, example level", 2.0)]
+    written = list(csv.DictReader((out / "table.csv").open()))
+    assert len(written) == 3
+    for row in rows[1:]:
+        assert row["accounted_epsilon"] <= 2.0 * 1.001 and row["noise_multiplier"] > 0
+        assert row["seeds"] == 2 and 0 <= row["ndcg@10"] <= 1
+        assert row["kept"] == pytest.approx(row["ndcg@10"] / rows[0]["ndcg@10"])
+        assert row["averagepopularity@10"] > 0 and 0 <= row["giniindex@10"] <= 1
+    assert rows[0]["kept"] == pytest.approx(1.0)
+    assert json.loads((out / "table.json").read_text())["rows"][0]["epsilon"] is None
+    assert "| DP-SGD, user level | 2 |" in (out / "table.md").read_text()
+    assert (out / "privacy_utility.png").read_bytes()[:4] == b"\x89PNG"
+    # the example level's runs count rows, with the config's per-user cap reset
+    config = (out / "example_eps2" / "config.toml").read_text()
+    assert "batch_size = 64" in config and "max_examples_per_user = 64" in config  # default
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--epsilons", "0,inf"], "--epsilons"),
+    (["--levels", "user,nobody"], "--levels"),
+    (["--config", "/no/such.toml"], "--config /no/such.toml"),
+])
+def test_bad_input_is_one_line(tmp_path, args, message):
+    base = ["--config", str(ROOT / "configs/quickstart.toml"), "--out", str(tmp_path / "o")]
+    result = subprocess.run([sys.executable, str(ROOT / SCRIPT), *base, *args],
+                            capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 2
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists()
