@@ -270,21 +270,20 @@ def gather_rows(state: Any, tables: dict[str, str], ids: dict[str, jax.Array]) -
     return jax.tree_util.tree_unflatten(treedef, out)
 
 
-def scatter_rows(like: Any, tables: dict[str, str], grads: Any,
+def scatter_rows(total: Any, tables: dict[str, str], grads: Any,
                  ids: dict[str, jax.Array]) -> Any:
-    """Summed per-unit gradients back in full-size tables: `grads` leaves `[units, ...]`
-    (row tables `[units, m, ...]` at the ids `ids[kind] [units, m]`, padding ids dropped),
-    summed over the units."""
-    leaves, treedef = jax.tree_util.tree_flatten(grads)
-    full = jax.tree_util.tree_leaves(like)
-    kinds = table_kinds(like, tables)
+    """`total` (full-size, like the model state) plus per-unit gradients summed over the
+    units: `grads` leaves `[units, ...]`, row tables `[units, m, ...]` added at the ids
+    `ids[kind] [units, m]` (padding ids dropped), dense leaves summed."""
+    leaves = jax.tree_util.tree_leaves(grads)
+    targets, treedef = jax.tree_util.tree_flatten(total)
     out = []
-    for leaf, target, kind in zip(leaves, full, kinds, strict=True):
+    for leaf, target, kind in zip(leaves, targets, table_kinds(total, tables), strict=True):
         if not kind:
-            out.append(leaf.sum(axis=0))
+            out.append(target + leaf.sum(axis=0))
             continue
         rows = leaf.reshape((-1,) + target.shape[1:])
-        out.append(jnp.zeros_like(target).at[ids[kind].reshape(-1)].add(rows, mode="drop"))
+        out.append(target.at[ids[kind].reshape(-1)].add(rows, mode="drop"))
     return jax.tree_util.tree_unflatten(treedef, out)
 
 
@@ -476,7 +475,7 @@ def make_private_step(unit_fn: Callable[..., Any], optimizer: optax.GradientTran
             at = index * spec.chunk + jnp.arange(spec.chunk)
             update, ids, loss, norm, count, kept = jax.vmap(one_unit)(
                 units[at], valid[at], unit_keys[at])
-            summed = jax.tree.map(jnp.add, summed, scatter_rows(params, tables, update, ids))
+            summed = scatter_rows(summed, tables, update, ids)
             if kept is not None:
                 kept_rows = set_rows(kept_rows, tables, "users", kept, ids["users"])
             return (summed, kept_rows, losses.at[at].set(loss), norms.at[at].set(norm),
