@@ -48,6 +48,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/seq_eval.py --users 35598 --items 18357 --out bench/results/seq_eval_sports.json
 	$(BIN)/python bench/serve.py
 	$(BIN)/python bench/explain.py
+	$(BIN)/python bench/privacy.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check --no-cache causalrec_jax tests experiments bench
