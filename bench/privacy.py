@@ -91,7 +91,7 @@ def run(steps: int, repeats: int) -> dict:
 
     for level, per_user in (("example", 1), ("user", 64)):
         n_units = N_ROWS if level == "example" else N_USERS
-        units = dpsgd.unit_arrays(rows, N_USERS, level, per_user, seed=0)
+        units = dpsgd.unit_arrays(rows, N_USERS, level, per_user, jax.random.key(0))
         # as many rows per step as the ordinary step's, on average
         expected = BATCH / (float(units["unit_mask"].sum()) / n_units)
         spec = dpsgd.make_spec(level, clip=1.0, noise_multiplier=1.0, n_units=n_units,

@@ -507,6 +507,10 @@ class EvalConfig:
                 "relevant items, which a run does not know; use snips_recall / snips_ndcg or "
                 "ips_dcg (eval.unbiased_ranking_metrics computes it given n_relevant)"
             )
+        _require(self.protocol != "candidates" or "averagepopularity" not in [
+            name.lower() for name in self.metrics], "eval.metrics",
+            "no averagepopularity under eval.protocol = 'candidates' (it reads training counts "
+            "the candidates protocol does not take)", list(self.metrics))
         _require(self.chunk_size >= 1, "eval.chunk_size", "an integer >= 1", self.chunk_size)
         _require(self.sampled_negatives >= 0, "eval.sampled_negatives", "an integer >= 0",
                  self.sampled_negatives)
@@ -735,7 +739,7 @@ def privacy_keys_used(privacy: PrivacyConfig) -> tuple[str, ...]:
     if privacy.level != "user":
         unused.add("max_examples_per_user")
     if not privacy.noised:  # nothing clipped, nothing accounted
-        unused.update({"clip", "delta", "accountant"})
+        unused.update({"clip", "delta", "accountant", "user_rows"})
     if privacy.mechanism != "fedavg":
         unused.update({"local_steps", "client_learning_rate"})
     return tuple(f.name for f in dataclasses.fields(privacy) if f.name not in unused)

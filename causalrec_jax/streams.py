@@ -45,6 +45,7 @@ class Run(enum.IntEnum):
     IMPUTATION = 2  # the imputation model of the joint doubly robust methods
     PROPENSITY_MODEL = 7919  # a learned / logistic propensity model fitted for the run
     PRIVATE_ITEMS = 7927  # DP-SGD's noisy item counts that choose the trained item rows
+    PRIVATE_ROWS = 7933  # which of a user's rows a private run keeps (`max_examples_per_user`)
 
 
 @enum.unique
@@ -70,6 +71,7 @@ class Step(enum.IntEnum):
     UNITS = 3  # DP-SGD: which privacy units the step samples (`privacy.dpsgd`)
     UNIT = 4  # DP-SGD: each sampled unit's loss key (unit index below it; its Step roles below)
     NOISE = 5  # DP-SGD: the Gaussian noise added to the summed clipped gradients
+    LOCAL_STEPS = 6  # federated: a client's local steps (step index below it; Step roles below)
 
 
 @enum.unique

@@ -7,12 +7,13 @@ effects of DP-SGD, user level and example level, on one config.
 
 For each level and each epsilon, trains the config with `privacy.level` and
 `privacy.target_epsilon` set (the noise calibrated so that the run's `train.epochs` epochs
-spend epsilon at delta = 1/n_users; `inf` trains the same config without `[privacy]`), with
-`--seeds` seeds in one vmapped program, through `runs.train.train_run` into
-`DIR/<level>_eps<epsilon>`. The non-private row (`inf`) is `--reference` (default: the same
-config without `[privacy]`; for ml-100k, the shipped non-private BPR-MF, tuned as such), trained
-once into `DIR/not_private`; "kept" is each row's ndcg@10 over its. The example
-level counts `train.batch_size` in rows, not users: `--example-batch` sets it (default 4096).
+spend epsilon at delta = 1/n_users), with `--seeds` seeds in one vmapped program, through
+`runs.train.train_run` into `DIR/<level>_eps<epsilon>`. The example level counts
+`train.batch_size` in rows (`--example-batch`, default 4096) and runs with every parameter
+noised and negatives drawn without excluding the user's items, as a row-level guarantee
+needs. The non-private row (`inf`) is `--reference` (default: the same config without
+`[privacy]`; for ml-100k, the shipped non-private BPR-MF, tuned as such), trained once into
+`DIR/not_private`; "kept" is each row's ndcg@10 over its.
 Writes to `DIR` (default `runs/privacy_utility`):
 
 - `table.md` / `table.csv` / `table.json`: per run, the test ndcg@10 and recall@10 (mean and
@@ -153,7 +154,10 @@ def main(argv=None) -> list[dict[str, Any]]:
                                 out / "not_private", "not private", math.inf))
         print(f"not private: ndcg@10 {_cell(rows[-1]['ndcg@10'])}", flush=True)
     for level in levels:
-        batch = ([f"train.batch_size={args.example_batch}", *reset("max_examples_per_user")]
+        # the example level counts rows, and needs every parameter noised and negatives drawn
+        # without the user's other rows (`privacy.dpsgd`, "Example level")
+        batch = ([f"train.batch_size={args.example_batch}", *reset("max_examples_per_user"),
+                  'privacy.user_rows="noised"', "train.exclude_seen_negatives=false"]
                  if level == "example" else [])
         for epsilon in sorted(e for e in epsilons if math.isfinite(e)):
             settings = [f'privacy.level="{level}"', f"privacy.target_epsilon={epsilon}",

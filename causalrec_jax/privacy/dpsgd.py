@@ -24,9 +24,15 @@ A privacy unit is a user (`level = "user"`: every training row of one user, capp
 
 Capacity: a step holds at most `capacity` sampled units; more are dropped (truncated Poisson
 sampling). `capacity` is the least count a Binomial(n_units, q) exceeds with probability at
-most `OVERFLOW_PROBABILITY` per step; the run's report adds `steps * P(overflow)` to delta
-(`truncation_delta`), as the guarantee of the exactly Poisson-sampled mechanism then holds for
-this one up to that probability.
+most `OVERFLOW_PROBABILITY` per step; the run's report gives `steps * P(overflow)` as
+`truncation_delta`, to be added to its delta: the guarantee of the exactly Poisson-sampled
+mechanism holds for this one up to that probability.
+
+Example level: one row's influence is bounded by clipping only if no other row's gradient
+depends on it, so it needs every parameter noised (`user_rows = "noised"`: a user row trained
+locally on all of a user's rows carries one row into the others' gradients) and negatives
+drawn without the user's seen items (`train.exclude_seen_negatives = false`); runs refuse
+anything else.
 
 Not private (and so reported as such): the training loss a run logs and the choice of the best
 epoch on validation data read the data without noise.
@@ -132,6 +138,11 @@ def overflow_probability(n_units: int, sampling_rate: float, capacity: int) -> f
     return float(stats.binom.sf(capacity, n_units, sampling_rate))
 
 
+def steps_per_epoch(n_units: int, expected_batch: float) -> int:
+    """Steps of one pass over the units: `ceil(n_units / expected_batch)`."""
+    return max(1, math.ceil(n_units / min(expected_batch, n_units)))
+
+
 def make_spec(level: str, *, clip: float, noise_multiplier: float, n_units: int,
               expected_batch: float, examples_per_unit: int, user_rows: str = "local",
               item_rows: int = 0, selection_noise: float = 0.0, local_steps: int = 0
@@ -166,7 +177,7 @@ def make_spec(level: str, *, clip: float, noise_multiplier: float, n_units: int,
     return DPSpec(level=level, clip=float(clip), noise_multiplier=float(noise_multiplier),
                   n_units=int(n_units), expected_batch=expected_batch, capacity=capacity,
                   examples_per_unit=int(examples_per_unit), chunk=chunk,
-                  steps_per_epoch=max(1, math.ceil(n_units / expected_batch)),
+                  steps_per_epoch=steps_per_epoch(n_units, expected_batch),
                   user_rows=user_rows, item_rows=int(item_rows),
                   selection_noise=float(selection_noise) if item_rows else 0.0,
                   local_steps=int(local_steps))
@@ -176,7 +187,7 @@ def make_spec(level: str, *, clip: float, noise_multiplier: float, n_units: int,
 
 
 def unit_arrays(rows: dict[str, np.ndarray], n_users: int, level: str, max_examples: int,
-                seed: int) -> dict[str, np.ndarray]:
+                key: jax.Array) -> dict[str, np.ndarray]:
     """The training rows grouped into privacy units (numpy, built once per run).
 
     Args:
@@ -185,9 +196,9 @@ def unit_arrays(rows: dict[str, np.ndarray], n_users: int, level: str, max_examp
         n_users: users of the dataset (every user is a unit at user level, those without
             rows empty).
         level: `user` (a unit holds up to `max_examples` of one user's rows, a uniform draw
-            of `seed` when the user has more) or `example` (a unit is one row).
+            of `key` when the user has more) or `example` (a unit is one row).
         max_examples: the cap on a user's rows.
-        seed: the draw of the kept rows.
+        key: the draw of the kept rows (`streams.Run.PRIVATE_ROWS` of the run's seed).
 
     Returns:
         `unit_users [n_units]` and, for every row array, `[n_units, k]` (`k = max_examples`
@@ -199,9 +210,8 @@ def unit_arrays(rows: dict[str, np.ndarray], n_users: int, level: str, max_examp
         out["unit_users"] = users.astype(np.int32)
         out["unit_mask"] = np.ones((len(users), 1), bool)
         return out
-    rng = np.random.default_rng(seed)
     # each user's rows in a random order, then the first max_examples of each user
-    order = np.lexsort((rng.random(len(users)), users))
+    order = np.lexsort((np.asarray(jax.random.uniform(key, (len(users),))), users))
     sorted_users = users[order]
     starts = np.searchsorted(sorted_users, np.arange(n_users))
     rank = np.arange(len(order)) - starts[sorted_users]
@@ -306,10 +316,6 @@ def _rows_times(tree: Any, state: Any, tables: dict[str, str], kind: str,
     return jax.tree_util.tree_unflatten(treedef, out)
 
 
-def global_norm(leaves: list[jax.Array]) -> jax.Array:
-    return jnp.sqrt(sum(jnp.sum(jnp.square(leaf)) for leaf in leaves))
-
-
 def check_row_tables(graphdef: Any) -> dict[str, str]:
     """The model's row tables (`models.base.row_tables`).
 
@@ -399,8 +405,8 @@ def only_trained_items(tree: Any, params: Any, tables: dict[str, str], batch: di
 def private_norm(tree: Any, params: Any, tables: dict[str, str], user_rows: str) -> jax.Array:
     """The norm of the leaves DP clips (`private_leaves`)."""
     private = private_leaves(params, tables, user_rows)
-    return global_norm([leaf for leaf, keep in zip(jax.tree.leaves(tree), private, strict=True)
-                        if keep])
+    return optax.tree.norm([leaf for leaf, keep in zip(jax.tree.leaves(tree), private,
+                                                        strict=True) if keep])
 
 
 def make_dp_train_step(graphdef: Any, loss_name: str, optimizer: optax.GradientTransformation,

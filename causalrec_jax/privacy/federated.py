@@ -68,7 +68,8 @@ def make_client_update(graphdef: Any, loss_name: str, *, n_users: int, n_items: 
     sizes = {"users": n_users, "items": n_items}
 
     def client_update(params, constants, batch, key, hparams=None):
-        keys = [streams.index(key, step) for step in range(local_steps)]
+        stream = streams.derive(key, streams.Step.LOCAL_STEPS)
+        keys = [streams.index(stream, step) for step in range(local_steps)]
         pairs = [scored_pairs(loss_name, batch, k, n_items, n_negatives) for k in keys]
         ids = unique_ids({"users": jnp.concatenate([users for users, _ in pairs]),
                           "items": jnp.concatenate([items for _, items in pairs])}, sizes)

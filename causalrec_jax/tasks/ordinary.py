@@ -381,6 +381,22 @@ def private_spec(config: Config, graphdef: Any, *, n_users: int, n_rows: int) ->
     if privacy.mechanism == "fedavg" and privacy.level != "user":
         raise ConfigError(f"key privacy.level: {privacy.level!r} with privacy.mechanism = "
                           "'fedavg'; federated clients are users (level 'user')")
+    if privacy.mechanism == "fedavg" and privacy.user_rows != "local":
+        raise ConfigError(f"key privacy.user_rows: {privacy.user_rows!r} with "
+                          "privacy.mechanism = 'fedavg'; a federated client keeps its own rows "
+                          "('local')")
+    if privacy.level == "example" and privacy.noised:
+        # one row's influence is bounded by its clipped gradient only if no other row's
+        # gradient depends on it (`privacy.dpsgd`, "Example level")
+        if privacy.user_rows != "noised":
+            raise ConfigError("key privacy.user_rows: 'local' at privacy.level = 'example'; a "
+                              "user row trained on all of a user's rows carries one row into "
+                              "the others' gradients; set privacy.user_rows = 'noised'")
+        if config.train.exclude_seen_negatives and config.train.loss in ("bpr",
+                                                                          "sampled_softmax"):
+            raise ConfigError("key train.exclude_seen_negatives: true at privacy.level = "
+                              "'example'; each row's negatives would depend on the user's other "
+                              "rows; set it to false")
     if config.train.loss == "softmax":
         raise ConfigError("key train.loss: 'softmax' scores every item for every row, so a "
                           "user's gradient reads the whole item table; use bpr or "
@@ -401,7 +417,7 @@ def private_spec(config: Config, graphdef: Any, *, n_users: int, n_rows: int) ->
     if privacy.noised:
         check_delta(delta, n_users)
     expected = float(min(config.train.batch_size, n_units))
-    steps = max(1, -(-n_units // int(expected))) * config.train.epochs
+    steps = dpsgd.steps_per_epoch(n_units, expected) * config.train.epochs
     noise = privacy.noise
     selection = privacy.selection_noise if privacy.item_rows else 0.0
     if privacy.target_epsilon:
@@ -443,7 +459,9 @@ def privacy_report(config: Config, spec: dpsgd.DPSpec, epochs_trained: int,
         "target_epsilon": config.privacy.target_epsilon or None,
         "item_rows": spec.item_rows or None,
         "selection_noise": spec.selection_noise or None,
-        "not_private": "the logged training loss and the best epoch chosen on validation",
+        "not_private": ("the logged training loss, the best epoch chosen on validation, "
+                        "and the choice among seeds or tuning trials: epsilon is one trained "
+                        "model's (one seed's); S seeds, or S trials, compose"),
     }
 
 
@@ -495,6 +513,8 @@ def program_setup(config: Config, split: Split, truth: Any = None,
     method = config.causal.method
     arrays, propensity_report = training_rows(config, split, truth)
     inputs = model_inputs(train, train)
+    if config.privacy.level:  # no initial value read from the data without noise
+        inputs["global_bias"] = 0.0
     parts = init_params(
         config.model, keys=jax.vmap(lambda k: streams.derive(k, streams.Run.INIT))(keys),
         **inputs,
@@ -531,8 +551,9 @@ def program_setup(config: Config, split: Split, truth: Any = None,
     if config.privacy.level:
         dp_spec = private_spec(config, parts.graphdef, n_users=train.n_users, n_rows=n_rows)
         steps_per_epoch = dp_spec.steps_per_epoch
-        arrays = dpsgd.unit_arrays(arrays, train.n_users, dp_spec.level,
-                                   dp_spec.examples_per_unit, config.run.seed)
+        arrays = dpsgd.unit_arrays(
+            arrays, train.n_users, dp_spec.level, dp_spec.examples_per_unit,
+            streams.derive(jax.random.key(config.run.seed), streams.Run.PRIVATE_ROWS))
         if dp_spec.item_rows:
             shared[dpsgd.TRAINED_ITEMS] = jnp.asarray(dpsgd.select_items(
                 streams.derive(jax.random.key(config.run.seed), streams.Run.PRIVATE_ITEMS),

@@ -72,6 +72,7 @@ def test_one_row_per_mechanism_and_epsilon(table):
     # the example level's runs count rows, with the config's per-user cap reset
     config = (out / "example_eps2" / "config.toml").read_text()
     assert "batch_size = 64" in config and "max_examples_per_user = 64" in config  # default
+    assert 'user_rows = "noised"' in config and "exclude_seen_negatives = false" in config
 
 
 @pytest.mark.parametrize("args,message", [

@@ -44,7 +44,7 @@ def _setup(loss, level="user", clip=0.05, noise=0.0, user_rows="noised", name="m
                            else 1, user_rows=user_rows)
     fields = ("users", "items", "ratings") if loss in ("mse", "bce") else ("users", "items")
     units = dpsgd.unit_arrays({k: rows[k] for k in fields}, N_USERS, level,
-                              spec.examples_per_unit, seed=0)
+                              spec.examples_per_unit, jax.random.key(0))
     data = {k: jnp.asarray(v) for k, v in units.items()}
     data["shared_constants"] = parts.constants
     if seen:
@@ -205,13 +205,15 @@ def test_user_units_hold_a_uniform_cap_of_each_users_rows():
     rng = np.random.default_rng(0)
     users = np.repeat(np.arange(5), [0, 3, 10, 1, 7]).astype(np.int32)
     items = rng.integers(0, 50, len(users)).astype(np.int32)
-    units = dpsgd.unit_arrays({"users": users, "items": items}, 5, "user", 4, seed=1)
+    units = dpsgd.unit_arrays({"users": users, "items": items}, 5, "user", 4,
+                              jax.random.key(1))
     assert units["items"].shape == (5, 4)
     assert units["unit_mask"].sum(1).tolist() == [0, 3, 4, 1, 4]
     for user in range(5):
         kept = units["items"][user][units["unit_mask"][user]]
         assert set(kept) <= set(items[users == user])
-    example = dpsgd.unit_arrays({"users": users, "items": items}, 5, "example", 4, seed=1)
+    example = dpsgd.unit_arrays({"users": users, "items": items}, 5, "example", 4,
+                                jax.random.key(1))
     assert example["items"].shape == (len(users), 1) and example["unit_mask"].all()
 
 

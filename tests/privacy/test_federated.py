@@ -33,7 +33,7 @@ def _round(parts, rows, n_users, *, clip=math.inf, noise=0.0, local_steps=1, lr=
     spec = dpsgd.make_spec("user", clip=clip, noise_multiplier=noise, n_units=n_users,
                            expected_batch=n_users, examples_per_unit=8,
                            local_steps=local_steps)
-    units = dpsgd.unit_arrays(rows, n_users, "user", 8, seed=0)
+    units = dpsgd.unit_arrays(rows, n_users, "user", 8, jax.random.key(0))
     data = {k: jnp.asarray(v) for k, v in units.items()}
     data["shared_constants"] = parts.constants
     optimizer = make_optimizer(server)

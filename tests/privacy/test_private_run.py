@@ -3,6 +3,8 @@ the accountant for the steps run, determinism, and one-line refusals naming the 
 
 import json
 
+import jax
+import numpy as np
 import pytest
 
 from causalrec_jax.cli import main
@@ -60,7 +62,9 @@ def test_a_private_run_is_deterministic(private_run, tmp_path):
 def test_example_level_with_a_fixed_noise(tmp_path):
     metrics = run_train.train_run(config('privacy.level="example"', "privacy.noise=1.5",
                                          "privacy.max_examples_per_user=64",
-                                         'privacy.accountant="rdp"'),
+                                         'privacy.accountant="rdp"',
+                                         'privacy.user_rows="noised"',
+                                         "train.exclude_seen_negatives=false"),
                                   tmp_path / "example", quiet=True)
     privacy = metrics["privacy"]
     assert privacy["level"] == "example" and privacy["noise_multiplier"] == 1.5
@@ -78,6 +82,14 @@ def test_example_level_with_a_fixed_noise(tmp_path):
       "train.batch_size=60"],
      "privacy.target_epsilon"),
     (['train.data_placement="host"'], "train.data_placement"),
+    (["privacy.noise=1.0", 'privacy.level="example"', "privacy.max_examples_per_user=64"],
+     "privacy.user_rows"),
+    (["privacy.noise=1.0", 'privacy.level="example"', "privacy.max_examples_per_user=64",
+      'privacy.user_rows="noised"'], "train.exclude_seen_negatives"),
+    (['privacy.mechanism="fedavg"', 'privacy.user_rows="noised"', "privacy.noise=1.0"],
+     "privacy.user_rows"),
+    (['eval.protocol="candidates"', 'eval.metrics=["ndcg", "averagepopularity"]'],
+     "eval.metrics"),
 ])
 def test_bad_privacy_settings_are_one_line_errors_naming_the_key(tmp_path, capsys, extra, key):
     out = tmp_path / "refused"
@@ -96,3 +108,39 @@ def test_privacy_keys_without_a_level_and_causal_methods_are_refused():
                             quiet=True)
     with pytest.raises(ConfigError, match="causal.method"):
         run_train.train_run(config('causal.method="pda"'), "unused", quiet=True)
+
+
+def test_a_resumed_private_run_ends_identical_and_accounts_every_step(tmp_path, monkeypatch):
+    from causalrec_jax.runs import load as run_load
+    from causalrec_jax.tasks import ordinary
+    from causalrec_jax.train import loop
+
+    settings = ("train.epochs=4", "train.seeds=2", "train.checkpoint_every=2",
+                "privacy.noise=1.0")
+    full = run_train.train_run(config(*settings), tmp_path / "full", quiet=True)
+    original_fit = loop.fit
+
+    def interrupted_fit(**kwargs):
+        log = kwargs["log_fn"]
+
+        def stop_after_epoch_2(record):
+            log(record)
+            if record["epoch"] == 2:
+                raise KeyboardInterrupt
+
+        kwargs["log_fn"] = stop_after_epoch_2
+        return original_fit(**kwargs)
+
+    monkeypatch.setattr(ordinary, "fit", interrupted_fit)
+    with pytest.raises(KeyboardInterrupt):
+        run_train.train_run(config(*settings), tmp_path / "part", quiet=True)
+    monkeypatch.setattr(ordinary, "fit", original_fit)
+    assert main(["train", "--resume", "--out", str(tmp_path / "part"), "--quiet"]) == 0
+    resumed = json.loads((tmp_path / "part" / "metrics.json").read_text())
+    assert resumed["test"] == full["test"]
+    assert resumed["privacy"]["steps"] == full["privacy"]["steps"] == 4 * 4
+    assert resumed["privacy"]["epsilon"] == pytest.approx(full["privacy"]["epsilon"])
+    for a, b in zip(jax.tree.leaves(run_load.load_run(tmp_path / "full").parts.params),
+                    jax.tree.leaves(run_load.load_run(tmp_path / "part").parts.params),
+                    strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
