@@ -53,6 +53,7 @@ def table(tmp_path_factory, load_repo_script):
     return rows, out
 
 
+@pytest.mark.slow  # make test-all (see Makefile): a smoke run of the script, 6 trainings
 def test_one_row_per_mechanism_and_epsilon(table):
     rows, out = table
     assert [(row["mechanism"], row["epsilon"]) for row in rows] == [
