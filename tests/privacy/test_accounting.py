@@ -48,6 +48,7 @@ def test_the_item_selection_is_composed_into_the_budget():
     assert with_selection > alone
     # a Gaussian mechanism of noise 10 alone spends about 0.5 at delta 1e-5
     assert 0.3 < accounting.epsilon(1.0, 0.05, 0, 1e-5, selection_noise=10.0) < 0.7
-    sigma = accounting.calibrate_noise(4.0, 0.05, 500, 1e-5, selection_noise=10.0)
-    assert sigma > accounting.calibrate_noise(4.0, 0.05, 500, 1e-5)
-    assert accounting.epsilon(sigma, 0.05, 500, 1e-5, selection_noise=10.0) <= 4.0 * 1.001
+    # (RDP: the same composition, calibrated in a fraction of PLD's time)
+    sigma = accounting.calibrate_noise(4.0, 0.05, 500, 1e-5, "rdp", selection_noise=10.0)
+    assert sigma > accounting.calibrate_noise(4.0, 0.05, 500, 1e-5, "rdp")
+    assert accounting.epsilon(sigma, 0.05, 500, 1e-5, "rdp", selection_noise=10.0) <= 4.004

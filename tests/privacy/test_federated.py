@@ -109,7 +109,7 @@ def test_a_client_moves_the_dp_fedavg_sum_by_at_most_the_clip():
 
 TINY = [
     "sim.n_users=60", "sim.n_items=40", "sim.mean_exposure=0.3", 'data.split="random"',
-    "train.epochs=3", "train.batch_size=20", 'train.loss="bpr"', "train.learning_rate=0.05",
+    "train.epochs=2", "train.batch_size=20", 'train.loss="bpr"', "train.learning_rate=0.05",
     "model.embedding_dim=8", "eval.ks=[5]", "eval.positive_threshold=0",
     'eval.metrics=["ndcg", "recall"]', 'train.early_stopping_metric="ndcg@5"',
     'privacy.level="user"', 'privacy.mechanism="fedavg"', "privacy.local_steps=2",

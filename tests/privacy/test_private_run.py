@@ -52,13 +52,6 @@ def test_a_private_run_reports_its_accounted_budget(private_run):
     assert 0 <= written["test"]["ndcg@5"] <= 1
 
 
-def test_a_private_run_is_deterministic(private_run, tmp_path):
-    metrics, _ = private_run
-    again = run_train.train_run(config("privacy.target_epsilon=4.0"), tmp_path / "again",
-                                quiet=True)
-    assert again["test"] == metrics["test"]
-
-
 def test_example_level_with_a_fixed_noise(tmp_path):
     metrics = run_train.train_run(config('privacy.level="example"', "privacy.noise=1.5",
                                          "privacy.max_examples_per_user=64",
@@ -137,7 +130,7 @@ def test_a_resumed_private_run_ends_identical_and_accounts_every_step(tmp_path, 
     monkeypatch.setattr(ordinary, "fit", original_fit)
     assert main(["train", "--resume", "--out", str(tmp_path / "part"), "--quiet"]) == 0
     resumed = json.loads((tmp_path / "part" / "metrics.json").read_text())
-    assert resumed["test"] == full["test"]
+    assert resumed["test"] == full["test"]  # and so a private run is deterministic
     assert resumed["privacy"]["steps"] == full["privacy"]["steps"] == 4 * 4
     assert resumed["privacy"]["epsilon"] == pytest.approx(full["privacy"]["epsilon"])
     for a, b in zip(jax.tree.leaves(run_load.load_run(tmp_path / "full").parts.params),
