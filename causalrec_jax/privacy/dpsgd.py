@@ -55,7 +55,7 @@ from causalrec_jax import streams
 from causalrec_jax.errors import ConfigError
 from causalrec_jax.models.base import make_scorers, row_tables
 from causalrec_jax.train.objectives import make_objective, scored_pairs
-from causalrec_jax.train.step import TrainState, epoch_loss
+from causalrec_jax.train.step import TrainState, all_finite, epoch_loss
 
 LEVELS = ("user", "example")
 # The `shared_` array of the item rows a run trains (`select_items`), when it selects some.
@@ -510,8 +510,7 @@ def make_private_step(unit_fn: Callable[..., Any], optimizer: optax.GradientTran
             new_params = {**new_params, "prediction": _with_kind(
                 new_params["prediction"], kept_rows, tables, "users")}
         loss = jnp.sum(losses) / jnp.maximum(jnp.sum(counts), 1)
-        finite = jnp.isfinite(loss) & jnp.all(jnp.stack(
-            [jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(new_params)]))
+        finite = jnp.isfinite(loss) & all_finite(new_params)
         new_state = TrainState(params=new_params, opt_state=opt_state, step=state.step + 1,
                                hparams=state.hparams)
         state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)

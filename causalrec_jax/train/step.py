@@ -132,7 +132,7 @@ def init_state(
                       hparams=hparams)
 
 
-def _all_finite(tree: Any) -> jax.Array:
+def all_finite(tree: Any) -> jax.Array:
     leaves = jax.tree.leaves(tree)
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in leaves]))
 
@@ -155,7 +155,7 @@ def make_train_step(
         )
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        finite = jnp.isfinite(loss) & _all_finite(grads)
+        finite = jnp.isfinite(loss) & all_finite(grads)
         new_state = TrainState(params=params, opt_state=opt_state, step=state.step + 1,
                                hparams=state.hparams)
         state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
