@@ -58,6 +58,25 @@ class Standing(NamedTuple):
     margin: jax.Array
 
 
+def kth_largest(values: jax.Array, k: int) -> jax.Array:
+    """The `k`-th largest of `values [n]` (float32, no NaN; duplicates counted), as
+    `lax.top_k(values, k)[0][k - 1]` gives it, found bit by bit: float32 maps to uint32 keys
+    in the same order, and the largest key `v` with at least `k` keys >= `v` is built from the
+    top bit down, 32 counting passes. On CPU about 8x faster than `top_k` for k = 10 of
+    1,682 items (a greedy step ranks every deletion mask, `bench/explain.py`)."""
+    bits = jax.lax.bitcast_convert_type(values, jnp.uint32)
+    sign = jnp.uint32(0x80000000)
+    keys = jnp.where(bits >= sign, ~bits, bits | sign)
+
+    def bit(i, found):
+        trial = found | (jnp.uint32(1) << (31 - i).astype(jnp.uint32))
+        return jnp.where(jnp.sum(keys >= trial) >= k, trial, found)
+
+    found = jax.lax.fori_loop(0, 32, bit, jnp.uint32(0), unroll=True)
+    bits = jnp.where(found >= sign, found & ~sign, ~found)
+    return jax.lax.bitcast_convert_type(bits, jnp.float32)
+
+
 def standing(scores: jax.Array, target: jax.Array, exclude: jax.Array, k: int) -> Standing:
     """The target's `Standing` in `scores [n_items]`, `exclude [n_items]` bool left out. A
     non-finite target score (a diverged re-fit) stands at rank 0: a deletion the model cannot
@@ -65,7 +84,7 @@ def standing(scores: jax.Array, target: jax.Array, exclude: jax.Array, k: int) -
     others = ~exclude & (jnp.arange(scores.shape[0]) != target)
     target_score = scores[target]
     # NaN scores count as -inf, as `pessimistic_rank` counts them
-    kth = jax.lax.top_k(jnp.where(others & ~jnp.isnan(scores), scores, -jnp.inf), k)[0][k - 1]
+    kth = kth_largest(jnp.where(others & ~jnp.isnan(scores), scores, -jnp.inf), k)
     rank = jnp.where(jnp.isfinite(target_score), pessimistic_rank(scores, target, exclude), 0)
     return Standing(target_score, rank, target_score - kth)
 

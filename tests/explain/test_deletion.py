@@ -19,6 +19,7 @@ from causalrec_jax.explain import (
     make_refit_model,
     single_deletions,
 )
+from causalrec_jax.explain.deletion import pair_sigmoid
 from causalrec_jax.models.bert4rec import BERT4Rec
 from causalrec_jax.models.lightgcn import LightGCN
 from causalrec_jax.models.mf import MF
@@ -283,3 +284,47 @@ def test_feature_effects_remove_one_feature_at_a_time():
     mf = MF(2, 30, embedding_dim=4, key=jax.random.key(0))
     assert feature_effects(make_refit_model(mf, user=0, items=[1, 2], loss="bce",
                                             l2=1.0)) is None
+
+
+def test_pair_sigmoid_equals_the_sigmoid_of_the_differences():
+    rng = np.random.default_rng(3)
+    items = jnp.asarray(rng.choice(50, 12, replace=False))
+    for spread in (1.0, 20.0, 150.0):  # the last: exponents clipped, sigmoids saturated
+        scores = jnp.asarray(rng.uniform(-spread / 2, spread / 2, 50).astype(np.float32))
+        exact = jax.nn.sigmoid(scores[None, :] - scores[items][:, None])
+        np.testing.assert_allclose(pair_sigmoid(scores, items), exact, rtol=1e-5, atol=1e-7)
+    outside = int(np.setdiff1d(np.arange(50), np.asarray(items))[0])
+    nan = jnp.zeros(50).at[outside].set(jnp.nan)
+    pairs = np.asarray(pair_sigmoid(nan, items))
+    assert np.isnan(pairs[:, outside]).all()
+    assert np.isfinite(np.delete(pairs, outside, axis=1)).all()
+
+
+@pytest.mark.parametrize("kind", ["mf", "lightgcn"])
+def test_the_written_out_bpr_derivatives_equal_automatic_ones(mf_case, kind):
+    """The gradient and curvature `RefitDeletion` writes out for BPR on the affine kinds (the
+    whole cost of a re-fit) equal the derivatives JAX takes of the objective, under a
+    deletion (the deleted item joins the negatives) and at a point away from the fit."""
+    if kind == "mf":
+        model = mf_case[0]
+    else:
+        users = np.repeat(np.arange(4), 9)
+        items = np.random.default_rng(1).integers(0, 40, users.size)
+        graph = LightGCN(4, 40, embedding_dim=5, n_layers=2, train_edges=(users, items),
+                         key=jax.random.key(2), init_scale=1.0)
+        model = make_refit_model(graph, user=1, items=np.unique(items[users == 1]),
+                                 loss="bpr", l2=0.3)
+    scorer, data = model.score_fn, model.data
+    flat, unravel = ravel_pytree(data["theta_start"])
+    theta = unravel(flat + 0.3 * jnp.sin(jnp.arange(flat.size, dtype=jnp.float32)))
+    keep = data["valid"].astype(jnp.float32).at[jnp.asarray([0, 2])].set(0.0)
+    assert scorer.loss == "bpr" and scorer.kind == kind
+
+    def objective(f):
+        return scorer.objective(data, unravel(f), keep)
+
+    point = ravel_pytree(theta)[0]
+    np.testing.assert_allclose(scorer.gradient(data, theta, keep), jax.grad(objective)(point),
+                               rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(scorer.curvature(data, theta, keep),
+                               jax.hessian(objective)(point), rtol=1e-4, atol=1e-5)

@@ -28,6 +28,7 @@ from causalrec_jax.explain.search import (
     held_greedy,
     held_prefix,
     held_standing,
+    kth_largest,
     prefix_standings,
     step_choice,
     strongest_first,
@@ -54,6 +55,27 @@ def toy(competitor: float):
     valid = jnp.ones(5, bool)
     exclude = jnp.zeros(6, bool)
     return ToyScorer(), data, valid, jnp.asarray(0), exclude
+
+
+def test_kth_largest_equals_top_k():
+    """The bitwise search gives `top_k`'s k-th value: ties, signed zeros, negative numbers,
+    infinities, subnormals, and fewer than k finite values (then -inf)."""
+    rng = np.random.default_rng(0)
+    rows = rng.normal(size=(40, 300)).astype(np.float32) * 3
+    rows[:, :80] = np.round(rows[:, :80])  # ties
+    rows[1] = 0.0
+    rows[1, :5] = -0.0
+    rows[2, :] = -np.inf
+    rows[3, 7:] = -np.inf  # 7 finite values: the 10th is -inf
+    rows[4] = -np.abs(rows[4]) - 1.0
+    rows[5, :20] = np.inf
+    rows[6, :] = 1e-42  # subnormal
+    rows[6, :3] = 3e-42
+    for k in (1, 3, 10):
+        found = jax.jit(jax.vmap(kth_largest, in_axes=(0, None)), static_argnums=1)(
+            jnp.asarray(rows), k)
+        expected = jax.lax.top_k(jnp.asarray(rows), k)[0][:, k - 1]
+        np.testing.assert_array_equal(found, expected)
 
 
 def test_standing_is_pessimistic():
