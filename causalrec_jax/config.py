@@ -746,6 +746,23 @@ def privacy_keys_used(privacy: PrivacyConfig) -> tuple[str, ...]:
 
 
 @dataclass(frozen=True)
+class ParallelConfig:
+    """Training over several devices (`parallel/`). `mesh = [data, model]`: a mesh of
+    `data * model` devices (it must divide the device count); each batch is split over
+    `data`, every embedding table's rows over `model` (padded to a multiple of it). Empty
+    (the default): one device, as before. Ordinary and causal runs of the models with row
+    tables (MF, MLP, NeuMF) and of every other pairwise model (replicated over `model`)."""
+
+    mesh: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        _require(self.mesh == () or (len(self.mesh) == 2 and all(
+            isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in self.mesh)),
+            "parallel.mesh", "[data, model], two integers >= 1 (or [] for one device)",
+            list(self.mesh))
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """Seed, output folder, verbosity and experiment tracking of a run.
 
@@ -791,6 +808,7 @@ class Config:
     uplift: UpliftConfig = field(default_factory=UpliftConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     planted: PlantedConfig = field(default_factory=PlantedConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
 
 
 # `[data]` keys only the `mar_slice` split reads.

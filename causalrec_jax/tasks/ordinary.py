@@ -56,8 +56,17 @@ from causalrec_jax.eval.protocol import (
 from causalrec_jax.eval.ranking import is_positive, labels_are_binary
 from causalrec_jax.eval.summary import aggregate
 from causalrec_jax.eval.truth import evaluate_against_truth
-from causalrec_jax.models.base import make_scorers
+from causalrec_jax.models.base import make_scorers, row_tables
 from causalrec_jax.models.factory import init_params, model_keys_used
+from causalrec_jax.parallel import (
+    batch_sharding,
+    check_mesh_shape,
+    make_mesh,
+    make_sharded_run_epoch,
+    pad_rows,
+    place,
+    unpad_rows,
+)
 from causalrec_jax.privacy import dpsgd, federated
 from causalrec_jax.privacy.accounting import calibrate_noise, check_delta, epsilon
 from causalrec_jax.privacy.dpsgd import overflow_probability
@@ -235,6 +244,10 @@ class ProgramSpec:
     privacy: Any = None
     # Federated rounds (`privacy.federated`): the clients' SGD learning rate.
     client_learning_rate: float = 0.0
+    # A sharded run (`parallel`): the mesh's (data, model) shape, () for one device, and the
+    # model's row tables as sorted (name, kind) pairs.
+    mesh: tuple[int, ...] = ()
+    row_tables: tuple[tuple[str, str], ...] = ()
 
 
 def _objective(spec: ProgramSpec) -> Callable:
@@ -297,6 +310,13 @@ def _programs(spec: ProgramSpec, streaming_segment: int = 0) -> tuple[Callable, 
             train_step, n_rows=spec.n_rows, batch_size=spec.batch_size,
             segment_batches=streaming_segment, vmap_seeds=spec.n_seeds > 1,
         )
+    elif spec.mesh:
+        mesh = make_mesh(spec.mesh)
+        train_epoch = make_train_epoch(train_step, n_rows=spec.n_rows,
+                                       batch_size=spec.batch_size,
+                                       batch_sharding=batch_sharding(mesh))
+        run_epoch = make_sharded_run_epoch(over_seeds(train_epoch, spec.n_seeds), mesh,
+                                           dict(spec.row_tables))
     else:
         train_epoch = make_train_epoch(train_step, n_rows=spec.n_rows,
                                        batch_size=spec.batch_size)
@@ -500,6 +520,20 @@ class ProgramSetup:
     steps_per_epoch: int
 
 
+def row_counts(spec: ProgramSpec) -> dict[str, int]:
+    """The real row counts of the model's row tables, by id kind."""
+    return {"users": spec.n_users, "items": spec.n_items}
+
+
+def unpadded(spec: ProgramSpec, params: Any, row_axis: int = 0) -> Any:
+    """`params` of a sharded run with the padding rows of its tables cut off (rows on
+    `row_axis`: 0 for one seed's, 1 for parameters stacked over seeds); unchanged for a run
+    on one device."""
+    if not spec.mesh:
+        return params
+    return unpad_rows(params, dict(spec.row_tables), row_counts(spec), row_axis)
+
+
 def program_setup(config: Config, split: Split, truth: Any = None,
                   members: list[Member] | None = None) -> ProgramSetup:
     """The rows, initial states, keys and static signature of a population (`members`, None:
@@ -577,12 +611,20 @@ def program_setup(config: Config, split: Split, truth: Any = None,
         privacy=dp_spec,
         client_learning_rate=(config.privacy.client_learning_rate
                               if dp_spec is not None and dp_spec.local_steps else 0.0),
+        mesh=tuple(config.parallel.mesh),
+        row_tables=tuple(sorted((row_tables(parts.graphdef) or {}).items()))
+        if config.parallel.mesh else (),
     )
+    if spec.mesh:  # zero rows up to a multiple of the model axis (`parallel.sharding`)
+        initial = pad_rows(initial, dict(spec.row_tables), row_counts(spec),
+                           spec.mesh[1], row_axis=1)
     optimizer = _optimizer(spec, TrainConfig())
     hparams = causal_training.as_hparams(causal_values)
     states = jax.vmap(lambda params, values: init_state(params, optimizer, values))(
         initial, hparams)
     states = set_hyperparams(states, optimizer_values)
+    if spec.mesh:
+        states = place(states, make_mesh(spec.mesh), dict(spec.row_tables))
     train_keys = jax.vmap(lambda k: streams.derive(k, streams.Run.TRAIN))(keys)
     return ProgramSetup(
         spec=spec, parts=parts, states=states, keys=train_keys, seeds=seeds, arrays=arrays,
@@ -660,7 +702,7 @@ def train_split(
         def evaluate_fn(params, member=0):
             return evaluate_split(
                 config.eval, train=train, test=split.valid,
-                score_users_fn=scorer(params, member),
+                score_users_fn=scorer(unpadded(setup.spec, params), member),
                 propensity=propensity, validation=True,
             )
 
@@ -688,19 +730,19 @@ def train_split(
     tic = time.perf_counter()
     seen = split.seen_before_test()
     per_seed = []
+    best_params = unpadded(setup.spec, result.best_params, row_axis=1)
     for index, member in enumerate(members):
-        params = seed_slice(result.best_params, index)
+        params = seed_slice(best_params, index)
         entry: dict[str, Any] = {"seed": member.seed, "best_epoch": result.best_epochs[index]}
         if member.hparams:
             entry["hparams"] = dict(member.hparams)
         if evaluate_fn is not None:
-            entry["valid"] = evaluate_fn(params, index)
+            entry["valid"] = evaluate_fn(seed_slice(result.best_params, index), index)
         if evaluate_test:
             entry.update(test_results(config, seen, split.test, scorer(params, index),
                                        propensity, truth))
         per_seed.append(entry)
     timing = {**result.timing, "test_eval_seconds": round(time.perf_counter() - tic, 4)}
-    best_params = result.best_params
     extra = {name: value for name, value in best_params.items()
              if name not in ("prediction", "imputation")}
     extra.update({name: jnp.tile(value[None], (len(members),) + (1,) * value.ndim)
@@ -755,13 +797,36 @@ def check_ordinary_keys(config: Config) -> None:
                             "train": [f.name for f in dataclasses.fields(config.train)
                                       if f.name not in SEQUENCE_TRAIN_KEYS],
                             "eval": None, "run": None,
-                            "privacy": privacy_keys_used(config.privacy)}
+                            "privacy": privacy_keys_used(config.privacy),
+                            "parallel": None}
     if config.data.format == "simulator":
         used["sim"] = None
     if config.data.format == "planted":
         used["planted"] = None
     refuse_unused(config, used, f"a run of model.name = {config.model.name!r} with "
                                 f"causal.method = {config.causal.method!r}")
+    if config.parallel.mesh:
+        check_parallel_config(config)
+
+
+def check_parallel_config(config: Config) -> None:
+    """Refuses, in one line naming the key, a mesh this machine cannot build and a setting a
+    sharded run does not support yet."""
+    check_mesh_shape(config.parallel.mesh, jax.device_count())
+    if config.privacy.level:
+        raise ConfigError(f"key parallel.mesh: {list(config.parallel.mesh)} with privacy.level "
+                          f"= {config.privacy.level!r}; private training runs on one device so "
+                          "far (remove one of them)")
+    if config.train.data_placement == "host":
+        raise ConfigError("key train.data_placement: 'host' with parallel.mesh set; a sharded "
+                          "run keeps its training rows on the devices ('device' or 'auto')")
+    if config.train.loss == "softmax":
+        raise ConfigError("key train.loss: 'softmax' with parallel.mesh set; the full softmax "
+                          "would normalise over the padding rows of the sharded item table; "
+                          "use sampled_softmax, bpr or a pointwise loss")
+    if config.train.halving_rung:
+        raise ConfigError("key train.halving_rung: successive halving with parallel.mesh set; "
+                          "a sharded population trains every member to the end")
 
 
 @dataclasses.dataclass

@@ -150,6 +150,10 @@ def check_sequential_config(config: Config) -> str:
     if config.train.cv_folds:
         raise ConfigError(f"key train.cv_folds: {config.train.cv_folds} folds, but sequential "
                           "models train on the leave-one-out split only; set it to 0")
+    if config.parallel.mesh:
+        raise ConfigError(f"key parallel.mesh: {list(config.parallel.mesh)}, but a run of "
+                          f"{config.model.name} trains on one device so far (sharded training "
+                          "covers the pairwise models); remove it")
     if config.train.data_placement == "host":
         raise ConfigError("key train.data_placement: 'host' is not available for sequential "
                           "models (their windows live on the device); use 'auto' or 'device'")

@@ -245,6 +245,7 @@ def make_train_epoch(
     *,
     n_rows: int,
     batch_size: int,
+    batch_sharding: Any = None,
 ) -> Callable[[TrainState, Batch, jax.Array, jax.Array], tuple[TrainState, dict[str, jax.Array]]]:
     """Builds `train_epoch(state, data, key, epoch) -> (state, metrics)`: one `lax.scan`.
 
@@ -253,13 +254,17 @@ def make_train_epoch(
     order comes from the key and `epoch` (`epoch_order`), so resuming at an epoch boundary
     replays the same order. `metrics`: `loss` (mean over the epoch's good batches) and
     `first_bad_batch` (-1 when every batch was finite). For data that does not fit on the
-    device, see `make_streaming_epoch`, which gives the same numbers.
+    device, see `make_streaming_epoch`, which gives the same numbers. `batch_sharding`: where
+    the epoch's `[n_batches, batch_size]` rows live (a sharded run's `parallel.batch_sharding`:
+    each batch split over the mesh's data axis); None: wherever the compiler puts them.
     """
     scan_batches = make_scan_batches(train_step)
 
     def train_epoch(state: TrainState, data: Batch, key: jax.Array, epoch: jax.Array):
         rows, shared = split_data(data)
         batches = gather_batches(rows, epoch_order(key, epoch, n_rows, batch_size), n_rows)
+        if batch_sharding is not None:
+            batches = jax.lax.with_sharding_constraint(batches, batch_sharding)
         state, first_bad, losses = scan_batches(
             state, batches, shared, key, jnp.asarray(-1, jnp.int32), jnp.asarray(0, jnp.int32)
         )

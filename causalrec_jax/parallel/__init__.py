@@ -1,0 +1,21 @@
+"""Training beyond one device: a `('data', 'model')` mesh, row-sharded embedding tables and
+data-parallel batches (`mesh`, `sharding`), through `jax.sharding` and the partitioner."""
+
+from causalrec_jax.parallel.mesh import AXES, check_mesh_shape, make_mesh, padded_count
+from causalrec_jax.parallel.sharding import (
+    batch_sharding,
+    make_sharded_run_epoch,
+    pad_rows,
+    place,
+    replicated,
+    state_shardings,
+    table_all_gathers,
+    table_kind,
+    unpad_rows,
+)
+
+__all__ = [
+    "AXES", "batch_sharding", "check_mesh_shape", "make_mesh", "make_sharded_run_epoch",
+    "pad_rows", "padded_count", "place", "replicated", "state_shardings",
+    "table_all_gathers", "table_kind", "unpad_rows",
+]

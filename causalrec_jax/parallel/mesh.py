@@ -1,0 +1,55 @@
+"""The device mesh of a sharded run: `('data', 'model')`, both axes Auto.
+
+Batches are split over `data` (each slice of the mesh along it trains on its share of the
+batch, and the gradients are summed across it), row tables over `model` (each device holds
+`rows / model` of every embedding table, `parallel.sharding`). The mesh is a plain
+`jax.sharding.Mesh`, whose axes are Auto: the partitioner (GSPMD) places every intermediate
+from the shardings of the inputs and outputs. (`jax.make_mesh` defaults to Explicit axes in
+jax 0.10, under which every operation must state its sharding.)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax
+import numpy as np
+from jax.sharding import Mesh
+
+from causalrec_jax.errors import ConfigError
+
+AXES = ("data", "model")
+
+
+def check_mesh_shape(shape: Sequence[int], n_devices: int, key: str = "parallel.mesh"
+                     ) -> tuple[int, int]:
+    """`(data, model)` from `shape`, refused in one line (naming `key`) unless it is two
+    integers >= 1 whose product divides `n_devices` (a mesh of fewer devices than there
+    are uses the first `data * model` of them)."""
+    values = tuple(shape)
+    if (len(values) != 2 or not all(isinstance(v, int) and not isinstance(v, bool)
+                                    for v in values) or min(values) < 1):
+        raise ConfigError(f"key {key}: {list(values)} is not a mesh shape; expected "
+                          "[data, model], two integers >= 1 (e.g. [4, 2])")
+    data, model = values
+    if n_devices % (data * model):
+        raise ConfigError(
+            f"key {key}: a {data} x {model} mesh needs {data * model} devices, which does not "
+            f"divide the {n_devices} there are ({jax.default_backend()}); choose a shape whose "
+            "product divides it")
+    return data, model
+
+
+def make_mesh(shape: Sequence[int], devices: Sequence[jax.Device] | None = None,
+              key: str = "parallel.mesh") -> Mesh:
+    """A `('data', 'model')` mesh of `shape` over the first `data * model` of `devices`
+    (default: every device of the default backend)."""
+    devices = list(jax.devices() if devices is None else devices)
+    data, model = check_mesh_shape(shape, len(devices), key)
+    grid = np.asarray(devices[: data * model], dtype=object).reshape(data, model)
+    return Mesh(grid, AXES)
+
+
+def padded_count(n: int, shards: int) -> int:
+    """`n` rounded up to a multiple of `shards` (a row-sharded table's padded length)."""
+    return -(-n // shards) * shards

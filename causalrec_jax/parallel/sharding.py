@@ -1,0 +1,165 @@
+"""Row-sharded embedding tables and data-parallel batches over a `('data', 'model')` mesh.
+
+A model's row tables (`models.base.row_tables`: the embeddings and biases whose row r belongs
+to user or item r) are split by rows over the mesh's `model` axis, `P('model', None)`, so a
+catalogue larger than one device's memory trains; every other parameter is replicated. The
+optimiser's state follows its parameters: Adam's moments of a row table are sharded as the
+table (the rule reads the table's name in the leaf's path, which optax's states repeat). A
+batch is split over `data`. The training program is the one core's epoch (`train.step`),
+compiled with these shardings as its explicit input and output shardings and the states
+donated; the partitioner (GSPMD) turns a lookup of a row-sharded table into a local masked
+gather and a batch-sized all-reduce, and the gradient of a table into a shard-sized one, so
+no device ever holds a whole table (`table_all_gathers` checks a compiled program for that).
+
+The row count of a sharded table must divide by the `model` axis: `pad_rows` appends zero rows
+(ids past the real count, which no lookup reads and no sampled negative draws, so they get no
+gradient and stay zero under Adam and weight decay) and `unpad_rows` cuts them off again
+before anything is scored or written, so a run folder never sees them.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from causalrec_jax.parallel.mesh import padded_count
+
+
+def _names(path: tuple) -> list[str]:
+    names = []
+    for entry in path:
+        for attribute in ("key", "name"):
+            value = getattr(entry, attribute, None)
+            if isinstance(value, str):
+                names.append(value)
+    return names
+
+
+def table_kind(path: tuple, tables: dict[str, str]) -> str:
+    """The id kind (`users`, `items`) of the row table a leaf's `path` names, or ""."""
+    for name in _names(path):
+        if name in tables:
+            return tables[name]
+    return ""
+
+
+def _map_tables(fn: Callable[[jax.Array, str], jax.Array], tree: Any,
+                tables: dict[str, str]) -> Any:
+    return jax.tree_util.tree_map_with_path(
+        lambda path, leaf: fn(leaf, table_kind(path, tables)), tree)
+
+
+def pad_rows(tree: Any, tables: dict[str, str], counts: dict[str, int], multiple: int,
+             row_axis: int = 0) -> Any:
+    """`tree` with every row table (axis `row_axis`, of length `counts[kind]`) padded with
+    zero rows to a multiple of `multiple`; other leaves unchanged."""
+
+    def pad(leaf, kind):
+        if not kind or jnp.ndim(leaf) <= row_axis:
+            return leaf
+        n = counts[kind]
+        if leaf.shape[row_axis] != n:
+            raise ValueError(f"a {kind} table of {leaf.shape[row_axis]} rows, expected {n}")
+        extra = padded_count(n, multiple) - n
+        widths = [(0, 0)] * leaf.ndim
+        widths[row_axis] = (0, extra)
+        return jnp.pad(leaf, widths) if extra else leaf
+
+    return _map_tables(pad, tree, tables)
+
+
+def unpad_rows(tree: Any, tables: dict[str, str], counts: dict[str, int], row_axis: int = 0
+               ) -> Any:
+    """`tree` with every row table cut back to its first `counts[kind]` rows."""
+
+    def cut(leaf, kind):
+        if not kind or jnp.ndim(leaf) <= row_axis:
+            return leaf
+        return jax.lax.slice_in_dim(leaf, 0, counts[kind], axis=row_axis)
+
+    return _map_tables(cut, tree, tables)
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    """Every device holds the whole array."""
+    return NamedSharding(mesh, P())
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    """An epoch's `[n_batches, batch_size]` rows: each batch split over `data`."""
+    return NamedSharding(mesh, P(None, "data"))
+
+
+def state_shardings(tree: Any, mesh: Mesh, tables: dict[str, str], row_axis: int = 0) -> Any:
+    """A `NamedSharding` per leaf of `tree` (parameters, optimiser state, a whole
+    `TrainState`; arrays or `jax.ShapeDtypeStruct`s, e.g. from `jax.eval_shape`): a row
+    table's rows (axis `row_axis`) over `model`, every other leaf replicated."""
+
+    def sharding(leaf, kind):
+        if not kind or len(leaf.shape) <= row_axis:
+            return replicated(mesh)
+        spec = [None] * len(leaf.shape)
+        spec[row_axis] = "model"
+        return NamedSharding(mesh, P(*spec))
+
+    return _map_tables(sharding, tree, tables)
+
+
+def make_sharded_run_epoch(run_epoch: Callable[..., Any], mesh: Mesh,
+                           tables: dict[str, str]) -> Callable[..., Any]:
+    """`run_epoch(states, data, keys, epoch) -> (states, metrics)` (seeds stacked on axis 0
+    of every state leaf) compiled over `mesh`, with explicit shardings: the states
+    row-sharded (`state_shardings`, rows on axis 1) in and out, and donated; the data, keys
+    and metrics replicated. Compiled on the first call for each structure of states and data
+    (their shardings are read from the shapes); `.program(states, data)` gives that jitted
+    function (e.g. to `.lower(...)` it and read its HLO)."""
+    programs: dict[Any, Callable[..., Any]] = {}
+    everywhere = replicated(mesh)
+
+    def program(states: Any, data: Any) -> Callable[..., Any]:
+        signature = (jax.tree.structure(states), jax.tree.structure(data))
+        if signature not in programs:
+            shardings = state_shardings(states, mesh, tables, row_axis=1)
+            programs[signature] = jax.jit(
+                run_epoch, in_shardings=(shardings, everywhere, everywhere, everywhere),
+                out_shardings=(shardings, everywhere), donate_argnums=(0,))
+        return programs[signature]
+
+    def sharded(states, data, keys, epoch):
+        return program(states, data)(states, data, keys, epoch)
+
+    sharded.program = program
+    return sharded
+
+
+def place(tree: Any, mesh: Mesh, tables: dict[str, str], row_axis: int = 1) -> Any:
+    """`tree` on the mesh with `state_shardings` (seeds stacked on axis 0 by default)."""
+    return jax.device_put(tree, state_shardings(tree, mesh, tables, row_axis))
+
+
+# An all-gather in an HLO module's text: its result shapes, e.g. `f32[1000,16]{1,0}`.
+_ALL_GATHER = re.compile(
+    r"=\s*\(?((?:[a-z0-9]+\[[0-9,]*\][^ ]*,?\s*)+)\)?\s*all-gather(?:-start)?\(")
+_SHAPE = re.compile(r"[a-z0-9]+\[([0-9,]*)\]")
+
+
+def table_all_gathers(hlo_text: str, rows: int) -> list[str]:
+    """The all-gather instructions of a compiled program (`jitted.lower(...).compile()
+    .as_text()`) whose result has an axis of at least `rows` elements (the smallest sharded
+    table's padded row count): what a row-sharded program must not do."""
+    found = []
+    for line in hlo_text.splitlines():
+        match = _ALL_GATHER.search(line)
+        if not match:
+            continue
+        for dims in _SHAPE.findall(match.group(1)):
+            if any(int(d) >= rows for d in dims.split(",") if d):
+                found.append(line.strip())
+                break
+    return found

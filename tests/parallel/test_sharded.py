@@ -1,0 +1,197 @@
+"""Sharded training (`parallel/`): the same run on one device and on meshes of 8 virtual CPU
+devices gives the same model, with every table row-sharded and no table-sized all-gather.
+
+The 8 devices exist only in a subprocess (`XLA_FLAGS=--xla_force_host_platform_device_count=8`
+must be set before jax starts), which runs `sharded_runs.py`; the rest of the suite keeps its
+one device. The helpers themselves are tested here on one device.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from jax.sharding import PartitionSpec as P
+
+from causalrec_jax.config import config_from_dict
+from causalrec_jax.errors import ConfigError
+from causalrec_jax.parallel import (
+    make_mesh,
+    pad_rows,
+    padded_count,
+    state_shardings,
+    table_all_gathers,
+    unpad_rows,
+)
+from causalrec_jax.tasks.ordinary import check_ordinary_keys
+from causalrec_jax.train.step import init_state
+
+SCRIPT = Path(__file__).with_name("sharded_runs.py")
+TABLES = {"user_factors": "users", "item_factors": "items", "item_bias": "items"}
+
+
+def _sharded_report(tmp_path_factory, *args: str) -> dict:
+    out = tmp_path_factory.mktemp("sharded")
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
+           "JAX_PLATFORMS": "cpu"}
+    done = subprocess.run([sys.executable, str(SCRIPT), str(out / "runs"), *args], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def bpr_report(tmp_path_factory):
+    return _sharded_report(tmp_path_factory)
+
+
+def _check_report(report: dict, tolerance: float,
+                  meshes: tuple[str, ...] = ("1x1", "8x1", "4x2", "2x4")) -> None:
+    assert report["devices"] == 8
+    single = report["runs"]["single"]["metrics"]
+    assert set(report["runs"]) == {"single", *meshes}
+    for mesh in meshes:
+        run = report["runs"][mesh]
+        # the model written to the run folder has the real row counts, not the padded ones
+        assert run["shapes_equal"], mesh
+        assert run["largest_difference"] <= tolerance, (mesh, run["largest_difference"])
+        for metric in ("ndcg@10", "recall@10", "auc"):
+            assert run["metrics"][metric] == pytest.approx(single[metric], abs=1e-5), metric
+    if "1x1" in meshes:  # one device: the same program
+        assert report["runs"]["1x1"]["largest_difference"] == 0.0
+    # every table row-sharded (rows on axis 1, after the seeds), nothing table-sized gathered
+    assert "P(None, 'model', None)" in report["state_specs"]
+    assert report["hlo"]["table_all_gathers"] == []
+    assert report["hlo"]["all_reduces"] > 0  # the partitioner did split the work
+    assert set(report["errors"]) == {"3x1", "2x3"}
+    assert all("key parallel.mesh" in e and "divide the 8" in e
+               for e in report["errors"].values())
+
+
+def test_sharded_bpr_mf_equals_one_device(bpr_report):
+    _check_report(bpr_report, 1e-5)
+    assert "P(None, 'model')" in bpr_report["state_specs"]  # the item biases
+
+
+def test_sharded_doubly_robust_joint_learning_equals_one_device(tmp_path_factory):
+    """Two models (prediction and imputation), both sharded, uniform cells drawn over the
+    real catalogue, never the padding rows."""
+    report = _sharded_report(tmp_path_factory, "--loss", "mse", "--method", "dr_jl",
+                             "--meshes", "2x4")
+    _check_report(report, 1e-5, meshes=("2x4",))
+
+
+@pytest.mark.slow
+def test_sharded_neumf_equals_one_device(tmp_path_factory):
+    # a dense tower beside the tables; 4 epochs at lr 0.05 amplify the reduction order
+    _check_report(_sharded_report(tmp_path_factory, "--model", "neumf", "--loss", "bce"),
+                  1e-3)
+
+
+# ----------------------------------------------------------------------------- one device
+
+
+def _params(n_users=5, n_items=7):
+    key = jax.random.key(0)
+    return {"user_factors": jax.random.normal(key, (n_users, 3)),
+            "item_factors": jax.random.normal(jax.random.fold_in(key, 1), (n_items, 3)),
+            "item_bias": jnp.arange(n_items, dtype=jnp.float32),
+            "global_bias": jnp.float32(2.0), "tower": {"kernel": jnp.ones((3, 3))}}
+
+
+def test_padding_appends_zero_rows_and_cutting_restores_the_tables():
+    params = _params()
+    counts = {"users": 5, "items": 7}
+    padded = pad_rows(params, TABLES, counts, 4)
+    assert padded["user_factors"].shape == (8, 3) and padded["item_factors"].shape == (8, 3)
+    assert padded["item_bias"].shape == (8,) and padded["tower"]["kernel"].shape == (3, 3)
+    assert float(jnp.abs(padded["item_factors"][7:]).sum()) == 0.0
+    back = unpad_rows(padded, TABLES, counts)
+    for name, leaf in params.items():
+        np.testing.assert_array_equal(jax.tree.leaves(back[name]), jax.tree.leaves(leaf))
+    # stacked over seeds: rows on axis 1
+    stacked = jax.tree.map(lambda leaf: jnp.stack([leaf, leaf]), params)
+    assert pad_rows(stacked, TABLES, counts, 4, row_axis=1)["item_factors"].shape == (2, 8, 3)
+    with pytest.raises(ValueError, match="a users table of 5 rows, expected 6"):
+        pad_rows(params, TABLES, {"users": 6, "items": 7}, 4)
+    assert padded_count(7, 4) == 8 and padded_count(8, 4) == 8 and padded_count(1, 1) == 1
+
+
+def test_the_optimiser_state_is_sharded_as_its_tables():
+    """Adam's moments of a row table carry the table's name in their path, so they get its
+    sharding; the step count and dense layers are replicated. Derived from shapes alone
+    (`jax.eval_shape`), before anything is allocated."""
+    mesh = make_mesh([1, 1])
+    params = pad_rows(_params(), TABLES, {"users": 5, "items": 7}, 1)
+    shapes = jax.eval_shape(lambda p: init_state(p, optax.adam(1e-2)), params)
+    shardings = state_shardings(shapes, mesh, TABLES)
+    specs = {jax.tree_util.keystr(path): s.spec for path, s in
+             jax.tree_util.tree_flatten_with_path(shardings)[0]}
+    moments = [path for path in specs if "mu" in path or "nu" in path]
+    assert any("item_factors" in path for path in moments)
+    for path, spec in specs.items():
+        if "item_factors" in path or "user_factors" in path:
+            assert spec == P("model", None), path
+        elif "item_bias" in path:
+            assert spec == P("model"), path
+        else:
+            assert spec == P(), path
+
+
+def test_table_sized_all_gathers_are_found_in_hlo_text():
+    hlo = "\n".join([
+        "%all-gather.1 = f32[104,8]{1,0} all-gather(f32[26,8]{1,0} %p), dimensions={0}",
+        "%all-gather.2 = f32[64]{0} all-gather(f32[8]{0} %q), dimensions={0}",
+        "%ags = (f32[26,8]{1,0}, f32[112,8]{1,0}) all-gather-start(f32[26,8]{1,0} %r)",
+        "%all-reduce.3 = f32[104,8]{1,0} all-reduce(f32[104,8]{1,0} %s)",
+    ])
+    found = table_all_gathers(hlo, 100)
+    assert len(found) == 2 and "all-gather.1" in found[0] and "%ags" in found[1]
+    assert table_all_gathers(hlo, 200) == []
+
+
+def _config(**sections):
+    base = {"model": {"name": "mf"}, "parallel": {"mesh": [1, 1]}}
+    for name, values in sections.items():
+        base.setdefault(name, {}).update(values)
+    return config_from_dict(base)
+
+
+@pytest.mark.parametrize("sections, message", [
+    ({"parallel": {"mesh": [2, 1]}}, "key parallel.mesh: a 2 x 1 mesh needs 2 devices"),
+    ({"privacy": {"level": "user", "noise": 1.0}}, "key parallel.mesh: .* privacy.level"),
+    ({"train": {"loss": "softmax"}}, "key train.loss: 'softmax' with parallel.mesh"),
+    ({"train": {"data_placement": "host"}}, "key train.data_placement: 'host' with parallel"),
+    ({"train": {"halving_rung": 2}}, "key train.halving_rung: successive halving with"),
+])
+def test_a_sharded_run_refuses_what_it_cannot_do(sections, message):
+    if jax.device_count() != 1:
+        pytest.skip("the device-count message assumes one device")
+    with pytest.raises(ConfigError, match=message):
+        check_ordinary_keys(_config(**sections))
+
+
+def test_a_mesh_shape_is_two_positive_integers():
+    for bad in ([2], [0, 1], [1, 2, 1]):
+        with pytest.raises(ConfigError,
+                           match="key parallel.mesh: got .*expected \\[data, model\\]"):
+            config_from_dict({"parallel": {"mesh": bad}})
+    with pytest.raises(ConfigError, match="key parallel.mesh\\[0\\]: got 1.5 .*an integer"):
+        config_from_dict({"parallel": {"mesh": [1.5, 1]}})
+
+
+def test_sequential_runs_refuse_a_mesh():
+    from causalrec_jax.tasks.sequential import check_sequential_config
+    config = config_from_dict({"model": {"name": "sasrec"}, "data": {"split": "leave_one_out"},
+                               "train": {"loss": "sampled_softmax"},
+                               "parallel": {"mesh": [1, 1]}})
+    with pytest.raises(ConfigError, match="key parallel.mesh: \\[1, 1\\], but a run of sasrec"):
+        check_sequential_config(config)
