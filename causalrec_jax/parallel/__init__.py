@@ -1,12 +1,13 @@
 """Training beyond one device: a `('data', 'model')` mesh, row-sharded embedding tables and
-data-parallel batches (`mesh`, `sharding`), through `jax.sharding` and the partitioner."""
+data-parallel batches (`mesh`, `sharding`), through `jax.sharding` and the partitioner; the
+same lookups and the catalogue's top-K written per shard with `jax.shard_map` (`lookup`)."""
 
+from causalrec_jax.parallel.lookup import sharded_lookup, sharded_top_k
 from causalrec_jax.parallel.mesh import AXES, check_mesh_shape, make_mesh, padded_count
 from causalrec_jax.parallel.sharding import (
     batch_sharding,
     make_sharded_run_epoch,
     pad_rows,
-    place,
     replicated,
     state_shardings,
     table_all_gathers,
@@ -16,6 +17,7 @@ from causalrec_jax.parallel.sharding import (
 
 __all__ = [
     "AXES", "batch_sharding", "check_mesh_shape", "make_mesh", "make_sharded_run_epoch",
-    "pad_rows", "padded_count", "place", "replicated", "state_shardings",
+    "pad_rows", "padded_count", "replicated", "sharded_lookup", "sharded_top_k",
+    "state_shardings",
     "table_all_gathers", "table_kind", "unpad_rows",
 ]

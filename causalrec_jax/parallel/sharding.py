@@ -138,11 +138,6 @@ def make_sharded_run_epoch(run_epoch: Callable[..., Any], mesh: Mesh,
     return sharded
 
 
-def place(tree: Any, mesh: Mesh, tables: dict[str, str], row_axis: int = 1) -> Any:
-    """`tree` on the mesh with `state_shardings` (seeds stacked on axis 0 by default)."""
-    return jax.device_put(tree, state_shardings(tree, mesh, tables, row_axis))
-
-
 # An all-gather in an HLO module's text: its result shapes, e.g. `f32[1000,16]{1,0}`.
 _ALL_GATHER = re.compile(
     r"=\s*\(?((?:[a-z0-9]+\[[0-9,]*\][^ ]*,?\s*)+)\)?\s*all-gather(?:-start)?\(")

@@ -64,7 +64,7 @@ from causalrec_jax.parallel import (
     make_mesh,
     make_sharded_run_epoch,
     pad_rows,
-    place,
+    state_shardings,
     unpad_rows,
 )
 from causalrec_jax.privacy import dpsgd, federated
@@ -620,11 +620,19 @@ def program_setup(config: Config, split: Split, truth: Any = None,
                            spec.mesh[1], row_axis=1)
     optimizer = _optimizer(spec, TrainConfig())
     hparams = causal_training.as_hparams(causal_values)
-    states = jax.vmap(lambda params, values: init_state(params, optimizer, values))(
-        initial, hparams)
-    states = set_hyperparams(states, optimizer_values)
+
+    def initial_states(initial, hparams):
+        states = jax.vmap(lambda params, values: init_state(params, optimizer, values))(
+            initial, hparams)
+        return set_hyperparams(states, optimizer_values)
+
     if spec.mesh:
-        states = place(states, make_mesh(spec.mesh), dict(spec.row_tables))
+        # the optimiser's state is born sharded: its shardings come from shapes alone
+        shardings = state_shardings(jax.eval_shape(initial_states, initial, hparams),
+                                    make_mesh(spec.mesh), dict(spec.row_tables), row_axis=1)
+        states = jax.jit(initial_states, out_shardings=shardings)(initial, hparams)
+    else:
+        states = initial_states(initial, hparams)
     train_keys = jax.vmap(lambda k: streams.derive(k, streams.Run.TRAIN))(keys)
     return ProgramSetup(
         spec=spec, parts=parts, states=states, keys=train_keys, seeds=seeds, arrays=arrays,

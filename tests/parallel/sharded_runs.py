@@ -13,11 +13,20 @@ import sys
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from causalrec_jax.config import config_from_dict
 from causalrec_jax.errors import ConfigError
-from causalrec_jax.parallel import make_mesh, padded_count, table_all_gathers
+from causalrec_jax.parallel import (
+    make_mesh,
+    padded_count,
+    sharded_lookup,
+    sharded_top_k,
+    table_all_gathers,
+)
 from causalrec_jax.runs.load import load_run
 from causalrec_jax.runs.train import train_run
 from causalrec_jax.tasks import ordinary
@@ -47,6 +56,42 @@ def model_arrays(run: Path) -> dict[str, np.ndarray]:
     loaded = load_run(run)
     leaves = jax.tree_util.tree_flatten_with_path(loaded.parts.params)[0]
     return {jax.tree_util.keystr(path): np.asarray(leaf) for path, leaf in leaves}
+
+
+def shard_map_checks() -> dict:
+    """`sharded_lookup` and `sharded_top_k` on a 2 x 4 mesh against the dense operations:
+    the largest differences of rows, gradients and scores, and whether the items agree."""
+    mesh = make_mesh([2, 4])
+    rng = np.random.default_rng(0)
+    n_items, n_padded, dim = 53, padded_count(53, 4), 8
+    table = np.zeros((n_padded, dim), np.float32)
+    table[:n_items] = rng.normal(size=(n_items, dim))
+    table[[3, 20, 41]] = table[7]  # ties across shards
+    ids = jnp.asarray(rng.integers(0, n_items, 16))
+    sharded_table = jax.device_put(jnp.asarray(table),
+                                   NamedSharding(mesh, P("model", None)))
+    rows = sharded_lookup(sharded_table, ids, mesh)
+
+    def loss(lookup, table):
+        return jnp.sum(jnp.sin(lookup(table)) * jnp.arange(dim))
+
+    gradient = jax.grad(loss, argnums=1)(lambda t: sharded_lookup(t, ids, mesh),
+                                         sharded_table)
+    dense_gradient = jax.grad(loss, argnums=1)(lambda t: t[ids], jnp.asarray(table))
+    queries = jnp.asarray(rng.normal(size=(6, dim)).astype(np.float32))
+    queries = queries.at[1].set(0.0)  # every score ties: the lowest ids win
+    exclude = np.zeros((6, n_padded), bool)
+    exclude[0, :10] = True
+    scores, items = sharded_top_k(queries, sharded_table, 10, n_items, mesh,
+                                  exclude=jnp.asarray(exclude))
+    dense = jnp.where(jnp.asarray(exclude[:, :n_items]), -jnp.inf,
+                      queries @ jnp.asarray(table[:n_items]).T)
+    dense_scores, dense_items = jax.lax.top_k(dense, 10)
+    return {"lookup": float(jnp.abs(rows - table[np.asarray(ids)]).max()),
+            "lookup_gradient": float(jnp.abs(gradient - dense_gradient).max()),
+            "top_k_scores": float(jnp.abs(scores - dense_scores).max()),
+            "top_k_items_equal": bool(np.array_equal(items, dense_items)),
+            "top_k_tied_row": np.asarray(items[1]).tolist()}
 
 
 def main(argv=None) -> dict:
@@ -87,6 +132,7 @@ def main(argv=None) -> dict:
                      "all_reduces": hlo.count("all-reduce(")}
     sharding = jax.tree.leaves(setup.states.params["prediction"])
     report["state_specs"] = sorted({str(leaf.sharding.spec) for leaf in sharding})
+    report["ops"] = shard_map_checks()
     errors = {}
     for bad in ([3, 1], [2, 3]):
         try:

@@ -81,6 +81,13 @@ def test_sharded_bpr_mf_equals_one_device(bpr_report):
     assert "P(None, 'model')" in bpr_report["state_specs"]  # the item biases
 
 
+def test_shard_map_lookup_and_top_k_equal_the_dense_operations(bpr_report):
+    ops = bpr_report["ops"]
+    assert ops["lookup"] == 0.0 and ops["lookup_gradient"] < 1e-6
+    assert ops["top_k_scores"] < 1e-5 and ops["top_k_items_equal"]
+    assert ops["top_k_tied_row"] == list(range(10))  # ties to the lower id, across shards
+
+
 def test_sharded_doubly_robust_joint_learning_equals_one_device(tmp_path_factory):
     """Two models (prediction and imputation), both sharded, uniform cells drawn over the
     real catalogue, never the padding rows."""
