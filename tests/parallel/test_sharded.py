@@ -88,6 +88,7 @@ def test_shard_map_lookup_and_top_k_equal_the_dense_operations(bpr_report):
     assert ops["top_k_tied_row"] == list(range(10))  # ties to the lower id, across shards
 
 
+@pytest.mark.slow
 def test_sharded_doubly_robust_joint_learning_equals_one_device(tmp_path_factory):
     """Two models (prediction and imputation), both sharded, uniform cells drawn over the
     real catalogue, never the padding rows."""
