@@ -167,9 +167,12 @@ def json_safe(value: Any) -> Any:
 _RESUME_FREE_KEYS = {("run", "quiet"), ("run", "name"), ("run", "out_dir"),
                      ("run", "tensorboard"), ("run", "mlflow"), ("run", "mlflow_experiment")}
 # Keys a resumed run may change that do change what is computed from then on, but no shape: the
-# optimiser's numbers (e.g. a lower learning rate after a divergence). Each change is recorded
-# in the run folder's `resumes.json` and `metrics.json` ("resumes").
-RESUME_CHANGEABLE_KEYS = {("train", "learning_rate"), ("train", "weight_decay")}
+# optimiser's numbers (e.g. a lower learning rate after a divergence), and the device mesh (the
+# same model up to the order of float sums: a sharded run's checkpoints store every table at
+# its real size, `tasks.ordinary.checkpoint_view`). Each change is recorded in the run
+# folder's `resumes.json` and `metrics.json` ("resumes").
+RESUME_CHANGEABLE_KEYS = {("train", "learning_rate"), ("train", "weight_decay"),
+                          ("parallel", "mesh")}
 
 
 def check_resumable(stored: Config, new: Config, out: Path) -> dict[str, list]:

@@ -64,6 +64,7 @@ from causalrec_jax.parallel import (
     make_mesh,
     make_sharded_run_epoch,
     pad_rows,
+    replicated,
     state_shardings,
     unpad_rows,
 )
@@ -72,7 +73,13 @@ from causalrec_jax.privacy.accounting import calibrate_noise, check_delta, epsil
 from causalrec_jax.privacy.dpsgd import overflow_probability
 from causalrec_jax.sim.world import SparseGroundTruth, truth_rows
 from causalrec_jax.train import checkpoint as checkpoints
-from causalrec_jax.train.loop import TrainingDivergedError, fit, over_seeds, seed_slice
+from causalrec_jax.train.loop import (
+    CheckpointView,
+    TrainingDivergedError,
+    fit,
+    over_seeds,
+    seed_slice,
+)
 from causalrec_jax.train.objectives import POINTWISE_LOSSES, make_objective, seen_items_data
 from causalrec_jax.train.step import (
     OPTIMIZER_HPARAMS,
@@ -534,6 +541,32 @@ def unpadded(spec: ProgramSpec, params: Any, row_axis: int = 0) -> Any:
     return unpad_rows(params, dict(spec.row_tables), row_counts(spec), row_axis)
 
 
+def checkpoint_view(spec: ProgramSpec) -> CheckpointView | None:
+    """How a sharded run stores its checkpoints: every row table at its real row count,
+    whatever the mesh's padding, so a checkpoint written on one mesh resumes on another (or on
+    one device); read back whole and re-padded and re-sharded for the current mesh. None for
+    a run on one device (stored as it trains)."""
+    if not spec.mesh:
+        return None
+    tables, counts = dict(spec.row_tables), row_counts(spec)
+    whole = replicated(make_mesh(spec.mesh))
+
+    def save(arrays):
+        return unpad_rows(arrays, tables, counts, row_axis=1)
+
+    def stored(like):
+        shapes = jax.eval_shape(save, like)
+        return jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype,
+                                                              sharding=whole), shapes)
+
+    def load(read, like):
+        padded = pad_rows(read, tables, counts, spec.mesh[1], row_axis=1)
+        return jax.tree.map(lambda leaf, target: jax.device_put(leaf, target.sharding),
+                            padded, like)
+
+    return CheckpointView(save=save, stored=stored, load=load)
+
+
 def program_setup(config: Config, split: Split, truth: Any = None,
                   members: list[Member] | None = None) -> ProgramSetup:
     """The rows, initial states, keys and static signature of a population (`members`, None:
@@ -722,7 +755,7 @@ def train_split(
             metric=config.train.early_stopping_metric, patience=config.train.patience,
             checkpoint_dir=checkpoint_dir, checkpoint_every=config.train.checkpoint_every,
             resume=resume, progress=progress, log_fn=log_fn, run_epoch=run_epoch,
-            evaluate_with_member=True,
+            evaluate_with_member=True, checkpoint_view=checkpoint_view(setup.spec),
             description=f"{len(seeds)} seed(s), {steps_per_epoch} batches/epoch",
             halving=(
                 (config.train.halving_rung, config.train.halving_keep)

@@ -153,10 +153,12 @@ def _survivors(values: list[float], keep_fraction: float, lower: bool) -> np.nda
 
 
 def _restore(checkpoint_dir: str | Path | None, states: TrainState, best_params: Any,
-             all_keys: jax.Array) -> tuple[dict[str, Any], dict[str, Any], np.ndarray] | None:
+             all_keys: jax.Array, view: CheckpointView | None = None
+             ) -> tuple[dict[str, Any], dict[str, Any], np.ndarray] | None:
     """`(arrays, meta, alive)` of the newest checkpoint of `checkpoint_dir` that reads back
-    whole, JSON and arrays (shaped by the members it says are alive); unreadable newer ones
-    are set aside (`checkpoint.set_aside`). None when there is none."""
+    whole, JSON and arrays (shaped by the members it says are alive, as `view` stores them,
+    and brought back by it); unreadable newer ones are set aside (`checkpoint.set_aside`).
+    None when there is none."""
     if checkpoint_dir is None:
         return None
     while (epoch := set_aside_unreadable(checkpoint_dir)) is not None:
@@ -166,12 +168,34 @@ def _restore(checkpoint_dir: str | Path | None, states: TrainState, best_params:
         like = {"states": _rows(states, alive), "best_params": best_params,
                 "keys": jax.random.key_data(all_keys)}
         try:
-            arrays, meta = restore_checkpoint(checkpoint_dir, like, epoch)
+            if view is None:
+                arrays, meta = restore_checkpoint(checkpoint_dir, like, epoch)
+            else:
+                arrays, meta = restore_checkpoint(checkpoint_dir, view.stored(like), epoch)
+                arrays = view.load(arrays, like)
         except Exception as error:  # orbax and tensorstore failures alike
             set_aside(checkpoint_dir, epoch, error, older)
             continue
         return arrays, meta, alive
     return None
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointView:
+    """How a run's arrays are stored in its checkpoints when that differs from how they
+    train (a sharded run's padded, mesh-dependent tables are stored at their real size, so a
+    checkpoint restores on any mesh).
+
+    Attributes:
+        save: `arrays -> arrays` as written (`{"states", "best_params", "keys"}`).
+        stored: `like -> like` as stored: the arrays (or `jax.ShapeDtypeStruct`s) a
+            checkpoint is read into.
+        load: `(read, like) -> arrays` shaped and placed as `like` again.
+    """
+
+    save: Callable[[Any], Any]
+    stored: Callable[[Any], Any]
+    load: Callable[[Any, Any], Any]
 
 
 def _optimizer_hparams(states: TrainState) -> dict[str, Any]:
@@ -199,6 +223,7 @@ def fit(
     description: str = "",
     halving: tuple[int, float] | None = None,
     evaluate_with_member: bool = False,
+    checkpoint_view: CheckpointView | None = None,
 ) -> FitResult:
     """Trains stacked seeds epoch by epoch with early stopping on a validation metric.
 
@@ -234,6 +259,8 @@ def fit(
         evaluate_with_member: call `evaluate_fn(params, member=index)` with the member's
             index in the population (for members whose evaluation reads their own traced
             hyperparameters).
+        checkpoint_view: how the arrays are stored in checkpoints, when not as they train
+            (`CheckpointView`; None: as they are).
 
     Raises:
         TrainingDivergedError: a non-finite loss or gradient; the last checkpoint is kept, and
@@ -254,7 +281,8 @@ def fit(
     all_keys = keys
     history: list[dict[str, Any]] = []
     start = 0
-    restored = _restore(checkpoint_dir, states, best_params, all_keys) if resume else None
+    restored = (_restore(checkpoint_dir, states, best_params, all_keys, checkpoint_view)
+                if resume else None)
     if restored is not None:
         arrays, meta, alive = restored
         states, keys = _rows(states, alive), all_keys[alive]
@@ -284,6 +312,8 @@ def fit(
         meta = {"epoch": epoch, "best_values": best_values, "best_epochs": best_epochs,
                 "since_best": since_best, "history": history, "finished": finished,
                 "alive": [int(m) for m in alive]}
+        if checkpoint_view is not None:
+            arrays = checkpoint_view.save(arrays)
         save_checkpoint(checkpoint_dir, epoch, arrays, meta)
 
     epoch_times: list[float] = []

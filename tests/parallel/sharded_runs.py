@@ -32,14 +32,14 @@ from causalrec_jax.runs.train import train_run
 from causalrec_jax.tasks import ordinary
 
 
-def config(mesh, model: str, loss: str, method: str):
+def config(mesh, model: str, loss: str, method: str, checkpoint_every: int = 5):
     sections = {
         "data": {"format": "simulator", "split": "random"},
         # 101 users and 53 items: neither divides 2, 4 or 8, so every table is padded
         "sim": {"n_users": 101, "n_items": 53, "mean_exposure": 0.2},
         "model": {"name": model, "embedding_dim": 8},
         "train": {"loss": loss, "epochs": 4, "batch_size": 64, "learning_rate": 0.05,
-                  "seeds": 2, "patience": 10},
+                  "seeds": 2, "patience": 10, "checkpoint_every": checkpoint_every},
         "causal": {"method": method},
         "run": {"quiet": True},
     }
@@ -94,6 +94,65 @@ def shard_map_checks() -> dict:
             "top_k_tied_row": np.asarray(items[1]).tolist()}
 
 
+def checkpoint_checks(out: Path, args, reference: dict[str, np.ndarray]) -> dict:
+    """A run on the 2 x 4 mesh (8 devices) stopped after epoch 2, its checkpoint read back on
+    2 x 4, 2 x 2 (4 devices) and one device, and the run resumed on 2 x 2 and on one device:
+    the largest differences between the checkpoint's values as each mesh reads them, and
+    between each resumed run's model and the uninterrupted one-device run's."""
+    import shutil
+
+    from causalrec_jax.runs import train as run_train
+    from causalrec_jax.train.checkpoint import latest_epoch, restore_checkpoint
+
+    def stopping_fit(**kwargs):
+        log = kwargs["log_fn"]
+
+        def stop(record):
+            log(record)
+            if record["epoch"] == 2:
+                raise KeyboardInterrupt
+
+        return original_fit(**{**kwargs, "log_fn": stop})
+
+    original_fit = ordinary.fit
+    ordinary.fit = stopping_fit
+    try:
+        run_train.train_run(config([2, 4], args.model, args.loss, args.method,
+                                   checkpoint_every=1), out / "stopped")
+    except KeyboardInterrupt:
+        pass
+    finally:
+        ordinary.fit = original_fit
+    checkpoints = out / "stopped" / "checkpoints"
+    epoch = latest_epoch(checkpoints)
+    read = {}
+    for mesh in ([2, 4], [2, 2], None):
+        cfg = config(mesh, args.model, args.loss, args.method, checkpoint_every=1)
+        dataset, truth = ordinary.load_dataset(cfg.data, cfg.sim)
+        setup = ordinary.program_setup(cfg, ordinary.make_split(dataset, cfg.data,
+                                                                seed=cfg.run.seed), truth)
+        like = {"states": setup.states, "best_params": setup.states.params,
+                "keys": jax.random.key_data(setup.keys)}
+        view = ordinary.checkpoint_view(setup.spec)
+        arrays, _ = restore_checkpoint(checkpoints, like if view is None else view.stored(like))
+        if view is not None:
+            arrays = view.load(arrays, like)
+        read[str(mesh)] = [np.asarray(leaf) for leaf in jax.tree.leaves(
+            ordinary.unpadded(setup.spec, arrays["states"].params, row_axis=1))]
+    report = {"epoch": epoch, "read_differences": {
+        name: max(float(np.abs(a - b).max()) for a, b in zip(leaves, read["[2, 4]"],
+                                                               strict=True))
+        for name, leaves in read.items()}}
+    for mesh in ([2, 2], None):
+        name = "resumed_" + ("x".join(map(str, mesh)) if mesh else "single")
+        shutil.copytree(out / "stopped", out / name)
+        run_train.train_run(config(mesh, args.model, args.loss, args.method,
+                                   checkpoint_every=1), out / name, resume=True)
+        arrays = model_arrays(out / name)
+        report[name] = max(float(np.abs(arrays[k] - reference[k]).max()) for k in reference)
+    return report
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser()
     parser.add_argument("out")
@@ -101,6 +160,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--loss", default="bpr")
     parser.add_argument("--method", default="naive")
     parser.add_argument("--meshes", default="1x1,8x1,4x2,2x4")
+    parser.add_argument("--checkpoints", action="store_true",
+                        help="also stop a 2x4 run and resume it on 2x2 and on one device")
     args = parser.parse_args(argv)
     out = Path(args.out)
     report: dict = {"devices": jax.device_count(), "runs": {}}
@@ -133,6 +194,8 @@ def main(argv=None) -> dict:
     sharding = jax.tree.leaves(setup.states.params["prediction"])
     report["state_specs"] = sorted({str(leaf.sharding.spec) for leaf in sharding})
     report["ops"] = shard_map_checks()
+    if args.checkpoints:
+        report["checkpoints"] = checkpoint_checks(out, args, reference)
     errors = {}
     for bad in ([3, 1], [2, 3]):
         try:
