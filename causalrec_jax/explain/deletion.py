@@ -89,6 +89,9 @@ _HALVINGS = 12
 # well-conditioned step by about this fraction.
 _DAMPING = 1e-5
 
+# The widest span of a user's scores `pair_sigmoid` computes exactly (exponents within +-80).
+PAIR_SPAN = 160.0
+
 
 @dataclasses.dataclass(frozen=True)
 class DeletionModel:
@@ -473,7 +476,7 @@ class RefitDeletion:
             rows = jacobian[items]
             if self.loss == "bpr":
                 pool = self._pool(data, weights)
-                sigma = jax.nn.sigmoid(scores[items][:, None] - scores[None, :])
+                sigma = pair_sigmoid(scores, items)  # sigmoid(s_j - s_h); s(1 - s) symmetric
                 second = sigma * (1.0 - sigma)  # [H, n], unweighted (as in `gradient`)
                 scaled = weights / jnp.maximum(jnp.sum(pool), 1.0)
                 row_sums = (second @ pool) * scaled  # [H]
@@ -522,10 +525,8 @@ class RefitDeletion:
             if solver == "chord":
                 factor = (data["curvature_start"], True)
                 return flat - jax.scipy.linalg.cho_solve(factor, gradient), None
-            curvature = self.curvature(data, unravel(flat), weights)
-            damping = _DAMPING * jnp.trace(curvature) / flat.shape[0]
-            direction = jnp.linalg.solve(
-                curvature + damping * jnp.eye(flat.shape[0]), gradient)
+            curvature = damped(self.curvature(data, unravel(flat), weights))
+            direction = jnp.linalg.solve(curvature, gradient)
             return flat - _backtrack(value, flat, gradient, direction) * direction, None
 
         flat, _ = jax.lax.scan(step, flat, None, length=n_steps)
@@ -573,7 +574,7 @@ class RefitDeletion:
 
         hessian = self.curvature(data, unravel(flat), full)
         mixed = jax.jacfwd(gradient, argnums=1)(flat, full)  # [p, H]
-        shift = jnp.linalg.solve(hessian, mixed)
+        shift = jnp.linalg.solve(damped(hessian), mixed)
         through_theta = jax.grad(target_score)(flat, full) @ shift
         direct = jax.grad(target_score, argnums=1)(flat, full)
         change = through_theta - direct
@@ -589,16 +590,29 @@ class RefitDeletion:
         return jnp.linalg.norm(gradient)
 
 
+def damped(curvature: jax.Array) -> jax.Array:
+    """`curvature + _DAMPING * mean diagonal * I`: what every solve with a user's curvature
+    (Newton and chord steps, influence) inverts, so that a direction the loss cannot see
+    (BPR's user bias without L2) neither turns a step into an ascent nor makes the Cholesky
+    factor NaN."""
+    size = curvature.shape[0]
+    return curvature + _DAMPING * jnp.trace(curvature) / size * jnp.eye(size)
+
+
 def pair_sigmoid(scores: jax.Array, items: jax.Array) -> jax.Array:
     """`[H, n]` `sigmoid(scores[j] - scores[items[h]])`, as `e_j / (e_j + e_h)` with
-    `e = exp(scores - c)`, `c` the middle of the scores' range: n + H exponentials and a
-    division per pair instead of a sigmoid per pair (a third faster on CPU). Exact to float32
-    rounding while the scores span less than 160 (the exponents are clipped to +-80, where a
-    sigmoid is 0 or 1 to float32 precision anyway); NaN scores give NaN, as the sigmoid does."""
-    finite = jnp.where(jnp.isfinite(scores), scores, 0.0)
-    centre = 0.5 * (jnp.max(finite) + jnp.min(finite))
-    e = jnp.exp(jnp.clip(scores - centre, -80.0, 80.0))
-    return e[None, :] / (e[None, :] + e[items][:, None])
+    `e = exp(scores - c)`, `c` the middle of the finite scores' range: n + H exponentials and
+    a division per pair instead of a sigmoid per pair (a third faster on CPU). Exact to float32
+    rounding while the finite scores span at most `PAIR_SPAN` (every exponent within +-80);
+    a wider span (only a diverged fit: sigmoids saturate at a span of 35) gives NaN
+    everywhere, which every search reads as a deletion it cannot score, rather than wrong
+    numbers. NaN or infinite scores give NaN in their column and row."""
+    finite = jnp.isfinite(scores)
+    top = jnp.max(jnp.where(finite, scores, -jnp.inf))
+    bottom = jnp.min(jnp.where(finite, scores, jnp.inf))
+    e = jnp.exp(jnp.where(finite, scores - 0.5 * (top + bottom), jnp.nan))
+    pairs = e[None, :] / (e[None, :] + e[items][:, None])
+    return jnp.where(top - bottom <= PAIR_SPAN, pairs, jnp.nan)
 
 
 def _backtrack(value: Callable[[jax.Array], jax.Array], flat: jax.Array,
@@ -909,7 +923,7 @@ def _start_impl(scorer: RefitDeletion, data: Any, base_steps: int) -> dict[str, 
     out["fit_distance"] = jnp.linalg.norm(moved - flat) / jnp.maximum(jnp.linalg.norm(flat),
                                                                       1e-12)
     out["refit_scores"] = scorer.user_scores(data, theta, full)
-    out["curvature_start"] = jnp.linalg.cholesky(scorer.curvature(data, theta, full))
+    out["curvature_start"] = jnp.linalg.cholesky(damped(scorer.curvature(data, theta, full)))
     return out
 
 

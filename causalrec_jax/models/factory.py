@@ -24,6 +24,16 @@ from causalrec_jax.models.popularity import Popularity
 # The `model.name` values make_model builds.
 MODEL_NAMES: tuple[str, ...] = ("mf", "mlp", "neumf", "lightgcn", "popularity")
 
+# The class each name builds.
+MODEL_CLASSES = {"mf": MF, "mlp": MLP, "neumf": NeuMF, "lightgcn": LightGCN,
+                 "popularity": Popularity}
+
+
+def declared_row_tables(name: str) -> dict[str, str] | None:
+    """The row tables (`models.base.row_tables`) the model `name` declares, None for none."""
+    declared = getattr(MODEL_CLASSES.get(name), "ROW_TABLES", None)
+    return None if declared is None else dict(declared)
+
 
 def make_model(
     config: ModelConfig,

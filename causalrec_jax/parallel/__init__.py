@@ -2,6 +2,7 @@
 data-parallel batches (`mesh`, `sharding`), through `jax.sharding` and the partitioner; the
 same lookups and the catalogue's top-K written per shard with `jax.shard_map` (`lookup`)."""
 
+from causalrec_jax.parallel.distributed import host_values, is_multiprocess, start, to_global
 from causalrec_jax.parallel.lookup import sharded_lookup, sharded_top_k
 from causalrec_jax.parallel.mesh import AXES, check_mesh_shape, make_mesh, padded_count
 from causalrec_jax.parallel.sharding import (
@@ -10,14 +11,14 @@ from causalrec_jax.parallel.sharding import (
     pad_rows,
     replicated,
     state_shardings,
-    table_all_gathers,
+    table_collectives,
     table_kind,
     unpad_rows,
 )
 
 __all__ = [
-    "AXES", "batch_sharding", "check_mesh_shape", "make_mesh", "make_sharded_run_epoch",
-    "pad_rows", "padded_count", "replicated", "sharded_lookup", "sharded_top_k",
-    "state_shardings",
-    "table_all_gathers", "table_kind", "unpad_rows",
+    "AXES", "batch_sharding", "check_mesh_shape", "host_values", "is_multiprocess",
+    "make_mesh", "make_sharded_run_epoch", "pad_rows", "padded_count", "replicated",
+    "sharded_lookup", "sharded_top_k", "start", "state_shardings", "table_collectives",
+    "table_kind", "to_global", "unpad_rows",
 ]

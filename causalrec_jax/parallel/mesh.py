@@ -16,36 +16,34 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
+from causalrec_jax.config import ParallelConfig
 from causalrec_jax.errors import ConfigError
 
 AXES = ("data", "model")
 
 
-def check_mesh_shape(shape: Sequence[int], n_devices: int, key: str = "parallel.mesh"
-                     ) -> tuple[int, int]:
-    """`(data, model)` from `shape`, refused in one line (naming `key`) unless it is two
-    integers >= 1 whose product divides `n_devices` (a mesh of fewer devices than there
-    are uses the first `data * model` of them)."""
-    values = tuple(shape)
-    if (len(values) != 2 or not all(isinstance(v, int) and not isinstance(v, bool)
-                                    for v in values) or min(values) < 1):
-        raise ConfigError(f"key {key}: {list(values)} is not a mesh shape; expected "
-                          "[data, model], two integers >= 1 (e.g. [4, 2])")
-    data, model = values
+def check_mesh_shape(shape: Sequence[int], n_devices: int) -> tuple[int, int]:
+    """`(data, model)` from `shape`, refused in one line naming `parallel.mesh` unless it is
+    two integers >= 1 (the config's own check, `config.ParallelConfig`) whose product divides
+    `n_devices` (a mesh of fewer devices than there are uses the first `data * model`)."""
+    mesh = ParallelConfig(mesh=tuple(shape)).mesh
+    if not mesh:
+        raise ConfigError("key parallel.mesh: [] is one device, not a mesh; expected [data, "
+                          "model]")
+    data, model = mesh
     if n_devices % (data * model):
         raise ConfigError(
-            f"key {key}: a {data} x {model} mesh needs {data * model} devices, which does not "
-            f"divide the {n_devices} there are ({jax.default_backend()}); choose a shape whose "
-            "product divides it")
+            f"key parallel.mesh: a {data} x {model} mesh needs {data * model} devices, which "
+            f"does not divide the {n_devices} there are ({jax.default_backend()}); choose a "
+            "shape whose product divides it")
     return data, model
 
 
-def make_mesh(shape: Sequence[int], devices: Sequence[jax.Device] | None = None,
-              key: str = "parallel.mesh") -> Mesh:
+def make_mesh(shape: Sequence[int], devices: Sequence[jax.Device] | None = None) -> Mesh:
     """A `('data', 'model')` mesh of `shape` over the first `data * model` of `devices`
-    (default: every device of the default backend)."""
+    (default: every device of the default backend, of every process)."""
     devices = list(jax.devices() if devices is None else devices)
-    data, model = check_mesh_shape(shape, len(devices), key)
+    data, model = check_mesh_shape(shape, len(devices))
     grid = np.asarray(devices[: data * model], dtype=object).reshape(data, model)
     return Mesh(grid, AXES)
 

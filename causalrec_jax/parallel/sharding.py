@@ -9,7 +9,8 @@ batch is split over `data`. The training program is the one core's epoch (`train
 compiled with these shardings as its explicit input and output shardings and the states
 donated; the partitioner (GSPMD) turns a lookup of a row-sharded table into a local masked
 gather and a batch-sized all-reduce, and the gradient of a table into a shard-sized one, so
-no device ever holds a whole table (`table_all_gathers` checks a compiled program for that).
+no device ever holds or moves a whole table (`table_collectives` checks a compiled program
+for that).
 
 The row count of a sharded table must divide by the `model` axis: `pad_rows` appends zero rows
 (ids past the real count, which no lookup reads and no sampled negative draws, so they get no
@@ -138,19 +139,22 @@ def make_sharded_run_epoch(run_epoch: Callable[..., Any], mesh: Mesh,
     return sharded
 
 
-# An all-gather in an HLO module's text: its result shapes, e.g. `f32[1000,16]{1,0}`.
-_ALL_GATHER = re.compile(
-    r"=\s*\(?((?:[a-z0-9]+\[[0-9,]*\][^ ]*,?\s*)+)\)?\s*all-gather(?:-start)?\(")
+# A collective in an HLO module's text: its result shapes (e.g. `f32[1000,16]{1,0}`, or a
+# tuple of them) and its kind.
+COLLECTIVES = ("all-gather", "all-reduce", "all-to-all", "reduce-scatter", "collective-permute")
+_COLLECTIVE = re.compile(
+    r"=\s*\(?((?:[a-z0-9]+\[[0-9,]*\][^ ]*,?\s*)+)\)?\s*"
+    r"(all-gather|all-reduce|all-to-all|reduce-scatter|collective-permute)(?:-start)?\(")
 _SHAPE = re.compile(r"[a-z0-9]+\[([0-9,]*)\]")
 
 
-def table_all_gathers(hlo_text: str, rows: int) -> list[str]:
-    """The all-gather instructions of a compiled program (`jitted.lower(...).compile()
-    .as_text()`) whose result has an axis of at least `rows` elements (the smallest sharded
-    table's padded row count): what a row-sharded program must not do."""
+def table_collectives(hlo_text: str, rows: int) -> list[str]:
+    """The collectives of a compiled program (`jitted.lower(...).compile().as_text()`) whose
+    result has an axis of at least `rows` elements (the smallest sharded table's padded row
+    count): a gathered or reduced whole table, which a row-sharded program must not move."""
     found = []
     for line in hlo_text.splitlines():
-        match = _ALL_GATHER.search(line)
+        match = _COLLECTIVE.search(line)
         if not match:
             continue
         for dims in _SHAPE.findall(match.group(1)):

@@ -82,6 +82,9 @@ def retrain_setup(config: Config, split: Split) -> RetrainSetup:
     if config.causal.method != "naive":
         raise ConfigError(f"causal.method = {config.causal.method!r}: retraining repeats naive "
                           "runs only")
+    # retraining repeats the run on one device (its vmapped edits are the parallelism here),
+    # whatever mesh trained it: the same model up to the order of float sums
+    config = dataclasses.replace(config, parallel=dataclasses.replace(config.parallel, mesh=()))
     setup = program_setup(config, split)
     data: dict[str, Any] = {name: value for name, value in setup.data.items()
                             if name not in setup.arrays}

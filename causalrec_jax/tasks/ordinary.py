@@ -57,7 +57,7 @@ from causalrec_jax.eval.ranking import is_positive, labels_are_binary
 from causalrec_jax.eval.summary import aggregate
 from causalrec_jax.eval.truth import evaluate_against_truth
 from causalrec_jax.models.base import make_scorers, row_tables
-from causalrec_jax.models.factory import init_params, model_keys_used
+from causalrec_jax.models.factory import declared_row_tables, init_params, model_keys_used
 from causalrec_jax.parallel import (
     batch_sharding,
     check_mesh_shape,
@@ -610,7 +610,8 @@ def program_setup(config: Config, split: Split, truth: Any = None,
     n_rows = len(arrays["users"])
     batch_size = min(config.train.batch_size, max(n_rows, 1))
     steps_per_epoch = -(-n_rows // batch_size)
-    on_device = config.train.data_placement == "device" or (
+    # a sharded run keeps its rows on the devices (`check_parallel_config` refuses "host")
+    on_device = bool(config.parallel.mesh) or config.train.data_placement == "device" or (
         config.train.data_placement == "auto"
         and sum(values.nbytes for values in arrays.values()) <= DEVICE_DATA_LIMIT
     )
@@ -853,6 +854,11 @@ def check_ordinary_keys(config: Config) -> None:
 def check_parallel_config(config: Config) -> None:
     """Refuses, in one line naming the key, a mesh this machine cannot build and a setting a
     sharded run does not support yet."""
+    if config.parallel.mesh[1] > 1 and not declared_row_tables(config.model.name):
+        raise ConfigError(f"key parallel.mesh: {list(config.parallel.mesh)} splits tables over "
+                          f"{config.parallel.mesh[1]} model shards, but model.name = "
+                          f"{config.model.name!r} has no row tables to split; use "
+                          f"[{config.parallel.mesh[0] * config.parallel.mesh[1]}, 1]")
     check_mesh_shape(config.parallel.mesh, jax.device_count())
     if config.privacy.level:
         raise ConfigError(f"key parallel.mesh: {list(config.parallel.mesh)} with privacy.level "

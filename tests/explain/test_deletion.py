@@ -286,13 +286,28 @@ def test_feature_effects_remove_one_feature_at_a_time():
                                             l2=1.0)) is None
 
 
+def test_a_bpr_user_without_l2_still_has_a_chord_factor(mf):
+    """BPR does not see the user bias, so without L2 the user's curvature is singular along
+    it: the damping of `deletion.damped` keeps its Cholesky factor (the chord steps') finite
+    and the re-fits with it."""
+    model = make_refit_model(mf, user=0, items=HISTORY, loss="bpr", l2=0.0, n_steps=2,
+                             solver="chord")
+    assert np.isfinite(np.asarray(model.data["curvature_start"])).all()
+    assert np.isfinite(model.scores(keep_without(model.valid, [0]))).all()
+
+
 def test_pair_sigmoid_equals_the_sigmoid_of_the_differences():
     rng = np.random.default_rng(3)
     items = jnp.asarray(rng.choice(50, 12, replace=False))
-    for spread in (1.0, 20.0, 150.0):  # the last: exponents clipped, sigmoids saturated
-        scores = jnp.asarray(rng.uniform(-spread / 2, spread / 2, 50).astype(np.float32))
+    for spread in (1.0, 20.0, 159.0):  # the last: exponents near +-80, sigmoids saturated
+        scores = rng.uniform(-spread / 2, spread / 2, 50).astype(np.float32)
+        scores[[0, 1]] = -spread / 2, spread / 2
+        scores = jnp.asarray(scores + 40.0)  # off centre: the centre is the range's middle
         exact = jax.nn.sigmoid(scores[None, :] - scores[items][:, None])
         np.testing.assert_allclose(pair_sigmoid(scores, items), exact, rtol=1e-5, atol=1e-7)
+    # wider than PAIR_SPAN (a diverged fit): NaN, never wrong numbers
+    wide = jnp.asarray(np.r_[0.0, 5.0, 195.0, 200.0, np.zeros(46)].astype(np.float32))
+    assert np.isnan(np.asarray(pair_sigmoid(wide, jnp.asarray([0, 3])))).all()
     outside = int(np.setdiff1d(np.arange(50), np.asarray(items))[0])
     nan = jnp.zeros(50).at[outside].set(jnp.nan)
     pairs = np.asarray(pair_sigmoid(nan, items))

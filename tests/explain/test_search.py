@@ -58,8 +58,8 @@ def toy(competitor: float):
 
 
 def test_kth_largest_equals_top_k():
-    """The bitwise search gives `top_k`'s k-th value: ties, signed zeros, negative numbers,
-    infinities, subnormals, and fewer than k finite values (then -inf)."""
+    """The bitwise search gives `top_k`'s k-th value: ties, zeros of both signs, negative
+    numbers, infinities, subnormals, and fewer than k finite values (then -inf)."""
     rng = np.random.default_rng(0)
     rows = rng.normal(size=(40, 300)).astype(np.float32) * 3
     rows[:, :80] = np.round(rows[:, :80])  # ties
@@ -76,6 +76,8 @@ def test_kth_largest_equals_top_k():
             jnp.asarray(rows), k)
         expected = jax.lax.top_k(jnp.asarray(rows), k)[0][:, k - 1]
         np.testing.assert_array_equal(found, expected)
+    with pytest.raises(ValueError, match="k = 301 of 300 float32"):
+        kth_largest(jnp.asarray(rows[0]), 301)
 
 
 def test_standing_is_pessimistic():

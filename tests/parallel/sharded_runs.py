@@ -25,7 +25,7 @@ from causalrec_jax.parallel import (
     padded_count,
     sharded_lookup,
     sharded_top_k,
-    table_all_gathers,
+    table_collectives,
 )
 from causalrec_jax.runs.load import load_run
 from causalrec_jax.runs.train import train_run
@@ -35,8 +35,9 @@ from causalrec_jax.tasks import ordinary
 def config(mesh, model: str, loss: str, method: str, checkpoint_every: int = 5):
     sections = {
         "data": {"format": "simulator", "split": "random"},
-        # 101 users and 53 items: neither divides 2, 4 or 8, so every table is padded
-        "sim": {"n_users": 101, "n_items": 53, "mean_exposure": 0.2},
+        # 301 users and 203 items: neither divides 2, 4 or 8, so every table is padded; both
+        # above the batch, so a table-sized collective cannot be mistaken for a batch-sized one
+        "sim": {"n_users": 301, "n_items": 203, "mean_exposure": 0.1},
         "model": {"name": model, "embedding_dim": 8},
         "train": {"loss": loss, "epochs": 4, "batch_size": 64, "learning_rate": 0.05,
                   "seeds": 2, "patience": 10, "checkpoint_every": checkpoint_every},
@@ -187,8 +188,8 @@ def main(argv=None) -> dict:
     program = run_epoch.program(setup.states, setup.data)
     hlo = program.lower(setup.states, setup.data, setup.keys,
                         jax.numpy.asarray(0, jax.numpy.int32)).compile().as_text()
-    smallest = min(padded_count(101, 4), padded_count(53, 4))
-    report["hlo"] = {"table_all_gathers": table_all_gathers(hlo, smallest),
+    smallest = min(padded_count(301, 4), padded_count(203, 4))
+    report["hlo"] = {"table_collectives": table_collectives(hlo, smallest),
                      "all_gathers": hlo.count("all-gather("),
                      "all_reduces": hlo.count("all-reduce(")}
     sharding = jax.tree.leaves(setup.states.params["prediction"])

@@ -28,7 +28,7 @@ from causalrec_jax.parallel import (
     pad_rows,
     padded_count,
     state_shardings,
-    table_all_gathers,
+    table_collectives,
     unpad_rows,
 )
 from causalrec_jax.tasks.ordinary import check_ordinary_keys
@@ -69,7 +69,10 @@ def _check_report(report: dict, tolerance: float,
         assert report["runs"]["1x1"]["largest_difference"] == 0.0
     # every table row-sharded (rows on axis 1, after the seeds), nothing table-sized gathered
     assert "P(None, 'model', None)" in report["state_specs"]
-    assert report["hlo"]["table_all_gathers"] == []
+    # no collective moves a whole table: lookups all-reduce looked-up rows, gradients one
+    # shard's rows; and nothing is all-gathered at all
+    assert report["hlo"]["table_collectives"] == []
+    assert report["hlo"]["all_gathers"] == 0
     assert report["hlo"]["all_reduces"] > 0  # the partitioner did split the work
     assert set(report["errors"]) == {"3x1", "2x3"}
     assert all("key parallel.mesh" in e and "divide the 8" in e
@@ -77,7 +80,7 @@ def _check_report(report: dict, tolerance: float,
 
 
 def test_sharded_bpr_mf_equals_one_device(bpr_report):
-    _check_report(bpr_report, 1e-5)
+    _check_report(bpr_report, 5e-5)  # float32 sums in another order, 4 epochs
     assert "P(None, 'model')" in bpr_report["state_specs"]  # the item biases
 
 
@@ -88,7 +91,7 @@ def test_a_checkpoint_of_8_devices_restores_on_4_and_on_1(bpr_report):
     checkpoints = bpr_report["checkpoints"]
     assert checkpoints["epoch"] is not None
     assert checkpoints["read_differences"] == {"[2, 4]": 0.0, "[2, 2]": 0.0, "None": 0.0}
-    assert checkpoints["resumed_2x2"] < 1e-5 and checkpoints["resumed_single"] < 1e-5
+    assert checkpoints["resumed_2x2"] < 5e-5 and checkpoints["resumed_single"] < 5e-5
 
 
 def test_shard_map_lookup_and_top_k_equal_the_dense_operations(bpr_report):
@@ -104,7 +107,7 @@ def test_sharded_doubly_robust_joint_learning_equals_one_device(tmp_path_factory
     real catalogue, never the padding rows."""
     report = _sharded_report(tmp_path_factory, "--loss", "mse", "--method", "dr_jl",
                              "--meshes", "2x4")
-    _check_report(report, 1e-5, meshes=("2x4",))
+    _check_report(report, 5e-5, meshes=("2x4",))
 
 
 @pytest.mark.slow
@@ -164,16 +167,19 @@ def test_the_optimiser_state_is_sharded_as_its_tables():
             assert spec == P(), path
 
 
-def test_table_sized_all_gathers_are_found_in_hlo_text():
+def test_table_sized_collectives_are_found_in_hlo_text():
     hlo = "\n".join([
         "%all-gather.1 = f32[104,8]{1,0} all-gather(f32[26,8]{1,0} %p), dimensions={0}",
         "%all-gather.2 = f32[64]{0} all-gather(f32[8]{0} %q), dimensions={0}",
         "%ags = (f32[26,8]{1,0}, f32[112,8]{1,0}) all-gather-start(f32[26,8]{1,0} %r)",
-        "%all-reduce.3 = f32[104,8]{1,0} all-reduce(f32[104,8]{1,0} %s)",
+        "%all-reduce.3 = f32[104,8]{1,0} all-reduce(f32[104,8]{1,0} %s), to_apply=%add",
+        "%all-reduce.4 = (f32[26,8]{1,0}, f32[32]{0}) all-reduce(%t, %u), to_apply=%add",
+        "%fusion.5 = f32[500,8]{1,0} fusion(f32[500,8]{1,0} %v), kind=kLoop",
     ])
-    found = table_all_gathers(hlo, 100)
-    assert len(found) == 2 and "all-gather.1" in found[0] and "%ags" in found[1]
-    assert table_all_gathers(hlo, 200) == []
+    found = table_collectives(hlo, 100)
+    assert [line.split(" =")[0] for line in found] == ["%all-gather.1", "%ags",
+                                                       "%all-reduce.3"]
+    assert table_collectives(hlo, 200) == []
 
 
 def _config(**sections):
@@ -189,6 +195,9 @@ def _config(**sections):
     ({"train": {"loss": "softmax"}}, "key train.loss: 'softmax' with parallel.mesh"),
     ({"train": {"data_placement": "host"}}, "key train.data_placement: 'host' with parallel"),
     ({"train": {"halving_rung": 2}}, "key train.halving_rung: successive halving with"),
+    ({"model": {"name": "lightgcn"}, "parallel": {"mesh": [1, 2]}},
+     "key parallel.mesh: \\[1, 2\\] splits tables over 2 model shards, but model.name = "
+     "'lightgcn' has no row tables to split; use \\[2, 1\\]"),
 ])
 def test_a_sharded_run_refuses_what_it_cannot_do(sections, message):
     if jax.device_count() != 1:
