@@ -63,6 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", action="store_true",
                        help="continue the stopped run in --out (its own config.toml)")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.add_argument("--distributed", action="store_true",
+                       help="one of several processes training one run (jax.distributed: "
+                            "SLURM, Open MPI, Kubernetes, or JAX_COORDINATOR_ADDRESS, "
+                            "JAX_NUM_PROCESSES, JAX_PROCESS_ID); the first writes --out")
     _add_config_arguments(train)
     train.set_defaults(handler=_command_train)
 
@@ -269,6 +273,11 @@ def _command_data(args: argparse.Namespace) -> int:
 
 def _command_train(args: argparse.Namespace) -> int:
     from pathlib import Path
+
+    if args.distributed:  # before anything touches JAX
+        from causalrec_jax.parallel.distributed import start
+
+        start()
 
     from causalrec_jax.config import dumps_changes, load_config
     from causalrec_jax.errors import RunError

@@ -36,6 +36,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import jax
 import numpy as np
 
 import causalrec_jax.sim  # noqa: F401  registers the data formats "simulator" and "simlog"
@@ -362,6 +363,8 @@ def save_model(folder: Path, config: Config, arrays: dict[str, Any], split: Spli
     Both replace what a resumed run had only once written whole: the model is written into a
     hidden folder beside it and swapped in, `data.npz` into a temporary file renamed over it.
     """
+    if jax.process_count() > 1 and jax.process_index() > 0:
+        return  # a job of several processes: the first writes the run folder
     model_dir = folder / "model"
     staging = folder / f".model.{uuid.uuid4().hex}.partial"
     try:

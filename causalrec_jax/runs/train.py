@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import resource
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,9 @@ from causalrec_jax.data.fingerprint import fingerprint, fingerprint_array
 from causalrec_jax.data.loader import load_dataset
 from causalrec_jax.data.sequences import history_matrix, user_sequences
 from causalrec_jax.data.split import kfold_splits, make_split
+from causalrec_jax.errors import RunError
 from causalrec_jax.eval.summary import aggregate, metric_values, summarize
+from causalrec_jax.parallel import is_multiprocess
 from causalrec_jax.runs.folder import (
     append_log,
     epoch_log_lines,
@@ -78,6 +81,14 @@ def train_run(
     check_ordinary_keys(config)
     check_selection_metric(config.eval, config.train.early_stopping_metric,
                            "train.early_stopping_metric")
+    if is_multiprocess() and resume:
+        raise RunError("--resume with --distributed: a run over several processes keeps no "
+                       "checkpoints yet; train it again")
+    if is_multiprocess() and jax.process_index() > 0:
+        # Every process trains (the program spans their devices); the first writes the run
+        # folder, the others the same files into a folder of their own, removed after.
+        with tempfile.TemporaryDirectory(prefix="causalrec-process-") as scratch:
+            return _write_run(config, Path(scratch), resume=False, quiet=True, frame=frame)
     return write_run(
         out_dir, config, lambda config, out: _write_run(config, out, resume=resume,
                                                         quiet=quiet, frame=frame),

@@ -61,11 +61,14 @@ from causalrec_jax.models.factory import declared_row_tables, init_params, model
 from causalrec_jax.parallel import (
     batch_sharding,
     check_mesh_shape,
+    host_values,
+    is_multiprocess,
     make_mesh,
     make_sharded_run_epoch,
     pad_rows,
     replicated,
     state_shardings,
+    to_global,
     unpad_rows,
 )
 from causalrec_jax.privacy import dpsgd, federated
@@ -534,11 +537,12 @@ def row_counts(spec: ProgramSpec) -> dict[str, int]:
 
 def unpadded(spec: ProgramSpec, params: Any, row_axis: int = 0) -> Any:
     """`params` of a sharded run with the padding rows of its tables cut off (rows on
-    `row_axis`: 0 for one seed's, 1 for parameters stacked over seeds); unchanged for a run
-    on one device."""
+    `row_axis`: 0 for one seed's, 1 for parameters stacked over seeds), as NumPy arrays in a
+    run over several processes (`parallel.host_values`); unchanged for a run on one device."""
     if not spec.mesh:
         return params
-    return unpad_rows(params, dict(spec.row_tables), row_counts(spec), row_axis)
+    # several processes: whole values on every process, for what each runs alone (a collective)
+    return host_values(unpad_rows(params, dict(spec.row_tables), row_counts(spec), row_axis))
 
 
 def checkpoint_view(spec: ProgramSpec) -> CheckpointView | None:
@@ -660,14 +664,18 @@ def program_setup(config: Config, split: Split, truth: Any = None,
             initial, hparams)
         return set_hyperparams(states, optimizer_values)
 
+    train_keys = jax.vmap(lambda k: streams.derive(k, streams.Run.TRAIN))(keys)
     if spec.mesh:
+        mesh = make_mesh(spec.mesh)
+        # several processes: every input a global array (each process built the same values)
+        initial, hparams, data, train_keys = to_global((initial, hparams, data, train_keys),
+                                                       mesh)
         # the optimiser's state is born sharded: its shardings come from shapes alone
         shardings = state_shardings(jax.eval_shape(initial_states, initial, hparams),
-                                    make_mesh(spec.mesh), dict(spec.row_tables), row_axis=1)
+                                    mesh, dict(spec.row_tables), row_axis=1)
         states = jax.jit(initial_states, out_shardings=shardings)(initial, hparams)
     else:
         states = initial_states(initial, hparams)
-    train_keys = jax.vmap(lambda k: streams.derive(k, streams.Run.TRAIN))(keys)
     return ProgramSetup(
         spec=spec, parts=parts, states=states, keys=train_keys, seeds=seeds, arrays=arrays,
         data=data, constants=constants, causal_values=causal_values,
@@ -728,6 +736,8 @@ def train_split(
     parts, constants, causal_values = setup.parts, setup.constants, setup.causal_values
     propensity_report, states, data = setup.propensity_report, setup.states, setup.data
     train_keys, steps_per_epoch = setup.keys, setup.steps_per_epoch
+    if is_multiprocess():  # each process would write its own: not yet (see check_parallel)
+        checkpoint_dir = None
     run_epoch, _ = _programs(
         setup.spec, 0 if setup.on_device else config.train.segment_batches)
     score_program = _score_program(parts.graphdef, method)
@@ -847,13 +857,21 @@ def check_ordinary_keys(config: Config) -> None:
         used["planted"] = None
     refuse_unused(config, used, f"a run of model.name = {config.model.name!r} with "
                                 f"causal.method = {config.causal.method!r}")
-    if config.parallel.mesh:
-        check_parallel_config(config)
+    check_parallel_config(config)
 
 
 def check_parallel_config(config: Config) -> None:
     """Refuses, in one line naming the key, a mesh this machine cannot build and a setting a
     sharded run does not support yet."""
+    if is_multiprocess() and not config.parallel.mesh:
+        raise ConfigError(f"--distributed: {jax.process_count()} processes but no "
+                          "parallel.mesh; set one spanning their devices (e.g. "
+                          f"[{jax.device_count()}, 1])")
+    if is_multiprocess() and config.train.cv_folds:
+        raise ConfigError("key train.cv_folds: folds with --distributed are not run yet; "
+                          "remove it")
+    if not config.parallel.mesh:
+        return
     if config.parallel.mesh[1] > 1 and not declared_row_tables(config.model.name):
         raise ConfigError(f"key parallel.mesh: {list(config.parallel.mesh)} splits tables over "
                           f"{config.parallel.mesh[1]} model shards, but model.name = "

@@ -20,14 +20,30 @@ from causalrec_jax.errors import CheckpointWarning
 
 
 def _manager(directory: str | Path, max_to_keep: int | None = 2) -> ocp.CheckpointManager:
-    options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True)
+    # In a job of several processes (`jax.distributed`) each process reads its own files alone
+    # and only the first writes (host arrays; the run folder is the first process's): orbax
+    # would otherwise wait at barriers for processes that write elsewhere.
+    alone = (ocp.options.MultiprocessingOptions(
+        primary_host=jax.process_index(), active_processes={jax.process_index()},
+        barrier_sync_key_prefix=f"process{jax.process_index()}")
+        if jax.process_count() > 1 else ocp.options.MultiprocessingOptions())
+    if jax.process_count() > 1:  # orbax creates the root itself only for all processes
+        Path(directory).resolve().mkdir(parents=True, exist_ok=True)
+    options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep,
+                                           create=jax.process_count() == 1,
+                                           multiprocessing_options=alone)
     return ocp.CheckpointManager(Path(directory).resolve(), options=options)
 
 
 def save_checkpoint(
     directory: str | Path, epoch: int, arrays: Any, meta: dict[str, Any]
 ) -> None:
-    """Writes checkpoint `epoch` (arrays pytree + JSON meta) and waits until it is complete."""
+    """Writes checkpoint `epoch` (arrays pytree + JSON meta) and waits until it is complete.
+
+    In a job of several processes only the first writes (the run folder is its own; orbax's
+    signals between processes would mix two writers' directories)."""
+    if jax.process_count() > 1 and jax.process_index() > 0:
+        return
     manager = _manager(directory)
     try:
         manager.save(

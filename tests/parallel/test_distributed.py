@@ -1,0 +1,114 @@
+"""Two processes on localhost joined by `jax.distributed` (`causalrec train --distributed`,
+2 virtual CPU devices each, gloo between them) train the model one process trains, and the
+first of them writes the run folder."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from causalrec_jax.runs.load import load_run
+
+CONFIG = """
+[data]
+format = "simulator"
+split = "random"
+[sim]
+n_users = 301
+n_items = 203
+mean_exposure = 0.1
+[model]
+name = "mf"
+embedding_dim = 8
+[train]
+loss = "bpr"
+epochs = 3
+batch_size = 64
+learning_rate = 0.05
+seeds = 2
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("localhost", 0))
+        return probe.getsockname()[1]
+
+
+def _train(config: Path, out: Path, *extra: str, env: dict | None = None):
+    return subprocess.Popen(
+        [sys.executable, "-m", "causalrec_jax", "train", "--config", str(config),
+         "--out", str(out), "--quiet", *extra],
+        env={**os.environ, "JAX_PLATFORMS": "cpu", **(env or {})},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("distributed")
+    (root / "config.toml").write_text(CONFIG)
+    return root
+
+
+@pytest.fixture(scope="module")
+def single(root):
+    worker = _train(root / "config.toml", root / "single")
+    _, err = worker.communicate(timeout=600)
+    assert worker.returncode == 0, err[-3000:]
+    return root / "single"
+
+
+def _two_processes(root: Path, mesh: str) -> Path:
+    out = root / ("mesh" + mesh.strip("[]").replace(",", "x"))
+    port = _free_port()
+    workers = [
+        _train(root / "config.toml", out, "--distributed", "--set", f"parallel.mesh={mesh}",
+               env={"XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+                    "JAX_COORDINATOR_ADDRESS": f"localhost:{port}",
+                    "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": str(index)})
+        for index in range(2)]
+    results = [worker.communicate(timeout=600) for worker in workers]
+    for worker, (_, err) in zip(workers, results, strict=True):
+        assert worker.returncode == 0, err[-3000:]
+    return out
+
+
+@pytest.mark.parametrize("mesh", [
+    "[2,2]",  # each process holds whole tables (the model axis within a process)
+    pytest.param("[1,4]", marks=pytest.mark.slow),  # tables split across the processes
+])
+def test_two_processes_train_what_one_process_trains(root, single, mesh):
+    joint_run = _two_processes(root, mesh)
+    one = load_run(single).parts.params
+    two = load_run(joint_run).parts.params
+    for a, b in zip(jax.tree.leaves(one), jax.tree.leaves(two), strict=True):
+        assert np.asarray(a).shape == np.asarray(b).shape  # padding cut off
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=5e-5)
+    alone = json.loads((single / "metrics.json").read_text())
+    joint = json.loads((joint_run / "metrics.json").read_text())
+    for metric in ("ndcg@10", "recall@10", "auc"):
+        assert joint["test"][metric] == pytest.approx(alone["test"][metric], abs=1e-5)
+    assert [s["best_epoch"] for s in joint["per_seed"]] == [
+        s["best_epoch"] for s in alone["per_seed"]]
+    # the first process wrote the folder; no checkpoints across processes yet
+    assert (joint_run / "model").is_dir() and not (joint_run / "checkpoints").exists()
+
+
+def test_distributed_needs_the_whole_job_layout(tmp_path):
+    config = tmp_path / "config.toml"
+    config.write_text(CONFIG)
+    worker = _train(config, tmp_path / "out", "--distributed",
+                    env={"JAX_COORDINATOR_ADDRESS": "localhost:1"})
+    _, err = worker.communicate(timeout=120)
+    assert worker.returncode == 2
+    assert ("--distributed: JAX_NUM_PROCESSES, JAX_PROCESS_ID not set; set all of "
+            "JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID or none") in err
+    assert not (tmp_path / "out").exists()
