@@ -304,6 +304,13 @@ def _command_train(args: argparse.Namespace) -> int:
 
     # Every kind refuses an occupied --out unless it resumes its own run (runs.folder.write_run);
     # uplift runs keep no checkpoints, so they also refuse --resume.
+    if args.distributed and (config.model.name in SEQUENCE_MODELS or config.uplift.method):
+        from causalrec_jax.errors import ConfigError
+
+        kind = (f"a run of {config.model.name}" if config.model.name in SEQUENCE_MODELS
+                else "an uplift run")
+        raise ConfigError(f"--distributed: {kind} trains in one process so far (several "
+                          "processes train ordinary and causal runs); drop the flag")
     if config.model.name in SEQUENCE_MODELS:
         from causalrec_jax.runs.train import sequence_run
 
@@ -314,6 +321,12 @@ def _command_train(args: argparse.Namespace) -> int:
         metrics = uplift_run(config, out, quiet=quiet, resume=args.resume)
     else:
         metrics = train_run(config, out, resume=args.resume, quiet=quiet)
+    import jax
+
+    if jax.process_count() > 1 and jax.process_index() > 0:
+        print(f"process {jax.process_index()} of {jax.process_count()}: done (process 0 "
+              f"wrote {out})")
+        return 0
     print(format_metrics(metrics))
     print(f"run folder: {out}")
     _print_tracking(config, out)

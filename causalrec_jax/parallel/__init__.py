@@ -2,7 +2,14 @@
 data-parallel batches (`mesh`, `sharding`), through `jax.sharding` and the partitioner; the
 same lookups and the catalogue's top-K written per shard with `jax.shard_map` (`lookup`)."""
 
-from causalrec_jax.parallel.distributed import host_values, is_multiprocess, start, to_global
+from causalrec_jax.parallel.distributed import (
+    agree,
+    from_first,
+    host_values,
+    is_multiprocess,
+    start,
+    to_global,
+)
 from causalrec_jax.parallel.lookup import sharded_lookup, sharded_top_k
 from causalrec_jax.parallel.mesh import AXES, check_mesh_shape, make_mesh, padded_count
 from causalrec_jax.parallel.sharding import (
@@ -17,8 +24,8 @@ from causalrec_jax.parallel.sharding import (
 )
 
 __all__ = [
-    "AXES", "batch_sharding", "check_mesh_shape", "host_values", "is_multiprocess",
-    "make_mesh", "make_sharded_run_epoch", "pad_rows", "padded_count", "replicated",
-    "sharded_lookup", "sharded_top_k", "start", "state_shardings", "table_collectives",
-    "table_kind", "to_global", "unpad_rows",
+    "AXES", "agree", "batch_sharding", "check_mesh_shape", "from_first", "host_values",
+    "is_multiprocess", "make_mesh", "make_sharded_run_epoch", "pad_rows", "padded_count",
+    "replicated", "sharded_lookup", "sharded_top_k", "start", "state_shardings",
+    "table_collectives", "table_kind", "to_global", "unpad_rows",
 ]

@@ -12,11 +12,13 @@ parameters and keys everywhere); `to_global` turns them into global arrays with
 `jax.make_array_from_process_local_data`, replicated over the mesh, as a jitted program over
 devices of several processes takes them. `host_values` brings a global array's whole value
 back to every process (`multihost_utils.process_allgather`) for what runs per process:
-evaluation, the run folder.
+evaluation, the run folder. `agree` makes every process stop together, with one message, when
+one of them cannot start the run or builds other inputs.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 from typing import Any
 
@@ -25,7 +27,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from causalrec_jax.errors import ConfigError
+from causalrec_jax.errors import ConfigError, RunError
 
 # Where `start` reads the job's layout when no cluster environment gives it.
 ENVIRONMENT = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")
@@ -52,7 +54,9 @@ def start() -> None:
             jax.distributed.initialize()
     except (RuntimeError, ValueError) as error:
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ConfigError(f"--distributed: jax.distributed.initialize failed: {first}") from None
+        raise ConfigError(f"--distributed: jax.distributed.initialize failed: {first} (outside "
+                          "a SLURM, Open MPI or Kubernetes job, set "
+                          f"{', '.join(ENVIRONMENT)})") from None
 
 
 def is_multiprocess() -> bool:
@@ -86,3 +90,46 @@ def host_values(tree: Any) -> Any:
     from jax.experimental import multihost_utils
 
     return multihost_utils.process_allgather(tree, tiled=True)
+
+
+def agree(token: str | None, what: str) -> None:
+    """Every process's `token` compared (a collective): None where this process failed to
+    `what`. Raises the same one-line `RunError` on every process when one failed or their
+    tokens differ (a host with another copy of the data), so that no process goes on into a
+    program the others never reach; nothing in a single process."""
+    if not is_multiprocess():
+        return
+    from jax.experimental import multihost_utils
+
+    mine = np.zeros(33, np.uint8)
+    if token is not None:
+        mine[0] = 1
+        mine[1:] = np.frombuffer(hashlib.sha256(token.encode()).digest(), np.uint8)
+    every = np.asarray(multihost_utils.process_allgather(mine))
+    failed = [int(index) for index in np.flatnonzero(every[:, 0] == 0)]
+    if failed:
+        raise RunError(f"--distributed: process {', '.join(map(str, failed))} of "
+                       f"{len(every)} could not {what} (see its message); nothing was trained")
+    differ = [int(index) for index in np.flatnonzero((every[:, 1:] != every[0, 1:]).any(1))]
+    if differ:
+        raise RunError(f"--distributed: process {', '.join(map(str, differ))} did not {what} "
+                       "as process 0 did (another copy of the data or config?); every "
+                       "process must build the same run")
+
+
+def from_first(metrics: dict[str, Any]) -> dict[str, Any]:
+    """`metrics` as the first process computed them, on every process (a collective): the
+    numbers every process's early stopping reads, so that no host stops at another epoch or
+    keeps other best parameters (a device's nondeterministic sums could differ between hosts).
+    Unchanged in a single process."""
+    if not is_multiprocess():
+        return metrics
+    from jax.experimental import multihost_utils
+
+    numbers = {name: value for name, value in metrics.items()
+               if isinstance(value, (int, float, np.integer, np.floating))
+               and not isinstance(value, bool)}
+    sent = multihost_utils.broadcast_one_to_all(
+        {name: np.float64(value) for name, value in numbers.items()})
+    return {**metrics, **{name: type(numbers[name])(np.asarray(value).item())
+                          for name, value in sent.items()}}

@@ -363,8 +363,10 @@ def save_model(folder: Path, config: Config, arrays: dict[str, Any], split: Spli
     Both replace what a resumed run had only once written whole: the model is written into a
     hidden folder beside it and swapped in, `data.npz` into a temporary file renamed over it.
     """
-    if jax.process_count() > 1 and jax.process_index() > 0:
-        return  # a job of several processes: the first writes the run folder
+    if jax.process_count() > 1:
+        if jax.process_index() > 0:
+            return  # a job of several processes: the first writes the run folder
+        arrays = jax.device_get(arrays)  # orbax refuses one host's device arrays in a job
     model_dir = folder / "model"
     staging = folder / f".model.{uuid.uuid4().hex}.partial"
     try:

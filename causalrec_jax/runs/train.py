@@ -13,6 +13,7 @@ folder is written whole at the end or not at all.
 from __future__ import annotations
 
 import functools
+import json
 import resource
 import sys
 import tempfile
@@ -31,9 +32,9 @@ from causalrec_jax.data.fingerprint import fingerprint, fingerprint_array
 from causalrec_jax.data.loader import load_dataset
 from causalrec_jax.data.sequences import history_matrix, user_sequences
 from causalrec_jax.data.split import kfold_splits, make_split
-from causalrec_jax.errors import RunError
+from causalrec_jax.errors import CausalRecError, RunError
 from causalrec_jax.eval.summary import aggregate, metric_values, summarize
-from causalrec_jax.parallel import is_multiprocess
+from causalrec_jax.parallel import agree, is_multiprocess
 from causalrec_jax.runs.folder import (
     append_log,
     epoch_log_lines,
@@ -41,6 +42,7 @@ from causalrec_jax.runs.folder import (
     fit_log_lines,
     log_appender,
     plot_learning_curve,
+    refuse_existing_run,
     save_model,
     seed_curves,
     start_log,
@@ -48,6 +50,7 @@ from causalrec_jax.runs.folder import (
     write_metrics,
     write_run,
 )
+from causalrec_jax.runs.track import check_tracking
 from causalrec_jax.tasks.ope import run_ope
 from causalrec_jax.tasks.ordinary import (
     check_ordinary_keys,
@@ -84,6 +87,21 @@ def train_run(
     if is_multiprocess() and resume:
         raise RunError("--resume with --distributed: a run over several processes keeps no "
                        "checkpoints yet; train it again")
+    if is_multiprocess():
+        # what only the first process checks (it writes --out), agreed on by all of them
+        refused = None
+        if jax.process_index() == 0:
+            try:
+                refuse_existing_run(out_dir)
+                check_tracking(config)
+            except CausalRecError as error:
+                refused = error
+        try:
+            agree(None if refused else "start", "start the run")
+        except RunError:
+            if refused is not None:
+                raise refused from None
+            raise
     if is_multiprocess() and jax.process_index() > 0:
         # Every process trains (the program spans their devices); the first writes the run
         # folder, the others the same files into a folder of their own, removed after.
@@ -98,9 +116,17 @@ def train_run(
 def _write_run(config: Config, out: Path, *, resume: bool, quiet: bool, frame) -> dict[str, Any]:
     """The body of `train_run` in its folder: data, training, evaluation, the files."""
     tic = time.perf_counter()
-    dataset, truth = load_dataset(config.data, config.sim, frame=frame,
-                                  planted=config.planted)
+    try:
+        dataset, truth = load_dataset(config.data, config.sim, frame=frame,
+                                      planted=config.planted)
+    except CausalRecError as error:
+        try:  # the other processes of a job stop too, with a line naming this one
+            agree(None, "read the data")
+        except RunError:
+            pass
+        raise error from None
     data_fingerprint = fingerprint(dataset)  # evaluate refuses the data if it changed
+    agree(json.dumps(data_fingerprint, sort_keys=True, default=str), "read the data")
     propensity = evaluation_propensity(config, dataset)
     progress = not quiet and sys.stderr.isatty()
     seeds = seed_list(config)

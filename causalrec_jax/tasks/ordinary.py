@@ -47,7 +47,7 @@ from causalrec_jax.data.dataset import Dataset, Split
 from causalrec_jax.data.fingerprint import check_unchanged
 from causalrec_jax.data.loader import load_dataset
 from causalrec_jax.data.split import make_split
-from causalrec_jax.errors import ConfigError, RunError
+from causalrec_jax.errors import CheckpointWarning, ConfigError, RunError
 from causalrec_jax.eval.protocol import (
     check_validation_selection,
     evaluate_split,
@@ -61,6 +61,7 @@ from causalrec_jax.models.factory import declared_row_tables, init_params, model
 from causalrec_jax.parallel import (
     batch_sharding,
     check_mesh_shape,
+    from_first,
     host_values,
     is_multiprocess,
     make_mesh,
@@ -537,15 +538,17 @@ def row_counts(spec: ProgramSpec) -> dict[str, int]:
 
 def unpadded(spec: ProgramSpec, params: Any, row_axis: int = 0) -> Any:
     """`params` of a sharded run with the padding rows of its tables cut off (rows on
-    `row_axis`: 0 for one seed's, 1 for parameters stacked over seeds), as NumPy arrays
-    (`parallel.host_values` over several processes); unchanged for a run on one device."""
+    `row_axis`: 0 for one seed's, 1 for parameters stacked over seeds), gathered on one local
+    device (`parallel.host_values` over several processes); unchanged for a run on one
+    device."""
     if not spec.mesh:
         return params
-    # whole values on the host (every host, with several processes: a collective), for what
-    # each runs alone: validation, the test, the run folder (scoring from the sharded tables
-    # on 8 virtual CPU devices took 15x as long as from the host's copy)
+    # whole values on one local device of each host (with several processes: a collective),
+    # for what each runs alone: validation, the test, the run folder (scoring from the sharded
+    # tables on 8 virtual CPU devices took 10x as long)
     values = unpad_rows(params, dict(spec.row_tables), row_counts(spec), row_axis)
-    return host_values(values) if is_multiprocess() else jax.device_get(values)
+    values = host_values(values) if is_multiprocess() else jax.device_get(values)
+    return jax.device_put(values, jax.local_devices()[0])  # scored without copying per block
 
 
 def checkpoint_view(spec: ProgramSpec) -> CheckpointView | None:
@@ -739,7 +742,7 @@ def train_split(
     parts, constants, causal_values = setup.parts, setup.constants, setup.causal_values
     propensity_report, states, data = setup.propensity_report, setup.states, setup.data
     train_keys, steps_per_epoch = setup.keys, setup.steps_per_epoch
-    if is_multiprocess():  # each process would write its own: not yet (see check_parallel)
+    if is_multiprocess():  # not across processes yet (`check_parallel_config` warns)
         checkpoint_dir = None
     run_epoch, _ = _programs(
         setup.spec, 0 if setup.on_device else config.train.segment_batches)
@@ -755,11 +758,11 @@ def train_split(
     evaluate_fn = None
     if split.valid is not None and len(split.valid):
         def evaluate_fn(params, member=0):
-            return evaluate_split(
+            return from_first(evaluate_split(  # every process stops as the first does
                 config.eval, train=train, test=split.valid,
                 score_users_fn=scorer(unpadded(setup.spec, params), member),
                 propensity=propensity, validation=True,
-            )
+            ))
 
     diverged = None
     try:
@@ -880,7 +883,17 @@ def check_parallel_config(config: Config) -> None:
                           f"{config.parallel.mesh[1]} model shards, but model.name = "
                           f"{config.model.name!r} has no row tables to split; use "
                           f"[{config.parallel.mesh[0] * config.parallel.mesh[1]}, 1]")
-    check_mesh_shape(config.parallel.mesh, jax.device_count())
+    data, model = check_mesh_shape(config.parallel.mesh, jax.device_count())
+    if is_multiprocess() and data * model != jax.device_count():
+        raise ConfigError(f"key parallel.mesh: a {data} x {model} mesh over {jax.process_count()} "
+                          f"processes must use all {jax.device_count()} of their devices (every "
+                          "process holds a part); choose a shape whose product is that")
+    if is_multiprocess() and config.train.checkpoint_every:
+        import warnings
+
+        warnings.warn(CheckpointWarning(
+            "train.checkpoint_every: a run over several processes keeps no checkpoints yet; "
+            "it trains to the end without them"), stacklevel=2)
     if config.privacy.level:
         raise ConfigError(f"key parallel.mesh: {list(config.parallel.mesh)} with privacy.level "
                           f"= {config.privacy.level!r}; private training runs on one device so "

@@ -112,3 +112,50 @@ def test_distributed_needs_the_whole_job_layout(tmp_path):
     assert ("--distributed: JAX_NUM_PROCESSES, JAX_PROCESS_ID not set; set all of "
             "JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID or none") in err
     assert not (tmp_path / "out").exists()
+
+
+def _job(config: Path, out: Path, *extra: str) -> list[tuple[int, str]]:
+    port = _free_port()
+    workers = [
+        _train(config, out, "--distributed", *extra,
+               env={"XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+                    "JAX_COORDINATOR_ADDRESS": f"localhost:{port}",
+                    "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": str(index)})
+        for index in range(2)]
+    errors = [worker.communicate(timeout=300)[1] for worker in workers]
+    return [(worker.returncode, err) for worker, err in zip(workers, errors, strict=True)]
+
+
+def test_a_refusal_of_the_first_process_stops_the_whole_job(root):
+    """What only the first process checks (it writes --out) is agreed on by every process:
+    an occupied --out stops both, each with one line, and trains nothing."""
+    occupied = root / "occupied"
+    occupied.mkdir()
+    (occupied / "mine.txt").write_text("a user's file")
+    (first, first_err), (second, second_err) = _job(
+        root / "config.toml", occupied, "--set", "parallel.mesh=[2,2]")
+    assert first == 2 and "already holds a run" in first_err
+    assert second == 2 and ("--distributed: process 0 of 2 could not start the run"
+                            in second_err)
+    assert sorted(p.name for p in occupied.iterdir()) == ["mine.txt"]
+
+
+def test_a_mesh_must_use_every_process_devices(root):
+    results = _job(root / "config.toml", root / "partial_mesh", "--set", "parallel.mesh=[2,1]")
+    for code, err in results:
+        assert code == 2
+        assert "key parallel.mesh: a 2 x 1 mesh over 2 processes must use all 4" in err
+    assert not (root / "partial_mesh").exists()
+
+
+def test_sequential_runs_refuse_distributed(tmp_path):
+    config = tmp_path / "config.toml"
+    config.write_text('[model]\nname = "sasrec"\n[train]\nloss = "sampled_softmax"\n'
+                      '[data]\nsplit = "leave_one_out"\n')
+    worker = _train(config, tmp_path / "out", "--distributed",
+                    env={"JAX_COORDINATOR_ADDRESS": f"localhost:{_free_port()}",
+                         "JAX_NUM_PROCESSES": "1", "JAX_PROCESS_ID": "0"})
+    _, err = worker.communicate(timeout=120)
+    assert worker.returncode == 2
+    assert "--distributed: a run of sasrec trains in one process so far" in err
+    assert not (tmp_path / "out").exists()
