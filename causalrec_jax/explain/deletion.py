@@ -438,8 +438,8 @@ class RefitDeletion:
         pool = self._pool(data, weights)
         # d/ds of sum_h w_h sum_j pool_j softplus(s_j - s_h) / |pool|. The weights enter by
         # two matrix-vector products with the unweighted pairs, not by scaling the [H, n]
-        # matrix: XLA then reads it twice without writing a scaled copy (2.5x faster on CPU
-        # under vmap over deletion masks, bench/explain.py)
+        # matrix, which made XLA write a scaled copy per mask (with the other changes of that
+        # release, LightGCN's explanation in bench/explain.py went from 1.61 s to 0.66 s)
         pair = pair_sigmoid(scores, items)  # [H, n]
         scaled = weights / jnp.maximum(jnp.sum(pool), 1.0)
         score_gradient = (pool * (scaled @ pair)).at[items].add(-(pair @ pool) * scaled)
@@ -602,7 +602,7 @@ def damped(curvature: jax.Array) -> jax.Array:
 def pair_sigmoid(scores: jax.Array, items: jax.Array) -> jax.Array:
     """`[H, n]` `sigmoid(scores[j] - scores[items[h]])`, as `e_j / (e_j + e_h)` with
     `e = exp(scores - c)`, `c` the middle of the finite scores' range: n + H exponentials and
-    a division per pair instead of a sigmoid per pair (a third faster on CPU). Exact to float32
+    a division per pair instead of a sigmoid per pair. Exact to float32
     rounding while the finite scores span at most `PAIR_SPAN` (every exponent within +-80);
     a wider span (only a diverged fit: sigmoids saturate at a span of 35) gives NaN
     everywhere, which every search reads as a deletion it cannot score, rather than wrong

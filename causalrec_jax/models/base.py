@@ -131,7 +131,12 @@ def row_tables(graphdef: nnx.GraphDef) -> dict[str, str] | None:
     What reads it: per-user gradients that gather a user's rows instead of differentiating
     whole tables (`privacy.dpsgd`), and row-sharded tables.
     """
-    declared = getattr(graphdef.nodes[0].type, "ROW_TABLES", None)
+    return declared_tables(graphdef.nodes[0].type)
+
+
+def declared_tables(model_class: type | None) -> dict[str, str] | None:
+    """The `ROW_TABLES` a model class declares (`row_tables`), None where it declares none."""
+    declared = getattr(model_class, "ROW_TABLES", None)
     return None if declared is None else dict(declared)
 
 

@@ -14,7 +14,7 @@ from flax import nnx
 
 from causalrec_jax.config import ModelConfig
 from causalrec_jax.errors import ConfigError
-from causalrec_jax.models.base import ModelParts, split_model
+from causalrec_jax.models.base import ModelParts, declared_tables, split_model
 from causalrec_jax.models.lightgcn import LightGCN
 from causalrec_jax.models.mf import MF
 from causalrec_jax.models.mlp import MLP
@@ -31,8 +31,7 @@ MODEL_CLASSES = {"mf": MF, "mlp": MLP, "neumf": NeuMF, "lightgcn": LightGCN,
 
 def declared_row_tables(name: str) -> dict[str, str] | None:
     """The row tables (`models.base.row_tables`) the model `name` declares, None for none."""
-    declared = getattr(MODEL_CLASSES.get(name), "ROW_TABLES", None)
-    return None if declared is None else dict(declared)
+    return declared_tables(MODEL_CLASSES.get(name))
 
 
 def make_model(

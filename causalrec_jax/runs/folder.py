@@ -170,7 +170,7 @@ _RESUME_FREE_KEYS = {("run", "quiet"), ("run", "name"), ("run", "out_dir"),
 # Keys a resumed run may change that do change what is computed from then on, but no shape: the
 # optimiser's numbers (e.g. a lower learning rate after a divergence), and the device mesh (the
 # same model up to the order of float sums: a sharded run's checkpoints store every table at
-# its real size, `tasks.ordinary.checkpoint_view`). Each change is recorded in the run
+# its real size, `parallel.checkpoint_view`). Each change is recorded in the run
 # folder's `resumes.json` and `metrics.json` ("resumes").
 RESUME_CHANGEABLE_KEYS = {("train", "learning_rate"), ("train", "weight_decay"),
                           ("parallel", "mesh")}

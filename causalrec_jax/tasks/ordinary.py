@@ -61,16 +61,15 @@ from causalrec_jax.models.factory import declared_row_tables, init_params, model
 from causalrec_jax.parallel import (
     batch_sharding,
     check_mesh_shape,
+    checkpoint_view,
     from_first,
-    host_values,
     is_multiprocess,
     make_mesh,
     make_sharded_run_epoch,
     pad_rows,
-    replicated,
     state_shardings,
     to_global,
-    unpad_rows,
+    whole_tables,
 )
 from causalrec_jax.privacy import dpsgd, federated
 from causalrec_jax.privacy.accounting import calibrate_noise, check_delta, epsilon
@@ -537,44 +536,20 @@ def row_counts(spec: ProgramSpec) -> dict[str, int]:
 
 
 def unpadded(spec: ProgramSpec, params: Any, row_axis: int = 0) -> Any:
-    """`params` of a sharded run with the padding rows of its tables cut off (rows on
-    `row_axis`: 0 for one seed's, 1 for parameters stacked over seeds), gathered on one local
-    device (`parallel.host_values` over several processes); unchanged for a run on one
-    device."""
+    """`params` of a sharded run whole, without padding, on one local device
+    (`parallel.whole_tables`; rows on `row_axis`: 0 for one seed's, 1 for parameters stacked
+    over seeds); unchanged for a run on one device."""
     if not spec.mesh:
         return params
-    # whole values on one local device of each host (with several processes: a collective),
-    # for what each runs alone: validation, the test, the run folder (scoring from the sharded
-    # tables on 8 virtual CPU devices took 10x as long)
-    values = unpad_rows(params, dict(spec.row_tables), row_counts(spec), row_axis)
-    values = host_values(values) if is_multiprocess() else jax.device_get(values)
-    return jax.device_put(values, jax.local_devices()[0])  # scored without copying per block
+    return whole_tables(params, dict(spec.row_tables), row_counts(spec), row_axis)
 
 
-def checkpoint_view(spec: ProgramSpec) -> CheckpointView | None:
-    """How a sharded run stores its checkpoints: every row table at its real row count,
-    whatever the mesh's padding, so a checkpoint written on one mesh resumes on another (or on
-    one device); read back whole and re-padded and re-sharded for the current mesh. None for
-    a run on one device (stored as it trains)."""
+def sharded_checkpoints(spec: ProgramSpec) -> CheckpointView | None:
+    """A sharded run's `parallel.checkpoint_view` (tables stored at their real size, so a run
+    resumes on another mesh); None for a run on one device (stored as it trains)."""
     if not spec.mesh:
         return None
-    tables, counts = dict(spec.row_tables), row_counts(spec)
-    whole = replicated(make_mesh(spec.mesh))
-
-    def save(arrays):
-        return unpad_rows(arrays, tables, counts, row_axis=1)
-
-    def stored(like):
-        shapes = jax.eval_shape(save, like)
-        return jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype,
-                                                              sharding=whole), shapes)
-
-    def load(read, like):
-        padded = pad_rows(read, tables, counts, spec.mesh[1], row_axis=1)
-        return jax.tree.map(lambda leaf, target: jax.device_put(leaf, target.sharding),
-                            padded, like)
-
-    return CheckpointView(save=save, stored=stored, load=load)
+    return checkpoint_view(dict(spec.row_tables), row_counts(spec), spec.mesh)
 
 
 def program_setup(config: Config, split: Split, truth: Any = None,
@@ -772,7 +747,7 @@ def train_split(
             metric=config.train.early_stopping_metric, patience=config.train.patience,
             checkpoint_dir=checkpoint_dir, checkpoint_every=config.train.checkpoint_every,
             resume=resume, progress=progress, log_fn=log_fn, run_epoch=run_epoch,
-            evaluate_with_member=True, checkpoint_view=checkpoint_view(setup.spec),
+            evaluate_with_member=True, checkpoint_view=sharded_checkpoints(setup.spec),
             description=f"{len(seeds)} seed(s), {steps_per_epoch} batches/epoch",
             halving=(
                 (config.train.halving_rung, config.train.halving_keep)

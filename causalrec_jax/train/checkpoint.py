@@ -20,9 +20,9 @@ from causalrec_jax.errors import CheckpointWarning
 
 
 def _manager(directory: str | Path, max_to_keep: int | None = 2) -> ocp.CheckpointManager:
-    # In a job of several processes (`jax.distributed`) each process reads its own files alone
-    # and only the first writes (host arrays; the run folder is the first process's): orbax
-    # would otherwise wait at barriers for processes that write elsewhere.
+    # In a job of several processes (`jax.distributed`) a process reads and writes its own
+    # files alone (host arrays; only the first writes a run folder, `runs.folder.save_model`):
+    # orbax would otherwise wait at barriers for processes that write nothing there.
     alone = (ocp.options.MultiprocessingOptions(
         primary_host=jax.process_index(), active_processes={jax.process_index()},
         barrier_sync_key_prefix=f"process{jax.process_index()}")
@@ -38,12 +38,7 @@ def _manager(directory: str | Path, max_to_keep: int | None = 2) -> ocp.Checkpoi
 def save_checkpoint(
     directory: str | Path, epoch: int, arrays: Any, meta: dict[str, Any]
 ) -> None:
-    """Writes checkpoint `epoch` (arrays pytree + JSON meta) and waits until it is complete.
-
-    In a job of several processes only the first writes (the run folder is its own; orbax's
-    signals between processes would mix two writers' directories)."""
-    if jax.process_count() > 1 and jax.process_index() > 0:
-        return
+    """Writes checkpoint `epoch` (arrays pytree + JSON meta) and waits until it is complete."""
     manager = _manager(directory)
     try:
         manager.save(

@@ -117,11 +117,12 @@ def checkpoint_checks(out: Path, args, reference: dict[str, np.ndarray]) -> dict
 
     original_fit = ordinary.fit
     ordinary.fit = stopping_fit
+    interrupted = False
     try:
         run_train.train_run(config([2, 4], args.model, args.loss, args.method,
                                    checkpoint_every=1), out / "stopped")
     except KeyboardInterrupt:
-        pass
+        interrupted = True  # where the stop was meant to happen
     finally:
         ordinary.fit = original_fit
     checkpoints = out / "stopped" / "checkpoints"
@@ -134,13 +135,13 @@ def checkpoint_checks(out: Path, args, reference: dict[str, np.ndarray]) -> dict
                                                                 seed=cfg.run.seed), truth)
         like = {"states": setup.states, "best_params": setup.states.params,
                 "keys": jax.random.key_data(setup.keys)}
-        view = ordinary.checkpoint_view(setup.spec)
+        view = ordinary.sharded_checkpoints(setup.spec)
         arrays, _ = restore_checkpoint(checkpoints, like if view is None else view.stored(like))
         if view is not None:
             arrays = view.load(arrays, like)
         read[str(mesh)] = [np.asarray(leaf) for leaf in jax.tree.leaves(
             ordinary.unpadded(setup.spec, arrays["states"].params, row_axis=1))]
-    report = {"epoch": epoch, "read_differences": {
+    report = {"interrupted": interrupted, "epoch": epoch, "read_differences": {
         name: max(float(np.abs(a - b).max()) for a, b in zip(leaves, read["[2, 4]"],
                                                                strict=True))
         for name, leaves in read.items()}}

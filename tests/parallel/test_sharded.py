@@ -89,7 +89,8 @@ def test_a_checkpoint_of_8_devices_restores_on_4_and_on_1(bpr_report):
     identical values on 2 x 2 (4 devices) and on one device, and the run resumed there ends
     where the uninterrupted one-device run ends (to the order of float sums)."""
     checkpoints = bpr_report["checkpoints"]
-    assert checkpoints["epoch"] is not None
+    assert checkpoints["interrupted"]  # the run stopped after epoch 2, as a killed run does
+    assert checkpoints["epoch"] is not None and checkpoints["epoch"] < 3
     assert checkpoints["read_differences"] == {"[2, 4]": 0.0, "[2, 2]": 0.0, "None": 0.0}
     assert checkpoints["resumed_2x2"] < 5e-5 and checkpoints["resumed_single"] < 5e-5
 
