@@ -199,6 +199,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     data.add_argument("--sep", help="csv field separator")
     data.add_argument("--json", action="store_true", help="print the statistics as JSON")
+    data.add_argument("--write-ids", action="store_true",
+                      help="parquet folder: build its id maps and store them beside the data "
+                           "(_causalrec/), for every host to read")
     _add_config_arguments(data)
     data.set_defaults(handler=_command_data)
     return parser
@@ -240,6 +243,7 @@ def _print_tracking(config: Config, out: Path) -> None:
 
 def _command_data(args: argparse.Namespace) -> int:
     import importlib
+    from pathlib import Path
 
     from causalrec_jax.config import load_config
     from causalrec_jax.data.formats.registry import PROVIDERS
@@ -260,10 +264,24 @@ def _command_data(args: argparse.Namespace) -> int:
     config = load_config(args.config, overrides)
     if config.data.format not in ("simulator", "planted", "dataframe") and not config.data.path:
         raise ConfigError(f"--path (or data.path) is required for format {config.data.format!r}")
-    if config.data.format in PROVIDERS:  # the simulator's formats: importing it registers them
-        importlib.import_module(PROVIDERS[config.data.format])
-    dataset, _ = load_dataset(config.data, config.sim, planted=config.planted)
-    stats = dataset_statistics(dataset)
+    partitioned_log = config.data.format == "parquet" and Path(config.data.path).is_dir()
+    if args.write_ids and not partitioned_log:
+        raise ConfigError("--write-ids: expected data.format \"parquet\" and a folder as "
+                          f"--path (got {config.data.format!r}, {config.data.path!r})")
+    if partitioned_log:  # streamed: never loaded whole
+        from causalrec_jax.data import partitioned
+
+        log = partitioned.open_log(config.data.path, config.data.columns or None)
+        maps = None
+        if args.write_ids:
+            maps = partitioned.build_id_maps(log)
+            print(f"wrote the id maps to {partitioned.write_id_maps(log, maps)}/")
+        stats = partitioned.log_statistics(log, maps)
+    else:
+        if config.data.format in PROVIDERS:  # the simulator's formats: importing registers them
+            importlib.import_module(PROVIDERS[config.data.format])
+        dataset, _ = load_dataset(config.data, config.sim, planted=config.planted)
+        stats = dataset_statistics(dataset)
     if args.json:
         print(json.dumps(stats, indent=2, default=str))
     else:

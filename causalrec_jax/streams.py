@@ -57,6 +57,8 @@ class Epoch(enum.IntEnum):
     ORDER = 1  # the epoch's shuffle (the epoch index is folded in under this stream)
     BUCKET_ORDER = 2  # sequential: each length bucket's shuffle (bucket index, then ORDER)
     BATCH_ORDER = 3  # sequential: the order of all buckets' batches (epoch index below)
+    STREAM_UNITS = 4  # a streamed log: the order of a host's row groups (epoch, then host)
+    STREAM_WINDOWS = 5  # a streamed log: each window's shuffle (epoch, host, then window)
 
 
 @enum.unique

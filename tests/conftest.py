@@ -50,6 +50,9 @@ SHARED_DATA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 # nearly done. Measured with --durations on 2 cores; a file not listed keeps its place after
 # these, and the order inside a file never changes.
 LONG_FILES = (
+    "parallel/test_sharded.py",
+    "parallel/test_distributed.py",
+    "parallel/test_streamed.py",
     "runs/test_train_run.py",
     "tasks/test_sequential.py",
     "runs/test_run_contract.py",

@@ -300,6 +300,19 @@ def _as_str(values) -> np.ndarray:
     return _integral(np.asarray(values)).astype(str).astype(object)
 
 
+def sorted_ids(uniques: np.ndarray) -> np.ndarray:
+    """The order of distinct external ids that makes internal ids: numeric when every id is
+    an integer (or a string of one), else lexical. `[n]` indices into `uniques`."""
+    uniques = np.asarray(uniques)
+    if uniques.dtype.kind in "iu":
+        return np.argsort(uniques, kind="stable")
+    try:
+        return np.argsort(uniques.astype(str).astype(np.int64), kind="stable")
+    except (ValueError, OverflowError):
+        # Not all integers (or beyond int64): the lexical order.
+        return np.argsort(uniques.astype(str), kind="stable")
+
+
 def _encode(
     values, id_map: np.ndarray | None, kind: str
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -314,15 +327,10 @@ def _encode(
         uniques = np.asarray(uniques)
         if uniques.dtype.kind not in "iu":
             uniques = uniques.astype(str)
-            try:
-                order = np.argsort(uniques.astype(np.int64), kind="stable")
-            except (ValueError, OverflowError):
-                # Not all integers (or beyond int64): keep the lexical order.
-                order = None
-            if order is not None:
-                rank = np.empty_like(order)
-                rank[order] = np.arange(len(order))
-                codes, uniques = rank[codes], uniques[order]
+            order = sorted_ids(uniques)
+            rank = np.empty_like(order)
+            rank[order] = np.arange(len(order))
+            codes, uniques = rank[codes], uniques[order]
         return codes.astype(np.int32), uniques.astype(str).astype(object)
     id_map = _as_str(id_map)
     index = pd.Index(id_map)

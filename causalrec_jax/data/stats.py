@@ -16,6 +16,8 @@ from causalrec_jax.data.dataset import GIVEN_TEST, GIVEN_TRAIN, GIVEN_VALID, Dat
 
 # Ratings with at most this many distinct values are reported as a value -> count table.
 MAX_DISTINCT_RATINGS = 20
+# A streamed rating column keeps counts per value up to this many distinct values.
+MAX_TRACKED_RATINGS = 100_000
 QUANTILES = {"min": 0.0, "p25": 0.25, "p50": 0.5, "p75": 0.75, "p90": 0.9, "max": 1.0}
 
 
@@ -36,26 +38,17 @@ def dataset_statistics(dataset: Dataset) -> dict[str, Any]:
     Args:
         dataset: the interactions.
     """
-    user_counts = np.bincount(dataset.user, minlength=dataset.n_users)
-    item_counts = np.bincount(dataset.item, minlength=dataset.n_items)
-    cells = dataset.n_users * dataset.n_items
     stats: dict[str, Any] = {}
     for key in ("name", "format"):
         if key in dataset.meta:
             stats[key] = str(dataset.meta[key])
     if "raw_rows" in dataset.meta:
         stats["raw_rows"] = int(dataset.meta["raw_rows"])
-    stats.update(
-        n_users=int(dataset.n_users),
-        n_items=int(dataset.n_items),
-        n_interactions=int(len(dataset)),
-        users_with_interactions=int((user_counts > 0).sum()),
-        items_with_interactions=int((item_counts > 0).sum()),
-        density=float(len(dataset) / cells) if cells else 0.0,
-        rating=_rating_summary(dataset.rating),
-        user_counts=_quantiles(user_counts[user_counts > 0]),
-        item_counts=_quantiles(item_counts[item_counts > 0]),
-    )
+    summary = RatingSummary()
+    summary.add(dataset.rating)
+    stats.update(count_statistics(
+        np.bincount(dataset.user, minlength=dataset.n_users),
+        np.bincount(dataset.item, minlength=dataset.n_items), summary.result()))
     if dataset.timestamp is not None:
         finite = dataset.timestamp[np.isfinite(dataset.timestamp)]
         if len(finite):
@@ -73,23 +66,66 @@ def dataset_statistics(dataset: Dataset) -> dict[str, Any]:
     return stats
 
 
-def _rating_summary(rating: np.ndarray) -> dict[str, Any]:
-    finite = rating[np.isfinite(rating)].astype(np.float64)
-    summary: dict[str, Any] = {"non_finite": int(len(rating) - len(finite))}
-    if len(finite) == 0:
+def count_statistics(user_counts: np.ndarray, item_counts: np.ndarray,
+                     rating: dict[str, Any]) -> dict[str, Any]:
+    """The statistics that follow from interactions per user and per item (`[n_users]`,
+    `[n_items]`) and a `RatingSummary` result: what a streamed log accumulates."""
+    n_rows = int(user_counts.sum())
+    cells = len(user_counts) * len(item_counts)
+    return {
+        "n_users": int(len(user_counts)),
+        "n_items": int(len(item_counts)),
+        "n_interactions": n_rows,
+        "users_with_interactions": int((user_counts > 0).sum()),
+        "items_with_interactions": int((item_counts > 0).sum()),
+        "density": float(n_rows / cells) if cells else 0.0,
+        "rating": rating,
+        "user_counts": _quantiles(user_counts[user_counts > 0]),
+        "item_counts": _quantiles(item_counts[item_counts > 0]),
+    }
+
+
+class RatingSummary:
+    """`rating` of the statistics, accumulated over chunks of ratings (`add`, then `result`).
+
+    Counts per distinct value are kept while there are at most `MAX_TRACKED_RATINGS` of them
+    (beyond, `distinct` is None: a continuous column streamed)."""
+
+    def __init__(self) -> None:
+        self.n_finite = 0
+        self.non_finite = 0
+        self.total = 0.0
+        self.low = np.inf
+        self.high = -np.inf
+        self.counts: dict[float, int] | None = {}
+
+    def add(self, rating: np.ndarray) -> None:
+        rating = np.asarray(rating)
+        finite = rating[np.isfinite(rating)].astype(np.float64)
+        self.non_finite += int(len(rating) - len(finite))
+        if not len(finite):
+            return
+        self.n_finite += len(finite)
+        self.total += float(finite.sum())
+        self.low, self.high = min(self.low, finite.min()), max(self.high, finite.max())
+        if self.counts is not None:
+            values, counts = np.unique(finite, return_counts=True)
+            for value, count in zip(values.tolist(), counts.tolist(), strict=True):
+                self.counts[value] = self.counts.get(value, 0) + count
+            if len(self.counts) > MAX_TRACKED_RATINGS:
+                self.counts = None
+
+    def result(self) -> dict[str, Any]:
+        summary: dict[str, Any] = {"non_finite": self.non_finite}
+        if not self.n_finite:
+            return summary
+        summary.update(min=float(self.low), mean=self.total / self.n_finite,
+                       max=float(self.high),
+                       distinct=None if self.counts is None else len(self.counts))
+        if self.counts is not None and len(self.counts) <= MAX_DISTINCT_RATINGS:
+            summary["distribution"] = {f"{value:g}": count
+                                       for value, count in sorted(self.counts.items())}
         return summary
-    values, counts = np.unique(finite, return_counts=True)
-    summary.update(
-        min=float(finite.min()),
-        mean=float(finite.mean()),
-        max=float(finite.max()),
-        distinct=int(len(values)),
-    )
-    if len(values) <= MAX_DISTINCT_RATINGS:
-        summary["distribution"] = {
-            f"{value:g}": int(count) for value, count in zip(values, counts, strict=True)
-        }
-    return summary
 
 
 def _quantiles(counts: np.ndarray) -> dict[str, float] | None:
@@ -126,7 +162,7 @@ def format_statistics(stats: dict[str, Any]) -> str:
         add(
             "ratings",
             f"min {rating['min']:g}, mean {rating['mean']:.3f}, max {rating['max']:g}, "
-            f"{rating['distinct']} distinct",
+            f"{'many' if rating['distinct'] is None else rating['distinct']} distinct",
         )
         if "distribution" in rating:
             add("", ", ".join(f"{v}: {c:,}" for v, c in rating["distribution"].items()))
@@ -141,6 +177,10 @@ def format_statistics(stats: dict[str, Any]) -> str:
         add("timestamps", _format_time_range(time["min"], time["max"]))
     if "given_split" in stats:
         add("given split", ", ".join(f"{k} {v:,}" for k, v in stats["given_split"].items()))
+    if "partitioned" in stats:
+        parts = stats["partitioned"]
+        add("partitioned", f"{parts['files']:,} files, {parts['row_groups']:,} row groups, "
+            f"{parts['bytes'] / 2**20:,.1f} MiB; id maps {parts['id_maps']}")
     if "cleaning" in stats:
         entries = ", ".join(f"{k} {v}" for k, v in stats["cleaning"].items())
         for index, line in enumerate(textwrap.wrap(entries, width=80)):
