@@ -49,6 +49,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/serve.py
 	$(BIN)/python bench/explain.py
 	$(BIN)/python bench/privacy.py
+	$(BIN)/python bench/stream.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check --no-cache causalrec_jax tests experiments bench

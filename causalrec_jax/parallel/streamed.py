@@ -6,8 +6,9 @@ each epoch, and cuts that stream into *windows* of `window_batches x batch_size`
 is the shuffle buffer: its rows are permuted, cut into batches, sent to the device and trained
 as one `lax.scan` segment of the in-memory epoch's own step (`train.step.make_scan_batches`:
 same step function, same per-step keys). JAX dispatches the segment asynchronously, so the
-host reads the next window while the device trains on this one. Memory on the host: one
-window, one row group and the id maps.
+host reads the next window while the device trains on this one, and then waits: at most two
+windows are in flight, so memory does not grow with the log. Memory on the host: two windows,
+one row group and the id maps.
 
 Every host runs the same number of windows: the largest host's (known from the footers). A
 host that has run out feeds all-padding windows, which apply no step. With several processes
@@ -275,6 +276,8 @@ def make_stream_epoch(
             state, first_bad, window_losses = step_program(
                 state, place(batch, source.process_count), shared, key, first_bad,
                 put(jnp.asarray(index * window_batches, jnp.int32)))
+            if losses:  # at most two windows in flight: the host reads ahead by one, no more
+                losses[-1].block_until_ready()
             losses.append(window_losses)
         # Replicated results: every process holds their whole value.
         batch_losses = np.concatenate([_local(part) for part in losses])[: plan.n_batches]
