@@ -4,12 +4,13 @@ resident memory of each stage.
 
     python bench/stream.py [--rows 100000000] [--users 1000000] [--items 100000]
                            [--batch 65536] [--window-batches 16] [--dim 32]
+                           [--rows-per-file 5000000] [--row-group 1000000]
                            [--folder DIR] [--out bench/results/stream.json]
 
 The log: users uniform over `--users` ids (external ids spread over a large range, so the id
 maps matter), items drawn with popularity falling as rank^-0.8 over `--items` ids (shuffled),
-a day column for Hive partitions (`day=K/part-NNNNN.parquet`, 5,000,000 rows per file, row
-groups of 1,000,000), written chunk by chunk. Each stage runs in its own process, which
+Hive partitions of 4 files (`day=K/part-NNNNN.parquet`, `--rows-per-file` rows per file in
+row groups of `--row-group`), written file by file. Each stage runs in its own process, which
 reports its peak resident memory (`ru_maxrss`):
 
 - `write`: the log written (seconds, bytes);
@@ -45,8 +46,6 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = ROOT / "bench" / "results" / "stream.json"
-ROWS_PER_FILE = 5_000_000
-ROW_GROUP = 1_000_000
 FILES_PER_DAY = 4
 
 
@@ -65,14 +64,14 @@ def _stage_write(args) -> dict:
     user_ids = np.sort(rng.choice(10**12, size=args.users, replace=False)).astype(np.int64)
     folder = Path(args.folder)
     start = time.perf_counter()
-    for index, first in enumerate(range(0, args.rows, ROWS_PER_FILE)):
-        n = min(ROWS_PER_FILE, args.rows - first)
+    for index, first in enumerate(range(0, args.rows, args.rows_per_file)):
+        n = min(args.rows_per_file, args.rows - first)
         users = user_ids[rng.integers(0, args.users, n)]
         items = item_ids[np.minimum(np.searchsorted(cumulative, rng.random(n)), args.items - 1)]
         day = folder / f"day={index // FILES_PER_DAY:03d}"
         day.mkdir(parents=True, exist_ok=True)
         pq.write_table(pa.table({"user_id": users, "item_id": items}),
-                       day / f"part-{index:05d}.parquet", row_group_size=ROW_GROUP)
+                       day / f"part-{index:05d}.parquet", row_group_size=args.row_group)
     (folder / "_SUCCESS").write_text("")
     size = sum(path.stat().st_size for path in folder.rglob("*.parquet"))
     return {"seconds": time.perf_counter() - start, "bytes": size, "peak_rss_mb": _peak_mb()}
@@ -99,6 +98,7 @@ def _stage_train(args) -> dict:
     import pyarrow.parquet as pq
 
     from causalrec_jax.config import ModelConfig, TrainConfig
+    from causalrec_jax.data.partitioned import open_log
     from causalrec_jax.models.base import make_scorers
     from causalrec_jax.models.factory import init_params
     from causalrec_jax.parallel import streamed
@@ -123,8 +123,8 @@ def _stage_train(args) -> dict:
     first = source.log.units[0]
     table = pq.ParquetFile(source.log.folder / first.file).read_row_group(0)
     pq.write_table(table.slice(0, 1000), warm / "part.parquet")
-    warm_source = streamed.StreamSource(streamed.open_log(warm), source.maps, ((
-        streamed.open_log(warm).units[0],),))
+    warm_log = open_log(warm)
+    warm_source = streamed.StreamSource(warm_log, source.maps, (warm_log.units,))
     start = time.perf_counter()
     state, _ = run_epoch(state, warm_source, key, 0)
     jax.block_until_ready(state)
@@ -146,7 +146,7 @@ def _stage_train(args) -> dict:
 STAGES = {"write": _stage_write, "ids": _stage_ids, "train": _stage_train}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rows", type=int, default=100_000_000)
     parser.add_argument("--users", type=int, default=1_000_000)
@@ -154,14 +154,17 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=65536)
     parser.add_argument("--window-batches", type=int, default=16)
     parser.add_argument("--dim", type=int, default=32)
+    parser.add_argument("--rows-per-file", type=int, default=5_000_000)
+    parser.add_argument("--row-group", type=int, default=1_000_000)
     parser.add_argument("--folder", help="where the log is written (default: a temporary "
                                          "folder, removed at the end)")
     parser.add_argument("--out", default=str(DEFAULT_OUT))
     parser.add_argument("--stage", choices=sorted(STAGES), help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.stage:  # one stage, in its own process
-        print(json.dumps(STAGES[args.stage](args)))
-        return
+        report = STAGES[args.stage](args)
+        print(json.dumps(report))
+        return report
     temporary = args.folder is None
     folder = Path(args.folder or tempfile.mkdtemp(prefix="stream-log-")) / "log"
     if folder.exists():
@@ -169,7 +172,8 @@ def main() -> None:
     report = {"date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
               "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
               "settings": {key: getattr(args, key) for key in
-                           ("rows", "users", "items", "batch", "window_batches", "dim")}}
+                           ("rows", "users", "items", "batch", "window_batches", "dim",
+                            "rows_per_file", "row_group")}}
     try:
         for stage in ("write", "ids", "train"):
             command = [sys.executable, __file__, "--stage", stage, "--folder", str(folder)]
@@ -186,6 +190,7 @@ def main() -> None:
             shutil.rmtree(folder.parent, ignore_errors=True)
     Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
     print(f"wrote {args.out}")
+    return report
 
 
 if __name__ == "__main__":
