@@ -83,8 +83,7 @@ def _stage_ids(args) -> dict:
                            "--path", args.folder, "--write-ids", "--json"],
                           capture_output=True, text=True, check=True)
     seconds = time.perf_counter() - start
-    text = done.stdout
-    stats = json.loads(text[text.index("{"):])
+    stats = json.loads(done.stdout)
     child = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     return {"seconds": seconds, "peak_rss_mb": child,
             "statistics": {key: stats[key] for key in

@@ -268,14 +268,22 @@ def _command_data(args: argparse.Namespace) -> int:
     if args.write_ids and not partitioned_log:
         raise ConfigError("--write-ids: expected data.format \"parquet\" and a folder as "
                           f"--path (got {config.data.format!r}, {config.data.path!r})")
-    if partitioned_log:  # streamed: never loaded whole
+    if partitioned_log:  # streamed: never loaded whole, reported as read (no cleaning)
+        from causalrec_jax.config import DataConfig
         from causalrec_jax.data import partitioned
 
+        for key in ("dedupe", "invalid", "rating_min", "rating_max", "k_core_users",
+                    "k_core_items", "binarize_threshold"):
+            if getattr(config.data, key) != getattr(DataConfig(), key):
+                raise ConfigError(f"key data.{key}: a folder of Parquet files is reported as "
+                                  "read, streamed, without cleaning; remove the key")
         log = partitioned.open_log(config.data.path, config.data.columns or None)
         maps = None
         if args.write_ids:
+            partitioned.check_maps_absent(log)  # before a pass over the whole log
             maps = partitioned.build_id_maps(log)
-            print(f"wrote the id maps to {partitioned.write_id_maps(log, maps)}/")
+            written = partitioned.write_id_maps(log, maps)
+            print(f"wrote the id maps to {written}/", file=sys.stderr)
         stats = partitioned.log_statistics(log, maps)
     else:
         if config.data.format in PROVIDERS:  # the simulator's formats: importing registers them

@@ -39,8 +39,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from causalrec_jax.data.dataset import sorted_ids
-from causalrec_jax.data.formats.common import PathLike
-from causalrec_jax.data.formats.dataframe import resolve_columns
+from causalrec_jax.data.formats.common import PathLike, Where
+from causalrec_jax.data.formats.dataframe import parse_times, resolve_columns
 from causalrec_jax.data.stats import RatingSummary, count_statistics
 from causalrec_jax.errors import DataFormatError
 
@@ -160,28 +160,61 @@ class IdMaps:
         return len(self.items)
 
 
+def _value_bytes(values: pa.Array) -> list[bytes]:
+    """The values of an int64 or string array as bytes that do not depend on its memory
+    layout (offsets, validity buffers): equal values, equal bytes."""
+    if pa.types.is_integer(values.type):
+        return [values.to_numpy(zero_copy_only=False).astype("<i8").tobytes()]
+    offsets = np.frombuffer(values.buffers()[1], np.int32)[
+        values.offset:values.offset + len(values) + 1]
+    data = values.buffers()[2]
+    text = b"" if data is None else bytes(memoryview(data)[offsets[0]:offsets[-1]])
+    return [(offsets - offsets[0]).astype("<i4").tobytes(), text]
+
+
 def _digest(users: pa.Array, items: pa.Array) -> str:
     hasher = hashlib.sha256()
     for values in (users, items):
         hasher.update(str(values.type).encode())
         hasher.update(len(values).to_bytes(8, "little"))
-        for buffer in values.buffers():
-            if buffer is not None:
-                hasher.update(memoryview(buffer))
+        for part in _value_bytes(values):
+            hasher.update(len(part).to_bytes(8, "little"))
+            hasher.update(part)
     return hasher.hexdigest()
 
 
 def _id_column(values: pa.ChunkedArray | pa.Array, path: str, role: str, column: str) -> pa.Array:
-    """A role's ids as one int64 or string array; an error for nulls or other types."""
+    """A role's ids as one int64 or string array, normalised as the in-memory readers do:
+    dictionaries decoded, strings stripped, whole-number floats as integers. Empty ids and
+    other types are an error naming the file and the row."""
     values = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
+    what = f"column {column!r} ({role} ids)"
+    if pa.types.is_dictionary(values.type):
+        values = values.dictionary_decode()
     if values.null_count:
-        raise DataFormatError(f"column {column!r} ({role} ids) has an empty id", path=path)
+        row = int(pc.index(pc.is_null(values), True).as_py())
+        raise DataFormatError(f"row index {row} of its row group: {what} has an empty id",
+                              path=path)
+    if pa.types.is_floating(values.type):
+        as_int = pc.cast(values, pa.int64(), safe=False)
+        if not pc.all(pc.equal(pc.cast(as_int, values.type), values)).as_py():
+            raise DataFormatError(f"{what} holds numbers that are not whole: expected integer "
+                                  "or string ids", path=path)
+        values = as_int
     if pa.types.is_integer(values.type):
-        return values.cast(pa.int64())
+        try:
+            return values.cast(pa.int64())
+        except pa.ArrowInvalid:
+            raise DataFormatError(f"{what} holds ids beyond int64", path=path) from None
     if pa.types.is_string(values.type) or pa.types.is_large_string(values.type):
-        return values.cast(pa.string())
-    raise DataFormatError(f"column {column!r} ({role} ids) is {values.type}; expected integer "
-                          "or string ids", path=path)
+        values = pc.utf8_trim_whitespace(values.cast(pa.string()))
+        empty = pc.equal(pc.utf8_length(values), 0)
+        if pc.any(empty).as_py():
+            row = int(pc.index(empty, True).as_py())
+            raise DataFormatError(f"row index {row} of its row group: {what} has an empty id",
+                                  path=path)
+        return values
+    raise DataFormatError(f"{what} is {values.type}; expected integer or string ids", path=path)
 
 
 def read_unit(log: PartitionedLog, unit: Unit, names: list[str]) -> pa.Table:
@@ -200,6 +233,9 @@ def read_unit(log: PartitionedLog, unit: Unit, names: list[str]) -> pa.Table:
 
 
 def _finish_ids(unique: pa.Array) -> pa.Array:
+    """Distinct ids in the order of internal ids (`dataset.sorted_ids`, from the lexical order
+    as `dataset.from_arrays` starts from, so ids equal as numbers keep that order)."""
+    unique = unique.take(pc.sort_indices(unique))
     order = sorted_ids(unique.to_numpy(zero_copy_only=False))
     return unique.take(pa.array(order))
 
@@ -207,22 +243,36 @@ def _finish_ids(unique: pa.Array) -> pa.Array:
 def build_id_maps(log: PartitionedLog) -> IdMaps:
     """The log's id maps, from one streamed pass over its user and item columns.
 
-    Memory: the distinct ids seen so far, plus one row group.
+    Memory: the distinct ids seen so far (each row group's, merged when they outgrow the
+    merged set), plus one row group.
     """
-    seen: dict[str, pa.Array | None] = {"user": None, "item": None}
+    merged: dict[str, pa.Array | None] = {"user": None, "item": None}
+    pending: dict[str, list[pa.Array]] = {"user": [], "item": []}
+
+    def merge(role: str) -> None:
+        parts = ([] if merged[role] is None else [merged[role]]) + pending[role]
+        merged[role] = pc.unique(pa.concat_arrays(parts)) if parts else merged[role]
+        pending[role] = []
+
     for unit in log.units:
+        path = str(log.folder / unit.file)
         table = read_unit(log, unit, [log.roles["user"], log.roles["item"]])
-        for role in seen:
+        for role in merged:
             column = log.roles[role]
-            ids = pc.unique(_id_column(table[column], str(log.folder / unit.file), role, column))
-            if seen[role] is not None:
-                if seen[role].type != ids.type:
-                    raise DataFormatError(
-                        f"column {column!r} holds {ids.type} ids here and {seen[role].type} ids "
-                        "in earlier files; expected one type", path=str(log.folder / unit.file))
-                ids = pc.unique(pa.concat_arrays([seen[role], ids]))
-            seen[role] = ids
-    users, items = _finish_ids(seen["user"]), _finish_ids(seen["item"])
+            ids = pc.unique(_id_column(table[column], path, role, column))
+            known = merged[role] if merged[role] is not None else (
+                pending[role][0] if pending[role] else None)
+            if known is not None and known.type != ids.type:
+                raise DataFormatError(
+                    f"column {column!r} holds {ids.type} ids here and {known.type} ids in "
+                    "earlier files; expected one type", path=path)
+            pending[role].append(ids)
+            held = sum(len(part) for part in pending[role])
+            if held > 2 * (0 if merged[role] is None else len(merged[role])) + 1_000_000:
+                merge(role)
+    for role in merged:
+        merge(role)
+    users, items = _finish_ids(merged["user"]), _finish_ids(merged["item"])
     return IdMaps(users, items, _digest(users, items))
 
 
@@ -237,17 +287,26 @@ def _manifest(log: PartitionedLog, maps: IdMaps) -> dict[str, Any]:
     }
 
 
+def check_maps_absent(log: PartitionedLog) -> Path:
+    """Where `write_id_maps` writes; an error when maps are there already (built earlier)."""
+    target = log.folder / MAPS_FOLDER
+    if target.exists():
+        raise DataFormatError(f"{MAPS_FOLDER}/ already exists (id maps built earlier); remove it "
+                              "to build them again", path=str(log.folder))
+    return target
+
+
 def write_id_maps(log: PartitionedLog, maps: IdMaps) -> Path:
     """Stores `maps` in `<log>/_causalrec/`; refuses when that folder exists.
 
     Written to a temporary folder beside it and renamed, so a failure leaves nothing behind.
     """
-    target = log.folder / MAPS_FOLDER
-    if target.exists():
-        raise DataFormatError(f"{MAPS_FOLDER}/ already exists (id maps built earlier); remove it "
-                              "to build them again", path=str(log.folder))
+    target = check_maps_absent(log)
     staging = Path(tempfile.mkdtemp(prefix=f"{MAPS_FOLDER}.", dir=log.folder))
     try:
+        umask = os.umask(0)
+        os.umask(umask)
+        staging.chmod(0o777 & ~umask)  # mkdtemp's 0700 would hide the maps from other users
         pq.write_table(pa.table({"id": maps.users}), staging / "users.parquet")
         pq.write_table(pa.table({"id": maps.items}), staging / "items.parquet")
         (staging / MANIFEST).write_text(json.dumps(_manifest(log, maps), indent=1) + "\n")
@@ -270,7 +329,13 @@ def read_id_maps(log: PartitionedLog) -> IdMaps | None:
     manifest_path = folder / MANIFEST
     try:
         manifest = json.loads(manifest_path.read_text())
-        listed = {entry["path"]: entry for entry in manifest["files"]}
+        if manifest["version"] != MANIFEST_VERSION:
+            raise ValueError(f"manifest version {manifest['version']}, expected "
+                             f"{MANIFEST_VERSION}")
+        listed = {str(entry["path"]): (int(entry["size"]), int(entry["rows"]))
+                  for entry in manifest["files"]}
+        built_for = {role: manifest["roles"][role] for role in ("user", "item")}
+        digest = str(manifest["digest"])
         users = pq.read_table(folder / "users.parquet")["id"].combine_chunks()
         items = pq.read_table(folder / "items.parquet")["id"].combine_chunks()
     except (OSError, ValueError, KeyError, TypeError, pa.ArrowException) as error:
@@ -278,26 +343,26 @@ def read_id_maps(log: PartitionedLog) -> IdMaps | None:
         raise DataFormatError(f"unreadable id maps ({message}); remove {MAPS_FOLDER}/ and build "
                               "them again", path=str(folder)) from None
     present = {data_file.path: data_file for data_file in log.files}
-    for path, entry in listed.items():
+    for path, (size, rows) in listed.items():
         if path not in present:
             raise DataFormatError("a shard listed in the id maps' manifest is missing",
                                   path=str(log.folder / path))
         data_file = present[path]
-        if (data_file.size, data_file.rows) != (entry["size"], entry["rows"]):
+        if (data_file.size, data_file.rows) != (size, rows):
             raise DataFormatError(
-                f"this shard changed since the id maps were built ({entry['rows']} rows, "
-                f"{entry['size']} bytes then; {data_file.rows} rows, {data_file.size} bytes now); "
-                f"remove {MAPS_FOLDER}/ and build them again", path=str(log.folder / path))
+                f"this shard changed since the id maps were built ({rows} rows, {size} bytes "
+                f"then; {data_file.rows} rows, {data_file.size} bytes now); remove "
+                f"{MAPS_FOLDER}/ and build them again", path=str(log.folder / path))
     for path in present:
         if path not in listed:
             raise DataFormatError(
                 f"this shard is not in the id maps' manifest (added after they were built); "
                 f"remove {MAPS_FOLDER}/ and build them again", path=str(log.folder / path))
-    if manifest.get("roles") != log.roles:
-        raise DataFormatError(f"the id maps were built for the columns {manifest.get('roles')}, "
-                              f"not {log.roles}", path=str(manifest_path))
+    if built_for != {role: log.roles[role] for role in ("user", "item")}:
+        raise DataFormatError(f"the id maps were built for the columns {built_for}, not "
+                              f"{log.roles}", path=str(manifest_path))
     maps = IdMaps(users, items, _digest(users, items))
-    if maps.digest != manifest.get("digest"):
+    if maps.digest != digest:
         raise DataFormatError("the id maps do not match their manifest's digest; remove "
                               f"{MAPS_FOLDER}/ and build them again", path=str(folder))
     return maps
@@ -310,13 +375,22 @@ def id_maps(log: PartitionedLog) -> IdMaps:
 
 
 def _codes(ids: pa.Array, id_map: pa.Array, path: str, role: str) -> np.ndarray:
-    codes = pc.index_in(ids, value_set=id_map)
-    if codes.null_count:
-        position = int(pc.index(pc.is_null(codes), True).as_py())
+    """Internal ids of `ids`; an error naming the first id the map lacks."""
+    if pa.types.is_integer(id_map.type):  # sorted numerically: a binary search
+        known = id_map.to_numpy()
+        values = ids.to_numpy()
+        codes = np.minimum(np.searchsorted(known, values), max(len(known) - 1, 0))
+        missing = np.flatnonzero(known[codes] != values) if len(known) else np.arange(len(ids))
+    else:
+        found = pc.index_in(ids, value_set=id_map)
+        missing = np.flatnonzero(found.is_null().to_numpy(zero_copy_only=False))
+        codes = found.fill_null(0).to_numpy(zero_copy_only=False)
+    if len(missing):
+        position = int(missing[0])
         raise DataFormatError(
             f"{role} id {ids[position].as_py()!r} (row {position} of this row group) is not in "
             f"the id maps; remove {MAPS_FOLDER}/ and build them again", path=path)
-    return codes.to_numpy(zero_copy_only=False).astype(np.int32)
+    return codes.astype(np.int32)
 
 
 def read_block(log: PartitionedLog, maps: IdMaps, unit: Unit,
@@ -340,14 +414,12 @@ def read_block(log: PartitionedLog, maps: IdMaps, unit: Unit,
                                   "expected numbers", path=path)
         block["ratings"] = ratings.to_numpy().astype(np.float32)  # nulls become NaN
     else:
-        block["ratings"] = np.ones(unit.rows, np.float32)
+        block["ratings"] = np.ones(table.num_rows, np.float32)
     if timestamps and "timestamp" in log.roles:
-        column = table[log.roles["timestamp"]]
-        if pa.types.is_timestamp(column.type):
-            column = pc.cast(column, pa.timestamp("us")).cast(pa.int64())
-            block["timestamps"] = column.to_numpy().astype(np.float64) / 1e6
-        else:
-            block["timestamps"] = column.to_numpy().astype(np.float64)
+        column = log.roles["timestamp"]
+        # As the in-memory readers parse them: numbers, datetimes, ISO 8601 text.
+        block["timestamps"] = parse_times(table[column].to_pandas(), Where(path),
+                                          f"column {column!r}")
     return block
 
 

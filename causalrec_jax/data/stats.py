@@ -27,7 +27,8 @@ def dataset_statistics(dataset: Dataset) -> dict[str, Any]:
     Keys: `name`, `format`, `raw_rows` (from meta, when present), `n_users`, `n_items`,
     `n_interactions`, `users_with_interactions`, `items_with_interactions`, `density`
     (interactions over
-    `n_users * n_items`, duplicates included), `rating` (`min`, `mean`, `max`, `distinct`,
+    `n_users * n_items`, duplicates included), `rating` (`min`, `mean`, `max`, `distinct`
+    (None beyond 100,000 distinct values),
     `non_finite`, and `distribution` {value as str: count} when there are at most 20
     distinct finite values), `user_counts` / `item_counts` (min, p25, p50, p75, p90, max of
     interactions per user/item, over users/items with at least one; linear interpolation as
@@ -110,6 +111,9 @@ class RatingSummary:
         self.low, self.high = min(self.low, finite.min()), max(self.high, finite.max())
         if self.counts is not None:
             values, counts = np.unique(finite, return_counts=True)
+            if len(values) > MAX_TRACKED_RATINGS:
+                self.counts = None
+                return
             for value, count in zip(values.tolist(), counts.tolist(), strict=True):
                 self.counts[value] = self.counts.get(value, 0) + count
             if len(self.counts) > MAX_TRACKED_RATINGS:

@@ -25,6 +25,7 @@ are that order, public so that a test can replay it on the log read whole.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -40,10 +41,12 @@ from causalrec_jax.data.partitioned import (
     PartitionedLog,
     Unit,
     host_shares,
+    host_units,
     id_maps,
     iter_blocks,
     open_log,
 )
+from causalrec_jax.errors import CausalRecError, ConfigError, RunError
 from causalrec_jax.parallel.distributed import agree, to_global
 from causalrec_jax.parallel.sharding import batch_sharding, replicated, state_shardings
 from causalrec_jax.train.step import make_scan_batches
@@ -91,19 +94,30 @@ def open_source(folder: Any, columns: Mapping[str, str] | None = None, *,
     `jax.process_count()` by default).
 
     The id maps are the stored ones when present (checked against the files), else built by one
-    streamed pass. With several processes every host's maps are compared (`agree` on their
-    digest): hosts whose maps differ all stop with one error naming them.
+    streamed pass. With several processes the hosts compare (`agree`) the maps' digest and
+    the files' paths, sizes and row counts (which every host's share comes from): hosts that
+    differ, or a host that cannot open the log, stop every host with one error naming them.
     """
     process_index = jax.process_index() if process_index is None else process_index
     process_count = jax.process_count() if process_count is None else process_count
-    log = open_log(folder, columns)
-    if len(log.units) < process_count:
-        from causalrec_jax.data.partitioned import host_units  # its one-line refusal
-
-        host_units(log, process_index, process_count)
-    maps = id_maps(log)
-    if process_count > 1 and jax.process_count() > 1:
-        agree(maps.digest, f"map the ids of {folder} (its _causalrec/ id maps)")
+    together = process_count > 1 and jax.process_count() > 1
+    what = f"open the log {folder} (its files, row groups and id maps)"
+    try:
+        log = open_log(folder, columns)
+        if len(log.units) < process_count:
+            host_units(log, process_index, process_count)  # its one-line refusal
+        maps = id_maps(log)
+    except CausalRecError:
+        if together:  # the others stop too, naming this process, instead of waiting for it
+            try:
+                agree(None, what)
+            except RunError:
+                pass
+        raise
+    if together:
+        # The maps, and the footers every host's share and the epoch's windows come from.
+        agree(json.dumps([maps.digest, log.roles,
+                          [(f.path, f.size, f.rows) for f in log.files]]), what)
     shares = tuple(host_shares(log, process_count))
     return StreamSource(log, maps, shares, process_index, keep_fn)
 
@@ -160,15 +174,17 @@ def iter_windows(source: StreamSource, plan: EpochPlan, batch_size: int, window_
     """This host's windows of `plan`: `{field: [window_batches, batch_size], "mask": bool}`.
 
     Reads one row group at a time; yields exactly `plan.n_windows` windows (the last ones
-    all padding on a host with fewer rows).
+    all padding on a host with fewer rows). A row is masked when `source.keep_fn` leaves it
+    out or its rating is not finite (a null rating: no row trains on NaN).
     """
+    unknown = set(fields) - set(FIELDS)
+    if unknown:
+        raise ValueError(f"fields {sorted(unknown)}: a streamed window holds {FIELDS}")
     window_rows = batch_size * window_batches
-    pending: list[dict[str, np.ndarray]] = []
-    held = 0
     emitted = 0
 
     def window(rows: dict[str, np.ndarray] | None) -> dict[str, np.ndarray]:
-        n_real = 0 if rows is None else len(rows["users"])
+        n_real = 0 if rows is None else len(rows["keep"])
         order = np.zeros(window_rows, np.int64)
         valid = np.zeros(window_rows, bool)
         if n_real:
@@ -183,25 +199,31 @@ def iter_windows(source: StreamSource, plan: EpochPlan, batch_size: int, window_
         batch["mask"] = keep.reshape(window_batches, batch_size)
         return batch
 
-    def take(count: int) -> dict[str, np.ndarray]:
-        nonlocal pending, held
-        joined = {name: np.concatenate([block[name] for block in pending]) for name in pending[0]}
-        head = {name: values[:count] for name, values in joined.items()}
-        rest = {name: values[count:] for name, values in joined.items()}
-        pending = [rest] if len(rest["users"]) else []
-        held -= count
-        return head
-
+    # The rows read and not yet windowed: `buffer[cursor:]` (one copy per row group read).
+    buffer: dict[str, np.ndarray] | None = None
+    cursor = 0
     for block in iter_blocks(source.log, source.maps, plan.units):
-        keep = (np.ones(len(block["users"]), bool) if source.keep_fn is None
-                else np.asarray(source.keep_fn(block), bool))
-        pending.append({**{name: block[name] for name in fields}, "keep": keep})
-        held += len(keep)
-        while held >= window_rows:
-            yield window(take(window_rows))
+        keep = np.isfinite(block["ratings"])
+        if source.keep_fn is not None:
+            keep &= np.asarray(source.keep_fn(block), bool)
+        # A masked NaN would still reach the gradient (0 x NaN): masked ratings become 0.
+        block = {**{name: block[name] for name in fields}, "keep": keep}
+        if "ratings" in block:
+            block["ratings"] = np.where(np.isfinite(block["ratings"]), block["ratings"],
+                                        np.float32(0))
+        if buffer is None or cursor == len(buffer["keep"]):
+            buffer = block
+        else:
+            buffer = {name: np.concatenate([buffer[name][cursor:], block[name]])
+                      for name in block}
+        cursor = 0
+        while len(buffer["keep"]) - cursor >= window_rows:
+            yield window({name: values[cursor:cursor + window_rows]
+                          for name, values in buffer.items()})
             emitted += 1
-    if held:
-        yield window(take(held))
+            cursor += window_rows
+    if buffer is not None and cursor < len(buffer["keep"]):
+        yield window({name: values[cursor:] for name, values in buffer.items()})
         emitted += 1
     while emitted < plan.n_windows:
         yield window(None)
@@ -257,6 +279,12 @@ def make_stream_epoch(
 
     def run_epoch(state: Any, source: StreamSource, key: jax.Array, epoch: int,
                   shared: dict[str, Any] | None = None):
+        if source.process_count > 1 and (mesh is None
+                                         or mesh.shape["data"] % source.process_count):
+            raise ConfigError(
+                f"a log streamed by {source.process_count} processes needs a mesh whose data "
+                f"axis splits over them (each holds its own rows of a batch); got "
+                f"{None if mesh is None else dict(mesh.shape)}")
         plan = epoch_plan(source, key, epoch, batch_size, window_batches)
         step_program = program(state)
         if mesh is None:

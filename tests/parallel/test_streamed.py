@@ -17,6 +17,7 @@ import pytest
 
 from causalrec_jax.config import ModelConfig, TrainConfig
 from causalrec_jax.data.formats import read_table
+from causalrec_jax.errors import ConfigError
 from causalrec_jax.models.base import make_scorers
 from causalrec_jax.models.factory import init_params
 from causalrec_jax.parallel import streamed
@@ -64,25 +65,34 @@ def in_memory_order(sources, plans, log):
     return np.concatenate(per_host, axis=1)
 
 
-def reference_epochs(step, state, whole, order_fn, epochs, keep):
+def reference_epochs(step, state, whole, order_fn, epochs, keep, n_batches):
+    """Epochs over the log read whole, in `order_fn`'s order: the state and each epoch's mean
+    loss over its first `n_batches` batches. Rows with a NaN rating are masked (rating 0)."""
     scan = jax.jit(make_scan_batches(step))
     key = jax.random.key(11)
-    data = {"users": whole.user, "items": whole.item, "ratings": whole.rating}
+    finite = np.isfinite(whole.rating)
+    data = {"users": whole.user, "items": whole.item,
+            "ratings": np.where(finite, whole.rating, 0).astype(np.float32)}
+    losses = []
     for epoch in range(epochs):
         order = order_fn(key, epoch)
         valid = order >= 0
         safe = np.where(valid, order, 0)
         batches = {name: jnp.asarray(values[safe]) for name, values in data.items()}
-        batches["mask"] = jnp.asarray(valid & keep[safe])
-        state, bad, _ = scan(state, batches, {}, key, jnp.int32(-1), jnp.int32(0))
+        batches["mask"] = jnp.asarray(valid & keep[safe] & finite[safe])
+        state, bad, batch_losses = scan(state, batches, {}, key, jnp.int32(-1), jnp.int32(0))
         assert int(bad) == -1
-    return state
+        losses.append(float(np.asarray(batch_losses)[:n_batches].mean()))
+    return state, losses
 
 
 @pytest.fixture(scope="module")
 def log_folder(tmp_path_factory):
-    # 3 files of 67/67/66 rows in row groups of 7: windows of 48 rows span row groups.
-    return write_log(tmp_path_factory.mktemp("streamed") / "log", frame_of(200, seed=4))
+    # 3 files of 67/67/66 rows in row groups of 7: windows of 48 rows span row groups; two
+    # ratings are missing (NaN), which no step may train on.
+    frame = frame_of(200, seed=4)
+    frame.loc[[5, 77], "rating"] = np.nan
+    return write_log(tmp_path_factory.mktemp("streamed") / "log", frame)
 
 
 @pytest.mark.parametrize("loss", ["mse", "bpr"])
@@ -95,20 +105,24 @@ def test_streamed_epochs_equal_in_memory_epochs(log_folder, loss):
     run_epoch = streamed.make_stream_epoch(step, batch_size=BATCH, window_batches=WINDOW_BATCHES)
     key = jax.random.key(11)
     streamed_state = jax.tree.map(jnp.copy, state)
+    losses = []
     for epoch in range(2):
         streamed_state, metrics = run_epoch(streamed_state, source, key, epoch)
         assert metrics["first_bad_batch"] == -1 and np.isfinite(metrics["loss"])
         assert metrics["windows"] == 5 and metrics["rows"] == 200  # 200 rows / 48 per window
+        losses.append(metrics["loss"])
     assert int(streamed_state.step) == 2 * 13  # ceil(200 / 16) steps per epoch
 
     def order_fn(key, epoch):
         plan = streamed.epoch_plan(source, key, epoch, BATCH, WINDOW_BATCHES)
         return in_memory_order([source], [plan], source.log)
 
-    reference = reference_epochs(step, state, whole, order_fn, 2, keep)
+    reference, reference_losses = reference_epochs(step, state, whole, order_fn, 2, keep, 13)
     for a, b in zip(jax.tree.leaves(reference.params), jax.tree.leaves(streamed_state.params),
                     strict=True):
+        assert np.all(np.isfinite(b))
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    assert losses == pytest.approx(reference_losses, rel=1e-6)
 
 
 def test_epochs_draw_new_orders_and_hosts_read_disjoint_rows(log_folder):
@@ -124,7 +138,7 @@ def test_epochs_draw_new_orders_and_hosts_read_disjoint_rows(log_folder):
         windows = list(streamed.iter_windows(source, plan, BATCH, WINDOW_BATCHES))
         assert len(windows) == plan.n_windows
         seen.append(sum(int(w["mask"].sum()) for w in windows))
-    assert sum(seen) == 200
+    assert sum(seen) == 198  # the two rows with a missing rating are masked
     again = streamed.epoch_plan(sources[0], key, 0, BATCH, WINDOW_BATCHES)
     later = streamed.epoch_plan(sources[0], key, 1, BATCH, WINDOW_BATCHES)
     assert again.units == plans[0].units
@@ -166,7 +180,8 @@ def test_two_processes_stream_their_own_row_groups_into_one_training(log_folder,
         plans = [streamed.epoch_plan(s, key, epoch, BATCH, WINDOW_BATCHES) for s in sources]
         return in_memory_order(sources, plans, sources[0].log)
 
-    reference = reference_epochs(step, state, whole, order_fn, 2, np.ones(len(whole), bool))
+    reference, _ = reference_epochs(step, state, whole, order_fn, 2, np.ones(len(whole), bool),
+                                    7)
     leaves = jax.tree_util.tree_leaves_with_path(reference.params)
     assert len(leaves) == len(trained.files)
     for path, value in leaves:
@@ -174,10 +189,27 @@ def test_two_processes_stream_their_own_row_groups_into_one_training(log_folder,
                                    atol=1e-6)
 
 
-def test_hosts_whose_id_maps_differ_stop_with_one_error(log_folder, tmp_path):
-    other = write_log(tmp_path / "other", frame_of(200, seed=5, string_ids=True))
+@pytest.mark.parametrize("second, message", [
+    ("other ids", "process 1 did not open the log"),
+    ("missing", "process 1 of 2 could not open the log"),
+])
+def test_hosts_that_cannot_agree_on_the_log_stop_with_one_error(log_folder, tmp_path, second,
+                                                                message):
+    other = (write_log(tmp_path / "other", frame_of(200, seed=5, string_ids=True))
+             if second == "other ids" else tmp_path / "nowhere")
     results = _workers([log_folder, other], tmp_path / "params.npz")
-    for code, _, err in results:
+    for index, (code, _, err) in enumerate(results):
         assert code == 1
-        assert "did not map the ids of" in err and "process 1" in err, err[-2000:]
+        if second == "missing" and index == 1:  # its own error names the folder
+            assert "nowhere: expected a folder of Parquet files" in err, err[-2000:]
+        else:
+            assert message in err, err[-2000:]
     assert not (tmp_path / "params.npz").exists()
+
+
+def test_several_processes_need_a_mesh_split_over_them(log_folder):
+    source = streamed.open_source(log_folder, process_index=0, process_count=2)
+    step, state = model_setup("mse", source.maps.n_users, source.maps.n_items)
+    run_epoch = streamed.make_stream_epoch(step, batch_size=BATCH, window_batches=WINDOW_BATCHES)
+    with pytest.raises(ConfigError, match="a log streamed by 2 processes needs a mesh"):
+        run_epoch(state, source, jax.random.key(0), 0)

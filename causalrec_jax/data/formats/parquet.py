@@ -47,7 +47,12 @@ def _read_folder(folder: Path, columns: Mapping[str, str] | None, path: PathLike
     log = partitioned.open_log(folder, columns)
     names = list(dict.fromkeys(log.roles.values()))
     parts = [partitioned.read_unit(log, unit, names) for unit in log.units]
-    frame = pa.concat_tables(parts).to_pandas()
+    try:  # files written with other widths (int32 / int64, string / large_string) agree
+        frame = pa.concat_tables(parts, promote_options="permissive").to_pandas()
+    except pa.ArrowException as error:
+        message = str(error).replace("\n", " ")
+        raise DataFormatError(f"the files' columns do not agree: {message}",
+                              path=str(folder)) from None
     if not len(frame):
         raise DataFormatError("the log has no rows", path=str(folder))
     return frame_to_dataset(frame, log.roles, Where(str(folder)), name=folder.name,
