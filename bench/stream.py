@@ -4,7 +4,7 @@ resident memory of each stage.
 
     python bench/stream.py [--rows 100000000] [--users 1000000] [--items 100000]
                            [--batch 65536] [--window-batches 16] [--dim 32]
-                           [--rows-per-file 5000000] [--row-group 1000000]
+                           [--rows-per-file 5000000] [--row-group 131072]
                            [--folder DIR] [--out bench/results/stream.json]
 
 The log: users uniform over `--users` ids (external ids spread over a large range, so the id
@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--window-batches", type=int, default=16)
     parser.add_argument("--dim", type=int, default=32)
     parser.add_argument("--rows-per-file", type=int, default=5_000_000)
-    parser.add_argument("--row-group", type=int, default=1_000_000)
+    parser.add_argument("--row-group", type=int, default=131_072)
     parser.add_argument("--folder", help="where the log is written (default: a temporary "
                                          "folder, removed at the end)")
     parser.add_argument("--out", default=str(DEFAULT_OUT))

@@ -251,3 +251,17 @@ def test_causalrec_data_streams_a_folder_and_writes_its_id_maps_once(tmp_path, c
         capsys.readouterr().err
     assert main(["data", "--format", "parquet", "--path", str(folder)]) == 0
     assert "id maps stored" in capsys.readouterr().out
+
+
+def test_a_folder_read_whole_takes_files_of_other_integer_widths(tmp_path):
+    folder = tmp_path / "log"
+    folder.mkdir()
+    pq.write_table(pa.table({"user_id": pa.array([1, 2], pa.int32()),
+                             "item_id": pa.array(["a", "b"], pa.string())}), folder / "a.parquet")
+    pq.write_table(pa.table({"user_id": pa.array([3], pa.int64()),
+                             "item_id": pa.array(["c"], pa.large_string())}),
+                   folder / "b.parquet")
+    whole = read_table(folder, None, kind="parquet")
+    assert list(whole.user_ids) == ["1", "2", "3"] and list(whole.item_ids) == ["a", "b", "c"]
+    maps = partitioned.build_id_maps(partitioned.open_log(folder))
+    assert maps.users.to_pylist() == [1, 2, 3] and maps.items.to_pylist() == ["a", "b", "c"]
