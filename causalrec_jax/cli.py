@@ -105,6 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
                            help="which of the run's seeds serves (default 0, the first)")
     recommend.add_argument("--include-seen", action="store_true",
                            help="also rank items the user already has (excluded by default)")
+    recommend.add_argument("--mesh", type=_parse_mesh, default=None, metavar="DATA,MODEL",
+                           help="with --all: score over the item table split by rows over the "
+                                "mesh's MODEL devices, each shard's top-K merged")
     recommend.add_argument("--fallback", choices=["popularity"], default=None,
                            help="serve users the run learned nothing about (unknown ids, no "
                                 "training interactions) by training popularity; refused "
@@ -496,6 +499,18 @@ def _command_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parse_mesh(text: str) -> tuple[int, int]:
+    """`--mesh DATA,MODEL` as two positive integers."""
+    try:
+        data, model = (int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected DATA,MODEL (two integers), got {text!r}") from None
+    if data < 1 or model < 1:
+        raise argparse.ArgumentTypeError(f"expected positive sizes, got {text!r}")
+    return data, model
+
+
 def _command_recommend(args: argparse.Namespace) -> int:
     from causalrec_jax.errors import RunError
 
@@ -508,6 +523,8 @@ def _command_recommend(args: argparse.Namespace) -> int:
         raise RunError("--all writes a parquet file: give --out FILE (a new path)")
     if args.out and not args.all:
         raise RunError("--out is where --all writes; --user prints its list")
+    if args.mesh is not None and not args.all:
+        raise RunError("--mesh serves every user (--all); --user scores on one device")
     if args.all:
         return _recommend_all(args)
     from causalrec_jax.runs.load import load_run, recommend
@@ -524,9 +541,20 @@ def _recommend_all(args: argparse.Namespace) -> int:
     from causalrec_jax.runs.serve import check_out, recommend_all
 
     check_out(args.out)  # refuse before loading the run
+    mesh = None
+    if args.mesh is not None:
+        import jax
+
+        from causalrec_jax.errors import ConfigError
+        from causalrec_jax.parallel import check_mesh_shape, make_mesh
+
+        try:
+            mesh = make_mesh(check_mesh_shape(args.mesh, jax.device_count()))
+        except ConfigError as error:
+            raise ConfigError(str(error).replace("key parallel.mesh", "--mesh")) from None
     summary = recommend_all(load_run(args.run), args.k, out=args.out,
                             seed_index=args.seed_index, include_seen=args.include_seen,
-                            fallback=args.fallback)
+                            fallback=args.fallback, mesh=mesh)
     if summary.skipped_users:
         print(f"causalrec recommend: warning: skipped {summary.skipped_users:,} user(s) the run "
               "learned nothing about (no training interactions or history); --fallback "

@@ -10,7 +10,7 @@ from causalrec_jax.parallel.distributed import (
     start,
     to_global,
 )
-from causalrec_jax.parallel.lookup import sharded_lookup, sharded_top_k
+from causalrec_jax.parallel.lookup import sharded_lookup, sharded_rows_top_k, sharded_top_k
 from causalrec_jax.parallel.mesh import AXES, check_mesh_shape, make_mesh, padded_count
 from causalrec_jax.parallel.sharding import (
     batch_sharding,
@@ -29,6 +29,7 @@ __all__ = [
     "AXES", "agree", "batch_sharding", "check_mesh_shape", "checkpoint_view", "from_first",
     "host_values",
     "is_multiprocess", "make_mesh", "make_sharded_run_epoch", "pad_rows", "padded_count",
-    "replicated", "sharded_lookup", "sharded_top_k", "start", "state_shardings",
+    "replicated", "sharded_lookup", "sharded_rows_top_k", "sharded_top_k", "start",
+    "state_shardings",
     "table_collectives", "table_kind", "to_global", "unpad_rows", "whole_tables",
 ]

@@ -12,6 +12,9 @@ the catalogue's top-K, which the partitioner would not split this way:
   rows and keeps its own K best, the `model` shards' K-lists are gathered (K x shards per
   user) and merged. The same items, scores and tie order as `lax.top_k` over the whole
   catalogue (ties go to the lower item id).
+- `sharded_rows_top_k`: the same merge over score rows already split by item over `model`
+  (what the partitioner leaves a model's `score_all` over a row-sharded item table with):
+  `recommend --all --mesh` serves a catalogue no one device holds this way.
 """
 
 from __future__ import annotations
@@ -65,16 +68,39 @@ def sharded_top_k(queries: jax.Array, table: jax.Array, k: int, n_items: int, me
         scores = queries @ shard.T  # [b_local, n_local]
         ids = offset + jnp.arange(n_local)
         scores = jnp.where((ids[None, :] < n_items) & ~exclude, scores, -jnp.inf)
-        best, where = jax.lax.top_k(scores, k)
-        # every shard's K best, in shard order: [b_local, shards * k]
-        best = jax.lax.all_gather(best, "model", axis=1, tiled=True)
-        items = jax.lax.all_gather(where + offset, "model", axis=1, tiled=True)
-        merged, position = jax.lax.top_k(best, k)
-        return merged, jnp.take_along_axis(items, position, axis=1)
+        return _merged_top_k(scores, k, offset)
 
     # The merged lists are the same on every model shard (each merges the same gathered
-    # lists), which the replication check cannot see through `all_gather`: hence check_vma off.
+    # lists), which the replication check cannot see through `all_gather`: hence check_vma off
+    # (here and in `sharded_rows_top_k`).
     return jax.shard_map(local, mesh=mesh,
                          in_specs=(P("data", None), P("model", None), P("data", "model")),
                          out_specs=(P("data", None), P("data", None)),
                          check_vma=False)(queries, table, exclude)
+
+
+def _merged_top_k(scores: jax.Array, k: int, offset: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Inside `shard_map`: this shard's `k` best of `scores [b, n_local]` (its items start
+    at `offset`), gathered with every `model` shard's (in shard order) and merged: ties go to
+    the lower item id, as `lax.top_k` over the whole row."""
+    best, where = jax.lax.top_k(scores, k)
+    best = jax.lax.all_gather(best, "model", axis=1, tiled=True)  # [b, shards * k]
+    items = jax.lax.all_gather(where + offset, "model", axis=1, tiled=True)
+    merged, position = jax.lax.top_k(best, k)
+    return merged, jnp.take_along_axis(items, position, axis=1)
+
+
+def sharded_rows_top_k(scores: jax.Array, k: int, mesh: Mesh) -> tuple[jax.Array, jax.Array]:
+    """The `k` best of each row of `scores [b, n]`, whose columns (items) are split over
+    `model` (`n` a multiple of its size; rows replicated). Returns `(scores [b, k],
+    items [b, k])`, best first, as `lax.top_k` (ties to the lower item id). `k` must not
+    exceed one shard's columns."""
+    n_local = _rows_per_shard(scores.T, mesh)
+    if k > n_local:
+        raise ValueError(f"k = {k} is more than one shard's {n_local} items")
+
+    def local(scores):
+        return _merged_top_k(scores, k, jax.lax.axis_index("model") * n_local)
+
+    return jax.shard_map(local, mesh=mesh, in_specs=P(None, "model"),
+                         out_specs=(P(), P()), check_vma=False)(scores)

@@ -48,8 +48,10 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
 
 from causalrec_jax.errors import RunError
+from causalrec_jax.parallel import sharded_rows_top_k
 from causalrec_jax.tasks.ordinary import LoadedRun, seed_list
 
 FALLBACKS = ("popularity",)
@@ -175,8 +177,9 @@ def check_out(out: str | Path) -> Path:
     return out
 
 
-@functools.partial(jax.jit, static_argnames=("k",))
-def _top_k_of_chunk(scores, popularity, use_popularity, exclude_rows, exclude_items, *, k):
+@functools.partial(jax.jit, static_argnames=("k", "mesh", "n_items"))
+def _top_k_of_chunk(scores, popularity, use_popularity, exclude_rows, exclude_items, *, k,
+                    mesh=None, n_items=None):
     """Top-`k` of one chunk of score rows, after exclusions.
 
     Args:
@@ -186,6 +189,11 @@ def _top_k_of_chunk(scores, popularity, use_popularity, exclude_rows, exclude_it
         exclude_rows, exclude_items: `[m]` int32 `(row, item)` pairs to mask (-inf); padding
             has row `b` (out of bounds, dropped). None: nothing is masked.
         k: list length (static), at most n_items.
+        mesh: None, or the mesh whose `model` axis splits the items of `scores` (padded past
+            the catalogue: `popularity` is -inf there): each shard's top-`k`, merged
+            (`parallel.sharded_rows_top_k`).
+        n_items: the catalogue's size: columns past it (a sharded table's padding) are never
+            served.
 
     Returns:
         `(top_scores [b, k] float32, top_items [b, k] int32, n_left [b] int32)`: best first,
@@ -193,13 +201,18 @@ def _top_k_of_chunk(scores, popularity, use_popularity, exclude_rows, exclude_it
         finite scores left, so a row's list is its first `min(k, n_left)` entries.
     """
     scores = jnp.where(use_popularity[:, None], popularity[None, :], scores.astype(jnp.float32))
+    if n_items is not None and n_items < scores.shape[1]:
+        scores = jnp.where(jnp.arange(scores.shape[1]) < n_items, scores, -jnp.inf)
     scores = jnp.where(scores == 0, jnp.zeros_like(scores), scores)
     if exclude_rows is not None:
         scores = scores.at[exclude_rows, exclude_items].set(-jnp.inf, mode="drop")
     n_left = jnp.sum(jnp.isfinite(scores), axis=1, dtype=jnp.int32)
     # NaN ranks with the masked items (never served: not counted in n_left).
     scores = jnp.where(jnp.isnan(scores), -jnp.inf, scores)
-    top_scores, top_items = jax.lax.top_k(scores, k)
+    if mesh is None:
+        top_scores, top_items = jax.lax.top_k(scores, k)
+    else:
+        top_scores, top_items = sharded_rows_top_k(scores, k, mesh)
     return top_scores, top_items.astype(jnp.int32), n_left
 
 
@@ -236,7 +249,7 @@ class _Chunk:
 def serve_chunks(run: LoadedRun, k: int, *, users: np.ndarray | None = None,
                  seed_index: int = 0, include_seen: bool = False, fallback: str | None = None,
                  chunk_users: int | None = None, counts: dict[str, int] | None = None,
-                 ) -> Iterator[dict[str, np.ndarray]]:
+                 mesh: Mesh | None = None) -> Iterator[dict[str, np.ndarray]]:
     """Each chunk's rows as numpy columns (`COLUMNS`), users in the order given.
 
     Args:
@@ -246,6 +259,9 @@ def serve_chunks(run: LoadedRun, k: int, *, users: np.ndarray | None = None,
             `represented_users`) are skipped unless `fallback`.
         counts: when given, filled with `users`, `rows`, `fallback_users`, `skipped_users`,
             `short_users`, `empty_users`, `chunks`, `chunk_users` as the chunks go.
+        mesh: None (one device), or a mesh whose `model` axis splits the item table and the
+            scores by item (`LoadedRun.sharded_score_fn`): each shard keeps its top-`k` and
+            the lists are merged, so no device holds a user's scores over the catalogue.
 
     Returns:
         An iterator of `{column: [rows] array}`, one per chunk of `chunk_users` users.
@@ -269,9 +285,18 @@ def serve_chunks(run: LoadedRun, k: int, *, users: np.ndarray | None = None,
     if not include_seen:
         indptr, known = known_item_lists(run, None if users is None else served)
         capacity = _capacity(indptr[served + 1] - indptr[served], chunk_users)
-    score_fn = run.score_all_fn(seed_index)
-    popularity = jnp.asarray(run.data["item_counts"], jnp.float32)
+    popularity = np.asarray(run.data["item_counts"], np.float32)
     list_length = min(k, n_items)
+    if mesh is None:
+        score_fn = run.score_all_fn(seed_index)
+    else:
+        score_fn, n_padded = run.sharded_score_fn(seed_index, mesh)
+        if list_length > n_padded // mesh.shape["model"]:
+            raise RunError(f"--k {k}: more than one shard's {n_padded // mesh.shape['model']} "
+                           f"items on a mesh of {mesh.shape['model']} model shards")
+        popularity = np.concatenate([popularity, np.full(n_padded - n_items, -np.inf,
+                                                         np.float32)])
+    popularity = jnp.asarray(popularity)
 
     def dispatch(start: int) -> _Chunk:
         users = served[start:start + chunk_users]
@@ -284,7 +309,8 @@ def serve_chunks(run: LoadedRun, k: int, *, users: np.ndarray | None = None,
             rows, items = _chunk_pairs(indptr, known, padded[:len(users)], capacity,
                                        chunk_users)
         outputs = _top_k_of_chunk(score_fn(jnp.asarray(padded)), popularity,
-                                  jnp.asarray(cold), rows, items, k=list_length)
+                                  jnp.asarray(cold), rows, items, k=list_length, mesh=mesh,
+                                  n_items=n_items)
         return _Chunk(users=users, fallback=cold[:len(users)], outputs=outputs)
 
     def collect(chunk: _Chunk) -> dict[str, np.ndarray]:
@@ -365,7 +391,7 @@ def recommend(run: LoadedRun, user_id: str, k: int = 10, seed_index: int = 0, *,
 
 def recommend_all(run: LoadedRun, k: int = 10, *, out: str | Path, seed_index: int = 0,
                   include_seen: bool = False, fallback: str | None = None,
-                  chunk_users: int | None = None) -> ServeSummary:
+                  chunk_users: int | None = None, mesh: Mesh | None = None) -> ServeSummary:
     """Writes the top-`k` list of every user of `run` to the parquet file `out`.
 
     Each user's rows are exactly `runs.load.recommend(run, user, k, seed_index,
@@ -386,6 +412,8 @@ def recommend_all(run: LoadedRun, k: int = 10, *, out: str | Path, seed_index: i
         include_seen: rank the items users already have too.
         fallback: None or "popularity".
         chunk_users: users scored per chunk (None: `default_chunk_users`).
+        mesh: score over the item table split by rows over the mesh's `model` axis, each
+            shard's top-`k` merged (`serve_chunks`); None: one device.
 
     Returns:
         A `ServeSummary`.
@@ -400,7 +428,7 @@ def recommend_all(run: LoadedRun, k: int = 10, *, out: str | Path, seed_index: i
     out = check_out(out)
     counts: dict[str, int] = {}
     chunks = serve_chunks(run, k, seed_index=seed_index, include_seen=include_seen,
-                          fallback=fallback, chunk_users=chunk_users, counts=counts)
+                          fallback=fallback, chunk_users=chunk_users, counts=counts, mesh=mesh)
     seed = served_seeds(run)[seed_index]
     schema = pa.schema([("user", pa.string()), ("rank", pa.int32()), ("item", pa.string()),
                         ("score", pa.float32()), ("fallback", pa.bool_())],

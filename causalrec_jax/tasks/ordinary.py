@@ -22,6 +22,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 import causalrec_jax.sim  # noqa: F401  registers the data formats "simulator" and "simlog"
 from causalrec_jax import streams
@@ -67,6 +69,8 @@ from causalrec_jax.parallel import (
     make_mesh,
     make_sharded_run_epoch,
     pad_rows,
+    padded_count,
+    replicated,
     state_shardings,
     to_global,
     whole_tables,
@@ -914,6 +918,48 @@ class LoadedRun:
                   "hparams": {name: jnp.float32(getattr(causal, name))
                               for name in ("macr_c", "pda_inference_gamma")}}
         return lambda users: program(served, self.parts.constants, users)
+
+    def sharded_score_fn(self, seed_index: int, mesh: Mesh) -> tuple[Callable, int]:
+        """`(users [b] -> scores [b, n_padded], n_padded)`: `score_all_fn` over the model's
+        row tables split by rows over `mesh`'s `model` axis (padded to a multiple of it), the
+        scores' item axis split the same way, so no device holds the catalogue whole.
+
+        Raises:
+            RunError: a model that declares no row tables, a sequential run, a causal
+                method with arrays of its own, or a model with feature tables.
+        """
+        tables = row_tables(self.parts.graphdef)
+        name = self.config.model.name
+        if self.scorer is not None or not tables or self.extra:
+            what = (f"model.name = {name!r}" if self.scorer is not None or not tables
+                    else f"causal.method = {self.config.causal.method!r}")
+            raise RunError(f"--mesh: {what} serves from one device (a sharded catalogue needs a "
+                           "model with row tables and no arrays of a causal method's own)")
+        if "user_features" in self.data or "item_features" in self.data:
+            raise RunError("--mesh: a model with feature tables serves from one device")
+        counts = {"users": len(self.user_ids), "items": len(self.item_ids)}
+        params = pad_rows(seed_slice(self.parts.params, seed_index), tables, counts,
+                          mesh.shape["model"])
+        shardings = state_shardings(params, mesh, tables)
+        params = jax.device_put(params, shardings)
+        causal = self.config.causal
+        hparams = {name: jnp.float32(getattr(causal, name))
+                   for name in ("macr_c", "pda_inference_gamma")}
+        graphdef, method = self.parts.graphdef, causal.method
+        everywhere = replicated(mesh)
+
+        def score(params, constants, users):
+            scorers = make_scorers(graphdef, constants)
+            _, score_all = inference_scorers(method, CausalConfig(), scorers.score_pairs,
+                                             scorers.score_all)
+            return score_all({"prediction": params, "hparams": hparams}, users)
+
+        program = jax.jit(score, in_shardings=(shardings, everywhere, everywhere),
+                          out_shardings=NamedSharding(mesh, P(None, "model")))
+        constants = jax.device_put(self.parts.constants, everywhere)
+        n_padded = padded_count(counts["items"], mesh.shape["model"])
+        return (lambda users: program(params, constants, jax.device_put(users, everywhere)),
+                n_padded)
 
     @property
     def user_ids(self) -> np.ndarray:

@@ -95,6 +95,42 @@ def shard_map_checks() -> dict:
             "top_k_tied_row": np.asarray(items[1]).tolist()}
 
 
+def serve_checks(out: Path) -> dict:
+    """`recommend --all` of the one-device run over its item table split by rows over 8 and 4
+    model shards, each shard's top-10 merged, against the one-device lists: whether users,
+    ranks and items agree, the largest score difference; and the refusal of a K above one
+    shard's items."""
+    import pyarrow.parquet as pq
+
+    from causalrec_jax.errors import RunError
+    from causalrec_jax.runs.serve import recommend_all
+
+    run = load_run(out / "single")
+    recommend_all(run, 10, out=out / "serve_single.parquet", fallback="popularity")
+    single = pq.read_table(out / "serve_single.parquet").to_pandas()
+    report = {}
+    for shape in ([1, 8], [2, 4]):
+        name = "x".join(map(str, shape))
+        path = out / f"serve_{name}.parquet"
+        summary = recommend_all(run, 10, out=path, fallback="popularity",
+                                mesh=make_mesh(shape))
+        table = pq.read_table(path).to_pandas()
+        same = (len(table) == len(single) and all(
+            table[column].tolist() == single[column].tolist()
+            for column in ("user", "rank", "item", "fallback")))
+        report[name] = {"rows": summary.rows, "lists_equal": same,
+                        "score_difference": float(np.abs(table["score"].to_numpy()
+                                                         - single["score"].to_numpy()).max())
+                        if same else None}
+    try:
+        recommend_all(run, 30, out=out / "serve_k30.parquet", mesh=make_mesh([1, 8]))
+        report["k_refused"] = None
+    except RunError as error:
+        report["k_refused"] = str(error)
+    report["single_rows"] = len(single)
+    return report
+
+
 def checkpoint_checks(out: Path, args, reference: dict[str, np.ndarray]) -> dict:
     """A run on the 2 x 4 mesh (8 devices) stopped after epoch 2, its checkpoint read back on
     2 x 4, 2 x 2 (4 devices) and one device, and the run resumed on 2 x 2 and on one device:
@@ -196,6 +232,8 @@ def main(argv=None) -> dict:
     sharding = jax.tree.leaves(setup.states.params["prediction"])
     report["state_specs"] = sorted({str(leaf.sharding.spec) for leaf in sharding})
     report["ops"] = shard_map_checks()
+    if args.model == "mf":
+        report["serve"] = serve_checks(out)
     if args.checkpoints:
         report["checkpoints"] = checkpoint_checks(out, args, reference)
     errors = {}

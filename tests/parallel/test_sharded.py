@@ -106,6 +106,18 @@ def test_a_checkpoint_of_8_devices_restores_on_4_and_on_1(bpr_report):
     assert checkpoints["resumed_2x2"] < 5e-5 and checkpoints["resumed_single"] < 5e-5
 
 
+def test_every_users_top_k_served_over_a_sharded_catalogue_equals_one_device(bpr_report):
+    """`recommend --all --mesh`: the item table split by rows over 8 (1 x 8) and 4 (2 x 4)
+    model shards, 203 items padded to 208, each shard's top-10 merged: the same lists."""
+    serve = bpr_report["serve"]
+    assert serve["single_rows"] > 0
+    for mesh in ("1x8", "2x4"):
+        assert serve[mesh]["lists_equal"], mesh
+        assert serve[mesh]["rows"] == serve["single_rows"]
+        assert serve[mesh]["score_difference"] < 1e-5, mesh
+    assert "--k 30: more than one shard's 26 items" in serve["k_refused"]
+
+
 def test_shard_map_lookup_and_top_k_equal_the_dense_operations(bpr_report):
     ops = bpr_report["ops"]
     assert ops["lookup"] == 0.0 and ops["lookup_gradient"] < 1e-6

@@ -15,6 +15,7 @@ import pytest
 from causalrec_jax.cli import main
 from causalrec_jax.config import dump_config, load_config
 from causalrec_jax.errors import RunError
+from causalrec_jax.parallel import make_mesh
 from causalrec_jax.runs import load as run_load
 from causalrec_jax.runs import serve as run_serve
 from causalrec_jax.runs import train as run_train
@@ -241,6 +242,12 @@ def test_the_command_line_serves_every_user_in_one_line(run_dir, tmp_path, capsy
     assert captured.out.count("\n") == 1 and not captured.err
     assert "served 30 users (1 with nothing left): 120 rows, top 4 of seed 0" in captured.out
     assert read_lists(out) == expected_lists(run_load.load_run(run_dir), 4)
+    # One model shard: the sharded path (padding, merge of shard lists) on one device.
+    meshed = tmp_path / "meshed.parquet"
+    assert main(["recommend", "--run", str(run_dir), "--all", "--k", "4", "--out",
+                 str(meshed), "--mesh", "1,1"]) == 0
+    capsys.readouterr()
+    assert read_lists(meshed) == read_lists(out)
     before = out.read_bytes()
     for argv, message in [
         (["--all", "--out", str(out)], "exists: refusing to overwrite"),
@@ -251,6 +258,9 @@ def test_the_command_line_serves_every_user_in_one_line(run_dir, tmp_path, capsy
         (["--user", "u0", "--out", str(tmp_path / "x.parquet")], "--out is where --all"),
         (["--all", "--out", str(tmp_path / "x.parquet"), "--seed-index", "3"],
          "--seed-index 3: the run holds 1 seed"),
+        (["--all", "--out", str(tmp_path / "x.parquet"), "--mesh", "1,2"],
+         "--mesh: a 1 x 2 mesh needs 2 devices"),
+        (["--user", "u0", "--mesh", "1,1"], "--mesh serves every user (--all)"),
     ]:
         assert main(["recommend", "--run", str(run_dir), *argv]) == 2, argv
         err = capsys.readouterr().err.strip().splitlines()
@@ -306,6 +316,8 @@ def test_a_causal_run_serves_its_own_ranking(run_dir, tmp_path):
     lists = read_lists(tmp_path / "recs.parquet")
     assert summary.users == len(lists) == len(run.user_ids) - 1  # all but "greedy"
     assert lists == expected_lists(run, 5, seed_index=1)
+    with pytest.raises(RunError, match="--mesh: causal.method = 'macr' serves from one device"):
+        run_serve.recommend_all(run, 5, out=tmp_path / "m.parquet", mesh=make_mesh([1, 1]))
 
 
 @pytest.mark.parametrize("model", ["neumf", "lightgcn"])
@@ -318,6 +330,9 @@ def test_models_without_factor_tables_serve_every_user_as_recommend_does(model, 
     run = run_load.load_run(tmp_path / "run")
     run_serve.recommend_all(run, 5, out=tmp_path / "recs.parquet")
     assert read_lists(tmp_path / "recs.parquet") == expected_lists(run, 5)
+    if model == "lightgcn":  # no row tables of its own to split
+        with pytest.raises(RunError, match="--mesh: model.name = 'lightgcn' serves from one"):
+            run_serve.recommend_all(run, 5, out=tmp_path / "m.parquet", mesh=make_mesh([1, 1]))
 
 
 def test_skipped_users_are_one_line_on_stderr(run_dir, tmp_path, capsys, monkeypatch):
