@@ -1,24 +1,13 @@
 """bench/stream.py runs on a small log: every stage in its own process, the log written in
 several files and row groups, its statistics and one streamed epoch over every row."""
 
-import importlib.util
 import json
 import math
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
-def load_bench():
-    spec = importlib.util.spec_from_file_location("stream_bench", ROOT / "bench" / "stream.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_bench_streams_a_small_log_and_writes_its_json(tmp_path):
+def test_bench_streams_a_small_log_and_writes_its_json(tmp_path, load_repo_script):
     out = tmp_path / "stream.json"
-    report = load_bench().main([
+    report = load_repo_script("bench/stream.py").main([
         "--rows", "20000", "--users", "300", "--items", "120", "--batch", "1024",
         "--window-batches", "4", "--dim", "8", "--rows-per-file", "6000", "--row-group",
         "2500", "--out", str(out)])

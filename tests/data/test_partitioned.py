@@ -265,3 +265,25 @@ def test_a_folder_read_whole_takes_files_of_other_integer_widths(tmp_path):
     assert list(whole.user_ids) == ["1", "2", "3"] and list(whole.item_ids) == ["a", "b", "c"]
     maps = partitioned.build_id_maps(partitioned.open_log(folder))
     assert maps.users.to_pylist() == [1, 2, 3] and maps.items.to_pylist() == ["a", "b", "c"]
+
+
+def test_a_failed_write_of_the_id_maps_leaves_nothing_behind(tmp_path, monkeypatch):
+    folder = write_log(tmp_path / "log", frame_of(50))
+    log = partitioned.open_log(folder)
+    maps = partitioned.build_id_maps(log)
+    calls = []
+
+    def failing_write(table, path, *args, **kwargs):
+        calls.append(path)
+        if len(calls) == 2:  # the items' file, after the users' was written
+            raise OSError("disk full")
+        return real_write(table, path, *args, **kwargs)
+
+    real_write = pq.write_table
+    monkeypatch.setattr(partitioned.pq, "write_table", failing_write)
+    with pytest.raises(OSError, match="disk full"):
+        partitioned.write_id_maps(log, maps)
+    assert sorted(p.name for p in folder.iterdir()) == ["_SUCCESS", "part=0", "part=1"]
+    monkeypatch.undo()
+    partitioned.write_id_maps(log, maps)  # a later write goes through
+    assert partitioned.read_id_maps(partitioned.open_log(folder)).digest == maps.digest
