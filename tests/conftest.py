@@ -355,3 +355,24 @@ def _load_repo_script(relative: str):
 def load_repo_script():
     """`load(relative_path) -> module`: a repository script loaded as a module."""
     return _load_repo_script
+
+
+@pytest.fixture
+def run_repo_script(monkeypatch, capsys):
+    """`run(relative_path, argv) -> (exit status, stderr)`: a repository script's `main(argv)`
+    run in this process from the repository's root as its command line runs it
+    (`runs.script.run_script`: a user's error is one line on stderr and status 2; argparse's
+    own exits give their status), without a new interpreter and its imports."""
+    from causalrec_jax.runs.script import run_script
+
+    def run(path: str, argv: list[str]) -> tuple[int, str]:
+        module = _load_repo_script(path)
+        monkeypatch.chdir(Path(__file__).resolve().parents[1])
+        capsys.readouterr()
+        try:
+            code = run_script(lambda: module.main(argv), name=Path(path).name)
+        except SystemExit as stop:
+            code = stop.code
+        return code, capsys.readouterr().err
+
+    return run

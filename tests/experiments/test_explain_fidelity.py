@@ -4,8 +4,6 @@ table, curves, retrain rows and plot; unknown models and explainers are one-line
 import csv
 import importlib.util
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -139,20 +137,20 @@ def test_held_seed_flags_that_would_be_ignored_are_refused(script, tmp_path, arg
     ("--max-set", "0", "--max-set 0: expected an integer >= 1"),
     ("--residual", "half", "--residual 'half': expected one of kept, shared"),
 ])
-def test_bad_input_is_one_line(tmp_path, flag, value, message):
-    result = subprocess.run([sys.executable, str(SCRIPT), "--out", str(tmp_path), flag, value],
-                            capture_output=True, text=True, cwd=ROOT)
-    assert result.returncode == 2
-    assert message in result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1
+def test_bad_input_is_one_line(tmp_path, flag, value, message, run_repo_script):
+    code, err = run_repo_script("experiments/explain_fidelity.py",
+                                ["--out", str(tmp_path), flag, value])
+    assert code == 2
+    assert message in err
+    assert len(err.strip().splitlines()) == 1
 
 
-def test_an_output_folder_in_use_is_refused(tmp_path):
+def test_an_output_folder_in_use_is_refused(tmp_path, run_repo_script):
     (tmp_path / "table.md").write_text("an earlier result\n")
-    result = subprocess.run([sys.executable, str(SCRIPT), "--out", str(tmp_path), "--quick"],
-                            capture_output=True, text=True, cwd=ROOT)
-    assert result.returncode == 2
-    assert "already holds" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    code, err = run_repo_script("experiments/explain_fidelity.py",
+                                ["--out", str(tmp_path), "--quick"])
+    assert code == 2
+    assert "already holds" in err and len(err.strip().splitlines()) == 1
     assert (tmp_path / "table.md").read_text() == "an earlier result\n"
 
 

@@ -5,8 +5,6 @@ figure; bad input is one line."""
 import csv
 import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -80,10 +78,9 @@ def test_one_row_per_mechanism_and_epsilon(table):
     (["--epsilons", "0,inf"], "--epsilons"),
     (["--levels", "user,nobody"], "--levels"),
 ])
-def test_bad_input_is_one_line(tmp_path, args, message):
+def test_bad_input_is_one_line(tmp_path, args, message, run_repo_script):
     base = ["--config", str(ROOT / "configs/quickstart.toml"), "--out", str(tmp_path / "o")]
-    result = subprocess.run([sys.executable, str(ROOT / SCRIPT), *base, *args],
-                            capture_output=True, text=True, cwd=ROOT)
-    assert result.returncode == 2
-    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    code, err = run_repo_script(str(SCRIPT), [*base, *args])
+    assert code == 2
+    assert message in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "o").exists()

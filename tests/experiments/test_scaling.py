@@ -3,8 +3,6 @@ a planted file; the parameter counts are the models', the table and the plot are
 resumed call reads finished runs back, and bad input is one line."""
 
 import csv
-import subprocess
-import sys
 from pathlib import Path
 
 import jax
@@ -30,6 +28,7 @@ def count(model) -> int:
     return sum(leaf.size for leaf in jax.tree.leaves(nnx.state(model, nnx.Param)))
 
 
+@pytest.mark.slow  # the script's run of 8 trainings; its refusals and resume stay in make test
 def test_two_models_at_two_widths(planted, tmp_path, load_repo_script):
     from causalrec_jax.models.hstu import HSTU
     from causalrec_jax.models.sasrec import SASRec
@@ -92,13 +91,12 @@ def test_two_models_at_two_widths(planted, tmp_path, load_repo_script):
     # the data is read when the first run starts: nothing finished, no folder left behind
     (["--set", 'data.path="no/such/file.txt"'], "no/such/file.txt"),
 ])
-def test_bad_input_is_one_line(tmp_path, args, message):
+def test_bad_input_is_one_line(tmp_path, args, message, run_repo_script):
     if "--config" not in args or "toys_hstu" in " ".join(args):
         args = [*args, "--config", "configs/sports_sasrec.toml"]
-    result = subprocess.run([sys.executable, SCRIPT, "--out", str(tmp_path / "out"), *args],
-                            capture_output=True, text=True, cwd=ROOT)
-    assert result.returncode == 2
-    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    code, err = run_repo_script(SCRIPT, ["--out", str(tmp_path / "out"), *args])
+    assert code == 2
+    assert message in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists()
 
 

@@ -51,12 +51,18 @@ def test_the_ml100k_config_runs_on_seq_lines(planted_lines, tmp_path, config):
 @pytest.mark.parametrize(("config", "extra"), [
     ("toys_sasrec.toml", []),
     ("sports_sasrec.toml", []),
-    # the shared negatives by training popularity, logQ-corrected, through a whole run
-    ("toys_sasrec.toml", ['train.negative_sampler="popularity"', "train.logq_correction=true"]),
-    ("toys_sasrec.toml", ['train.loss="gbce"', "train.n_negatives=8", 'model.block="ligr"']),
+    # The variants through a whole run: in make test-all (their options are tested in
+    # tests/train/test_sequence_sampling.py and tests/models/test_sasrec.py).
+    # the shared negatives by training popularity, logQ-corrected
+    pytest.param("toys_sasrec.toml", ['train.negative_sampler="popularity"',
+                                      "train.logq_correction=true"], marks=pytest.mark.slow),
+    pytest.param("toys_sasrec.toml", ['train.loss="gbce"', "train.n_negatives=8",
+                                      'model.block="ligr"'], marks=pytest.mark.slow),
     # per-sequence negatives, the Transformer block with positions from the start
-    ("sports_sasrec.toml", ["train.negatives_per_row=true", "train.n_negatives=64",
-                            'model.block="transformer"', 'model.positions="from_start"']),
+    pytest.param("sports_sasrec.toml", ["train.negatives_per_row=true", "train.n_negatives=64",
+                                        'model.block="transformer"',
+                                        'model.positions="from_start"'],
+                 marks=pytest.mark.slow),
     # HSTU's encoder under the same training (two layers, the cosine head)
     ("toys_hstu.toml", []),
 ])
