@@ -935,9 +935,12 @@ class LoadedRun:
                     else f"causal.method = {self.config.causal.method!r}")
             raise RunError(f"--mesh: {what} serves from one device (a sharded catalogue needs a "
                            "model with row tables and no arrays of a causal method's own)")
-        if "user_features" in self.data or "item_features" in self.data:
-            raise RunError("--mesh: a model with feature tables serves from one device")
         counts = {"users": len(self.user_ids), "items": len(self.item_ids)}
+        # Feature tables the model reads (MLP, NeuMF with features) are constants with a row
+        # per user or item, which the padded tables would no longer match.
+        if any(getattr(leaf, "ndim", 0) and leaf.shape[0] in counts.values()
+               for leaf in jax.tree.leaves(self.parts.constants)):
+            raise RunError("--mesh: a model with feature tables serves from one device")
         params = pad_rows(seed_slice(self.parts.params, seed_index), tables, counts,
                           mesh.shape["model"])
         shardings = state_shardings(params, mesh, tables)

@@ -114,3 +114,14 @@ def test_the_command_lists_the_items_features(mlp_run, capsys):
     assert main(["explain", "--run", str(mlp_run), "--user", "u2", "--k", "3", "--json"]) == 0
     payload = json.loads(capsys.readouterr().out)
     assert {row["feature"] for row in payload["item_features"]} == expected
+
+
+def test_a_model_reading_feature_tables_serves_from_one_device(mlp_run, tmp_path):
+    """Its feature rows would not match tables padded to a mesh: `--mesh` is refused."""
+    from causalrec_jax.errors import RunError
+    from causalrec_jax.parallel import make_mesh
+    from causalrec_jax.runs.serve import recommend_all
+
+    with pytest.raises(RunError, match="--mesh: a model with feature tables serves from one"):
+        recommend_all(load_run(mlp_run), 3, out=tmp_path / "r.parquet", mesh=make_mesh([1, 1]))
+    assert not (tmp_path / "r.parquet").exists()
