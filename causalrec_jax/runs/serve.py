@@ -23,8 +23,11 @@ plus the run's own arrays (`data.npz`, and the CSR table of known items, as larg
 interactions). The catalogue is not split into item chunks (`eval.catalogue.chunked_top_k`
 needs a model's user and item tables, which MLP, NeuMF, the causal methods' inference rules
 and the sequential encoders do not factor into): scoring with `score_all_fn` is what makes
-the lists identical to `recommend`'s; a catalogue too large for one user's row at a time is
-outside what this serves.
+the lists identical to `recommend`'s. With `mesh`, a model with row tables (MF, MLP, NeuMF)
+scores over its tables split by rows over the mesh's `model` devices: each device holds
+`[chunk_users, n_items / model]` scores and its own top-K, and the shards' lists are merged
+(`parallel.sharded_rows_top_k`), so a user's row over a catalogue larger than one device is
+served too.
 
 The file has the columns `user` (external id, string), `rank` (1..K, int32), `item`
 (external id, string), `score` (float32; the training count for a fallback user) and

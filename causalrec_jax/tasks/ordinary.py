@@ -22,6 +22,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -58,7 +59,7 @@ from causalrec_jax.eval.protocol import (
 from causalrec_jax.eval.ranking import is_positive, labels_are_binary
 from causalrec_jax.eval.summary import aggregate
 from causalrec_jax.eval.truth import evaluate_against_truth
-from causalrec_jax.models.base import make_scorers, row_tables
+from causalrec_jax.models.base import make_scorers, row_tables, split_model
 from causalrec_jax.models.factory import declared_row_tables, init_params, model_keys_used
 from causalrec_jax.parallel import (
     batch_sharding,
@@ -943,12 +944,20 @@ class LoadedRun:
             raise RunError("--mesh: a model with feature tables serves from one device")
         params = pad_rows(seed_slice(self.parts.params, seed_index), tables, counts,
                           mesh.shape["model"])
+        n_padded = padded_count(counts["items"], mesh.shape["model"])
+        # A model that scores `arange(n_items)` (MLP, NeuMF) scores the padded catalogue, so
+        # every part of its score has the padded width (the padding is masked when served).
+        model = nnx.merge(self.parts.graphdef, params, self.parts.constants)
+        for _, module in model.iter_modules():  # NeuMF's inner MLP tower too
+            if isinstance(getattr(module, "n_items", None), int):
+                module.n_items = n_padded
+        graphdef = split_model(model).graphdef
         shardings = state_shardings(params, mesh, tables)
         params = jax.device_put(params, shardings)
         causal = self.config.causal
         hparams = {name: jnp.float32(getattr(causal, name))
                    for name in ("macr_c", "pda_inference_gamma")}
-        graphdef, method = self.parts.graphdef, causal.method
+        method = causal.method
         everywhere = replicated(mesh)
 
         def score(params, constants, users):
@@ -960,7 +969,6 @@ class LoadedRun:
         program = jax.jit(score, in_shardings=(shardings, everywhere, everywhere),
                           out_shardings=NamedSharding(mesh, P(None, "model")))
         constants = jax.device_put(self.parts.constants, everywhere)
-        n_padded = padded_count(counts["items"], mesh.shape["model"])
         return (lambda users: program(params, constants, jax.device_put(users, everywhere)),
                 n_padded)
 

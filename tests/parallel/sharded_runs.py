@@ -232,8 +232,7 @@ def main(argv=None) -> dict:
     sharding = jax.tree.leaves(setup.states.params["prediction"])
     report["state_specs"] = sorted({str(leaf.sharding.spec) for leaf in sharding})
     report["ops"] = shard_map_checks()
-    if args.model == "mf":
-        report["serve"] = serve_checks(out)
+    report["serve"] = serve_checks(out)
     if args.checkpoints:
         report["checkpoints"] = checkpoint_checks(out, args, reference)
     errors = {}

@@ -137,8 +137,11 @@ def test_sharded_doubly_robust_joint_learning_equals_one_device(tmp_path_factory
 @pytest.mark.slow
 def test_sharded_neumf_equals_one_device(tmp_path_factory):
     # a dense tower beside the tables; 4 epochs at lr 0.05 amplify the reduction order
-    _check_report(_sharded_report(tmp_path_factory, "--model", "neumf", "--loss", "bce"),
-                  1e-3)
+    report = _sharded_report(tmp_path_factory, "--model", "neumf", "--loss", "bce")
+    _check_report(report, 1e-3)
+    # served over the sharded catalogue: NeuMF scores the padded items in both of its parts
+    for mesh in ("1x8", "2x4"):
+        assert report["serve"][mesh]["lists_equal"], mesh
 
 
 # ----------------------------------------------------------------------------- one device
