@@ -948,7 +948,7 @@ class LoadedRun:
         # A model that scores `arange(n_items)` (MLP, NeuMF) scores the padded catalogue, so
         # every part of its score has the padded width (the padding is masked when served).
         model = nnx.merge(self.parts.graphdef, params, self.parts.constants)
-        for _, module in model.iter_modules():  # NeuMF's inner MLP tower too
+        for _, module in nnx.iter_modules(model):  # NeuMF's inner MLP tower too
             if isinstance(getattr(module, "n_items", None), int):
                 module.n_items = n_padded
         graphdef = split_model(model).graphdef
