@@ -339,18 +339,22 @@ def _programs(spec: ProgramSpec, streaming_segment: int = 0) -> tuple[Callable, 
     return run_epoch, optimizer
 
 
-@functools.lru_cache(maxsize=64)
-def _score_program(graphdef: Any, method: str) -> Callable:
-    """Jitted `(params, constants, users [b]) -> [b, n_items]` of the ranking a trained model
-    of `method` serves; `params` is `{"prediction": ..., <method's arrays>, "hparams": ...}`.
-    Compiled once per model structure and method (cached)."""
+def _served_scores(graphdef: Any, method: str) -> Callable:
+    """`(params, constants, users [b]) -> [b, n_items]` of the ranking a trained model of
+    `method` serves; `params` is `{"prediction": ..., <method's arrays>, "hparams": ...}`."""
     def score(params, constants, users):
         scorers = make_scorers(graphdef, constants)
         _, score_all = inference_scorers(method, CausalConfig(), scorers.score_pairs,
                                          scorers.score_all)
         return score_all(params, users)
 
-    return jax.jit(score)
+    return score
+
+
+@functools.lru_cache(maxsize=64)
+def _score_program(graphdef: Any, method: str) -> Callable:
+    """`_served_scores` jitted, compiled once per model structure and method (cached)."""
+    return jax.jit(_served_scores(graphdef, method))
 
 
 def _member_hparams(config: Config, members: list[Member], imputation_value: float):
@@ -959,12 +963,10 @@ class LoadedRun:
                    for name in ("macr_c", "pda_inference_gamma")}
         method = causal.method
         everywhere = replicated(mesh)
+        served = _served_scores(graphdef, method)
 
         def score(params, constants, users):
-            scorers = make_scorers(graphdef, constants)
-            _, score_all = inference_scorers(method, CausalConfig(), scorers.score_pairs,
-                                             scorers.score_all)
-            return score_all({"prediction": params, "hparams": hparams}, users)
+            return served({"prediction": params, "hparams": hparams}, constants, users)
 
         program = jax.jit(score, in_shardings=(shardings, everywhere, everywhere),
                           out_shardings=NamedSharding(mesh, P(None, "model")))

@@ -3,22 +3,14 @@ library's code and reports what the GPU run will (the GPU figures themselves nee
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-SCRIPT = ROOT / "experiments" / "bench_gpu.py"
-
 
 @pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("bench_gpu", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def bench(load_repo_script):
+    return load_repo_script("experiments/bench_gpu.py")
 
 
 def test_scoring_and_simulator_at_the_small_size(bench, tmp_path, capsys):

@@ -2,7 +2,6 @@
 table, curves, retrain rows and plot; unknown models and explainers are one-line errors."""
 
 import csv
-import importlib.util
 import re
 from pathlib import Path
 
@@ -10,15 +9,11 @@ import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-SCRIPT = ROOT / "experiments" / "explain_fidelity.py"
 
 
 @pytest.fixture(scope="module")
-def script():
-    spec = importlib.util.spec_from_file_location("explain_fidelity", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def script(load_repo_script):
+    return load_repo_script("experiments/explain_fidelity.py")
 
 
 def tiny_recbole(folder: Path) -> Path:
