@@ -581,3 +581,88 @@ def make_dp_epoch(dp_step: Callable[..., Any], spec: DPSpec) -> Callable[..., An
                        "clipped_fraction": jnp.sum(clipped) / jnp.maximum(jnp.sum(kept), 1)}
 
     return dp_epoch
+
+
+def make_user_refit(graphdef: Any, loss_name: str, spec: DPSpec, *, n_users: int,
+                    n_items: int, n_negatives: int, steps: int, learning_rate: float
+                    ) -> Callable[..., Any]:
+    """Builds `refit(params, data, key) -> (params, metrics)`: `steps` full-batch Adam steps
+    on every user's own row (the user tables: embedding and bias), each user on its own
+    unit's rows (`unit_arrays`), with every other parameter frozen.
+
+    Only with `user_rows = "local"` (joint DP, `DPSpec.user_rows`): user u's new row is a
+    function of u's own rows and of the shared parameters DP-SGD released, so the re-fit is
+    post-processing and spends no budget. DP-SGD trains a user's row only in the steps that
+    sample the user (a fraction `q` of them, on a gradient divided by the expected batch);
+    the re-fit fits every row to the final shared parameters. Each step takes every unit's
+    gradient (`make_unit_gradient`, the loss of the training step, fresh negatives from
+    `key`) in chunks of `spec.chunk` units, keeps the user rows and hands them to a fresh
+    `optax.adam(learning_rate)`. `metrics`: `loss`, the mean row loss before each step
+    `[steps]`.
+
+    Raises:
+        ConfigError: `user_rows = "noised"` (a published user row may not read its data
+            without noise) or a model without row tables.
+    """
+    if spec.user_rows != "local":
+        raise ConfigError("key privacy.refit_steps: the users' rows are re-fitted on their own "
+                          "data only with privacy.user_rows = 'local' (joint DP); got "
+                          f"{spec.user_rows!r}")
+    tables = check_row_tables(graphdef)
+    unit_gradient = make_unit_gradient(graphdef, loss_name, n_users=n_users, n_items=n_items,
+                                       n_negatives=n_negatives, user_rows="local")
+    optimizer = optax.adam(learning_rate)
+    row_names = ("users", "items", "ratings", "weights", "propensities")
+    n_chunks = -(-spec.n_units // spec.chunk)
+
+    def only_users(tree, like):
+        return [leaf if kind == "users" else jnp.zeros_like(leaf)
+                for leaf, kind in zip(jax.tree_util.tree_leaves(tree),
+                                      table_kinds(like, tables), strict=True)]
+
+    def refit(params, data, key):
+        shared = {name: value for name, value in data.items() if name.startswith("shared_")}
+        constants = data["shared_constants"]
+        leaves, treedef = jax.tree_util.tree_flatten(params)
+        users_only = jax.tree_util.tree_unflatten(treedef, only_users(params, params))
+
+        def one_unit(unit, is_valid, unit_key, current):
+            batch = {name: data[name][unit] for name in row_names if name in data}
+            batch["users"] = jnp.full(spec.examples_per_unit, data["unit_users"][unit])
+            batch["mask"] = data["unit_mask"][unit] & is_valid
+            grads, ids, loss, _, _ = unit_gradient(current, constants, {**batch, **shared},
+                                                   unit_key)
+            grads = jax.tree.map(lambda leaf: jnp.where(is_valid, leaf, 0.0), grads)
+            return grads, ids, loss, jnp.sum(batch["mask"])
+
+        def step(carry, index):
+            current, opt_state = carry
+            unit_stream = streams.derive(streams.index(key, index), streams.Step.UNIT)
+
+            def chunk(c, sums):
+                summed, loss, count = sums
+                at = c * spec.chunk + jnp.arange(spec.chunk)
+                valid = at < spec.n_units
+                units = jnp.where(valid, at, 0)
+                unit_keys = jax.vmap(lambda u: streams.index(unit_stream, u))(units)
+                grads, ids, losses, counts = jax.vmap(one_unit, in_axes=(0, 0, 0, None))(
+                    units, valid, unit_keys, current)
+                grads = jax.tree_util.tree_unflatten(
+                    jax.tree_util.tree_structure(grads), only_users(grads, current))
+                return (scatter_rows(summed, tables, grads, ids),
+                        loss + jnp.sum(jnp.where(valid, losses, 0.0)), count + jnp.sum(counts))
+
+            summed, loss, count = jax.lax.fori_loop(
+                0, n_chunks, chunk,
+                (jax.tree.map(jnp.zeros_like, current), jnp.float32(0.0), jnp.int32(0)))
+            summed = jax.tree_util.tree_unflatten(treedef, only_users(summed, current))
+            updates, opt_state = optimizer.update(summed, opt_state, current)
+            new = optax.apply_updates(current, updates)
+            new = _with_kind(current, new, tables, "users")
+            return (new, opt_state), loss / jnp.maximum(count, 1)
+
+        (params, _), losses = jax.lax.scan(step, (params, optimizer.init(users_only)),
+                                           jnp.arange(steps, dtype=jnp.int32))
+        return params, {"loss": losses}
+
+    return refit
