@@ -701,19 +701,9 @@ class PrivacyConfig:
     mechanism: Literal["dp_sgd", "fedavg"] = "dp_sgd"
     local_steps: int = 1
     client_learning_rate: float = 0.1
-    # After training, this many full-batch Adam steps (at `refit_learning_rate`, 0: the
-    # run's `train.learning_rate`) fit every user's own row to the released shared
-    # parameters on the user's own rows, items frozen: post-processing under joint DP, no
-    # budget spent (`privacy.dpsgd.make_user_refit`); needs `user_rows = "local"`.
-    refit_steps: int = 0
-    refit_learning_rate: float = 0.0
 
     def __post_init__(self) -> None:
         _require(self.clip > 0, "privacy.clip", "a number > 0", self.clip)
-        _require(self.refit_steps >= 0, "privacy.refit_steps", "an integer >= 0 (0: no "
-                 "re-fit)", self.refit_steps)
-        _require(self.refit_learning_rate >= 0, "privacy.refit_learning_rate",
-                 "a number > 0 (or 0: train.learning_rate)", self.refit_learning_rate)
         _require(self.noise >= 0, "privacy.noise", "a number >= 0", self.noise)
         _require(self.target_epsilon >= 0, "privacy.target_epsilon",
                  "a number > 0 (or 0: use privacy.noise)", self.target_epsilon)
@@ -752,8 +742,6 @@ def privacy_keys_used(privacy: PrivacyConfig) -> tuple[str, ...]:
         unused.update({"clip", "delta", "accountant", "user_rows"})
     if privacy.mechanism != "fedavg":
         unused.update({"local_steps", "client_learning_rate"})
-    if not privacy.refit_steps:
-        unused.add("refit_learning_rate")
     return tuple(f.name for f in dataclasses.fields(privacy) if f.name not in unused)
 
 

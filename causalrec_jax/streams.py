@@ -59,7 +59,6 @@ class Epoch(enum.IntEnum):
     BATCH_ORDER = 3  # sequential: the order of all buckets' batches (epoch index below)
     STREAM_UNITS = 4  # a streamed log: the order of a host's row groups (epoch, then host)
     STREAM_WINDOWS = 5  # a streamed log: each window's shuffle (epoch, host, then window)
-    USER_REFIT = 6  # a private run's final re-fit of the users' own rows (step index below)
 
 
 @enum.unique

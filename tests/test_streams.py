@@ -28,7 +28,7 @@ HISTORIC_VALUES = {
     "Run": {"INIT": 0, "TRAIN": 1, "IMPUTATION": 2, "PROPENSITY_MODEL": 7919,
             "PRIVATE_ITEMS": 7927, "PRIVATE_ROWS": 7933},
     "Epoch": {"STEPS": 0, "ORDER": 1, "BUCKET_ORDER": 2, "BATCH_ORDER": 3,
-              "STREAM_UNITS": 4, "STREAM_WINDOWS": 5, "USER_REFIT": 6},
+              "STREAM_UNITS": 4, "STREAM_WINDOWS": 5},
     "Step": {"NEGATIVES": 0, "DROPOUT": 1, "CELLS": 2, "UNITS": 3, "UNIT": 4, "NOISE": 5,
              "LOCAL_STEPS": 6},
     "World": {"USERS": 0, "ITEMS": 1, "POPULARITY": 2, "CELLS": 3, "MAR": 5, "CALIBRATION": 6},

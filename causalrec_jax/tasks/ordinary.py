@@ -91,7 +91,6 @@ from causalrec_jax.train.loop import (
 from causalrec_jax.train.objectives import POINTWISE_LOSSES, make_objective, seen_items_data
 from causalrec_jax.train.step import (
     OPTIMIZER_HPARAMS,
-    all_finite,
     init_state,
     make_optimizer,
     make_streaming_epoch,
@@ -340,19 +339,6 @@ def _programs(spec: ProgramSpec, streaming_segment: int = 0) -> tuple[Callable, 
     return run_epoch, optimizer
 
 
-@functools.lru_cache(maxsize=8)
-def _refit_program(spec: ProgramSpec, steps: int, learning_rate: float) -> Callable:
-    """`refit(params, data, keys) -> (params, metrics)`: `dpsgd.make_user_refit` of a
-    private spec over the seed axis (`params` the `"prediction"` states, `keys` the seeds'
-    re-fit keys), compiled once per signature."""
-    refit = dpsgd.make_user_refit(spec.graphdef, spec.loss, spec.privacy, n_users=spec.n_users,
-                                  n_items=spec.n_items, n_negatives=spec.n_negatives,
-                                  steps=steps, learning_rate=learning_rate)
-    per_seed = over_seeds(lambda params, data, key, epoch: refit(params, data, key),
-                          spec.n_seeds)
-    return jax.jit(lambda params, data, keys: per_seed(params, data, keys, 0))
-
-
 def _served_scores(graphdef: Any, method: str) -> Callable:
     """`(params, constants, users [b]) -> [b, n_items]` of the ranking a trained model of
     `method` serves; `params` is `{"prediction": ..., <method's arrays>, "hparams": ...}`."""
@@ -463,10 +449,6 @@ def private_spec(config: Config, graphdef: Any, *, n_users: int, n_rows: int) ->
     if config.train.halving_rung:
         raise ConfigError("key train.halving_rung: successive halving selects members on "
                           "validation without noise; unset it with privacy.level set")
-    if privacy.refit_steps and privacy.user_rows != "local":
-        raise ConfigError("key privacy.refit_steps: the users' rows are re-fitted on their own "
-                          "data only with privacy.user_rows = 'local' (joint DP); got "
-                          f"{privacy.user_rows!r}")
     dpsgd.make_unit_gradient(graphdef, config.train.loss, n_users=n_users, n_items=1,
                              n_negatives=1)  # refuses a model without row tables
     n_units = n_users if privacy.level == "user" else n_rows
@@ -787,9 +769,6 @@ def train_split(
         if not keep_good_epochs or error.partial is None:
             raise
         result, diverged = error.partial, error
-    refit = None
-    if setup.spec.privacy is not None and config.privacy.refit_steps:
-        result, refit = _refit_users(config, setup, result, evaluate_fn)
     tic = time.perf_counter()
     seen = split.seen_before_test()
     per_seed = []
@@ -814,43 +793,9 @@ def train_split(
     if setup.spec.privacy is not None:
         privacy = privacy_report(config, setup.spec.privacy, len(result.history),
                                  train.n_users)
-        if refit is not None:
-            privacy["user_refit"] = refit
     return Trained(parts=parts._replace(params=best_params["prediction"]), per_seed=per_seed,
                    history=result.history, timing=timing, propensity_report=propensity_report,
                    extra=extra, diverged=diverged, privacy=privacy)
-
-
-def _refit_users(config: Config, setup: ProgramSetup, result: Any,
-                 evaluate_fn: Callable | None) -> tuple[Any, dict[str, Any]]:
-    """`result` with its best parameters' user rows re-fitted (`privacy.refit_steps`,
-    `dpsgd.make_user_refit`: joint DP post-processing) and the report of it for the
-    `"privacy"` object: steps, learning rate, the mean row loss over seeds before the first
-    and after the last step, the seconds it took (compilation included), and with validation
-    data each seed's validation metrics before the re-fit (`valid_before_refit`)."""
-    privacy = config.privacy
-    rate = privacy.refit_learning_rate or config.train.learning_rate
-    tic = time.perf_counter()
-    before = None
-    if evaluate_fn is not None:
-        before = [evaluate_fn(seed_slice(result.best_params, index), index)
-                  for index in range(len(setup.seeds))]
-    refit = _refit_program(setup.spec, privacy.refit_steps, float(rate))
-    keys = jax.vmap(lambda k: streams.derive(k, streams.Epoch.USER_REFIT))(setup.keys)
-    params, metrics = refit(result.best_params["prediction"], setup.data, keys)
-    losses = np.asarray(metrics["loss"])  # [seeds, steps]
-    if not (np.all(np.isfinite(losses)) and all_finite(params)):
-        raise TrainingDivergedError("the re-fit of the users' rows (privacy.refit_steps) "
-                                    "diverged; lower privacy.refit_learning_rate")
-    report = {"steps": privacy.refit_steps, "learning_rate": float(rate),
-              "loss_before": float(losses[:, 0].mean()),
-              "loss_after": float(losses[:, -1].mean()),
-              "seconds": round(time.perf_counter() - tic, 3)}
-    if before is not None:
-        report["valid_before_refit"] = before
-    result = dataclasses.replace(result, best_params={**result.best_params,
-                                                      "prediction": params})
-    return result, report
 
 
 def data_summary(split: Split, per_seed: list[dict[str, Any]]) -> dict[str, Any]:

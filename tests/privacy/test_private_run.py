@@ -52,25 +52,6 @@ def test_a_private_run_reports_its_accounted_budget(private_run):
     assert 0 <= written["test"]["ndcg@5"] <= 1
 
 
-def test_the_user_refit_spends_no_budget_and_fits_the_users_rows(private_run, tmp_path):
-    metrics, _ = private_run
-    refit = run_train.train_run(config("privacy.target_epsilon=4.0", "privacy.refit_steps=20",
-                                       "privacy.refit_learning_rate=0.05"),
-                                tmp_path / "refit", quiet=True)
-    plain, private = metrics["privacy"], refit["privacy"]
-    for key in ("epsilon", "noise_multiplier", "steps", "sampling_rate"):
-        assert private[key] == plain[key]  # post-processing: the same accounted budget
-    report = private["user_refit"]
-    assert report["steps"] == 20 and report["learning_rate"] == 0.05
-    assert report["loss_after"] < report["loss_before"]
-    # the same trained epochs (the re-fit follows training), then other user rows
-    assert refit["per_seed"][0]["best_epoch"] == metrics["per_seed"][0]["best_epoch"]
-    before = report["valid_before_refit"][0]
-    assert before["ndcg@5"] == pytest.approx(metrics["valid"]["ndcg@5"])
-    assert refit["valid"]["ndcg@5"] != metrics["valid"]["ndcg@5"]
-    assert refit["test"]["ndcg@5"] != metrics["test"]["ndcg@5"]
-
-
 def test_example_level_with_a_fixed_noise(tmp_path):
     metrics = run_train.train_run(config('privacy.level="example"', "privacy.noise=1.5",
                                          "privacy.max_examples_per_user=64",
@@ -100,9 +81,6 @@ def test_example_level_with_a_fixed_noise(tmp_path):
       'privacy.user_rows="noised"'], "train.exclude_seen_negatives"),
     (['privacy.mechanism="fedavg"', 'privacy.user_rows="noised"', "privacy.noise=1.0"],
      "privacy.user_rows"),
-    (['privacy.user_rows="noised"', "privacy.noise=1.0", "privacy.refit_steps=5"],
-     "privacy.refit_steps"),
-    (["privacy.refit_steps=-1"], "privacy.refit_steps"),
     (['eval.protocol="candidates"', 'eval.metrics=["ndcg", "averagepopularity"]'],
      "eval.metrics"),
 ])
