@@ -294,3 +294,41 @@ def test_rejects_bad_inputs(world):
         evaluate_against_truth(_scorer(truth.relevance), train)
     with pytest.raises(TypeError, match="TruthRows"):  # the simulator's type, not its rows
         evaluate_against_truth(_scorer(truth.relevance), truth)
+
+
+@pytest.mark.parametrize("ks", [(1, 3), (5, 12)])  # 12 > the 9 items: padded top lists
+def test_the_host_order_gives_the_device_sorts_metrics_exactly(ks):
+    from causalrec_jax.eval.truth import pessimistic_order, sorts_on_host, truth_chunk_metrics
+
+    rng = np.random.default_rng(3)
+    batch, n_items = 40, 9
+    # few distinct values: ties in scores and in relevance within and across classes
+    scores = rng.integers(-2, 3, (batch, n_items)).astype(np.float32) / 2
+    scores[0, :4] = np.nan
+    scores[1, :] = -0.0
+    scores[2, :3] = [np.inf, -np.inf, np.nan]
+    relevance = rng.integers(0, 4, (batch, n_items)).astype(np.float32) / 3
+    expected = 1 + 4 * relevance
+    where = rng.random((batch, n_items)) > 0.25
+    where[3] = False  # a user with nothing to rank
+    where[4, 1:] = False  # one rankable item
+    for mask in (where, None):
+        device = truth_chunk_metrics(jnp.asarray(scores), jnp.asarray(relevance),
+                                     jnp.asarray(expected), mask, 0.5, ks=ks)
+        order = pessimistic_order(scores, relevance, mask)
+        host = truth_chunk_metrics(jnp.asarray(scores), jnp.asarray(relevance),
+                                   jnp.asarray(expected), mask, 0.5, ks=ks,
+                                   order=jnp.asarray(order))
+        assert set(device) == set(host)
+        for name in device:
+            np.testing.assert_array_equal(np.asarray(host[name]), np.asarray(device[name]),
+                                          err_msg=name)
+        # the rankable prefix is the device's order of values
+        rankable = np.ones_like(where) if mask is None else mask
+        for row in range(batch):
+            kept = order[row][rankable[row][order[row]]]
+            clean = np.where(np.isnan(scores[row]), -np.inf, scores[row]) + 0.0
+            values = [(-clean[i], relevance[row, i]) for i in kept]
+            assert values == sorted(values)
+            assert rankable[row][order[row]].tolist() == sorted(rankable[row], reverse=True)
+    assert sorts_on_host(jnp.asarray(scores))
