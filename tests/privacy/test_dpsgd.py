@@ -293,3 +293,22 @@ def test_unselected_item_rows_get_neither_gradient_nor_noise():
     plain, _ = _summed_update(quiet[4], quiet[5], quiet[3], jax.random.key(8), quiet[2])
     np.testing.assert_allclose(np.asarray(full["item_factors"])[[2, 5]],
                                np.asarray(plain["item_factors"])[[2, 5]], rtol=1e-5)
+
+
+def test_marked_unique_ids_equal_sorted_unique_ids():
+    rng = np.random.default_rng(5)
+    for size, slots in ((40, 320), (1682, 320), (1682, 5), (9, 12)):
+        values = jnp.asarray(rng.integers(0, size, slots), jnp.int32)
+        got = dpsgd.unique_ids({"items": values}, {"items": size})["items"]
+        want = jnp.unique(values, size=slots, fill_value=size)
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+        assert got.dtype == values.dtype
+        marked = size <= dpsgd.MARKED_ROWS_PER_ID * slots
+        assert marked == ((size, slots) in ((40, 320), (1682, 320), (9, 12)))
+    # under vmap, as a step takes it per unit
+    batch = jnp.asarray(rng.integers(0, 50, (6, 20)), jnp.int32)
+    got = jax.vmap(lambda v: dpsgd.unique_ids({"users": v}, {"users": 50})["users"])(batch)
+    for row, values in zip(np.asarray(got), np.asarray(batch), strict=True):
+        uniq = np.unique(values)
+        np.testing.assert_array_equal(row[:len(uniq)], uniq)
+        assert (row[len(uniq):] == 50).all()
