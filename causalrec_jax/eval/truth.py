@@ -128,27 +128,41 @@ def _orderable(values: np.ndarray) -> np.ndarray:
 
 
 def pessimistic_order(scores: Any, relevance: Any, where: Any | None) -> np.ndarray:
-    """`[batch, n_items]` int32: each row's items in the order `truth_chunk_metrics` sorts
-    them (rankable first, then score descending with NaN as -inf, then relevance ascending),
-    computed on the host: one NumPy argsort of a 64-bit key per row (the rankable cells' score
-    in the high 32 bits, the relevance in the low 32).
+    """Each row's items in the order `truth_chunk_metrics` sorts them, computed on the host.
 
-    Unrankable cells come last ordered by relevance alone, not by score: no metric reads their
-    order (they are neither class of the AUC, carry no gain and follow every rankable cell), so
-    the metrics equal those of the device sort exactly (tested).
+    The order: rankable first, then score descending (NaN as -inf, -0.0 tied with 0.0), then
+    relevance ascending. One NumPy argsort of a 64-bit key per row: the rankable cells'
+    negated score, cleaned by the device's own `_clean` (so a denormal score flushed to zero
+    there is zero here too), in the high 32 bits and the relevance in the low 32. Unrankable
+    cells come last ordered by relevance alone, not by score: no metric reads their order
+    (they are neither class of the AUC, carry no gain and follow every rankable cell), so the
+    metrics equal those of the device sort exactly (tested).
 
-    Why: XLA's CPU sort calls a comparator per comparison; on a `[256, 1000]` block its
-    3-key sort takes about 58 ms against 4.5 ms here (2-core CPU), the bulk of a simulator
-    run's truth evaluation. On other backends the device sort stays.
+    Why: XLA's CPU sort calls a comparator per comparison; on a block of 256 users × 1,000
+    items its 3-key sort takes about 58 ms against 4.5 ms here (2-core CPU), the bulk of a
+    simulator run's truth evaluation. `evaluate_against_truth` uses it on CPU devices only
+    (`sorts_on_host`).
+
+    Args:
+        scores: `[batch, n_items]` model scores.
+        relevance: `[batch, n_items]` true relevance (no NaN).
+        where: `[batch, n_items]` bool rankable cells, or None for all.
+
+    Returns:
+        `[batch, n_items]` int32 item positions, each row a permutation.
     """
-    scores = np.asarray(scores, np.float32)
-    negated = -np.where(np.isnan(scores), -np.inf, np.where(scores == 0, 0.0, scores))
-    high = _orderable(negated.astype(np.float32))
+    negated = np.asarray(_negated_clean(jnp.asarray(scores)), np.float32)
+    high = _orderable(negated)
     if where is not None:
         high = np.where(np.asarray(where, bool), high, np.uint32(0xFFFFFFFF))
     key = (high.astype(np.uint64) << np.uint64(32)) | _orderable(
         np.asarray(relevance, np.float32)).astype(np.uint64)
     return np.argsort(key, axis=-1).astype(np.int32)
+
+
+@jax.jit
+def _negated_clean(scores: jax.Array) -> jax.Array:
+    return -_clean(scores)
 
 
 def sorts_on_host(scores: jax.Array) -> bool:

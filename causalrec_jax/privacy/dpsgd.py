@@ -65,7 +65,9 @@ USER_ROWS = ("local", "noised")
 # A step takes its units' gradients in about this many chunks (`DPSpec.chunk`): units of one
 # row (example level) in 8, units of several rows (user level, federated clients) in 2. On the
 # 2-core CPU (`bench/privacy.py`, BPR-MF at ml-100k's size, 2,048 rows a step) 2 chunks cut a
-# user-level step from 11.3 ms to 9.3 ms and slowed an example-level one from 9.1 to 10.3 ms.
+# user-level step from 11.3 ms to 9.0-9.3 ms and slowed an example-level one from 9.1 to 10.3
+# ms. With 2 chunks a step that samples more units than expected runs a third chunk, mostly
+# padding; measured, that is still the faster choice.
 CHUNKS_PER_STEP = 8
 CHUNKS_PER_STEP_OF_USERS = 2
 
@@ -277,7 +279,7 @@ def table_kinds(state: Any, tables: dict[str, str]) -> list[str]:
 
 def gather_rows(state: Any, tables: dict[str, str], ids: dict[str, jax.Array]) -> Any:
     """The state with each row table cut to the rows `ids[kind]` (an id past the table's end,
-    the padding of `jnp.unique`, reads its last row: a row no score will read)."""
+    the padding of `unique_ids`, reads its last row: a row no score will read)."""
     leaves, treedef = jax.tree_util.tree_flatten(state)
     kinds = table_kinds(state, tables)
     out = [leaf[jnp.minimum(ids[kind], leaf.shape[0] - 1)] if kind else leaf
@@ -344,7 +346,8 @@ MARKED_ROWS_PER_ID = 32
 
 def unique_ids(touched: dict[str, jax.Array], sizes: dict[str, int]) -> dict[str, jax.Array]:
     """Sorted unique ids of each kind, padded past the table's end (still sorted; a padding
-    id is never looked up: `searchsorted` finds every real id first).
+    id is never looked up: `searchsorted` finds every real id first). Ids must lie in
+    `[0, sizes[kind])`, as a unit's users, items and sampled negatives do.
 
     A table of at most `MARKED_ROWS_PER_ID` rows per id (a user-level unit's 320 ids into
     ml-100k's 1,682 items) marks the ids in a boolean vector of its length and reads the marked

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -12,7 +13,13 @@ import pytest
 from causalrec_jax.config import SimConfig
 from causalrec_jax.data.dataset import Dataset
 from causalrec_jax.eval import metrics as metrics_lib
-from causalrec_jax.eval.truth import evaluate_against_truth, rank_auc
+from causalrec_jax.eval.truth import (
+    evaluate_against_truth,
+    pessimistic_order,
+    rank_auc,
+    sorts_on_host,
+    truth_chunk_metrics,
+)
 from causalrec_jax.sim.world import GroundTruth, SparseGroundTruth, simulate_dataset, truth_rows
 
 N_USERS, N_ITEMS = 37, 23
@@ -298,14 +305,13 @@ def test_rejects_bad_inputs(world):
 
 @pytest.mark.parametrize("ks", [(1, 3), (5, 12)])  # 12 > the 9 items: padded top lists
 def test_the_host_order_gives_the_device_sorts_metrics_exactly(ks):
-    from causalrec_jax.eval.truth import pessimistic_order, sorts_on_host, truth_chunk_metrics
-
     rng = np.random.default_rng(3)
     batch, n_items = 40, 9
     # few distinct values: ties in scores and in relevance within and across classes
     scores = rng.integers(-2, 3, (batch, n_items)).astype(np.float32) / 2
     scores[0, :4] = np.nan
     scores[1, :] = -0.0
+    scores[1, ::2] = 1e-42  # a denormal: XLA's CPU flushes it to zero, so must the host key
     scores[2, :3] = [np.inf, -np.inf, np.nan]
     relevance = rng.integers(0, 4, (batch, n_items)).astype(np.float32) / 3
     expected = 1 + 4 * relevance
@@ -328,7 +334,8 @@ def test_the_host_order_gives_the_device_sorts_metrics_exactly(ks):
         for row in range(batch):
             kept = order[row][rankable[row][order[row]]]
             clean = np.where(np.isnan(scores[row]), -np.inf, scores[row]) + 0.0
+            clean[np.abs(clean) < np.finfo(np.float32).tiny] = 0.0  # flushed, as on the CPU
             values = [(-clean[i], relevance[row, i]) for i in kept]
             assert values == sorted(values)
             assert rankable[row][order[row]].tolist() == sorted(rankable[row], reverse=True)
-    assert sorts_on_host(jnp.asarray(scores))
+    assert sorts_on_host(jnp.asarray(scores)) == (jax.default_backend() == "cpu")

@@ -295,6 +295,16 @@ def test_unselected_item_rows_get_neither_gradient_nor_noise():
                                np.asarray(plain["item_factors"])[[2, 5]], rtol=1e-5)
 
 
+def test_a_step_takes_units_of_one_row_in_8_chunks_and_units_of_several_in_2():
+    for per_unit, chunks in ((1, dpsgd.CHUNKS_PER_STEP), (64, dpsgd.CHUNKS_PER_STEP_OF_USERS)):
+        spec = dpsgd.make_spec("user" if per_unit > 1 else "example", clip=1.0,
+                               noise_multiplier=1.0, n_units=943, expected_batch=45.0,
+                               examples_per_unit=per_unit)
+        assert spec.chunk == -(-45 // chunks)
+        assert spec.capacity % spec.chunk == 0
+        assert spec.capacity >= dpsgd.capacity_for(943, 45 / 943)
+
+
 def test_marked_unique_ids_equal_sorted_unique_ids():
     rng = np.random.default_rng(5)
     for size, slots in ((40, 320), (1682, 320), (1682, 5), (9, 12)):
