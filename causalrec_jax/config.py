@@ -979,29 +979,37 @@ REMOVED_KEYS = {
 }
 
 
-def _build_section(name: str, values: dict[str, Any], source: str) -> Any:
+def _build_section(name: str, values: dict[str, Any], source: str,
+                   origins: dict[tuple[str, str], str] | None = None) -> Any:
     cls = _SECTION_TYPES[name]
     hints = typing.get_type_hints(cls)
     fields_by_name = {f.name for f in dataclasses.fields(cls)}
+    origins = origins or {}
     checked = {}
     for key, value in values.items():
+        where = origins.get((name, key), source)  # a value given by --set is named as such
         if (name, key) in REMOVED_KEYS:
-            raise ConfigError(f"{source}: key {name}.{key}: no longer read; "
+            raise ConfigError(f"{where}: key {name}.{key}: no longer read; "
                               f"{REMOVED_KEYS[name, key]}")
         if key not in fields_by_name:
             raise ConfigError(
-                f"{source}: unknown key '{name}.{key}'{_hint(key, fields_by_name)} "
+                f"{where}: unknown key '{name}.{key}'{_hint(key, fields_by_name)} "
                 f"(valid keys of [{name}]: {', '.join(sorted(fields_by_name))})"
             )
-        checked[key] = _coerce(value, hints[key], f"{source}: key {name}.{key}")
+        checked[key] = _coerce(value, hints[key], f"{where}: key {name}.{key}")
     try:
         return cls(**checked)
     except ConfigError as error:
-        raise ConfigError(f"{source}: {error}") from None
+        named = [label for (section, key), label in origins.items()
+                 if section == name and f"key {name}.{key}:" in str(error)]
+        raise ConfigError(f"{named[0] if named else source}: {error}") from None
 
 
-def config_from_dict(raw: dict[str, Any], source: str = "config") -> Config:
-    """Builds a checked `Config` from nested dicts (sections -> keys -> values)."""
+def config_from_dict(raw: dict[str, Any], source: str = "config",
+                     origins: dict[tuple[str, str], str] | None = None) -> Config:
+    """Builds a checked `Config` from nested dicts (sections -> keys -> values). An error
+    names `source`, or for a key in `origins` (`(section, key) -> label`, e.g. the `--set`
+    that gave it) that label."""
     sections = {}
     for name, values in raw.items():
         if name not in SECTIONS:
@@ -1011,7 +1019,7 @@ def config_from_dict(raw: dict[str, Any], source: str = "config") -> Config:
             )
         if not isinstance(values, dict):
             raise ConfigError(f"{source}: [{name}] must be a table of keys, got {values!r}")
-        sections[name] = _build_section(name, values, source)
+        sections[name] = _build_section(name, values, source, origins)
     return Config(**sections)
 
 
@@ -1043,6 +1051,7 @@ def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] 
             raise ConfigError(f"config file {source} does not exist") from None
         except tomllib.TOMLDecodeError as error:
             raise ConfigError(f"{source}: not valid TOML: {error}") from None
+    origins = {}
     for text in overrides:
         section, key, value = parse_override(text)
         if section not in SECTIONS:
@@ -1050,7 +1059,8 @@ def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] 
                 f"--set {text!r}: unknown section [{section}]{_hint(section, SECTIONS)}"
             )
         raw.setdefault(section, {})[key] = value
-    return config_from_dict(raw, source)
+        origins[section, key] = f"--set {text!r}"
+    return config_from_dict(raw, source, origins)
 
 
 def config_to_dict(config: Config) -> dict[str, dict[str, Any]]:

@@ -297,3 +297,19 @@ def test_mar_slice_keys_are_refused_under_another_split():
     with pytest.raises(ConfigError, match="key data.mar_valid_fraction: set to 0.1, but a "
                        "sequential run does not read it"):
         check_sequential_config(sequential)
+
+
+def test_a_bad_value_given_by_set_is_named_by_its_set_not_by_the_file(tmp_path):
+    path = tmp_path / "run.toml"
+    path.write_text("[train]\nepochs = 3\nlearning_rate = 0.5\n")
+    for override, key in (("train.epochs=two", "train.epochs"),
+                          ("train.epocs=2", "train.epocs"),
+                          ("privacy.clip=0", "privacy.clip")):
+        with pytest.raises(ConfigError) as error:
+            load_config(path, [override])
+        message = str(error.value)
+        assert message.startswith(f"--set '{override}'") and key in message
+        assert str(path) not in message
+    path.write_text("[train]\nepochs = 'three'\n")  # the file's own value: the file is named
+    with pytest.raises(ConfigError, match=f"^{path}: key train.epochs"):
+        load_config(path, ["train.learning_rate=0.1"])

@@ -199,7 +199,12 @@ def check_resumable(stored: Config, new: Config, out: Path) -> dict[str, list]:
 def refuse_existing_run(out: str | Path, resumable: bool = True) -> None:
     """Raises RunError when `out` already holds something: a new run never overwrites one."""
     out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+    if out.exists() and not out.is_dir():
+        raise RunError(f"{out} is a file, not a folder; pass another --out")
+    if out.exists() and any(out.iterdir()):
+        if not (out / "config.toml").is_file():  # not a run: nothing to resume
+            raise RunError(f"{out} is a folder that holds files but no run; pass another --out "
+                           "(a new run goes into a new or empty folder)")
         hint = "pass --resume to continue it or" if resumable else "remove it or pass"
         raise RunError(f"{out} already holds a run; {hint} another --out")
 
