@@ -149,7 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
                               "majority)")
     explain.add_argument("--causes", type=int, default=10,
                          help="rows of the table of causes (0: all)")
-    explain.add_argument("--png", help="bar chart path (default explain_USER_ITEM.png)")
+    explain.add_argument("--png", help="bar chart path, a new file (default "
+                         "explain_USER_ITEM.png, or -2, -3, ... when that exists)")
     explain.add_argument("--json", action="store_true", help="print the explanation as JSON")
     explain.set_defaults(handler=_command_explain)
 
@@ -574,18 +575,22 @@ def _command_explain(args: argparse.Namespace) -> int:
     import re
 
     from causalrec_jax.runs.explain import (
+        check_chart_path,
         explain_run,
         explanation_json,
         format_explanation,
+        free_chart_path,
         plot_explanation,
     )
 
+    if args.png:
+        check_chart_path(args.png)
     result = explain_run(args.run, args.user, args.item, k=args.k, max_size=args.max_size,
                          method=args.method, n_candidates=args.candidates,
                          refit_l2=args.refit_l2, hold_seeds=args.hold_seeds,
                          quorum=args.quorum, residual=args.residual)
     safe = re.sub(r"[^A-Za-z0-9_.-]", "_", f"{result.user_id}_{result.item_id}")
-    png = plot_explanation(result, args.png or f"explain_{safe}.png")
+    png = plot_explanation(result, args.png or free_chart_path(f"explain_{safe}"))
     if args.json:
         print(json.dumps({**explanation_json(result), "png": str(png)}, indent=1))
     else:

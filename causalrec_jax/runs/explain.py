@@ -535,10 +535,47 @@ def explanation_json(result: RunExplanation) -> dict[str, Any]:
     }
 
 
+def check_chart_path(path: str | Path) -> Path:
+    """`path` as the chart `plot_explanation` may write: a file that does not exist yet, with
+    an image format's suffix (`.png`, `.pdf`, `.svg`, ...). Checked before an explanation is
+    computed.
+
+    Raises:
+        RunError: one line naming the path: it exists (explain never replaces a file), or its
+            suffix is not an image format matplotlib writes.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    path = Path(path)
+    formats = Figure().canvas.get_supported_filetypes()
+    if path.suffix.lstrip(".").lower() not in formats:
+        raise RunError(f"--png {path}: expected a file name ending in an image format "
+                       f"(.{', .'.join(sorted(formats))})")
+    if path.exists():
+        raise RunError(f"--png {path}: the file exists; explain never replaces one, so pass "
+                       "another --png")
+    return path
+
+
+def free_chart_path(stem: str) -> Path:
+    """`stem.png` in the working folder, or `stem-2.png`, `stem-3.png`, ... when it exists:
+    explaining the same recommendation twice never replaces the first chart."""
+    path, index = Path(f"{stem}.png"), 1
+    while path.exists():
+        index += 1
+        path = Path(f"{stem}-{index}.png")
+    return path
+
+
 def plot_explanation(result: RunExplanation, path: str | Path, n_causes: int = 20) -> Path:
     """A horizontal bar chart of the score change of deleting each past interaction (the
     `n_causes` largest by size, and every member of the minimal set, highlighted); returns the
-    path."""
+    path. The chart is written to a temporary file beside `path` and renamed into place, so an
+    interrupted write leaves nothing half-written; an existing `path` is refused
+    (`check_chart_path`)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -567,8 +604,13 @@ def plot_explanation(result: RunExplanation, path: str | Path, n_causes: int = 2
                 fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.6 / figure.get_figheight()),
                 ncol=2, frameon=False)
     figure.tight_layout()
-    path = Path(path)
+    path = check_chart_path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    partial = path.with_name(f".{path.name}.partial{path.suffix}")
+    try:
+        figure.savefig(partial, dpi=110)
+        partial.rename(path)
+    finally:
+        plt.close(figure)
+        partial.unlink(missing_ok=True)
     return path

@@ -70,6 +70,24 @@ def test_explain_prints_causes_with_titles_and_writes_a_chart(bpr_run, tmp_path,
     assert f"why '{recommend(run, 'u3', k=1)[0][0]} " in top
 
 
+def test_explain_never_replaces_a_file(bpr_run, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    command = ["explain", "--run", str(bpr_run), "--user", "u3", "--k", "3"]
+    assert main(command) == 0 and main(command) == 0  # the default chart, twice
+    charts = sorted(path.name for path in tmp_path.iterdir())
+    [first] = [name for name in charts if not name.endswith("-2.png")]
+    assert charts == sorted([first, first.replace(".png", "-2.png")])
+    capsys.readouterr()
+    mine = tmp_path / "mine.png"
+    mine.write_text("the user's own file")
+    for png, expected in ((mine, "the file exists"), (tmp_path / "notes.txt", "image format")):
+        assert main([*command, "--png", str(png)]) == 2
+        error = capsys.readouterr().err.strip()
+        assert len(error.splitlines()) == 1 and expected in error and str(png) in error
+    assert mine.read_text() == "the user's own file"
+    assert sorted(path.name for path in tmp_path.iterdir()) == sorted([*charts, "mine.png"])
+
+
 def test_explain_json_holds_every_number(bpr_run, tmp_path, capsys):
     run = load_run(bpr_run)
     user = int(np.flatnonzero(run.user_ids == "u5")[0])
