@@ -196,6 +196,24 @@ def check_resumable(stored: Config, new: Config, out: Path) -> dict[str, list]:
     return changes
 
 
+def refuse_finished_run(out: Path) -> None:
+    """Raises RunError when the run in `out` finished (its `metrics.json` written, with no
+    `"diverged"` record): resuming it would train nothing and rewrite its record. A diverged
+    run (which keeps its checkpoints for a resume at a lower learning rate) and an
+    interrupted one (no `metrics.json`) pass."""
+    path = out / "metrics.json"
+    if not path.is_file():
+        return
+    try:
+        diverged = "diverged" in json.loads(path.read_text())
+    except (OSError, ValueError):
+        return  # a damaged record: the resume's own checks say what is wrong
+    if not diverged:
+        raise RunError(f"--resume: the run in {out} finished (its metrics.json is written); "
+                       "there is nothing to resume, and it is left as it is: train a new run "
+                       "with another --out")
+
+
 def refuse_existing_run(out: str | Path, resumable: bool = True) -> None:
     """Raises RunError when `out` already holds something: a new run never overwrites one."""
     out = Path(out)
@@ -266,6 +284,7 @@ def write_run(
     if resume and (out / "config.toml").exists():
         config_before = (out / "config.toml").read_text()
         changes = check_resumable(load_config(out / "config.toml"), config, out)
+        refuse_finished_run(out)
         if changes:
             path = out / RESUMES
             resumes_before = path.read_text() if path.exists() else ""

@@ -98,6 +98,11 @@ def test_run_folder_contract(tiny_runs):
     assert metrics["test"] == pytest.approx(written["test"])
     with pytest.raises(errors.RunError, match="already holds a run"):
         run_train.train_run(tiny_config(), out, quiet=True)
+    # a finished run is not resumed: its record stays as it was
+    before = {path.name: path.read_bytes() for path in out.iterdir() if path.is_file()}
+    with pytest.raises(errors.RunError, match="finished .* nothing to resume"):
+        run_train.train_run(tiny_config("train.seeds=2"), out, quiet=True, resume=True)
+    assert {path.name: path.read_bytes() for path in out.iterdir() if path.is_file()} == before
 
 
 def test_trained_model_beats_random_on_the_simulator(tmp_path):
