@@ -757,6 +757,8 @@ def train_split(
             checkpoint_dir=checkpoint_dir, checkpoint_every=config.train.checkpoint_every,
             resume=resume, progress=progress, log_fn=log_fn, run_epoch=run_epoch,
             evaluate_with_member=True, checkpoint_view=sharded_checkpoints(setup.spec),
+            diverged_hint=("clip propensities (causal.propensity_clip)"
+                           if method in causal_training.METHODS_WITH_PROPENSITIES else ""),
             description=f"{len(seeds)} seed(s), {steps_per_epoch} batches/epoch",
             halving=(
                 (config.train.halving_rung, config.train.halving_keep)

@@ -747,6 +747,8 @@ def train_sequence_seed(
             checkpoint_every=config.train.checkpoint_every, resume=resume, progress=progress,
             log_fn=None if log_fn is None else (lambda record: log_fn({**record, "seed": seed})),
             description=f"seed {seed}, {batches_per_epoch} batches/epoch",
+            diverged_hint=("clip propensities (causal.propensity_clip)"
+                           if config.causal.method != "naive" else ""),
         )
         diverged = None
     except TrainingDivergedError as error:

@@ -224,6 +224,7 @@ def fit(
     halving: tuple[int, float] | None = None,
     evaluate_with_member: bool = False,
     checkpoint_view: CheckpointView | None = None,
+    diverged_hint: str = "",
 ) -> FitResult:
     """Trains stacked seeds epoch by epoch with early stopping on a validation metric.
 
@@ -251,6 +252,8 @@ def fit(
             instead of compiling `train_epoch` (e.g. `step.make_streaming_epoch` for data kept
             on the host).
         description: shown at the left of the progress bar (e.g. batches per epoch).
+        diverged_hint: appended to the advice of a divergence error (e.g. a causal run's
+            "clip propensities (causal.propensity_clip)").
         halving: `(rung_epochs, keep_fraction)` for successive halving: every `rung_epochs`
             epochs the members still training are ranked by their best validation value and
             only the best `keep_fraction` (at least one) go on; the rest keep their best
@@ -348,8 +351,9 @@ def fit(
                     timing=_timing(epoch_times, eval_seconds)) if good else None
                 raise TrainingDivergedError(
                     f"non-finite loss or gradient at epoch {epoch}, batch {int(first_bad[row])} "
-                    f"(seed index {int(alive[row])}); training stopped; {then}, or clip "
-                    "propensities (causal.propensity_clip).", partial=partial, epoch=epoch)
+                    f"(seed index {int(alive[row])}); training stopped; {then}"
+                    f"{', or ' + diverged_hint if diverged_hint else ''}.", partial=partial,
+                    epoch=epoch)
             record: dict[str, Any] = {
                 "epoch": epoch,
                 "loss": float(losses.mean()),

@@ -159,6 +159,13 @@ def test_version(capsys):
     assert capsys.readouterr().out.startswith("causalrec ")
 
 
+def test_a_diverged_causal_run_also_suggests_clipping_its_propensities(tmp_path, capsys):
+    sets = [*TINY, "--set", 'train.loss="mse"', "--set", "train.learning_rate=1e30",
+            "--set", 'causal.method="ips"', "--set", 'causal.propensity="true"']
+    assert main(["train", *sets, "--out", str(tmp_path / "ips")]) == 2
+    assert "or clip propensities (causal.propensity_clip)" in one_error_line(capsys)
+
+
 def test_a_diverged_run_says_what_is_kept_and_resumes_with_a_lower_learning_rate(tmp_path,
                                                                                capsys):
     out = tmp_path / "diverged"
@@ -167,6 +174,7 @@ def test_a_diverged_run_says_what_is_kept_and_resumes_with_a_lower_learning_rate
     line = one_error_line(capsys)
     assert re.search(r"non-finite loss or gradient at epoch [01], batch", line)
     assert "no checkpoint was written before it" in line  # not "the last checkpoint is kept"
+    assert "propensity" not in line  # a naive run has no propensities to clip
     assert checkpoints.latest_epoch(out / "checkpoints") is None
     # The lower learning rate the message suggests is accepted on --resume and recorded.
     assert main(["train", "--resume", "--out", str(out), "--quiet", "--set",
