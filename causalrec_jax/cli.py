@@ -19,7 +19,7 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from causalrec_jax.errors import CausalRecError
 
@@ -50,11 +50,17 @@ def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line (`causalrec train: error: ...`, exit
+    status 2), as every other refusal of the command is; `--help` still shows the usage."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the `causalrec` command."""
-    parser = argparse.ArgumentParser(
-        prog="causalrec", description="Causal recommender systems in JAX."
-    )
+    parser = _Parser(prog="causalrec", description="Causal recommender systems in JAX.")
     parser.add_argument("--version", action="version", version=f"causalrec {_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
 

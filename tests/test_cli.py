@@ -161,3 +161,14 @@ def test_data_on_a_corrupted_simlog_is_one_line_error(tmp_path, capsys):
     assert main(["data", "--format", "simlog", "--path", str(out)]) == 2
     error = capsys.readouterr().err.strip()
     assert len(error.splitlines()) == 1 and "simlog.json" in error and "'version'" in error
+
+
+@pytest.mark.parametrize("argv", [["recommend", "--run", "r", "--k", "abc"], ["trian"],
+                                  ["explain", "--run", "r", "--user", "1", "--max-size"]])
+def test_argument_errors_are_one_line(argv, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("causalrec") and "error:" in err[0], err
+    assert "--help" in err[0]
