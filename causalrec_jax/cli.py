@@ -333,6 +333,7 @@ def _command_train(args: argparse.Namespace) -> int:
         config = load_config(args.config, args.overrides)
         name = config.run.name or (Path(args.config).stem if args.config else "default")
         out = Path(args.out) if args.out else Path(config.run.out_dir) / name
+    args.out = str(out)  # where an interruption's resume hint points (`main`)
     quiet = args.quiet or config.run.quiet
     if not quiet:
         print(dumps_changes(config))
@@ -675,9 +676,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         out = getattr(args, "out", None)
-        hint = (f"; continue it with: causalrec {args.command} --resume --out {out}"
-                if args.command == "train" and out and Path(out, "checkpoints").is_dir()
-                else "")
+        hint = ""
+        if args.command == "train" and out and Path(out, "config.toml").is_file():
+            since = ("" if Path(out, "checkpoints").is_dir()
+                     else " (from the start: no checkpoint was written yet)")
+            hint = f"; continue it{since} with: causalrec train --resume --out {out}"
+
         print(f"{prog}: interrupted{hint}", file=sys.stderr)
         return 130
 

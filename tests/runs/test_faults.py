@@ -5,6 +5,7 @@ import json
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import jax.numpy as jnp
 import pytest
@@ -68,6 +69,23 @@ def test_a_damaged_run_folder_is_one_line(good_run, tmp_path, capsys):
     (empty / "model").mkdir()
     assert main(["evaluate", "--run", str(empty)]) == 2
     assert "model holds no readable model" in one_error_line(capsys)
+
+
+def test_ctrl_c_before_any_checkpoint_says_how_to_start_again(tmp_path, monkeypatch,
+                                                               capsys):
+    def interrupted(**kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ordinary, "fit", interrupted)
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", *TINY]) == 130  # no --out: the default folder is named
+    out = Path("runs") / "default"
+    assert one_error_line(capsys) == (
+        "causalrec train: interrupted; continue it (from the start: no checkpoint was written "
+        f"yet) with: causalrec train --resume --out {out}")
+    monkeypatch.setattr(ordinary, "fit", loop.fit)
+    assert main(["train", "--resume", "--out", str(out), "--quiet"]) == 0
+    assert (tmp_path / out / "metrics.json").is_file()
 
 
 def test_a_corrupt_newest_checkpoint_resumes_from_the_one_before(good_run, tmp_path,
