@@ -1,5 +1,5 @@
 """`python -m causalrec_jax` runs the `causalrec` command."""
 
-from causalrec_jax.cli import main
+from causalrec_jax.cli import entry
 
-raise SystemExit(main())
+entry()
