@@ -172,3 +172,23 @@ def test_argument_errors_are_one_line(argv, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("causalrec") and "error:" in err[0], err
     assert "--help" in err[0]
+
+
+def test_an_interrupted_command_ends_without_interpreter_shutdown(monkeypatch):
+    import os
+
+    from causalrec_jax import cli
+
+    ended = []
+
+    def exit_now(status):
+        ended.append(status)
+        raise SystemExit(status)
+
+    monkeypatch.setattr(os, "_exit", exit_now)
+    for status, via_exit in ((130, True), (0, False), (2, False)):
+        monkeypatch.setattr(cli, "main", lambda status=status: status)
+        ended.clear()
+        with pytest.raises(SystemExit) as exit_:
+            cli.entry()
+        assert exit_.value.code == status and (ended == [130]) == via_exit
