@@ -535,10 +535,20 @@ def _command_recommend(args: argparse.Namespace) -> int:
         raise RunError("--mesh serves every user (--all); --user scores on one device")
     if args.all:
         return _recommend_all(args)
-    from causalrec_jax.runs.load import load_run, recommend
+    import numpy as np
 
-    top = recommend(load_run(args.run), args.user, args.k, args.seed_index,
+    from causalrec_jax.runs.load import load_run, recommend
+    from causalrec_jax.runs.serve import represented_users
+
+    run = load_run(args.run)
+    top = recommend(run, args.user, args.k, args.seed_index,
                     include_seen=args.include_seen, fallback=args.fallback)
+    matches = np.flatnonzero(run.user_ids == str(args.user))
+    if args.fallback and (not len(matches) or not represented_users(run)[int(matches[0])]):
+        known = "unknown to the run" if not len(matches) else "one the run learned nothing about"
+        print(f"causalrec recommend: note: user {args.user!r} is {known}; the list ranks "
+              "items by their training counts (--fallback popularity; the score is the count)",
+              file=sys.stderr)
     for rank, (item, score) in enumerate(top, 1):
         print(f"{rank:>3}  {item:<20} {score:.4f}")
     return 0
