@@ -902,7 +902,10 @@ def _type_name(tp: Any) -> str:
     if origin in (typing.Union, types.UnionType):
         return " or ".join(_type_name(a) for a in typing.get_args(tp))
     if origin in (list, tuple):
-        return f"a list of {_type_name(typing.get_args(tp)[0])}"
+        element = _type_name(typing.get_args(tp)[0])
+        plural = {"an integer": "integers", "a number": "numbers", "a string": "strings",
+                  "true or false": "true or false values"}.get(element, element)
+        return f"a list of {plural}"
     if tp is FrozenDict:
         return "a table of strings"
     if origin is dict:
