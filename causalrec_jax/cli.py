@@ -667,8 +667,11 @@ def entry() -> None:
 
     status = main()
     if status == 130:
-        sys.stdout.flush()
-        sys.stderr.flush()
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):  # a closed pipe or stream: nothing more to say
+                pass
         os._exit(130)
     raise SystemExit(status)
 
@@ -702,7 +705,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         out = getattr(args, "out", None)
         hint = ""
-        if args.command == "train" and out and Path(out, "config.toml").is_file():
+        from causalrec_jax.runs.folder import finished_run
+
+        if (args.command == "train" and out and Path(out, "config.toml").is_file()
+                and not finished_run(Path(out))):
             since = ("" if Path(out, "checkpoints").is_dir()
                      else " (from the start: no checkpoint was written yet)")
             hint = f"; continue it{since} with: causalrec train --resume --out {out}"

@@ -30,6 +30,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+# What a run whose loss divides by propensities adds to a divergence's advice (`train.loop.fit`).
+DIVERGED_HINT = "clip propensities (causal.propensity_clip)"
+
 Array = jax.Array
 ArrayLike = jax.typing.ArrayLike
 

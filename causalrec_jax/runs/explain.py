@@ -535,6 +535,10 @@ def explanation_json(result: RunExplanation) -> dict[str, Any]:
     }
 
 
+# The image formats a chart may be written in (matplotlib's, less its raw buffers and PGF).
+CHART_FORMATS = {"png", "pdf", "svg", "svgz", "jpg", "jpeg", "tif", "tiff", "webp", "eps", "ps"}
+
+
 def check_chart_path(path: str | Path) -> Path:
     """`path` as the chart `plot_explanation` may write: a file that does not exist yet, with
     an image format's suffix (`.png`, `.pdf`, `.svg`, ...). Checked before an explanation is
@@ -550,7 +554,7 @@ def check_chart_path(path: str | Path) -> Path:
     from matplotlib.figure import Figure
 
     path = Path(path)
-    formats = Figure().canvas.get_supported_filetypes()
+    formats = CHART_FORMATS & set(Figure().canvas.get_supported_filetypes())
     if path.suffix.lstrip(".").lower() not in formats:
         raise RunError(f"--png {path}: expected a file name ending in an image format "
                        f"(.{', .'.join(sorted(formats))})")
@@ -573,15 +577,19 @@ def free_chart_path(stem: str) -> Path:
 def plot_explanation(result: RunExplanation, path: str | Path, n_causes: int = 20) -> Path:
     """A horizontal bar chart of the score change of deleting each past interaction (the
     `n_causes` largest by size, and every member of the minimal set, highlighted); returns the
-    path. The chart is written to a temporary file beside `path` and renamed into place, so an
-    interrupted write leaves nothing half-written; an existing `path` is refused
-    (`check_chart_path`)."""
+    path. The chart is written to a temporary file beside `path` and linked into place, which
+    fails rather than replaces when `path` appeared meanwhile, so an interrupted write leaves
+    nothing half-written and no file is ever replaced (`check_chart_path`)."""
+    import os
+    import uuid
+
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.patches import Patch
 
+    path = check_chart_path(path)
     e = result.explanation
     order = np.argsort(-np.abs(e.score_deltas), kind="stable")[:n_causes]
     order = np.union1d(order, e.minimal_set).astype(np.int64)  # every member of the set
@@ -604,12 +612,15 @@ def plot_explanation(result: RunExplanation, path: str | Path, n_causes: int = 2
                 fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.6 / figure.get_figheight()),
                 ncol=2, frameon=False)
     figure.tight_layout()
-    path = check_chart_path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial{path.suffix}")
+    partial = path.with_name(f".{path.name}.{uuid.uuid4().hex}.partial{path.suffix}")
     try:
         figure.savefig(partial, dpi=110)
-        partial.rename(path)
+        try:
+            os.link(partial, path)  # never replaces: FileExistsError if path appeared
+        except FileExistsError:
+            raise RunError(f"--png {path}: the file appeared while the chart was drawn; "
+                           "explain never replaces one, so pass another --png") from None
     finally:
         plt.close(figure)
         partial.unlink(missing_ok=True)

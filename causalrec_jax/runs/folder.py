@@ -196,19 +196,24 @@ def check_resumable(stored: Config, new: Config, out: Path) -> dict[str, list]:
     return changes
 
 
-def refuse_finished_run(out: Path) -> None:
-    """Raises RunError when the run in `out` finished (its `metrics.json` written, with no
-    `"diverged"` record): resuming it would train nothing and rewrite its record. A diverged
-    run (which keeps its checkpoints for a resume at a lower learning rate) and an
-    interrupted one (no `metrics.json`) pass."""
+def finished_run(out: Path) -> bool:
+    """Whether the run in `out` finished: its `metrics.json` is written, as a JSON object
+    without a `"diverged"` record (a diverged run keeps its checkpoints for a resume at a
+    lower learning rate; a stopped one has no `metrics.json`)."""
     path = out / "metrics.json"
     if not path.is_file():
-        return
+        return False
     try:
-        diverged = "diverged" in json.loads(path.read_text())
+        record = json.loads(path.read_text())
     except (OSError, ValueError):
-        return  # a damaged record: the resume's own checks say what is wrong
-    if not diverged:
+        return False  # a damaged record: the resume's own checks say what is wrong
+    return isinstance(record, dict) and "diverged" not in record
+
+
+def refuse_finished_run(out: Path) -> None:
+    """Raises RunError when the run in `out` finished (`finished_run`): resuming it would
+    train nothing and rewrite its record."""
+    if finished_run(out):
         raise RunError(f"--resume: the run in {out} finished (its metrics.json is written); "
                        "there is nothing to resume, and it is left as it is: train a new run "
                        "with another --out")
@@ -221,8 +226,8 @@ def refuse_existing_run(out: str | Path, resumable: bool = True) -> None:
         raise RunError(f"{out} is a file, not a folder; pass another --out")
     if out.exists() and any(out.iterdir()):
         if not (out / "config.toml").is_file():  # not a run: nothing to resume
-            raise RunError(f"{out} is a folder that holds files but no run; pass another --out "
-                           "(a new run goes into a new or empty folder)")
+            raise RunError(f"{out} already holds files but no run; pass another --out (a new "
+                           "run goes into a new or empty folder)")
         hint = "pass --resume to continue it or" if resumable else "remove it or pass"
         raise RunError(f"{out} already holds a run; {hint} another --out")
 
@@ -261,8 +266,8 @@ def write_run(
 
     Raises:
         RunError: `out` holds something and the run does not resume its own, `--resume` for
-            a kind that keeps no checkpoints, or a resumed config that differs from the
-            stored one.
+            a kind that keeps no checkpoints or of a run that finished (`finished_run`), or a
+            resumed config that differs from the stored one.
         ConfigError: `run.tensorboard` / `run.mlflow` without the tracker's package.
 
     The trackers `[run]` asks for receive the folder once it is written, and a diverged run's
@@ -283,8 +288,8 @@ def write_run(
     resumes_before = config_before = None
     if resume and (out / "config.toml").exists():
         config_before = (out / "config.toml").read_text()
-        changes = check_resumable(load_config(out / "config.toml"), config, out)
         refuse_finished_run(out)
+        changes = check_resumable(load_config(out / "config.toml"), config, out)
         if changes:
             path = out / RESUMES
             resumes_before = path.read_text() if path.exists() else ""

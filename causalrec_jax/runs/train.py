@@ -241,7 +241,7 @@ def sequence_run(config: Config, out: str | Path, *, quiet: bool = True,
     """All seeds of a sequential model; writes the run folder (see the module docstring).
 
     With `resume`, continues the run in `out` from each seed's newest checkpoint (its
-    `config.toml` must match `config`); a finished run is only re-evaluated and re-written.
+    `config.toml` must match `config`; a finished run is refused, `runs.folder.finished_run`).
     `item_chunk` forces ranking the catalogue that many items at a time (default: only
     catalogues above `CATALOGUE_CHUNK_ITEMS`).
 

@@ -30,6 +30,7 @@ import causalrec_jax.sim  # noqa: F401  registers the data formats "simulator" a
 from causalrec_jax import streams
 from causalrec_jax.causal import training as causal_training
 from causalrec_jax.causal.checks import causal_keys_used, check_causal_setup
+from causalrec_jax.causal.clip import DIVERGED_HINT
 from causalrec_jax.causal.propensity import (
     clip_propensities,
     estimate_propensities,
@@ -757,8 +758,8 @@ def train_split(
             checkpoint_dir=checkpoint_dir, checkpoint_every=config.train.checkpoint_every,
             resume=resume, progress=progress, log_fn=log_fn, run_epoch=run_epoch,
             evaluate_with_member=True, checkpoint_view=sharded_checkpoints(setup.spec),
-            diverged_hint=("clip propensities (causal.propensity_clip)"
-                           if method in causal_training.METHODS_WITH_PROPENSITIES else ""),
+            diverged_hint=(DIVERGED_HINT if method in causal_training.METHODS_WITH_PROPENSITIES
+                           else ""),
             description=f"{len(seeds)} seed(s), {steps_per_epoch} batches/epoch",
             halving=(
                 (config.train.halving_rung, config.train.halving_keep)

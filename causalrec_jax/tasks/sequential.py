@@ -738,6 +738,9 @@ def train_sequence_seed(
                               f"(computed: {', '.join(valid)})")
         return {**valid, **{f"unmasked_{name}": value for name, value in unmasked.items()}}
 
+    from causalrec_jax.causal.clip import DIVERGED_HINT
+    from causalrec_jax.causal.sequential import PROPENSITY_METHODS
+
     try:
         result = fit(
             train_epoch=None, run_epoch=run_epoch, states=states, data=data,
@@ -747,8 +750,8 @@ def train_sequence_seed(
             checkpoint_every=config.train.checkpoint_every, resume=resume, progress=progress,
             log_fn=None if log_fn is None else (lambda record: log_fn({**record, "seed": seed})),
             description=f"seed {seed}, {batches_per_epoch} batches/epoch",
-            diverged_hint=("clip propensities (causal.propensity_clip)"
-                           if config.causal.method != "naive" else ""),
+            diverged_hint=(DIVERGED_HINT if config.causal.method in PROPENSITY_METHODS
+                           else ""),
         )
         diverged = None
     except TrainingDivergedError as error:

@@ -134,7 +134,7 @@ def test_a_refusal_of_the_first_process_stops_the_whole_job(root):
     (occupied / "mine.txt").write_text("a user's file")
     (first, first_err), (second, second_err) = _job(
         root / "config.toml", occupied, "--set", "parallel.mesh=[2,2]")
-    assert first == 2 and "holds files but no run" in first_err
+    assert first == 2 and "already holds files but no run" in first_err
     assert second == 2 and ("--distributed: process 0 of 2 could not start the run"
                             in second_err)
     assert sorted(p.name for p in occupied.iterdir()) == ["mine.txt"]

@@ -201,10 +201,10 @@ def test_a_diverged_run_says_what_is_kept_and_resumes_with_a_lower_learning_rate
     assert metrics["resumes"] == [{"from_checkpoint_epoch": None,
                                    "changes": {"train.learning_rate": [1e30, 0.01]}}]
     assert "learning_rate = 0.01" in (out / "config.toml").read_text()
-    # A key that changes what the run is remains refused.
+    # The run has finished now: a further resume is refused, whatever it changes.
     assert main(["train", "--resume", "--out", str(out), "--quiet", "--set",
                  "model.embedding_dim=8"]) == 2
-    assert "cannot resume with model.embedding_dim" in one_error_line(capsys)
+    assert "finished (its metrics.json is written)" in one_error_line(capsys)
 
 
 def test_a_resumed_learning_rate_is_the_one_used_from_the_checkpoint_on(good_run, tmp_path,

@@ -210,7 +210,8 @@ def test_uplift_and_ope_refuse_a_non_empty_out_and_leave_it_untouched(tmp_path, 
     out, precious = _occupied(tmp_path)
     assert main([*command, "--out", str(out)]) == 2
     error = capsys.readouterr().err.strip()
-    assert len(error.splitlines()) == 1 and "holds files but no run" in error and str(out) in error
+    assert len(error.splitlines()) == 1 and "already holds files but no run" in error
+    assert str(out) in error
     assert precious.read_text() == "the user's own file\n"
     assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mine"]  # no staging left either
@@ -225,9 +226,9 @@ def test_an_uplift_run_refuses_resume(tmp_path):
 
 def test_the_library_functions_refuse_an_occupied_out_too(tmp_path):
     out, precious = _occupied(tmp_path)
-    with pytest.raises(errors.RunError, match="holds files but no run"):
+    with pytest.raises(errors.RunError, match="already holds files but no run"):
         run_train.uplift_run(load_config(CONFIGS / "sim_uplift.toml", UPLIFT), out)
-    with pytest.raises(errors.RunError, match="holds files but no run"):
+    with pytest.raises(errors.RunError, match="already holds files but no run"):
         run_train.ope_run(load_config(CONFIGS / "sim_ope.toml", OPE), out)
     with pytest.raises(errors.RunError, match="is a file, not a folder"):
         run_train.ope_run(load_config(CONFIGS / "sim_ope.toml", OPE), precious)

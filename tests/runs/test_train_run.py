@@ -438,10 +438,15 @@ def test_resume_refuses_a_folder_that_is_not_a_run(tmp_path, capsys):
     assert not (tmp_path / "none").exists()
 
 
-def test_resume_refuses_another_config_and_keeps_the_folder(tiny_runs):
-    _, out = tiny_runs()
+def test_resume_refuses_another_config_and_keeps_the_folder(tiny_runs, tmp_path):
+    import shutil
+
+    _, finished = tiny_runs()
+    out = tmp_path / "stopped"
+    shutil.copytree(finished, out)
+    (out / "metrics.json").unlink()  # as a run stopped before it finished
     stored = (out / "config.toml").read_text()
-    with pytest.raises(errors.RunError, match="train.seeds"):
+    with pytest.raises(errors.RunError, match="cannot resume with train.seeds = 2"):
         run_train.train_run(tiny_config("train.seeds=2"), out, resume=True, quiet=True)
     assert (out / "config.toml").read_text() == stored
 
