@@ -123,7 +123,8 @@ def test_adam_beta2_is_the_second_moment_decay():
 def test_bad_adam_beta2_is_refused(overrides, message):
     with pytest.raises(ConfigError) as error:
         load_config(overrides=overrides)
-    assert str(error.value) == f"config: {message}"
+    # the error names the --set that gave the refused value
+    assert str(error.value) == f"--set {overrides[-1]!r}: {message}"
 
 
 def test_hstu_refuses_the_transformer_positions_key():
