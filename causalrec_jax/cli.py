@@ -328,6 +328,9 @@ def _command_train(args: argparse.Namespace) -> int:
         if not (out / "config.toml").is_file():
             raise RunError(f"--resume: {out} is not a run folder (no config.toml); train a new "
                            "run there without --resume")
+        from causalrec_jax.runs.folder import refuse_finished_run
+
+        refuse_finished_run(out)  # before the config is printed (write_run checks it too)
         config = load_config(out / "config.toml", args.overrides)
     else:
         config = load_config(args.config, args.overrides)
@@ -535,20 +538,16 @@ def _command_recommend(args: argparse.Namespace) -> int:
         raise RunError("--mesh serves every user (--all); --user scores on one device")
     if args.all:
         return _recommend_all(args)
-    import numpy as np
-
     from causalrec_jax.runs.load import load_run, recommend
-    from causalrec_jax.runs.serve import represented_users
+    from causalrec_jax.runs.serve import lookup_user
 
     run = load_run(args.run)
     top = recommend(run, args.user, args.k, args.seed_index,
                     include_seen=args.include_seen, fallback=args.fallback)
-    matches = np.flatnonzero(run.user_ids == str(args.user))
-    if args.fallback and (not len(matches) or not represented_users(run)[int(matches[0])]):
-        known = "unknown to the run" if not len(matches) else "one the run learned nothing about"
-        print(f"causalrec recommend: note: user {args.user!r} is {known}; the list ranks "
-              "items by their training counts (--fallback popularity; the score is the count)",
-              file=sys.stderr)
+    _, cold = lookup_user(run, args.user)
+    if cold:  # served only with --fallback (recommend refuses it otherwise)
+        print(f"causalrec recommend: note: {cold}; the list ranks items by their training "
+              "counts (--fallback popularity; the score is the count)", file=sys.stderr)
     for rank, (item, score) in enumerate(top, 1):
         print(f"{rank:>3}  {item:<20} {score:.4f}")
     return 0

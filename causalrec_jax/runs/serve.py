@@ -106,6 +106,22 @@ def represented_users(run: LoadedRun) -> np.ndarray:
     return np.bincount(run.data["train_user"], minlength=len(run.user_ids)) > 0
 
 
+def lookup_user(run: LoadedRun, user_id: str) -> tuple[int | None, str | None]:
+    """`(index, cold)` of an external user id: its internal index (None when the run's data
+    has no such user) and, for a user the run holds no learned representation of
+    (`represented_users`), why, as a phrase (None for a served user)."""
+    user_id = str(user_id)
+    matches = np.flatnonzero(run.user_ids == user_id)
+    if not len(matches):
+        return None, (f"unknown user id {user_id!r}: the run's data has {len(run.user_ids)} "
+                      f"users (e.g. {', '.join(map(str, run.user_ids[:3]))})")
+    user = int(matches[0])
+    if not represented_users(run)[user]:
+        return user, (f"user {user_id!r} has no training interactions, so the run learned "
+                      "nothing about them")
+    return user, None
+
+
 def served_seeds(run: LoadedRun) -> list[int]:
     """The seeds whose parameters the run's `model/` holds, in order (`seed_index` indexes
     them)."""
@@ -369,14 +385,9 @@ def recommend(run: LoadedRun, user_id: str, k: int = 10, seed_index: int = 0, *,
     """
     user_id = str(user_id)
     _check_request(run, k, seed_index, fallback)
-    matches = np.flatnonzero(run.user_ids == user_id)
-    user = int(matches[0]) if len(matches) else None
-    if fallback is None and (user is None or not represented_users(run)[user]):
-        why = (f"unknown user id {user_id!r}: the run's data has {len(run.user_ids)} "
-               f"users (e.g. {', '.join(map(str, run.user_ids[:3]))})" if user is None else
-               f"user {user_id!r} has no training interactions, so the run learned nothing "
-               "about them")
-        raise RunError(f"{why}; pass --fallback popularity to serve the most popular "
+    user, cold = lookup_user(run, user_id)
+    if fallback is None and cold:
+        raise RunError(f"{cold}; pass --fallback popularity to serve the most popular "
                        "items instead")
     if user is None:  # unknown: the whole catalogue by training counts, nothing to exclude
         counts = run.data["item_counts"].astype(np.float32)

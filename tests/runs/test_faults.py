@@ -318,3 +318,18 @@ def test_a_resume_refused_after_it_started_leaves_config_and_resumes_as_they_wer
     assert (run / "config.toml").read_text() == config_before
     assert not (run / "resumes.json").exists()
     assert not [path.name for path in run.iterdir() if path.name.startswith(".")]
+
+
+def test_resuming_a_finished_run_is_one_line_and_prints_nothing_else(good_run, tmp_path,
+                                                                     capsys):
+    import shutil
+
+    run = tmp_path / "done"
+    shutil.copytree(good_run, run)
+    before = {path.name: path.read_bytes() for path in run.iterdir() if path.is_file()}
+    assert main(["train", "--resume", "--out", str(run)]) == 2
+    printed = capsys.readouterr()
+    assert printed.out == ""  # not even the config it would have resumed with
+    [line] = printed.err.strip().splitlines()
+    assert "finished (its metrics.json is written)" in line and str(run) in line
+    assert {path.name: path.read_bytes() for path in run.iterdir() if path.is_file()} == before

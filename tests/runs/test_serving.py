@@ -117,7 +117,7 @@ def test_the_command_line_serves_and_refuses_in_one_line(run_dir, capsys):
     assert len(printed.out.strip().splitlines()) == 2
     # the list says it is the popularity fallback, on stderr (stdout stays the list)
     [note] = printed.err.strip().splitlines()
-    assert "'nobody' is unknown to the run" in note and "training counts" in note
+    assert "unknown user id 'nobody'" in note and "training counts" in note
     assert main(["recommend", "--run", str(run_dir), "--user", "u0", "--fallback",
                  "popularity", "--k", "2"]) == 0
     assert capsys.readouterr().err == ""  # a known user is scored by the model
