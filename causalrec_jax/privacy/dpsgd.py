@@ -55,7 +55,7 @@ from causalrec_jax import streams
 from causalrec_jax.errors import ConfigError
 from causalrec_jax.models.base import make_scorers, row_tables
 from causalrec_jax.train.objectives import make_objective, scored_pairs
-from causalrec_jax.train.step import TrainState, all_finite, epoch_loss
+from causalrec_jax.train.step import TrainState, all_finite, epoch_loss, guarded_update
 
 LEVELS = ("user", "example")
 # The `shared_` array of the item rows a run trains (`select_items`), when it selects some.
@@ -468,13 +468,15 @@ def make_private_step(unit_fn: Callable[..., Any], optimizer: optax.GradientTran
     ordinary epoch (`shared_constants`, `shared_seen_mask`, ...). The step folds `state.step`
     into `key` as the ordinary step does, samples its units, and applies
     `optimizer.update` to the noisy mean of the clipped updates (the module doc).
+    `apply` False (the epoch's after a bad step) keeps the state, as a step whose loss, noisy
+    gradient or clients' rows are not finite does (`train.step.guarded_update`).
     `metrics`: `loss` (the sampled units' mean row loss: NOT private), `finite`, `sampled`
     (units Poisson drew), `dropped` (beyond `capacity`), `clipped` (units whose norm
     exceeded C) and `mean_norm`.
     """
     row_names = ("users", "items", "ratings", "weights", "propensities")
 
-    def step(state: TrainState, data: dict[str, Any], key: jax.Array):
+    def step(state: TrainState, data: dict[str, Any], key: jax.Array, apply: Any = True):
         step_key = streams.index(key, state.step)
         units, valid, n_sampled = sample_units(streams.derive(step_key, streams.Step.UNITS),
                                                spec)
@@ -533,16 +535,22 @@ def make_private_step(unit_fn: Callable[..., Any], optimizer: optax.GradientTran
             noise = _rows_times(noise, params, tables, "items", data[TRAINED_ITEMS])
         gradient = {"prediction": jax.tree.map(
             lambda total, added: (total + added) / spec.expected_batch, summed, noise)}
-        updates, opt_state = optimizer.update(gradient, state.opt_state, state.params)
-        new_params = optax.apply_updates(state.params, updates)
-        if spec.local_steps:  # the clients' own rows, as they left them
-            new_params = {**new_params, "prediction": _with_kind(
-                new_params["prediction"], kept_rows, tables, "users")}
         loss = jnp.sum(losses) / jnp.maximum(jnp.sum(counts), 1)
-        finite = jnp.isfinite(loss) & all_finite(new_params)
-        new_state = TrainState(params=new_params, opt_state=opt_state, step=state.step + 1,
-                               hparams=state.hparams)
-        state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
+        # The clients' own rows, as they left them (federated), are checked with the gradient.
+        own_rows = ([leaf for leaf, kind in zip(jax.tree.leaves(kept_rows),
+                                                table_kinds(params, tables), strict=True)
+                     if kind == "users"] if spec.local_steps else [])
+        finite = jnp.isfinite(loss) & all_finite([gradient, own_rows])
+        ok = finite & apply
+        new_params, opt_state = guarded_update(optimizer, gradient, state.params,
+                                               state.opt_state, ok)
+        if spec.local_steps:
+            new_params = {**new_params, "prediction": _with_kind(
+                new_params["prediction"],
+                jax.tree.map(lambda new, old: jnp.where(ok, new, old), kept_rows, params),
+                tables, "users")}
+        state = TrainState(params=new_params, opt_state=opt_state,
+                           step=state.step + ok.astype(state.step.dtype), hparams=state.hparams)
         metrics = {
             "loss": loss, "finite": finite, "sampled": n_sampled,
             "dropped": n_sampled - n_valid,
@@ -592,10 +600,8 @@ def make_dp_epoch(dp_step: Callable[..., Any], spec: DPSpec) -> Callable[..., An
 
         def body(carry, index):
             state, first_bad = carry
-            new_state, metrics = dp_step(state, data, step_key)
             healthy = first_bad < 0
-            state = jax.tree.map(lambda new, old: jnp.where(healthy, new, old), new_state,
-                                 state)
+            state, metrics = dp_step(state, data, step_key, apply=healthy)
             first_bad = jnp.where(healthy & ~metrics["finite"], index, first_bad)
             good = healthy & metrics["finite"]
             return (state, first_bad), (jnp.where(good, metrics["loss"], 0.0),

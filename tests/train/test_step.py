@@ -247,3 +247,87 @@ def test_a_stopped_member_keeps_its_best_while_the_population_trains_on():
                  evaluate_fn=evaluate_fn, metric="auc", patience=2)
     assert result.best_epochs == [0, 5]
     assert result.best_values == pytest.approx([0.9, 0.6])
+
+
+def _state_leaves(state):
+    return [np.asarray(leaf) for leaf in jax.tree.leaves(state)]
+
+
+@pytest.mark.parametrize("optimizer_name", ["adam", "adamw"])
+def test_guarded_adam_is_optax_adam_bitwise(optimizer_name):
+    """The core's Adam (`scale_by_guarded_adam`) takes the steps optax's Adam takes, to the
+    bit, over several jitted steps with weight decay."""
+    import optax
+
+    rng = np.random.default_rng(3)
+    params = {"table": jnp.asarray(rng.normal(size=(30, 4)), jnp.float32),
+              "bias": jnp.asarray(rng.normal(size=(4,)), jnp.float32)}
+    config = TrainConfig(optimizer=optimizer_name, learning_rate=0.01, weight_decay=0.05,
+                         adam_beta2=0.98)
+    ours = make_optimizer(config)
+    if optimizer_name == "adam":
+        theirs = optax.chain(optax.add_decayed_weights(0.05), optax.scale_by_adam(b2=0.98),
+                             optax.scale_by_learning_rate(0.01))
+    else:
+        theirs = optax.chain(optax.scale_by_adam(b2=0.98), optax.add_decayed_weights(0.05),
+                             optax.scale_by_learning_rate(0.01))
+
+    @jax.jit
+    def run(params):
+        def body(carry, grads):
+            p_ours, s_ours, p_theirs, s_theirs = carry
+            u, s_ours = ours.update(grads, s_ours, p_ours, apply=jnp.bool_(True))
+            v, s_theirs = theirs.update(grads, s_theirs, p_theirs)
+            return (optax.apply_updates(p_ours, u), s_ours,
+                    optax.apply_updates(p_theirs, v), s_theirs), None
+
+        grads = jax.tree.map(lambda leaf: jax.random.normal(jax.random.key(1), (7, *leaf.shape)),
+                             params)
+        (p_ours, s_ours, p_theirs, s_theirs), _ = jax.lax.scan(
+            body, (params, ours.init(params), params, theirs.init(params)), grads)
+        return p_ours, p_theirs, s_ours.inner_state, s_theirs
+
+    p_ours, p_theirs, s_ours, s_theirs = run(params)
+    for a, b in zip(jax.tree.leaves((p_ours, s_ours)), jax.tree.leaves((p_theirs, s_theirs)),
+                    strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+@pytest.mark.parametrize("optimizer_name", ["adam", "adamw", "sgd", "optax_adam"])
+def test_a_skipped_step_keeps_the_state_bitwise(optimizer_name):
+    """`apply=False` (the epoch's padding and after a bad batch) and a NaN gradient each keep
+    the whole state, the first step included (Adam's count is 0 there, so its update is not
+    finite): for the core's optimisers and for any optax optimiser."""
+    import optax
+
+    parts, _, _, _ = setup("mse", 1)
+    scorers = make_scorers(parts.graphdef, parts.constants)
+    if optimizer_name == "optax_adam":
+        optimizer = optax.adam(0.05)
+    else:
+        optimizer = make_optimizer(TrainConfig(optimizer=optimizer_name, learning_rate=0.05,
+                                               weight_decay=0.01))
+
+    def loss_fn(params, batch, key):
+        scores = scorers.score_pairs(params, batch["users"], batch["items"])
+        loss = jnp.mean((scores - batch["ratings"]) ** 2)
+        return loss, {"loss": loss}
+
+    step = jax.jit(make_train_step(loss_fn, optimizer))
+    data = toy_data()
+    good = batch_of(data)
+    bad = dict(good, ratings=good["ratings"].at[3].set(jnp.nan))
+    state = init_state(seed_slice(parts.params, 0), optimizer)
+    for _ in range(2):  # at step 0, then after one real step
+        kept, metrics = step(state, good, jax.random.key(0), apply=jnp.bool_(False))
+        assert bool(metrics["finite"])
+        assert all(np.array_equal(a, b, equal_nan=False) for a, b in
+                   zip(_state_leaves(kept), _state_leaves(state), strict=True))
+        kept, metrics = step(state, bad, jax.random.key(0))
+        assert not bool(metrics["finite"])
+        assert all(np.array_equal(a, b) for a, b in
+                   zip(_state_leaves(kept), _state_leaves(state), strict=True))
+        state, metrics = step(state, good, jax.random.key(0))
+        assert bool(metrics["finite"])
+    assert int(state.step) == 2
+    assert all(np.all(np.isfinite(leaf)) for leaf in _state_leaves(state))
