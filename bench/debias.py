@@ -9,6 +9,8 @@ Cases:
   seeds (configs/coat_<method>.toml, their default epochs with early stopping; no tuning):
   wall seconds per method (data, compilation, training, evaluation and the run folder) and in
   total, with each method's first-epoch (compilation) and steady epoch seconds.
+- `yahoo_proxy_dr_jl_core`: DR-JL's steady epoch with the one core's step as it was, with
+  the core's Adam, and with the epoch's order sorted by NumPy, side by side in one process.
 - `yahoo_proxy_ips` / `yahoo_proxy_dr_jl`: the shipped configs/yahoo_<method>.toml (IPS /
   DR-JL, naive Bayes propensities from the MAR slice) x 5 seeds, as a user runs them, on the
   Yahoo! R3 proxy world (`sim/presets.py`: 15,400 users x 1,000 items, 311,286 MNAR ratings,
@@ -129,8 +131,54 @@ def case_yahoo_proxy_dr_jl(quick: bool) -> dict:
     return case_yahoo_proxy_ips(quick, method="dr_jl")
 
 
+CORE_EPOCHS = 6
+
+
+def case_yahoo_proxy_dr_jl_core(quick: bool) -> dict:
+    """DR-JL x 5 seeds at Yahoo! R3 size, side by side in one process, steady epoch seconds
+    of the one core's step (a) as it was: optax's `scale_by_adam`, its state selected after
+    the update when a step is skipped, and XLA sorting each epoch's order; (b) with the core's
+    Adam (`train.step.scale_by_guarded_adam`, which keeps its own moments on a skipped step);
+    (c) and the order sorted by NumPy (`train.step.permutation`, the same order: this
+    machine's default). Same data, seeds and number of epochs: the three train the same
+    numbers (to the last bits of XLA's fusion)."""
+    import optax
+
+    from causalrec_jax.config import load_config
+    from causalrec_jax.runs.train import train_run
+    from causalrec_jax.tasks import ordinary
+    from causalrec_jax.train import step
+
+    table = load_table_script()
+    epochs = QUICK_EPOCHS if quick else CORE_EPOCHS
+    overrides = [*protocols.overrides("a"), *table.TABLE_OVERRIDES, f"train.seeds={SEEDS}",
+                 *YAHOO_PROXY, f"train.epochs={epochs}", f"train.patience={epochs}"]
+    config = load_config(table.CONFIGS / "yahoo_dr_jl.toml", overrides)
+    core_adam, host_sorts = step.scale_by_guarded_adam, step.host_sorts
+    variants = {"a_optax_adam_xla_sort": (optax.scale_by_adam, lambda: False),
+                "b_core_adam_xla_sort": (core_adam, lambda: False),
+                "c_core_adam_numpy_sort": (core_adam, host_sorts)}
+    results = {}
+    try:
+        for name, (adam, sorts) in variants.items():
+            step.scale_by_guarded_adam, step.host_sorts = adam, sorts
+            ordinary._programs.cache_clear()
+            with tempfile.TemporaryDirectory() as folder:
+                metrics = train_run(config, Path(folder) / "run", quiet=True)
+            results[name] = {**_timing(metrics), "test_auc": metrics["test"].get("auc")}
+            print(name, json.dumps(results[name]), file=sys.stderr, flush=True)
+    finally:
+        step.scale_by_guarded_adam, step.host_sorts = core_adam, host_sorts
+        ordinary._programs.cache_clear()
+    before = results["a_optax_adam_xla_sort"]["epoch_seconds"]
+    return {"seeds": SEEDS, "epochs": epochs, **results,
+            "speedup": {name: round(before / entry["epoch_seconds"], 3)
+                        for name, entry in results.items()}}
+
+
 CASES = {"coat_table": case_coat_table, "yahoo_proxy_ips": case_yahoo_proxy_ips,
-         "yahoo_proxy_dr_jl": case_yahoo_proxy_dr_jl}
+         "yahoo_proxy_dr_jl": case_yahoo_proxy_dr_jl,
+         "yahoo_proxy_dr_jl_core": case_yahoo_proxy_dr_jl_core}
 
 
 def run_case(name: str, quick: bool) -> dict:

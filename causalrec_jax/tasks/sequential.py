@@ -94,6 +94,7 @@ from causalrec_jax.train.step import (
     epoch_loss,
     epoch_order,
     gather_batches,
+    host_sorts,
     init_state,
     make_optimizer,
     make_scan_batches,
@@ -618,7 +619,7 @@ def make_bucketed_epoch(
         batches = []
         for bucket, n_rows in enumerate(bucket_sizes):
             order = np.asarray(epoch_order(streams.index(bucket_key, bucket), epoch,
-                                           n_rows, batch_size))
+                                           n_rows, batch_size, host_sort=host_sorts()))
             batches.extend((bucket, row) for row in order)
         order_key = streams.index(streams.derive(key, streams.Epoch.BATCH_ORDER), epoch)
         permutation = np.asarray(jax.random.permutation(order_key, len(batches)))

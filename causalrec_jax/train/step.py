@@ -83,15 +83,17 @@ def scale_by_guarded_adam(
     """`optax.scale_by_adam` whose update takes `apply=` (a boolean, traced or not): when it
     is False the moments and the count come back unchanged.
 
-    The same formulas as optax's (its `tree` helpers), so with `apply` True the updates and
-    the state are bitwise those of `optax.scale_by_adam`. Why it exists: a step that keeps
-    its old state when a gradient is not finite (`guarded_update`) used to select between the
-    new and the old state after the update; the parameters' update then read moments that
-    were never stored, and XLA recomputed them from the old ones, which it had to copy first
-    because the new ones overwrite them in place. Here the kept moments are the ones the
-    update reads, so each table is read and written once (DR-JL at Yahoo! R3 size, 5 seeds:
-    4.8 s an epoch before, `bench/debias.py`). With `apply` False and no step taken yet the
-    returned updates are not finite: the caller keeps its parameters (`guarded_update`).
+    The same formulas as optax's (its `tree` helpers): with `apply` True the updates and the
+    state are those of `optax.scale_by_adam`, bitwise in `tests/train/test_step.py` (inside a
+    whole training program XLA may fuse the arithmetic differently, a last-bit matter). Why
+    it exists: a step that keeps its old state when a gradient is not finite
+    (`guarded_update`) used to select between the new and the old state after the update;
+    the parameters' update then read moments that were never stored, and XLA recomputed them
+    from the old ones, which it had to copy first because the new ones overwrite them in
+    place. Here the kept moments are the ones the update reads, so no table is copied
+    (`bench/debias.py`, case `yahoo_proxy_dr_jl_guard`). With `apply` False and no step
+    taken yet the returned updates are not finite: the caller keeps its parameters
+    (`guarded_update`).
     """
     plain = optax.scale_by_adam(b1=b1, b2=b2, eps=eps, eps_root=eps_root)
 
@@ -244,15 +246,64 @@ def make_train_step(
     return train_step
 
 
-def epoch_order(key: jax.Array, epoch: jax.Array, n_rows: int, batch_size: int) -> jax.Array:
+def _stable_sorts(sort_keys: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """`values [..., n]` sorted stably by each round's `sort_keys [..., rounds, n]` in turn
+    (NumPy: the host half of `permutation`)."""
+    sort_keys = np.asarray(sort_keys)
+    values = np.array(np.broadcast_to(values, sort_keys.shape[:-2] + values.shape[-1:]))
+    positions = np.arange(values.shape[-1], dtype=np.uint64)
+    for round_keys in np.moveaxis(sort_keys, -2, 0):
+        # a stable argsort: each key above its position in one uint64, sorted (5x NumPy's
+        # stable argsort of 311,286 keys)
+        packed = (round_keys.astype(np.uint64) << np.uint64(32)) | positions
+        packed.sort(axis=-1)
+        order = (packed & np.uint64(0xFFFFFFFF)).astype(np.int64)
+        values = np.take_along_axis(values, order, axis=-1)
+    return values
+
+
+def permutation(key: jax.Array, n: int, *, host_sort: bool = False) -> jax.Array:
+    """`jax.random.permutation(key, n)`, element for element; with `host_sort` its sorts run
+    in NumPy (`jax.pure_callback`, once per call) instead of XLA.
+
+    jax shuffles by sorting on random 32-bit keys, in `ceil(3 log n / log(2^32 - 1))` rounds
+    (a stable sort each, fresh keys from splitting `key`). XLA's CPU sort calls a comparator
+    per comparison: 5 seeds' orders of 311,286 rows took 0.69 s an epoch on the 2-core CPU,
+    17% of a DR-JL epoch at Yahoo! R3 size. Here the same keys are drawn on the device and
+    the same stable sorts done by NumPy, so the order, and every run's numbers, are those of
+    `jax.random.permutation` (tested). Works under `jax.vmap` (the callback sorts every
+    member's keys at once)."""
+    if not host_sort:
+        return jax.random.permutation(key, n)
+    rounds = int(np.ceil(3 * np.log(max(1, n)) / np.log(np.iinfo(np.uint32).max)))
+    keys = []
+    for _ in range(rounds):
+        key, subkey = jax.random.split(key)
+        keys.append(jax.random.bits(subkey, (n,), jnp.uint32))
+    values = jnp.arange(n)
+    if not keys:
+        return values
+    return jax.pure_callback(_stable_sorts, jax.ShapeDtypeStruct(values.shape, values.dtype),
+                             jnp.stack(keys), values, vmap_method="expand_dims")
+
+
+def host_sorts() -> bool:
+    """Whether `epoch_order` sorts on the host: when JAX computes on CPUs, whose XLA sort is
+    slow (`permutation`)."""
+    return jax.default_backend() == "cpu"
+
+
+def epoch_order(key: jax.Array, epoch: jax.Array, n_rows: int, batch_size: int, *,
+                host_sort: bool = False) -> jax.Array:
     """`[n_batches, batch_size]` row indices of one epoch; padding slots hold `n_rows`.
 
     The order is drawn from `index(derive(key, streams.Epoch.ORDER), epoch)`, so the device
     path and the streaming path (and a resumed run) visit the same rows in the same batches.
+    `host_sort`: the permutation's sorts run in NumPy, with the same result (`permutation`).
     """
     n_batches = max(1, -(-n_rows // batch_size))
     order_key = streams.index(streams.derive(key, streams.Epoch.ORDER), epoch)
-    order = jax.random.permutation(order_key, n_rows).astype(jnp.int32)
+    order = permutation(order_key, n_rows, host_sort=host_sort).astype(jnp.int32)
     padding = jnp.full(n_batches * batch_size - n_rows, n_rows, jnp.int32)
     return jnp.concatenate([order, padding]).reshape(n_batches, batch_size)
 
@@ -346,10 +397,14 @@ def make_train_epoch(
     each batch split over the mesh's data axis); None: wherever the compiler puts them.
     """
     scan_batches = make_scan_batches(train_step)
+    # On CPUs the epoch's order is sorted by NumPy (`permutation`, the same order); a sharded
+    # program keeps XLA's sort (a host callback would have to run on one device of the mesh).
+    host_sort = batch_sharding is None and host_sorts()
 
     def train_epoch(state: TrainState, data: Batch, key: jax.Array, epoch: jax.Array):
         rows, shared = split_data(data)
-        batches = gather_batches(rows, epoch_order(key, epoch, n_rows, batch_size), n_rows)
+        order = epoch_order(key, epoch, n_rows, batch_size, host_sort=host_sort)
+        batches = gather_batches(rows, order, n_rows)
         if batch_sharding is not None:
             batches = jax.lax.with_sharding_constraint(batches, batch_sharding)
         state, first_bad, losses = scan_batches(
@@ -384,7 +439,8 @@ def make_streaming_epoch(
     segment_fn = jax.jit(jax.vmap(scan_batches, in_axes=axes) if vmap_seeds else scan_batches,
                          donate_argnums=(0,))
     order_fn = jax.jit(
-        jax.vmap(lambda key, epoch: epoch_order(key, epoch, n_rows, batch_size), (0, None))
+        jax.vmap(lambda key, epoch: epoch_order(key, epoch, n_rows, batch_size,
+                                                host_sort=host_sorts()), (0, None))
     )
 
     def run_epoch(states, data, keys, epoch):

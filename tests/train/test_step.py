@@ -331,3 +331,22 @@ def test_a_skipped_step_keeps_the_state_bitwise(optimizer_name):
         assert bool(metrics["finite"])
     assert int(state.step) == 2
     assert all(np.all(np.isfinite(leaf)) for leaf in _state_leaves(state))
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 7, 1000, 70_000, 311_286])
+def test_host_sorted_permutation_is_jax_permutation(n):
+    """`permutation(host_sort=True)` (NumPy's sorts) gives `jax.random.permutation`'s order,
+    eagerly, jitted and vmapped over seeds, so runs on a CPU train what they trained before."""
+    from causalrec_jax.train.step import permutation
+
+    key = jax.random.key(n + 11)
+    expected = np.asarray(jax.random.permutation(key, n))
+    eager = np.asarray(permutation(key, n, host_sort=True))
+    jitted = np.asarray(jax.jit(lambda k: permutation(k, n, host_sort=True))(key))
+    assert eager.dtype == expected.dtype
+    np.testing.assert_array_equal(eager, expected)
+    np.testing.assert_array_equal(jitted, expected)
+    keys = jnp.stack([jax.random.key(s) for s in range(3)])
+    order = jax.jit(jax.vmap(lambda k: epoch_order(k, jnp.int32(2), n, 64, host_sort=True)))
+    plain = jax.jit(jax.vmap(lambda k: epoch_order(k, jnp.int32(2), n, 64)))
+    np.testing.assert_array_equal(np.asarray(order(keys)), np.asarray(plain(keys)))
