@@ -710,7 +710,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 and not finished_run(Path(out))):
             since = ("" if Path(out, "checkpoints").is_dir()
                      else " (from the start: no checkpoint was written yet)")
-            hint = f"; continue it{since} with: causalrec train --resume --out {out}"
+            every = " --distributed" if getattr(args, "distributed", False) else ""
+            hint = (f"; continue it{since} with: causalrec train --resume{every} --out {out}"
+                    + (" (in every process of the job)" if every else ""))
 
         print(f"{prog}: interrupted{hint}", file=sys.stderr)
         return 130

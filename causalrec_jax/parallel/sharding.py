@@ -169,9 +169,11 @@ def checkpoint_view(tables: dict[str, str], counts: dict[str, int],
                                                               sharding=whole), shapes)
 
     def load(read, like):
-        padded = pad_rows(read, tables, counts, mesh_shape[1], row_axis=1)
-        return jax.tree.map(lambda leaf, target: jax.device_put(leaf, target.sharding),
-                            padded, like)
+        padded = jax.device_get(pad_rows(read, tables, counts, mesh_shape[1], row_axis=1))
+        # every process holds the whole values and places its own devices' parts
+        return jax.tree.map(
+            lambda leaf, target: jax.make_array_from_callback(
+                leaf.shape, target.sharding, lambda index: leaf[index]), padded, like)
 
     return CheckpointView(save=save, stored=stored, load=load)
 

@@ -210,6 +210,19 @@ def finished_run(out: Path) -> bool:
     return isinstance(record, dict) and "diverged" not in record
 
 
+def check_resume(out: str | Path, config: Config) -> dict[str, list]:
+    """What `write_run` checks before it resumes the run in `out` with `config` (a run
+    folder, not finished, a config that computes the same run), changing nothing; returns
+    `check_resumable`'s changes. The first process of a job checks it for every process."""
+    out = Path(out)
+    if not (out / "config.toml").is_file():
+        raise RunError(f"--resume: {out} is not a run folder (no config.toml); train a new "
+                       "run there without --resume")
+    refuse_finished_run(out)
+    return check_resumable(load_config(out / "config.toml"),
+                           absolute_tracking(absolute_data_path(config)), out)
+
+
 def refuse_finished_run(out: Path) -> None:
     """Raises RunError when the run in `out` finished (`finished_run`): resuming it would
     train nothing and rewrite its record."""
@@ -286,10 +299,9 @@ def write_run(
     check_tracking(config)  # a missing tracker's extra, before anything is trained
     config = absolute_tracking(absolute_data_path(config))
     resumes_before = config_before = None
-    if resume and (out / "config.toml").exists():
+    if resume:
         config_before = (out / "config.toml").read_text()
-        refuse_finished_run(out)
-        changes = check_resumable(load_config(out / "config.toml"), config, out)
+        changes = check_resume(out, config)
         if changes:
             path = out / RESUMES
             resumes_before = path.read_text() if path.exists() else ""

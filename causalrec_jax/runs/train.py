@@ -37,6 +37,7 @@ from causalrec_jax.eval.summary import aggregate, metric_values, summarize
 from causalrec_jax.parallel import agree, is_multiprocess
 from causalrec_jax.runs.folder import (
     append_log,
+    check_resume,
     epoch_log_lines,
     epoch_summary,
     fit_log_lines,
@@ -84,15 +85,15 @@ def train_run(
     check_ordinary_keys(config)
     check_selection_metric(config.eval, config.train.early_stopping_metric,
                            "train.early_stopping_metric")
-    if is_multiprocess() and resume:
-        raise RunError("--resume with --distributed: a run over several processes keeps no "
-                       "checkpoints yet; train it again")
     if is_multiprocess():
         # what only the first process checks (it writes --out), agreed on by all of them
         refused = None
         if jax.process_index() == 0:
             try:
-                refuse_existing_run(out_dir)
+                if resume:
+                    check_resume(out_dir, config)
+                else:
+                    refuse_existing_run(out_dir)
                 check_tracking(config)
             except CausalRecError as error:
                 refused = error
@@ -104,9 +105,11 @@ def train_run(
             raise
     if is_multiprocess() and jax.process_index() > 0:
         # Every process trains (the program spans their devices); the first writes the run
-        # folder, the others the same files into a folder of their own, removed after.
+        # folder and its checkpoints (a resumed run's are read by the first and handed to
+        # all, `train.loop.fit`), the others the same files into a folder of their own,
+        # removed after.
         with tempfile.TemporaryDirectory(prefix="causalrec-process-") as scratch:
-            return _write_run(config, Path(scratch), resume=False, quiet=True, frame=frame)
+            return _write_run(config, Path(scratch), resume=resume, quiet=True, frame=frame)
     return write_run(
         out_dir, config, lambda config, out: _write_run(config, out, resume=resume,
                                                         quiet=quiet, frame=frame),

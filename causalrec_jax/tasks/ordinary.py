@@ -51,7 +51,7 @@ from causalrec_jax.data.dataset import Dataset, Split
 from causalrec_jax.data.fingerprint import check_unchanged
 from causalrec_jax.data.loader import load_dataset
 from causalrec_jax.data.split import make_split
-from causalrec_jax.errors import CheckpointWarning, ConfigError, RunError
+from causalrec_jax.errors import ConfigError, RunError
 from causalrec_jax.eval.protocol import (
     check_validation_selection,
     evaluate_split,
@@ -727,8 +727,6 @@ def train_split(
     parts, constants, causal_values = setup.parts, setup.constants, setup.causal_values
     propensity_report, states, data = setup.propensity_report, setup.states, setup.data
     train_keys, steps_per_epoch = setup.keys, setup.steps_per_epoch
-    if is_multiprocess():  # not across processes yet (`check_parallel_config` warns)
-        checkpoint_dir = None
     run_epoch, _ = _programs(
         setup.spec, 0 if setup.on_device else config.train.segment_batches)
     score_program = _score_program(parts.graphdef, method)
@@ -875,12 +873,6 @@ def check_parallel_config(config: Config) -> None:
         raise ConfigError(f"key parallel.mesh: a {data} x {model} mesh over {jax.process_count()} "
                           f"processes must use all {jax.device_count()} of their devices (every "
                           "process holds a part); choose a shape whose product is that")
-    if is_multiprocess() and config.train.checkpoint_every:
-        import warnings
-
-        warnings.warn(CheckpointWarning(
-            "train.checkpoint_every: a run over several processes keeps no checkpoints yet; "
-            "it trains to the end without them"), stacklevel=2)
     if config.privacy.level:
         raise ConfigError(f"key parallel.mesh: {list(config.parallel.mesh)} with privacy.level "
                           f"= {config.privacy.level!r}; private training runs on one device so "

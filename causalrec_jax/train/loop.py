@@ -16,6 +16,7 @@ interact, each seed's result equals a run of that seed alone.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import time
 from collections.abc import Callable
@@ -152,32 +153,99 @@ def _survivors(values: list[float], keep_fraction: float, lower: bool) -> np.nda
     return np.asarray(sorted(order[:keep]))
 
 
+def _like(states: TrainState, best_params: Any, all_keys: jax.Array, alive: np.ndarray,
+          view: CheckpointView | None) -> tuple[dict[str, Any], Any]:
+    """`(like, stored)`: the arrays a checkpoint of the members `alive` restores into, and
+    how they are stored (`view.stored(like)`, or `like` itself)."""
+    like = {"states": _rows(states, alive), "best_params": best_params,
+            "keys": jax.random.key_data(all_keys)}
+    return like, (like if view is None else view.stored(like))
+
+
+def _on_host(stored: Any) -> Any:
+    """`stored`'s shapes placed on this process's first device: a checkpoint read by one
+    process alone, as host values."""
+    here = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    return jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype,
+                                                          sharding=here), stored)
+
+
 def _restore(checkpoint_dir: str | Path | None, states: TrainState, best_params: Any,
-             all_keys: jax.Array, view: CheckpointView | None = None
+             all_keys: jax.Array, view: CheckpointView | None = None, *, host: bool = False
              ) -> tuple[dict[str, Any], dict[str, Any], np.ndarray] | None:
     """`(arrays, meta, alive)` of the newest checkpoint of `checkpoint_dir` that reads back
     whole, JSON and arrays (shaped by the members it says are alive, as `view` stores them,
-    and brought back by it); unreadable newer ones are set aside (`checkpoint.set_aside`).
-    None when there is none."""
+    and brought back by it; with `host`, NumPy arrays as stored); unreadable newer ones are
+    set aside (`checkpoint.set_aside`). None when there is none."""
     if checkpoint_dir is None:
         return None
     while (epoch := set_aside_unreadable(checkpoint_dir)) is not None:
         older = [step for step in steps(checkpoint_dir) if step < epoch]
         _, meta = restore_checkpoint(checkpoint_dir, None, epoch, meta_only=True)
         alive = np.asarray(meta.get("alive", list(range(len(all_keys)))), np.int64)
-        like = {"states": _rows(states, alive), "best_params": best_params,
-                "keys": jax.random.key_data(all_keys)}
+        like, stored = _like(states, best_params, all_keys, alive, view)
         try:
-            if view is None:
-                arrays, meta = restore_checkpoint(checkpoint_dir, like, epoch)
+            if host:
+                arrays, meta = restore_checkpoint(checkpoint_dir, _on_host(stored), epoch)
+                arrays = jax.tree.map(np.asarray, arrays)
             else:
-                arrays, meta = restore_checkpoint(checkpoint_dir, view.stored(like), epoch)
-                arrays = view.load(arrays, like)
+                arrays, meta = restore_checkpoint(checkpoint_dir, stored, epoch)
+                arrays = arrays if view is None else view.load(arrays, like)
         except Exception as error:  # orbax and tensorstore failures alike
             set_aside(checkpoint_dir, epoch, error, older)
             continue
         return arrays, meta, alive
     return None
+
+
+def _broadcast_text(text: str | None) -> str | None:
+    """The first process's `text` (None: nothing) on every process (a collective)."""
+    from jax.experimental import multihost_utils
+
+    data = b"" if text is None else b"\x01" + text.encode()
+    size = int(np.asarray(multihost_utils.broadcast_one_to_all(
+        np.asarray(len(data), np.int32))))
+    mine = np.zeros(size, np.uint8)
+    if jax.process_index() == 0:
+        mine[:] = np.frombuffer(data, np.uint8)
+    sent = bytes(np.asarray(multihost_utils.broadcast_one_to_all(mine)).astype(np.uint8))
+    return sent[1:].decode() if sent else None
+
+
+def _place(values: Any, like: Any) -> Any:
+    """Host `values` as global arrays sharded as `like` (every process passes the whole
+    values; each places its own devices' parts)."""
+    return jax.tree.map(
+        lambda value, target: jax.make_array_from_callback(
+            np.shape(value), target.sharding, lambda index: np.asarray(value)[index]),
+        values, like)
+
+
+def _restore_everywhere(checkpoint_dir: str | Path | None, states: TrainState,
+                        best_params: Any, all_keys: jax.Array,
+                        view: CheckpointView | None = None
+                        ) -> tuple[dict[str, Any], dict[str, Any], np.ndarray] | None:
+    """`_restore` in one process; over several processes (`jax.distributed`), the first
+    reads the checkpoint (the run folder is its own) and hands it to every process, each of
+    which places its parts: the other processes need no copy of the checkpoints."""
+    if jax.process_count() == 1:
+        return _restore(checkpoint_dir, states, best_params, all_keys, view)
+    from jax.experimental import multihost_utils
+
+    found = (_restore(checkpoint_dir, states, best_params, all_keys, view, host=True)
+             if jax.process_index() == 0 else None)
+    text = _broadcast_text(None if found is None else json.dumps(
+        {"meta": found[1], "alive": [int(member) for member in found[2]]}))
+    if text is None:
+        return None
+    told = json.loads(text)
+    alive = np.asarray(told["alive"], np.int64)
+    like, stored = _like(states, best_params, all_keys, alive, view)
+    values = (found[0] if found is not None
+              else jax.tree.map(lambda leaf: np.zeros(leaf.shape, leaf.dtype), stored))
+    values = jax.tree.map(np.asarray, multihost_utils.broadcast_one_to_all(values))
+    arrays = view.load(values, like) if view is not None else _place(values, like)
+    return arrays, told["meta"], alive
 
 
 @dataclasses.dataclass(frozen=True)
@@ -284,8 +352,8 @@ def fit(
     all_keys = keys
     history: list[dict[str, Any]] = []
     start = 0
-    restored = (_restore(checkpoint_dir, states, best_params, all_keys, checkpoint_view)
-                if resume else None)
+    restored = (_restore_everywhere(checkpoint_dir, states, best_params, all_keys,
+                                    checkpoint_view) if resume else None)
     if restored is not None:
         arrays, meta, alive = restored
         states, keys = _rows(states, alive), all_keys[alive]
@@ -317,6 +385,14 @@ def fit(
                 "alive": [int(m) for m in alive]}
         if checkpoint_view is not None:
             arrays = checkpoint_view.save(arrays)
+        if jax.process_count() > 1:
+            # Over several processes every one takes part in gathering the whole values; the
+            # first writes them into its run folder (`_restore_everywhere` reads them back).
+            from jax.experimental import multihost_utils
+
+            arrays = multihost_utils.process_allgather(arrays, tiled=True)
+            if jax.process_index() != 0:
+                return
         save_checkpoint(checkpoint_dir, epoch, arrays, meta)
 
     epoch_times: list[float] = []

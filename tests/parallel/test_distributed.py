@@ -98,8 +98,71 @@ def test_two_processes_train_what_one_process_trains(root, single, mesh):
         assert joint["test"][metric] == pytest.approx(alone["test"][metric], abs=1e-5)
     assert [s["best_epoch"] for s in joint["per_seed"]] == [
         s["best_epoch"] for s in alone["per_seed"]]
-    # the first process wrote the folder; no checkpoints across processes yet
-    assert (joint_run / "model").is_dir() and not (joint_run / "checkpoints").exists()
+    # the first process wrote the folder (its checkpoints too: one, at the end)
+    assert (joint_run / "model").is_dir()
+    assert [p.name for p in (joint_run / "checkpoints").iterdir()] == ["2"]
+
+
+def _interrupted(config: Path, out: Path, stop: int, port: int, index: int, mesh: str):
+    worker = Path(__file__).with_name("interrupted_worker.py")
+    return subprocess.Popen(
+        [sys.executable, str(worker), str(stop), "train", "--config", str(config),
+         "--out", str(out), "--quiet", "--distributed", "--set", f"parallel.mesh={mesh}",
+         "--set", "train.checkpoint_every=1"],
+        env={**os.environ, "JAX_PLATFORMS": "cpu",
+             "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+             "JAX_COORDINATOR_ADDRESS": f"localhost:{port}", "JAX_NUM_PROCESSES": "2",
+             "JAX_PROCESS_ID": str(index)},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.mark.parametrize("mesh", [
+    "[2,2]",  # each process holds whole tables
+    pytest.param("[1,4]", marks=pytest.mark.slow),  # tables split across the processes
+])
+def test_a_job_stopped_after_a_checkpoint_resumes_over_two_processes(root, single, mesh):
+    """Checkpoints over several processes: the first process writes them (the whole values
+    every process gathers); `--resume --distributed` has the first read the newest and hand
+    it to every process, which places its parts. A job stopped by Ctrl-C in its last epoch
+    (after its log line, before its checkpoint) ends, resumed from epoch 1's, with the model
+    one process trains without a stop."""
+    out = root / ("stopped" + mesh.strip("[]").replace(",", "x"))
+    port = _free_port()
+    workers = [_interrupted(root / "config.toml", out, 2, port, index, mesh)
+               for index in range(2)]
+    for worker in workers:
+        _, err = worker.communicate(timeout=600)
+        assert worker.returncode == 130, err[-3000:]
+        assert ("interrupted; continue it with: causalrec train --resume --distributed --out "
+                f"{out} (in every process of the job)") in err
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["0", "1"]
+    assert not (out / "metrics.json").exists()
+    port = _free_port()
+    resumed = [
+        subprocess.Popen(
+            [sys.executable, "-m", "causalrec_jax", "train", "--resume", "--distributed",
+             "--out", str(out), "--quiet"],
+            env={**os.environ, "JAX_PLATFORMS": "cpu",
+                 "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+                 "JAX_COORDINATOR_ADDRESS": f"localhost:{port}", "JAX_NUM_PROCESSES": "2",
+                 "JAX_PROCESS_ID": str(index)},
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for index in range(2)]
+    for worker in resumed:
+        _, err = worker.communicate(timeout=600)
+        assert worker.returncode == 0, err[-3000:]
+    one = load_run(single).parts.params
+    two = load_run(out).parts.params
+    for a, b in zip(jax.tree.leaves(one), jax.tree.leaves(two), strict=True):
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=5e-5)
+    alone = json.loads((single / "metrics.json").read_text())
+    joint = json.loads((out / "metrics.json").read_text())
+    assert joint["test"]["ndcg@10"] == pytest.approx(alone["test"]["ndcg@10"], abs=1e-5)
+    assert [s["best_epoch"] for s in joint["per_seed"]] == [
+        s["best_epoch"] for s in alone["per_seed"]]
+    logged = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [(line["epoch"], line["seed"]) for line in logged] == [
+        (epoch, seed) for epoch in range(3) for seed in (0, 1)]
 
 
 def test_distributed_needs_the_whole_job_layout(tmp_path):

@@ -1,0 +1,32 @@
+"""`causalrec train ARGS` stopped by Ctrl-C after the log line of epoch STOP, in every process
+of a job alike (a job cut off once its checkpoints are written):
+
+    python tests/parallel/interrupted_worker.py STOP ARGS...
+"""
+
+import sys
+
+from causalrec_jax import cli
+from causalrec_jax.tasks import ordinary
+
+
+def main() -> int:
+    stop, argv = int(sys.argv[1]), sys.argv[2:]
+    original = ordinary.fit
+
+    def interrupted(**kwargs):
+        log = kwargs["log_fn"]
+
+        def stopping(record):
+            log(record)
+            if record["epoch"] == stop:
+                raise KeyboardInterrupt
+
+        return original(**{**kwargs, "log_fn": stopping})
+
+    ordinary.fit = interrupted
+    return cli.main(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
