@@ -9,7 +9,9 @@ step (`privacy.dpsgd.make_dp_train_step`) at example level with 2,048 rows expec
 and at user level with 2,048 rows expected per step (about 45 users of up to 64 rows). Each case
 runs `--steps` steps as one scanned epoch; compilation (the first call) is timed apart from
 the steady state (the median of `--repeats` further calls). Issue 18's target: a DP step
-costs at most 3x an ordinary one.
+costs at most 3x an ordinary one. The cases run twice: with jax's own Threefry lowering on
+CPUs (the default: `results`) and with the unrolled one `CAUSALREC_UNROLLED_THREEFRY=1`
+registers (`causalrec_jax.xla_cpu`: `unrolled_threefry`).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from causalrec_jax import xla_cpu
 from causalrec_jax.config import ModelConfig, TrainConfig
 from causalrec_jax.models.base import make_scorers
 from causalrec_jax.models.factory import init_params
@@ -122,7 +125,17 @@ def main() -> None:
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "privacy.json"))
     args = parser.parse_args()
     load = os.getloadavg()[0]
+    # The same cases with jax's own (rolled) Threefry lowering on CPUs, the default, and side
+    # by side with the unrolled one CAUSALREC_UNROLLED_THREEFRY=1 registers (`xla_cpu`).
+    xla_cpu.use_unrolled(False)
+    jax.clear_caches()
     results = run(args.steps, args.repeats)
+    unrolled = None
+    if xla_cpu.use_unrolled(True):
+        jax.clear_caches()
+        unrolled = run(args.steps, args.repeats)
+        xla_cpu.use_unrolled(xla_cpu.UNROLLED)
+        jax.clear_caches()
     out = {
         "case": f"BPR-MF, {N_USERS} users x {N_ITEMS} items, dim {DIM}, {NEGATIVES} negatives, "
                 f"{BATCH} rows per step (expected, for DP), {args.steps} steps per call",
@@ -130,6 +143,12 @@ def main() -> None:
         "target": "a DP step costs <= 3x an ordinary step (issue 18)",
         "met": all(r["ratio_to_ordinary"] <= 3 for name, r in results.items()
                    if name.startswith("dp_")),
+        "unrolled_threefry": unrolled and {
+            name: {"step_seconds": r["step_seconds"],
+                   "first_call_seconds": r["first_call_seconds"],
+                   "ratio_to_ordinary": r.get("ratio_to_ordinary"),
+                   "speedup": round(results[name]["step_seconds"] / r["step_seconds"], 2)}
+            for name, r in unrolled.items()},
         "machine": {"platform": platform.platform(), "jax": jax.__version__,
                     "devices": [str(d) for d in jax.devices()], "cpu_count": os.cpu_count(),
                     "load_average_before_after": [round(load, 2),

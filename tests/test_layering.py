@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1] / PACKAGE
 
 # Bottom-up; a module's layer is that of the longest prefix of its name listed here.
 LAYERS = (
-    ("errors", "streams"),
+    ("errors", "streams", "xla_cpu"),
     ("config",),
     ("data",),
     ("models",),

@@ -19,3 +19,5 @@ def test_bench_runs_a_few_steps_and_writes_its_json(tmp_path, load_repo_script, 
         assert case["ratio_to_ordinary"] > 0 and case["capacity"] >= case["expected_units"]
         assert case["expected_rows_per_step"] == pytest.approx(2048, rel=0.01)
     assert isinstance(written["met"], bool)
+    assert set(written["unrolled_threefry"]) == {"ordinary", "dp_example", "dp_user"}
+    assert all(case["speedup"] > 0 for case in written["unrolled_threefry"].values())

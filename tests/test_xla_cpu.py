@@ -1,0 +1,71 @@
+"""`CAUSALREC_UNROLLED_THREEFRY=1` registers jax's unrolled Threefry lowering on CPUs
+(`causalrec_jax.xla_cpu`): every key, bit, integer and permutation stays bit for bit what
+jax's own CPU lowering gives, and floats drawn from them differ at most in their last bit (XLA
+fuses the conversion with the hash differently). Each lowering is computed in a fresh process:
+one that imports causalrec_jax with the variable set, one that never imports it."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+
+import causalrec_jax.xla_cpu as xla_cpu
+
+DRAWS = """
+import sys
+import jax, jax.numpy as jnp, numpy as np
+if sys.argv[2] == "ours":
+    import causalrec_jax.xla_cpu as xla_cpu
+    assert xla_cpu.UNROLLED
+    text = jax.jit(lambda k: jax.random.bits(k, (16,))).lower(jax.random.key(0)).as_text()
+    assert "while" not in text  # jax's own CPU lowering is a while loop
+key = jax.random.key(7)
+keys = jax.random.split(key, 3)
+out = {
+    "bits": jax.random.bits(key, (1000,), jnp.uint32),
+    "split": jax.random.key_data(jax.random.split(key, 5)),
+    "fold_in": jax.random.key_data(jax.random.fold_in(key, 12345)),
+    "randint": jax.random.randint(key, (513,), 0, 1682),
+    "permutation": jax.random.permutation(key, 3001),
+    "vmap_fold_in": jax.random.key_data(
+        jax.vmap(lambda u: jax.random.fold_in(key, u))(jnp.arange(115))),
+    "normal": jax.random.normal(key, (64, 33)),
+    "uniform": jax.random.uniform(key, (257,)),
+    "jit_vmap_normal": jax.jit(jax.vmap(lambda k: jax.random.normal(k, (40,))))(keys),
+}
+np.savez(sys.argv[1], **{name: np.asarray(value) for name, value in out.items()})
+"""
+
+
+def _draws(path, which, unrolled):
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    env.pop(xla_cpu.ENVIRONMENT, None)
+    if unrolled:
+        env[xla_cpu.ENVIRONMENT] = "1"
+    done = subprocess.run([sys.executable, "-c", DRAWS, str(path), which],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return np.load(path)
+
+
+def test_unrolled_threefry_draws_what_jax_draws(tmp_path):
+    ours = _draws(tmp_path / "ours.npz", "ours", unrolled=True)
+    theirs = _draws(tmp_path / "jax.npz", "jax", unrolled=False)
+    assert sorted(ours.files) == sorted(theirs.files)
+    for name in ours.files:
+        if np.issubdtype(ours[name].dtype, np.floating):
+            np.testing.assert_allclose(ours[name], theirs[name], rtol=3e-7, atol=1e-7,
+                                       err_msg=name)
+        else:
+            np.testing.assert_array_equal(ours[name], theirs[name], err_msg=name)
+
+
+def test_the_default_is_jax_lowering():
+    """Without the variable nothing is registered (this test process has none set)."""
+    import jax
+
+    if os.environ.get(xla_cpu.ENVIRONMENT, "0") in ("", "0"):
+        assert not xla_cpu.UNROLLED
+        text = jax.jit(lambda k: jax.random.bits(k, (16,))).lower(jax.random.key(0)).as_text()
+        assert "stablehlo.while" in text
