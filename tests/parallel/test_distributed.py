@@ -81,9 +81,10 @@ def _two_processes(root: Path, mesh: str) -> Path:
     return out
 
 
+@pytest.mark.slow  # make test-all: `make test` runs the 2 x 2 job stopped and resumed below
 @pytest.mark.parametrize("mesh", [
     "[2,2]",  # each process holds whole tables (the model axis within a process)
-    pytest.param("[1,4]", marks=pytest.mark.slow),  # tables split across the processes
+    "[1,4]",  # tables split across the processes
 ])
 def test_two_processes_train_what_one_process_trains(root, single, mesh):
     joint_run = _two_processes(root, mesh)
