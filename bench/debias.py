@@ -136,8 +136,9 @@ CORE_EPOCHS = 6
 
 def case_yahoo_proxy_dr_jl_core(quick: bool) -> dict:
     """DR-JL x 5 seeds at Yahoo! R3 size, side by side in one process, steady epoch seconds
-    of the one core's step (a) as it was: optax's `scale_by_adam`, its state selected after
-    the update when a step is skipped, and XLA sorting each epoch's order; (b) with the core's
+    of the one core's step (a) as it was but for its two selects made one: optax's
+    `scale_by_adam`, its state selected after the update when a step is skipped, and XLA
+    sorting each epoch's order; (b) with the core's
     Adam (`train.step.scale_by_guarded_adam`, which keeps its own moments on a skipped step);
     (c) and the order sorted by NumPy (`train.step.permutation`, the same order: this
     machine's default). Same data, seeds and number of epochs: the three train the same

@@ -325,12 +325,9 @@ def _command_train(args: argparse.Namespace) -> int:
         if not args.out:
             raise RunError("--resume without --config needs --out, the run folder to continue")
         out = Path(args.out)
-        if not (out / "config.toml").is_file():
-            raise RunError(f"--resume: {out} is not a run folder (no config.toml); train a new "
-                           "run there without --resume")
-        from causalrec_jax.runs.folder import refuse_finished_run
+        from causalrec_jax.runs.folder import refuse_unresumable
 
-        refuse_finished_run(out)  # before the config is printed (write_run checks it too)
+        refuse_unresumable(out)  # before the config is printed (write_run checks it too)
         config = load_config(out / "config.toml", args.overrides)
     else:
         config = load_config(args.config, args.overrides)

@@ -42,12 +42,14 @@ def use_unrolled(unrolled: bool = True) -> bool:
         primitive = threefry2x32.threefry2x32_p
     except (ImportError, AttributeError):
         return False
-    mlir.register_lowering(primitive, rule, platform="cpu")
+    # out of line, as jax registers the unrolled rule for the other platforms
+    mlir.register_lowering(primitive, rule, platform="cpu", inline=not unrolled)
     return True
 
 
-# The environment variable that asks for the unrolled lowering at import ("1").
+# The environment variable that asks for the unrolled lowering at import ("1" or "true").
 ENVIRONMENT = "CAUSALREC_UNROLLED_THREEFRY"
 
 # Whether CPU programs use the unrolled Threefry lowering (registered at import when asked).
-UNROLLED = os.environ.get(ENVIRONMENT, "0") not in ("", "0") and use_unrolled(True)
+UNROLLED = (os.environ.get(ENVIRONMENT, "").strip().lower() in ("1", "true")
+            and use_unrolled(True))

@@ -26,12 +26,13 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from causalrec_jax.parallel.distributed import host_values, is_multiprocess
 from causalrec_jax.parallel.mesh import make_mesh, padded_count
-from causalrec_jax.train.loop import CheckpointView
+from causalrec_jax.train.loop import CheckpointView, place
 
 
 def _names(path: tuple) -> list[str]:
@@ -169,11 +170,19 @@ def checkpoint_view(tables: dict[str, str], counts: dict[str, int],
                                                               sharding=whole), shapes)
 
     def load(read, like):
-        padded = jax.device_get(pad_rows(read, tables, counts, mesh_shape[1], row_axis=1))
-        # every process holds the whole values and places its own devices' parts
-        return jax.tree.map(
-            lambda leaf, target: jax.make_array_from_callback(
-                leaf.shape, target.sharding, lambda index: leaf[index]), padded, like)
+        # on the host (NumPy): a table may fit no single device; every process holds the
+        # whole values and places its own devices' parts
+        padded = jax.tree_util.tree_map_with_path(
+            lambda path, leaf: _pad_host(np.asarray(leaf), table_kind(path, tables)), read)
+        return place(padded, like)
+
+    def _pad_host(leaf, kind):
+        if not kind or leaf.ndim < 2:
+            return leaf
+        extra = padded_count(counts[kind], mesh_shape[1]) - leaf.shape[1]
+        widths = [(0, 0)] * leaf.ndim
+        widths[1] = (0, extra)
+        return np.pad(leaf, widths) if extra else leaf
 
     return CheckpointView(save=save, stored=stored, load=load)
 

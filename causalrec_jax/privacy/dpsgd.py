@@ -455,8 +455,8 @@ def make_private_step(unit_fn: Callable[..., Any], optimizer: optax.GradientTran
                       spec: DPSpec, tables: dict[str, str]
                       ) -> Callable[[TrainState, dict[str, Any], jax.Array],
                                     tuple[TrainState, dict[str, jax.Array]]]:
-    """Builds `step(state, data, key) -> (state, metrics)`: one private step (DP-SGD) or
-    round (DP-FedAvg) over Poisson-sampled units.
+    """Builds `step(state, data, key, apply=True) -> (state, metrics)`: one private step
+    (DP-SGD) or round (DP-FedAvg) over Poisson-sampled units.
 
     `unit_fn(params, constants, batch, key, hparams) -> (update, ids, loss, norm, kept)`
     gives one unit's contribution over its gathered rows (`update`, a gradient or a client's
@@ -469,7 +469,9 @@ def make_private_step(unit_fn: Callable[..., Any], optimizer: optax.GradientTran
     into `key` as the ordinary step does, samples its units, and applies
     `optimizer.update` to the noisy mean of the clipped updates (the module doc).
     `apply` False (the epoch's after a bad step) keeps the state, as a step whose loss, noisy
-    gradient or clients' rows are not finite does (`train.step.guarded_update`).
+    gradient or clients' rows are not finite does (`train.step.guarded_update`; checked
+    before the update, as the ordinary step checks its gradient: an update that overflows a
+    finite gradient is caught by the next step's loss).
     `metrics`: `loss` (the sampled units' mean row loss: NOT private), `finite`, `sampled`
     (units Poisson drew), `dropped` (beyond `capacity`), `clipped` (units whose norm
     exceeded C) and `mean_norm`.

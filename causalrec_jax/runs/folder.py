@@ -215,12 +215,18 @@ def check_resume(out: str | Path, config: Config) -> dict[str, list]:
     folder, not finished, a config that computes the same run), changing nothing; returns
     `check_resumable`'s changes. The first process of a job checks it for every process."""
     out = Path(out)
+    refuse_unresumable(out)
+    return check_resumable(load_config(out / "config.toml"),
+                           absolute_tracking(absolute_data_path(config)), out)
+
+
+def refuse_unresumable(out: Path) -> None:
+    """Raises RunError when `out` holds no run to resume: no `config.toml`, or a run that
+    finished (`refuse_finished_run`)."""
     if not (out / "config.toml").is_file():
         raise RunError(f"--resume: {out} is not a run folder (no config.toml); train a new "
                        "run there without --resume")
     refuse_finished_run(out)
-    return check_resumable(load_config(out / "config.toml"),
-                           absolute_tracking(absolute_data_path(config)), out)
 
 
 def refuse_finished_run(out: Path) -> None:
@@ -293,15 +299,12 @@ def write_run(
                        "with a new --out")
     if not resume:
         refuse_existing_run(out, resumable=resumable)
-    elif not (out / "config.toml").is_file():
-        raise RunError(f"--resume: {out} is not a run folder (no config.toml); train a new "
-                       "run there without --resume")
     check_tracking(config)  # a missing tracker's extra, before anything is trained
     config = absolute_tracking(absolute_data_path(config))
     resumes_before = config_before = None
     if resume:
-        config_before = (out / "config.toml").read_text()
         changes = check_resume(out, config)
+        config_before = (out / "config.toml").read_text()
         if changes:
             path = out / RESUMES
             resumes_before = path.read_text() if path.exists() else ""

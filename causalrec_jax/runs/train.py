@@ -134,8 +134,17 @@ def _write_run(config: Config, out: Path, *, resume: bool, quiet: bool, frame) -
     progress = not quiet and sys.stderr.isatty()
     seeds = seed_list(config)
     log_path = out / "log.jsonl"
-    start_log(log_path, resume=resume, checkpoint_of=lambda line: (
-        out / "checkpoints" / f"fold{line['fold']}" if "fold" in line else out / "checkpoints"))
+    try:
+        start_log(log_path, resume=resume, checkpoint_of=lambda line: (
+            out / "checkpoints" / f"fold{line['fold']}" if "fold" in line
+            else out / "checkpoints"))
+    except CausalRecError as error:
+        try:  # a damaged log on resume: the other processes of a job stop too
+            agree(None, "read the run's log")
+        except RunError:
+            pass
+        raise error from None
+    agree("log", "read the run's log")
 
     append = log_appender(log_path, resume=resume)
 

@@ -183,7 +183,12 @@ def _restore(checkpoint_dir: str | Path | None, states: TrainState, best_params:
         older = [step for step in steps(checkpoint_dir) if step < epoch]
         _, meta = restore_checkpoint(checkpoint_dir, None, epoch, meta_only=True)
         alive = np.asarray(meta.get("alive", list(range(len(all_keys)))), np.int64)
-        like, stored = _like(states, best_params, all_keys, alive, view)
+        if host:  # shapes only: no computation on arrays that span other processes
+            like = None
+            stored = jax.eval_shape(lambda s, b, k, alive=alive: _like(s, b, k, alive, view)[1],
+                                    states, best_params, all_keys)
+        else:
+            like, stored = _like(states, best_params, all_keys, alive, view)
         try:
             if host:
                 arrays, meta = restore_checkpoint(checkpoint_dir, _on_host(stored), epoch)
@@ -202,19 +207,47 @@ def _broadcast_text(text: str | None) -> str | None:
     """The first process's `text` (None: nothing) on every process (a collective)."""
     from jax.experimental import multihost_utils
 
-    data = b"" if text is None else b"\x01" + text.encode()
+    data = b"\x00" if text is None else b"\x01" + text.encode()
     size = int(np.asarray(multihost_utils.broadcast_one_to_all(
         np.asarray(len(data), np.int32))))
     mine = np.zeros(size, np.uint8)
     if jax.process_index() == 0:
         mine[:] = np.frombuffer(data, np.uint8)
     sent = bytes(np.asarray(multihost_utils.broadcast_one_to_all(mine)).astype(np.uint8))
-    return sent[1:].decode() if sent else None
+    return sent[1:].decode() if sent[:1] == b"\x01" else None
 
 
-def _place(values: Any, like: Any) -> Any:
-    """Host `values` as global arrays sharded as `like` (every process passes the whole
-    values; each places its own devices' parts)."""
+def _first_succeeded(error: BaseException | None, what: str) -> None:
+    """Raises on every process when the first failed to `what` (a collective): its own
+    error there, one line naming it elsewhere, so that no process waits for it forever."""
+    message = _broadcast_text(None if error is None else f"{type(error).__name__}: {error}")
+    if error is not None:
+        raise error
+    if message is not None:
+        raise CausalRecError(f"--distributed: process 0 could not {what}: "
+                             f"{message.splitlines()[0]}")
+
+
+def _broadcast_values(tree: Any) -> Any:
+    """The first process's NumPy `tree` on every process, bit for bit (a collective; floats
+    travel as unsigned integers of their width, since the broadcast sums the others' zeros
+    and -0.0 + 0.0 is +0.0)."""
+    from jax.experimental import multihost_utils
+
+    def as_bits(leaf):
+        leaf = np.asarray(leaf)
+        if np.issubdtype(leaf.dtype, np.floating):
+            return leaf.view(np.dtype(f"uint{leaf.dtype.itemsize * 8}"))
+        return leaf
+
+    bits = multihost_utils.broadcast_one_to_all(jax.tree.map(as_bits, tree))
+    return jax.tree.map(lambda sent, leaf: np.asarray(sent).view(np.asarray(leaf).dtype),
+                        bits, tree)
+
+
+def place(values: Any, like: Any) -> Any:
+    """Host `values` (NumPy, the whole values) as arrays sharded as `like`'s leaves: each
+    process places its own devices' parts (`jax.make_array_from_callback`)."""
     return jax.tree.map(
         lambda value, target: jax.make_array_from_callback(
             np.shape(value), target.sharding, lambda index: np.asarray(value)[index]),
@@ -227,13 +260,17 @@ def _restore_everywhere(checkpoint_dir: str | Path | None, states: TrainState,
                         ) -> tuple[dict[str, Any], dict[str, Any], np.ndarray] | None:
     """`_restore` in one process; over several processes (`jax.distributed`), the first
     reads the checkpoint (the run folder is its own) and hands it to every process, each of
-    which places its parts: the other processes need no copy of the checkpoints."""
+    which places its parts: the other processes need no copy of the checkpoints. When the
+    first cannot read, every process stops with a line naming it."""
     if jax.process_count() == 1:
         return _restore(checkpoint_dir, states, best_params, all_keys, view)
-    from jax.experimental import multihost_utils
-
-    found = (_restore(checkpoint_dir, states, best_params, all_keys, view, host=True)
-             if jax.process_index() == 0 else None)
+    found = error = None
+    if jax.process_index() == 0:
+        try:
+            found = _restore(checkpoint_dir, states, best_params, all_keys, view, host=True)
+        except Exception as failure:  # every process must hear of it, or the others wait
+            error = failure
+    _first_succeeded(error, "read the checkpoints")
     text = _broadcast_text(None if found is None else json.dumps(
         {"meta": found[1], "alive": [int(member) for member in found[2]]}))
     if text is None:
@@ -243,8 +280,8 @@ def _restore_everywhere(checkpoint_dir: str | Path | None, states: TrainState,
     like, stored = _like(states, best_params, all_keys, alive, view)
     values = (found[0] if found is not None
               else jax.tree.map(lambda leaf: np.zeros(leaf.shape, leaf.dtype), stored))
-    values = jax.tree.map(np.asarray, multihost_utils.broadcast_one_to_all(values))
-    arrays = view.load(values, like) if view is not None else _place(values, like)
+    values = _broadcast_values(values)
+    arrays = view.load(values, like) if view is not None else place(values, like)
     return arrays, told["meta"], alive
 
 
@@ -386,13 +423,21 @@ def fit(
         if checkpoint_view is not None:
             arrays = checkpoint_view.save(arrays)
         if jax.process_count() > 1:
-            # Over several processes every one takes part in gathering the whole values; the
-            # first writes them into its run folder (`_restore_everywhere` reads them back).
+            # Over several processes every one takes part in gathering the whole values (as
+            # `parallel.host_values` does; `parallel` sits above this layer); the first
+            # writes them into its run folder (`_restore_everywhere` reads them back), and
+            # all stop together when it cannot.
             from jax.experimental import multihost_utils
 
             arrays = multihost_utils.process_allgather(arrays, tiled=True)
-            if jax.process_index() != 0:
-                return
+            error = None
+            if jax.process_index() == 0:
+                try:
+                    save_checkpoint(checkpoint_dir, epoch, arrays, meta)
+                except Exception as failure:  # a full disk: the others must not wait
+                    error = failure
+            _first_succeeded(error, f"write the checkpoint of epoch {epoch}")
+            return
         save_checkpoint(checkpoint_dir, epoch, arrays, meta)
 
     epoch_times: list[float] = []

@@ -91,9 +91,9 @@ def scale_by_guarded_adam(
     the parameters' update then read moments that were never stored, and XLA recomputed them
     from the old ones, which it had to copy first because the new ones overwrite them in
     place. Here the kept moments are the ones the update reads, so no table is copied
-    (`bench/debias.py`, case `yahoo_proxy_dr_jl_guard`). With `apply` False and no step
-    taken yet the returned updates are not finite: the caller keeps its parameters
-    (`guarded_update`).
+    (`bench/debias.py`, case `yahoo_proxy_dr_jl_core`). With `apply` False the returned
+    updates are those of a step from the kept moments, which the caller discards
+    (`guarded_update` keeps its parameters).
     """
     plain = optax.scale_by_adam(b1=b1, b2=b2, eps=eps, eps_root=eps_root)
 
@@ -110,9 +110,11 @@ def scale_by_guarded_adam(
         mu = jax.tree.map(keep, optax.tree.update_moment(updates, state.mu, b1, 1), state.mu)
         nu = jax.tree.map(
             keep, optax.tree.update_moment_per_elem_norm(updates, state.nu, b2, 2), state.nu)
-        count = keep(optax.safe_increment(state.count), state.count)
-        mu_hat = optax.tree.bias_correction(mu, b1, count)
-        nu_hat = optax.tree.bias_correction(nu, b2, count)
+        stepped = optax.safe_increment(state.count)
+        count = keep(stepped, state.count)
+        # corrected by the step's count either way: finite (and discarded) when not applied
+        mu_hat = optax.tree.bias_correction(mu, b1, stepped)
+        nu_hat = optax.tree.bias_correction(nu, b2, stepped)
         scaled = jax.tree.map(lambda m, v: m / (jnp.sqrt(v + eps_root) + eps), mu_hat, nu_hat)
         return scaled, GuardedAdamState(count=count, mu=mu, nu=nu)
 
@@ -220,7 +222,8 @@ def all_finite(tree: Any) -> jax.Array:
 def make_train_step(
     loss_fn: LossFn, optimizer: optax.GradientTransformation
 ) -> Callable[[TrainState, Batch, jax.Array], tuple[TrainState, dict[str, jax.Array]]]:
-    """Builds `train_step(state, batch, key) -> (state, metrics)`, pure and jit-able.
+    """Builds `train_step(state, batch, key, apply=True) -> (state, metrics)`, pure and
+    jit-able.
 
     `metrics` has `loss` and `finite` (False when the loss or a gradient was NaN/Inf, in which
     case the returned state is the input state). A state carrying `hparams` passes them to
@@ -289,8 +292,10 @@ def permutation(key: jax.Array, n: int, *, host_sort: bool = False) -> jax.Array
 
 def host_sorts() -> bool:
     """Whether `epoch_order` sorts on the host: when JAX computes on CPUs, whose XLA sort is
-    slow (`permutation`)."""
-    return jax.default_backend() == "cpu"
+    slow (`permutation`), unless JAX's persistent compilation cache is on (it stores no
+    program with a host callback: there the cached program, with XLA's sort, is faster to
+    come by than a compiled one)."""
+    return jax.default_backend() == "cpu" and not jax.config.jax_compilation_cache_dir
 
 
 def epoch_order(key: jax.Array, epoch: jax.Array, n_rows: int, batch_size: int, *,

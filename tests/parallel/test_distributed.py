@@ -37,6 +37,27 @@ seeds = 2
 """
 
 
+def _finish(workers: list[subprocess.Popen], timeout: int = 600) -> list[tuple[int, str]]:
+    """Each worker's (return code, stderr); every worker is killed if one hangs or the test
+    fails while waiting (a deadlocked job leaves no stray processes)."""
+    try:
+        errors = [worker.communicate(timeout=timeout)[1] for worker in workers]
+    finally:
+        for worker in workers:
+            if worker.poll() is None:
+                worker.kill()
+                worker.communicate()
+    return [(worker.returncode, err) for worker, err in zip(workers, errors, strict=True)]
+
+
+def _job_env(port: int, index: int) -> dict[str, str]:
+    """The environment of process `index` of a 2-process localhost job, 2 virtual devices
+    each."""
+    return {"XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+            "JAX_COORDINATOR_ADDRESS": f"localhost:{port}", "JAX_NUM_PROCESSES": "2",
+            "JAX_PROCESS_ID": str(index)}
+
+
 def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("localhost", 0))
@@ -71,13 +92,10 @@ def _two_processes(root: Path, mesh: str) -> Path:
     port = _free_port()
     workers = [
         _train(root / "config.toml", out, "--distributed", "--set", f"parallel.mesh={mesh}",
-               env={"XLA_FLAGS": "--xla_force_host_platform_device_count=2",
-                    "JAX_COORDINATOR_ADDRESS": f"localhost:{port}",
-                    "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": str(index)})
+               env=_job_env(port, index))
         for index in range(2)]
-    results = [worker.communicate(timeout=600) for worker in workers]
-    for worker, (_, err) in zip(workers, results, strict=True):
-        assert worker.returncode == 0, err[-3000:]
+    for code, err in _finish(workers):
+        assert code == 0, err[-3000:]
     return out
 
 
@@ -110,10 +128,7 @@ def _interrupted(config: Path, out: Path, stop: int, port: int, index: int, mesh
         [sys.executable, str(worker), str(stop), "train", "--config", str(config),
          "--out", str(out), "--quiet", "--distributed", "--set", f"parallel.mesh={mesh}",
          "--set", "train.checkpoint_every=1"],
-        env={**os.environ, "JAX_PLATFORMS": "cpu",
-             "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
-             "JAX_COORDINATOR_ADDRESS": f"localhost:{port}", "JAX_NUM_PROCESSES": "2",
-             "JAX_PROCESS_ID": str(index)},
+        env={**os.environ, "JAX_PLATFORMS": "cpu", **_job_env(port, index)},
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -131,9 +146,8 @@ def test_a_job_stopped_after_a_checkpoint_resumes_over_two_processes(root, singl
     port = _free_port()
     workers = [_interrupted(root / "config.toml", out, 2, port, index, mesh)
                for index in range(2)]
-    for worker in workers:
-        _, err = worker.communicate(timeout=600)
-        assert worker.returncode == 130, err[-3000:]
+    for code, err in _finish(workers):
+        assert code == 130, err[-3000:]
         assert ("interrupted; continue it with: causalrec train --resume --distributed --out "
                 f"{out} (in every process of the job)") in err
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["0", "1"]
@@ -143,15 +157,11 @@ def test_a_job_stopped_after_a_checkpoint_resumes_over_two_processes(root, singl
         subprocess.Popen(
             [sys.executable, "-m", "causalrec_jax", "train", "--resume", "--distributed",
              "--out", str(out), "--quiet"],
-            env={**os.environ, "JAX_PLATFORMS": "cpu",
-                 "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
-                 "JAX_COORDINATOR_ADDRESS": f"localhost:{port}", "JAX_NUM_PROCESSES": "2",
-                 "JAX_PROCESS_ID": str(index)},
+            env={**os.environ, "JAX_PLATFORMS": "cpu", **_job_env(port, index)},
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         for index in range(2)]
-    for worker in resumed:
-        _, err = worker.communicate(timeout=600)
-        assert worker.returncode == 0, err[-3000:]
+    for code, err in _finish(resumed):
+        assert code == 0, err[-3000:]
     one = load_run(single).parts.params
     two = load_run(out).parts.params
     for a, b in zip(jax.tree.leaves(one), jax.tree.leaves(two), strict=True):
@@ -180,14 +190,9 @@ def test_distributed_needs_the_whole_job_layout(tmp_path):
 
 def _job(config: Path, out: Path, *extra: str) -> list[tuple[int, str]]:
     port = _free_port()
-    workers = [
-        _train(config, out, "--distributed", *extra,
-               env={"XLA_FLAGS": "--xla_force_host_platform_device_count=2",
-                    "JAX_COORDINATOR_ADDRESS": f"localhost:{port}",
-                    "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": str(index)})
-        for index in range(2)]
-    errors = [worker.communicate(timeout=300)[1] for worker in workers]
-    return [(worker.returncode, err) for worker, err in zip(workers, errors, strict=True)]
+    workers = [_train(config, out, "--distributed", *extra, env=_job_env(port, index))
+               for index in range(2)]
+    return _finish(workers, timeout=300)
 
 
 def test_a_refusal_of_the_first_process_stops_the_whole_job(root):

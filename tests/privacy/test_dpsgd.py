@@ -322,3 +322,25 @@ def test_marked_unique_ids_equal_sorted_unique_ids():
         uniq = np.unique(values)
         np.testing.assert_array_equal(row[:len(uniq)], uniq)
         assert (row[len(uniq):] == 50).all()
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_a_skipped_private_step_keeps_the_state_bitwise(optimizer):
+    """`apply=False` (the DP epoch's after a bad step) and a non-finite loss (a NaN rating)
+    keep the whole state, the first step included; a good step then moves it."""
+    _, _, _, data, step, state, _ = _setup("mse", noise=1.0, optimizer=optimizer,
+                                           learning_rate=0.01)
+    step = jax.jit(step)
+    key = jax.random.key(3)
+    bad = dict(data, ratings=data["ratings"].at[0, 0].set(jnp.nan))
+
+    def same(a, b):
+        return all(np.array_equal(np.asarray(x), np.asarray(y))
+                   for x, y in _pairs(a, b))
+
+    kept, metrics = step(state, data, key, apply=jnp.bool_(False))
+    assert bool(metrics["finite"]) and same(kept, state)
+    kept, metrics = step(state, bad, key)
+    assert not bool(metrics["finite"]) and same(kept, state)
+    moved, metrics = step(state, data, key)
+    assert bool(metrics["finite"]) and not same(moved, state) and int(moved.step) == 1
