@@ -240,9 +240,10 @@ def _broadcast_values(tree: Any) -> Any:
             return leaf.view(np.dtype(f"uint{leaf.dtype.itemsize * 8}"))
         return leaf
 
-    bits = multihost_utils.broadcast_one_to_all(jax.tree.map(as_bits, tree))
-    return jax.tree.map(lambda sent, leaf: np.asarray(sent).view(np.asarray(leaf).dtype),
-                        bits, tree)
+    # one leaf at a time: a device holds one table's copies at once, not the whole state's
+    return jax.tree.map(
+        lambda leaf: np.asarray(multihost_utils.broadcast_one_to_all(as_bits(leaf))).view(
+            np.asarray(leaf).dtype), tree)
 
 
 def place(values: Any, like: Any) -> Any:
