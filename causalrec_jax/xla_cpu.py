@@ -7,11 +7,12 @@ Threefry-2x32, 20 rounds of integer additions, rotations and xors. On CPUs jax l
 `fori_loop` of 5 iterations of 4 rounds, to keep programs small; XLA's CPU runtime then pays a
 loop's dispatch for each draw, about 0.25 ms whatever its size. A training step draws several
 times (negatives, uniform cells, dropout, each DP unit's key, DP noise): on the 2-core CPU the
-unrolled lowering made BPR-MF's ordinary step at ml-100k size 1.4x faster and the user-level
-DP step 1.3x (`bench/privacy.py` times both lowerings side by side). It costs compilation:
-each draw becomes about a hundred operations where it is called (the ordinary BPR epoch
-compiled in 1.76-1.85 s instead of 1.54 s, and the test suite, which mostly compiles, took
-644 s instead of 503 s), which is why it is not the default: it pays in long runs on CPUs.
+unrolled lowering made BPR-MF's ordinary step at ml-100k size 1.45x faster, the user-level
+DP step 1.39x (`bench/privacy.py` times both lowerings side by side) and a SASRec epoch on
+ml-100k 1.2x. It costs compilation: each draw becomes about a hundred operations (the
+ordinary BPR epoch compiled in 1.68 s instead of 1.57 s, and the test suite, which mostly
+compiles, took 644 s instead of about 560 s), which is why it is not the default: it pays in
+long runs on CPUs.
 
 The unrolled lowering computes the same integer operations in the same order: every key,
 random bit, integer and permutation is bit for bit the same (tested against a process with
