@@ -51,6 +51,19 @@ def use_unrolled(unrolled: bool = True) -> bool:
 # The environment variable that asks for the unrolled lowering at import ("1" or "true").
 ENVIRONMENT = "CAUSALREC_UNROLLED_THREEFRY"
 
+def _asked() -> bool:
+    """Whether `ENVIRONMENT` asks for the unrolled lowering; a value that is neither on
+    ("1", "true") nor off ("", "0", "false") is a one-line warning naming it, and off."""
+    value = os.environ.get(ENVIRONMENT, "").strip().lower()
+    if value in ("1", "true"):
+        return True
+    if value not in ("", "0", "false"):
+        import warnings
+
+        warnings.warn(f"{ENVIRONMENT}={os.environ[ENVIRONMENT]!r}: expected 1 or true (on), 0 "
+                      "or false (off); jax's own Threefry lowering is kept", stacklevel=2)
+    return False
+
+
 # Whether CPU programs use the unrolled Threefry lowering (registered at import when asked).
-UNROLLED = (os.environ.get(ENVIRONMENT, "").strip().lower() in ("1", "true")
-            and use_unrolled(True))
+UNROLLED = _asked() and use_unrolled(True)

@@ -69,3 +69,13 @@ def test_the_default_is_jax_lowering():
         assert not xla_cpu.UNROLLED
         text = jax.jit(lambda k: jax.random.bits(k, (16,))).lower(jax.random.key(0)).as_text()
         assert "stablehlo.while" in text
+
+
+def test_a_value_neither_on_nor_off_is_named_in_one_line():
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", xla_cpu.ENVIRONMENT: "yes"}
+    done = subprocess.run(
+        [sys.executable, "-c", "import causalrec_jax.xla_cpu as x; print(x.UNROLLED)"],
+        capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "False"
+    assert ("CAUSALREC_UNROLLED_THREEFRY='yes': expected 1 or true (on), 0 or false (off); "
+            "jax's own Threefry lowering is kept") in done.stderr
