@@ -18,7 +18,6 @@ one of them cannot start the run or builds other inputs.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from typing import Any
 
@@ -27,7 +26,8 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from causalrec_jax.errors import ConfigError, RunError
+from causalrec_jax.errors import ConfigError
+from causalrec_jax.train.processes import agree  # noqa: F401  (re-exported)
 
 # Where `start` reads the job's layout when no cluster environment gives it.
 ENVIRONMENT = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")
@@ -90,31 +90,6 @@ def host_values(tree: Any) -> Any:
     from jax.experimental import multihost_utils
 
     return multihost_utils.process_allgather(tree, tiled=True)
-
-
-def agree(token: str | None, what: str) -> None:
-    """Every process's `token` compared (a collective): None where this process failed to
-    `what`. Raises the same one-line `RunError` on every process when one failed or their
-    tokens differ (a host with another copy of the data), so that no process goes on into a
-    program the others never reach; nothing in a single process."""
-    if not is_multiprocess():
-        return
-    from jax.experimental import multihost_utils
-
-    mine = np.zeros(33, np.uint8)
-    if token is not None:
-        mine[0] = 1
-        mine[1:] = np.frombuffer(hashlib.sha256(token.encode()).digest(), np.uint8)
-    every = np.asarray(multihost_utils.process_allgather(mine))
-    failed = [int(index) for index in np.flatnonzero(every[:, 0] == 0)]
-    if failed:
-        raise RunError(f"--distributed: process {', '.join(map(str, failed))} of "
-                       f"{len(every)} could not {what} (see its message); nothing was trained")
-    differ = [int(index) for index in np.flatnonzero((every[:, 1:] != every[0, 1:]).any(1))]
-    if differ:
-        raise RunError(f"--distributed: process {', '.join(map(str, differ))} did not {what} "
-                       "as process 0 did (another copy of the data or config?); every "
-                       "process must build the same run")
 
 
 def from_first(metrics: dict[str, Any]) -> dict[str, Any]:

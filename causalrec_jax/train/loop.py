@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from causalrec_jax.errors import CausalRecError
+from causalrec_jax.errors import CausalRecError, RunError
 from causalrec_jax.train.checkpoint import (
     latest_epoch,
     restore_checkpoint,
@@ -37,6 +37,7 @@ from causalrec_jax.train.checkpoint import (
     set_aside_unreadable,
     steps,
 )
+from causalrec_jax.train.processes import agree
 from causalrec_jax.train.step import OPTIMIZER_HPARAMS, TrainState, set_hyperparams
 
 # Metrics where lower is better; every other validation metric is maximised.
@@ -217,15 +218,16 @@ def _broadcast_text(text: str | None) -> str | None:
     return sent[1:].decode() if sent[:1] == b"\x01" else None
 
 
-def _first_succeeded(error: BaseException | None, what: str) -> None:
-    """Raises on every process when the first failed to `what` (a collective): its own
-    error there, one line naming it elsewhere, so that no process waits for it forever."""
-    message = _broadcast_text(None if error is None else f"{type(error).__name__}: {error}")
-    if error is not None:
-        raise error
-    if message is not None:
-        raise CausalRecError(f"--distributed: process 0 could not {what}: "
-                             f"{message.splitlines()[0]}")
+def _together(error: BaseException | None, what: str) -> None:
+    """After the first process tried to `what` (`error` there when it failed): every process
+    stops together (`train.processes.agree`), the first with its own error, the others with
+    one line naming it, so that none waits for it forever."""
+    try:
+        agree(None if error is not None else what, what, then="the run stops")
+    except RunError:
+        if error is not None:
+            raise error from None
+        raise
 
 
 def _broadcast_values(tree: Any) -> Any:
@@ -271,7 +273,7 @@ def _restore_everywhere(checkpoint_dir: str | Path | None, states: TrainState,
             found = _restore(checkpoint_dir, states, best_params, all_keys, view, host=True)
         except Exception as failure:  # every process must hear of it, or the others wait
             error = failure
-    _first_succeeded(error, "read the checkpoints")
+    _together(error, "read the checkpoints")
     text = _broadcast_text(None if found is None else json.dumps(
         {"meta": found[1], "alive": [int(member) for member in found[2]]}))
     if text is None:
@@ -437,7 +439,7 @@ def fit(
                     save_checkpoint(checkpoint_dir, epoch, arrays, meta)
                 except Exception as failure:  # a full disk: the others must not wait
                     error = failure
-            _first_succeeded(error, f"write the checkpoint of epoch {epoch}")
+            _together(error, f"write the checkpoint of epoch {epoch}")
             return
         save_checkpoint(checkpoint_dir, epoch, arrays, meta)
 

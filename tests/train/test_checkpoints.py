@@ -46,4 +46,4 @@ def test_the_first_process_values_travel_bit_for_bit():
     assert loop._broadcast_text(None) is None
     assert loop._broadcast_text("") == ""
     assert loop._broadcast_text('{"meta": 1}') == '{"meta": 1}'
-    loop._first_succeeded(None, "read")  # nothing to raise
+    loop._together(None, "read")  # one process: nothing to raise
