@@ -101,7 +101,7 @@ def _two_processes(root: Path, mesh: str) -> Path:
     return out
 
 
-@pytest.mark.slow  # make test-all: `make test` runs the 2 x 2 job stopped and resumed below
+@pytest.mark.slow  # make test-all, with the jobs stopped and resumed below
 @pytest.mark.parametrize("mesh", [
     "[2,2]",  # each process holds whole tables (the model axis within a process)
     "[1,4]",  # tables split across the processes
@@ -134,9 +134,10 @@ def _interrupted(config: Path, out: Path, stop: int, port: int, index: int, mesh
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+@pytest.mark.slow  # make test-all (34 s each); make test runs the helpers in one process
 @pytest.mark.parametrize("mesh", [
     "[2,2]",  # each process holds whole tables
-    pytest.param("[1,4]", marks=pytest.mark.slow),  # tables split across the processes
+    "[1,4]",  # tables split across the processes
 ])
 def test_a_job_stopped_after_a_checkpoint_resumes_over_two_processes(root, single, mesh):
     """Checkpoints over several processes: the first process writes them (the whole values
