@@ -4,9 +4,12 @@ import re
 import runpy
 from pathlib import Path
 
+import pytest
+
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
+@pytest.mark.slow  # make test-all (see Makefile)
 def test_the_python_api_example_runs_as_written(tmp_path, monkeypatch, capsys):
     text = README.read_text()
     section = text[text.index("## Python API"):]

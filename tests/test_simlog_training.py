@@ -16,6 +16,7 @@ TINY = ["env.n_users=40", "env.n_items=30", "env.latent_dim=4", "env.horizon=6",
         "env.slate_size=4"]
 
 
+@pytest.mark.slow  # make test-all (see Makefile)
 def test_simulate_then_train_on_the_simlog(tmp_path):
     log = tmp_path / "log"
     sets = sum((["--set", item] for item in TINY), [])

@@ -2,7 +2,10 @@
 
 import json
 
+import pytest
 
+
+@pytest.mark.slow  # make test-all (see Makefile)
 def test_bench_runs_small_and_both_paths_agree(tmp_path, load_repo_script):
     bench = load_repo_script("bench/seq_eval.py")
     out = tmp_path / "seq_eval.json"

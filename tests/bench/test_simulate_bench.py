@@ -72,6 +72,7 @@ def _paired(jax_values: np.ndarray, loop_values: np.ndarray) -> tuple[float, flo
     return (jax_values.mean() - loop_values.mean()) / loop_values.mean(), difference.mean() / se
 
 
+@pytest.mark.slow  # make test-all (see Makefile)
 def test_numpy_loop_and_jax_rollout_agree_statistically():
     bench = load_bench()
     users, steps = 400, 10

@@ -4,7 +4,10 @@ several files and row groups, its statistics and one streamed epoch over every r
 import json
 import math
 
+import pytest
 
+
+@pytest.mark.slow  # make test-all (see Makefile)
 def test_bench_streams_a_small_log_and_writes_its_json(tmp_path, load_repo_script):
     out = tmp_path / "stream.json"
     report = load_repo_script("bench/stream.py").main([

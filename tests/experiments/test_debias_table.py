@@ -206,6 +206,7 @@ def test_replot_needs_an_existing_csv(tmp_path, capsys):
     assert "no such file" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # make test-all (see Makefile)
 @pytest.mark.skipif(not COAT.exists(), reason=f"Coat data not found at {COAT}")
 def test_protocol_b_runs_the_stabledr_preset(tmp_path):
     """`--protocol b`: ratings >= 3 positive, the whole MAR test (4,640 Coat ratings, the
@@ -226,6 +227,7 @@ def test_protocol_b_runs_the_stabledr_preset(tmp_path):
     assert (tmp_path / "b" / "plots" / "debias_coat.png").stat().st_size > 10_000
 
 
+@pytest.mark.slow  # make test-all (see Makefile)
 def test_the_yahoo_proxy_trains_the_shipped_yahoo_configs_on_the_simulated_world(tmp_path,
                                                                                 capsys):
     """`--data yahoo_proxy`: configs/yahoo_<method>.toml on the simulated Yahoo! R3 world

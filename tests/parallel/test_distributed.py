@@ -216,6 +216,7 @@ def test_a_refusal_of_the_first_process_stops_the_whole_job(root):
     assert sorted(p.name for p in occupied.iterdir()) == ["mine.txt"]
 
 
+@pytest.mark.slow  # make test-all (see Makefile)
 def test_a_mesh_must_use_every_process_devices(root):
     results = _job(root / "config.toml", root / "partial_mesh", "--set", "parallel.mesh=[2,1]")
     for code, err in results:
@@ -224,6 +225,7 @@ def test_a_mesh_must_use_every_process_devices(root):
     assert not (root / "partial_mesh").exists()
 
 
+@pytest.mark.slow  # make test-all (see Makefile)
 def test_sequential_runs_refuse_distributed(tmp_path):
     config = tmp_path / "config.toml"
     config.write_text('[model]\nname = "sasrec"\n[train]\nloss = "sampled_softmax"\n'

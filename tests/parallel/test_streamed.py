@@ -166,6 +166,7 @@ def _workers(folders: list[Path], out: Path):
     return [(worker.wait(timeout=300), *worker.communicate()) for worker in workers]
 
 
+@pytest.mark.slow  # make test-all (see Makefile)
 def test_two_processes_stream_their_own_row_groups_into_one_training(log_folder, tmp_path):
     results = _workers([log_folder, log_folder], tmp_path / "params.npz")
     for code, _, err in results:

@@ -103,6 +103,7 @@ def test_privacy_keys_without_a_level_and_causal_methods_are_refused():
         run_train.train_run(config('causal.method="pda"'), "unused", quiet=True)
 
 
+@pytest.mark.slow  # make test-all (see Makefile)
 def test_a_resumed_private_run_ends_identical_and_accounts_every_step(tmp_path, monkeypatch):
     from causalrec_jax.runs import load as run_load
     from causalrec_jax.tasks import ordinary

@@ -127,6 +127,7 @@ def test_the_run_level_explanation_applied_removes_the_item(bpr_run):
     assert (rank >= 3) == explanation.found
 
 
+@pytest.mark.slow  # make test-all (see Makefile)
 def test_a_set_held_across_seeds_removes_the_item_under_every_seed(data_dir, tmp_path,
                                                                     capsys):
     out = tmp_path / "three_seeds"

@@ -17,6 +17,7 @@ def shares(ratings):
     return np.bincount(ratings.astype(int), minlength=6)[1:] / len(ratings)
 
 
+@pytest.mark.slow  # make test-all (see Makefile)
 def test_the_yahoo_proxy_matches_the_published_shape_and_marginals():
     config = load_config(None, presets.world_overrides("yahoo_r3"))
     dataset, _ = simulate_dataset(config.sim)

@@ -265,6 +265,7 @@ def test_the_same_seed_twice_gives_identical_metrics_and_parameters(planted_csv,
                zip(_params(tmp_path / "a"), _params(tmp_path / "c"), strict=True))
 
 
+@pytest.mark.slow  # make test-all (see Makefile)
 def test_resume_after_an_interruption_ends_identical_to_an_uninterrupted_run(
         planted_csv, tmp_path, monkeypatch):
     from causalrec_jax.tasks import sequential as sequence_run
@@ -358,6 +359,7 @@ def test_a_diverging_run_stops_with_a_one_line_error_naming_epoch_and_batch(
     assert not (out / "metrics.json").exists()
 
 
+@pytest.mark.slow  # make test-all (see Makefile)
 def test_a_seed_diverging_after_good_epochs_writes_the_seeds_so_far(
         planted_csv, tmp_path, capsys, monkeypatch):
     import jax.numpy as jnp

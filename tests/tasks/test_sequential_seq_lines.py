@@ -50,7 +50,9 @@ def test_the_ml100k_config_runs_on_seq_lines(planted_lines, tmp_path, config):
 
 @pytest.mark.parametrize(("config", "extra"), [
     ("toys_sasrec.toml", []),
-    ("sports_sasrec.toml", []),
+    # Sports and HSTU through a whole run: in make test-all (Toys' SASRec run is the make
+    # test one; HSTU's own run is tests/models/test_hstu.py).
+    pytest.param("sports_sasrec.toml", [], marks=pytest.mark.slow),
     # The variants through a whole run: in make test-all (their options are tested in
     # tests/train/test_sequence_sampling.py and tests/models/test_sasrec.py).
     # the shared negatives by training popularity, logQ-corrected
@@ -64,7 +66,7 @@ def test_the_ml100k_config_runs_on_seq_lines(planted_lines, tmp_path, config):
                                         'model.positions="from_start"'],
                  marks=pytest.mark.slow),
     # HSTU's encoder under the same training (two layers, the cosine head)
-    ("toys_hstu.toml", []),
+    pytest.param("toys_hstu.toml", [], marks=pytest.mark.slow),
 ])
 def test_the_amazon_configs_run_and_learn_the_planted_rule(planted_lines, tmp_path, config,
                                                            extra):
