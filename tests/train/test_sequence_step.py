@@ -78,7 +78,9 @@ def _assert_trees_close(left, right, **tolerance):
 
 
 # eager execution is slow: the two encoders, one catalogue-wide and one sampled loss
-@pytest.mark.parametrize(("model_class", "loss_name", "options"), [CASES[2], CASES[3]])
+# (SASRec's in make test-all)
+@pytest.mark.parametrize(("model_class", "loss_name", "options"),
+                         [pytest.param(*CASES[2], marks=pytest.mark.slow), CASES[3]])
 def test_jit_equals_eager(model_class, loss_name, options):
     graphdef, optimizer, train_step = _step(model_class, loss_name, **options)
     state = init_state(_graph_and_params(model_class, 0)[1], optimizer)

@@ -159,6 +159,7 @@ def test_successive_halving_keeps_survivors_identical():
     assert halved.history[-1]["alive"] == [winner]
 
 
+@pytest.mark.slow  # make test-all (see Makefile): three tuning runs
 def test_auto_metric_selects_auc_on_a_large_validation_split_and_mse_on_a_small_one(tmp_path):
     """`--metric auto`: pooled AUC when the validation AUC's standard error is at most 0.03
     (Hanley & McNeil), mse otherwise; the rule and its counts are in the summary."""
