@@ -701,6 +701,11 @@ class PrivacyConfig:
     mechanism: Literal["dp_sgd", "fedavg"] = "dp_sgd"
     local_steps: int = 1
     client_learning_rate: float = 0.1
+    # fedavg: 0, each user a client; S > 0, the users split into S silos (a random partition
+    # drawn from the run's seed, sizes differing by at most one), each silo a client that
+    # trains its users' rows together and keeps their user rows; `train.batch_size` then
+    # counts silos a round, and DP-FedAvg's unit is the silo (see `privacy.dpsgd.DPSpec`).
+    silos: int = 0
 
     def __post_init__(self) -> None:
         _require(self.clip > 0, "privacy.clip", "a number > 0", self.clip)
@@ -721,6 +726,11 @@ class PrivacyConfig:
                  self.local_steps)
         _require(self.client_learning_rate > 0, "privacy.client_learning_rate",
                  "a number > 0", self.client_learning_rate)
+        _require(self.silos >= 0, "privacy.silos", "an integer >= 0 (0: each user a client)",
+                 self.silos)
+        _require(self.silos == 0 or self.mechanism == "fedavg", "privacy.silos",
+                 "0 unless privacy.mechanism = \"fedavg\" (silos are federated clients)",
+                 self.silos)
 
     @property
     def noised(self) -> bool:

@@ -46,6 +46,7 @@ class Run(enum.IntEnum):
     PROPENSITY_MODEL = 7919  # a learned / logistic propensity model fitted for the run
     PRIVATE_ITEMS = 7927  # DP-SGD's noisy item counts that choose the trained item rows
     PRIVATE_ROWS = 7933  # which of a user's rows a private run keeps (`max_examples_per_user`)
+    SILOS = 7937  # which silo each user belongs to (federated silos, `privacy.silos`)
 
 
 @enum.unique

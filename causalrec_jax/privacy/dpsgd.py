@@ -110,6 +110,10 @@ class DPSpec:
             `examples_per_unit` counts).
         local_steps: 0 for DP-SGD; federated training (`privacy.federated`): the steps each
             client takes on its own data in a round. A client keeps its own user rows.
+        silos: 0: each unit is one user (or one row); S > 0 (federated only): each unit is a
+            silo, a client holding several users' rows (`silo_arrays`), whose rows carry
+            their own user ids; the guarantee is then per silo (a silo's whole data, so each
+            of its users').
     """
 
     level: str
@@ -125,6 +129,7 @@ class DPSpec:
     item_rows: int = 0
     selection_noise: float = 0.0
     local_steps: int = 0
+    silos: int = 0
 
     @property
     def sampling_rate(self) -> float:
@@ -151,8 +156,8 @@ def steps_per_epoch(n_units: int, expected_batch: float) -> int:
 
 def make_spec(level: str, *, clip: float, noise_multiplier: float, n_units: int,
               expected_batch: float, examples_per_unit: int, user_rows: str = "local",
-              item_rows: int = 0, selection_noise: float = 0.0, local_steps: int = 0
-              ) -> DPSpec:
+              item_rows: int = 0, selection_noise: float = 0.0, local_steps: int = 0,
+              silos: int = 0) -> DPSpec:
     """A `DPSpec`, its capacity and steps per epoch derived; a ConfigError names the key of
     a value out of range."""
     if level not in LEVELS:
@@ -167,6 +172,10 @@ def make_spec(level: str, *, clip: float, noise_multiplier: float, n_units: int,
         raise ConfigError(f"key privacy.local_steps: got {local_steps!r} at level {level!r} "
                           f"with user rows {user_rows!r}; federated clients are users who "
                           "keep their own rows (level 'user', user_rows 'local')")
+    if silos < 0 or (silos and (not local_steps or silos != n_units)):
+        raise ConfigError(f"key privacy.silos: got {silos!r} with privacy.local_steps = "
+                          f"{local_steps!r} over {n_units} units; silos are federated clients "
+                          "(privacy.mechanism = 'fedavg'), each silo one unit")
     if user_rows not in USER_ROWS:
         raise ConfigError(f"key privacy.user_rows: got {user_rows!r}, expected one of "
                           f"{', '.join(USER_ROWS)}")
@@ -187,7 +196,7 @@ def make_spec(level: str, *, clip: float, noise_multiplier: float, n_units: int,
                   steps_per_epoch=steps_per_epoch(n_units, expected_batch),
                   user_rows=user_rows, item_rows=int(item_rows),
                   selection_noise=float(selection_noise) if item_rows else 0.0,
-                  local_steps=int(local_steps))
+                  local_steps=int(local_steps), silos=int(silos))
 
 
 # ----------------------------------------------------------------------------- units
@@ -233,6 +242,49 @@ def unit_arrays(rows: dict[str, np.ndarray], n_users: int, level: str, max_examp
     out["unit_mask"] = np.zeros((n_users, max_examples), bool)
     out["unit_mask"][users[picked], slot] = True
     out["unit_users"] = np.arange(n_users, dtype=np.int32)
+    return out
+
+
+def silo_of_users(n_users: int, n_silos: int, key: jax.Array) -> np.ndarray:
+    """`[n_users]` int32, each user's silo: the users in an order drawn by `key`
+    (`streams.Run.SILOS` of the run's seed) dealt to the silos in turn, so silo sizes differ
+    by at most one user and a silo's users are not neighbours in the dataset's id order."""
+    if not 1 <= n_silos <= n_users:
+        raise ConfigError(f"key privacy.silos: got {n_silos!r}, expected 1 to the {n_users} "
+                          "users of the training split")
+    order = np.asarray(jax.random.permutation(key, n_users))
+    silo = np.empty(n_users, np.int32)
+    silo[order] = np.arange(n_users) % n_silos
+    return silo
+
+
+def silo_arrays(units: dict[str, np.ndarray], silo: np.ndarray, n_silos: int
+                ) -> dict[str, np.ndarray]:
+    """User-level unit arrays (`unit_arrays`, `[n_users, k]`, each user's rows already capped
+    at `max_examples_per_user`) regrouped into silos, `[n_silos, m]`: a silo's users' rows
+    side by side in user order, `m` the largest silo's row count. `users` holds each row's
+    own user; a padding row's is `n_users`, an id past the user table that no gather, scatter
+    or kept row reaches. No `unit_users` (a silo has many)."""
+    mask = np.asarray(units["unit_mask"])
+    n_users = mask.shape[0]
+    users, slots = np.nonzero(mask)  # in user order, then slot order
+    order = np.argsort(silo[users], kind="stable")
+    users, slots = users[order], slots[order]
+    silo_of_row = silo[users]
+    starts = np.searchsorted(silo_of_row, np.arange(n_silos))
+    position = np.arange(len(users)) - starts[silo_of_row]
+    width = max(int(position.max()) + 1 if len(position) else 1, 1)
+    out = {}
+    for name, values in units.items():
+        if name in ("unit_mask", "unit_users"):
+            continue
+        values = np.asarray(values)
+        fill = n_users if name == "users" else 0
+        table = np.full((n_silos, width) + values.shape[2:], fill, values.dtype)
+        table[silo_of_row, position] = values[users, slots]
+        out[name] = table
+    out["unit_mask"] = np.zeros((n_silos, width), bool)
+    out["unit_mask"][silo_of_row, position] = True
     return out
 
 
@@ -490,7 +542,8 @@ def make_private_step(unit_fn: Callable[..., Any], optimizer: optax.GradientTran
 
         def one_unit(unit, is_valid, unit_key):
             batch = {name: data[name][unit] for name in row_names if name in data}
-            batch["users"] = jnp.full(spec.examples_per_unit, data["unit_users"][unit])
+            if not spec.silos:  # a silo's rows carry their own users
+                batch["users"] = jnp.full(spec.examples_per_unit, data["unit_users"][unit])
             batch["mask"] = data["unit_mask"][unit] & is_valid
             update, ids, loss, norm, kept = unit_fn(params, constants, {**batch, **shared},
                                                     unit_key, **extra)
@@ -499,8 +552,9 @@ def make_private_step(unit_fn: Callable[..., Any], optimizer: optax.GradientTran
             leaves = [jnp.where(is_valid, leaf * factor if keep else leaf, 0.0)
                       for leaf, keep in zip(leaves, private, strict=True)]
             update = jax.tree_util.tree_unflatten(treedef, leaves)
-            if kept is not None:  # a padding unit sets no row
-                ids = dict(ids, users=jnp.where(is_valid, ids["users"], spec.n_units + 1))
+            if kept is not None:  # a padding unit sets no row (an id past every table)
+                ids = dict(ids, users=jnp.where(is_valid, ids["users"],
+                                                jnp.iinfo(ids["users"].dtype).max))
             return update, ids, loss, norm, jnp.sum(batch["mask"]), kept
 
         # each unit's loss draws from its own key (its negatives and dropout)

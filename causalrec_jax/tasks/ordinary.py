@@ -408,10 +408,12 @@ def training_rows(config: Config, split: Split, truth: Any) -> tuple[dict, dict 
     return arrays, report
 
 
-def private_spec(config: Config, graphdef: Any, *, n_users: int, n_rows: int) -> dpsgd.DPSpec:
-    """The DP-SGD step of `[privacy]` for this run: its units (users or rows), the expected
-    batch (`train.batch_size` units), and the noise multiplier (`privacy.noise`, or calibrated
-    to `privacy.target_epsilon` over `train.epochs` epochs). A one-line ConfigError names the
+def private_spec(config: Config, graphdef: Any, *, n_users: int, n_rows: int,
+                 silo_rows: int = 0) -> dpsgd.DPSpec:
+    """The DP-SGD step of `[privacy]` for this run: its units (users, rows or, with
+    `privacy.silos`, silos of `silo_rows` rows at most), the expected batch
+    (`train.batch_size` units), and the noise multiplier (`privacy.noise`, or calibrated to
+    `privacy.target_epsilon` over `train.epochs` epochs). A one-line ConfigError names the
     key of a setting DP-SGD cannot honour."""
     privacy = config.privacy
     if config.causal.method != "naive":
@@ -453,6 +455,9 @@ def private_spec(config: Config, graphdef: Any, *, n_users: int, n_rows: int) ->
     dpsgd.make_unit_gradient(graphdef, config.train.loss, n_users=n_users, n_items=1,
                              n_negatives=1)  # refuses a model without row tables
     n_units = n_users if privacy.level == "user" else n_rows
+    examples = privacy.max_examples_per_user if privacy.level == "user" else 1
+    if privacy.silos:
+        n_units, examples = privacy.silos, silo_rows
     delta = privacy.delta or 1.0 / n_users
     if privacy.noised:
         check_delta(delta, n_users)
@@ -467,9 +472,10 @@ def private_spec(config: Config, graphdef: Any, *, n_users: int, n_rows: int) ->
         privacy.level, clip=privacy.clip if privacy.noised else math.inf,
         noise_multiplier=noise, n_units=n_units,
         expected_batch=expected,
-        examples_per_unit=privacy.max_examples_per_user if privacy.level == "user" else 1,
+        examples_per_unit=examples,
         user_rows=privacy.user_rows, item_rows=privacy.item_rows, selection_noise=selection,
-        local_steps=privacy.local_steps if privacy.mechanism == "fedavg" else 0)
+        local_steps=privacy.local_steps if privacy.mechanism == "fedavg" else 0,
+        silos=privacy.silos)
 
 
 def privacy_report(config: Config, spec: dpsgd.DPSpec, epochs_trained: int,
@@ -492,10 +498,15 @@ def privacy_report(config: Config, spec: dpsgd.DPSpec, epochs_trained: int,
         "user_rows": spec.user_rows,
         "guarantee": (("joint DP: every output but each user's own rows, which only that "
                        "user sees" if spec.user_rows == "local" else "DP of every parameter")
+                      + (", per silo (a silo's whole data, so each of its users')"
+                         if spec.silos else "")
                       if noised else "none: no noise is added"),
         "sampling_rate": spec.sampling_rate, "expected_batch": spec.expected_batch,
         "capacity": spec.capacity, "truncation_delta": truncation,
-        "max_examples_per_user": spec.examples_per_unit if spec.level == "user" else None,
+        "max_examples_per_user": (config.privacy.max_examples_per_user
+                                  if spec.level == "user" else None),
+        "silos": spec.silos or None,
+        "unit": "silo" if spec.silos else spec.level,
         "target_epsilon": config.privacy.target_epsilon or None,
         "item_rows": spec.item_rows or None,
         "selection_noise": spec.selection_noise or None,
@@ -612,11 +623,22 @@ def program_setup(config: Config, split: Split, truth: Any = None,
     )
     dp_spec = None
     if config.privacy.level:
-        dp_spec = private_spec(config, parts.graphdef, n_users=train.n_users, n_rows=n_rows)
+        run_key = jax.random.key(config.run.seed)
+        silos = config.privacy.silos
+        if silos:  # each user's capped rows, then the users' rows side by side per silo
+            arrays = dpsgd.silo_arrays(
+                dpsgd.unit_arrays(arrays, train.n_users, "user",
+                                  config.privacy.max_examples_per_user,
+                                  streams.derive(run_key, streams.Run.PRIVATE_ROWS)),
+                dpsgd.silo_of_users(train.n_users, silos,
+                                    streams.derive(run_key, streams.Run.SILOS)), silos)
+        dp_spec = private_spec(config, parts.graphdef, n_users=train.n_users, n_rows=n_rows,
+                               silo_rows=arrays["unit_mask"].shape[1] if silos else 0)
         steps_per_epoch = dp_spec.steps_per_epoch
-        arrays = dpsgd.unit_arrays(
-            arrays, train.n_users, dp_spec.level, dp_spec.examples_per_unit,
-            streams.derive(jax.random.key(config.run.seed), streams.Run.PRIVATE_ROWS))
+        if not silos:
+            arrays = dpsgd.unit_arrays(
+                arrays, train.n_users, dp_spec.level, dp_spec.examples_per_unit,
+                streams.derive(run_key, streams.Run.PRIVATE_ROWS))
         if dp_spec.item_rows:
             shared[dpsgd.TRAINED_ITEMS] = jnp.asarray(dpsgd.select_items(
                 streams.derive(jax.random.key(config.run.seed), streams.Run.PRIVATE_ITEMS),
