@@ -738,13 +738,14 @@ class PrivacyConfig:
         return self.noise > 0 or self.target_epsilon > 0
 
 
-def privacy_keys_used(privacy: PrivacyConfig) -> tuple[str, ...]:
+def privacy_keys_used(privacy: PrivacyConfig, method: str = "naive") -> tuple[str, ...]:
     """The `[privacy]` keys a run reads: `level` alone when it is "" (not private), the
-    selection's noise only with `item_rows` > 0, the per-user cap only at user level."""
+    item counts' noise only with `item_rows` > 0 or a noised PDA run (`causal.method`), the
+    per-user cap only at user level."""
     if not privacy.level:
         return ("level",)
     unused = set()
-    if not privacy.item_rows:
+    if not (privacy.item_rows or (method == "pda" and privacy.noised)):
         unused.add("selection_noise")
     if privacy.level != "user":
         unused.add("max_examples_per_user")

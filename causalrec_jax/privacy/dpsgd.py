@@ -52,6 +52,8 @@ import optax
 from scipy import stats
 
 from causalrec_jax import streams
+from causalrec_jax.causal.training import make_causal_objective
+from causalrec_jax.config import CausalConfig
 from causalrec_jax.errors import ConfigError
 from causalrec_jax.models.base import make_scorers, row_tables
 from causalrec_jax.train.objectives import make_objective, scored_pairs
@@ -105,9 +107,10 @@ class DPSpec:
             item rows stay at their initial values and get neither gradient nor noise, so
             rare items do not random-walk on pure noise. Accounted as one more Gaussian
             mechanism (`accounting.dp_sgd_event`).
-        selection_noise: the noise multiplier of that selection (std `selection_noise *
-            sqrt(examples_per_unit)` on each count: a user adds 1 to each of at most
-            `examples_per_unit` counts).
+        selection_noise: the noise multiplier of the noisy item counts (`noisy_counts`: std
+            `selection_noise * sqrt(examples_per_unit)` on each count, as a user adds 1 to
+            each of at most `examples_per_unit` counts) that choose those items and give a
+            private PDA run its popularity; 0 when nothing reads them.
         local_steps: 0 for DP-SGD; federated training (`privacy.federated`): the steps each
             client takes on its own data in a round. A client keeps its own user rows.
         silos: 0: each unit is one user (or one row); S > 0 (federated only): each unit is a
@@ -195,7 +198,7 @@ def make_spec(level: str, *, clip: float, noise_multiplier: float, n_units: int,
                   examples_per_unit=int(examples_per_unit), chunk=chunk,
                   steps_per_epoch=steps_per_epoch(n_units, expected_batch),
                   user_rows=user_rows, item_rows=int(item_rows),
-                  selection_noise=float(selection_noise) if item_rows else 0.0,
+                  selection_noise=float(selection_noise),
                   local_steps=int(local_steps), silos=int(silos))
 
 
@@ -297,16 +300,37 @@ def item_counts(units: dict[str, np.ndarray], n_items: int) -> np.ndarray:
     return np.bincount(pairs % n_items, minlength=n_items)
 
 
+def noisy_counts(key: jax.Array, counts: np.ndarray, spec: DPSpec) -> np.ndarray:
+    """`counts` (`item_counts`) plus Gaussian noise of std `spec.selection_noise *
+    sqrt(examples_per_unit)` (the counts' L2 sensitivity to one unit), float64: the one
+    Gaussian mechanism the accountant composes for the item counts, whatever reads them
+    (`select_items`, `noisy_log_popularity`)."""
+    sensitivity = math.sqrt(spec.examples_per_unit)
+    noise = np.asarray(jax.random.normal(key, counts.shape), np.float64)
+    return counts + spec.selection_noise * sensitivity * noise
+
+
+def noisy_log_popularity(noisy: np.ndarray) -> np.ndarray:
+    """PDA's `[n_items]` log popularity share from noisy counts (`noisy_counts`), each
+    floored at 1 (as if every item were held once: noise alone can make a count 0 or
+    negative, whose log would weigh the item down without end); post-processing, no budget
+    spent."""
+    counts = np.maximum(noisy, 1.0)
+    return np.log(counts / counts.sum()).astype(np.float32)
+
+
 def select_items(key: jax.Array, counts: np.ndarray, spec: DPSpec) -> np.ndarray:
     """`[n_items]` float32, 1 on the `spec.item_rows` items whose counts are largest after
     Gaussian noise of std `spec.selection_noise * sqrt(examples_per_unit)` (the counts' L2
     sensitivity to one unit), 0 elsewhere; a post-processing of the noisy counts, so the
     choice costs the one Gaussian mechanism the accountant composes."""
-    sensitivity = math.sqrt(spec.examples_per_unit)
-    noise = np.asarray(jax.random.normal(key, counts.shape), np.float64)
-    noisy = counts + spec.selection_noise * sensitivity * noise
-    chosen = np.zeros(len(counts), np.float32)
-    chosen[np.argsort(-noisy, kind="stable")[: spec.item_rows]] = 1.0
+    return top_items(noisy_counts(key, counts, spec), spec.item_rows)
+
+
+def top_items(noisy: np.ndarray, n: int) -> np.ndarray:
+    """`[n_items]` float32, 1 on the `n` items of largest noisy count (`noisy_counts`)."""
+    chosen = np.zeros(len(noisy), np.float32)
+    chosen[np.argsort(-noisy, kind="stable")[:n]] = 1.0
     return chosen
 
 
@@ -420,12 +444,19 @@ def unique_ids(touched: dict[str, jax.Array], sizes: dict[str, int]) -> dict[str
     return out
 
 
+# The causal methods a private step trains (their objective reads the model's own rows and
+# the batch alone): PDA's popularity-weighted BPR, on item popularity counted under DP.
+PRIVATE_METHODS = ("naive", "pda")
+
+
 def local_objective(graphdef: Any, tables: dict[str, str], loss_name: str, params: Any,
                     constants: Any, ids: dict[str, jax.Array], *, n_items: int,
-                    n_negatives: int) -> tuple[Any, Callable[..., Any]]:
-    """`(local_params, objective)`: the model state cut to the rows `ids` and the ordinary
-    objective (`train.objectives.make_objective`) over it, its global ids mapped to the
-    gathered rows, so a gradient or a local step touches `ids`' rows alone."""
+                    n_negatives: int, method: str = "naive", n_users: int = 1
+                    ) -> tuple[Any, Callable[..., Any]]:
+    """`(local_params, objective)`: the model state cut to the rows `ids` and the run's
+    objective over it (`train.objectives.make_objective`; for `method = "pda"` the causal
+    objective of `causal.training`, which an ordinary PDA run trains), its global ids mapped
+    to the gathered rows, so a gradient or a local step touches `ids`' rows alone."""
     local_params = gather_rows(params, tables, ids)
     local_scorers = make_scorers(graphdef, gather_rows(constants, tables, ids))
 
@@ -434,12 +465,22 @@ def local_objective(graphdef: Any, tables: dict[str, str], loss_name: str, param
             p, jnp.searchsorted(ids["users"], users), jnp.searchsorted(ids["items"], items),
             key=key, dropout_rate=dropout_rate)
 
-    return local_params, make_objective(loss_name, score_pairs, None, n_items=n_items,
-                                        n_negatives=n_negatives)
+    if method == "naive":
+        return local_params, make_objective(loss_name, score_pairs, None, n_items=n_items,
+                                            n_negatives=n_negatives)
+    causal = make_causal_objective(method, CausalConfig(), loss_name, score_pairs,
+                                   n_users=n_users, n_items=n_items, n_rows=1,
+                                   n_negatives=n_negatives)
+
+    def objective(p, batch, key, hparams=None):
+        return causal({"prediction": p}, batch, key, hparams=hparams)
+
+    return local_params, objective
 
 
 def make_unit_gradient(graphdef: Any, loss_name: str, *, n_users: int, n_items: int,
-                       n_negatives: int, user_rows: str = "noised") -> Callable[..., Any]:
+                       n_negatives: int, user_rows: str = "noised", method: str = "naive"
+                       ) -> Callable[..., Any]:
     """Builds `unit_gradient(params, constants, batch, key, hparams) -> (grads, ids, loss,
     norm, None)`: one unit's gradient of the sum of its rows' losses (`train.objectives.
     make_objective`, the loss of the ordinary step, on `batch [k]`), unclipped, over its
@@ -459,7 +500,8 @@ def make_unit_gradient(graphdef: Any, loss_name: str, *, n_users: int, n_items: 
         ids = unique_ids({"users": users, "items": items}, sizes)
         local_params, objective = local_objective(graphdef, tables, loss_name, params,
                                                   constants, ids, n_items=n_items,
-                                                  n_negatives=n_negatives)
+                                                  n_negatives=n_negatives, method=method,
+                                                  n_users=n_users)
         n_rows = jnp.sum(batch["mask"])
 
         def summed(p):
@@ -491,15 +533,18 @@ def private_norm(tree: Any, params: Any, tables: dict[str, str], user_rows: str)
 
 
 def make_dp_train_step(graphdef: Any, loss_name: str, optimizer: optax.GradientTransformation,
-                       spec: DPSpec, *, n_users: int, n_items: int, n_negatives: int
+                       spec: DPSpec, *, n_users: int, n_items: int, n_negatives: int,
+                       method: str = "naive"
                        ) -> Callable[[TrainState, dict[str, Any], jax.Array],
                                      tuple[TrainState, dict[str, jax.Array]]]:
     """Builds `dp_step(state, data, key) -> (state, metrics)`, the private counterpart of
     `train.step.make_train_step`'s step, for a state whose params are `{"prediction":
-    model state}` (an ordinary run of causal.method = "naive"): `make_private_step` over
-    each unit's gradient (`make_unit_gradient`)."""
+    model state}` (an ordinary run of a method of `PRIVATE_METHODS`; PDA reads
+    `shared_log_popularity`, counted under DP: `noisy_log_popularity`): `make_private_step`
+    over each unit's gradient (`make_unit_gradient`)."""
     unit_gradient = make_unit_gradient(graphdef, loss_name, n_users=n_users, n_items=n_items,
-                                       n_negatives=n_negatives, user_rows=spec.user_rows)
+                                       n_negatives=n_negatives, user_rows=spec.user_rows,
+                                       method=method)
     return make_private_step(unit_gradient, optimizer, spec, check_row_tables(graphdef))
 
 

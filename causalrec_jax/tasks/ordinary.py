@@ -316,7 +316,7 @@ def _programs(spec: ProgramSpec, streaming_segment: int = 0) -> tuple[Callable, 
     elif spec.privacy is not None:
         dp_step = dpsgd.make_dp_train_step(
             spec.graphdef, spec.loss, optimizer, spec.privacy, n_users=spec.n_users,
-            n_items=spec.n_items, n_negatives=spec.n_negatives)
+            n_items=spec.n_items, n_negatives=spec.n_negatives, method=spec.method)
     if spec.privacy is not None:
         dp_epoch = dpsgd.make_dp_epoch(dp_step, spec.privacy)
         return jax.jit(over_seeds(dp_epoch, spec.n_seeds), donate_argnums=(0,)), optimizer
@@ -416,10 +416,13 @@ def private_spec(config: Config, graphdef: Any, *, n_users: int, n_rows: int,
     `privacy.target_epsilon` over `train.epochs` epochs). A one-line ConfigError names the
     key of a setting DP-SGD cannot honour."""
     privacy = config.privacy
-    if config.causal.method != "naive":
+    if config.causal.method not in dpsgd.PRIVATE_METHODS:
         raise ConfigError(f"key causal.method: {config.causal.method!r} with privacy.level "
                           f"= {privacy.level!r}; private training covers causal.method = "
-                          "'naive' so far")
+                          f"{' or '.join(repr(m) for m in dpsgd.PRIVATE_METHODS)} so far")
+    if privacy.mechanism == "fedavg" and config.causal.method != "naive":
+        raise ConfigError(f"key causal.method: {config.causal.method!r} with privacy.mechanism "
+                          "= 'fedavg'; federated clients train causal.method = 'naive' so far")
     if privacy.mechanism == "fedavg" and privacy.level != "user":
         raise ConfigError(f"key privacy.level: {privacy.level!r} with privacy.mechanism = "
                           "'fedavg'; federated clients are users (level 'user')")
@@ -464,7 +467,9 @@ def private_spec(config: Config, graphdef: Any, *, n_users: int, n_rows: int,
     expected = float(min(config.train.batch_size, n_units))
     steps = dpsgd.steps_per_epoch(n_units, expected) * config.train.epochs
     noise = privacy.noise
-    selection = privacy.selection_noise if privacy.item_rows else 0.0
+    # the noisy item counts: DP-FEST's selection and a private PDA's popularity read them
+    counted = privacy.item_rows or (config.causal.method == "pda" and privacy.noised)
+    selection = privacy.selection_noise if counted else 0.0
     if privacy.target_epsilon:
         noise = calibrate_noise(privacy.target_epsilon, expected / n_units, steps, delta,
                                 privacy.accountant, selection_noise=selection)
@@ -639,10 +644,15 @@ def program_setup(config: Config, split: Split, truth: Any = None,
             arrays = dpsgd.unit_arrays(
                 arrays, train.n_users, dp_spec.level, dp_spec.examples_per_unit,
                 streams.derive(run_key, streams.Run.PRIVATE_ROWS))
-        if dp_spec.item_rows:
-            shared[dpsgd.TRAINED_ITEMS] = jnp.asarray(dpsgd.select_items(
-                streams.derive(jax.random.key(config.run.seed), streams.Run.PRIVATE_ITEMS),
-                dpsgd.item_counts(arrays, train.n_items), dp_spec))
+        if dp_spec.selection_noise:  # one noisy count per item, whatever reads it
+            noisy = dpsgd.noisy_counts(streams.derive(run_key, streams.Run.PRIVATE_ITEMS),
+                                       dpsgd.item_counts(arrays, train.n_items), dp_spec)
+            if dp_spec.item_rows:
+                shared[dpsgd.TRAINED_ITEMS] = jnp.asarray(
+                    dpsgd.top_items(noisy, dp_spec.item_rows))
+            if method == "pda":  # the popularity counted without noise is never read
+                constants["log_popularity"] = jnp.asarray(dpsgd.noisy_log_popularity(noisy))
+                shared["shared_log_popularity"] = constants["log_popularity"]
         on_device = True
     data = {name: jnp.asarray(values) if on_device else values for name, values in arrays.items()}
     data.update(shared)
@@ -862,7 +872,7 @@ def check_ordinary_keys(config: Config) -> None:
                             "train": [f.name for f in dataclasses.fields(config.train)
                                       if f.name not in SEQUENCE_TRAIN_KEYS],
                             "eval": None, "run": None,
-                            "privacy": privacy_keys_used(config.privacy),
+                            "privacy": privacy_keys_used(config.privacy, config.causal.method),
                             "parallel": None}
     if config.data.format == "simulator":
         used["sim"] = None

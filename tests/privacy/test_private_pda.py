@@ -1,0 +1,144 @@
+"""PDA under DP: the private step's clipped sum of PDA's objective (the causal objective an
+ordinary PDA run trains) equals a brute-force loop over whole tables; a private PDA run
+counts item popularity under DP, composes that count into its epsilon, and serves on the
+noisy popularity; what it cannot train is one line."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from causalrec_jax import streams
+from causalrec_jax.causal.training import log_popularity, make_causal_objective
+from causalrec_jax.config import CausalConfig, TrainConfig, load_config
+from causalrec_jax.errors import ConfigError
+from causalrec_jax.models.base import make_scorers
+from causalrec_jax.privacy import accounting, dpsgd
+from causalrec_jax.runs import load as run_load
+from causalrec_jax.runs import train as run_train
+from causalrec_jax.train.objectives import seen_items_data
+from causalrec_jax.train.step import init_state, make_optimizer
+
+from .test_dpsgd import N_ITEMS, N_USERS, ROWS, _model, _summed_update
+from .test_private_run import TINY
+
+GAMMA = 0.2
+
+
+def test_private_pda_sums_equal_a_brute_force_loop_over_whole_tables():
+    parts = _model("mf")
+    params = jax.tree.map(lambda leaf: leaf[0], parts.params)
+    spec = dpsgd.make_spec("user", clip=0.05, noise_multiplier=0.0, n_units=N_USERS,
+                           expected_batch=N_USERS, examples_per_unit=4, user_rows="noised")
+    rows = {k: ROWS[k] for k in ("users", "items")}
+    units = dpsgd.unit_arrays(rows, N_USERS, "user", 4, jax.random.key(0))
+    popularity = jnp.asarray(log_popularity(ROWS["items"], N_ITEMS))
+    data = {k: jnp.asarray(v) for k, v in units.items()}
+    data["shared_constants"] = parts.constants
+    data["shared_log_popularity"] = popularity
+    data.update({k: jnp.asarray(v) for k, v in seen_items_data(
+        ROWS["users"], ROWS["items"], N_USERS, N_ITEMS).items()})
+    optimizer = make_optimizer(TrainConfig(optimizer="sgd", learning_rate=1.0))
+    step = dpsgd.make_dp_train_step(parts.graphdef, "bpr", optimizer, spec, n_users=N_USERS,
+                                    n_items=N_ITEMS, n_negatives=3, method="pda")
+    state = init_state({"prediction": params}, optimizer, {"pda_gamma": jnp.float32(GAMMA)})
+    key = jax.random.key(7)
+    got, metrics = _summed_update(step, state, data, key, spec)
+
+    # the causal objective of an ordinary PDA run, on the whole tables, one unit at a time
+    scorers = make_scorers(parts.graphdef, parts.constants)
+    objective = make_causal_objective("pda", CausalConfig(), "bpr", scorers.score_pairs,
+                                      n_users=N_USERS, n_items=N_ITEMS, n_rows=1,
+                                      n_negatives=3)
+    unit_stream = streams.derive(streams.index(key, 0), streams.Step.UNIT)
+    shared = {k: v for k, v in data.items() if k.startswith("shared_")}
+    want = jax.tree.map(jnp.zeros_like, params)
+    for unit in range(N_USERS):
+        batch = {"items": data["items"][unit], "mask": data["unit_mask"][unit],
+                 "users": jnp.full(4, data["unit_users"][unit]), **shared}
+
+        def summed(p, batch=batch, unit=unit):
+            value, _ = objective({"prediction": p}, batch, streams.index(unit_stream, unit),
+                                 hparams={"pda_gamma": jnp.float32(GAMMA)})
+            return value * jnp.sum(batch["mask"])
+
+        grads = jax.grad(summed)(params)
+        norm = jnp.sqrt(sum(jnp.sum(leaf**2) for leaf in jax.tree.leaves(grads)))
+        want = jax.tree.map(lambda t, g, n=norm: t + g * jnp.minimum(1.0, spec.clip / n),
+                            want, grads)
+    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=2e-3, atol=2e-6)
+    assert int(metrics["clipped"]) >= 1
+    # gamma is read: another gamma gives another sum
+    flat = init_state({"prediction": params}, optimizer, {"pda_gamma": jnp.float32(0.0)})
+    other, _ = _summed_update(step, flat, data, key, spec)
+    assert not np.allclose(np.asarray(other["item_factors"]), np.asarray(got["item_factors"]))
+
+
+PDA = ['causal.method="pda"', "causal.pda_gamma=0.1", "privacy.noise=1.0",
+       "privacy.selection_noise=2.0"]
+
+
+@pytest.fixture(scope="module")
+def pda_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("private_pda") / "run"
+    return run_train.train_run(load_config(None, TINY + PDA), out, quiet=True), out
+
+
+def test_a_private_pda_run_counts_popularity_under_dp_and_accounts_it(pda_run):
+    metrics, out = pda_run
+    privacy = metrics["privacy"]
+    assert privacy["selection_noise"] == 2.0
+    sampling = privacy["sampling_rate"]
+    without_counts = accounting.epsilon(1.0, sampling, privacy["steps"], privacy["delta"])
+    assert privacy["epsilon"] == pytest.approx(accounting.epsilon(
+        1.0, sampling, privacy["steps"], privacy["delta"], selection_noise=2.0))
+    assert privacy["epsilon"] > without_counts
+    served, exact = _served_and_exact_popularity(out)
+    assert np.isfinite(served).all() and served.max() < 0
+    assert np.exp(served).sum() == pytest.approx(1.0, rel=1e-4)  # shares of noisy counts
+    assert not np.allclose(served, exact, atol=1e-3)
+    assert 0 <= metrics["test"]["ndcg@5"] <= 1
+
+
+def _served_and_exact_popularity(out):
+    """The log popularity a PDA run serves with, and the one its training rows give (every
+    row a positive at eval.positive_threshold = 0)."""
+    run = run_load.load_run(out)
+    served = np.asarray(run.extra["log_popularity"])[0]
+    counts = np.asarray(run.data["item_counts"], np.float64)
+    exact = np.log(np.maximum(counts / counts.sum(), 1e-12))
+    return served, exact
+
+
+def test_item_selection_and_pda_read_one_noisy_count(tmp_path, pda_run):
+    metrics, _ = pda_run
+    both = run_train.train_run(load_config(None, TINY + PDA + ["privacy.item_rows=20"]),
+                               tmp_path / "both", quiet=True)
+    assert both["privacy"]["epsilon"] == pytest.approx(metrics["privacy"]["epsilon"])
+    assert both["privacy"]["item_rows"] == 20
+
+
+@pytest.mark.parametrize(("overrides", "named"), [
+    (['causal.method="macr"', 'train.loss="bce"', "privacy.noise=1.0"],  # its own tables
+     "causal.method"),
+    (PDA + ['privacy.mechanism="fedavg"'], "causal.method"),
+    # without noise nothing is counted under DP, so the counts' noise is not read
+    (PDA[:2] + ["privacy.selection_noise=2.0"], "privacy.selection_noise"),
+])
+def test_what_a_private_pda_cannot_train_is_one_line(tmp_path, overrides, named):
+    with pytest.raises(ConfigError, match=f"key {named}"):
+        run_train.train_run(load_config(None, TINY + overrides), tmp_path / "bad",
+                            quiet=True)
+    assert not (tmp_path / "bad").exists()
+
+
+def test_without_noise_the_popularity_is_counted_exactly(tmp_path):
+    plain = TINY + PDA[:2]  # privacy.level set, no noise: nothing private to count
+    metrics = run_train.train_run(load_config(None, plain), tmp_path / "plain", quiet=True)
+    assert math.isinf(metrics["privacy"]["epsilon"])
+    assert metrics["privacy"]["selection_noise"] is None
+    served, exact = _served_and_exact_popularity(tmp_path / "plain")
+    np.testing.assert_allclose(served, exact, rtol=1e-5, atol=1e-5)
