@@ -1,9 +1,10 @@
 """Utility of private training against epsilon: full-ranking quality and popularity side
-effects of DP-SGD, user level and example level, on one config.
+effects of DP-SGD, user level and example level, and of DP-FedAvg, on one config.
 
     python experiments/privacy_utility.py --config configs/ml100k_mf_dp.toml \\
         [--reference configs/ml100k_mf.toml] [--epsilons 1,2,4,8,inf] \\
-        [--levels user,example] [--seeds 3] [--out DIR] [--set section.key=value ...]
+        [--levels user,example] [--fedavg configs/ml100k_mf_fedavg.toml] [--seeds 3] \\
+        [--out DIR] [--set section.key=value ...]
 
 For each level and each epsilon, trains the config with `privacy.level` and
 `privacy.target_epsilon` set (the noise calibrated so that the run's `train.epochs` epochs
@@ -13,7 +14,10 @@ spend epsilon at delta = 1/n_users), with `--seeds` seeds in one vmapped program
 noised and negatives drawn without excluding the user's items, as a row-level guarantee
 needs. The non-private row (`inf`) is `--reference` (default: the same config without
 `[privacy]`; for ml-100k, the shipped non-private BPR-MF, tuned as such), trained once into
-`DIR/not_private`; "kept" is each row's ndcg@10 over its.
+`DIR/not_private`; "kept" is each row's ndcg@10 over its. `--fedavg CONFIG` (a config of
+`privacy.mechanism = "fedavg"`, its own optimiser and rounds) adds DP-FedAvg at each finite
+epsilon (`DIR/fedavg_eps<epsilon>`, the same calibration, a round's clients the units) and,
+with `inf`, the same FedAvg without noise (`DIR/fedavg`).
 Writes to `DIR` (default `runs/privacy_utility`):
 
 - `table.md` / `table.csv` / `table.json`: per run, the test ndcg@10 and recall@10 (mean and
@@ -106,6 +110,8 @@ def main(argv=None) -> list[dict[str, Any]]:
                         "--config without [privacy])")
     parser.add_argument("--epsilons", default="1,2,4,8,inf")
     parser.add_argument("--levels", default="user,example")
+    parser.add_argument("--fedavg", help="a config of privacy.mechanism = 'fedavg': adds its "
+                        "DP-FedAvg rows (and, with inf, FedAvg without noise)")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--example-batch", type=int, default=4096,
                         help="train.batch_size (rows) of the example-level runs")
@@ -114,7 +120,7 @@ def main(argv=None) -> list[dict[str, Any]]:
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         help="section.key=value, applied to every run")
     args = parser.parse_args(argv)
-    for name in ("config", "reference"):
+    for name in ("config", "reference", "fedavg"):
         path = getattr(args, name)
         if path is not None and not Path(path).is_file():
             raise ConfigError(f"--{name} {path}: no such file")
@@ -127,6 +133,11 @@ def main(argv=None) -> list[dict[str, Any]]:
         raise ConfigError(f"--levels {args.levels}: expected some of {', '.join(LEVELS)}")
     if args.seeds < 1:
         raise ConfigError("--seeds: expected an integer >= 1")
+    if args.fedavg is not None:  # checked before anything is written
+        federated = load_config(args.fedavg, args.overrides)
+        if federated.privacy.mechanism != "fedavg":
+            raise ConfigError(f"--fedavg {args.fedavg}: key privacy.mechanism is "
+                              f"{federated.privacy.mechanism!r}, expected 'fedavg'")
     out = fresh_out(args.out, "privacy_utility")
     out.mkdir(parents=True, exist_ok=True)
     base = load_config(args.config, args.overrides)
@@ -166,6 +177,20 @@ def main(argv=None) -> list[dict[str, Any]]:
                           out / f"{level}_eps{epsilon:g}", f"DP-SGD, {level} level", epsilon)
             rows.append(row)
             print(f"{level} eps={epsilon:g}: ndcg@10 {_cell(row['ndcg@10'])}", flush=True)
+    if args.fedavg is not None:
+        names = [m for m in federated.eval.metrics if m.lower() not in LIST_METRICS]
+        plain = [f"train.seeds={args.seeds}",
+                 f"eval.metrics={json.dumps(names + list(LIST_METRICS))}", *args.overrides]
+        if math.inf in epsilons:
+            rows.append(run_one(args.fedavg, plain + ["privacy.noise=0",
+                                                      "privacy.target_epsilon=0"],
+                                out / "fedavg", "FedAvg, no noise", math.inf))
+            print(f"fedavg: ndcg@10 {_cell(rows[-1]['ndcg@10'])}", flush=True)
+        for epsilon in sorted(e for e in epsilons if math.isfinite(e)):
+            rows.append(run_one(args.fedavg, plain + [f"privacy.target_epsilon={epsilon}",
+                                                      "privacy.noise=0"],
+                                out / f"fedavg_eps{epsilon:g}", "DP-FedAvg", epsilon))
+            print(f"fedavg eps={epsilon:g}: ndcg@10 {_cell(rows[-1]['ndcg@10'])}", flush=True)
     reference = next((row["ndcg@10"] for row in rows if row["mechanism"] == "not private"),
                      None)
     for row in rows:

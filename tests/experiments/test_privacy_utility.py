@@ -74,9 +74,27 @@ def test_one_row_per_mechanism_and_epsilon(table):
     assert 'user_rows = "noised"' in config and "exclude_seen_negatives = false" in config
 
 
+@pytest.mark.slow  # make test-all (see Makefile): a smoke run of the script, 3 trainings
+def test_dp_fedavg_rows_come_from_their_own_config(tmp_path, load_repo_script):
+    config = tmp_path / "fedavg.toml"
+    config.write_text(CONFIG.replace("target_epsilon = 8.0", 'mechanism = "fedavg"\n'
+                                     "local_steps = 2\nclient_learning_rate = 0.5"))
+    rows = load_repo_script(SCRIPT).main(
+        ["--config", str(config), "--fedavg", str(config), "--levels", "user",
+         "--epsilons", "2,inf", "--seeds", "1", "--out", str(tmp_path / "out")])
+    assert [(row["mechanism"], row["epsilon"]) for row in rows][-2:] == [
+        ("FedAvg, no noise", math.inf), ("DP-FedAvg", 2.0)]
+    assert rows[-1]["accounted_epsilon"] <= 2.0 * 1.001 and rows[-1]["noise_multiplier"] > 0
+    assert math.isinf(rows[-2]["accounted_epsilon"])
+    written = (tmp_path / "out" / "fedavg_eps2" / "config.toml").read_text()
+    assert 'mechanism = "fedavg"' in written and "target_epsilon = 2.0" in written
+
+
 @pytest.mark.parametrize("args,message", [
     (["--epsilons", "0,inf"], "--epsilons"),
     (["--levels", "user,nobody"], "--levels"),
+    # a config that is not federated
+    (["--fedavg", str(ROOT / "configs/ml100k_mf_dp.toml")], "key privacy.mechanism"),
 ])
 def test_bad_input_is_one_line(tmp_path, args, message, run_repo_script):
     base = ["--config", str(ROOT / "configs/quickstart.toml"), "--out", str(tmp_path / "o")]
