@@ -44,7 +44,7 @@ class Run(enum.IntEnum):
     TRAIN = 1  # everything the training loop draws (orders, negatives, dropout, cells)
     IMPUTATION = 2  # the imputation model of the joint doubly robust methods
     PROPENSITY_MODEL = 7919  # a learned / logistic propensity model fitted for the run
-    PRIVATE_ITEMS = 7927  # DP-SGD's noisy item counts that choose the trained item rows
+    PRIVATE_ITEMS = 7927  # DP-SGD's noisy item counts (the trained item rows, PDA's popularity)
     PRIVATE_ROWS = 7933  # which of a user's rows a private run keeps (`max_examples_per_user`)
     SILOS = 7937  # which silo each user belongs to (federated silos, `privacy.silos`)
 

@@ -48,6 +48,7 @@ from causalrec_jax.report.plots import privacy_figure
 from causalrec_jax.runs import train as run_train
 from causalrec_jax.runs.folder import fresh_out
 from causalrec_jax.runs.script import run_script
+from causalrec_jax.tasks.ordinary import check_ordinary_keys
 
 ROOT = Path(__file__).resolve().parents[1]
 LEVELS = ("user", "example")
@@ -64,6 +65,12 @@ def _epsilons(text: str) -> list[float]:
             raise ValueError(f"--epsilons: {part!r} is not a number > 0 (or inf)")
         values.append(value)
     return values
+
+
+def _reset(keys) -> list[str]:
+    """Overrides setting the `[privacy]` keys `keys` back to their defaults."""
+    defaults = PrivacyConfig()
+    return [f"privacy.{key}={json.dumps(getattr(defaults, key))}" for key in keys]
 
 
 def run_one(config_path: str, overrides: list[str], out: Path, mechanism: str,
@@ -133,11 +140,26 @@ def main(argv=None) -> list[dict[str, Any]]:
         raise ConfigError(f"--levels {args.levels}: expected some of {', '.join(LEVELS)}")
     if args.seeds < 1:
         raise ConfigError("--seeds: expected an integer >= 1")
-    if args.fedavg is not None:  # checked before anything is written
+    federated_runs = []  # (overrides, folder, mechanism, epsilon), checked before any is run
+    if args.fedavg is not None:
         federated = load_config(args.fedavg, args.overrides)
         if federated.privacy.mechanism != "fedavg":
             raise ConfigError(f"--fedavg {args.fedavg}: key privacy.mechanism is "
                               f"{federated.privacy.mechanism!r}, expected 'fedavg'")
+        names = [m for m in federated.eval.metrics if m.lower() not in LIST_METRICS]
+        plain = [f"train.seeds={args.seeds}", 'privacy.level="user"',
+                 f"eval.metrics={json.dumps(names + list(LIST_METRICS))}", *args.overrides]
+        # the keys only a noised run reads, back to their defaults for the run without noise
+        noised_only = [key for key in set_keys(federated).get("privacy", ())
+                       if key in ("clip", "delta", "accountant", "noise", "target_epsilon")]
+        if math.inf in epsilons:
+            federated_runs.append((plain + _reset(noised_only), "fedavg", "FedAvg, no noise",
+                                   math.inf))
+        federated_runs += [(plain + [f"privacy.target_epsilon={epsilon}", "privacy.noise=0"],
+                            f"fedavg_eps{epsilon:g}", "DP-FedAvg", epsilon)
+                           for epsilon in sorted(e for e in epsilons if math.isfinite(e))]
+        for overrides, *_ in federated_runs:
+            check_ordinary_keys(load_config(args.fedavg, overrides))
     out = fresh_out(args.out, "privacy_utility")
     out.mkdir(parents=True, exist_ok=True)
     base = load_config(args.config, args.overrides)
@@ -146,10 +168,8 @@ def main(argv=None) -> list[dict[str, Any]]:
               f"eval.metrics={json.dumps(metrics + list(LIST_METRICS))}", *args.overrides]
     # the config's own [privacy] keys: all back to their defaults for the run without
     # privacy, the per-user cap for the example level (neither reads them)
-    defaults = PrivacyConfig()
-
     def reset(*keys):
-        return [f"privacy.{key}={json.dumps(getattr(defaults, key))}" for key in keys]
+        return _reset(keys)
 
     rows = []
     if math.inf in epsilons:
@@ -172,32 +192,22 @@ def main(argv=None) -> list[dict[str, Any]]:
                  if level == "example" else [])
         for epsilon in sorted(e for e in epsilons if math.isfinite(e)):
             settings = [f'privacy.level="{level}"', f"privacy.target_epsilon={epsilon}",
-                        "privacy.noise=0"]
+                        "privacy.noise=0", 'privacy.mechanism="dp_sgd"']
             row = run_one(args.config, shared + batch + settings,
                           out / f"{level}_eps{epsilon:g}", f"DP-SGD, {level} level", epsilon)
             rows.append(row)
             print(f"{level} eps={epsilon:g}: ndcg@10 {_cell(row['ndcg@10'])}", flush=True)
-    if args.fedavg is not None:
-        names = [m for m in federated.eval.metrics if m.lower() not in LIST_METRICS]
-        plain = [f"train.seeds={args.seeds}",
-                 f"eval.metrics={json.dumps(names + list(LIST_METRICS))}", *args.overrides]
-        if math.inf in epsilons:
-            rows.append(run_one(args.fedavg, plain + ["privacy.noise=0",
-                                                      "privacy.target_epsilon=0"],
-                                out / "fedavg", "FedAvg, no noise", math.inf))
-            print(f"fedavg: ndcg@10 {_cell(rows[-1]['ndcg@10'])}", flush=True)
-        for epsilon in sorted(e for e in epsilons if math.isfinite(e)):
-            rows.append(run_one(args.fedavg, plain + [f"privacy.target_epsilon={epsilon}",
-                                                      "privacy.noise=0"],
-                                out / f"fedavg_eps{epsilon:g}", "DP-FedAvg", epsilon))
-            print(f"fedavg eps={epsilon:g}: ndcg@10 {_cell(rows[-1]['ndcg@10'])}", flush=True)
+    for overrides, folder, mechanism, epsilon in federated_runs:
+        rows.append(run_one(args.fedavg, overrides, out / folder, mechanism, epsilon))
+        print(f"{mechanism} eps={epsilon:g}: ndcg@10 {_cell(rows[-1]['ndcg@10'])}", flush=True)
     reference = next((row["ndcg@10"] for row in rows if row["mechanism"] == "not private"),
                      None)
     for row in rows:
         row["kept"] = (row["ndcg@10"] / reference if reference and row["ndcg@10"] is not None
                        else None)
     table = markdown(rows)
-    (out / "table.md").write_text(f"# Private training on {args.config}\n\n{table}\n")
+    source = args.config + (f" (DP-FedAvg: {args.fedavg})" if args.fedavg else "")
+    (out / "table.md").write_text(f"# Private training on {source}\n\n{table}\n")
     with (out / "table.csv").open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
@@ -207,7 +217,7 @@ def main(argv=None) -> list[dict[str, Any]]:
          "rows": [{k: (None if isinstance(v, float) and not math.isfinite(v) else v)
                    for k, v in row.items()} for row in rows]}, indent=2) + "\n")
     privacy_figure(out / "privacy_utility.png", rows, ["ndcg@10", "averagepopularity@10"],
-                   f"{Path(args.config).name}: DP-SGD, {args.seeds} seeds")
+                   f"{Path(args.config).name}: private training, {args.seeds} seeds")
     print(f"\n{table}\n\nwrote {out / 'table.md'}, table.csv, table.json, privacy_utility.png")
     return rows
 

@@ -69,6 +69,8 @@ LONG_FILES = (
     "parallel/test_streamed.py",
     "runs/test_explain_run.py",
     "privacy/test_federated.py",
+    "privacy/test_private_pda.py",
+    "privacy/test_silos.py",
     "models/test_sasrec.py",
     "tasks/test_ope.py",
     "causal/test_ope.py",

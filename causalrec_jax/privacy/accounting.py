@@ -46,7 +46,8 @@ def dp_sgd_event(noise_multiplier: float, sampling_rate: float, steps: int,
                  selection_noise: float = 0.0) -> dp_accounting.DpEvent:
     """The `DpEvent` of `steps` Poisson-subsampled Gaussian steps, after (when
     `selection_noise` > 0) one Gaussian mechanism of that noise multiplier on the whole data:
-    the noisy item counts that choose which item rows train (`dpsgd.select_items`)."""
+    the noisy item counts (`dpsgd.noisy_counts`) that choose which item rows train and give a
+    private PDA run its popularity."""
     events = []
     if selection_noise > 0:
         events.append(dp_accounting.GaussianDpEvent(selection_noise))
@@ -114,7 +115,7 @@ def calibrate_noise(target_epsilon: float, sampling_rate: float, steps: int, del
             f"key privacy.target_epsilon: epsilon = {target_epsilon} cannot be reached in "
             f"{steps} steps at sampling rate {sampling_rate:.4g} and delta = {delta:.3g} "
             f"(even noise multiplier {MAX_NOISE_MULTIPLIER:g} spends more"
-            + (f", after the item selection of noise {selection_noise:g}" if selection_noise
+            + (f", after the noisy item counts of multiplier {selection_noise:g}" if selection_noise
                else "") + "); train fewer steps, sample fewer units per step or allow a "
             "larger epsilon")
     upper = _search("rdp", target_epsilon, sampling_rate, steps, delta,

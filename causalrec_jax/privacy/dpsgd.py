@@ -266,8 +266,10 @@ def silo_arrays(units: dict[str, np.ndarray], silo: np.ndarray, n_silos: int
     """User-level unit arrays (`unit_arrays`, `[n_users, k]`, each user's rows already capped
     at `max_examples_per_user`) regrouped into silos, `[n_silos, m]`: a silo's users' rows
     side by side in user order, `m` the largest silo's row count. `users` holds each row's
-    own user; a padding row's is `n_users`, an id past the user table that no gather, scatter
-    or kept row reaches. No `unit_users` (a silo has many)."""
+    own user; a padding row's is `n_users`, an id past the user table: `unique_ids` drops it
+    (or keeps it as its own padding), scatters and `set_rows` drop it, and the gathers that
+    clamp it to the last row read that row for a masked row only, whose loss and gradient
+    are zero. No `unit_users` (a silo has many)."""
     mask = np.asarray(units["unit_mask"])
     n_users = mask.shape[0]
     users, slots = np.nonzero(mask)  # in user order, then slot order
@@ -422,8 +424,9 @@ MARKED_ROWS_PER_ID = 32
 
 def unique_ids(touched: dict[str, jax.Array], sizes: dict[str, int]) -> dict[str, jax.Array]:
     """Sorted unique ids of each kind, padded past the table's end (still sorted; a padding
-    id is never looked up: `searchsorted` finds every real id first). Ids must lie in
-    `[0, sizes[kind])`, as a unit's users, items and sampled negatives do.
+    id is never looked up: `searchsorted` finds every real id first). Ids lie in
+    `[0, sizes[kind])`, as a unit's users, items and sampled negatives do, or equal
+    `sizes[kind]` (a silo's padding rows, `silo_arrays`), which is the padding value itself.
 
     A table of at most `MARKED_ROWS_PER_ID` rows per id (a user-level unit's 320 ids into
     ml-100k's 1,682 items) marks the ids in a boolean vector of its length and reads the marked
@@ -468,6 +471,10 @@ def local_objective(graphdef: Any, tables: dict[str, str], loss_name: str, param
     if method == "naive":
         return local_params, make_objective(loss_name, score_pairs, None, n_items=n_items,
                                             n_negatives=n_negatives)
+    if method not in PRIVATE_METHODS or loss_name != "bpr":
+        # `ids` come from `scored_pairs(loss_name, ...)`: only BPR's list holds PDA's negatives
+        raise ConfigError(f"key causal.method: {method!r} with train.loss = {loss_name!r}; a "
+                          "private step trains 'naive', or 'pda' with 'bpr'")
     causal = make_causal_objective(method, CausalConfig(), loss_name, score_pairs,
                                    n_users=n_users, n_items=n_items, n_rows=1,
                                    n_negatives=n_negatives)

@@ -420,6 +420,12 @@ def private_spec(config: Config, graphdef: Any, *, n_users: int, n_rows: int,
         raise ConfigError(f"key causal.method: {config.causal.method!r} with privacy.level "
                           f"= {privacy.level!r}; private training covers causal.method = "
                           f"{' or '.join(repr(m) for m in dpsgd.PRIVATE_METHODS)} so far")
+    if privacy.silos and privacy.item_rows:
+        # a silo adds up to ceil(n_users / S) * max_examples_per_user rows, a bound far above
+        # the widest silo built, on counts that are at most S: the selection would be noise
+        raise ConfigError(f"key privacy.item_rows: {privacy.item_rows} with privacy.silos = "
+                          f"{privacy.silos}; DP-FEST's selection counts users, not silos "
+                          "(set privacy.item_rows = 0)")
     if privacy.mechanism == "fedavg" and config.causal.method != "naive":
         raise ConfigError(f"key causal.method: {config.causal.method!r} with privacy.mechanism "
                           "= 'fedavg'; federated clients train causal.method = 'naive' so far")
@@ -483,6 +489,17 @@ def private_spec(config: Config, graphdef: Any, *, n_users: int, n_rows: int,
         silos=privacy.silos)
 
 
+def _guarantee(spec: dpsgd.DPSpec) -> str:
+    """What a noised run's epsilon covers, in words (`metrics.json` `privacy.guarantee`)."""
+    if spec.silos:
+        return ("joint DP per silo (a silo's whole data, so each of its users'): every output "
+                "but the silo's user rows, which are trained on all of the silo's rows "
+                "without noise and seen only inside the silo")
+    if spec.user_rows == "local":
+        return "joint DP: every output but each user's own rows, which only that user sees"
+    return "DP of every parameter"
+
+
 def privacy_report(config: Config, spec: dpsgd.DPSpec, epochs_trained: int,
                    n_users: int) -> dict[str, Any]:
     """The `"privacy"` object of `metrics.json`: the guarantee of the steps actually run."""
@@ -501,11 +518,7 @@ def privacy_report(config: Config, spec: dpsgd.DPSpec, epochs_trained: int,
         "steps": steps,
         "local_steps": spec.local_steps or None,
         "user_rows": spec.user_rows,
-        "guarantee": (("joint DP: every output but each user's own rows, which only that "
-                       "user sees" if spec.user_rows == "local" else "DP of every parameter")
-                      + (", per silo (a silo's whole data, so each of its users')"
-                         if spec.silos else "")
-                      if noised else "none: no noise is added"),
+        "guarantee": (_guarantee(spec) if noised else "none: no noise is added"),
         "sampling_rate": spec.sampling_rate, "expected_batch": spec.expected_batch,
         "capacity": spec.capacity, "truncation_delta": truncation,
         "max_examples_per_user": (config.privacy.max_examples_per_user
@@ -650,7 +663,7 @@ def program_setup(config: Config, split: Split, truth: Any = None,
             if dp_spec.item_rows:
                 shared[dpsgd.TRAINED_ITEMS] = jnp.asarray(
                     dpsgd.top_items(noisy, dp_spec.item_rows))
-            if method == "pda":  # the popularity counted without noise is never read
+            if method == "pda" and config.privacy.noised:  # the exact count is never read
                 constants["log_popularity"] = jnp.asarray(dpsgd.noisy_log_popularity(noisy))
                 shared["shared_log_popularity"] = constants["log_popularity"]
         on_device = True

@@ -76,14 +76,19 @@ def test_one_row_per_mechanism_and_epsilon(table):
 
 @pytest.mark.slow  # make test-all (see Makefile): a smoke run of the script, 3 trainings
 def test_dp_fedavg_rows_come_from_their_own_config(tmp_path, load_repo_script):
-    config = tmp_path / "fedavg.toml"
-    config.write_text(CONFIG.replace("target_epsilon = 8.0", 'mechanism = "fedavg"\n'
-                                     "local_steps = 2\nclient_learning_rate = 0.5"))
+    dp, federated = tmp_path / "dp.toml", tmp_path / "fedavg.toml"
+    dp.write_text(CONFIG)
+    # a DP-FedAvg config as a user writes it: its clip set (read only with noise)
+    federated.write_text(CONFIG.replace("target_epsilon = 8.0", 'mechanism = "fedavg"\n'
+                                        "local_steps = 2\nclient_learning_rate = 0.5\n"
+                                        "clip = 2.0"))
     rows = load_repo_script(SCRIPT).main(
-        ["--config", str(config), "--fedavg", str(config), "--levels", "user",
+        ["--config", str(dp), "--fedavg", str(federated), "--levels", "user",
          "--epsilons", "2,inf", "--seeds", "1", "--out", str(tmp_path / "out")])
-    assert [(row["mechanism"], row["epsilon"]) for row in rows][-2:] == [
+    assert [(row["mechanism"], row["epsilon"]) for row in rows] == [
+        ("not private", math.inf), ("DP-SGD, user level", 2.0),
         ("FedAvg, no noise", math.inf), ("DP-FedAvg", 2.0)]
+    assert 'mechanism = "dp_sgd"' in (tmp_path / "out" / "user_eps2" / "config.toml").read_text()
     assert rows[-1]["accounted_epsilon"] <= 2.0 * 1.001 and rows[-1]["noise_multiplier"] > 0
     assert math.isinf(rows[-2]["accounted_epsilon"])
     written = (tmp_path / "out" / "fedavg_eps2" / "config.toml").read_text()

@@ -3,7 +3,6 @@ ordinary PDA run trains) equals a brute-force loop over whole tables; a private 
 counts item popularity under DP, composes that count into its epsilon, and serves on the
 noisy popularity; what it cannot train is one line."""
 
-import math
 
 import jax
 import jax.numpy as jnp
@@ -13,11 +12,13 @@ import pytest
 from causalrec_jax import streams
 from causalrec_jax.causal.training import log_popularity, make_causal_objective
 from causalrec_jax.config import CausalConfig, TrainConfig, load_config
+from causalrec_jax.data.loader import load_split
 from causalrec_jax.errors import ConfigError
 from causalrec_jax.models.base import make_scorers
 from causalrec_jax.privacy import accounting, dpsgd
 from causalrec_jax.runs import load as run_load
 from causalrec_jax.runs import train as run_train
+from causalrec_jax.tasks import ordinary
 from causalrec_jax.train.objectives import seen_items_data
 from causalrec_jax.train.step import init_state, make_optimizer
 
@@ -55,16 +56,19 @@ def test_private_pda_sums_equal_a_brute_force_loop_over_whole_tables():
     unit_stream = streams.derive(streams.index(key, 0), streams.Step.UNIT)
     shared = {k: v for k, v in data.items() if k.startswith("shared_")}
     want = jax.tree.map(jnp.zeros_like, params)
-    for unit in range(N_USERS):
-        batch = {"items": data["items"][unit], "mask": data["unit_mask"][unit],
-                 "users": jnp.full(4, data["unit_users"][unit]), **shared}
 
-        def summed(p, batch=batch, unit=unit):
+    @jax.jit
+    def unit_grad(p, batch, unit):
+        def summed(p):
             value, _ = objective({"prediction": p}, batch, streams.index(unit_stream, unit),
                                  hparams={"pda_gamma": jnp.float32(GAMMA)})
             return value * jnp.sum(batch["mask"])
+        return jax.grad(summed)(p)
 
-        grads = jax.grad(summed)(params)
+    for unit in range(N_USERS):
+        batch = {"items": data["items"][unit], "mask": data["unit_mask"][unit],
+                 "users": jnp.full(4, data["unit_users"][unit]), **shared}
+        grads = unit_grad(params, batch, unit)
         norm = jnp.sqrt(sum(jnp.sum(leaf**2) for leaf in jax.tree.leaves(grads)))
         want = jax.tree.map(lambda t, g, n=norm: t + g * jnp.minimum(1.0, spec.clip / n),
                             want, grads)
@@ -96,29 +100,47 @@ def test_a_private_pda_run_counts_popularity_under_dp_and_accounts_it(pda_run):
     assert privacy["epsilon"] == pytest.approx(accounting.epsilon(
         1.0, sampling, privacy["steps"], privacy["delta"], selection_noise=2.0))
     assert privacy["epsilon"] > without_counts
-    served, exact = _served_and_exact_popularity(out)
-    assert np.isfinite(served).all() and served.max() < 0
-    assert np.exp(served).sum() == pytest.approx(1.0, rel=1e-4)  # shares of noisy counts
-    assert not np.allclose(served, exact, atol=1e-3)
+    # the run serves the popularity it trained on, counted under DP from its seed
+    served = np.asarray(run_load.load_run(out).extra["log_popularity"])[0]
+    np.testing.assert_array_equal(served, _drawn(load_config(None, TINY + PDA))[0])
     assert 0 <= metrics["test"]["ndcg@5"] <= 1
 
 
-def _served_and_exact_popularity(out):
-    """The log popularity a PDA run serves with, and the one its training rows give (every
-    row a positive at eval.positive_threshold = 0)."""
-    run = run_load.load_run(out)
-    served = np.asarray(run.extra["log_popularity"])[0]
-    counts = np.asarray(run.data["item_counts"], np.float64)
-    exact = np.log(np.maximum(counts / counts.sum(), 1e-12))
-    return served, exact
+def _setup(config):
+    split, _ = load_split(config.data, config.sim, seed=config.run.seed)
+    return ordinary.program_setup(config, split), split
 
 
-def test_item_selection_and_pda_read_one_noisy_count(tmp_path, pda_run):
-    metrics, _ = pda_run
-    both = run_train.train_run(load_config(None, TINY + PDA + ["privacy.item_rows=20"]),
-                               tmp_path / "both", quiet=True)
-    assert both["privacy"]["epsilon"] == pytest.approx(metrics["privacy"]["epsilon"])
-    assert both["privacy"]["item_rows"] == 20
+def _drawn(config):
+    """`(log popularity, noisy counts)` as a run of `config` draws them from its seed."""
+    setup, split = _setup(config)
+    counts = dpsgd.item_counts(setup.arrays, split.train.n_items)
+    noisy = dpsgd.noisy_counts(
+        streams.derive(jax.random.key(config.run.seed), streams.Run.PRIVATE_ITEMS), counts,
+        setup.spec.privacy)
+    return dpsgd.noisy_log_popularity(noisy), noisy, setup, counts
+
+
+def test_pda_trains_on_the_noisy_counts_and_selection_reads_the_same_ones():
+    popularity, noisy, setup, counts = _drawn(load_config(None, TINY + PDA))
+    np.testing.assert_array_equal(np.asarray(setup.constants["log_popularity"]), popularity)
+    np.testing.assert_array_equal(np.asarray(setup.data["shared_log_popularity"]), popularity)
+    assert not np.allclose(popularity, dpsgd.noisy_log_popularity(counts), atol=1e-3)
+    assert np.exp(popularity).sum() == pytest.approx(1.0, rel=1e-4)
+    # with DP-FEST's selection too: one draw, read by both
+    both, _, both_setup, _ = _drawn(load_config(None, TINY + PDA + ["privacy.item_rows=20"]))
+    np.testing.assert_array_equal(both, popularity)
+    np.testing.assert_array_equal(np.asarray(both_setup.data[dpsgd.TRAINED_ITEMS]),
+                                  dpsgd.top_items(noisy, 20))
+
+
+def test_without_noise_the_popularity_is_counted_exactly():
+    for extra in ([], ["privacy.item_rows=20"]):  # a selection's noise leaves PDA's count
+        config = load_config(None, TINY + PDA[:2] + extra)
+        setup, split = _setup(config)
+        rows, _ = ordinary.training_rows(config, split, None)
+        np.testing.assert_array_equal(np.asarray(setup.constants["log_popularity"]),
+                                      log_popularity(rows["items"], split.train.n_items))
 
 
 @pytest.mark.parametrize(("overrides", "named"), [
@@ -133,12 +155,3 @@ def test_what_a_private_pda_cannot_train_is_one_line(tmp_path, overrides, named)
         run_train.train_run(load_config(None, TINY + overrides), tmp_path / "bad",
                             quiet=True)
     assert not (tmp_path / "bad").exists()
-
-
-def test_without_noise_the_popularity_is_counted_exactly(tmp_path):
-    plain = TINY + PDA[:2]  # privacy.level set, no noise: nothing private to count
-    metrics = run_train.train_run(load_config(None, plain), tmp_path / "plain", quiet=True)
-    assert math.isinf(metrics["privacy"]["epsilon"])
-    assert metrics["privacy"]["selection_noise"] is None
-    served, exact = _served_and_exact_popularity(tmp_path / "plain")
-    np.testing.assert_allclose(served, exact, rtol=1e-5, atol=1e-5)

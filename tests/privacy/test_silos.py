@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from causalrec_jax import streams
 from causalrec_jax.config import TrainConfig, load_config
 from causalrec_jax.errors import ConfigError
 from causalrec_jax.models.base import make_scorers, row_tables
@@ -128,7 +129,8 @@ def test_a_silo_sends_no_user_row_and_keeps_each_of_its_users():
                                           client_learning_rate=0.5)
     batch = {"users": jnp.array([1, 1, 3, 3, n_users]), "items": jnp.array([0, 2, 4, 5, 0]),
              "mask": jnp.array([True, True, True, True, False])}
-    update, ids, loss, norm, kept = client(params, parts.constants, batch, jax.random.key(1))
+    update, ids, loss, norm, kept = jax.jit(client)(params, parts.constants, batch,
+                                                    jax.random.key(1))
     assert np.asarray(ids["users"])[:2].tolist() == [1, 3]
     assert (np.asarray(ids["users"])[2:] >= n_users).all()
     message = federated.client_message(update, ids, params, tables)
@@ -155,9 +157,47 @@ def test_a_silo_run_trains_and_accounts_per_silo(tmp_path):
     (['privacy.mechanism="dp_sgd"'], "privacy.silos"),  # silos are federated clients
     (["privacy.silos=61"], "privacy.silos"),  # more silos than the 60 users
     (["privacy.silos=-1"], "privacy.silos"),
+    (["privacy.item_rows=5"], "privacy.item_rows"),  # DP-FEST counts users, not silos
 ])
 def test_bad_silos_are_one_line(tmp_path, extra, named):
     with pytest.raises(ConfigError, match=f"key {named}"):
         run_train.train_run(load_config(None, TINY + ["privacy.silos=4", *extra]),
                             tmp_path / "bad", quiet=True)
     assert not (tmp_path / "bad").exists()
+
+
+def test_a_round_leaves_the_users_of_unsampled_silos_bitwise():
+    """A padding unit (a slot of a chunk the round runs, past the silos sampled) writes no
+    user row: the id it would set is past every table. (With silos, `n_units + 1` is a real
+    user's: 7 here, in silo 1, which this round does not sample.)"""
+    n_users, n_silos = 12, 6
+    rows = _rows(n_users, 60, seed=3)
+    parts, params = _mf(n_users)
+    units = dpsgd.unit_arrays(rows, n_users, "user", 8, jax.random.key(0))
+    silo = np.arange(n_users, dtype=np.int32) % n_silos
+    silos = dpsgd.silo_arrays(units, silo, n_silos)
+    spec = dpsgd.make_spec("user", clip=math.inf, noise_multiplier=0.0, n_units=n_silos,
+                           expected_batch=3, examples_per_unit=silos["unit_mask"].shape[1],
+                           local_steps=2, silos=n_silos)
+    data = {k: jnp.asarray(v) for k, v in silos.items()}
+    data["shared_constants"] = parts.constants
+    optimizer = make_optimizer(SERVER)
+    step = federated.make_federated_round(parts.graphdef, "mse", optimizer, spec,
+                                          n_users=n_users, n_items=N_ITEMS, n_negatives=2,
+                                          client_learning_rate=0.05)
+    state = init_state({"prediction": params}, optimizer)
+    key = jax.random.key(11)
+    new, metrics = jax.jit(step)(state, data, key)
+    units_drawn, valid, _ = dpsgd.sample_units(
+        streams.derive(streams.index(key, 0), streams.Step.UNITS), spec)
+    sampled = set(np.asarray(units_drawn)[np.asarray(valid)].tolist())
+    # an odd count in chunks of 2: the last chunk run holds a padding unit; silo 1 left out
+    assert spec.chunk == 2 and len(sampled) % 2 == 1 and 1 not in sampled
+    assert int(metrics["sampled"]) == len(sampled)
+    before = np.asarray(params["user_factors"])
+    after = np.asarray(new.params["prediction"]["user_factors"])
+    for user in range(n_users):
+        if silo[user] in sampled:
+            assert not np.array_equal(after[user], before[user]), user
+        else:
+            np.testing.assert_array_equal(after[user], before[user])
