@@ -48,13 +48,20 @@ def test_one_client_one_local_step_is_a_centralised_step():
             "ratings": np.array([5, 1, 2, 4, 3], np.float32)}
     parts, params = _mf(1)
     spec, data, optimizer, step = _round(parts, rows, 1)
+    assert_round_is_a_centralised_step(parts, params, rows, data, optimizer, step)
+
+
+def assert_round_is_a_centralised_step(parts, params, rows, data, optimizer, step, lr=0.05):
+    """A round (`step` on `data`) moves every parameter as one SGD step at the clients'
+    learning rate `lr` on the mean MSE over all `rows` does."""
     state = init_state({"prediction": params}, optimizer)
     federated_state, _ = jax.jit(step)(state, data, jax.random.key(0))
     scorers = make_scorers(parts.graphdef, parts.constants)
     objective = make_objective("mse", scorers.score_pairs, scorers.score_all, n_items=N_ITEMS)
-    central = make_optimizer(TrainConfig(optimizer="sgd", learning_rate=0.05))
+    central = make_optimizer(TrainConfig(optimizer="sgd", learning_rate=lr))
     ordinary = make_train_step(lambda p, b, k: objective(p["prediction"], b, k), central)
-    batch = {k: jnp.asarray(v) for k, v in rows.items()} | {"mask": jnp.ones(5, bool)}
+    batch = {k: jnp.asarray(v) for k, v in rows.items()}
+    batch["mask"] = jnp.ones(len(rows["users"]), bool)
     central_state, _ = jax.jit(ordinary)(init_state({"prediction": params}, central), batch,
                                          jax.random.key(0))
     for a, b in zip(jax.tree.leaves(federated_state.params),

@@ -12,15 +12,14 @@ import numpy as np
 import pytest
 
 from causalrec_jax import streams
-from causalrec_jax.config import TrainConfig, load_config
+from causalrec_jax.config import load_config
 from causalrec_jax.errors import ConfigError
-from causalrec_jax.models.base import make_scorers, row_tables
+from causalrec_jax.models.base import row_tables
 from causalrec_jax.privacy import dpsgd, federated
 from causalrec_jax.runs import train as run_train
-from causalrec_jax.train.objectives import make_objective
-from causalrec_jax.train.step import init_state, make_optimizer, make_train_step
+from causalrec_jax.train.step import init_state, make_optimizer
 
-from .test_federated import N_ITEMS, SERVER, TINY, _mf
+from .test_federated import N_ITEMS, SERVER, TINY, _mf, assert_round_is_a_centralised_step
 
 
 def _rows(n_users, n_rows, seed=0):
@@ -106,18 +105,7 @@ def test_one_silo_of_every_user_one_local_step_is_a_centralised_step():
     units = dpsgd.unit_arrays(rows, n_users, "user", 8, jax.random.key(0))
     silos = dpsgd.silo_arrays(units, np.zeros(n_users, np.int32), 1)
     _, data, optimizer, step = _silo_round(parts, silos, n_users, 1)
-    state = init_state({"prediction": params}, optimizer)
-    federated_state, _ = jax.jit(step)(state, data, jax.random.key(0))
-    scorers = make_scorers(parts.graphdef, parts.constants)
-    objective = make_objective("mse", scorers.score_pairs, scorers.score_all, n_items=N_ITEMS)
-    central = make_optimizer(TrainConfig(optimizer="sgd", learning_rate=0.05))
-    ordinary = make_train_step(lambda p, b, k: objective(p["prediction"], b, k), central)
-    batch = {k: jnp.asarray(v) for k, v in rows.items()} | {"mask": jnp.ones(12, bool)}
-    central_state, _ = jax.jit(ordinary)(init_state({"prediction": params}, central), batch,
-                                         jax.random.key(0))
-    for a, b in zip(jax.tree.leaves(federated_state.params),
-                    jax.tree.leaves(central_state.params), strict=True):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7)
+    assert_round_is_a_centralised_step(parts, params, rows, data, optimizer, step)
 
 
 def test_a_silo_sends_no_user_row_and_keeps_each_of_its_users():
