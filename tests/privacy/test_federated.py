@@ -124,6 +124,7 @@ TINY = [
 ]
 
 
+@pytest.mark.slow  # make test-all (see Makefile): test_silos.py runs a federated run
 def test_federated_runs_through_the_one_core(tmp_path):
     plain = run_train.train_run(load_config(None, TINY), tmp_path / "fedavg", quiet=True)
     assert plain["privacy"]["mechanism"] == "fedavg"

@@ -49,9 +49,9 @@ def test_the_ml100k_config_runs_on_seq_lines(planted_lines, tmp_path, config):
 
 
 @pytest.mark.parametrize(("config", "extra"), [
-    ("toys_sasrec.toml", []),
-    # Sports and HSTU through a whole run: in make test-all (Toys' SASRec run is the make
-    # test one; HSTU's own run is tests/models/test_hstu.py).
+    # The shipped Amazon configs through a whole run: in make test-all (the sequential runs'
+    # code is tested in tests/tasks/test_sequential.py, HSTU's in tests/models/test_hstu.py).
+    pytest.param("toys_sasrec.toml", [], marks=pytest.mark.slow),
     pytest.param("sports_sasrec.toml", [], marks=pytest.mark.slow),
     # The variants through a whole run: in make test-all (their options are tested in
     # tests/train/test_sequence_sampling.py and tests/models/test_sasrec.py).
