@@ -67,6 +67,14 @@ def _epsilons(text: str) -> list[float]:
     return values
 
 
+def _plain(config, args) -> list[str]:
+    """The overrides every run of the table gets: `--seeds`, the config's metrics plus the
+    popularity columns, the `--set`s."""
+    names = [m for m in config.eval.metrics if m.lower() not in LIST_METRICS]
+    return [f"train.seeds={args.seeds}",
+            f"eval.metrics={json.dumps(names + list(LIST_METRICS))}", *args.overrides]
+
+
 def _reset(keys) -> list[str]:
     """Overrides setting the `[privacy]` keys `keys` back to their defaults."""
     defaults = PrivacyConfig()
@@ -146,9 +154,7 @@ def main(argv=None) -> list[dict[str, Any]]:
         if federated.privacy.mechanism != "fedavg":
             raise ConfigError(f"--fedavg {args.fedavg}: key privacy.mechanism is "
                               f"{federated.privacy.mechanism!r}, expected 'fedavg'")
-        names = [m for m in federated.eval.metrics if m.lower() not in LIST_METRICS]
-        plain = [f"train.seeds={args.seeds}", 'privacy.level="user"',
-                 f"eval.metrics={json.dumps(names + list(LIST_METRICS))}", *args.overrides]
+        plain = [*_plain(federated, args), 'privacy.level="user"']
         # the keys only a noised run reads, back to their defaults for the run without noise
         noised_only = [key for key in set_keys(federated).get("privacy", ())
                        if key in ("clip", "delta", "accountant", "noise", "target_epsilon")]
@@ -163,9 +169,7 @@ def main(argv=None) -> list[dict[str, Any]]:
     out = fresh_out(args.out, "privacy_utility")
     out.mkdir(parents=True, exist_ok=True)
     base = load_config(args.config, args.overrides)
-    metrics = [m for m in base.eval.metrics if m.lower() not in LIST_METRICS]
-    shared = [f"train.seeds={args.seeds}",
-              f"eval.metrics={json.dumps(metrics + list(LIST_METRICS))}", *args.overrides]
+    shared = _plain(base, args)
     # the config's own [privacy] keys: all back to their defaults for the run without
     # privacy, the per-user cap for the example level (neither reads them)
     def reset(*keys):
@@ -174,12 +178,9 @@ def main(argv=None) -> list[dict[str, Any]]:
     rows = []
     if math.inf in epsilons:
         if args.reference is not None:
-            reference = load_config(args.reference, args.overrides)
-            names = [m for m in reference.eval.metrics if m.lower() not in LIST_METRICS]
-            plain = [f"train.seeds={args.seeds}",
-                     f"eval.metrics={json.dumps(names + list(LIST_METRICS))}", *args.overrides]
-            rows.append(run_one(args.reference, plain, out / "not_private", "not private",
-                                math.inf))
+            rows.append(run_one(args.reference,
+                                _plain(load_config(args.reference, args.overrides), args),
+                                out / "not_private", "not private", math.inf))
         else:
             rows.append(run_one(args.config, shared + reset(*set_keys(base).get("privacy", ())),
                                 out / "not_private", "not private", math.inf))

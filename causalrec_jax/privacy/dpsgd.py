@@ -52,8 +52,6 @@ import optax
 from scipy import stats
 
 from causalrec_jax import streams
-from causalrec_jax.causal.training import make_causal_objective
-from causalrec_jax.config import CausalConfig
 from causalrec_jax.errors import ConfigError
 from causalrec_jax.models.base import make_scorers, row_tables
 from causalrec_jax.train.objectives import make_objective, scored_pairs
@@ -221,7 +219,9 @@ def unit_arrays(rows: dict[str, np.ndarray], n_users: int, level: str, max_examp
 
     Returns:
         `unit_users [n_units]` and, for every row array, `[n_units, k]` (`k = max_examples`
-        at user level, 1 at example level) with `unit_mask [n_units, k]`.
+        at user level, 1 at example level) with `unit_mask [n_units, k]`; `users` holds the
+        unit's user in every slot, padding too, so a step reads each row's user from it as it
+        does a silo's (`silo_arrays`).
     """
     users = np.asarray(rows["users"], np.int64)
     if level == "example":
@@ -240,6 +240,8 @@ def unit_arrays(rows: dict[str, np.ndarray], n_users: int, level: str, max_examp
     for name, values in rows.items():
         values = np.asarray(values)
         table = np.zeros((n_users, max_examples) + values.shape[1:], values.dtype)
+        if name == "users":  # every slot, padding too, holds its unit's user
+            table[:] = np.arange(n_users, dtype=values.dtype)[:, None]
         table[users[picked], slot] = values[picked]
         out[name] = table
     out["unit_mask"] = np.zeros((n_users, max_examples), bool)
@@ -447,19 +449,17 @@ def unique_ids(touched: dict[str, jax.Array], sizes: dict[str, int]) -> dict[str
     return out
 
 
-# The causal methods a private step trains (their objective reads the model's own rows and
-# the batch alone): PDA's popularity-weighted BPR, on item popularity counted under DP.
-PRIVATE_METHODS = ("naive", "pda")
-
-
 def local_objective(graphdef: Any, tables: dict[str, str], loss_name: str, params: Any,
                     constants: Any, ids: dict[str, jax.Array], *, n_items: int,
-                    n_negatives: int, method: str = "naive", n_users: int = 1
+                    n_negatives: int, objective: Callable[..., Any] | None = None
                     ) -> tuple[Any, Callable[..., Any]]:
     """`(local_params, objective)`: the model state cut to the rows `ids` and the run's
-    objective over it (`train.objectives.make_objective`; for `method = "pda"` the causal
-    objective of `causal.training`, which an ordinary PDA run trains), its global ids mapped
-    to the gathered rows, so a gradient or a local step touches `ids`' rows alone."""
+    objective over it, its global ids mapped to the gathered rows, so a gradient or a local
+    step touches `ids`' rows alone. `objective(score_pairs, score_all) -> loss_fn(params,
+    batch, key, *, hparams)` builds the run's objective over the scorers it is given, params
+    `{"prediction": model state}` (the ordinary step's own builder, `tasks.ordinary.
+    _objective_of`, so a private PDA run trains PDA's causal objective); None: the loss alone
+    (`train.objectives.make_objective`)."""
     local_params = gather_rows(params, tables, ids)
     local_scorers = make_scorers(graphdef, gather_rows(constants, tables, ids))
 
@@ -468,26 +468,20 @@ def local_objective(graphdef: Any, tables: dict[str, str], loss_name: str, param
             p, jnp.searchsorted(ids["users"], users), jnp.searchsorted(ids["items"], items),
             key=key, dropout_rate=dropout_rate)
 
-    if method == "naive":
+    if objective is None:
         return local_params, make_objective(loss_name, score_pairs, None, n_items=n_items,
                                             n_negatives=n_negatives)
-    if method not in PRIVATE_METHODS or loss_name != "bpr":
-        # `ids` come from `scored_pairs(loss_name, ...)`: only BPR's list holds PDA's negatives
-        raise ConfigError(f"key causal.method: {method!r} with train.loss = {loss_name!r}; a "
-                          "private step trains 'naive', or 'pda' with 'bpr'")
-    causal = make_causal_objective(method, CausalConfig(), loss_name, score_pairs,
-                                   n_users=n_users, n_items=n_items, n_rows=1,
-                                   n_negatives=n_negatives)
+    run_objective = objective(score_pairs, None)
 
-    def objective(p, batch, key, hparams=None):
-        return causal({"prediction": p}, batch, key, hparams=hparams)
+    def local(p, batch, key, hparams=None):
+        return run_objective({"prediction": p}, batch, key, hparams=hparams)
 
-    return local_params, objective
+    return local_params, local
 
 
 def make_unit_gradient(graphdef: Any, loss_name: str, *, n_users: int, n_items: int,
-                       n_negatives: int, user_rows: str = "noised", method: str = "naive"
-                       ) -> Callable[..., Any]:
+                       n_negatives: int, user_rows: str = "noised",
+                       objective: Callable[..., Any] | None = None) -> Callable[..., Any]:
     """Builds `unit_gradient(params, constants, batch, key, hparams) -> (grads, ids, loss,
     norm, None)`: one unit's gradient of the sum of its rows' losses (`train.objectives.
     make_objective`, the loss of the ordinary step, on `batch [k]`), unclipped, over its
@@ -505,14 +499,13 @@ def make_unit_gradient(graphdef: Any, loss_name: str, *, n_users: int, n_items: 
     def unit_gradient(params, constants, batch, key, hparams=None):
         users, items = scored_pairs(loss_name, batch, key, n_items, n_negatives)
         ids = unique_ids({"users": users, "items": items}, sizes)
-        local_params, objective = local_objective(graphdef, tables, loss_name, params,
-                                                  constants, ids, n_items=n_items,
-                                                  n_negatives=n_negatives, method=method,
-                                                  n_users=n_users)
+        local_params, local = local_objective(graphdef, tables, loss_name, params, constants,
+                                              ids, n_items=n_items, n_negatives=n_negatives,
+                                              objective=objective)
         n_rows = jnp.sum(batch["mask"])
 
         def summed(p):
-            loss, _ = objective(p, batch, key, hparams=hparams)
+            loss, _ = local(p, batch, key, hparams=hparams)
             return loss * n_rows  # the objective is the mean over the unit's rows
 
         loss, grads = jax.value_and_grad(summed)(local_params)
@@ -541,17 +534,17 @@ def private_norm(tree: Any, params: Any, tables: dict[str, str], user_rows: str)
 
 def make_dp_train_step(graphdef: Any, loss_name: str, optimizer: optax.GradientTransformation,
                        spec: DPSpec, *, n_users: int, n_items: int, n_negatives: int,
-                       method: str = "naive"
+                       objective: Callable[..., Any] | None = None
                        ) -> Callable[[TrainState, dict[str, Any], jax.Array],
                                      tuple[TrainState, dict[str, jax.Array]]]:
     """Builds `dp_step(state, data, key) -> (state, metrics)`, the private counterpart of
     `train.step.make_train_step`'s step, for a state whose params are `{"prediction":
-    model state}` (an ordinary run of a method of `PRIVATE_METHODS`; PDA reads
-    `shared_log_popularity`, counted under DP: `noisy_log_popularity`): `make_private_step`
-    over each unit's gradient (`make_unit_gradient`)."""
+    model state}`: `make_private_step` over each unit's gradient (`make_unit_gradient`) of
+    the run's `objective` (`local_objective`; a private PDA run's reads
+    `shared_log_popularity`, counted under DP: `noisy_log_popularity`)."""
     unit_gradient = make_unit_gradient(graphdef, loss_name, n_users=n_users, n_items=n_items,
                                        n_negatives=n_negatives, user_rows=spec.user_rows,
-                                       method=method)
+                                       objective=objective)
     return make_private_step(unit_gradient, optimizer, spec, check_row_tables(graphdef))
 
 
@@ -594,8 +587,6 @@ def make_private_step(unit_fn: Callable[..., Any], optimizer: optax.GradientTran
 
         def one_unit(unit, is_valid, unit_key):
             batch = {name: data[name][unit] for name in row_names if name in data}
-            if not spec.silos:  # a silo's rows carry their own users
-                batch["users"] = jnp.full(spec.examples_per_unit, data["unit_users"][unit])
             batch["mask"] = data["unit_mask"][unit] & is_valid
             update, ids, loss, norm, kept = unit_fn(params, constants, {**batch, **shared},
                                                     unit_key, **extra)

@@ -266,27 +266,40 @@ class ProgramSpec:
     row_tables: tuple[tuple[str, str], ...] = ()
 
 
+def _objective_of(spec: ProgramSpec, score_pairs: Callable, score_all: Callable | None,
+                  imputation_pairs: Callable | None = None) -> Callable:
+    """`loss_fn(params, batch, key, *, hparams)` of the spec's method and loss over the
+    scorers given (`params`: `{"prediction": ..., <the method's own>}`): the ordinary step's
+    objective (`_objective`) and, over each unit's gathered rows, the private step's
+    (`privacy.dpsgd.make_dp_train_step`'s `objective`)."""
+    if spec.method not in causal_training.CAUSAL_METHODS:
+        objective = make_objective(spec.loss, score_pairs, score_all, n_items=spec.n_items,
+                                   n_negatives=spec.n_negatives)
+
+        def loss_fn(params, batch, key, *, hparams=None):
+            return objective(params["prediction"], batch, key, hparams=hparams)
+
+        return loss_fn
+    return causal_training.make_causal_objective(
+        spec.method, CausalConfig(cells_per_row=spec.cells_per_row,
+                                  dynamic_function=spec.dynamic_function), spec.loss,
+        score_pairs, n_users=spec.n_users, n_items=spec.n_items, n_rows=spec.n_rows,
+        imputation_score_pairs=imputation_pairs, n_negatives=spec.n_negatives,
+    )
+
+
 def _objective(spec: ProgramSpec) -> Callable:
     """`loss_fn(params, batch, key, *, hparams)` of the spec; the model's constants are read
     from the batch (`shared_constants`, `shared_imputation_constants`), so nothing
     data-dependent is closed over."""
     def loss_fn(params, batch, key, *, hparams=None):
         scorers = make_scorers(spec.graphdef, batch["shared_constants"])
-        if spec.method not in causal_training.CAUSAL_METHODS:
-            objective = make_objective(spec.loss, scorers.score_pairs, scorers.score_all,
-                                       n_items=spec.n_items, n_negatives=spec.n_negatives)
-            return objective(params["prediction"], batch, key, hparams=hparams)
         imputation_pairs = None
         if spec.imputation_graphdef is not None:
             imputation_pairs = make_scorers(spec.imputation_graphdef,
                                             batch["shared_imputation_constants"]).score_pairs
-        objective = causal_training.make_causal_objective(
-            spec.method, CausalConfig(cells_per_row=spec.cells_per_row,
-                                      dynamic_function=spec.dynamic_function), spec.loss,
-            scorers.score_pairs, n_users=spec.n_users, n_items=spec.n_items,
-            n_rows=spec.n_rows, imputation_score_pairs=imputation_pairs,
-            n_negatives=spec.n_negatives,
-        )
+        objective = _objective_of(spec, scorers.score_pairs, scorers.score_all,
+                                  imputation_pairs)
         return objective(params, batch, key, hparams=hparams)
 
     return loss_fn
@@ -316,7 +329,8 @@ def _programs(spec: ProgramSpec, streaming_segment: int = 0) -> tuple[Callable, 
     elif spec.privacy is not None:
         dp_step = dpsgd.make_dp_train_step(
             spec.graphdef, spec.loss, optimizer, spec.privacy, n_users=spec.n_users,
-            n_items=spec.n_items, n_negatives=spec.n_negatives, method=spec.method)
+            n_items=spec.n_items, n_negatives=spec.n_negatives,
+            objective=functools.partial(_objective_of, spec))
     if spec.privacy is not None:
         dp_epoch = dpsgd.make_dp_epoch(dp_step, spec.privacy)
         return jax.jit(over_seeds(dp_epoch, spec.n_seeds), donate_argnums=(0,)), optimizer
@@ -408,6 +422,13 @@ def training_rows(config: Config, split: Split, truth: Any) -> tuple[dict, dict 
     return arrays, report
 
 
+# The methods a private step trains: their objective reads the model's rows and the batch
+# alone, and every pair it scores is in `train.objectives.scored_pairs` of the loss (PDA
+# trains BPR: its negatives are BPR's), so each unit's gathered rows hold all it reads.
+# PDA's popularity is counted under DP (`dpsgd.noisy_log_popularity`).
+PRIVATE_METHODS = ("naive", "pda")
+
+
 def private_spec(config: Config, graphdef: Any, *, n_users: int, n_rows: int,
                  silo_rows: int = 0) -> dpsgd.DPSpec:
     """The DP-SGD step of `[privacy]` for this run: its units (users, rows or, with
@@ -416,10 +437,10 @@ def private_spec(config: Config, graphdef: Any, *, n_users: int, n_rows: int,
     `privacy.target_epsilon` over `train.epochs` epochs). A one-line ConfigError names the
     key of a setting DP-SGD cannot honour."""
     privacy = config.privacy
-    if config.causal.method not in dpsgd.PRIVATE_METHODS:
+    if config.causal.method not in PRIVATE_METHODS:
         raise ConfigError(f"key causal.method: {config.causal.method!r} with privacy.level "
                           f"= {privacy.level!r}; private training covers causal.method = "
-                          f"{' or '.join(repr(m) for m in dpsgd.PRIVATE_METHODS)} so far")
+                          f"{' or '.join(repr(m) for m in PRIVATE_METHODS)} so far")
     if privacy.silos and privacy.item_rows:
         # a silo adds up to ceil(n_users / S) * max_examples_per_user rows, a bound far above
         # the widest silo built, on counts that are at most S: the selection would be noise

@@ -42,8 +42,13 @@ def test_private_pda_sums_equal_a_brute_force_loop_over_whole_tables():
     data.update({k: jnp.asarray(v) for k, v in seen_items_data(
         ROWS["users"], ROWS["items"], N_USERS, N_ITEMS).items()})
     optimizer = make_optimizer(TrainConfig(optimizer="sgd", learning_rate=1.0))
+
+    def pda(score_pairs, score_all):  # the run's objective over the scorers it is given
+        return make_causal_objective("pda", CausalConfig(), "bpr", score_pairs,
+                                     n_users=N_USERS, n_items=N_ITEMS, n_rows=1, n_negatives=3)
+
     step = dpsgd.make_dp_train_step(parts.graphdef, "bpr", optimizer, spec, n_users=N_USERS,
-                                    n_items=N_ITEMS, n_negatives=3, method="pda")
+                                    n_items=N_ITEMS, n_negatives=3, objective=pda)
     state = init_state({"prediction": params}, optimizer, {"pda_gamma": jnp.float32(GAMMA)})
     key = jax.random.key(7)
     got, metrics = _summed_update(step, state, data, key, spec)
