@@ -573,12 +573,16 @@ def start_log(path: Path, *, resume: bool, checkpoint_of: Callable[[dict[str, An
                     break  # a line cut off by the kill that stopped the run: trained again
                 raise RunError(f"{path}, line {number}: not a JSON line; the log is damaged "
                                "(remove the line to resume)") from None
+            epoch = line.get("epoch") if isinstance(line, dict) else None
+            if not isinstance(epoch, int) or isinstance(epoch, bool):
+                raise RunError(f"{path}, line {number}: expected an object with an integer "
+                               "'epoch'; the log is damaged (remove the line to resume)")
             folder = checkpoint_of(line)
             if folder not in newest:
                 # an unreadable newest checkpoint is set aside: the run resumes from the one
                 # before, and the log is trimmed to it (`trim_log` when only its arrays are
                 # unreadable, which `train.loop.fit` finds)
                 newest[folder] = checkpoints.set_aside_unreadable(folder)
-            if newest[folder] is not None and line["epoch"] <= newest[folder]:
+            if newest[folder] is not None and epoch <= newest[folder]:
                 kept.append(text)
     path.write_text("".join(text + "\n" for text in kept))

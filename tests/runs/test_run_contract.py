@@ -337,6 +337,11 @@ def test_start_log_drops_a_line_cut_off_by_a_kill_and_names_a_damaged_one(tmp_pa
     path.write_text('{"seed": 0, "epoch": 0}\nnot json\n{"seed": 0, "epoch": 1}\n')
     with pytest.raises(errors.RunError, match=r"log.jsonl, line 2: not a JSON line"):
         run_folder.start_log(path, resume=True, checkpoint_of=lambda line: tmp_path)
+    for damaged in ('{"loss": 1}', "[1]", '{"epoch": "1"}'):  # JSON, but not a log line
+        path.write_text(f'{{"seed": 0, "epoch": 0}}\n{damaged}\n{{"seed": 0, "epoch": 1}}\n')
+        with pytest.raises(errors.RunError, match=r"log.jsonl, line 2: expected an object "
+                           "with an integer 'epoch'"):
+            run_folder.start_log(path, resume=True, checkpoint_of=lambda line: tmp_path)
 
 
 def test_write_run_refuses_to_resume_into_a_folder_that_is_not_a_run(tmp_path):
