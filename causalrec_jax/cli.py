@@ -307,6 +307,35 @@ def _command_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _resumed_config_text(out, distributed: bool) -> str:
+    """The `config.toml` of the run `out` to resume, refused first when there is none to
+    resume (before the config is printed; `write_run` checks it too). In a job
+    (`--distributed`) the first process reads it and hands it to the others, whose hosts
+    need no copy of the run folder; when it cannot, every process stops with one line."""
+    import jax
+
+    from causalrec_jax.errors import RunError
+    from causalrec_jax.runs.folder import refuse_unresumable
+    from causalrec_jax.train.processes import broadcast_text, together
+
+    text = error = None
+    if not distributed or jax.process_index() == 0:
+        try:
+            refuse_unresumable(out)
+            text = (out / "config.toml").read_text()
+        except CausalRecError as failure:
+            error = failure
+        except OSError as failure:
+            error = RunError(f"--resume: cannot read {out / 'config.toml'}: "
+                             f"{failure.strerror or failure}")
+    if not distributed:
+        if error is not None:
+            raise error
+        return text
+    together(error, "read the run's config.toml", then="nothing was resumed")
+    return broadcast_text(text)
+
+
 def _command_train(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -325,10 +354,8 @@ def _command_train(args: argparse.Namespace) -> int:
         if not args.out:
             raise RunError("--resume without --config needs --out, the run folder to continue")
         out = Path(args.out)
-        from causalrec_jax.runs.folder import refuse_unresumable
-
-        refuse_unresumable(out)  # before the config is printed (write_run checks it too)
-        config = load_config(out / "config.toml", args.overrides)
+        config = load_config(out / "config.toml", args.overrides,
+                             text=_resumed_config_text(out, args.distributed))
     else:
         config = load_config(args.config, args.overrides)
         name = config.run.name or (Path(args.config).stem if args.config else "default")
@@ -681,6 +708,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with warnings.catch_warnings():  # restores Python's own display on the way out
             _one_line_warnings(prog)
+            from causalrec_jax.xla_cpu import check_environment
+
+            check_environment()  # CAUSALREC_UNROLLED_THREEFRY neither on nor off
             return args.handler(args)
     except CausalRecError as error:
         print(f"{prog}: error: {error}", file=sys.stderr)

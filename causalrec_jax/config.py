@@ -1052,15 +1052,22 @@ def parse_override(text: str) -> tuple[str, str, Any]:
     return parts[0], parts[1], value
 
 
-def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> Config:
-    """Defaults, then the TOML file at `path` (if any), then `section.key=value` overrides."""
+def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] = (), *,
+                text: str | None = None) -> Config:
+    """Defaults, then the TOML file at `path` (if any), then `section.key=value` overrides.
+
+    `text`: the file's contents, read elsewhere (the first process of a job hands a resumed
+    run's `config.toml` to the others, `cli`); `path` then only names it in messages."""
     raw: dict[str, dict[str, Any]] = {}
     source = "config"
-    if path is not None:
-        source = str(path)
+    if path is not None or text is not None:
+        source = str(path) if path is not None else "config"
         try:
-            with open(path, "rb") as handle:
-                raw = tomllib.load(handle)
+            if text is not None:
+                raw = tomllib.loads(text)
+            else:
+                with open(path, "rb") as handle:
+                    raw = tomllib.load(handle)
         except FileNotFoundError:
             raise ConfigError(f"config file {source} does not exist") from None
         except tomllib.TOMLDecodeError as error:

@@ -51,19 +51,47 @@ def use_unrolled(unrolled: bool = True) -> bool:
 # The environment variable that asks for the unrolled lowering at import ("1" or "true").
 ENVIRONMENT = "CAUSALREC_UNROLLED_THREEFRY"
 
+
+def _refusal() -> str | None:
+    """The one line naming `ENVIRONMENT`'s value when it is neither on ("1", "true") nor off
+    ("", "0", "false"); None otherwise."""
+    value = os.environ.get(ENVIRONMENT, "")
+    if value.strip().lower() in ("", "0", "false", "1", "true"):
+        return None
+    return (f"{ENVIRONMENT}={value!r}: expected 1 or true (on), 0 or false (off); jax's own "
+            "Threefry lowering is kept")
+
+
+def check_environment() -> None:
+    """Raises ConfigError (one line) when `ENVIRONMENT` holds neither on nor off: the command
+    line refuses it before anything runs (an import only warns, `_asked`)."""
+    if (line := _refusal()) is not None:
+        from causalrec_jax.errors import ConfigError
+
+        raise ConfigError(line)
+
+
 def _asked() -> bool:
-    """Whether `ENVIRONMENT` asks for the unrolled lowering; a value that is neither on
-    ("1", "true") nor off ("", "0", "false") is a one-line warning naming it, and off."""
-    value = os.environ.get(ENVIRONMENT, "").strip().lower()
-    if value in ("1", "true"):
-        return True
-    if value not in ("", "0", "false"):
+    """Whether `ENVIRONMENT` asks for the unrolled lowering; another value than on or off is
+    a one-line warning naming it (`_refusal`), and off."""
+    if (line := _refusal()) is not None:
         import warnings
 
-        warnings.warn(f"{ENVIRONMENT}={os.environ[ENVIRONMENT]!r}: expected 1 or true (on), 0 "
-                      "or false (off); jax's own Threefry lowering is kept", stacklevel=2)
-    return False
+        warnings.warn(line, stacklevel=2)
+        return False
+    return os.environ.get(ENVIRONMENT, "").strip().lower() in ("1", "true")
 
 
 # Whether CPU programs use the unrolled Threefry lowering (registered at import when asked).
 UNROLLED = _asked() and use_unrolled(True)
+
+
+def threefry_cpu() -> str | None:
+    """The Threefry lowering this process's programs use when they run on a CPU
+    ("unrolled" or "rolled"), None on other backends (where the option changes nothing):
+    recorded in a run's checkpoints and metrics, and checked on resume."""
+    import jax
+
+    if jax.default_backend() != "cpu":
+        return None
+    return "unrolled" if UNROLLED else "rolled"

@@ -7,6 +7,7 @@ one that imports causalrec_jax with the variable set, one that never imports it.
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 
@@ -79,3 +80,18 @@ def test_a_value_neither_on_nor_off_is_named_in_one_line():
     assert done.returncode == 0 and done.stdout.strip() == "False"
     assert ("CAUSALREC_UNROLLED_THREEFRY='yes': expected 1 or true (on), 0 or false (off); "
             "jax's own Threefry lowering is kept") in done.stderr
+
+
+def test_the_command_line_refuses_a_value_neither_on_nor_off(tmp_path):
+    """`causalrec` stops before anything runs, with one line naming the value (an import in
+    a user's own code only warns, above)."""
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", xla_cpu.ENVIRONMENT: "yes"}
+    done = subprocess.run(
+        [sys.executable, "-m", "causalrec_jax", "train", "--config", "configs/quickstart.toml",
+         "--out", str(tmp_path / "run")],
+        capture_output=True, text=True, env=env, timeout=120,
+        cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 2
+    assert ("causalrec train: error: CAUSALREC_UNROLLED_THREEFRY='yes': expected 1 or true "
+            "(on), 0 or false (off)") in done.stderr.splitlines()[-1]
+    assert not (tmp_path / "run").exists()

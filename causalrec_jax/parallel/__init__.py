@@ -9,6 +9,7 @@ from causalrec_jax.parallel.distributed import (
     is_multiprocess,
     start,
     to_global,
+    together,
 )
 from causalrec_jax.parallel.lookup import sharded_lookup, sharded_rows_top_k, sharded_top_k
 from causalrec_jax.parallel.mesh import AXES, check_mesh_shape, make_mesh, padded_count
@@ -31,5 +32,5 @@ __all__ = [
     "is_multiprocess", "make_mesh", "make_sharded_run_epoch", "pad_rows", "padded_count",
     "replicated", "sharded_lookup", "sharded_rows_top_k", "sharded_top_k", "start",
     "state_shardings",
-    "table_collectives", "table_kind", "to_global", "unpad_rows", "whole_tables",
+    "table_collectives", "table_kind", "to_global", "together", "unpad_rows", "whole_tables",
 ]

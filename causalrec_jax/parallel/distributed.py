@@ -27,7 +27,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from causalrec_jax.errors import ConfigError
-from causalrec_jax.train.processes import agree  # noqa: F401  (re-exported)
+from causalrec_jax.train.processes import agree, together  # noqa: F401  (re-exported)
 
 # Where `start` reads the job's layout when no cluster environment gives it.
 ENVIRONMENT = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")

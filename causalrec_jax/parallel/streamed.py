@@ -46,8 +46,8 @@ from causalrec_jax.data.partitioned import (
     iter_blocks,
     open_log,
 )
-from causalrec_jax.errors import CausalRecError, ConfigError, RunError
-from causalrec_jax.parallel.distributed import agree, to_global
+from causalrec_jax.errors import CausalRecError, ConfigError
+from causalrec_jax.parallel.distributed import agree, to_global, together
 from causalrec_jax.parallel.sharding import batch_sharding, replicated, state_shardings
 from causalrec_jax.train.step import make_scan_batches
 
@@ -100,21 +100,18 @@ def open_source(folder: Any, columns: Mapping[str, str] | None = None, *,
     """
     process_index = jax.process_index() if process_index is None else process_index
     process_count = jax.process_count() if process_count is None else process_count
-    together = process_count > 1 and jax.process_count() > 1
+    joint = process_count > 1 and jax.process_count() > 1
     what = f"open the log {folder} (its files, row groups and id maps)"
     try:
         log = open_log(folder, columns)
         if len(log.units) < process_count:
             host_units(log, process_index, process_count)  # its one-line refusal
         maps = id_maps(log)
-    except CausalRecError:
-        if together:  # the others stop too, naming this process, instead of waiting for it
-            try:
-                agree(None, what)
-            except RunError:
-                pass
+    except CausalRecError as error:
+        if joint:  # the others stop too, naming this process, instead of waiting for it
+            together(error, what)
         raise
-    if together:
+    if joint:
         # The maps, and the footers every host's share and the epoch's windows come from.
         agree(json.dumps([maps.digest, log.roles,
                           [(f.path, f.size, f.rows) for f in log.files]]), what)

@@ -52,6 +52,7 @@ from causalrec_jax.runs.track import absolute_tracking, check_tracking, export_r
 from causalrec_jax.tasks.ordinary import model_inputs, seed_list
 from causalrec_jax.train import checkpoint as checkpoints
 from causalrec_jax.train.loop import TrainingDivergedError
+from causalrec_jax.xla_cpu import threefry_cpu
 
 # The keys of every `log.jsonl` line, whatever the run kind; `valid` (that seed's validation
 # metrics) is added where the kind validates every epoch, `fold` in cross-validation runs.
@@ -66,6 +67,8 @@ def versions() -> dict[str, str]:
             out[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             pass
+    if (lowering := threefry_cpu()) is not None:  # CAUSALREC_UNROLLED_THREEFRY (xla_cpu)
+        out["threefry_cpu"] = lowering
     return out
 
 

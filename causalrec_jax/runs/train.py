@@ -32,9 +32,9 @@ from causalrec_jax.data.fingerprint import fingerprint, fingerprint_array
 from causalrec_jax.data.loader import load_dataset
 from causalrec_jax.data.sequences import history_matrix, user_sequences
 from causalrec_jax.data.split import kfold_splits, make_split
-from causalrec_jax.errors import CausalRecError, RunError
+from causalrec_jax.errors import CausalRecError
 from causalrec_jax.eval.summary import aggregate, metric_values, summarize
-from causalrec_jax.parallel import agree, is_multiprocess
+from causalrec_jax.parallel import agree, is_multiprocess, together
 from causalrec_jax.runs.folder import (
     append_log,
     check_resume,
@@ -97,12 +97,7 @@ def train_run(
                 check_tracking(config)
             except CausalRecError as error:
                 refused = error
-        try:
-            agree(None if refused else "start", "start the run")
-        except RunError:
-            if refused is not None:
-                raise refused from None
-            raise
+        together(refused, "start the run")
     if is_multiprocess() and jax.process_index() > 0:
         # Every process trains (the program spans their devices); the first writes the run
         # folder and its checkpoints (a resumed run's are read by the first and handed to
@@ -122,12 +117,8 @@ def _write_run(config: Config, out: Path, *, resume: bool, quiet: bool, frame) -
     try:
         dataset, truth = load_dataset(config.data, config.sim, frame=frame,
                                       planted=config.planted)
-    except CausalRecError as error:
-        try:  # the other processes of a job stop too, with a line naming this one
-            agree(None, "read the data")
-        except RunError:
-            pass
-        raise error from None
+    except CausalRecError as error:  # the other processes of a job stop too
+        together(error, "read the data")
     data_fingerprint = fingerprint(dataset)  # evaluate refuses the data if it changed
     agree(json.dumps(data_fingerprint, sort_keys=True, default=str), "read the data")
     propensity = evaluation_propensity(config, dataset)
@@ -138,12 +129,8 @@ def _write_run(config: Config, out: Path, *, resume: bool, quiet: bool, frame) -
         start_log(log_path, resume=resume, checkpoint_of=lambda line: (
             out / "checkpoints" / f"fold{line['fold']}" if "fold" in line
             else out / "checkpoints"))
-    except CausalRecError as error:
-        try:  # a damaged log on resume: the other processes of a job stop too
-            agree(None, "read the run's log")
-        except RunError:
-            pass
-        raise error from None
+    except CausalRecError as error:  # a damaged log on resume: the others stop too
+        together(error, "read the run's log")
     agree("log", "read the run's log")
 
     append = log_appender(log_path, resume=resume)

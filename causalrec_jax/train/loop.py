@@ -28,7 +28,8 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from causalrec_jax.errors import CausalRecError, RunError
+from causalrec_jax import xla_cpu
+from causalrec_jax.errors import CausalRecError
 from causalrec_jax.train.checkpoint import (
     latest_epoch,
     restore_checkpoint,
@@ -37,8 +38,9 @@ from causalrec_jax.train.checkpoint import (
     set_aside_unreadable,
     steps,
 )
-from causalrec_jax.train.processes import agree
+from causalrec_jax.train.processes import broadcast_text, broadcast_values, together
 from causalrec_jax.train.step import OPTIMIZER_HPARAMS, TrainState, set_hyperparams
+from causalrec_jax.xla_cpu import threefry_cpu
 
 # Metrics where lower is better; every other validation metric is maximised.
 LOWER_IS_BETTER = ("mse", "rmse", "mae", "loss")
@@ -204,50 +206,6 @@ def _restore(checkpoint_dir: str | Path | None, states: TrainState, best_params:
     return None
 
 
-def _broadcast_text(text: str | None) -> str | None:
-    """The first process's `text` (None: nothing) on every process (a collective)."""
-    from jax.experimental import multihost_utils
-
-    data = b"\x00" if text is None else b"\x01" + text.encode()
-    size = int(np.asarray(multihost_utils.broadcast_one_to_all(
-        np.asarray(len(data), np.int32))))
-    mine = np.zeros(size, np.uint8)
-    if jax.process_index() == 0:
-        mine[:] = np.frombuffer(data, np.uint8)
-    sent = bytes(np.asarray(multihost_utils.broadcast_one_to_all(mine)).astype(np.uint8))
-    return sent[1:].decode() if sent[:1] == b"\x01" else None
-
-
-def _together(error: BaseException | None, what: str) -> None:
-    """After the first process tried to `what` (`error` there when it failed): every process
-    stops together (`train.processes.agree`), the first with its own error, the others with
-    one line naming it, so that none waits for it forever."""
-    try:
-        agree(None if error is not None else what, what, then="the run stops")
-    except RunError:
-        if error is not None:
-            raise error from None
-        raise
-
-
-def _broadcast_values(tree: Any) -> Any:
-    """The first process's NumPy `tree` on every process, bit for bit (a collective; floats
-    travel as unsigned integers of their width, since the broadcast sums the others' zeros
-    and -0.0 + 0.0 is +0.0)."""
-    from jax.experimental import multihost_utils
-
-    def as_bits(leaf):
-        leaf = np.asarray(leaf)
-        if np.issubdtype(leaf.dtype, np.floating):
-            return leaf.view(np.dtype(f"uint{leaf.dtype.itemsize * 8}"))
-        return leaf
-
-    # one leaf at a time: a device holds one table's copies at once, not the whole state's
-    return jax.tree.map(
-        lambda leaf: np.asarray(multihost_utils.broadcast_one_to_all(as_bits(leaf))).view(
-            np.asarray(leaf).dtype), tree)
-
-
 def place(values: Any, like: Any) -> Any:
     """Host `values` (NumPy, the whole values) as arrays sharded as `like`'s leaves: each
     process places its own devices' parts (`jax.make_array_from_callback`)."""
@@ -273,8 +231,8 @@ def _restore_everywhere(checkpoint_dir: str | Path | None, states: TrainState,
             found = _restore(checkpoint_dir, states, best_params, all_keys, view, host=True)
         except Exception as failure:  # every process must hear of it, or the others wait
             error = failure
-    _together(error, "read the checkpoints")
-    text = _broadcast_text(None if found is None else json.dumps(
+    together(error, "read the checkpoints", then="the run stops")
+    text = broadcast_text(None if found is None else json.dumps(
         {"meta": found[1], "alive": [int(member) for member in found[2]]}))
     if text is None:
         return None
@@ -283,7 +241,7 @@ def _restore_everywhere(checkpoint_dir: str | Path | None, states: TrainState,
     like, stored = _like(states, best_params, all_keys, alive, view)
     values = (found[0] if found is not None
               else jax.tree.map(lambda leaf: np.zeros(leaf.shape, leaf.dtype), stored))
-    values = _broadcast_values(values)
+    values = broadcast_values(values)
     arrays = view.load(values, like) if view is not None else place(values, like)
     return arrays, told["meta"], alive
 
@@ -409,6 +367,12 @@ def fit(
                 f"{checkpoint_dir}: the checkpoint was written with other seeds than this "
                 "config's; resume with the config the run started with"
             )
+        lowering = meta.get("threefry_cpu")
+        if lowering is not None and lowering != threefry_cpu():
+            raise CausalRecError(
+                f"{checkpoint_dir}: the run was trained with {xla_cpu.ENVIRONMENT}="
+                f"{int(lowering == 'unrolled')} (the {lowering} Threefry lowering on CPUs, "
+                "whose floats differ in the last bit); resume it with the same setting")
         best_values = [float(v) for v in meta["best_values"]]
         best_epochs, since_best = list(meta["best_epochs"]), list(meta["since_best"])
         history, start = list(meta["history"]), int(meta["epoch"]) + 1
@@ -422,7 +386,7 @@ def fit(
                   "keys": jax.random.key_data(all_keys)}
         meta = {"epoch": epoch, "best_values": best_values, "best_epochs": best_epochs,
                 "since_best": since_best, "history": history, "finished": finished,
-                "alive": [int(m) for m in alive]}
+                "alive": [int(m) for m in alive], "threefry_cpu": threefry_cpu()}
         if checkpoint_view is not None:
             arrays = checkpoint_view.save(arrays)
         if jax.process_count() > 1:
@@ -439,7 +403,7 @@ def fit(
                     save_checkpoint(checkpoint_dir, epoch, arrays, meta)
                 except Exception as failure:  # a full disk: the others must not wait
                     error = failure
-            _together(error, f"write the checkpoint of epoch {epoch}")
+            together(error, f"write the checkpoint of epoch {epoch}", then="the run stops")
             return
         save_checkpoint(checkpoint_dir, epoch, arrays, meta)
 

@@ -156,15 +156,19 @@ def test_a_job_stopped_after_a_checkpoint_resumes_over_two_processes(root, singl
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["0", "1"]
     assert not (out / "metrics.json").exists()
     port = _free_port()
+    # the second process stands for a host without the run folder: the first hands it the
+    # run's config.toml and checkpoints
+    elsewhere = root / ("no-folder" + mesh.strip("[]").replace(",", "x"))
     resumed = [
         subprocess.Popen(
             [sys.executable, "-m", "causalrec_jax", "train", "--resume", "--distributed",
-             "--out", str(out), "--quiet"],
+             "--out", str(out if index == 0 else elsewhere), "--quiet"],
             env={**os.environ, "JAX_PLATFORMS": "cpu", **_job_env(port, index)},
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         for index in range(2)]
     for code, err in _finish(resumed):
         assert code == 0, err[-3000:]
+    assert not elsewhere.exists()
     one = load_run(single).parts.params
     two = load_run(out).parts.params
     for a, b in zip(jax.tree.leaves(one), jax.tree.leaves(two), strict=True):
@@ -214,6 +218,28 @@ def test_a_refusal_of_the_first_process_stops_the_whole_job(root):
     assert second == 2 and ("--distributed: process 0 of 2 could not start the run"
                             in second_err)
     assert sorted(p.name for p in occupied.iterdir()) == ["mine.txt"]
+
+
+
+def test_a_resume_the_first_process_cannot_read_stops_the_whole_job(root):
+    """`--resume --distributed` without `--config`: the first process reads the run's
+    config.toml for all of them; where it has no run to resume, every process stops with
+    one line (none waits), and nothing is written."""
+    empty = root / "not-a-run"
+    empty.mkdir()
+    port = _free_port()
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-m", "causalrec_jax", "train", "--resume", "--distributed",
+             "--out", str(empty), "--quiet"],
+            env={**os.environ, "JAX_PLATFORMS": "cpu", **_job_env(port, index)},
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for index in range(2)]
+    (first, first_err), (second, second_err) = _finish(workers, timeout=300)
+    assert first == 2 and f"--resume: {empty} is not a run folder (no config.toml)" in first_err
+    assert second == 2 and ("--distributed: process 0 of 2 could not read the run's "
+                            "config.toml (see its message); nothing was resumed") in second_err
+    assert list(empty.iterdir()) == []
 
 
 @pytest.mark.slow  # make test-all (see Makefile)

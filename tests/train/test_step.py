@@ -350,3 +350,43 @@ def test_host_sorted_permutation_is_jax_permutation(n):
     order = jax.jit(jax.vmap(lambda k: epoch_order(k, jnp.int32(2), n, 64, host_sort=True)))
     plain = jax.jit(jax.vmap(lambda k: epoch_order(k, jnp.int32(2), n, 64)))
     np.testing.assert_array_equal(np.asarray(order(keys)), np.asarray(plain(keys)))
+
+
+def test_a_resume_with_the_other_threefry_lowering_is_refused(tmp_path, monkeypatch):
+    """Checkpoints record the CPU Threefry lowering (`CAUSALREC_UNROLLED_THREEFRY`, whose
+    floats differ in the last bit); a resume under the other one is one line naming it, and
+    under the same one it goes on."""
+    import causalrec_jax.train.loop as loop
+    from causalrec_jax.errors import CausalRecError
+
+    parts, _, optimizer, keys = setup("mse", 1)
+    scorers = make_scorers(parts.graphdef, parts.constants)
+
+    def loss_fn(params, batch, key):
+        scores = scorers.score_pairs(params, batch["users"], batch["items"])
+        loss = jnp.sum(jnp.where(batch["mask"], (scores - batch["ratings"]) ** 2, 0.0))
+        return loss, {"loss": loss}
+
+    train_epoch = make_train_epoch(make_train_step(loss_fn, optimizer), n_rows=64, batch_size=8)
+
+    def run(epochs):
+        params = jax.tree.map(jnp.copy, parts.params)  # the epochs donate what they train
+        states = jax.vmap(lambda p: init_state(p, optimizer))(params)
+        return fit(train_epoch=train_epoch, states=states, data=toy_data(), keys=keys,
+                   epochs=epochs, checkpoint_dir=tmp_path / "ckpt", resume=True)
+
+    here = loop.threefry_cpu()
+    assert here in ("rolled", "unrolled")  # the tests run on CPUs
+    other = "rolled" if here == "unrolled" else "unrolled"
+    monkeypatch.setattr(loop, "threefry_cpu", lambda: other)
+    run(1)
+    monkeypatch.undo()
+    setting = int(other == "unrolled")
+    with pytest.raises(CausalRecError, match=(
+            rf"the run was trained with CAUSALREC_UNROLLED_THREEFRY={setting} \(the {other} "
+            r"Threefry lowering on CPUs, whose floats differ in the last bit\); resume it "
+            r"with the same setting")):
+        run(2)
+    monkeypatch.setattr(loop, "threefry_cpu", lambda: other)
+    # the same setting resumes (the checkpoint says its run finished: nothing left to train)
+    assert run(2).timing["epochs_run"] == 0
