@@ -31,7 +31,8 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from causalrec_jax.parallel.distributed import host_values, is_multiprocess
-from causalrec_jax.parallel.mesh import make_mesh, padded_count
+from causalrec_jax.parallel.mesh import padded_count
+from causalrec_jax.train.checkpoint import host_like
 from causalrec_jax.train.loop import CheckpointView, place
 
 
@@ -62,7 +63,8 @@ def _map_tables(fn: Callable[[jax.Array, str], jax.Array], tree: Any,
 def pad_rows(tree: Any, tables: dict[str, str], counts: dict[str, int], multiple: int,
              row_axis: int = 0) -> Any:
     """`tree` with every row table (axis `row_axis`, of length `counts[kind]`) padded with
-    zero rows to a multiple of `multiple`; other leaves unchanged."""
+    zero rows to a multiple of `multiple`; other leaves unchanged. NumPy tables are padded on
+    the host (`np.pad`), others by JAX."""
 
     def pad(leaf, kind):
         if not kind or jnp.ndim(leaf) <= row_axis:
@@ -73,7 +75,9 @@ def pad_rows(tree: Any, tables: dict[str, str], counts: dict[str, int], multiple
         extra = padded_count(n, multiple) - n
         widths = [(0, 0)] * leaf.ndim
         widths[row_axis] = (0, extra)
-        return jnp.pad(leaf, widths) if extra else leaf
+        if not extra:
+            return leaf
+        return (np.pad if isinstance(leaf, np.ndarray) else jnp.pad)(leaf, widths)
 
     return _map_tables(pad, tree, tables)
 
@@ -158,31 +162,19 @@ def checkpoint_view(tables: dict[str, str], counts: dict[str, int],
     """How a sharded run stores its checkpoints (`train.loop.CheckpointView`, seeds stacked
     on axis 0): every row table at its real row count whatever the padding, so a checkpoint
     written on one mesh resumes on another or on one device; read back whole, then padded and
-    placed as the current mesh's states are."""
-    whole = replicated(make_mesh(mesh_shape))
+    placed as the current mesh's states are. The whole values are read into host memory
+    (NumPy, `train.checkpoint.host_like`), never onto a device: a table may fit no single
+    device; every process pads them there and places its own devices' parts."""
 
     def save(arrays):
         return unpad_rows(arrays, tables, counts, row_axis=1)
 
     def stored(like):
-        shapes = jax.eval_shape(save, like)
-        return jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype,
-                                                              sharding=whole), shapes)
+        return host_like(jax.eval_shape(save, like))
 
     def load(read, like):
-        # on the host (NumPy): a table may fit no single device; every process holds the
-        # whole values and places its own devices' parts
-        padded = jax.tree_util.tree_map_with_path(
-            lambda path, leaf: _pad_host(np.asarray(leaf), table_kind(path, tables)), read)
-        return place(padded, like)
-
-    def _pad_host(leaf, kind):
-        if not kind or leaf.ndim < 2:
-            return leaf
-        extra = padded_count(counts[kind], mesh_shape[1]) - leaf.shape[1]
-        widths = [(0, 0)] * leaf.ndim
-        widths[1] = (0, extra)
-        return np.pad(leaf, widths) if extra else leaf
+        host = jax.tree.map(np.asarray, read)
+        return place(pad_rows(host, tables, counts, mesh_shape[1], row_axis=1), like)
 
     return CheckpointView(save=save, stored=stored, load=load)
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 from causalrec_jax.errors import CheckpointWarning
@@ -67,7 +68,8 @@ def latest_epoch(directory: str | Path) -> int | None:
 def restore_checkpoint(
     directory: str | Path, like: Any, epoch: int | None = None, *, meta_only: bool = False
 ) -> tuple[Any, dict[str, Any]]:
-    """Reads checkpoint `epoch` (default: the newest) into arrays shaped like `like`.
+    """Reads checkpoint `epoch` (default: the newest) into arrays shaped like `like` (placed
+    as its leaves' shardings; a NumPy leaf is read into host memory as NumPy, `host_like`).
 
     With `meta_only`, reads only the JSON part (e.g. to learn the arrays' shapes first).
 
@@ -82,7 +84,10 @@ def restore_checkpoint(
         if meta_only:
             restored = manager.restore(epoch, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
             return None, dict(restored["meta"])
-        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
+        # NumPy leaves of `like` are read into host memory (no device holds them)
+        abstract = jax.tree.map(
+            lambda leaf: leaf if isinstance(leaf, np.ndarray)
+            else ocp.utils.to_shape_dtype_struct(leaf), like)
         restored = manager.restore(
             epoch,
             args=ocp.args.Composite(
@@ -136,3 +141,10 @@ def set_aside(directory: str | Path, epoch: int, error: Exception, older: list[i
     warnings.warn(CheckpointWarning(
         f"{folder}: the checkpoint of epoch {epoch} is unreadable "
         f"({type(error).__name__}); set aside as {aside.name}, {then}"), stacklevel=3)
+
+
+def host_like(tree: Any) -> Any:
+    """`tree`'s shapes and dtypes as unwritten NumPy arrays (`np.empty`: no memory is touched
+    until read into): what `restore_checkpoint` reads into host memory, so that no device
+    holds a whole table a mesh shards (nor one too large for any device)."""
+    return jax.tree.map(lambda leaf: np.empty(leaf.shape, leaf.dtype), tree)

@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 from causalrec_jax import xla_cpu
 from causalrec_jax.errors import CausalRecError
 from causalrec_jax.train.checkpoint import (
+    host_like,
     latest_epoch,
     restore_checkpoint,
     save_checkpoint,
@@ -166,11 +167,9 @@ def _like(states: TrainState, best_params: Any, all_keys: jax.Array, alive: np.n
 
 
 def _on_host(stored: Any) -> Any:
-    """`stored`'s shapes placed on this process's first device: a checkpoint read by one
-    process alone, as host values."""
-    here = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    return jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype,
-                                                          sharding=here), stored)
+    """`stored`'s shapes as host (NumPy) arrays to read into: a checkpoint read by one process
+    alone, for all of them, onto no device."""
+    return host_like(stored)
 
 
 def _restore(checkpoint_dir: str | Path | None, states: TrainState, best_params: Any,

@@ -6,9 +6,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 
 from causalrec_jax.config import TrainConfig
-from causalrec_jax.train import checkpoint, loop
+from causalrec_jax.train import checkpoint
 from causalrec_jax.train.step import GuardedAdamState, init_state, make_optimizer
 
 
@@ -37,13 +38,28 @@ def test_a_checkpoint_of_optax_adam_reads_into_the_core_adam(tmp_path):
 
 
 def test_the_first_process_values_travel_bit_for_bit():
+    from causalrec_jax.train import processes
+
     values = {"w": np.array([-0.0, 1.5, np.nan, -np.inf], np.float32),
               "keys": np.array([1, 2**32 - 1], np.uint32), "step": np.array(7, np.int32)}
-    sent = loop._broadcast_values(values)
+    sent = processes.broadcast_values(values)
     for name, value in values.items():
         assert sent[name].dtype == value.dtype
         assert sent[name].tobytes() == value.tobytes(), name
-    assert loop._broadcast_text(None) is None
-    assert loop._broadcast_text("") == ""
-    assert loop._broadcast_text('{"meta": 1}') == '{"meta": 1}'
-    loop._together(None, "read")  # one process: nothing to raise
+    assert processes.broadcast_text(None) is None
+    assert processes.broadcast_text("") == ""
+    assert processes.broadcast_text('{"meta": 1}') == '{"meta": 1}'
+    processes.together(None, "read")  # one process: nothing to raise
+    with pytest.raises(OSError, match="disk full"):  # one process: its own error
+        processes.together(OSError("disk full"), "write")
+
+
+def test_a_checkpoint_read_into_host_memory_is_numpy(tmp_path):
+    """`host_like` targets: the arrays come back as NumPy, onto no device (how a sharded
+    run's whole tables are read before each device takes its part)."""
+    written = {"table": jnp.arange(12.0).reshape(4, 3), "step": jnp.asarray(3, jnp.int32)}
+    checkpoint.save_checkpoint(tmp_path, 0, written, {"epoch": 0})
+    read, _ = checkpoint.restore_checkpoint(tmp_path, checkpoint.host_like(written))
+    for name, value in written.items():
+        assert type(read[name]) is np.ndarray, name
+        np.testing.assert_array_equal(read[name], np.asarray(value))
