@@ -325,9 +325,9 @@ def _resumed_config_text(out, distributed: bool) -> str:
             text = (out / "config.toml").read_text()
         except CausalRecError as failure:
             error = failure
-        except OSError as failure:
-            error = RunError(f"--resume: cannot read {out / 'config.toml'}: "
-                             f"{failure.strerror or failure}")
+        except Exception as failure:  # unreadable or not text: the others must not wait
+            reason = getattr(failure, "strerror", None) or failure
+            error = RunError(f"--resume: cannot read {out / 'config.toml'}: {reason}")
     if not distributed:
         if error is not None:
             raise error

@@ -45,6 +45,8 @@ def use_unrolled(unrolled: bool = True) -> bool:
         return False
     # out of line, as jax registers the unrolled rule for the other platforms
     mlir.register_lowering(primitive, rule, platform="cpu", inline=not unrolled)
+    global UNROLLED
+    UNROLLED = unrolled
     return True
 
 
@@ -58,38 +60,31 @@ def _refusal() -> str | None:
     value = os.environ.get(ENVIRONMENT, "")
     if value.strip().lower() in ("", "0", "false", "1", "true"):
         return None
-    return (f"{ENVIRONMENT}={value!r}: expected 1 or true (on), 0 or false (off); jax's own "
-            "Threefry lowering is kept")
+    return f"{ENVIRONMENT}={value!r}: expected 1 or true (on), 0 or false (off)"
 
 
 def check_environment() -> None:
     """Raises ConfigError (one line) when `ENVIRONMENT` holds neither on nor off: the command
-    line refuses it before anything runs (an import only warns, `_asked`)."""
+    line refuses it before anything runs, and `train.loop.fit` before any epoch (an import
+    registers nothing and says nothing)."""
     if (line := _refusal()) is not None:
         from causalrec_jax.errors import ConfigError
 
         raise ConfigError(line)
 
 
-def _asked() -> bool:
-    """Whether `ENVIRONMENT` asks for the unrolled lowering; another value than on or off is
-    a one-line warning naming it (`_refusal`), and off."""
-    if (line := _refusal()) is not None:
-        import warnings
-
-        warnings.warn(line, stacklevel=2)
-        return False
-    return os.environ.get(ENVIRONMENT, "").strip().lower() in ("1", "true")
-
-
-# Whether CPU programs use the unrolled Threefry lowering (registered at import when asked).
-UNROLLED = _asked() and use_unrolled(True)
+# Whether CPU programs use the unrolled Threefry lowering: registered at import when
+# `ENVIRONMENT` asks for it, or later by `use_unrolled`.
+UNROLLED = False
+if os.environ.get(ENVIRONMENT, "").strip().lower() in ("1", "true"):
+    use_unrolled(True)
 
 
 def threefry_cpu() -> str | None:
-    """The Threefry lowering this process's programs use when they run on a CPU
-    ("unrolled" or "rolled"), None on other backends (where the option changes nothing):
-    recorded in a run's checkpoints and metrics, and checked on resume."""
+    """The Threefry lowering this process's programs compile with when they run on a CPU
+    ("unrolled" or "rolled", as `use_unrolled` last set it), None on other backends (where
+    the option changes nothing): recorded in a run's checkpoints and metrics, and checked on
+    resume."""
     import jax
 
     if jax.default_backend() != "cpu":

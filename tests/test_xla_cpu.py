@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 import causalrec_jax.xla_cpu as xla_cpu
 
@@ -72,26 +73,38 @@ def test_the_default_is_jax_lowering():
         assert "stablehlo.while" in text
 
 
-def test_a_value_neither_on_nor_off_is_named_in_one_line():
+def test_a_value_neither_on_nor_off_registers_nothing_and_is_refused_in_one_line(
+        tmp_path, monkeypatch):
+    """An import registers nothing and says nothing; `causalrec` stops before anything runs,
+    with one line naming the value, and so does training from a user's own code (`fit`)."""
     env = {**os.environ, "JAX_PLATFORMS": "cpu", xla_cpu.ENVIRONMENT: "yes"}
     done = subprocess.run(
         [sys.executable, "-c", "import causalrec_jax.xla_cpu as x; print(x.UNROLLED)"],
         capture_output=True, text=True, env=env, timeout=120)
-    assert done.returncode == 0 and done.stdout.strip() == "False"
-    assert ("CAUSALREC_UNROLLED_THREEFRY='yes': expected 1 or true (on), 0 or false (off); "
-            "jax's own Threefry lowering is kept") in done.stderr
-
-
-def test_the_command_line_refuses_a_value_neither_on_nor_off(tmp_path):
-    """`causalrec` stops before anything runs, with one line naming the value (an import in
-    a user's own code only warns, above)."""
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", xla_cpu.ENVIRONMENT: "yes"}
+    assert done.returncode == 0 and done.stdout.strip() == "False" and done.stderr == ""
     done = subprocess.run(
         [sys.executable, "-m", "causalrec_jax", "train", "--config", "configs/quickstart.toml",
          "--out", str(tmp_path / "run")],
         capture_output=True, text=True, env=env, timeout=120,
         cwd=Path(__file__).resolve().parents[1])
     assert done.returncode == 2
-    assert ("causalrec train: error: CAUSALREC_UNROLLED_THREEFRY='yes': expected 1 or true "
-            "(on), 0 or false (off)") in done.stderr.splitlines()[-1]
+    assert done.stderr.strip().splitlines() == [
+        "causalrec train: error: CAUSALREC_UNROLLED_THREEFRY='yes': expected 1 or true (on), "
+        "0 or false (off)"]
     assert not (tmp_path / "run").exists()
+    from causalrec_jax.errors import ConfigError
+    from causalrec_jax.train.loop import fit
+
+    monkeypatch.setenv(xla_cpu.ENVIRONMENT, "on")
+    with pytest.raises(ConfigError, match=r"CAUSALREC_UNROLLED_THREEFRY='on': expected 1"):
+        fit(train_epoch=None, states=None, data={}, keys=None, epochs=1)
+
+
+def test_use_unrolled_is_what_runs_record():
+    """`threefry_cpu` (recorded in metrics.json and checkpoints) follows `use_unrolled`."""
+    was = xla_cpu.UNROLLED
+    try:
+        assert xla_cpu.use_unrolled(True) and xla_cpu.threefry_cpu() == "unrolled"
+        assert xla_cpu.use_unrolled(False) and xla_cpu.threefry_cpu() == "rolled"
+    finally:
+        xla_cpu.use_unrolled(was)

@@ -71,6 +71,7 @@ from causalrec_jax.tasks.sequential import (
 )
 from causalrec_jax.tasks.uplift import check_uplift_keys, uplift_metrics, uplift_seed
 from causalrec_jax.train.loop import TrainingDivergedError
+from causalrec_jax.xla_cpu import ENVIRONMENT, threefry_cpu
 
 
 def train_run(
@@ -98,6 +99,8 @@ def train_run(
             except CausalRecError as error:
                 refused = error
         together(refused, "start the run")
+        # one CPU Threefry lowering for the whole job (CAUSALREC_UNROLLED_THREEFRY, xla_cpu)
+        agree(f"threefry {threefry_cpu()}", f"set {ENVIRONMENT}")
     if is_multiprocess() and jax.process_index() > 0:
         # Every process trains (the program spans their devices); the first writes the run
         # folder and its checkpoints (a resumed run's are read by the first and handed to

@@ -144,7 +144,8 @@ def set_aside(directory: str | Path, epoch: int, error: Exception, older: list[i
 
 
 def host_like(tree: Any) -> Any:
-    """`tree`'s shapes and dtypes as unwritten NumPy arrays (`np.empty`: no memory is touched
-    until read into): what `restore_checkpoint` reads into host memory, so that no device
-    holds a whole table a mesh shards (nor one too large for any device)."""
-    return jax.tree.map(lambda leaf: np.empty(leaf.shape, leaf.dtype), tree)
+    """`tree`'s shapes and dtypes as NumPy templates that hold no memory (a zero broadcast to
+    each shape): what `restore_checkpoint` reads into host memory as new NumPy arrays, so
+    that no device holds a whole table a mesh shards (nor one too large for any device)."""
+    return jax.tree.map(
+        lambda leaf: np.broadcast_to(np.zeros((), leaf.dtype), leaf.shape), tree)

@@ -28,8 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from causalrec_jax import xla_cpu
-from causalrec_jax.errors import CausalRecError
+from causalrec_jax.errors import CausalRecError, RunError
 from causalrec_jax.train.checkpoint import (
     host_like,
     latest_epoch,
@@ -41,7 +40,7 @@ from causalrec_jax.train.checkpoint import (
 )
 from causalrec_jax.train.processes import broadcast_text, broadcast_values, together
 from causalrec_jax.train.step import OPTIMIZER_HPARAMS, TrainState, set_hyperparams
-from causalrec_jax.xla_cpu import threefry_cpu
+from causalrec_jax.xla_cpu import ENVIRONMENT, check_environment, threefry_cpu
 
 # Metrics where lower is better; every other validation metric is maximised.
 LOWER_IS_BETTER = ("mse", "rmse", "mae", "loss")
@@ -166,12 +165,6 @@ def _like(states: TrainState, best_params: Any, all_keys: jax.Array, alive: np.n
     return like, (like if view is None else view.stored(like))
 
 
-def _on_host(stored: Any) -> Any:
-    """`stored`'s shapes as host (NumPy) arrays to read into: a checkpoint read by one process
-    alone, for all of them, onto no device."""
-    return host_like(stored)
-
-
 def _restore(checkpoint_dir: str | Path | None, states: TrainState, best_params: Any,
              all_keys: jax.Array, view: CheckpointView | None = None, *, host: bool = False
              ) -> tuple[dict[str, Any], dict[str, Any], np.ndarray] | None:
@@ -193,7 +186,7 @@ def _restore(checkpoint_dir: str | Path | None, states: TrainState, best_params:
             like, stored = _like(states, best_params, all_keys, alive, view)
         try:
             if host:
-                arrays, meta = restore_checkpoint(checkpoint_dir, _on_host(stored), epoch)
+                arrays, meta = restore_checkpoint(checkpoint_dir, host_like(stored), epoch)
                 arrays = jax.tree.map(np.asarray, arrays)
             else:
                 arrays, meta = restore_checkpoint(checkpoint_dir, stored, epoch)
@@ -335,6 +328,7 @@ def fit(
             the error's `partial` holds the result of the good epochs (none when the first
             epoch diverged).
     """
+    check_environment()  # CAUSALREC_UNROLLED_THREEFRY neither on nor off: before any epoch
     n_seeds = int(keys.shape[0])
     lower = lower_is_better(metric)
     if halving is not None and evaluate_fn is None:
@@ -366,10 +360,10 @@ def fit(
                 f"{checkpoint_dir}: the checkpoint was written with other seeds than this "
                 "config's; resume with the config the run started with"
             )
-        lowering = meta.get("threefry_cpu")
-        if lowering is not None and lowering != threefry_cpu():
-            raise CausalRecError(
-                f"{checkpoint_dir}: the run was trained with {xla_cpu.ENVIRONMENT}="
+        lowering, here = meta.get("threefry_cpu"), threefry_cpu()
+        if lowering is not None and here is not None and lowering != here:  # both on CPUs
+            raise RunError(
+                f"{checkpoint_dir}: the run was trained with {ENVIRONMENT}="
                 f"{int(lowering == 'unrolled')} (the {lowering} Threefry lowering on CPUs, "
                 "whose floats differ in the last bit); resume it with the same setting")
         best_values = [float(v) for v in meta["best_values"]]

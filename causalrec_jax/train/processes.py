@@ -52,7 +52,8 @@ def together(error: BaseException | None, what: str, then: str = "nothing was tr
         agree(None if error is not None else (what if token is None else token), what, then)
     except RunError:
         if error is not None:
-            raise error from None
+            error.__suppress_context__ = True  # its own cause kept, the agreement's hidden
+            raise error  # noqa: B904
         raise
     if error is not None:
         raise error

@@ -24,6 +24,7 @@ from jax.sharding import PartitionSpec as P
 from causalrec_jax.config import config_from_dict
 from causalrec_jax.errors import ConfigError
 from causalrec_jax.parallel import (
+    checkpoint_view,
     make_mesh,
     pad_rows,
     padded_count,
@@ -171,6 +172,23 @@ def test_padding_appends_zero_rows_and_cutting_restores_the_tables():
     with pytest.raises(ValueError, match="a users table of 5 rows, expected 6"):
         pad_rows(params, TABLES, {"users": 6, "items": 7}, 4)
     assert padded_count(7, 4) == 8 and padded_count(8, 4) == 8 and padded_count(1, 1) == 1
+    # NumPy tables (a checkpoint read into host memory) are padded on the host, as NumPy
+    host = pad_rows(jax.tree.map(np.asarray, params), TABLES, counts, 4)
+    assert type(host["item_factors"]) is np.ndarray and host["item_factors"].shape == (8, 3)
+    np.testing.assert_array_equal(host["item_factors"], np.asarray(padded["item_factors"]))
+
+
+def test_a_sharded_checkpoint_is_read_into_host_memory():
+    """`checkpoint_view`'s read targets are NumPy templates that hold no memory: orbax reads
+    the whole tables into host memory, never onto a device."""
+    counts = {"users": 5, "items": 7}
+    view = checkpoint_view(TABLES, counts, (1, 1))
+    like = jax.tree.map(lambda leaf: jnp.stack([leaf, leaf]),
+                        pad_rows(_params(), TABLES, counts, 1))
+    stored = view.stored(like)
+    for leaf in jax.tree.leaves(stored):
+        assert isinstance(leaf, np.ndarray) and leaf.strides == (0,) * leaf.ndim
+    assert stored["item_factors"].shape == (2, 7, 3)
 
 
 def test_the_optimiser_state_is_sharded_as_its_tables():

@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from causalrec_jax import errors
+from causalrec_jax import errors, xla_cpu
 from causalrec_jax.cli import main
 from causalrec_jax.config import load_config
 from causalrec_jax.errors import ConfigError
@@ -85,6 +85,9 @@ def test_run_folder_contract(tiny_runs):
     assert written["data"]["n_users"] == 60 and written["data"]["n_train"] > 0
     assert {"train_seconds", "epoch_seconds", "eval_seconds"} <= set(written["timing"])
     assert "jax" in written["versions"]
+    # the CPU Threefry lowering the run compiled with (CAUSALREC_UNROLLED_THREEFRY, xla_cpu)
+    assert written["versions"]["threefry_cpu"] == xla_cpu.threefry_cpu() in ("rolled",
+                                                                             "unrolled")
     lines = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     # one line per epoch and seed, each with that seed's own loss and validation
     assert [(line["epoch"], line["seed"]) for line in lines] == [
@@ -436,6 +439,13 @@ def test_resume_refuses_a_folder_that_is_not_a_run(tmp_path, capsys):
     assert "needs --out" in capsys.readouterr().err
     assert [p.name for p in (tmp_path / "notes").iterdir()] == ["a.txt"]
     assert not (tmp_path / "none").exists()
+    (tmp_path / "bytes").mkdir()  # a config.toml that is not text: one line, nothing written
+    (tmp_path / "bytes" / "config.toml").write_bytes(b"\xff\xfe[model]")
+    assert main(["train", "--resume", "--quiet", "--out", str(tmp_path / "bytes")]) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and f"--resume: cannot read {tmp_path / 'bytes' / 'config.toml'}: " \
+        "'utf-8' codec can't decode" in error[0]
+    assert [p.name for p in (tmp_path / "bytes").iterdir()] == ["config.toml"]
 
 
 def test_resume_refuses_another_config_and_keeps_the_folder(tiny_runs, tmp_path):
