@@ -243,6 +243,23 @@ def test_a_resume_the_first_process_cannot_read_stops_the_whole_job(root):
 
 
 @pytest.mark.slow  # make test-all (see Makefile)
+def test_the_processes_of_a_job_share_one_threefry_lowering(root):
+    """A process with another CAUSALREC_UNROLLED_THREEFRY setting (whose floats differ in the
+    last bit) stops the job at start-up, every process with one line, nothing written."""
+    out = root / "lowerings"
+    port = _free_port()
+    workers = [_train(root / "config.toml", out, "--distributed", "--set", "parallel.mesh=[2,2]",
+                      env={**_job_env(port, index),
+                           "CAUSALREC_UNROLLED_THREEFRY": "1" if index else "0"})
+               for index in range(2)]
+    for code, err in _finish(workers, timeout=300):
+        assert code == 2, err[-3000:]
+        assert ("--distributed: process 1 did not set CAUSALREC_UNROLLED_THREEFRY as process 0 "
+                "did") in err
+    assert not out.exists()
+
+
+@pytest.mark.slow  # make test-all (see Makefile)
 def test_a_mesh_must_use_every_process_devices(root):
     results = _job(root / "config.toml", root / "partial_mesh", "--set", "parallel.mesh=[2,1]")
     for code, err in results:
