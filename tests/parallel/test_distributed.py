@@ -221,6 +221,7 @@ def test_a_refusal_of_the_first_process_stops_the_whole_job(root):
 
 
 
+@pytest.mark.slow  # make test-all (see Makefile)
 def test_a_resume_the_first_process_cannot_read_stops_the_whole_job(root):
     """`--resume --distributed` without `--config`: the first process reads the run's
     config.toml for all of them; where it has no run to resume, every process stops with
