@@ -307,7 +307,7 @@ def _command_data(args: argparse.Namespace) -> int:
     return 0
 
 
-def _resumed_config_text(out, distributed: bool) -> str:
+def _resumed_config_text(out) -> str:
     """The `config.toml` of the run `out` to resume, refused first when there is none to
     resume (before the config is printed; `write_run` checks it too). In a job
     (`--distributed`) the first process reads it and hands it to the others, whose hosts
@@ -319,7 +319,7 @@ def _resumed_config_text(out, distributed: bool) -> str:
     from causalrec_jax.train.processes import broadcast_text, together
 
     text = error = None
-    if not distributed or jax.process_index() == 0:
+    if jax.process_index() == 0:  # the only process, or the first of a job
         try:
             refuse_unresumable(out)
             text = (out / "config.toml").read_text()
@@ -328,10 +328,7 @@ def _resumed_config_text(out, distributed: bool) -> str:
         except Exception as failure:  # unreadable or not text: the others must not wait
             reason = getattr(failure, "strerror", None) or failure
             error = RunError(f"--resume: cannot read {out / 'config.toml'}: {reason}")
-    if not distributed:
-        if error is not None:
-            raise error
-        return text
+    # in one process: raises `error`, and the text is this process's own
     together(error, "read the run's config.toml", then="nothing was resumed")
     return broadcast_text(text)
 
@@ -355,7 +352,7 @@ def _command_train(args: argparse.Namespace) -> int:
             raise RunError("--resume without --config needs --out, the run folder to continue")
         out = Path(args.out)
         config = load_config(out / "config.toml", args.overrides,
-                             text=_resumed_config_text(out, args.distributed))
+                             text=_resumed_config_text(out))
     else:
         config = load_config(args.config, args.overrides)
         name = config.run.name or (Path(args.config).stem if args.config else "default")
