@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any, NamedTuple, Protocol
+from typing import Any, ClassVar, NamedTuple, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -123,8 +123,9 @@ def make_scorers(graphdef: nnx.GraphDef, constants: nnx.State) -> Scorers:
 
 
 def row_tables(graphdef: nnx.GraphDef) -> dict[str, str] | None:
-    """`{attribute: "users" | "items"}`: the model's tables whose row r belongs to user (or
-    item) r and is read only where that id is scored (embeddings, biases, feature tables), as
+    """`{attribute: "users" | "items" | "tokens"}`: the model's tables whose row r belongs to
+    user (item, or a sequential model's token) r and is read only where that id is read or
+    scored (embeddings, biases, feature tables), as
     the model class declares them in `ROW_TABLES`; None for a model that declares none, whose
     score of one user reads other users' rows (LightGCN's propagation) or no row table at all.
 
@@ -221,6 +222,9 @@ class SequenceModel(nnx.Module):
 
     n_items: int
     max_len: int
+    # The token table's row r belongs to token r and is read only where that token is read
+    # or scored (`row_tables`): a sharded run splits it by rows (`parallel.sharding`).
+    ROW_TABLES: ClassVar[dict[str, str]] = {"token_embedding": "tokens"}
 
     def item_embeddings(self) -> jax.Array:
         """The output table `[n_items, d]`: token rows `1..n_items` (no padding, no [mask])."""

@@ -27,7 +27,8 @@ batch a compiled step of its bucket's width (`make_bucketed_epoch`: one compilat
 width). Seeds train one after another, each through its own `fit` (checkpoints under
 `checkpoints/seed<N>/`): on CPU a step of 128 windows of 50 already keeps the cores busy, so
 vmapping seeds gains no throughput, and a vmapped population would train a seed that has
-stopped until the last one stops.
+stopped until the last one stops. With `parallel.mesh = [data, model]` each step runs over
+that mesh: the token table split by rows over `model`, batches over `data` (`ShardedTokens`).
 
 The run folder is an ordinary run's: `config.toml`, `metrics.json` (`seeds` = `run.seed + i`,
 every `per_seed` entry `{seed, best_epoch, valid, test, test_unmasked, test_sampled,
@@ -80,10 +81,20 @@ from causalrec_jax.eval.catalogue import chunked_target_rank, metrics_from_ranks
 from causalrec_jax.eval.metrics import RANKING_METRICS, ranking_metrics
 from causalrec_jax.eval.ranking import LIST_NAMES, evaluate_full_ranking, is_positive
 from causalrec_jax.eval.summary import aggregate
-from causalrec_jax.models.base import ModelParts
+from causalrec_jax.models.base import ModelParts, row_tables
 from causalrec_jax.models.bert4rec import BERT4Rec, append_mask_token
 from causalrec_jax.models.hstu import HSTU
 from causalrec_jax.models.sasrec import SASRec
+from causalrec_jax.parallel import (
+    batch_sharding,
+    check_mesh_shape,
+    checkpoint_view,
+    make_mesh,
+    pad_rows,
+    replicated,
+    state_shardings,
+    whole_tables,
+)
 from causalrec_jax.tasks.ordinary import LoadedRun, seed_keys, seed_list
 from causalrec_jax.train import checkpoint as checkpoints
 from causalrec_jax.train.loop import TrainingDivergedError, fit, seed_slice
@@ -151,10 +162,8 @@ def check_sequential_config(config: Config) -> str:
     if config.train.cv_folds:
         raise ConfigError(f"key train.cv_folds: {config.train.cv_folds} folds, but sequential "
                           "models train on the leave-one-out split only; set it to 0")
-    if config.parallel.mesh:
-        raise ConfigError(f"key parallel.mesh: {list(config.parallel.mesh)}, but a run of "
-                          f"{config.model.name} trains on one device so far (sharded training "
-                          "covers the pairwise models); remove it")
+    if config.parallel.mesh:  # the token table split over `model`, batches over `data`
+        check_mesh_shape(config.parallel.mesh, jax.device_count())
     if config.train.data_placement == "host":
         raise ConfigError("key train.data_placement: 'host' is not available for sequential "
                           "models (their windows live on the device); use 'auto' or 'device'")
@@ -587,7 +596,8 @@ def positions_per_batch(buckets: tuple[dict[str, np.ndarray], ...], batch_size: 
 
 
 def make_bucketed_epoch(
-    train_step, *, bucket_sizes: tuple[int, ...], batch_size: int,
+    train_step, *, bucket_sizes: tuple[int, ...], batch_size: int, mesh: Any = None,
+    tables: tuple[tuple[str, str], ...] = (),
 ):
     """`run_epoch(states, data, keys, epoch) -> (states, metrics)` for `train.loop.fit` over
     length buckets, one seed (`states` and `keys` stacked over a seed axis of length 1).
@@ -600,18 +610,31 @@ def make_bucketed_epoch(
     (`step.make_scan_batches`, the NaN/Inf guard: after a bad batch the state no longer changes
     and `first_bad_batch` names it), gathered on the device; it compiles once per bucket width.
 
+    With `mesh` (a `('data', 'model')` mesh), the step is compiled over it: the states'
+    row tables (`tables`, `(attribute, kind)` pairs) split by rows over `model` (the seed axis
+    first, `parallel.state_shardings`) in and out, donated; each gathered batch split over
+    `data`; the rows, order, key and losses replicated.
+
     Args:
         train_step: `step.make_train_step(...)`.
         bucket_sizes: rows per bucket (static).
         batch_size: rows per batch.
+        mesh: None (one device) or the mesh to train over.
+        tables: the model's row tables (with `mesh`).
     """
     scan_batches = make_scan_batches(train_step)
 
-    @functools.partial(jax.jit, donate_argnums=(0,))
-    def bucket_step(state, rows, order, shared, key, first_bad, index):
+    def step(state, rows, order, shared, key, first_bad, index):
         n_rows = next(iter(rows.values())).shape[0]
         batches = gather_batches(rows, order[None], n_rows)
+        if mesh is not None:
+            batches = jax.lax.with_sharding_constraint(batches, batch_sharding(mesh))
         return scan_batches(state, batches, shared, key, first_bad, index)
+
+    if mesh is None:
+        bucket_step = jax.jit(step, donate_argnums=(0,))
+    else:
+        bucket_step = _sharded_bucket_step(step, mesh, dict(tables))
 
     def plan(key, epoch):
         """`[(bucket, order [batch_size]), ...]` in the epoch's order."""
@@ -626,7 +649,10 @@ def make_bucketed_epoch(
         return [batches[i] for i in permutation]
 
     def run_epoch(states, data, keys, epoch):
-        state, key = seed_slice(states, 0), keys[0]
+        key = keys[0]
+        # one device: the step takes one seed's state; over a mesh, the stacked states as
+        # they are placed (row tables split on axis 1), so no state leaves its devices
+        state = states if mesh is not None else seed_slice(states, 0)
         first_bad = jnp.asarray(-1, jnp.int32)
         losses = []
         for index, (bucket, order) in enumerate(plan(key, epoch)):
@@ -636,15 +662,46 @@ def make_bucketed_epoch(
             losses.append(loss)
         metrics = {"loss": epoch_loss(jnp.concatenate(losses), first_bad),
                    "first_bad_batch": first_bad}
-        return jax.tree.map(lambda leaf: leaf[None], (state, metrics))
+        metrics = jax.tree.map(lambda leaf: leaf[None], metrics)
+        return (state if mesh is not None else jax.tree.map(lambda leaf: leaf[None], state),
+                metrics)
 
     run_epoch.bucket_step = bucket_step  # for tests: count its compilations
     return run_epoch
 
 
+def _sharded_bucket_step(step, mesh: Any, tables: dict[str, str]):
+    """`step(state, rows, order, shared, key, first_bad, index)` over `mesh` on states stacked
+    over one seed: compiled once per structure of states and rows (their shardings are read
+    from the shapes), the states row-sharded in and out and donated, everything else
+    replicated. `.program(states, rows)` gives the jitted function (to read its HLO)."""
+    programs: dict[Any, Any] = {}
+    everywhere = replicated(mesh)
+
+    def stacked(states, *args):
+        state, first_bad, loss = step(seed_slice(states, 0), *args)
+        return jax.tree.map(lambda leaf: leaf[None], state), first_bad, loss
+
+    def program(states, rows):
+        signature = (jax.tree.structure(states), jax.tree.structure(rows),
+                     tuple(leaf.shape for leaf in jax.tree.leaves(rows)))
+        if signature not in programs:
+            shardings = state_shardings(states, mesh, tables, row_axis=1)
+            programs[signature] = jax.jit(
+                stacked, in_shardings=(shardings,) + (everywhere,) * 6,
+                out_shardings=(shardings, everywhere, everywhere), donate_argnums=(0,))
+        return programs[signature]
+
+    def bucket_step(states, rows, *args):
+        return program(states, rows)(states, rows, *args)
+
+    bucket_step.program = program
+    return bucket_step
+
+
 @functools.lru_cache(maxsize=8)
 def _programs(graphdef: nnx.GraphDef, loss_name: str, train: Any, n_items: int,
-              bucket_sizes: tuple[int, ...], total_steps: int):
+              bucket_sizes: tuple[int, ...], total_steps: int, mesh_shape: tuple[int, ...] = ()):
     """The optimiser and the epoch of a model structure and data shape, built once: every
     seed of a run (same graph, new values), and a second identical run in the process, reuse
     them, so they compile nothing again."""
@@ -653,8 +710,53 @@ def _programs(graphdef: nnx.GraphDef, loss_name: str, train: Any, n_items: int,
                                         logq=train.logq_correction, gbce_t=train.gbce_t,
                                         negatives_per_row=train.negatives_per_row)
     run_epoch = make_bucketed_epoch(make_train_step(objective, optimizer),
-                                    bucket_sizes=bucket_sizes, batch_size=train.batch_size)
+                                    bucket_sizes=bucket_sizes, batch_size=train.batch_size,
+                                    **_mesh_arguments(graphdef, mesh_shape))
     return optimizer, run_epoch
+
+
+def _mesh_arguments(graphdef: nnx.GraphDef, mesh_shape: tuple[int, ...]) -> dict[str, Any]:
+    """`make_bucketed_epoch`'s `mesh` and `tables` for `parallel.mesh = mesh_shape` (none for
+    one device)."""
+    if not mesh_shape:
+        return {}
+    return {"mesh": make_mesh(mesh_shape), "tables": tuple(row_tables(graphdef).items())}
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardedTokens:
+    """A sequential model trained over a mesh (`parallel.mesh`): its token table (the row table
+    the model declares) split by rows over `model`, padded with zero rows to a multiple of it
+    (no token reads them: the items are rows 1..n_items, negatives are drawn among them, the
+    padding and [mask] tokens come before them); batches split over `data`. Validation, the
+    test and the run folder read the table whole at its real size (`whole`), and checkpoints
+    store it so (`checkpoint_view`): a run resumes on another mesh or on one device."""
+
+    mesh: Any
+    shape: tuple[int, ...]
+    tables: dict[str, str]
+    counts: dict[str, int]
+
+    @classmethod
+    def of(cls, graphdef: nnx.GraphDef, params: Any, shape: tuple[int, ...]) -> ShardedTokens:
+        tables = row_tables(graphdef)
+        counts = {"tokens": int(params["token_embedding"].shape[0])}
+        return cls(mesh=make_mesh(shape), shape=shape, tables=tables, counts=counts)
+
+    def initial_states(self, initial_states, params: Any) -> TrainState:
+        """`initial_states(params)` (stacked over the one seed) of the padded `params`,
+        compiled with the states' shardings as its outputs."""
+        padded = pad_rows(params, self.tables, self.counts, self.shape[1])
+        shardings = state_shardings(jax.eval_shape(initial_states, padded), self.mesh,
+                                    self.tables, row_axis=1)
+        return jax.jit(initial_states, out_shardings=shardings)(padded)
+
+    def whole(self, params: Any) -> Any:
+        """One seed's parameters whole, at their real size, on one device."""
+        return whole_tables(params, self.tables, self.counts)
+
+    def checkpoint_view(self):
+        return checkpoint_view(self.tables, self.counts, self.shape)
 
 
 @dataclasses.dataclass
@@ -670,20 +772,28 @@ class SeedResult:
     diverged: TrainingDivergedError | None = None
 
 
-def train_sequence_seed(
-    config: Config, split: Split, seed: int, *, checkpoint_dir: Path | None = None,
-    resume: bool = False, progress: bool = False, log_fn=None, item_chunk: int | None = None,
-    keep_good_epochs: bool = False, slate_log: SlateLog | None = None,
-    attraction: np.ndarray | None = None,
-) -> SeedResult:
-    """Trains seed `seed` (a value, run.seed + i) through `train.loop.fit` with early stopping
-    on validation, then evaluates its best parameters on the test split.
+@dataclasses.dataclass
+class SeedSetup:
+    """What one seed's training starts from (`seed_setup`): the compiled epoch, the initial
+    states (stacked over the one seed), the device data, the model structure and the rows."""
 
-    Raises:
-        TrainingDivergedError: a NaN/Inf loss or gradient (names the seed, epoch and batch);
-            with `keep_good_epochs`, only before the first validated epoch: after it, the best
-            parameters of the good epochs are evaluated and returned with `diverged` set.
-    """
+    graphdef: nnx.GraphDef
+    run_epoch: Any
+    states: TrainState
+    data: dict[str, Any]
+    key: jax.Array
+    rows: dict[str, np.ndarray]
+    batches_per_epoch: int
+    hparams: dict[str, jax.Array] | None
+    # a run over a mesh (`parallel.mesh`), None on one device
+    sharded: ShardedTokens | None
+
+
+def seed_setup(config: Config, split: Split, seed: int, *, slate_log: SlateLog | None = None
+               ) -> SeedSetup:
+    """The windows, model, programs, initial states and device data of seed `seed` on
+    `split.train` (a slate log's rounds with `slate_log`): everything `train_sequence_seed`
+    builds before its first epoch."""
     loss_name = check_sequential_config(config)
     train = split.train
     hparams = None
@@ -705,16 +815,26 @@ def train_sequence_seed(
     key = seed_keys([seed])
     model = _model(config, train.n_items, streams.derive(key[0], streams.Run.INIT))
     graphdef, params = nnx.split(model, nnx.Param)
+    mesh_shape = tuple(config.parallel.mesh)
     if slate_log is not None:
         optimizer, run_epoch = _exposure_programs(graphdef, config.causal.method, config.train,
                                                   bucket_sizes[0],
-                                                  batches_per_epoch * config.train.epochs)
+                                                  batches_per_epoch * config.train.epochs,
+                                                  mesh_shape)
         hparams = {name: jnp.asarray(value, jnp.float32) for name, value in hparams.items()}
     else:
         optimizer, run_epoch = _programs(graphdef, loss_name, config.train, train.n_items,
-                                         bucket_sizes, batches_per_epoch * config.train.epochs)
-    states: TrainState = jax.tree.map(lambda leaf: leaf[None],
-                                      init_state(params, optimizer, hparams))
+                                         bucket_sizes, batches_per_epoch * config.train.epochs,
+                                         mesh_shape)
+    sharded = ShardedTokens.of(graphdef, params, mesh_shape) if mesh_shape else None
+
+    def initial_states(params):
+        return jax.tree.map(lambda leaf: leaf[None], init_state(params, optimizer, hparams))
+
+    if sharded is None:
+        states: TrainState = initial_states(params)
+    else:  # zero rows up to a multiple of the model axis, the state born sharded
+        states = sharded.initial_states(initial_states, params)
     shared = {}
     if "users" in rows:
         shared = {name: jnp.asarray(values) for name, values in
@@ -727,9 +847,35 @@ def train_sequence_seed(
             np.bincount(train.item, minlength=train.n_items), jnp.float32)
     data = {"buckets": tuple({name: jnp.asarray(values) for name, values in bucket.items()}
                              for bucket in buckets), "shared": shared}
+    if sharded is not None:  # on every device of the mesh once, not at every step
+        data = jax.device_put(data, replicated(sharded.mesh))
+    return SeedSetup(graphdef=graphdef, run_epoch=run_epoch, states=states, data=data, key=key,
+                     rows=rows, batches_per_epoch=batches_per_epoch, hparams=hparams,
+                     sharded=sharded)
+
+
+def train_sequence_seed(
+    config: Config, split: Split, seed: int, *, checkpoint_dir: Path | None = None,
+    resume: bool = False, progress: bool = False, log_fn=None, item_chunk: int | None = None,
+    keep_good_epochs: bool = False, slate_log: SlateLog | None = None,
+    attraction: np.ndarray | None = None,
+) -> SeedResult:
+    """Trains seed `seed` (a value, run.seed + i) through `train.loop.fit` with early stopping
+    on validation, then evaluates its best parameters on the test split.
+
+    Raises:
+        TrainingDivergedError: a NaN/Inf loss or gradient (names the seed, epoch and batch);
+            with `keep_good_epochs`, only before the first validated epoch: after it, the best
+            parameters of the good epochs are evaluated and returned with `diverged` set.
+    """
+    setup = seed_setup(config, split, seed, slate_log=slate_log)
+    graphdef, sharded, rows = setup.graphdef, setup.sharded, setup.rows
+    hparams, batches_per_epoch = setup.hparams, setup.batches_per_epoch
     metric = config.train.early_stopping_metric
 
     def evaluate_fn(params):
+        if sharded is not None:
+            params = sharded.whole(params)
         scorer = make_scorer(graphdef, params)
         # RecBole validates sequential models without masking the history: logged too, so
         # time-to-quality can be compared under its protocol (experiments/compare_recbole.py)
@@ -744,8 +890,8 @@ def train_sequence_seed(
 
     try:
         result = fit(
-            train_epoch=None, run_epoch=run_epoch, states=states, data=data,
-            keys=jax.vmap(lambda k: streams.derive(k, streams.Run.TRAIN))(key),
+            train_epoch=None, run_epoch=setup.run_epoch, states=setup.states, data=setup.data,
+            keys=jax.vmap(lambda k: streams.derive(k, streams.Run.TRAIN))(setup.key),
             epochs=config.train.epochs, evaluate_fn=evaluate_fn, metric=metric,
             patience=config.train.patience, checkpoint_dir=checkpoint_dir,
             checkpoint_every=config.train.checkpoint_every, resume=resume, progress=progress,
@@ -753,6 +899,7 @@ def train_sequence_seed(
             description=f"seed {seed}, {batches_per_epoch} batches/epoch",
             diverged_hint=(DIVERGED_HINT if config.causal.method in PROPENSITY_METHODS
                            else ""),
+            checkpoint_view=None if sharded is None else sharded.checkpoint_view(),
         )
         diverged = None
     except TrainingDivergedError as error:
@@ -762,6 +909,8 @@ def train_sequence_seed(
             raise diverged from None
         result = error.partial
     best_params = seed_slice(result.best_params, 0)
+    if sharded is not None:
+        best_params = sharded.whole(best_params)
     best_epoch = result.best_epochs[0]
     best_record = next(r for r in result.history if r["epoch"] == best_epoch)
     valid = {name: value for name, value in best_record["valid"].items()
@@ -1028,7 +1177,7 @@ def exposure_clip_report(config: Config, rows: dict[str, np.ndarray]) -> dict[st
 
 @functools.lru_cache(maxsize=8)
 def _exposure_programs(graphdef: nnx.GraphDef, method: str, train: Any, n_rows: int,
-                       total_steps: int):
+                       total_steps: int, mesh_shape: tuple[int, ...] = ()):
     """The optimiser and the epoch of the exposure objective (`_programs` for slate logs)."""
     from causalrec_jax.causal.sequential import make_exposure_objective
 
@@ -1036,7 +1185,8 @@ def _exposure_programs(graphdef: nnx.GraphDef, method: str, train: Any, n_rows: 
     objective = make_exposure_objective(graphdef, method,
                                         {"propensity_clip": 0.0, "imputation_value": 0.0})
     run_epoch = make_bucketed_epoch(make_train_step(objective, optimizer),
-                                    bucket_sizes=(n_rows,), batch_size=train.batch_size)
+                                    bucket_sizes=(n_rows,), batch_size=train.batch_size,
+                                    **_mesh_arguments(graphdef, mesh_shape))
     return optimizer, run_epoch
 
 

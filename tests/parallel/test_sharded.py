@@ -259,11 +259,3 @@ def test_a_mesh_shape_is_two_positive_integers():
     with pytest.raises(ConfigError, match="key parallel.mesh\\[0\\]: got 1.5 .*an integer"):
         config_from_dict({"parallel": {"mesh": [1.5, 1]}})
 
-
-def test_sequential_runs_refuse_a_mesh():
-    from causalrec_jax.tasks.sequential import check_sequential_config
-    config = config_from_dict({"model": {"name": "sasrec"}, "data": {"split": "leave_one_out"},
-                               "train": {"loss": "sampled_softmax"},
-                               "parallel": {"mesh": [1, 1]}})
-    with pytest.raises(ConfigError, match="key parallel.mesh: \\[1, 1\\], but a run of sasrec"):
-        check_sequential_config(config)
