@@ -14,7 +14,8 @@ for that).
 
 The row count of a sharded table must divide by the `model` axis: `pad_rows` appends zero rows
 (ids past the real count, which no lookup reads and no sampled negative draws, so they get no
-gradient and stay zero under Adam and weight decay) and `unpad_rows` cuts them off again
+gradient and stay zero under Adam and weight decay; DP-SGD's noise reaches them, which
+nothing reads either) and `unpad_rows` cuts them off again
 before anything is scored or written, so a run folder never sees them.
 """
 

@@ -332,8 +332,11 @@ def _programs(spec: ProgramSpec, streaming_segment: int = 0) -> tuple[Callable, 
             n_items=spec.n_items, n_negatives=spec.n_negatives,
             objective=functools.partial(_objective_of, spec))
     if spec.privacy is not None:
-        dp_epoch = dpsgd.make_dp_epoch(dp_step, spec.privacy)
-        return jax.jit(over_seeds(dp_epoch, spec.n_seeds), donate_argnums=(0,)), optimizer
+        dp_epoch = over_seeds(dpsgd.make_dp_epoch(dp_step, spec.privacy), spec.n_seeds)
+        if spec.mesh:
+            return make_sharded_run_epoch(dp_epoch, make_mesh(spec.mesh),
+                                          dict(spec.row_tables)), optimizer
+        return jax.jit(dp_epoch, donate_argnums=(0,)), optimizer
     train_step = make_train_step(_objective(spec), optimizer)
     if streaming_segment:
         run_epoch = make_streaming_epoch(
@@ -682,8 +685,12 @@ def program_setup(config: Config, split: Split, truth: Any = None,
             noisy = dpsgd.noisy_counts(streams.derive(run_key, streams.Run.PRIVATE_ITEMS),
                                        dpsgd.item_counts(arrays, train.n_items), dp_spec)
             if dp_spec.item_rows:
-                shared[dpsgd.TRAINED_ITEMS] = jnp.asarray(
-                    dpsgd.top_items(noisy, dp_spec.item_rows))
+                chosen = dpsgd.top_items(noisy, dp_spec.item_rows)
+                if config.parallel.mesh:  # as long as the padded item tables, padding out
+                    chosen = np.pad(chosen, (0, padded_count(train.n_items,
+                                                             config.parallel.mesh[1])
+                                             - train.n_items))
+                shared[dpsgd.TRAINED_ITEMS] = jnp.asarray(chosen)
             if method == "pda" and config.privacy.noised:  # the exact count is never read
                 constants["log_popularity"] = jnp.asarray(dpsgd.noisy_log_popularity(noisy))
                 shared["shared_log_popularity"] = constants["log_popularity"]
@@ -939,10 +946,6 @@ def check_parallel_config(config: Config) -> None:
         raise ConfigError(f"key parallel.mesh: a {data} x {model} mesh over {jax.process_count()} "
                           f"processes must use all {jax.device_count()} of their devices (every "
                           "process holds a part); choose a shape whose product is that")
-    if config.privacy.level:
-        raise ConfigError(f"key parallel.mesh: {list(config.parallel.mesh)} with privacy.level "
-                          f"= {config.privacy.level!r}; private training runs on one device so "
-                          "far (remove one of them)")
     if config.train.data_placement == "host":
         raise ConfigError("key train.data_placement: 'host' with parallel.mesh set; a sharded "
                           "run keeps its training rows on the devices ('device' or 'auto')")

@@ -145,6 +145,41 @@ def test_sharded_neumf_equals_one_device(tmp_path_factory):
         assert report["serve"][mesh]["lists_equal"], mesh
 
 
+def test_private_training_on_a_mesh_equals_one_device(tmp_path_factory):
+    """User-level DP-SGD with DP-FEST's item selection (`privacy.item_rows`): per-user
+    clipped gradients of sharded tables, Gaussian noise drawn for the padded tables (the
+    first rows' draws are the unpadded tables' draws: jax's partitionable Threefry counts
+    each element by its index) and the selection mask padded with unselected rows."""
+    report = _sharded_report(tmp_path_factory, "--meshes", "4x2", "--privacy", json.dumps(
+        {"level": "user", "max_examples_per_user": 8, "item_rows": 64}))
+    _check_report(report, 5e-5, ("4x2",))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("privacy", [
+    {"level": "example", "user_rows": "noised"},
+    {"level": "user", "max_examples_per_user": 8, "mechanism": "fedavg", "local_steps": 2},
+], ids=["example-dp-sgd", "dp-fedavg"])
+def test_every_private_mechanism_on_every_mesh_equals_one_device(tmp_path_factory, privacy):
+    report = _sharded_report(tmp_path_factory, "--privacy", json.dumps(privacy))
+    _check_report(report, 5e-5)
+
+
+@pytest.mark.slow
+def test_federated_silos_on_a_mesh_equal_one_device(tmp_path_factory):
+    """Silos (each client a silo of users trained together): the same model; each round looks
+    up a whole silo's user rows (2,432 here, more than the tables' 204 rows), so the
+    all-reduce of those looked-up rows is the one collective longer than a table."""
+    report = _sharded_report(tmp_path_factory, "--meshes", "2x4", "--privacy", json.dumps(
+        {"level": "user", "max_examples_per_user": 8, "mechanism": "fedavg",
+         "local_steps": 2, "silos": 4}))
+    for mesh in ("2x4",):
+        assert report["runs"][mesh]["largest_difference"] <= 5e-5, mesh
+        assert report["runs"][mesh]["metrics"] == report["runs"]["single"]["metrics"]
+    assert report["hlo"]["all_gathers"] == 0
+    assert all("all-reduce" in line for line in report["hlo"]["table_collectives"])
+
+
 # ----------------------------------------------------------------------------- one device
 
 
@@ -236,7 +271,6 @@ def _config(**sections):
 
 @pytest.mark.parametrize("sections, message", [
     ({"parallel": {"mesh": [2, 1]}}, "key parallel.mesh: a 2 x 1 mesh needs 2 devices"),
-    ({"privacy": {"level": "user", "noise": 1.0}}, "key parallel.mesh: .* privacy.level"),
     ({"train": {"loss": "softmax"}}, "key train.loss: 'softmax' with parallel.mesh"),
     ({"train": {"data_placement": "host"}}, "key train.data_placement: 'host' with parallel"),
     ({"train": {"halving_rung": 2}}, "key train.halving_rung: successive halving with"),
