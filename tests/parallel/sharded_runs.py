@@ -31,7 +31,6 @@ from causalrec_jax.runs.load import load_run
 from causalrec_jax.runs.train import train_run
 from causalrec_jax.tasks import ordinary
 
-
 # `--privacy`: the [privacy] keys of every run (DP-SGD on the mesh as on one device).
 PRIVACY: dict = {}
 
