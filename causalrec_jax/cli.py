@@ -365,13 +365,12 @@ def _command_train(args: argparse.Namespace) -> int:
 
     # Every kind refuses an occupied --out unless it resumes its own run (runs.folder.write_run);
     # uplift runs keep no checkpoints, so they also refuse --resume.
-    if args.distributed and (config.model.name in SEQUENCE_MODELS or config.uplift.method):
+    if args.distributed and config.uplift.method and config.model.name not in SEQUENCE_MODELS:
         from causalrec_jax.errors import ConfigError
 
-        kind = (f"a run of {config.model.name}" if config.model.name in SEQUENCE_MODELS
-                else "an uplift run")
-        raise ConfigError(f"--distributed: {kind} trains in one process so far (several "
-                          "processes train ordinary and causal runs); drop the flag")
+        raise ConfigError("--distributed: an uplift run trains in one process so far (several "
+                          "processes train ordinary, causal and sequential runs); drop the "
+                          "flag")
     if config.model.name in SEQUENCE_MODELS:
         from causalrec_jax.runs.train import sequence_run
 

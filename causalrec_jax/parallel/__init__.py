@@ -12,7 +12,13 @@ from causalrec_jax.parallel.distributed import (
     together,
 )
 from causalrec_jax.parallel.lookup import sharded_lookup, sharded_rows_top_k, sharded_top_k
-from causalrec_jax.parallel.mesh import AXES, check_mesh_shape, make_mesh, padded_count
+from causalrec_jax.parallel.mesh import (
+    AXES,
+    check_mesh_shape,
+    check_run_mesh,
+    make_mesh,
+    padded_count,
+)
 from causalrec_jax.parallel.sharding import (
     batch_sharding,
     checkpoint_view,
@@ -27,8 +33,8 @@ from causalrec_jax.parallel.sharding import (
 )
 
 __all__ = [
-    "AXES", "agree", "batch_sharding", "check_mesh_shape", "checkpoint_view", "from_first",
-    "host_values",
+    "AXES", "agree", "batch_sharding", "check_mesh_shape", "check_run_mesh", "checkpoint_view",
+    "from_first", "host_values",
     "is_multiprocess", "make_mesh", "make_sharded_run_epoch", "pad_rows", "padded_count",
     "replicated", "sharded_lookup", "sharded_rows_top_k", "sharded_top_k", "start",
     "state_shardings",

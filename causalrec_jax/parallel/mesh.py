@@ -39,6 +39,24 @@ def check_mesh_shape(shape: Sequence[int], n_devices: int) -> tuple[int, int]:
     return data, model
 
 
+def check_run_mesh(shape: Sequence[int]) -> tuple[int, int] | None:
+    """`parallel.mesh` of a run: `(data, model)`, or None for one device; refused in one line
+    when the mesh does not fit the devices (`check_mesh_shape`), and, over several processes
+    (`--distributed`), when there is none or it leaves out a process's devices."""
+    processes = jax.process_count()
+    if processes > 1 and not shape:
+        raise ConfigError(f"--distributed: {processes} processes but no parallel.mesh; set "
+                          f"one spanning their devices (e.g. [{jax.device_count()}, 1])")
+    if not shape:
+        return None
+    data, model = check_mesh_shape(shape, jax.device_count())
+    if processes > 1 and data * model != jax.device_count():
+        raise ConfigError(f"key parallel.mesh: a {data} x {model} mesh over {processes} "
+                          f"processes must use all {jax.device_count()} of their devices (every "
+                          "process holds a part); choose a shape whose product is that")
+    return data, model
+
+
 def make_mesh(shape: Sequence[int], devices: Sequence[jax.Device] | None = None) -> Mesh:
     """A `('data', 'model')` mesh of `shape` over the first `data * model` of `devices`
     (default: every device of the default backend, of every process)."""

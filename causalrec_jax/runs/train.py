@@ -86,8 +86,21 @@ def train_run(
     check_ordinary_keys(config)
     check_selection_metric(config.eval, config.train.early_stopping_metric,
                            "train.early_stopping_metric")
+    return _in_every_process(
+        out_dir, config, resume, lambda config, out, quiet: _write_run(
+            config, out, resume=resume, quiet=quiet, frame=frame),
+        kind="an ordinary run", quiet=quiet)
+
+
+def _in_every_process(out_dir: str | Path, config: Config, resume: bool, body,
+                      *, kind: str, quiet: bool) -> dict[str, Any]:
+    """`body(config, folder, quiet) -> metrics` writing the run into `out_dir`
+    (`runs.folder.write_run`); over several processes (`--distributed`) every process runs
+    it: the first checks `out_dir` for all (every one stops with its line when it is
+    occupied, or not a run to resume) and writes the folder and its checkpoints (a resumed
+    run's are read by the first and handed to all, `train.loop.fit`), the others the same
+    files into a temporary folder of their own, removed after."""
     if is_multiprocess():
-        # what only the first process checks (it writes --out), agreed on by all of them
         refused = None
         if jax.process_index() == 0:
             try:
@@ -101,17 +114,11 @@ def train_run(
         together(refused, "start the run")
         # one CPU Threefry lowering for the whole job (CAUSALREC_UNROLLED_THREEFRY, xla_cpu)
         agree(f"threefry {threefry_cpu()}", f"set {ENVIRONMENT}")
-    if is_multiprocess() and jax.process_index() > 0:
-        # Every process trains (the program spans their devices); the first writes the run
-        # folder and its checkpoints (a resumed run's are read by the first and handed to
-        # all, `train.loop.fit`), the others the same files into a folder of their own,
-        # removed after.
-        with tempfile.TemporaryDirectory(prefix="causalrec-process-") as scratch:
-            return _write_run(config, Path(scratch), resume=resume, quiet=True, frame=frame)
-    return write_run(
-        out_dir, config, lambda config, out: _write_run(config, out, resume=resume,
-                                                        quiet=quiet, frame=frame),
-        kind="an ordinary run", resume=resume)
+        if jax.process_index() > 0:
+            with tempfile.TemporaryDirectory(prefix="causalrec-process-") as scratch:
+                return body(config, Path(scratch), True)
+    return write_run(out_dir, config, lambda config, out: body(config, out, quiet), kind=kind,
+                     resume=resume)
 
 
 def _write_run(config: Config, out: Path, *, resume: bool, quiet: bool, frame) -> dict[str, Any]:
@@ -252,28 +259,36 @@ def sequence_run(config: Config, out: str | Path, *, quiet: bool = True,
         TrainingDivergedError: a NaN/Inf loss or gradient; the checkpoints are kept.
     """
     check_sequential_config(config)
-    return write_run(
-        out, config, lambda config, out: _write_sequence_run(
+    return _in_every_process(
+        out, config, resume, lambda config, out, quiet: _write_sequence_run(
             config, out, quiet=quiet, resume=resume, item_chunk=item_chunk),
-        kind=f"a run of {config.model.name}", resume=resume)
+        kind=f"a run of {config.model.name}", quiet=quiet)
 
 
 def _write_sequence_run(config: Config, out: Path, *, quiet: bool, resume: bool,
                         item_chunk: int | None) -> dict[str, Any]:
     tic = time.perf_counter()
     slate_log = attraction = None
-    if config.data.format == "simlog":
-        # a slate log: the clicks are the sequences, the rounds the exposure (causal.method)
-        slate_log = load_slate_log(config)
-        dataset = slate_log.clicks
-        attraction = slate_log_attraction(slate_log)
-    else:
-        dataset, _ = load_dataset(config.data, config.sim, planted=config.planted)
+    try:
+        if config.data.format == "simlog":
+            # a slate log: the clicks are the sequences, the rounds the exposure (causal.method)
+            slate_log = load_slate_log(config)
+            dataset = slate_log.clicks
+            attraction = slate_log_attraction(slate_log)
+        else:
+            dataset, _ = load_dataset(config.data, config.sim, planted=config.planted)
+    except CausalRecError as error:  # the other processes of a job stop too
+        together(error, "read the data")
     data_fingerprint = fingerprint(dataset)  # evaluate refuses the data if it changed
+    agree(json.dumps(data_fingerprint, sort_keys=True, default=str), "read the data")
     split = make_split(dataset, config.data, seed=config.run.seed)
     log_path = out / "log.jsonl"
-    start_log(log_path, resume=resume,
-              checkpoint_of=lambda line: out / "checkpoints" / f"seed{line['seed']}")
+    try:
+        start_log(log_path, resume=resume,
+                  checkpoint_of=lambda line: out / "checkpoints" / f"seed{line['seed']}")
+    except CausalRecError as error:  # a damaged log on resume: the others stop too
+        together(error, "read the run's log")
+    agree("log", "read the run's log")
 
     progress = not quiet and sys.stderr.isatty()
 

@@ -64,7 +64,7 @@ from causalrec_jax.models.base import make_scorers, row_tables, split_model
 from causalrec_jax.models.factory import declared_row_tables, init_params, model_keys_used
 from causalrec_jax.parallel import (
     batch_sharding,
-    check_mesh_shape,
+    check_run_mesh,
     checkpoint_view,
     from_first,
     is_multiprocess,
@@ -927,25 +927,18 @@ def check_ordinary_keys(config: Config) -> None:
 def check_parallel_config(config: Config) -> None:
     """Refuses, in one line naming the key, a mesh this machine cannot build and a setting a
     sharded run does not support yet."""
-    if is_multiprocess() and not config.parallel.mesh:
-        raise ConfigError(f"--distributed: {jax.process_count()} processes but no "
-                          "parallel.mesh; set one spanning their devices (e.g. "
-                          f"[{jax.device_count()}, 1])")
     if is_multiprocess() and config.train.cv_folds:
         raise ConfigError("key train.cv_folds: folds with --distributed are not run yet; "
                           "remove it")
     if not config.parallel.mesh:
+        check_run_mesh(())  # a job of several processes needs a mesh
         return
     if config.parallel.mesh[1] > 1 and not declared_row_tables(config.model.name):
         raise ConfigError(f"key parallel.mesh: {list(config.parallel.mesh)} splits tables over "
                           f"{config.parallel.mesh[1]} model shards, but model.name = "
                           f"{config.model.name!r} has no row tables to split; use "
                           f"[{config.parallel.mesh[0] * config.parallel.mesh[1]}, 1]")
-    data, model = check_mesh_shape(config.parallel.mesh, jax.device_count())
-    if is_multiprocess() and data * model != jax.device_count():
-        raise ConfigError(f"key parallel.mesh: a {data} x {model} mesh over {jax.process_count()} "
-                          f"processes must use all {jax.device_count()} of their devices (every "
-                          "process holds a part); choose a shape whose product is that")
+    check_run_mesh(config.parallel.mesh)
     if config.train.data_placement == "host":
         raise ConfigError("key train.data_placement: 'host' with parallel.mesh set; a sharded "
                           "run keeps its training rows on the devices ('device' or 'auto')")

@@ -87,12 +87,15 @@ from causalrec_jax.models.hstu import HSTU
 from causalrec_jax.models.sasrec import SASRec
 from causalrec_jax.parallel import (
     batch_sharding,
-    check_mesh_shape,
+    check_run_mesh,
     checkpoint_view,
+    from_first,
+    is_multiprocess,
     make_mesh,
     pad_rows,
     replicated,
     state_shardings,
+    to_global,
     whole_tables,
 )
 from causalrec_jax.tasks.ordinary import LoadedRun, seed_keys, seed_list
@@ -162,8 +165,9 @@ def check_sequential_config(config: Config) -> str:
     if config.train.cv_folds:
         raise ConfigError(f"key train.cv_folds: {config.train.cv_folds} folds, but sequential "
                           "models train on the leave-one-out split only; set it to 0")
-    if config.parallel.mesh:  # the token table split over `model`, batches over `data`
-        check_mesh_shape(config.parallel.mesh, jax.device_count())
+    # the token table split over `model`, batches over `data`; a job of several processes
+    # (`--distributed`) needs a mesh over all their devices
+    check_run_mesh(config.parallel.mesh)
     if config.train.data_placement == "host":
         raise ConfigError("key train.data_placement: 'host' is not available for sequential "
                           "models (their windows live on the device); use 'auto' or 'device'")
@@ -648,17 +652,22 @@ def make_bucketed_epoch(
         permutation = np.asarray(jax.random.permutation(order_key, len(batches)))
         return [batches[i] for i in permutation]
 
+    def put(value):
+        """A step's small input: over the processes of a job, a global array (`to_global`:
+        each process built the same value)."""
+        return value if mesh is None else to_global(value, mesh)
+
     def run_epoch(states, data, keys, epoch):
         key = keys[0]
         # one device: the step takes one seed's state; over a mesh, the stacked states as
         # they are placed (row tables split on axis 1), so no state leaves its devices
         state = states if mesh is not None else seed_slice(states, 0)
-        first_bad = jnp.asarray(-1, jnp.int32)
+        first_bad = put(jnp.asarray(-1, jnp.int32))
         losses = []
-        for index, (bucket, order) in enumerate(plan(key, epoch)):
+        for index, (bucket, order) in enumerate(plan(_local_key(key), epoch)):
             state, first_bad, loss = bucket_step(
-                state, data["buckets"][bucket], jnp.asarray(order, jnp.int32), data["shared"],
-                key, first_bad, jnp.asarray(index, jnp.int32))
+                state, data["buckets"][bucket], put(jnp.asarray(order, jnp.int32)),
+                data["shared"], key, first_bad, put(jnp.asarray(index, jnp.int32)))
             losses.append(loss)
         metrics = {"loss": epoch_loss(jnp.concatenate(losses), first_bad),
                    "first_bad_batch": first_bad}
@@ -668,6 +677,15 @@ def make_bucketed_epoch(
 
     run_epoch.bucket_step = bucket_step  # for tests: count its compilations
     return run_epoch
+
+
+def _local_key(key: jax.Array) -> jax.Array:
+    """`key` as this process's own array (the epoch's plan is drawn on the host of every
+    process alike); a global key of a job's processes (replicated) becomes its local copy."""
+    if key.is_fully_addressable:
+        return key
+    data = np.asarray(jax.random.key_data(key).addressable_data(0))
+    return jax.random.wrap_key_data(data, impl=jax.random.key_impl(key))
 
 
 def _sharded_bucket_step(step, mesh: Any, tables: dict[str, str]):
@@ -746,10 +764,17 @@ class ShardedTokens:
     def initial_states(self, initial_states, params: Any) -> TrainState:
         """`initial_states(params)` (stacked over the one seed) of the padded `params`,
         compiled with the states' shardings as its outputs."""
-        padded = pad_rows(params, self.tables, self.counts, self.shape[1])
+        padded = self.place(pad_rows(params, self.tables, self.counts, self.shape[1]))
         shardings = state_shardings(jax.eval_shape(initial_states, padded), self.mesh,
                                     self.tables, row_axis=1)
         return jax.jit(initial_states, out_shardings=shardings)(padded)
+
+    def place(self, tree: Any) -> Any:
+        """`tree` (the same values in every process) replicated over the mesh: on every
+        device once, not at every step; over several processes as global arrays."""
+        if is_multiprocess():
+            return to_global(tree, self.mesh)
+        return jax.device_put(tree, replicated(self.mesh))
 
     def whole(self, params: Any) -> Any:
         """One seed's parameters whole, at their real size, on one device."""
@@ -847,8 +872,8 @@ def seed_setup(config: Config, split: Split, seed: int, *, slate_log: SlateLog |
             np.bincount(train.item, minlength=train.n_items), jnp.float32)
     data = {"buckets": tuple({name: jnp.asarray(values) for name, values in bucket.items()}
                              for bucket in buckets), "shared": shared}
-    if sharded is not None:  # on every device of the mesh once, not at every step
-        data = jax.device_put(data, replicated(sharded.mesh))
+    if sharded is not None:
+        data = sharded.place(data)
     return SeedSetup(graphdef=graphdef, run_epoch=run_epoch, states=states, data=data, key=key,
                      rows=rows, batches_per_epoch=batches_per_epoch, hparams=hparams,
                      sharded=sharded)
@@ -883,7 +908,13 @@ def train_sequence_seed(
         if metric not in valid:
             raise ConfigError(f"key train.early_stopping_metric: {metric!r} is not computed "
                               f"(computed: {', '.join(valid)})")
-        return {**valid, **{f"unmasked_{name}": value for name, value in unmasked.items()}}
+        # over several processes, every one stops as the first does
+        return from_first({**valid, **{f"unmasked_{name}": value
+                                       for name, value in unmasked.items()}})
+
+    keys = jax.vmap(lambda k: streams.derive(k, streams.Run.TRAIN))(setup.key)
+    if sharded is not None:  # global arrays over the processes of a job
+        keys = to_global(keys, sharded.mesh)
 
     from causalrec_jax.causal.clip import DIVERGED_HINT
     from causalrec_jax.causal.sequential import PROPENSITY_METHODS
@@ -891,7 +922,7 @@ def train_sequence_seed(
     try:
         result = fit(
             train_epoch=None, run_epoch=setup.run_epoch, states=setup.states, data=setup.data,
-            keys=jax.vmap(lambda k: streams.derive(k, streams.Run.TRAIN))(setup.key),
+            keys=keys,
             epochs=config.train.epochs, evaluate_fn=evaluate_fn, metric=metric,
             patience=config.train.patience, checkpoint_dir=checkpoint_dir,
             checkpoint_every=config.train.checkpoint_every, resume=resume, progress=progress,

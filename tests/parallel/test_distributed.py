@@ -269,15 +269,69 @@ def test_a_mesh_must_use_every_process_devices(root):
     assert not (root / "partial_mesh").exists()
 
 
+def _walks_config(root: Path) -> Path:
+    """A SASRec config on 80 users' walks over 101 items (written once per module)."""
+    config = root / "sasrec.toml"
+    if not config.exists():
+        rng = np.random.default_rng(0)
+        lines = ["user,item,time"]
+        for user in range(80):
+            item = int(rng.integers(101))
+            for time in range(int(rng.integers(4, 14))):
+                lines.append(f"{user},{item},{time}")
+                item = int((item * 7 + 3 + rng.integers(2)) % 101)
+        (root / "walks.csv").write_text("\n".join(lines) + "\n")
+        config.write_text(f"""
+[data]
+format = "csv"
+path = "{root / 'walks.csv'}"
+split = "leave_one_out"
+columns = {{user = "user", item = "item", timestamp = "time"}}
+[model]
+name = "sasrec"
+embedding_dim = 8
+n_layers = 1
+max_len = 8
+length_buckets = [4]
+[train]
+loss = "sampled_softmax"
+n_negatives = 16
+epochs = 3
+batch_size = 16
+learning_rate = 0.01
+optimizer = "sgd"
+seeds = 2
+[eval]
+metrics = ["hit", "ndcg"]
+ks = [1, 10]
+positive_threshold = 0.0
+""")
+    return config
+
+
 @pytest.mark.slow  # make test-all (see Makefile)
-def test_sequential_runs_refuse_distributed(tmp_path):
-    config = tmp_path / "config.toml"
-    config.write_text('[model]\nname = "sasrec"\n[train]\nloss = "sampled_softmax"\n'
-                      '[data]\nsplit = "leave_one_out"\n')
-    worker = _train(config, tmp_path / "out", "--distributed",
-                    env={"JAX_COORDINATOR_ADDRESS": f"localhost:{_free_port()}",
-                         "JAX_NUM_PROCESSES": "1", "JAX_PROCESS_ID": "0"})
-    _, err = worker.communicate(timeout=120)
-    assert worker.returncode == 2
-    assert "--distributed: a run of sasrec trains in one process so far" in err
-    assert not (tmp_path / "out").exists()
+@pytest.mark.parametrize("mesh", ["[2,2]", "[1,4]"])
+def test_two_processes_train_the_sequential_model_one_process_trains(root, mesh):
+    """`causalrec train --distributed` of SASRec (two seeds, one after the other): the token
+    table split across the processes on 1 x 4, batches across them on 2 x 2; the first
+    process writes the folder; the same model as one process (SGD here: Adam would turn
+    the key bias's zero gradient, float noise in both, into learning-rate-sized steps)."""
+    config = _walks_config(root)
+    alone = root / "sasrec_single"
+    if not (alone / "metrics.json").exists():
+        worker = _train(config, alone)
+        _, err = worker.communicate(timeout=600)
+        assert worker.returncode == 0, err[-3000:]
+    out = root / ("sasrec" + mesh.strip("[]").replace(",", "x"))
+    for code, err in _job(config, out, "--set", f"parallel.mesh={mesh}"):
+        assert code == 0, err[-3000:]
+    one, two = load_run(alone).parts.params, load_run(out).parts.params
+    for a, b in zip(jax.tree.leaves(one), jax.tree.leaves(two), strict=True):
+        assert np.asarray(a).shape == np.asarray(b).shape  # padding cut off
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=1e-5)
+    single = json.loads((alone / "metrics.json").read_text())
+    joint = json.loads((out / "metrics.json").read_text())
+    assert joint["test"] == pytest.approx(single["test"], abs=1e-6)
+    assert [s["best_epoch"] for s in joint["per_seed"]] == [
+        s["best_epoch"] for s in single["per_seed"]]
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["seed0", "seed1"]
