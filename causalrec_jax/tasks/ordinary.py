@@ -946,9 +946,6 @@ def check_parallel_config(config: Config) -> None:
         raise ConfigError("key train.loss: 'softmax' with parallel.mesh set; the full softmax "
                           "would normalise over the padding rows of the sharded item table; "
                           "use sampled_softmax, bpr or a pointwise loss")
-    if config.train.halving_rung:
-        raise ConfigError("key train.halving_rung: successive halving with parallel.mesh set; "
-                          "a sharded population trains every member to the end")
 
 
 @dataclasses.dataclass

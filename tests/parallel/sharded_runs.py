@@ -199,6 +199,35 @@ def checkpoint_checks(out: Path, args, reference: dict[str, np.ndarray]) -> dict
     return report
 
 
+def halving_checks(args, meshes: list[list[int] | None]) -> dict:
+    """A population of 4 learning rates under successive halving (rungs of 2 epochs, half
+    kept) on each of `meshes`: the members each rung dropped, every member's best epoch and
+    validation ndcg@10, and the largest parameter difference from the first mesh's."""
+    import dataclasses
+
+    report, reference = {}, None
+    for mesh in meshes:
+        cfg = config(mesh, args.model, args.loss, args.method)
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(
+            cfg.train, epochs=6, seeds=1, halving_rung=2, halving_keep=0.5))
+        dataset, truth = ordinary.load_dataset(cfg.data, cfg.sim)
+        split = ordinary.make_split(dataset, cfg.data, seed=cfg.run.seed)
+        members = [ordinary.Member(seed=0, hparams={"learning_rate": lr})
+                   for lr in (0.002, 0.01, 0.05, 0.1)]
+        trained = ordinary.train_split(cfg, split, members=members, evaluate_test=False,
+                                       truth=truth)
+        leaves = [np.asarray(leaf) for leaf in jax.tree.leaves(trained.parts.params)]
+        reference = leaves if reference is None else reference
+        report["x".join(map(str, mesh)) if mesh else "single"] = {
+            "dropped": [e["halving_dropped"] for e in trained.history
+                        if "halving_dropped" in e],
+            "best_epochs": [e["best_epoch"] for e in trained.per_seed],
+            "valid": [e["valid"]["ndcg@10"] for e in trained.per_seed],
+            "largest_difference": max(float(np.abs(a - b).max())
+                                      for a, b in zip(leaves, reference, strict=True))}
+    return report
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser()
     parser.add_argument("out")
@@ -208,6 +237,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--meshes", default="1x1,8x1,4x2,2x4")
     parser.add_argument("--checkpoints", action="store_true",
                         help="also stop a 2x4 run and resume it on 2x2 and on one device")
+    parser.add_argument("--halving", action="store_true",
+                        help="also train a population under successive halving on one device "
+                             "and on 4x2")
     parser.add_argument("--privacy", type=json.loads, default={},
                         help="[privacy] keys as JSON, e.g. '{\"level\": \"user\"}'")
     args = parser.parse_args(argv)
@@ -248,6 +280,8 @@ def main(argv=None) -> dict:
         report["serve"] = serve_checks(out)
     if args.checkpoints:
         report["checkpoints"] = checkpoint_checks(out, args, reference)
+    if args.halving:
+        report["halving"] = halving_checks(args, [None, [4, 2]])
     errors = {}
     for bad in ([3, 1], [2, 3]):
         try:

@@ -56,7 +56,8 @@ FAST_MESHES = ("1x1", "4x2")
 
 @pytest.fixture(scope="module")
 def bpr_report(tmp_path_factory):
-    return _sharded_report(tmp_path_factory, "--checkpoints", "--meshes", ",".join(FAST_MESHES))
+    return _sharded_report(tmp_path_factory, "--checkpoints", "--halving", "--meshes",
+                           ",".join(FAST_MESHES))
 
 
 def _check_report(report: dict, tolerance: float,
@@ -105,6 +106,18 @@ def test_a_checkpoint_of_8_devices_restores_on_4_and_on_1(bpr_report):
     assert checkpoints["epoch"] is not None and checkpoints["epoch"] < 3
     assert checkpoints["read_differences"] == {"[2, 4]": 0.0, "[2, 2]": 0.0, "None": 0.0}
     assert checkpoints["resumed_2x2"] < 5e-5 and checkpoints["resumed_single"] < 5e-5
+
+
+def test_successive_halving_on_a_mesh_drops_and_keeps_what_one_device_does(bpr_report):
+    """A population of 4 learning rates, half dropped every 2 epochs: on the 4 x 2 mesh the
+    survivors are re-packed into a smaller sharded program (compiled for the new shape with
+    the same shardings), and every rung drops the members one device drops."""
+    single, sharded = bpr_report["halving"]["single"], bpr_report["halving"]["4x2"]
+    assert single["dropped"] == sharded["dropped"] and len(single["dropped"]) == 2
+    assert [len(rung) for rung in single["dropped"]] == [2, 1]
+    assert single["best_epochs"] == sharded["best_epochs"]
+    assert sharded["valid"] == pytest.approx(single["valid"], abs=1e-6)
+    assert sharded["largest_difference"] < 5e-5
 
 
 def test_every_users_top_k_served_over_a_sharded_catalogue_equals_one_device(bpr_report):
@@ -273,7 +286,6 @@ def _config(**sections):
     ({"parallel": {"mesh": [2, 1]}}, "key parallel.mesh: a 2 x 1 mesh needs 2 devices"),
     ({"train": {"loss": "softmax"}}, "key train.loss: 'softmax' with parallel.mesh"),
     ({"train": {"data_placement": "host"}}, "key train.data_placement: 'host' with parallel"),
-    ({"train": {"halving_rung": 2}}, "key train.halving_rung: successive halving with"),
     ({"model": {"name": "lightgcn"}, "parallel": {"mesh": [1, 2]}},
      "key parallel.mesh: \\[1, 2\\] splits tables over 2 model shards, but model.name = "
      "'lightgcn' has no row tables to split; use \\[2, 1\\]"),
