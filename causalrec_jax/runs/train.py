@@ -18,6 +18,7 @@ import resource
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -92,9 +93,10 @@ def train_run(
         kind="an ordinary run", quiet=quiet)
 
 
-def _in_every_process(out_dir: str | Path, config: Config, resume: bool, body,
+def _in_every_process(out_dir: str | Path, config: Config, resume: bool,
+                      body_fn: Callable[[Config, Path, bool], dict[str, Any]],
                       *, kind: str, quiet: bool) -> dict[str, Any]:
-    """`body(config, folder, quiet) -> metrics` writing the run into `out_dir`
+    """`body_fn(config, folder, quiet) -> metrics` writing the run into `out_dir`
     (`runs.folder.write_run`); over several processes (`--distributed`) every process runs
     it: the first checks `out_dir` for all (every one stops with its line when it is
     occupied, or not a run to resume) and writes the folder and its checkpoints (a resumed
@@ -116,8 +118,8 @@ def _in_every_process(out_dir: str | Path, config: Config, resume: bool, body,
         agree(f"threefry {threefry_cpu()}", f"set {ENVIRONMENT}")
         if jax.process_index() > 0:
             with tempfile.TemporaryDirectory(prefix="causalrec-process-") as scratch:
-                return body(config, Path(scratch), True)
-    return write_run(out_dir, config, lambda config, out: body(config, out, quiet), kind=kind,
+                return body_fn(config, Path(scratch), True)
+    return write_run(out_dir, config, lambda config, out: body_fn(config, out, quiet), kind=kind,
                      resume=resume)
 
 

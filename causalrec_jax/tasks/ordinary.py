@@ -989,8 +989,11 @@ class LoadedRun:
         """
         tables = row_tables(self.parts.graphdef)
         name = self.config.model.name
-        if self.scorer is not None or not tables or self.extra:
-            what = (f"model.name = {name!r}" if self.scorer is not None or not tables
+        if self.scorer is not None:
+            raise RunError(f"--mesh: a run of {name} serves from one device (its scores come "
+                           "from the history encoder, not from user rows)")
+        if not tables or self.extra:
+            what = (f"model.name = {name!r}" if not tables
                     else f"causal.method = {self.config.causal.method!r}")
             raise RunError(f"--mesh: {what} serves from one device (a sharded catalogue needs a "
                            "model with row tables and no arrays of a causal method's own)")

@@ -168,6 +168,15 @@ def check_sequential_config(config: Config) -> str:
     # the token table split over `model`, batches over `data`; a job of several processes
     # (`--distributed`) needs a mesh over all their devices
     check_run_mesh(config.parallel.mesh)
+    name = config.model.name
+    if config.privacy.level:
+        raise ConfigError(f"key privacy.level: {config.privacy.level!r}, but a run of {name} "
+                          "trains without privacy so far (private training covers mf, mlp and "
+                          "neumf); remove it")
+    if config.train.halving_rung:
+        raise ConfigError(f"key train.halving_rung: {config.train.halving_rung}, but a run of "
+                          f"{name} trains its seeds one after another, each to its own early "
+                          "stop (successive halving ranks a population); remove it")
     if config.train.data_placement == "host":
         raise ConfigError("key train.data_placement: 'host' is not available for sequential "
                           "models (their windows live on the device); use 'auto' or 'device'")
@@ -638,7 +647,7 @@ def make_bucketed_epoch(
     if mesh is None:
         bucket_step = jax.jit(step, donate_argnums=(0,))
     else:
-        bucket_step = _sharded_bucket_step(step, mesh, dict(tables))
+        bucket_step = _make_sharded_bucket_step(step, mesh, dict(tables))
 
     def plan(key, epoch):
         """`[(bucket, order [batch_size]), ...]` in the epoch's order."""
@@ -688,7 +697,7 @@ def _local_key(key: jax.Array) -> jax.Array:
     return jax.random.wrap_key_data(data, impl=jax.random.key_impl(key))
 
 
-def _sharded_bucket_step(step, mesh: Any, tables: dict[str, str]):
+def _make_sharded_bucket_step(step, mesh: Any, tables: dict[str, str]):
     """`step(state, rows, order, shared, key, first_bad, index)` over `mesh` on states stacked
     over one seed: compiled once per structure of states and rows (their shardings are read
     from the shapes), the states row-sharded in and out and donated, everything else
@@ -741,6 +750,33 @@ def _mesh_arguments(graphdef: nnx.GraphDef, mesh_shape: tuple[int, ...]) -> dict
     return {"mesh": make_mesh(mesh_shape), "tables": tuple(row_tables(graphdef).items())}
 
 
+def _stacked_initial_state(optimizer: Any, params: Any, hparams: Any) -> TrainState:
+    """One seed's initial `TrainState`, stacked over a seed axis of length 1."""
+    return jax.tree.map(lambda leaf: leaf[None], init_state(params, optimizer, hparams))
+
+
+@functools.lru_cache(maxsize=8)
+def _sharded_initial_states(optimizer: Any, mesh_shape: tuple[int, ...],
+                            tables: tuple[tuple[str, str], ...]):
+    """`(params, hparams) -> states` over the mesh of `mesh_shape`, compiled with the
+    states' shardings (row tables split over `model`, `parallel.state_shardings`) as its
+    outputs, so the optimiser's state is created where it lives; compiled once per structure
+    and shape of `params` (every seed of a run, and a second identical run, reuse it)."""
+    mesh, programs = make_mesh(mesh_shape), {}
+    initial = functools.partial(_stacked_initial_state, optimizer)
+
+    def run(params, hparams):
+        signature = (jax.tree.structure((params, hparams)),
+                     tuple(leaf.shape for leaf in jax.tree.leaves(params)))
+        if signature not in programs:
+            shardings = state_shardings(jax.eval_shape(initial, params, hparams), mesh,
+                                        dict(tables), row_axis=1)
+            programs[signature] = jax.jit(initial, out_shardings=shardings)
+        return programs[signature](params, hparams)
+
+    return run
+
+
 @dataclasses.dataclass(frozen=True)
 class ShardedTokens:
     """A sequential model trained over a mesh (`parallel.mesh`): its token table (the row table
@@ -761,13 +797,12 @@ class ShardedTokens:
         counts = {"tokens": int(params["token_embedding"].shape[0])}
         return cls(mesh=make_mesh(shape), shape=shape, tables=tables, counts=counts)
 
-    def initial_states(self, initial_states, params: Any) -> TrainState:
-        """`initial_states(params)` (stacked over the one seed) of the padded `params`,
-        compiled with the states' shardings as its outputs."""
+    def initial_states(self, optimizer: Any, params: Any, hparams: Any) -> TrainState:
+        """The training states (stacked over the one seed) of the padded `params`, born
+        sharded (`_sharded_initial_states`)."""
         padded = self.place(pad_rows(params, self.tables, self.counts, self.shape[1]))
-        shardings = state_shardings(jax.eval_shape(initial_states, padded), self.mesh,
-                                    self.tables, row_axis=1)
-        return jax.jit(initial_states, out_shardings=shardings)(padded)
+        program = _sharded_initial_states(optimizer, self.shape, tuple(self.tables.items()))
+        return program(padded, self.place(hparams))
 
     def place(self, tree: Any) -> Any:
         """`tree` (the same values in every process) replicated over the mesh: on every
@@ -852,14 +887,10 @@ def seed_setup(config: Config, split: Split, seed: int, *, slate_log: SlateLog |
                                          bucket_sizes, batches_per_epoch * config.train.epochs,
                                          mesh_shape)
     sharded = ShardedTokens.of(graphdef, params, mesh_shape) if mesh_shape else None
-
-    def initial_states(params):
-        return jax.tree.map(lambda leaf: leaf[None], init_state(params, optimizer, hparams))
-
     if sharded is None:
-        states: TrainState = initial_states(params)
+        states: TrainState = _stacked_initial_state(optimizer, params, hparams)
     else:  # zero rows up to a multiple of the model axis, the state born sharded
-        states = sharded.initial_states(initial_states, params)
+        states = sharded.initial_states(optimizer, params, hparams)
     shared = {}
     if "users" in rows:
         shared = {name: jnp.asarray(values) for name, values in

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
+from stopped_runs import stopped_after
 
 from causalrec_jax.config import config_from_dict
 from causalrec_jax.errors import ConfigError
@@ -149,26 +150,9 @@ def checkpoint_checks(out: Path, args, reference: dict[str, np.ndarray]) -> dict
     from causalrec_jax.runs import train as run_train
     from causalrec_jax.train.checkpoint import latest_epoch, restore_checkpoint
 
-    def stopping_fit(**kwargs):
-        log = kwargs["log_fn"]
-
-        def stop(record):
-            log(record)
-            if record["epoch"] == 2:
-                raise KeyboardInterrupt
-
-        return original_fit(**{**kwargs, "log_fn": stop})
-
-    original_fit = ordinary.fit
-    ordinary.fit = stopping_fit
-    interrupted = False
-    try:
-        run_train.train_run(config([2, 4], args.model, args.loss, args.method,
-                                   checkpoint_every=1), out / "stopped")
-    except KeyboardInterrupt:
-        interrupted = True  # where the stop was meant to happen
-    finally:
-        ordinary.fit = original_fit
+    interrupted = stopped_after(ordinary, 2, lambda: run_train.train_run(
+        config([2, 4], args.model, args.loss, args.method, checkpoint_every=1),
+        out / "stopped"))
     checkpoints = out / "stopped" / "checkpoints"
     epoch = latest_epoch(checkpoints)
     read = {}
@@ -249,13 +233,13 @@ def main(argv=None) -> dict:
     report: dict = {"devices": jax.device_count(), "runs": {}}
     base = train_run(config(None, args.model, args.loss, args.method), out / "single")
     reference = model_arrays(out / "single")
-    report["runs"]["single"] = {"metrics": base["test"]}
+    report["runs"]["single"] = {"metrics": base["test"], "privacy": base.get("privacy")}
     for name in args.meshes.split(","):
         mesh = [int(v) for v in name.split("x")]
         metrics = train_run(config(mesh, args.model, args.loss, args.method), out / name)
         arrays = model_arrays(out / name)
         report["runs"][name] = {
-            "metrics": metrics["test"],
+            "metrics": metrics["test"], "privacy": metrics.get("privacy"),
             "shapes_equal": all(arrays[k].shape == reference[k].shape for k in reference),
             "largest_difference": max(float(np.abs(arrays[k] - reference[k]).max())
                                       for k in reference),

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pandas as pd
+from stopped_runs import stopped_after
 
 from causalrec_jax.config import config_from_dict
 from causalrec_jax.data.loader import load_split
@@ -102,28 +103,9 @@ def checkpoint_report(path: Path, out: Path, args, stop_mesh: list[int],
                       reference: dict[str, np.ndarray]) -> dict:
     """A run on `stop_mesh` stopped after epoch 2's checkpoint, then resumed on one device:
     its model's differences from the uninterrupted one-device run's, and its log's epochs."""
-
-    def stopping_fit(**kwargs):
-        log = kwargs["log_fn"]
-
-        def stop(record):
-            log(record)
-            if record["epoch"] == 2:
-                raise KeyboardInterrupt
-
-        return original_fit(**{**kwargs, "log_fn": stop})
-
-    original_fit = sequential.fit
-    sequential.fit = stopping_fit
-    interrupted = False
     stopped = out / "stopped"
-    try:
-        sequence_run(config(path, stop_mesh, args.model, args.loss, checkpoint_every=1),
-                     stopped)
-    except KeyboardInterrupt:
-        interrupted = True
-    finally:
-        sequential.fit = original_fit
+    interrupted = stopped_after(sequential, 2, lambda: sequence_run(
+        config(path, stop_mesh, args.model, args.loss, checkpoint_every=1), stopped))
     resumed = out / "resumed_single"
     shutil.copytree(stopped, resumed)
     sequence_run(config(path, None, args.model, args.loss, checkpoint_every=1), resumed,

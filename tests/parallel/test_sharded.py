@@ -39,12 +39,14 @@ SCRIPT = Path(__file__).with_name("sharded_runs.py")
 TABLES = {"user_factors": "users", "item_factors": "items", "item_bias": "items"}
 
 
-def _sharded_report(tmp_path_factory, *args: str) -> dict:
+def _sharded_report(tmp_path_factory, *args: str, script: Path = SCRIPT) -> dict:
+    """The JSON report `script` (a worker of this folder) prints, run with `args` in a
+    subprocess of 8 virtual CPU devices."""
     out = tmp_path_factory.mktemp("sharded")
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
            "JAX_PLATFORMS": "cpu"}
-    done = subprocess.run([sys.executable, str(SCRIPT), str(out / "runs"), *args], env=env,
-                          capture_output=True, text=True, timeout=600)
+    done = subprocess.run([sys.executable, str(script), str(out / "runs"), *args], env=env,
+                          capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -64,6 +66,8 @@ def _check_report(report: dict, tolerance: float,
                   meshes: tuple[str, ...] = ("1x1", "8x1", "4x2", "2x4")) -> None:
     assert report["devices"] == 8
     single = report["runs"]["single"]["metrics"]
+    for mesh in meshes:  # a private run's accounting, the same on every mesh
+        assert report["runs"][mesh]["privacy"] == report["runs"]["single"]["privacy"], mesh
     assert set(report["runs"]) == {"single", *meshes}
     for mesh in meshes:
         run = report["runs"][mesh]
@@ -166,6 +170,9 @@ def test_private_training_on_a_mesh_equals_one_device(tmp_path_factory):
     report = _sharded_report(tmp_path_factory, "--meshes", "4x2", "--privacy", json.dumps(
         {"level": "user", "max_examples_per_user": 8, "item_rows": 64}))
     _check_report(report, 5e-5, ("4x2",))
+    privacy = report["runs"]["4x2"]["privacy"]
+    assert privacy["level"] == "user" and privacy["noise_multiplier"] == 1.0
+    assert privacy["epsilon"] > 0
 
 
 @pytest.mark.slow
@@ -176,6 +183,7 @@ def test_private_training_on_a_mesh_equals_one_device(tmp_path_factory):
 def test_every_private_mechanism_on_every_mesh_equals_one_device(tmp_path_factory, privacy):
     report = _sharded_report(tmp_path_factory, "--privacy", json.dumps(privacy))
     _check_report(report, 5e-5)
+    assert report["runs"]["2x4"]["privacy"]["level"] == privacy["level"]
 
 
 @pytest.mark.slow
@@ -189,6 +197,8 @@ def test_federated_silos_on_a_mesh_equal_one_device(tmp_path_factory):
     for mesh in ("2x4",):
         assert report["runs"][mesh]["largest_difference"] <= 5e-5, mesh
         assert report["runs"][mesh]["metrics"] == report["runs"]["single"]["metrics"]
+        assert report["runs"][mesh]["privacy"] == report["runs"]["single"]["privacy"]
+    assert report["runs"]["2x4"]["privacy"]["silos"] == 4
     assert report["hlo"]["all_gathers"] == 0
     assert all("all-reduce" in line for line in report["hlo"]["table_collectives"])
 

@@ -8,20 +8,21 @@ The 8 devices exist only in a subprocess (`sharded_sequence_runs.py`), as in `te
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
+import jax
 import pytest
+from flax import nnx
 
 from causalrec_jax.config import config_from_dict
 from causalrec_jax.errors import ConfigError
 from causalrec_jax.models.base import row_tables
+from causalrec_jax.models.bert4rec import BERT4Rec
 from causalrec_jax.models.hstu import HSTU
 from causalrec_jax.models.sasrec import SASRec
 from causalrec_jax.tasks.sequential import check_sequential_config
+
+from .test_sharded import _sharded_report
 
 SCRIPT = Path(__file__).with_name("sharded_sequence_runs.py")
 
@@ -34,13 +35,7 @@ TOLERANCE = 2e-4
 
 
 def _report(tmp_path_factory, *args: str) -> dict:
-    out = tmp_path_factory.mktemp("sharded_sequences")
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
-           "JAX_PLATFORMS": "cpu"}
-    done = subprocess.run([sys.executable, str(SCRIPT), str(out / "runs"), *args], env=env,
-                          capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return _sharded_report(tmp_path_factory, *args, script=SCRIPT)
 
 
 def _check_equal(differences: dict, what: str) -> None:
@@ -102,18 +97,29 @@ def test_every_sequential_model_and_loss_on_every_mesh_equals_one_device(
 
 
 def test_the_sequential_models_declare_their_token_table():
-    for model_class in (SASRec, HSTU):
-        import jax
-        from flax import nnx
+    """The token table (padding, items, BERT4Rec's [mask]) is the one row table; the padded
+    table's extra rows come after every token."""
+    for model_class in (SASRec, BERT4Rec, HSTU):
+        model = model_class(7, 4, key=jax.random.key(0), hidden_dim=4)
+        graphdef, params = nnx.split(model, nnx.Param)
+        assert row_tables(graphdef) == {"token_embedding": "tokens"}, model_class
+        n_tokens = 9 if model_class is BERT4Rec else 8
+        assert params["token_embedding"].shape[0] == n_tokens, model_class
 
-        graphdef, _ = nnx.split(model_class(7, 4, key=jax.random.key(0), hidden_dim=4),
-                                nnx.Param)
-        assert row_tables(graphdef) == {"token_embedding": "tokens"}
 
-
-def test_a_sequential_mesh_is_checked_against_the_devices():
-    sections = {"data": {"format": "csv", "path": "x.csv", "split": "leave_one_out"},
-                "model": {"name": "sasrec"}, "train": {"loss": "full_softmax"},
-                "parallel": {"mesh": [2, 1]}}
-    with pytest.raises(ConfigError, match="key parallel.mesh: a 2 x 1 mesh needs 2 devices"):
-        check_sequential_config(config_from_dict(sections))
+@pytest.mark.parametrize(("sections", "message"), [
+    ({"parallel": {"mesh": [2, 1]}}, "key parallel.mesh: a 2 x 1 mesh needs 2 devices"),
+    ({"privacy": {"level": "user", "noise": 1.0}},
+     "key privacy.level: 'user', but a run of sasrec trains without privacy so far"),
+    ({"train": {"halving_rung": 2}},
+     "key train.halving_rung: 2, but a run of sasrec trains its seeds one after another"),
+])
+def test_a_sequential_run_refuses_what_it_cannot_do(sections, message):
+    if jax.device_count() != 1:
+        pytest.skip("the device-count message assumes one device")
+    base = {"data": {"format": "csv", "path": "x.csv", "split": "leave_one_out"},
+            "model": {"name": "sasrec"}, "train": {"loss": "full_softmax"}}
+    for name, values in sections.items():
+        base.setdefault(name, {}).update(values)
+    with pytest.raises(ConfigError, match=message):
+        check_sequential_config(config_from_dict(base))

@@ -310,6 +310,9 @@ def test_a_sequential_run_serves_every_user_as_recommend_does(tmp_path):
     summary = run_serve.recommend_all(run, 4, out=tmp_path / "recs.parquet")
     assert summary.seed == config.run.seed and summary.users == 25
     assert read_lists(tmp_path / "recs.parquet") == expected_lists(run, 4)
+    with pytest.raises(RunError, match="--mesh: a run of sasrec serves from one device "
+                                       "\\(its scores come from the history encoder"):
+        run_serve.recommend_all(run, 4, out=tmp_path / "m.parquet", mesh=make_mesh([1, 1]))
 
 
 def test_a_causal_run_serves_its_own_ranking(run_dir, tmp_path):
