@@ -46,13 +46,18 @@ def write_walks(path: Path) -> None:
     pd.DataFrame(rows, columns=["user", "item", "time"]).to_csv(path, index=False)
 
 
+# `--one-width`: windows in one bucket (one compiled step per run instead of two).
+BUCKETS = [4]
+
+
 def config(path: Path, mesh, model: str, loss: str, checkpoint_every: int = 5):
     sections = {
         "data": {"format": "csv", "path": str(path), "split": "leave_one_out",
                  "columns": {"user": "user", "item": "item", "timestamp": "time"}},
-        # two bucket widths (4 and 8): a compiled step each, over the mesh as on one device
+        # two bucket widths (4 and 8) unless --one-width: a compiled step each, over the
+        # mesh as on one device
         "model": {"name": model, "embedding_dim": 8, "n_layers": 1, "n_heads": 1,
-                  "max_len": 8, "length_buckets": [4], "dropout": 0.2},
+                  "max_len": 8, "length_buckets": BUCKETS, "dropout": 0.2},
         "train": {"loss": loss, "learning_rate": 0.01, "batch_size": 16, "epochs": 4,
                   "patience": 10, "checkpoint_every": checkpoint_every},
         "eval": {"metrics": ["hit", "ndcg"], "ks": [1, 10], "positive_threshold": 0.0},
@@ -124,7 +129,11 @@ def main(argv=None) -> dict:
     parser.add_argument("--meshes", default="1x1,8x1,4x2,2x4")
     parser.add_argument("--checkpoints", action="store_true",
                         help="also stop a 4x2 run after epoch 2 and resume it on one device")
+    parser.add_argument("--one-width", action="store_true",
+                        help="windows in one bucket width (8) instead of two (4 and 8)")
     args = parser.parse_args(argv)
+    if args.one_width:
+        BUCKETS.clear()
     out = Path(args.out)
     out.mkdir(parents=True)
     path = out / "walks.csv"

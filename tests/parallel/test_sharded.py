@@ -58,8 +58,7 @@ FAST_MESHES = ("1x1", "4x2")
 
 @pytest.fixture(scope="module")
 def bpr_report(tmp_path_factory):
-    return _sharded_report(tmp_path_factory, "--checkpoints", "--halving", "--meshes",
-                           ",".join(FAST_MESHES))
+    return _sharded_report(tmp_path_factory, "--checkpoints", "--meshes", ",".join(FAST_MESHES))
 
 
 def _check_report(report: dict, tolerance: float,
@@ -112,11 +111,13 @@ def test_a_checkpoint_of_8_devices_restores_on_4_and_on_1(bpr_report):
     assert checkpoints["resumed_2x2"] < 5e-5 and checkpoints["resumed_single"] < 5e-5
 
 
-def test_successive_halving_on_a_mesh_drops_and_keeps_what_one_device_does(bpr_report):
+@pytest.mark.slow  # make test-all (20 s)
+def test_successive_halving_on_a_mesh_drops_and_keeps_what_one_device_does(tmp_path_factory):
     """A population of 4 learning rates, half dropped every 2 epochs: on the 4 x 2 mesh the
     survivors are re-packed into a smaller sharded program (compiled for the new shape with
     the same shardings), and every rung drops the members one device drops."""
-    single, sharded = bpr_report["halving"]["single"], bpr_report["halving"]["4x2"]
+    report = _sharded_report(tmp_path_factory, "--meshes", "4x2", "--halving")
+    single, sharded = report["halving"]["single"], report["halving"]["4x2"]
     assert single["dropped"] == sharded["dropped"] and len(single["dropped"]) == 2
     assert [len(rung) for rung in single["dropped"]] == [2, 1]
     assert single["best_epochs"] == sharded["best_epochs"]
@@ -162,6 +163,7 @@ def test_sharded_neumf_equals_one_device(tmp_path_factory):
         assert report["serve"][mesh]["lists_equal"], mesh
 
 
+@pytest.mark.slow  # make test-all (41 s); make test runs a private run on a 1 x 1 mesh
 def test_private_training_on_a_mesh_equals_one_device(tmp_path_factory):
     """User-level DP-SGD with DP-FEST's item selection (`privacy.item_rows`): per-user
     clipped gradients of sharded tables, Gaussian noise drawn for the padded tables (the

@@ -52,6 +52,22 @@ def test_a_private_run_reports_its_accounted_budget(private_run):
     assert 0 <= written["test"]["ndcg@5"] <= 1
 
 
+def test_a_private_run_on_a_one_device_mesh_trains_the_unsharded_model(private_run, tmp_path):
+    """The private epoch compiled over a `parallel.mesh` (here 1 x 1, what one device holds;
+    `tests/parallel/test_sharded.py` runs 8 virtual devices in `make test-all`): the model and
+    the accounting of the run without a mesh."""
+    metrics, out = private_run
+    meshed = run_train.train_run(config("privacy.target_epsilon=4.0", "parallel.mesh=[1,1]"),
+                                 tmp_path / "run", quiet=True)
+    assert meshed["privacy"] == metrics["privacy"]
+    assert meshed["test"] == pytest.approx(metrics["test"], abs=1e-6)
+    from causalrec_jax.runs.load import load_run
+
+    for a, b in zip(jax.tree.leaves(load_run(out).parts.params),
+                    jax.tree.leaves(load_run(tmp_path / "run").parts.params), strict=True):
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=1e-6)
+
+
 def test_example_level_with_a_fixed_noise(tmp_path):
     metrics = run_train.train_run(config('privacy.level="example"', "privacy.noise=1.5",
                                          "privacy.max_examples_per_user=64",

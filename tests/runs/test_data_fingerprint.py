@@ -78,6 +78,7 @@ def test_evaluate_refuses_changed_data_and_agrees_on_the_same(csv_run, capsys):
     assert run_load.evaluate_run(run)["test"] == pytest.approx(again["test"])
 
 
+@pytest.mark.slow  # make test-all: the ordinary run's refusal above, in the sequential pipeline
 def test_a_sequential_run_refuses_changed_sequences(tmp_path):
     rng = np.random.default_rng(3)
     lines = [" ".join([f"{user}"] + [str(i) for i in rng.choice(30, size=6, replace=False) + 1])
