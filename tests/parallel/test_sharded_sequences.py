@@ -98,6 +98,18 @@ def test_every_sequential_model_and_loss_on_every_mesh_equals_one_device(
     assert set(report["runs"]["1x1"]["differences"].values()) == {0.0}  # the same program
 
 
+@pytest.mark.slow
+def test_the_ips_weighted_sequential_run_of_a_slate_log_on_a_mesh_equals_one_device(
+        tmp_path_factory):
+    """`configs/sim_sasrec_ips.toml` (each shown item weighted by its logged propensity) on
+    2 x 4: the same model and the same truth metrics as on one device."""
+    report = _report(tmp_path_factory, "--slate-log", "--meshes", "2x4")
+    assert report["devices"] == 8
+    _check_equal(report["runs"]["2x4"]["differences"], "2x4")
+    assert report["runs"]["2x4"]["test_truth"] == pytest.approx(
+        report["runs"]["single"]["test_truth"], abs=1e-5)
+
+
 def test_the_sequential_models_declare_their_token_table():
     """The token table (padding, items, BERT4Rec's [mask]) is the one row table; the padded
     table's extra rows come after every token."""
