@@ -7,24 +7,25 @@ of a job alike (a job cut off once its checkpoints are written):
 import sys
 
 from causalrec_jax import cli
-from causalrec_jax.tasks import ordinary
+from causalrec_jax.tasks import ordinary, sequential
 
 
 def main() -> int:
     stop, argv = int(sys.argv[1]), sys.argv[2:]
-    original = ordinary.fit
+    for task in (ordinary, sequential):  # an ordinary or a sequential run's (first) fit
+        original = task.fit
 
-    def interrupted(**kwargs):
-        log = kwargs["log_fn"]
+        def interrupted(original=original, **kwargs):
+            log = kwargs["log_fn"]
 
-        def stopping(record):
-            log(record)
-            if record["epoch"] == stop:
-                raise KeyboardInterrupt
+            def stopping(record):
+                log(record)
+                if record["epoch"] == stop:
+                    raise KeyboardInterrupt
 
-        return original(**{**kwargs, "log_fn": stopping})
+            return original(**{**kwargs, "log_fn": stopping})
 
-    ordinary.fit = interrupted
+        task.fit = interrupted
     return cli.main(argv)
 
 

@@ -335,3 +335,41 @@ def test_two_processes_train_the_sequential_model_one_process_trains(root, mesh)
     assert [s["best_epoch"] for s in joint["per_seed"]] == [
         s["best_epoch"] for s in single["per_seed"]]
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["seed0", "seed1"]
+
+
+@pytest.mark.slow  # make test-all (see Makefile)
+def test_a_sequential_job_stopped_after_a_checkpoint_resumes_over_two_processes(root):
+    """SASRec over two processes (1 x 4: the token table split across them) stopped by
+    Ctrl-C in seed 0's epoch 1 (after its log line, before its checkpoint), resumed with
+    `--resume --distributed` (the first process reads seed 0's checkpoint of epoch 0 and
+    hands it to both): the model one process trains, each epoch logged once."""
+    config = _walks_config(root)
+    alone = root / "sasrec_single"
+    if not (alone / "metrics.json").exists():
+        worker = _train(config, alone)
+        _, err = worker.communicate(timeout=600)
+        assert worker.returncode == 0, err[-3000:]
+    out = root / "sasrec_stopped"
+    port = _free_port()
+    workers = [_interrupted(config, out, 1, port, index, "[1,4]") for index in range(2)]
+    for code, err in _finish(workers):
+        assert code == 130, err[-3000:]
+    # stopped after epoch 1's log line, before its checkpoint: epoch 0's is the newest
+    assert sorted(p.name for p in (out / "checkpoints" / "seed0").iterdir()
+                  if p.name.isdigit()) == ["0"]
+    port = _free_port()
+    resumed = [
+        subprocess.Popen(
+            [sys.executable, "-m", "causalrec_jax", "train", "--resume", "--distributed",
+             "--out", str(out), "--quiet"],
+            env={**os.environ, "JAX_PLATFORMS": "cpu", **_job_env(port, index)},
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for index in range(2)]
+    for code, err in _finish(resumed):
+        assert code == 0, err[-3000:]
+    for a, b in zip(jax.tree.leaves(load_run(alone).parts.params),
+                    jax.tree.leaves(load_run(out).parts.params), strict=True):
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=1e-5)
+    logged = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [(line["seed"], line["epoch"]) for line in logged] == [
+        (seed, epoch) for seed in (0, 1) for epoch in range(3)]
