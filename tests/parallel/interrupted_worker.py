@@ -6,6 +6,8 @@ of a job alike (a job cut off once its checkpoints are written):
 
 import sys
 
+from stopped_runs import stopping
+
 from causalrec_jax import cli
 from causalrec_jax.tasks import ordinary, sequential
 
@@ -13,19 +15,7 @@ from causalrec_jax.tasks import ordinary, sequential
 def main() -> int:
     stop, argv = int(sys.argv[1]), sys.argv[2:]
     for task in (ordinary, sequential):  # an ordinary or a sequential run's (first) fit
-        original = task.fit
-
-        def interrupted(original=original, **kwargs):
-            log = kwargs["log_fn"]
-
-            def stopping(record):
-                log(record)
-                if record["epoch"] == stop:
-                    raise KeyboardInterrupt
-
-            return original(**{**kwargs, "log_fn": stopping})
-
-        task.fit = interrupted
+        task.fit = stopping(task.fit, stop)
     return cli.main(argv)
 
 

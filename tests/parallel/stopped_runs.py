@@ -1,5 +1,6 @@
-"""What the sharded-run workers (`sharded_runs.py`, `sharded_sequence_runs.py`) share: a run
-stopped as Ctrl-C stops it, after a given epoch's log line."""
+"""What the sharded-run workers (`sharded_runs.py`, `sharded_sequence_runs.py`,
+`interrupted_worker.py`) share: a run stopped as Ctrl-C stops it, after a given epoch's log
+line."""
 
 from __future__ import annotations
 
@@ -7,10 +8,9 @@ from collections.abc import Callable
 from types import ModuleType
 
 
-def stopped_after(task: ModuleType, epoch: int, train: Callable[[], object]) -> bool:
-    """Runs `train()` with `task.fit` (the task module's `train.loop.fit`) raising
-    `KeyboardInterrupt` right after epoch `epoch` is logged; whether it stopped there."""
-    original_fit = task.fit
+def stopping(fit: Callable[..., object], epoch: int) -> Callable[..., object]:
+    """`fit` (`train.loop.fit`) raising `KeyboardInterrupt` right after epoch `epoch`'s log
+    line (before that epoch's checkpoint)."""
 
     def stopping_fit(**kwargs):
         log = kwargs["log_fn"]
@@ -20,9 +20,16 @@ def stopped_after(task: ModuleType, epoch: int, train: Callable[[], object]) -> 
             if record["epoch"] == epoch:
                 raise KeyboardInterrupt
 
-        return original_fit(**{**kwargs, "log_fn": stop})
+        return fit(**{**kwargs, "log_fn": stop})
 
-    task.fit = stopping_fit
+    return stopping_fit
+
+
+def stopped_after(task: ModuleType, epoch: int, train: Callable[[], object]) -> bool:
+    """Runs `train()` with `task.fit` (the task module's `train.loop.fit`) stopping after
+    epoch `epoch` (`stopping`); whether it stopped there."""
+    original_fit = task.fit
+    task.fit = stopping(original_fit, epoch)
     try:
         train()
     except KeyboardInterrupt:

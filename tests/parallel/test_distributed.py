@@ -134,6 +134,18 @@ def _interrupted(config: Path, out: Path, stop: int, port: int, index: int, mesh
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+def _resumed_job(outs: list[Path]) -> list[subprocess.Popen]:
+    """`causalrec train --resume --distributed --out outs[i]` in process i of a 2-process
+    job."""
+    port = _free_port()
+    return [subprocess.Popen(
+        [sys.executable, "-m", "causalrec_jax", "train", "--resume", "--distributed",
+         "--out", str(out), "--quiet"],
+        env={**os.environ, "JAX_PLATFORMS": "cpu", **_job_env(port, index)},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for index, out in enumerate(outs)]
+
+
 @pytest.mark.slow  # make test-all (34 s each); make test runs the helpers in one process
 @pytest.mark.parametrize("mesh", [
     "[2,2]",  # each process holds whole tables
@@ -155,18 +167,10 @@ def test_a_job_stopped_after_a_checkpoint_resumes_over_two_processes(root, singl
                 f"{out} (in every process of the job)") in err
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["0", "1"]
     assert not (out / "metrics.json").exists()
-    port = _free_port()
     # the second process stands for a host without the run folder: the first hands it the
     # run's config.toml and checkpoints
     elsewhere = root / ("no-folder" + mesh.strip("[]").replace(",", "x"))
-    resumed = [
-        subprocess.Popen(
-            [sys.executable, "-m", "causalrec_jax", "train", "--resume", "--distributed",
-             "--out", str(out if index == 0 else elsewhere), "--quiet"],
-            env={**os.environ, "JAX_PLATFORMS": "cpu", **_job_env(port, index)},
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        for index in range(2)]
-    for code, err in _finish(resumed):
+    for code, err in _finish(_resumed_job([out, elsewhere])):
         assert code == 0, err[-3000:]
     assert not elsewhere.exists()
     one = load_run(single).parts.params
@@ -309,6 +313,16 @@ positive_threshold = 0.0
     return config
 
 
+def _sasrec_alone(root: Path) -> Path:
+    """The walks' SASRec run trained by one process (once per module)."""
+    alone = root / "sasrec_single"
+    if not (alone / "metrics.json").exists():
+        worker = _train(_walks_config(root), alone)
+        _, err = worker.communicate(timeout=600)
+        assert worker.returncode == 0, err[-3000:]
+    return alone
+
+
 @pytest.mark.slow  # make test-all (see Makefile)
 @pytest.mark.parametrize("mesh", ["[2,2]", "[1,4]"])
 def test_two_processes_train_the_sequential_model_one_process_trains(root, mesh):
@@ -316,12 +330,7 @@ def test_two_processes_train_the_sequential_model_one_process_trains(root, mesh)
     table split across the processes on 1 x 4, batches across them on 2 x 2; the first
     process writes the folder; the same model as one process (SGD here: Adam would turn
     the key bias's zero gradient, float noise in both, into learning-rate-sized steps)."""
-    config = _walks_config(root)
-    alone = root / "sasrec_single"
-    if not (alone / "metrics.json").exists():
-        worker = _train(config, alone)
-        _, err = worker.communicate(timeout=600)
-        assert worker.returncode == 0, err[-3000:]
+    config, alone = _walks_config(root), _sasrec_alone(root)
     out = root / ("sasrec" + mesh.strip("[]").replace(",", "x"))
     for code, err in _job(config, out, "--set", f"parallel.mesh={mesh}"):
         assert code == 0, err[-3000:]
@@ -343,12 +352,7 @@ def test_a_sequential_job_stopped_after_a_checkpoint_resumes_over_two_processes(
     Ctrl-C in seed 0's epoch 1 (after its log line, before its checkpoint), resumed with
     `--resume --distributed` (the first process reads seed 0's checkpoint of epoch 0 and
     hands it to both): the model one process trains, each epoch logged once."""
-    config = _walks_config(root)
-    alone = root / "sasrec_single"
-    if not (alone / "metrics.json").exists():
-        worker = _train(config, alone)
-        _, err = worker.communicate(timeout=600)
-        assert worker.returncode == 0, err[-3000:]
+    config, alone = _walks_config(root), _sasrec_alone(root)
     out = root / "sasrec_stopped"
     port = _free_port()
     workers = [_interrupted(config, out, 1, port, index, "[1,4]") for index in range(2)]
@@ -357,15 +361,7 @@ def test_a_sequential_job_stopped_after_a_checkpoint_resumes_over_two_processes(
     # stopped after epoch 1's log line, before its checkpoint: epoch 0's is the newest
     assert sorted(p.name for p in (out / "checkpoints" / "seed0").iterdir()
                   if p.name.isdigit()) == ["0"]
-    port = _free_port()
-    resumed = [
-        subprocess.Popen(
-            [sys.executable, "-m", "causalrec_jax", "train", "--resume", "--distributed",
-             "--out", str(out), "--quiet"],
-            env={**os.environ, "JAX_PLATFORMS": "cpu", **_job_env(port, index)},
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        for index in range(2)]
-    for code, err in _finish(resumed):
+    for code, err in _finish(_resumed_job([out, out])):
         assert code == 0, err[-3000:]
     for a, b in zip(jax.tree.leaves(load_run(alone).parts.params),
                     jax.tree.leaves(load_run(out).parts.params), strict=True):
