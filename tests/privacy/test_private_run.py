@@ -52,10 +52,11 @@ def test_a_private_run_reports_its_accounted_budget(private_run):
     assert 0 <= written["test"]["ndcg@5"] <= 1
 
 
+@pytest.mark.slow  # make test-all (15 s), with the 8-device runs of tests/parallel
 def test_a_private_run_on_a_one_device_mesh_trains_the_unsharded_model(private_run, tmp_path):
     """The private epoch compiled over a `parallel.mesh` (here 1 x 1, what one device holds;
-    `tests/parallel/test_sharded.py` runs 8 virtual devices in `make test-all`): the model and
-    the accounting of the run without a mesh."""
+    `tests/parallel/test_sharded.py` runs 8 virtual devices): the model and the accounting of
+    the run without a mesh."""
     metrics, out = private_run
     meshed = run_train.train_run(config("privacy.target_epsilon=4.0", "parallel.mesh=[1,1]"),
                                  tmp_path / "run", quiet=True)

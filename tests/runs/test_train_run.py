@@ -161,6 +161,7 @@ def _without_seconds(lines):
     return [{key: value for key, value in line.items() if key != "seconds"} for line in lines]
 
 
+@pytest.mark.slow  # make test-all: the resume above, in the cross-validation pipeline
 def test_a_resumed_cross_validation_run_logs_each_fold_epoch_once(tmp_path, monkeypatch):
     config = tiny_config("train.cv_folds=2", "train.seeds=2")
     run_train.train_run(config, tmp_path / "full", quiet=True)
