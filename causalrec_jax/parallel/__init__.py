@@ -7,6 +7,7 @@ from causalrec_jax.parallel.distributed import (
     from_first,
     host_values,
     is_multiprocess,
+    local_copy,
     start,
     to_global,
     together,
@@ -34,9 +35,8 @@ from causalrec_jax.parallel.sharding import (
 
 __all__ = [
     "AXES", "agree", "batch_sharding", "check_mesh_shape", "check_run_mesh", "checkpoint_view",
-    "from_first", "host_values",
-    "is_multiprocess", "make_mesh", "make_sharded_run_epoch", "pad_rows", "padded_count",
-    "replicated", "sharded_lookup", "sharded_rows_top_k", "sharded_top_k", "start",
-    "state_shardings",
-    "table_collectives", "table_kind", "to_global", "together", "unpad_rows", "whole_tables",
+    "from_first", "host_values", "is_multiprocess", "local_copy", "make_mesh",
+    "make_sharded_run_epoch", "pad_rows", "padded_count", "replicated", "sharded_lookup",
+    "sharded_rows_top_k", "sharded_top_k", "start", "state_shardings", "table_collectives",
+    "table_kind", "to_global", "together", "unpad_rows", "whole_tables",
 ]

@@ -82,6 +82,19 @@ def to_global(tree: Any, mesh: Mesh) -> Any:
     return jax.tree.map(one, tree)
 
 
+def local_copy(value: Any) -> Any:
+    """A replicated (or single-device) array's value from this process's own copy, with no
+    collective: NumPy for data, a local key for a typed PRNG key (unchanged when this process
+    holds the whole array already)."""
+    if not isinstance(value, jax.Array) or value.is_fully_addressable:
+        return value if isinstance(value, jax.Array) and jax.dtypes.issubdtype(
+            value.dtype, jax.dtypes.prng_key) else np.asarray(value)
+    if jax.dtypes.issubdtype(value.dtype, jax.dtypes.prng_key):
+        data = np.asarray(jax.random.key_data(value).addressable_data(0))
+        return jax.random.wrap_key_data(data, impl=jax.random.key_impl(value))
+    return np.asarray(value.addressable_data(0))
+
+
 def host_values(tree: Any) -> Any:
     """`tree`'s global arrays as NumPy arrays holding their whole value, in every process
     (a collective: every process must call it); unchanged in a single process."""

@@ -47,7 +47,7 @@ from causalrec_jax.data.partitioned import (
     open_log,
 )
 from causalrec_jax.errors import CausalRecError, ConfigError
-from causalrec_jax.parallel.distributed import agree, to_global, together
+from causalrec_jax.parallel.distributed import agree, local_copy, to_global, together
 from causalrec_jax.parallel.sharding import batch_sharding, replicated, state_shardings
 from causalrec_jax.train.step import make_scan_batches
 
@@ -305,8 +305,8 @@ def make_stream_epoch(
                 losses[-1].block_until_ready()
             losses.append(window_losses)
         # Replicated results: every process holds their whole value.
-        batch_losses = np.concatenate([_local(part) for part in losses])[: plan.n_batches]
-        bad = int(_local(first_bad))
+        batch_losses = np.concatenate([local_copy(part) for part in losses])[: plan.n_batches]
+        bad = int(local_copy(first_bad))
         n_good = plan.n_batches if bad < 0 else bad
         return state, {"loss": float(batch_losses.sum() / max(n_good, 1)),
                        "first_bad_batch": bad,
@@ -315,9 +315,3 @@ def make_stream_epoch(
 
     return run_epoch
 
-
-def _local(value: Any) -> np.ndarray:
-    """A replicated (or single-device) array's value, read from this process's own copy."""
-    if isinstance(value, jax.Array) and not value.is_fully_addressable:
-        return np.asarray(value.addressable_data(0))
-    return np.asarray(value)

@@ -394,11 +394,17 @@ def private_leaves(state: Any, tables: dict[str, str], user_rows: str) -> list[b
 def _rows_times(tree: Any, state: Any, tables: dict[str, str], kind: str,
                 weights: jax.Array) -> Any:
     """`tree` (shaped like `state`, or its gathered rows) with the rows of each `kind` table
-    multiplied by `weights [rows]`."""
+    multiplied by `weights [rows]`; a table padded past `weights` (a sharded run's zero rows,
+    `parallel.pad_rows`) has its padding rows multiplied by 0."""
+
+    def weighted(leaf):
+        padding = leaf.shape[0] - weights.shape[0]
+        rows = jnp.pad(weights, (0, padding)) if padding > 0 else weights
+        return leaf * rows.reshape((-1,) + (1,) * (leaf.ndim - 1))
+
     leaves, treedef = jax.tree_util.tree_flatten(tree)
     # (a scalar leaf is a zero standing for a whole table: nothing to weight)
-    out = [leaf * weights.reshape((-1,) + (1,) * (leaf.ndim - 1))
-           if table == kind and jnp.ndim(leaf) else leaf
+    out = [weighted(leaf) if table == kind and jnp.ndim(leaf) else leaf
            for leaf, table in zip(leaves, table_kinds(state, tables), strict=True)]
     return jax.tree_util.tree_unflatten(treedef, out)
 

@@ -685,12 +685,8 @@ def program_setup(config: Config, split: Split, truth: Any = None,
             noisy = dpsgd.noisy_counts(streams.derive(run_key, streams.Run.PRIVATE_ITEMS),
                                        dpsgd.item_counts(arrays, train.n_items), dp_spec)
             if dp_spec.item_rows:
-                chosen = dpsgd.top_items(noisy, dp_spec.item_rows)
-                if config.parallel.mesh:  # as long as the padded item tables, padding out
-                    chosen = np.pad(chosen, (0, padded_count(train.n_items,
-                                                             config.parallel.mesh[1])
-                                             - train.n_items))
-                shared[dpsgd.TRAINED_ITEMS] = jnp.asarray(chosen)
+                shared[dpsgd.TRAINED_ITEMS] = jnp.asarray(
+                    dpsgd.top_items(noisy, dp_spec.item_rows))
             if method == "pda" and config.privacy.noised:  # the exact count is never read
                 constants["log_popularity"] = jnp.asarray(dpsgd.noisy_log_popularity(noisy))
                 shared["shared_log_popularity"] = constants["log_popularity"]

@@ -91,6 +91,7 @@ from causalrec_jax.parallel import (
     checkpoint_view,
     from_first,
     is_multiprocess,
+    local_copy,
     make_mesh,
     pad_rows,
     replicated,
@@ -673,7 +674,8 @@ def make_bucketed_epoch(
         state = states if mesh is not None else seed_slice(states, 0)
         first_bad = put(jnp.asarray(-1, jnp.int32))
         losses = []
-        for index, (bucket, order) in enumerate(plan(_local_key(key), epoch)):
+        # the plan is drawn on the host of every process alike, from its own copy of the key
+        for index, (bucket, order) in enumerate(plan(local_copy(key), epoch)):
             state, first_bad, loss = bucket_step(
                 state, data["buckets"][bucket], put(jnp.asarray(order, jnp.int32)),
                 data["shared"], key, first_bad, put(jnp.asarray(index, jnp.int32)))
@@ -686,15 +688,6 @@ def make_bucketed_epoch(
 
     run_epoch.bucket_step = bucket_step  # for tests: count its compilations
     return run_epoch
-
-
-def _local_key(key: jax.Array) -> jax.Array:
-    """`key` as this process's own array (the epoch's plan is drawn on the host of every
-    process alike); a global key of a job's processes (replicated) becomes its local copy."""
-    if key.is_fully_addressable:
-        return key
-    data = np.asarray(jax.random.key_data(key).addressable_data(0))
-    return jax.random.wrap_key_data(data, impl=jax.random.key_impl(key))
 
 
 def _make_sharded_bucket_step(step, mesh: Any, tables: dict[str, str]):

@@ -18,7 +18,13 @@ import numpy as np  # noqa: E402
 
 from causalrec_jax.errors import CausalRecError  # noqa: E402
 from causalrec_jax.models.base import row_tables  # noqa: E402
-from causalrec_jax.parallel import make_mesh, state_shardings, streamed, to_global  # noqa: E402
+from causalrec_jax.parallel import (  # noqa: E402
+    local_copy,
+    make_mesh,
+    state_shardings,
+    streamed,
+    to_global,
+)
 from tests.parallel.test_streamed import model_setup  # noqa: E402
 
 
@@ -47,7 +53,7 @@ def main() -> int:
         assert metrics["first_bad_batch"] == -1, metrics
     if jax.process_index() == 0:
         leaves = jax.tree_util.tree_leaves_with_path(state.params)
-        np.savez(out, **{jax.tree_util.keystr(path): streamed._local(value)
+        np.savez(out, **{jax.tree_util.keystr(path): local_copy(value)
                          for path, value in leaves})
     return 0
 
