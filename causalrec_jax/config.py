@@ -338,17 +338,19 @@ class CausalConfig:
     # al. 2021; Dai et al. 2022); rel_mf: unbiased pointwise loss for implicit feedback (Saito
     # et al. 2020); pda / macr: popularity deconfounding (Zhang et al. 2021; Wei et al. 2021);
     # d_ips / d_dr / d_dr_jl: the dynamic estimators, 1 / f(p)^alpha(p) for 1 / p (Ha et al.
-    # NeurIPS 2024).
+    # NeurIPS 2024); tdr / tdr_jl: targeted DR, the imputed errors moved along 1 / p - 1 (Li
+    # et al. ICLR 2023).
     method: Literal[
         "naive", "ips", "snips", "dr", "dr_jl", "mrdr", "dr_mse", "d_ips", "d_dr", "d_dr_jl",
-        "rel_mf", "pda", "macr"
+        "tdr", "tdr_jl", "rel_mf", "pda", "macr"
     ] = "naive"
     propensity: Literal[
         "none", "given", "popularity", "naive_bayes", "logistic", "learned", "true"
     ] = "none"
     propensity_clip: float = 0.0
     popularity_power: float = 0.5
-    # dr: the fixed imputed rating (label for bce) of every cell; unset = the mean training one.
+    # dr / d_dr / tdr: the fixed imputed rating (label for bce) of every cell; unset = the mean
+    # training one.
     imputation_value: float | None = None
     # dr family and rel_mf: (user, item) cells drawn uniformly from the whole matrix per
     # observed row of a batch (their losses sum over all cells, observed or not).

@@ -53,7 +53,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
 
 METHODS = ("naive", "ips", "snips", "dr", "dr_jl", "mrdr", "dr_mse", "d_ips", "d_dr", "d_dr_jl",
-           "rel_mf", "pda", "macr")
+           "tdr", "tdr_jl", "rel_mf", "pda", "macr")
 PREFIX = {"coat": "coat", "yahoo_r3": "yahoo", "simulator": "sim", "yahoo_proxy": "yahoo"}
 # yahoo_proxy: the shipped Yahoo! R3 configs, as a user runs them, on the simulated world with
 # Yahoo! R3's shape and skew (`sim.presets`), whose ground truth is known.

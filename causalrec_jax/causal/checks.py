@@ -36,6 +36,7 @@ from causalrec_jax.causal.training import (
     DYNAMIC_METHODS,
     FIXED_IMPUTATION_METHODS,
     METHODS_WITH_PROPENSITIES,
+    TARGETED_METHODS,
 )
 from causalrec_jax.config import CausalConfig, DataConfig
 from causalrec_jax.data.dataset import Split
@@ -44,11 +45,11 @@ from causalrec_jax.train.objectives import POINTWISE_LOSSES
 
 # Methods whose estimator divides observed rows by their propensity.
 METHODS_NEEDING_PROPENSITIES = ("ips", "snips", "dr", "dr_jl", "mrdr", "dr_mse", "d_ips",
-                                "d_dr", "d_dr_jl", "rel_mf")
+                                "d_dr", "d_dr_jl", "tdr", "tdr_jl", "rel_mf")
 # The losses each method is defined for (methods not listed accept any loss).
 METHOD_LOSSES: dict[str, tuple[str, ...]] = {
     **{method: POINTWISE_LOSSES for method in ("ips", "snips", "dr", "dr_jl", "mrdr", "dr_mse",
-                                               "d_ips", "d_dr", "d_dr_jl")},
+                                               "d_ips", "d_dr", "d_dr_jl", "tdr", "tdr_jl")},
     "rel_mf": ("bce",),
     "macr": ("bce",),
     "pda": ("bpr",),
@@ -120,7 +121,8 @@ def check_causal_setup(
         raise SplitError(f"key {keys}: the split has no test rows (data.split = "
                          f"{data.split!r})")
     if needs_propensities and source == "given":
-        _check_given_matrix(split, causal.propensity_clip)
+        _check_given_matrix(split, causal.propensity_clip,
+                            every_cell=method in TARGETED_METHODS)
 
 
 def _check_loss(method: str, loss: str) -> None:
@@ -134,15 +136,17 @@ def _check_loss(method: str, loss: str) -> None:
     )
 
 
-def _check_given_matrix(split: Split, clip: float) -> None:
-    """The released matrix: right shape, and in (0, 1] at every observed training cell."""
+def _check_given_matrix(split: Split, clip: float, every_cell: bool = False) -> None:
+    """The released matrix: right shape, and in (0, 1] at every observed training cell (at
+    every cell for the targeted methods, which read the propensity of unobserved cells too)."""
     train = split.train
     matrix = estimate_propensities("given", train)  # raises when missing or misshapen
     observed = np.zeros(matrix.shape, bool)
     observed[train.user, train.item] = True
+    cells = "cells" if every_cell else "observed training cells"
     clip_propensities(
-        matrix, clip, where=observed,
-        name=f"dataset propensities at observed training cells (causal.propensity_clip = {clip})",
+        matrix, clip, where=None if every_cell else observed,
+        name=f"dataset propensities at {cells} (causal.propensity_clip = {clip})",
     )
 
 

@@ -50,6 +50,15 @@ so a batch has static shapes and never materialises the `[U, I]` matrix.
   The first term is the IPS estimate over all cells of the squared-bias contribution
   `((O - p) / p)^2 (e - e_hat)^2` (DR-BIAS, `lambda = 1`), the second that of the variance
   (MRDR, `lambda = 0`); `causal.dr_mse_lambda` trades them off.
+- `tdr` / `tdr_jl` (Li et al., "TDR-CL: Targeted Doubly Robust Collaborative Learning for
+  Debiased Recommendations", ICLR 2023): DR (fixed imputation) and DR-JL with the imputed
+  errors of every cell, observed or drawn, moved to `e_hat + eta (1 / p - 1)`, `eta` the
+  least-squares fit of the batch's observed residuals `e - e_hat` on `1 / p - 1`
+  (`causal.losses.targeting_coefficient`). The drawn cells' propensities come from the run's
+  propensity matrix (`shared_propensity_matrix`), clipped like the rows'. The step
+  differentiates through `eta`, a function of the prediction: held fixed, `eta (1 / p - 1)`
+  would not depend on the prediction and the gradient would be DR's exactly (the authors'
+  code takes one such step after training). The imputation model of `tdr_jl` is DR-JL's.
 - `rel_mf` (Saito et al., "Unbiased Recommender Learning from Missing-Not-At-Random Implicit
   Feedback", WSDM 2020): with clicks `Y` and exposure propensities `theta`, the unbiased
   pointwise loss `sum_all [-(Y/theta) log s - (1 - Y/theta) log(1 - s)]`: `a = -log(1 - s)`,
@@ -92,14 +101,18 @@ from causalrec_jax.train.objectives import draw_negatives
 # Methods that weight a pointwise loss on the observed rows by inverse propensities.
 WEIGHTED_METHODS = ("ips", "snips", "d_ips")
 # Methods whose loss sums over every cell (uniform cells are drawn each step).
-ALL_CELL_METHODS = ("dr", "dr_jl", "mrdr", "dr_mse", "d_dr", "d_dr_jl", "rel_mf")
+ALL_CELL_METHODS = ("dr", "dr_jl", "mrdr", "dr_mse", "d_dr", "d_dr_jl", "tdr", "tdr_jl",
+                    "rel_mf")
 # Doubly robust methods with a learned imputation model.
-JOINT_METHODS = ("dr_jl", "mrdr", "dr_mse", "d_dr_jl")
-DR_METHODS = ("dr", "d_dr", *JOINT_METHODS)
+JOINT_METHODS = ("dr_jl", "mrdr", "dr_mse", "d_dr_jl", "tdr_jl")
+DR_METHODS = ("dr", "d_dr", "tdr", *JOINT_METHODS)
 # The dynamic estimators (Ha et al. 2024): 1 / f(p)^alpha(p) in place of 1 / p.
 DYNAMIC_METHODS = ("d_ips", "d_dr", "d_dr_jl")
+# Targeted DR (Li et al. 2023): the imputed errors moved along 1 / p - 1, which reads the
+# propensity of every drawn cell (`shared_propensity_matrix`).
+TARGETED_METHODS = ("tdr", "tdr_jl")
 # Methods with a fixed imputed rating (`causal.imputation_value`).
-FIXED_IMPUTATION_METHODS = ("dr", "d_dr")
+FIXED_IMPUTATION_METHODS = ("dr", "d_dr", "tdr")
 # Methods trained on the positive rows only (implicit feedback).
 IMPLICIT_METHODS = ("rel_mf", "pda", "macr")
 # Methods that train on positives with uniformly sampled negatives.
@@ -350,6 +363,18 @@ def make_causal_objective(
         # The prediction model's DR loss, the imputation held fixed.
         imputed_errors = pointwise_error(loss_name, observed_prediction, frozen(observed_imputed))
         cell_imputed_errors = pointwise_error(loss_name, cell_prediction, frozen(cell_imputed))
+        if method in TARGETED_METHODS:
+            # TDR's fluctuation, fitted to this batch's observed residuals (differentiable in
+            # the prediction: the gradient of the targeted estimate itself).
+            eta = causal_losses.targeting_coefficient(errors, imputed_errors, where,
+                                                      propensities, where=where)
+            cell_propensities, _ = clip_propensities(
+                batch["shared_propensity_matrix"][cell_users, cell_items],
+                hparams["propensity_clip"])
+            imputed_errors = imputed_errors + eta * causal_losses.targeting_covariate(
+                jnp.where(where, propensities, 1.0))
+            cell_imputed_errors = cell_imputed_errors + eta * causal_losses.targeting_covariate(
+                cell_propensities)
         every_cell, _ = causal_losses.dr_terms(cell_imputed_errors, cell_imputed_errors,
                                                False, 1.0)
         _, per_observed = causal_losses.dr_terms(

@@ -92,6 +92,7 @@ from causalrec_jax.train.loop import (
 from causalrec_jax.train.objectives import POINTWISE_LOSSES, make_objective, seen_items_data
 from causalrec_jax.train.step import (
     OPTIMIZER_HPARAMS,
+    SHARED,
     init_state,
     make_optimizer,
     make_streaming_epoch,
@@ -161,8 +162,10 @@ class Trained:
 
 
 def _row_propensities(config: Config, split: Split, truth: Any, users, items) -> tuple:
-    """`[n]` unclipped (validated) propensities of the cells `(users, items)`, and the report
-    of clipping them at `causal.propensity_clip` (a dict, with their `histogram`).
+    """`[n]` unclipped (validated) propensities of the cells `(users, items)`, the report
+    of clipping them at `causal.propensity_clip` (a dict, with their `histogram`), and the
+    whole `[n_users, n_items]` matrix (validated at every cell for the targeted methods, which
+    read the propensities of drawn cells).
 
     Propensities come from `causal.propensity` (`causal.propensity.estimate_propensities`);
     the clip itself is applied inside the training step (`causal.clip.clip_propensities`), at
@@ -180,8 +183,11 @@ def _row_propensities(config: Config, split: Split, truth: Any, users, items) ->
         raw, config.causal.propensity_clip or None,
         name=f"propensities (causal.propensity = {config.causal.propensity!r})",
     )
+    if config.causal.method in causal_training.TARGETED_METHODS:
+        clip_propensities(matrix, None, name=f"propensities of every cell (causal.propensity = "
+                                             f"{config.causal.propensity!r})")
     # The distribution the clip acts on, for reports (the `[n]` values are not kept).
-    return raw, {**report.to_dict(), "histogram": propensity_histogram(raw)}
+    return raw, {**report.to_dict(), "histogram": propensity_histogram(raw)}, matrix
 
 
 def test_results(config: Config, seen: Dataset, test: Dataset, score_users_fn, propensity,
@@ -421,7 +427,10 @@ def training_rows(config: Config, split: Split, truth: Any) -> tuple[dict, dict 
         )
     report = None
     if method in causal_training.METHODS_WITH_PROPENSITIES:
-        arrays["propensities"], report = _row_propensities(config, split, truth, users, items)
+        arrays["propensities"], report, matrix = _row_propensities(config, split, truth, users,
+                                                                   items)
+        if method in causal_training.TARGETED_METHODS:  # read by the step, not batched
+            arrays["shared_propensity_matrix"] = np.asarray(matrix, np.float32)
     return arrays, report
 
 
@@ -627,6 +636,9 @@ def program_setup(config: Config, split: Split, truth: Any = None,
     train = split.train
     method = config.causal.method
     arrays, propensity_report = training_rows(config, split, truth)
+    # arrays every step reads whole (`shared_...`), kept apart from the batched rows
+    shared_rows = {name: jnp.asarray(arrays.pop(name)) for name in list(arrays)
+                   if name.startswith(SHARED)}
     inputs = model_inputs(train, train)
     if config.privacy.level:  # no initial value read from the data without noise
         inputs["global_bias"] = 0.0
@@ -635,7 +647,7 @@ def program_setup(config: Config, split: Split, truth: Any = None,
         **inputs,
     )
     initial: dict[str, Any] = {"prediction": parts.params}
-    shared: dict[str, Any] = {"shared_constants": parts.constants}
+    shared: dict[str, Any] = {"shared_constants": parts.constants, **shared_rows}
     imputation_graphdef = None
     if method in causal_training.JOINT_METHODS:
         imputation = init_params(

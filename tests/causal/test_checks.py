@@ -225,6 +225,21 @@ def test_zero_on_unobserved_cell_is_fine():
     assert report.n == len(TRAIN_CELLS) and clipped[UNOBSERVED] == 0.0
 
 
+def test_targeted_dr_refuses_a_zero_on_an_unobserved_cell():
+    """TDR reads the propensity of every cell (its covariate 1/p - 1 moves the imputed errors
+    of unobserved cells): a zero anywhere is refused, naming the key and the cell, where DR
+    accepts it."""
+    matrix = good_matrix()
+    matrix[UNOBSERVED] = 0.0
+    check(config("dr", "given"), given_split(dataset(matrix)))
+    for method in ("tdr", "tdr_jl"):
+        with pytest.raises(PropensityError, match="key causal.propensity") as error:
+            check(config(method, "given"), given_split(dataset(matrix)))
+        message = str(error.value)
+        assert "at cells" in message and f"index {UNOBSERVED}" in message
+        assert "\n" not in message
+
+
 def test_wrong_shape_names_key_and_shapes():
     train, _ = _observed(dataset(np.full((3, 3), 0.5)))
     with pytest.raises(PropensityError, match=r"key causal.propensity.*\(3, 3\).*\(4, 5\)"):

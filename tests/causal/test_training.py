@@ -183,6 +183,60 @@ def test_rel_mf_minibatch_loss_is_unbiased_for_the_full_loss():
     assert abs(mean - full) < 4 * stderr
 
 
+def test_tdr_step_is_unbiased_for_the_full_tdr_loss_and_its_gradient():
+    """With every observed row in the batch, the step's `eta` is the full data's, so its mean
+    over uniform-cell draws is `causal.losses.tdr_loss` on the whole matrix, in value and in
+    gradient (the step differentiates through `eta`); padding rows change neither; and the
+    gradient is not DR's (it would be, were `eta` held fixed)."""
+    ratings, propensities, observed, prediction, _, batch = world(3)
+    batch = {**batch, "shared_propensity_matrix": jnp.asarray(propensities)}
+    config = CausalConfig(cells_per_row=2)
+    kwargs = dict(n_users=U, n_items=I, n_rows=int(observed.sum()), imputation_value=2.5)
+    loss_fn = training.make_causal_objective("tdr", config, "mse", table_scorer, **kwargs)
+    dr_fn = training.make_causal_objective("dr", config, "mse", table_scorer, **kwargs)
+
+    def full(table):
+        return causal_losses.tdr_loss((table - ratings) ** 2, (table - 2.5) ** 2, observed,
+                                      propensities)
+
+    table = prediction["table"]
+    padded = {name: value if name.startswith("shared_") else jnp.concatenate([value, value[:3]])
+              for name, value in batch.items()}
+    padded["mask"] = padded["mask"].at[-3:].set(False)
+    padded["propensities"] = padded["propensities"].at[-3:].set(0.0)
+    padded["ratings"] = padded["ratings"].at[-3:].set(jnp.nan)
+    keys = jax.random.split(jax.random.key(1), 4000)
+    for b in (batch, padded):
+        values, grads = jax.jit(jax.vmap(lambda k, b=b: jax.value_and_grad(
+            lambda t: loss_fn({"prediction": {"table": t}}, b, k)[0])(table)))(keys)
+        stderr = float(values.std() / np.sqrt(len(keys)))
+        assert abs(float(values.mean()) - float(full(table))) < 4 * stderr
+        grad_stderr = np.asarray(grads.std(0) / np.sqrt(len(keys)))
+        np.testing.assert_array_less(np.abs(np.asarray(grads.mean(0) - jax.grad(full)(table))),
+                                     4 * grad_stderr + 1e-4)
+    dr_grad = jax.grad(lambda t: dr_fn({"prediction": {"table": t}}, batch, keys[0])[0])(table)
+    tdr_grad = jax.grad(lambda t: loss_fn({"prediction": {"table": t}}, batch, keys[0])[0])(table)
+    assert float(jnp.max(jnp.abs(tdr_grad - dr_grad))) > 1e-3
+
+
+def test_tdr_jl_trains_its_imputation_as_dr_jl():
+    """TDR-JL's imputation objective is DR-JL's: the same gradient for the imputation model;
+    the prediction model's differs by the targeting."""
+    ratings, propensities, observed, prediction, imputation, batch = world(4)
+    batch = {**batch, "shared_propensity_matrix": jnp.asarray(propensities)}
+    params = {"prediction": prediction, "imputation": imputation}
+    grads = {}
+    for method in ("dr_jl", "tdr_jl"):
+        loss_fn = training.make_causal_objective(
+            method, CausalConfig(), "mse", table_scorer, n_users=U, n_items=I,
+            n_rows=int(observed.sum()), imputation_score_pairs=table_scorer)
+        grads[method] = jax.grad(lambda p, f=loss_fn: f(p, batch, jax.random.key(0))[0])(params)
+    np.testing.assert_allclose(grads["tdr_jl"]["imputation"]["table"],
+                               grads["dr_jl"]["imputation"]["table"], rtol=1e-5, atol=1e-7)
+    assert float(jnp.max(jnp.abs(grads["tdr_jl"]["prediction"]["table"]
+                                 - grads["dr_jl"]["prediction"]["table"]))) > 1e-4
+
+
 @pytest.mark.parametrize("method", ["dr", "dr_jl", "mrdr", "dr_mse", "d_dr", "d_dr_jl"])
 def test_padding_rows_do_not_change_the_loss_or_its_gradient(method):
     """With prediction and imputation equal to the same constant everywhere the uniform cells

@@ -91,6 +91,40 @@ def test_the_objective_a_run_builds_is_unbiased_for_ips_and_dr(world):
     assert ips.std() > 0 and dr.std() > 0
 
 
+def test_the_tdr_objective_a_run_builds_estimates_the_tdr_loss_of_its_draw(world):
+    """Tested = run for targeted DR: on each exposure draw the run's TDR objective (uniform
+    cells drawn from the whole matrix, their propensities read from the shared matrix) is an
+    unbiased estimate of `causal.losses.tdr_loss` of that draw on the whole matrix (the
+    batch holds every observed row, so its eta is the draw's)."""
+    from causalrec_jax.causal import losses as causal_losses
+
+    loss_fn = ordinary._objective(_spec(world, "tdr"))
+    matrix = world["truth"].propensity
+    propensity = matrix.reshape(-1)
+    hparams = as_hparams(causal_hparams(CausalConfig(), 2.0))
+    predictions = base_models.make_scorers(world["parts"].graphdef, world["parts"].constants
+                                           ).score_pairs(world["params"], world["users"],
+                                                         world["items"])
+    errors = jnp.square(predictions - world["ratings"])
+    imputed = jnp.square(predictions - 2.0)
+
+    def one(key):
+        observed = sample_exposure(key, matrix).reshape(-1) > 0
+        share = jnp.mean(observed.astype(jnp.float32))
+        batch = {"users": world["users"], "items": world["items"], "ratings": world["ratings"],
+                 "propensities": propensity, "mask": observed,
+                 "shared_constants": world["parts"].constants, "shared_observed_share": share,
+                 "shared_propensity_matrix": matrix}
+        loss, _ = loss_fn({"prediction": world["params"]}, batch, jax.random.fold_in(key, 1),
+                          hparams=hparams)
+        return loss - causal_losses.tdr_loss(errors, imputed, observed, propensity)
+
+    keys = jax.random.split(jax.random.key(13), N_DRAWS)
+    differences = np.asarray(jax.jit(jax.vmap(one))(keys), np.float64)
+    assert abs(_z(differences, 0.0)) < 4
+    assert differences.std() > 0  # the uniform cells are a real sample
+
+
 def test_snips_run_objective_is_consistent_and_naive_is_biased(world):
     truth = world["true_loss"]
     # SNIPS (unscaled: it is a self-normalised mean) is biased only by O(1/n); the naive
