@@ -697,6 +697,14 @@ class PrivacyConfig:
     # `privacy.dpsgd.DPSpec.item_rows`).
     item_rows: int = 0
     selection_noise: float = 10.0
+    # 0: off; tau > 0: DP-AdaFEST (Ghazi et al. 2023), each step's own selection of item rows:
+    # those whose count of the step's sampled units touching them (each unit's contribution
+    # map clipped to L2 norm `contribution_clip`), plus Gaussian noise of multiplier
+    # `adaptive_noise`, is at least tau; only they get gradient and noise that step. Accounted
+    # with the gradients' noise as one Gaussian (see `privacy.dpsgd.DPSpec`).
+    adaptive_threshold: float = 0.0
+    adaptive_noise: float = 10.0
+    contribution_clip: float = 1.0
     # "dp_sgd" (the step above) or "fedavg": each user a client that takes `local_steps`
     # steps of SGD at `client_learning_rate` on its own rows per round and sends the change of
     # the shared parameters (DP-FedAvg with noise; `privacy.federated`).
@@ -724,6 +732,19 @@ class PrivacyConfig:
                  self.item_rows)
         _require(self.selection_noise > 0, "privacy.selection_noise", "a number > 0",
                  self.selection_noise)
+        _require(self.adaptive_threshold >= 0, "privacy.adaptive_threshold",
+                 "a number >= 0 (0: no per-step selection)", self.adaptive_threshold)
+        _require(self.adaptive_noise > 0, "privacy.adaptive_noise", "a number > 0",
+                 self.adaptive_noise)
+        _require(self.contribution_clip > 0, "privacy.contribution_clip", "a number > 0",
+                 self.contribution_clip)
+        _require(self.adaptive_threshold == 0 or self.item_rows == 0,
+                 "privacy.adaptive_threshold", "0 with privacy.item_rows > 0 (DP-FEST's "
+                 "selection once and AdaFEST's per step are two choices; set one)",
+                 self.adaptive_threshold)
+        _require(self.adaptive_threshold == 0 or self.mechanism == "dp_sgd",
+                 "privacy.adaptive_threshold", "0 with privacy.mechanism = \"fedavg\" (the "
+                 "per-step selection is DP-SGD's)", self.adaptive_threshold)
         _require(self.local_steps >= 1, "privacy.local_steps", "an integer >= 1",
                  self.local_steps)
         _require(self.client_learning_rate > 0, "privacy.client_learning_rate",
@@ -749,6 +770,8 @@ def privacy_keys_used(privacy: PrivacyConfig, method: str = "naive") -> tuple[st
     unused = set()
     if not (privacy.item_rows or (method == "pda" and privacy.noised)):
         unused.add("selection_noise")
+    if not privacy.adaptive_threshold:
+        unused.update({"adaptive_noise", "contribution_clip"})
     if privacy.level != "user":
         unused.add("max_examples_per_user")
     if not privacy.noised:  # nothing clipped, nothing accounted

@@ -75,6 +75,7 @@ class Step(enum.IntEnum):
     UNIT = 4  # DP-SGD: each sampled unit's loss key (unit index below it; its Step roles below)
     NOISE = 5  # DP-SGD: the Gaussian noise added to the summed clipped gradients
     LOCAL_STEPS = 6  # federated: a client's local steps (step index below it; Step roles below)
+    SELECTION = 7  # DP-AdaFEST: the Gaussian noise on the step's counts of touched item rows
 
 
 @enum.unique

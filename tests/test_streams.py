@@ -30,7 +30,7 @@ HISTORIC_VALUES = {
     "Epoch": {"STEPS": 0, "ORDER": 1, "BUCKET_ORDER": 2, "BATCH_ORDER": 3,
               "STREAM_UNITS": 4, "STREAM_WINDOWS": 5},
     "Step": {"NEGATIVES": 0, "DROPOUT": 1, "CELLS": 2, "UNITS": 3, "UNIT": 4, "NOISE": 5,
-             "LOCAL_STEPS": 6},
+             "LOCAL_STEPS": 6, "SELECTION": 7},
     "World": {"USERS": 0, "ITEMS": 1, "POPULARITY": 2, "CELLS": 3, "MAR": 5, "CALIBRATION": 6},
     "Env": {"NOISE": 16, "POLICY": 17, "ARRIVAL": 18, "USERS": 19, "ITEMS": 20,
             "POPULARITY": 21},

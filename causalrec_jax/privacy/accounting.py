@@ -57,6 +57,34 @@ def dp_sgd_event(noise_multiplier: float, sampling_rate: float, steps: int,
     return events[0] if len(events) == 1 else dp_accounting.ComposedDpEvent(events)
 
 
+def combined_noise_multiplier(*noise_multipliers: float) -> float:
+    """The noise multiplier of one Gaussian mechanism equal to several run on the same
+    sample: `(sum sigma_k^-2)^(-1/2)` (0 when any is 0: a release without noise).
+
+    A step of DP-AdaFEST releases two sums over the same Poisson sample, the clipped
+    contribution maps with noise `sigma_1 C_1` and the clipped gradients with noise
+    `sigma_2 C_2` (`dpsgd.DPSpec.adaptive_threshold`). Dividing each release by its noise's
+    std makes both noises standard and a unit's joint contribution of norm at most
+    `sqrt(sigma_1^-2 + sigma_2^-2)`: one Gaussian mechanism of that sensitivity, i.e. of
+    noise multiplier its inverse (Ghazi et al., NeurIPS 2023, account DP-AdaFEST this way)."""
+    if any(sigma <= 0 for sigma in noise_multipliers):
+        return 0.0
+    return float(sum(sigma ** -2 for sigma in noise_multipliers) ** -0.5)
+
+
+def gradient_noise_for(combined: float, selection_noise: float) -> float:
+    """The gradients' noise multiplier that, beside a selection of multiplier
+    `selection_noise` on the same sample, gives `combined` (`combined_noise_multiplier`
+    inverted). Raises a ConfigError naming `privacy.adaptive_noise` when the selection alone
+    already spends more (`selection_noise <= combined`)."""
+    if selection_noise <= combined:
+        raise ConfigError(
+            f"key privacy.adaptive_noise: {selection_noise:g} leaves nothing for the gradients "
+            f"at the target epsilon, whose steps need a combined noise multiplier of "
+            f"{combined:.4g}; set privacy.adaptive_noise above it")
+    return float((combined ** -2 - selection_noise ** -2) ** -0.5)
+
+
 def check_delta(delta: float, n_units: int) -> None:
     """Refuses a delta that is not in (0, 1/n_units] (`privacy.delta`): above 1/n a mechanism
     that publishes one whole unit's data at random is (0, delta)-DP."""

@@ -41,6 +41,7 @@ epoch on validation data read the data without noise.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Callable
 from typing import Any
@@ -109,6 +110,20 @@ class DPSpec:
             `selection_noise * sqrt(examples_per_unit)` on each count, as a user adds 1 to
             each of at most `examples_per_unit` counts) that choose those items and give a
             private PDA run its popularity; 0 when nothing reads them.
+        adaptive_threshold: 0: off; tau > 0: DP-AdaFEST (Ghazi et al., NeurIPS 2023, the
+            same paper's adaptive algorithm): each step selects its own item rows. Every
+            sampled unit's contribution map (1 on each item row its gradient touches: its
+            items and its sampled negatives, after de-duplication) is clipped to L2 norm
+            `contribution_clip` (`C_1`: scaled by `min(1, C_1 / sqrt(m))` for a unit touching
+            `m` rows), the maps are summed, `N(0, (adaptive_noise * C_1)^2)` is added to each
+            row's count, and the rows whose noisy count is at least tau are the step's
+            selection: only their gradient rows are kept and only they are noised; the other
+            item rows get neither (their gradient is dropped: a bias for sparsity). User rows
+            and dense parameters are treated as without it. The selection and the gradient
+            are two Gaussian mechanisms on the same sample, accounted as one of noise
+            multiplier `accounted_noise_multiplier` (`accounting.combined_noise_multiplier`).
+        adaptive_noise: sigma_1, the noise multiplier of the per-step counts (0 when off).
+        contribution_clip: C_1, the bound on a unit's contribution map's L2 norm.
         local_steps: 0 for DP-SGD; federated training (`privacy.federated`): the steps each
             client takes on its own data in a round. A client keeps its own user rows.
         silos: 0: each unit is one user (or one row); S > 0 (federated only): each unit is a
@@ -131,10 +146,24 @@ class DPSpec:
     selection_noise: float = 0.0
     local_steps: int = 0
     silos: int = 0
+    adaptive_threshold: float = 0.0
+    adaptive_noise: float = 0.0
+    contribution_clip: float = 1.0
 
     @property
     def sampling_rate(self) -> float:
         return self.expected_batch / self.n_units
+
+    @property
+    def accounted_noise_multiplier(self) -> float:
+        """The noise multiplier a step is accounted at: `noise_multiplier`, or with AdaFEST's
+        per-step selection the combination of both (`accounting.combined_noise_multiplier`,
+        imported here lazily to keep this module's imports light)."""
+        if not self.adaptive_threshold:
+            return self.noise_multiplier
+        from causalrec_jax.privacy.accounting import combined_noise_multiplier
+
+        return combined_noise_multiplier(self.noise_multiplier, self.adaptive_noise)
 
 
 def capacity_for(n_units: int, sampling_rate: float,
@@ -158,7 +187,8 @@ def steps_per_epoch(n_units: int, expected_batch: float) -> int:
 def make_spec(level: str, *, clip: float, noise_multiplier: float, n_units: int,
               expected_batch: float, examples_per_unit: int, user_rows: str = "local",
               item_rows: int = 0, selection_noise: float = 0.0, local_steps: int = 0,
-              silos: int = 0) -> DPSpec:
+              silos: int = 0, adaptive_threshold: float = 0.0, adaptive_noise: float = 0.0,
+              contribution_clip: float = 1.0) -> DPSpec:
     """A `DPSpec`, its capacity and steps per epoch derived; a ConfigError names the key of
     a value out of range."""
     if level not in LEVELS:
@@ -186,6 +216,13 @@ def make_spec(level: str, *, clip: float, noise_multiplier: float, n_units: int,
         raise ConfigError(f"key privacy.item_rows: got {item_rows!r} with "
                           f"privacy.selection_noise = {selection_noise!r}; expected 0 (every "
                           "item row trains) or N > 0 with a selection noise > 0")
+    if adaptive_threshold < 0 or (adaptive_threshold and not (
+            adaptive_noise > 0 and contribution_clip > 0 and not item_rows and not local_steps)):
+        raise ConfigError(f"key privacy.adaptive_threshold: got {adaptive_threshold!r} with "
+                          f"privacy.adaptive_noise = {adaptive_noise!r}, contribution_clip = "
+                          f"{contribution_clip!r}, item_rows = {item_rows!r}, local_steps = "
+                          f"{local_steps!r}; expected 0, or tau > 0 with a noise and a clip "
+                          "> 0, no DP-FEST selection and no federated rounds")
     expected_batch = float(min(expected_batch, n_units))
     rate = expected_batch / n_units
     chunks = CHUNKS_PER_STEP if examples_per_unit == 1 else CHUNKS_PER_STEP_OF_USERS
@@ -197,7 +234,10 @@ def make_spec(level: str, *, clip: float, noise_multiplier: float, n_units: int,
                   steps_per_epoch=steps_per_epoch(n_units, expected_batch),
                   user_rows=user_rows, item_rows=int(item_rows),
                   selection_noise=float(selection_noise),
-                  local_steps=int(local_steps), silos=int(silos))
+                  local_steps=int(local_steps), silos=int(silos),
+                  adaptive_threshold=float(adaptive_threshold),
+                  adaptive_noise=float(adaptive_noise) if adaptive_threshold else 0.0,
+                  contribution_clip=float(contribution_clip))
 
 
 # ----------------------------------------------------------------------------- units
@@ -551,11 +591,12 @@ def make_dp_train_step(graphdef: Any, loss_name: str, optimizer: optax.GradientT
     unit_gradient = make_unit_gradient(graphdef, loss_name, n_users=n_users, n_items=n_items,
                                        n_negatives=n_negatives, user_rows=spec.user_rows,
                                        objective=objective)
-    return make_private_step(unit_gradient, optimizer, spec, check_row_tables(graphdef))
+    return make_private_step(unit_gradient, optimizer, spec, check_row_tables(graphdef),
+                             n_items=n_items)
 
 
 def make_private_step(unit_fn: Callable[..., Any], optimizer: optax.GradientTransformation,
-                      spec: DPSpec, tables: dict[str, str]
+                      spec: DPSpec, tables: dict[str, str], *, n_items: int | None = None
                       ) -> Callable[[TrainState, dict[str, Any], jax.Array],
                                     tuple[TrainState, dict[str, jax.Array]]]:
     """Builds `step(state, data, key, apply=True) -> (state, metrics)`: one private step
@@ -575,11 +616,18 @@ def make_private_step(unit_fn: Callable[..., Any], optimizer: optax.GradientTran
     gradient or clients' rows are not finite does (`train.step.guarded_update`; checked
     before the update, as the ordinary step checks its gradient: an update that overflows a
     finite gradient is caught by the next step's loss).
+    With `spec.adaptive_threshold` > 0 (DP-AdaFEST; `n_items`, the item table's real row
+    count, must be given) the step sums each valid unit's clipped contribution map over the
+    ids `unit_fn` returns, adds the selection noise and keeps only the selected item rows'
+    gradient and noise (`DPSpec.adaptive_threshold`).
     `metrics`: `loss` (the sampled units' mean row loss: NOT private), `finite`, `sampled`
     (units Poisson drew), `dropped` (beyond `capacity`), `clipped` (units whose norm
-    exceeded C) and `mean_norm`.
+    exceeded C), `mean_norm` and, with AdaFEST, `selected` (item rows selected).
     """
     row_names = ("users", "items", "ratings", "weights", "propensities")
+    adaptive = spec.adaptive_threshold > 0
+    if adaptive and n_items is None:
+        raise ValueError("DP-AdaFEST's selection needs the item table's row count (n_items)")
 
     def step(state: TrainState, data: dict[str, Any], key: jax.Array, apply: Any = True):
         step_key = streams.index(key, state.step)
@@ -604,7 +652,22 @@ def make_private_step(unit_fn: Callable[..., Any], optimizer: optax.GradientTran
             if kept is not None:  # a padding unit sets no row (an id past every table)
                 ids = dict(ids, users=jnp.where(is_valid, ids["users"],
                                                 jnp.iinfo(ids["users"].dtype).max))
-            return update, ids, loss, norm, jnp.sum(batch["mask"]), kept
+            contribution = contribution_map(update, ids, is_valid) if adaptive else None
+            return update, ids, loss, norm, jnp.sum(batch["mask"]), kept, contribution
+
+        def contribution_map(update, ids, is_valid):
+            """AdaFEST: 1 on each of the unit's gathered item rows whose gradient is not zero
+            (a masked row's item and negatives read nothing), scaled to L2 norm at most
+            C_1; 0 for a padding unit. `[m]`, at `ids["items"]`."""
+            kinds = table_kinds(params, tables)
+            rows = [jnp.any(leaf.reshape(leaf.shape[0], -1) != 0, axis=1)
+                    for leaf, kind in zip(jax.tree.leaves(update), kinds, strict=True)
+                    if kind == "items" and jnp.ndim(leaf)]
+            touched = functools.reduce(jnp.logical_or, rows) & (ids["items"] < n_items)
+            n_touched = jnp.sum(touched)
+            scale = jnp.minimum(1.0, spec.contribution_clip
+                                / jnp.sqrt(jnp.maximum(n_touched, 1)))
+            return jnp.where(touched & is_valid, scale, 0.0)
 
         # each unit's loss draws from its own key (its negatives and dropout)
         unit_stream = streams.derive(step_key, streams.Step.UNIT)
@@ -613,22 +676,32 @@ def make_private_step(unit_fn: Callable[..., Any], optimizer: optax.GradientTran
 
         def chunk(index, carry):
             """Units `index * chunk .. + chunk`, vmapped, added to the running sums."""
-            summed, kept_rows, losses, norms, counts = carry
+            summed, kept_rows, losses, norms, counts, touched = carry
             at = index * spec.chunk + jnp.arange(spec.chunk)
-            update, ids, loss, norm, count, kept = jax.vmap(one_unit)(
+            update, ids, loss, norm, count, kept, contribution = jax.vmap(one_unit)(
                 units[at], valid[at], unit_keys[at])
             summed = scatter_rows(summed, tables, update, ids)
+            if adaptive:  # the units' clipped contribution maps, summed per item row
+                touched = touched.at[ids["items"]].add(contribution, mode="drop")
             if kept is not None:
                 kept_rows = set_rows(kept_rows, tables, "users", kept, ids["users"])
             return (summed, kept_rows, losses.at[at].set(loss), norms.at[at].set(norm),
-                    counts.at[at].set(count))
+                    counts.at[at].set(count), touched)
 
         # The sampled units come first (`sample_units`): only the chunks holding some run,
         # so the padding up to `capacity` costs at most one chunk's work.
         empty = (jax.tree.map(jnp.zeros_like, params), params, jnp.zeros(spec.capacity),
-                 jnp.zeros(spec.capacity), jnp.zeros(spec.capacity, jnp.int32))
-        summed, kept_rows, losses, norms, counts = jax.lax.fori_loop(
+                 jnp.zeros(spec.capacity), jnp.zeros(spec.capacity, jnp.int32),
+                 jnp.zeros(n_items if adaptive else 0))
+        summed, kept_rows, losses, norms, counts, touched = jax.lax.fori_loop(
             0, (n_valid + spec.chunk - 1) // spec.chunk, chunk, empty)
+        selected = None
+        if adaptive:  # DP-AdaFEST: this step's item rows, chosen from noisy counts
+            selection_noise = jax.random.normal(
+                streams.derive(step_key, streams.Step.SELECTION), touched.shape)
+            noisy = touched + spec.adaptive_noise * spec.contribution_clip * selection_noise
+            selected = (noisy >= spec.adaptive_threshold).astype(touched.dtype)
+            summed = _rows_times(summed, params, tables, "items", selected)
         noise_key = streams.derive(step_key, streams.Step.NOISE)
         leaves, treedef = jax.tree_util.tree_flatten(summed)
         noise_keys = jax.random.split(noise_key, len(leaves))
@@ -638,6 +711,8 @@ def make_private_step(unit_fn: Callable[..., Any], optimizer: optax.GradientTran
         noise = jax.tree_util.tree_unflatten(treedef, noise)
         if TRAINED_ITEMS in data:  # rows outside the selection get no noise either
             noise = _rows_times(noise, params, tables, "items", data[TRAINED_ITEMS])
+        if selected is not None:
+            noise = _rows_times(noise, params, tables, "items", selected)
         gradient = {"prediction": jax.tree.map(
             lambda total, added: (total + added) / spec.expected_batch, summed, noise)}
         loss = jnp.sum(losses) / jnp.maximum(jnp.sum(counts), 1)
@@ -662,6 +737,8 @@ def make_private_step(unit_fn: Callable[..., Any], optimizer: optax.GradientTran
             "clipped": jnp.sum(valid & (norms > spec.clip)),
             "mean_norm": jnp.sum(jnp.where(valid, norms, 0.0)) / jnp.maximum(n_valid, 1),
         }
+        if selected is not None:
+            metrics["selected"] = jnp.sum(selected)
         return state, metrics
 
     return step
@@ -697,7 +774,8 @@ def make_dp_epoch(dp_step: Callable[..., Any], spec: DPSpec) -> Callable[..., An
     `streams.Epoch.STEPS` stream, with the step count folded in by each step, so a resumed
     run replays the same samples). After a non-finite step the epoch stops updating and
     reports it in `first_bad_batch`. `metrics` adds `dropped` (sampled units beyond the
-    capacity, summed over the epoch) and `clipped_fraction`."""
+    capacity, summed over the epoch), `clipped_fraction` and, with DP-AdaFEST,
+    `selected_rows` (item rows selected per step, the mean over the epoch's steps)."""
 
     def dp_epoch(state, data, key, epoch):
         del epoch  # each step's sample comes from the step count
@@ -711,13 +789,17 @@ def make_dp_epoch(dp_step: Callable[..., Any], spec: DPSpec) -> Callable[..., An
             good = healthy & metrics["finite"]
             return (state, first_bad), (jnp.where(good, metrics["loss"], 0.0),
                                         metrics["dropped"], metrics["clipped"],
-                                        metrics["sampled"] - metrics["dropped"])
+                                        metrics["sampled"] - metrics["dropped"],
+                                        metrics.get("selected", 0.0))
 
-        (state, first_bad), (losses, dropped, clipped, kept) = jax.lax.scan(
+        (state, first_bad), (losses, dropped, clipped, kept, selected) = jax.lax.scan(
             body, (state, jnp.asarray(-1, jnp.int32)),
             jnp.arange(spec.steps_per_epoch, dtype=jnp.int32))
-        return state, {"loss": epoch_loss(losses, first_bad), "first_bad_batch": first_bad,
-                       "dropped": jnp.sum(dropped),
-                       "clipped_fraction": jnp.sum(clipped) / jnp.maximum(jnp.sum(kept), 1)}
+        out = {"loss": epoch_loss(losses, first_bad), "first_bad_batch": first_bad,
+               "dropped": jnp.sum(dropped),
+               "clipped_fraction": jnp.sum(clipped) / jnp.maximum(jnp.sum(kept), 1)}
+        if spec.adaptive_threshold:
+            out["selected_rows"] = jnp.mean(selected)
+        return state, out
 
     return dp_epoch

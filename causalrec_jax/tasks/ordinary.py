@@ -78,7 +78,12 @@ from causalrec_jax.parallel import (
     whole_tables,
 )
 from causalrec_jax.privacy import dpsgd, federated
-from causalrec_jax.privacy.accounting import calibrate_noise, check_delta, epsilon
+from causalrec_jax.privacy.accounting import (
+    calibrate_noise,
+    check_delta,
+    epsilon,
+    gradient_noise_for,
+)
 from causalrec_jax.privacy.dpsgd import overflow_probability
 from causalrec_jax.sim.world import SparseGroundTruth, truth_rows
 from causalrec_jax.train import checkpoint as checkpoints
@@ -509,9 +514,12 @@ def private_spec(config: Config, graphdef: Any, *, n_users: int, n_rows: int,
     # the noisy item counts: DP-FEST's selection and a private PDA's popularity read them
     counted = privacy.item_rows or (config.causal.method == "pda" and privacy.noised)
     selection = privacy.selection_noise if counted else 0.0
+    adaptive = privacy.adaptive_threshold if privacy.noised else 0.0
     if privacy.target_epsilon:
         noise = calibrate_noise(privacy.target_epsilon, expected / n_units, steps, delta,
                                 privacy.accountant, selection_noise=selection)
+        if adaptive:  # the calibrated multiplier is both mechanisms' together
+            noise = gradient_noise_for(noise, privacy.adaptive_noise)
     return dpsgd.make_spec(
         privacy.level, clip=privacy.clip if privacy.noised else math.inf,
         noise_multiplier=noise, n_units=n_units,
@@ -519,7 +527,8 @@ def private_spec(config: Config, graphdef: Any, *, n_users: int, n_rows: int,
         examples_per_unit=examples,
         user_rows=privacy.user_rows, item_rows=privacy.item_rows, selection_noise=selection,
         local_steps=privacy.local_steps if privacy.mechanism == "fedavg" else 0,
-        silos=privacy.silos)
+        silos=privacy.silos, adaptive_threshold=adaptive,
+        adaptive_noise=privacy.adaptive_noise, contribution_clip=privacy.contribution_clip)
 
 
 def _guarantee(spec: dpsgd.DPSpec) -> str:
@@ -542,7 +551,7 @@ def privacy_report(config: Config, spec: dpsgd.DPSpec, epochs_trained: int,
     noised = config.privacy.noised
     return {
         "mechanism": config.privacy.mechanism,
-        "epsilon": (epsilon(spec.noise_multiplier, spec.sampling_rate, steps, delta,
+        "epsilon": (epsilon(spec.accounted_noise_multiplier, spec.sampling_rate, steps, delta,
                             config.privacy.accountant, spec.selection_noise)
                     if noised else math.inf),
         "delta": delta if noised else None, "noise_multiplier": spec.noise_multiplier,
@@ -561,6 +570,11 @@ def privacy_report(config: Config, spec: dpsgd.DPSpec, epochs_trained: int,
         "target_epsilon": config.privacy.target_epsilon or None,
         "item_rows": spec.item_rows or None,
         "selection_noise": spec.selection_noise or None,
+        "adaptive_threshold": spec.adaptive_threshold or None,
+        "adaptive_noise": spec.adaptive_noise or None,
+        "contribution_clip": spec.contribution_clip if spec.adaptive_threshold else None,
+        "accounted_noise_multiplier": (spec.accounted_noise_multiplier
+                                       if spec.adaptive_threshold else None),
         "not_private": ("the logged training loss, the best epoch chosen on validation, "
                         "and the choice among seeds or tuning trials: epsilon is one trained "
                         "model's (one seed's); S seeds, or S trials, compose"),

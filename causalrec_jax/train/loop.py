@@ -443,6 +443,9 @@ def fit(
             }
             if len(alive) < n_seeds:
                 record["alive"] = [int(m) for m in alive]
+            if "selected_rows" in out:  # DP-AdaFEST: item rows a step trained, per seed
+                record["selected_rows"] = [float(v) for v in np.atleast_1d(
+                    np.asarray(out["selected_rows"]))]
             if evaluate_fn is not None:
                 tic = time.perf_counter()
                 values = [
