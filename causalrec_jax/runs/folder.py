@@ -479,8 +479,7 @@ def fit_log_lines(record: dict[str, Any], seeds: Sequence[int], *,
 
     Args:
         record: `fit`'s record (`epoch`, `loss_per_seed`, `seconds`; `valid_per_seed` with
-            validation; `alive` when only some members still train; `selected_rows` of a
-            DP-AdaFEST run, per seed, written as each line's `selected_rows`).
+            validation; `alive` when only some members still train).
         seeds: the seed value of each member of the population (`metrics.json` "seeds").
         fold: the cross-validation fold, if any.
 
@@ -490,13 +489,9 @@ def fit_log_lines(record: dict[str, Any], seeds: Sequence[int], *,
     losses = record["loss_per_seed"]
     members = record.get("alive", range(len(losses)))
     valid = record.get("valid_per_seed")
-    lines = [log_line(seeds[member], record["epoch"], loss, record["seconds"],
-                      valid=None if valid is None else valid[row], fold=fold)
-             for row, (member, loss) in enumerate(zip(members, losses, strict=True))]
-    for row, line in enumerate(lines):
-        if "selected_rows" in record:
-            line["selected_rows"] = record["selected_rows"][row]
-    return lines
+    return [log_line(seeds[member], record["epoch"], loss, record["seconds"],
+                     valid=None if valid is None else valid[row], fold=fold)
+            for row, (member, loss) in enumerate(zip(members, losses, strict=True))]
 
 
 def epoch_log_lines(seed: int, losses: Iterable[float], seconds: float) -> list[dict[str, Any]]:

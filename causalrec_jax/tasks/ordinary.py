@@ -889,6 +889,12 @@ def train_split(
     if setup.spec.privacy is not None:
         privacy = privacy_report(config, setup.spec.privacy, len(result.history),
                                  train.n_users)
+        selected = [record["selected_rows"] for record in result.history
+                    if "selected_rows" in record]
+        if selected:  # DP-AdaFEST: item rows a step trained, mean over epochs, per seed
+            privacy["selected_rows_per_step"] = [
+                round(float(np.mean([epoch[row] for epoch in selected if row < len(epoch)])),
+                      2) for row in range(len(selected[0]))]
     return Trained(parts=parts._replace(params=best_params["prediction"]), per_seed=per_seed,
                    history=result.history, timing=timing, propensity_report=propensity_report,
                    extra=extra, diverged=diverged, privacy=privacy)

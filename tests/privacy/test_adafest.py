@@ -157,8 +157,10 @@ def test_a_run_selects_rows_each_step_and_reports_its_budget(tmp_path):
         privacy["accounted_noise_multiplier"], privacy["sampling_rate"], privacy["steps"],
         privacy["delta"]))
     assert privacy["epsilon"] <= 4.0 * 1.001
+    (selected,) = privacy["selected_rows_per_step"]  # one seed: the mean over its epochs
+    assert 0 < selected <= 40
     lines = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
-    assert len(lines) == 2 and all(0 < line["selected_rows"] <= 40 for line in lines)
+    assert len(lines) == 2 and set(lines[0]) == {"seed", "epoch", "loss", "seconds", "valid"}
     # a selection noise too small for the target leaves the gradients nothing: one line
     with pytest.raises(ConfigError, match="^key privacy.adaptive_noise:"):
         run_train.train_run(load_config(None, TINY + ["privacy.target_epsilon=4.0",
