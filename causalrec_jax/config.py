@@ -774,8 +774,9 @@ def privacy_keys_used(privacy: PrivacyConfig, method: str = "naive") -> tuple[st
         unused.update({"adaptive_noise", "contribution_clip"})
     if privacy.level != "user":
         unused.add("max_examples_per_user")
-    if not privacy.noised:  # nothing clipped, nothing accounted
-        unused.update({"clip", "delta", "accountant", "user_rows"})
+    if not privacy.noised:  # nothing clipped, nothing accounted, nothing selected per step
+        unused.update({"clip", "delta", "accountant", "user_rows", "adaptive_threshold",
+                       "adaptive_noise", "contribution_clip"})
     if privacy.mechanism != "fedavg":
         unused.update({"local_steps", "client_learning_rate"})
     return tuple(f.name for f in dataclasses.fields(privacy) if f.name not in unused)

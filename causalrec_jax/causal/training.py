@@ -55,7 +55,9 @@ so a batch has static shapes and never materialises the `[U, I]` matrix.
   errors of every cell, observed or drawn, moved to `e_hat + eta (1 / p - 1)`, `eta` the
   least-squares fit of the batch's observed residuals `e - e_hat` on `1 / p - 1`
   (`causal.losses.targeting_coefficient`). The drawn cells' propensities come from the run's
-  propensity matrix (`shared_propensity_matrix`), clipped like the rows'. The step
+  propensity matrix (`shared_propensity_matrix`), clipped like the rows' (with
+  `naive_bayes`, whose propensity depends on the unknown rating, an unobserved cell holds the
+  marginal P(O = 1), a stand-in). The step
   differentiates through `eta`, a function of the prediction: held fixed, `eta (1 / p - 1)`
   would not depend on the prediction and the gradient would be DR's exactly (the authors'
   code takes one such step after training). The imputation model of `tdr_jl` is DR-JL's.

@@ -216,13 +216,17 @@ def make_spec(level: str, *, clip: float, noise_multiplier: float, n_units: int,
         raise ConfigError(f"key privacy.item_rows: got {item_rows!r} with "
                           f"privacy.selection_noise = {selection_noise!r}; expected 0 (every "
                           "item row trains) or N > 0 with a selection noise > 0")
-    if adaptive_threshold < 0 or (adaptive_threshold and not (
-            adaptive_noise > 0 and contribution_clip > 0 and not item_rows and not local_steps)):
+    if adaptive_threshold < 0 or (adaptive_threshold and (item_rows or local_steps)):
         raise ConfigError(f"key privacy.adaptive_threshold: got {adaptive_threshold!r} with "
-                          f"privacy.adaptive_noise = {adaptive_noise!r}, contribution_clip = "
-                          f"{contribution_clip!r}, item_rows = {item_rows!r}, local_steps = "
-                          f"{local_steps!r}; expected 0, or tau > 0 with a noise and a clip "
-                          "> 0, no DP-FEST selection and no federated rounds")
+                          f"privacy.item_rows = {item_rows!r} and local_steps = "
+                          f"{local_steps!r}; expected 0, or tau > 0 without DP-FEST's "
+                          "selection and without federated rounds")
+    if adaptive_threshold and not adaptive_noise > 0:
+        raise ConfigError(f"key privacy.adaptive_noise: got {adaptive_noise!r}, expected a "
+                          "number > 0 with privacy.adaptive_threshold > 0")
+    if adaptive_threshold and not contribution_clip > 0:
+        raise ConfigError(f"key privacy.contribution_clip: got {contribution_clip!r}, "
+                          "expected a number > 0")
     expected_batch = float(min(expected_batch, n_units))
     rate = expected_batch / n_units
     chunks = CHUNKS_PER_STEP if examples_per_unit == 1 else CHUNKS_PER_STEP_OF_USERS

@@ -853,6 +853,8 @@ def train_split(
             evaluate_with_member=True, checkpoint_view=sharded_checkpoints(setup.spec),
             diverged_hint=(DIVERGED_HINT if method in causal_training.METHODS_WITH_PROPENSITIES
                            else ""),
+            recorded=(("selected_rows",) if setup.spec.privacy is not None
+                      and setup.spec.privacy.adaptive_threshold else ()),
             description=f"{len(seeds)} seed(s), {steps_per_epoch} batches/epoch",
             halving=(
                 (config.train.halving_rung, config.train.halving_keep)

@@ -283,6 +283,7 @@ def fit(
     evaluate_with_member: bool = False,
     checkpoint_view: CheckpointView | None = None,
     diverged_hint: str = "",
+    recorded: tuple[str, ...] = (),
 ) -> FitResult:
     """Trains stacked seeds epoch by epoch with early stopping on a validation metric.
 
@@ -312,6 +313,8 @@ def fit(
         description: shown at the left of the progress bar (e.g. batches per epoch).
         diverged_hint: appended to the advice of a divergence error (e.g. a causal run's
             "clip propensities (causal.propensity_clip)").
+        recorded: names of further per-member values of the epoch's metrics to keep in each
+            epoch's record (a list over the members training, e.g. a private run's rows).
         halving: `(rung_epochs, keep_fraction)` for successive halving: every `rung_epochs`
             epochs the members still training are ranked by their best validation value and
             only the best `keep_fraction` (at least one) go on; the rest keep their best
@@ -443,9 +446,8 @@ def fit(
             }
             if len(alive) < n_seeds:
                 record["alive"] = [int(m) for m in alive]
-            if "selected_rows" in out:  # DP-AdaFEST: item rows a step trained, per seed
-                record["selected_rows"] = [float(v) for v in np.atleast_1d(
-                    np.asarray(out["selected_rows"]))]
+            for name in recorded:
+                record[name] = [float(v) for v in np.atleast_1d(np.asarray(out[name]))]
             if evaluate_fn is not None:
                 tic = time.perf_counter()
                 values = [

@@ -16,6 +16,7 @@ from causalrec_jax.errors import ConfigError
 from causalrec_jax.models.factory import init_params
 from causalrec_jax.privacy import accounting, dpsgd
 from causalrec_jax.runs import train as run_train
+from causalrec_jax.tasks.ordinary import check_ordinary_keys
 from causalrec_jax.train.step import init_state, make_optimizer
 
 N_USERS, N_ITEMS, CAP = 6, 12, 4
@@ -130,9 +131,16 @@ def test_bad_settings_are_one_line_naming_the_key():
         with pytest.raises(ConfigError, match=f"^key {key}:") as error:
             PrivacyConfig(level="user", noise=1.0, **values)
         assert "\n" not in str(error.value)
-    with pytest.raises(ConfigError, match="^key privacy.adaptive_threshold:"):
+    with pytest.raises(ConfigError, match="^key privacy.adaptive_noise:"):
         dpsgd.make_spec("user", clip=1.0, noise_multiplier=1.0, n_units=4, expected_batch=2,
                         examples_per_unit=2, adaptive_threshold=1.0, adaptive_noise=0.0)
+    # a key the run would not read is refused, not ignored: the selection's noise without a
+    # threshold, and a threshold in a run without noise (nothing private to select for)
+    for extra in (["privacy.noise=1.0", "privacy.adaptive_noise=3.0"],
+                  ["privacy.adaptive_threshold=2.0"]):
+        with pytest.raises(ConfigError, match="privacy.adaptive_") as error:
+            check_ordinary_keys(load_config(None, ['privacy.level="user"', *extra]))
+        assert "\n" not in str(error.value)
 
 
 TINY = [
