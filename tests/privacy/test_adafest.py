@@ -28,12 +28,13 @@ ROWS = {
 }
 
 
-def _setup(threshold, *, adaptive_noise=1e-6, contribution_clip=1.0, noise=0.0, clip=1e6):
+def _setup(threshold, *, adaptive_noise=1e-6, contribution_clip=1.0, noise=0.0, clip=1e6,
+           loss="mse", n_items=N_ITEMS):
     """An MSE step over every user (sampling rate 1; user 3's fifth row past the cap of 4
     is left out by `unit_arrays`' draw), SGD at learning rate 1, so a row's update is its
     summed gradient over the expected batch."""
     parts = init_params(ModelConfig(name="mf", embedding_dim=3), n_users=N_USERS,
-                        n_items=N_ITEMS, keys=jax.random.key(1)[None])
+                        n_items=n_items, keys=jax.random.key(1)[None])
     params = jax.tree.map(lambda leaf: leaf[0], parts.params)
     spec = dpsgd.make_spec("user", clip=clip, noise_multiplier=noise, n_units=N_USERS,
                            expected_batch=N_USERS, examples_per_unit=CAP, user_rows="local",
@@ -43,8 +44,8 @@ def _setup(threshold, *, adaptive_noise=1e-6, contribution_clip=1.0, noise=0.0, 
     data = {k: jnp.asarray(v) for k, v in units.items()}
     data["shared_constants"] = parts.constants
     optimizer = make_optimizer(TrainConfig(optimizer="sgd", learning_rate=1.0))
-    step = dpsgd.make_dp_train_step(parts.graphdef, "mse", optimizer, spec, n_users=N_USERS,
-                                    n_items=N_ITEMS, n_negatives=1)
+    step = dpsgd.make_dp_train_step(parts.graphdef, loss, optimizer, spec, n_users=N_USERS,
+                                    n_items=n_items, n_negatives=3)
     return spec, units, data, step, init_state({"prediction": params}, optimizer)
 
 
@@ -89,6 +90,22 @@ def test_the_selection_is_the_clipped_contribution_counts_at_the_threshold():
     spec, _, data, step, state = _setup(float(half[5]) - 1e-6, contribution_clip=0.5)
     new_state, _ = jax.jit(step)(state, data, jax.random.key(3))
     assert _moved_items(state, new_state) == set(np.flatnonzero(half >= half[5] - 1e-6))
+
+
+def test_sampled_negatives_count_and_padding_rows_do_not():
+    """With BPR each unit's map holds its items and the negatives its kept rows drew (their
+    gradients are not zero), not what its padding rows would have drawn: at a threshold just
+    above 0 the rows selected are exactly the rows the step without selection moves (200
+    items, so the 10 padding rows' 30 negatives mostly fall outside them)."""
+    _, _, plain_data, plain_step, plain_state = _setup(0.0, loss="bpr", n_items=200)
+    moved, _ = jax.jit(plain_step)(plain_state, plain_data, jax.random.key(5))
+    expected = _moved_items(plain_state, moved)
+    own = set(ROWS["items"].tolist())
+    assert expected - own  # some negatives outside the users' own items moved
+    _, _, data, step, state = _setup(1e-3, loss="bpr", n_items=200)
+    new_state, metrics = jax.jit(step)(state, data, jax.random.key(5))
+    assert _moved_items(state, new_state) == expected
+    assert int(metrics["selected"]) == len(expected)
 
 
 def test_the_selection_noise_has_std_sigma_1_times_c_1():
