@@ -172,23 +172,38 @@ TINY = [
 
 def test_a_run_selects_rows_each_step_and_reports_its_budget(tmp_path):
     out = tmp_path / "run"
-    run_train.train_run(load_config(None, TINY + ["privacy.target_epsilon=4.0"]), out,
-                        quiet=True)
+    run_train.train_run(load_config(None, TINY + ["privacy.noise=1.5"]), out, quiet=True)
     privacy = json.loads((out / "metrics.json").read_text())["privacy"]
     assert privacy["adaptive_threshold"] == 2.0 and privacy["adaptive_noise"] == 4.0
+    assert privacy["noise_multiplier"] == 1.5
     assert privacy["accounted_noise_multiplier"] == pytest.approx(
-        accounting.combined_noise_multiplier(privacy["noise_multiplier"], 4.0))
+        accounting.combined_noise_multiplier(1.5, 4.0))
     assert privacy["epsilon"] == pytest.approx(accounting.epsilon(
         privacy["accounted_noise_multiplier"], privacy["sampling_rate"], privacy["steps"],
         privacy["delta"]))
-    assert privacy["epsilon"] <= 4.0 * 1.001
+    assert privacy["epsilon"] > accounting.epsilon(1.5, privacy["sampling_rate"],
+                                                   privacy["steps"], privacy["delta"])
     (selected,) = privacy["selected_rows_per_step"]  # one seed: the mean over its epochs
     assert 0 < selected <= 40
     lines = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert len(lines) == 2 and set(lines[0]) == {"seed", "epoch", "loss", "seconds", "valid"}
+
+
+def test_a_target_epsilon_leaves_the_gradients_what_the_selection_does_not_spend():
+    from causalrec_jax.tasks.ordinary import private_spec
+
+    rdp = ["privacy.target_epsilon=4.0", 'privacy.accountant="rdp"']  # RDP calibrates fast
+    config = load_config(None, TINY + rdp)
+    graphdef = init_params(config.model, n_users=60, n_items=40,
+                           keys=jax.random.key(0)[None]).graphdef
+    spec = private_spec(config, graphdef, n_users=60, n_rows=400)
+    steps = spec.steps_per_epoch * config.train.epochs
+    spent = accounting.epsilon(spec.accounted_noise_multiplier, spec.sampling_rate, steps,
+                               1 / 60, "rdp")
+    assert 4.0 * 0.99 <= spent <= 4.0 * 1.001  # the calibrated combination meets the target
+    assert spec.noise_multiplier > spec.accounted_noise_multiplier
     # a selection noise too small for the target leaves the gradients nothing: one line
-    with pytest.raises(ConfigError, match="^key privacy.adaptive_noise:"):
-        run_train.train_run(load_config(None, TINY + ["privacy.target_epsilon=4.0",
-                                                      "privacy.adaptive_noise=0.5"]),
-                            tmp_path / "refused", quiet=True)
-    assert not (tmp_path / "refused").exists()
+    small = load_config(None, TINY + rdp + ["privacy.adaptive_noise=0.5"])
+    with pytest.raises(ConfigError, match="^key privacy.adaptive_noise:") as error:
+        private_spec(small, graphdef, n_users=60, n_rows=400)
+    assert "\n" not in str(error.value)
