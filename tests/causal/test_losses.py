@@ -182,15 +182,20 @@ def test_registry():
 # --- unbiasedness on the simulator ------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def estimates():
-    """Each estimator over `N_KEYS` exposure draws of one small MNAR world, and the truth."""
+def _world_errors():
+    """One small MNAR world's squared errors of a noisy model of its expected ratings, and
+    its true propensities P(O=1 | u, i, Y) at the realised ratings."""
     sizes = WorldSizes(n_users=60, n_items=40)
     params = WorldParams(mean_exposure=0.2, selection_strength=1.5)
     truth = jax.jit(make_world, static_argnums=1)(jax.random.key(0), sizes, params)
     noise = 0.3 * jax.random.normal(jax.random.key(1), truth.ratings.shape)
-    errors = squared_error(truth.expected_rating + noise, truth.ratings)
-    propensity = truth.propensity  # P(O=1 | u, i, Y) at the realised ratings
+    return squared_error(truth.expected_rating + noise, truth.ratings), truth.propensity
+
+
+@pytest.fixture(scope="module")
+def estimates():
+    """Each estimator over `N_KEYS` exposure draws of one small MNAR world, and the truth."""
+    errors, propensity = _world_errors()
     wrong_propensity = jnp.full_like(propensity, propensity.mean())
 
     @jax.jit
@@ -277,12 +282,7 @@ def test_dynamic_exponent_and_denominators_hand_computed():
 def dynamic_estimates():
     """D-IPS, D-DR and DR over `N_KEYS` exposure draws of the world of `estimates`, with the
     true propensities, and the bias Lemma D.1 of Ha et al. (2024) predicts for each."""
-    sizes = WorldSizes(n_users=60, n_items=40)
-    params = WorldParams(mean_exposure=0.2, selection_strength=1.5)
-    truth = jax.jit(make_world, static_argnums=1)(jax.random.key(0), sizes, params)
-    noise = 0.3 * jax.random.normal(jax.random.key(1), truth.ratings.shape)
-    errors = squared_error(truth.expected_rating + noise, truth.ratings)
-    propensity = truth.propensity
+    errors, propensity = _world_errors()
     dynamic = dynamic_propensities(propensity)
     bias_weights = dynamic_bias_weights(propensity)
 
@@ -326,12 +326,7 @@ def targeted_estimates():
     """DR and TDR over `N_KEYS` exposure draws of the world of `estimates` (true propensities,
     down to 0.005), with a far-off imputation (the constant 1) and one near the errors' level
     (their mean over all cells)."""
-    sizes = WorldSizes(n_users=60, n_items=40)
-    params = WorldParams(mean_exposure=0.2, selection_strength=1.5)
-    truth = jax.jit(make_world, static_argnums=1)(jax.random.key(0), sizes, params)
-    noise = 0.3 * jax.random.normal(jax.random.key(1), truth.ratings.shape)
-    errors = squared_error(truth.expected_rating + noise, truth.ratings)
-    propensity = truth.propensity
+    errors, propensity = _world_errors()
     level = jnp.mean(errors)
 
     @jax.jit
