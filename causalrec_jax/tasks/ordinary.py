@@ -188,11 +188,17 @@ def _row_propensities(config: Config, split: Split, truth: Any, users, items) ->
         raw, config.causal.propensity_clip or None,
         name=f"propensities (causal.propensity = {config.causal.propensity!r})",
     )
-    if config.causal.method in causal_training.TARGETED_METHODS:
-        clip_propensities(matrix, None, name=f"propensities of every cell (causal.propensity = "
-                                             f"{config.causal.propensity!r})")
     # The distribution the clip acts on, for reports (the `[n]` values are not kept).
-    return raw, {**report.to_dict(), "histogram": propensity_histogram(raw)}, matrix
+    out = {**report.to_dict(), "histogram": propensity_histogram(raw)}
+    if config.causal.method in causal_training.TARGETED_METHODS:
+        # TDR reads every cell's propensity (its drawn cells'): validated, and what the clip
+        # does to them reported beside the rows'
+        _, cells = clip_propensities(
+            matrix, config.causal.propensity_clip or None,
+            name=f"propensities of every cell (causal.propensity = "
+                 f"{config.causal.propensity!r})")
+        out["every_cell"] = cells.to_dict()
+    return raw, out, matrix
 
 
 def test_results(config: Config, seen: Dataset, test: Dataset, score_users_fn, propensity,

@@ -381,6 +381,18 @@ def test_ips_and_doubly_robust_training_beat_naive_on_the_true_ratings(weighted_
         assert truth_mse[method] < 0.8 * truth_mse["naive"], truth_mse
 
 
+def test_a_targeted_dr_run_reports_every_cells_clip_and_beats_naive_on_the_truth(
+        weighted_runs):
+    """TDR reads the propensity of the cells it draws, not only the observed rows': the run
+    reports the clip over every cell of the world beside the rows'."""
+    naive, _ = weighted_runs("naive")
+    tdr, _ = weighted_runs("tdr_jl")
+    cells = tdr["propensity"]["every_cell"]
+    assert cells["n"] == 300 * tdr["data"]["n_items"] > tdr["propensity"]["n"]
+    assert cells["n_clipped"] > tdr["propensity"]["n_clipped"] > 0
+    assert tdr["test_truth"]["truth_mse"] < 0.8 * naive["test_truth"]["truth_mse"]
+
+
 def test_popularity_methods_train_and_serve_their_deconfounded_ranking(tmp_path):
     config = ratings_config('causal.method="macr"', 'train.loss="bce"', "causal.macr_c=0.5",
                             'train.early_stopping_metric="auc"', "train.epochs=5")
