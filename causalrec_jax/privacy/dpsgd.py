@@ -55,6 +55,7 @@ from scipy import stats
 from causalrec_jax import streams
 from causalrec_jax.errors import ConfigError
 from causalrec_jax.models.base import make_scorers, row_tables
+from causalrec_jax.privacy.accounting import combined_noise_multiplier
 from causalrec_jax.train.objectives import make_objective, scored_pairs
 from causalrec_jax.train.step import TrainState, all_finite, epoch_loss, guarded_update
 
@@ -157,12 +158,9 @@ class DPSpec:
     @property
     def accounted_noise_multiplier(self) -> float:
         """The noise multiplier a step is accounted at: `noise_multiplier`, or with AdaFEST's
-        per-step selection the combination of both (`accounting.combined_noise_multiplier`,
-        imported here lazily to keep this module's imports light)."""
+        per-step selection the combination of both (`accounting.combined_noise_multiplier`)."""
         if not self.adaptive_threshold:
             return self.noise_multiplier
-        from causalrec_jax.privacy.accounting import combined_noise_multiplier
-
         return combined_noise_multiplier(self.noise_multiplier, self.adaptive_noise)
 
 
