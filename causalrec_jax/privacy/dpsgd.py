@@ -34,6 +34,13 @@ locally on all of a user's rows carries one row into the others' gradients) and 
 drawn without the user's seen items (`train.exclude_seen_negatives = false`); runs refuse
 anything else.
 
+Sequence models (SASRec, HSTU, BERT4Rec; `make_sequence_unit_gradient`): a unit is a user's
+training windows (at most `max_examples_per_user` of them) or one window, and its gradient is
+taken over the whole token table and the encoder: a softmax-family loss reads the rows of the
+targets, of the sampled negatives (drawn per unit) or of every item, so the table's gradient
+is dense per unit (`chunk x n_tokens x d` floats a chunk). These models have no user rows:
+every parameter is noised.
+
 Not private (and so reported as such): the training loss a run logs and the choice of the best
 epoch on validation data read the data without noise.
 """
@@ -563,6 +570,35 @@ def make_unit_gradient(graphdef: Any, loss_name: str, *, n_users: int, n_items: 
     return unit_gradient
 
 
+def make_sequence_unit_gradient(loss_fn: Callable[..., Any], n_tokens: int
+                                ) -> Callable[..., Any]:
+    """Builds the `unit_fn` of `make_private_step` for a sequence model: one unit's gradient
+    of the sum of its trained positions' losses, over the whole parameter state.
+
+    `loss_fn(params, batch, key) -> []` is the run's loss (`train.sequence.make_sequence_loss`:
+    the mean over the batch's trained positions; `mask [k]` drops the unit's padding
+    windows); the unit's batch holds its `k` windows (`inputs`, `targets` for next-item
+    losses, `sequences` for `masked_item`). The sum is that mean times the unit's trained
+    positions (non-padding targets; for `masked_item`, its real tokens, of which the loss
+    masks a drawn share). The token table's gradient is returned whole, at ids `0 ..
+    n_tokens - 1` (`ids["tokens"]`), for `scatter_rows`.
+    """
+
+    def unit_gradient(params, constants, batch, key, hparams=None):
+        del constants, hparams  # a sequence model's state is all parameters
+        tokens = batch["targets"] if "targets" in batch else batch["sequences"]
+        trained = jnp.sum((tokens != 0) & batch["mask"][:, None])
+
+        def summed(p):
+            return loss_fn(p, batch, key) * trained
+
+        loss, grads = jax.value_and_grad(summed)(params)
+        ids = {"tokens": jnp.arange(n_tokens, dtype=jnp.int32)}
+        return grads, ids, loss, optax.tree.norm(grads), None
+
+    return unit_gradient
+
+
 def only_trained_items(tree: Any, params: Any, tables: dict[str, str], batch: dict[str, Any],
                        ids: dict[str, jax.Array], n_items: int) -> Any:
     """`tree` (gathered rows) with the item rows outside the selection (`TRAINED_ITEMS`, when
@@ -626,7 +662,8 @@ def make_private_step(unit_fn: Callable[..., Any], optimizer: optax.GradientTran
     (units Poisson drew), `dropped` (beyond `capacity`), `clipped` (units whose norm
     exceeded C), `mean_norm` and, with AdaFEST, `selected` (item rows selected).
     """
-    row_names = ("users", "items", "ratings", "weights", "propensities")
+    row_names = ("users", "items", "ratings", "weights", "propensities", "inputs", "targets",
+                 "sequences")
     adaptive = spec.adaptive_threshold > 0
     if adaptive and n_items is None:
         raise ValueError("DP-AdaFEST's selection needs the item table's row count (n_items)")
@@ -638,7 +675,7 @@ def make_private_step(unit_fn: Callable[..., Any], optimizer: optax.GradientTran
         shared = {name: value for name, value in data.items() if name.startswith("shared_")}
         params = state.params["prediction"]
         private = private_leaves(params, tables, spec.user_rows)
-        constants = data["shared_constants"]
+        constants = data.get("shared_constants")  # none for a sequence model
         extra = {} if state.hparams is None else {"hparams": state.hparams}
 
         def one_unit(unit, is_valid, unit_key):
@@ -655,7 +692,11 @@ def make_private_step(unit_fn: Callable[..., Any], optimizer: optax.GradientTran
                 ids = dict(ids, users=jnp.where(is_valid, ids["users"],
                                                 jnp.iinfo(ids["users"].dtype).max))
             contribution = contribution_map(update, ids, is_valid) if adaptive else None
-            return update, ids, loss, norm, jnp.sum(batch["mask"]), kept, contribution
+            # the rows a unit's loss is summed over: its rows, or a sequence unit's positions
+            tokens = batch.get("targets", batch.get("sequences"))
+            count = (jnp.sum(batch["mask"]) if tokens is None
+                     else jnp.sum((tokens != 0) & batch["mask"][:, None]))
+            return update, ids, loss, norm, count, kept, contribution
 
         def contribution_map(update, ids, is_valid):
             """AdaFEST: 1 on each of the unit's gathered item rows whose gradient is not zero

@@ -67,6 +67,7 @@ from causalrec_jax.tasks.sequential import (
     exposure_rows,
     held_out_rounds,
     load_slate_log,
+    sequence_privacy,
     slate_log_attraction,
     train_sequence_seed,
 )
@@ -318,6 +319,8 @@ def _write_sequence_run(config: Config, out: Path, *, quiet: bool, resume: bool,
     for part in ("test", "valid", "test_unmasked", "test_sampled", "test_truth", "test_ope"):
         if part in per_seed[0]:
             metrics.update(aggregate(per_seed, part))
+    if results[0].privacy is not None:
+        metrics["privacy"] = sequence_privacy(results)
     if slate_log is not None:
         rows = exposure_rows(slate_log.log, split.train, config.model.max_len,
                              held_out_rounds(split, split.train.n_users))

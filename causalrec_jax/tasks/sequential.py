@@ -62,6 +62,7 @@ from causalrec_jax.config import (
     ModelConfig,
     TrainConfig,
     data_keys_used,
+    privacy_keys_used,
     refuse_unused,
 )
 from causalrec_jax.data.dataset import Dataset, Split, concatenate
@@ -99,11 +100,18 @@ from causalrec_jax.parallel import (
     to_global,
     whole_tables,
 )
-from causalrec_jax.tasks.ordinary import LoadedRun, seed_keys, seed_list
+from causalrec_jax.privacy import dpsgd
+from causalrec_jax.tasks.ordinary import (
+    LoadedRun,
+    privacy_report,
+    private_spec,
+    seed_keys,
+    seed_list,
+)
 from causalrec_jax.train import checkpoint as checkpoints
-from causalrec_jax.train.loop import TrainingDivergedError, fit, seed_slice
+from causalrec_jax.train.loop import TrainingDivergedError, fit, over_seeds, seed_slice
 from causalrec_jax.train.objectives import seen_items_data
-from causalrec_jax.train.sequence import LOSSES, make_sequence_objective
+from causalrec_jax.train.sequence import LOSSES, make_sequence_loss, make_sequence_objective
 from causalrec_jax.train.step import (
     TrainState,
     epoch_loss,
@@ -170,10 +178,7 @@ def check_sequential_config(config: Config) -> str:
     # (`--distributed`) needs a mesh over all their devices
     check_run_mesh(config.parallel.mesh)
     name = config.model.name
-    if config.privacy.level:
-        raise ConfigError(f"key privacy.level: {config.privacy.level!r}, but a run of {name} "
-                          "trains without privacy so far (private training covers mf, mlp and "
-                          "neumf); remove it")
+    check_private_sequence_config(config, loss)
     if config.train.halving_rung:
         raise ConfigError(f"key train.halving_rung: {config.train.halving_rung}, but a run of "
                           f"{name} trains its seeds one after another, each to its own early "
@@ -182,6 +187,44 @@ def check_sequential_config(config: Config) -> str:
         raise ConfigError("key train.data_placement: 'host' is not available for sequential "
                           "models (their windows live on the device); use 'auto' or 'device'")
     return loss
+
+
+def check_private_sequence_config(config: Config, loss: str) -> None:
+    """The `[privacy]` checks of a sequential run: DP-SGD at user level (a user's windows) or
+    example level (one window); a key it does not read, or a setting it cannot honour, is
+    refused in one line naming the key."""
+    privacy = config.privacy
+    if not privacy.level:
+        refuse_unused(dataclasses.replace(Config(), privacy=privacy), {"privacy": ("level",)},
+                      "a sequential run without privacy.level")
+        return
+    name = config.model.name
+    if privacy.mechanism != "dp_sgd":
+        raise ConfigError(f"key privacy.mechanism: {privacy.mechanism!r}, but federated "
+                          f"training covers mf, mlp and neumf so far, not {name}; use 'dp_sgd'")
+    if config.data.format == "simlog":
+        raise ConfigError(f"key privacy.level: {privacy.level!r} on a slate log (data.format "
+                          "= 'simlog'); private training of a sequential model reads click "
+                          "sequences (remove privacy.level or use the sequences' format)")
+    if config.parallel.mesh:
+        raise ConfigError(f"key parallel.mesh: {list(config.parallel.mesh)} with privacy.level "
+                          f"= {privacy.level!r}; a private sequential run trains on one device")
+    if privacy.level == "example" and config.train.exclude_seen_negatives and (
+            loss in SAMPLED_LOSSES):
+        raise ConfigError("key train.exclude_seen_negatives: true at privacy.level = "
+                          "'example'; each window's negatives would depend on the user's other "
+                          "windows; set it to false")
+    if config.train.negative_sampler != "uniform":
+        raise ConfigError(f"key train.negative_sampler: {config.train.negative_sampler!r} with "
+                          f"privacy.level = {privacy.level!r}; the training popularity it "
+                          "draws by is counted without noise; use 'uniform'")
+    # no user rows (every parameter is noised), no item-row selection: DP-FEST and AdaFEST
+    # select rows of an item table a unit reads sparsely, a sequence unit's gradient is dense
+    unread = {"user_rows", "item_rows", "selection_noise", "adaptive_threshold",
+              "adaptive_noise", "contribution_clip", "silos"}
+    used = tuple(key for key in privacy_keys_used(privacy) if key not in unread)
+    refuse_unused(dataclasses.replace(Config(), privacy=privacy), {"privacy": used},
+                  f"a private run of {name}")
 
 
 def _check_sampler_keys(config: Config, loss: str) -> None:
@@ -564,11 +607,12 @@ def test_metrics(scorer: Scorer, config: Config, split: Split, seed: int, *,
 # ----------------------------------------------------------------------------- training
 
 
-def training_rows(config: Config, train: Dataset, loss_name: str) -> dict[str, np.ndarray]:
+def training_rows(config: Config, train: Dataset, loss_name: str, *,
+                  with_users: bool = False) -> dict[str, np.ndarray]:
     """The rows an epoch shuffles: `[n_windows, max_len]` token arrays (`inputs`, `targets`
     for next-item losses, `sequences` for `masked_item`; the first one's non-padding tokens
-    give a row's length) and, for the sampled losses with `train.exclude_seen_negatives`,
-    `users [n_windows]` (the window's user)."""
+    give a row's length) and, for the sampled losses with `train.exclude_seen_negatives` (or
+    `with_users`: a private run's units), `users [n_windows]` (the window's user)."""
     sequences = user_sequences(train)
     stride = config.model.window_stride or None
     if loss_name == "masked_item":
@@ -578,7 +622,7 @@ def training_rows(config: Config, train: Dataset, loss_name: str) -> dict[str, n
         windows = training_windows(sequences, config.model.max_len, stride=stride,
                                    targets=config.model.window_targets)
         rows, users = {"inputs": windows.inputs, "targets": windows.targets}, windows.users
-    if loss_name in SAMPLED_LOSSES and config.train.exclude_seen_negatives:
+    if with_users or (loss_name in SAMPLED_LOSSES and config.train.exclude_seen_negatives):
         rows["users"] = users.astype(np.int32)
     return rows
 
@@ -823,6 +867,9 @@ class SeedResult:
     # The divergence that ended this seed's training early (`keep_good_epochs`): the rest is
     # the result of its good epochs.
     diverged: TrainingDivergedError | None = None
+    # A private run's `"privacy"` object (`tasks.ordinary.privacy_report`) for this seed's
+    # steps; None otherwise.
+    privacy: dict[str, Any] | None = None
 
 
 @dataclasses.dataclass
@@ -840,6 +887,10 @@ class SeedSetup:
     hparams: dict[str, jax.Array] | None
     # a run over a mesh (`parallel.mesh`), None on one device
     sharded: ShardedTokens | None
+    # a private run (`privacy.level`): its DP-SGD step and the config it was built from
+    # (`private_sequence_setup`); None otherwise
+    privacy: Any = None
+    private_config: Config | None = None
 
 
 def seed_setup(config: Config, split: Split, seed: int, *, slate_log: SlateLog | None = None
@@ -848,6 +899,8 @@ def seed_setup(config: Config, split: Split, seed: int, *, slate_log: SlateLog |
     `split.train` (a slate log's rounds with `slate_log`): everything `train_sequence_seed`
     builds before its first epoch."""
     loss_name = check_sequential_config(config)
+    if config.privacy.level:  # slate logs refused (`check_private_sequence_config`)
+        return private_sequence_setup(config, split, seed, loss_name)
     train = split.train
     hparams = None
     if slate_log is not None:
@@ -901,6 +954,75 @@ def seed_setup(config: Config, split: Split, seed: int, *, slate_log: SlateLog |
     return SeedSetup(graphdef=graphdef, run_epoch=run_epoch, states=states, data=data, key=key,
                      rows=rows, batches_per_epoch=batches_per_epoch, hparams=hparams,
                      sharded=sharded)
+
+
+@functools.lru_cache(maxsize=8)
+def _private_programs(graphdef: nnx.GraphDef, loss_name: str, train: Any, spec: Any,
+                      n_tokens: int):
+    """The optimiser and the DP-SGD epoch (`privacy.dpsgd.make_dp_epoch`, one seed stacked)
+    of a private sequential run, built once per model structure and spec (every seed)."""
+    optimizer = make_optimizer(train, total_steps=spec.steps_per_epoch * train.epochs)
+    loss_fn = make_sequence_loss(graphdef, loss_name, n_negatives=train.n_negatives,
+                                 logq=train.logq_correction, gbce_t=train.gbce_t,
+                                 negatives_per_row=train.negatives_per_row)
+    step = dpsgd.make_private_step(dpsgd.make_sequence_unit_gradient(loss_fn, n_tokens),
+                                   optimizer, spec, row_tables(graphdef))
+    dp_epoch = dpsgd.make_dp_epoch(step, spec)
+
+    def epoch(state, data, key, index):
+        """The DP epoch on a state whose params are the model's (the private step reads
+        `{"prediction": params}`, as the optimiser's state was made: `_private_state`)."""
+        state, metrics = dp_epoch(dataclasses.replace(state, params={"prediction": state.params}),
+                                  data, key, index)
+        return dataclasses.replace(state, params=state.params["prediction"]), metrics
+
+    return optimizer, jax.jit(over_seeds(epoch, 1), donate_argnums=(0,))
+
+
+def _private_state(optimizer: Any, params: Any) -> TrainState:
+    """A private run's initial state, stacked over one seed: the model's params, the
+    optimiser's state made for `{"prediction": params}` (what the private step updates)."""
+    state = TrainState(params=params, opt_state=optimizer.init({"prediction": params}),
+                       step=jnp.zeros((), jnp.int32), hparams=None)
+    return jax.tree.map(lambda leaf: leaf[None], state)
+
+
+def private_sequence_setup(config: Config, split: Split, seed: int, loss_name: str
+                           ) -> SeedSetup:
+    """`seed_setup` of a private run (`privacy.level`): the training windows grouped into
+    privacy units (a user's windows, at most `privacy.max_examples_per_user` of them drawn
+    by `streams.Run.PRIVATE_ROWS`, or one window: `privacy.dpsgd.unit_arrays`), every epoch
+    `spec.steps_per_epoch` DP-SGD steps over Poisson-sampled units
+    (`privacy.dpsgd.make_private_step` with `make_sequence_unit_gradient`). A sequence model
+    has no user rows, so every parameter is noised (`privacy.user_rows` = "noised")."""
+    train = split.train
+    rows = training_rows(config, train, loss_name, with_users=True)
+    n_windows = len(rows["users"])
+    if not n_windows:
+        raise ConfigError(f"key data.path: no training window for {config.model.name} (every "
+                          "user has fewer than two training items); check the data and split")
+    key = seed_keys([seed])
+    model = _model(config, train.n_items, streams.derive(key[0], streams.Run.INIT))
+    graphdef, params = nnx.split(model, nnx.Param)
+    private = dataclasses.replace(config, privacy=dataclasses.replace(config.privacy,
+                                                                      user_rows="noised"))
+    spec = private_spec(private, graphdef, n_users=train.n_users, n_rows=n_windows)
+    # a unit's table is as wide as the most windows a user keeps (not the cap itself)
+    widest = int(np.bincount(rows["users"], minlength=train.n_users).max())
+    units = dpsgd.unit_arrays(
+        rows, train.n_users, spec.level, min(config.privacy.max_examples_per_user, widest),
+        streams.derive(key[0], streams.Run.PRIVATE_ROWS))
+    n_tokens = int(params["token_embedding"][...].shape[0])
+    optimizer, run_epoch = _private_programs(graphdef, loss_name, config.train, spec, n_tokens)
+    data = {name: jnp.asarray(values) for name, values in units.items()}
+    if loss_name in SAMPLED_LOSSES and config.train.exclude_seen_negatives:
+        data.update({name: jnp.asarray(values) for name, values in
+                     seen_items_data(train.user, train.item, train.n_users,
+                                     train.n_items).items()})
+    return SeedSetup(graphdef=graphdef, run_epoch=run_epoch,
+                     states=_private_state(optimizer, params), data=data,
+                     key=key, rows=rows, batches_per_epoch=spec.steps_per_epoch, hparams=None,
+                     sharded=None, privacy=spec, private_config=private)
 
 
 def train_sequence_seed(
@@ -982,10 +1104,25 @@ def train_sequence_seed(
              "seconds_to_best": round(seconds_to_best, 4)}
     if hparams is not None:
         entry["hparams"] = {name: float(value) for name, value in hparams.items()}
+    privacy = None
+    if setup.privacy is not None:
+        privacy = privacy_report(setup.private_config, setup.privacy, len(result.history),
+                                 split.train.n_users)
     return SeedResult(best_params=best_params, entry=entry,
                       history=[{**record, "seed": seed} for record in result.history],
                       timing={**timing, "n_windows": len(next(iter(rows.values())))},
-                      diverged=diverged)
+                      diverged=diverged, privacy=privacy)
+
+
+def sequence_privacy(results: list[SeedResult]) -> dict[str, Any]:
+    """The `"privacy"` object of a private sequential run's `metrics.json`: the seeds train
+    one after another, each to its own early stop, so each has its own steps and epsilon;
+    the object is the report of the seed that trained longest (the largest epsilon), with
+    every seed's `epsilon_per_seed` and `steps_per_seed`."""
+    reports = [result.privacy for result in results]
+    longest = max(reports, key=lambda report: report["steps"])
+    return {**longest, "epsilon_per_seed": [report["epsilon"] for report in reports],
+            "steps_per_seed": [report["steps"] for report in reports]}
 
 
 # ----------------------------------------------------------------------------- using a run
