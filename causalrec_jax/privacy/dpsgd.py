@@ -470,7 +470,8 @@ def check_row_tables(graphdef: Any) -> dict[str, str]:
         raise ConfigError(
             f"key model.name: {graphdef.nodes[0].type.__name__} scores a user from other "
             "users' rows (or from no row table), so a user's gradient is not bounded by "
-            "clipping that user's own; private training covers mf, mlp and neumf")
+            "clipping that user's own; private training covers mf, mlp, neumf and the "
+            "sequence models (sasrec, hstu, bert4rec)")
     return tables
 
 

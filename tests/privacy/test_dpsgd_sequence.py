@@ -1,4 +1,4 @@
-"""DP-SGD for the sequence models (SASRec, HSTU): each user's windows are one unit, whose
+"""DP-SGD for the sequence models (SASRec, HSTU, BERT4Rec): each user's windows are one unit, whose
 clipped gradient over the whole parameter state (the token table included) equals a brute-force
 `jax.grad` loop over the users; one user moves the pre-noise sum by at most C; the unit's
 negatives and dropout come from its own key."""
@@ -11,6 +11,7 @@ from flax import nnx
 
 from causalrec_jax import streams
 from causalrec_jax.config import TrainConfig
+from causalrec_jax.models.bert4rec import BERT4Rec
 from causalrec_jax.models.hstu import HSTU
 from causalrec_jax.models.sasrec import SASRec
 from causalrec_jax.privacy import dpsgd
@@ -31,14 +32,16 @@ WINDOWS = [
 N_USERS = 4
 
 
-def _rows():
+def _rows(masked=False):
     users, inputs, targets = zip(*WINDOWS, strict=True)
+    if masked:  # BERT4Rec's windows: the items themselves, some masked per step
+        return {"users": np.array(users, np.int32), "sequences": np.array(targets, np.int32)}
     return {"users": np.array(users, np.int32), "inputs": np.array(inputs, np.int32),
             "targets": np.array(targets, np.int32)}
 
 
 def _model(name, dropout):
-    cls = SASRec if name == "sasrec" else HSTU
+    cls = {"sasrec": SASRec, "hstu": HSTU, "bert4rec": BERT4Rec}[name]
     model = cls(N_ITEMS, MAX_LEN, key=jax.random.key(2), hidden_dim=8, n_layers=1,
                 n_heads=1, dropout_rate=dropout)
     return nnx.split(model, nnx.Param)
@@ -46,7 +49,7 @@ def _model(name, dropout):
 
 def _setup(loss_name, *, name="sasrec", clip=0.05, level="user", dropout=0.0):
     graphdef, params = _model(name, dropout)
-    rows = _rows()
+    rows = _rows(masked=loss_name == "masked_item")
     n_units = N_USERS if level == "user" else len(rows["users"])
     spec = dpsgd.make_spec(level, clip=clip, noise_multiplier=0.0, n_units=n_units,
                            expected_batch=n_units, examples_per_unit=3 if level == "user"
@@ -79,9 +82,11 @@ def _brute_force(params, spec, data, key, loss_fn):
     total = jax.tree.map(jnp.zeros_like, params)
     for unit in range(spec.n_units):
         mask = data["unit_mask"][unit]
-        batch = {"inputs": data["inputs"][unit], "targets": data["targets"][unit],
-                 "mask": mask}
-        positions = jnp.sum((batch["targets"] != 0) & mask[:, None])
+        names = ("sequences",) if "sequences" in data else ("inputs", "targets")
+        batch = {name: data[name][unit] for name in names}
+        batch["mask"] = mask
+        tokens = batch.get("targets", batch.get("sequences"))
+        positions = jnp.sum((tokens != 0) & mask[:, None])
 
         def summed(p, batch=batch, positions=positions, unit=unit):
             return loss_fn(p, batch, streams.index(unit_stream, unit)) * positions
@@ -100,7 +105,7 @@ def _distance(a, b):
 
 @pytest.mark.parametrize("loss_name,name,dropout", [
     ("full_softmax", "sasrec", 0.0), ("sampled_softmax", "sasrec", 0.3),
-    ("gbce", "hstu", 0.0), ("bce_one_negative", "hstu", 0.3),
+    ("gbce", "hstu", 0.0), ("bce_one_negative", "hstu", 0.3), ("masked_item", "bert4rec", 0.3),
 ])
 def test_clipped_sums_equal_a_brute_force_loop_over_users(loss_name, name, dropout):
     params, spec, data, step, state, loss_fn = _setup(loss_name, name=name, dropout=dropout)
