@@ -93,6 +93,35 @@ def make_client_update(graphdef: Any, loss_name: str, *, n_users: int, n_items: 
     return client_update
 
 
+def make_sequence_client_update(loss_fn: Callable[..., Any], n_tokens: int, *,
+                                local_steps: int, client_learning_rate: float
+                                ) -> Callable[..., Any]:
+    """`make_client_update` for a sequence model (SASRec, HSTU, BERT4Rec): the client's batch
+    is its windows (`[k, L]`, `mask [k]`), its `local_steps` steps of SGD are on `loss_fn`
+    (`train.sequence.make_sequence_loss`, the mean over its trained positions, a fresh key
+    for dropout and negatives each step) over the whole model state, and its message is the
+    change of that state with the sign flipped (the token table whole, at ids `0 ..
+    n_tokens - 1`; `dpsgd.make_sequence_unit_gradient`'s form). A sequence model has no user
+    rows: the client keeps nothing between rounds and sends all it changed."""
+
+    def client_update(params, constants, batch, key, hparams=None):
+        del constants, hparams
+        stream = streams.derive(key, streams.Step.LOCAL_STEPS)
+        keys = [streams.index(stream, step) for step in range(local_steps)]
+        local = params
+        for k in keys:  # a few steps: unrolled, each with its own negatives and dropout
+            grads = jax.grad(loss_fn)(local, batch, k)
+            local = jax.tree.map(lambda p, g: p - client_learning_rate * g, local, grads)
+        pseudo_gradient = jax.tree.map(jnp.subtract, params, local)  # -(after - before)
+        tokens = batch["targets"] if "targets" in batch else batch["sequences"]
+        positions = jnp.sum((tokens != 0) & batch["mask"][:, None])
+        loss = loss_fn(params, batch, keys[0]) * positions
+        ids = {"tokens": jnp.arange(n_tokens, dtype=jnp.int32)}
+        return pseudo_gradient, ids, loss, optax.tree.norm(pseudo_gradient), None
+
+    return client_update
+
+
 def client_message(pseudo_gradient: Any, ids: dict[str, jax.Array], params: Any,
                    tables: dict[str, str]) -> dict[str, Any]:
     """What a client sends: `{"item_ids": [m], "shared": [leaf or None]}`, the ids of the item

@@ -100,7 +100,7 @@ from causalrec_jax.parallel import (
     to_global,
     whole_tables,
 )
-from causalrec_jax.privacy import dpsgd
+from causalrec_jax.privacy import dpsgd, federated
 from causalrec_jax.tasks.ordinary import (
     LoadedRun,
     privacy_report,
@@ -199,9 +199,9 @@ def check_private_sequence_config(config: Config, loss: str) -> None:
                       "a sequential run without privacy.level")
         return
     name = config.model.name
-    if privacy.mechanism != "dp_sgd":
-        raise ConfigError(f"key privacy.mechanism: {privacy.mechanism!r}, but federated "
-                          f"training covers mf, mlp and neumf so far, not {name}; use 'dp_sgd'")
+    if privacy.mechanism == "fedavg" and privacy.level != "user":
+        raise ConfigError(f"key privacy.level: {privacy.level!r} with privacy.mechanism = "
+                          "'fedavg'; federated clients are users (level 'user')")
     if config.data.format == "simlog":
         raise ConfigError(f"key privacy.level: {privacy.level!r} on a slate log (data.format "
                           "= 'simlog'); private training of a sequential model reads click "
@@ -958,15 +958,21 @@ def seed_setup(config: Config, split: Split, seed: int, *, slate_log: SlateLog |
 
 @functools.lru_cache(maxsize=8)
 def _private_programs(graphdef: nnx.GraphDef, loss_name: str, train: Any, spec: Any,
-                      n_tokens: int):
-    """The optimiser and the DP-SGD epoch (`privacy.dpsgd.make_dp_epoch`, one seed stacked)
-    of a private sequential run, built once per model structure and spec (every seed)."""
+                      n_tokens: int, client_learning_rate: float):
+    """The optimiser and the DP-SGD epoch (`privacy.dpsgd.make_dp_epoch`, one seed stacked;
+    with `spec.local_steps`, FedAvg rounds, `privacy.federated`) of a private sequential run,
+    built once per model structure and spec (every seed)."""
     optimizer = make_optimizer(train, total_steps=spec.steps_per_epoch * train.epochs)
     loss_fn = make_sequence_loss(graphdef, loss_name, n_negatives=train.n_negatives,
                                  logq=train.logq_correction, gbce_t=train.gbce_t,
                                  negatives_per_row=train.negatives_per_row)
-    step = dpsgd.make_private_step(dpsgd.make_sequence_unit_gradient(loss_fn, n_tokens),
-                                   optimizer, spec, row_tables(graphdef))
+    if spec.local_steps:  # federated rounds: each sampled user a client
+        unit_fn = federated.make_sequence_client_update(
+            loss_fn, n_tokens, local_steps=spec.local_steps,
+            client_learning_rate=client_learning_rate)
+    else:
+        unit_fn = dpsgd.make_sequence_unit_gradient(loss_fn, n_tokens)
+    step = dpsgd.make_private_step(unit_fn, optimizer, spec, row_tables(graphdef))
     dp_epoch = dpsgd.make_dp_epoch(step, spec)
 
     def epoch(state, data, key, index):
@@ -993,8 +999,10 @@ def private_sequence_setup(config: Config, split: Split, seed: int, loss_name: s
     privacy units (a user's windows, at most `privacy.max_examples_per_user` of them drawn
     by `streams.Run.PRIVATE_ROWS`, or one window: `privacy.dpsgd.unit_arrays`), every epoch
     `spec.steps_per_epoch` DP-SGD steps over Poisson-sampled units
-    (`privacy.dpsgd.make_private_step` with `make_sequence_unit_gradient`). A sequence model
-    has no user rows, so every parameter is noised (`privacy.user_rows` = "noised")."""
+    (`privacy.dpsgd.make_private_step` with `make_sequence_unit_gradient`), or with
+    `privacy.mechanism = "fedavg"` as many FedAvg rounds, each sampled user a client
+    (`privacy.federated.make_sequence_client_update`). A sequence model has no user rows, so
+    every parameter is noised."""
     train = split.train
     rows = training_rows(config, train, loss_name, with_users=True)
     n_windows = len(rows["users"])
@@ -1004,8 +1012,11 @@ def private_sequence_setup(config: Config, split: Split, seed: int, loss_name: s
     key = seed_keys([seed])
     model = _model(config, train.n_items, streams.derive(key[0], streams.Run.INIT))
     graphdef, params = nnx.split(model, nnx.Param)
+    # no user rows: every parameter is noised (FedAvg's clients, which would keep theirs,
+    # keep none)
+    rows_kept = "local" if config.privacy.mechanism == "fedavg" else "noised"
     private = dataclasses.replace(config, privacy=dataclasses.replace(config.privacy,
-                                                                      user_rows="noised"))
+                                                                      user_rows=rows_kept))
     spec = private_spec(private, graphdef, n_users=train.n_users, n_rows=n_windows)
     # a unit's table is as wide as the most windows a user keeps (not the cap itself)
     widest = int(np.bincount(rows["users"], minlength=train.n_users).max())
@@ -1013,7 +1024,8 @@ def private_sequence_setup(config: Config, split: Split, seed: int, loss_name: s
         rows, train.n_users, spec.level, min(config.privacy.max_examples_per_user, widest),
         streams.derive(key[0], streams.Run.PRIVATE_ROWS))
     n_tokens = int(params["token_embedding"][...].shape[0])
-    optimizer, run_epoch = _private_programs(graphdef, loss_name, config.train, spec, n_tokens)
+    optimizer, run_epoch = _private_programs(graphdef, loss_name, config.train, spec, n_tokens,
+                                             config.privacy.client_learning_rate)
     data = {name: jnp.asarray(values) for name, values in units.items()}
     if loss_name in SAMPLED_LOSSES and config.train.exclude_seen_negatives:
         data.update({name: jnp.asarray(values) for name, values in
@@ -1108,6 +1120,10 @@ def train_sequence_seed(
     if setup.privacy is not None:
         privacy = privacy_report(setup.private_config, setup.privacy, len(result.history),
                                  split.train.n_users)
+        # a sequence model has no user rows: a noised run's every parameter is private
+        privacy["user_rows"] = None
+        if config.privacy.noised:
+            privacy["guarantee"] = "DP of every parameter"
     return SeedResult(best_params=best_params, entry=entry,
                       history=[{**record, "seed": seed} for record in result.history],
                       timing={**timing, "n_windows": len(next(iter(rows.values())))},

@@ -14,7 +14,7 @@ from causalrec_jax.config import TrainConfig
 from causalrec_jax.models.bert4rec import BERT4Rec
 from causalrec_jax.models.hstu import HSTU
 from causalrec_jax.models.sasrec import SASRec
-from causalrec_jax.privacy import dpsgd
+from causalrec_jax.privacy import dpsgd, federated
 from causalrec_jax.train.sequence import make_sequence_loss
 from causalrec_jax.train.step import TrainState, make_optimizer
 
@@ -146,3 +146,49 @@ def test_the_logged_loss_is_the_mean_over_trained_positions():
     whole = loss_fn(params, {"inputs": jnp.asarray(rows["inputs"]),
                              "targets": jnp.asarray(rows["targets"])}, jax.random.key(0))
     np.testing.assert_allclose(float(metrics["loss"]), float(whole), rtol=1e-5)
+
+
+def _client_round(*, clip, local_steps, client_lr, n_units=N_USERS, expected=N_USERS):
+    graphdef, params = _model("sasrec", 0.0)
+    rows = _rows()
+    spec = dpsgd.make_spec("user", clip=clip, noise_multiplier=0.0, n_units=n_units,
+                           expected_batch=expected, examples_per_unit=3,
+                           local_steps=local_steps)
+    units = dpsgd.unit_arrays(rows, N_USERS, "user", 3, jax.random.key(0))
+    data = {k: jnp.asarray(v)[:n_units] for k, v in units.items()}
+    loss_fn = make_sequence_loss(graphdef, "full_softmax")
+    optimizer = make_optimizer(TrainConfig(optimizer="sgd", learning_rate=1.0))
+    client = federated.make_sequence_client_update(
+        loss_fn, params["token_embedding"][...].shape[0], local_steps=local_steps,
+        client_learning_rate=client_lr)
+    step = dpsgd.make_private_step(client, optimizer, spec, {"token_embedding": "tokens"})
+    state = TrainState(params={"prediction": params},
+                       opt_state=optimizer.init({"prediction": params}),
+                       step=jnp.zeros((), jnp.int32), hparams=None)
+    return params, spec, data, step, state, loss_fn
+
+
+def test_a_fedavg_round_of_one_client_and_one_local_step_is_a_centralised_step():
+    """FedAvg's server (SGD at learning rate 1) over one client that takes one SGD step at
+    rate eta: the model after the round is the client's, an SGD step on its windows."""
+    params, _, data, step, state, loss_fn = _client_round(
+        clip=1e9, local_steps=1, client_lr=0.3, n_units=1, expected=1)
+    new, metrics = jax.jit(step)(state, data, jax.random.key(6))
+    assert int(metrics["sampled"]) == 1
+    batch = {"inputs": data["inputs"][0], "targets": data["targets"][0],
+             "mask": data["unit_mask"][0]}
+    grads = jax.grad(loss_fn)(params, batch, jax.random.key(0))  # no dropout, no sampling
+    want = jax.tree.map(lambda p, g: p - 0.3 * g, params, grads)
+    for a, b in zip(jax.tree.leaves(new.params["prediction"]), jax.tree.leaves(want),
+                    strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7)
+
+
+def test_a_client_moves_the_dp_fedavg_sum_by_at_most_the_clip():
+    _, spec, data, step, state, _ = _client_round(clip=0.01, local_steps=2, client_lr=0.5)
+    key = jax.random.key(8)
+    full, metrics = _summed(step, state, data, key, spec)
+    assert int(metrics["clipped"]) == N_USERS
+    without = dict(data, unit_mask=data["unit_mask"].at[1].set(False))
+    less, _ = _summed(step, state, without, key, spec)
+    assert 0.99 * spec.clip <= _distance(full, less) <= spec.clip * (1 + 1e-4)

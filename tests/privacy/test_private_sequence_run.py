@@ -45,7 +45,7 @@ def test_a_private_sasrec_learns_the_planted_rule_at_epsilon_8(walks):
     privacy = metrics["privacy"]
     # 60 users, 32 expected a step: 2 steps an epoch, 40 epochs (patience = epochs)
     assert privacy["steps"] == 80 and privacy["steps_per_seed"] == [80]
-    assert privacy["level"] == "user" and privacy["user_rows"] == "noised"
+    assert privacy["level"] == "user" and privacy["user_rows"] is None
     assert privacy["guarantee"] == "DP of every parameter"
     assert privacy["sampling_rate"] == pytest.approx(32 / 60)
     assert privacy["epsilon"] == pytest.approx(accounting.epsilon(
@@ -67,8 +67,23 @@ def test_overwhelming_noise_leaves_the_rule_unlearned(walks):
     assert metrics["privacy"]["epsilon"] < 0.01
 
 
+def test_fedavg_clients_learn_the_planted_rule(walks):
+    """FedAvg, each user a client taking 2 local SGD steps a round on its own windows, the
+    server averaging (SGD at learning rate 1): the rule is learned without noise."""
+    folder, path = walks
+    metrics = _train(path, folder / "fedavg", 'privacy.mechanism="fedavg"',
+                     "privacy.local_steps=2", "privacy.client_learning_rate=0.5",
+                     'train.optimizer="sgd"', "train.learning_rate=1.0")
+    assert metrics["test"]["hit@1"] > 0.9
+    privacy = metrics["privacy"]
+    assert privacy["mechanism"] == "fedavg" and privacy["local_steps"] == 2
+    assert privacy["steps"] == 80 and privacy["epsilon"] is None  # infinite: no noise
+    assert privacy["guarantee"] == "none: no noise is added"
+
+
 @pytest.mark.parametrize("extra,key", [
-    (['privacy.mechanism="fedavg"', "privacy.noise=1.0"], "privacy.mechanism"),
+    (['privacy.mechanism="fedavg"', 'privacy.level="example"'], "privacy.level"),
+    (['privacy.mechanism="fedavg"', "privacy.silos=4"], "privacy.silos"),
     (['privacy.user_rows="noised"', "privacy.noise=1.0"], "privacy.user_rows"),
     (["privacy.item_rows=5", "privacy.noise=1.0"], "privacy.item_rows"),
     (["privacy.adaptive_threshold=2.0", "privacy.noise=1.0"], "privacy.adaptive_threshold"),
