@@ -26,6 +26,9 @@ Writes to `DIR` (default `runs/privacy_utility`):
   the catalogue recommended), the accounted epsilon and the noise multiplier;
 - `privacy_utility.png`: ndcg@10 and the mean popularity of the top-10 against epsilon.
 
+A sequential config (SASRec, HSTU, BERT4Rec) runs the same rows: a unit is a user's windows
+(a window at example level, `--example-batch` windows a step), every parameter noised.
+
 Protocol: the config's (for `configs/ml100k_mf_dp.toml`, RecBole's: random 80/10/10 split per
 user, every rating a positive, full ranking with training and validation items masked, users
 without a test item left out); the best epoch is chosen on validation ndcg, which reads the
@@ -49,6 +52,7 @@ from causalrec_jax.runs import train as run_train
 from causalrec_jax.runs.folder import fresh_out
 from causalrec_jax.runs.script import run_script
 from causalrec_jax.tasks.ordinary import check_ordinary_keys
+from causalrec_jax.tasks.sequential import SEQUENCE_MODELS, check_sequential_config
 
 ROOT = Path(__file__).resolve().parents[1]
 LEVELS = ("user", "example")
@@ -81,11 +85,21 @@ def _reset(keys) -> list[str]:
     return [f"privacy.{key}={json.dumps(getattr(defaults, key))}" for key in keys]
 
 
+def check_keys(config) -> None:
+    """The run's own checks of a config (an ordinary or a sequential run), before any run."""
+    if config.model.name in SEQUENCE_MODELS:
+        check_sequential_config(config)
+    else:
+        check_ordinary_keys(config)
+
+
 def run_one(config_path: str, overrides: list[str], out: Path, mechanism: str,
             epsilon: float) -> dict[str, Any]:
     """Trains one setting; returns its table row."""
     config = load_config(config_path, overrides)
-    metrics = run_train.train_run(config, out, quiet=True)
+    train = (run_train.sequence_run if config.model.name in SEQUENCE_MODELS
+             else run_train.train_run)
+    metrics = train(config, out, quiet=True)
     row: dict[str, Any] = {"mechanism": mechanism, "epsilon": epsilon, "run": out.name,
                            "seeds": len(metrics["per_seed"]),
                            "train_seconds": metrics["timing"].get("train_seconds")}
@@ -120,7 +134,8 @@ def markdown(rows: list[dict[str, Any]]) -> str:
 
 def main(argv=None) -> list[dict[str, Any]]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", required=True, help="a config of an ordinary run")
+    parser.add_argument("--config", required=True,
+                        help="a config of an ordinary or a sequential run")
     parser.add_argument("--reference", help="the config of the non-private row (default: "
                         "--config without [privacy])")
     parser.add_argument("--epsilons", default="1,2,4,8,inf")
@@ -165,7 +180,7 @@ def main(argv=None) -> list[dict[str, Any]]:
                             f"fedavg_eps{epsilon:g}", "DP-FedAvg", epsilon)
                            for epsilon in sorted(e for e in epsilons if math.isfinite(e))]
         for overrides, *_ in federated_runs:
-            check_ordinary_keys(load_config(args.fedavg, overrides))
+            check_keys(load_config(args.fedavg, overrides))
     out = fresh_out(args.out, "privacy_utility")
     out.mkdir(parents=True, exist_ok=True)
     base = load_config(args.config, args.overrides)
@@ -188,8 +203,10 @@ def main(argv=None) -> list[dict[str, Any]]:
     for level in levels:
         # the example level counts rows, and needs every parameter noised and negatives drawn
         # without the user's other rows (`privacy.dpsgd`, "Example level")
+        # (a sequence model has no user rows: every parameter is noised already)
+        noised = [] if base.model.name in SEQUENCE_MODELS else ['privacy.user_rows="noised"']
         batch = ([f"train.batch_size={args.example_batch}", *reset("max_examples_per_user"),
-                  'privacy.user_rows="noised"', "train.exclude_seen_negatives=false"]
+                  *noised, "train.exclude_seen_negatives=false"]
                  if level == "example" else [])
         for epsilon in sorted(e for e in epsilons if math.isfinite(e)):
             settings = [f'privacy.level="{level}"', f"privacy.target_epsilon={epsilon}",

@@ -107,3 +107,57 @@ def test_bad_input_is_one_line(tmp_path, args, message, run_repo_script):
     assert code == 2
     assert message in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "o").exists()
+
+
+SEQUENCE_CONFIG = """
+[data]
+format = "csv"
+path = "{path}"
+split = "leave_one_out"
+columns = {{user = "user", item = "item", timestamp = "time"}}
+[model]
+name = "sasrec"
+embedding_dim = 16
+n_layers = 1
+n_heads = 1
+max_len = 8
+[train]
+loss = "full_softmax"
+learning_rate = 0.02
+batch_size = 32
+epochs = 3
+early_stopping_metric = "ndcg@10"
+[eval]
+metrics = ["ndcg", "recall"]
+ks = [10]
+positive_threshold = 0.0
+[privacy]
+level = "user"
+target_epsilon = 8.0
+max_examples_per_user = 4
+"""
+
+
+@pytest.mark.slow  # make test-all (see Makefile): a smoke run of the script, 5 trainings
+def test_a_sequential_config_gets_every_row(tmp_path, write_walks, load_repo_script):
+    """SASRec on the planted walks: DP-SGD at user and example level and DP-FedAvg beside the
+    run without privacy, each with its accounted budget."""
+    path = write_walks(tmp_path)[0]
+    dp, federated = tmp_path / "dp.toml", tmp_path / "fedavg.toml"
+    dp.write_text(SEQUENCE_CONFIG.format(path=path))
+    federated.write_text(SEQUENCE_CONFIG.format(path=path).replace(
+        "[privacy]", '[privacy]\nmechanism = "fedavg"\nlocal_steps = 2'))
+    out = tmp_path / "out"
+    rows = load_repo_script(SCRIPT).main(
+        ["--config", str(dp), "--fedavg", str(federated), "--epsilons", "8,inf",
+         "--seeds", "1", "--example-batch", "64", "--out", str(out)])
+    assert [(row["mechanism"], row["epsilon"]) for row in rows] == [
+        ("not private", math.inf), ("DP-SGD, user level", 8.0),
+        ("DP-SGD, example level", 8.0), ("FedAvg, no noise", math.inf),
+        ("DP-FedAvg", 8.0)]
+    for row in rows:
+        assert 0 <= row["ndcg@10"] <= 1 and row["averagepopularity@10"] > 0
+        if math.isfinite(row["epsilon"]):
+            assert 7.9 <= row["accounted_epsilon"] <= 8.0 * 1.001
+    config = (out / "example_eps8" / "config.toml").read_text()
+    assert "batch_size = 64" in config and 'user_rows = "local"' in config  # not set
