@@ -480,7 +480,8 @@ def check_row_tables(graphdef: Any) -> dict[str, str]:
 MARKED_ROWS_PER_ID = 32
 
 
-def unique_ids(touched: dict[str, jax.Array], sizes: dict[str, int]) -> dict[str, jax.Array]:
+def unique_ids(touched: dict[str, jax.Array], sizes: dict[str, int],
+               one_user: bool = False) -> dict[str, jax.Array]:
     """Sorted unique ids of each kind, padded past the table's end (still sorted; a padding
     id is never looked up: `searchsorted` finds every real id first). Ids lie in
     `[0, sizes[kind])`, as a unit's users, items and sampled negatives do, or equal
@@ -492,9 +493,17 @@ def unique_ids(touched: dict[str, jax.Array], sizes: dict[str, int]) -> dict[str
     XLA's CPU sort calls a comparator per comparison, and sorting each unit's ids took 28% of a
     user-level BPR-MF step at ml-100k's size (`bench/privacy.py`). Units of few ids (one row at
     example level) and large tables sort.
+
+    `one_user`: every user id of the unit is the same (a unit is one user's rows, or one
+    row: not a silo), so `users` is that one id (`[1]`): the unit gathers, differentiates and
+    scatters one user row instead of one per scored pair (a user-level unit of 64 BPR rows
+    with 4 negatives had 320 user slots, 319 of them padding).
     """
     out = {}
     for kind, values in touched.items():
+        if one_user and kind == "users":
+            out[kind] = values[:1]
+            continue
         size, slots = sizes[kind], values.shape[0]
         if size <= MARKED_ROWS_PER_ID * slots:
             marked = jnp.zeros(size, bool).at[values].set(True, mode="drop")
@@ -537,14 +546,15 @@ def local_objective(graphdef: Any, tables: dict[str, str], loss_name: str, param
 
 def make_unit_gradient(graphdef: Any, loss_name: str, *, n_users: int, n_items: int,
                        n_negatives: int, user_rows: str = "noised",
-                       objective: Callable[..., Any] | None = None) -> Callable[..., Any]:
+                       objective: Callable[..., Any] | None = None,
+                       one_user: bool = False) -> Callable[..., Any]:
     """Builds `unit_gradient(params, constants, batch, key, hparams) -> (grads, ids, loss,
     norm, None)`: one unit's gradient of the sum of its rows' losses (`train.objectives.
     make_objective`, the loss of the ordinary step, on `batch [k]`), unclipped, over its
     gathered rows (`grads` row tables `[m, ...]` at `ids[kind] [m]`) and the dense
     parameters; `loss` that sum and `norm` the norm of its private part (`private_leaves`:
     without the user rows when `user_rows = "local"`). The `unit_fn` of
-    `make_private_step`.
+    `make_private_step`. `one_user`: each unit's rows are one user's (`unique_ids`).
 
     Raises:
         ConfigError: a model that declares no row tables (`check_row_tables`).
@@ -554,7 +564,7 @@ def make_unit_gradient(graphdef: Any, loss_name: str, *, n_users: int, n_items: 
 
     def unit_gradient(params, constants, batch, key, hparams=None):
         users, items = scored_pairs(loss_name, batch, key, n_items, n_negatives)
-        ids = unique_ids({"users": users, "items": items}, sizes)
+        ids = unique_ids({"users": users, "items": items}, sizes, one_user)
         local_params, local = local_objective(graphdef, tables, loss_name, params, constants,
                                               ids, n_items=n_items, n_negatives=n_negatives,
                                               objective=objective)
@@ -629,7 +639,7 @@ def make_dp_train_step(graphdef: Any, loss_name: str, optimizer: optax.GradientT
     `shared_log_popularity`, counted under DP: `noisy_log_popularity`)."""
     unit_gradient = make_unit_gradient(graphdef, loss_name, n_users=n_users, n_items=n_items,
                                        n_negatives=n_negatives, user_rows=spec.user_rows,
-                                       objective=objective)
+                                       objective=objective, one_user=not spec.silos)
     return make_private_step(unit_gradient, optimizer, spec, check_row_tables(graphdef),
                              n_items=n_items)
 

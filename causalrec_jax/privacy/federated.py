@@ -53,8 +53,8 @@ from causalrec_jax.train.step import TrainState
 
 
 def make_client_update(graphdef: Any, loss_name: str, *, n_users: int, n_items: int,
-                       n_negatives: int, local_steps: int, client_learning_rate: float
-                       ) -> Callable[..., Any]:
+                       n_negatives: int, local_steps: int, client_learning_rate: float,
+                       one_user: bool = False) -> Callable[..., Any]:
     """Builds `client_update(params, constants, batch, key, hparams) -> (pseudo_gradient,
     ids, loss, norm, user_rows)`: one client's round (`batch [k]`: its rows). `local_steps`
     steps of SGD at `client_learning_rate` on the mean of its rows' losses, over its gathered
@@ -62,7 +62,8 @@ def make_client_update(graphdef: Any, loss_name: str, *, n_users: int, n_items: 
     `pseudo_gradient` (gathered rows): the change of its shared rows with the sign flipped,
     zero on its user rows; `loss` its rows' summed loss before the round; `norm` the norm of
     the shared part; `user_rows` its user rows after the round (which it keeps). The
-    `unit_fn` of `dpsgd.make_private_step`.
+    `unit_fn` of `dpsgd.make_private_step`. `one_user`: a client is one user, not a silo
+    (`dpsgd.unique_ids`).
     """
     tables = check_row_tables(graphdef)
     sizes = {"users": n_users, "items": n_items}
@@ -72,7 +73,8 @@ def make_client_update(graphdef: Any, loss_name: str, *, n_users: int, n_items: 
         keys = [streams.index(stream, step) for step in range(local_steps)]
         pairs = [scored_pairs(loss_name, batch, k, n_items, n_negatives) for k in keys]
         ids = unique_ids({"users": jnp.concatenate([users for users, _ in pairs]),
-                          "items": jnp.concatenate([items for _, items in pairs])}, sizes)
+                          "items": jnp.concatenate([items for _, items in pairs])}, sizes,
+                         one_user)
         start, objective = local_objective(graphdef, tables, loss_name, params, constants, ids,
                                            n_items=n_items, n_negatives=n_negatives)
 
@@ -146,7 +148,8 @@ def make_federated_round(graphdef: Any, loss_name: str, optimizer: optax.Gradien
     DP-SGD step, so `dpsgd.make_dp_epoch` scans rounds as it scans steps."""
     client = make_client_update(graphdef, loss_name, n_users=n_users, n_items=n_items,
                                 n_negatives=n_negatives, local_steps=spec.local_steps,
-                                client_learning_rate=client_learning_rate)
+                                client_learning_rate=client_learning_rate,
+                                one_user=not spec.silos)
     return make_private_step(client, optimizer, spec, check_row_tables(graphdef))
 
 
