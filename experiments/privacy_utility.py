@@ -26,8 +26,9 @@ Writes to `DIR` (default `runs/privacy_utility`):
   the catalogue recommended), the accounted epsilon and the noise multiplier;
 - `privacy_utility.png`: ndcg@10 and the mean popularity of the top-10 against epsilon.
 
-A sequential config (SASRec, HSTU, BERT4Rec) runs the same rows: a unit is a user's windows
-(a window at example level, `--example-batch` windows a step), every parameter noised.
+A sequential config (SASRec, HSTU, BERT4Rec) runs the same rows at user level (a unit is a
+user's windows, every parameter noised); the example level is refused for it (windows
+overlap, so a window is not one interaction).
 
 Protocol: the config's (for `configs/ml100k_mf_dp.toml`, RecBole's: random 80/10/10 split per
 user, every rating a positive, full ranking with training and validation items masked, users
@@ -139,7 +140,8 @@ def main(argv=None) -> list[dict[str, Any]]:
     parser.add_argument("--reference", help="the config of the non-private row (default: "
                         "--config without [privacy])")
     parser.add_argument("--epsilons", default="1,2,4,8,inf")
-    parser.add_argument("--levels", default="user,example")
+    parser.add_argument("--levels", help="of DP-SGD: user,example (default; user alone for a "
+                        "sequential config, whose windows overlap)")
     parser.add_argument("--fedavg", help="a config of privacy.mechanism = 'fedavg': adds its "
                         "DP-FedAvg rows (and, with inf, FedAvg without noise)")
     parser.add_argument("--seeds", type=int, default=3)
@@ -158,9 +160,15 @@ def main(argv=None) -> list[dict[str, Any]]:
         epsilons = _epsilons(args.epsilons)
     except ValueError as error:
         raise ConfigError(str(error)) from None
-    levels = [level.strip() for level in args.levels.split(",") if level.strip()]
+    sequential = load_config(args.config, args.overrides).model.name in SEQUENCE_MODELS
+    text = args.levels or ("user" if sequential else "user,example")
+    levels = [level.strip() for level in text.split(",") if level.strip()]
     if not levels or any(level not in LEVELS for level in levels):
-        raise ConfigError(f"--levels {args.levels}: expected some of {', '.join(LEVELS)}")
+        raise ConfigError(f"--levels {text}: expected some of {', '.join(LEVELS)}")
+    if sequential and "example" in levels:
+        raise ConfigError(f"--levels {text}: a sequential config ({args.config}) trains at "
+                          "user level only (its windows overlap, so a window is not an "
+                          "interaction)")
     if args.seeds < 1:
         raise ConfigError("--seeds: expected an integer >= 1")
     federated_runs = []  # (overrides, folder, mechanism, epsilon), checked before any is run
@@ -203,10 +211,8 @@ def main(argv=None) -> list[dict[str, Any]]:
     for level in levels:
         # the example level counts rows, and needs every parameter noised and negatives drawn
         # without the user's other rows (`privacy.dpsgd`, "Example level")
-        # (a sequence model has no user rows: every parameter is noised already)
-        noised = [] if base.model.name in SEQUENCE_MODELS else ['privacy.user_rows="noised"']
         batch = ([f"train.batch_size={args.example_batch}", *reset("max_examples_per_user"),
-                  *noised, "train.exclude_seen_negatives=false"]
+                  'privacy.user_rows="noised"', "train.exclude_seen_negatives=false"]
                  if level == "example" else [])
         for epsilon in sorted(e for e in epsilons if math.isfinite(e)):
             settings = [f'privacy.level="{level}"', f"privacy.target_epsilon={epsilon}",

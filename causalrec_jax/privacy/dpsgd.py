@@ -387,6 +387,15 @@ def top_items(noisy: np.ndarray, n: int) -> np.ndarray:
     return chosen
 
 
+def with_chunk(spec: DPSpec, chunk: int) -> DPSpec:
+    """`spec` taking its units `chunk` at a time (at least 1), its capacity rounded up to a
+    multiple of it: a unit that holds much more than MF's rows (a sequence model's windows,
+    each with its dense table gradient) sets a smaller chunk to bound a step's memory."""
+    chunk = max(1, int(chunk))
+    capacity = chunk * math.ceil(capacity_for(spec.n_units, spec.sampling_rate) / chunk)
+    return dataclasses.replace(spec, chunk=chunk, capacity=capacity)
+
+
 def sample_units(key: jax.Array, spec: DPSpec) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Poisson sampling: `(units [capacity], valid [capacity], n_sampled [])`: each unit is
     in with probability `spec.sampling_rate`; the first `capacity` sampled are kept, padding

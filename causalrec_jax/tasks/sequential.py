@@ -126,6 +126,10 @@ from causalrec_jax.train.step import (
 
 SEQUENCE_MODELS = ("sasrec", "bert4rec", "hstu")
 
+# A private run's units are taken in chunks of about this many windows (`dpsgd.with_chunk`):
+# each unit in a chunk holds its windows' activations and a dense gradient of the token table.
+PRIVATE_CHUNK_WINDOWS = 256
+
 # `[model]` keys only HSTU reads: refused for the other sequential models.
 HSTU_KEYS = ("attention_dim", "linear_dim", "temperature")
 # `[model]` keys only the Transformer models (SASRec, BERT4Rec) read: refused for HSTU.
@@ -199,9 +203,19 @@ def check_private_sequence_config(config: Config, loss: str) -> None:
                       "a sequential run without privacy.level")
         return
     name = config.model.name
-    if privacy.mechanism == "fedavg" and privacy.level != "user":
-        raise ConfigError(f"key privacy.level: {privacy.level!r} with privacy.mechanism = "
-                          "'fedavg'; federated clients are users (level 'user')")
+    if privacy.level != "user":
+        # windows overlap and shift with every interaction before them, so one window is
+        # not one interaction: a window-level guarantee would read as MF's row-level one
+        raise ConfigError(f"key privacy.level: {privacy.level!r} for {name}; a sequence "
+                          "model's windows overlap, so one window is not one interaction: "
+                          "use 'user' (a user's whole history)")
+    default = Config()
+    for section, key in (("train", "position_weighting"), ("model", "length_buckets")):
+        value = getattr(getattr(config, section), key)
+        if value != getattr(getattr(default, section), key):
+            raise ConfigError(f"key {section}.{key}: set to {value!r}, but a private run of "
+                              f"{name} sums each user's positions over whole windows (every "
+                              "position weighs alike, no length buckets); remove it")
     if config.data.format == "simlog":
         raise ConfigError(f"key privacy.level: {privacy.level!r} on a slate log (data.format "
                           "= 'simlog'); private training of a sequential model reads click "
@@ -209,11 +223,6 @@ def check_private_sequence_config(config: Config, loss: str) -> None:
     if config.parallel.mesh:
         raise ConfigError(f"key parallel.mesh: {list(config.parallel.mesh)} with privacy.level "
                           f"= {privacy.level!r}; a private sequential run trains on one device")
-    if privacy.level == "example" and config.train.exclude_seen_negatives and (
-            loss in SAMPLED_LOSSES):
-        raise ConfigError("key train.exclude_seen_negatives: true at privacy.level = "
-                          "'example'; each window's negatives would depend on the user's other "
-                          "windows; set it to false")
     if config.train.negative_sampler != "uniform":
         raise ConfigError(f"key train.negative_sampler: {config.train.negative_sampler!r} with "
                           f"privacy.level = {privacy.level!r}; the training popularity it "
@@ -889,7 +898,7 @@ class SeedSetup:
     sharded: ShardedTokens | None
     # a private run (`privacy.level`): its DP-SGD step and the config it was built from
     # (`private_sequence_setup`); None otherwise
-    privacy: Any = None
+    privacy: dpsgd.DPSpec | None = None
     private_config: Config | None = None
 
 
@@ -957,8 +966,8 @@ def seed_setup(config: Config, split: Split, seed: int, *, slate_log: SlateLog |
 
 
 @functools.lru_cache(maxsize=8)
-def _private_programs(graphdef: nnx.GraphDef, loss_name: str, train: Any, spec: Any,
-                      n_tokens: int, client_learning_rate: float):
+def _private_programs(graphdef: nnx.GraphDef, loss_name: str, train: TrainConfig,
+                      spec: dpsgd.DPSpec, n_tokens: int, client_learning_rate: float):
     """The optimiser and the DP-SGD epoch (`privacy.dpsgd.make_dp_epoch`, one seed stacked;
     with `spec.local_steps`, FedAvg rounds, `privacy.federated`) of a private sequential run,
     built once per model structure and spec (every seed)."""
@@ -1019,10 +1028,13 @@ def private_sequence_setup(config: Config, split: Split, seed: int, loss_name: s
                                                                       user_rows=rows_kept))
     spec = private_spec(private, graphdef, n_users=train.n_users, n_rows=n_windows)
     # a unit's table is as wide as the most windows a user keeps (not the cap itself)
-    widest = int(np.bincount(rows["users"], minlength=train.n_users).max())
-    units = dpsgd.unit_arrays(
-        rows, train.n_users, spec.level, min(config.privacy.max_examples_per_user, widest),
-        streams.derive(key[0], streams.Run.PRIVATE_ROWS))
+    widest = min(config.privacy.max_examples_per_user,
+                 int(np.bincount(rows["users"], minlength=train.n_users).max()))
+    # a chunk of units holds about PRIVATE_CHUNK_WINDOWS windows (each unit's forward pass
+    # and dense table gradient side by side), whatever the batch of users
+    spec = dpsgd.with_chunk(spec, min(spec.chunk, PRIVATE_CHUNK_WINDOWS // widest))
+    units = dpsgd.unit_arrays(rows, train.n_users, spec.level, widest,
+                              streams.derive(key[0], streams.Run.PRIVATE_ROWS))
     n_tokens = int(params["token_embedding"][...].shape[0])
     optimizer, run_epoch = _private_programs(graphdef, loss_name, config.train, spec, n_tokens,
                                              config.privacy.client_learning_rate)

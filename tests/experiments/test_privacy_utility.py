@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from causalrec_jax.errors import ConfigError
+
 SCRIPT = "experiments/privacy_utility.py"
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = """
@@ -138,26 +140,26 @@ max_examples_per_user = 4
 """
 
 
-@pytest.mark.slow  # make test-all (see Makefile): a smoke run of the script, 5 trainings
+@pytest.mark.slow  # make test-all (see Makefile): a smoke run of the script, 4 trainings
 def test_a_sequential_config_gets_every_row(tmp_path, write_walks, load_repo_script):
-    """SASRec on the planted walks: DP-SGD at user and example level and DP-FedAvg beside the
-    run without privacy, each with its accounted budget."""
+    """SASRec on the planted walks: DP-SGD at user level and DP-FedAvg beside the run
+    without privacy, each with its accounted budget; the example level is refused."""
     path = write_walks(tmp_path)[0]
     dp, federated = tmp_path / "dp.toml", tmp_path / "fedavg.toml"
     dp.write_text(SEQUENCE_CONFIG.format(path=path))
     federated.write_text(SEQUENCE_CONFIG.format(path=path).replace(
         "[privacy]", '[privacy]\nmechanism = "fedavg"\nlocal_steps = 2'))
     out = tmp_path / "out"
-    rows = load_repo_script(SCRIPT).main(
+    script = load_repo_script(SCRIPT)
+    with pytest.raises(ConfigError, match="^--levels user,example: a sequential config"):
+        script.main(["--config", str(dp), "--levels", "user,example"])
+    rows = script.main(
         ["--config", str(dp), "--fedavg", str(federated), "--epsilons", "8,inf",
-         "--seeds", "1", "--example-batch", "64", "--out", str(out)])
+         "--seeds", "1", "--out", str(out)])
     assert [(row["mechanism"], row["epsilon"]) for row in rows] == [
         ("not private", math.inf), ("DP-SGD, user level", 8.0),
-        ("DP-SGD, example level", 8.0), ("FedAvg, no noise", math.inf),
-        ("DP-FedAvg", 8.0)]
+        ("FedAvg, no noise", math.inf), ("DP-FedAvg", 8.0)]
     for row in rows:
         assert 0 <= row["ndcg@10"] <= 1 and row["averagepopularity@10"] > 0
         if math.isfinite(row["epsilon"]):
             assert 7.9 <= row["accounted_epsilon"] <= 8.0 * 1.001
-    config = (out / "example_eps8" / "config.toml").read_text()
-    assert "batch_size = 64" in config and 'user_rows = "local"' in config  # not set

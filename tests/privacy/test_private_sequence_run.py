@@ -39,7 +39,7 @@ def walks(tmp_path_factory, write_walks):
     return folder, write_walks(folder)[0]
 
 
-def test_a_private_sasrec_learns_the_planted_rule_at_epsilon_8(walks):
+def test_a_private_sasrec_learns_the_planted_rule_at_epsilon_8(walks, capsys):
     folder, path = walks
     metrics = _train(path, folder / "eps8", "privacy.target_epsilon=8.0")
     privacy = metrics["privacy"]
@@ -55,6 +55,13 @@ def test_a_private_sasrec_learns_the_planted_rule_at_epsilon_8(walks):
     assert metrics["test"]["hit@1"] > 0.9
     lines = (folder / "eps8" / "log.jsonl").read_text().splitlines()
     assert len(lines) == 40 and set(json.loads(lines[0])) >= {"seed", "epoch", "loss"}
+    # the run folder serves as any other: evaluated again from model/, recommendations
+    capsys.readouterr()
+    assert main(["evaluate", "--run", str(folder / "eps8")]) == 0
+    assert f"{metrics['test']['hit@1']:.4f}" in capsys.readouterr().out
+    assert main(["recommend", "--run", str(folder / "eps8"), "--all", "--k", "5",
+                 "--out", str(folder / "recs.parquet")]) == 0
+    assert (folder / "recs.parquet").stat().st_size > 0
 
 
 def test_overwhelming_noise_leaves_the_rule_unlearned(walks):
@@ -82,7 +89,12 @@ def test_fedavg_clients_learn_the_planted_rule(walks):
 
 
 @pytest.mark.parametrize("extra,key", [
+    (['privacy.level="example"', "privacy.noise=1.0"], "privacy.level"),
     (['privacy.mechanism="fedavg"', 'privacy.level="example"'], "privacy.level"),
+    (['train.position_weighting="uniform"', "privacy.noise=1.0"], "train.position_weighting"),
+    (["model.length_buckets=[8, 16]", "privacy.noise=1.0"], "model.length_buckets"),
+    (["privacy.selection_noise=3.0", "privacy.noise=1.0"], "privacy.selection_noise"),
+    (["privacy.contribution_clip=3.0", "privacy.noise=1.0"], "privacy.contribution_clip"),
     (['privacy.mechanism="fedavg"', "privacy.silos=4"], "privacy.silos"),
     (['privacy.user_rows="noised"', "privacy.noise=1.0"], "privacy.user_rows"),
     (["privacy.item_rows=5", "privacy.noise=1.0"], "privacy.item_rows"),
@@ -90,9 +102,6 @@ def test_fedavg_clients_learn_the_planted_rule(walks):
     (["parallel.mesh=[1, 1]", "privacy.noise=1.0"], "parallel.mesh"),
     (['train.loss="sampled_softmax"', 'train.negative_sampler="popularity"',
       "train.exclude_seen_negatives=false", "privacy.noise=1.0"], "train.negative_sampler"),
-    (['privacy.level="example"', 'train.loss="sampled_softmax"',
-      "train.exclude_seen_negatives=true", "privacy.noise=1.0"],
-     "train.exclude_seen_negatives"),
     (["privacy.clip=2.0"], "privacy.clip"),  # no noise: nothing is clipped
 ])
 def test_settings_a_private_sequential_run_cannot_honour_are_refused(extra, key):
@@ -106,3 +115,10 @@ def test_privacy_keys_without_a_level_are_refused():
             if not value.startswith("privacy.level")]
     with pytest.raises(ConfigError, match="^key privacy.noise"):
         check_sequential_config(load_config(None, sets))
+
+
+def test_a_slate_log_is_refused():
+    config = load_config("configs/sim_sasrec_naive.toml",
+                         ['privacy.level="user"', "privacy.noise=1.0"])
+    with pytest.raises(ConfigError, match="^key privacy.level: 'user' on a slate log"):
+        check_sequential_config(config)
