@@ -590,6 +590,16 @@ def make_unit_gradient(graphdef: Any, loss_name: str, *, n_users: int, n_items: 
     return unit_gradient
 
 
+def trained_positions(batch: dict[str, jax.Array]) -> jax.Array | None:
+    """A sequence unit's count of the positions its loss sums: the non-padding `targets` of
+    its unmasked windows (next-item losses) or their real tokens (`sequences`, BERT4Rec's
+    masked items); None for a unit of rows (no windows)."""
+    tokens = batch.get("targets", batch.get("sequences"))
+    if tokens is None:
+        return None
+    return jnp.sum((tokens != 0) & batch["mask"][:, None])
+
+
 def make_sequence_unit_gradient(loss_fn: Callable[..., Any], n_tokens: int
                                 ) -> Callable[..., Any]:
     """Builds the `unit_fn` of `make_private_step` for a sequence model: one unit's gradient
@@ -606,8 +616,7 @@ def make_sequence_unit_gradient(loss_fn: Callable[..., Any], n_tokens: int
 
     def unit_gradient(params, constants, batch, key, hparams=None):
         del constants, hparams  # a sequence model's state is all parameters
-        tokens = batch["targets"] if "targets" in batch else batch["sequences"]
-        trained = jnp.sum((tokens != 0) & batch["mask"][:, None])
+        trained = trained_positions(batch)
 
         def summed(p):
             return loss_fn(p, batch, key) * trained
@@ -713,9 +722,8 @@ def make_private_step(unit_fn: Callable[..., Any], optimizer: optax.GradientTran
                                                 jnp.iinfo(ids["users"].dtype).max))
             contribution = contribution_map(update, ids, is_valid) if adaptive else None
             # the rows a unit's loss is summed over: its rows, or a sequence unit's positions
-            tokens = batch.get("targets", batch.get("sequences"))
-            count = (jnp.sum(batch["mask"]) if tokens is None
-                     else jnp.sum((tokens != 0) & batch["mask"][:, None]))
+            count = trained_positions(batch)
+            count = jnp.sum(batch["mask"]) if count is None else count
             return update, ids, loss, norm, count, kept, contribution
 
         def contribution_map(update, ids, is_valid):

@@ -46,6 +46,7 @@ from causalrec_jax.privacy.dpsgd import (
     only_trained_items,
     private_norm,
     table_kinds,
+    trained_positions,
     unique_ids,
 )
 from causalrec_jax.train.objectives import scored_pairs
@@ -115,9 +116,7 @@ def make_sequence_client_update(loss_fn: Callable[..., Any], n_tokens: int, *,
             grads = jax.grad(loss_fn)(local, batch, k)
             local = jax.tree.map(lambda p, g: p - client_learning_rate * g, local, grads)
         pseudo_gradient = jax.tree.map(jnp.subtract, params, local)  # -(after - before)
-        tokens = batch["targets"] if "targets" in batch else batch["sequences"]
-        positions = jnp.sum((tokens != 0) & batch["mask"][:, None])
-        loss = loss_fn(params, batch, keys[0]) * positions
+        loss = loss_fn(params, batch, keys[0]) * trained_positions(batch)
         ids = {"tokens": jnp.arange(n_tokens, dtype=jnp.int32)}
         return pseudo_gradient, ids, loss, optax.tree.norm(pseudo_gradient), None
 
