@@ -63,7 +63,7 @@ from causalrec_jax import streams
 from causalrec_jax.errors import ConfigError
 from causalrec_jax.models.base import make_scorers, row_tables
 from causalrec_jax.privacy.accounting import combined_noise_multiplier
-from causalrec_jax.train.objectives import make_objective, scored_pairs
+from causalrec_jax.train.objectives import make_objective, with_drawn_negatives
 from causalrec_jax.train.step import TrainState, all_finite, epoch_loss, guarded_update
 
 LEVELS = ("user", "example")
@@ -572,7 +572,8 @@ def make_unit_gradient(graphdef: Any, loss_name: str, *, n_users: int, n_items: 
     sizes = {"users": n_users, "items": n_items}
 
     def unit_gradient(params, constants, batch, key, hparams=None):
-        users, items = scored_pairs(loss_name, batch, key, n_items, n_negatives)
+        # the negatives drawn once: the gathered rows' and the objective's (the same key)
+        users, items, batch = with_drawn_negatives(loss_name, batch, key, n_items, n_negatives)
         ids = unique_ids({"users": users, "items": items}, sizes, one_user)
         local_params, local = local_objective(graphdef, tables, loss_name, params, constants,
                                               ids, n_items=n_items, n_negatives=n_negatives,

@@ -49,7 +49,7 @@ from causalrec_jax.privacy.dpsgd import (
     trained_positions,
     unique_ids,
 )
-from causalrec_jax.train.objectives import scored_pairs
+from causalrec_jax.train.objectives import with_drawn_negatives
 from causalrec_jax.train.step import TrainState
 
 
@@ -72,24 +72,25 @@ def make_client_update(graphdef: Any, loss_name: str, *, n_users: int, n_items: 
     def client_update(params, constants, batch, key, hparams=None):
         stream = streams.derive(key, streams.Step.LOCAL_STEPS)
         keys = [streams.index(stream, step) for step in range(local_steps)]
-        pairs = [scored_pairs(loss_name, batch, k, n_items, n_negatives) for k in keys]
-        ids = unique_ids({"users": jnp.concatenate([users for users, _ in pairs]),
-                          "items": jnp.concatenate([items for _, items in pairs])}, sizes,
+        # each step's negatives drawn once: for the gathered rows and for its objective
+        drawn = [with_drawn_negatives(loss_name, batch, k, n_items, n_negatives) for k in keys]
+        ids = unique_ids({"users": jnp.concatenate([users for users, _, _ in drawn]),
+                          "items": jnp.concatenate([items for _, items, _ in drawn])}, sizes,
                          one_user)
         start, objective = local_objective(graphdef, tables, loss_name, params, constants, ids,
                                            n_items=n_items, n_negatives=n_negatives)
 
-        def mean_loss(p, k):
-            return objective(p, batch, k, hparams=hparams)[0]
+        def mean_loss(p, step_batch, k):
+            return objective(p, step_batch, k, hparams=hparams)[0]
 
         local = start
-        for k in keys:  # a few steps: unrolled, each with its own negatives
-            grads = only_trained_items(jax.grad(mean_loss)(local, k), params, tables, batch,
-                                       ids, n_items)
+        for k, (_, _, step_batch) in zip(keys, drawn, strict=True):  # a few steps: unrolled
+            grads = only_trained_items(jax.grad(mean_loss)(local, step_batch, k), params,
+                                       tables, batch, ids, n_items)
             local = jax.tree.map(lambda p, g: p - client_learning_rate * g, local, grads)
         change = jax.tree.map(jnp.subtract, start, local)  # -(after - before)
         pseudo_gradient = _zero_kind(change, params, tables, "users")
-        loss = mean_loss(start, keys[0]) * jnp.sum(batch["mask"])
+        loss = mean_loss(start, drawn[0][2], keys[0]) * jnp.sum(batch["mask"])
         norm = private_norm(pseudo_gradient, params, tables, "local")
         return pseudo_gradient, ids, loss, norm, local
 

@@ -132,11 +132,37 @@ def ranking_pairs(key: jax.Array, batch: Batch, n_items: int, n_negatives: int
     return all_users, all_items, log_probs, negative_where
 
 
+# A batch may carry its step key's negatives already drawn (`with_drawn_negatives`), so a
+# caller that needed them first (a private unit's gathered rows) does not draw them twice.
+DRAWN_NEGATIVES, DRAWN_LOG_PROBS, DRAWN_WHERE = ("drawn_negatives", "drawn_log_probs",
+                                                 "drawn_where")
+
+
+def with_drawn_negatives(loss_name: str, batch: Batch, key: jax.Array, n_items: int,
+                         n_negatives: int) -> tuple[jax.Array, jax.Array, Batch]:
+    """`(users, items, batch)`: `scored_pairs` and the batch carrying the negatives drawn for
+    them (a ranking loss), which `draw_negatives` of the same `key` then returns instead of
+    drawing again (the same values: `privacy.dpsgd` reads the pairs to gather a unit's rows,
+    then its objective scores them)."""
+    if loss_name in POINTWISE_LOSSES or loss_name == "softmax":
+        users, items = scored_pairs(loss_name, batch, key, n_items, n_negatives)
+        return users, items, batch
+    negatives, log_probs, negative_where = draw_negatives(key, batch, batch["users"],
+                                                          n_items, n_negatives)
+    drawn = {**batch, DRAWN_NEGATIVES: negatives, DRAWN_LOG_PROBS: log_probs}
+    if negative_where is not None:
+        drawn[DRAWN_WHERE] = negative_where
+    users, items, _, _ = ranking_pairs(key, drawn, n_items, n_negatives)
+    return users, items, drawn
+
+
 def draw_negatives(key: jax.Array, batch: Batch, users: jax.Array, n_items: int,
                    n_negatives: int) -> tuple[jax.Array, jax.Array, jax.Array | None]:
     """`[b, n_negatives]` uniform negatives of the step `key`, their log-probabilities, and
     which are valid: None, or False where a seen item survived `resample_seen` (when the
     batch carries the shared seen-items data)."""
+    if DRAWN_NEGATIVES in batch:  # this key's draw, made once already (`with_drawn_negatives`)
+        return (batch[DRAWN_NEGATIVES], batch[DRAWN_LOG_PROBS], batch.get(DRAWN_WHERE))
     negative_key = streams.derive(key, streams.Step.NEGATIVES)
     negatives, log_probs = losses.sample_negatives(
         negative_key, n_items, (users.shape[0], n_negatives)
