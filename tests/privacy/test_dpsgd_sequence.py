@@ -205,3 +205,14 @@ def test_a_client_moves_the_dp_fedavg_sum_by_at_most_the_clip():
     without = dict(data, unit_mask=data["unit_mask"].at[1].set(False))
     less, _ = _summed(step, state, without, key, spec)
     assert 0.99 * spec.clip <= _distance(full, less) <= spec.clip * (1 + 1e-4)
+
+
+def test_with_chunk_rounds_the_capacity_up_to_whole_chunks():
+    spec = dpsgd.make_spec("user", clip=1.0, noise_multiplier=1.0, n_units=943,
+                           expected_batch=512, examples_per_unit=4)
+    smaller = dpsgd.with_chunk(spec, 64)
+    assert smaller.chunk == 64 and smaller.capacity % 64 == 0
+    assert dpsgd.capacity_for(943, spec.sampling_rate) <= smaller.capacity < (
+        dpsgd.capacity_for(943, spec.sampling_rate) + 64)
+    assert dpsgd.with_chunk(spec, 0).chunk == 1  # at least one unit a chunk
+    assert smaller.sampling_rate == spec.sampling_rate
