@@ -122,3 +122,39 @@ def test_a_slate_log_is_refused():
                          ['privacy.level="user"', "privacy.noise=1.0"])
     with pytest.raises(ConfigError, match="^key privacy.level: 'user' on a slate log"):
         check_sequential_config(config)
+
+
+@pytest.mark.slow  # make test-all (see Makefile)
+def test_a_private_run_resumed_after_an_interruption_ends_identical(walks, monkeypatch):
+    """The private state (its optimiser's state made for the private step's params) goes
+    through the same checkpoints: interrupted at epoch 2 and resumed, the run ends as the
+    uninterrupted one, its accounting included."""
+    from causalrec_jax.tasks import sequential as sequence_run
+
+    folder, path = walks
+    extra = ("privacy.noise=1.0", "train.epochs=6", "train.patience=6",
+             "train.checkpoint_every=1")
+    full = _train(path, folder / "full", *extra)
+    original_fit = sequence_run.fit
+
+    def interrupted_fit(**kwargs):
+        log_fn = kwargs["log_fn"]
+
+        def stop(record):
+            log_fn(record)
+            if record["epoch"] == 2:
+                raise KeyboardInterrupt
+
+        return original_fit(**{**kwargs, "log_fn": stop})
+
+    monkeypatch.setattr(sequence_run, "fit", interrupted_fit)
+    args = ["train", "--quiet", "--out", str(folder / "part")]
+    for value in _sets(path, *extra):
+        args += ["--set", value]
+    assert main(args) == 130
+    monkeypatch.setattr(sequence_run, "fit", original_fit)
+    assert main([*args, "--resume"]) == 0
+    resumed = json.loads((folder / "part" / "metrics.json").read_text())
+    assert resumed["test"] == full["test"] and resumed["valid"] == full["valid"]
+    assert resumed["privacy"]["steps"] == full["privacy"]["steps"] == 12
+    assert resumed["privacy"]["epsilon"] == full["privacy"]["epsilon"]
