@@ -194,9 +194,10 @@ def check_sequential_config(config: Config) -> str:
 
 
 def check_private_sequence_config(config: Config, loss: str) -> None:
-    """The `[privacy]` checks of a sequential run: DP-SGD at user level (a user's windows) or
-    example level (one window); a key it does not read, or a setting it cannot honour, is
-    refused in one line naming the key."""
+    """The `[privacy]` checks of a sequential run: DP-SGD or FedAvg at user level (a unit is
+    a user's windows; one window is not one interaction, so the example level is refused); a
+    key it does not read, or a setting it cannot honour, is refused in one line naming the
+    key."""
     privacy = config.privacy
     if not privacy.level:
         refuse_unused(dataclasses.replace(Config(), privacy=privacy), {"privacy": ("level",)},
