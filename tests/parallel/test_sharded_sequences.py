@@ -123,8 +123,9 @@ def test_the_sequential_models_declare_their_token_table():
 
 @pytest.mark.parametrize(("sections", "message"), [
     ({"parallel": {"mesh": [2, 1]}}, "key parallel.mesh: a 2 x 1 mesh needs 2 devices"),
-    ({"privacy": {"level": "user", "noise": 1.0}},
-     "key privacy.level: 'user', but a run of sasrec trains without privacy so far"),
+    ({"parallel": {"mesh": [1, 1]}, "privacy": {"level": "user", "noise": 1.0}},
+     "key parallel.mesh: \\[1, 1\\] with privacy.level = 'user'; a private sequential run "
+     "trains on one device"),
     ({"train": {"halving_rung": 2}},
      "key train.halving_rung: 2, but a run of sasrec trains its seeds one after another"),
 ])

@@ -113,8 +113,10 @@ def _distance(a, b):
 
 
 @pytest.mark.parametrize("loss_name,name,dropout,seen", [
-    ("full_softmax", "sasrec", 0.0, False), ("sampled_softmax", "sasrec", 0.3, False),
-    ("sampled_softmax", "sasrec", 0.0, True), ("gbce", "hstu", 0.0, False),
+    ("full_softmax", "sasrec", 0.0, False),
+    pytest.param("sampled_softmax", "sasrec", 0.3, False, marks=pytest.mark.slow),
+    ("sampled_softmax", "sasrec", 0.0, True),
+    pytest.param("gbce", "hstu", 0.0, False, marks=pytest.mark.slow),
     ("bce_one_negative", "hstu", 0.3, True), ("masked_item", "bert4rec", 0.3, False),
 ])
 def test_clipped_sums_equal_a_brute_force_loop_over_users(loss_name, name, dropout, seen):

@@ -74,6 +74,7 @@ def test_overwhelming_noise_leaves_the_rule_unlearned(walks):
     assert metrics["privacy"]["epsilon"] < 0.01
 
 
+@pytest.mark.slow  # make test-all; the round itself is tested in test_dpsgd_sequence.py
 def test_fedavg_clients_learn_the_planted_rule(walks):
     """FedAvg, each user a client taking 2 local SGD steps a round on its own windows, the
     server averaging (SGD at learning rate 1): the rule is learned without noise."""
