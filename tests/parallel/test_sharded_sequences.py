@@ -64,6 +64,7 @@ def _check_report(report: dict, meshes: tuple[str, ...], widths: int = 2) -> Non
     assert "P(None, 'model', None)" in hlo["state_specs"]
 
 
+@pytest.mark.slow  # make test-all (36 s); the fast tier keeps the 8-device BPR-MF check
 def test_sharded_sasrec_equals_one_device(tmp_path_factory):
     # one bucket width in make test (the runs below train two)
     _check_report(_report(tmp_path_factory, "--meshes", "4x2", "--one-width"), ("4x2",),
