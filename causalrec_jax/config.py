@@ -673,8 +673,8 @@ class PrivacyConfig:
 
     `level`: "" (not private), "user" (a user's whole history, capped at
     `max_examples_per_user` rows, is the unit one neighbouring dataset adds or removes) or
-    "example" (one training row); for a sequence model (SASRec, HSTU, BERT4Rec) a user's
-    training windows, capped at `max_examples_per_user` windows, or one window. Each step
+    "example" (one training row); for a sequence model (SASRec, HSTU, BERT4Rec), user level
+    only: a user's training windows, capped at `max_examples_per_user` windows. Each step
     samples units with probability
     `train.batch_size / n_units` (so `train.batch_size` counts users at user level), clips
     each unit's gradient to norm `clip` and adds Gaussian noise of std `noise * clip`; or,

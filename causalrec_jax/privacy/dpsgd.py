@@ -35,7 +35,8 @@ drawn without the user's seen items (`train.exclude_seen_negatives = false`); ru
 anything else.
 
 Sequence models (SASRec, HSTU, BERT4Rec; `make_sequence_unit_gradient`): a unit is a user's
-training windows (at most `max_examples_per_user` of them) or one window, and its gradient is
+training windows (at most `max_examples_per_user` of them; runs refuse units of one window,
+which overlap and so are not one interaction each), and its gradient is
 taken over the whole token table and the encoder: a softmax-family loss reads the rows of the
 targets, of the sampled negatives (drawn per unit) or of every item, so the table's gradient
 is dense per unit (`chunk x n_tokens x d` floats a chunk). These models have no user rows:

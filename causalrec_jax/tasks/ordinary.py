@@ -537,8 +537,12 @@ def private_spec(config: Config, graphdef: Any, *, n_users: int, n_rows: int,
         adaptive_noise=privacy.adaptive_noise, contribution_clip=privacy.contribution_clip)
 
 
-def _guarantee(spec: dpsgd.DPSpec) -> str:
-    """What a noised run's epsilon covers, in words (`metrics.json` `privacy.guarantee`)."""
+def _guarantee(spec: dpsgd.DPSpec, user_rows: bool = True) -> str:
+    """What a noised run's epsilon covers, in words (`metrics.json` `privacy.guarantee`); a
+    model without user rows (`user_rows` False: the sequence models) has every parameter
+    noised whatever `spec.user_rows` says."""
+    if not user_rows:
+        return "DP of every parameter"
     if spec.silos:
         return ("joint DP per silo (a silo's whole data, so each of its users'): every output "
                 "but the silo's user rows, which are trained on all of the silo's rows "
@@ -549,8 +553,9 @@ def _guarantee(spec: dpsgd.DPSpec) -> str:
 
 
 def privacy_report(config: Config, spec: dpsgd.DPSpec, epochs_trained: int,
-                   n_users: int) -> dict[str, Any]:
-    """The `"privacy"` object of `metrics.json`: the guarantee of the steps actually run."""
+                   n_users: int, *, user_rows: bool = True) -> dict[str, Any]:
+    """The `"privacy"` object of `metrics.json`: the guarantee of the steps actually run.
+    `user_rows` False: the model has none (a sequence model), so `user_rows` is null."""
     delta = config.privacy.delta or 1.0 / n_users
     steps = epochs_trained * spec.steps_per_epoch
     truncation = steps * overflow_probability(spec.n_units, spec.sampling_rate, spec.capacity)
@@ -565,8 +570,8 @@ def privacy_report(config: Config, spec: dpsgd.DPSpec, epochs_trained: int,
         "level": spec.level, "accountant": config.privacy.accountant if noised else None,
         "steps": steps,
         "local_steps": spec.local_steps or None,
-        "user_rows": spec.user_rows,
-        "guarantee": (_guarantee(spec) if noised else "none: no noise is added"),
+        "user_rows": spec.user_rows if user_rows else None,
+        "guarantee": (_guarantee(spec, user_rows) if noised else "none: no noise is added"),
         "sampling_rate": spec.sampling_rate, "expected_batch": spec.expected_batch,
         "capacity": spec.capacity, "truncation_delta": truncation,
         "max_examples_per_user": (config.privacy.max_examples_per_user

@@ -1007,7 +1007,7 @@ def private_sequence_setup(config: Config, split: Split, seed: int, loss_name: s
                            ) -> SeedSetup:
     """`seed_setup` of a private run (`privacy.level`): the training windows grouped into
     privacy units (a user's windows, at most `privacy.max_examples_per_user` of them drawn
-    by `streams.Run.PRIVATE_ROWS`, or one window: `privacy.dpsgd.unit_arrays`), every epoch
+    by `streams.Run.PRIVATE_ROWS`: `privacy.dpsgd.unit_arrays`), every epoch
     `spec.steps_per_epoch` DP-SGD steps over Poisson-sampled units
     (`privacy.dpsgd.make_private_step` with `make_sequence_unit_gradient`), or with
     `privacy.mechanism = "fedavg"` as many FedAvg rounds, each sampled user a client
@@ -1022,8 +1022,8 @@ def private_sequence_setup(config: Config, split: Split, seed: int, loss_name: s
     key = seed_keys([seed])
     model = _model(config, train.n_items, streams.derive(key[0], streams.Run.INIT))
     graphdef, params = nnx.split(model, nnx.Param)
-    # no user rows: every parameter is noised (FedAvg's clients, which would keep theirs,
-    # keep none)
+    # no user rows: every parameter is noised (`privacy_report(user_rows=False)`); FedAvg's
+    # spec asks for clients that keep their rows ("local"), here none
     rows_kept = "local" if config.privacy.mechanism == "fedavg" else "noised"
     private = dataclasses.replace(config, privacy=dataclasses.replace(config.privacy,
                                                                       user_rows=rows_kept))
@@ -1132,11 +1132,7 @@ def train_sequence_seed(
     privacy = None
     if setup.privacy is not None:
         privacy = privacy_report(setup.private_config, setup.privacy, len(result.history),
-                                 split.train.n_users)
-        # a sequence model has no user rows: a noised run's every parameter is private
-        privacy["user_rows"] = None
-        if config.privacy.noised:
-            privacy["guarantee"] = "DP of every parameter"
+                                 split.train.n_users, user_rows=False)
     return SeedResult(best_params=best_params, entry=entry,
                       history=[{**record, "seed": seed} for record in result.history],
                       timing={**timing, "n_windows": len(next(iter(rows.values())))},
