@@ -411,6 +411,9 @@ class TrainConfig:
     # linear warm-up over `warmup_steps` followed by cosine decay.
     lr_schedule: Literal["constant", "cosine", "warmup_cosine"] = "constant"
     warmup_steps: int = 0
+    # The model a run evaluates and saves: with a decay d in (0, 1), the exponential moving
+    # average of the parameters over the steps (weights d^age, debiased); 0: the parameters.
+    ema_decay: float = 0.0
     batch_size: int = 1024
     epochs: int = 20
     seeds: int = 1
@@ -458,6 +461,8 @@ class TrainConfig:
         _require(self.optimizer != "sgd" or self.adam_beta2 == 0.999, "train.adam_beta2",
                  "unset with train.optimizer = 'sgd' (only adam and adamw read it)",
                  self.adam_beta2)
+        _require(0 <= self.ema_decay < 1, "train.ema_decay",
+                 "a number in [0, 1) (0: no moving average)", self.ema_decay)
         _require(0 <= self.gbce_t <= 1, "train.gbce_t", "a number in [0, 1]", self.gbce_t)
         _require(0 < self.halving_keep < 1, "train.halving_keep", "a fraction in (0, 1)",
                  self.halving_keep)

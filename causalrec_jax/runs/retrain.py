@@ -42,6 +42,8 @@ from causalrec_jax.tasks.ordinary import (
 from causalrec_jax.train.step import (
     make_train_epoch,
     make_train_step,
+    model_params,
+    with_average,
 )
 
 
@@ -130,8 +132,9 @@ def _retrain_program(spec: ProgramSpec, epochs: int, edit_names: tuple[str, ...]
     """Jitted `(states [S], keys [S], data, edits [M]) -> params [S, M]`: every seed trained
     on every edit, `epochs` epochs each (cached by the static signature)."""
     optimizer = _optimizer(spec, TrainConfig())
-    train_epoch = make_train_epoch(make_train_step(_objective(spec), optimizer),
-                                   n_rows=spec.n_rows, batch_size=spec.batch_size)
+    train_epoch = make_train_epoch(
+        with_average(make_train_step(_objective(spec), optimizer), spec.ema_decay),
+        n_rows=spec.n_rows, batch_size=spec.batch_size)
 
     def one(state, key, data, edit):
         data = {**data, **edit}
@@ -141,7 +144,7 @@ def _retrain_program(spec: ProgramSpec, epochs: int, edit_names: tuple[str, ...]
             return state, metrics["first_bad_batch"]
 
         state, bad = jax.lax.scan(body, state, jnp.arange(epochs, dtype=jnp.int32))
-        return state.params["prediction"], jnp.max(bad)
+        return model_params(state)["prediction"], jnp.max(bad)
 
     over_edits = jax.vmap(one, in_axes=(None, None, None, 0))
     return jax.jit(jax.vmap(over_edits, in_axes=(0, 0, None, None)))

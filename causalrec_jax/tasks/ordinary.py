@@ -104,6 +104,7 @@ from causalrec_jax.train.step import (
     make_train_epoch,
     make_train_step,
     set_hyperparams,
+    with_average,
 )
 
 # Training arrays up to this size live on the device (train.data_placement = "auto").
@@ -281,6 +282,8 @@ class ProgramSpec:
     # model's row tables as sorted (name, kind) pairs.
     mesh: tuple[int, ...] = ()
     row_tables: tuple[tuple[str, str], ...] = ()
+    # `train.ema_decay`: the moving average of the parameters kept by every step (0: none).
+    ema_decay: float = 0.0
 
 
 def _objective_of(spec: ProgramSpec, score_pairs: Callable, score_all: Callable | None,
@@ -349,12 +352,13 @@ def _programs(spec: ProgramSpec, streaming_segment: int = 0) -> tuple[Callable, 
             n_items=spec.n_items, n_negatives=spec.n_negatives,
             objective=functools.partial(_objective_of, spec))
     if spec.privacy is not None:
+        dp_step = with_average(dp_step, spec.ema_decay)
         dp_epoch = over_seeds(dpsgd.make_dp_epoch(dp_step, spec.privacy), spec.n_seeds)
         if spec.mesh:
             return make_sharded_run_epoch(dp_epoch, make_mesh(spec.mesh),
                                           dict(spec.row_tables)), optimizer
         return jax.jit(dp_epoch, donate_argnums=(0,)), optimizer
-    train_step = make_train_step(_objective(spec), optimizer)
+    train_step = with_average(make_train_step(_objective(spec), optimizer), spec.ema_decay)
     if streaming_segment:
         run_epoch = make_streaming_epoch(
             train_step, n_rows=spec.n_rows, batch_size=spec.batch_size,
@@ -747,6 +751,7 @@ def program_setup(config: Config, split: Split, truth: Any = None,
         client_learning_rate=(config.privacy.client_learning_rate
                               if dp_spec is not None and dp_spec.local_steps else 0.0),
         mesh=tuple(config.parallel.mesh),
+        ema_decay=config.train.ema_decay,
         row_tables=tuple(sorted((row_tables(parts.graphdef) or {}).items()))
         if config.parallel.mesh else (),
     )
@@ -757,8 +762,8 @@ def program_setup(config: Config, split: Split, truth: Any = None,
     hparams = causal_training.as_hparams(causal_values)
 
     def initial_states(initial, hparams):
-        states = jax.vmap(lambda params, values: init_state(params, optimizer, values))(
-            initial, hparams)
+        states = jax.vmap(lambda params, values: init_state(
+            params, optimizer, values, average=bool(spec.ema_decay)))(initial, hparams)
         return set_hyperparams(states, optimizer_values)
 
     train_keys = jax.vmap(lambda k: streams.derive(k, streams.Run.TRAIN))(keys)

@@ -122,6 +122,7 @@ from causalrec_jax.train.step import (
     make_optimizer,
     make_scan_batches,
     make_train_step,
+    with_average,
 )
 
 SEQUENCE_MODELS = ("sasrec", "bert4rec", "hstu")
@@ -783,7 +784,8 @@ def _programs(graphdef: nnx.GraphDef, loss_name: str, train: Any, n_items: int,
     objective = make_sequence_objective(graphdef, loss_name, n_negatives=train.n_negatives,
                                         logq=train.logq_correction, gbce_t=train.gbce_t,
                                         negatives_per_row=train.negatives_per_row)
-    run_epoch = make_bucketed_epoch(make_train_step(objective, optimizer),
+    run_epoch = make_bucketed_epoch(with_average(make_train_step(objective, optimizer),
+                                                 train.ema_decay),
                                     bucket_sizes=bucket_sizes, batch_size=train.batch_size,
                                     **_mesh_arguments(graphdef, mesh_shape))
     return optimizer, run_epoch
@@ -797,20 +799,23 @@ def _mesh_arguments(graphdef: nnx.GraphDef, mesh_shape: tuple[int, ...]) -> dict
     return {"mesh": make_mesh(mesh_shape), "tables": tuple(row_tables(graphdef).items())}
 
 
-def _stacked_initial_state(optimizer: Any, params: Any, hparams: Any) -> TrainState:
-    """One seed's initial `TrainState`, stacked over a seed axis of length 1."""
-    return jax.tree.map(lambda leaf: leaf[None], init_state(params, optimizer, hparams))
+def _stacked_initial_state(optimizer: Any, params: Any, hparams: Any,
+                           average: bool = False) -> TrainState:
+    """One seed's initial `TrainState`, stacked over a seed axis of length 1 (`average`:
+    keeping the moving average of `train.ema_decay`)."""
+    return jax.tree.map(lambda leaf: leaf[None],
+                        init_state(params, optimizer, hparams, average=average))
 
 
 @functools.lru_cache(maxsize=8)
 def _sharded_initial_states(optimizer: Any, mesh_shape: tuple[int, ...],
-                            tables: tuple[tuple[str, str], ...]):
+                            tables: tuple[tuple[str, str], ...], average: bool = False):
     """`(params, hparams) -> states` over the mesh of `mesh_shape`, compiled with the
     states' shardings (row tables split over `model`, `parallel.state_shardings`) as its
     outputs, so the optimiser's state is created where it lives; compiled once per structure
     and shape of `params` (every seed of a run, and a second identical run, reuse it)."""
     mesh, programs = make_mesh(mesh_shape), {}
-    initial = functools.partial(_stacked_initial_state, optimizer)
+    initial = functools.partial(_stacked_initial_state, optimizer, average=average)
 
     def run(params, hparams):
         signature = (jax.tree.structure((params, hparams)),
@@ -844,11 +849,13 @@ class ShardedTokens:
         counts = {"tokens": int(params["token_embedding"].shape[0])}
         return cls(mesh=make_mesh(shape), shape=shape, tables=tables, counts=counts)
 
-    def initial_states(self, optimizer: Any, params: Any, hparams: Any) -> TrainState:
+    def initial_states(self, optimizer: Any, params: Any, hparams: Any,
+                       average: bool = False) -> TrainState:
         """The training states (stacked over the one seed) of the padded `params`, born
-        sharded (`_sharded_initial_states`)."""
+        sharded (`_sharded_initial_states`; `average`: `train.ema_decay`'s)."""
         padded = self.place(pad_rows(params, self.tables, self.counts, self.shape[1]))
-        program = _sharded_initial_states(optimizer, self.shape, tuple(self.tables.items()))
+        program = _sharded_initial_states(optimizer, self.shape, tuple(self.tables.items()),
+                                          average)
         return program(padded, self.place(hparams))
 
     def place(self, tree: Any) -> Any:
@@ -944,9 +951,11 @@ def seed_setup(config: Config, split: Split, seed: int, *, slate_log: SlateLog |
                                          mesh_shape)
     sharded = ShardedTokens.of(graphdef, params, mesh_shape) if mesh_shape else None
     if sharded is None:
-        states: TrainState = _stacked_initial_state(optimizer, params, hparams)
+        states: TrainState = _stacked_initial_state(optimizer, params, hparams,
+                                                    bool(config.train.ema_decay))
     else:  # zero rows up to a multiple of the model axis, the state born sharded
-        states = sharded.initial_states(optimizer, params, hparams)
+        states = sharded.initial_states(optimizer, params, hparams,
+                                        bool(config.train.ema_decay))
     shared = {}
     if "users" in rows:
         shared = {name: jnp.asarray(values) for name, values in
@@ -982,24 +991,34 @@ def _private_programs(graphdef: nnx.GraphDef, loss_name: str, train: TrainConfig
             client_learning_rate=client_learning_rate)
     else:
         unit_fn = dpsgd.make_sequence_unit_gradient(loss_fn, n_tokens)
-    step = dpsgd.make_private_step(unit_fn, optimizer, spec, row_tables(graphdef))
+    step = with_average(dpsgd.make_private_step(unit_fn, optimizer, spec, row_tables(graphdef)),
+                        train.ema_decay)
     dp_epoch = dpsgd.make_dp_epoch(step, spec)
 
+    def wrapped(tree):
+        return None if tree is None else {"prediction": tree}
+
     def epoch(state, data, key, index):
-        """The DP epoch on a state whose params are the model's (the private step reads
-        `{"prediction": params}`, as the optimiser's state was made: `_private_state`)."""
-        state, metrics = dp_epoch(dataclasses.replace(state, params={"prediction": state.params}),
+        """The DP epoch on a state whose params (and moving average) are the model's (the
+        private step reads `{"prediction": params}`, as the optimiser's state was made:
+        `_private_state`)."""
+        state, metrics = dp_epoch(dataclasses.replace(state, params=wrapped(state.params),
+                                                      average=wrapped(state.average)),
                                   data, key, index)
-        return dataclasses.replace(state, params=state.params["prediction"]), metrics
+        average = None if state.average is None else state.average["prediction"]
+        return dataclasses.replace(state, params=state.params["prediction"],
+                                   average=average), metrics
 
     return optimizer, jax.jit(over_seeds(epoch, 1), donate_argnums=(0,))
 
 
-def _private_state(optimizer: Any, params: Any) -> TrainState:
+def _private_state(optimizer: Any, params: Any, average: bool = False) -> TrainState:
     """A private run's initial state, stacked over one seed: the model's params, the
-    optimiser's state made for `{"prediction": params}` (what the private step updates)."""
+    optimiser's state made for `{"prediction": params}` (what the private step updates);
+    `average`: keeping `train.ema_decay`'s moving average."""
     state = TrainState(params=params, opt_state=optimizer.init({"prediction": params}),
-                       step=jnp.zeros((), jnp.int32), hparams=None)
+                       step=jnp.zeros((), jnp.int32), hparams=None,
+                       average=jax.tree.map(jnp.copy, params) if average else None)
     return jax.tree.map(lambda leaf: leaf[None], state)
 
 
@@ -1045,7 +1064,8 @@ def private_sequence_setup(config: Config, split: Split, seed: int, loss_name: s
                      seen_items_data(train.user, train.item, train.n_users,
                                      train.n_items).items()})
     return SeedSetup(graphdef=graphdef, run_epoch=run_epoch,
-                     states=_private_state(optimizer, params), data=data,
+                     states=_private_state(optimizer, params,
+                                           bool(config.train.ema_decay)), data=data,
                      key=key, rows=rows, batches_per_epoch=spec.steps_per_epoch, hparams=None,
                      sharded=None, privacy=spec, private_config=private)
 
@@ -1401,7 +1421,8 @@ def _exposure_programs(graphdef: nnx.GraphDef, method: str, train: Any, n_rows: 
     optimizer = make_optimizer(train, total_steps=total_steps)
     objective = make_exposure_objective(graphdef, method,
                                         {"propensity_clip": 0.0, "imputation_value": 0.0})
-    run_epoch = make_bucketed_epoch(make_train_step(objective, optimizer),
+    run_epoch = make_bucketed_epoch(with_average(make_train_step(objective, optimizer),
+                                                 train.ema_decay),
                                     bucket_sizes=(n_rows,), batch_size=train.batch_size,
                                     **_mesh_arguments(graphdef, mesh_shape))
     return optimizer, run_epoch

@@ -39,7 +39,12 @@ from causalrec_jax.train.checkpoint import (
     steps,
 )
 from causalrec_jax.train.processes import broadcast_text, broadcast_values, together
-from causalrec_jax.train.step import OPTIMIZER_HPARAMS, TrainState, set_hyperparams
+from causalrec_jax.train.step import (
+    OPTIMIZER_HPARAMS,
+    TrainState,
+    model_params,
+    set_hyperparams,
+)
 from causalrec_jax.xla_cpu import ENVIRONMENT, check_environment, threefry_cpu
 
 # Metrics where lower is better; every other validation metric is maximised.
@@ -337,7 +342,7 @@ def fit(
     if halving is not None and evaluate_fn is None:
         raise CausalRecError("successive halving ranks members on validation: give evaluate_fn")
     epoch_fn = run_epoch or jax.jit(_over_seeds(train_epoch, n_seeds), donate_argnums=(0,))
-    best_params = jax.tree.map(jnp.copy, states.params)
+    best_params = jax.tree.map(jnp.copy, model_params(states))
     best_values = [math.nan] * n_seeds
     best_epochs = [-1] * n_seeds
     since_best = [0] * n_seeds
@@ -451,8 +456,8 @@ def fit(
             if evaluate_fn is not None:
                 tic = time.perf_counter()
                 values = [
-                    evaluate_fn(seed_slice(states.params, row), member=int(alive[row]))
-                    if evaluate_with_member else evaluate_fn(seed_slice(states.params, row))
+                    evaluate_fn(seed_slice(model_params(states), row), member=int(alive[row]))
+                    if evaluate_with_member else evaluate_fn(seed_slice(model_params(states), row))
                     for row in range(len(alive))
                 ]
                 eval_seconds += time.perf_counter() - tic
@@ -470,7 +475,7 @@ def fit(
                     else:
                         since_best[member] += 1
                 if improved_rows:
-                    best_params = _store_rows(best_params, states.params, improved_rows,
+                    best_params = _store_rows(best_params, model_params(states), improved_rows,
                                               alive[improved_rows])
                 numeric = [name for name in values[0]
                            if isinstance(values[0][name], int | float)]
@@ -482,7 +487,7 @@ def fit(
                 # Without validation the latest parameters are the result: copied (the states
                 # are donated to the next epoch), so a later divergence still has them.
                 best_epochs = [epoch] * n_seeds
-                best_params = jax.tree.map(jnp.copy, states.params)
+                best_params = jax.tree.map(jnp.copy, model_params(states))
             stop = evaluate_fn is not None and all(since_best[m] >= patience for m in alive)
             last = stop or epoch == epochs - 1
             if (halving is not None and not last and len(alive) > 1
@@ -508,7 +513,7 @@ def fit(
     if evaluate_fn is None:
         # Without validation the final parameters are the result (copied: the states' buffers
         # are donated to the next epoch if the caller trains on).
-        best_params = jax.tree.map(jnp.copy, states.params)
+        best_params = jax.tree.map(jnp.copy, model_params(states))
         best_epochs = best_epochs if history else [-1] * n_seeds
     return FitResult(
         states=states,

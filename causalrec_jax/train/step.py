@@ -48,6 +48,9 @@ class TrainState:
     # `propensity_clip`, `dr_mse_lambda`); None for a loss that reads none. Part of the state
     # so that each member of a vmapped population carries its own values.
     hparams: Any = None
+    # The exponential moving average of `params` over the applied steps (`with_average`,
+    # `train.ema_decay`), debiased, so it is the model at every step; None when not kept.
+    average: Any = None
 
     def replace(self, **changes: Any) -> TrainState:
         """A copy with some fields changed."""
@@ -206,12 +209,60 @@ def set_hyperparams(state: TrainState, values: dict[str, Any]) -> TrainState:
 
 
 def init_state(
-    params: Any, optimizer: optax.GradientTransformation, hparams: Any = None
+    params: Any, optimizer: optax.GradientTransformation, hparams: Any = None, *,
+    average: bool = False,
 ) -> TrainState:
-    """A fresh state at step 0 (with the loss's traced `hparams`, if it reads any)."""
+    """A fresh state at step 0 (with the loss's traced `hparams`, if it reads any);
+    `average`: keeping a moving average of the parameters (`with_average`), started at them
+    (the first applied step replaces it whole)."""
     step = jnp.zeros((), jnp.int32)
     return TrainState(params=params, opt_state=optimizer.init(params), step=step,
-                      hparams=hparams)
+                      hparams=hparams,
+                      average=jax.tree.map(jnp.copy, params) if average else None)
+
+
+def model_params(state: TrainState) -> Any:
+    """The parameters a run evaluates and saves: the moving average when the state keeps one
+    (`with_average`), else the trained parameters."""
+    return state.params if state.average is None else state.average
+
+
+def with_average(
+    train_step: Callable[..., tuple[TrainState, dict[str, jax.Array]]], decay: float
+) -> Callable[..., tuple[TrainState, dict[str, jax.Array]]]:
+    """`train_step` that also keeps the exponential moving average of the parameters
+    (`TrainState.average`; Polyak averaging with exponential weights, as Adam debiases its
+    moments): after the t-th applied step the average is `Σ_s d^(t-s) θ_s / Σ_s d^(t-s)`
+    over the parameters θ_1..θ_t after each applied step, computed recursively as `a_t =
+    a_(t-1) + w_t (θ_t - a_(t-1))` with `w_t = (1 - d) / (1 - d^t)` (so `a_1 = θ_1`). A
+    step that is not applied (`apply` False, or not finite) leaves it unchanged. Averaging
+    reads only the trained parameters, so it is post-processing: free under DP.
+
+    The state passed in must carry an average (`init_state(..., average=True)`); `step`
+    counts applied steps. `decay` 0 (`train.ema_decay`'s default) returns `train_step` itself.
+    """
+    if decay == 0:
+        return train_step
+    if not 0.0 < decay < 1.0:
+        raise ConfigError(f"key train.ema_decay: expected a number in (0, 1), got {decay}")
+    takes_apply = "apply" in inspect.signature(train_step).parameters
+
+    def averaged_step(state: TrainState, batch: Any, key: jax.Array, apply: Any = True):
+        if takes_apply:
+            new, metrics = train_step(state, batch, key, apply=apply)
+        else:
+            new, metrics = train_step(state, batch, key)
+        moved = new.step != state.step
+        count = new.step.astype(jnp.float32)
+        weight = jnp.where(moved, (1.0 - decay) / (1.0 - jnp.float32(decay) ** count), 0.0)
+
+        def blend(average, params):
+            return average + (weight * (params - average)).astype(average.dtype)
+
+        average = jax.tree.map(blend, state.average, new.params)
+        return new.replace(average=average), metrics
+
+    return averaged_step
 
 
 def all_finite(tree: Any) -> jax.Array:

@@ -69,6 +69,30 @@ def test_a_private_run_on_a_one_device_mesh_trains_the_unsharded_model(private_r
         np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=1e-6)
 
 
+def test_a_moving_average_is_post_processing_of_the_same_private_training(
+        private_run, tmp_path, capsys):
+    """`train.ema_decay` on a private run: the same steps (the logged losses, the budget),
+    a different model saved, the one `causalrec evaluate` scores."""
+    metrics, out = private_run
+    averaged = run_train.train_run(config("privacy.target_epsilon=4.0", "train.ema_decay=0.8"),
+                                   tmp_path / "run", quiet=True)
+    assert averaged["privacy"] == metrics["privacy"]
+
+    def losses(folder):
+        return [json.loads(line)["loss"]
+                for line in (folder / "log.jsonl").read_text().splitlines()]
+
+    # (the same arithmetic, fused into another program: equal to the last bits)
+    assert losses(tmp_path / "run") == pytest.approx(losses(out), rel=1e-5)
+    from causalrec_jax.runs.load import load_run
+
+    assert not all(np.allclose(a, b) for a, b in zip(
+        jax.tree.leaves(load_run(out).parts.params),
+        jax.tree.leaves(load_run(tmp_path / "run").parts.params), strict=True))
+    assert main(["evaluate", "--run", str(tmp_path / "run")]) == 0
+    assert f"ndcg@5 {averaged['test']['ndcg@5']:.4f}" in capsys.readouterr().out
+
+
 def test_example_level_with_a_fixed_noise(tmp_path):
     metrics = run_train.train_run(config('privacy.level="example"', "privacy.noise=1.5",
                                          "privacy.max_examples_per_user=64",
