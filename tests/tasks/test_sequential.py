@@ -265,6 +265,25 @@ def test_the_same_seed_twice_gives_identical_metrics_and_parameters(planted_csv,
                zip(_params(tmp_path / "a"), _params(tmp_path / "c"), strict=True))
 
 
+def test_a_moving_average_changes_the_saved_model_not_the_training(planted_csv, tmp_path):
+    """`train.ema_decay` on a sequential run: the same steps (every logged loss), another
+    model validated and saved, the one `evaluate` scores."""
+    from causalrec_jax.runs.load import evaluate_run
+
+    assert main(_small(planted_csv, tmp_path / "a")) == 0
+    assert main(_small(planted_csv, tmp_path / "b", "train.ema_decay=0.9")) == 0
+
+    def losses(out):
+        return [json.loads(line)["loss"] for line in (out / "log.jsonl").read_text().splitlines()]
+
+    assert losses(tmp_path / "b") == pytest.approx(losses(tmp_path / "a"), rel=1e-5)
+    assert not all(np.allclose(a, b) for a, b in
+                   zip(_params(tmp_path / "a"), _params(tmp_path / "b"), strict=True))
+    stored = json.loads((tmp_path / "b" / "metrics.json").read_text())
+    again = evaluate_run(tmp_path / "b", "test")["test"]
+    assert all(abs(again[name] - value) < 1e-6 for name, value in stored["test"].items())
+
+
 @pytest.mark.slow  # make test-all (see Makefile)
 def test_resume_after_an_interruption_ends_identical_to_an_uninterrupted_run(
         planted_csv, tmp_path, monkeypatch):
