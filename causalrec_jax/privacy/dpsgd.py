@@ -64,7 +64,11 @@ from causalrec_jax import streams
 from causalrec_jax.errors import ConfigError
 from causalrec_jax.models.base import make_scorers, row_tables
 from causalrec_jax.privacy.accounting import combined_noise_multiplier
-from causalrec_jax.train.objectives import make_objective, with_drawn_negatives
+from causalrec_jax.train.objectives import (
+    drawn_negatives,
+    make_objective,
+    with_drawn_negatives,
+)
 from causalrec_jax.train.step import TrainState, all_finite, epoch_loss, guarded_update
 
 LEVELS = ("user", "example")
@@ -79,6 +83,10 @@ USER_ROWS = ("local", "noised")
 # ms. With 2 chunks a step that samples more units than expected runs a third chunk, mostly
 # padding; measured, that is still the faster choice.
 CHUNKS_PER_STEP = 8
+# A unit of at most this many ids of a kind (one row and its negatives, at example level)
+# de-duplicates them by comparing every pair (`unique_ids`): XLA's CPU sort calls a
+# comparator per comparison.
+COMPARED_IDS = 16
 CHUNKS_PER_STEP_OF_USERS = 2
 
 # Per step, the probability that more units are sampled than the step holds (`capacity`).
@@ -515,13 +523,27 @@ def unique_ids(touched: dict[str, jax.Array], sizes: dict[str, int],
             out[kind] = values[:1]
             continue
         size, slots = sizes[kind], values.shape[0]
-        if size <= MARKED_ROWS_PER_ID * slots:
+        if slots <= COMPARED_IDS:
+            out[kind] = _compared_unique(values, size)
+        elif size <= MARKED_ROWS_PER_ID * slots:
             marked = jnp.zeros(size, bool).at[values].set(True, mode="drop")
             (out[kind],) = jnp.nonzero(marked, size=slots, fill_value=size)
             out[kind] = out[kind].astype(values.dtype)
         else:
             out[kind] = jnp.unique(values, size=slots, fill_value=size)
     return out
+
+
+def _compared_unique(values: jax.Array, fill: int) -> jax.Array:
+    """`jnp.unique(values, size=len(values), fill_value=fill)` of a few values, by comparing
+    every pair: each first occurrence goes to the position of its rank among them."""
+    slots = values.shape[0]
+    earlier = jnp.tril(jnp.ones((slots, slots), bool), -1)
+    equal = values[:, None] == values[None, :]
+    first = ~jnp.any(equal & earlier, axis=1)
+    rank = jnp.sum(first[None, :] & (values[None, :] < values[:, None]), axis=1)
+    return jnp.full(slots, fill, values.dtype).at[jnp.where(first, rank, slots)].set(
+        values, mode="drop")
 
 
 def local_objective(graphdef: Any, tables: dict[str, str], loss_name: str, params: Any,
@@ -589,6 +611,13 @@ def make_unit_gradient(graphdef: Any, loss_name: str, *, n_users: int, n_items: 
         grads = only_trained_items(grads, params, tables, batch, ids, n_items)
         return grads, ids, loss, private_norm(grads, params, tables, user_rows), None
 
+    def draws(batch, key):
+        """The unit's negatives of `key` (`drawn_negatives`), which `unit_gradient` reads
+        from its batch instead of drawing them: `make_private_step` draws every slot's at
+        once, before its chunks."""
+        return drawn_negatives(loss_name, batch, key, n_items, n_negatives)
+
+    unit_gradient.draws = draws
     return unit_gradient
 
 
@@ -695,6 +724,13 @@ def make_private_step(unit_fn: Callable[..., Any], optimizer: optax.GradientTran
     """
     row_names = ("users", "items", "ratings", "weights", "propensities", "inputs", "targets",
                  "sequences")
+    # Units of one row (example level: about 8 chunks a step) whose function says how it
+    # draws its random inputs (`make_unit_gradient`'s negatives) have them drawn for every
+    # slot of the step at once: the same values (each from its unit's key) in one vmapped
+    # draw instead of one per chunk (on CPUs each draw pays a dispatch of jax's Threefry
+    # loop, `xla_cpu`). Units of many rows run 2-3 chunks a step, where drawing every slot's
+    # (the capacity's) costs more than it saves.
+    draws = getattr(unit_fn, "draws", None) if spec.examples_per_unit == 1 else None
     adaptive = spec.adaptive_threshold > 0
     if adaptive and n_items is None:
         raise ValueError("DP-AdaFEST's selection needs the item table's row count (n_items)")
@@ -709,9 +745,13 @@ def make_private_step(unit_fn: Callable[..., Any], optimizer: optax.GradientTran
         constants = data.get("shared_constants")  # none for a sequence model
         extra = {} if state.hparams is None else {"hparams": state.hparams}
 
-        def one_unit(unit, is_valid, unit_key):
+        def unit_batch(unit, is_valid):
             batch = {name: data[name][unit] for name in row_names if name in data}
             batch["mask"] = data["unit_mask"][unit] & is_valid
+            return batch
+
+        def one_unit(unit, is_valid, unit_key, drawn):
+            batch = {**unit_batch(unit, is_valid), **drawn}
             update, ids, loss, norm, kept = unit_fn(params, constants, {**batch, **shared},
                                                     unit_key, **extra)
             factor = jnp.minimum(1.0, spec.clip / jnp.maximum(norm, 1e-12))
@@ -746,13 +786,16 @@ def make_private_step(unit_fn: Callable[..., Any], optimizer: optax.GradientTran
         unit_stream = streams.derive(step_key, streams.Step.UNIT)
         unit_keys = jax.vmap(lambda u: streams.index(unit_stream, u))(units)
         n_valid = jnp.sum(valid)
+        drawn = ({} if draws is None else jax.vmap(
+            lambda unit, is_valid, unit_key: draws({**unit_batch(unit, is_valid), **shared},
+                                                   unit_key))(units, valid, unit_keys))
 
         def chunk(index, carry):
             """Units `index * chunk .. + chunk`, vmapped, added to the running sums."""
             summed, kept_rows, losses, norms, counts, touched = carry
             at = index * spec.chunk + jnp.arange(spec.chunk)
             update, ids, loss, norm, count, kept, contribution = jax.vmap(one_unit)(
-                units[at], valid[at], unit_keys[at])
+                units[at], valid[at], unit_keys[at], jax.tree.map(lambda a: a[at], drawn))
             summed = scatter_rows(summed, tables, update, ids)
             if adaptive:  # the units' clipped contribution maps, summed per item row
                 touched = touched.at[ids["items"]].add(contribution, mode="drop")

@@ -147,13 +147,24 @@ def with_drawn_negatives(loss_name: str, batch: Batch, key: jax.Array, n_items: 
     if loss_name in POINTWISE_LOSSES or loss_name == "softmax":
         users, items = scored_pairs(loss_name, batch, key, n_items, n_negatives)
         return users, items, batch
-    negatives, log_probs, negative_where = draw_negatives(key, batch, batch["users"],
-                                                          n_items, n_negatives)
-    drawn = {**batch, DRAWN_NEGATIVES: negatives, DRAWN_LOG_PROBS: log_probs}
-    if negative_where is not None:
-        drawn[DRAWN_WHERE] = negative_where
+    drawn = {**batch, **drawn_negatives(loss_name, batch, key, n_items, n_negatives)}
     users, items, _, _ = ranking_pairs(key, drawn, n_items, n_negatives)
     return users, items, drawn
+
+
+def drawn_negatives(loss_name: str, batch: Batch, key: jax.Array, n_items: int,
+                    n_negatives: int) -> dict[str, jax.Array]:
+    """The negatives a ranking loss draws with `key` for `batch` (`draw_negatives`), as the
+    batch entries that make a later `draw_negatives` of the same key return them (`DRAWN_*`);
+    `{}` for a loss that draws none. A batch that carries them already gets them back."""
+    if loss_name in POINTWISE_LOSSES or loss_name == "softmax":
+        return {}
+    negatives, log_probs, negative_where = draw_negatives(key, batch, batch["users"],
+                                                          n_items, n_negatives)
+    drawn = {DRAWN_NEGATIVES: negatives, DRAWN_LOG_PROBS: log_probs}
+    if negative_where is not None:
+        drawn[DRAWN_WHERE] = negative_where
+    return drawn
 
 
 def draw_negatives(key: jax.Array, batch: Batch, users: jax.Array, n_items: int,

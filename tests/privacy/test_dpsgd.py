@@ -305,16 +305,23 @@ def test_a_step_takes_units_of_one_row_in_8_chunks_and_units_of_several_in_2():
         assert spec.capacity >= dpsgd.capacity_for(943, 45 / 943)
 
 
-def test_marked_unique_ids_equal_sorted_unique_ids():
+def test_marked_and_compared_unique_ids_equal_sorted_unique_ids():
+    """Marked in a vector (many ids into a small table) or compared pairwise (a few ids:
+    `COMPARED_IDS`), a unit's ids are `jnp.unique`'s, padding id included."""
     rng = np.random.default_rng(5)
-    for size, slots in ((40, 320), (1682, 320), (1682, 5), (9, 12)):
-        values = jnp.asarray(rng.integers(0, size, slots), jnp.int32)
-        got = dpsgd.unique_ids({"items": values}, {"items": size})["items"]
-        want = jnp.unique(values, size=slots, fill_value=size)
-        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
-        assert got.dtype == values.dtype
-        marked = size <= dpsgd.MARKED_ROWS_PER_ID * slots
-        assert marked == ((size, slots) in ((40, 320), (1682, 320), (9, 12)))
+    cases = ((40, 320), (1682, 320), (1682, 5), (9, 12), (100_000, 40), (3, 5))
+    branches = {"compared" if slots <= dpsgd.COMPARED_IDS
+                else "marked" if size <= dpsgd.MARKED_ROWS_PER_ID * slots else "sorted"
+                for size, slots in cases}
+    assert branches == {"compared", "marked", "sorted"}
+    for size, slots in cases:
+        for _ in range(20):
+            # ids in [0, size], `size` itself the padding of a silo's rows
+            values = jnp.asarray(rng.integers(0, size + 1, slots), jnp.int32)
+            got = dpsgd.unique_ids({"items": values}, {"items": size})["items"]
+            want = jnp.unique(values, size=slots, fill_value=size)
+            np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+            assert got.dtype == values.dtype
     # under vmap, as a step takes it per unit
     batch = jnp.asarray(rng.integers(0, 50, (6, 20)), jnp.int32)
     got = jax.vmap(lambda v: dpsgd.unique_ids({"users": v}, {"users": 50})["users"])(batch)
