@@ -419,9 +419,18 @@ def sample_units(key: jax.Array, spec: DPSpec) -> tuple[jax.Array, jax.Array, ja
 
 
 def table_kinds(state: Any, tables: dict[str, str]) -> list[str]:
-    """For each leaf of a model state, the id kind of its rows ("users", "items") or ""."""
-    paths = jax.tree_util.tree_flatten_with_path(state)[0]
-    return [tables.get(getattr(path[0], "key", None), "") for path, _ in paths]
+    """For each leaf of a state, the id kind of its rows ("users", "items") or "": the kind
+    of the first key on its path that names a row table (a model state's own attribute, or
+    one under `{"prediction": model state, ...}`, a run's parameters)."""
+
+    def kind(path) -> str:
+        for entry in path:
+            name = getattr(entry, "key", None)
+            if isinstance(name, str) and name in tables:
+                return tables[name]
+        return ""
+
+    return [kind(path) for path, _ in jax.tree_util.tree_flatten_with_path(state)[0]]
 
 
 def gather_rows(state: Any, tables: dict[str, str], ids: dict[str, jax.Array]) -> Any:
@@ -550,13 +559,15 @@ def local_objective(graphdef: Any, tables: dict[str, str], loss_name: str, param
                     constants: Any, ids: dict[str, jax.Array], *, n_items: int,
                     n_negatives: int, objective: Callable[..., Any] | None = None
                     ) -> tuple[Any, Callable[..., Any]]:
-    """`(local_params, objective)`: the model state cut to the rows `ids` and the run's
-    objective over it, its global ids mapped to the gathered rows, so a gradient or a local
-    step touches `ids`' rows alone. `objective(score_pairs, score_all) -> loss_fn(params,
-    batch, key, *, hparams)` builds the run's objective over the scorers it is given, params
-    `{"prediction": model state}` (the ordinary step's own builder, `tasks.ordinary.
-    _objective_of`, so a private PDA run trains PDA's causal objective); None: the loss alone
-    (`train.objectives.make_objective`)."""
+    """`(local_params, objective)`: the run's parameters (`params`, `{"prediction": model
+    state, ...}`) with each row table cut to the rows `ids`, and the run's objective over
+    them, its global ids mapped to the gathered rows, so a gradient or a local step touches
+    `ids`' rows alone. `objective(score_pairs, score_all) -> loss_fn(params, batch, key, *,
+    hparams)` builds the run's objective over the scorers it is given (the ordinary step's
+    own builder, `tasks.ordinary._objective_of`, so a private PDA run trains PDA's causal
+    objective and a private MACR run MACR's, whose user and item modules are whole vectors
+    beside the model: dense parameters here); None: the loss alone
+    (`train.objectives.make_objective`) of the model state."""
     local_params = gather_rows(params, tables, ids)
     local_scorers = make_scorers(graphdef, gather_rows(constants, tables, ids))
 
@@ -566,20 +577,21 @@ def local_objective(graphdef: Any, tables: dict[str, str], loss_name: str, param
             key=key, dropout_rate=dropout_rate)
 
     if objective is None:
-        return local_params, make_objective(loss_name, score_pairs, None, n_items=n_items,
-                                            n_negatives=n_negatives)
-    run_objective = objective(score_pairs, None)
+        loss = make_objective(loss_name, score_pairs, None, n_items=n_items,
+                              n_negatives=n_negatives)
 
-    def local(p, batch, key, hparams=None):
-        return run_objective({"prediction": p}, batch, key, hparams=hparams)
+        def plain(p, batch, key, hparams=None):
+            return loss(p["prediction"], batch, key)
 
-    return local_params, local
+        return local_params, plain
+    return local_params, objective(score_pairs, None)
 
 
 def make_unit_gradient(graphdef: Any, loss_name: str, *, n_users: int, n_items: int,
                        n_negatives: int, user_rows: str = "noised",
                        objective: Callable[..., Any] | None = None,
-                       one_user: bool = False) -> Callable[..., Any]:
+                       one_user: bool = False, samples_negatives: bool = False
+                       ) -> Callable[..., Any]:
     """Builds `unit_gradient(params, constants, batch, key, hparams) -> (grads, ids, loss,
     norm, None)`: one unit's gradient of the sum of its rows' losses (`train.objectives.
     make_objective`, the loss of the ordinary step, on `batch [k]`), unclipped, over its
@@ -587,6 +599,8 @@ def make_unit_gradient(graphdef: Any, loss_name: str, *, n_users: int, n_items: 
     parameters; `loss` that sum and `norm` the norm of its private part (`private_leaves`:
     without the user rows when `user_rows = "local"`). The `unit_fn` of
     `make_private_step`. `one_user`: each unit's rows are one user's (`unique_ids`).
+    `samples_negatives`: the objective draws negatives whatever the loss (PDA, MACR), so the
+    unit gathers their rows too.
 
     Raises:
         ConfigError: a model that declares no row tables (`check_row_tables`).
@@ -596,7 +610,8 @@ def make_unit_gradient(graphdef: Any, loss_name: str, *, n_users: int, n_items: 
 
     def unit_gradient(params, constants, batch, key, hparams=None):
         # the negatives drawn once: the gathered rows' and the objective's (the same key)
-        users, items, batch = with_drawn_negatives(loss_name, batch, key, n_items, n_negatives)
+        users, items, batch = with_drawn_negatives(loss_name, batch, key, n_items, n_negatives,
+                                                   samples_negatives)
         ids = unique_ids({"users": users, "items": items}, sizes, one_user)
         local_params, local = local_objective(graphdef, tables, loss_name, params, constants,
                                               ids, n_items=n_items, n_negatives=n_negatives,
@@ -615,7 +630,7 @@ def make_unit_gradient(graphdef: Any, loss_name: str, *, n_users: int, n_items: 
         """The unit's negatives of `key` (`drawn_negatives`), which `unit_gradient` reads
         from its batch instead of drawing them: `make_private_step` draws every slot's at
         once, before its chunks."""
-        return drawn_negatives(loss_name, batch, key, n_items, n_negatives)
+        return drawn_negatives(loss_name, batch, key, n_items, n_negatives, samples_negatives)
 
     unit_gradient.draws = draws
     return unit_gradient
@@ -650,7 +665,7 @@ def make_sequence_unit_gradient(loss_fn: Callable[..., Any], n_tokens: int
         trained = trained_positions(batch)
 
         def summed(p):
-            return loss_fn(p, batch, key) * trained
+            return loss_fn(p["prediction"], batch, key) * trained
 
         loss, grads = jax.value_and_grad(summed)(params)
         ids = {"tokens": jnp.arange(n_tokens, dtype=jnp.int32)}
@@ -678,7 +693,8 @@ def private_norm(tree: Any, params: Any, tables: dict[str, str], user_rows: str)
 
 def make_dp_train_step(graphdef: Any, loss_name: str, optimizer: optax.GradientTransformation,
                        spec: DPSpec, *, n_users: int, n_items: int, n_negatives: int,
-                       objective: Callable[..., Any] | None = None
+                       objective: Callable[..., Any] | None = None,
+                       samples_negatives: bool = False
                        ) -> Callable[[TrainState, dict[str, Any], jax.Array],
                                      tuple[TrainState, dict[str, jax.Array]]]:
     """Builds `dp_step(state, data, key) -> (state, metrics)`, the private counterpart of
@@ -688,7 +704,8 @@ def make_dp_train_step(graphdef: Any, loss_name: str, optimizer: optax.GradientT
     `shared_log_popularity`, counted under DP: `noisy_log_popularity`)."""
     unit_gradient = make_unit_gradient(graphdef, loss_name, n_users=n_users, n_items=n_items,
                                        n_negatives=n_negatives, user_rows=spec.user_rows,
-                                       objective=objective, one_user=not spec.silos)
+                                       objective=objective, one_user=not spec.silos,
+                                       samples_negatives=samples_negatives)
     return make_private_step(unit_gradient, optimizer, spec, check_row_tables(graphdef),
                              n_items=n_items)
 
@@ -740,7 +757,7 @@ def make_private_step(unit_fn: Callable[..., Any], optimizer: optax.GradientTran
         units, valid, n_sampled = sample_units(streams.derive(step_key, streams.Step.UNITS),
                                                spec)
         shared = {name: value for name, value in data.items() if name.startswith("shared_")}
-        params = state.params["prediction"]
+        params = state.params  # {"prediction": model state, ...}
         private = private_leaves(params, tables, spec.user_rows)
         constants = data.get("shared_constants")  # none for a sequence model
         extra = {} if state.hparams is None else {"hparams": state.hparams}
@@ -829,8 +846,8 @@ def make_private_step(unit_fn: Callable[..., Any], optimizer: optax.GradientTran
             noise = _rows_times(noise, params, tables, "items", data[TRAINED_ITEMS])
         if selected is not None:
             noise = _rows_times(noise, params, tables, "items", selected)
-        gradient = {"prediction": jax.tree.map(
-            lambda total, added: (total + added) / spec.expected_batch, summed, noise)}
+        gradient = jax.tree.map(lambda total, added: (total + added) / spec.expected_batch,
+                                summed, noise)
         loss = jnp.sum(losses) / jnp.maximum(jnp.sum(counts), 1)
         # The clients' own rows, as they left them (federated), are checked with the gradient.
         own_rows = ([leaf for leaf, kind in zip(jax.tree.leaves(kept_rows),
@@ -841,10 +858,10 @@ def make_private_step(unit_fn: Callable[..., Any], optimizer: optax.GradientTran
         new_params, opt_state = guarded_update(optimizer, gradient, state.params,
                                                state.opt_state, ok)
         if spec.local_steps:
-            new_params = {**new_params, "prediction": _with_kind(
-                new_params["prediction"],
+            new_params = _with_kind(
+                new_params,
                 jax.tree.map(lambda new, old: jnp.where(ok, new, old), kept_rows, params),
-                tables, "users")}
+                tables, "users")
         state = TrainState(params=new_params, opt_state=opt_state,
                            step=state.step + ok.astype(state.step.dtype), hparams=state.hparams)
         metrics = {

@@ -112,12 +112,16 @@ def make_sequence_client_update(loss_fn: Callable[..., Any], n_tokens: int, *,
         del constants, hparams
         stream = streams.derive(key, streams.Step.LOCAL_STEPS)
         keys = [streams.index(stream, step) for step in range(local_steps)]
-        local = params
+        local = params  # {"prediction": model state}
+
+        def step_loss(p, k):
+            return loss_fn(p["prediction"], batch, k)
+
         for k in keys:  # a few steps: unrolled, each with its own negatives and dropout
-            grads = jax.grad(loss_fn)(local, batch, k)
+            grads = jax.grad(step_loss)(local, k)
             local = jax.tree.map(lambda p, g: p - client_learning_rate * g, local, grads)
         pseudo_gradient = jax.tree.map(jnp.subtract, params, local)  # -(after - before)
-        loss = loss_fn(params, batch, keys[0]) * trained_positions(batch)
+        loss = step_loss(params, keys[0]) * trained_positions(batch)
         ids = {"tokens": jnp.arange(n_tokens, dtype=jnp.int32)}
         return pseudo_gradient, ids, loss, optax.tree.norm(pseudo_gradient), None
 

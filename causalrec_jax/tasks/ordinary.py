@@ -350,7 +350,8 @@ def _programs(spec: ProgramSpec, streaming_segment: int = 0) -> tuple[Callable, 
         dp_step = dpsgd.make_dp_train_step(
             spec.graphdef, spec.loss, optimizer, spec.privacy, n_users=spec.n_users,
             n_items=spec.n_items, n_negatives=spec.n_negatives,
-            objective=functools.partial(_objective_of, spec))
+            objective=functools.partial(_objective_of, spec),
+            samples_negatives=spec.method in causal_training.SAMPLED_NEGATIVE_METHODS)
     if spec.privacy is not None:
         dp_step = with_average(dp_step, spec.ema_decay)
         dp_epoch = over_seeds(dpsgd.make_dp_epoch(dp_step, spec.privacy), spec.n_seeds)
@@ -453,7 +454,9 @@ def training_rows(config: Config, split: Split, truth: Any) -> tuple[dict, dict 
 # alone, and every pair it scores is in `train.objectives.scored_pairs` of the loss (PDA
 # trains BPR: its negatives are BPR's), so each unit's gathered rows hold all it reads.
 # PDA's popularity is counted under DP (`dpsgd.noisy_log_popularity`).
-PRIVATE_METHODS = ("naive", "pda")
+# MACR's user and item modules (`causal.training.extra_params`) train beside the model as
+# dense parameters of the private step: clipped with each unit's gradient and noised whole.
+PRIVATE_METHODS = ("naive", "pda", "macr")
 
 
 def private_spec(config: Config, graphdef: Any, *, n_users: int, n_rows: int,

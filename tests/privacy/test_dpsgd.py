@@ -229,8 +229,8 @@ def test_models_and_losses_without_per_user_gradients_are_refused():
     batch = {"users": jnp.zeros(2, jnp.int32), "items": jnp.zeros(2, jnp.int32),
              "mask": jnp.ones(2, bool)}
     with pytest.raises(ConfigError, match="key train.loss"):
-        unit_gradient(jax.tree.map(lambda x: x[0], mf.params), mf.constants, batch,
-                      jax.random.key(0))
+        unit_gradient({"prediction": jax.tree.map(lambda x: x[0], mf.params)}, mf.constants,
+                      batch, jax.random.key(0))
     for kwargs, key in (({"clip": 0.0}, "privacy.clip"), ({"noise_multiplier": -1.0},
                                                            "privacy.noise")):
         arguments = {"clip": 1.0, "noise_multiplier": 1.0, **kwargs}

@@ -77,7 +77,10 @@ def test_user_rows_never_appear_in_what_a_client_sends():
                                           client_learning_rate=0.5)
     batch = {"users": jnp.full(4, 1), "items": jnp.array([0, 2, 4, 4]),
              "mask": jnp.array([True, True, True, False])}
-    update, ids, loss, norm, kept = client(params, parts.constants, batch, jax.random.key(1))
+    # a unit function reads the run's parameters, the model state under "prediction"
+    update, ids, loss, norm, kept = client({"prediction": params}, parts.constants, batch,
+                                           jax.random.key(1))
+    update, kept = update["prediction"], kept["prediction"]
     message = federated.client_message(update, ids, params, tables)
     kinds = dpsgd.table_kinds(params, tables)
     assert [leaf is None for leaf in message["shared"]] == [k == "users" for k in kinds]

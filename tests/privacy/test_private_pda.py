@@ -149,8 +149,6 @@ def test_without_noise_the_popularity_is_counted_exactly():
 
 
 @pytest.mark.parametrize(("overrides", "named"), [
-    (['causal.method="macr"', 'train.loss="bce"', "privacy.noise=1.0"],  # its own tables
-     "causal.method"),
     (PDA + ['privacy.mechanism="fedavg"'], "causal.method"),
     # without noise nothing is counted under DP, so the counts' noise is not read
     (PDA[:2] + ["privacy.selection_noise=2.0"], "privacy.selection_noise"),

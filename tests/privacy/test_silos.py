@@ -117,8 +117,9 @@ def test_a_silo_sends_no_user_row_and_keeps_each_of_its_users():
                                           client_learning_rate=0.5)
     batch = {"users": jnp.array([1, 1, 3, 3, n_users]), "items": jnp.array([0, 2, 4, 5, 0]),
              "mask": jnp.array([True, True, True, True, False])}
-    update, ids, loss, norm, kept = jax.jit(client)(params, parts.constants, batch,
-                                                    jax.random.key(1))
+    update, ids, loss, norm, kept = jax.jit(client)({"prediction": params}, parts.constants,
+                                                    batch, jax.random.key(1))
+    update, kept = update["prediction"], kept["prediction"]
     assert np.asarray(ids["users"])[:2].tolist() == [1, 3]
     assert (np.asarray(ids["users"])[2:] >= n_users).all()
     message = federated.client_message(update, ids, params, tables)
