@@ -717,8 +717,10 @@ def make_private_step(unit_fn: Callable[..., Any], optimizer: optax.GradientTran
     """Builds `step(state, data, key, apply=True) -> (state, metrics)`: one private step
     (DP-SGD) or round (DP-FedAvg) over Poisson-sampled units.
 
-    `unit_fn(params, constants, batch, key, hparams) -> (update, ids, loss, norm, kept)`
-    gives one unit's contribution over its gathered rows (`update`, a gradient or a client's
+    `unit_fn(params, constants, batch, key, hparams) -> (update, ids, loss, norm, kept)`,
+    `params` the run's parameters (`state.params`: `{"prediction": model state}` and, for
+    MACR, its modules beside it), gives one unit's contribution over its gathered rows
+    (`update`, shaped like `params` with each row table cut to `ids`: a gradient or a client's
     pseudo-gradient, at `ids`), its loss, the norm of its private part and, for a client that
     keeps its own rows (`kept`, gathered rows: federated training), their new values, set
     into the state as they are (never summed, clipped or noised); None otherwise.
