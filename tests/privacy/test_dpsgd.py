@@ -66,6 +66,31 @@ def _summed_update(step, state, data, key, spec):
     return delta, metrics
 
 
+def _clipped_objective_sum(objective, params, data, key, spec, hparams, per_unit):
+    """Sum over the units of each unit's clipped `jax.grad` of a run's `objective` (params
+    `{"prediction": model state, ...}`, whole tables), a user's rows `per_unit` wide: what
+    the private step's pre-noise sum must be, unit by unit, with each unit's own key."""
+    unit_stream = streams.derive(streams.index(key, 0), streams.Step.UNIT)
+    shared = {k: v for k, v in data.items() if k.startswith("shared_")}
+    total = jax.tree.map(jnp.zeros_like, params)
+
+    @jax.jit
+    def unit_grad(p, batch, unit):
+        def summed(p):
+            value, _ = objective(p, batch, streams.index(unit_stream, unit), hparams=hparams)
+            return value * jnp.sum(batch["mask"])
+        return jax.grad(summed)(p)
+
+    for unit in range(spec.n_units):
+        batch = {"items": data["items"][unit], "mask": data["unit_mask"][unit],
+                 "users": jnp.full(per_unit, data["unit_users"][unit]), **shared}
+        grads = unit_grad(params, batch, unit)
+        norm = jnp.sqrt(sum(jnp.sum(leaf**2) for leaf in jax.tree.leaves(grads)))
+        total = jax.tree.map(lambda t, g, n=norm: t + g * jnp.minimum(1.0, spec.clip / n),
+                             total, grads)
+    return total
+
+
 def _pairs(a, b):
     return zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)
 

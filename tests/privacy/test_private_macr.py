@@ -8,7 +8,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from causalrec_jax import streams
 from causalrec_jax.causal.training import make_causal_objective
 from causalrec_jax.config import CausalConfig, TrainConfig, load_config
 from causalrec_jax.errors import ConfigError
@@ -19,7 +18,7 @@ from causalrec_jax.runs import train as run_train
 from causalrec_jax.train.objectives import seen_items_data
 from causalrec_jax.train.step import init_state, make_optimizer
 
-from .test_dpsgd import N_ITEMS, N_USERS, ROWS, _model
+from .test_dpsgd import N_ITEMS, N_USERS, ROWS, _clipped_objective_sum, _model
 from .test_private_run import TINY
 
 HPARAMS = {"macr_alpha": jnp.float32(0.5), "macr_beta": jnp.float32(0.3)}
@@ -56,24 +55,7 @@ def test_private_macr_sums_equal_a_brute_force_loop_over_whole_tables_and_module
 
     # MACR's objective of an ordinary run, on the whole tables and modules, unit by unit
     objective = _macr(make_scorers(parts.graphdef, parts.constants).score_pairs)
-    unit_stream = streams.derive(streams.index(key, 0), streams.Step.UNIT)
-    shared = {k: v for k, v in data.items() if k.startswith("shared_")}
-    want = jax.tree.map(jnp.zeros_like, params)
-
-    @jax.jit
-    def unit_grad(p, batch, unit):
-        def summed(p):
-            value, _ = objective(p, batch, streams.index(unit_stream, unit), hparams=HPARAMS)
-            return value * jnp.sum(batch["mask"])
-        return jax.grad(summed)(p)
-
-    for unit in range(N_USERS):
-        batch = {"items": data["items"][unit], "mask": data["unit_mask"][unit],
-                 "users": jnp.full(4, data["unit_users"][unit]), **shared}
-        grads = unit_grad(params, batch, unit)
-        norm = jnp.sqrt(sum(jnp.sum(leaf**2) for leaf in jax.tree.leaves(grads)))
-        want = jax.tree.map(lambda t, g, n=norm: t + g * jnp.minimum(1.0, spec.clip / n),
-                            want, grads)
+    want = _clipped_objective_sum(objective, params, data, key, spec, HPARAMS, 4)
     for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
         np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=2e-3, atol=2e-6)
     assert int(metrics["clipped"]) >= 1

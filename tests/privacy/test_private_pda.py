@@ -22,7 +22,14 @@ from causalrec_jax.tasks import ordinary
 from causalrec_jax.train.objectives import seen_items_data
 from causalrec_jax.train.step import init_state, make_optimizer
 
-from .test_dpsgd import N_ITEMS, N_USERS, ROWS, _model, _summed_update
+from .test_dpsgd import (
+    N_ITEMS,
+    N_USERS,
+    ROWS,
+    _clipped_objective_sum,
+    _model,
+    _summed_update,
+)
 from .test_private_run import TINY
 
 GAMMA = 0.2
@@ -58,25 +65,8 @@ def test_private_pda_sums_equal_a_brute_force_loop_over_whole_tables():
     objective = make_causal_objective("pda", CausalConfig(), "bpr", scorers.score_pairs,
                                       n_users=N_USERS, n_items=N_ITEMS, n_rows=1,
                                       n_negatives=3)
-    unit_stream = streams.derive(streams.index(key, 0), streams.Step.UNIT)
-    shared = {k: v for k, v in data.items() if k.startswith("shared_")}
-    want = jax.tree.map(jnp.zeros_like, params)
-
-    @jax.jit
-    def unit_grad(p, batch, unit):
-        def summed(p):
-            value, _ = objective({"prediction": p}, batch, streams.index(unit_stream, unit),
-                                 hparams={"pda_gamma": jnp.float32(GAMMA)})
-            return value * jnp.sum(batch["mask"])
-        return jax.grad(summed)(p)
-
-    for unit in range(N_USERS):
-        batch = {"items": data["items"][unit], "mask": data["unit_mask"][unit],
-                 "users": jnp.full(4, data["unit_users"][unit]), **shared}
-        grads = unit_grad(params, batch, unit)
-        norm = jnp.sqrt(sum(jnp.sum(leaf**2) for leaf in jax.tree.leaves(grads)))
-        want = jax.tree.map(lambda t, g, n=norm: t + g * jnp.minimum(1.0, spec.clip / n),
-                            want, grads)
+    want = _clipped_objective_sum(objective, {"prediction": params}, data, key, spec,
+                                  {"pda_gamma": jnp.float32(GAMMA)}, 4)["prediction"]
     for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
         np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=2e-3, atol=2e-6)
     assert int(metrics["clipped"]) >= 1
