@@ -135,6 +135,20 @@ def row_tables(graphdef: nnx.GraphDef) -> dict[str, str] | None:
     return declared_tables(graphdef.nodes[0].type)
 
 
+def table_kind(path: tuple, tables: dict[str, str]) -> str:
+    """The id kind (`users`, `items`, `tokens`) of the row table a leaf's `path` (from
+    `jax.tree_util`) names, or "": the kind of the first name on the path that is a row table
+    (`row_tables`), so a model state's own leaves and those of a run's parameters
+    (`{"prediction": model state, ...}`), its optimiser state or its moving average are read
+    alike."""
+    for entry in path:
+        for attribute in ("key", "name"):
+            name = getattr(entry, attribute, None)
+            if isinstance(name, str) and name in tables:
+                return tables[name]
+    return ""
+
+
 def declared_tables(model_class: type | None) -> dict[str, str] | None:
     """The `ROW_TABLES` a model class declares (`row_tables`), None where it declares none."""
     declared = getattr(model_class, "ROW_TABLES", None)

@@ -31,28 +31,11 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from causalrec_jax.models.base import table_kind
 from causalrec_jax.parallel.distributed import host_values, is_multiprocess
 from causalrec_jax.parallel.mesh import padded_count
 from causalrec_jax.train.checkpoint import host_like
 from causalrec_jax.train.loop import CheckpointView, place
-
-
-def _names(path: tuple) -> list[str]:
-    names = []
-    for entry in path:
-        for attribute in ("key", "name"):
-            value = getattr(entry, attribute, None)
-            if isinstance(value, str):
-                names.append(value)
-    return names
-
-
-def table_kind(path: tuple, tables: dict[str, str]) -> str:
-    """The id kind (`users`, `items`) of the row table a leaf's `path` names, or ""."""
-    for name in _names(path):
-        if name in tables:
-            return tables[name]
-    return ""
 
 
 def _map_tables(fn: Callable[[jax.Array, str], jax.Array], tree: Any,

@@ -62,7 +62,7 @@ from scipy import stats
 
 from causalrec_jax import streams
 from causalrec_jax.errors import ConfigError
-from causalrec_jax.models.base import make_scorers, row_tables
+from causalrec_jax.models.base import make_scorers, row_tables, table_kind
 from causalrec_jax.privacy.accounting import combined_noise_multiplier
 from causalrec_jax.train.objectives import (
     drawn_negatives,
@@ -419,18 +419,11 @@ def sample_units(key: jax.Array, spec: DPSpec) -> tuple[jax.Array, jax.Array, ja
 
 
 def table_kinds(state: Any, tables: dict[str, str]) -> list[str]:
-    """For each leaf of a state, the id kind of its rows ("users", "items") or "": the kind
-    of the first key on its path that names a row table (a model state's own attribute, or
-    one under `{"prediction": model state, ...}`, a run's parameters)."""
-
-    def kind(path) -> str:
-        for entry in path:
-            name = getattr(entry, "key", None)
-            if isinstance(name, str) and name in tables:
-                return tables[name]
-        return ""
-
-    return [kind(path) for path, _ in jax.tree_util.tree_flatten_with_path(state)[0]]
+    """For each leaf of a state (a model state or a run's parameters, `{"prediction": model
+    state, ...}`), the id kind of its rows ("users", "items") or "" (`models.base.
+    table_kind`)."""
+    return [table_kind(path, tables)
+            for path, _ in jax.tree_util.tree_flatten_with_path(state)[0]]
 
 
 def gather_rows(state: Any, tables: dict[str, str], ids: dict[str, jax.Array]) -> Any:
@@ -445,7 +438,7 @@ def gather_rows(state: Any, tables: dict[str, str], ids: dict[str, jax.Array]) -
 
 def scatter_rows(total: Any, tables: dict[str, str], grads: Any,
                  ids: dict[str, jax.Array]) -> Any:
-    """`total` (full-size, like the model state) plus per-unit gradients summed over the
+    """`total` (full-size, like the run's parameters) plus per-unit gradients summed over the
     units: `grads` leaves `[units, ...]`, row tables `[units, m, ...]` added at the ids
     `ids[kind] [units, m]` (padding ids dropped), dense leaves summed."""
     leaves = jax.tree_util.tree_leaves(grads)
@@ -461,7 +454,7 @@ def scatter_rows(total: Any, tables: dict[str, str], grads: Any,
 
 
 def private_leaves(state: Any, tables: dict[str, str], user_rows: str) -> list[bool]:
-    """For each leaf of a model state, whether DP-SGD clips and noises it: every leaf, or
+    """For each leaf of a run's parameters, whether DP-SGD clips and noises it: every leaf, or
     (`user_rows = "local"`) every leaf but the user row tables."""
     return [not (user_rows == "local" and kind == "users")
             for kind in table_kinds(state, tables)]
@@ -518,8 +511,9 @@ def unique_ids(touched: dict[str, jax.Array], sizes: dict[str, int],
     ml-100k's 1,682 items) marks the ids in a boolean vector of its length and reads the marked
     positions back in order (`jnp.nonzero`), which equals `jnp.unique` exactly and is cheaper:
     XLA's CPU sort calls a comparator per comparison, and sorting each unit's ids took 28% of a
-    user-level BPR-MF step at ml-100k's size (`bench/privacy.py`). Units of few ids (one row at
-    example level) and large tables sort.
+    user-level BPR-MF step at ml-100k's size (`bench/privacy.py`). Units of at most
+    `COMPARED_IDS` ids (one row and its negatives, at example level) compare every pair
+    (`_compared_unique`, no sort); larger units into large tables sort.
 
     `one_user`: every user id of the unit is the same (a unit is one user's rows, or one
     row: not a silo), so `users` is that one id (`[1]`): the unit gathers, differentiates and
@@ -698,10 +692,12 @@ def make_dp_train_step(graphdef: Any, loss_name: str, optimizer: optax.GradientT
                        ) -> Callable[[TrainState, dict[str, Any], jax.Array],
                                      tuple[TrainState, dict[str, jax.Array]]]:
     """Builds `dp_step(state, data, key) -> (state, metrics)`, the private counterpart of
-    `train.step.make_train_step`'s step, for a state whose params are `{"prediction":
-    model state}`: `make_private_step` over each unit's gradient (`make_unit_gradient`) of
-    the run's `objective` (`local_objective`; a private PDA run's reads
-    `shared_log_popularity`, counted under DP: `noisy_log_popularity`)."""
+    `train.step.make_train_step`'s step, for a state whose params are the run's
+    (`{"prediction": model state}`, and MACR's modules beside it): `make_private_step` over
+    each unit's gradient (`make_unit_gradient`) of the run's `objective` (`local_objective`;
+    a private PDA run's reads `shared_log_popularity`, counted under DP:
+    `noisy_log_popularity`; `samples_negatives`: the objective draws negatives whatever the
+    loss)."""
     unit_gradient = make_unit_gradient(graphdef, loss_name, n_users=n_users, n_items=n_items,
                                        n_negatives=n_negatives, user_rows=spec.user_rows,
                                        objective=objective, one_user=not spec.silos,

@@ -131,7 +131,8 @@ def make_sequence_client_update(loss_fn: Callable[..., Any], n_tokens: int, *,
 def client_message(pseudo_gradient: Any, ids: dict[str, jax.Array], params: Any,
                    tables: dict[str, str]) -> dict[str, Any]:
     """What a client sends: `{"item_ids": [m], "shared": [leaf or None]}`, the ids of the item
-    rows it read and, leaf by leaf of the model state, the pseudo-gradient of the shared
+    rows it read and, leaf by leaf of the run's parameters (`params`, the structure of
+    `pseudo_gradient`), the pseudo-gradient of the shared
     leaves (item rows at `item_ids`, dense parameters), None for the user tables, which
     never leave the client."""
     kinds = table_kinds(params, tables)

@@ -494,8 +494,9 @@ def private_spec(config: Config, graphdef: Any, *, n_users: int, n_rows: int,
             raise ConfigError("key privacy.user_rows: 'local' at privacy.level = 'example'; a "
                               "user row trained on all of a user's rows carries one row into "
                               "the others' gradients; set privacy.user_rows = 'noised'")
-        if config.train.exclude_seen_negatives and config.train.loss in ("bpr",
-                                                                          "sampled_softmax"):
+        if config.train.exclude_seen_negatives and (
+                config.train.loss in ("bpr", "sampled_softmax")
+                or config.causal.method in causal_training.SAMPLED_NEGATIVE_METHODS):
             raise ConfigError("key train.exclude_seen_negatives: true at privacy.level = "
                               "'example'; each row's negatives would depend on the user's other "
                               "rows; set it to false")

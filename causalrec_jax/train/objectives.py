@@ -139,28 +139,29 @@ DRAWN_NEGATIVES, DRAWN_LOG_PROBS, DRAWN_WHERE = ("drawn_negatives", "drawn_log_p
 
 
 def with_drawn_negatives(loss_name: str, batch: Batch, key: jax.Array, n_items: int,
-                         n_negatives: int, ranking: bool = False
+                         n_negatives: int, samples_negatives: bool = False
                          ) -> tuple[jax.Array, jax.Array, Batch]:
     """`(users, items, batch)`: `scored_pairs` and the batch carrying the negatives drawn for
-    them (a ranking loss, or `ranking`: an objective that draws negatives whatever its loss,
-    PDA's and MACR's), which `draw_negatives` of the same `key` then returns instead of
-    drawing again (the same values: `privacy.dpsgd` reads the pairs to gather a unit's rows,
-    then its objective scores them)."""
-    if not ranking and (loss_name in POINTWISE_LOSSES or loss_name == "softmax"):
+    them (a ranking loss, or `samples_negatives`: an objective that draws negatives whatever
+    its loss, PDA's and MACR's), which `draw_negatives` of the same `key` then returns
+    instead of drawing again (the same values: `privacy.dpsgd` reads the pairs to gather a
+    unit's rows, then its objective scores them)."""
+    if not samples_negatives and (loss_name in POINTWISE_LOSSES or loss_name == "softmax"):
         users, items = scored_pairs(loss_name, batch, key, n_items, n_negatives)
         return users, items, batch
-    drawn = {**batch, **drawn_negatives(loss_name, batch, key, n_items, n_negatives, ranking)}
+    drawn = {**batch, **drawn_negatives(loss_name, batch, key, n_items, n_negatives,
+                                      samples_negatives)}
     users, items, _, _ = ranking_pairs(key, drawn, n_items, n_negatives)
     return users, items, drawn
 
 
 def drawn_negatives(loss_name: str, batch: Batch, key: jax.Array, n_items: int,
-                    n_negatives: int, ranking: bool = False) -> dict[str, jax.Array]:
-    """The negatives a ranking loss (or, with `ranking`, any objective that samples them)
-    draws with `key` for `batch` (`draw_negatives`), as the batch entries that make a later
-    `draw_negatives` of the same key return them (`DRAWN_*`); `{}` for a loss that draws
-    none. A batch that carries them already gets them back."""
-    if not ranking and (loss_name in POINTWISE_LOSSES or loss_name == "softmax"):
+                    n_negatives: int, samples_negatives: bool = False) -> dict[str, jax.Array]:
+    """The negatives a ranking loss (or, with `samples_negatives`, any objective that samples
+    them) draws with `key` for `batch` (`draw_negatives`), as the batch entries that make a
+    later `draw_negatives` of the same key return them (`DRAWN_*`); `{}` for a loss that
+    draws none. A batch that carries them already gets them back."""
+    if not samples_negatives and (loss_name in POINTWISE_LOSSES or loss_name == "softmax"):
         return {}
     negatives, log_probs, negative_where = draw_negatives(key, batch, batch["users"],
                                                           n_items, n_negatives)

@@ -30,6 +30,7 @@ from causalrec_jax.train.step import (
     make_train_epoch,
     make_train_step,
     set_hyperparams,
+    with_average,
 )
 
 
@@ -41,6 +42,7 @@ def make_train(
     n_rows: int,
     batch_size: int,
     epochs: int,
+    ema_decay: float = 0.0,
 ) -> Callable[[jax.Array, dict[str, Any], dict[str, Any]], tuple[TrainState, dict[str, Any]]]:
     """Builds `train(key, hparams, data) -> (state, history)`, pure and jit-/vmap-able.
 
@@ -53,6 +55,9 @@ def make_train(
         n_rows: training rows in `data` (static).
         batch_size: rows per step (static).
         epochs: epochs to train (static).
+        ema_decay: `train.ema_decay` (static): the state keeps the moving average of the
+            parameters (`step.with_average`, `TrainState.average`, the model `fit` keeps:
+            `step.model_params`); 0: none.
 
     Returns:
         `train(key, hparams, data)`: `key` a typed run key; `hparams` a dict with optional
@@ -62,12 +67,12 @@ def make_train(
         `{"loss": [epochs], "first_bad_batch": [epochs]}`; after a non-finite step the state
         stays at the last good one (as in `fit`, which stops there with an error).
     """
-    train_epoch = make_train_epoch(make_train_step(loss_fn, optimizer), n_rows=n_rows,
-                                   batch_size=batch_size)
+    train_epoch = make_train_epoch(with_average(make_train_step(loss_fn, optimizer), ema_decay),
+                                   n_rows=n_rows, batch_size=batch_size)
 
     def train(key: jax.Array, hparams: dict[str, Any], data: dict[str, Any]):
         params = init_fn(streams.derive(key, streams.Run.INIT))
-        state = init_state(params, optimizer, hparams.get("loss"))
+        state = init_state(params, optimizer, hparams.get("loss"), average=bool(ema_decay))
         if hparams.get("optimizer"):
             state = set_hyperparams(state, hparams["optimizer"])
         train_key = streams.derive(key, streams.Run.TRAIN)

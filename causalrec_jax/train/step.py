@@ -234,8 +234,9 @@ def with_average(
     (`TrainState.average`; Polyak averaging with exponential weights, as Adam debiases its
     moments): after the t-th applied step the average is `Σ_s d^(t-s) θ_s / Σ_s d^(t-s)`
     over the parameters θ_1..θ_t after each applied step, computed recursively as `a_t =
-    a_(t-1) + w_t (θ_t - a_(t-1))` with `w_t = (1 - d) / (1 - d^t)` (so `a_1 = θ_1`). A
-    step that is not applied (`apply` False, or not finite) leaves it unchanged. Averaging
+    a_(t-1) + w_t (θ_t - a_(t-1))` with `w_t = (1 - d) / (1 - d^t)` (so `a_1 = θ_1`, to
+    float32 rounding). A step that is not applied (`apply` False, or not finite) leaves it
+    unchanged; a wrapped step that takes no `apply` is kept whole where `apply` is False. Averaging
     reads only the trained parameters, so it is post-processing: free under DP.
 
     The state passed in must carry an average (`init_state(..., average=True)`); `step`
@@ -250,11 +251,14 @@ def with_average(
     def averaged_step(state: TrainState, batch: Any, key: jax.Array, apply: Any = True):
         if takes_apply:
             new, metrics = train_step(state, batch, key, apply=apply)
-        else:
+        else:  # the caller's `apply` is this wrapper's to honour (`make_scan_batches`)
             new, metrics = train_step(state, batch, key)
+            new = jax.tree.map(lambda a, b: jnp.where(apply, a, b),
+                               new.replace(average=state.average), state)
         moved = new.step != state.step
         count = new.step.astype(jnp.float32)
-        weight = jnp.where(moved, (1.0 - decay) / (1.0 - jnp.float32(decay) ** count), 0.0)
+        d = jnp.float32(decay)
+        weight = jnp.where(moved, (1 - d) / -jnp.expm1(count * jnp.log(d)), 0.0)
 
         def blend(average, params):
             return average + (weight * (params - average)).astype(average.dtype)

@@ -133,15 +133,19 @@ def _brute_force(parts, params, spec, data, key, loss, n_negatives, private_user
     return total
 
 
-@pytest.mark.parametrize("loss,user_rows,name", [
-    ("bpr", "noised", "mf"), ("bpr", "local", "mf"), ("mse", "noised", "mf"),
-    ("sampled_softmax", "local", "mlp"), ("bce", "noised", "neumf"),
+@pytest.mark.parametrize("loss,user_rows,name,level", [
+    ("bpr", "noised", "mf", "user"), ("bpr", "local", "mf", "user"),
+    ("mse", "noised", "mf", "user"), ("sampled_softmax", "local", "mlp", "user"),
+    ("bce", "noised", "neumf", "user"),
+    # one-row units: every slot's negatives drawn before the chunks, a few ids compared
+    ("bpr", "noised", "mf", "example"),
 ])
-def test_clipped_sums_equal_a_brute_force_loop_over_whole_tables(loss, user_rows, name):
+def test_clipped_sums_equal_a_brute_force_loop_over_whole_tables(loss, user_rows, name,
+                                                                 level):
     rows = ROWS if loss != "bce" else {**ROWS, "ratings": (ROWS["ratings"] > 3).astype(
         np.float32)}
     parts, params, spec, data, step, state, _ = _setup(loss, user_rows=user_rows, name=name,
-                                                       rows=rows)
+                                                       rows=rows, level=level)
     key = jax.random.key(7)
     got, metrics = _summed_update(step, state, data, key, spec)
     want = _brute_force(parts, params, spec, data, key, loss, 3, user_rows == "noised")

@@ -77,14 +77,21 @@ def test_a_private_macr_run_trains_both_modules_accounts_and_serves(tmp_path, ca
     extra = run_load.load_run(out).extra
     for name in ("user_logit", "item_logit"):  # trained from their zeros
         assert np.abs(np.asarray(extra[name])).max() > 1e-3
-    from causalrec_jax.cli import main
+    from causalrec_jax.cli import main  # (the CLI, for this test alone)
 
     assert main(["evaluate", "--run", str(out)]) == 0
     assert f"ndcg@5 {metrics['test']['ndcg@5']:.4f}" in capsys.readouterr().out
 
 
-def test_federated_macr_is_one_line(tmp_path):
-    with pytest.raises(ConfigError, match="key causal.method"):
-        run_train.train_run(load_config(None, TINY + MACR[:3] + ['privacy.mechanism="fedavg"']),
-                            tmp_path / "bad", quiet=True)
+@pytest.mark.parametrize(("extra", "named"), [
+    (['privacy.mechanism="fedavg"'], "causal.method"),
+    # MACR samples negatives whatever its loss: away from the user's items, one row's
+    # negatives would depend on the user's other rows
+    (['privacy.level="example"', 'privacy.user_rows="noised"'], "train.exclude_seen_negatives"),
+])
+def test_what_a_private_macr_cannot_train_is_one_line(tmp_path, extra, named):
+    with pytest.raises(ConfigError, match=f"key {named}"):
+        base = [s for s in TINY if "max_examples_per_user" not in s or "fedavg" in str(extra)]
+        run_train.train_run(load_config(None, base + MACR[:3] + extra), tmp_path / "bad",
+                            quiet=True)
     assert not (tmp_path / "bad").exists()

@@ -5,6 +5,8 @@ sequential run cannot honour are one line naming the key."""
 
 import json
 
+import jax
+import numpy as np
 import pytest
 
 from causalrec_jax.cli import main
@@ -72,6 +74,28 @@ def test_overwhelming_noise_leaves_the_rule_unlearned(walks):
                      "train.patience=10")
     assert metrics["test"]["hit@1"] < 0.5
     assert metrics["privacy"]["epsilon"] < 0.01
+
+
+def test_a_moving_average_is_the_model_of_the_same_private_training(walks):
+    """`train.ema_decay` on a private sequential run: the same steps (logged losses) and
+    budget, another model saved (the average), which `evaluate` scores."""
+    from causalrec_jax.runs.load import evaluate_run, load_run  # (only this test reads them)
+
+    folder, path = walks
+    short = ("privacy.noise=1.0", "train.epochs=4", "train.patience=4")
+    plain = _train(path, folder / "plain", *short)
+    averaged = _train(path, folder / "averaged", *short, "train.ema_decay=0.8")
+    assert averaged["privacy"]["epsilon"] == plain["privacy"]["epsilon"]
+
+    def losses(out):
+        return [json.loads(line)["loss"] for line in (out / "log.jsonl").read_text().splitlines()]
+
+    assert losses(folder / "averaged") == pytest.approx(losses(folder / "plain"), rel=1e-5)
+    assert not all(np.allclose(a, b) for a, b in zip(
+        jax.tree.leaves(load_run(folder / "plain").parts.params),
+        jax.tree.leaves(load_run(folder / "averaged").parts.params), strict=True))
+    again = evaluate_run(folder / "averaged", "test")["test"]
+    assert all(abs(again[k] - v) < 1e-6 for k, v in averaged["test"].items())
 
 
 @pytest.mark.slow  # make test-all; the round itself is tested in test_dpsgd_sequence.py

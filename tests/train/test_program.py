@@ -6,6 +6,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from flax import nnx
 
 from causalrec_jax import streams
@@ -20,7 +21,9 @@ from causalrec_jax.train.step import (
     make_optimizer,
     make_train_epoch,
     make_train_step,
+    model_params,
     set_hyperparams,
+    with_average,
 )
 
 N_USERS, N_ITEMS, N_ROWS = 20, 15, 120
@@ -95,21 +98,29 @@ def test_vmap_over_seeds_and_hparams_equals_a_loop_in_one_program(compile_counte
     assert compile_counter.count == 0
 
 
-def test_make_train_equals_the_host_driver_without_validation():
+@pytest.mark.parametrize("ema_decay", [0.0, 0.9])
+def test_make_train_equals_the_host_driver_without_validation(ema_decay):
+    """The whole-run program trains what `fit` trains and, with a moving average, keeps the
+    average `fit` returns as its model."""
     data = _data()
-    state, history = jax.jit(TRAIN)(jax.random.key(3), _hparams(0.01, 0.05), data)
+    train = TRAIN if not ema_decay else make_train(
+        init_fn=init_fn, loss_fn=LOSS_FN, optimizer=OPTIMIZER, n_rows=N_ROWS, batch_size=32,
+        epochs=10, ema_decay=ema_decay)
+    state, history = jax.jit(train)(jax.random.key(3), _hparams(0.01, 0.05), data)
     key = jax.random.key(3)
     params = init_fn(jax.random.fold_in(key, streams.Run.INIT))
-    loop_state = init_state(params, OPTIMIZER, _hparams(0.01, 0.05)["loss"])
+    loop_state = init_state(params, OPTIMIZER, _hparams(0.01, 0.05)["loss"],
+                            average=bool(ema_decay))
     loop_state = set_hyperparams(loop_state, _hparams(0.01, 0.05)["optimizer"])
     states = jax.tree.map(lambda leaf: leaf[None], loop_state)
-    train_epoch = make_train_epoch(make_train_step(LOSS_FN, OPTIMIZER), n_rows=N_ROWS,
-                                   batch_size=32)
+    train_epoch = make_train_epoch(with_average(make_train_step(LOSS_FN, OPTIMIZER), ema_decay),
+                                   n_rows=N_ROWS, batch_size=32)
     result = fit(train_epoch=train_epoch, states=states, data=data,
                  keys=jax.random.fold_in(key, streams.Run.TRAIN)[None], epochs=10)
-    for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(result.states.params),
-                    strict=True):
+    for a, b in zip(jax.tree.leaves(model_params(state)),
+                    jax.tree.leaves(result.best_params), strict=True):
         np.testing.assert_allclose(a, b[0], rtol=1e-5, atol=1e-6)
+    assert (state.average is None) == (not ema_decay)
     np.testing.assert_allclose([r["loss"] for r in result.history], history["loss"], rtol=1e-5)
 
 
