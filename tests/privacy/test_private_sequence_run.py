@@ -66,33 +66,40 @@ def test_a_private_sasrec_learns_the_planted_rule_at_epsilon_8(walks, capsys):
     assert (folder / "recs.parquet").stat().st_size > 0
 
 
-def test_overwhelming_noise_leaves_the_rule_unlearned(walks):
+NOISY = ("privacy.noise=200.0", "train.epochs=10", "train.patience=10")
+
+
+@pytest.fixture(scope="module")
+def noisy_run(walks):
+    """`(metrics, folder)` of the planted run with noise 200 times the clip."""
+    folder, path = walks
+    return _train(path, folder / "noise", *NOISY), folder / "noise"
+
+
+def test_overwhelming_noise_leaves_the_rule_unlearned(noisy_run):
     """The same run with noise 200 times the clip: the noise reaches the parameters (the
     model stays near chance: hit@1 of a 20-item cycle is 0.05 by chance)."""
-    folder, path = walks
-    metrics = _train(path, folder / "noise", "privacy.noise=200.0", "train.epochs=10",
-                     "train.patience=10")
+    metrics, _ = noisy_run
     assert metrics["test"]["hit@1"] < 0.5
     assert metrics["privacy"]["epsilon"] < 0.01
 
 
-def test_a_moving_average_is_the_model_of_the_same_private_training(walks):
+def test_a_moving_average_is_the_model_of_the_same_private_training(walks, noisy_run):
     """`train.ema_decay` on a private sequential run: the same steps (logged losses) and
     budget, another model saved (the average), which `evaluate` scores."""
     from causalrec_jax.runs.load import evaluate_run, load_run  # (only this test reads them)
 
+    plain, plain_folder = noisy_run
     folder, path = walks
-    short = ("privacy.noise=1.0", "train.epochs=4", "train.patience=4")
-    plain = _train(path, folder / "plain", *short)
-    averaged = _train(path, folder / "averaged", *short, "train.ema_decay=0.8")
+    averaged = _train(path, folder / "averaged", *NOISY, "train.ema_decay=0.8")
     assert averaged["privacy"]["epsilon"] == plain["privacy"]["epsilon"]
 
     def losses(out):
         return [json.loads(line)["loss"] for line in (out / "log.jsonl").read_text().splitlines()]
 
-    assert losses(folder / "averaged") == pytest.approx(losses(folder / "plain"), rel=1e-5)
+    assert losses(folder / "averaged") == pytest.approx(losses(plain_folder), rel=1e-5)
     assert not all(np.allclose(a, b) for a, b in zip(
-        jax.tree.leaves(load_run(folder / "plain").parts.params),
+        jax.tree.leaves(load_run(plain_folder).parts.params),
         jax.tree.leaves(load_run(folder / "averaged").parts.params), strict=True))
     again = evaluate_run(folder / "averaged", "test")["test"]
     assert all(abs(again[k] - v) < 1e-6 for k, v in averaged["test"].items())
