@@ -450,9 +450,10 @@ class TrainConfig:
     halving_keep: float = 0.5
 
     def __post_init__(self) -> None:
-        for key in ("batch_size", "seeds", "n_negatives", "checkpoint_every", "segment_batches"):
+        for key in ("batch_size", "seeds", "n_negatives", "checkpoint_every", "segment_batches",
+                    "epochs"):
             _require(getattr(self, key) >= 1, f"train.{key}", "an integer >= 1", getattr(self, key))
-        for key in ("epochs", "patience", "warmup_steps", "halving_rung"):
+        for key in ("patience", "warmup_steps", "halving_rung"):
             _require(getattr(self, key) >= 0, f"train.{key}", "an integer >= 0", getattr(self, key))
         _require(self.learning_rate > 0, "train.learning_rate", "a number > 0", self.learning_rate)
         _require(self.weight_decay >= 0, "train.weight_decay", "a number >= 0", self.weight_decay)

@@ -304,7 +304,9 @@ def test_a_bad_value_given_by_set_is_named_by_its_set_not_by_the_file(tmp_path):
     path.write_text("[train]\nepochs = 3\nlearning_rate = 0.5\n")
     for override, key in (("train.epochs=two", "train.epochs"),
                           ("train.epocs=2", "train.epocs"),
-                          ("privacy.clip=0", "privacy.clip")):
+                          ("privacy.clip=0", "privacy.clip"),
+                          # no epoch to train: refused before any folder is made
+                          ("train.epochs=0", "train.epochs")):
         with pytest.raises(ConfigError) as error:
             load_config(path, [override])
         message = str(error.value)
