@@ -30,6 +30,7 @@ def test_simulate_then_train_on_the_simlog(tmp_path):
     assert 0.0 <= metrics["test"]["auc"] <= 1.0
 
 
+@pytest.mark.slow  # make test-all (see Makefile)
 def test_a_trained_run_drives_the_logging_policy(tmp_path):
     """policy.scores = "run": the softmax policy ranks by the scores of a model of the library."""
     log, run = tmp_path / "log", tmp_path / "run"

@@ -42,6 +42,7 @@ def quick_run(tmp_path_factory):
     return out, json.loads((out / "metrics.json").read_text())
 
 
+@pytest.mark.slow  # make test-all: the script's quick run (35 s)
 def test_quick_mode_writes_a_run_folder_with_every_score(quick_run):
     out, metrics = quick_run
     # the run contract's blocks are the training's; "explain" is added beside them
@@ -63,6 +64,7 @@ def test_quick_mode_writes_a_run_folder_with_every_score(quick_run):
     assert "| greedy |" in (out / "explain_table.md").read_text()
 
 
+@pytest.mark.slow  # make test-all: the script's quick run (35 s)
 def test_greedy_recovers_the_planted_causes(quick_run):
     block = quick_run[1]["explain"]
     learned = block["learned"]["all"]
@@ -77,6 +79,7 @@ def test_greedy_recovers_the_planted_causes(quick_run):
     assert block["scores"]["random"]["world"]["all"]["mean_size"] > world["mean_size"]
 
 
+@pytest.mark.slow  # make test-all: the script's quick run (35 s)
 def test_the_batched_model_call_equals_one_instance_at_a_time(quick_run):
     run = load_run(quick_run[0])
     from causalrec_jax.data.loader import load_dataset

@@ -113,7 +113,7 @@ def _distance(a, b):
 
 
 @pytest.mark.parametrize("loss_name,name,dropout,seen", [
-    ("full_softmax", "sasrec", 0.0, False),
+    pytest.param("full_softmax", "sasrec", 0.0, False, marks=pytest.mark.slow),
     pytest.param("sampled_softmax", "sasrec", 0.3, False, marks=pytest.mark.slow),
     ("sampled_softmax", "sasrec", 0.0, True),
     pytest.param("gbce", "hstu", 0.0, False, marks=pytest.mark.slow),

@@ -69,6 +69,7 @@ def test_a_private_run_on_a_one_device_mesh_trains_the_unsharded_model(private_r
         np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=1e-6)
 
 
+@pytest.mark.slow  # make test-all; a private SASRec run with it stays in make test
 def test_a_moving_average_is_post_processing_of_the_same_private_training(
         private_run, tmp_path, capsys):
     """`train.ema_decay` on a private run: the same steps (the logged losses, the budget),

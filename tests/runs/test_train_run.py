@@ -115,7 +115,8 @@ def test_trained_model_beats_random_on_the_simulator(tmp_path):
     assert metrics["test"]["hit@5"] > 0.4
 
 
-@pytest.mark.parametrize("extra", [(), ("train.ema_decay=0.8",)])  # the average checkpointed
+@pytest.mark.parametrize("extra", [  # with a moving average, checkpointed (make test-all)
+    (), pytest.param(("train.ema_decay=0.8",), marks=pytest.mark.slow)])
 def test_resume_ends_identical_to_an_uninterrupted_run(tmp_path, monkeypatch, extra):
     config = tiny_config("train.epochs=6", "train.seeds=2", *extra)
     full = run_train.train_run(config, tmp_path / "full", quiet=True)

@@ -197,6 +197,7 @@ def test_ligr_blocks_build_and_keep_the_mask(model_class):
         SASRec(N_ITEMS, 8, key=jax.random.key(0), block="gated")
 
 
+@pytest.mark.slow  # make test-all: the options are tested on their own
 def test_a_ligr_sasrec_learns_with_gbce_and_with_popularity_logq():
     """A planted successor rule (item i -> i + 1) is learned through the training loss of a
     run, with each new objective."""
