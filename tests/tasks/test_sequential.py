@@ -265,6 +265,7 @@ def test_the_same_seed_twice_gives_identical_metrics_and_parameters(planted_csv,
                zip(_params(tmp_path / "a"), _params(tmp_path / "c"), strict=True))
 
 
+@pytest.mark.slow  # make test-all; a private SASRec run with it stays in make test
 def test_a_moving_average_changes_the_saved_model_not_the_training(planted_csv, tmp_path):
     """`train.ema_decay` on a sequential run: the same steps (every logged loss), another
     model validated and saved, the one `evaluate` scores."""
